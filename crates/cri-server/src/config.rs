@@ -1,0 +1,478 @@
+//! criusd configuration: one TOML file, every key optional.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The default location of the configuration file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/crius/config.toml";
+
+/// Errors of loading or validating the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, which names the key and shows the line.
+        message: String,
+    },
+    /// A key has a value that parses but is not acceptable.
+    #[error("invalid value for config key `{key}`: {message}")]
+    Value {
+        /// The dotted key name.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn value_err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Value {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// How container cgroups are created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    /// Plain cgroupfs directories.
+    #[default]
+    Cgroupfs,
+    /// systemd slices and scopes.
+    Systemd,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One OCI runtime handler (`[runtimes.NAME]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeHandler {
+    /// The OCI runtime binary, a path or a name looked up in PATH.
+    pub path: String,
+    /// The runtime's state directory (`--root`); the runtime's default when empty.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub root: String,
+}
+
+impl Default for RuntimeHandler {
+    fn default() -> Self {
+        RuntimeHandler {
+            path: "runc".into(),
+            root: String::new(),
+        }
+    }
+}
+
+/// `[cni]`: where the pod network is configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CniConfig {
+    /// Directory of CNI network configuration files.
+    pub conf_dir: PathBuf,
+    /// Directories searched for CNI plugin binaries, in order.
+    pub bin_dirs: Vec<PathBuf>,
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        CniConfig {
+            conf_dir: "/etc/cni/net.d".into(),
+            bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+        }
+    }
+}
+
+/// `[registry]`: registry hosts configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Directory laid out as containerd's `certs.d`: `<config_path>/<host>/hosts.toml`.
+    pub config_path: PathBuf,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            config_path: "/etc/crius/certs.d".into(),
+        }
+    }
+}
+
+/// `[stream]`: the streaming server for exec, attach and port-forward.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// Listen address; port 0 picks a free port at start-up.
+    pub address: String,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            address: "127.0.0.1:0".into(),
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Persistent state directory.
+    pub root: PathBuf,
+    /// Runtime state directory (sockets, netns mounts, bundles).
+    pub state: PathBuf,
+    /// The CRI socket.
+    pub socket: PathBuf,
+    /// trace, debug, info, warn or error (or a tracing filter directive).
+    pub log_level: String,
+    /// text or json.
+    pub log_format: LogFormat,
+    /// cgroupfs or systemd.
+    pub cgroup_driver: CgroupDriver,
+    /// The image of every pod's infra (pause) container.
+    pub pause_image: String,
+    /// The handler used when a pod names none.
+    pub default_runtime: String,
+    /// Size of each pod's /dev/shm tmpfs (a Kubernetes quantity such as 64Mi).
+    pub shm_size: String,
+    /// Runtime handlers by name.
+    pub runtimes: BTreeMap<String, RuntimeHandler>,
+    /// Pod network configuration.
+    pub cni: CniConfig,
+    /// Registry hosts configuration.
+    pub registry: RegistryConfig,
+    /// Streaming server.
+    pub stream: StreamConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut runtimes = BTreeMap::new();
+        runtimes.insert("runc".to_string(), RuntimeHandler::default());
+        Config {
+            root: "/var/lib/crius".into(),
+            state: "/run/crius".into(),
+            socket: "/run/crius/crius.sock".into(),
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            cgroup_driver: CgroupDriver::Cgroupfs,
+            pause_image: "registry.k8s.io/pause:3.10".into(),
+            default_runtime: "runc".into(),
+            shm_size: "64Mi".into(),
+            runtimes,
+            cni: CniConfig::default(),
+            registry: RegistryConfig::default(),
+            stream: StreamConfig::default(),
+        }
+    }
+}
+
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+impl Config {
+    /// Parses a configuration from TOML text; `path` is only used in messages.
+    pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        // A file that adds handlers keeps the built-in runc one, as it would
+        // in containerd's merged configuration.
+        config
+            .runtimes
+            .entry("runc".to_string())
+            .or_insert_with(RuntimeHandler::default);
+        Ok(config)
+    }
+
+    /// Loads the configuration. A missing file at the default location means
+    /// all defaults; a missing file that the operator named is an error.
+    pub fn load(path: &Path, explicit: bool) -> Result<Self, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::from_toml(path, &text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                Ok(Config::default())
+            }
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Checks the values that parse but may still be wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, p) in [
+            ("root", &self.root),
+            ("state", &self.state),
+            ("socket", &self.socket),
+            ("cni.conf_dir", &self.cni.conf_dir),
+        ] {
+            if !p.is_absolute() {
+                return Err(value_err(
+                    key,
+                    format!("{:?} is not an absolute path", p.display().to_string()),
+                ));
+            }
+        }
+        for (i, d) in self.cni.bin_dirs.iter().enumerate() {
+            if !d.is_absolute() {
+                return Err(value_err(
+                    format!("cni.bin_dirs[{i}]"),
+                    format!("{:?} is not an absolute path", d.display().to_string()),
+                ));
+            }
+        }
+        if !self.log_level.contains('=') && !LOG_LEVELS.contains(&self.log_level.as_str()) {
+            return Err(value_err(
+                "log_level",
+                format!(
+                    "{:?} is not one of {}",
+                    self.log_level,
+                    LOG_LEVELS.join(", ")
+                ),
+            ));
+        }
+        if self.pause_image.trim().is_empty() {
+            return Err(value_err("pause_image", "must not be empty"));
+        }
+        parse_size(&self.shm_size).map_err(|m| value_err("shm_size", m))?;
+        for (name, handler) in &self.runtimes {
+            if name.is_empty() {
+                return Err(value_err("runtimes", "a handler name must not be empty"));
+            }
+            if handler.path.trim().is_empty() {
+                return Err(value_err(
+                    format!("runtimes.{name}.path"),
+                    "must not be empty",
+                ));
+            }
+        }
+        if !self.runtimes.contains_key(&self.default_runtime) {
+            let known: Vec<&str> = self.runtimes.keys().map(String::as_str).collect();
+            return Err(value_err(
+                "default_runtime",
+                format!(
+                    "{:?} has no [runtimes.{}] table (known handlers: {})",
+                    self.default_runtime,
+                    self.default_runtime,
+                    known.join(", ")
+                ),
+            ));
+        }
+        self.stream
+            .address
+            .parse::<SocketAddr>()
+            .map_err(|e| value_err("stream.address", format!("{:?}: {e}", self.stream.address)))?;
+        Ok(())
+    }
+
+    /// The shm size in bytes (validated by [`Config::validate`]).
+    pub fn shm_size_bytes(&self) -> Result<u64, ConfigError> {
+        parse_size(&self.shm_size).map_err(|m| value_err("shm_size", m))
+    }
+
+    /// The configuration as TOML, as `criusd config default` prints it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// Parses a Kubernetes-style quantity of bytes: a plain integer or one with a
+/// binary (Ki, Mi, Gi, Ti) or decimal (k, M, G, T) suffix.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, suffix) = t.split_at(digits_end);
+    if num.is_empty() {
+        return Err(format!("{s:?} is not a size such as 64Mi"));
+    }
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is too large"))?;
+    let mult: u64 = match suffix {
+        "" => 1,
+        "k" => 1000,
+        "M" => 1000u64.pow(2),
+        "G" => 1000u64.pow(3),
+        "T" => 1000u64.pow(4),
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        other => {
+            return Err(format!(
+                "{s:?} has an unknown unit {other:?} (use Ki, Mi, Gi, Ti, k, M, G or T)"
+            ))
+        }
+    };
+    let bytes = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))?;
+    if bytes == 0 {
+        return Err(format!("{s:?} must be larger than zero"));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let c = Config::from_toml(Path::new("test.toml"), text)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn default_round_trips_through_toml() {
+        let text = Config::default().to_toml();
+        assert_eq!(parse(&text).unwrap(), Config::default());
+        for key in [
+            "root",
+            "state",
+            "socket",
+            "log_level",
+            "log_format",
+            "cgroup_driver",
+            "pause_image",
+            "default_runtime",
+            "shm_size",
+            "[runtimes.runc]",
+            "[cni]",
+            "conf_dir",
+            "bin_dirs",
+            "[registry]",
+            "config_path",
+            "[stream]",
+            "address",
+        ] {
+            assert!(text.contains(key), "default config lacks {key}:\n{text}");
+        }
+    }
+
+    #[test]
+    fn keys_are_read() {
+        let c = parse(
+            r#"
+root = "/tmp/r"
+state = "/tmp/s"
+socket = "/tmp/s/c.sock"
+log_level = "debug"
+log_format = "json"
+cgroup_driver = "systemd"
+pause_image = "localhost:5000/pause:1"
+default_runtime = "crun"
+shm_size = "128Mi"
+[runtimes.crun]
+path = "crun"
+[cni]
+conf_dir = "/tmp/net.d"
+bin_dirs = ["/tmp/bin"]
+[registry]
+config_path = "/tmp/certs.d"
+[stream]
+address = "127.0.0.1:10010"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.cgroup_driver, CgroupDriver::Systemd);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.runtimes["crun"].path, "crun");
+        assert_eq!(c.runtimes["runc"].path, "runc", "built-in handler kept");
+        assert_eq!(c.shm_size_bytes().unwrap(), 128 << 20);
+        assert_eq!(c.cni.bin_dirs, vec![PathBuf::from("/tmp/bin")]);
+        assert_eq!(c.stream.address, "127.0.0.1:10010");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        // (file text, text that the error must contain)
+        let cases = [
+            ("bogus = 1", "bogus"),
+            ("[cni]\nconfdir = \"/x\"", "confdir"),
+            ("[runtimes.crun]\npath = \"crun\"\nbinary = \"x\"", "binary"),
+            ("cgroup_driver = \"cgroupv3\"", "cgroup_driver"),
+            ("log_format = \"xml\"", "log_format"),
+            ("root = 5", "root"),
+            ("root = \"relative\"", "`root`"),
+            ("log_level = \"loud\"", "`log_level`"),
+            ("shm_size = \"64Qi\"", "`shm_size`"),
+            ("shm_size = \"\"", "`shm_size`"),
+            ("default_runtime = \"kata\"", "`default_runtime`"),
+            ("[runtimes.crun]\npath = \"\"", "`runtimes.crun.path`"),
+            ("[stream]\naddress = \"nowhere\"", "`stream.address`"),
+            ("[cni]\nbin_dirs = [\"bin\"]", "`cni.bin_dirs[0]`"),
+            ("root = \"/a\"\nroot = \"/b\"", "root"),
+        ];
+        for (text, want) in cases {
+            let err = parse(text).expect_err(text).to_string();
+            assert!(
+                err.contains(want),
+                "{text:?}: error {err:?} should name {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        let cases: [(&str, Result<u64, &str>); 10] = [
+            ("64Mi", Ok(64 << 20)),
+            ("1Gi", Ok(1 << 30)),
+            ("100", Ok(100)),
+            ("5k", Ok(5000)),
+            ("2M", Ok(2_000_000)),
+            (" 8Ki ", Ok(8192)),
+            ("0", Err("larger than zero")),
+            ("Mi", Err("not a size")),
+            ("1.5Gi", Err("unknown unit")),
+            ("99999999999999999999Ti", Err("too large")),
+        ];
+        for (s, want) in cases {
+            match (parse_size(s), want) {
+                (Ok(got), Ok(w)) => assert_eq!(got, w, "{s}"),
+                (Err(e), Err(w)) => assert!(e.contains(w), "{s}: {e}"),
+                (got, want) => panic!("{s}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn missing_default_file_means_defaults_but_named_file_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.toml");
+        assert_eq!(Config::load(&missing, false).unwrap(), Config::default());
+        assert!(matches!(
+            Config::load(&missing, true),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

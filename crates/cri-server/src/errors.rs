@@ -1,0 +1,27 @@
+//! Mapping of internal errors onto gRPC statuses.
+
+use crius_store::StoreError;
+use tonic::Status;
+
+/// The status of an RPC that a later version of crius implements.
+pub fn not_yet(rpc: &str) -> Status {
+    Status::unimplemented(format!("{rpc} is not implemented by crius yet"))
+}
+
+/// `InvalidArgument` naming the offending request field.
+pub fn invalid_field(field: &str, message: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {message}"))
+}
+
+/// Maps a store error onto the matching gRPC code.
+pub fn store_status(err: StoreError) -> Status {
+    let msg = err.to_string();
+    match err {
+        StoreError::NotFound { .. } => Status::not_found(msg),
+        StoreError::AlreadyExists { .. } | StoreError::NameReserved { .. } => {
+            Status::already_exists(msg)
+        }
+        StoreError::AmbiguousId { .. } | StoreError::InvalidId(_) => Status::invalid_argument(msg),
+        _ => Status::internal(msg),
+    }
+}

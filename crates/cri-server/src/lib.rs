@@ -1,0 +1,13 @@
+//! criusd: the crius CRI daemon.
+//!
+//! The daemon serves the CRI v1 `RuntimeService` and `ImageService` on a unix
+//! socket and translates requests into calls on the store, the spec builder,
+//! the image service and the per-pod shims.
+
+pub mod config;
+pub mod daemon;
+pub mod errors;
+pub mod health;
+pub mod image;
+pub mod runtime;
+pub mod server;

@@ -1,0 +1,110 @@
+//! criusd: the crius CRI daemon.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use crius_cri_server::config::{Config, LogFormat, DEFAULT_CONFIG_PATH};
+use std::path::PathBuf;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(name = "criusd", version, about = "crius: a Kubernetes CRI runtime")]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Persistent state directory (overrides `root`).
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Runtime state directory (overrides `state`).
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// CRI socket path (overrides `socket`).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Log level (overrides `log_level`).
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Print the full default configuration.
+    Default,
+    /// Print the effective configuration (file plus flags).
+    Show,
+}
+
+fn effective_config(cli: &Cli) -> anyhow::Result<Config> {
+    let (path, explicit) = match &cli.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    };
+    let mut config = Config::load(&path, explicit)?;
+    if let Some(root) = &cli.root {
+        config.root = root.clone();
+    }
+    if let Some(state) = &cli.state {
+        config.state = state.clone();
+    }
+    if let Some(socket) = &cli.socket {
+        config.socket = socket.clone();
+    }
+    if let Some(level) = &cli.log_level {
+        config.log_level = level.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&config.log_level)
+        .with_context(|| format!("invalid log_level {:?}", config.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match config.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("cannot initialise logging: {e}"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::Config {
+            what: ConfigCommand::Default,
+        }) => {
+            print!("{}", Config::default().to_toml());
+            return Ok(());
+        }
+        Some(Command::Config {
+            what: ConfigCommand::Show,
+        }) => {
+            print!("{}", effective_config(&cli)?.to_toml());
+            return Ok(());
+        }
+        None => {}
+    }
+    let config = effective_config(&cli)?;
+    init_logging(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(crius_cri_server::server::run(
+        config,
+        crius_cri_server::server::shutdown_signal(),
+    ))
+}

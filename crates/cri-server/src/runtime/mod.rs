@@ -1,0 +1,240 @@
+//! The CRI `RuntimeService`: one module per RPC group, this file only dispatches.
+
+pub mod status;
+pub mod version;
+
+use crate::daemon::Daemon;
+use crate::errors::not_yet;
+use k8s_cri::v1;
+use k8s_cri::v1::runtime_service_server::RuntimeService;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+/// The stream type of `GetContainerEvents`.
+pub type ContainerEventStream =
+    Pin<Box<dyn Stream<Item = Result<v1::ContainerEventResponse, Status>> + Send + 'static>>;
+
+/// The `RuntimeService` implementation.
+#[derive(Clone)]
+pub struct RuntimeSvc {
+    daemon: Arc<Daemon>,
+}
+
+impl RuntimeSvc {
+    /// A service over the shared daemon state.
+    pub fn new(daemon: Arc<Daemon>) -> Self {
+        RuntimeSvc { daemon }
+    }
+}
+
+#[tonic::async_trait]
+impl RuntimeService for RuntimeSvc {
+    async fn version(
+        &self,
+        request: Request<v1::VersionRequest>,
+    ) -> Result<Response<v1::VersionResponse>, Status> {
+        Ok(Response::new(version::version(request.into_inner())))
+    }
+
+    async fn status(
+        &self,
+        request: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
+        status::status(&self.daemon, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn runtime_config(
+        &self,
+        _request: Request<v1::RuntimeConfigRequest>,
+    ) -> Result<Response<v1::RuntimeConfigResponse>, Status> {
+        Ok(Response::new(status::runtime_config(&self.daemon)))
+    }
+
+    async fn update_runtime_config(
+        &self,
+        request: Request<v1::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<v1::UpdateRuntimeConfigResponse>, Status> {
+        status::update_runtime_config(&self.daemon, request.into_inner()).map(Response::new)
+    }
+
+    type GetContainerEventsStream = ContainerEventStream;
+
+    async fn get_container_events(
+        &self,
+        _request: Request<v1::GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        Err(not_yet("GetContainerEvents"))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        _request: Request<v1::RunPodSandboxRequest>,
+    ) -> Result<Response<v1::RunPodSandboxResponse>, Status> {
+        Err(not_yet("RunPodSandbox"))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        _request: Request<v1::StopPodSandboxRequest>,
+    ) -> Result<Response<v1::StopPodSandboxResponse>, Status> {
+        Err(not_yet("StopPodSandbox"))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        _request: Request<v1::RemovePodSandboxRequest>,
+    ) -> Result<Response<v1::RemovePodSandboxResponse>, Status> {
+        Err(not_yet("RemovePodSandbox"))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        _request: Request<v1::PodSandboxStatusRequest>,
+    ) -> Result<Response<v1::PodSandboxStatusResponse>, Status> {
+        Err(not_yet("PodSandboxStatus"))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        _request: Request<v1::ListPodSandboxRequest>,
+    ) -> Result<Response<v1::ListPodSandboxResponse>, Status> {
+        Err(not_yet("ListPodSandbox"))
+    }
+
+    async fn create_container(
+        &self,
+        _request: Request<v1::CreateContainerRequest>,
+    ) -> Result<Response<v1::CreateContainerResponse>, Status> {
+        Err(not_yet("CreateContainer"))
+    }
+
+    async fn start_container(
+        &self,
+        _request: Request<v1::StartContainerRequest>,
+    ) -> Result<Response<v1::StartContainerResponse>, Status> {
+        Err(not_yet("StartContainer"))
+    }
+
+    async fn stop_container(
+        &self,
+        _request: Request<v1::StopContainerRequest>,
+    ) -> Result<Response<v1::StopContainerResponse>, Status> {
+        Err(not_yet("StopContainer"))
+    }
+
+    async fn remove_container(
+        &self,
+        _request: Request<v1::RemoveContainerRequest>,
+    ) -> Result<Response<v1::RemoveContainerResponse>, Status> {
+        Err(not_yet("RemoveContainer"))
+    }
+
+    async fn list_containers(
+        &self,
+        _request: Request<v1::ListContainersRequest>,
+    ) -> Result<Response<v1::ListContainersResponse>, Status> {
+        Err(not_yet("ListContainers"))
+    }
+
+    async fn container_status(
+        &self,
+        _request: Request<v1::ContainerStatusRequest>,
+    ) -> Result<Response<v1::ContainerStatusResponse>, Status> {
+        Err(not_yet("ContainerStatus"))
+    }
+
+    async fn update_container_resources(
+        &self,
+        _request: Request<v1::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<v1::UpdateContainerResourcesResponse>, Status> {
+        Err(not_yet("UpdateContainerResources"))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        _request: Request<v1::ReopenContainerLogRequest>,
+    ) -> Result<Response<v1::ReopenContainerLogResponse>, Status> {
+        Err(not_yet("ReopenContainerLog"))
+    }
+
+    async fn exec_sync(
+        &self,
+        _request: Request<v1::ExecSyncRequest>,
+    ) -> Result<Response<v1::ExecSyncResponse>, Status> {
+        Err(not_yet("ExecSync"))
+    }
+
+    async fn exec(
+        &self,
+        _request: Request<v1::ExecRequest>,
+    ) -> Result<Response<v1::ExecResponse>, Status> {
+        Err(not_yet("Exec"))
+    }
+
+    async fn attach(
+        &self,
+        _request: Request<v1::AttachRequest>,
+    ) -> Result<Response<v1::AttachResponse>, Status> {
+        Err(not_yet("Attach"))
+    }
+
+    async fn port_forward(
+        &self,
+        _request: Request<v1::PortForwardRequest>,
+    ) -> Result<Response<v1::PortForwardResponse>, Status> {
+        Err(not_yet("PortForward"))
+    }
+
+    async fn container_stats(
+        &self,
+        _request: Request<v1::ContainerStatsRequest>,
+    ) -> Result<Response<v1::ContainerStatsResponse>, Status> {
+        Err(not_yet("ContainerStats"))
+    }
+
+    async fn list_container_stats(
+        &self,
+        _request: Request<v1::ListContainerStatsRequest>,
+    ) -> Result<Response<v1::ListContainerStatsResponse>, Status> {
+        Err(not_yet("ListContainerStats"))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        _request: Request<v1::PodSandboxStatsRequest>,
+    ) -> Result<Response<v1::PodSandboxStatsResponse>, Status> {
+        Err(not_yet("PodSandboxStats"))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        _request: Request<v1::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<v1::ListPodSandboxStatsResponse>, Status> {
+        Err(not_yet("ListPodSandboxStats"))
+    }
+
+    async fn checkpoint_container(
+        &self,
+        _request: Request<v1::CheckpointContainerRequest>,
+    ) -> Result<Response<v1::CheckpointContainerResponse>, Status> {
+        Err(not_yet("CheckpointContainer"))
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _request: Request<v1::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<v1::ListMetricDescriptorsResponse>, Status> {
+        Err(not_yet("ListMetricDescriptors"))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _request: Request<v1::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<v1::ListPodSandboxMetricsResponse>, Status> {
+        Err(not_yet("ListPodSandboxMetrics"))
+    }
+}

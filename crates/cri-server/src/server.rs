@@ -1,0 +1,178 @@
+//! The gRPC server on the CRI unix socket.
+
+use crate::config::Config;
+use crate::daemon::Daemon;
+use crate::image::ImageSvc;
+use crate::runtime::RuntimeSvc;
+use anyhow::{bail, Context};
+use k8s_cri::v1::image_service_server::ImageServiceServer;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use std::future::Future;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+/// Largest gRPC message accepted or sent, as kubelet's client allows.
+pub const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+/// How long in-flight calls may run on after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+fn create_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .with_context(|| format!("cannot create directory {}", path.display()))
+}
+
+/// Binds the CRI socket: creates its parent directory, replaces a stale socket
+/// file (refusing when another daemon still answers on it) and sets mode 0660.
+pub fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = path.parent() {
+        create_dir(parent, 0o711)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!(
+                    "another process is serving on {}; refusing to replace its socket",
+                    path.display()
+                );
+            }
+            tracing::info!(socket = %path.display(), "replacing stale socket");
+            std::fs::remove_file(path)
+                .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+        }
+        Ok(_) => bail!(
+            "{} exists and is not a socket; not replacing it",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("cannot chmod {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot install signal handlers; only ctrl-c stops the daemon");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(
+        signal = name,
+        "shutting down: no new calls, finishing in-flight ones"
+    );
+}
+
+/// Opens the store, binds the socket and serves until `shutdown` resolves;
+/// then stops accepting, lets in-flight calls finish and removes the socket.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    create_dir(&config.root, 0o711)?;
+    create_dir(&config.state, 0o711)?;
+    let (store, report) = crius_store::Store::open(&config.root.join("store"))
+        .with_context(|| format!("cannot open the store under {}", config.root.display()))?;
+    for (path, reason) in &report.quarantined {
+        tracing::warn!(path = %path.display(), reason = %reason, "record set aside");
+    }
+    tracing::info!(
+        records = report.loaded,
+        quarantined = report.quarantined.len(),
+        "store loaded"
+    );
+
+    let socket = config.socket.clone();
+    let daemon = Arc::new(Daemon::new(config, store).context("cannot load runtime state")?);
+    let listener = bind_socket(&socket)?;
+    tracing::info!(socket = %socket.display(), version = env!("CARGO_PKG_VERSION"), "criusd serving");
+
+    let runtime = RuntimeServiceServer::new(RuntimeSvc::new(daemon.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let image = ImageServiceServer::new(ImageSvc::new(daemon.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+
+    // The shutdown future is shared: the server stops accepting when it
+    // fires, and the grace timer starts from the same moment.
+    let (fired_tx, fired_rx) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        let _ = fired_tx.send(true);
+    };
+    let serve = tonic::transport::Server::builder()
+        .trace_fn(|req| tracing::info_span!("cri", method = %req.uri().path()))
+        .add_service(runtime)
+        .add_service(image)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal);
+    let grace = async move {
+        let mut rx = fired_rx;
+        while !*rx.borrow() {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let result = tokio::select! {
+        r = serve => r.context("gRPC server failed"),
+        _ = grace => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight calls did not finish in time");
+            Ok(())
+        }
+    };
+    match std::fs::remove_file(&socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(socket = %socket.display(), error = %e, "cannot remove socket"),
+    }
+    tracing::info!("criusd stopped");
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stale_socket_is_replaced_but_live_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/dir/c.sock");
+        let first = bind_socket(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        // A live listener must not be stolen.
+        let err = bind_socket(&path).unwrap_err().to_string();
+        assert!(err.contains("another process"), "{err}");
+        drop(first);
+        // Now the file is stale.
+        let _second = bind_socket(&path).unwrap();
+
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, b"x").unwrap();
+        let err = bind_socket(&plain).unwrap_err().to_string();
+        assert!(err.contains("not a socket"), "{err}");
+    }
+}

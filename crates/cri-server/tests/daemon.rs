@@ -1,0 +1,293 @@
+//! criusd as a process: start-up, Version, Status, runtime config, errors and
+//! graceful shutdown, driven over its real socket.
+
+mod common;
+
+use common::{script, Daemon, CRIUSD};
+use k8s_cri::v1::{
+    NetworkConfig, RuntimeConfig, RuntimeConfigRequest, StatusRequest, UpdateRuntimeConfigRequest,
+    VersionRequest,
+};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+
+fn config_text(dir: &std::path::Path) -> String {
+    format!(
+        r#"
+default_runtime = "fake"
+cgroup_driver = "cgroupfs"
+[runtimes.fake]
+path = "{dir}/bin/fake-runtime"
+[cni]
+conf_dir = "{dir}/net.d"
+bin_dirs = ["{dir}/cni-bin"]
+"#,
+        dir = dir.display()
+    )
+}
+
+fn condition(resp: &k8s_cri::v1::StatusResponse, kind: &str) -> k8s_cri::v1::RuntimeCondition {
+    resp.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.r#type == kind))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {kind} condition in {resp:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn version_status_config_and_graceful_shutdown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for d in ["bin", "net.d", "cni-bin"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let mut daemon = Daemon::start(dir, &config_text(dir));
+
+    let mode = std::fs::metadata(&daemon.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o660, "socket mode");
+
+    let mut rt = daemon.runtime().await;
+    let v = rt
+        .version(VersionRequest {
+            version: "0.1.0".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.runtime_name, "crius");
+    assert_eq!(v.runtime_api_version, "v1");
+    assert_eq!(v.version, "0.1.0");
+    assert_eq!(v.runtime_version, env!("CARGO_PKG_VERSION"));
+
+    // Nothing installed yet: neither condition holds, and each says why.
+    let s = rt
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let runtime = condition(&s, "RuntimeReady");
+    assert!(!runtime.status);
+    assert_eq!(runtime.reason, "RuntimeBinaryNotFound");
+    assert!(runtime.message.contains("fake-runtime"), "{runtime:?}");
+    let network = condition(&s, "NetworkReady");
+    assert!(!network.status);
+    assert_eq!(network.reason, "NetworkPluginNotReady");
+    assert!(
+        network.message.contains("no network config found"),
+        "{network:?}"
+    );
+    assert!(s.info.is_empty(), "info only with verbose");
+
+    // A runtime that exists but fails is not ready either.
+    script(
+        &dir.join("bin/fake-runtime"),
+        "#!/bin/sh\necho kaputt >&2\nexit 1\n",
+    );
+    std::fs::write(
+        dir.join("net.d/10-test.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"testnet","plugins":[{"type":"bridge"},{"type":"portmap"}]}"#,
+    )
+    .unwrap();
+    script(&dir.join("cni-bin/bridge"), "#!/bin/sh\n");
+    let s = rt
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let runtime = condition(&s, "RuntimeReady");
+    assert!(!runtime.status);
+    assert!(runtime.message.contains("kaputt"), "{runtime:?}");
+    let network = condition(&s, "NetworkReady");
+    assert!(!network.status);
+    assert!(
+        network.message.contains("portmap") && !network.message.contains("bridge,"),
+        "{network:?}"
+    );
+
+    // Everything in place: both ready; verbose info carries the config.
+    script(
+        &dir.join("bin/fake-runtime"),
+        "#!/bin/sh\necho 'fake-runtime version 9.9'\n",
+    );
+    script(&dir.join("cni-bin/portmap"), "#!/bin/sh\n");
+    let s = rt
+        .status(StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(condition(&s, "RuntimeReady").status, "{s:?}");
+    assert!(condition(&s, "NetworkReady").status, "{s:?}");
+    let config: serde_json::Value = serde_json::from_str(&s.info["config"]).unwrap();
+    assert_eq!(config["default_runtime"], "fake");
+    assert_eq!(config["socket"], daemon.socket.display().to_string());
+    assert_eq!(config["runtimes"]["runc"]["path"], "runc");
+    assert!(
+        s.info["runtime"].contains("fake-runtime version 9.9"),
+        "{:?}",
+        s.info
+    );
+    let handlers: Vec<&str> = s.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(handlers, vec!["", "fake", "runc"]);
+
+    // Runtime config: cgroup driver, and the pod CIDR that kubelet pushes.
+    let rc = rt
+        .runtime_config(RuntimeConfigRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        rc.linux.unwrap().cgroup_driver,
+        k8s_cri::v1::CgroupDriver::Cgroupfs as i32
+    );
+    let update = |cidr: &str| UpdateRuntimeConfigRequest {
+        runtime_config: Some(RuntimeConfig {
+            network_config: Some(NetworkConfig {
+                pod_cidr: cidr.into(),
+            }),
+        }),
+    };
+    let err = rt
+        .update_runtime_config(update("10.1.0.0/99"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("pod_cidr"), "{err:?}");
+    rt.update_runtime_config(update("10.244.3.0/24"))
+        .await
+        .unwrap();
+
+    // RPCs of later milestones answer Unimplemented, not a crash.
+    let err = rt
+        .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+
+    // SIGTERM: exit 0, socket removed.
+    drop(rt);
+    let status = daemon.signal_and_wait(libc::SIGTERM);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status:?} signal {:?}; log:\n{}",
+        status.signal(),
+        daemon.log_text()
+    );
+    assert!(!daemon.socket.exists(), "socket left behind");
+
+    // The pod CIDR survives a restart.
+    let mut daemon = Daemon::start(dir, &config_text(dir));
+    let mut rt = daemon.runtime().await;
+    let s = rt
+        .status(StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        s.info["runtimeConfig"].contains("10.244.3.0/24"),
+        "{:?}",
+        s.info
+    );
+    drop(rt);
+    let status = daemon.signal_and_wait(libc::SIGINT);
+    assert_eq!(status.code(), Some(0));
+    assert!(!daemon.socket.exists());
+}
+
+#[test]
+fn stale_socket_is_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    // A socket file nobody listens on, as a killed daemon leaves it.
+    let stale = std::os::unix::net::UnixListener::bind(dir.join("state/crius.sock")).unwrap();
+    drop(stale);
+    assert!(dir.join("state/crius.sock").exists());
+    let mut daemon = Daemon::start(dir, &config_text(dir));
+    let status = daemon.signal_and_wait(libc::SIGTERM);
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn bad_config_is_a_clear_start_up_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        ("bogus_key = 1\n", "bogus_key"),
+        ("cgroup_driver = \"cgroupv9\"\n", "cgroup_driver"),
+        ("shm_size = \"lots\"\n", "shm_size"),
+        ("[cni]\nconfdir = \"/etc\"\n", "confdir"),
+    ];
+    for (i, (text, key)) in cases.iter().enumerate() {
+        let path = tmp.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(CRIUSD)
+            .arg("--config")
+            .arg(&path)
+            .arg("--socket")
+            .arg(tmp.path().join("never.sock"))
+            .arg("--root")
+            .arg(tmp.path().join("root"))
+            .arg("--state")
+            .arg(tmp.path().join("state"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{text}: criusd accepted it");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(key),
+            "{text}: stderr does not name {key}: {stderr}"
+        );
+        assert!(!tmp.path().join("never.sock").exists());
+    }
+    // A config file that was named but does not exist.
+    let out = Command::new(CRIUSD)
+        .arg("--config")
+        .arg(tmp.path().join("missing.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
+
+#[test]
+fn config_default_prints_a_loadable_full_config() {
+    let out = Command::new(CRIUSD)
+        .args(["config", "default"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for key in [
+        "root = \"/var/lib/crius\"",
+        "socket = \"/run/crius/crius.sock\"",
+        "[runtimes.runc]",
+        "[cni]",
+        "[registry]",
+        "[stream]",
+        "shm_size = \"64Mi\"",
+    ] {
+        assert!(text.contains(key), "missing {key} in:\n{text}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("default.toml");
+    std::fs::write(&path, &text).unwrap();
+    // `config show` on the printed file with overrides reflects the flags.
+    let out = Command::new(CRIUSD)
+        .arg("--config")
+        .arg(&path)
+        .args(["--socket", "/tmp/other.sock", "config", "show"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8(out.stdout).unwrap();
+    assert!(shown.contains("socket = \"/tmp/other.sock\""), "{shown}");
+}

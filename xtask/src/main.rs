@@ -1,0 +1,128 @@
+//! `cargo xtask`: set-up, daemon runs and the test suite.
+//!
+//! xtask must build without protoc (the CRI bindings need it), because its
+//! first job on a fresh machine is to install protoc.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+mod setup;
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  setup         install what criusd and the tests need (Debian packages, CNI conflist)
+  run [ARGS]    set up when needed, build in release mode, run criusd in the foreground
+                (ARGS are passed to criusd, e.g. `cargo xtask run -- --log-level debug`)
+  test          fmt check, clippy -D warnings, unit tests, integration tests
+  unit          unit tests only
+  integration   integration tests only
+";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(e) = dispatch(&args) {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(args: &[String]) -> Result<()> {
+    let Some(cmd) = args.first() else {
+        eprint!("{USAGE}");
+        bail!("no command given");
+    };
+    let rest = &args[1..];
+    match cmd.as_str() {
+        "setup" => setup::setup(),
+        "run" => run(rest),
+        "test" => test(),
+        "unit" => {
+            setup::ensure_build_tools()?;
+            unit()
+        }
+        "integration" => {
+            setup::ensure()?;
+            integration()
+        }
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => {
+            eprint!("{USAGE}");
+            bail!("unknown command {other:?}")
+        }
+    }
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Runs a command, failing with its description when it fails.
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    eprintln!("xtask: running {shown}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+fn run(args: &[String]) -> Result<()> {
+    setup::ensure()?;
+    run_cmd(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "crius-cri-server",
+        "-p",
+        "crius-shim",
+    ]))?;
+    let criusd = workspace_root().join("target/release/criusd");
+    let args: Vec<&String> = args.iter().skip_while(|a| a.as_str() == "--").collect();
+    eprintln!("xtask: starting {} {:?}", criusd.display(), args);
+    use std::os::unix::process::CommandExt;
+    let err = Command::new(&criusd).args(args).exec();
+    Err(err).with_context(|| format!("cannot exec {}", criusd.display()))
+}
+
+fn unit() -> Result<()> {
+    run_cmd(cargo().args(["test", "--workspace", "--lib", "--bins"]))
+}
+
+fn integration() -> Result<()> {
+    run_cmd(cargo().args(["test", "--workspace", "--test", "*"]))
+}
+
+fn test() -> Result<()> {
+    setup::ensure()?;
+    run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run_cmd(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    unit()?;
+    integration()?;
+    eprintln!("xtask: all checks passed");
+    Ok(())
+}
