@@ -202,10 +202,7 @@ impl Config {
         })?;
         // A file that adds handlers keeps the built-in runc one, as it would
         // in containerd's merged configuration.
-        config
-            .runtimes
-            .entry("runc".to_string())
-            .or_insert_with(RuntimeHandler::default);
+        config.runtimes.entry("runc".to_string()).or_default();
         Ok(config)
     }
 
