@@ -1,7 +1,115 @@
 //! OCI runtime spec generation for crius.
 //!
-//! Everything here is a pure function: inputs are the CRI request (as plain
-//! data), the image configuration and facts about the sandbox; the output is
-//! an OCI runtime spec. No I/O happens in this crate.
+//! Everything here is a pure function: inputs are the CRI request, the image
+//! configuration and facts about the host and the sandbox, gathered by the
+//! caller (which does all the I/O: reading /etc/passwd of the image,
+//! /proc/self/status, mountinfo, device nodes); the output is an
+//! `oci_spec::runtime::Spec`.
+//!
+//! Modules: `process` (args, env, cwd), `user` (uid/gid resolution), `caps`,
+//! `seccomp` (the RuntimeDefault profile), `mounts`, `cgroups` (paths and
+//! resources), `annotations`, `oom`, and the two builders `sandbox` (the
+//! pause container) and `container`.
 
+// Test tables are tuples of slices; naming each shape would not make them clearer.
+#![cfg_attr(test, allow(clippy::type_complexity))]
+
+pub mod annotations;
+pub mod caps;
+pub mod cgroups;
+mod common;
+pub mod container;
+pub mod error;
+pub mod mounts;
 pub mod oom;
+pub mod process;
+pub mod sandbox;
+pub mod seccomp;
+pub mod user;
+
+pub use cgroups::{CgroupDriver, CgroupFeatures};
+pub use error::SpecError;
+
+/// The OCI runtime spec version written into every spec.
+pub const OCI_VERSION: &str = "1.0.2";
+
+/// Facts about the host and the runtime handler, gathered once by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFacts {
+    /// The capabilities the runtime itself holds (see [`caps::from_cap_eff`]).
+    pub capabilities: Vec<String>,
+    /// The daemon's own `oom_score_adj`.
+    pub oom_score_adj: i32,
+    /// Whether the daemon may lower `oom_score_adj` (holds CAP_SYS_RESOURCE).
+    pub can_lower_oom_score_adj: bool,
+    /// The cgroup driver.
+    pub cgroup_driver: CgroupDriver,
+    /// What the host's cgroups support.
+    pub cgroup_features: CgroupFeatures,
+    /// AppArmor is enabled in the kernel.
+    pub apparmor: bool,
+    /// SELinux is enabled.
+    pub selinux: bool,
+    /// The runtime handler supports recursive read-only mounts.
+    pub rro_mounts: bool,
+    /// The daemon's hard RLIMIT_NOFILE (containers get min(this, 1048576)).
+    pub nofile_hard: u64,
+    /// Annotation patterns passed from the pod to the runtime (handler option).
+    pub passthrough_annotations: Vec<String>,
+}
+
+impl Default for HostFacts {
+    fn default() -> Self {
+        HostFacts {
+            capabilities: caps::ALL_CAPABILITIES
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            oom_score_adj: 0,
+            can_lower_oom_score_adj: true,
+            cgroup_driver: CgroupDriver::Cgroupfs,
+            cgroup_features: CgroupFeatures::default(),
+            apparmor: false,
+            selinux: false,
+            rro_mounts: false,
+            nofile_hard: 1_048_576,
+            passthrough_annotations: Vec::new(),
+        }
+    }
+}
+
+/// The parts of an OCI image config that shape a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    /// `User`.
+    pub user: String,
+    /// `Env`.
+    pub env: Vec<String>,
+    /// `Entrypoint`.
+    pub entrypoint: Vec<String>,
+    /// `Cmd`.
+    pub cmd: Vec<String>,
+    /// `WorkingDir`.
+    pub working_dir: String,
+    /// `Volumes` (paths).
+    pub volumes: Vec<String>,
+}
+
+/// Facts about the pod's sandbox, known once it has been created.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SandboxFacts {
+    /// The sandbox id.
+    pub id: String,
+    /// The pod network namespace (None with host network).
+    pub netns_path: Option<String>,
+    /// The pod's /dev/shm tmpfs (None with host IPC: the host's is bound).
+    pub shm_path: Option<String>,
+    /// The pause process (containers join its namespaces).
+    pub pid: Option<u32>,
+    /// The pod's /etc/hosts file.
+    pub hosts_path: Option<String>,
+    /// The pod's /etc/resolv.conf file.
+    pub resolv_conf_path: Option<String>,
+    /// The pod's /etc/hostname file.
+    pub hostname_path: Option<String>,
+}

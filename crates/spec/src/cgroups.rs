@@ -1,0 +1,334 @@
+//! cgroup paths and resource limits.
+
+use crate::error::{invalid, SpecError};
+use k8s_cri::v1::LinuxContainerResources;
+use serde_json::{json, Map, Value};
+
+/// How cgroups are named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CgroupDriver {
+    /// Plain directories: `/kubepods/pod<uid>/<id>`.
+    #[default]
+    Cgroupfs,
+    /// systemd slices: `kubepods-pod<uid>.slice:crius:<id>`.
+    Systemd,
+}
+
+/// The scope prefix of crius containers under systemd.
+pub const SYSTEMD_SCOPE_PREFIX: &str = "crius";
+
+/// Checks a pod's cgroup parent against the driver: systemd needs a `.slice`
+/// name, cgroupfs an absolute or relative path that is not a slice.
+pub fn validate_parent(parent: &str, driver: CgroupDriver, field: &str) -> Result<(), SpecError> {
+    if parent.is_empty() {
+        return Ok(());
+    }
+    if parent.contains('\0') || parent.split('/').any(|c| c == "..") {
+        return Err(invalid(
+            field,
+            format!("{parent:?} is not a valid cgroup path"),
+        ));
+    }
+    match driver {
+        CgroupDriver::Systemd => {
+            let name = parent.rsplit('/').next().unwrap_or(parent);
+            if !name.ends_with(".slice") || name.len() <= ".slice".len() {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{parent:?}: the systemd cgroup driver needs a parent ending in .slice"
+                    ),
+                ));
+            }
+        }
+        CgroupDriver::Cgroupfs => {
+            if parent.ends_with(".slice") {
+                return Err(invalid(
+                    field,
+                    format!("{parent:?} is a systemd slice but the cgroup driver is cgroupfs"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The OCI `cgroupsPath` of a container (or pause container) with `id`
+/// under the pod's cgroup `parent`.
+pub fn cgroups_path(parent: &str, id: &str, driver: CgroupDriver) -> String {
+    match driver {
+        CgroupDriver::Cgroupfs => {
+            let parent = if parent.is_empty() { "/crius" } else { parent };
+            format!("{}/{}", parent.trim_end_matches('/'), id)
+        }
+        CgroupDriver::Systemd => {
+            let slice = parent
+                .rsplit('/')
+                .next()
+                .filter(|s| !s.is_empty())
+                .unwrap_or("system.slice");
+            format!("{slice}:{SYSTEMD_SCOPE_PREFIX}:{id}")
+        }
+    }
+}
+
+/// What the host's cgroups can do, as far as resources are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupFeatures {
+    /// Memory+swap accounting (`memory.memsw.*` on v1, `memory.swap.max` on v2).
+    pub swap: bool,
+    /// A hugetlb controller that runc can use.
+    pub hugetlb: bool,
+}
+
+impl Default for CgroupFeatures {
+    fn default() -> Self {
+        CgroupFeatures {
+            swap: true,
+            hugetlb: true,
+        }
+    }
+}
+
+/// Translates CRI resources into the OCI `linux.resources` object (without
+/// devices, which the caller adds). Zero values mean "not set", as in the CRI.
+pub fn resources(
+    r: &LinuxContainerResources,
+    features: CgroupFeatures,
+    field: &str,
+) -> Result<Value, SpecError> {
+    let mut cpu = Map::new();
+    if r.cpu_shares != 0 {
+        let shares = u64::try_from(r.cpu_shares)
+            .map_err(|_| invalid(format!("{field}.cpu_shares"), "must not be negative"))?;
+        cpu.insert("shares".into(), json!(shares));
+    }
+    if r.cpu_quota != 0 {
+        cpu.insert("quota".into(), json!(r.cpu_quota));
+    }
+    if r.cpu_period != 0 {
+        let period = u64::try_from(r.cpu_period)
+            .map_err(|_| invalid(format!("{field}.cpu_period"), "must not be negative"))?;
+        cpu.insert("period".into(), json!(period));
+    }
+    if !r.cpuset_cpus.is_empty() {
+        validate_cpuset(&r.cpuset_cpus).map_err(|m| invalid(format!("{field}.cpuset_cpus"), m))?;
+        cpu.insert("cpus".into(), json!(r.cpuset_cpus));
+    }
+    if !r.cpuset_mems.is_empty() {
+        validate_cpuset(&r.cpuset_mems).map_err(|m| invalid(format!("{field}.cpuset_mems"), m))?;
+        cpu.insert("mems".into(), json!(r.cpuset_mems));
+    }
+    let mut memory = Map::new();
+    if r.memory_limit_in_bytes != 0 {
+        if r.memory_limit_in_bytes < 0 {
+            return Err(invalid(
+                format!("{field}.memory_limit_in_bytes"),
+                "must not be negative",
+            ));
+        }
+        memory.insert("limit".into(), json!(r.memory_limit_in_bytes));
+        if features.swap {
+            let swap = if r.memory_swap_limit_in_bytes != 0 {
+                r.memory_swap_limit_in_bytes
+            } else {
+                r.memory_limit_in_bytes
+            };
+            if swap > 0 && swap < r.memory_limit_in_bytes {
+                return Err(invalid(
+                    format!("{field}.memory_swap_limit_in_bytes"),
+                    "must not be lower than memory_limit_in_bytes",
+                ));
+            }
+            memory.insert("swap".into(), json!(swap));
+        }
+    }
+    let mut out = Map::new();
+    if !cpu.is_empty() {
+        out.insert("cpu".into(), Value::Object(cpu));
+    }
+    if !memory.is_empty() {
+        out.insert("memory".into(), Value::Object(memory));
+    }
+    if features.hugetlb && !r.hugepage_limits.is_empty() {
+        let limits: Vec<Value> = r
+            .hugepage_limits
+            .iter()
+            .map(|h| json!({ "pageSize": h.page_size, "limit": h.limit }))
+            .collect();
+        out.insert("hugepageLimits".into(), Value::Array(limits));
+    }
+    if !r.unified.is_empty() {
+        for key in r.unified.keys() {
+            if key.contains('/') || key.starts_with('.') || key.is_empty() {
+                return Err(invalid(
+                    format!("{field}.unified"),
+                    format!("{key:?} is not a cgroup file name"),
+                ));
+            }
+        }
+        let unified: Map<String, Value> = r
+            .unified
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        out.insert("unified".into(), Value::Object(unified));
+    }
+    Ok(Value::Object(out))
+}
+
+/// Checks a cpuset list such as `0-3,7`.
+pub fn validate_cpuset(s: &str) -> Result<(), String> {
+    for part in s.split(',') {
+        let ok = match part.split_once('-') {
+            Some((a, b)) => {
+                matches!((a.parse::<u32>(), b.parse::<u32>()), (Ok(x), Ok(y)) if x <= y)
+            }
+            None => part.parse::<u32>().is_ok(),
+        };
+        if !ok {
+            return Err(format!("{s:?} is not a cpu list such as 0-3,7"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_cri::v1::HugepageLimit;
+
+    #[test]
+    fn parents() {
+        let f = "config.linux.cgroup_parent";
+        let cases = [
+            ("", CgroupDriver::Cgroupfs, true),
+            ("/kubepods/besteffort/pod1", CgroupDriver::Cgroupfs, true),
+            ("kubepods.slice", CgroupDriver::Cgroupfs, false),
+            (
+                "kubepods-besteffort-pod1.slice",
+                CgroupDriver::Systemd,
+                true,
+            ),
+            ("/kubepods/pod1", CgroupDriver::Systemd, false),
+            (".slice", CgroupDriver::Systemd, false),
+            ("/kubepods/../etc", CgroupDriver::Cgroupfs, false),
+        ];
+        for (p, d, ok) in cases {
+            let r = validate_parent(p, d, f);
+            assert_eq!(r.is_ok(), ok, "{p} {d:?}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains(f));
+            }
+        }
+        assert_eq!(
+            cgroups_path("/kubepods/pod1/", "abc", CgroupDriver::Cgroupfs),
+            "/kubepods/pod1/abc"
+        );
+        assert_eq!(
+            cgroups_path("", "abc", CgroupDriver::Cgroupfs),
+            "/crius/abc"
+        );
+        assert_eq!(
+            cgroups_path("kubepods-pod1.slice", "abc", CgroupDriver::Systemd),
+            "kubepods-pod1.slice:crius:abc"
+        );
+    }
+
+    #[test]
+    fn resources_table() {
+        let f = "config.linux.resources";
+        let full = LinuxContainerResources {
+            cpu_period: 100000,
+            cpu_quota: 50000,
+            cpu_shares: 512,
+            memory_limit_in_bytes: 64 << 20,
+            cpuset_cpus: "0-1".into(),
+            cpuset_mems: "0".into(),
+            hugepage_limits: vec![HugepageLimit {
+                page_size: "2MB".into(),
+                limit: 4 << 20,
+            }],
+            unified: [("memory.high".to_string(), "1000000".to_string())]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        let got = resources(&full, CgroupFeatures::default(), f).unwrap();
+        assert_eq!(
+            got["cpu"],
+            json!({"shares": 512, "quota": 50000, "period": 100000, "cpus": "0-1", "mems": "0"})
+        );
+        assert_eq!(got["memory"], json!({"limit": 64 << 20, "swap": 64 << 20}));
+        assert_eq!(
+            got["hugepageLimits"],
+            json!([{"pageSize": "2MB", "limit": 4 << 20}])
+        );
+        assert_eq!(got["unified"], json!({"memory.high": "1000000"}));
+
+        let no_features = CgroupFeatures {
+            swap: false,
+            hugetlb: false,
+        };
+        let got = resources(&full, no_features, f).unwrap();
+        assert_eq!(got["memory"], json!({"limit": 64 << 20}));
+        assert!(got.get("hugepageLimits").is_none());
+
+        assert_eq!(
+            resources(
+                &LinuxContainerResources::default(),
+                CgroupFeatures::default(),
+                f
+            )
+            .unwrap(),
+            json!({})
+        );
+
+        let bad: Vec<(LinuxContainerResources, &str)> = vec![
+            (
+                LinuxContainerResources {
+                    cpu_shares: -1,
+                    ..Default::default()
+                },
+                "cpu_shares",
+            ),
+            (
+                LinuxContainerResources {
+                    memory_limit_in_bytes: -5,
+                    ..Default::default()
+                },
+                "memory_limit_in_bytes",
+            ),
+            (
+                LinuxContainerResources {
+                    memory_limit_in_bytes: 100,
+                    memory_swap_limit_in_bytes: 50,
+                    ..Default::default()
+                },
+                "memory_swap_limit_in_bytes",
+            ),
+            (
+                LinuxContainerResources {
+                    cpuset_cpus: "3-1".into(),
+                    ..Default::default()
+                },
+                "cpuset_cpus",
+            ),
+            (
+                LinuxContainerResources {
+                    unified: [("../x".to_string(), "1".to_string())]
+                        .into_iter()
+                        .collect(),
+                    ..Default::default()
+                },
+                "unified",
+            ),
+        ];
+        for (r, field) in bad {
+            let e = resources(&r, CgroupFeatures::default(), f)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{e}");
+        }
+    }
+}

@@ -1,0 +1,838 @@
+//! The spec of an application container.
+
+use crate::common::{self, Parts, Profile};
+use crate::error::{invalid, SpecError};
+use crate::mounts::{self, HostPropagation};
+use crate::sandbox::host_namespaces;
+use crate::user::{ResolvedUser, SupplementalGroupsPolicy, UserRequest};
+use crate::{
+    annotations as ann, caps, cgroups, oom, process, HostFacts, ImageConfig, SandboxFacts,
+};
+use k8s_cri::v1::{ContainerConfig, NamespaceMode, PodSandboxConfig};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+const SC: &str = "config.linux.security_context";
+
+/// A device node to create in the container, resolved by the caller from
+/// the host (a CRI device, or every host device for privileged containers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceNode {
+    /// Path inside the container.
+    pub path: String,
+    /// `c` or `b`.
+    pub kind: char,
+    /// Major number.
+    pub major: i64,
+    /// Minor number.
+    pub minor: i64,
+    /// File mode bits.
+    pub file_mode: u32,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+    /// cgroup permissions (`rwm` subset).
+    pub permissions: String,
+}
+
+/// Everything a container spec is made from.
+pub struct ContainerInput<'a> {
+    /// The container id.
+    pub id: &'a str,
+    /// The CRI container config.
+    pub config: &'a ContainerConfig,
+    /// The pod's CRI config.
+    pub sandbox_config: &'a PodSandboxConfig,
+    /// The image config.
+    pub image: &'a ImageConfig,
+    /// The image name as requested (for the image-name annotation).
+    pub image_name: &'a str,
+    /// The user, resolved with [`crate::user::resolve`] from [`user_request`].
+    pub user: &'a ResolvedUser,
+    /// Facts about the sandbox.
+    pub sandbox: &'a SandboxFacts,
+    /// Facts about the host.
+    pub host: &'a HostFacts,
+    /// Propagation of the host mounts under the CRI mounts' host paths.
+    pub host_propagation: &'a HashMap<String, HostPropagation>,
+    /// Directory under which image volumes get their empty directories.
+    pub volume_dir: &'a str,
+    /// Device nodes to create.
+    pub devices: &'a [DeviceNode],
+    /// The pid of the container whose pid namespace a TARGET mode joins.
+    pub target_pid: Option<u32>,
+    /// Reads a Localhost seccomp profile.
+    pub load_profile: &'a dyn Fn(&str) -> Result<String, String>,
+}
+
+/// What the request and the image say about the user, for the caller to
+/// resolve against the image's /etc/passwd and /etc/group.
+pub fn user_request(config: &ContainerConfig, image: &ImageConfig) -> UserRequest {
+    let sc = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.clone())
+        .unwrap_or_default();
+    UserRequest {
+        run_as_user: sc.run_as_user.map(|v| v.value),
+        run_as_username: sc.run_as_username.clone(),
+        run_as_group: sc.run_as_group.map(|v| v.value),
+        supplemental_groups: sc.supplemental_groups.clone(),
+        policy: if sc.supplemental_groups_policy == 1 {
+            SupplementalGroupsPolicy::Strict
+        } else {
+            SupplementalGroupsPolicy::Merge
+        },
+        image_user: image.user.clone(),
+    }
+}
+
+/// The image volumes the container gets (the caller creates their source
+/// directories before the container is created).
+pub fn image_volumes(input: &ContainerInput<'_>) -> Result<Vec<mounts::MountEntry>, SpecError> {
+    let cri = mounts::cri_mounts(
+        &input.config.mounts,
+        input.host_propagation,
+        input.host.rro_mounts,
+    )?;
+    Ok(mounts::image_volume_mounts(
+        &input.image.volumes,
+        input.volume_dir,
+        &cri,
+    ))
+}
+
+/// Builds an application container's spec.
+pub fn container_spec(input: &ContainerInput<'_>) -> Result<oci_spec::runtime::Spec, SpecError> {
+    let config = input.config;
+    let host = input.host;
+    let meta = config.metadata.clone().unwrap_or_default();
+    if meta.name.is_empty() {
+        return Err(invalid("config.metadata.name", "must not be empty"));
+    }
+    let pod_meta = input.sandbox_config.metadata.clone().unwrap_or_default();
+    let linux = config.linux.clone().unwrap_or_default();
+    let sc = linux.security_context.clone().unwrap_or_default();
+    let pod_sc = input
+        .sandbox_config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.clone())
+        .unwrap_or_default();
+    let privileged = sc.privileged;
+    if privileged && !pod_sc.privileged {
+        return Err(invalid(
+            format!("{SC}.privileged"),
+            "a privileged container needs a privileged pod sandbox",
+        ));
+    }
+    let hn = host_namespaces(input.sandbox_config);
+
+    // Process.
+    let args = process::merge_args(
+        &config.command,
+        &config.args,
+        &input.image.entrypoint,
+        &input.image.cmd,
+    )?;
+    let mut env = process::merge_env(
+        &input.image.env,
+        config
+            .envs
+            .iter()
+            .map(|kv| (kv.key.as_str(), kv.value.as_str())),
+    );
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, common::DEFAULT_PATH_ENV.to_string());
+    }
+    if !hn.network && !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
+        env.push(format!("HOSTNAME={}", input.sandbox_config.hostname));
+    }
+    let cwd = process::working_dir(&config.working_dir, &input.image.working_dir)?;
+    let cap_field = format!("{SC}.capabilities");
+    let (add, drop) = sc
+        .capabilities
+        .as_ref()
+        .map(|c| (c.add_capabilities.clone(), c.drop_capabilities.clone()))
+        .unwrap_or_default();
+    let caps = caps::compute(&add, &drop, privileged, &host.capabilities, &cap_field)?;
+
+    // Security profiles: containers are unconfined unless asked otherwise.
+    #[allow(deprecated)]
+    let deprecated_seccomp = sc.seccomp_profile_path.clone();
+    let seccomp_profile = common::profile(
+        sc.seccomp.as_ref(),
+        &deprecated_seccomp,
+        Profile::Unconfined,
+        &format!("{SC}.seccomp"),
+    )?;
+    let seccomp = common::seccomp_json(
+        &seccomp_profile,
+        privileged,
+        &caps,
+        input.load_profile,
+        &format!("{SC}.seccomp"),
+    )?;
+    #[allow(deprecated)]
+    let deprecated_apparmor = sc.apparmor_profile.clone();
+    let apparmor_profile = common::profile(
+        sc.apparmor.as_ref(),
+        &deprecated_apparmor,
+        Profile::RuntimeDefault,
+        &format!("{SC}.apparmor"),
+    )?;
+    let apparmor = common::apparmor_profile(
+        &apparmor_profile,
+        privileged,
+        host.apparmor,
+        &format!("{SC}.apparmor"),
+    )?;
+
+    // Namespaces: the pod's network, IPC and UTS; pid per mode.
+    let pause = input.sandbox.pid;
+    let proc_ns = |kind: &str| pause.map(|p| format!("/proc/{p}/ns/{kind}"));
+    let mut namespaces = vec![common::namespace("mount", None)];
+    if !hn.network {
+        let net = input.sandbox.netns_path.clone().or_else(|| proc_ns("net"));
+        namespaces.push(common::namespace("network", net));
+        namespaces.push(common::namespace("uts", proc_ns("uts")));
+    }
+    if !hn.ipc {
+        namespaces.push(common::namespace("ipc", proc_ns("ipc")));
+    }
+    let pid_mode = sc
+        .namespace_options
+        .as_ref()
+        .map(|n| n.pid)
+        .unwrap_or(NamespaceMode::Container as i32);
+    match NamespaceMode::try_from(pid_mode) {
+        Ok(NamespaceMode::Node) => {
+            if !hn.pid {
+                return Err(invalid(
+                    format!("{SC}.namespace_options.pid"),
+                    "NODE pid mode needs a pod in the host pid namespace",
+                ));
+            }
+        }
+        Ok(NamespaceMode::Pod) => namespaces.push(common::namespace("pid", proc_ns("pid"))),
+        Ok(NamespaceMode::Container) => namespaces.push(common::namespace("pid", None)),
+        Ok(NamespaceMode::Target) => {
+            let target = input.target_pid.ok_or_else(|| {
+                invalid(
+                    format!("{SC}.namespace_options.target_id"),
+                    "the target container is not running",
+                )
+            })?;
+            namespaces.push(common::namespace(
+                "pid",
+                Some(format!("/proc/{target}/ns/pid")),
+            ));
+        }
+        Err(_) => {
+            return Err(invalid(
+                format!("{SC}.namespace_options.pid"),
+                format!("unknown mode {pid_mode}"),
+            ));
+        }
+    }
+
+    // Mounts.
+    let cri = mounts::cri_mounts(&config.mounts, input.host_propagation, host.rro_mounts)?;
+    let volumes = mounts::image_volume_mounts(&input.image.volumes, input.volume_dir, &cri);
+    let all_mounts = mounts::merge(vec![
+        mounts::default_mounts(privileged),
+        vec![mounts::shm_mount(if hn.ipc {
+            None
+        } else {
+            input.sandbox.shm_path.as_deref()
+        })],
+        mounts::pod_file_mounts(
+            input.sandbox.hosts_path.as_deref(),
+            input.sandbox.resolv_conf_path.as_deref(),
+            input.sandbox.hostname_path.as_deref(),
+            sc.readonly_rootfs,
+        ),
+        volumes,
+        cri,
+    ]);
+
+    // Resources and devices.
+    let resources_field = "config.linux.resources";
+    let (resources, oom_req) = match &linux.resources {
+        Some(r) => (
+            cgroups::resources(r, host.cgroup_features, resources_field)?,
+            r.oom_score_adj,
+        ),
+        None => (json!({}), 0),
+    };
+    let oom_req = i32::try_from(oom_req)
+        .map_err(|_| invalid(format!("{resources_field}.oom_score_adj"), "out of range"))?;
+    let mut device_rules = vec![json!({ "allow": privileged, "access": "rwm" })];
+    let mut devices = Vec::new();
+    for (i, d) in input.devices.iter().enumerate() {
+        if d.kind != 'c' && d.kind != 'b' {
+            return Err(invalid(
+                format!("config.devices[{i}]"),
+                format!("{:?} is not a device node", d.path),
+            ));
+        }
+        if !d.permissions.chars().all(|c| "rwm".contains(c)) || d.permissions.is_empty() {
+            return Err(invalid(
+                format!("config.devices[{i}].permissions"),
+                format!("{:?} is not a subset of rwm", d.permissions),
+            ));
+        }
+        devices.push(json!({
+            "path": d.path, "type": d.kind.to_string(), "major": d.major, "minor": d.minor,
+            "fileMode": d.file_mode, "uid": d.uid, "gid": d.gid,
+        }));
+        if !privileged {
+            device_rules.push(json!({
+                "allow": true, "type": d.kind.to_string(), "major": d.major, "minor": d.minor, "access": d.permissions,
+            }));
+        }
+    }
+
+    let (masked, readonly) = if privileged {
+        (Vec::new(), Vec::new())
+    } else {
+        let masked = if sc.masked_paths.is_empty() {
+            common::DEFAULT_MASKED_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        } else {
+            sc.masked_paths.clone()
+        };
+        let ro = if sc.readonly_paths.is_empty() {
+            common::DEFAULT_READONLY_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        } else {
+            sc.readonly_paths.clone()
+        };
+        (masked, ro)
+    };
+
+    let mut annotations = vec![
+        (
+            ann::CONTAINER_TYPE.to_string(),
+            ann::CONTAINER_TYPE_CONTAINER.to_string(),
+        ),
+        (ann::CONTAINER_NAME.to_string(), meta.name.clone()),
+        (ann::SANDBOX_ID.to_string(), input.sandbox.id.clone()),
+        (ann::SANDBOX_NAME.to_string(), pod_meta.name.clone()),
+        (
+            ann::SANDBOX_NAMESPACE.to_string(),
+            pod_meta.namespace.clone(),
+        ),
+        (ann::SANDBOX_UID.to_string(), pod_meta.uid.clone()),
+        (ann::IMAGE_NAME.to_string(), input.image_name.to_string()),
+    ];
+    annotations.extend(ann::passthrough(
+        &config.annotations,
+        &host.passthrough_annotations,
+    ));
+
+    let pod_parent = input
+        .sandbox_config
+        .linux
+        .as_ref()
+        .map(|l| l.cgroup_parent.clone())
+        .unwrap_or_default();
+    common::assemble(Parts {
+        args,
+        env,
+        cwd,
+        terminal: config.tty,
+        uid: input.user.uid,
+        gid: input.user.gid,
+        additional_gids: input.user.additional_gids.clone(),
+        caps,
+        no_new_privileges: sc.no_new_privs,
+        oom_score_adj: oom::restrict_oom_score_adj(
+            oom_req,
+            host.oom_score_adj,
+            host.can_lower_oom_score_adj,
+        ),
+        apparmor,
+        selinux: common::selinux_label(sc.selinux_options.as_ref(), host.selinux),
+        nofile: host.nofile_hard.min(1_048_576),
+        hostname: None,
+        readonly_rootfs: sc.readonly_rootfs,
+        mounts: all_mounts,
+        namespaces,
+        cgroups_path: cgroups::cgroups_path(&pod_parent, input.id, host.cgroup_driver),
+        resources,
+        devices,
+        device_rules,
+        sysctls: HashMap::new(),
+        seccomp,
+        masked_paths: masked,
+        readonly_paths: readonly,
+        annotations,
+    })
+}
+
+/// The spec as JSON (for tests and verbose status).
+pub fn to_json(spec: &oci_spec::runtime::Spec) -> Value {
+    serde_json::to_value(spec).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::user;
+    use k8s_cri::v1::{
+        security_profile::ProfileType, Capability, ContainerMetadata, Int64Value, KeyValue,
+        LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
+        LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount as CriMount, NamespaceOption,
+        PodSandboxMetadata, SecurityProfile,
+    };
+
+    fn pod(privileged: bool) -> PodSandboxConfig {
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: "web".into(),
+                namespace: "prod".into(),
+                uid: "u1".into(),
+                attempt: 0,
+            }),
+            hostname: "web-0".into(),
+            linux: Some(LinuxPodSandboxConfig {
+                cgroup_parent: "/kubepods/podu1".into(),
+                security_context: Some(LinuxSandboxSecurityContext {
+                    privileged,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn image() -> ImageConfig {
+        ImageConfig {
+            user: "app".into(),
+            env: vec!["PATH=/bin".into(), "A=1".into()],
+            entrypoint: vec!["/entry".into()],
+            cmd: vec!["serve".into()],
+            working_dir: "/srv".into(),
+            volumes: vec!["/data".into()],
+        }
+    }
+
+    fn base() -> ContainerConfig {
+        ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: "app".into(),
+                attempt: 0,
+            }),
+            envs: vec![KeyValue {
+                key: "A".into(),
+                value: "2".into(),
+            }],
+            linux: Some(LinuxContainerConfig::default()),
+            ..Default::default()
+        }
+    }
+
+    struct Fixture {
+        pod: PodSandboxConfig,
+        image: ImageConfig,
+        user: ResolvedUser,
+        sandbox: SandboxFacts,
+        host: HostFacts,
+        prop: HashMap<String, HostPropagation>,
+        devices: Vec<DeviceNode>,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Fixture {
+                pod: pod(false),
+                image: image(),
+                user: ResolvedUser {
+                    uid: 1000,
+                    gid: 1000,
+                    additional_gids: vec![1000, 10],
+                    username: Some("app".into()),
+                },
+                sandbox: SandboxFacts {
+                    id: "s".repeat(64),
+                    netns_path: Some("/run/crius/netns/p".into()),
+                    shm_path: Some("/run/crius/sb/shm".into()),
+                    pid: Some(4242),
+                    hosts_path: Some("/run/crius/sb/hosts".into()),
+                    resolv_conf_path: Some("/run/crius/sb/resolv.conf".into()),
+                    hostname_path: Some("/run/crius/sb/hostname".into()),
+                },
+                host: HostFacts {
+                    capabilities: caps::from_cap_eff("000001fffeffffff"),
+                    can_lower_oom_score_adj: false,
+                    ..Default::default()
+                },
+                prop: HashMap::new(),
+                devices: vec![],
+            }
+        }
+
+        fn build(&self, c: &ContainerConfig, target: Option<u32>) -> Result<Value, SpecError> {
+            let load = |p: &str| -> Result<String, String> {
+                if p == "/profiles/allow.json" {
+                    Ok(r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#.into())
+                } else {
+                    Err("missing".into())
+                }
+            };
+            let input = ContainerInput {
+                id: &"c".repeat(64),
+                config: c,
+                sandbox_config: &self.pod,
+                image: &self.image,
+                image_name: "docker.io/library/app:1",
+                user: &self.user,
+                sandbox: &self.sandbox,
+                host: &self.host,
+                host_propagation: &self.prop,
+                volume_dir: "/var/lib/crius/containers/c/volumes",
+                devices: &self.devices,
+                target_pid: target,
+                load_profile: &load,
+            };
+            container_spec(&input).map(|s| to_json(&s))
+        }
+    }
+
+    fn sc(f: impl FnOnce(&mut LinuxContainerSecurityContext)) -> ContainerConfig {
+        let mut c = base();
+        let mut s = LinuxContainerSecurityContext::default();
+        f(&mut s);
+        c.linux.as_mut().unwrap().security_context = Some(s);
+        c
+    }
+
+    fn mount<'a>(s: &'a Value, dest: &str) -> Option<&'a Value> {
+        s["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == dest)
+    }
+
+    #[test]
+    fn process_user_env_and_annotations() {
+        let f = Fixture::new();
+        let s = f.build(&base(), None).unwrap();
+        assert_eq!(s["process"]["args"], json!(["/entry", "serve"]));
+        assert_eq!(
+            s["process"]["env"],
+            json!(["PATH=/bin", "A=2", "HOSTNAME=web-0"])
+        );
+        assert_eq!(s["process"]["cwd"], "/srv");
+        assert_eq!(
+            s["process"]["user"],
+            json!({"uid": 1000, "gid": 1000, "additionalGids": [1000, 10]})
+        );
+        assert_eq!(s["process"]["oomScoreAdj"], 0);
+        assert_eq!(s["process"]["rlimits"][0]["type"], "RLIMIT_NOFILE");
+        assert_eq!(s["annotations"][ann::CONTAINER_TYPE], "container");
+        assert_eq!(s["annotations"][ann::CONTAINER_NAME], "app");
+        assert_eq!(s["annotations"][ann::IMAGE_NAME], "docker.io/library/app:1");
+        assert_eq!(s["annotations"][ann::SANDBOX_ID], "s".repeat(64));
+        assert_eq!(
+            s["linux"]["cgroupsPath"],
+            format!("/kubepods/podu1/{}", "c".repeat(64))
+        );
+        assert!(
+            s["linux"].get("seccomp").is_none(),
+            "containers are unconfined by default"
+        );
+        assert!(s.get("hostname").is_none());
+
+        let mut c = base();
+        c.command = vec!["/bin/sh".into()];
+        c.args = vec!["-c".into(), "id".into()];
+        c.tty = true;
+        c.working_dir = "/tmp".into();
+        let s = f.build(&c, None).unwrap();
+        assert_eq!(s["process"]["args"], json!(["/bin/sh", "-c", "id"]));
+        assert_eq!(s["process"]["terminal"], true);
+        assert_eq!(s["process"]["cwd"], "/tmp");
+    }
+
+    #[test]
+    fn user_request_from_config() {
+        let c = sc(|s| {
+            s.run_as_user = Some(Int64Value { value: 7 });
+            s.run_as_group = Some(Int64Value { value: 8 });
+            s.supplemental_groups = vec![9];
+            s.supplemental_groups_policy = 1;
+        });
+        let r = user_request(&c, &image());
+        assert_eq!(r.run_as_user, Some(7));
+        assert_eq!(r.run_as_group, Some(8));
+        assert_eq!(r.policy, SupplementalGroupsPolicy::Strict);
+        let resolved = user::resolve(&r, &[], &[]).unwrap();
+        assert_eq!(
+            (resolved.uid, resolved.gid, resolved.additional_gids),
+            (7, 8, vec![8, 9])
+        );
+    }
+
+    #[test]
+    fn namespaces_by_mode() {
+        let f = Fixture::new();
+        let ns = |s: &Value| -> Vec<(String, Option<String>)> {
+            s["linux"]["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| {
+                    (
+                        n["type"].as_str().unwrap().into(),
+                        n["path"].as_str().map(String::from),
+                    )
+                })
+                .collect()
+        };
+        let pid_of = |s: &Value| ns(s).into_iter().find(|(t, _)| t == "pid");
+        let s = f.build(&base(), None).unwrap();
+        assert_eq!(
+            ns(&s)[..4],
+            [
+                ("mount".to_string(), None),
+                (
+                    "network".to_string(),
+                    Some("/run/crius/netns/p".to_string())
+                ),
+                ("uts".to_string(), Some("/proc/4242/ns/uts".to_string())),
+                ("ipc".to_string(), Some("/proc/4242/ns/ipc".to_string())),
+            ]
+        );
+        assert_eq!(
+            pid_of(&s),
+            Some(("pid".into(), None)),
+            "CONTAINER is the default"
+        );
+        let mode = |m: i32| {
+            sc(|s| {
+                s.namespace_options = Some(NamespaceOption {
+                    pid: m,
+                    target_id: "t".into(),
+                    ..Default::default()
+                })
+            })
+        };
+        assert_eq!(
+            pid_of(&f.build(&mode(0), None).unwrap()),
+            Some(("pid".into(), Some("/proc/4242/ns/pid".into())))
+        );
+        assert_eq!(
+            pid_of(&f.build(&mode(3), Some(77)).unwrap()),
+            Some(("pid".into(), Some("/proc/77/ns/pid".into())))
+        );
+        assert!(f
+            .build(&mode(3), None)
+            .unwrap_err()
+            .to_string()
+            .contains("target_id"));
+        assert!(f
+            .build(&mode(2), None)
+            .unwrap_err()
+            .to_string()
+            .contains("host pid"));
+    }
+
+    #[test]
+    fn mounts_and_rootfs() {
+        let f = Fixture::new();
+        let mut c = sc(|s| s.readonly_rootfs = true);
+        c.mounts = vec![CriMount {
+            container_path: "/etc/hosts".into(),
+            host_path: "/my/hosts".into(),
+            ..Default::default()
+        }];
+        let s = f.build(&c, None).unwrap();
+        assert_eq!(s["root"]["readonly"], true);
+        assert_eq!(
+            mount(&s, "/etc/hosts").unwrap()["source"],
+            "/my/hosts",
+            "a CRI mount overrides the pod file"
+        );
+        assert!(mount(&s, "/etc/resolv.conf").unwrap()["options"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("ro")));
+        assert_eq!(
+            mount(&s, "/dev/shm").unwrap()["source"],
+            "/run/crius/sb/shm"
+        );
+        assert_eq!(
+            mount(&s, "/data").unwrap()["source"],
+            "/var/lib/crius/containers/c/volumes/0"
+        );
+        let dests: Vec<&str> = s["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["destination"].as_str().unwrap())
+            .collect();
+        let proc_pos = dests.iter().position(|d| *d == "/proc").unwrap();
+        let cg_pos = dests.iter().position(|d| *d == "/sys/fs/cgroup").unwrap();
+        assert!(proc_pos < cg_pos);
+        let mut bad = base();
+        bad.mounts = vec![CriMount {
+            container_path: "rel".into(),
+            host_path: "/x".into(),
+            ..Default::default()
+        }];
+        assert!(f
+            .build(&bad, None)
+            .unwrap_err()
+            .to_string()
+            .contains("config.mounts[0].container_path"));
+    }
+
+    #[test]
+    fn security() {
+        let mut f = Fixture::new();
+        let c = sc(|s| {
+            s.capabilities = Some(Capability {
+                add_capabilities: vec!["NET_ADMIN".into()],
+                drop_capabilities: vec!["KILL".into()],
+                ..Default::default()
+            });
+            s.no_new_privs = true;
+            s.seccomp = Some(SecurityProfile {
+                profile_type: ProfileType::RuntimeDefault as i32,
+                ..Default::default()
+            });
+            s.masked_paths = vec!["/proc/x".into()];
+        });
+        let s = f.build(&c, None).unwrap();
+        let caps = s["process"]["capabilities"]["effective"]
+            .as_array()
+            .unwrap();
+        assert!(caps.contains(&json!("CAP_NET_ADMIN")) && !caps.contains(&json!("CAP_KILL")));
+        assert_eq!(s["process"]["noNewPrivileges"], true);
+        assert_eq!(s["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(s["linux"]["maskedPaths"], json!(["/proc/x"]));
+        assert_eq!(
+            s["linux"]["readonlyPaths"].as_array().unwrap().len(),
+            common::DEFAULT_READONLY_PATHS.len()
+        );
+
+        let local = sc(|s| {
+            s.seccomp = Some(SecurityProfile {
+                profile_type: ProfileType::Localhost as i32,
+                localhost_ref: "/profiles/allow.json".into(),
+            })
+        });
+        assert_eq!(
+            f.build(&local, None).unwrap()["linux"]["seccomp"]["defaultAction"],
+            "SCMP_ACT_ALLOW"
+        );
+
+        // Privileged needs a privileged pod; then gets all held caps, no masks, writable sysfs.
+        let privileged = sc(|s| s.privileged = true);
+        assert!(f
+            .build(&privileged, None)
+            .unwrap_err()
+            .to_string()
+            .contains("privileged pod"));
+        f.pod = pod(true);
+        let s = f.build(&privileged, None).unwrap();
+        assert_eq!(
+            s["process"]["capabilities"]["bounding"]
+                .as_array()
+                .unwrap()
+                .len(),
+            40
+        );
+        assert!(s["linux"]["maskedPaths"].as_array().unwrap().is_empty());
+        assert!(!mount(&s, "/sys").unwrap()["options"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("ro")));
+        assert_eq!(
+            s["linux"]["resources"]["devices"][0],
+            json!({"allow": true, "access": "rwm"})
+        );
+    }
+
+    #[test]
+    fn resources_and_devices() {
+        let mut f = Fixture::new();
+        f.devices = vec![DeviceNode {
+            path: "/dev/fuse".into(),
+            kind: 'c',
+            major: 10,
+            minor: 229,
+            file_mode: 0o666,
+            uid: 0,
+            gid: 0,
+            permissions: "rw".into(),
+        }];
+        let mut c = base();
+        c.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
+            memory_limit_in_bytes: 1 << 26,
+            oom_score_adj: -500,
+            cpu_shares: 2,
+            ..Default::default()
+        });
+        let s = f.build(&c, None).unwrap();
+        assert_eq!(s["linux"]["resources"]["memory"]["limit"], 1 << 26);
+        assert_eq!(s["linux"]["resources"]["cpu"]["shares"], 2);
+        assert_eq!(
+            s["process"]["oomScoreAdj"], 0,
+            "cannot go below the daemon's own"
+        );
+        assert_eq!(s["linux"]["devices"][0]["path"], "/dev/fuse");
+        assert_eq!(
+            s["linux"]["resources"]["devices"][1],
+            json!({"allow": true, "type": "c", "major": 10, "minor": 229, "access": "rw"})
+        );
+        f.host.can_lower_oom_score_adj = true;
+        assert_eq!(f.build(&c, None).unwrap()["process"]["oomScoreAdj"], -500);
+        f.devices[0].permissions = "rwx".into();
+        assert!(f
+            .build(&base(), None)
+            .unwrap_err()
+            .to_string()
+            .contains("config.devices[0].permissions"));
+    }
+
+    #[test]
+    fn invalid_requests() {
+        let f = Fixture::new();
+        let mut no_name = base();
+        no_name.metadata = None;
+        assert!(f
+            .build(&no_name, None)
+            .unwrap_err()
+            .to_string()
+            .contains("config.metadata.name"));
+        let mut no_cmd = Fixture::new();
+        no_cmd.image.entrypoint.clear();
+        no_cmd.image.cmd.clear();
+        assert!(no_cmd
+            .build(&base(), None)
+            .unwrap_err()
+            .to_string()
+            .contains("config.command"));
+        let bad_cap = sc(|s| {
+            s.capabilities = Some(Capability {
+                add_capabilities: vec!["SYS_RESOURCE".into()],
+                ..Default::default()
+            })
+        });
+        assert!(f
+            .build(&bad_cap, None)
+            .unwrap_err()
+            .to_string()
+            .contains("capabilities.add_capabilities"));
+    }
+}
