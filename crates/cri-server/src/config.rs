@@ -137,6 +137,14 @@ impl Default for StreamConfig {
     }
 }
 
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Listen address of `/metrics` (e.g. `127.0.0.1:9190`); empty turns metrics serving off.
+    pub address: String,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -167,6 +175,8 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Streaming server.
     pub stream: StreamConfig,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
 }
 
 impl Default for Config {
@@ -187,6 +197,7 @@ impl Default for Config {
             cni: CniConfig::default(),
             registry: RegistryConfig::default(),
             stream: StreamConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -280,6 +291,14 @@ impl Config {
                     known.join(", ")
                 ),
             ));
+        }
+        if !self.metrics.address.is_empty() {
+            self.metrics.address.parse::<SocketAddr>().map_err(|e| {
+                value_err(
+                    "metrics.address",
+                    format!("{:?}: {e}", self.metrics.address),
+                )
+            })?;
         }
         self.stream
             .address
@@ -428,6 +447,7 @@ address = "127.0.0.1:10010"
             ("[runtimes.crun]\npath = \"\"", "`runtimes.crun.path`"),
             ("[stream]\naddress = \"nowhere\"", "`stream.address`"),
             ("[cni]\nbin_dirs = [\"bin\"]", "`cni.bin_dirs[0]`"),
+            ("[metrics]\naddress = \"localhost\"", "`metrics.address`"),
             ("root = \"/a\"\nroot = \"/b\"", "root"),
         ];
         for (text, want) in cases {

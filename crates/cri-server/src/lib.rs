@@ -8,6 +8,8 @@ pub mod config;
 pub mod daemon;
 pub mod errors;
 pub mod health;
+pub mod host;
 pub mod image;
+pub mod metrics;
 pub mod runtime;
 pub mod server;

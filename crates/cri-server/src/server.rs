@@ -122,8 +122,25 @@ pub async fn run(
         shutdown.await;
         let _ = fired_tx.send(true);
     };
+    let metrics = Arc::new(crate::metrics::Metrics::new().context("cannot create metrics")?);
+    let metrics_task = if daemon.config.metrics.address.is_empty() {
+        None
+    } else {
+        let addr = daemon
+            .config
+            .metrics
+            .address
+            .parse()
+            .context("metrics.address")?;
+        let (bound, task) = crate::metrics::serve(addr, metrics.clone(), fired_rx.clone())
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        tracing::info!(address = %bound, "serving metrics on /metrics");
+        Some(task)
+    };
     let serve = tonic::transport::Server::builder()
         .trace_fn(|req| tracing::info_span!("cri", method = %req.uri().path()))
+        .layer(crate::metrics::MetricsLayer::new(metrics))
         .add_service(runtime)
         .add_service(image)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal);
@@ -143,6 +160,9 @@ pub async fn run(
             Ok(())
         }
     };
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     match std::fs::remove_file(&socket) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

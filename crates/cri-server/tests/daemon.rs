@@ -291,3 +291,94 @@ fn config_default_prints_a_loadable_full_config() {
     let shown = String::from_utf8(out.stdout).unwrap();
     assert!(shown.contains("socket = \"/tmp/other.sock\""), "{shown}");
 }
+
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: crius\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_calls_and_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let text = format!("{}\n[metrics]\naddress = \"{addr}\"\n", config_text(dir));
+    let mut daemon = Daemon::start(dir, &text);
+    let mut rt = daemon.runtime().await;
+    for _ in 0..3 {
+        rt.version(VersionRequest::default()).await.unwrap();
+    }
+    let err = rt
+        .update_runtime_config(UpdateRuntimeConfigRequest {
+            runtime_config: Some(RuntimeConfig {
+                network_config: Some(NetworkConfig {
+                    pod_cidr: "nope".into(),
+                }),
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let body = scrape(&addr);
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(
+        body.contains("crius_cri_requests_total{method=\"RuntimeService/Version\"} 3"),
+        "{body}"
+    );
+    assert!(
+        body.contains("crius_cri_errors_total{code=\"InvalidArgument\",method=\"RuntimeService/UpdateRuntimeConfig\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("crius_cri_request_duration_seconds_bucket"),
+        "{body}"
+    );
+    drop(rt);
+    assert_eq!(daemon.signal_and_wait(libc::SIGTERM).code(), Some(0));
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "metrics port still open after shutdown"
+    );
+}
+
+#[test]
+fn metrics_off_opens_no_port() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut daemon = Daemon::start(dir, &config_text(dir));
+    let pid = daemon.child.as_ref().unwrap().id();
+    // The daemon's only sockets are unix sockets: no TCP listener of its own.
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|l| l.display().to_string())
+        .filter_map(|l| {
+            l.strip_prefix("socket:[")
+                .map(|s| s.trim_end_matches(']').to_string())
+        })
+        .collect();
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap()
+        + &std::fs::read_to_string("/proc/net/tcp6").unwrap_or_default();
+    let listening: Vec<&str> = tcp
+        .lines()
+        .skip(1)
+        .filter(|l| l.split_whitespace().nth(3) == Some("0A"))
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(9)
+                .is_some_and(|i| inodes.iter().any(|x| x == i))
+        })
+        .collect();
+    assert!(listening.is_empty(), "criusd listens on TCP: {listening:?}");
+    assert_eq!(daemon.signal_and_wait(libc::SIGTERM).code(), Some(0));
+}

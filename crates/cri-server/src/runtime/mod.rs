@@ -1,5 +1,6 @@
 //! The CRI `RuntimeService`: one module per RPC group, this file only dispatches.
 
+pub mod sandbox;
 pub mod status;
 pub mod version;
 

@@ -1,0 +1,335 @@
+//! Prometheus metrics: a tower layer that counts and times every CRI call,
+//! the registry of the daemon's other metrics, and the `/metrics` endpoint.
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tonic::codegen::http;
+
+/// The daemon's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// CRI requests by method.
+    pub requests: IntCounterVec,
+    /// CRI errors by method and gRPC code name.
+    pub errors: IntCounterVec,
+    /// CRI request latency by method.
+    pub latency: HistogramVec,
+}
+
+/// Latency buckets from 1 ms to ~2 min.
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+];
+
+impl Metrics {
+    /// Creates and registers the metrics.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("crius".into()), None)?;
+        let requests = IntCounterVec::new(
+            Opts::new("cri_requests_total", "CRI requests received, by method"),
+            &["method"],
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "cri_errors_total",
+                "CRI requests that failed, by method and gRPC code",
+            ),
+            &["method", "code"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "cri_request_duration_seconds",
+                "CRI request latency, by method",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["method"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            errors,
+            latency,
+        })
+    }
+
+    /// The registry, for other modules to register their metrics in.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// The short method name of a gRPC path: `/runtime.v1.RuntimeService/Version`
+/// becomes `RuntimeService/Version`.
+pub fn method_name(path: &str) -> String {
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let service = parts.next().unwrap_or("");
+    let method = parts.next().unwrap_or("");
+    let service = service.rsplit('.').next().unwrap_or(service);
+    format!("{service}/{method}")
+}
+
+/// The name of a gRPC status code, as Prometheus labels it.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "Canceled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// A tower layer recording every request into [`Metrics`].
+#[derive(Clone)]
+pub struct MetricsLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl MetricsLayer {
+    /// A layer over shared metrics.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        MetricsLayer { metrics }
+    }
+}
+
+impl<S> tower::Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MetricsService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The service of [`MetricsLayer`].
+#[derive(Clone)]
+pub struct MetricsService<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for MetricsService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = method_name(req.uri().path());
+        let metrics = self.metrics.clone();
+        // Take the service that was polled ready, leave a fresh clone behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let start = Instant::now();
+            metrics.requests.with_label_values(&[&method]).inc();
+            let result = inner.call(req).await;
+            metrics
+                .latency
+                .with_label_values(&[&method])
+                .observe(start.elapsed().as_secs_f64());
+            let code = match &result {
+                // A unary error is a trailers-only response: the status is a header.
+                Ok(resp) => resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map(tonic::Code::from_i32)
+                    .unwrap_or(tonic::Code::Ok),
+                Err(_) => tonic::Code::Unknown,
+            };
+            if code != tonic::Code::Ok {
+                metrics
+                    .errors
+                    .with_label_values(&[&method, code_name(code)])
+                    .inc();
+            }
+            result
+        })
+    }
+}
+
+/// Serves `GET /metrics` on `addr` until `shutdown` resolves. Returns the
+/// bound address (useful with port 0).
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let handle = tokio::spawn(async move {
+        let mut shutdown = shutdown;
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = shutdown.changed() => break,
+            };
+            let (stream, _) = match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    continue;
+                }
+            };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let metrics = metrics.clone();
+                        async move {
+                            let resp = if req.uri().path() == "/metrics"
+                                && req.method() == hyper::Method::GET
+                            {
+                                hyper::Response::builder()
+                                    .header("content-type", "text/plain; version=0.0.4")
+                                    .body(Full::new(Bytes::from(metrics.render())))
+                            } else {
+                                hyper::Response::builder()
+                                    .status(404)
+                                    .body(Full::new(Bytes::from_static(b"not found\n")))
+                            };
+                            resp
+                        }
+                    },
+                );
+                let io = hyper_util::rt::TokioIo::new(stream);
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await
+                {
+                    tracing::debug!(error = %e, "metrics connection ended");
+                }
+            });
+        }
+    });
+    Ok((local, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_names() {
+        let cases = [
+            (
+                "/runtime.v1.RuntimeService/Version",
+                "RuntimeService/Version",
+            ),
+            (
+                "/runtime.v1.ImageService/PullImage",
+                "ImageService/PullImage",
+            ),
+            ("/x", "x/"),
+        ];
+        for (path, want) in cases {
+            assert_eq!(method_name(path), want);
+        }
+        assert_eq!(code_name(tonic::Code::InvalidArgument), "InvalidArgument");
+    }
+
+    #[tokio::test]
+    async fn layer_counts_and_endpoint_serves() {
+        use tower::{Layer, Service, ServiceExt};
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let inner = tower::service_fn(|req: http::Request<()>| async move {
+            let mut resp = http::Response::new(());
+            if req.uri().path().ends_with("/Fail") {
+                resp.headers_mut()
+                    .insert("grpc-status", http::HeaderValue::from_static("3"));
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        });
+        let mut svc = MetricsLayer::new(metrics.clone()).layer(inner);
+        for path in [
+            "/runtime.v1.RuntimeService/Version",
+            "/runtime.v1.RuntimeService/Version",
+            "/runtime.v1.RuntimeService/Fail",
+        ] {
+            let req = http::Request::builder().uri(path).body(()).unwrap();
+            svc.ready().await.unwrap().call(req).await.unwrap();
+        }
+        let text = metrics.render();
+        assert!(
+            text.contains("crius_cri_requests_total{method=\"RuntimeService/Version\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "crius_cri_errors_total{code=\"InvalidArgument\",method=\"RuntimeService/Fail\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "crius_cri_request_duration_seconds_count{method=\"RuntimeService/Version\"} 2"
+            ),
+            "{text}"
+        );
+
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let (addr, handle) = serve("127.0.0.1:0".parse().unwrap(), metrics, rx)
+            .await
+            .unwrap();
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.unwrap();
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        assert!(body.contains("crius_cri_requests_total"), "{body}");
+        tx.send(true).unwrap();
+        handle.await.unwrap();
+    }
+}
