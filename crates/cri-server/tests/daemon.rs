@@ -163,10 +163,41 @@ async fn version_status_config_and_graceful_shutdown() {
 
     // RPCs of later milestones answer Unimplemented, not a crash.
     let err = rt
-        .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
+        .run_pod_sandbox(k8s_cri::v1::RunPodSandboxRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
+
+    // Listing and status read the store: empty, and unknown ids are NotFound.
+    let pods = rt
+        .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(pods.items.is_empty());
+    let containers = rt
+        .list_containers(k8s_cri::v1::ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(containers.containers.is_empty());
+    let err = rt
+        .pod_sandbox_status(k8s_cri::v1::PodSandboxStatusRequest {
+            pod_sandbox_id: "abc".into(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    let err = rt
+        .container_status(k8s_cri::v1::ContainerStatusRequest {
+            container_id: String::new(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("container_id"), "{err:?}");
 
     // SIGTERM: exit 0, socket removed.
     drop(rt);

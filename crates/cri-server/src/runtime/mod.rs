@@ -1,11 +1,13 @@
 //! The CRI `RuntimeService`: one module per RPC group, this file only dispatches.
 
+pub mod container;
+pub mod filter;
 pub mod sandbox;
 pub mod status;
 pub mod version;
 
 use crate::daemon::Daemon;
-use crate::errors::not_yet;
+use crate::errors::{invalid_field, not_yet, store_status};
 use k8s_cri::v1;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use std::pin::Pin;
@@ -62,6 +64,69 @@ impl RuntimeService for RuntimeSvc {
         status::update_runtime_config(&self.daemon, request.into_inner()).map(Response::new)
     }
 
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<v1::ListPodSandboxRequest>,
+    ) -> Result<Response<v1::ListPodSandboxResponse>, Status> {
+        let req = request.into_inner();
+        let records = self.daemon.store.list_sandboxes();
+        Ok(Response::new(v1::ListPodSandboxResponse {
+            items: sandbox::status::list(&records, req.filter.as_ref()),
+        }))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<v1::PodSandboxStatusRequest>,
+    ) -> Result<Response<v1::PodSandboxStatusResponse>, Status> {
+        let req = request.into_inner();
+        if req.pod_sandbox_id.is_empty() {
+            return Err(invalid_field("pod_sandbox_id", "must not be empty"));
+        }
+        let record = self
+            .daemon
+            .store
+            .get_sandbox(&req.pod_sandbox_id)
+            .map_err(store_status)?;
+        let (status, info) = sandbox::status::status(&record, req.verbose);
+        Ok(Response::new(v1::PodSandboxStatusResponse {
+            status: Some(status),
+            info,
+            ..Default::default()
+        }))
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<v1::ListContainersRequest>,
+    ) -> Result<Response<v1::ListContainersResponse>, Status> {
+        let req = request.into_inner();
+        let records = self.daemon.store.list_containers();
+        Ok(Response::new(v1::ListContainersResponse {
+            containers: container::status::list(&records, req.filter.as_ref()),
+        }))
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<v1::ContainerStatusRequest>,
+    ) -> Result<Response<v1::ContainerStatusResponse>, Status> {
+        let req = request.into_inner();
+        if req.container_id.is_empty() {
+            return Err(invalid_field("container_id", "must not be empty"));
+        }
+        let record = self
+            .daemon
+            .store
+            .get_container(&req.container_id)
+            .map_err(store_status)?;
+        let (status, info) = container::status::status(&record, req.verbose);
+        Ok(Response::new(v1::ContainerStatusResponse {
+            status: Some(status),
+            info,
+        }))
+    }
+
     type GetContainerEventsStream = ContainerEventStream;
 
     async fn get_container_events(
@@ -92,20 +157,6 @@ impl RuntimeService for RuntimeSvc {
         Err(not_yet("RemovePodSandbox"))
     }
 
-    async fn pod_sandbox_status(
-        &self,
-        _request: Request<v1::PodSandboxStatusRequest>,
-    ) -> Result<Response<v1::PodSandboxStatusResponse>, Status> {
-        Err(not_yet("PodSandboxStatus"))
-    }
-
-    async fn list_pod_sandbox(
-        &self,
-        _request: Request<v1::ListPodSandboxRequest>,
-    ) -> Result<Response<v1::ListPodSandboxResponse>, Status> {
-        Err(not_yet("ListPodSandbox"))
-    }
-
     async fn create_container(
         &self,
         _request: Request<v1::CreateContainerRequest>,
@@ -132,20 +183,6 @@ impl RuntimeService for RuntimeSvc {
         _request: Request<v1::RemoveContainerRequest>,
     ) -> Result<Response<v1::RemoveContainerResponse>, Status> {
         Err(not_yet("RemoveContainer"))
-    }
-
-    async fn list_containers(
-        &self,
-        _request: Request<v1::ListContainersRequest>,
-    ) -> Result<Response<v1::ListContainersResponse>, Status> {
-        Err(not_yet("ListContainers"))
-    }
-
-    async fn container_status(
-        &self,
-        _request: Request<v1::ContainerStatusRequest>,
-    ) -> Result<Response<v1::ContainerStatusResponse>, Status> {
-        Err(not_yet("ContainerStatus"))
     }
 
     async fn update_container_resources(

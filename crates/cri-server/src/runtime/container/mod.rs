@@ -1,0 +1,3 @@
+//! The container half of the RuntimeService.
+
+pub mod status;

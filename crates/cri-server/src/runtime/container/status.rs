@@ -1,0 +1,205 @@
+//! ListContainers and ContainerStatus: translations of store records.
+
+use crate::runtime::filter::{id_matches, labels_match, to_hash_map};
+use crius_store::{ContainerRecord, ContainerState as StoreState};
+use k8s_cri::v1::{
+    Container, ContainerConfig, ContainerFilter, ContainerMetadata, ContainerResources,
+    ContainerState, ContainerStatus, ImageSpec,
+};
+use std::collections::HashMap;
+
+/// The CRI config stored with the record (empty when unreadable).
+pub fn stored_config(r: &ContainerRecord) -> ContainerConfig {
+    serde_json::from_value(r.metadata.config.clone()).unwrap_or_default()
+}
+
+/// The CRI state of a record.
+pub fn state(r: &ContainerRecord) -> ContainerState {
+    match r.status.state {
+        StoreState::Created => ContainerState::ContainerCreated,
+        StoreState::Running => ContainerState::ContainerRunning,
+        StoreState::Exited => ContainerState::ContainerExited,
+        StoreState::Unknown => ContainerState::ContainerUnknown,
+    }
+}
+
+fn metadata(r: &ContainerRecord) -> ContainerMetadata {
+    ContainerMetadata {
+        name: r.metadata.container_name.clone(),
+        attempt: r.metadata.attempt,
+    }
+}
+
+fn image(r: &ContainerRecord) -> ImageSpec {
+    ImageSpec {
+        image: r.metadata.image_ref.clone(),
+        ..Default::default()
+    }
+}
+
+/// The ListContainers entry of a record.
+pub fn to_container(r: &ContainerRecord) -> Container {
+    Container {
+        id: r.metadata.id.clone(),
+        pod_sandbox_id: r.metadata.sandbox_id.clone(),
+        metadata: Some(metadata(r)),
+        image: Some(image(r)),
+        image_ref: r.metadata.image_id.clone(),
+        state: state(r) as i32,
+        created_at: r.metadata.created_at,
+        labels: to_hash_map(&r.metadata.labels),
+        annotations: to_hash_map(&r.metadata.annotations),
+        ..Default::default()
+    }
+}
+
+/// Whether a record passes a ListContainers filter.
+pub fn matches(r: &ContainerRecord, filter: Option<&ContainerFilter>) -> bool {
+    let Some(f) = filter else { return true };
+    id_matches(&r.metadata.id, &f.id)
+        && id_matches(&r.metadata.sandbox_id, &f.pod_sandbox_id)
+        && f.state.as_ref().is_none_or(|s| s.state == state(r) as i32)
+        && labels_match(&r.metadata.labels, &f.label_selector)
+}
+
+/// ListContainers over the given records.
+pub fn list(records: &[ContainerRecord], filter: Option<&ContainerFilter>) -> Vec<Container> {
+    records
+        .iter()
+        .filter(|r| matches(r, filter))
+        .map(to_container)
+        .collect()
+}
+
+/// The ContainerStatus of a record, and its verbose info.
+pub fn status(r: &ContainerRecord, verbose: bool) -> (ContainerStatus, HashMap<String, String>) {
+    let config = stored_config(r);
+    let s = &r.status;
+    let status = ContainerStatus {
+        id: r.metadata.id.clone(),
+        metadata: Some(metadata(r)),
+        state: state(r) as i32,
+        created_at: r.metadata.created_at,
+        started_at: s.started_at.unwrap_or(0),
+        finished_at: s.finished_at.unwrap_or(0),
+        exit_code: s.exit_code.unwrap_or(0),
+        image: Some(image(r)),
+        image_ref: r.metadata.image_id.clone(),
+        image_id: r.metadata.image_id.clone(),
+        reason: s.reason.clone().unwrap_or_default(),
+        message: s.message.clone().unwrap_or_default(),
+        labels: to_hash_map(&r.metadata.labels),
+        annotations: to_hash_map(&r.metadata.annotations),
+        mounts: config.mounts.clone(),
+        log_path: r.metadata.log_path.clone().unwrap_or_default(),
+        resources: config
+            .linux
+            .as_ref()
+            .and_then(|l| l.resources.clone())
+            .map(|linux| ContainerResources {
+                linux: Some(linux),
+                ..Default::default()
+            }),
+        user: None,
+    };
+    let mut info = HashMap::new();
+    if verbose {
+        let json = serde_json::json!({
+            "sandboxID": r.metadata.sandbox_id,
+            "pid": s.pid,
+            "config": r.metadata.config,
+        });
+        info.insert("info".to_string(), json.to_string());
+    }
+    (status, info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crius_store::{ContainerMetadata as Meta, ContainerStatus as St, Record};
+    use k8s_cri::v1::ContainerStateValue;
+
+    fn rec(id: char, sandbox: char, state: StoreState, app: &str) -> ContainerRecord {
+        Record::new(
+            Meta {
+                id: id.to_string().repeat(64),
+                sandbox_id: sandbox.to_string().repeat(64),
+                container_name: app.into(),
+                image_ref: "busybox".into(),
+                image_id: "sha256:abc".into(),
+                labels: [("app".to_string(), app.to_string())].into_iter().collect(),
+                log_path: Some("/var/log/pods/x/app/0.log".into()),
+                config: serde_json::to_value(ContainerConfig::default()).unwrap(),
+                ..Default::default()
+            },
+            St {
+                state,
+                exit_code: (state == StoreState::Exited).then_some(137),
+                reason: (state == StoreState::Exited).then(|| "OOMKilled".to_string()),
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn list_filters() {
+        let recs = vec![
+            rec('a', 'x', StoreState::Running, "web"),
+            rec('b', 'x', StoreState::Exited, "db"),
+            rec('c', 'y', StoreState::Created, "db"),
+        ];
+        let ids = |f: ContainerFilter| -> Vec<char> {
+            list(&recs, Some(&f))
+                .iter()
+                .map(|c| c.id.chars().next().unwrap())
+                .collect()
+        };
+        assert_eq!(list(&recs, None).len(), 3);
+        assert_eq!(
+            ids(ContainerFilter {
+                pod_sandbox_id: "xx".into(),
+                ..Default::default()
+            }),
+            vec!['a', 'b']
+        );
+        assert_eq!(
+            ids(ContainerFilter {
+                id: "c".into(),
+                ..Default::default()
+            }),
+            vec!['c']
+        );
+        assert_eq!(
+            ids(ContainerFilter {
+                state: Some(ContainerStateValue {
+                    state: ContainerState::ContainerExited as i32
+                }),
+                ..Default::default()
+            }),
+            vec!['b']
+        );
+        let db: HashMap<String, String> = [("app".to_string(), "db".to_string())]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            ids(ContainerFilter {
+                label_selector: db,
+                pod_sandbox_id: "y".into(),
+                ..Default::default()
+            }),
+            vec!['c']
+        );
+    }
+
+    #[test]
+    fn status_fields() {
+        let (s, info) = status(&rec('b', 'x', StoreState::Exited, "db"), true);
+        assert_eq!(s.state, ContainerState::ContainerExited as i32);
+        assert_eq!((s.exit_code, s.reason.as_str()), (137, "OOMKilled"));
+        assert_eq!(s.image.unwrap().image, "busybox");
+        assert_eq!(s.image_ref, "sha256:abc");
+        assert_eq!(s.log_path, "/var/log/pods/x/app/0.log");
+        assert!(info["info"].contains("sandboxID"));
+    }
+}
