@@ -384,6 +384,7 @@ pub fn to_json(spec: &oci_spec::runtime::Spec) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::mount;
     use crate::user;
     use k8s_cri::v1::{
         security_profile::ProfileType, Capability, ContainerMetadata, Int64Value, KeyValue,
@@ -514,14 +515,6 @@ mod tests {
         c
     }
 
-    fn mount<'a>(s: &'a Value, dest: &str) -> Option<&'a Value> {
-        s["mounts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["destination"] == dest)
-    }
-
     #[test]
     fn process_user_env_and_annotations() {
         let f = Fixture::new();
@@ -585,19 +578,7 @@ mod tests {
     #[test]
     fn namespaces_by_mode() {
         let f = Fixture::new();
-        let ns = |s: &Value| -> Vec<(String, Option<String>)> {
-            s["linux"]["namespaces"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|n| {
-                    (
-                        n["type"].as_str().unwrap().into(),
-                        n["path"].as_str().map(String::from),
-                    )
-                })
-                .collect()
-        };
+        let ns = crate::testutil::namespaces;
         let pid_of = |s: &Value| ns(s).into_iter().find(|(t, _)| t == "pid");
         let s = f.build(&base(), None).unwrap();
         assert_eq!(

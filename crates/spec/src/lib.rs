@@ -25,6 +25,8 @@ pub mod oom;
 pub mod process;
 pub mod sandbox;
 pub mod seccomp;
+#[cfg(test)]
+mod testutil;
 pub mod user;
 
 pub use cgroups::{CgroupDriver, CgroupFeatures};

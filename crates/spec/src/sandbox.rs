@@ -292,19 +292,7 @@ mod tests {
             .map(|s| serde_json::to_value(s).unwrap())
     }
 
-    fn ns_types(spec: &Value) -> Vec<(String, Option<String>)> {
-        spec["linux"]["namespaces"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| {
-                (
-                    n["type"].as_str().unwrap().to_string(),
-                    n["path"].as_str().map(String::from),
-                )
-            })
-            .collect()
-    }
+    use crate::testutil::{mount, namespaces as ns_types};
 
     #[test]
     fn default_pod() {
@@ -340,12 +328,7 @@ mod tests {
         assert_eq!(s["annotations"][ann::SANDBOX_NAMESPACE], "prod");
         assert_eq!(s["annotations"]["io.katacontainers.x"], "1");
         assert!(s["annotations"].get("other").is_none());
-        let shm = s["mounts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["destination"] == "/dev/shm")
-            .unwrap();
+        let shm = mount(&s, "/dev/shm").unwrap();
         assert_eq!(shm["source"], "/run/crius/sandboxes/x/shm");
         assert_eq!(
             ns_types(&s),
@@ -393,12 +376,7 @@ mod tests {
             40
         );
         assert!(s["linux"]["maskedPaths"].as_array().unwrap().is_empty());
-        let shm = s["mounts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["destination"] == "/dev/shm")
-            .unwrap();
+        let shm = mount(&s, "/dev/shm").unwrap();
         assert_eq!(
             shm["source"], "/dev/shm",
             "host IPC binds the host's /dev/shm"
