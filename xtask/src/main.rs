@@ -18,6 +18,7 @@ commands:
   test          fmt check, clippy -D warnings, unit tests, integration tests
   unit          unit tests only
   integration   integration tests only
+  bench pull    cold pull of a ~100 MB image: criusd next to containerd 1.6 (root)
 ";
 
 fn main() {
@@ -46,6 +47,7 @@ fn dispatch(args: &[String]) -> Result<()> {
             setup::ensure()?;
             integration()
         }
+        "bench" => bench(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())
@@ -108,6 +110,26 @@ fn unit() -> Result<()> {
 
 fn integration() -> Result<()> {
     run_cmd(cargo().args(["test", "--workspace", "--test", "*"]))
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    match args.first().map(String::as_str) {
+        Some("pull") => {
+            setup::ensure()?;
+            run_cmd(cargo().args([
+                "test",
+                "--release",
+                "-p",
+                "crius-cri-server",
+                "--test",
+                "images_bench",
+                "--",
+                "--ignored",
+                "--nocapture",
+            ]))
+        }
+        other => bail!("unknown benchmark {other:?}; known: pull"),
+    }
 }
 
 fn test() -> Result<()> {

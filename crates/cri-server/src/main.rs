@@ -103,8 +103,8 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(crius_cri_server::server::run(
-        config,
-        crius_cri_server::server::shutdown_signal(),
-    ))
+    runtime.block_on(async {
+        let shutdown = crius_cri_server::server::shutdown_signal()?;
+        crius_cri_server::server::run(config, shutdown).await
+    })
 }

@@ -219,6 +219,13 @@ pub struct ImageMetadata {
     pub config: serde_json::Value,
     /// Time the image was stored, in nanoseconds since the Unix epoch.
     pub created_at: i64,
+    /// Digests of every blob the image uses (index, manifest, config,
+    /// layers), so unused content can be collected.
+    #[serde(default)]
+    pub content: Vec<String>,
+    /// Snapshot (chain) ids of the image's layers, bottom first.
+    #[serde(default)]
+    pub snapshots: Vec<String>,
 }
 
 /// Mutable status of an image.

@@ -172,7 +172,7 @@ mod tests {
         );
         assert_eq!(
             ids(Some(PodSandboxFilter {
-                state: ready.clone(),
+                state: ready,
                 ..Default::default()
             })),
             vec!['a', 'c']

@@ -1,0 +1,52 @@
+//! crius images: registry pulls, a content-addressed blob store, layer
+//! snapshots unpacked safely, and the root filesystems of containers.
+//!
+//! # Layout on disk (`<root>/images/`)
+//! - `content/sha256/<hex>`: blobs (manifests, configs, compressed layers),
+//!   written through `content/ingest/` and verified before they appear.
+//! - `snapshots/<chain hex>/fs`: one unpacked layer per chain id, shared by
+//!   every image with that layer stack; OCI whiteouts are overlayfs
+//!   whiteouts there.
+//! - `containers/<id>/{upper,work,rootfs.json}`: a container's writable
+//!   layer and the snapshots it uses.
+//!
+//! Image records (tags, digests, size, config, blobs and snapshots used)
+//! live in the [`crius_store::Store`] and survive restarts.
+//!
+//! # API
+//! ```no_run
+//! # async fn demo(store: std::sync::Arc<crius_store::Store>) -> Result<(), crius_image::ImageError> {
+//! use crius_image::{Auth, ImageManager};
+//! use std::path::Path;
+//! let images = ImageManager::open(
+//!     Path::new("/var/lib/crius"),      // images live under <root>/images
+//!     store,
+//!     Path::new("/etc/crius/certs.d"),  // containerd-style hosts.toml dirs
+//!     "registry.k8s.io/pause:3.10",     // reported as pinned
+//! )?;
+//! let image = images.pull("busybox:1.36", None::<Auth>).await?;      // ImageRecord
+//! let same = images.resolve("busybox:1.36")?;                         // by id, tag or digest
+//! let config = images.image_config(&image.metadata.id)?;               // User, Env, Cmd...
+//! let mounts = images.prepare_rootfs(&image.metadata.id, "ctr1").await?; // overlay for the shim
+//! images.remove_rootfs("ctr1").await?;
+//! images.remove("busybox:1.36").await?;
+//! let usage = images.fs_info().await?;
+//! # let _ = (same, config, mounts, usage); Ok(()) }
+//! ```
+//!
+//! Errors carry an [`ErrorKind`] (`ImageError::kind`) for mapping onto RPC
+//! status codes.
+
+pub mod content;
+pub mod hosts;
+pub mod manager;
+pub mod manifest;
+pub mod reference;
+pub mod registry;
+pub mod snapshot;
+pub mod unpack;
+
+pub use manager::{ErrorKind, FsUsage, ImageError, ImageManager, Mount};
+pub use manifest::{ImageConfig, Platform, RuntimeConfig};
+pub use reference::{Reference, ReferenceError};
+pub use registry::Auth;

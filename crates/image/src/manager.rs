@@ -1,0 +1,1082 @@
+//! The image manager: pulls, records, removal with garbage collection,
+//! container root filesystems and image filesystem usage.
+
+use crate::content::{ContentError, ContentStore};
+use crate::manifest::{self, ImageConfig, Manifest, ManifestError, Platform};
+use crate::reference::{is_digest, is_hex64, Reference, ReferenceError};
+use crate::registry::{Auth, RegistryError, Resolver};
+use crate::snapshot::{self, SnapshotError, Snapshotter};
+use crius_store::{ImageMetadata, ImageRecord, ImageStatus, Record, Store, StoreError};
+use std::collections::HashSet;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Layers downloaded at the same time by one pull.
+const PARALLEL_DOWNLOADS: usize = 4;
+/// The file in a container's directory naming the snapshots it uses.
+const ROOTFS_RECORD: &str = "rootfs.json";
+
+/// Errors of image operations.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The reference is malformed.
+    #[error(transparent)]
+    InvalidReference(#[from] ReferenceError),
+    /// Talking to the registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A manifest or config is unusable.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// Storing content failed (including digest and size mismatches).
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    /// Unpacking a layer failed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// The record store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No such local image.
+    #[error("image {0:?} not found")]
+    NotFound(String),
+    /// A container id that cannot name a directory.
+    #[error("invalid container id {0:?}")]
+    InvalidContainerId(String),
+    /// The config and manifest disagree.
+    #[error("image {reference}: {message}")]
+    Inconsistent {
+        /// The image.
+        reference: String,
+        /// What disagrees.
+        message: String,
+    },
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A background task died.
+    #[error("internal error: {0}")]
+    Task(String),
+}
+
+/// The class of an error, for mapping onto RPC status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The caller's input is wrong.
+    InvalidArgument,
+    /// The image (locally or in the registry) does not exist.
+    NotFound,
+    /// Credentials are missing or refused.
+    Unauthenticated,
+    /// Content did not match its digest or size.
+    DataLoss,
+    /// The registry could not be reached or failed.
+    Unavailable,
+    /// Anything else.
+    Internal,
+}
+
+impl ImageError {
+    /// The class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ImageError::InvalidReference(_) | ImageError::InvalidContainerId(_) => {
+                ErrorKind::InvalidArgument
+            }
+            ImageError::NotFound(_) => ErrorKind::NotFound,
+            ImageError::Registry(r) => match r {
+                RegistryError::NotFound { .. } => ErrorKind::NotFound,
+                RegistryError::Unauthorized { .. } => ErrorKind::Unauthenticated,
+                RegistryError::InvalidAuth(_) => ErrorKind::InvalidArgument,
+                RegistryError::DigestMismatch { .. } => ErrorKind::DataLoss,
+                RegistryError::Http { .. }
+                | RegistryError::Status { .. }
+                | RegistryError::NoHost { .. }
+                | RegistryError::Token { .. } => ErrorKind::Unavailable,
+                _ => ErrorKind::Internal,
+            },
+            ImageError::Content(
+                ContentError::DigestMismatch { .. } | ContentError::SizeMismatch { .. },
+            ) => ErrorKind::DataLoss,
+            ImageError::Content(ContentError::Transfer { .. }) => ErrorKind::Unavailable,
+            ImageError::Snapshot(SnapshotError::Unpack(
+                crate::unpack::UnpackError::DiffIdMismatch { .. },
+            )) => ErrorKind::DataLoss,
+            ImageError::Manifest(ManifestError::NoMatchingPlatform(_)) => ErrorKind::NotFound,
+            ImageError::Store(StoreError::AmbiguousId { .. }) => ErrorKind::InvalidArgument,
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One mount of a container's root filesystem, for the shim to perform.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Mount {
+    /// Filesystem type (`overlay`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Mount source.
+    pub source: String,
+    /// Mount options.
+    pub options: Vec<String>,
+}
+
+/// Usage of the image filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsUsage {
+    /// Bytes allocated on disk.
+    pub used_bytes: u64,
+    /// Inodes used (hardlinks counted once).
+    pub inodes_used: u64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RootfsRecord {
+    image_id: String,
+    snapshots: Vec<String>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    store: Arc<Store>,
+    content: ContentStore,
+    snapshots: Snapshotter,
+    registry_config: PathBuf,
+    pause_image: Option<String>,
+    platform: Platform,
+    /// Pulls and rootfs preparation hold it shared; garbage collection and
+    /// removal hold it exclusively, so nothing in use is collected.
+    gc: tokio::sync::RwLock<()>,
+    /// Serialises read-modify-write of image records.
+    records: tokio::sync::Mutex<()>,
+}
+
+/// The image manager. Cheap to clone.
+#[derive(Clone)]
+pub struct ImageManager {
+    inner: Arc<Inner>,
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos().min(i64::MAX as u128) as i64)
+        .unwrap_or(0)
+}
+
+fn valid_container_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ImageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ImageError::Task(e.to_string()))
+}
+
+impl ImageManager {
+    /// Opens the image data under `<root>/images` (content store, snapshots,
+    /// container layers) over the record store. `registry_config_path` is a
+    /// containerd-style `certs.d` directory; `pause_image` is reported as
+    /// pinned.
+    pub fn open(
+        root: &Path,
+        store: Arc<Store>,
+        registry_config_path: &Path,
+        pause_image: &str,
+    ) -> Result<ImageManager, ImageError> {
+        let dir = root.join("images");
+        for d in [dir.clone(), dir.join("containers")] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(&d)
+                .map_err(io_err(&d))?;
+        }
+        let content = ContentStore::open(&dir.join("content"))?;
+        let snapshots = Snapshotter::open(&dir.join("snapshots"))?;
+        let pause_image = match Reference::parse(pause_image) {
+            Ok(r) => Some(r.to_string()),
+            Err(e) => {
+                tracing::warn!(pause_image, error = %e, "pause image reference is invalid; nothing is pinned");
+                None
+            }
+        };
+        let manager = ImageManager {
+            inner: Arc::new(Inner {
+                dir,
+                store,
+                content,
+                snapshots,
+                registry_config: registry_config_path.to_path_buf(),
+                pause_image,
+                platform: Platform::host(),
+                gc: tokio::sync::RwLock::new(()),
+                records: tokio::sync::Mutex::new(()),
+            }),
+        };
+        // Content of pulls that a crash interrupted belongs to no image.
+        // Nothing else runs yet, so there is no unpack to wait for.
+        if let Err(e) = manager.collect(false) {
+            tracing::warn!(error = %e, "cannot collect unused image content at start-up");
+        }
+        Ok(manager)
+    }
+
+    /// The directory holding all image data (the image filesystem).
+    pub fn image_dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Whether the image is pinned (it is the configured pause image).
+    pub fn is_pinned(&self, image: &ImageRecord) -> bool {
+        image.status.pinned
+            || self
+                .inner
+                .pause_image
+                .as_ref()
+                .is_some_and(|p| image.metadata.repo_tags.contains(p))
+    }
+
+    /// Pulls `reference` from its registry and records it; returns the
+    /// image record (its id is the config digest).
+    /// A failed pull leaves nothing behind: content it stored that no image
+    /// uses is collected before the error is returned.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        auth: Option<Auth>,
+    ) -> Result<ImageRecord, ImageError> {
+        let r = Reference::parse(reference)?;
+        match self.pull_inner(r, auth).await {
+            Ok(rec) => Ok(rec),
+            Err(e) => {
+                tracing::warn!(reference, error = %e, "pull failed");
+                if let Err(gc) = self.garbage_collect().await {
+                    tracing::warn!(error = %gc, "cannot collect the content of a failed pull");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn pull_inner(
+        &self,
+        r: Reference,
+        auth: Option<Auth>,
+    ) -> Result<ImageRecord, ImageError> {
+        let inner = &self.inner;
+        let _shared = inner.gc.read().await;
+        let resolver = {
+            let (cfg, rr) = (inner.registry_config.clone(), r.clone());
+            blocking(move || Resolver::new(&cfg, &rr, auth)).await??
+        };
+        tracing::info!(reference = %r, "pulling image");
+        let top = resolver.resolve(&r).await?;
+        let mut content = vec![top.digest.clone()];
+        let mut size = top.body.len() as u64;
+        self.store_bytes(&top.digest, top.body.clone()).await?;
+        let image_manifest = match Manifest::parse(&top.content_type, &top.body)? {
+            Manifest::Image(m) => m,
+            Manifest::Index(index) => {
+                let desc = manifest::select_platform(&index, &inner.platform)?;
+                let m = resolver.fetch_manifest(&desc.digest).await?;
+                content.push(m.digest.clone());
+                size += m.body.len() as u64;
+                self.store_bytes(&m.digest, m.body.clone()).await?;
+                match Manifest::parse(&desc.media_type, &m.body)? {
+                    Manifest::Image(im) => im,
+                    Manifest::Index(_) => {
+                        return Err(ImageError::Inconsistent {
+                            reference: r.to_string(),
+                            message: "an index entry for this platform is itself an index".into(),
+                        })
+                    }
+                }
+            }
+        };
+
+        // The config, then every layer in parallel.
+        let cfg_desc = image_manifest.config.clone();
+        self.fetch_blob(&resolver, &cfg_desc.digest, cfg_desc.size)
+            .await?;
+        let config_bytes = inner.content.read(&cfg_desc.digest)?;
+        let config = manifest::parse_config(&config_bytes)?;
+        let config_json: serde_json::Value =
+            serde_json::from_slice(&config_bytes).map_err(|e| ManifestError::Decode {
+                what: "image config",
+                source: e,
+            })?;
+        content.push(cfg_desc.digest.clone());
+        size += cfg_desc.size;
+        if config.rootfs.diff_ids.len() != image_manifest.layers.len() {
+            return Err(ImageError::Inconsistent {
+                reference: r.to_string(),
+                message: format!(
+                    "the manifest has {} layers but the config lists {} diff ids",
+                    image_manifest.layers.len(),
+                    config.rootfs.diff_ids.len()
+                ),
+            });
+        }
+        // Every layer is downloaded and unpacked in its own task: snapshots
+        // are independent diff directories, so a layer is unpacked as soon
+        // as it has arrived.
+        let chain = snapshot::chain_ids(&config.rootfs.diff_ids);
+        let resolver = Arc::new(resolver);
+        let limit = Arc::new(tokio::sync::Semaphore::new(PARALLEL_DOWNLOADS));
+        let mut tasks = tokio::task::JoinSet::new();
+        for ((layer, diff_id), chain_id) in image_manifest
+            .layers
+            .iter()
+            .zip(&config.rootfs.diff_ids)
+            .zip(&chain)
+        {
+            content.push(layer.digest.clone());
+            size += layer.size;
+            let (me, res, lim) = (self.clone(), resolver.clone(), limit.clone());
+            let (digest, layer_size) = (layer.digest.clone(), layer.size);
+            let (diff_id, chain_id) = (diff_id.clone(), chain_id.clone());
+            tasks.spawn(async move {
+                {
+                    let _permit = lim.acquire_owned().await;
+                    me.fetch_blob(&res, &digest, layer_size).await?;
+                }
+                let blob = me.inner.content.path(&digest)?;
+                me.inner.snapshots.ensure(&chain_id, blob, &diff_id).await?;
+                Ok::<(), ImageError>(())
+            });
+        }
+        let mut first_err = None;
+        while let Some(res) = tasks.join_next().await {
+            let res = res
+                .map_err(|e| ImageError::Task(e.to_string()))
+                .and_then(|r| r);
+            if let Err(e) = res {
+                if first_err.is_none() {
+                    first_err = Some(e);
+                    tasks.abort_all();
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+
+        // Record it.
+        let id = cfg_desc.digest.clone();
+        let repo_tag = r.repo_tag();
+        let repo_digest = r.repo_digest(&top.digest);
+        let _records = inner.records.lock().await;
+        let mut updates = Vec::new();
+        if let Some(tag) = &repo_tag {
+            // A tag names one image: take it from any other.
+            for mut other in inner.store.list_images() {
+                if other.metadata.id != id && other.metadata.repo_tags.contains(tag) {
+                    other.metadata.repo_tags.retain(|t| t != tag);
+                    updates.push(other);
+                }
+            }
+        }
+        let mut record = match inner.store.get_image(&id) {
+            Ok(existing) if existing.metadata.id == id => existing,
+            _ => Record::new(
+                ImageMetadata {
+                    id: id.clone(),
+                    created_at: now_nanos(),
+                    ..Default::default()
+                },
+                ImageStatus::default(),
+            ),
+        };
+        if let Some(tag) = repo_tag {
+            if !record.metadata.repo_tags.contains(&tag) {
+                record.metadata.repo_tags.push(tag);
+            }
+        }
+        if !record.metadata.repo_digests.contains(&repo_digest) {
+            record.metadata.repo_digests.push(repo_digest);
+        }
+        for c in content {
+            if !record.metadata.content.contains(&c) {
+                record.metadata.content.push(c);
+            }
+        }
+        record.metadata.snapshots = chain;
+        record.metadata.size = size;
+        record.metadata.config = config_json;
+        record.status.pinned = self.is_pinned(&record);
+        updates.push(record);
+        let store = inner.store.clone();
+        let saved = blocking(move || -> Result<ImageRecord, StoreError> {
+            let mut last = None;
+            for u in updates {
+                last = Some(store.put_image(u)?);
+            }
+            last.ok_or(StoreError::InvalidId(String::new()))
+        })
+        .await??;
+        tracing::info!(reference = %r, id = %saved.metadata.id, "image pulled");
+        Ok(saved)
+    }
+
+    async fn store_bytes(&self, digest: &str, body: Vec<u8>) -> Result<(), ImageError> {
+        let _lock = self.inner.content.lock(digest).await;
+        let me = self.clone();
+        let d = digest.to_string();
+        blocking(move || me.inner.content.write_bytes(&d, &body)).await??;
+        Ok(())
+    }
+
+    /// Downloads a blob unless present; concurrent pulls of one blob share
+    /// the first download.
+    async fn fetch_blob(
+        &self,
+        resolver: &Resolver,
+        digest: &str,
+        size: u64,
+    ) -> Result<(), ImageError> {
+        let content = &self.inner.content;
+        content.path(digest)?;
+        let _lock = content.lock(digest).await;
+        if content.has(digest, size) {
+            tracing::debug!(digest, "blob already present");
+            return Ok(());
+        }
+        let resp = resolver.fetch_blob(digest).await?;
+        content
+            .write_stream(digest, size, resp.bytes_stream())
+            .await?;
+        tracing::debug!(digest, size, "blob stored");
+        Ok(())
+    }
+
+    /// Finds a local image by id (full, or a unique hex prefix of at least
+    /// 12 digits), repo tag or repo digest, in any reference form.
+    pub fn resolve(&self, reference: &str) -> Result<Option<ImageRecord>, ImageError> {
+        let store = &self.inner.store;
+        if is_digest(reference) || is_hex64(reference) {
+            return match store.get_image(reference) {
+                Ok(r) => Ok(Some(r)),
+                Err(StoreError::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e.into()),
+            };
+        }
+        let parsed = Reference::parse(reference);
+        if let Ok(r) = &parsed {
+            let key = match &r.digest {
+                Some(d) => r.repo_digest(d),
+                None => r.to_string(),
+            };
+            if let Some(rec) = store.find_image(&key) {
+                return Ok(Some(rec));
+            }
+        }
+        let hex_prefix = reference.strip_prefix("sha256:").unwrap_or(reference);
+        if hex_prefix.len() >= 12
+            && hex_prefix
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return match store.get_image(reference) {
+                Ok(r) => Ok(Some(r)),
+                Err(StoreError::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e.into()),
+            };
+        }
+        match parsed {
+            Ok(_) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// All local images.
+    pub fn list(&self) -> Vec<ImageRecord> {
+        self.inner.store.list_images()
+    }
+
+    /// Removes an image by id, tag or digest. Removing by one tag of an
+    /// image with several tags only drops that tag. Content and snapshots
+    /// no longer used by any image or container are deleted. Returns whether
+    /// anything was removed; an absent image is not an error.
+    pub async fn remove(&self, reference: &str) -> Result<bool, ImageError> {
+        let _exclusive = self.inner.gc.write().await;
+        let _records = self.inner.records.lock().await;
+        let Some(mut image) = self.resolve(reference)? else {
+            return Ok(false);
+        };
+        let tag = Reference::parse(reference)
+            .ok()
+            .filter(|r| r.digest.is_none())
+            .map(|r| r.to_string())
+            .filter(|t| image.metadata.repo_tags.contains(t));
+        let store = self.inner.store.clone();
+        if let Some(tag) = tag {
+            if image.metadata.repo_tags.len() > 1 {
+                image.metadata.repo_tags.retain(|t| *t != tag);
+                blocking(move || store.put_image(image)).await??;
+                return Ok(true);
+            }
+        }
+        let id = image.metadata.id.clone();
+        blocking(move || store.remove_image(&id)).await??;
+        tracing::info!(id = %image.metadata.id, "image removed");
+        self.collect_locked().await?;
+        Ok(true)
+    }
+
+    /// Deletes content and snapshots no image or container uses.
+    pub async fn garbage_collect(&self) -> Result<(), ImageError> {
+        let _exclusive = self.inner.gc.write().await;
+        self.collect_locked().await
+    }
+
+    async fn collect_locked(&self) -> Result<(), ImageError> {
+        let me = self.clone();
+        blocking(move || me.collect(true)).await?
+    }
+
+    /// Deletes unused blobs and snapshots (blocking); `wait_unpacks` waits
+    /// for unpacks of cancelled pulls first.
+    fn collect(&self, wait_unpacks: bool) -> Result<(), ImageError> {
+        let inner = &self.inner;
+        let mut blobs = HashSet::new();
+        let mut snaps = HashSet::new();
+        for img in inner.store.list_images() {
+            blobs.extend(img.metadata.content);
+            snaps.extend(img.metadata.snapshots);
+        }
+        let cdir = inner.dir.join("containers");
+        for e in std::fs::read_dir(&cdir).map_err(io_err(&cdir))? {
+            let e = e.map_err(io_err(&cdir))?;
+            let p = e.path().join(ROOTFS_RECORD);
+            match std::fs::read(&p) {
+                Ok(bytes) => match serde_json::from_slice::<RootfsRecord>(&bytes) {
+                    Ok(r) => snaps.extend(r.snapshots),
+                    Err(err) => {
+                        // Keep everything rather than delete what a container may use.
+                        tracing::warn!(path = %p.display(), error = %err, "unreadable rootfs record; skipping collection");
+                        return Ok(());
+                    }
+                },
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => return Err(io_err(&p)(err)),
+            }
+        }
+        for d in inner.content.list()? {
+            if !blobs.contains(&d) {
+                tracing::debug!(digest = %d, "deleting unused blob");
+                inner.content.delete(&d)?;
+            }
+        }
+        // An unpack of a cancelled pull may still be finishing.
+        let _idle = wait_unpacks.then(|| inner.snapshots.wait_idle());
+        for s in inner.snapshots.list()? {
+            if !snaps.contains(&s) {
+                tracing::debug!(snapshot = %s, "deleting unused snapshot");
+                inner.snapshots.remove(&s)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The OCI image config of a local image.
+    pub fn image_config(&self, image_id: &str) -> Result<ImageConfig, ImageError> {
+        let rec = self
+            .resolve(image_id)?
+            .ok_or_else(|| ImageError::NotFound(image_id.to_string()))?;
+        let bytes =
+            serde_json::to_vec(&rec.metadata.config).map_err(|e| ManifestError::Decode {
+                what: "image config",
+                source: e,
+            })?;
+        Ok(manifest::parse_config(&bytes)?)
+    }
+
+    /// Creates container `container_id`'s writable layer over image
+    /// `image_id` and returns the overlay mount of its root filesystem
+    /// (lower dirs topmost first). Calling it again returns the same mount.
+    pub async fn prepare_rootfs(
+        &self,
+        image_id: &str,
+        container_id: &str,
+    ) -> Result<Vec<Mount>, ImageError> {
+        if !valid_container_id(container_id) {
+            return Err(ImageError::InvalidContainerId(container_id.to_string()));
+        }
+        let _shared = self.inner.gc.read().await;
+        let image = self
+            .resolve(image_id)?
+            .ok_or_else(|| ImageError::NotFound(image_id.to_string()))?;
+        let mut lower = Vec::new();
+        for s in image.metadata.snapshots.iter().rev() {
+            let p = self.inner.snapshots.fs_path(s)?;
+            if !p.is_dir() {
+                return Err(ImageError::Inconsistent {
+                    reference: image.metadata.id.clone(),
+                    message: format!("snapshot {s} is missing; pull the image again"),
+                });
+            }
+            lower.push(p.display().to_string());
+        }
+        if lower.is_empty() {
+            return Err(ImageError::Inconsistent {
+                reference: image.metadata.id.clone(),
+                message: "the image has no layers".into(),
+            });
+        }
+        let dir = self.inner.dir.join("containers").join(container_id);
+        let record = RootfsRecord {
+            image_id: image.metadata.id.clone(),
+            snapshots: image.metadata.snapshots.clone(),
+        };
+        let d = dir.clone();
+        blocking(move || -> Result<(), ImageError> {
+            let fresh = !d.exists();
+            let r = (|| {
+                for sub in ["upper", "work"] {
+                    let p = d.join(sub);
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o755)
+                        .create(&p)
+                        .map_err(io_err(&p))?;
+                }
+                let p = d.join(ROOTFS_RECORD);
+                let bytes =
+                    serde_json::to_vec(&record).map_err(|e| io_err(&p)(io::Error::other(e)))?;
+                crius_store::persist::write_atomic(&p, &bytes).map_err(io_err(&p))
+            })();
+            if r.is_err() && fresh {
+                let _ = std::fs::remove_dir_all(&d);
+            }
+            r
+        })
+        .await??;
+        Ok(vec![Mount {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                format!("lowerdir={}", lower.join(":")),
+                format!("upperdir={}", dir.join("upper").display()),
+                format!("workdir={}", dir.join("work").display()),
+            ],
+        }])
+    }
+
+    /// Deletes a container's writable layer (it must be unmounted) and the
+    /// snapshots only it still used. Removing an absent one succeeds.
+    pub async fn remove_rootfs(&self, container_id: &str) -> Result<(), ImageError> {
+        if !valid_container_id(container_id) {
+            return Err(ImageError::InvalidContainerId(container_id.to_string()));
+        }
+        let _exclusive = self.inner.gc.write().await;
+        let dir = self.inner.dir.join("containers").join(container_id);
+        let d = dir.clone();
+        blocking(move || match std::fs::remove_dir_all(&d) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&d)(e)),
+        })
+        .await??;
+        self.collect_locked().await
+    }
+
+    /// Bytes and inodes used under the image directory.
+    pub async fn fs_info(&self) -> Result<FsUsage, ImageError> {
+        let dir = self.inner.dir.clone();
+        blocking(move || usage(&dir)).await?
+    }
+}
+
+fn usage(root: &Path) -> Result<FsUsage, ImageError> {
+    let mut seen = HashSet::new();
+    let mut u = FsUsage {
+        used_bytes: 0,
+        inodes_used: 0,
+    };
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = match std::fs::symlink_metadata(&p) {
+            Ok(m) => m,
+            // Entries may vanish while a pull or removal runs.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(&p)(e)),
+        };
+        if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
+            continue;
+        }
+        u.inodes_used += 1;
+        u.used_bytes += m.blocks() * 512;
+        if m.is_dir() {
+            match std::fs::read_dir(&p) {
+                Ok(rd) => {
+                    for e in rd.flatten() {
+                        stack.push(e.path());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&p)(e)),
+            }
+        }
+    }
+    Ok(u)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_kinds() {
+        let url = || "http://r/v2/x".to_string();
+        let cases: Vec<(ImageError, ErrorKind)> = vec![
+            (
+                Reference::parse("A").unwrap_err().into(),
+                ErrorKind::InvalidArgument,
+            ),
+            (
+                ImageError::InvalidContainerId("..".into()),
+                ErrorKind::InvalidArgument,
+            ),
+            (ImageError::NotFound("x".into()), ErrorKind::NotFound),
+            (
+                RegistryError::NotFound {
+                    what: "m".into(),
+                    url: url(),
+                }
+                .into(),
+                ErrorKind::NotFound,
+            ),
+            (
+                RegistryError::Unauthorized {
+                    url: url(),
+                    message: "no".into(),
+                }
+                .into(),
+                ErrorKind::Unauthenticated,
+            ),
+            (
+                RegistryError::InvalidAuth("bad".into()).into(),
+                ErrorKind::InvalidArgument,
+            ),
+            (
+                RegistryError::DigestMismatch {
+                    url: url(),
+                    expected: "a".into(),
+                    actual: "b".into(),
+                }
+                .into(),
+                ErrorKind::DataLoss,
+            ),
+            (
+                RegistryError::Status {
+                    url: url(),
+                    status: 500,
+                    body: String::new(),
+                }
+                .into(),
+                ErrorKind::Unavailable,
+            ),
+            (
+                ContentError::DigestMismatch {
+                    expected: "a".into(),
+                    actual: "b".into(),
+                }
+                .into(),
+                ErrorKind::DataLoss,
+            ),
+            (
+                ContentError::SizeMismatch {
+                    digest: "a".into(),
+                    expected: 1,
+                    actual: 2,
+                }
+                .into(),
+                ErrorKind::DataLoss,
+            ),
+            (
+                ManifestError::NoMatchingPlatform("linux/amd64".into()).into(),
+                ErrorKind::NotFound,
+            ),
+            (
+                ManifestError::UnsupportedMediaType("x".into()).into(),
+                ErrorKind::Internal,
+            ),
+            (ImageError::Task("boom".into()), ErrorKind::Internal),
+        ];
+        for (err, want) in cases {
+            assert_eq!(err.kind(), want, "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn start_up_collects_orphans() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&tmp.path().join("store")).unwrap();
+        let store = Arc::new(store);
+        let open = || {
+            ImageManager::open(tmp.path(), store.clone(), &tmp.path().join("c"), "pause").unwrap()
+        };
+        let m = open();
+        m.inner
+            .content
+            .write_bytes(&crate::content::digest_of(b"kept"), b"kept")
+            .unwrap();
+        m.inner
+            .content
+            .write_bytes(&crate::content::digest_of(b"orphan"), b"orphan")
+            .unwrap();
+        let mut rec = record('a', &["docker.io/library/a:1"], &[]);
+        rec.metadata.content = vec![crate::content::digest_of(b"kept")];
+        store.put_image(rec).unwrap();
+        drop(m);
+        let m = open();
+        assert_eq!(
+            m.inner.content.list().unwrap(),
+            vec![crate::content::digest_of(b"kept")]
+        );
+    }
+
+    /// The mount handed to the shim really mounts: lower layers topmost
+    /// first, whiteouts applied, writes land in the container's upper dir.
+    #[tokio::test]
+    async fn rootfs_mount_works() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipping rootfs_mount_works: needs root (mount)");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&tmp.path().join("store")).unwrap();
+        let store = Arc::new(store);
+        let m = ImageManager::open(tmp.path(), store.clone(), &tmp.path().join("c"), "p").unwrap();
+        let tar_of = |files: &[(&str, &[u8])]| {
+            let mut b = tar::Builder::new(Vec::new());
+            for (name, data) in files {
+                let mut h = tar::Header::new_gnu();
+                h.set_mode(0o644);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, name, *data).unwrap();
+            }
+            b.into_inner().unwrap()
+        };
+        let layers = [
+            tar_of(&[("base", b"0"), ("gone", b"x"), ("over", b"old")]),
+            tar_of(&[(".wh.gone", b""), ("over", b"new"), ("top", b"1")]),
+        ];
+        let diffs: Vec<String> = layers
+            .iter()
+            .map(|l| crate::content::digest_of(l))
+            .collect();
+        let chain = snapshot::chain_ids(&diffs);
+        for (i, l) in layers.iter().enumerate() {
+            let blob = tmp.path().join(format!("l{i}"));
+            std::fs::write(&blob, l).unwrap();
+            m.inner
+                .snapshots
+                .ensure(&chain[i], blob, &diffs[i])
+                .await
+                .unwrap();
+        }
+        let snaps: Vec<&str> = chain.iter().map(String::as_str).collect();
+        let rec = record('b', &["docker.io/library/b:1"], &snaps);
+        store.put_image(rec.clone()).unwrap();
+        let mounts = m.prepare_rootfs(&rec.metadata.id, "ctr").await.unwrap();
+        let target = tmp.path().join("rootfs");
+        std::fs::create_dir(&target).unwrap();
+        let c = |s: &str| std::ffi::CString::new(s).unwrap();
+        let (src, tgt, fs, data) = (
+            c(&mounts[0].source),
+            c(target.to_str().unwrap()),
+            c(&mounts[0].kind),
+            c(&mounts[0].options.join(",")),
+        );
+        // SAFETY: valid NUL-terminated strings.
+        let r = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                tgt.as_ptr(),
+                fs.as_ptr(),
+                0,
+                data.as_ptr().cast(),
+            )
+        };
+        assert_eq!(r, 0, "mount: {}", io::Error::last_os_error());
+        struct Unmount(std::ffi::CString);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                // SAFETY: valid path string.
+                unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+        let guard = Unmount(c(target.to_str().unwrap()));
+        assert_eq!(std::fs::read(target.join("base")).unwrap(), b"0");
+        assert_eq!(std::fs::read(target.join("over")).unwrap(), b"new");
+        assert_eq!(std::fs::read(target.join("top")).unwrap(), b"1");
+        assert!(!target.join("gone").exists());
+        std::fs::write(target.join("written"), b"w").unwrap();
+        drop(guard);
+        let upper = m.inner.dir.join("containers/ctr/upper");
+        assert_eq!(std::fs::read(upper.join("written")).unwrap(), b"w");
+        assert!(!m
+            .inner
+            .snapshots
+            .fs_path(&chain[1])
+            .unwrap()
+            .join("written")
+            .exists());
+        m.remove_rootfs("ctr").await.unwrap();
+        assert!(!upper.exists());
+    }
+
+    #[test]
+    fn container_ids() {
+        for ok in ["abc", "a-b_c.d", &"f".repeat(64)] {
+            assert!(valid_container_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            ".hidden",
+            "a b",
+            &"f".repeat(129),
+        ] {
+            assert!(!valid_container_id(bad), "{bad}");
+        }
+    }
+
+    fn record(id_char: char, tags: &[&str], snaps: &[&str]) -> ImageRecord {
+        Record::new(
+            ImageMetadata {
+                id: format!("sha256:{}", id_char.to_string().repeat(64)),
+                repo_tags: tags.iter().map(|s| s.to_string()).collect(),
+                repo_digests: vec![format!("docker.io/library/x@sha256:{}", "d".repeat(64))],
+                snapshots: snaps.iter().map(|s| s.to_string()).collect(),
+                config: serde_json::json!({"config": {"User": "7", "Cmd": ["sh"]}}),
+                ..Default::default()
+            },
+            ImageStatus::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn local_records_rootfs_and_removal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&tmp.path().join("store")).unwrap();
+        let store = Arc::new(store);
+        let m = ImageManager::open(
+            tmp.path(),
+            store.clone(),
+            &tmp.path().join("certs.d"),
+            "busybox:pause",
+        )
+        .unwrap();
+        // Two snapshots on disk, made by unpacking empty layers.
+        let empty_tar = vec![0u8; 1024];
+        let diff = crate::content::digest_of(&empty_tar);
+        let blob = tmp.path().join("empty.tar");
+        std::fs::write(&blob, &empty_tar).unwrap();
+        let chain = snapshot::chain_ids(&[diff.clone(), diff.clone()]);
+        for c in &chain {
+            m.inner
+                .snapshots
+                .ensure(c, blob.clone(), &diff)
+                .await
+                .unwrap();
+        }
+        let snaps: Vec<&str> = chain.iter().map(String::as_str).collect();
+        let a = record(
+            'a',
+            &[
+                "docker.io/library/busybox:pause",
+                "docker.io/library/busybox:two",
+            ],
+            &snaps,
+        );
+        store.put_image(a.clone()).unwrap();
+
+        // Lookups in every form.
+        let id = a.metadata.id.clone();
+        for r in [
+            id.as_str(),
+            &id[7..],
+            &id[..19],
+            "busybox:pause",
+            "docker.io/library/busybox:two",
+            &a.metadata.repo_digests[0],
+        ] {
+            assert_eq!(
+                m.resolve(r).unwrap().map(|x| x.metadata.id),
+                Some(id.clone()),
+                "{r}"
+            );
+        }
+        assert_eq!(m.resolve("busybox:other").unwrap(), None);
+        assert!(m.resolve("Bad Ref").is_err());
+        assert!(m.is_pinned(&a));
+        assert_eq!(m.image_config(&id).unwrap().config.user, "7");
+
+        // A container rootfs keeps the snapshots alive after image removal.
+        let mounts = m.prepare_rootfs(&id, "c1").await.unwrap();
+        assert_eq!(mounts.len(), 1);
+        let lower = format!(
+            "lowerdir={}:{}",
+            m.inner.snapshots.fs_path(&chain[1]).unwrap().display(),
+            m.inner.snapshots.fs_path(&chain[0]).unwrap().display()
+        );
+        assert_eq!(mounts[0].options[0], lower);
+        assert!(m.inner.dir.join("containers/c1/upper").is_dir());
+        assert_eq!(
+            m.prepare_rootfs(&id, "c1").await.unwrap(),
+            mounts,
+            "idempotent"
+        );
+        assert!(m.prepare_rootfs(&id, "../escape").await.is_err());
+
+        // Removing one of two tags keeps the image.
+        assert!(m.remove("busybox:two").await.unwrap());
+        let left = m.resolve(&id).unwrap().unwrap();
+        assert_eq!(
+            left.metadata.repo_tags,
+            vec!["docker.io/library/busybox:pause"]
+        );
+        // Removing the last tag removes the image; snapshots stay for c1.
+        assert!(m.remove("busybox:pause").await.unwrap());
+        assert!(m.resolve(&id).unwrap().is_none());
+        assert!(!m.remove(&id).await.unwrap(), "absent image: nothing to do");
+        assert_eq!(m.inner.snapshots.list().unwrap().len(), 2);
+        m.remove_rootfs("c1").await.unwrap();
+        m.remove_rootfs("c1").await.unwrap();
+        assert!(m.inner.snapshots.list().unwrap().is_empty());
+        assert!(!m.inner.dir.join("containers/c1").exists());
+
+        let u = m.fs_info().await.unwrap();
+        assert!(u.inodes_used >= 4, "{u:?}");
+        assert!(u.used_bytes > 0);
+    }
+}

@@ -1,0 +1,270 @@
+//! Layer snapshots: one directory per chain id, `<root>/<hex>/fs`, holding
+//! that layer's unpacked diff. A snapshot is unpacked into `<root>/tmp-*`
+//! and renamed into place once complete and synced, so a present directory
+//! is always a whole snapshot.
+
+use crate::content::KeyedLocks;
+use crate::reference::is_digest;
+use crate::unpack::{self, UnpackError};
+use sha2::{Digest, Sha256};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Errors of the snapshotter.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// Not a `sha256:<hex>` chain id.
+    #[error("invalid snapshot id {0:?}")]
+    InvalidId(String),
+    /// Unpacking failed.
+    #[error(transparent)]
+    Unpack(#[from] UnpackError),
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Chain ids of a layer stack: `chain(0) = diff(0)`,
+/// `chain(n) = sha256(chain(n-1) + " " + diff(n))`.
+pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.clone(),
+            Some(prev) => format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(format!("{prev} {d}").as_bytes()))
+            ),
+        };
+        out.push(next);
+    }
+    out
+}
+
+/// The snapshot directories.
+pub struct Snapshotter {
+    root: PathBuf,
+    locks: KeyedLocks,
+    /// Held shared by every running unpack (which outlives a cancelled
+    /// caller), exclusively by [`Snapshotter::wait_idle`].
+    inflight: Arc<tokio::sync::RwLock<()>>,
+}
+
+impl Snapshotter {
+    /// Opens (creating) the snapshot root, removing unfinished unpacks.
+    pub fn open(root: &Path) -> Result<Snapshotter, SnapshotError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(root)
+            .map_err(io_err(root))?;
+        for e in std::fs::read_dir(root).map_err(io_err(root))? {
+            let e = e.map_err(io_err(root))?;
+            if e.file_name().to_string_lossy().starts_with("tmp-") {
+                let p = e.path();
+                tracing::info!(path = %p.display(), "removing unfinished snapshot");
+                std::fs::remove_dir_all(&p).map_err(io_err(&p))?;
+            }
+        }
+        Ok(Snapshotter {
+            root: root.to_path_buf(),
+            locks: KeyedLocks::default(),
+            inflight: Arc::new(tokio::sync::RwLock::new(())),
+        })
+    }
+
+    fn dir(&self, chain_id: &str) -> Result<PathBuf, SnapshotError> {
+        if !is_digest(chain_id) {
+            return Err(SnapshotError::InvalidId(chain_id.to_string()));
+        }
+        Ok(self.root.join(&chain_id["sha256:".len()..]))
+    }
+
+    /// The unpacked directory of a snapshot (an overlay lower dir).
+    pub fn fs_path(&self, chain_id: &str) -> Result<PathBuf, SnapshotError> {
+        Ok(self.dir(chain_id)?.join("fs"))
+    }
+
+    /// Whether the snapshot exists.
+    pub fn exists(&self, chain_id: &str) -> bool {
+        self.fs_path(chain_id).is_ok_and(|p| p.is_dir())
+    }
+
+    /// Unpacks `blob` as snapshot `chain_id` unless it exists; the layer's
+    /// uncompressed digest must be `diff_id`. Concurrent callers for one
+    /// chain id unpack once.
+    pub async fn ensure(
+        &self,
+        chain_id: &str,
+        blob: PathBuf,
+        diff_id: &str,
+    ) -> Result<bool, SnapshotError> {
+        let final_dir = self.dir(chain_id)?;
+        let _guard = self.locks.lock(chain_id).await;
+        if final_dir.join("fs").is_dir() {
+            return Ok(false);
+        }
+        let temp = self
+            .root
+            .join(format!("tmp-{:016x}", rand::random::<u64>()));
+        let diff = diff_id.to_string();
+        let (t, f) = (temp.clone(), final_dir.clone());
+        let running = self.inflight.clone().read_owned().await;
+        let result = tokio::task::spawn_blocking(move || {
+            let _running = running;
+            unpack_into(&t, &f, &blob, &diff)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(SnapshotError::Io {
+                path: temp.clone(),
+                source: io::Error::other(format!("unpack task failed: {e}")),
+            })
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&temp);
+        }
+        result.map(|()| true)
+    }
+
+    /// Blocks until no unpack is running (call from a blocking context);
+    /// new unpacks wait while the guard is held.
+    pub fn wait_idle(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.inflight.blocking_write()
+    }
+
+    /// Chain ids of every snapshot on disk.
+    pub fn list(&self) -> Result<Vec<String>, SnapshotError> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.root).map_err(io_err(&self.root))? {
+            let e = e.map_err(io_err(&self.root))?;
+            if let Some(name) = e.file_name().to_str() {
+                let id = format!("sha256:{name}");
+                if is_digest(&id) {
+                    out.push(id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a snapshot; deleting an absent one succeeds.
+    pub fn remove(&self, chain_id: &str) -> Result<(), SnapshotError> {
+        let dir = self.dir(chain_id)?;
+        // Rename first so a crash never leaves a half-deleted snapshot that
+        // looks whole.
+        let doomed = self
+            .root
+            .join(format!("tmp-{:016x}", rand::random::<u64>()));
+        match std::fs::rename(&dir, &doomed) {
+            Ok(()) => std::fs::remove_dir_all(&doomed).map_err(io_err(&doomed)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&dir)(e)),
+        }
+    }
+}
+
+fn unpack_into(
+    temp: &Path,
+    final_dir: &Path,
+    blob: &Path,
+    diff_id: &str,
+) -> Result<(), SnapshotError> {
+    let fs = temp.join("fs");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&fs)
+        .map_err(io_err(&fs))?;
+    let report = unpack::unpack_blob(blob, &fs, diff_id)?;
+    tracing::debug!(
+        snapshot = %final_dir.display(),
+        entries = report.entries,
+        skipped = report.skipped.len(),
+        "layer unpacked"
+    );
+    // One syncfs makes every unpacked file durable before the rename.
+    let dir = std::fs::File::open(temp).map_err(io_err(temp))?;
+    // SAFETY: the fd is open for the duration of the call.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } < 0 {
+        return Err(io_err(temp)(io::Error::last_os_error()));
+    }
+    std::fs::rename(temp, final_dir).map_err(io_err(final_dir))?;
+    if let Some(parent) = final_dir.parent() {
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(parent))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_id_rule() {
+        let a = format!("sha256:{}", "a".repeat(64));
+        let b = format!("sha256:{}", "b".repeat(64));
+        let ids = chain_ids(&[a.clone(), b.clone()]);
+        assert_eq!(ids[0], a);
+        let want = format!("sha256:{}", hex::encode(Sha256::digest(format!("{a} {b}"))));
+        assert_eq!(ids[1], want);
+        assert!(chain_ids(&[]).is_empty());
+    }
+
+    #[tokio::test]
+    async fn ensure_once_and_remove() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(2);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "f", &b"hi"[..]).unwrap();
+        let data = b.into_inner().unwrap();
+        let diff = crate::content::digest_of(&data);
+        let blob = tmp.path().join("blob");
+        std::fs::write(&blob, &data).unwrap();
+        std::fs::create_dir_all(tmp.path().join("snaps/tmp-leftover")).unwrap();
+        let s = Snapshotter::open(&tmp.path().join("snaps")).unwrap();
+        assert!(!tmp.path().join("snaps/tmp-leftover").exists());
+        let id = chain_ids(std::slice::from_ref(&diff)).remove(0);
+        assert!(s.ensure(&id, blob.clone(), &diff).await.unwrap());
+        assert!(
+            !s.ensure(&id, blob.clone(), &diff).await.unwrap(),
+            "second ensure is a no-op"
+        );
+        assert_eq!(
+            std::fs::read(s.fs_path(&id).unwrap().join("f")).unwrap(),
+            b"hi"
+        );
+        assert_eq!(s.list().unwrap(), vec![id.clone()]);
+        // A wrong diff id leaves nothing behind.
+        let other = format!("sha256:{}", "c".repeat(64));
+        assert!(s.ensure(&other, blob, &other).await.is_err());
+        assert!(!s.exists(&other));
+        assert_eq!(
+            std::fs::read_dir(tmp.path().join("snaps")).unwrap().count(),
+            1
+        );
+        s.remove(&id).unwrap();
+        s.remove(&id).unwrap();
+        assert!(s.list().unwrap().is_empty());
+        assert!(s.fs_path("../x").is_err());
+    }
+}
