@@ -167,6 +167,8 @@ pub struct Config {
     pub default_runtime: String,
     /// Size of each pod's /dev/shm tmpfs (a Kubernetes quantity such as 64Mi).
     pub shm_size: String,
+    /// The shim binary; empty finds `containerd-shim-crius-v2` next to criusd or in PATH.
+    pub shim_path: String,
     /// Runtime handlers by name.
     pub runtimes: BTreeMap<String, RuntimeHandler>,
     /// Pod network configuration.
@@ -193,6 +195,7 @@ impl Default for Config {
             pause_image: "registry.k8s.io/pause:3.10".into(),
             default_runtime: "runc".into(),
             shm_size: "64Mi".into(),
+            shim_path: String::new(),
             runtimes,
             cni: CniConfig::default(),
             registry: RegistryConfig::default(),

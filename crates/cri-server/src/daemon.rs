@@ -4,7 +4,11 @@ use crate::config::Config;
 use crius_image::ImageManager;
 use crius_store::Store;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+
+use crate::shimclient::ShimClient;
 
 /// Store key of the runtime configuration that kubelet pushes.
 pub const RUNTIME_CONFIG_KEY: &str = "runtime-config";
@@ -27,6 +31,30 @@ pub struct Daemon {
     pub runtime_config: Mutex<RuntimeConfigState>,
     /// Images: pulls, records, container root filesystems.
     pub images: ImageManager,
+    /// Facts about the host that shape specs.
+    pub host: crius_spec::HostFacts,
+    /// Connections to the pods' shims, by sandbox id.
+    pub shims: tokio::sync::Mutex<HashMap<String, Arc<ShimClient>>>,
+    /// One lock per sandbox or container id, serialising lifecycle calls.
+    pub locks: KeyedLocks,
+}
+
+/// Per-key async locks (entries are dropped when nobody holds them).
+#[derive(Default)]
+pub struct KeyedLocks {
+    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl KeyedLocks {
+    /// Locks `key` until the guard is dropped.
+    pub async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            map.retain(|_, v| Arc::strong_count(v) > 1);
+            map.entry(key.to_string()).or_default().clone()
+        };
+        m.lock_owned().await
+    }
 }
 
 /// Errors of building the daemon state.
@@ -54,11 +82,62 @@ impl Daemon {
             &config.pause_image,
         )?;
         Ok(Daemon {
+            host: crate::host::gather(&config),
             config: Arc::new(config),
             store,
             runtime_config: Mutex::new(runtime_config),
             images,
+            shims: tokio::sync::Mutex::new(HashMap::new()),
+            locks: KeyedLocks::default(),
         })
+    }
+
+    /// Directory of a sandbox's persistent files (resolv.conf, hosts, hostname).
+    pub fn sandbox_root(&self, id: &str) -> PathBuf {
+        self.config.root.join("sandboxes").join(id)
+    }
+
+    /// Directory of a sandbox's runtime files (the pause bundle).
+    pub fn sandbox_state(&self, id: &str) -> PathBuf {
+        self.config.state.join("sandboxes").join(id)
+    }
+
+    /// The shim's own state directory of a pod (netns, shm).
+    pub fn shim_pod_dir(&self, id: &str) -> PathBuf {
+        self.config
+            .state
+            .join("shim")
+            .join(crate::shimclient::NAMESPACE)
+            .join(id)
+    }
+
+    /// How shims are launched.
+    pub fn launcher(&self) -> Result<crate::shimclient::Launcher, crate::shimclient::ShimError> {
+        Ok(crate::shimclient::Launcher {
+            binary: crate::shimclient::find_binary(&self.config.shim_path)?,
+            address: self.config.socket.display().to_string(),
+            socket_dir: self.config.state.join("s"),
+            state_dir: self.config.state.join("shim"),
+            events_address: String::new(),
+        })
+    }
+
+    /// The connection to a pod's shim: cached, else made from the address
+    /// recorded in the store.
+    pub async fn shim(&self, sandbox_id: &str) -> Option<Arc<ShimClient>> {
+        let mut shims = self.shims.lock().await;
+        if let Some(c) = shims.get(sandbox_id) {
+            return Some(c.clone());
+        }
+        let address = self
+            .store
+            .get_sandbox(sandbox_id)
+            .ok()?
+            .status
+            .shim_address?;
+        let client = ShimClient::connect(&address).await.ok()?;
+        shims.insert(sandbox_id.to_string(), client.clone());
+        Some(client)
     }
 
     /// The recorded pod CIDR.

@@ -13,3 +13,5 @@ pub mod image;
 pub mod metrics;
 pub mod runtime;
 pub mod server;
+pub mod shimclient;
+pub mod streaming;

@@ -64,6 +64,40 @@ impl RuntimeService for RuntimeSvc {
         status::update_runtime_config(&self.daemon, request.into_inner()).map(Response::new)
     }
 
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<v1::RunPodSandboxRequest>,
+    ) -> Result<Response<v1::RunPodSandboxResponse>, Status> {
+        let id = sandbox::lifecycle::run(&self.daemon, request.into_inner()).await?;
+        Ok(Response::new(v1::RunPodSandboxResponse {
+            pod_sandbox_id: id,
+        }))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<v1::StopPodSandboxRequest>,
+    ) -> Result<Response<v1::StopPodSandboxResponse>, Status> {
+        let req = request.into_inner();
+        if req.pod_sandbox_id.is_empty() {
+            return Err(invalid_field("pod_sandbox_id", "must not be empty"));
+        }
+        sandbox::lifecycle::stop(&self.daemon, &req.pod_sandbox_id).await?;
+        Ok(Response::new(v1::StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<v1::RemovePodSandboxRequest>,
+    ) -> Result<Response<v1::RemovePodSandboxResponse>, Status> {
+        let req = request.into_inner();
+        if req.pod_sandbox_id.is_empty() {
+            return Err(invalid_field("pod_sandbox_id", "must not be empty"));
+        }
+        sandbox::lifecycle::remove(&self.daemon, &req.pod_sandbox_id).await?;
+        Ok(Response::new(v1::RemovePodSandboxResponse {}))
+    }
+
     async fn list_pod_sandbox(
         &self,
         request: Request<v1::ListPodSandboxRequest>,
@@ -134,27 +168,6 @@ impl RuntimeService for RuntimeSvc {
         _request: Request<v1::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
         Err(not_yet("GetContainerEvents"))
-    }
-
-    async fn run_pod_sandbox(
-        &self,
-        _request: Request<v1::RunPodSandboxRequest>,
-    ) -> Result<Response<v1::RunPodSandboxResponse>, Status> {
-        Err(not_yet("RunPodSandbox"))
-    }
-
-    async fn stop_pod_sandbox(
-        &self,
-        _request: Request<v1::StopPodSandboxRequest>,
-    ) -> Result<Response<v1::StopPodSandboxResponse>, Status> {
-        Err(not_yet("StopPodSandbox"))
-    }
-
-    async fn remove_pod_sandbox(
-        &self,
-        _request: Request<v1::RemovePodSandboxRequest>,
-    ) -> Result<Response<v1::RemovePodSandboxResponse>, Status> {
-        Err(not_yet("RemovePodSandbox"))
     }
 
     async fn create_container(

@@ -471,7 +471,29 @@ pub fn docker_image(layers: Vec<Layer>, arch: &str) -> TestImage {
     build_image(layers, arch, "", true)
 }
 
-fn build_image(mut layers: Vec<Layer>, arch: &str, user: &str, docker: bool) -> TestImage {
+/// An OCI image with the given runtime `config` object (User, Env,
+/// Entrypoint, Cmd, ...).
+pub fn image_with_config(layers: Vec<Layer>, config: serde_json::Value) -> TestImage {
+    assemble_image(layers, "amd64", config, false)
+}
+
+fn build_image(layers: Vec<Layer>, arch: &str, user: &str, docker: bool) -> TestImage {
+    let config = serde_json::json!({
+        "User": user,
+        "Env": ["PATH=/bin"],
+        "Cmd": ["/bin/sh"],
+        "WorkingDir": "/",
+        "Labels": {"format": if docker { "docker" } else { "oci" }},
+    });
+    assemble_image(layers, arch, config, docker)
+}
+
+fn assemble_image(
+    mut layers: Vec<Layer>,
+    arch: &str,
+    runtime_config: serde_json::Value,
+    docker: bool,
+) -> TestImage {
     if docker {
         for l in &mut layers {
             assert_eq!(l.media_type, LAYER_GZIP, "Docker layers are gzip");
@@ -487,13 +509,7 @@ fn build_image(mut layers: Vec<Layer>, arch: &str, user: &str, docker: bool) -> 
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": arch,
         "os": "linux",
-        "config": {
-            "User": user,
-            "Env": ["PATH=/bin"],
-            "Cmd": ["/bin/sh"],
-            "WorkingDir": "/",
-            "Labels": {"format": if docker { "docker" } else { "oci" }},
-        },
+        "config": runtime_config,
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }))
     .unwrap();

@@ -1,6 +1,7 @@
 //! The pod half of the RuntimeService: request validation and naming.
 
 pub mod files;
+pub mod lifecycle;
 pub mod status;
 
 use k8s_cri::v1::PodSandboxConfig;

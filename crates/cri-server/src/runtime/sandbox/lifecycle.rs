@@ -1,0 +1,477 @@
+//! RunPodSandbox, StopPodSandbox and RemovePodSandbox.
+//!
+//! RunPodSandbox reserves the name, records the sandbox, prepares the pause
+//! container's root filesystem and bundle, launches the pod's shim (which
+//! creates the netns and /dev/shm), runs CNI ADD in that netns, writes the
+//! pod's files and starts the pause container. Every step that succeeded is
+//! undone, in reverse, when a later one fails.
+
+use super::files;
+use crate::daemon::Daemon;
+use crate::errors::{invalid_field, store_status};
+use crate::shimclient::{self, ShimClient};
+use crius_netns::cni::{CniNetwork, PodNetwork, PortMapping};
+use crius_spec::sandbox::{host_namespaces, HostNamespaces};
+use crius_store::{Record, SandboxMetadata, SandboxRecord, SandboxState, SandboxStatus};
+use k8s_cri::v1::{PodSandboxConfig, Protocol, RunPodSandboxRequest};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tonic::Status;
+
+/// How long the pause container gets between SIGTERM and SIGKILL.
+const PAUSE_STOP_TIMEOUT: Duration = Duration::from_secs(0);
+
+fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> Status {
+    Status::internal(format!("{what}: {e}"))
+}
+
+/// The CNI attachment of a pod.
+pub fn pod_network(id: &str, netns: &Path, config: &PodSandboxConfig) -> PodNetwork {
+    let meta = config.metadata.clone().unwrap_or_default();
+    let mut pod = PodNetwork::new(id, netns, &meta.namespace, &meta.name, &meta.uid);
+    pod.port_mappings = config
+        .port_mappings
+        .iter()
+        .filter(|p| p.host_port > 0 && p.container_port > 0)
+        .filter_map(|p| {
+            let protocol = match Protocol::try_from(p.protocol).ok()? {
+                Protocol::Tcp => "tcp",
+                Protocol::Udp => "udp",
+                Protocol::Sctp => "sctp",
+            };
+            Some(PortMapping {
+                host_port: u16::try_from(p.host_port).ok()?,
+                container_port: u16::try_from(p.container_port).ok()?,
+                protocol: protocol.to_string(),
+                host_ip: p.host_ip.clone(),
+            })
+        })
+        .collect();
+    pod
+}
+
+fn cni(daemon: &Daemon) -> Result<CniNetwork, Status> {
+    let c = &daemon.config.cni;
+    CniNetwork::load(
+        &c.conf_dir,
+        &c.bin_dirs,
+        &daemon.config.root.join("cni-cache"),
+    )
+    .map_err(|e| Status::failed_precondition(format!("pod network is not ready: {e}")))
+}
+
+async fn cni_add(network: CniNetwork, pod: PodNetwork) -> Result<(String, Vec<String>), Status> {
+    tokio::task::spawn_blocking(move || {
+        let result = network.add(&pod).map_err(|e| internal("CNI ADD", e))?;
+        let ips = result
+            .pod_ips(crius_netns::cni::DEFAULT_IFNAME)
+            .ok_or_else(|| Status::internal("CNI ADD returned no IP address for the pod"))?;
+        Ok((
+            ips.primary.to_string(),
+            ips.additional.iter().map(|ip| ip.to_string()).collect(),
+        ))
+    })
+    .await
+    .map_err(|e| internal("CNI ADD", e))?
+}
+
+async fn cni_del(network: CniNetwork, pod: PodNetwork) -> Result<(), Status> {
+    tokio::task::spawn_blocking(move || network.del(&pod).map_err(|e| internal("CNI DEL", e)))
+        .await
+        .map_err(|e| internal("CNI DEL", e))?
+}
+
+async fn write_file(path: PathBuf, text: String) -> Result<(), Status> {
+    tokio::task::spawn_blocking(move || {
+        crius_store::persist::write_atomic(&path, text.as_bytes())
+            .map_err(|e| internal(&format!("cannot write {}", path.display()), e))
+    })
+    .await
+    .map_err(|e| internal("write", e))?
+}
+
+/// What a RunPodSandbox has done so far, for rollback.
+#[derive(Default)]
+struct Done {
+    name: Option<String>,
+    record: bool,
+    rootfs: bool,
+    dirs: Vec<PathBuf>,
+    shim: Option<Arc<ShimClient>>,
+    network: Option<(CniNetwork, PodNetwork)>,
+}
+
+impl Done {
+    async fn undo(self, daemon: &Daemon, id: &str) {
+        if let Some((network, pod)) = self.network {
+            if let Err(e) = cni_del(network, pod).await {
+                tracing::warn!(sandbox = id, error = %e.message(), "rollback: CNI DEL failed");
+            }
+        }
+        if let Some(shim) = self.shim {
+            if let Err(e) = shim.shutdown_sandbox(id).await {
+                tracing::warn!(sandbox = id, error = %e, "rollback: shim shutdown failed");
+            }
+            daemon.shims.lock().await.remove(id);
+        }
+        if self.rootfs {
+            if let Err(e) = daemon.images.remove_rootfs(id).await {
+                tracing::warn!(sandbox = id, error = %e, "rollback: rootfs removal failed");
+            }
+        }
+        for d in self.dirs.iter().rev() {
+            if let Err(e) = std::fs::remove_dir_all(d) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(sandbox = id, dir = %d.display(), error = %e, "rollback: cannot remove");
+                }
+            }
+        }
+        if self.record {
+            if let Err(e) = daemon.store.remove_sandbox(id) {
+                tracing::warn!(sandbox = id, error = %e, "rollback: record removal failed");
+            }
+        } else if let Some(name) = self.name {
+            daemon.store.release_name(&name);
+        }
+    }
+}
+
+/// RunPodSandbox; returns the new sandbox id.
+pub async fn run(daemon: &Arc<Daemon>, req: RunPodSandboxRequest) -> Result<String, Status> {
+    let handler_name =
+        super::validate_run(req.config.as_ref(), &req.runtime_handler, &daemon.config)?;
+    let config = req.config.unwrap_or_default();
+    crius_spec::sandbox::validate(&config, &daemon.host).map_err(spec_status)?;
+    let id = crius_store::generate_id();
+    let span = tracing::info_span!("run_pod_sandbox", sandbox = %id);
+    let _enter = span.enter();
+    drop(_enter);
+    let mut done = Done::default();
+    match run_steps(daemon, &id, &handler_name, &config, &mut done).await {
+        Ok(()) => Ok(id),
+        Err(e) => {
+            tracing::warn!(sandbox = %id, error = %e.message(), "RunPodSandbox failed; rolling back");
+            done.undo(daemon, &id).await;
+            Err(e)
+        }
+    }
+}
+
+fn spec_status(e: crius_spec::SpecError) -> Status {
+    match e {
+        crius_spec::SpecError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+        crius_spec::SpecError::Internal(_) => Status::internal(e.to_string()),
+    }
+}
+
+async fn run_steps(
+    daemon: &Arc<Daemon>,
+    id: &str,
+    handler_name: &str,
+    config: &PodSandboxConfig,
+    done: &mut Done,
+) -> Result<(), Status> {
+    let name = super::sandbox_name(config);
+    daemon.store.reserve_name(&name, id).map_err(store_status)?;
+    done.name = Some(name.clone());
+    let meta = config.metadata.clone().unwrap_or_default();
+    let hn: HostNamespaces = host_namespaces(config);
+
+    // The record comes first, so that a crash from here on leaves something
+    // to clean up at the next start.
+    let record: SandboxRecord = Record::new(
+        SandboxMetadata {
+            id: id.to_string(),
+            name,
+            namespace: meta.namespace.clone(),
+            pod_name: meta.name.clone(),
+            uid: meta.uid.clone(),
+            attempt: meta.attempt,
+            runtime_handler: handler_name.to_string(),
+            labels: config.labels.clone().into_iter().collect(),
+            annotations: config.annotations.clone().into_iter().collect(),
+            created_at: now_nanos(),
+            config: serde_json::to_value(config).map_err(|e| internal("config", e))?,
+        },
+        SandboxStatus::default(),
+    );
+    let store = daemon.store.clone();
+    tokio::task::spawn_blocking(move || store.add_sandbox(record))
+        .await
+        .map_err(|e| internal("store", e))?
+        .map_err(store_status)?;
+    done.record = true;
+
+    // The pause image.
+    let pause_ref = daemon.config.pause_image.clone();
+    let image = match daemon
+        .images
+        .resolve(&pause_ref)
+        .map_err(|e| internal("pause image", e))?
+    {
+        Some(i) => i,
+        None => daemon.images.pull(&pause_ref, None).await.map_err(|e| {
+            Status::failed_precondition(format!("cannot pull the pause image {pause_ref}: {e}"))
+        })?,
+    };
+    let image_config = daemon
+        .images
+        .image_config(&image.metadata.id)
+        .map_err(|e| internal("pause image config", e))?;
+
+    // Directories and the pause bundle.
+    let root_dir = daemon.sandbox_root(id);
+    let state_dir = daemon.sandbox_state(id);
+    let bundle = state_dir.join("bundle");
+    for d in [&root_dir, &state_dir] {
+        done.dirs.push(d.clone());
+    }
+    std::fs::create_dir_all(bundle.join("rootfs")).map_err(|e| internal("bundle", e))?;
+    std::fs::create_dir_all(&root_dir).map_err(|e| internal("sandbox dir", e))?;
+    let mounts = daemon
+        .images
+        .prepare_rootfs(&image.metadata.id, id)
+        .await
+        .map_err(|e| internal("pause rootfs", e))?;
+    done.rootfs = true;
+
+    let shim_dir = daemon.shim_pod_dir(id);
+    let facts = crius_spec::SandboxFacts {
+        id: id.to_string(),
+        netns_path: (!hn.network).then(|| shim_dir.join("netns").display().to_string()),
+        shm_path: (!hn.ipc).then(|| shim_dir.join("shm").display().to_string()),
+        ..Default::default()
+    };
+    let rc = &image_config.config;
+    let spec_image = crius_spec::ImageConfig {
+        user: rc.user.clone(),
+        env: rc.env.clone(),
+        entrypoint: rc.entrypoint.clone(),
+        cmd: rc.cmd.clone(),
+        working_dir: rc.working_dir.clone(),
+        volumes: rc.volumes.keys().cloned().collect(),
+    };
+    let load = |p: &str| std::fs::read_to_string(p).map_err(|e| e.to_string());
+    let spec = crius_spec::sandbox::sandbox_spec(config, &spec_image, &facts, &daemon.host, &load)
+        .map_err(spec_status)?;
+    let spec_json = serde_json::to_vec_pretty(&spec).map_err(|e| internal("spec", e))?;
+    crius_store::persist::write_atomic(&bundle.join("config.json"), &spec_json)
+        .map_err(|e| internal("config.json", e))?;
+
+    // The shim: netns and /dev/shm.
+    let handler = daemon
+        .config
+        .runtimes
+        .get(handler_name)
+        .cloned()
+        .unwrap_or_default();
+    let runtime_root = if handler.root.is_empty() {
+        daemon.config.state.join("runc")
+    } else {
+        PathBuf::from(&handler.root)
+    };
+    let launcher = daemon.launcher().map_err(|e| e.to_status())?;
+    let address = launcher
+        .start(id, &bundle, &handler.path, &runtime_root)
+        .await
+        .map_err(|e| e.to_status())?;
+    let shim = ShimClient::connect(&address)
+        .await
+        .map_err(|e| e.to_status())?;
+    let mut create = containerd_shim_protos::sandbox_api::CreateSandboxRequest::new();
+    create.sandbox_id = id.to_string();
+    create.bundle_path = bundle.display().to_string();
+    create.rootfs = mounts
+        .iter()
+        .map(|m| {
+            let mut pm = containerd_shim_protos::types::mount::Mount::new();
+            pm.type_ = m.kind.clone();
+            pm.source = m.source.clone();
+            pm.options = m.options.clone();
+            pm
+        })
+        .collect();
+    let shm_size = daemon
+        .config
+        .shm_size_bytes()
+        .map_err(|e| internal("shm_size", e))?;
+    create.annotations = shimclient::pod_annotations(hn.network, hn.ipc, shm_size);
+    done.shim = Some(shim.clone());
+    daemon
+        .shims
+        .lock()
+        .await
+        .insert(id.to_string(), shim.clone());
+    shim.create_sandbox(create)
+        .await
+        .map_err(|e| e.to_status())?;
+    let status = shim.sandbox_status(id).await.map_err(|e| e.to_status())?;
+    let netns = status.info.get("netns").cloned().filter(|s| !s.is_empty());
+
+    // The pod network.
+    let (ip, additional_ips) = match (&netns, hn.network) {
+        (Some(ns), false) => {
+            let network = cni(daemon)?;
+            let pod = pod_network(id, Path::new(ns), config);
+            let undo = (network.clone(), pod.clone());
+            let r = cni_add(network, pod).await;
+            // Even a failed ADD gets a DEL: plugins may have half-attached.
+            done.network = Some(undo);
+            let (ip, more) = r?;
+            (Some(ip), more)
+        }
+        (None, false) => return Err(Status::internal("the shim reported no network namespace")),
+        (_, true) => (None, Vec::new()),
+    };
+
+    // Pod files.
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let resolv = files::resolv_conf(config.dns_config.as_ref(), &host_resolv)
+        .map_err(|m| invalid_field("config.dns_config", m))?;
+    let hostname = if hn.network {
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    } else {
+        config.hostname.clone()
+    };
+    let mut pod_ips: Vec<String> = ip.iter().cloned().collect();
+    pod_ips.extend(additional_ips.iter().cloned());
+    write_file(root_dir.join("resolv.conf"), resolv).await?;
+    write_file(root_dir.join("hostname"), files::hostname_file(&hostname)).await?;
+    write_file(
+        root_dir.join("hosts"),
+        files::hosts_file(&hostname, &pod_ips),
+    )
+    .await?;
+
+    // The pause container.
+    let pid = shim.start_sandbox(id).await.map_err(|e| e.to_status())?;
+    let store = daemon.store.clone();
+    let sid = id.to_string();
+    tokio::task::spawn_blocking(move || {
+        store.update_sandbox_status(&sid, |s| {
+            s.state = SandboxState::Ready;
+            s.pid = Some(pid);
+            s.netns_path = netns;
+            s.ip = ip;
+            s.additional_ips = additional_ips;
+            s.shim_address = Some(address);
+        })
+    })
+    .await
+    .map_err(|e| internal("store", e))?
+    .map_err(store_status)?;
+    tracing::info!(sandbox = %id, pid, "pod sandbox ready");
+    Ok(())
+}
+
+/// StopPodSandbox: stops the pause container and tears the network down.
+/// Idempotent.
+pub async fn stop(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
+    let record = daemon.store.get_sandbox(id).map_err(store_status)?;
+    let id = record.metadata.id.clone();
+    let _lock = daemon.locks.lock(&id).await;
+    let record = daemon.store.get_sandbox(&id).map_err(store_status)?;
+    let config = super::status::stored_config(&record);
+    let hn = host_namespaces(&config);
+    if let Some(shim) = daemon.shim(&id).await {
+        match shim.stop_sandbox(&id, PAUSE_STOP_TIMEOUT).await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() || e.is_unreachable() => {
+                tracing::info!(sandbox = %id, error = %e, "pause already gone");
+            }
+            Err(e) => return Err(e.to_status()),
+        }
+    }
+    if !hn.network {
+        if let Some(ns) = &record.status.netns_path {
+            // DEL must succeed even when the namespace is already gone.
+            match cni(daemon) {
+                Ok(network) => cni_del(network, pod_network(&id, Path::new(ns), &config)).await?,
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, error = %e.message(), "no CNI config for DEL")
+                }
+            }
+        }
+    }
+    let store = daemon.store.clone();
+    let sid = id.clone();
+    tokio::task::spawn_blocking(move || {
+        store.update_sandbox_status(&sid, |s| {
+            s.state = SandboxState::NotReady;
+            if s.exited_at.is_none() {
+                s.exited_at = Some(now_nanos());
+            }
+        })
+    })
+    .await
+    .map_err(|e| internal("store", e))?
+    .map_err(store_status)?;
+    Ok(())
+}
+
+/// RemovePodSandbox: stops the pod if needed and removes everything of it.
+/// Removing an unknown sandbox succeeds.
+pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
+    let record = match daemon.store.get_sandbox(id) {
+        Ok(r) => r,
+        Err(crius_store::StoreError::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(store_status(e)),
+    };
+    let id = record.metadata.id.clone();
+    if record.status.state == SandboxState::Ready {
+        stop(daemon, &id).await?;
+    }
+    let _lock = daemon.locks.lock(&id).await;
+    if daemon.store.get_sandbox(&id).is_err() {
+        return Ok(());
+    }
+    if let Some(shim) = daemon.shim(&id).await {
+        match shim.shutdown_sandbox(&id).await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() || e.is_unreachable() => {
+                tracing::info!(sandbox = %id, error = %e, "shim already gone");
+            }
+            Err(e) => return Err(e.to_status()),
+        }
+    }
+    daemon.shims.lock().await.remove(&id);
+    // What a shim that died would have left.
+    let shim_dir = daemon.shim_pod_dir(&id);
+    let _ = crius_netns::netns::remove(&shim_dir.join("netns"));
+    let shm = shim_dir.join("shm");
+    if shm.exists() {
+        let _ = nix::mount::umount2(&shm, nix::mount::MntFlags::MNT_DETACH);
+    }
+    daemon
+        .images
+        .remove_rootfs(&id)
+        .await
+        .map_err(|e| internal("rootfs", e))?;
+    for d in [
+        daemon.sandbox_state(&id),
+        daemon.sandbox_root(&id),
+        shim_dir,
+    ] {
+        match std::fs::remove_dir_all(&d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(internal(&format!("cannot remove {}", d.display()), e)),
+        }
+    }
+    let store = daemon.store.clone();
+    tokio::task::spawn_blocking(move || store.remove_sandbox(&id))
+        .await
+        .map_err(|e| internal("store", e))?
+        .map_err(store_status)?;
+    Ok(())
+}

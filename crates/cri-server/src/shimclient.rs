@@ -1,0 +1,422 @@
+//! criusd's side of the per-pod shim: launching it and calling its ttrpc
+//! services (task, sandbox and crius's own), as `crates/shim/README.md`
+//! describes the protocol.
+//!
+//! The ttrpc client is synchronous (the shim's crate is built for sync
+//! ttrpc); every call runs on tokio's blocking pool with a deadline.
+
+use containerd_shim_protos::sandbox_api as sb;
+use containerd_shim_protos::sandbox_sync::SandboxClient;
+use containerd_shim_protos::ttrpc::{self, context};
+use containerd_shim_protos::{api, TaskClient};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The containerd namespace crius runs its pods in.
+pub const NAMESPACE: &str = "k8s.io";
+/// The shim binary's file name.
+pub const SHIM_BINARY: &str = "containerd-shim-crius-v2";
+/// Annotation: host network (no netns).
+pub const NETWORK_ANNOTATION: &str = "io.crius.shim.network";
+/// Annotation: host IPC (no /dev/shm tmpfs).
+pub const IPC_ANNOTATION: &str = "io.crius.shim.ipc";
+/// Annotation: /dev/shm size in bytes.
+pub const SHM_SIZE_ANNOTATION: &str = "io.crius.shim.shm-size";
+/// Default deadline of a shim call.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `start` may take.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors of talking to a shim.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    /// The shim binary could not be run or failed.
+    #[error("cannot start the shim: {0}")]
+    Launch(String),
+    /// Connecting to the shim failed.
+    #[error("cannot connect to the shim at {address}: {message}")]
+    Connect {
+        /// The address.
+        address: String,
+        /// Why.
+        message: String,
+    },
+    /// The shim answered with an error status.
+    #[error("shim {method}: {message}")]
+    Rpc {
+        /// The call.
+        method: &'static str,
+        /// The status code the shim gave.
+        code: ttrpc::Code,
+        /// The shim's message.
+        message: String,
+    },
+    /// The call did not complete (transport error, timeout, shim gone).
+    #[error("shim {method} failed: {message}")]
+    Transport {
+        /// The call.
+        method: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+impl ShimError {
+    /// Whether the shim said the object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            ShimError::Rpc {
+                code: ttrpc::Code::NOT_FOUND,
+                ..
+            }
+        )
+    }
+
+    /// Whether the shim is unreachable (gone, or never came up).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ShimError::Connect { .. } | ShimError::Transport { .. }
+        )
+    }
+
+    /// The gRPC status for a CRI caller.
+    pub fn to_status(&self) -> tonic::Status {
+        let msg = self.to_string();
+        match self {
+            ShimError::Rpc { code, .. } => match *code {
+                ttrpc::Code::NOT_FOUND => tonic::Status::not_found(msg),
+                ttrpc::Code::ALREADY_EXISTS => tonic::Status::already_exists(msg),
+                ttrpc::Code::INVALID_ARGUMENT => tonic::Status::invalid_argument(msg),
+                ttrpc::Code::FAILED_PRECONDITION => tonic::Status::failed_precondition(msg),
+                ttrpc::Code::DEADLINE_EXCEEDED => tonic::Status::deadline_exceeded(msg),
+                ttrpc::Code::UNIMPLEMENTED => tonic::Status::unimplemented(msg),
+                _ => tonic::Status::internal(msg),
+            },
+            ShimError::Transport { .. } | ShimError::Connect { .. } => {
+                tonic::Status::unavailable(msg)
+            }
+            ShimError::Launch(_) => tonic::Status::internal(msg),
+        }
+    }
+}
+
+fn rpc_error(method: &'static str, e: ttrpc::Error) -> ShimError {
+    match e {
+        ttrpc::Error::RpcStatus(s) => ShimError::Rpc {
+            method,
+            code: s.code(),
+            message: s.message().to_string(),
+        },
+        other => ShimError::Transport {
+            method,
+            message: other.to_string(),
+        },
+    }
+}
+
+/// How to launch shims.
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    /// The shim binary.
+    pub binary: PathBuf,
+    /// The address passed as `-address` (criusd's socket).
+    pub address: String,
+    /// `CRIUS_SHIM_SOCKET_DIR`.
+    pub socket_dir: PathBuf,
+    /// `CRIUS_SHIM_STATE_DIR`.
+    pub state_dir: PathBuf,
+    /// `TTRPC_ADDRESS`: where shims publish events (empty: nowhere).
+    pub events_address: String,
+}
+
+/// Finds the shim binary: an explicit path, else next to the running
+/// criusd, else in PATH.
+pub fn find_binary(configured: &str) -> Result<PathBuf, ShimError> {
+    if !configured.is_empty() {
+        return Ok(PathBuf::from(configured));
+    }
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
+        let candidate = dir.join(SHIM_BINARY);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(SHIM_BINARY))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            ShimError::Launch(format!(
+                "{SHIM_BINARY} not found next to criusd or in PATH (set `shim_path`)"
+            ))
+        })
+}
+
+impl Launcher {
+    /// Runs `start` for the sandbox `id` with the pause bundle as working
+    /// directory and the runtime handler's binary and root; returns the
+    /// shim's ttrpc address.
+    pub async fn start(
+        &self,
+        id: &str,
+        bundle: &Path,
+        runtime: &str,
+        runtime_root: &Path,
+    ) -> Result<String, ShimError> {
+        let mut cmd = tokio::process::Command::new(&self.binary);
+        cmd.args([
+            "-namespace",
+            NAMESPACE,
+            "-id",
+            id,
+            "-address",
+            &self.address,
+            "start",
+        ])
+        .current_dir(bundle)
+        .env("CRIUS_SHIM_RUNTIME", runtime)
+        .env("CRIUS_SHIM_RUNTIME_ROOT", runtime_root)
+        .env("CRIUS_SHIM_SOCKET_DIR", &self.socket_dir)
+        .env("CRIUS_SHIM_STATE_DIR", &self.state_dir)
+        .env("TTRPC_ADDRESS", &self.events_address)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+        let out = tokio::time::timeout(START_TIMEOUT, cmd.output())
+            .await
+            .map_err(|_| ShimError::Launch(format!("`start` took longer than {START_TIMEOUT:?}")))?
+            .map_err(|e| ShimError::Launch(format!("{}: {e}", self.binary.display())))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() || !stdout.starts_with("unix://") {
+            return Err(ShimError::Launch(format!(
+                "{} start exited with {}: {} {}",
+                self.binary.display(),
+                out.status,
+                stdout,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(stdout)
+    }
+}
+
+/// A connection to one shim.
+#[derive(Clone)]
+pub struct ShimClient {
+    address: String,
+    task: TaskClient,
+    sandbox: SandboxClient,
+}
+
+fn ctx(timeout: Duration) -> context::Context {
+    let mut c = context::with_timeout(timeout.as_nanos() as i64);
+    c.add(
+        "containerd-namespace-ttrpc".to_string(),
+        NAMESPACE.to_string(),
+    );
+    c
+}
+
+impl ShimClient {
+    /// Connects to a shim's address (`unix:///...`).
+    pub async fn connect(address: &str) -> Result<Arc<Self>, ShimError> {
+        let addr = address.to_string();
+        let client = tokio::task::spawn_blocking(move || ttrpc::Client::connect(&addr))
+            .await
+            .map_err(|e| ShimError::Connect {
+                address: address.to_string(),
+                message: e.to_string(),
+            })?
+            .map_err(|e| ShimError::Connect {
+                address: address.to_string(),
+                message: e.to_string(),
+            })?;
+        Ok(Arc::new(ShimClient {
+            address: address.to_string(),
+            task: TaskClient::new(client.clone()),
+            sandbox: SandboxClient::new(client),
+        }))
+    }
+
+    /// The shim's address.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    async fn call<T: Send + 'static>(
+        self: &Arc<Self>,
+        method: &'static str,
+        timeout: Duration,
+        f: impl FnOnce(&ShimClient, &context::Context) -> ttrpc::Result<T> + Send + 'static,
+    ) -> Result<T, ShimError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this, &ctx(timeout)))
+            .await
+            .map_err(|e| ShimError::Transport {
+                method,
+                message: e.to_string(),
+            })?
+            .map_err(|e| rpc_error(method, e))
+    }
+
+    /// CreateSandbox.
+    pub async fn create_sandbox(
+        self: &Arc<Self>,
+        req: sb::CreateSandboxRequest,
+    ) -> Result<(), ShimError> {
+        self.call("CreateSandbox", CALL_TIMEOUT, move |c, ctx| {
+            c.sandbox.create_sandbox(ctx.clone(), &req).map(|_| ())
+        })
+        .await
+    }
+
+    /// StartSandbox; returns the pause pid.
+    pub async fn start_sandbox(self: &Arc<Self>, id: &str) -> Result<u32, ShimError> {
+        let mut req = sb::StartSandboxRequest::new();
+        req.sandbox_id = id.to_string();
+        self.call("StartSandbox", CALL_TIMEOUT, move |c, ctx| {
+            c.sandbox.start_sandbox(ctx.clone(), &req).map(|r| r.pid)
+        })
+        .await
+    }
+
+    /// SandboxStatus.
+    pub async fn sandbox_status(
+        self: &Arc<Self>,
+        id: &str,
+    ) -> Result<sb::SandboxStatusResponse, ShimError> {
+        let mut req = sb::SandboxStatusRequest::new();
+        req.sandbox_id = id.to_string();
+        self.call("SandboxStatus", CALL_TIMEOUT, move |c, ctx| {
+            c.sandbox.sandbox_status(ctx.clone(), &req)
+        })
+        .await
+    }
+
+    /// StopSandbox: SIGTERM, then SIGKILL after `timeout`.
+    pub async fn stop_sandbox(
+        self: &Arc<Self>,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<(), ShimError> {
+        let mut req = sb::StopSandboxRequest::new();
+        req.sandbox_id = id.to_string();
+        req.timeout_secs = timeout.as_secs().min(u32::MAX as u64) as u32;
+        self.call("StopSandbox", CALL_TIMEOUT + timeout, move |c, ctx| {
+            c.sandbox.stop_sandbox(ctx.clone(), &req).map(|_| ())
+        })
+        .await
+    }
+
+    /// ShutdownSandbox: everything of the pod goes and the shim exits.
+    pub async fn shutdown_sandbox(self: &Arc<Self>, id: &str) -> Result<(), ShimError> {
+        let mut req = sb::ShutdownSandboxRequest::new();
+        req.sandbox_id = id.to_string();
+        self.call("ShutdownSandbox", CALL_TIMEOUT, move |c, ctx| {
+            c.sandbox.shutdown_sandbox(ctx.clone(), &req).map(|_| ())
+        })
+        .await
+    }
+
+    /// Task State.
+    pub async fn state(
+        self: &Arc<Self>,
+        id: &str,
+        exec_id: &str,
+    ) -> Result<api::StateResponse, ShimError> {
+        let mut req = api::StateRequest::new();
+        req.id = id.to_string();
+        req.exec_id = exec_id.to_string();
+        self.call("State", CALL_TIMEOUT, move |c, ctx| {
+            c.task.state(ctx.clone(), &req)
+        })
+        .await
+    }
+}
+
+/// The annotations telling the shim about the pod's host namespaces and
+/// shm size.
+pub fn pod_annotations(
+    host_network: bool,
+    host_ipc: bool,
+    shm_size: u64,
+) -> std::collections::HashMap<String, String> {
+    let mut a = std::collections::HashMap::new();
+    if host_network {
+        a.insert(NETWORK_ANNOTATION.to_string(), "host".to_string());
+    }
+    if host_ipc {
+        a.insert(IPC_ANNOTATION.to_string(), "host".to_string());
+    }
+    a.insert(SHM_SIZE_ANNOTATION.to_string(), shm_size.to_string());
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotations() {
+        let a = pod_annotations(true, false, 1024);
+        assert_eq!(a.get(NETWORK_ANNOTATION).map(String::as_str), Some("host"));
+        assert!(!a.contains_key(IPC_ANNOTATION));
+        assert_eq!(a.get(SHM_SIZE_ANNOTATION).map(String::as_str), Some("1024"));
+    }
+
+    #[test]
+    fn errors_map_to_grpc_codes() {
+        let rpc = |code| ShimError::Rpc {
+            method: "X",
+            code,
+            message: "m".into(),
+        };
+        assert_eq!(
+            rpc(ttrpc::Code::NOT_FOUND).to_status().code(),
+            tonic::Code::NotFound
+        );
+        assert!(rpc(ttrpc::Code::NOT_FOUND).is_not_found());
+        assert_eq!(
+            rpc(ttrpc::Code::INVALID_ARGUMENT).to_status().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            rpc(ttrpc::Code::INTERNAL).to_status().code(),
+            tonic::Code::Internal
+        );
+        let gone = ShimError::Transport {
+            method: "X",
+            message: "closed".into(),
+        };
+        assert!(gone.is_unreachable());
+        assert_eq!(gone.to_status().code(), tonic::Code::Unavailable);
+    }
+
+    #[tokio::test]
+    async fn launch_failures_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("fake-shim");
+        std::fs::write(&fake, "#!/bin/sh\necho nope >&2\nexit 3\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let l = Launcher {
+            binary: fake,
+            address: "/run/x.sock".into(),
+            socket_dir: dir.path().join("s"),
+            state_dir: dir.path().join("state"),
+            events_address: String::new(),
+        };
+        let e = l
+            .start("abc", dir.path(), "runc", Path::new("/run/r"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope") && e.contains("exit status: 3"), "{e}");
+        assert!(find_binary("/explicit/path").unwrap().ends_with("path"));
+    }
+}

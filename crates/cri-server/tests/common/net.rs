@@ -1,0 +1,110 @@
+//! A pod network for tests: a CNI conflist with a bridge of its own on a
+//! free 10.214.x.0/24, no masquerading, and a FORWARD rule that keeps pod
+//! traffic on the bridge. Everything is undone on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+fn run(cmd: &str, args: &[&str]) -> (bool, String) {
+    match Command::new(cmd).args(args).output() {
+        Ok(o) => (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        ),
+        Err(e) => (false, e.to_string()),
+    }
+}
+
+/// The test network; `conf_dir` goes into criusd's `[cni] conf_dir`.
+pub struct TestNetwork {
+    pub conf_dir: PathBuf,
+    pub name: String,
+    pub bridge: String,
+    pub subnet: String,
+    pub prefix: String,
+    forward_rule: Vec<String>,
+    ip_forward: Option<String>,
+}
+
+impl TestNetwork {
+    /// Writes the conflist under `dir/net.d` and installs the FORWARD rule.
+    pub fn new(dir: &Path) -> TestNetwork {
+        super::registry::ensure_binary("iptables", "iptables");
+        super::registry::ensure_binary("ip", "iproute2");
+        if !Path::new("/usr/lib/cni/bridge").exists() {
+            super::registry::ensure_binary("/usr/lib/cni/bridge", "containernetworking-plugins");
+        }
+        let (_, routes) = run("ip", &["-4", "route", "show"]);
+        let x = (1..250u32)
+            .map(|i| (std::process::id() + i) % 250 + 1)
+            .find(|x| !routes.contains(&format!("10.214.{x}.")))
+            .expect("a free 10.214.x.0/24");
+        let prefix = format!("10.214.{x}.");
+        let subnet = format!("10.214.{x}.0/24");
+        let bridge = format!("crp{}", std::process::id() % 100_000);
+        let name = format!("crius-test-{}", std::process::id());
+        let conf_dir = dir.join("net.d");
+        std::fs::create_dir_all(&conf_dir).unwrap();
+        let conflist = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": name,
+            "plugins": [
+                {
+                    "type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+                    "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]]}
+                },
+                {"type": "loopback"}
+            ]
+        });
+        std::fs::write(conf_dir.join("10-test.conflist"), conflist.to_string()).unwrap();
+        let ip_forward = std::fs::read_to_string(IP_FORWARD).ok();
+        let forward_rule: Vec<String> =
+            ["FORWARD", "-s", &subnet, "!", "-o", &bridge, "-j", "DROP"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        let mut args = vec!["-I"];
+        args.extend(forward_rule.iter().map(String::as_str));
+        let (ok, out) = run("iptables", &args);
+        assert!(ok, "iptables: {out}");
+        TestNetwork {
+            conf_dir,
+            name,
+            bridge,
+            subnet,
+            prefix,
+            forward_rule,
+            ip_forward,
+        }
+    }
+
+    /// The veth interfaces still attached to the bridge.
+    pub fn bridge_ports(&self) -> Vec<String> {
+        let (_, out) = run("ip", &["-o", "link", "show", "master", &self.bridge]);
+        out.lines()
+            .filter_map(|l| l.split(':').nth(1).map(|s| s.trim().to_string()))
+            .collect()
+    }
+}
+
+impl Drop for TestNetwork {
+    fn drop(&mut self) {
+        let _ = run("ip", &["link", "del", &self.bridge]);
+        let mut args = vec!["-D"];
+        args.extend(self.forward_rule.iter().map(String::as_str));
+        let (ok, out) = run("iptables", &args);
+        if !ok {
+            eprintln!("cleanup: removing the FORWARD rule failed: {out}");
+        }
+        if let Some(v) = &self.ip_forward {
+            let _ = std::fs::write(IP_FORWARD, v.as_bytes());
+        }
+        let _ = std::fs::remove_dir_all(Path::new("/var/lib/cni/networks").join(&self.name));
+    }
+}

@@ -1,0 +1,406 @@
+//! Pod sandboxes for real: criusd, the per-pod shim, runc and CNI (bridge +
+//! host-local + loopback) with a pause image from a local registry.
+
+mod common;
+
+use common::net::TestNetwork;
+use common::registry::{busybox_entries, image_with_config, is_root, layer, Compression, Registry};
+use common::Daemon;
+use k8s_cri::v1::{
+    DnsConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StopPodSandboxRequest,
+};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn pod(name: &str, uid: &str) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            namespace: "default".into(),
+            uid: uid.into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: format!("/var/log/pods/default_{name}_{uid}"),
+        dns_config: Some(DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec!["default.svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        }),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: format!("/crius-test/pod{uid}"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn mounts_below(dir: &Path) -> Vec<String> {
+    let d = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&d)))
+        .map(String::from)
+        .collect()
+}
+
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .chars()
+            .all(|c| c.is_ascii_digit())
+        {
+            continue;
+        }
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if text.contains(needle) || String::from_utf8_lossy(&environ).contains(needle) {
+            out.push(format!("{}: {text}", e.file_name().to_string_lossy()));
+        }
+    }
+    out
+}
+
+/// Kills every process that still refers to the test dir (a failed test's
+/// shims and pause containers) and unmounts what is left under it.
+struct Leftovers(PathBuf);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let needle = self.0.display().to_string();
+        for p in processes_mentioning(&needle) {
+            if let Some(pid) = p.split(':').next().and_then(|s| s.parse::<i32>().ok()) {
+                if pid as u32 != std::process::id() {
+                    // SAFETY: kill(2) on a pid read from /proc.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut m = mounts_below(&self.0);
+        m.reverse();
+        for line in m {
+            if let Some(target) = line.split(' ').nth(4) {
+                let _ = Command::new("umount").args(["-l", target]).status();
+            }
+        }
+        let _ = std::fs::remove_dir_all(Path::new("/sys/fs/cgroup/memory/crius-test"));
+    }
+}
+
+fn cgroup_dirs(uid: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in entries.flatten() {
+            let p = e.path().join("crius-test").join(format!("pod{uid}"));
+            if p.exists() {
+                // Only container cgroups (children) count as leaks.
+                if let Ok(children) = std::fs::read_dir(&p) {
+                    for c in children.flatten() {
+                        if c.path().is_dir() {
+                            found.push(c.path());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+fn remove_cgroup_parents(uid: &str) {
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in entries.flatten() {
+            let p = e.path().join("crius-test").join(format!("pod{uid}"));
+            let _ = std::fs::remove_dir(&p);
+            let _ = std::fs::remove_dir(e.path().join("crius-test"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_lifecycle_with_cni() {
+    if !is_root() {
+        eprintln!("pods: skipped (needs root)");
+        return;
+    }
+    common::registry::ensure_binary("runc", "runc");
+    let shim = Path::new(common::CRIUSD).with_file_name("containerd-shim-crius-v2");
+    assert!(
+        shim.exists(),
+        "{} missing: run `cargo build -p crius-shim` (cargo xtask test does)",
+        shim.display()
+    );
+
+    let tmp = tempfile::Builder::new()
+        .prefix("crius-pods")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let dir = tmp.path().to_path_buf();
+    let _leftovers = Leftovers(dir.clone());
+    let net = TestNetwork::new(&dir);
+    let registry = Registry::start(&dir.join("registry"), None);
+    let pause = image_with_config(
+        vec![layer(&busybox_entries(), Compression::Gzip)],
+        serde_json::json!({"Entrypoint": ["/bin/busybox", "sleep", "2147483647"], "User": "65535:65535", "WorkingDir": "/"}),
+    );
+    registry.push_image("pause", "test", &pause);
+    let config = format!(
+        "pause_image = \"{}/pause:test\"\n[cni]\nconf_dir = \"{}\"\nbin_dirs = [\"/usr/lib/cni\"]\n",
+        registry.addr,
+        net.conf_dir.display()
+    );
+    let mut daemon = Daemon::start(&dir, &config);
+    let mut rt = daemon.runtime().await;
+
+    // Two pods on the bridge.
+    let a = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod("web", "uid-a")),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e:?}\n{}", daemon.log_text()))
+        .into_inner()
+        .pod_sandbox_id;
+    let b = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod("db", "uid-b")),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let status = |id: &str| PodSandboxStatusRequest {
+        pod_sandbox_id: id.into(),
+        verbose: true,
+    };
+    let sa = rt
+        .pod_sandbox_status(status(&a))
+        .await
+        .unwrap()
+        .into_inner();
+    let sb = rt
+        .pod_sandbox_status(status(&b))
+        .await
+        .unwrap()
+        .into_inner();
+    let st = sa.status.clone().unwrap();
+    assert_eq!(st.state, k8s_cri::v1::PodSandboxState::SandboxReady as i32);
+    let ip_a = st.network.clone().unwrap().ip;
+    let ip_b = sb.status.clone().unwrap().network.unwrap().ip;
+    assert!(
+        ip_a.starts_with(&net.prefix),
+        "{ip_a} not in {}",
+        net.subnet
+    );
+    assert!(ip_b.starts_with(&net.prefix) && ip_a != ip_b);
+    let info: serde_json::Value = serde_json::from_str(&sa.info["info"]).unwrap();
+    let pid = info["pid"].as_u64().unwrap();
+    let netns = info["netnsPath"].as_str().unwrap().to_string();
+    assert_eq!(
+        std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .unwrap()
+            .ino(),
+        std::fs::metadata(&netns).unwrap().ino(),
+        "pause runs in the pod netns"
+    );
+    // The pause container runs as the image user, in the pod cgroup.
+    let status_text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status_text
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65535")),
+        "{status_text}"
+    );
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        cgroup.contains(&format!("/crius-test/poduid-a/{a}")),
+        "{cgroup}"
+    );
+
+    // Pod a reaches pod b over the bridge.
+    let ping = Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .args(["/bin/busybox", "ping", "-c", "1", "-W", "5", &ip_b])
+        .output()
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "ping {ip_b}: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+
+    // Pod files.
+    let sandbox_dir = dir.join("root/sandboxes").join(&a);
+    let resolv = std::fs::read_to_string(sandbox_dir.join("resolv.conf")).unwrap();
+    assert!(
+        resolv.contains("nameserver 10.96.0.10")
+            && resolv.contains("search default.svc.cluster.local")
+            && resolv.contains("options ndots:5"),
+        "{resolv}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sandbox_dir.join("hostname")).unwrap(),
+        "web\n"
+    );
+    let hosts = std::fs::read_to_string(sandbox_dir.join("hosts")).unwrap();
+    assert!(hosts.contains(&format!("{ip_a}\tweb")), "{hosts}");
+
+    // The same name again: AlreadyExists naming the holder.
+    let err = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod("web", "uid-a")),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    assert!(err.message().contains(&a), "{err:?}");
+
+    // Bad requests fail with InvalidArgument and leave nothing behind.
+    let pods_before = rt
+        .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+        .len();
+    let mut bad_sysctl = pod("bad", "uid-c");
+    bad_sysctl
+        .linux
+        .as_mut()
+        .unwrap()
+        .sysctls
+        .insert("kernel.panic".into(), "1".into());
+    let mut bad_parent = pod("bad", "uid-d");
+    bad_parent.linux.as_mut().unwrap().cgroup_parent = "kubepods.slice".into();
+    let mut bad_logdir = pod("bad", "uid-e");
+    bad_logdir.log_directory = "relative".into();
+    for (config, handler, field) in [
+        (bad_sysctl, "", "config.linux.sysctls"),
+        (bad_parent, "", "config.linux.cgroup_parent"),
+        (bad_logdir, "", "config.log_directory"),
+        (pod("bad", "uid-f"), "kata", "runtime_handler"),
+        (PodSandboxConfig::default(), "", "config.metadata"),
+    ] {
+        let err = rt
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: handler.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(field), "{field}: {err:?}");
+    }
+    let pods_after = rt
+        .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+        .len();
+    assert_eq!(pods_before, pods_after);
+
+    // A host-network pod sees the host's interfaces and gets no pod IP.
+    let mut host = pod("hostnet", "uid-h");
+    host.linux.as_mut().unwrap().security_context = Some(LinuxSandboxSecurityContext {
+        namespace_options: Some(NamespaceOption {
+            network: 2,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let h = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(host),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("host network pod: {e:?}\n{}", daemon.log_text()))
+        .into_inner()
+        .pod_sandbox_id;
+    let sh = rt
+        .pod_sandbox_status(status(&h))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(sh.status.unwrap().network.is_none());
+    let hinfo: serde_json::Value = serde_json::from_str(&sh.info["info"]).unwrap();
+    let hpid = hinfo["pid"].as_u64().unwrap();
+    assert_eq!(
+        std::fs::metadata(format!("/proc/{hpid}/ns/net"))
+            .unwrap()
+            .ino(),
+        std::fs::metadata("/proc/self/ns/net").unwrap().ino()
+    );
+
+    // Stop and remove, twice each; then nothing of the pods is left.
+    for id in [&a, &b, &h] {
+        for _ in 0..2 {
+            rt.stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: id.to_string(),
+            })
+            .await
+            .unwrap();
+        }
+        let s = rt
+            .pod_sandbox_status(status(id))
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        assert_eq!(
+            s.state,
+            k8s_cri::v1::PodSandboxState::SandboxNotready as i32
+        );
+        for _ in 0..2 {
+            rt.remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: id.to_string(),
+            })
+            .await
+            .unwrap();
+        }
+        let err = rt.pod_sandbox_status(status(id)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+    }
+    assert!(!Path::new(&netns).exists(), "netns file left");
+    assert!(
+        net.bridge_ports().is_empty(),
+        "veths left: {:?}",
+        net.bridge_ports()
+    );
+    let state = dir.join("state");
+    assert!(
+        mounts_below(&dir).is_empty(),
+        "mounts left: {:?}",
+        mounts_below(&dir)
+    );
+    let procs: Vec<String> = processes_mentioning(&state.display().to_string())
+        .into_iter()
+        .filter(|p| !p.contains("criusd"))
+        .collect();
+    assert!(procs.is_empty(), "processes left: {procs:?}");
+    for uid in ["uid-a", "uid-b", "uid-h"] {
+        assert!(
+            cgroup_dirs(uid).is_empty(),
+            "cgroups left: {:?}",
+            cgroup_dirs(uid)
+        );
+        remove_cgroup_parents(uid);
+    }
+    assert!(!dir.join("root/sandboxes").join(&a).exists());
+    drop(rt);
+    assert_eq!(daemon.signal_and_wait(libc::SIGTERM).code(), Some(0));
+}
