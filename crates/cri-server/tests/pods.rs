@@ -154,9 +154,10 @@ async fn pod_lifecycle_with_cni() {
     );
     registry.push_image("pause", "test", &pause);
     let config = format!(
-        "pause_image = \"{}/pause:test\"\n[cni]\nconf_dir = \"{}\"\nbin_dirs = [\"/usr/lib/cni\"]\n",
+        "pause_image = \"{}/pause:test\"\n[cni]\nconf_dir = \"{}\"\nbin_dirs = [\"{}\", \"/usr/lib/cni\"]\n",
         registry.addr,
-        net.conf_dir.display()
+        net.conf_dir.display(),
+        dir.join("cni-bin").display()
     );
     let mut daemon = Daemon::start(&dir, &config);
     let mut rt = daemon.runtime().await;
@@ -345,14 +346,70 @@ async fn pod_lifecycle_with_cni() {
         std::fs::metadata("/proc/self/ns/net").unwrap().ino()
     );
 
+    // A failing CNI ADD undoes everything: no shim, netns, mount or record
+    // is left, and the name is free again.
+    let bin = dir.join("cni-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    common::script(
+        &bin.join("crius-test-fail"),
+        "#!/bin/sh\ncat >/dev/null\necho '{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"no addresses left\"}'\nexit 1\n",
+    );
+    let failing = net.conf_dir.join("00-fail.conflist");
+    std::fs::write(
+        &failing,
+        "{\"cniVersion\":\"1.0.0\",\"name\":\"fail\",\"plugins\":[{\"type\":\"loopback\"},{\"type\":\"crius-test-fail\"}]}",
+    )
+    .unwrap();
+    let shims_before = processes_mentioning("containerd-shim-crius-v2").len();
+    let err = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod("retry", "uid-r")),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    std::fs::remove_file(&failing).unwrap();
+    assert!(err.message().contains("no addresses left"), "{err:?}");
+    assert_eq!(
+        processes_mentioning("containerd-shim-crius-v2").len(),
+        shims_before,
+        "shim left after a failed ADD"
+    );
+    let items = rt
+        .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(items.len(), 3, "a record was left: {items:?}");
+    let retry = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod("retry", "uid-r")),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("retry after rollback: {e:?}"))
+        .into_inner()
+        .pod_sandbox_id;
+
+    // A pod whose shim died can still be stopped and removed cleanly.
+    let shim_of_b: Vec<i32> = processes_mentioning(&b)
+        .iter()
+        .filter(|p| p.contains("containerd-shim-crius-v2"))
+        .filter_map(|p| p.split(':').next()?.parse().ok())
+        .collect();
+    assert_eq!(shim_of_b.len(), 1, "{shim_of_b:?}");
+    // SAFETY: kill(2) on the shim pid found above.
+    unsafe { libc::kill(shim_of_b[0], libc::SIGKILL) };
+
     // Stop and remove, twice each; then nothing of the pods is left.
-    for id in [&a, &b, &h] {
+    for id in [&a, &b, &h, &retry] {
         for _ in 0..2 {
             rt.stop_pod_sandbox(StopPodSandboxRequest {
                 pod_sandbox_id: id.to_string(),
             })
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("stop {id}: {e:?}\n{}", daemon.log_text()));
         }
         let s = rt
             .pod_sandbox_status(status(id))
@@ -365,6 +422,14 @@ async fn pod_lifecycle_with_cni() {
             s.state,
             k8s_cri::v1::PodSandboxState::SandboxNotready as i32
         );
+        // Stopped means the netns, /dev/shm and the shim are gone already.
+        let shim_dir = dir.join("state/shim/k8s.io").join(id.as_str());
+        assert!(!shim_dir.exists(), "{} left after stop", shim_dir.display());
+        let left: Vec<String> = processes_mentioning(id)
+            .into_iter()
+            .filter(|p| !p.contains("criusd"))
+            .collect();
+        assert!(left.is_empty(), "processes of {id} after stop: {left:?}");
         for _ in 0..2 {
             rt.remove_pod_sandbox(RemovePodSandboxRequest {
                 pod_sandbox_id: id.to_string(),
@@ -392,7 +457,7 @@ async fn pod_lifecycle_with_cni() {
         .filter(|p| !p.contains("criusd"))
         .collect();
     assert!(procs.is_empty(), "processes left: {procs:?}");
-    for uid in ["uid-a", "uid-b", "uid-h"] {
+    for uid in ["uid-a", "uid-b", "uid-h", "uid-r"] {
         assert!(
             cgroup_dirs(uid).is_empty(),
             "cgroups left: {:?}",

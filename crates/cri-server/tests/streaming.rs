@@ -1062,3 +1062,34 @@ async fn spdy_port_forward_ends_when_the_target_closes() {
     assert_eq!(text(&got, data), "HTTP/1.0 200 OK\r\n\r\nhello");
     assert_eq!(text(&got, error), "");
 }
+
+#[tokio::test]
+async fn idle_sessions_are_closed() {
+    // A zero idle timeout: sessions end at once instead of waiting on a
+    // `cat` whose stdin never closes.
+    let h = start_with(StreamingConfig {
+        stream_idle_timeout: Duration::ZERO,
+        ..StreamingConfig::default()
+    })
+    .await;
+    let url = h
+        .server
+        .get_exec(&exec_req(&["cat"], true, true, false, false))
+        .unwrap();
+    let (status, _, client) = SpdyClient::connect(&url, &["v4.channel.k8s.io"]).await;
+    assert_eq!(status, 101);
+    let mut c = client.unwrap();
+    let error = c.open(&[("streamType", "error")]).await;
+    let _stdin = c.open(&[("streamType", "stdin")]).await;
+    let stdout = c.open(&[("streamType", "stdout")]).await;
+    let got = c.collect(&[error, stdout]).await;
+    assert_eq!(text(&got, error), "");
+
+    let url = h
+        .server
+        .get_exec(&exec_req(&["cat"], true, true, false, false))
+        .unwrap();
+    let (mut ws, _) = ws_connect(&url, "v5.channel.k8s.io").await;
+    let (got, _) = ws_collect(&mut ws).await;
+    assert!(!got.contains_key(&3), "{got:?}");
+}

@@ -6,6 +6,29 @@
 //! the client then connects to `/exec/TOKEN` (or `/attach/`,
 //! `/portforward/`) and upgrades the connection to SPDY/3.1 or WebSocket,
 //! and the session runs against the [`Backend`].
+//!
+//! Wiring it into the daemon:
+//!
+//! ```text
+//! let config = StreamingConfig { address: cfg.stream.address.parse()?, ..Default::default() };
+//! let (streaming, task) = StreamingServer::start(config, backend, shutdown_rx).await?;
+//! // RuntimeService::exec (after checking that the container exists: NotFound):
+//! let url = streaming.get_exec(request.get_ref())?; // StreamingError -> tonic::Status
+//! Ok(Response::new(ExecResponse { url }))
+//! ```
+//!
+//! Protocols, as kubelet's streaming server speaks them:
+//! - exec/attach over SPDY/3.1 with `v4.channel.k8s.io` (JSON status on the
+//!   error stream), `v3` (adds the resize stream), `v2` and `channel.k8s.io`;
+//!   streams are told apart by their `streamType` header;
+//! - exec/attach over WebSocket with `v5.channel.k8s.io` (adds closing a
+//!   channel: `[255, channel]`), `v4.channel.k8s.io` and `channel.k8s.io`;
+//!   every binary message starts with its channel byte (0 stdin, 1 stdout,
+//!   2 stderr, 3 error, 4 resize);
+//! - port-forward over SPDY `portforward.k8s.io` (a data and an error stream
+//!   per `requestID`, the port in the `port` header) and over WebSocket
+//!   (channels 2i and 2i+1 for the i-th `port` query parameter, each
+//!   starting with the port as two little-endian bytes).
 
 pub mod backend;
 pub mod cache;
@@ -34,6 +57,9 @@ pub const DEFAULT_REQUEST_TTL: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1000;
 /// Default time a client has to open its streams after the upgrade.
 pub const DEFAULT_STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default idle time after which a session is closed (kubelet's).
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4 * 60 * 60);
 
 /// Errors of the streaming server and of preparing a streaming request.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +202,8 @@ pub struct StreamingConfig {
     pub max_in_flight: usize,
     /// Time a client has to open its streams after the upgrade.
     pub stream_creation_timeout: Duration,
+    /// A session with no traffic for this long is closed.
+    pub stream_idle_timeout: Duration,
     /// Serve HTTPS with these files instead of plain HTTP.
     pub tls: Option<TlsFiles>,
 }
@@ -188,6 +216,7 @@ impl Default for StreamingConfig {
             request_ttl: DEFAULT_REQUEST_TTL,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             stream_creation_timeout: DEFAULT_STREAM_CREATION_TIMEOUT,
+            stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
             tls: None,
         }
     }
@@ -204,7 +233,7 @@ struct Shared {
     cache: RequestCache<Cached>,
     backend: Arc<dyn Backend>,
     base_url: String,
-    stream_creation_timeout: Duration,
+    timeouts: remotecommand::Timeouts,
 }
 
 /// A running streaming server; cheap to clone.
@@ -243,7 +272,10 @@ impl StreamingServer {
             cache: RequestCache::new(config.request_ttl, config.max_in_flight),
             backend,
             base_url,
-            stream_creation_timeout: config.stream_creation_timeout,
+            timeouts: remotecommand::Timeouts {
+                stream_creation: config.stream_creation_timeout,
+                idle: config.stream_idle_timeout,
+            },
         });
         let task = tokio::spawn(accept_loop(listener, tls, shared.clone(), shutdown));
         tracing::info!(address = %local_addr, "streaming server listening");
@@ -451,6 +483,7 @@ fn handle(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Byte
         _ => return plain(StatusCode::NOT_FOUND, "not found"),
     };
     let backend = shared.backend.clone();
+    let timeouts = shared.timeouts;
     let on_upgrade = hyper::upgrade::on(&mut req);
 
     if ws::is_websocket(req.headers()) {
@@ -536,10 +569,11 @@ fn handle(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Byte
             };
             match session {
                 Session::Exec(opts, target) => {
-                    remotecommand::serve_ws(upgraded, protocol, opts, target, backend).await
+                    remotecommand::serve_ws(upgraded, protocol, opts, target, backend, timeouts)
+                        .await
                 }
                 Session::PortForward(sandbox, ports) => {
-                    portforward::serve_ws(upgraded, sandbox, ports, backend).await
+                    portforward::serve_ws(upgraded, sandbox, ports, backend, timeouts).await
                 }
             }
         });
@@ -585,7 +619,6 @@ fn handle(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Byte
             hyper::header::HeaderValue::from_static(p),
         );
     }
-    let timeout = shared.stream_creation_timeout;
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => hyper_util::rt::TokioIo::new(u),
@@ -597,10 +630,10 @@ fn handle(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Byte
         match session {
             Session::Exec(opts, target) => {
                 let version = remotecommand::protocol_version(chosen.unwrap_or(""));
-                remotecommand::serve_spdy(upgraded, version, opts, target, backend, timeout).await
+                remotecommand::serve_spdy(upgraded, version, opts, target, backend, timeouts).await
             }
             Session::PortForward(sandbox, _) => {
-                portforward::serve_spdy(upgraded, sandbox, backend, timeout).await
+                portforward::serve_spdy(upgraded, sandbox, backend, timeouts).await
             }
         }
     });

@@ -93,11 +93,12 @@ pub async fn serve_spdy<IO>(
     io: IO,
     sandbox_id: String,
     backend: Arc<dyn Backend>,
-    pair_timeout: Duration,
+    timeouts: super::remotecommand::Timeouts,
 ) where
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let mut conn = SpdyConn::serve(io, MAX_STREAMS);
+    let pair_timeout = timeouts.stream_creation;
+    let mut conn = SpdyConn::serve(io, MAX_STREAMS, timeouts.idle);
     let mut pending: HashMap<String, Pending> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     loop {
@@ -210,8 +211,13 @@ async fn expire_pending(pending: &mut HashMap<String, Pending>, timeout: Duratio
 }
 
 /// Serves port forwarding of `ports` over an upgraded WebSocket connection.
-pub async fn serve_ws<IO>(io: IO, sandbox_id: String, ports: Vec<u16>, backend: Arc<dyn Backend>)
-where
+pub async fn serve_ws<IO>(
+    io: IO,
+    sandbox_id: String,
+    ports: Vec<u16>,
+    backend: Arc<dyn Backend>,
+    timeouts: super::remotecommand::Timeouts,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut inbound = HashMap::new();
@@ -221,7 +227,7 @@ where
         inbound.insert((2 * i) as u8, tx);
         inputs.push(rx);
     }
-    let conn = WsConn::serve(io, inbound, false).await;
+    let conn = WsConn::serve(io, inbound, false, timeouts.idle).await;
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (port, input)) in ports.iter().zip(inputs).enumerate() {
         let data = Out::Ws {

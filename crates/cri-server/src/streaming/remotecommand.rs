@@ -30,6 +30,15 @@ const MAX_STREAMS: usize = 8;
 /// How long output may take to drain after the command ends.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(10);
 
+/// Time limits of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Time the client has to open its streams (SPDY).
+    pub stream_creation: Duration,
+    /// A connection with no traffic for this long is closed.
+    pub idle: Duration,
+}
+
 /// Which streams the CRI request asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Options {
@@ -187,11 +196,12 @@ pub async fn serve_spdy<IO>(
     opts: Options,
     target: Target,
     backend: Arc<dyn Backend>,
-    creation_timeout: Duration,
+    timeouts: Timeouts,
 ) where
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let mut conn = SpdyConn::serve(io, MAX_STREAMS);
+    let creation_timeout = timeouts.stream_creation;
+    let mut conn = SpdyConn::serve(io, MAX_STREAMS, timeouts.idle);
     let expected = expected_streams(version, &opts);
     let mut got: HashMap<String, SpdyStream> = HashMap::new();
     let deadline = tokio::time::sleep(creation_timeout);
@@ -285,6 +295,7 @@ pub async fn serve_ws<IO>(
     opts: Options,
     target: Target,
     backend: Arc<dyn Backend>,
+    timeouts: Timeouts,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -307,7 +318,7 @@ pub async fn serve_ws<IO>(
         inbound.insert(RESIZE, tx);
         resize_rx = Some(rx);
     }
-    let conn = WsConn::serve(io, inbound, version >= 5).await;
+    let conn = WsConn::serve(io, inbound, version >= 5, timeouts.idle).await;
     let out = |channel| Out::Ws {
         channel,
         tx: conn.out.clone(),

@@ -519,6 +519,9 @@ impl FrameDecoder {
             }
             let name = name.to_ascii_lowercase();
             for v in value.split('\0') {
+                if headers.len() >= MAX_HEADER_PAIRS {
+                    return Err(SpdyError::HeaderTooLarge);
+                }
                 headers.push((name.clone(), v.to_string()));
             }
         }

@@ -13,6 +13,48 @@ use tokio::task::JoinHandle;
 
 /// Largest data frame this side sends.
 pub const MAX_DATA_CHUNK: usize = 32 * 1024;
+/// Time of the last frame read or written on a connection.
+#[derive(Clone)]
+pub struct Activity {
+    base: std::time::Instant,
+    last_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            base: std::time::Instant::now(),
+            last_ms: Default::default(),
+        }
+    }
+}
+
+impl Activity {
+    /// Records activity now.
+    pub fn touch(&self) {
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> std::time::Duration {
+        let last = self.last_ms.load(std::sync::atomic::Ordering::Relaxed);
+        self.base
+            .elapsed()
+            .saturating_sub(std::time::Duration::from_millis(last))
+    }
+
+    /// Resolves once nothing has happened for `timeout`.
+    pub async fn idle(&self, timeout: std::time::Duration) {
+        loop {
+            let idle = self.idle_for();
+            if idle >= timeout {
+                return;
+            }
+            tokio::time::sleep(timeout - idle).await;
+        }
+    }
+}
+
 /// How long a closing connection waits for the client to close its side.
 pub const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 /// Chunks buffered per incoming stream before the connection reader waits.
@@ -103,8 +145,9 @@ pub struct SpdyConn {
 
 impl SpdyConn {
     /// Starts serving `io` (after the HTTP upgrade) with at most
-    /// `max_streams` client streams open at once.
-    pub fn serve<IO>(io: IO, max_streams: usize) -> SpdyConn
+    /// `max_streams` client streams open at once; the connection ends when
+    /// no frame is read or written for `idle_timeout`.
+    pub fn serve<IO>(io: IO, max_streams: usize, idle_timeout: std::time::Duration) -> SpdyConn
     where
         IO: AsyncRead + AsyncWrite + Send + 'static,
     {
@@ -112,11 +155,24 @@ impl SpdyConn {
         let (tx, rx) = mpsc::channel::<WriterMsg>(64);
         let (streams_tx, streams) = mpsc::channel(max_streams.max(1));
         let (closed_tx, closed) = watch::channel(false);
-        let writer = tokio::spawn(write_loop(write_half, rx));
+        let activity = Activity::default();
+        let writer = tokio::spawn(write_loop(write_half, rx, activity.clone()));
         let reader_tx = tx.clone();
         let reader = tokio::spawn(async move {
-            if let Err(e) = read_loop(read_half, reader_tx, streams_tx, max_streams).await {
-                tracing::debug!(error = %e, "spdy connection read ended");
+            let read = read_loop(
+                read_half,
+                reader_tx,
+                streams_tx,
+                max_streams,
+                activity.clone(),
+            );
+            tokio::select! {
+                r = read => if let Err(e) = r {
+                    tracing::debug!(error = %e, "spdy connection read ended");
+                },
+                _ = activity.idle(idle_timeout) => {
+                    tracing::info!(timeout = ?idle_timeout, "closing idle spdy connection");
+                }
             }
             let _ = closed_tx.send(true);
         });
@@ -166,7 +222,11 @@ impl SpdyConn {
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<WriterMsg>) {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::Receiver<WriterMsg>,
+    activity: Activity,
+) {
     let mut enc = FrameEncoder::new();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     'outer: while let Some(msg) = rx.recv().await {
@@ -190,6 +250,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Writ
             }
         }
         if !buf.is_empty() {
+            activity.touch();
             if let Err(e) = w.write_all(&buf).await {
                 tracing::debug!(error = %e, "spdy write failed");
                 break 'outer;
@@ -212,6 +273,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     tx: mpsc::Sender<WriterMsg>,
     streams_tx: mpsc::Sender<SpdyStream>,
     max_streams: usize,
+    activity: Activity,
 ) -> Result<(), super::spdy::SpdyError> {
     let mut dec = FrameDecoder::new();
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -222,6 +284,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
         async move { tx.send(WriterMsg::Frame(frame)).await.is_ok() }
     };
     while let Some(frame) = dec.read_frame(&mut r, &mut buf).await? {
+        activity.touch();
         match frame {
             Frame::SynStream {
                 stream_id,

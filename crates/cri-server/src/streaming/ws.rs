@@ -103,6 +103,7 @@ impl WsConn {
         io: IO,
         inbound: HashMap<u8, mpsc::Sender<Bytes>>,
         stream_close: bool,
+        idle_timeout: std::time::Duration,
     ) -> WsConn
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -114,6 +115,8 @@ impl WsConn {
         let (mut sink, mut stream) = ws.split();
         let (out, mut rx) = mpsc::channel::<WsOut>(64);
         let (closed_tx, closed) = watch::channel(false);
+        let activity = super::spdy_conn::Activity::default();
+        let write_activity = activity.clone();
         let writer = tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {
                 match msg {
@@ -121,6 +124,7 @@ impl WsConn {
                         let mut m = BytesMut::with_capacity(1 + data.len());
                         m.put_u8(channel);
                         m.extend_from_slice(&data);
+                        write_activity.touch();
                         if let Err(e) = sink.send(Message::Binary(m.freeze())).await {
                             tracing::debug!(error = %e, "websocket write failed");
                             return;
@@ -134,7 +138,18 @@ impl WsConn {
         });
         let reader = tokio::spawn(async move {
             let mut inbound = inbound;
-            while let Some(msg) = stream.next().await {
+            loop {
+                let msg = tokio::select! {
+                    m = stream.next() => match m {
+                        Some(m) => m,
+                        None => break,
+                    },
+                    _ = activity.idle(idle_timeout) => {
+                        tracing::info!(timeout = ?idle_timeout, "closing idle websocket connection");
+                        break;
+                    }
+                };
+                activity.touch();
                 let data = match msg {
                     Ok(Message::Binary(d)) => d,
                     Ok(Message::Close(_)) => break,

@@ -19,9 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::Status;
 
-/// How long the pause container gets between SIGTERM and SIGKILL.
-const PAUSE_STOP_TIMEOUT: Duration = Duration::from_secs(0);
-
 fn now_nanos() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -374,8 +371,110 @@ async fn run_steps(
     Ok(())
 }
 
-/// StopPodSandbox: stops the pause container and tears the network down.
-/// Idempotent.
+/// How often CNI DEL is tried before StopPodSandbox gives up.
+const CNI_DEL_ATTEMPTS: u32 = 3;
+
+async fn cni_del_retried(
+    daemon: &Daemon,
+    id: &str,
+    netns: &Path,
+    config: &PodSandboxConfig,
+) -> Result<(), Status> {
+    let mut last = None;
+    for attempt in 0..CNI_DEL_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+        }
+        let network = match cni(daemon) {
+            Ok(n) => n,
+            Err(e) => {
+                // Without a network config there is nothing to call DEL on.
+                tracing::warn!(sandbox = %id, error = %e.message(), "no CNI config for DEL");
+                return Ok(());
+            }
+        };
+        match cni_del(network, pod_network(id, netns, config)).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(sandbox = %id, attempt, error = %e.message(), "CNI DEL failed");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Status::internal("CNI DEL failed")))
+}
+
+/// The runtime binary and its `--root` for a sandbox's handler, as the
+/// shim uses them.
+fn runtime_of(daemon: &Daemon, handler: &str) -> (String, PathBuf) {
+    let h = daemon
+        .config
+        .runtimes
+        .get(handler)
+        .cloned()
+        .unwrap_or_default();
+    let root = if h.root.is_empty() {
+        daemon.config.state.join("runc")
+    } else {
+        PathBuf::from(&h.root)
+    };
+    (h.path, root)
+}
+
+/// Removes what a pod's shim owns (its containers, netns, /dev/shm, the
+/// pause rootfs mount) when the shim could not do it itself because it is
+/// gone.
+async fn clean_after_dead_shim(daemon: &Daemon, record: &SandboxRecord) -> Result<(), Status> {
+    let id = record.metadata.id.as_str();
+    let (runtime, root) = runtime_of(daemon, &record.metadata.runtime_handler);
+    let root = root.join(shimclient::NAMESPACE);
+    let mut ids: Vec<String> = daemon
+        .store
+        .list_sandbox_containers(id)
+        .into_iter()
+        .map(|c| c.metadata.id)
+        .collect();
+    ids.push(id.to_string());
+    for task in ids {
+        let out = tokio::process::Command::new(&runtime)
+            .arg("--root")
+            .arg(&root)
+            .args(["delete", "--force", &task])
+            .output()
+            .await
+            .map_err(|e| internal(&format!("cannot run {runtime}"), e))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success()
+            && !stderr.contains("does not exist")
+            && !stderr.contains("not exist")
+        {
+            return Err(Status::internal(format!(
+                "{runtime} delete --force {task}: {}",
+                stderr.trim()
+            )));
+        }
+    }
+    let rootfs = daemon.sandbox_state(id).join("bundle").join("rootfs");
+    let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+    let shim_dir = daemon.shim_pod_dir(id);
+    crius_netns::netns::remove(&shim_dir.join("netns")).map_err(|e| internal("netns", e))?;
+    let shm = shim_dir.join("shm");
+    if nix::mount::umount2(&shm, nix::mount::MntFlags::MNT_DETACH).is_err() && shm.exists() {
+        tracing::debug!(sandbox = %id, "shm was not mounted");
+    }
+    match std::fs::remove_dir_all(&shim_dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(internal(
+            &format!("cannot remove {}", shim_dir.display()),
+            e,
+        )),
+    }
+}
+
+/// StopPodSandbox: tears the network down (CNI DEL), then has the shim kill
+/// every process of the pod, unmount its /dev/shm, remove its netns and
+/// exit. Idempotent, and works when the shim already died.
 pub async fn stop(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
     let record = daemon.store.get_sandbox(id).map_err(store_status)?;
     let id = record.metadata.id.clone();
@@ -383,31 +482,33 @@ pub async fn stop(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
     let record = daemon.store.get_sandbox(&id).map_err(store_status)?;
     let config = super::status::stored_config(&record);
     let hn = host_namespaces(&config);
-    if let Some(shim) = daemon.shim(&id).await {
-        match shim.stop_sandbox(&id, PAUSE_STOP_TIMEOUT).await {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() || e.is_unreachable() => {
-                tracing::info!(sandbox = %id, error = %e, "pause already gone");
-            }
-            Err(e) => return Err(e.to_status()),
-        }
-    }
     if !hn.network {
         if let Some(ns) = &record.status.netns_path {
-            // DEL must succeed even when the namespace is already gone.
-            match cni(daemon) {
-                Ok(network) => cni_del(network, pod_network(&id, Path::new(ns), &config)).await?,
-                Err(e) => {
-                    tracing::warn!(sandbox = %id, error = %e.message(), "no CNI config for DEL")
-                }
-            }
+            cni_del_retried(daemon, &id, Path::new(ns), &config).await?;
         }
+    }
+    let shim = daemon.shim(&id).await;
+    let shut_down = match &shim {
+        Some(shim) => match shim.shutdown_sandbox(&id).await {
+            Ok(()) => true,
+            Err(e) if e.is_not_found() || e.is_unreachable() => {
+                tracing::info!(sandbox = %id, error = %e, "shim already gone");
+                false
+            }
+            Err(e) => return Err(e.to_status()),
+        },
+        None => false,
+    };
+    daemon.shims.lock().await.remove(&id);
+    if !shut_down {
+        clean_after_dead_shim(daemon, &record).await?;
     }
     let store = daemon.store.clone();
     let sid = id.clone();
     tokio::task::spawn_blocking(move || {
         store.update_sandbox_status(&sid, |s| {
             s.state = SandboxState::NotReady;
+            s.pid = None;
             if s.exited_at.is_none() {
                 s.exited_at = Some(now_nanos());
             }
@@ -419,8 +520,9 @@ pub async fn stop(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
     Ok(())
 }
 
-/// RemovePodSandbox: stops the pod if needed and removes everything of it.
-/// Removing an unknown sandbox succeeds.
+/// RemovePodSandbox: stops the pod (if that has not happened) and removes
+/// its root filesystem, directories and record. Removing an unknown sandbox
+/// succeeds.
 pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
     let record = match daemon.store.get_sandbox(id) {
         Ok(r) => r,
@@ -428,40 +530,19 @@ pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
         Err(e) => return Err(store_status(e)),
     };
     let id = record.metadata.id.clone();
-    if record.status.state == SandboxState::Ready {
+    if record.status.state == SandboxState::Ready || daemon.shim_pod_dir(&id).exists() {
         stop(daemon, &id).await?;
     }
     let _lock = daemon.locks.lock(&id).await;
     if daemon.store.get_sandbox(&id).is_err() {
         return Ok(());
     }
-    if let Some(shim) = daemon.shim(&id).await {
-        match shim.shutdown_sandbox(&id).await {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() || e.is_unreachable() => {
-                tracing::info!(sandbox = %id, error = %e, "shim already gone");
-            }
-            Err(e) => return Err(e.to_status()),
-        }
-    }
-    daemon.shims.lock().await.remove(&id);
-    // What a shim that died would have left.
-    let shim_dir = daemon.shim_pod_dir(&id);
-    let _ = crius_netns::netns::remove(&shim_dir.join("netns"));
-    let shm = shim_dir.join("shm");
-    if shm.exists() {
-        let _ = nix::mount::umount2(&shm, nix::mount::MntFlags::MNT_DETACH);
-    }
     daemon
         .images
         .remove_rootfs(&id)
         .await
         .map_err(|e| internal("rootfs", e))?;
-    for d in [
-        daemon.sandbox_state(&id),
-        daemon.sandbox_root(&id),
-        shim_dir,
-    ] {
+    for d in [daemon.sandbox_state(&id), daemon.sandbox_root(&id)] {
         match std::fs::remove_dir_all(&d) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
