@@ -163,9 +163,21 @@ async fn pod_lifecycle_with_cni() {
     let mut rt = daemon.runtime().await;
 
     // Two pods on the bridge.
+    let host_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut web = pod("web", "uid-a");
+    web.port_mappings = vec![k8s_cri::v1::PortMapping {
+        protocol: k8s_cri::v1::Protocol::Tcp as i32,
+        container_port: 8080,
+        host_port: host_port as i32,
+        host_ip: String::new(),
+    }];
     let a = rt
         .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod("web", "uid-a")),
+            config: Some(web.clone()),
             runtime_handler: String::new(),
         })
         .await
@@ -241,6 +253,31 @@ async fn pod_lifecycle_with_cni() {
         String::from_utf8_lossy(&ping.stdout)
     );
 
+    // The hostPort answers on 127.0.0.1: a server inside the pod's netns
+    // behind portmap's DNAT.
+    let listener = crius_netns::netns::run_in(Path::new(&netns), || {
+        std::net::TcpListener::bind("0.0.0.0:8080")
+    })
+    .unwrap()
+    .unwrap();
+    let server = std::thread::spawn(move || {
+        use std::io::Write;
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.write_all(b"hello from the pod\n").unwrap();
+    });
+    let mut reply = String::new();
+    {
+        use std::io::Read;
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", host_port))
+            .unwrap_or_else(|e| panic!("hostPort {host_port}: {e}"));
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        conn.read_to_string(&mut reply).unwrap();
+    }
+    server.join().unwrap();
+    assert_eq!(reply, "hello from the pod\n");
+    assert!(!net.nat_rules_for_subnet().is_empty());
+
     // Pod files.
     let sandbox_dir = dir.join("root/sandboxes").join(&a);
     let resolv = std::fs::read_to_string(sandbox_dir.join("resolv.conf")).unwrap();
@@ -260,7 +297,7 @@ async fn pod_lifecycle_with_cni() {
     // The same name again: AlreadyExists naming the holder.
     let err = rt
         .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod("web", "uid-a")),
+            config: Some(web),
             runtime_handler: String::new(),
         })
         .await
@@ -445,6 +482,11 @@ async fn pod_lifecycle_with_cni() {
         net.bridge_ports().is_empty(),
         "veths left: {:?}",
         net.bridge_ports()
+    );
+    assert!(
+        net.nat_rules_for_subnet().is_empty(),
+        "NAT rules left: {:?}",
+        net.nat_rules_for_subnet()
     );
     let state = dir.join("state");
     assert!(

@@ -311,7 +311,8 @@ impl SpdyClient {
     async fn send(&mut self, frame: Frame) {
         let mut out = BytesMut::new();
         self.enc.encode(&frame, &mut out).unwrap();
-        self.stream.write_all(&out).await.unwrap();
+        // The server may already have closed (tests of its limits).
+        let _ = self.stream.write_all(&out).await;
     }
 
     async fn open(&mut self, headers: &[(&str, &str)]) -> u32 {

@@ -30,6 +30,56 @@ pub struct TestNetwork {
     pub prefix: String,
     forward_rule: Vec<String>,
     ip_forward: Option<String>,
+    nat_chains_before: Vec<String>,
+}
+
+fn nat_rules() -> String {
+    run("iptables", &["-t", "nat", "-S"]).1
+}
+
+fn nat_chains() -> Vec<String> {
+    nat_rules()
+        .lines()
+        .filter_map(|l| l.strip_prefix("-N "))
+        .map(String::from)
+        .collect()
+}
+
+fn delete_nat_rule(line: &str) {
+    // `iptables -S` quotes comments; they contain no spaces in portmap's
+    // rules, so stripping the quotes keeps every argument whole.
+    let args: Vec<String> = line[3..]
+        .replace('"', "")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    let mut cmd: Vec<&str> = vec!["-t", "nat", "-D"];
+    cmd.extend(args.iter().map(String::as_str));
+    let _ = run("iptables", &cmd);
+}
+
+/// Removes the NAT chains portmap created during the test (per-pod chains
+/// are removed by CNI DEL; the shared CNI-HOSTPORT-* ones stay behind) when
+/// they did not exist before and no other pod's rule uses them.
+fn remove_new_nat_chains(before: &[String]) {
+    let in_use = nat_rules()
+        .lines()
+        .any(|l| l.starts_with("-A CNI-HOSTPORT-DNAT") && l.contains("-j CNI-DN-"));
+    if in_use {
+        return;
+    }
+    for chain in nat_chains()
+        .into_iter()
+        .filter(|c| !before.contains(c) && c.starts_with("CNI-"))
+    {
+        for line in nat_rules().lines() {
+            if line.starts_with("-A ") && line.ends_with(&format!("-j {chain}")) {
+                delete_nat_rule(line);
+            }
+        }
+        let _ = run("iptables", &["-t", "nat", "-F", &chain]);
+        let _ = run("iptables", &["-t", "nat", "-X", &chain]);
+    }
 }
 
 impl TestNetwork {
@@ -59,11 +109,13 @@ impl TestNetwork {
                     "type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
                     "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]]}
                 },
+                {"type": "portmap", "capabilities": {"portMappings": true}},
                 {"type": "loopback"}
             ]
         });
         std::fs::write(conf_dir.join("10-test.conflist"), conflist.to_string()).unwrap();
         let ip_forward = std::fs::read_to_string(IP_FORWARD).ok();
+        let nat_chains_before = nat_chains();
         let forward_rule: Vec<String> =
             ["FORWARD", "-s", &subnet, "!", "-o", &bridge, "-j", "DROP"]
                 .iter()
@@ -81,7 +133,17 @@ impl TestNetwork {
             prefix,
             forward_rule,
             ip_forward,
+            nat_chains_before,
         }
+    }
+
+    /// NAT rules that mention a pod IP of this network (portmap's DNAT).
+    pub fn nat_rules_for_subnet(&self) -> Vec<String> {
+        nat_rules()
+            .lines()
+            .filter(|l| l.contains(&self.prefix))
+            .map(String::from)
+            .collect()
     }
 
     /// The veth interfaces still attached to the bridge.
@@ -96,6 +158,7 @@ impl TestNetwork {
 impl Drop for TestNetwork {
     fn drop(&mut self) {
         let _ = run("ip", &["link", "del", &self.bridge]);
+        remove_new_nat_chains(&self.nat_chains_before);
         let mut args = vec!["-D"];
         args.extend(self.forward_rule.iter().map(String::as_str));
         let (ok, out) = run("iptables", &args);
