@@ -45,17 +45,44 @@ fn nat_chains() -> Vec<String> {
         .collect()
 }
 
+/// Splits an `iptables -S` line into arguments, honouring double quotes
+/// (portmap's comments contain spaces).
+fn split_rule(s: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let (mut quoted, mut in_word) = (false, false);
+    for c in s.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            ' ' if !quoted => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    words
+}
+
 fn delete_nat_rule(line: &str) {
-    // `iptables -S` quotes comments; they contain no spaces in portmap's
-    // rules, so stripping the quotes keeps every argument whole.
-    let args: Vec<String> = line[3..]
-        .replace('"', "")
-        .split_whitespace()
-        .map(String::from)
-        .collect();
+    let args = split_rule(&line[3..]);
     let mut cmd: Vec<&str> = vec!["-t", "nat", "-D"];
     cmd.extend(args.iter().map(String::as_str));
-    let _ = run("iptables", &cmd);
+    let (ok, out) = run("iptables", &cmd);
+    if !ok {
+        eprintln!("cleanup: iptables -t nat -D {line}: {out}");
+    }
 }
 
 /// Removes the NAT chains portmap created during the test (per-pod chains
