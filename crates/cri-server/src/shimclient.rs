@@ -323,6 +323,99 @@ impl ShimClient {
         .await
     }
 
+    /// Task Create; returns the init pid.
+    pub async fn create_task(
+        self: &Arc<Self>,
+        req: api::CreateTaskRequest,
+    ) -> Result<u32, ShimError> {
+        self.call("Create", CALL_TIMEOUT, move |c, ctx| {
+            c.task.create(ctx.clone(), &req).map(|r| r.pid)
+        })
+        .await
+    }
+
+    /// Task Start (of the init, or of an exec with `exec_id`); returns the pid.
+    pub async fn start_task(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<u32, ShimError> {
+        let mut req = api::StartRequest::new();
+        req.id = id.to_string();
+        req.exec_id = exec_id.to_string();
+        self.call("Start", CALL_TIMEOUT, move |c, ctx| {
+            c.task.start(ctx.clone(), &req).map(|r| r.pid)
+        })
+        .await
+    }
+
+    /// Task Kill.
+    pub async fn kill(
+        self: &Arc<Self>,
+        id: &str,
+        exec_id: &str,
+        signal: u32,
+        all: bool,
+    ) -> Result<(), ShimError> {
+        let mut req = api::KillRequest::new();
+        req.id = id.to_string();
+        req.exec_id = exec_id.to_string();
+        req.signal = signal;
+        req.all = all;
+        self.call("Kill", CALL_TIMEOUT, move |c, ctx| {
+            c.task.kill(ctx.clone(), &req).map(|_| ())
+        })
+        .await
+    }
+
+    /// Task Wait: blocks until the process exits (or `timeout` passes);
+    /// returns the exit status.
+    pub async fn wait(
+        self: &Arc<Self>,
+        id: &str,
+        exec_id: &str,
+        timeout: Duration,
+    ) -> Result<u32, ShimError> {
+        let mut req = api::WaitRequest::new();
+        req.id = id.to_string();
+        req.exec_id = exec_id.to_string();
+        self.call("Wait", timeout, move |c, ctx| {
+            c.task.wait(ctx.clone(), &req).map(|r| r.exit_status)
+        })
+        .await
+    }
+
+    /// Task Delete.
+    pub async fn delete_task(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<(), ShimError> {
+        let mut req = api::DeleteRequest::new();
+        req.id = id.to_string();
+        req.exec_id = exec_id.to_string();
+        self.call("Delete", CALL_TIMEOUT, move |c, ctx| {
+            c.task.delete(ctx.clone(), &req).map(|_| ())
+        })
+        .await
+    }
+
+    /// Task Exec: registers a process described by an OCI process JSON.
+    pub async fn exec(
+        self: &Arc<Self>,
+        id: &str,
+        exec_id: &str,
+        process_json: Vec<u8>,
+        stdout: &str,
+        stderr: &str,
+    ) -> Result<(), ShimError> {
+        let mut req = api::ExecProcessRequest::new();
+        req.id = id.to_string();
+        req.exec_id = exec_id.to_string();
+        req.stdout = stdout.to_string();
+        req.stderr = stderr.to_string();
+        let mut any = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
+        any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".into();
+        any.value = process_json;
+        req.spec = containerd_shim_protos::protobuf::MessageField::some(any);
+        self.call("Exec", CALL_TIMEOUT, move |c, ctx| {
+            c.task.exec(ctx.clone(), &req).map(|_| ())
+        })
+        .await
+    }
+
     /// Task State.
     pub async fn state(
         self: &Arc<Self>,

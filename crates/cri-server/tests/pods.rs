@@ -3,128 +3,15 @@
 
 mod common;
 
-use common::net::TestNetwork;
-use common::registry::{busybox_entries, image_with_config, is_root, layer, Compression, Registry};
-use common::Daemon;
+use common::pod::*;
+use common::registry::is_root;
 use k8s_cri::v1::{
-    DnsConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StopPodSandboxRequest,
+    LinuxSandboxSecurityContext, NamespaceOption, PodSandboxConfig, PodSandboxStatusRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
 };
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-fn pod(name: &str, uid: &str) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            namespace: "default".into(),
-            uid: uid.into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: format!("/var/log/pods/default_{name}_{uid}"),
-        dns_config: Some(DnsConfig {
-            servers: vec!["10.96.0.10".into()],
-            searches: vec!["default.svc.cluster.local".into()],
-            options: vec!["ndots:5".into()],
-        }),
-        linux: Some(LinuxPodSandboxConfig {
-            cgroup_parent: format!("/crius-test/pod{uid}"),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn mounts_below(dir: &Path) -> Vec<String> {
-    let d = dir.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&d)))
-        .map(String::from)
-        .collect()
-}
-
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if !e
-            .file_name()
-            .to_string_lossy()
-            .chars()
-            .all(|c| c.is_ascii_digit())
-        {
-            continue;
-        }
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
-        let text = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if text.contains(needle) || String::from_utf8_lossy(&environ).contains(needle) {
-            out.push(format!("{}: {text}", e.file_name().to_string_lossy()));
-        }
-    }
-    out
-}
-
-/// Kills every process that still refers to the test dir (a failed test's
-/// shims and pause containers) and unmounts what is left under it.
-struct Leftovers(PathBuf);
-
-impl Drop for Leftovers {
-    fn drop(&mut self) {
-        let needle = self.0.display().to_string();
-        for p in processes_mentioning(&needle) {
-            if let Some(pid) = p.split(':').next().and_then(|s| s.parse::<i32>().ok()) {
-                if pid as u32 != std::process::id() {
-                    // SAFETY: kill(2) on a pid read from /proc.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        let mut m = mounts_below(&self.0);
-        m.reverse();
-        for line in m {
-            if let Some(target) = line.split(' ').nth(4) {
-                let _ = Command::new("umount").args(["-l", target]).status();
-            }
-        }
-        let _ = std::fs::remove_dir_all(Path::new("/sys/fs/cgroup/memory/crius-test"));
-    }
-}
-
-fn cgroup_dirs(uid: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
-        for e in entries.flatten() {
-            let p = e.path().join("crius-test").join(format!("pod{uid}"));
-            if p.exists() {
-                // Only container cgroups (children) count as leaks.
-                if let Ok(children) = std::fs::read_dir(&p) {
-                    for c in children.flatten() {
-                        if c.path().is_dir() {
-                            found.push(c.path());
-                        }
-                    }
-                }
-            }
-        }
-    }
-    found
-}
-
-fn remove_cgroup_parents(uid: &str) {
-    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
-        for e in entries.flatten() {
-            let p = e.path().join("crius-test").join(format!("pod{uid}"));
-            let _ = std::fs::remove_dir(&p);
-            let _ = std::fs::remove_dir(e.path().join("crius-test"));
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pod_lifecycle_with_cni() {
@@ -132,34 +19,9 @@ async fn pod_lifecycle_with_cni() {
         eprintln!("pods: skipped (needs root)");
         return;
     }
-    common::registry::ensure_binary("runc", "runc");
-    let shim = Path::new(common::CRIUSD).with_file_name("containerd-shim-crius-v2");
-    assert!(
-        shim.exists(),
-        "{} missing: run `cargo build -p crius-shim` (cargo xtask test does)",
-        shim.display()
-    );
-
-    let tmp = tempfile::Builder::new()
-        .prefix("crius-pods")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let dir = tmp.path().to_path_buf();
-    let _leftovers = Leftovers(dir.clone());
-    let net = TestNetwork::new(&dir);
-    let registry = Registry::start(&dir.join("registry"), None);
-    let pause = image_with_config(
-        vec![layer(&busybox_entries(), Compression::Gzip)],
-        serde_json::json!({"Entrypoint": ["/bin/busybox", "sleep", "2147483647"], "User": "65535:65535", "WorkingDir": "/"}),
-    );
-    registry.push_image("pause", "test", &pause);
-    let config = format!(
-        "pause_image = \"{}/pause:test\"\n[cni]\nconf_dir = \"{}\"\nbin_dirs = [\"{}\", \"/usr/lib/cni\"]\n",
-        registry.addr,
-        net.conf_dir.display(),
-        dir.join("cni-bin").display()
-    );
-    let mut daemon = Daemon::start(&dir, &config);
+    let mut env = Env::start("crius-pods");
+    let (dir, net) = (env.dir.clone(), &env.net);
+    let daemon = &mut env.daemon;
     let mut rt = daemon.runtime().await;
 
     // Two pods on the bridge.

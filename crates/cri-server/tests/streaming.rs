@@ -1094,3 +1094,215 @@ async fn idle_sessions_are_closed() {
     let (got, _) = ws_collect(&mut ws).await;
     assert!(!got.contains_key(&3), "{got:?}");
 }
+
+/// A Go client built on moby/spdystream (the SPDY library of kubelet and
+/// client-go), for the interop test below.
+const GO_SPDY_CLIENT: &str = r#"// Interop check: exec and port-forward through the crius streaming server
+// with moby/spdystream, the SPDY implementation kubelet and client-go use.
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+
+	"github.com/moby/spdystream"
+)
+
+type bufConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (b *bufConn) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+func dial(raw, proto string) *spdystream.Connection {
+	u, err := url.Parse(raw)
+	must(err)
+	c, err := net.Dial("tcp", u.Host)
+	must(err)
+	req, err := http.NewRequest("POST", raw, nil)
+	must(err)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "SPDY/3.1")
+	req.Header.Add("X-Stream-Protocol-Version", proto)
+	must(req.Write(c))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, req)
+	must(err)
+	if resp.StatusCode != 101 {
+		fail("status %d", resp.StatusCode)
+	}
+	if got := resp.Header.Get("X-Stream-Protocol-Version"); got != proto {
+		fail("negotiated %q", got)
+	}
+	conn, err := spdystream.NewConnection(&bufConn{c, br}, false)
+	must(err)
+	go conn.Serve(spdystream.NoOpStreamHandler)
+	return conn
+}
+
+func open(conn *spdystream.Connection, h http.Header) *spdystream.Stream {
+	s, err := conn.CreateStream(h, nil, false)
+	must(err)
+	must(s.Wait())
+	return s
+}
+
+func exec(raw string) {
+	conn := dial(raw, "v4.channel.k8s.io")
+	hdr := func(t string) http.Header { h := http.Header{}; h.Set("streamType", t); return h }
+	errS := open(conn, hdr("error"))
+	stdin := open(conn, hdr("stdin"))
+	stdout := open(conn, hdr("stdout"))
+	stderr := open(conn, hdr("stderr"))
+	outc := make(chan []byte)
+	errc := make(chan []byte)
+	go func() { b, _ := io.ReadAll(stdout); outc <- b }()
+	go func() { b, _ := io.ReadAll(stderr); errc <- b }()
+	_, err := stdin.Write([]byte("from go\n"))
+	must(err)
+	must(stdin.Close())
+	status, _ := io.ReadAll(errS)
+	fmt.Printf("stdout=%q\nstderr=%q\nstatus=%s\n", <-outc, <-errc, status)
+	conn.Close()
+}
+
+func portForward(raw, port string) {
+	conn := dial(raw, "portforward.k8s.io")
+	h := http.Header{}
+	h.Set("streamType", "error")
+	h.Set("port", port)
+	h.Set("requestID", "0")
+	errS := open(conn, h)
+	must(errS.Close())
+	h = http.Header{}
+	h.Set("streamType", "data")
+	h.Set("port", port)
+	h.Set("requestID", "0")
+	data := open(conn, h)
+	_, err := data.Write([]byte("ping over spdystream"))
+	must(err)
+	must(data.Close())
+	got, _ := io.ReadAll(data)
+	msg, _ := io.ReadAll(errS)
+	fmt.Printf("forwarded=%q\nforward-error=%q\n", got, msg)
+	conn.Close()
+}
+
+func must(err error) {
+	if err != nil {
+		fail("%v", err)
+	}
+}
+
+func fail(f string, a ...interface{}) {
+	fmt.Fprintf(os.Stderr, f+"\n", a...)
+	os.Exit(1)
+}
+
+func main() {
+	exec(os.Args[1])
+	portForward(os.Args[2], os.Args[3])
+}
+"#;
+
+/// Interop with the Go SPDY stack: runs only when `CRIUS_SPDYSTREAM_SRC`
+/// names a checkout of github.com/moby/spdystream and `go` is installed
+/// (it builds offline against that checkout).
+#[tokio::test]
+async fn go_spdystream_client_interop() {
+    let Ok(src) = std::env::var("CRIUS_SPDYSTREAM_SRC") else {
+        eprintln!("CRIUS_SPDYSTREAM_SRC not set; skipping the Go interop test");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("main.go"), GO_SPDY_CLIENT).unwrap();
+    std::fs::write(
+        dir.path().join("go.mod"),
+        format!(
+            "module crius.test/spdyinterop\n\ngo 1.19\n\nrequire github.com/moby/spdystream v0.0.0\n\nreplace github.com/moby/spdystream => {src}\n"
+        ),
+    )
+    .unwrap();
+    let bin = dir.path().join("client");
+    let built = tokio::process::Command::new("go")
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg(".")
+        .current_dir(dir.path())
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOPROXY", "off")
+        .env("GOCACHE", dir.path().join("cache"))
+        .status()
+        .await
+        .expect("go is installed");
+    assert!(built.success());
+
+    let h = start(Duration::from_secs(60)).await;
+    let port = echo_server().await;
+    let exec = h
+        .server
+        .get_exec(&exec_req(
+            &["sh", "-c", "cat; echo err >&2; exit 4"],
+            true,
+            true,
+            true,
+            false,
+        ))
+        .unwrap();
+    let pf = h
+        .server
+        .get_port_forward(&PortForwardRequest {
+            pod_sandbox_id: "p1".into(),
+            port: vec![port as i32],
+        })
+        .unwrap();
+    let out = tokio::process::Command::new(&bin)
+        .arg(&exec)
+        .arg(&pf)
+        .arg(port.to_string())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("stdout=\"from go\\n\""), "{stdout}");
+    assert!(stdout.contains("stderr=\"err\\n\""), "{stdout}");
+    assert!(stdout.contains(r#""reason":"NonZeroExitCode""#), "{stdout}");
+    assert!(
+        stdout.contains(r#"{"message":"4","reason":"ExitCode"}"#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("forwarded=\"ping over spdystream\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("forward-error=\"\""), "{stdout}");
+}
+
+#[tokio::test]
+async fn in_flight_requests_are_bounded() {
+    let h = start_with(StreamingConfig {
+        max_in_flight: 2,
+        ..StreamingConfig::default()
+    })
+    .await;
+    let req = exec_req(&["true"], false, true, false, false);
+    let first = h.server.get_exec(&req).unwrap();
+    h.server.get_exec(&req).unwrap();
+    let err = h.server.get_exec(&req).unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    // Using a URL frees its slot.
+    let (status, _, _, _) = http_request(&first, &[]).await;
+    assert_eq!(status, 400);
+    h.server.get_exec(&req).unwrap();
+}

@@ -1,7 +1,24 @@
 //! containerd-shim-crius-v2: the per-pod shim.
 //!
 //! The shim is started by criusd (or by a containerd) following containerd's
-//! runtime v2 conventions. This module holds what both sides agree on: the
-//! command line of the shim binary.
+//! runtime v2 conventions: `start` spawns (or finds) the serving shim of the
+//! pod, which serves containerd's task API (v2 and v3 names), the sandbox
+//! API and crius's own `crius.shim.v1.Shim` service over ttrpc. See the
+//! crate README for the protocol criusd speaks.
 
 pub mod args;
+pub mod crilog;
+pub mod events;
+pub mod io;
+pub mod log;
+pub mod mem;
+pub mod mount;
+pub mod oom;
+pub mod proto;
+pub mod reaper;
+pub mod runc;
+pub mod sandbox;
+pub mod serve;
+pub mod start;
+pub mod stats;
+pub mod task;

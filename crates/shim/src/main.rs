@@ -1,13 +1,29 @@
 //! containerd-shim-crius-v2 entry point.
 
+use std::io::Write;
+
 use crius_shim::args::{Action, Args};
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse(std::env::args().skip(1))?;
     match args.action {
-        Action::Start | Action::Serve | Action::Delete => anyhow::bail!(
-            "containerd-shim-crius-v2: the {:?} action is not available in this build yet",
-            args.action
-        ),
+        Action::Start => {
+            let reply = crius_shim::start::start(&args)?;
+            let mut out = std::io::stdout();
+            out.write_all(&reply)?;
+            out.flush()?;
+        }
+        Action::Delete => {
+            let bytes = crius_shim::start::delete(&args)?;
+            let mut out = std::io::stdout();
+            out.write_all(&bytes)?;
+            out.flush()?;
+        }
+        Action::Serve => {
+            crius_shim::serve::serve(&args)?;
+            // Exit at once: worker threads may still be blocked in calls.
+            std::process::exit(0);
+        }
     }
+    Ok(())
 }

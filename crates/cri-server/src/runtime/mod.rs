@@ -98,6 +98,62 @@ impl RuntimeService for RuntimeSvc {
         Ok(Response::new(v1::RemovePodSandboxResponse {}))
     }
 
+    async fn create_container(
+        &self,
+        request: Request<v1::CreateContainerRequest>,
+    ) -> Result<Response<v1::CreateContainerResponse>, Status> {
+        let id = container::lifecycle::create(&self.daemon, request.into_inner()).await?;
+        Ok(Response::new(v1::CreateContainerResponse {
+            container_id: id,
+        }))
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<v1::StartContainerRequest>,
+    ) -> Result<Response<v1::StartContainerResponse>, Status> {
+        let req = request.into_inner();
+        if req.container_id.is_empty() {
+            return Err(invalid_field("container_id", "must not be empty"));
+        }
+        container::lifecycle::start(&self.daemon, &req.container_id).await?;
+        Ok(Response::new(v1::StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<v1::StopContainerRequest>,
+    ) -> Result<Response<v1::StopContainerResponse>, Status> {
+        let req = request.into_inner();
+        if req.container_id.is_empty() {
+            return Err(invalid_field("container_id", "must not be empty"));
+        }
+        let timeout = std::time::Duration::from_secs(req.timeout.max(0) as u64);
+        container::lifecycle::stop(&self.daemon, &req.container_id, timeout).await?;
+        Ok(Response::new(v1::StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<v1::RemoveContainerRequest>,
+    ) -> Result<Response<v1::RemoveContainerResponse>, Status> {
+        let req = request.into_inner();
+        if req.container_id.is_empty() {
+            return Err(invalid_field("container_id", "must not be empty"));
+        }
+        container::lifecycle::remove(&self.daemon, &req.container_id).await?;
+        Ok(Response::new(v1::RemoveContainerResponse {}))
+    }
+
+    async fn exec_sync(
+        &self,
+        request: Request<v1::ExecSyncRequest>,
+    ) -> Result<Response<v1::ExecSyncResponse>, Status> {
+        container::lifecycle::exec_sync(&self.daemon, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn list_pod_sandbox(
         &self,
         request: Request<v1::ListPodSandboxRequest>,
@@ -170,34 +226,6 @@ impl RuntimeService for RuntimeSvc {
         Err(not_yet("GetContainerEvents"))
     }
 
-    async fn create_container(
-        &self,
-        _request: Request<v1::CreateContainerRequest>,
-    ) -> Result<Response<v1::CreateContainerResponse>, Status> {
-        Err(not_yet("CreateContainer"))
-    }
-
-    async fn start_container(
-        &self,
-        _request: Request<v1::StartContainerRequest>,
-    ) -> Result<Response<v1::StartContainerResponse>, Status> {
-        Err(not_yet("StartContainer"))
-    }
-
-    async fn stop_container(
-        &self,
-        _request: Request<v1::StopContainerRequest>,
-    ) -> Result<Response<v1::StopContainerResponse>, Status> {
-        Err(not_yet("StopContainer"))
-    }
-
-    async fn remove_container(
-        &self,
-        _request: Request<v1::RemoveContainerRequest>,
-    ) -> Result<Response<v1::RemoveContainerResponse>, Status> {
-        Err(not_yet("RemoveContainer"))
-    }
-
     async fn update_container_resources(
         &self,
         _request: Request<v1::UpdateContainerResourcesRequest>,
@@ -210,13 +238,6 @@ impl RuntimeService for RuntimeSvc {
         _request: Request<v1::ReopenContainerLogRequest>,
     ) -> Result<Response<v1::ReopenContainerLogResponse>, Status> {
         Err(not_yet("ReopenContainerLog"))
-    }
-
-    async fn exec_sync(
-        &self,
-        _request: Request<v1::ExecSyncRequest>,
-    ) -> Result<Response<v1::ExecSyncResponse>, Status> {
-        Err(not_yet("ExecSync"))
     }
 
     async fn exec(

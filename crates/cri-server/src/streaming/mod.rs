@@ -158,6 +158,8 @@ pub struct TlsFiles {
     pub key: std::path::PathBuf,
 }
 
+/// How long a client has to send its request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client has to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -375,6 +377,8 @@ where
     });
     let io = hyper_util::rt::TokioIo::new(stream);
     if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(io, service)
         .with_upgrades()
         .await

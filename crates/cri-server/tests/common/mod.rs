@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod net;
+pub mod pod;
 pub mod registry;
 
 use hyper_util::rt::TokioIo;

@@ -117,15 +117,17 @@ impl TestNetwork {
         if !Path::new("/usr/lib/cni/bridge").exists() {
             super::registry::ensure_binary("/usr/lib/cni/bridge", "containernetworking-plugins");
         }
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let (_, routes) = run("ip", &["-4", "route", "show"]);
         let x = (1..250u32)
-            .map(|i| (std::process::id() + i) % 250 + 1)
+            .map(|i| (std::process::id() + n * 17 + i) % 250 + 1)
             .find(|x| !routes.contains(&format!("10.214.{x}.")))
             .expect("a free 10.214.x.0/24");
         let prefix = format!("10.214.{x}.");
         let subnet = format!("10.214.{x}.0/24");
-        let bridge = format!("crp{}", std::process::id() % 100_000);
-        let name = format!("crius-test-{}", std::process::id());
+        let bridge = format!("crp{}x{n}", std::process::id() % 100_000);
+        let name = format!("crius-test-{}-{n}", std::process::id());
         let conf_dir = dir.join("net.d");
         std::fs::create_dir_all(&conf_dir).unwrap();
         let conflist = serde_json::json!({

@@ -1,3 +1,4 @@
 //! The container half of the RuntimeService.
 
+pub mod lifecycle;
 pub mod status;

@@ -503,6 +503,7 @@ pub async fn stop(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
     if !shut_down {
         clean_after_dead_shim(daemon, &record).await?;
     }
+    crate::runtime::container::lifecycle::mark_pod_exited(daemon, &id).await;
     let store = daemon.store.clone();
     let sid = id.clone();
     tokio::task::spawn_blocking(move || {
@@ -532,6 +533,9 @@ pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
     let id = record.metadata.id.clone();
     if record.status.state == SandboxState::Ready || daemon.shim_pod_dir(&id).exists() {
         stop(daemon, &id).await?;
+    }
+    for c in daemon.store.list_sandbox_containers(&id) {
+        crate::runtime::container::lifecycle::remove(daemon, &c.metadata.id).await?;
     }
     let _lock = daemon.locks.lock(&id).await;
     if daemon.store.get_sandbox(&id).is_err() {

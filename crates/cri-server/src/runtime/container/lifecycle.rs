@@ -1,0 +1,885 @@
+//! CreateContainer, StartContainer, StopContainer, RemoveContainer and
+//! ExecSync, through the pod's shim.
+
+use crate::daemon::Daemon;
+use crate::errors::{invalid_field, store_status};
+use crate::shimclient::ShimClient;
+use crius_spec::container::{
+    container_spec, image_volumes, user_request, ContainerInput, DeviceNode,
+};
+use crius_store::{
+    ContainerMetadata, ContainerRecord, ContainerState, ContainerStatus, Record, SandboxState,
+};
+use k8s_cri::v1::{
+    ContainerConfig, CreateContainerRequest, ExecSyncRequest, ExecSyncResponse, PodSandboxConfig,
+};
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tonic::Status;
+
+/// The most output ExecSync returns per stream.
+pub const EXEC_OUTPUT_LIMIT: u64 = 16 * 1024 * 1024;
+/// How long a Wait on a running container may block.
+const WAIT_FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> Status {
+    Status::internal(format!("{what}: {e}"))
+}
+
+fn spec_status(e: crius_spec::SpecError) -> Status {
+    match e {
+        crius_spec::SpecError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+        crius_spec::SpecError::Internal(_) => Status::internal(e.to_string()),
+    }
+}
+
+/// Joins the pod log directory and the container's relative log path,
+/// refusing anything that would leave the directory.
+pub fn log_path(log_dir: &str, rel: &str) -> Result<Option<PathBuf>, Status> {
+    if log_dir.is_empty() || rel.is_empty() {
+        return Ok(None);
+    }
+    let relp = Path::new(rel);
+    if relp.is_absolute()
+        || relp
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return Err(invalid_field(
+            "config.log_path",
+            format!("{rel:?} must be a relative path inside the pod's log directory"),
+        ));
+    }
+    Ok(Some(Path::new(log_dir).join(relp)))
+}
+
+/// Reads a file of the image from its overlay lower dirs (topmost first),
+/// without following symlinks anywhere on the way.
+pub fn read_image_file(mounts: &[crius_image::Mount], rel: &str) -> Option<String> {
+    let lower = mounts
+        .iter()
+        .flat_map(|m| m.options.iter())
+        .find_map(|o| o.strip_prefix("lowerdir="))?;
+    for dir in lower.split(':') {
+        let mut p = PathBuf::from(dir);
+        let mut ok = true;
+        let parts: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+        for (i, part) in parts.iter().enumerate() {
+            p.push(part);
+            let Ok(meta) = std::fs::symlink_metadata(&p) else {
+                ok = false;
+                break;
+            };
+            let last = i + 1 == parts.len();
+            let fits = if last {
+                meta.file_type().is_file()
+            } else {
+                meta.file_type().is_dir()
+            };
+            if !fits {
+                // A whiteout (char device), a symlink or a non-directory hides
+                // the file in every lower layer.
+                if meta.file_type().is_symlink() || !meta.file_type().is_dir() {
+                    return None;
+                }
+                ok = false;
+                break;
+            }
+        }
+        if ok {
+            return std::fs::read_to_string(&p).ok();
+        }
+    }
+    None
+}
+
+fn device_nodes(config: &ContainerConfig) -> Result<Vec<DeviceNode>, Status> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    config
+        .devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let meta = std::fs::metadata(&d.host_path).map_err(|e| {
+                invalid_field(
+                    &format!("config.devices[{i}].host_path"),
+                    format!("{:?}: {e}", d.host_path),
+                )
+            })?;
+            let kind = if meta.file_type().is_char_device() {
+                'c'
+            } else if meta.file_type().is_block_device() {
+                'b'
+            } else {
+                return Err(invalid_field(
+                    &format!("config.devices[{i}].host_path"),
+                    format!("{:?} is not a device node", d.host_path),
+                ));
+            };
+            let rdev = meta.rdev();
+            Ok(DeviceNode {
+                path: if d.container_path.is_empty() {
+                    d.host_path.clone()
+                } else {
+                    d.container_path.clone()
+                },
+                kind,
+                major: nix::sys::stat::major(rdev) as i64,
+                minor: nix::sys::stat::minor(rdev) as i64,
+                file_mode: meta.mode() & 0o777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                permissions: if d.permissions.is_empty() {
+                    "rwm".into()
+                } else {
+                    d.permissions.clone()
+                },
+            })
+        })
+        .collect()
+}
+
+/// The container's directories: persistent (volumes) and runtime (bundle).
+fn container_root(daemon: &Daemon, id: &str) -> PathBuf {
+    daemon.config.root.join("containers").join(id)
+}
+
+fn container_state(daemon: &Daemon, id: &str) -> PathBuf {
+    daemon.config.state.join("containers").join(id)
+}
+
+async fn shim_for(daemon: &Daemon, sandbox_id: &str) -> Result<Arc<ShimClient>, Status> {
+    daemon.shim(sandbox_id).await.ok_or_else(|| {
+        Status::failed_precondition(format!(
+            "the shim of pod sandbox {sandbox_id} is not running"
+        ))
+    })
+}
+
+#[derive(Default)]
+struct Done {
+    name: Option<String>,
+    record: bool,
+    rootfs: bool,
+    dirs: Vec<PathBuf>,
+    task: Option<Arc<ShimClient>>,
+}
+
+impl Done {
+    async fn undo(self, daemon: &Daemon, id: &str) {
+        if let Some(shim) = self.task {
+            let _ = shim.kill(id, "", 9, true).await;
+            if let Err(e) = shim.delete_task(id, "").await {
+                tracing::warn!(container = id, error = %e, "rollback: task delete failed");
+            }
+        }
+        if self.rootfs {
+            if let Err(e) = daemon.images.remove_rootfs(id).await {
+                tracing::warn!(container = id, error = %e, "rollback: rootfs removal failed");
+            }
+        }
+        for d in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        if self.record {
+            let _ = daemon.store.remove_container(id);
+        } else if let Some(name) = self.name {
+            daemon.store.release_name(&name);
+        }
+    }
+}
+
+/// CreateContainer; returns the new container id.
+pub async fn create(daemon: &Arc<Daemon>, req: CreateContainerRequest) -> Result<String, Status> {
+    if req.pod_sandbox_id.is_empty() {
+        return Err(invalid_field("pod_sandbox_id", "must not be empty"));
+    }
+    let config = req
+        .config
+        .ok_or_else(|| invalid_field("config", "is required"))?;
+    let meta = config
+        .metadata
+        .clone()
+        .ok_or_else(|| invalid_field("config.metadata", "is required"))?;
+    if meta.name.is_empty() || meta.name.contains('/') {
+        return Err(invalid_field(
+            "config.metadata.name",
+            format!("{:?} is not a valid name", meta.name),
+        ));
+    }
+    let image_ref = config
+        .image
+        .as_ref()
+        .map(|i| i.image.clone())
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| invalid_field("config.image.image", "must not be empty"))?;
+    let sandbox = daemon
+        .store
+        .get_sandbox(&req.pod_sandbox_id)
+        .map_err(store_status)?;
+    if sandbox.status.state != SandboxState::Ready {
+        return Err(Status::failed_precondition(format!(
+            "pod sandbox {} is not ready",
+            sandbox.metadata.id
+        )));
+    }
+    let sandbox_config: PodSandboxConfig = match req.sandbox_config {
+        Some(c) if c.metadata.is_some() => c,
+        _ => crate::runtime::sandbox::status::stored_config(&sandbox),
+    };
+    let log = log_path(&sandbox_config.log_directory, &config.log_path)?;
+    let id = crius_store::generate_id();
+    let mut done = Done::default();
+    match create_steps(
+        daemon,
+        &id,
+        &config,
+        &sandbox_config,
+        &sandbox,
+        &image_ref,
+        log,
+        &mut done,
+    )
+    .await
+    {
+        Ok(()) => Ok(id),
+        Err(e) => {
+            tracing::warn!(container = %id, error = %e.message(), "CreateContainer failed; rolling back");
+            done.undo(daemon, &id).await;
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn create_steps(
+    daemon: &Arc<Daemon>,
+    id: &str,
+    config: &ContainerConfig,
+    sandbox_config: &PodSandboxConfig,
+    sandbox: &crius_store::SandboxRecord,
+    image_ref: &str,
+    log: Option<PathBuf>,
+    done: &mut Done,
+) -> Result<(), Status> {
+    let meta = config.metadata.clone().unwrap_or_default();
+    let name = crate::runtime::sandbox::container_name(&meta.name, meta.attempt, sandbox_config);
+    daemon.store.reserve_name(&name, id).map_err(store_status)?;
+    done.name = Some(name.clone());
+
+    let image = daemon
+        .images
+        .resolve(image_ref)
+        .map_err(|e| internal("image", e))?
+        .ok_or_else(|| {
+            Status::not_found(format!("image {image_ref:?} is not present: pull it first"))
+        })?;
+    let image_config = daemon
+        .images
+        .image_config(&image.metadata.id)
+        .map_err(|e| internal("image config", e))?;
+
+    let record: ContainerRecord = Record::new(
+        ContainerMetadata {
+            id: id.to_string(),
+            name,
+            sandbox_id: sandbox.metadata.id.clone(),
+            container_name: meta.name.clone(),
+            attempt: meta.attempt,
+            image_ref: image_ref.to_string(),
+            image_id: image.metadata.id.clone(),
+            labels: config.labels.clone().into_iter().collect(),
+            annotations: config.annotations.clone().into_iter().collect(),
+            log_path: log.as_ref().map(|p| p.display().to_string()),
+            created_at: now_nanos(),
+            config: serde_json::to_value(config).map_err(|e| internal("config", e))?,
+        },
+        ContainerStatus {
+            state: ContainerState::Created,
+            ..Default::default()
+        },
+    );
+    let store = daemon.store.clone();
+    tokio::task::spawn_blocking(move || store.add_container(record))
+        .await
+        .map_err(|e| internal("store", e))?
+        .map_err(store_status)?;
+    done.record = true;
+
+    let root = container_root(daemon, id);
+    let state = container_state(daemon, id);
+    let bundle = state.join("bundle");
+    done.dirs.push(root.clone());
+    done.dirs.push(state.clone());
+    std::fs::create_dir_all(bundle.join("rootfs")).map_err(|e| internal("bundle", e))?;
+    let mounts = daemon
+        .images
+        .prepare_rootfs(&image.metadata.id, id)
+        .await
+        .map_err(|e| internal("rootfs", e))?;
+    done.rootfs = true;
+
+    let rc = &image_config.config;
+    let spec_image = crius_spec::ImageConfig {
+        user: rc.user.clone(),
+        env: rc.env.clone(),
+        entrypoint: rc.entrypoint.clone(),
+        cmd: rc.cmd.clone(),
+        working_dir: rc.working_dir.clone(),
+        volumes: rc.volumes.keys().cloned().collect(),
+    };
+    let passwd =
+        crius_spec::user::parse_passwd(&read_image_file(&mounts, "etc/passwd").unwrap_or_default());
+    let group =
+        crius_spec::user::parse_group(&read_image_file(&mounts, "etc/group").unwrap_or_default());
+    let user = crius_spec::user::resolve(&user_request(config, &spec_image), &passwd, &group)
+        .map_err(spec_status)?;
+
+    let hn = crius_spec::sandbox::host_namespaces(sandbox_config);
+    let pod_root = daemon.sandbox_root(&sandbox.metadata.id);
+    let facts = crius_spec::SandboxFacts {
+        id: sandbox.metadata.id.clone(),
+        netns_path: sandbox.status.netns_path.clone(),
+        shm_path: (!hn.ipc).then(|| {
+            daemon
+                .shim_pod_dir(&sandbox.metadata.id)
+                .join("shm")
+                .display()
+                .to_string()
+        }),
+        pid: sandbox.status.pid,
+        hosts_path: Some(pod_root.join("hosts").display().to_string()),
+        resolv_conf_path: Some(pod_root.join("resolv.conf").display().to_string()),
+        hostname_path: Some(pod_root.join("hostname").display().to_string()),
+    };
+    let devices = device_nodes(config)?;
+    let propagation: HashMap<String, crius_spec::mounts::HostPropagation> = HashMap::new();
+    let volume_dir = root.join("volumes").display().to_string();
+    // Built in a block of its own: the input holds non-Send references
+    // that must be gone before the next await.
+    let spec_json = {
+        let load = |p: &str| std::fs::read_to_string(p).map_err(|e| e.to_string());
+        let target_pid = match config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref())
+        {
+            Some(ns) if ns.pid == k8s_cri::v1::NamespaceMode::Target as i32 => daemon
+                .store
+                .get_container(&ns.target_id)
+                .ok()
+                .filter(|c| c.status.state == ContainerState::Running)
+                .and_then(|c| c.status.pid),
+            _ => None,
+        };
+        let input = ContainerInput {
+            id,
+            config,
+            sandbox_config,
+            image: &spec_image,
+            image_name: image_ref,
+            user: &user,
+            sandbox: &facts,
+            host: &daemon.host,
+            host_propagation: &propagation,
+            volume_dir: &volume_dir,
+            devices: &devices,
+            target_pid,
+            load_profile: &load,
+        };
+        for v in image_volumes(&input).map_err(spec_status)? {
+            std::fs::create_dir_all(&v.source).map_err(|e| internal("image volume", e))?;
+        }
+        let spec = container_spec(&input).map_err(spec_status)?;
+        serde_json::to_vec_pretty(&spec).map_err(|e| internal("spec", e))?
+    };
+    crius_store::persist::write_atomic(&bundle.join("config.json"), &spec_json)
+        .map_err(|e| internal("config.json", e))?;
+
+    if let Some(log) = &log {
+        if let Some(parent) = log.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| internal("log directory", e))?;
+        }
+    }
+    let shim = shim_for(daemon, &sandbox.metadata.id).await?;
+    let mut create = containerd_shim_protos::api::CreateTaskRequest::new();
+    create.id = id.to_string();
+    create.bundle = bundle.display().to_string();
+    create.terminal = config.tty;
+    let out = log
+        .as_ref()
+        .map(|p| format!("crilog://{}", p.display()))
+        .unwrap_or_default();
+    create.stdout = out.clone();
+    if !config.tty {
+        create.stderr = out;
+    }
+    create.rootfs = mounts
+        .iter()
+        .map(|m| {
+            let mut pm = containerd_shim_protos::types::mount::Mount::new();
+            pm.type_ = m.kind.clone();
+            pm.source = m.source.clone();
+            pm.options = m.options.clone();
+            pm
+        })
+        .collect();
+    let pid = shim.create_task(create).await.map_err(|e| e.to_status())?;
+    done.task = Some(shim);
+    let store = daemon.store.clone();
+    let cid = id.to_string();
+    tokio::task::spawn_blocking(move || store.update_container_status(&cid, |s| s.pid = Some(pid)))
+        .await
+        .map_err(|e| internal("store", e))?
+        .map_err(store_status)?;
+    Ok(())
+}
+
+/// Whether the container's memory cgroup recorded an OOM kill.
+fn oom_killed(daemon: &Daemon, record: &ContainerRecord) -> bool {
+    let Ok(sandbox) = daemon.store.get_sandbox(&record.metadata.sandbox_id) else {
+        return false;
+    };
+    let parent = crate::runtime::sandbox::status::stored_config(&sandbox)
+        .linux
+        .map(|l| l.cgroup_parent)
+        .unwrap_or_default();
+    let path =
+        crius_spec::cgroups::cgroups_path(&parent, &record.metadata.id, daemon.host.cgroup_driver);
+    let file = Path::new("/sys/fs/cgroup/memory")
+        .join(path.trim_start_matches('/'))
+        .join("memory.oom_control");
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("oom_kill ")
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+            })
+        })
+        .is_some_and(|n| n > 0)
+}
+
+/// Records an exit in the store.
+async fn record_exit(
+    daemon: &Daemon,
+    id: &str,
+    status: u32,
+    reason: Option<String>,
+    message: Option<String>,
+) {
+    let record = daemon.store.get_container(id).ok();
+    let oom = record.as_ref().is_some_and(|r| oom_killed(daemon, r));
+    let reason = reason.unwrap_or_else(|| {
+        if oom {
+            "OOMKilled".to_string()
+        } else if status == 0 {
+            "Completed".to_string()
+        } else {
+            "Error".to_string()
+        }
+    });
+    let store = daemon.store.clone();
+    let cid = id.to_string();
+    let r = tokio::task::spawn_blocking(move || {
+        store.update_container_status(&cid, |s| {
+            if s.state == ContainerState::Exited {
+                return;
+            }
+            s.state = ContainerState::Exited;
+            s.exit_code = Some(status as i32);
+            s.finished_at = Some(now_nanos());
+            s.reason = Some(reason);
+            s.message = message;
+        })
+    })
+    .await;
+    if let Ok(Err(e)) = r {
+        tracing::warn!(container = id, error = %e, "cannot record exit");
+    }
+}
+
+/// Watches a started container and records its exit.
+fn watch_exit(daemon: Arc<Daemon>, shim: Arc<ShimClient>, id: String) {
+    tokio::spawn(async move {
+        match shim.wait(&id, "", WAIT_FOREVER).await {
+            Ok(status) => record_exit(&daemon, &id, status, None, None).await,
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                tracing::warn!(container = %id, error = %e, "lost the container's shim");
+                record_exit(
+                    &daemon,
+                    &id,
+                    255,
+                    Some("Unknown".into()),
+                    Some(e.to_string()),
+                )
+                .await;
+            }
+        }
+    });
+}
+
+/// StartContainer. A failed start leaves the container EXITED with the
+/// reason.
+pub async fn start(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
+    let record = daemon.store.get_container(id).map_err(store_status)?;
+    let id = record.metadata.id.clone();
+    let _lock = daemon.locks.lock(&id).await;
+    let record = daemon.store.get_container(&id).map_err(store_status)?;
+    if record.status.state != ContainerState::Created {
+        return Err(Status::failed_precondition(format!(
+            "container {id} is {:?}, not created",
+            record.status.state
+        )));
+    }
+    let shim = shim_for(daemon, &record.metadata.sandbox_id).await?;
+    match shim.start_task(&id, "").await {
+        Ok(pid) => {
+            let store = daemon.store.clone();
+            let cid = id.clone();
+            tokio::task::spawn_blocking(move || {
+                store.update_container_status(&cid, |s| {
+                    s.state = ContainerState::Running;
+                    s.pid = Some(pid);
+                    s.started_at = Some(now_nanos());
+                })
+            })
+            .await
+            .map_err(|e| internal("store", e))?
+            .map_err(store_status)?;
+            watch_exit(daemon.clone(), shim, id);
+            Ok(())
+        }
+        Err(e) => {
+            record_exit(
+                daemon,
+                &id,
+                128,
+                Some("StartError".into()),
+                Some(e.to_string()),
+            )
+            .await;
+            Err(e.to_status())
+        }
+    }
+}
+
+/// The signal number of an image's StopSignal (`SIGQUIT`, `QUIT`, `3`).
+pub fn stop_signal(name: &str) -> u32 {
+    let n = name.trim().trim_start_matches("SIG");
+    if let Ok(v) = n.parse::<u32>() {
+        return v;
+    }
+    match n {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "KILL" => 9,
+        "USR1" => 10,
+        "USR2" => 12,
+        "TERM" => 15,
+        "WINCH" => 28,
+        "PWR" => 30,
+        _ => 15,
+    }
+}
+
+async fn wait_exited(daemon: &Daemon, id: &str, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match daemon.store.get_container(id) {
+            Ok(r) if r.status.state != ContainerState::Running => return true,
+            Err(_) => return true,
+            _ => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// StopContainer: the image's stop signal (else SIGTERM), SIGKILL after the
+/// timeout. Idempotent.
+pub async fn stop(daemon: &Arc<Daemon>, id: &str, timeout: Duration) -> Result<(), Status> {
+    let record = daemon.store.get_container(id).map_err(store_status)?;
+    let id = record.metadata.id.clone();
+    if record.status.state != ContainerState::Running {
+        return Ok(());
+    }
+    let shim = match daemon.shim(&record.metadata.sandbox_id).await {
+        Some(s) => s,
+        None => {
+            record_exit(
+                daemon,
+                &id,
+                255,
+                Some("Unknown".into()),
+                Some("the pod's shim is gone".into()),
+            )
+            .await;
+            return Ok(());
+        }
+    };
+    if !timeout.is_zero() {
+        let signal = daemon
+            .images
+            .image_config(&record.metadata.image_id)
+            .map(|c| stop_signal(&c.config.stop_signal))
+            .unwrap_or(15);
+        match shim.kill(&id, "", signal, false).await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.to_status()),
+        }
+        if wait_exited(daemon, &id, timeout).await {
+            return Ok(());
+        }
+    }
+    match shim.kill(&id, "", 9, true).await {
+        Ok(()) => {}
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e.to_status()),
+    }
+    if !wait_exited(daemon, &id, Duration::from_secs(30)).await {
+        return Err(Status::deadline_exceeded(format!(
+            "container {id} did not exit after SIGKILL"
+        )));
+    }
+    Ok(())
+}
+
+/// RemoveContainer: kills a running container and removes everything of it.
+/// Removing an unknown container succeeds.
+pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
+    let record = match daemon.store.get_container(id) {
+        Ok(r) => r,
+        Err(crius_store::StoreError::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(store_status(e)),
+    };
+    let id = record.metadata.id.clone();
+    stop(daemon, &id, Duration::ZERO).await?;
+    let _lock = daemon.locks.lock(&id).await;
+    if let Some(shim) = daemon.shim(&record.metadata.sandbox_id).await {
+        match shim.delete_task(&id, "").await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() || e.is_unreachable() => {}
+            Err(e) => return Err(e.to_status()),
+        }
+    }
+    daemon
+        .images
+        .remove_rootfs(&id)
+        .await
+        .map_err(|e| internal("rootfs", e))?;
+    for d in [container_state(daemon, &id), container_root(daemon, &id)] {
+        match std::fs::remove_dir_all(&d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(internal(&format!("cannot remove {}", d.display()), e)),
+        }
+    }
+    let store = daemon.store.clone();
+    tokio::task::spawn_blocking(move || store.remove_container(&id))
+        .await
+        .map_err(|e| internal("store", e))?
+        .map_err(store_status)?;
+    Ok(())
+}
+
+/// Marks the containers of a pod whose processes the shim has gone away
+/// with as exited.
+pub async fn mark_pod_exited(daemon: &Daemon, sandbox_id: &str) {
+    for c in daemon.store.list_sandbox_containers(sandbox_id) {
+        if matches!(
+            c.status.state,
+            ContainerState::Running | ContainerState::Created
+        ) {
+            record_exit(
+                daemon,
+                &c.metadata.id,
+                137,
+                Some("PodStopped".into()),
+                Some("the pod sandbox was stopped".into()),
+            )
+            .await;
+        }
+    }
+}
+
+fn read_capped(path: &Path) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.take(EXEC_OUTPUT_LIMIT).read_to_end(&mut out);
+    }
+    out
+}
+
+/// ExecSync: runs a command in the container and returns its output and
+/// exit code; a timeout kills it and reports DeadlineExceeded.
+pub async fn exec_sync(
+    daemon: &Arc<Daemon>,
+    req: ExecSyncRequest,
+) -> Result<ExecSyncResponse, Status> {
+    if req.container_id.is_empty() {
+        return Err(invalid_field("container_id", "must not be empty"));
+    }
+    if req.cmd.is_empty() {
+        return Err(invalid_field("cmd", "must not be empty"));
+    }
+    let record = daemon
+        .store
+        .get_container(&req.container_id)
+        .map_err(store_status)?;
+    let id = record.metadata.id.clone();
+    if record.status.state != ContainerState::Running {
+        return Err(Status::failed_precondition(format!(
+            "container {id} is not running"
+        )));
+    }
+    let shim = shim_for(daemon, &record.metadata.sandbox_id).await?;
+    let bundle = container_state(daemon, &id).join("bundle");
+    let spec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(bundle.join("config.json")).map_err(|e| internal("config.json", e))?,
+    )
+    .map_err(|e| internal("config.json", e))?;
+    let mut process = spec["process"].clone();
+    process["args"] = serde_json::json!(req.cmd);
+    process["terminal"] = serde_json::json!(false);
+    let exec_id = format!("exec-{}", &crius_store::generate_id()[..16]);
+    let out_dir = container_state(daemon, &id).join(&exec_id);
+    std::fs::create_dir_all(&out_dir).map_err(|e| internal("exec output", e))?;
+    let (out, err) = (out_dir.join("stdout"), out_dir.join("stderr"));
+    let result = async {
+        shim.exec(
+            &id,
+            &exec_id,
+            serde_json::to_vec(&process).map_err(|e| internal("process", e))?,
+            &format!("file://{}", out.display()),
+            &format!("file://{}", err.display()),
+        )
+        .await
+        .map_err(|e| e.to_status())?;
+        shim.start_task(&id, &exec_id)
+            .await
+            .map_err(|e| e.to_status())?;
+        let timeout = if req.timeout > 0 {
+            Duration::from_secs(req.timeout as u64)
+        } else {
+            WAIT_FOREVER
+        };
+        match tokio::time::timeout(
+            timeout,
+            shim.wait(&id, &exec_id, timeout + Duration::from_secs(5)),
+        )
+        .await
+        {
+            Ok(Ok(status)) => Ok(status),
+            Ok(Err(e)) => Err(e.to_status()),
+            Err(_) => {
+                let _ = shim.kill(&id, &exec_id, 9, false).await;
+                let _ = shim.wait(&id, &exec_id, Duration::from_secs(10)).await;
+                Err(Status::deadline_exceeded(format!(
+                    "command {:?} timed out after {}s and was killed",
+                    req.cmd, req.timeout
+                )))
+            }
+        }
+    }
+    .await;
+    let _ = shim.delete_task(&id, &exec_id).await;
+    let response = result.map(|status| ExecSyncResponse {
+        stdout: read_capped(&out),
+        stderr: read_capped(&err),
+        exit_code: status as i32,
+    });
+    let _ = std::fs::remove_dir_all(&out_dir);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_paths() {
+        let cases = [
+            (
+                "/var/log/pods/p",
+                "app/0.log",
+                Ok(Some("/var/log/pods/p/app/0.log")),
+            ),
+            ("", "app/0.log", Ok(None)),
+            ("/var/log/pods/p", "", Ok(None)),
+            ("/var/log/pods/p", "../x.log", Err(())),
+            ("/var/log/pods/p", "/etc/x.log", Err(())),
+            (
+                "/var/log/pods/p",
+                "a/./b.log",
+                Ok(Some("/var/log/pods/p/a/b.log")),
+            ),
+        ];
+        for (dir, rel, want) in cases {
+            let got = log_path(dir, rel);
+            match want {
+                Ok(w) => assert_eq!(got.unwrap(), w.map(PathBuf::from), "{dir} {rel}"),
+                Err(()) => assert_eq!(got.unwrap_err().code(), tonic::Code::InvalidArgument),
+            }
+        }
+    }
+
+    #[test]
+    fn signals() {
+        for (name, n) in [
+            ("SIGQUIT", 3),
+            ("QUIT", 3),
+            ("9", 9),
+            ("", 15),
+            ("SIGWINCH", 28),
+            ("bogus", 15),
+        ] {
+            assert_eq!(stop_signal(name), n, "{name}");
+        }
+    }
+
+    #[test]
+    fn image_files_from_lower_dirs() {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().unwrap();
+        let (top, bottom) = (d.path().join("top"), d.path().join("bottom"));
+        std::fs::create_dir_all(top.join("etc")).unwrap();
+        std::fs::create_dir_all(bottom.join("etc")).unwrap();
+        std::fs::write(bottom.join("etc/passwd"), "root:x:0:0::/:/bin/sh\n").unwrap();
+        std::fs::write(bottom.join("etc/group"), "root:x:0:\n").unwrap();
+        std::fs::write(top.join("etc/group"), "root:x:0:\napp:x:5:\n").unwrap();
+        // A symlink to a host file must not be followed.
+        symlink("/etc/hostname", top.join("etc/hosts")).unwrap();
+        std::fs::write(bottom.join("etc/hosts"), "x").unwrap();
+        let mounts = vec![crius_image::Mount {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![format!("lowerdir={}:{}", top.display(), bottom.display())],
+        }];
+        assert_eq!(
+            read_image_file(&mounts, "etc/passwd").unwrap(),
+            "root:x:0:0::/:/bin/sh\n"
+        );
+        assert!(read_image_file(&mounts, "etc/group")
+            .unwrap()
+            .contains("app:x:5"));
+        assert_eq!(read_image_file(&mounts, "etc/hosts"), None);
+        assert_eq!(read_image_file(&mounts, "etc/shadow"), None);
+    }
+}

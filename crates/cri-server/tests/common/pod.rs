@@ -1,0 +1,221 @@
+//! Helpers of the pod and container tests.
+
+use super::net::TestNetwork;
+use super::registry::{busybox_entries, image_with_config, layer, Compression, Registry};
+use super::Daemon;
+use k8s_cri::v1::{DnsConfig, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A running criusd with a test pod network and a local registry holding a
+/// pause image (`<addr>/pause:test`) and a busybox image
+/// (`<addr>/busybox:test`). Fields drop in reverse order: the daemon first,
+/// the leftovers guard last.
+pub struct Env {
+    pub daemon: Daemon,
+    pub registry: Registry,
+    pub net: TestNetwork,
+    pub dir: PathBuf,
+    _leftovers: Leftovers,
+    _tmp: tempfile::TempDir,
+}
+
+impl Env {
+    /// Sets everything up under a fresh directory in /tmp.
+    pub fn start(prefix: &str) -> Env {
+        super::registry::ensure_binary("runc", "runc");
+        let shim = Path::new(super::CRIUSD).with_file_name("containerd-shim-crius-v2");
+        assert!(
+            shim.exists(),
+            "{} missing: run `cargo build -p crius-shim` (cargo xtask test does)",
+            shim.display()
+        );
+        let tmp = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in("/tmp")
+            .unwrap();
+        let dir = tmp.path().to_path_buf();
+        let leftovers = Leftovers(dir.clone());
+        let net = TestNetwork::new(&dir);
+        let registry = Registry::start(&dir.join("registry"), None);
+        let base = || vec![layer(&busybox_entries(), Compression::Gzip)];
+        let pause = image_with_config(
+            base(),
+            serde_json::json!({"Entrypoint": ["/bin/busybox", "sleep", "2147483647"], "User": "65535:65535", "WorkingDir": "/"}),
+        );
+        registry.push_image("pause", "test", &pause);
+        let busybox = image_with_config(
+            base(),
+            serde_json::json!({"Env": ["PATH=/bin", "FROM_IMAGE=1"], "Cmd": ["/bin/sh"], "WorkingDir": "/"}),
+        );
+        registry.push_image("busybox", "test", &busybox);
+        std::fs::create_dir_all(dir.join("cni-bin")).unwrap();
+        let config = format!(
+            "pause_image = \"{}/pause:test\"\n[cni]\nconf_dir = \"{}\"\nbin_dirs = [\"{}\", \"/usr/lib/cni\"]\n",
+            registry.addr,
+            net.conf_dir.display(),
+            dir.join("cni-bin").display()
+        );
+        let daemon = Daemon::start(&dir, &config);
+        Env {
+            daemon,
+            registry,
+            net,
+            dir,
+            _leftovers: leftovers,
+            _tmp: tmp,
+        }
+    }
+}
+
+pub fn pod(name: &str, uid: &str) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            namespace: "default".into(),
+            uid: uid.into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: format!("/var/log/pods/default_{name}_{uid}"),
+        dns_config: Some(DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec!["default.svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        }),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: format!("/crius-test/pod{uid}"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn mounts_below(dir: &Path) -> Vec<String> {
+    let d = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&d)))
+        .map(String::from)
+        .collect()
+}
+
+pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .chars()
+            .all(|c| c.is_ascii_digit())
+        {
+            continue;
+        }
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if text.contains(needle) || String::from_utf8_lossy(&environ).contains(needle) {
+            out.push(format!("{}: {text}", e.file_name().to_string_lossy()));
+        }
+    }
+    out
+}
+
+/// Kills every process that still refers to the test dir (a failed test's
+/// shims and pause containers) and unmounts what is left under it.
+pub struct Leftovers(pub PathBuf);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let needle = self.0.display().to_string();
+        for p in processes_mentioning(&needle) {
+            if let Some(pid) = p.split(':').next().and_then(|s| s.parse::<i32>().ok()) {
+                if pid as u32 != std::process::id() {
+                    // SAFETY: kill(2) on a pid read from /proc.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut m = mounts_below(&self.0);
+        m.reverse();
+        for line in m {
+            if let Some(target) = line.split(' ').nth(4) {
+                let _ = Command::new("umount").args(["-l", target]).status();
+            }
+        }
+        // Container processes do not mention the test dir: find them by
+        // their cgroup.
+        let mut procs = Vec::new();
+        collect_cgroup_procs(Path::new("/sys/fs/cgroup/memory/crius-test"), &mut procs);
+        for pid in procs {
+            // SAFETY: kill(2) on a pid read from the test's own cgroups.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // cgroups of the test pods (children first; rmdir only works on
+        // empty cgroups, which they are once their processes are gone).
+        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+            for c in controllers.flatten() {
+                remove_cgroup_tree(&c.path().join("crius-test"));
+            }
+        }
+    }
+}
+
+pub fn cgroup_dirs(uid: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in entries.flatten() {
+            let p = e.path().join("crius-test").join(format!("pod{uid}"));
+            if p.exists() {
+                // Only container cgroups (children) count as leaks.
+                if let Ok(children) = std::fs::read_dir(&p) {
+                    for c in children.flatten() {
+                        if c.path().is_dir() {
+                            found.push(c.path());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+pub fn remove_cgroup_parents(uid: &str) {
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in entries.flatten() {
+            let p = e.path().join("crius-test").join(format!("pod{uid}"));
+            let _ = std::fs::remove_dir(&p);
+            let _ = std::fs::remove_dir(e.path().join("crius-test"));
+        }
+    }
+}
+
+/// Removes a cgroup directory and its child cgroups, deepest first.
+pub fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(children) = std::fs::read_dir(dir) {
+        for c in children.flatten() {
+            if c.path().is_dir() {
+                remove_cgroup_tree(&c.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// The pids in a cgroup tree.
+pub fn collect_cgroup_procs(dir: &Path, out: &mut Vec<i32>) {
+    if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        out.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    }
+    if let Ok(children) = std::fs::read_dir(dir) {
+        for c in children.flatten() {
+            if c.path().is_dir() {
+                collect_cgroup_procs(&c.path(), out);
+            }
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! Containers for real: pulled busybox image, a pod, CRI logs written by the
+//! shim, ExecSync, stop with timeout, exit reasons, security settings.
+
+mod common;
+
+use common::pod::*;
+use common::registry::is_root;
+use k8s_cri::v1::{
+    Capability, ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest,
+    ExecSyncRequest, ImageSpec, Int64Value, KeyValue, LinuxContainerConfig,
+    LinuxContainerResources, LinuxContainerSecurityContext, PullImageRequest,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopContainerRequest, StopPodSandboxRequest,
+};
+use std::time::{Duration, Instant};
+
+fn container(name: &str, image: &str, cmd: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        envs: vec![KeyValue {
+            key: "GREETING".into(),
+            value: "hello".into(),
+        }],
+        log_path: format!("{name}/0.log"),
+        linux: Some(LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}
+
+async fn wait_for<F: Fn() -> bool>(what: &str, f: F) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn container_lifecycle_logs_exec_and_security() {
+    if !is_root() {
+        eprintln!("containers: skipped (needs root)");
+        return;
+    }
+    let env = Env::start("crius-ctr");
+    let image = format!("{}/busybox:test", env.registry.addr);
+    let mut rt = env.daemon.runtime().await;
+    let mut images = env.daemon.images().await;
+    images
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pod_config = pod("app", "uid-ctr");
+    let pod_id = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod_config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", env.daemon.log_text()))
+        .into_inner()
+        .pod_sandbox_id;
+    let create = |c: ContainerConfig| CreateContainerRequest {
+        pod_sandbox_id: pod_id.clone(),
+        config: Some(c),
+        sandbox_config: Some(pod_config.clone()),
+    };
+    let status = |id: &str| ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    };
+
+    // A long-running container writing to stdout and stderr.
+    let main = rt
+        .create_container(create(container(
+            "main",
+            &image,
+            &[
+                "/bin/sh",
+                "-c",
+                "echo $GREETING $FROM_IMAGE; echo oops >&2; exec sleep 1000",
+            ],
+        )))
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer: {e:?}\n{}", env.daemon.log_text()))
+        .into_inner()
+        .container_id;
+    let s = rt
+        .container_status(status(&main))
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(
+        s.state,
+        k8s_cri::v1::ContainerState::ContainerCreated as i32
+    );
+    rt.start_container(StartContainerRequest {
+        container_id: main.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer: {e:?}\n{}", env.daemon.log_text()));
+    let s = rt
+        .container_status(status(&main))
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(
+        s.state,
+        k8s_cri::v1::ContainerState::ContainerRunning as i32
+    );
+    let log = std::path::PathBuf::from(&s.log_path);
+    assert!(
+        log.starts_with(&pod_config.log_directory),
+        "{}",
+        log.display()
+    );
+    wait_for("log lines", || {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        t.contains(" stdout F hello 1\n") && t.contains(" stderr F oops\n")
+    })
+    .await;
+    for line in std::fs::read_to_string(&log).unwrap().lines() {
+        let mut parts = line.splitn(4, ' ');
+        let ts = parts.next().unwrap();
+        assert!(
+            ts.len() == 30 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+            "timestamp {ts:?}"
+        );
+        assert!(matches!(parts.next(), Some("stdout" | "stderr")));
+        assert!(matches!(parts.next(), Some("F" | "P")));
+    }
+
+    // ExecSync: output, exit code, environment, and the timeout.
+    let exec = |cmd: &[&str], timeout: i64| ExecSyncRequest {
+        container_id: main.clone(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        timeout,
+    };
+    let r = rt
+        .exec_sync(exec(
+            &["sh", "-c", "echo out $GREETING; echo err >&2; exit 3"],
+            10,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code),
+        (&b"out hello\n"[..], &b"err\n"[..], 3)
+    );
+    let started = Instant::now();
+    let err = rt
+        .exec_sync(exec(&["/bin/busybox", "sleep", "30"], 1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "the timed-out exec was not killed"
+    );
+    let err = rt.exec_sync(exec(&[], 1)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    // A restricted container: non-root user, read-only root, no capabilities.
+    let mut restricted = container("restricted", &image, &["/bin/busybox", "sleep", "1000"]);
+    restricted.linux.as_mut().unwrap().security_context = Some(LinuxContainerSecurityContext {
+        run_as_user: Some(Int64Value { value: 1000 }),
+        readonly_rootfs: true,
+        capabilities: Some(Capability {
+            drop_capabilities: vec!["ALL".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let r_id = rt
+        .create_container(create(restricted))
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest {
+        container_id: r_id.clone(),
+    })
+    .await
+    .unwrap();
+    let ex = |cmd: &[&str]| ExecSyncRequest {
+        container_id: r_id.clone(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        timeout: 10,
+    };
+    let id_u = rt
+        .exec_sync(ex(&["/bin/busybox", "id", "-u"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(String::from_utf8_lossy(&id_u.stdout).trim(), "1000");
+    let touch = rt
+        .exec_sync(ex(&["/bin/busybox", "touch", "/newfile"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(touch.exit_code, 0, "read-only root fs accepted a write");
+    let caps = rt
+        .exec_sync(ex(&["/bin/busybox", "grep", "CapBnd", "/proc/self/status"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        String::from_utf8_lossy(&caps.stdout).contains("0000000000000000"),
+        "{:?}",
+        String::from_utf8_lossy(&caps.stdout)
+    );
+
+    // A container that finishes on its own is Completed; one killed by an
+    // OOM is OOMKilled.
+    let done = rt
+        .create_container(create(container("done", &image, &["/bin/busybox", "true"])))
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest {
+        container_id: done.clone(),
+    })
+    .await
+    .unwrap();
+    let mut oom = container(
+        "oom",
+        &image,
+        &["sh", "-c", "x=a; while :; do x=$x$x; done"],
+    );
+    oom.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
+        memory_limit_in_bytes: 32 << 20,
+        ..Default::default()
+    });
+    let oom_id = rt
+        .create_container(create(oom))
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest {
+        container_id: oom_id.clone(),
+    })
+    .await
+    .unwrap();
+    for (id, reason, code) in [(&done, "Completed", 0), (&oom_id, "OOMKilled", 137)] {
+        let mut last = None;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let s = rt
+                .container_status(status(id))
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+                .unwrap();
+            if s.state == k8s_cri::v1::ContainerState::ContainerExited as i32 {
+                last = Some(s);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let s = last.unwrap_or_else(|| panic!("{reason}: container did not exit"));
+        assert_eq!((s.reason.as_str(), s.exit_code), (reason, code), "{s:?}");
+        assert!(s.finished_at >= s.started_at && s.started_at > 0);
+    }
+
+    // Stop with a timeout: sh as pid 1 ignores SIGTERM, so SIGKILL follows.
+    let before = Instant::now();
+    rt.stop_container(StopContainerRequest {
+        container_id: main.clone(),
+        timeout: 1,
+    })
+    .await
+    .unwrap();
+    assert!(before.elapsed() >= Duration::from_secs(1));
+    let s = rt
+        .container_status(status(&main))
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(s.state, k8s_cri::v1::ContainerState::ContainerExited as i32);
+    assert_eq!(s.exit_code, 137);
+    rt.stop_container(StopContainerRequest {
+        container_id: main.clone(),
+        timeout: 1,
+    })
+    .await
+    .unwrap();
+
+    // Bad requests.
+    let mut escape = container("escape", &image, &["/bin/busybox", "true"]);
+    escape.log_path = "../../etc/evil.log".into();
+    let err = rt.create_container(create(escape)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("log_path"), "{err:?}");
+    let err = rt
+        .create_container(create(container(
+            "ghost",
+            "127.0.0.1:1/none:1",
+            &["/bin/busybox", "true"],
+        )))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    let mut dup = container("main", &image, &["/bin/busybox", "true"]);
+    dup.metadata.as_mut().unwrap().attempt = 0;
+    let err = rt.create_container(create(dup)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+
+    // Remove (twice), then the pod.
+    for id in [&main, &done, &oom_id] {
+        for _ in 0..2 {
+            rt.remove_container(RemoveContainerRequest {
+                container_id: id.to_string(),
+            })
+            .await
+            .unwrap();
+        }
+        assert_eq!(
+            rt.container_status(status(id)).await.unwrap_err().code(),
+            tonic::Code::NotFound
+        );
+    }
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .unwrap();
+    // The still-running restricted container went with the pod.
+    let s = rt
+        .container_status(status(&r_id))
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(s.state, k8s_cri::v1::ContainerState::ContainerExited as i32);
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        rt.container_status(status(&r_id)).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    let list = rt
+        .list_containers(k8s_cri::v1::ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.containers.is_empty());
+    assert!(
+        mounts_below(&env.dir).is_empty(),
+        "mounts left: {:?}",
+        mounts_below(&env.dir)
+    );
+    assert!(
+        cgroup_dirs("uid-ctr").is_empty(),
+        "cgroups left: {:?}",
+        cgroup_dirs("uid-ctr")
+    );
+    remove_cgroup_parents("uid-ctr");
+}

@@ -1,0 +1,710 @@
+//! Container stdio.
+//!
+//! The stdout/stderr fields of CreateTaskRequest and ExecProcessRequest name
+//! where the process output goes:
+//! - a plain path (containerd's FIFOs, or a regular file): handed to the
+//!   runtime as the process's fd directly, no copying;
+//! - `file:///abs/path`: appended to that file;
+//! - `crilog:///abs/path/0.log`: the shim writes the CRI log file itself
+//!   (kubelet format) from pipes; stdout and stderr naming the same file
+//!   share one writer;
+//! - empty: /dev/null.
+//!
+//! stdin is a FIFO path (copied into a pipe so that CloseIO can close it),
+//! `attach` / `attach-once` (a pipe fed only by Attach clients; `-once`
+//! closes it when the first attach client goes away, CRI's StdinOnce), or
+//! empty. With a terminal the runtime sends the pty master over a console
+//! socket; the shim copies it to stdout and copies stdin into it.
+//!
+//! Output that the shim copies (CRI logs, terminals) is also fanned out to
+//! attached clients (see [`Attachers`]).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::crilog::{CriLogWriter, Stream};
+use crate::runc::ProcStdio;
+
+const COPY_BUF: usize = 32 * 1024;
+const COPY_STACK: usize = 128 * 1024;
+
+/// Errors of stdio set-up.
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    /// Opening or creating something failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The stdio URI is not acceptable.
+    #[error("unsupported stdio {0:?}")]
+    Unsupported(String),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> IoError {
+    let what = what.into();
+    move |source| IoError::Io { what, source }
+}
+
+/// Where one output stream goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Nowhere.
+    Null,
+    /// A path handed to the process directly (FIFO or regular file).
+    Path(PathBuf),
+    /// A CRI log file written by the shim.
+    CriLog(PathBuf),
+}
+
+/// Parses a stdout/stderr field.
+pub fn parse_target(s: &str) -> Result<Target, IoError> {
+    if s.is_empty() {
+        return Ok(Target::Null);
+    }
+    let (scheme, rest) = match s.split_once("://") {
+        Some((sch, r)) => (sch, r),
+        None => ("", s),
+    };
+    let path = PathBuf::from(rest);
+    if !path.is_absolute() || rest.split('/').any(|c| c == "..") {
+        return Err(IoError::Unsupported(s.to_string()));
+    }
+    match scheme {
+        "" | "file" | "fifo" => Ok(Target::Path(path)),
+        "crilog" => Ok(Target::CriLog(path)),
+        _ => Err(IoError::Unsupported(s.to_string())),
+    }
+}
+
+/// Where stdin comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StdinMode {
+    /// No stdin (/dev/null).
+    Null,
+    /// A FIFO copied into a pipe.
+    Fifo(PathBuf),
+    /// A pipe fed by Attach clients; `once`: closed when the first client
+    /// detaches.
+    Attach {
+        /// CRI StdinOnce.
+        once: bool,
+    },
+}
+
+/// Parses a stdin field.
+pub fn parse_stdin(s: &str) -> Result<StdinMode, IoError> {
+    match s {
+        "" => Ok(StdinMode::Null),
+        "attach" => Ok(StdinMode::Attach { once: false }),
+        "attach-once" => Ok(StdinMode::Attach { once: true }),
+        _ => match parse_target(s)? {
+            Target::Path(p) => Ok(StdinMode::Fifo(p)),
+            _ => Err(IoError::Unsupported(s.to_string())),
+        },
+    }
+}
+
+/// Frame stream code of stdout in the attach protocol.
+pub const ATTACH_STDOUT: u8 = 1;
+/// Frame stream code of stderr in the attach protocol.
+pub const ATTACH_STDERR: u8 = 2;
+
+/// Clients attached to a process's output. Each gets frames of
+/// `[stream: u8][len: u32 big-endian][data]`; a client that cannot keep up
+/// (a write blocked for [`ATTACH_WRITE_TIMEOUT`]) or went away is dropped.
+#[derive(Default)]
+pub struct Attachers {
+    conns: Mutex<Vec<UnixStream>>,
+}
+
+/// How long a write to an attached client may block.
+pub const ATTACH_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Encodes one attach frame header.
+pub fn frame_header(stream: u8, len: usize) -> [u8; 5] {
+    let l = (len.min(u32::MAX as usize) as u32).to_be_bytes();
+    [stream, l[0], l[1], l[2], l[3]]
+}
+
+impl Attachers {
+    /// Adds a client.
+    pub fn add(&self, s: UnixStream) {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+    }
+
+    /// Sends `data` of `stream` to every client.
+    pub fn broadcast(&self, stream: u8, data: &[u8]) {
+        let mut g = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_empty() || data.is_empty() {
+            return;
+        }
+        let hdr = frame_header(stream, data.len());
+        g.retain_mut(|c| c.write_all(&hdr).and_then(|_| c.write_all(data)).is_ok());
+    }
+
+    /// Closes every client (they read EOF).
+    pub fn close_all(&self) {
+        let mut g = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        for c in g.drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Counts running copy threads so an exit can wait for output to drain.
+#[derive(Default)]
+pub struct Drain {
+    running: Mutex<usize>,
+    cv: Condvar,
+}
+
+impl Drain {
+    fn enter(self: &Arc<Self>) -> DrainGuard {
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        DrainGuard(self.clone())
+    }
+
+    /// Waits until every copy thread ended, at most `timeout`.
+    pub fn wait(&self, timeout: Duration) {
+        let g = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self.cv.wait_timeout_while(g, timeout, |n| *n > 0);
+    }
+}
+
+struct DrainGuard(Arc<Drain>);
+
+impl Drop for DrainGuard {
+    fn drop(&mut self) {
+        let mut n = self.0.running.lock().unwrap_or_else(|e| e.into_inner());
+        *n = n.saturating_sub(1);
+        self.0.cv.notify_all();
+    }
+}
+
+/// The shim-side state of a process's stdio after set-up.
+#[derive(Default)]
+pub struct ProcIo {
+    /// The stdin pipe's write end (closed by CloseIO).
+    pub stdin: Arc<Mutex<Option<File>>>,
+    /// The stdin FIFO (to unblock its copy thread).
+    pub stdin_fifo: Option<PathBuf>,
+    /// The pty master, when the process has a terminal.
+    pub console: Option<Arc<File>>,
+    /// CRI log writers (for ReopenLog).
+    pub logs: Vec<Arc<Mutex<CriLogWriter>>>,
+    /// Copy threads in flight.
+    pub drain: Arc<Drain>,
+    /// Whether any copy thread was started.
+    pub copies: bool,
+    /// Attached output clients.
+    pub attach: Arc<Attachers>,
+    /// stdin closes when the first attach client detaches.
+    pub stdin_once: bool,
+}
+
+impl ProcIo {
+    /// Closes stdin (CloseIO); idempotent.
+    pub fn close_stdin(&self) {
+        self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(f) = &self.stdin_fifo {
+            // Unblock a copy thread still waiting for a writer to appear.
+            let _ = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(f);
+        }
+    }
+
+    /// Attaches a client connected at `conn`: it gets the output and, with
+    /// `stdin`, feeds the process's stdin.
+    pub fn attach(&self, conn: UnixStream, stdin: bool) -> Result<(), IoError> {
+        if !self.copies {
+            return Err(IoError::Unsupported(
+                "the output of this process does not go through the shim".into(),
+            ));
+        }
+        conn.set_write_timeout(Some(ATTACH_WRITE_TIMEOUT))
+            .map_err(io_err("attach socket"))?;
+        if stdin {
+            if self
+                .stdin
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none()
+            {
+                return Err(IoError::Unsupported("the process has no stdin open".into()));
+            }
+            let reader = conn.try_clone().map_err(io_err("attach socket"))?;
+            let to = self.stdin.clone();
+            let once = self.stdin_once;
+            std::thread::Builder::new()
+                .name("attach-in".into())
+                .stack_size(COPY_STACK)
+                .spawn(move || {
+                    let mut buf = LazyBuf::new();
+                    loop {
+                        let data = match buf.read_from(&reader) {
+                            Ok([]) | Err(_) => break,
+                            Ok(d) => d,
+                        };
+                        let mut g = to.lock().unwrap_or_else(|e| e.into_inner());
+                        let Some(w) = g.as_mut() else { break };
+                        if w.write_all(data).is_err() {
+                            break;
+                        }
+                    }
+                    if once {
+                        to.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    }
+                })
+                .map_err(io_err("spawn attach thread"))?;
+        }
+        self.attach.add(conn);
+        Ok(())
+    }
+
+    /// Reopens the CRI log files (log rotation).
+    pub fn reopen_logs(&self) -> io::Result<()> {
+        for l in &self.logs {
+            l.lock().unwrap_or_else(|e| e.into_inner()).reopen()?;
+        }
+        Ok(())
+    }
+
+    /// Sets the terminal size.
+    pub fn resize(&self, width: u16, height: u16) -> io::Result<()> {
+        let Some(c) = &self.console else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "process has no terminal",
+            ));
+        };
+        let ws = libc::winsize {
+            ws_row: height,
+            ws_col: width,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ with a valid winsize on an fd we own.
+        let r = unsafe { libc::ioctl(c.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// What the process gets and what the shim keeps.
+pub struct Prepared {
+    /// Handed to the runtime.
+    pub stdio: ProcStdio,
+    /// Kept by the shim.
+    pub io: ProcIo,
+    /// The console socket, when a terminal is requested.
+    pub console: Option<ConsoleSocket>,
+    /// Output targets, used to attach the pty master after the runtime ran.
+    out: Option<OutSink>,
+    stdin_mode: StdinMode,
+}
+
+type Sink = Box<dyn FnMut(&[u8]) -> io::Result<()> + Send>;
+
+enum OutSink {
+    Null,
+    File(File),
+    Log(Arc<Mutex<CriLogWriter>>),
+}
+
+impl OutSink {
+    fn into_sink(self, stream: Stream, attach: Arc<Attachers>) -> Sink {
+        let code = match stream {
+            Stream::Stdout => ATTACH_STDOUT,
+            Stream::Stderr => ATTACH_STDERR,
+        };
+        match self {
+            OutSink::Null => Box::new(move |b| {
+                attach.broadcast(code, b);
+                Ok(())
+            }),
+            OutSink::File(mut f) => Box::new(move |b| {
+                attach.broadcast(code, b);
+                f.write_all(b)
+            }),
+            OutSink::Log(l) => Box::new(move |b| {
+                attach.broadcast(code, b);
+                l.lock().unwrap_or_else(|e| e.into_inner()).write(stream, b)
+            }),
+        }
+    }
+}
+
+fn open_path(p: &Path) -> Result<File, IoError> {
+    let is_fifo = std::fs::metadata(p)
+        .map(|m| m.file_type().is_fifo())
+        .unwrap_or(false);
+    let mut o = OpenOptions::new();
+    if is_fifo {
+        // O_RDWR does not block waiting for the reader.
+        o.read(true).write(true);
+    } else {
+        o.append(true).create(true);
+    }
+    o.custom_flags(libc::O_CLOEXEC)
+        .open(p)
+        .map_err(io_err(format!("open {}", p.display())))
+}
+
+fn pipe() -> Result<(File, File), IoError> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds is a valid two-int array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io_err("pipe")(io::Error::last_os_error()));
+    }
+    // SAFETY: fresh descriptors owned from here on.
+    unsafe { Ok((File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1]))) }
+}
+
+/// A read buffer whose pages are only touched when data lands in them (a
+/// zeroed buffer would keep all of it resident in every copy thread).
+struct LazyBuf(Vec<u8>);
+
+impl LazyBuf {
+    fn new() -> LazyBuf {
+        LazyBuf(Vec::with_capacity(COPY_BUF))
+    }
+
+    /// read(2) into the buffer; returns the bytes read.
+    fn read_from(&mut self, fd: &impl AsRawFd) -> io::Result<&[u8]> {
+        self.0.clear();
+        let cap = self.0.capacity();
+        // SAFETY: reads at most `cap` bytes into the vector's allocation;
+        // the length is set to what the kernel wrote.
+        unsafe {
+            let n = libc::read(
+                fd.as_raw_fd(),
+                self.0.as_mut_ptr() as *mut libc::c_void,
+                cap,
+            );
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            self.0.set_len(n as usize);
+        }
+        Ok(&self.0)
+    }
+}
+
+fn spawn_copy(
+    name: &str,
+    drain: &Arc<Drain>,
+    from: impl AsRawFd + Send + 'static,
+    mut to: Sink,
+) -> Result<JoinHandle<()>, IoError> {
+    let guard = drain.enter();
+    std::thread::Builder::new()
+        .name(name.into())
+        .stack_size(COPY_STACK)
+        .spawn(move || {
+            let _guard = guard;
+            let mut buf = LazyBuf::new();
+            loop {
+                match buf.read_from(&from) {
+                    Ok([]) => break,
+                    Ok(data) => {
+                        if to(data).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        })
+        .map_err(io_err("spawn copy thread"))
+}
+
+fn stdin_copy(path: PathBuf, to: Arc<Mutex<Option<File>>>, drain: &Arc<Drain>) {
+    let d = drain.clone();
+    let _ = std::thread::Builder::new()
+        .name("stdin".into())
+        .stack_size(COPY_STACK)
+        .spawn(move || {
+            let _ = &d;
+            let Ok(f) = OpenOptions::new().read(true).open(&path) else {
+                return;
+            };
+            let mut buf = LazyBuf::new();
+            loop {
+                let data = match buf.read_from(&f) {
+                    Ok([]) | Err(_) => break,
+                    Ok(d) => d,
+                };
+                let mut g = to.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(w) = g.as_mut() else { break };
+                if w.write_all(data).is_err() {
+                    break;
+                }
+            }
+            to.lock().unwrap_or_else(|e| e.into_inner()).take();
+        });
+}
+
+/// A listening console socket for `--console-socket`.
+pub struct ConsoleSocket {
+    listener: UnixListener,
+    /// Its path.
+    pub path: PathBuf,
+}
+
+impl ConsoleSocket {
+    /// Binds a console socket at `path`.
+    pub fn bind(path: PathBuf) -> Result<ConsoleSocket, IoError> {
+        let _ = std::fs::remove_file(&path);
+        let listener =
+            UnixListener::bind(&path).map_err(io_err(format!("bind {}", path.display())))?;
+        Ok(ConsoleSocket { listener, path })
+    }
+
+    /// Receives the pty master the runtime sent (after it returned).
+    pub fn receive(&self) -> Result<File, IoError> {
+        self.listener
+            .set_nonblocking(true)
+            .map_err(io_err("console socket"))?;
+        let (conn, _) = self
+            .listener
+            .accept()
+            .map_err(io_err("runtime did not connect to the console socket"))?;
+        conn.set_nonblocking(false)
+            .map_err(io_err("console socket"))?;
+        recv_fd(conn.as_raw_fd()).map_err(io_err("receive pty master"))
+    }
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn recv_fd(sock: RawFd) -> io::Result<File> {
+    let mut data = [0u8; 4096];
+    // Room for one fd in the control message.
+    let mut cmsg = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: msghdr points at live buffers for the duration of recvmsg.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = std::mem::size_of_val(&cmsg);
+        let n = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const RawFd);
+                return Ok(File::from(OwnedFd::from_raw_fd(fd)));
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "no file descriptor in console message",
+    ))
+}
+
+/// Prepares stdio for a process. `console_path` is where to put the console
+/// socket when `terminal` is set.
+pub fn prepare(
+    stdin: &str,
+    stdout: &str,
+    stderr: &str,
+    terminal: bool,
+    console_path: PathBuf,
+) -> Result<Prepared, IoError> {
+    let out_t = parse_target(stdout)?;
+    let err_t = if terminal {
+        Target::Null
+    } else {
+        parse_target(stderr)?
+    };
+    let stdin_mode = parse_stdin(stdin)?;
+    let mut io = ProcIo {
+        stdin_once: stdin_mode == StdinMode::Attach { once: true },
+        ..ProcIo::default()
+    };
+    let mut stdio = ProcStdio::default();
+    let mut writers: Vec<(PathBuf, Arc<Mutex<CriLogWriter>>)> = Vec::new();
+    let mut log_for = |p: &PathBuf, io: &mut ProcIo| -> Result<Arc<Mutex<CriLogWriter>>, IoError> {
+        if let Some((_, w)) = writers.iter().find(|(q, _)| q == p) {
+            return Ok(w.clone());
+        }
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+        }
+        let w = Arc::new(Mutex::new(
+            CriLogWriter::open(p).map_err(io_err(format!("open log {}", p.display())))?,
+        ));
+        writers.push((p.clone(), w.clone()));
+        io.logs.push(w.clone());
+        Ok(w)
+    };
+
+    if terminal {
+        let console = ConsoleSocket::bind(console_path)?;
+        let out = match &out_t {
+            Target::Null => OutSink::Null,
+            Target::Path(p) => OutSink::File(open_path(p)?),
+            Target::CriLog(p) => OutSink::Log(log_for(p, &mut io)?),
+        };
+        return Ok(Prepared {
+            stdio,
+            io,
+            console: Some(console),
+            out: Some(out),
+            stdin_mode,
+        });
+    }
+
+    for (t, stream) in [(&out_t, Stream::Stdout), (&err_t, Stream::Stderr)] {
+        let f = match t {
+            Target::Null => None,
+            Target::Path(p) => Some(open_path(p)?),
+            Target::CriLog(p) => {
+                let w = log_for(p, &mut io)?;
+                let (r, wr) = pipe()?;
+                let name = if stream == Stream::Stdout {
+                    "stdout"
+                } else {
+                    "stderr"
+                };
+                let sink = OutSink::Log(w).into_sink(stream, io.attach.clone());
+                spawn_copy(name, &io.drain, r, sink)?;
+                io.copies = true;
+                Some(wr)
+            }
+        };
+        match stream {
+            Stream::Stdout => stdio.stdout = f,
+            Stream::Stderr => stdio.stderr = f,
+        }
+    }
+    match &stdin_mode {
+        StdinMode::Null => {}
+        StdinMode::Fifo(p) => {
+            let (r, w) = pipe()?;
+            stdio.stdin = Some(r);
+            *io.stdin.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
+            io.stdin_fifo = Some(p.clone());
+            stdin_copy(p.clone(), io.stdin.clone(), &io.drain);
+        }
+        StdinMode::Attach { .. } => {
+            let (r, w) = pipe()?;
+            stdio.stdin = Some(r);
+            *io.stdin.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
+        }
+    }
+    Ok(Prepared {
+        stdio,
+        io,
+        console: None,
+        out: None,
+        stdin_mode,
+    })
+}
+
+impl Prepared {
+    /// Takes the runtime's stdio.
+    pub fn take_stdio(&mut self) -> ProcStdio {
+        std::mem::take(&mut self.stdio)
+    }
+
+    /// Finishes set-up after the runtime ran: receives the pty master and
+    /// starts copying. Returns the shim's side.
+    pub fn finish(mut self) -> Result<ProcIo, IoError> {
+        if let Some(cs) = self.console.take() {
+            let master = Arc::new(cs.receive()?);
+            if let Some(out) = self.out.take() {
+                let r = master.try_clone().map_err(io_err("dup pty master"))?;
+                let sink = out.into_sink(Stream::Stdout, self.io.attach.clone());
+                spawn_copy("pty-out", &self.io.drain, r, sink)?;
+                self.io.copies = true;
+            }
+            match std::mem::replace(&mut self.stdin_mode, StdinMode::Null) {
+                StdinMode::Null => {}
+                StdinMode::Fifo(p) => {
+                    let w = master.try_clone().map_err(io_err("dup pty master"))?;
+                    *self.io.stdin.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
+                    self.io.stdin_fifo = Some(p.clone());
+                    stdin_copy(p, self.io.stdin.clone(), &self.io.drain);
+                }
+                StdinMode::Attach { .. } => {
+                    let w = master.try_clone().map_err(io_err("dup pty master"))?;
+                    *self.io.stdin.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
+                }
+            }
+            self.io.console = Some(master);
+        }
+        Ok(self.io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let cases = [
+            ("", Some(Target::Null)),
+            ("/run/fifo/out", Some(Target::Path("/run/fifo/out".into()))),
+            ("file:///var/log/x", Some(Target::Path("/var/log/x".into()))),
+            (
+                "crilog:///var/log/pods/p/c/0.log",
+                Some(Target::CriLog("/var/log/pods/p/c/0.log".into())),
+            ),
+            ("crilog://relative/0.log", None),
+            ("crilog:///var/log/../etc/passwd", None),
+            ("binary:///usr/bin/logger", None),
+            ("relative", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse_target(input).ok(), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn crilog_pipes_write_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("0.log");
+        let uri = format!("crilog://{}", log.display());
+        let mut p = prepare("", &uri, &uri, false, dir.path().join("c.sock")).unwrap();
+        let stdio = p.take_stdio();
+        let io = p.finish().unwrap();
+        stdio.stdout.unwrap().write_all(b"out line\n").unwrap();
+        stdio.stderr.unwrap().write_all(b"err line\n").unwrap();
+        io.drain.wait(Duration::from_secs(30));
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains(" stdout F out line\n"), "{text}");
+        assert!(text.contains(" stderr F err line\n"), "{text}");
+    }
+}

@@ -1,0 +1,342 @@
+//! Driving the OCI runtime binary (runc, crun) with its command line.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use crate::reaper::{exit_code, Reaper, ReaperError};
+
+/// Errors of runtime invocations.
+#[derive(Debug, thiserror::Error)]
+pub enum RuncError {
+    /// The runtime could not be run.
+    #[error(transparent)]
+    Reaper(#[from] ReaperError),
+    /// The runtime failed; `msg` is its own error message when it logged one.
+    #[error("{bin} {op} failed (exit {code}): {msg}")]
+    Failed {
+        /// Runtime binary.
+        bin: String,
+        /// Sub-command.
+        op: &'static str,
+        /// Exit status.
+        code: u32,
+        /// runtime's error message.
+        msg: String,
+    },
+    /// Local I/O around the invocation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The runtime printed something unexpected.
+    #[error("parse {what}: {msg}")]
+    Parse {
+        /// What was parsed.
+        what: &'static str,
+        /// Why it failed.
+        msg: String,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> RuncError {
+    let what = what.into();
+    move |source| RuncError::Io { what, source }
+}
+
+/// The stdio a runtime child gets (it is inherited by the container).
+#[derive(Default)]
+pub struct ProcStdio {
+    /// stdin (None: /dev/null).
+    pub stdin: Option<File>,
+    /// stdout (None: /dev/null).
+    pub stdout: Option<File>,
+    /// stderr (None: /dev/null).
+    pub stderr: Option<File>,
+}
+
+fn stdio(f: Option<File>) -> Stdio {
+    f.map(Stdio::from).unwrap_or_else(Stdio::null)
+}
+
+/// A configured runtime binary with its state root.
+#[derive(Clone)]
+pub struct Runc {
+    /// The binary (path or name in PATH).
+    pub binary: String,
+    /// The `--root` state directory.
+    pub root: PathBuf,
+    reaper: Arc<Reaper>,
+}
+
+impl Runc {
+    /// A runtime using `binary` and state root `root`.
+    pub fn new(binary: String, root: PathBuf, reaper: Arc<Reaper>) -> Runc {
+        Runc {
+            binary,
+            root,
+            reaper,
+        }
+    }
+
+    fn command(&self, log: &Path) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.arg("--root")
+            .arg(&self.root)
+            .arg("--log")
+            .arg(log)
+            .arg("--log-format")
+            .arg("json");
+        c
+    }
+
+    fn run(
+        &self,
+        op: &'static str,
+        log: &Path,
+        args: &[&str],
+        io: ProcStdio,
+        input: Option<&[u8]>,
+        want_output: bool,
+    ) -> Result<Vec<u8>, RuncError> {
+        // Truncate so that the error we report is this call's.
+        let _ = File::create(log);
+        let mut c = self.command(log);
+        c.arg(op).args(args);
+        c.stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            stdio(io.stdin)
+        });
+        c.stdout(if want_output {
+            Stdio::piped()
+        } else {
+            stdio(io.stdout)
+        });
+        c.stderr(if want_output {
+            Stdio::null()
+        } else {
+            stdio(io.stderr)
+        });
+        let mut sp = self.reaper.spawn(&mut c)?;
+        // Our copies of the container's stdio are closed with `c`.
+        drop(c);
+        if let (Some(data), Some(mut si)) = (input, sp.child.stdin.take()) {
+            si.write_all(data).map_err(io_err(format!("{op} stdin")))?;
+        }
+        let (status, out) = sp.wait_with_output()?;
+        if status != 0 {
+            return Err(RuncError::Failed {
+                bin: self.binary.clone(),
+                op,
+                code: exit_code(status),
+                msg: last_error(log),
+            });
+        }
+        Ok(out)
+    }
+
+    /// `create --bundle B --pid-file P [--console-socket S] ID`.
+    pub fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        console_socket: Option<&Path>,
+        io: ProcStdio,
+    ) -> Result<i32, RuncError> {
+        let log = bundle.join("runc-log.json");
+        let b = bundle.to_string_lossy();
+        let p = pid_file.to_string_lossy();
+        let mut args: Vec<&str> = vec!["--bundle", &b, "--pid-file", &p];
+        let cs;
+        if let Some(s) = console_socket {
+            cs = s.to_string_lossy();
+            args.push("--console-socket");
+            args.push(&cs);
+        }
+        args.push(id);
+        let _ = std::fs::remove_file(pid_file);
+        self.run("create", &log, &args, io, None, false)?;
+        read_pid(pid_file)
+    }
+
+    /// `start ID`.
+    pub fn start(&self, id: &str, log: &Path) -> Result<(), RuncError> {
+        self.run("start", log, &[id], ProcStdio::default(), None, false)
+            .map(|_| ())
+    }
+
+    /// `exec --detach --process P --pid-file F [--console-socket S] ID`.
+    pub fn exec(
+        &self,
+        id: &str,
+        log: &Path,
+        process_json: &Path,
+        pid_file: &Path,
+        console_socket: Option<&Path>,
+        io: ProcStdio,
+    ) -> Result<i32, RuncError> {
+        let pj = process_json.to_string_lossy();
+        let p = pid_file.to_string_lossy();
+        let mut args: Vec<&str> = vec!["--detach", "--process", &pj, "--pid-file", &p];
+        let cs;
+        if let Some(s) = console_socket {
+            cs = s.to_string_lossy();
+            args.push("--console-socket");
+            args.push(&cs);
+        }
+        args.push(id);
+        let _ = std::fs::remove_file(pid_file);
+        self.run("exec", log, &args, io, None, false)?;
+        read_pid(pid_file)
+    }
+
+    /// `kill [--all] ID SIGNAL`.
+    pub fn kill(&self, id: &str, log: &Path, signal: u32, all: bool) -> Result<(), RuncError> {
+        let sig = signal.to_string();
+        let mut args = Vec::with_capacity(3);
+        if all {
+            args.push("--all");
+        }
+        args.push(id);
+        args.push(&sig);
+        self.run("kill", log, &args, ProcStdio::default(), None, false)
+            .map(|_| ())
+    }
+
+    /// `delete --force ID`.
+    pub fn delete(&self, id: &str, log: &Path) -> Result<(), RuncError> {
+        self.run(
+            "delete",
+            log,
+            &["--force", id],
+            ProcStdio::default(),
+            None,
+            false,
+        )
+        .map(|_| ())
+    }
+
+    /// `pause ID` / `resume ID`.
+    pub fn pause(&self, id: &str, log: &Path, pause: bool) -> Result<(), RuncError> {
+        let op = if pause { "pause" } else { "resume" };
+        self.run(op, log, &[id], ProcStdio::default(), None, false)
+            .map(|_| ())
+    }
+
+    /// `update --resources - ID` with the LinuxResources JSON on stdin.
+    pub fn update(&self, id: &str, log: &Path, resources_json: &[u8]) -> Result<(), RuncError> {
+        self.run(
+            "update",
+            log,
+            &["--resources", "-", id],
+            ProcStdio::default(),
+            Some(resources_json),
+            false,
+        )
+        .map(|_| ())
+    }
+
+    /// `ps --format json ID`: the pids of the container.
+    pub fn ps(&self, id: &str, log: &Path) -> Result<Vec<u32>, RuncError> {
+        let out = self.run(
+            "ps",
+            log,
+            &["--format", "json", id],
+            ProcStdio::default(),
+            None,
+            true,
+        )?;
+        serde_json::from_slice::<Option<Vec<u32>>>(&out)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| RuncError::Parse {
+                what: "ps output",
+                msg: e.to_string(),
+            })
+    }
+
+    /// `state ID`: the runtime's JSON state (for the cgroup path etc.).
+    pub fn state(&self, id: &str, log: &Path) -> Result<serde_json::Value, RuncError> {
+        let out = self.run("state", log, &[id], ProcStdio::default(), None, true)?;
+        serde_json::from_slice(&out).map_err(|e| RuncError::Parse {
+            what: "state output",
+            msg: e.to_string(),
+        })
+    }
+}
+
+fn read_pid(pid_file: &Path) -> Result<i32, RuncError> {
+    let s = std::fs::read_to_string(pid_file)
+        .map_err(io_err(format!("read pid file {}", pid_file.display())))?;
+    s.trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| RuncError::Parse {
+            what: "pid file",
+            msg: format!("{:?}", s.trim()),
+        })
+}
+
+/// The last error message in a runtime's JSON log (or the last line).
+pub fn last_error(log: &Path) -> String {
+    let Ok(text) = std::fs::read_to_string(log) else {
+        return "no runtime log".into();
+    };
+    parse_last_error(&text)
+}
+
+/// Extracts the last `"level":"error"` message from JSON log lines.
+pub fn parse_last_error(text: &str) -> String {
+    let mut last = String::new();
+    let mut last_line = "";
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        last_line = line;
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+            if v.get("level").and_then(|l| l.as_str()) == Some("error") {
+                if let Some(m) = v.get("msg").and_then(|m| m.as_str()) {
+                    last = m.to_string();
+                }
+            }
+        }
+    }
+    if last.is_empty() {
+        last = last_line.trim().to_string();
+    }
+    if last.is_empty() {
+        "no error message in runtime log".into()
+    } else {
+        last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_error_table() {
+        let cases = [
+            ("", "no error message in runtime log"),
+            (
+                "{\"level\":\"info\",\"msg\":\"a\"}\n{\"level\":\"error\",\"msg\":\"boom\"}\n",
+                "boom",
+            ),
+            (
+                "{\"level\":\"error\",\"msg\":\"first\"}\n{\"level\":\"error\",\"msg\":\"second\"}",
+                "second",
+            ),
+            ("plain text failure\n", "plain text failure"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse_last_error(input), want, "{input:?}");
+        }
+    }
+}

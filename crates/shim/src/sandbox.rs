@@ -1,0 +1,569 @@
+//! The sandbox service (`containerd.runtime.sandbox.v1.Sandbox`): the pod's
+//! network namespace, its /dev/shm and the pause container.
+//!
+//! How criusd passes pod options (annotations of CreateSandboxRequest):
+//! - `io.crius.shim.network`: `host` for a host-network pod (no netns is
+//!   created). When `netns_path` is set in the request, that namespace is
+//!   used as is and not owned (not removed) by the shim.
+//! - `io.crius.shim.ipc`: `host` for host IPC (no /dev/shm tmpfs).
+//! - `io.crius.shim.shm-size`: the tmpfs size in bytes (default 64 MiB).
+//!
+//! The netns is bind-mounted at `<state>/netns` and the tmpfs at
+//! `<state>/shm` (`<state>` = `$CRIUS_SHIM_STATE_DIR/<ns>/<sandbox id>`,
+//! default `/run/crius/shim/<ns>/<sandbox id>`); SandboxStatus reports both
+//! in `info` (`netns`, `shm`). StartSandbox points the pause bundle's
+//! config.json at them (network namespace path, /dev/shm bind mount) and runs
+//! it as the task `<sandbox id>`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use containerd_shim_protos::api;
+use containerd_shim_protos::protobuf::MessageField;
+use containerd_shim_protos::sandbox_api as sb;
+use containerd_shim_protos::ttrpc::{self, TtrpcContext};
+use containerd_shim_protos::types::platform::Platform;
+use nix::mount::MsFlags;
+
+use crate::events::timestamp;
+use crate::task::{check_sandbox_id, write_atomic, Inner, TaskError, TaskService};
+
+/// Annotation: `host` for a host-network pod.
+pub const NETWORK_ANNOTATION: &str = "io.crius.shim.network";
+/// Annotation: `host` for host IPC.
+pub const IPC_ANNOTATION: &str = "io.crius.shim.ipc";
+/// Annotation: /dev/shm size in bytes.
+pub const SHM_SIZE_ANNOTATION: &str = "io.crius.shim.shm-size";
+/// Default /dev/shm size.
+pub const DEFAULT_SHM_SIZE: u64 = 64 * 1024 * 1024;
+
+type Result<T> = std::result::Result<T, TaskError>;
+
+/// What the pod's options ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodOptions {
+    /// Create a netns (false: host network or caller-provided).
+    pub own_netns: bool,
+    /// Mount a /dev/shm tmpfs with this size (None: host IPC).
+    pub shm_size: Option<u64>,
+}
+
+/// Reads the pod options from the request.
+pub fn pod_options(
+    annotations: &std::collections::HashMap<String, String>,
+    netns_path: &str,
+) -> Result<PodOptions> {
+    let host_net = annotations.get(NETWORK_ANNOTATION).map(String::as_str) == Some("host");
+    let host_ipc = annotations.get(IPC_ANNOTATION).map(String::as_str) == Some("host");
+    let size = match annotations.get(SHM_SIZE_ANNOTATION) {
+        None => DEFAULT_SHM_SIZE,
+        Some(s) => s
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| TaskError::Invalid(format!("{SHM_SIZE_ANNOTATION}={s:?}")))?,
+    };
+    Ok(PodOptions {
+        own_netns: !host_net && netns_path.is_empty(),
+        shm_size: (!host_ipc).then_some(size),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Created,
+    Ready,
+    NotReady,
+}
+
+struct Pod {
+    id: String,
+    bundle: PathBuf,
+    rootfs: Vec<containerd_shim_protos::types::mount::Mount>,
+    state_dir: PathBuf,
+    netns: Option<PathBuf>,
+    own_netns: bool,
+    shm: Option<PathBuf>,
+    phase: Phase,
+    pid: u32,
+    created_at: SystemTime,
+}
+
+/// The sandbox service.
+pub struct SandboxService {
+    tasks: TaskService,
+    state_root: PathBuf,
+    pod: Mutex<Option<Pod>>,
+}
+
+fn mount_shm(dir: &Path, size: u64) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| TaskError::Internal(format!("create {}: {e}", dir.display())))?;
+    nix::mount::mount(
+        Some("shm"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(format!("mode=1777,size={size}").as_str()),
+    )
+    .map_err(|e| TaskError::Internal(format!("mount shm on {}: {e}", dir.display())))
+}
+
+fn unmount_dir(dir: &Path) -> Result<()> {
+    crate::mount::unmount_all(dir)?;
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(TaskError::Internal(format!(
+            "remove {}: {e}",
+            dir.display()
+        ))),
+    }
+}
+
+/// Points a pause bundle's config.json at the pod's netns and shm.
+pub fn patch_spec(
+    spec: &mut serde_json::Value,
+    netns: Option<&Path>,
+    shm: Option<&Path>,
+) -> Result<()> {
+    let bad = |w: &str| TaskError::Invalid(format!("pause config.json: {w}"));
+    if let Some(ns) = netns {
+        let linux = spec
+            .as_object_mut()
+            .ok_or_else(|| bad("not an object"))?
+            .entry("linux")
+            .or_insert_with(|| serde_json::json!({}));
+        let nss = linux
+            .as_object_mut()
+            .ok_or_else(|| bad("linux is not an object"))?
+            .entry("namespaces")
+            .or_insert_with(|| serde_json::json!([]))
+            .as_array_mut()
+            .ok_or_else(|| bad("namespaces is not an array"))?;
+        nss.retain(|n| n.get("type").and_then(|t| t.as_str()) != Some("network"));
+        nss.push(serde_json::json!({"type": "network", "path": ns}));
+    }
+    if let Some(shm) = shm {
+        let mounts = spec
+            .as_object_mut()
+            .ok_or_else(|| bad("not an object"))?
+            .entry("mounts")
+            .or_insert_with(|| serde_json::json!([]))
+            .as_array_mut()
+            .ok_or_else(|| bad("mounts is not an array"))?;
+        mounts.retain(|m| m.get("destination").and_then(|d| d.as_str()) != Some("/dev/shm"));
+        mounts.push(serde_json::json!({
+            "destination": "/dev/shm",
+            "type": "bind",
+            "source": shm,
+            "options": ["rbind", "rw", "nosuid", "nodev", "noexec"],
+        }));
+    }
+    Ok(())
+}
+
+impl SandboxService {
+    /// The service over the task service's state. Pod state lives under
+    /// `state_root/<namespace>/<sandbox id>`.
+    pub fn new(tasks: TaskService, state_root: PathBuf) -> SandboxService {
+        SandboxService {
+            tasks,
+            state_root,
+            pod: Mutex::new(None),
+        }
+    }
+
+    fn inner(&self) -> &Inner {
+        &self.tasks.inner
+    }
+
+    fn pod(&self) -> std::sync::MutexGuard<'_, Option<Pod>> {
+        self.pod.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// CreateSandbox: netns and shm, rolled back on failure.
+    pub fn create(&self, req: &sb::CreateSandboxRequest) -> Result<()> {
+        check_sandbox_id(&req.sandbox_id)?;
+        let mut g = self.pod();
+        if let Some(p) = g.as_ref() {
+            return Err(TaskError::AlreadyExists(format!("sandbox {}", p.id)));
+        }
+        let opts = pod_options(&req.annotations, &req.netns_path)?;
+        let state_dir = self
+            .state_root
+            .join(self.inner().namespace())
+            .join(&req.sandbox_id);
+        std::fs::create_dir_all(&state_dir)
+            .map_err(|e| TaskError::Internal(format!("create {}: {e}", state_dir.display())))?;
+        let netns = if opts.own_netns {
+            let p = state_dir.join("netns");
+            if let Err(e) = crius_netns::netns::create(&p) {
+                let _ = std::fs::remove_dir(&state_dir);
+                return Err(TaskError::Internal(format!("create netns: {e}")));
+            }
+            Some(p)
+        } else if !req.netns_path.is_empty() {
+            Some(PathBuf::from(&req.netns_path))
+        } else {
+            None
+        };
+        let shm = match opts.shm_size {
+            None => None,
+            Some(size) => {
+                let dir = state_dir.join("shm");
+                if let Err(e) = mount_shm(&dir, size) {
+                    let _ = std::fs::remove_dir(&dir);
+                    if opts.own_netns {
+                        if let Some(n) = &netns {
+                            let _ = crius_netns::netns::remove(n);
+                        }
+                    }
+                    let _ = std::fs::remove_dir(&state_dir);
+                    return Err(e);
+                }
+                Some(dir)
+            }
+        };
+        tracing::info!(sandbox = %req.sandbox_id, ?netns, ?shm, "sandbox created");
+        *g = Some(Pod {
+            id: req.sandbox_id.clone(),
+            bundle: PathBuf::from(&req.bundle_path),
+            rootfs: req.rootfs.clone(),
+            state_dir,
+            netns,
+            own_netns: opts.own_netns,
+            shm,
+            phase: Phase::Created,
+            pid: 0,
+            created_at: SystemTime::now(),
+        });
+        Ok(())
+    }
+
+    fn with_pod<T>(&self, id: &str, f: impl FnOnce(&mut Pod) -> Result<T>) -> Result<T> {
+        let mut g = self.pod();
+        match g.as_mut() {
+            Some(p) if p.id == id => f(p),
+            _ => Err(TaskError::NotFound(format!("sandbox {id}"))),
+        }
+    }
+
+    /// StartSandbox: runs the pause container in the pod's namespaces.
+    pub fn start(&self, id: &str) -> Result<(u32, SystemTime)> {
+        let (bundle, rootfs, netns, shm) = self.with_pod(id, |p| {
+            if p.phase != Phase::Created {
+                return Err(TaskError::Precondition(format!(
+                    "sandbox {id} already started"
+                )));
+            }
+            Ok((
+                p.bundle.clone(),
+                p.rootfs.clone(),
+                p.netns.clone(),
+                p.shm.clone(),
+            ))
+        })?;
+        if bundle.as_os_str().is_empty() || !bundle.is_absolute() {
+            return Err(TaskError::Invalid(format!(
+                "sandbox {id}: bundle_path {:?} is not absolute",
+                bundle
+            )));
+        }
+        let cfg = bundle.join("config.json");
+        let text = std::fs::read(&cfg)
+            .map_err(|e| TaskError::Invalid(format!("read {}: {e}", cfg.display())))?;
+        let mut spec: serde_json::Value = serde_json::from_slice(&text)
+            .map_err(|e| TaskError::Invalid(format!("parse {}: {e}", cfg.display())))?;
+        patch_spec(&mut spec, netns.as_deref(), shm.as_deref())?;
+        let out = serde_json::to_vec(&spec).map_err(|e| TaskError::Internal(e.to_string()))?;
+        write_atomic(&cfg, &out)
+            .map_err(|e| TaskError::Internal(format!("write {}: {e}", cfg.display())))?;
+        let mut req = api::CreateTaskRequest::new();
+        req.id = id.to_string();
+        req.bundle = bundle.to_string_lossy().into_owned();
+        req.rootfs = rootfs;
+        let pid = self.inner().create(&req)?;
+        if let Err(e) = self.inner().start(id, "") {
+            let _ = self.inner().kill(id, "", 9, false);
+            let _ = self.inner().delete(id, "");
+            return Err(e);
+        }
+        self.with_pod(id, |p| {
+            p.phase = Phase::Ready;
+            p.pid = pid;
+            Ok((pid, p.created_at))
+        })
+    }
+
+    /// StopSandbox: SIGTERM, then SIGKILL after `timeout` (0: at once).
+    pub fn stop(&self, id: &str, timeout: u32) -> Result<()> {
+        self.with_pod(id, |_| Ok(()))?;
+        if let Ok(cell) = self.inner().exit_cell(id, "") {
+            if timeout > 0 && self.inner().kill(id, "", 15, false).is_ok() {
+                let _ = cell_wait(&cell, Duration::from_secs(timeout as u64));
+            }
+            let _ = self.inner().kill(id, "", 9, true);
+            if cell_wait(&cell, Duration::from_secs(10)).is_none() {
+                return Err(TaskError::Internal(format!(
+                    "sandbox {id}: pause did not exit"
+                )));
+            }
+        }
+        self.with_pod(id, |p| {
+            p.phase = Phase::NotReady;
+            Ok(())
+        })
+    }
+
+    /// ShutdownSandbox: kills and deletes every task, unmounts shm, removes
+    /// the netns and the state directory, then asks the shim to exit.
+    pub fn shutdown(&self, id: &str) -> Result<()> {
+        self.with_pod(id, |_| Ok(()))?;
+        let mut errors = self.inner().kill_and_delete_all();
+        let mut g = self.pod();
+        if let Some(p) = g.as_mut() {
+            if let Some(shm) = p.shm.take() {
+                if let Err(e) = unmount_dir(&shm) {
+                    errors.push(e.to_string());
+                    p.shm = Some(shm);
+                }
+            }
+            if p.own_netns {
+                if let Some(n) = p.netns.take() {
+                    if let Err(e) = crius_netns::netns::remove(&n) {
+                        errors.push(format!("remove netns: {e}"));
+                        p.netns = Some(n);
+                    }
+                }
+            }
+            if errors.is_empty() {
+                let _ = std::fs::remove_dir(&p.state_dir);
+                *g = None;
+            }
+        }
+        drop(g);
+        if !errors.is_empty() {
+            return Err(TaskError::Internal(errors.join("; ")));
+        }
+        tracing::info!(sandbox = id, "sandbox shut down");
+        self.inner().request_shutdown();
+        Ok(())
+    }
+}
+
+fn cell_wait(cell: &crate::task::ExitCell, t: Duration) -> Option<(u32, SystemTime)> {
+    cell.wait_for(t)
+}
+
+fn platform() -> Platform {
+    let mut p = Platform::new();
+    p.os = "linux".into();
+    p.architecture = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+    .into();
+    p
+}
+
+impl containerd_shim_protos::sandbox_sync::Sandbox for SandboxService {
+    fn create_sandbox(
+        &self,
+        _: &TtrpcContext,
+        req: sb::CreateSandboxRequest,
+    ) -> ttrpc::Result<sb::CreateSandboxResponse> {
+        self.create(&req)?;
+        Ok(sb::CreateSandboxResponse::new())
+    }
+
+    fn start_sandbox(
+        &self,
+        _: &TtrpcContext,
+        req: sb::StartSandboxRequest,
+    ) -> ttrpc::Result<sb::StartSandboxResponse> {
+        let (pid, at) = self.start(&req.sandbox_id)?;
+        let mut r = sb::StartSandboxResponse::new();
+        r.pid = pid;
+        r.created_at = MessageField::some(timestamp(at));
+        Ok(r)
+    }
+
+    fn platform(
+        &self,
+        _: &TtrpcContext,
+        _: sb::PlatformRequest,
+    ) -> ttrpc::Result<sb::PlatformResponse> {
+        let mut r = sb::PlatformResponse::new();
+        r.platform = MessageField::some(platform());
+        Ok(r)
+    }
+
+    fn stop_sandbox(
+        &self,
+        _: &TtrpcContext,
+        req: sb::StopSandboxRequest,
+    ) -> ttrpc::Result<sb::StopSandboxResponse> {
+        self.stop(&req.sandbox_id, req.timeout_secs)?;
+        Ok(sb::StopSandboxResponse::new())
+    }
+
+    fn wait_sandbox(
+        &self,
+        _: &TtrpcContext,
+        req: sb::WaitSandboxRequest,
+    ) -> ttrpc::Result<sb::WaitSandboxResponse> {
+        self.with_pod(&req.sandbox_id, |_| Ok(()))?;
+        let cell = self.inner().exit_cell(&req.sandbox_id, "")?;
+        let (code, at) = cell.wait();
+        let mut r = sb::WaitSandboxResponse::new();
+        r.exit_status = code;
+        r.exited_at = MessageField::some(timestamp(at));
+        Ok(r)
+    }
+
+    fn sandbox_status(
+        &self,
+        _: &TtrpcContext,
+        req: sb::SandboxStatusRequest,
+    ) -> ttrpc::Result<sb::SandboxStatusResponse> {
+        let id = req.sandbox_id.clone();
+        let r = self.with_pod(&id, |p| {
+            let mut r = sb::SandboxStatusResponse::new();
+            r.sandbox_id = p.id.clone();
+            r.pid = p.pid;
+            r.created_at = MessageField::some(timestamp(p.created_at));
+            if let Some(n) = &p.netns {
+                r.info
+                    .insert("netns".into(), n.to_string_lossy().into_owned());
+            }
+            if let Some(s) = &p.shm {
+                r.info
+                    .insert("shm".into(), s.to_string_lossy().into_owned());
+            }
+            Ok((r, p.phase))
+        });
+        let (mut r, phase) = r?;
+        let exit = self
+            .inner()
+            .exit_cell(&id, "")
+            .ok()
+            .and_then(|c| c.wait_for(Duration::ZERO));
+        r.state = match (phase, exit) {
+            (Phase::Created, _) => "SANDBOX_CREATED",
+            (Phase::Ready, None) => "SANDBOX_READY",
+            _ => "SANDBOX_NOTREADY",
+        }
+        .into();
+        if let Some((_, at)) = exit {
+            r.exited_at = MessageField::some(timestamp(at));
+        }
+        Ok(r)
+    }
+
+    fn ping_sandbox(
+        &self,
+        _: &TtrpcContext,
+        req: sb::PingRequest,
+    ) -> ttrpc::Result<sb::PingResponse> {
+        self.with_pod(&req.sandbox_id, |_| Ok(()))?;
+        Ok(sb::PingResponse::new())
+    }
+
+    fn sandbox_metrics(
+        &self,
+        _: &TtrpcContext,
+        req: sb::SandboxMetricsRequest,
+    ) -> ttrpc::Result<sb::SandboxMetricsResponse> {
+        self.with_pod(&req.sandbox_id, |_| Ok(()))?;
+        let data = self.inner().stats(&req.sandbox_id)?;
+        let mut r = sb::SandboxMetricsResponse::new();
+        let m = r.metrics.mut_or_insert_default();
+        m.id = req.sandbox_id.clone();
+        m.timestamp = MessageField::some(timestamp(SystemTime::now()));
+        m.data = MessageField::some(data);
+        Ok(r)
+    }
+
+    fn shutdown_sandbox(
+        &self,
+        _: &TtrpcContext,
+        req: sb::ShutdownSandboxRequest,
+    ) -> ttrpc::Result<sb::ShutdownSandboxResponse> {
+        self.shutdown(&req.sandbox_id)?;
+        Ok(sb::ShutdownSandboxResponse::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn options_table() {
+        let a = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>()
+        };
+        let cases = [
+            (a(&[]), "", Some((true, Some(DEFAULT_SHM_SIZE)))),
+            (
+                a(&[(NETWORK_ANNOTATION, "host")]),
+                "",
+                Some((false, Some(DEFAULT_SHM_SIZE))),
+            ),
+            (
+                a(&[]),
+                "/var/run/netns/x",
+                Some((false, Some(DEFAULT_SHM_SIZE))),
+            ),
+            (a(&[(IPC_ANNOTATION, "host")]), "", Some((true, None))),
+            (
+                a(&[(SHM_SIZE_ANNOTATION, "1048576")]),
+                "",
+                Some((true, Some(1048576))),
+            ),
+            (a(&[(SHM_SIZE_ANNOTATION, "0")]), "", None),
+            (a(&[(SHM_SIZE_ANNOTATION, "big")]), "", None),
+        ];
+        for (ann, ns, want) in cases {
+            let got = pod_options(&ann, ns)
+                .ok()
+                .map(|o| (o.own_netns, o.shm_size));
+            assert_eq!(got, want, "{ann:?} {ns}");
+        }
+    }
+
+    #[test]
+    fn patch_table() {
+        let mut s = serde_json::json!({
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}]},
+            "mounts": [{"destination": "/dev/shm", "type": "tmpfs", "source": "shm"}]
+        });
+        patch_spec(
+            &mut s,
+            Some(Path::new("/run/x/netns")),
+            Some(Path::new("/run/x/shm")),
+        )
+        .unwrap();
+        let nss = s["linux"]["namespaces"].as_array().unwrap();
+        assert_eq!(nss.len(), 2);
+        assert_eq!(nss[1]["path"], "/run/x/netns");
+        let m = s["mounts"].as_array().unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0]["source"], "/run/x/shm");
+
+        let mut s = serde_json::json!({});
+        patch_spec(&mut s, None, None).unwrap();
+        assert_eq!(s, serde_json::json!({}));
+
+        let mut s = serde_json::json!([]);
+        assert!(patch_spec(&mut s, Some(Path::new("/n")), None).is_err());
+    }
+}

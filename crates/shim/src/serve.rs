@@ -1,0 +1,168 @@
+//! The serving shim: ttrpc server with the task service (under both the v2
+//! and v3 names), the sandbox service and crius's own `crius.shim.v1.Shim`
+//! service.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::path::PathBuf;
+use std::sync::mpsc::channel;
+use std::sync::Arc;
+use std::time::Duration;
+
+use containerd_shim_protos::ttrpc::{self, MethodHandler, TtrpcContext};
+
+use crate::proto::shim as pb;
+
+use crate::args::Args;
+use crate::events::Publisher;
+use crate::reaper::Reaper;
+use crate::sandbox::SandboxService;
+use crate::start::{socket_dir, socket_path, state_root, LISTEN_FD, LISTEN_FD_ENV};
+use crate::task::{Config, TaskService};
+
+/// How often an otherwise idle shim gives back the file pages it faulted in.
+const TRIM_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Default runtime `--root` (the namespace is appended).
+pub const DEFAULT_RUNTIME_ROOT: &str = "/run/crius/runc";
+/// The crius-specific service name (proto/crius/shim/v1/shim.proto).
+pub const CRIUS_SERVICE: &str = "crius.shim.v1.Shim";
+
+/// Errors of the serving shim.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Setting up failed.
+    #[error("{what}: {msg}")]
+    Setup {
+        /// What was done.
+        what: &'static str,
+        /// The cause.
+        msg: String,
+    },
+}
+
+fn setup(what: &'static str) -> impl FnOnce(String) -> ServeError {
+    move |msg| ServeError::Setup { what, msg }
+}
+
+struct CriusShim {
+    tasks: TaskService,
+}
+
+impl crate::proto::shim_ttrpc::Shim for CriusShim {
+    fn reopen_log(&self, _: &TtrpcContext, req: pb::ReopenLogRequest) -> ttrpc::Result<pb::Empty> {
+        self.tasks.inner.reopen_log(&req.id, &req.exec_id)?;
+        Ok(pb::Empty::new())
+    }
+
+    fn attach(&self, _: &TtrpcContext, req: pb::AttachRequest) -> ttrpc::Result<pb::Empty> {
+        self.tasks
+            .inner
+            .attach(&req.id, &req.exec_id, &req.socket, req.stdin)?;
+        Ok(pb::Empty::new())
+    }
+}
+
+type Methods = HashMap<String, Box<dyn MethodHandler + Send + Sync>>;
+
+/// Registers the v3 task methods a second time under the v2 service name.
+fn task_methods(tasks: &TaskService) -> Methods {
+    let mut all = containerd_shim_protos::create_task(Arc::new(tasks.clone()));
+    let v2 = containerd_shim_protos::create_task(Arc::new(tasks.clone()));
+    for (k, v) in v2 {
+        all.insert(k.replace("containerd.task.v3.", "containerd.task.v2."), v);
+    }
+    all
+}
+
+fn init_logging(dir: &std::path::Path, debug: bool) {
+    let _ = std::fs::create_dir_all(dir);
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("shim.log"));
+    let level = if debug {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    };
+    if let Ok(f) = file {
+        let _ = tracing::subscriber::set_global_default(crate::log::FileLogger::new(f, level));
+    }
+}
+
+/// Serves until shutdown; returns when the shim should exit.
+pub fn serve(args: &Args) -> Result<(), ServeError> {
+    crate::mem::single_arena();
+    let state_dir = state_root().join(&args.namespace).join(&args.id);
+    init_logging(&state_dir, args.debug);
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(setup("set child subreaper")(
+            std::io::Error::last_os_error().to_string(),
+        ));
+    }
+    let sock_dir = socket_dir();
+    let own_socket = socket_path(&sock_dir, &args.address, &args.namespace, &args.id);
+    let reaper = Reaper::start().map_err(|e| setup("reaper")(e.to_string()))?;
+    let events_addr = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
+    let publisher = Publisher::start(&events_addr, &args.namespace);
+    let (tx, rx) = channel();
+    let cfg = Config {
+        namespace: args.namespace.clone(),
+        socket_dir: sock_dir.clone(),
+        runtime: "runc".into(),
+        runtime_root: PathBuf::from(DEFAULT_RUNTIME_ROOT),
+    };
+    let tasks = TaskService::new(cfg, reaper, publisher, tx)
+        .map_err(|e| setup("task service")(e.to_string()))?;
+    let sandbox = Arc::new(SandboxService::new(tasks.clone(), state_root()));
+    let crius = Arc::new(CriusShim {
+        tasks: tasks.clone(),
+    });
+    let server = ttrpc::Server::new();
+    let server = if std::env::var(LISTEN_FD_ENV).is_ok() {
+        server
+            .add_listener(LISTEN_FD)
+            .map_err(|e| setup("listener")(e.to_string()))?
+    } else {
+        let _ = std::fs::create_dir_all(&sock_dir);
+        let _ = std::fs::remove_file(&own_socket);
+        server
+            .bind(&format!("unix://{}", own_socket.display()))
+            .map_err(|e| setup("bind")(e.to_string()))?
+    };
+    let mut server = server
+        .set_thread_count_default(2)
+        .set_thread_count_min(1)
+        .set_thread_count_max(4)
+        .register_service(task_methods(&tasks))
+        .register_service(containerd_shim_protos::sandbox_sync::create_sandbox(
+            sandbox,
+        ))
+        .register_service(crate::proto::shim_ttrpc::create_shim(crius));
+    server
+        .start()
+        .map_err(|e| setup("start server")(e.to_string()))?;
+    tracing::info!(id = %args.id, namespace = %args.namespace, "shim serving");
+    crate::mem::trim();
+    // Wait for shutdown, trimming the resident set now and then.
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(TRIM_INTERVAL) {
+        crate::mem::trim();
+    }
+    tracing::info!("shim shutting down");
+    let _ = std::fs::remove_file(&own_socket);
+    let (done_tx, done_rx) = channel();
+    let _ = std::thread::Builder::new().spawn(move || {
+        server.shutdown();
+        let _ = done_tx.send(());
+    });
+    let _ = done_rx.recv_timeout(Duration::from_secs(2));
+    if std::fs::read_dir(&state_dir)
+        .map(|mut d| d.all(|e| e.map(|e| e.file_name() == "shim.log").unwrap_or(false)))
+        .unwrap_or(false)
+    {
+        let _ = std::fs::remove_dir_all(&state_dir);
+    }
+    Ok(())
+}

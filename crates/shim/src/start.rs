@@ -1,0 +1,413 @@
+//! The `start` and `delete` actions of the shim binary.
+
+use std::io::{self, IsTerminal, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use containerd_shim_protos::api::DeleteResponse;
+use containerd_shim_protos::bootstrap_api::{BootstrapParams, BootstrapResult};
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::{Message, MessageField};
+use containerd_shim_protos::shim::oci::Options as RuncOptions;
+use sha2::{Digest, Sha256};
+
+use crate::args::Args;
+use crate::task::{RuntimeRecord, GROUP_ANNOTATION, RUNTIME_FILE, SANDBOX_ID_ANNOTATION};
+
+/// Environment variable overriding the socket directory.
+pub const SOCKET_DIR_ENV: &str = "CRIUS_SHIM_SOCKET_DIR";
+/// Default socket directory.
+pub const DEFAULT_SOCKET_DIR: &str = "/run/crius/s";
+/// Environment variable overriding the state directory root.
+pub const STATE_DIR_ENV: &str = "CRIUS_SHIM_STATE_DIR";
+/// Default state directory root.
+pub const DEFAULT_STATE_DIR: &str = "/run/crius/shim";
+/// Environment variable telling the serving process its listener fd.
+pub const LISTEN_FD_ENV: &str = "CRIUS_SHIM_LISTEN_FD";
+/// The fd number of the inherited listener.
+pub const LISTEN_FD: i32 = 3;
+
+/// Errors of the start and delete actions.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Local I/O failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The bundle's config.json is malformed.
+    #[error("bundle config: {0}")]
+    Config(String),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
+    let what = what.into();
+    move |source| StartError::Io { what, source }
+}
+
+/// The socket directory ($CRIUS_SHIM_SOCKET_DIR or /run/crius/s).
+pub fn socket_dir() -> PathBuf {
+    std::env::var_os(SOCKET_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_DIR))
+}
+
+/// The state directory root ($CRIUS_SHIM_STATE_DIR or /run/crius/shim).
+pub fn state_root() -> PathBuf {
+    std::env::var_os(STATE_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+}
+
+/// The socket path of the shim serving group `grouping`: a hash of the
+/// caller's address, the namespace and the group keeps it short and unique.
+pub fn socket_path(dir: &Path, address: &str, namespace: &str, grouping: &str) -> PathBuf {
+    let mut h = Sha256::new();
+    h.update(address.as_bytes());
+    h.update(b"/");
+    h.update(namespace.as_bytes());
+    h.update(b"/");
+    h.update(grouping.as_bytes());
+    dir.join(hex::encode(h.finalize()))
+}
+
+/// The group a task belongs to: the sandbox id or containerd's group
+/// annotation from the bundle's config.json, else the task id itself.
+pub fn grouping(id: &str, config_json: Option<&[u8]>) -> Result<String, StartError> {
+    let Some(text) = config_json else {
+        return Ok(id.to_string());
+    };
+    let v: serde_json::Value =
+        serde_json::from_slice(text).map_err(|e| StartError::Config(e.to_string()))?;
+    let ann = v.get("annotations");
+    for key in [SANDBOX_ID_ANNOTATION, GROUP_ANNOTATION] {
+        if let Some(g) = ann.and_then(|a| a.get(key)).and_then(|g| g.as_str()) {
+            if crate::task::valid_id(g) {
+                return Ok(g.to_string());
+            }
+        }
+    }
+    Ok(id.to_string())
+}
+
+fn bundle_dir(args: &Args) -> Result<PathBuf, StartError> {
+    match &args.bundle {
+        Some(b) => Ok(PathBuf::from(b)),
+        None => std::env::current_dir().map_err(io_err("current directory")),
+    }
+}
+
+/// What `start` learned from its stdin.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StartInput {
+    /// containerd 2.3+'s bootstrap protocol is in use: answer with a
+    /// BootstrapResult instead of a plain address.
+    pub bootstrap: bool,
+    /// Events service address (bootstrap's containerd_ttrpc_address).
+    pub ttrpc_address: Option<String>,
+    /// Socket directory chosen by containerd.
+    pub socket_dir: Option<PathBuf>,
+    /// Runtime binary from `containerd.runc.v1.Options.binary_name`.
+    pub runtime: Option<String>,
+    /// Runtime root from `containerd.runc.v1.Options.root`.
+    pub runtime_root: Option<String>,
+}
+
+fn runc_options(any: &Any, out: &mut StartInput) {
+    if !any.type_url.ends_with("containerd.runc.v1.Options") {
+        return;
+    }
+    if let Ok(o) = RuncOptions::parse_from_bytes(&any.value) {
+        out.runtime = Some(o.binary_name).filter(|b| !b.is_empty());
+        out.runtime_root = Some(o.root).filter(|r| !r.is_empty());
+    }
+}
+
+/// Interprets `start`'s stdin: containerd 2.3+ writes BootstrapParams
+/// (protobuf) naming this shim's id and namespace; older containerds write
+/// the runtime options as an Any, or nothing.
+pub fn parse_start_input(input: &[u8], id: &str, namespace: &str) -> StartInput {
+    let mut out = StartInput::default();
+    if input.is_empty() {
+        return out;
+    }
+    if let Ok(p) = BootstrapParams::parse_from_bytes(input) {
+        if p.instance_id == id && p.namespace == namespace {
+            out.bootstrap = true;
+            out.ttrpc_address = Some(p.containerd_ttrpc_address.clone()).filter(|a| !a.is_empty());
+            out.socket_dir = p
+                .socket_dir
+                .clone()
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from);
+            for ext in &p.extensions {
+                if let Some(any) = ext.value.as_ref() {
+                    runc_options(any, &mut out);
+                }
+            }
+            return out;
+        }
+    }
+    if let Ok(any) = Any::parse_from_bytes(input) {
+        runc_options(&any, &mut out);
+    }
+    out
+}
+
+/// What `start` prints for `addr`.
+pub fn start_output(addr: &str, input: &StartInput) -> Result<Vec<u8>, StartError> {
+    if !input.bootstrap {
+        return Ok(addr.as_bytes().to_vec());
+    }
+    let mut r = BootstrapResult::new();
+    r.version = containerd_shim_protos::TASK_API_VERSION;
+    r.address = addr.to_string();
+    r.protocol = "ttrpc".into();
+    r.write_to_bytes()
+        .map_err(|e| StartError::Config(format!("encode BootstrapResult: {e}")))
+}
+
+fn read_stdin() -> Vec<u8> {
+    let stdin = io::stdin();
+    if stdin.is_terminal() {
+        return Vec::new();
+    }
+    let mut input = Vec::new();
+    let _ = stdin.lock().take(10 << 20).read_to_end(&mut input);
+    input
+}
+
+/// `start`: finds the live shim of the task's group or spawns a new serving
+/// shim; returns what to print (the address, or a BootstrapResult).
+pub fn start(args: &Args) -> Result<Vec<u8>, StartError> {
+    let input = parse_start_input(&read_stdin(), &args.id, &args.namespace);
+    let bundle = bundle_dir(args)?;
+    let cfg = std::fs::read(bundle.join("config.json")).ok();
+    let group = grouping(&args.id, cfg.as_deref())?;
+    let dir = input.socket_dir.clone().unwrap_or_else(socket_dir);
+    std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+    let path = socket_path(&dir, &args.address, &args.namespace, &group);
+    let addr = format!("unix://{}", path.display());
+    for _ in 0..2 {
+        if UnixStream::connect(&path).is_ok() {
+            return start_output(&addr, &input);
+        }
+        let _ = std::fs::remove_file(&path);
+        let listener = match UnixListener::bind(&path) {
+            Ok(l) => l,
+            // Another start won the race: use its shim.
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+            Err(e) => return Err(io_err(format!("bind {}", path.display()))(e)),
+        };
+        spawn_server(args, &group, &listener, &dir, &input)?;
+        return start_output(&addr, &input);
+    }
+    start_output(&addr, &input)
+}
+
+fn spawn_server(
+    args: &Args,
+    group: &str,
+    listener: &UnixListener,
+    dir: &Path,
+    input: &StartInput,
+) -> Result<(), StartError> {
+    let exe = std::env::current_exe().map_err(io_err("current executable"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("-namespace")
+        .arg(&args.namespace)
+        .arg("-id")
+        .arg(group)
+        .arg("-address")
+        .arg(&args.address);
+    if !args.publish_binary.is_empty() {
+        cmd.arg("-publish-binary").arg(&args.publish_binary);
+    }
+    if args.debug {
+        cmd.arg("-debug");
+    }
+    cmd.env(SOCKET_DIR_ENV, dir);
+    if let Some(a) = &input.ttrpc_address {
+        cmd.env("TTRPC_ADDRESS", a);
+    }
+    if let Some(r) = &input.runtime {
+        cmd.env(crate::task::RUNTIME_ENV, r);
+    }
+    if let Some(r) = &input.runtime_root {
+        cmd.env(crate::task::RUNTIME_ROOT_ENV, r);
+    }
+    cmd.env(LISTEN_FD_ENV, LISTEN_FD.to_string())
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let fd = listener.as_raw_fd();
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if fd == LISTEN_FD {
+                let fl = libc::fcntl(fd, libc::F_GETFD);
+                libc::fcntl(fd, libc::F_SETFD, fl & !libc::FD_CLOEXEC);
+            } else if libc::dup2(fd, LISTEN_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(io_err("spawn serving shim"))?;
+    // The serving shim is re-parented once we exit; do not wait for it.
+    drop(child);
+    Ok(())
+}
+
+/// `delete`: force-deletes the task of the bundle with the runtime recorded
+/// at create, unmounts its rootfs and returns the serialized DeleteResponse.
+pub fn delete(args: &Args) -> Result<Vec<u8>, StartError> {
+    let bundle = bundle_dir(args)?;
+    let rec: Option<RuntimeRecord> = std::fs::read(bundle.join(RUNTIME_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let rec = rec.unwrap_or_else(|| RuntimeRecord {
+        binary: std::env::var(crate::task::RUNTIME_ENV).unwrap_or_else(|_| "runc".into()),
+        root: std::env::var(crate::task::RUNTIME_ROOT_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from(crate::serve::DEFAULT_RUNTIME_ROOT))
+            .join(&args.namespace),
+    });
+    if crate::task::valid_id(&args.id) {
+        let out = Command::new(&rec.binary)
+            .arg("--root")
+            .arg(&rec.root)
+            .arg("delete")
+            .arg("--force")
+            .arg(&args.id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output();
+        if let Ok(o) = out {
+            if !o.status.success() {
+                let msg = String::from_utf8_lossy(&o.stderr);
+                let _ = writeln!(io::stderr(), "runtime delete: {}", msg.trim());
+            }
+        }
+    }
+    let _ = crate::mount::unmount_all(&bundle.join("rootfs"));
+    let mut r = DeleteResponse::new();
+    r.exit_status = 128 + 9;
+    r.exited_at = MessageField::some(crate::events::timestamp(std::time::SystemTime::now()));
+    r.write_to_bytes()
+        .map_err(|e| StartError::Config(format!("encode DeleteResponse: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grouping_table() {
+        let cases: [(Option<&str>, &str); 5] = [
+            (None, "c1"),
+            (Some("{}"), "c1"),
+            (
+                Some(r#"{"annotations":{"io.kubernetes.cri.sandbox-id":"pod1"}}"#),
+                "pod1",
+            ),
+            (
+                Some(r#"{"annotations":{"io.containerd.runc.v2.group":"g"}}"#),
+                "g",
+            ),
+            (
+                Some(r#"{"annotations":{"io.kubernetes.cri.sandbox-id":"../x"}}"#),
+                "c1",
+            ),
+        ];
+        for (cfg, want) in cases {
+            assert_eq!(
+                grouping("c1", cfg.map(str::as_bytes)).unwrap(),
+                want,
+                "{cfg:?}"
+            );
+        }
+        assert!(grouping("c1", Some(b"not json")).is_err());
+    }
+
+    #[test]
+    fn start_input_table() {
+        let mut bp = BootstrapParams::new();
+        bp.instance_id = "c1".into();
+        bp.namespace = "k8s.io".into();
+        bp.containerd_ttrpc_address = "/run/containerd/containerd.sock.ttrpc".into();
+        bp.socket_dir = Some("/run/containerd/s".into());
+        let mut opts = RuncOptions::new();
+        opts.binary_name = "/usr/bin/crun".into();
+        let mut any = Any::new();
+        any.type_url = "containerd.runc.v1.Options".into();
+        any.value = opts.write_to_bytes().unwrap();
+        let mut ext = containerd_shim_protos::bootstrap_api::Extension::new();
+        ext.value = MessageField::some(any.clone());
+        bp.extensions.push(ext);
+        let boot = bp.write_to_bytes().unwrap();
+        let mut other = bp.clone();
+        other.instance_id = "c2".into();
+        let other = other.write_to_bytes().unwrap();
+        let legacy = any.write_to_bytes().unwrap();
+
+        let cases: [(&[u8], StartInput); 4] = [
+            (b"", StartInput::default()),
+            (
+                &boot,
+                StartInput {
+                    bootstrap: true,
+                    ttrpc_address: Some("/run/containerd/containerd.sock.ttrpc".into()),
+                    socket_dir: Some("/run/containerd/s".into()),
+                    runtime: Some("/usr/bin/crun".into()),
+                    runtime_root: None,
+                },
+            ),
+            (&other, StartInput::default()),
+            (
+                &legacy,
+                StartInput {
+                    runtime: Some("/usr/bin/crun".into()),
+                    ..StartInput::default()
+                },
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse_start_input(input, "c1", "k8s.io"), want, "{input:?}");
+        }
+        let plain = start_output("unix:///s/x", &StartInput::default()).unwrap();
+        assert_eq!(plain, b"unix:///s/x");
+        let out = start_output("unix:///s/x", &parse_start_input(&boot, "c1", "k8s.io")).unwrap();
+        let r = BootstrapResult::parse_from_bytes(&out).unwrap();
+        assert_eq!(
+            (r.address.as_str(), r.protocol.as_str()),
+            ("unix:///s/x", "ttrpc")
+        );
+        assert_eq!(r.version, containerd_shim_protos::TASK_API_VERSION);
+    }
+
+    #[test]
+    fn socket_paths_are_short_and_distinct() {
+        let d = Path::new("/run/crius/s");
+        let a = socket_path(d, "/run/containerd/containerd.sock", "k8s.io", "pod1");
+        let b = socket_path(d, "/run/containerd/containerd.sock", "default", "pod1");
+        assert_ne!(a, b);
+        assert!(a.as_os_str().len() < 100);
+        assert_eq!(
+            a,
+            socket_path(d, "/run/containerd/containerd.sock", "k8s.io", "pod1")
+        );
+    }
+}

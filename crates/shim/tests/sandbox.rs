@@ -1,0 +1,233 @@
+//! The sandbox service: netns and /dev/shm for the pod, the pause container,
+//! a container joining them, and ShutdownSandbox leaving nothing behind
+//! (also after a CreateSandbox that failed half-way).
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use containerd_shim_protos::sandbox_api as sb;
+use containerd_shim_protos::sandbox_sync::SandboxClient;
+
+fn pid_alive(pid: u32) -> bool {
+    let stat = read(Path::new(&format!("/proc/{pid}/stat")));
+    !stat.is_empty() && !stat.contains(") Z")
+}
+
+#[test]
+fn pod_lifecycle_and_cleanup() {
+    if !root_or_skip("sandbox") {
+        return;
+    }
+    prerequisites();
+    let sid = format!("pod{}", std::process::id());
+    let shim = Shim::start(&sid, None);
+    let sbc = SandboxClient::new(shim.raw.clone());
+    let state = shim.path().join("state").join(&shim.namespace).join(&sid);
+
+    // Half-way failure: the netns is made, the shm mount cannot be; nothing
+    // may stay behind.
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("shm"), b"in the way").unwrap();
+    let pause = bundle(shim.path(), &sid, &spec(&sid, &["sleep", "100000"], false));
+    let mut creq = sb::CreateSandboxRequest::new();
+    creq.sandbox_id = sid.clone();
+    creq.bundle_path = pause.to_string_lossy().into_owned();
+    creq.annotations
+        .insert("io.crius.shim.shm-size".into(), "1048576".into());
+    assert!(sbc.create_sandbox(ctx(), &creq).is_err());
+    assert!(
+        !state.join("netns").exists(),
+        "netns left after failed create"
+    );
+    assert!(
+        mounts_below(shim.path()).is_empty(),
+        "{:?}",
+        mounts_below(shim.path())
+    );
+    std::fs::remove_file(state.join("shm")).unwrap();
+
+    // Now for real.
+    sbc.create_sandbox(ctx(), &creq).unwrap();
+    assert!(sbc.create_sandbox(ctx(), &creq).is_err(), "second create");
+    let mut sreq = sb::SandboxStatusRequest::new();
+    sreq.sandbox_id = sid.clone();
+    let st = sbc.sandbox_status(ctx(), &sreq).unwrap();
+    assert_eq!(st.state, "SANDBOX_CREATED");
+    let netns = st.info.get("netns").cloned().expect("netns in info");
+    let shm = st.info.get("shm").cloned().expect("shm in info");
+    let mounts = read(Path::new("/proc/self/mountinfo"));
+    let shm_line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(shm.as_str()))
+        .expect("shm mounted");
+    assert!(
+        shm_line.contains("tmpfs") && shm_line.contains("size=1024k"),
+        "{shm_line}"
+    );
+    assert!(
+        shm_line.contains("nosuid") && shm_line.contains("nodev") && shm_line.contains("noexec"),
+        "{shm_line}"
+    );
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(netns.as_str())),
+        "netns not mounted"
+    );
+
+    let mut start = sb::StartSandboxRequest::new();
+    start.sandbox_id = sid.clone();
+    let pause_pid = sbc.start_sandbox(ctx(), &start).unwrap().pid;
+    assert!(pause_pid > 0);
+    let ns_ino = std::fs::metadata(&netns).unwrap().ino();
+    let pause_ns = std::fs::metadata(format!("/proc/{pause_pid}/ns/net"))
+        .unwrap()
+        .ino();
+    assert_eq!(ns_ino, pause_ns, "pause is not in the pod netns");
+    assert_eq!(
+        sbc.sandbox_status(ctx(), &sreq).unwrap().state,
+        "SANDBOX_READY"
+    );
+
+    // A container of the pod joins the netns and shares /dev/shm.
+    let cid = format!("app{}", std::process::id());
+    let mut s = spec(
+        &cid,
+        &["sh", "-c", "echo shared > /dev/shm/x; exec sleep 100000"],
+        false,
+    );
+    let nss = s["linux"]["namespaces"].as_array_mut().unwrap();
+    nss.retain(|n| n["type"] != "network");
+    nss.push(serde_json::json!({"type": "network", "path": netns}));
+    s["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+        "destination": "/dev/shm", "type": "bind", "source": shm, "options": ["rbind", "rw"]
+    }));
+    s["annotations"] = serde_json::json!({"io.kubernetes.cri.sandbox-id": sid});
+    let b = bundle(shim.path(), &cid, &s);
+    let app_pid = shim.create(&cid, &b, "", "", false);
+    shim.start_task(&cid, "").unwrap();
+    assert!(eventually(Duration::from_secs(20), || read(
+        &Path::new(&shm).join("x")
+    ) == "shared\n"));
+    let app_ns = std::fs::metadata(format!("/proc/{app_pid}/ns/net"))
+        .unwrap()
+        .ino();
+    assert_eq!(app_ns, ns_ino);
+
+    // A second `start` for a container of this pod finds the same shim.
+    let out = std::process::Command::new(SHIM)
+        .args([
+            "-namespace",
+            &shim.namespace,
+            "-id",
+            &cid,
+            "-address",
+            "/run/crius-test.sock",
+            "start",
+        ])
+        .current_dir(&b)
+        .env("CRIUS_SHIM_SOCKET_DIR", shim.path().join("s"))
+        .env("CRIUS_SHIM_STATE_DIR", shim.path().join("state"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), shim.address);
+
+    // Pod metrics are the pause container's cgroup metrics.
+    let mut mreq = sb::SandboxMetricsRequest::new();
+    mreq.sandbox_id = sid.clone();
+    let m = sbc.sandbox_metrics(ctx(), &mreq).unwrap();
+    assert_eq!(m.metrics.id, sid);
+    assert_eq!(m.metrics.data.type_url, "io.containerd.cgroups.v1.Metrics");
+
+    let mut ping = sb::PingRequest::new();
+    ping.sandbox_id = sid.clone();
+    sbc.ping_sandbox(ctx(), &ping).unwrap();
+    ping.sandbox_id = "other".into();
+    assert!(sbc.ping_sandbox(ctx(), &ping).is_err());
+    let p = sbc.platform(ctx(), &sb::PlatformRequest::new()).unwrap();
+    assert_eq!(p.platform.os, "linux");
+
+    // ShutdownSandbox: everything goes, then the shim exits.
+    let mut sh = sb::ShutdownSandboxRequest::new();
+    sh.sandbox_id = sid.clone();
+    let _ = sbc.shutdown_sandbox(ctx(), &sh);
+    assert!(
+        eventually(Duration::from_secs(20), || !shim.alive()),
+        "shim still running"
+    );
+    assert!(
+        !pid_alive(pause_pid) && !pid_alive(app_pid),
+        "processes left"
+    );
+    assert!(
+        mounts_below(shim.path()).is_empty(),
+        "{:?}",
+        mounts_below(shim.path())
+    );
+    assert!(!Path::new(&netns).exists(), "netns file left");
+    assert!(!state.exists(), "state dir left");
+}
+
+#[test]
+fn host_network_and_ipc_pod() {
+    if !root_or_skip("host pod") {
+        return;
+    }
+    prerequisites();
+    let sid = format!("hpod{}", std::process::id());
+    let shim = Shim::start(&sid, None);
+    let sbc = SandboxClient::new(shim.raw.clone());
+    let mut s = spec(&sid, &["sleep", "100000"], false);
+    s["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["type"] != "network");
+    let pause = bundle(shim.path(), &sid, &s);
+    let mut creq = sb::CreateSandboxRequest::new();
+    creq.sandbox_id = sid.clone();
+    creq.bundle_path = pause.to_string_lossy().into_owned();
+    creq.annotations
+        .insert("io.crius.shim.network".into(), "host".into());
+    creq.annotations
+        .insert("io.crius.shim.ipc".into(), "host".into());
+    sbc.create_sandbox(ctx(), &creq).unwrap();
+    let mut sreq = sb::SandboxStatusRequest::new();
+    sreq.sandbox_id = sid.clone();
+    let st = sbc.sandbox_status(ctx(), &sreq).unwrap();
+    assert!(st.info.is_empty(), "{:?}", st.info);
+    assert!(mounts_below(shim.path()).is_empty());
+    let mut start = sb::StartSandboxRequest::new();
+    start.sandbox_id = sid.clone();
+    let pid = sbc.start_sandbox(ctx(), &start).unwrap().pid;
+    let host_ns = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+    assert_eq!(
+        std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .unwrap()
+            .ino(),
+        host_ns
+    );
+
+    // StopSandbox kills the pause; WaitSandbox returns its exit.
+    let mut stop = sb::StopSandboxRequest::new();
+    stop.sandbox_id = sid.clone();
+    sbc.stop_sandbox(ctx(), &stop).unwrap();
+    let mut w = sb::WaitSandboxRequest::new();
+    w.sandbox_id = sid.clone();
+    assert_eq!(sbc.wait_sandbox(ctx(), &w).unwrap().exit_status, 137);
+    assert_eq!(
+        sbc.sandbox_status(ctx(), &sreq).unwrap().state,
+        "SANDBOX_NOTREADY"
+    );
+    let mut sh = sb::ShutdownSandboxRequest::new();
+    sh.sandbox_id = sid.clone();
+    let _ = sbc.shutdown_sandbox(ctx(), &sh);
+    assert!(
+        eventually(Duration::from_secs(20), || !shim.alive()),
+        "shim still running"
+    );
+    assert!(!pid_alive(pid));
+}
