@@ -105,11 +105,11 @@ fn run(args: &[String]) -> Result<()> {
 }
 
 fn unit() -> Result<()> {
-    run_cmd(cargo().args(["test", "--workspace", "--lib", "--bins"]))
+    run_cmd(cargo().args(["test", "--workspace", "--no-fail-fast", "--lib", "--bins"]))
 }
 
 fn integration() -> Result<()> {
-    run_cmd(cargo().args(["test", "--workspace", "--test", "*"]))
+    run_cmd(cargo().args(["test", "--workspace", "--no-fail-fast", "--test", "*"]))
 }
 
 fn bench(args: &[String]) -> Result<()> {

@@ -127,12 +127,18 @@ impl Default for RegistryConfig {
 pub struct StreamConfig {
     /// Listen address; port 0 picks a free port at start-up.
     pub address: String,
+    /// TLS certificate chain (PEM); TLS is on when this and the key are set.
+    pub tls_cert_file: String,
+    /// TLS private key (PEM).
+    pub tls_key_file: String,
 }
 
 impl Default for StreamConfig {
     fn default() -> Self {
         StreamConfig {
             address: "127.0.0.1:0".into(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
@@ -302,6 +308,12 @@ impl Config {
                     format!("{:?}: {e}", self.metrics.address),
                 )
             })?;
+        }
+        if self.stream.tls_cert_file.is_empty() != self.stream.tls_key_file.is_empty() {
+            return Err(value_err(
+                "stream.tls_cert_file",
+                "tls_cert_file and tls_key_file must be set together",
+            ));
         }
         self.stream
             .address

@@ -21,7 +21,10 @@ pub fn store_status(err: StoreError) -> Status {
         StoreError::AlreadyExists { .. } | StoreError::NameReserved { .. } => {
             Status::already_exists(msg)
         }
-        StoreError::AmbiguousId { .. } | StoreError::InvalidId(_) => Status::invalid_argument(msg),
+        StoreError::AmbiguousId { .. } => Status::invalid_argument(msg),
+        // criusd makes every id itself, so an invalid one can only come from
+        // a caller looking something up: nothing has that id.
+        StoreError::InvalidId(_) => Status::not_found(msg),
         _ => Status::internal(msg),
     }
 }

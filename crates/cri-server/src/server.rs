@@ -103,16 +103,35 @@ pub async fn run(
     let listener = bind_socket(&socket)?;
     tracing::info!(socket = %socket.display(), version = env!("CARGO_PKG_VERSION"), "criusd serving");
 
-    let runtime = RuntimeServiceServer::new(RuntimeSvc::new(daemon.clone()))
+    // The shutdown future is shared: the servers stop accepting when it
+    // fires, and the grace timer starts from the same moment.
+    let (fired_tx, fired_rx) = tokio::sync::watch::channel(false);
+    let stream_config = crate::streaming::StreamingConfig {
+        address: daemon
+            .config
+            .stream
+            .address
+            .parse()
+            .context("stream.address")?,
+        tls: (!daemon.config.stream.tls_cert_file.is_empty()).then(|| crate::streaming::TlsFiles {
+            cert: daemon.config.stream.tls_cert_file.clone().into(),
+            key: daemon.config.stream.tls_key_file.clone().into(),
+        }),
+        ..Default::default()
+    };
+    let backend = Arc::new(crate::runtime::stream::ShimBackend::new(daemon.clone()));
+    let (streaming, streaming_task) =
+        crate::streaming::StreamingServer::start(stream_config, backend, fired_rx.clone())
+            .await
+            .context("cannot start the streaming server")?;
+    tracing::info!(address = %streaming.local_addr(), "streaming server listening");
+    let runtime = RuntimeServiceServer::new(RuntimeSvc::new(daemon.clone(), streaming))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let image = ImageServiceServer::new(ImageSvc::new(daemon.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
 
-    // The shutdown future is shared: the server stops accepting when it
-    // fires, and the grace timer starts from the same moment.
-    let (fired_tx, fired_rx) = tokio::sync::watch::channel(false);
     let signal = async move {
         shutdown.await;
         let _ = fired_tx.send(true);
@@ -158,6 +177,7 @@ pub async fn run(
     if let Some(task) = metrics_task {
         task.abort();
     }
+    streaming_task.abort();
     match std::fs::remove_file(&socket) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -205,6 +205,20 @@ impl Launcher {
     }
 }
 
+/// The stdio of a process, in the shim's forms (empty, FIFO path,
+/// `file://`, `crilog://`).
+#[derive(Debug, Clone, Default)]
+pub struct Stdio {
+    /// Run on a terminal.
+    pub terminal: bool,
+    /// stdin.
+    pub stdin: String,
+    /// stdout.
+    pub stdout: String,
+    /// stderr.
+    pub stderr: String,
+}
+
 /// A connection to one shim.
 #[derive(Clone)]
 pub struct ShimClient {
@@ -392,26 +406,59 @@ impl ShimClient {
         .await
     }
 
-    /// Task Exec: registers a process described by an OCI process JSON.
+    /// Task Exec: registers a process described by an OCI process JSON,
+    /// with its stdio (see the shim's stdio forms).
     pub async fn exec(
         self: &Arc<Self>,
         id: &str,
         exec_id: &str,
         process_json: Vec<u8>,
-        stdout: &str,
-        stderr: &str,
+        stdio: Stdio,
     ) -> Result<(), ShimError> {
         let mut req = api::ExecProcessRequest::new();
         req.id = id.to_string();
         req.exec_id = exec_id.to_string();
-        req.stdout = stdout.to_string();
-        req.stderr = stderr.to_string();
+        req.terminal = stdio.terminal;
+        req.stdin = stdio.stdin;
+        req.stdout = stdio.stdout;
+        req.stderr = stdio.stderr;
         let mut any = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
         any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".into();
         any.value = process_json;
         req.spec = containerd_shim_protos::protobuf::MessageField::some(any);
         self.call("Exec", CALL_TIMEOUT, move |c, ctx| {
             c.task.exec(ctx.clone(), &req).map(|_| ())
+        })
+        .await
+    }
+
+    /// Task CloseIO: closes the process's stdin.
+    pub async fn close_stdin(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<(), ShimError> {
+        let mut req = api::CloseIORequest::new();
+        req.id = id.to_string();
+        req.exec_id = exec_id.to_string();
+        req.stdin = true;
+        self.call("CloseIO", CALL_TIMEOUT, move |c, ctx| {
+            c.task.close_io(ctx.clone(), &req).map(|_| ())
+        })
+        .await
+    }
+
+    /// Task ResizePty.
+    pub async fn resize_pty(
+        self: &Arc<Self>,
+        id: &str,
+        exec_id: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<(), ShimError> {
+        let mut req = api::ResizePtyRequest::new();
+        req.id = id.to_string();
+        req.exec_id = exec_id.to_string();
+        req.width = width;
+        req.height = height;
+        self.call("ResizePty", CALL_TIMEOUT, move |c, ctx| {
+            c.task.resize_pty(ctx.clone(), &req).map(|_| ())
         })
         .await
     }

@@ -5,6 +5,7 @@ mod common;
 
 use common::pod::*;
 use common::registry::is_root;
+use futures_util::{SinkExt, StreamExt};
 use k8s_cri::v1::{
     Capability, ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest,
     ExecSyncRequest, ImageSpec, Int64Value, KeyValue, LinuxContainerConfig,
@@ -12,7 +13,42 @@ use k8s_cri::v1::{
     RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
     StopContainerRequest, StopPodSandboxRequest,
 };
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn ws_connect(url: &str, protocol: &str) -> Ws {
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (addr, path) = rest.split_at(rest.find('/').unwrap());
+    let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio_tungstenite::client_async(req, tcp).await.unwrap().0
+}
+
+/// Reads binary messages until the server closes; data per channel.
+async fn ws_collect(ws: &mut Ws) -> HashMap<u8, Vec<u8>> {
+    let mut out: HashMap<u8, Vec<u8>> = HashMap::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(d)))) if !d.is_empty() => {
+                out.entry(d[0]).or_default().extend_from_slice(&d[1..]);
+            }
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => break,
+            Ok(Some(Ok(_))) => {}
+            Err(_) => panic!("no websocket message within a minute"),
+        }
+    }
+    out
+}
+
+fn channel(map: &HashMap<u8, Vec<u8>>, c: u8) -> String {
+    String::from_utf8_lossy(map.get(&c).map(|v| &v[..]).unwrap_or(b"")).into_owned()
+}
 
 fn container(name: &str, image: &str, cmd: &[&str]) -> ContainerConfig {
     ContainerConfig {
@@ -177,6 +213,107 @@ async fn container_lifecycle_logs_exec_and_security() {
     );
     let err = rt.exec_sync(exec(&[], 1)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    // Exec through the streaming server, as kubectl does over WebSocket
+    // (v5): stdin with a close, stdout, stderr and the exit status.
+    let url = rt
+        .exec(k8s_cri::v1::ExecRequest {
+            container_id: main.clone(),
+            cmd: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "read x; echo got $x; echo warn >&2; exit 5".into(),
+            ],
+            tty: false,
+            stdin: true,
+            stdout: true,
+            stderr: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let mut ws = ws_connect(&url, "v5.channel.k8s.io").await;
+    ws.send(Message::Binary([&[0u8][..], b"abc\n"].concat().into()))
+        .await
+        .unwrap();
+    ws.send(Message::Binary(vec![255u8, 0].into()))
+        .await
+        .unwrap();
+    let got = ws_collect(&mut ws).await;
+    assert_eq!(channel(&got, 1), "got abc\n");
+    assert_eq!(channel(&got, 2), "warn\n");
+    let exit: serde_json::Value = serde_json::from_str(&channel(&got, 3)).unwrap();
+    assert_eq!(exit["reason"], "NonZeroExitCode", "{exit}");
+    assert_eq!(exit["details"]["causes"][0]["message"], "5", "{exit}");
+    let err = rt
+        .exec(k8s_cri::v1::ExecRequest {
+            container_id: "nosuch".into(),
+            cmd: vec!["true".into()],
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    // Port-forward into the pod's network namespace over WebSocket.
+    let pod_status = rt
+        .pod_sandbox_status(k8s_cri::v1::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&pod_status.info["info"]).unwrap();
+    let netns = info["netnsPath"].as_str().unwrap().to_string();
+    let listener = crius_netns::netns::run_in(std::path::Path::new(&netns), || {
+        std::net::TcpListener::bind("127.0.0.1:7070")
+    })
+    .unwrap()
+    .unwrap();
+    let echo = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut c, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 5];
+        c.read_exact(&mut buf).unwrap();
+        c.write_all(&buf).unwrap();
+    });
+    let url = rt
+        .port_forward(k8s_cri::v1::PortForwardRequest {
+            pod_sandbox_id: pod_id.clone(),
+            port: vec![7070],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let mut ws = ws_connect(&format!("{url}?port=7070"), "v4.channel.k8s.io").await;
+    ws.send(Message::Binary([&[0u8][..], b"hello"].concat().into()))
+        .await
+        .unwrap();
+    let mut echoed = Vec::new();
+    while echoed.len() < 5 {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(d)))) if !d.is_empty() && d[0] == 0 => {
+                // The first frame of a channel is its port (2 bytes).
+                let body = &d[1..];
+                if body.len() == 2
+                    && echoed.is_empty()
+                    && u16::from_le_bytes([body[0], body[1]]) == 7070
+                {
+                    continue;
+                }
+                echoed.extend_from_slice(body);
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("port-forward: {other:?}"),
+        }
+    }
+    assert_eq!(echoed, b"hello");
+    echo.join().unwrap();
+    drop(ws);
 
     // A restricted container: non-root user, read-only root, no capabilities.
     let mut restricted = container("restricted", &image, &["/bin/busybox", "sleep", "1000"]);

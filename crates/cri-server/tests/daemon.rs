@@ -161,9 +161,16 @@ async fn version_status_config_and_graceful_shutdown() {
         .await
         .unwrap();
 
-    // RPCs of later milestones answer Unimplemented, not a crash.
+    // A request without its config is InvalidArgument naming the field;
+    // an RPC crius does not offer answers Unimplemented, not a crash.
     let err = rt
         .run_pod_sandbox(k8s_cri::v1::RunPodSandboxRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("config"), "{err:?}");
+    let err = rt
+        .checkpoint_container(k8s_cri::v1::CheckpointContainerRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
@@ -386,9 +393,19 @@ async fn metrics_count_calls_and_errors() {
 fn metrics_off_opens_no_port() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let mut daemon = Daemon::start(dir, &config_text(dir));
+    let stream_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = format!(
+        "{}\n[stream]\naddress = \"127.0.0.1:{stream_port}\"\n",
+        config_text(dir)
+    );
+    let mut daemon = Daemon::start(dir, &text);
     let pid = daemon.child.as_ref().unwrap().id();
-    // The daemon's only sockets are unix sockets: no TCP listener of its own.
+    // With metrics off, the daemon's only TCP listener is the streaming
+    // server on its configured port.
     let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
@@ -400,7 +417,7 @@ fn metrics_off_opens_no_port() {
         .collect();
     let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap()
         + &std::fs::read_to_string("/proc/net/tcp6").unwrap_or_default();
-    let listening: Vec<&str> = tcp
+    let ports: Vec<u16> = tcp
         .lines()
         .skip(1)
         .filter(|l| l.split_whitespace().nth(3) == Some("0A"))
@@ -409,7 +426,11 @@ fn metrics_off_opens_no_port() {
                 .nth(9)
                 .is_some_and(|i| inodes.iter().any(|x| x == i))
         })
+        .filter_map(|l| {
+            let local = l.split_whitespace().nth(1)?;
+            u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
+        })
         .collect();
-    assert!(listening.is_empty(), "criusd listens on TCP: {listening:?}");
+    assert_eq!(ports, vec![stream_port], "criusd's TCP listeners");
     assert_eq!(daemon.signal_and_wait(libc::SIGTERM).code(), Some(0));
 }

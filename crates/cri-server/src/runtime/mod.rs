@@ -4,6 +4,7 @@ pub mod container;
 pub mod filter;
 pub mod sandbox;
 pub mod status;
+pub mod stream;
 pub mod version;
 
 use crate::daemon::Daemon;
@@ -23,12 +24,20 @@ pub type ContainerEventStream =
 #[derive(Clone)]
 pub struct RuntimeSvc {
     daemon: Arc<Daemon>,
+    streaming: crate::streaming::StreamingServer,
 }
 
 impl RuntimeSvc {
-    /// A service over the shared daemon state.
-    pub fn new(daemon: Arc<Daemon>) -> Self {
-        RuntimeSvc { daemon }
+    /// A service over the shared daemon state and the streaming server.
+    pub fn new(daemon: Arc<Daemon>, streaming: crate::streaming::StreamingServer) -> Self {
+        RuntimeSvc { daemon, streaming }
+    }
+
+    fn known_container(&self, id: &str) -> Result<crius_store::ContainerRecord, Status> {
+        if id.is_empty() {
+            return Err(invalid_field("container_id", "must not be empty"));
+        }
+        self.daemon.store.get_container(id).map_err(store_status)
     }
 }
 
@@ -154,6 +163,54 @@ impl RuntimeService for RuntimeSvc {
             .map(Response::new)
     }
 
+    async fn exec(
+        &self,
+        request: Request<v1::ExecRequest>,
+    ) -> Result<Response<v1::ExecResponse>, Status> {
+        let req = request.into_inner();
+        let record = self.known_container(&req.container_id)?;
+        if record.status.state != crius_store::ContainerState::Running {
+            return Err(Status::failed_precondition(format!(
+                "container {} is not running",
+                record.metadata.id
+            )));
+        }
+        let url = self.streaming.get_exec(&req)?;
+        Ok(Response::new(v1::ExecResponse { url }))
+    }
+
+    async fn attach(
+        &self,
+        request: Request<v1::AttachRequest>,
+    ) -> Result<Response<v1::AttachResponse>, Status> {
+        let req = request.into_inner();
+        let record = self.known_container(&req.container_id)?;
+        if req.stdin && !container::status::stored_config(&record).stdin {
+            return Err(invalid_field(
+                "stdin",
+                "the container was not created with stdin",
+            ));
+        }
+        let url = self.streaming.get_attach(&req)?;
+        Ok(Response::new(v1::AttachResponse { url }))
+    }
+
+    async fn port_forward(
+        &self,
+        request: Request<v1::PortForwardRequest>,
+    ) -> Result<Response<v1::PortForwardResponse>, Status> {
+        let req = request.into_inner();
+        if req.pod_sandbox_id.is_empty() {
+            return Err(invalid_field("pod_sandbox_id", "must not be empty"));
+        }
+        self.daemon
+            .store
+            .get_sandbox(&req.pod_sandbox_id)
+            .map_err(store_status)?;
+        let url = self.streaming.get_port_forward(&req)?;
+        Ok(Response::new(v1::PortForwardResponse { url }))
+    }
+
     async fn list_pod_sandbox(
         &self,
         request: Request<v1::ListPodSandboxRequest>,
@@ -238,27 +295,6 @@ impl RuntimeService for RuntimeSvc {
         _request: Request<v1::ReopenContainerLogRequest>,
     ) -> Result<Response<v1::ReopenContainerLogResponse>, Status> {
         Err(not_yet("ReopenContainerLog"))
-    }
-
-    async fn exec(
-        &self,
-        _request: Request<v1::ExecRequest>,
-    ) -> Result<Response<v1::ExecResponse>, Status> {
-        Err(not_yet("Exec"))
-    }
-
-    async fn attach(
-        &self,
-        _request: Request<v1::AttachRequest>,
-    ) -> Result<Response<v1::AttachResponse>, Status> {
-        Err(not_yet("Attach"))
-    }
-
-    async fn port_forward(
-        &self,
-        _request: Request<v1::PortForwardRequest>,
-    ) -> Result<Response<v1::PortForwardResponse>, Status> {
-        Err(not_yet("PortForward"))
     }
 
     async fn container_stats(

@@ -767,8 +767,11 @@ pub async fn exec_sync(
             &id,
             &exec_id,
             serde_json::to_vec(&process).map_err(|e| internal("process", e))?,
-            &format!("file://{}", out.display()),
-            &format!("file://{}", err.display()),
+            crate::shimclient::Stdio {
+                stdout: format!("file://{}", out.display()),
+                stderr: format!("file://{}", err.display()),
+                ..Default::default()
+            },
         )
         .await
         .map_err(|e| e.to_status())?;
