@@ -17,6 +17,11 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "skopeo",
     "umoci",
     "busybox-static",
+    // Tests and benchmarks: a real containerd to run the shim under and to
+    // compare with, htpasswd and openssl for the registry auth tests.
+    "containerd",
+    "apache2-utils",
+    "openssl",
 ];
 
 /// Where the default conflist goes and what it is called.

@@ -315,6 +315,99 @@ async fn container_lifecycle_logs_exec_and_security() {
     echo.join().unwrap();
     drop(ws);
 
+    // Stats from the cgroups, the writable layer and the pod's netns.
+    let _ = rt
+        .exec_sync(ExecSyncRequest {
+            container_id: main.clone(),
+            cmd: vec!["/bin/sh".into(), "-c".into(), "echo data > /written".into()],
+            timeout: 10,
+        })
+        .await
+        .unwrap();
+    let cs = rt
+        .container_stats(k8s_cri::v1::ContainerStatsRequest {
+            container_id: main.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert_eq!(cs.attributes.as_ref().unwrap().id, main);
+    assert!(
+        cs.cpu
+            .as_ref()
+            .unwrap()
+            .usage_core_nano_seconds
+            .as_ref()
+            .unwrap()
+            .value
+            > 0,
+        "{cs:?}"
+    );
+    assert!(
+        cs.memory
+            .as_ref()
+            .unwrap()
+            .working_set_bytes
+            .as_ref()
+            .unwrap()
+            .value
+            > 0,
+        "{cs:?}"
+    );
+    assert!(
+        cs.writable_layer
+            .as_ref()
+            .unwrap()
+            .inodes_used
+            .as_ref()
+            .unwrap()
+            .value
+            >= 1,
+        "{cs:?}"
+    );
+    let ps = rt
+        .pod_sandbox_stats(k8s_cri::v1::PodSandboxStatsRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    let linux = ps.linux.unwrap();
+    assert!(linux.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
+    assert!(linux.memory.unwrap().working_set_bytes.unwrap().value > 0);
+    assert_eq!(
+        linux.network.unwrap().default_interface.unwrap().name,
+        "eth0"
+    );
+    assert!(
+        linux.process.unwrap().process_count.unwrap().value >= 2,
+        "pause and main"
+    );
+    assert_eq!(linux.containers.len(), 1);
+    let listed = rt
+        .list_container_stats(k8s_cri::v1::ListContainerStatsRequest {
+            filter: Some(k8s_cri::v1::ContainerStatsFilter {
+                pod_sandbox_id: pod_id.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert_eq!(listed.len(), 1);
+    let pods = rt
+        .list_pod_sandbox_stats(k8s_cri::v1::ListPodSandboxStatsRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert_eq!(pods.len(), 1);
+
     // A restricted container: non-root user, read-only root, no capabilities.
     let mut restricted = container("restricted", &image, &["/bin/busybox", "sleep", "1000"]);
     restricted.linux.as_mut().unwrap().security_context = Some(LinuxContainerSecurityContext {

@@ -3,6 +3,7 @@
 pub mod container;
 pub mod filter;
 pub mod sandbox;
+pub mod stats;
 pub mod status;
 pub mod stream;
 pub mod version;
@@ -211,6 +212,55 @@ impl RuntimeService for RuntimeSvc {
         Ok(Response::new(v1::PortForwardResponse { url }))
     }
 
+    async fn container_stats(
+        &self,
+        request: Request<v1::ContainerStatsRequest>,
+    ) -> Result<Response<v1::ContainerStatsResponse>, Status> {
+        let req = request.into_inner();
+        let record = self.known_container(&req.container_id)?;
+        Ok(Response::new(v1::ContainerStatsResponse {
+            stats: Some(stats::container_stats(&self.daemon, &record)),
+        }))
+    }
+
+    async fn list_container_stats(
+        &self,
+        request: Request<v1::ListContainerStatsRequest>,
+    ) -> Result<Response<v1::ListContainerStatsResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(v1::ListContainerStatsResponse {
+            stats: stats::list_container_stats(&self.daemon, req.filter.as_ref()),
+        }))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        request: Request<v1::PodSandboxStatsRequest>,
+    ) -> Result<Response<v1::PodSandboxStatsResponse>, Status> {
+        let req = request.into_inner();
+        if req.pod_sandbox_id.is_empty() {
+            return Err(invalid_field("pod_sandbox_id", "must not be empty"));
+        }
+        let record = self
+            .daemon
+            .store
+            .get_sandbox(&req.pod_sandbox_id)
+            .map_err(store_status)?;
+        Ok(Response::new(v1::PodSandboxStatsResponse {
+            stats: Some(stats::pod_stats(&self.daemon, &record)),
+        }))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        request: Request<v1::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<v1::ListPodSandboxStatsResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(v1::ListPodSandboxStatsResponse {
+            stats: stats::list_pod_stats(&self.daemon, req.filter.as_ref()),
+        }))
+    }
+
     async fn list_pod_sandbox(
         &self,
         request: Request<v1::ListPodSandboxRequest>,
@@ -295,34 +345,6 @@ impl RuntimeService for RuntimeSvc {
         _request: Request<v1::ReopenContainerLogRequest>,
     ) -> Result<Response<v1::ReopenContainerLogResponse>, Status> {
         Err(not_yet("ReopenContainerLog"))
-    }
-
-    async fn container_stats(
-        &self,
-        _request: Request<v1::ContainerStatsRequest>,
-    ) -> Result<Response<v1::ContainerStatsResponse>, Status> {
-        Err(not_yet("ContainerStats"))
-    }
-
-    async fn list_container_stats(
-        &self,
-        _request: Request<v1::ListContainerStatsRequest>,
-    ) -> Result<Response<v1::ListContainerStatsResponse>, Status> {
-        Err(not_yet("ListContainerStats"))
-    }
-
-    async fn pod_sandbox_stats(
-        &self,
-        _request: Request<v1::PodSandboxStatsRequest>,
-    ) -> Result<Response<v1::PodSandboxStatsResponse>, Status> {
-        Err(not_yet("PodSandboxStats"))
-    }
-
-    async fn list_pod_sandbox_stats(
-        &self,
-        _request: Request<v1::ListPodSandboxStatsRequest>,
-    ) -> Result<Response<v1::ListPodSandboxStatsResponse>, Status> {
-        Err(not_yet("ListPodSandboxStats"))
     }
 
     async fn checkpoint_container(
