@@ -18,6 +18,9 @@ commands:
   test          fmt check, clippy -D warnings, unit tests, integration tests
   unit          unit tests only
   integration   integration tests only
+  bench [ARGS]  pod start, lifecycle, ExecSync and memory: criusd next to containerd 1.6
+                and the raw runc floor (root; table + target/bench/results.json;
+                ARGS go to crius-bench, e.g. `cargo xtask bench -- --pods 20`)
   bench pull    cold pull of a ~100 MB image: criusd next to containerd 1.6 (root)
 ";
 
@@ -128,8 +131,37 @@ fn bench(args: &[String]) -> Result<()> {
                 "--nocapture",
             ]))
         }
-        other => bail!("unknown benchmark {other:?}; known: pull"),
+        Some("all") => bench_all(&args[1..]),
+        // Anything else (options, `--`) goes to crius-bench, which rejects
+        // what it does not know.
+        _ => bench_all(args),
     }
+}
+
+/// crius next to containerd 1.6 and the runc floor (crates/bench; root).
+/// Extra arguments go to crius-bench (e.g. `--pods 20`).
+fn bench_all(extra: &[String]) -> Result<()> {
+    setup::ensure()?;
+    run_cmd(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "crius-cri-server",
+        "-p",
+        "crius-shim",
+        "-p",
+        "crius-bench",
+    ]))?;
+    let root = workspace_root();
+    run_cmd(
+        Command::new(root.join("target/release/crius-bench"))
+            .current_dir(&root)
+            .arg("--criusd")
+            .arg(root.join("target/release/criusd"))
+            .arg("--out")
+            .arg(root.join("target/bench/results.json"))
+            .args(extra.iter().skip_while(|a| a.as_str() == "--")),
+    )
 }
 
 fn test() -> Result<()> {

@@ -37,7 +37,18 @@ pub struct Daemon {
     pub shims: tokio::sync::Mutex<HashMap<String, Arc<ShimClient>>>,
     /// One lock per sandbox or container id, serialising lifecycle calls.
     pub locks: KeyedLocks,
+    /// Prometheus metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Creations run detached from their callers, and finished objects
+    /// waiting to be handed back to a retry.
+    pub handback: crate::runtime::handback::Handback,
+    /// Container lifecycle events for `GetContainerEvents` subscribers.
+    pub events: tokio::sync::broadcast::Sender<k8s_cri::v1::ContainerEventResponse>,
 }
+
+/// How many container events a slow `GetContainerEvents` subscriber may
+/// fall behind before it misses some.
+pub const EVENT_BUFFER: usize = 1024;
 
 /// Per-key async locks (entries are dropped when nobody holds them).
 #[derive(Default)]
@@ -66,6 +77,9 @@ pub enum DaemonError {
     /// The image data cannot be opened.
     #[error(transparent)]
     Images(#[from] crius_image::ImageError),
+    /// The metrics cannot be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 impl Daemon {
@@ -89,6 +103,9 @@ impl Daemon {
             images,
             shims: tokio::sync::Mutex::new(HashMap::new()),
             locks: KeyedLocks::default(),
+            metrics: Arc::new(crate::metrics::Metrics::new()?),
+            handback: crate::runtime::handback::Handback::default(),
+            events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
         })
     }
 

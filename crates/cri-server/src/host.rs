@@ -1,6 +1,7 @@
 //! Facts about the host that shape container specs, read once at start-up.
 
 use crate::config::{CgroupDriver, Config};
+use crius_spec::mounts::HostPropagation;
 use crius_spec::{caps, CgroupFeatures, HostFacts};
 use std::path::Path;
 
@@ -61,15 +62,314 @@ pub fn gather(config: &Config) -> HostFacts {
         cgroup_features,
         apparmor,
         selinux,
-        rro_mounts: false,
+        rro_mounts: config
+            .runtimes
+            .get(&config.default_runtime)
+            .is_some_and(|h| runtime_features(&h.path).rro),
         nofile_hard,
         passthrough_annotations: Vec::new(),
     }
 }
 
+/// Undoes the octal escapes (`\040` for a space...) of /proc/self/mountinfo.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            if let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 4])
+                .ok()
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+            {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// How the mount that holds `path` (already free of symlinks) propagates,
+/// from the text of /proc/self/mountinfo: the mount with the longest mount
+/// point above the path wins (the last one listed when mounts are stacked).
+pub fn propagation_of(mountinfo: &str, path: &Path) -> HostPropagation {
+    let mut best: Option<(usize, HostPropagation)> = None;
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        if fields.len() < 7 {
+            continue;
+        }
+        let point = unescape_mountinfo(fields[4]);
+        if !path.starts_with(&point) {
+            continue;
+        }
+        let optional = fields[6..].iter().take_while(|f| **f != "-");
+        let mut kind = HostPropagation::Private;
+        for f in optional {
+            if f.starts_with("shared:") {
+                kind = HostPropagation::Shared;
+            } else if f.starts_with("master:") && kind == HostPropagation::Private {
+                kind = HostPropagation::Slave;
+            }
+        }
+        let depth = Path::new(&point).components().count();
+        if best.is_none_or(|(d, _)| depth >= d) {
+            best = Some((depth, kind));
+        }
+    }
+    best.map(|(_, k)| k).unwrap_or_default()
+}
+
+/// The device nodes of the host's /dev that a privileged container gets,
+/// as runc's and containerd's host-device lists have them: everything
+/// below /dev except the pty, shm, mqueue and fd trees and the console.
+pub fn host_devices() -> Vec<crius_spec::container::DeviceNode> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = Vec::new();
+    let mut dirs = vec![std::path::PathBuf::from("/dev")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let ft = meta.file_type();
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if ft.is_dir() {
+                if !matches!(
+                    name.as_ref(),
+                    "pts" | "shm" | "fd" | "mqueue" | ".lxc" | ".lxd-mounts" | ".udev"
+                ) {
+                    dirs.push(path);
+                }
+                continue;
+            }
+            if name == "console" {
+                continue;
+            }
+            let kind = if ft.is_char_device() {
+                'c'
+            } else if ft.is_block_device() {
+                'b'
+            } else {
+                continue;
+            };
+            let rdev = meta.rdev();
+            out.push(crius_spec::container::DeviceNode {
+                path: path.display().to_string(),
+                kind,
+                major: nix::sys::stat::major(rdev) as i64,
+                minor: nix::sys::stat::minor(rdev) as i64,
+                file_mode: meta.mode() & 0o777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                permissions: "rwm".into(),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+/// What a runtime handler's OCI runtime can do, as its `features`
+/// subcommand reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuntimeFeatures {
+    /// It knows the `rro` mount option (recursive read-only, which also
+    /// needs `mount_setattr(2)`: Linux 5.12).
+    pub rro: bool,
+    /// It can put containers in user namespaces with idmapped mounts.
+    pub idmap: bool,
+}
+
+/// Whether a kernel release string (`6.18.44-fc`) is at least `major.minor`.
+pub fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (ma, mi) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (ma, mi) >= (major, minor)
+}
+
+/// Reads the output of `<runtime> features` (the OCI runtime features
+/// document); a runtime without the subcommand supports neither.
+pub fn parse_runtime_features(json: &str, kernel: &str) -> RuntimeFeatures {
+    let Ok(doc) = serde_json::from_str::<serde_json::Value>(json) else {
+        return RuntimeFeatures::default();
+    };
+    let rro = doc["mountOptions"]
+        .as_array()
+        .is_some_and(|o| o.iter().any(|v| v == "rro"))
+        && kernel_at_least(kernel, 5, 12);
+    let idmap = doc["linux"]["namespaces"]
+        .as_array()
+        .is_some_and(|n| n.iter().any(|v| v == "user"))
+        && doc["linux"]["mountExtensions"]["idmap"]["enabled"] == serde_json::Value::Bool(true);
+    RuntimeFeatures { rro, idmap }
+}
+
+/// How long `<runtime> features` may take.
+const FEATURES_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn run_features(path: &str) -> Option<String> {
+    let mut child = std::process::Command::new(path)
+        .arg("features")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut stdout = child.stdout.take()?;
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut s = String::new();
+        let _ = (&mut stdout).take(1 << 20).read_to_string(&mut s);
+        s
+    });
+    let deadline = std::time::Instant::now() + FEATURES_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let out = reader.join().ok()?;
+    status.filter(|s| s.success()).map(|_| out)
+}
+
+/// The features of the OCI runtime at `path` (a path or a name in PATH),
+/// asked once per path and remembered.
+pub fn runtime_features(path: &str) -> RuntimeFeatures {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, RuntimeFeatures>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(f) = cache.lock().ok().and_then(|c| c.get(path).copied()) {
+        return f;
+    }
+    let kernel = read("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let features = run_features(path)
+        .map(|out| parse_runtime_features(&out, &kernel))
+        .unwrap_or_default();
+    if let Ok(mut c) = cache.lock() {
+        c.insert(path.to_string(), features);
+    }
+    features
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_propagation_from_mountinfo() {
+        let info = r"22 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+30 22 0:25 / /sys rw shared:7 - sysfs sysfs rw
+40 22 0:40 / /mnt/shared rw shared:12 - tmpfs t rw
+41 40 0:41 / /mnt/shared/sub rw master:12 - tmpfs t rw
+42 22 0:42 / /mnt/with\040space rw shared:3 master:1 - tmpfs t rw
+43 40 0:43 / /mnt/shared rw - tmpfs t rw
+";
+        let cases = [
+            ("/etc/passwd", HostPropagation::Private),
+            ("/sys/fs", HostPropagation::Shared),
+            ("/mnt/shared/sub/x", HostPropagation::Slave),
+            ("/mnt/sharedx", HostPropagation::Private),
+            ("/mnt/with space/a", HostPropagation::Shared),
+        ];
+        for (path, want) in cases {
+            assert_eq!(propagation_of(info, Path::new(path)), want, "{path}");
+        }
+        // A mount stacked on the same point hides the one below it.
+        let stacked = info.replace(
+            "41 40 0:41 / /mnt/shared/sub rw master:12 - tmpfs t rw\n",
+            "",
+        );
+        assert_eq!(
+            propagation_of(&stacked, Path::new("/mnt/shared/a")),
+            HostPropagation::Private
+        );
+        assert_eq!(
+            propagation_of("", Path::new("/x")),
+            HostPropagation::Private
+        );
+    }
+
+    #[test]
+    fn runtime_features_documents() {
+        let runc =
+            r#"{"mountOptions": ["ro", "rro", "rbind"], "linux": {"namespaces": ["user", "pid"]}}"#;
+        let idmap = r#"{"mountOptions": [], "linux": {"namespaces": ["user"], "mountExtensions": {"idmap": {"enabled": true}}}}"#;
+        let cases = [
+            (
+                runc,
+                "6.18.44-fc",
+                RuntimeFeatures {
+                    rro: true,
+                    idmap: false,
+                },
+            ),
+            (
+                runc,
+                "5.11.0",
+                RuntimeFeatures {
+                    rro: false,
+                    idmap: false,
+                },
+            ),
+            (
+                idmap,
+                "6.1.0",
+                RuntimeFeatures {
+                    rro: false,
+                    idmap: true,
+                },
+            ),
+            (
+                "unknown command features",
+                "6.1.0",
+                RuntimeFeatures::default(),
+            ),
+        ];
+        for (doc, kernel, want) in cases {
+            assert_eq!(parse_runtime_features(doc, kernel), want, "{doc} {kernel}");
+        }
+        assert!(kernel_at_least("5.12.0", 5, 12));
+        assert!(kernel_at_least("10.0", 5, 12));
+        assert!(!kernel_at_least("4.19.2", 5, 12));
+        assert!(!kernel_at_least("", 5, 12));
+        // A runtime that is not there has no features.
+        assert_eq!(
+            runtime_features("/nonexistent/crius-test-runtime"),
+            RuntimeFeatures::default()
+        );
+    }
+
+    #[test]
+    fn host_devices_are_device_nodes() {
+        let devs = host_devices();
+        if let Some(null) = devs.iter().find(|d| d.path == "/dev/null") {
+            assert_eq!((null.kind, null.major, null.minor), ('c', 1, 3));
+        }
+        assert!(devs.iter().all(|d| !d.path.starts_with("/dev/pts/")
+            && d.path != "/dev/console"
+            && (d.kind == 'c' || d.kind == 'b')));
+    }
 
     #[test]
     fn cap_eff_line() {

@@ -11,6 +11,7 @@ pub mod health;
 pub mod host;
 pub mod image;
 pub mod metrics;
+pub mod recover;
 pub mod runtime;
 pub mod server;
 pub mod shimclient;

@@ -4,7 +4,8 @@
 use http_body_util::Full;
 use hyper::body::Bytes;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,6 +24,28 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// CRI request latency by method.
     pub latency: HistogramVec,
+    /// Pod sandboxes by state (set at scrape time from the store).
+    pub pods: IntGaugeVec,
+    /// Containers by state (set at scrape time from the store).
+    pub containers: IntGaugeVec,
+    /// Image pulls by result (`ok`, `error`).
+    pub image_pulls: IntCounterVec,
+    /// Bytes of the images pulled.
+    pub image_pull_bytes: IntCounter,
+    /// Image pull duration.
+    pub image_pull_duration: Histogram,
+    /// Time to launch a pod's shim and have it answer.
+    pub shim_spawn_duration: Histogram,
+    /// CNI ADD/DEL duration by operation.
+    pub cni_duration: HistogramVec,
+    /// CNI failures by operation.
+    pub cni_failures: IntCounterVec,
+    /// Exec sessions by kind (`sync`, `stream`).
+    pub execs: IntCounterVec,
+    /// Pod start-up phases.
+    pub pod_phases: HistogramVec,
+    /// Container start-up phases.
+    pub container_phases: HistogramVec,
 }
 
 /// Latency buckets from 1 ms to ~2 min.
@@ -53,20 +76,128 @@ impl Metrics {
             .buckets(BUCKETS.to_vec()),
             &["method"],
         )?;
+        let pods = IntGaugeVec::new(Opts::new("pods", "Pod sandboxes by state"), &["state"])?;
+        let containers =
+            IntGaugeVec::new(Opts::new("containers", "Containers by state"), &["state"])?;
+        let image_pulls = IntCounterVec::new(
+            Opts::new("image_pulls_total", "Image pulls by result"),
+            &["result"],
+        )?;
+        let image_pull_bytes =
+            IntCounter::new("image_pull_bytes_total", "Bytes of the images pulled")?;
+        let histogram = |name: &str, help: &str| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()))
+        };
+        let histogram_vec = |name: &str, help: &str, label: &str| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
+                &[label],
+            )
+        };
+        let image_pull_duration = histogram("image_pull_duration_seconds", "Image pull duration")?;
+        let shim_spawn_duration =
+            histogram("shim_spawn_duration_seconds", "Time to launch a pod's shim")?;
+        let cni_duration = histogram_vec(
+            "cni_duration_seconds",
+            "CNI call duration by operation",
+            "op",
+        )?;
+        let cni_failures = IntCounterVec::new(
+            Opts::new("cni_failures_total", "CNI failures by operation"),
+            &["op"],
+        )?;
+        let execs =
+            IntCounterVec::new(Opts::new("execs_total", "Exec sessions by kind"), &["kind"])?;
+        let pod_phases = histogram_vec(
+            "pod_startup_phase_seconds",
+            "Duration of each pod start-up phase",
+            "phase",
+        )?;
+        let container_phases = histogram_vec(
+            "container_startup_phase_seconds",
+            "Duration of each container start-up phase",
+            "phase",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(pods.clone()))?;
+        registry.register(Box::new(containers.clone()))?;
+        registry.register(Box::new(image_pulls.clone()))?;
+        registry.register(Box::new(image_pull_bytes.clone()))?;
+        registry.register(Box::new(image_pull_duration.clone()))?;
+        registry.register(Box::new(shim_spawn_duration.clone()))?;
+        registry.register(Box::new(cni_duration.clone()))?;
+        registry.register(Box::new(cni_failures.clone()))?;
+        registry.register(Box::new(execs.clone()))?;
+        registry.register(Box::new(pod_phases.clone()))?;
+        registry.register(Box::new(container_phases.clone()))?;
         Ok(Metrics {
             registry,
             requests,
             errors,
             latency,
+            pods,
+            containers,
+            image_pulls,
+            image_pull_bytes,
+            image_pull_duration,
+            shim_spawn_duration,
+            cni_duration,
+            cni_failures,
+            execs,
+            pod_phases,
+            container_phases,
         })
     }
 
     /// The registry, for other modules to register their metrics in.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Sets the pod and container gauges from the store.
+    pub fn refresh(&self, store: &crius_store::Store) {
+        use crius_store::{ContainerState, SandboxState};
+        let (mut ready, mut not_ready) = (0, 0);
+        for s in store.list_sandboxes() {
+            match s.status.state {
+                SandboxState::Ready => ready += 1,
+                SandboxState::NotReady => not_ready += 1,
+            }
+        }
+        self.pods.with_label_values(&["ready"]).set(ready);
+        self.pods.with_label_values(&["notready"]).set(not_ready);
+        let mut counts = [0i64; 4];
+        for c in store.list_containers() {
+            let i = match c.status.state {
+                ContainerState::Created => 0,
+                ContainerState::Running => 1,
+                ContainerState::Exited => 2,
+                ContainerState::Unknown => 3,
+            };
+            counts[i] += 1;
+        }
+        for (state, n) in ["created", "running", "exited", "unknown"]
+            .iter()
+            .zip(counts)
+        {
+            self.containers.with_label_values(&[state]).set(n);
+        }
+    }
+
+    /// Records a start-up timeline into the phase histograms.
+    pub fn observe_phases(&self, pod: bool, timeline: &[crius_store::Phase]) {
+        let family = if pod {
+            &self.pod_phases
+        } else {
+            &self.container_phases
+        };
+        for p in timeline {
+            family
+                .with_label_values(&[&p.name])
+                .observe(p.nanos as f64 / 1e9);
+        }
     }
 
     /// The text exposition of every metric.
@@ -201,6 +332,7 @@ where
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
+    store: Option<Arc<crius_store::Store>>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -220,11 +352,16 @@ pub async fn serve(
                 }
             };
             let metrics = metrics.clone();
+            let store = store.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
                         let metrics = metrics.clone();
+                        let store = store.clone();
                         async move {
+                            if let Some(store) = &store {
+                                metrics.refresh(store);
+                            }
                             let resp = if req.uri().path() == "/metrics"
                                 && req.method() == hyper::Method::GET
                             {
@@ -316,7 +453,7 @@ mod tests {
         );
 
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let (addr, handle) = serve("127.0.0.1:0".parse().unwrap(), metrics, rx)
+        let (addr, handle) = serve("127.0.0.1:0".parse().unwrap(), metrics, None, rx)
             .await
             .unwrap();
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();

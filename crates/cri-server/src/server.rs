@@ -100,6 +100,7 @@ pub async fn run(
 
     let socket = config.socket.clone();
     let daemon = Arc::new(Daemon::new(config, store).context("cannot load runtime state")?);
+    crate::recover::recover(&daemon).await;
     let listener = bind_socket(&socket)?;
     tracing::info!(socket = %socket.display(), version = env!("CARGO_PKG_VERSION"), "criusd serving");
 
@@ -136,7 +137,7 @@ pub async fn run(
         shutdown.await;
         let _ = fired_tx.send(true);
     };
-    let metrics = Arc::new(crate::metrics::Metrics::new().context("cannot create metrics")?);
+    let metrics = daemon.metrics.clone();
     let metrics_task = if daemon.config.metrics.address.is_empty() {
         None
     } else {
@@ -146,9 +147,14 @@ pub async fn run(
             .address
             .parse()
             .context("metrics.address")?;
-        let (bound, task) = crate::metrics::serve(addr, metrics.clone(), fired_rx.clone())
-            .await
-            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        let (bound, task) = crate::metrics::serve(
+            addr,
+            metrics.clone(),
+            Some(daemon.store.clone()),
+            fired_rx.clone(),
+        )
+        .await
+        .with_context(|| format!("cannot serve metrics on {addr}"))?;
         tracing::info!(address = %bound, "serving metrics on /metrics");
         Some(task)
     };

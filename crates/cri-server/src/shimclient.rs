@@ -225,6 +225,7 @@ pub struct ShimClient {
     address: String,
     task: TaskClient,
     sandbox: SandboxClient,
+    crius: crius_shim::proto::shim_ttrpc::ShimClient,
 }
 
 fn ctx(timeout: Duration) -> context::Context {
@@ -253,7 +254,8 @@ impl ShimClient {
         Ok(Arc::new(ShimClient {
             address: address.to_string(),
             task: TaskClient::new(client.clone()),
-            sandbox: SandboxClient::new(client),
+            sandbox: SandboxClient::new(client.clone()),
+            crius: crius_shim::proto::shim_ttrpc::ShimClient::new(client),
         }))
     }
 
@@ -459,6 +461,37 @@ impl ShimClient {
         req.height = height;
         self.call("ResizePty", CALL_TIMEOUT, move |c, ctx| {
             c.task.resize_pty(ctx.clone(), &req).map(|_| ())
+        })
+        .await
+    }
+
+    /// Task Update: applies an OCI `LinuxResources` JSON object to the
+    /// container's cgroups (`runtime update --resources -`).
+    pub async fn update(
+        self: &Arc<Self>,
+        id: &str,
+        resources_json: Vec<u8>,
+    ) -> Result<(), ShimError> {
+        let mut req = api::UpdateTaskRequest::new();
+        req.id = id.to_string();
+        let mut any = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
+        any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
+        any.value = resources_json;
+        req.resources = containerd_shim_protos::protobuf::MessageField::some(any);
+        self.call("Update", CALL_TIMEOUT, move |c, ctx| {
+            c.task.update(ctx.clone(), &req).map(|_| ())
+        })
+        .await
+    }
+
+    /// `crius.shim.v1.Shim/ReopenLog`: reopens the CRI log file(s) of a
+    /// process after they were rotated.
+    pub async fn reopen_log(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<(), ShimError> {
+        let mut req = crius_shim::proto::shim::ReopenLogRequest::new();
+        req.id = id.to_string();
+        req.exec_id = exec_id.to_string();
+        self.call("ReopenLog", CALL_TIMEOUT, move |c, ctx| {
+            c.crius.reopen_log(ctx.clone(), &req).map(|_| ())
         })
         .await
     }

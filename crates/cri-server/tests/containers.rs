@@ -5,6 +5,7 @@ mod common;
 
 use common::pod::*;
 use common::registry::is_root;
+use common::stream_client::{ch as channel, ws_collect, ws_connect};
 use futures_util::{SinkExt, StreamExt};
 use k8s_cri::v1::{
     Capability, ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest,
@@ -13,42 +14,8 @@ use k8s_cri::v1::{
     RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
     StopContainerRequest, StopPodSandboxRequest,
 };
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
-
-async fn ws_connect(url: &str, protocol: &str) -> Ws {
-    let rest = url.strip_prefix("http://").expect("http URL");
-    let (addr, path) = rest.split_at(rest.find('/').unwrap());
-    let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tokio_tungstenite::client_async(req, tcp).await.unwrap().0
-}
-
-/// Reads binary messages until the server closes; data per channel.
-async fn ws_collect(ws: &mut Ws) -> HashMap<u8, Vec<u8>> {
-    let mut out: HashMap<u8, Vec<u8>> = HashMap::new();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
-            Ok(Some(Ok(Message::Binary(d)))) if !d.is_empty() => {
-                out.entry(d[0]).or_default().extend_from_slice(&d[1..]);
-            }
-            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => break,
-            Ok(Some(Ok(_))) => {}
-            Err(_) => panic!("no websocket message within a minute"),
-        }
-    }
-    out
-}
-
-fn channel(map: &HashMap<u8, Vec<u8>>, c: u8) -> String {
-    String::from_utf8_lossy(map.get(&c).map(|v| &v[..]).unwrap_or(b"")).into_owned()
-}
 
 fn container(name: &str, image: &str, cmd: &[&str]) -> ContainerConfig {
     ContainerConfig {
@@ -233,14 +200,14 @@ async fn container_lifecycle_logs_exec_and_security() {
         .unwrap()
         .into_inner()
         .url;
-    let mut ws = ws_connect(&url, "v5.channel.k8s.io").await;
+    let (mut ws, _) = ws_connect(&url, "v5.channel.k8s.io").await;
     ws.send(Message::Binary([&[0u8][..], b"abc\n"].concat().into()))
         .await
         .unwrap();
     ws.send(Message::Binary(vec![255u8, 0].into()))
         .await
         .unwrap();
-    let got = ws_collect(&mut ws).await;
+    let (got, _) = ws_collect(&mut ws).await;
     assert_eq!(channel(&got, 1), "got abc\n");
     assert_eq!(channel(&got, 2), "warn\n");
     let exit: serde_json::Value = serde_json::from_str(&channel(&got, 3)).unwrap();
@@ -289,7 +256,7 @@ async fn container_lifecycle_logs_exec_and_security() {
         .unwrap()
         .into_inner()
         .url;
-    let mut ws = ws_connect(&format!("{url}?port=7070"), "v4.channel.k8s.io").await;
+    let (mut ws, _) = ws_connect(&format!("{url}?port=7070"), "v4.channel.k8s.io").await;
     ws.send(Message::Binary([&[0u8][..], b"hello"].concat().into()))
         .await
         .unwrap();

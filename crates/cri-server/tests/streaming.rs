@@ -3,15 +3,15 @@
 //! client from tokio-tungstenite, against a fake backend that runs real
 //! processes and forwards to a local TCP echo server.
 
-use bytes::{Bytes, BytesMut};
-use crius_cri_server::streaming::spdy::{Frame, FrameDecoder, FrameEncoder, FLAG_FIN};
+mod common;
+
+use common::stream_client::*;
 use crius_cri_server::streaming::{
     Backend, BackendError, StreamIo, StreamingConfig, StreamingServer, TermSize,
 };
 use futures_util::{SinkExt, StreamExt};
 use k8s_cri::v1::{AttachRequest, ExecRequest, PortForwardRequest};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -247,145 +247,7 @@ fn exec_req(cmd: &[&str], stdin: bool, stdout: bool, stderr: bool, tty: bool) ->
 }
 
 /// The address and path of a streaming URL.
-fn split_url(url: &str) -> (SocketAddr, String) {
-    let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) = rest.split_at(rest.find('/').unwrap());
-    (host.parse().unwrap(), path.to_string())
-}
-
 // ----------------------------------------------------------- SPDY client
-
-struct SpdyClient {
-    stream: TcpStream,
-    enc: FrameEncoder,
-    dec: FrameDecoder,
-    buf: BytesMut,
-    next_id: u32,
-}
-
-/// Sends an upgrade request; returns the status code, the response head,
-/// and the connection with any bytes read past the head.
-async fn http_request(url: &str, headers: &[(&str, &str)]) -> (u16, String, TcpStream, BytesMut) {
-    let (addr, path) = split_url(url);
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = BytesMut::new();
-    let end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = stream.read_buf(&mut buf).await.unwrap();
-        assert!(n > 0, "connection closed before the response head");
-    };
-    let head = String::from_utf8_lossy(&buf.split_to(end)).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap();
-    (status, head, stream, buf)
-}
-
-impl SpdyClient {
-    async fn connect(url: &str, protocols: &[&str]) -> (u16, String, Option<SpdyClient>) {
-        let mut headers = vec![("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1")];
-        for p in protocols {
-            headers.push(("X-Stream-Protocol-Version", p));
-        }
-        let (status, head, stream, buf) = http_request(url, &headers).await;
-        let client = (status == 101).then(|| SpdyClient {
-            stream,
-            enc: FrameEncoder::new(),
-            dec: FrameDecoder::new(),
-            buf,
-            next_id: 1,
-        });
-        (status, head, client)
-    }
-
-    async fn send(&mut self, frame: Frame) {
-        let mut out = BytesMut::new();
-        self.enc.encode(&frame, &mut out).unwrap();
-        // The server may already have closed (tests of its limits).
-        let _ = self.stream.write_all(&out).await;
-    }
-
-    async fn open(&mut self, headers: &[(&str, &str)]) -> u32 {
-        let id = self.next_id;
-        self.next_id += 2;
-        let headers = headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        self.send(Frame::SynStream {
-            stream_id: id,
-            associated_id: 0,
-            priority: 0,
-            flags: 0,
-            headers,
-        })
-        .await;
-        id
-    }
-
-    async fn data(&mut self, id: u32, data: &[u8], fin: bool) {
-        self.send(Frame::Data {
-            stream_id: id,
-            flags: if fin { FLAG_FIN } else { 0 },
-            data: Bytes::copy_from_slice(data),
-        })
-        .await;
-    }
-
-    async fn next(&mut self) -> Option<Frame> {
-        let (r, _) = self.stream.split();
-        let mut r = r;
-        self.dec
-            .read_frame(&mut r, &mut self.buf)
-            .await
-            .ok()
-            .flatten()
-    }
-
-    /// Reads until every stream in `ids` has ended (FIN or RST) or the
-    /// connection closes; returns the data per stream.
-    async fn collect(&mut self, ids: &[u32]) -> HashMap<u32, Vec<u8>> {
-        let mut data: HashMap<u32, Vec<u8>> = HashMap::new();
-        let mut open: Vec<u32> = ids.to_vec();
-        while !open.is_empty() {
-            let frame = match tokio::time::timeout(Duration::from_secs(60), self.next()).await {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(_) => panic!("no frame within a minute; still open: {open:?}"),
-            };
-            match frame {
-                Frame::Data {
-                    stream_id,
-                    flags,
-                    data: d,
-                } => {
-                    data.entry(stream_id).or_default().extend_from_slice(&d);
-                    if flags & FLAG_FIN != 0 {
-                        open.retain(|i| *i != stream_id);
-                    }
-                }
-                Frame::RstStream { stream_id, .. } => open.retain(|i| *i != stream_id),
-                Frame::GoAway { .. } => break,
-                _ => {}
-            }
-        }
-        data
-    }
-}
-
-fn text(map: &HashMap<u32, Vec<u8>>, id: u32) -> String {
-    String::from_utf8_lossy(map.get(&id).map(|v| &v[..]).unwrap_or(b"")).into_owned()
-}
 
 // ------------------------------------------------------------ SPDY tests
 
@@ -685,52 +547,6 @@ async fn spdy_port_forward_echo() {
 }
 
 // ------------------------------------------------------- WebSocket tests
-
-type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
-
-async fn ws_connect(url: &str, protocol: &str) -> (Ws, Option<String>) {
-    let (addr, path) = split_url(url);
-    let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
-    let chosen = resp
-        .headers()
-        .get("sec-websocket-protocol")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    (ws, chosen)
-}
-
-/// Reads binary messages until the server closes; returns data per channel
-/// and the first message's channel.
-async fn ws_collect(ws: &mut Ws) -> (HashMap<u8, Vec<u8>>, Option<(u8, usize)>) {
-    let mut out: HashMap<u8, Vec<u8>> = HashMap::new();
-    let mut first = None;
-    loop {
-        let msg = match tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
-            Ok(Some(Ok(m))) => m,
-            Ok(_) => break,
-            Err(_) => panic!("no websocket message within a minute"),
-        };
-        match msg {
-            Message::Binary(d) if !d.is_empty() => {
-                if first.is_none() {
-                    first = Some((d[0], d.len() - 1));
-                }
-                out.entry(d[0]).or_default().extend_from_slice(&d[1..]);
-            }
-            Message::Close(_) => break,
-            _ => {}
-        }
-    }
-    (out, first)
-}
-
-fn ch(map: &HashMap<u8, Vec<u8>>, c: u8) -> String {
-    String::from_utf8_lossy(map.get(&c).map(|v| &v[..]).unwrap_or(b"")).into_owned()
-}
 
 #[tokio::test]
 async fn websocket_exec_with_a_general_purpose_client() {

@@ -239,6 +239,15 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<oci_spec::runtime::S
 
     // Mounts.
     let cri = mounts::cri_mounts(&config.mounts, input.host_propagation, host.rro_mounts)?;
+    // As containerd: a bidirectional mount needs the container's root
+    // mount shared, a host-to-container one needs it at least slave.
+    let rootfs_propagation = if cri.iter().any(|m| m.options.iter().any(|o| o == "rshared")) {
+        Some("rshared")
+    } else if cri.iter().any(|m| m.options.iter().any(|o| o == "rslave")) {
+        Some("rslave")
+    } else {
+        None
+    };
     let volumes = mounts::image_volume_mounts(&input.image.volumes, input.volume_dir, &cri);
     let all_mounts = mounts::merge(vec![
         mounts::default_mounts(privileged),
@@ -342,7 +351,7 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<oci_spec::runtime::S
         .as_ref()
         .map(|l| l.cgroup_parent.clone())
         .unwrap_or_default();
-    common::assemble(Parts {
+    let mut spec = common::assemble(Parts {
         args,
         env,
         cwd,
@@ -373,7 +382,11 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<oci_spec::runtime::S
         masked_paths: masked,
         readonly_paths: readonly,
         annotations,
-    })
+    })?;
+    if let (Some(p), Some(l)) = (rootfs_propagation, spec.linux_mut().as_mut()) {
+        l.set_rootfs_propagation(Some(p.to_string()));
+    }
+    Ok(spec)
 }
 
 /// The spec as JSON (for tests and verbose status).
@@ -386,6 +399,7 @@ mod tests {
     use super::*;
     use crate::testutil::mount;
     use crate::user;
+    use k8s_cri::v1::MountPropagation;
     use k8s_cri::v1::{
         security_profile::ProfileType, Capability, ContainerMetadata, Int64Value, KeyValue,
         LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
@@ -675,6 +689,47 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("config.mounts[0].container_path"));
+    }
+
+    #[test]
+    fn rootfs_propagation_follows_the_mounts() {
+        let mut f = Fixture::new();
+        f.prop.insert("/shared".into(), HostPropagation::Shared);
+        f.prop.insert("/slave".into(), HostPropagation::Slave);
+        let m = |host: &str, p: MountPropagation| CriMount {
+            container_path: format!("/mnt{host}"),
+            host_path: host.into(),
+            propagation: p as i32,
+            ..Default::default()
+        };
+        let cases = [
+            (vec![], None),
+            (
+                vec![m("/slave", MountPropagation::PropagationPrivate)],
+                None,
+            ),
+            (
+                vec![m("/slave", MountPropagation::PropagationHostToContainer)],
+                Some("rslave"),
+            ),
+            (
+                vec![
+                    m("/slave", MountPropagation::PropagationHostToContainer),
+                    m("/shared", MountPropagation::PropagationBidirectional),
+                ],
+                Some("rshared"),
+            ),
+        ];
+        for (mounts, want) in cases {
+            let mut c = base();
+            c.mounts = mounts;
+            let s = f.build(&c, None).unwrap();
+            assert_eq!(s["linux"]["rootfsPropagation"].as_str(), want);
+        }
+        // Bidirectional needs a shared host mount.
+        let mut c = base();
+        c.mounts = vec![m("/slave", MountPropagation::PropagationBidirectional)];
+        assert!(f.build(&c, None).is_err());
     }
 
     #[test]

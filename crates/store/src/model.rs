@@ -117,6 +117,16 @@ pub enum SandboxState {
     NotReady,
 }
 
+/// One phase of a start-up timeline: what was done and how long it took.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Phase {
+    /// The phase (e.g. `shim_spawn`, `cni_add`, `runc_create`).
+    pub name: String,
+    /// Its duration in nanoseconds.
+    pub nanos: u64,
+}
+
 /// Mutable status of a pod sandbox.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -135,6 +145,8 @@ pub struct SandboxStatus {
     pub shim_address: Option<String>,
     /// Time the sandbox stopped, in nanoseconds since the Unix epoch.
     pub exited_at: Option<i64>,
+    /// How long each phase of RunPodSandbox took.
+    pub timeline: Vec<Phase>,
 }
 
 /// Immutable metadata of a container.
@@ -201,6 +213,8 @@ pub struct ContainerStatus {
     pub reason: Option<String>,
     /// Human-readable message for the current state.
     pub message: Option<String>,
+    /// How long each phase of CreateContainer and StartContainer took.
+    pub timeline: Vec<Phase>,
 }
 
 /// Immutable metadata of an image.

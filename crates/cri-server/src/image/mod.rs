@@ -10,6 +10,27 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
+/// Pulls an image and records the pull in the metrics (used by PullImage
+/// and by RunPodSandbox for the pause image).
+pub async fn pull(
+    daemon: &Daemon,
+    reference: &str,
+    auth: Option<Auth>,
+) -> Result<crius_store::ImageRecord, crius_image::ImageError> {
+    let started = std::time::Instant::now();
+    let pulled = daemon.images.pull(reference, auth).await;
+    let metrics = &daemon.metrics;
+    metrics
+        .image_pull_duration
+        .observe(started.elapsed().as_secs_f64());
+    let result = if pulled.is_ok() { "ok" } else { "error" };
+    metrics.image_pulls.with_label_values(&[result]).inc();
+    if let Ok(rec) = &pulled {
+        metrics.image_pull_bytes.inc_by(rec.metadata.size);
+    }
+    pulled
+}
+
 /// The `ImageService` implementation.
 #[derive(Clone)]
 pub struct ImageSvc {
@@ -165,9 +186,7 @@ impl ImageService for ImageSvc {
             .map_err(|e| invalid_field("auth", e))?,
             None => None,
         };
-        let rec = self
-            .images()
-            .pull(&reference, auth)
+        let rec = pull(&self.daemon, &reference, auth)
             .await
             .map_err(|e| image_status(e, "image.image"))?;
         Ok(Response::new(v1::PullImageResponse {

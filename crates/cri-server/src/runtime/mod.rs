@@ -2,6 +2,7 @@
 
 pub mod container;
 pub mod filter;
+pub mod handback;
 pub mod sandbox;
 pub mod stats;
 pub mod status;
@@ -78,7 +79,30 @@ impl RuntimeService for RuntimeSvc {
         &self,
         request: Request<v1::RunPodSandboxRequest>,
     ) -> Result<Response<v1::RunPodSandboxResponse>, Status> {
-        let id = sandbox::lifecycle::run(&self.daemon, request.into_inner()).await?;
+        let req = request.into_inner();
+        let name = req.config.as_ref().and_then(|c| {
+            c.metadata.as_ref()?;
+            Some(sandbox::sandbox_name(c))
+        });
+        let fingerprint = serde_json::to_string(&(&req.config, &req.runtime_handler));
+        let id = match (name, fingerprint) {
+            (Some(name), Ok(fingerprint)) => {
+                let daemon = self.daemon.clone();
+                handback::create(
+                    &self.daemon,
+                    handback::Kind::Sandbox,
+                    &name,
+                    fingerprint,
+                    move || {
+                        let (daemon, req) = (daemon.clone(), req.clone());
+                        async move { sandbox::lifecycle::run(&daemon, req).await }
+                    },
+                )
+                .await?
+            }
+            // Invalid requests are refused by validation at once.
+            _ => sandbox::lifecycle::run(&self.daemon, req).await?,
+        };
         Ok(Response::new(v1::RunPodSandboxResponse {
             pod_sandbox_id: id,
         }))
@@ -112,7 +136,32 @@ impl RuntimeService for RuntimeSvc {
         &self,
         request: Request<v1::CreateContainerRequest>,
     ) -> Result<Response<v1::CreateContainerResponse>, Status> {
-        let id = container::lifecycle::create(&self.daemon, request.into_inner()).await?;
+        let req = request.into_inner();
+        let name = req
+            .config
+            .as_ref()
+            .and_then(|c| c.metadata.as_ref())
+            .filter(|_| !req.pod_sandbox_id.is_empty())
+            .map(|m| format!("{}/{}_{}", req.pod_sandbox_id, m.name, m.attempt));
+        let fingerprint = serde_json::to_string(&(&req.config, &req.sandbox_config));
+        let id = match (name, fingerprint) {
+            (Some(name), Ok(fingerprint)) => {
+                let daemon = self.daemon.clone();
+                handback::create(
+                    &self.daemon,
+                    handback::Kind::Container,
+                    &name,
+                    fingerprint,
+                    move || {
+                        let (daemon, req) = (daemon.clone(), req.clone());
+                        async move { container::lifecycle::create(&daemon, req).await }
+                    },
+                )
+                .await?
+            }
+            // Invalid requests are refused by validation at once.
+            _ => container::lifecycle::create(&self.daemon, req).await?,
+        };
         Ok(Response::new(v1::CreateContainerResponse {
             container_id: id,
         }))
@@ -159,6 +208,7 @@ impl RuntimeService for RuntimeSvc {
         &self,
         request: Request<v1::ExecSyncRequest>,
     ) -> Result<Response<v1::ExecSyncResponse>, Status> {
+        self.daemon.metrics.execs.with_label_values(&["sync"]).inc();
         container::lifecycle::exec_sync(&self.daemon, request.into_inner())
             .await
             .map(Response::new)
@@ -177,6 +227,7 @@ impl RuntimeService for RuntimeSvc {
             )));
         }
         let url = self.streaming.get_exec(&req)?;
+        self.daemon.metrics.execs.with_label_values(&["stream"]).inc();
         Ok(Response::new(v1::ExecResponse { url }))
     }
 
@@ -330,21 +381,23 @@ impl RuntimeService for RuntimeSvc {
         &self,
         _request: Request<v1::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(not_yet("GetContainerEvents"))
+        Ok(Response::new(container::events::subscribe(&self.daemon)))
     }
 
     async fn update_container_resources(
         &self,
-        _request: Request<v1::UpdateContainerResourcesRequest>,
+        request: Request<v1::UpdateContainerResourcesRequest>,
     ) -> Result<Response<v1::UpdateContainerResourcesResponse>, Status> {
-        Err(not_yet("UpdateContainerResources"))
+        container::update::update_resources(&self.daemon, request.into_inner()).await?;
+        Ok(Response::new(v1::UpdateContainerResourcesResponse {}))
     }
 
     async fn reopen_container_log(
         &self,
-        _request: Request<v1::ReopenContainerLogRequest>,
+        request: Request<v1::ReopenContainerLogRequest>,
     ) -> Result<Response<v1::ReopenContainerLogResponse>, Status> {
-        Err(not_yet("ReopenContainerLog"))
+        container::update::reopen_log(&self.daemon, request.into_inner()).await?;
+        Ok(Response::new(v1::ReopenContainerLogResponse {}))
     }
 
     async fn checkpoint_container(

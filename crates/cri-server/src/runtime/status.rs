@@ -80,14 +80,29 @@ pub async fn status(daemon: &Daemon, req: StatusRequest) -> Result<StatusRespons
     );
 
     // The default handler is listed under the empty name, as the CRI asks.
+    let features_of = |name: &str| {
+        let path = config
+            .runtimes
+            .get(name)
+            .map(|h| h.path.clone())
+            .unwrap_or_default();
+        async move {
+            let f = tokio::task::spawn_blocking(move || crate::host::runtime_features(&path))
+                .await
+                .unwrap_or_default();
+            handler_features(f)
+        }
+    };
     let mut runtime_handlers = vec![RuntimeHandler {
         name: String::new(),
-        features: Some(RuntimeHandlerFeatures::default()),
+        features: Some(features_of(&config.default_runtime).await),
     }];
-    runtime_handlers.extend(config.runtimes.keys().map(|name| RuntimeHandler {
-        name: name.clone(),
-        features: Some(RuntimeHandlerFeatures::default()),
-    }));
+    for name in config.runtimes.keys() {
+        runtime_handlers.push(RuntimeHandler {
+            name: name.clone(),
+            features: Some(features_of(name).await),
+        });
+    }
 
     Ok(StatusResponse {
         status: Some(RuntimeStatus {
@@ -95,8 +110,21 @@ pub async fn status(daemon: &Daemon, req: StatusRequest) -> Result<StatusRespons
         }),
         info,
         runtime_handlers,
-        features: Some(RuntimeFeatures::default()),
+        // Merge and Strict are both implemented (crius_spec::user).
+        features: Some(RuntimeFeatures {
+            supplemental_groups_policy: true,
+        }),
     })
+}
+
+/// What crius can offer with a runtime of these features. User namespaces
+/// need pod uid/gid mappings and idmapped mounts, which crius does not set
+/// up yet, so they are never reported.
+pub fn handler_features(f: crate::host::RuntimeFeatures) -> RuntimeHandlerFeatures {
+    RuntimeHandlerFeatures {
+        recursive_read_only_mounts: f.rro,
+        user_namespaces: false,
+    }
 }
 
 /// Answers `RuntimeConfig`.

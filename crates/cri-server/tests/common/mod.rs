@@ -6,6 +6,7 @@
 pub mod net;
 pub mod pod;
 pub mod registry;
+pub mod stream_client;
 
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
@@ -35,23 +36,8 @@ impl Daemon {
         std::fs::write(&config, config_text).expect("write config");
         let socket = dir.join("state/crius.sock");
         let log = dir.join("criusd.log");
-        let log_file = std::fs::File::create(&log).expect("create log");
-        let child = Command::new(CRIUSD)
-            .arg("--config")
-            .arg(&config)
-            .arg("--root")
-            .arg(dir.join("root"))
-            .arg("--state")
-            .arg(dir.join("state"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--log-level")
-            .arg("debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn criusd");
+        std::fs::File::create(&log).expect("create log");
+        let child = spawn_criusd(dir, &config, &socket, &log);
         let mut d = Daemon {
             child: Some(child),
             dir: dir.to_path_buf(),
@@ -61,6 +47,19 @@ impl Daemon {
         };
         d.wait_ready();
         d
+    }
+
+    /// Starts criusd again on the same directories and config (after it
+    /// was stopped or killed), appending to the same log.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "criusd is still running");
+        self.child = Some(spawn_criusd(
+            &self.dir,
+            &self.config,
+            &self.socket,
+            &self.log,
+        ));
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
@@ -124,6 +123,32 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Spawns criusd on `dir`'s root and state directories, logging to `log`
+/// (appended).
+fn spawn_criusd(dir: &Path, config: &Path, socket: &Path, log: &Path) -> Child {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open log");
+    Command::new(CRIUSD)
+        .arg("--config")
+        .arg(config)
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--state")
+        .arg(dir.join("state"))
+        .arg("--socket")
+        .arg(socket)
+        .arg("--log-level")
+        .arg("debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .expect("spawn criusd")
 }
 
 impl Drop for Daemon {

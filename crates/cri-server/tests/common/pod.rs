@@ -23,6 +23,11 @@ pub struct Env {
 impl Env {
     /// Sets everything up under a fresh directory in /tmp.
     pub fn start(prefix: &str) -> Env {
+        Env::start_with(prefix, "")
+    }
+
+    /// Like [`Env::start`], with more configuration text appended.
+    pub fn start_with(prefix: &str, extra_config: &str) -> Env {
         super::registry::ensure_binary("runc", "runc");
         let shim = Path::new(super::CRIUSD).with_file_name("containerd-shim-crius-v2");
         assert!(
@@ -56,6 +61,7 @@ impl Env {
             net.conf_dir.display(),
             dir.join("cni-bin").display()
         );
+        let config = format!("{config}{extra_config}");
         let daemon = Daemon::start(&dir, &config);
         Env {
             daemon,

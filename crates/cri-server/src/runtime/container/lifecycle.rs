@@ -7,11 +7,13 @@ use crate::shimclient::ShimClient;
 use crius_spec::container::{
     container_spec, image_volumes, user_request, ContainerInput, DeviceNode,
 };
+use crius_spec::mounts::HostPropagation;
 use crius_store::{
     ContainerMetadata, ContainerRecord, ContainerState, ContainerStatus, Record, SandboxState,
 };
 use k8s_cri::v1::{
-    ContainerConfig, CreateContainerRequest, ExecSyncRequest, ExecSyncResponse, PodSandboxConfig,
+    ContainerConfig, ContainerEventType, CreateContainerRequest, ExecSyncRequest, ExecSyncResponse,
+    PodSandboxConfig,
 };
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
@@ -24,7 +26,8 @@ pub const EXEC_OUTPUT_LIMIT: u64 = 16 * 1024 * 1024;
 /// How long a Wait on a running container may block.
 const WAIT_FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
-fn now_nanos() -> i64 {
+/// Now, in nanoseconds since the Unix epoch.
+pub(crate) fn now_nanos() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
@@ -148,6 +151,57 @@ fn device_nodes(config: &ContainerConfig) -> Result<Vec<DeviceNode>, Status> {
         .collect()
 }
 
+/// Makes the missing host paths of the CRI mounts as directories (as
+/// kubelet expects, and containerd does), recording what it made in
+/// `created` (deepest first) for a rollback; then tells for each host path
+/// how the host mount holding it propagates.
+fn prepare_host_paths(
+    config: &ContainerConfig,
+    created: &mut Vec<PathBuf>,
+) -> Result<HashMap<String, HostPropagation>, Status> {
+    let mut out = HashMap::new();
+    if config.mounts.is_empty() {
+        return Ok(out);
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| internal("/proc/self/mountinfo", e))?;
+    for (i, m) in config.mounts.iter().enumerate() {
+        let path = Path::new(&m.host_path);
+        // Bad paths are refused with the field's name by the spec builder.
+        if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+            continue;
+        }
+        if std::fs::metadata(path).is_err() {
+            let mut missing: Vec<PathBuf> = path
+                .ancestors()
+                .take_while(|a| std::fs::symlink_metadata(a).is_err())
+                .map(Path::to_path_buf)
+                .collect();
+            std::fs::create_dir_all(path).map_err(|e| {
+                invalid_field(
+                    &format!("config.mounts[{i}].host_path"),
+                    format!(
+                        "{:?} does not exist and cannot be created: {e}",
+                        m.host_path
+                    ),
+                )
+            })?;
+            created.append(&mut missing);
+        }
+        let real = std::fs::canonicalize(path).map_err(|e| {
+            invalid_field(
+                &format!("config.mounts[{i}].host_path"),
+                format!("{:?}: {e}", m.host_path),
+            )
+        })?;
+        out.insert(
+            m.host_path.clone(),
+            crate::host::propagation_of(&mountinfo, &real),
+        );
+    }
+    Ok(out)
+}
+
 /// The container's directories: persistent (volumes) and runtime (bundle).
 fn container_root(daemon: &Daemon, id: &str) -> PathBuf {
     daemon.config.root.join("containers").join(id)
@@ -155,6 +209,11 @@ fn container_root(daemon: &Daemon, id: &str) -> PathBuf {
 
 fn container_state(daemon: &Daemon, id: &str) -> PathBuf {
     daemon.config.state.join("containers").join(id)
+}
+
+/// The container's OCI bundle directory.
+pub(crate) fn bundle_dir(daemon: &Daemon, id: &str) -> PathBuf {
+    container_state(daemon, id).join("bundle")
 }
 
 async fn shim_for(daemon: &Daemon, sandbox_id: &str) -> Result<Arc<ShimClient>, Status> {
@@ -171,6 +230,8 @@ struct Done {
     record: bool,
     rootfs: bool,
     dirs: Vec<PathBuf>,
+    /// Host directories made for CRI mounts, deepest first.
+    host_dirs: Vec<PathBuf>,
     task: Option<Arc<ShimClient>>,
 }
 
@@ -189,6 +250,10 @@ impl Done {
         }
         for d in self.dirs.iter().rev() {
             let _ = std::fs::remove_dir_all(d);
+        }
+        for d in &self.host_dirs {
+            // Only if still empty: nothing of anybody else goes.
+            let _ = std::fs::remove_dir(d);
         }
         if self.record {
             let _ = daemon.store.remove_container(id);
@@ -251,7 +316,10 @@ pub async fn create(daemon: &Arc<Daemon>, req: CreateContainerRequest) -> Result
     )
     .await
     {
-        Ok(()) => Ok(id),
+        Ok(()) => {
+            super::events::emit_id(daemon, &id, ContainerEventType::ContainerCreatedEvent);
+            Ok(id)
+        }
         Err(e) => {
             tracing::warn!(container = %id, error = %e.message(), "CreateContainer failed; rolling back");
             done.undo(daemon, &id).await;
@@ -361,8 +429,20 @@ async fn create_steps(
         resolv_conf_path: Some(pod_root.join("resolv.conf").display().to_string()),
         hostname_path: Some(pod_root.join("hostname").display().to_string()),
     };
-    let devices = device_nodes(config)?;
-    let propagation: HashMap<String, crius_spec::mounts::HostPropagation> = HashMap::new();
+    let mut devices = device_nodes(config)?;
+    let privileged = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .is_some_and(|s| s.privileged);
+    if privileged {
+        for d in crate::host::host_devices() {
+            if !devices.iter().any(|x| x.path == d.path) {
+                devices.push(d);
+            }
+        }
+    }
+    let propagation = prepare_host_paths(config, &mut done.host_dirs)?;
     let volume_dir = root.join("volumes").display().to_string();
     // Built in a block of its own: the input holds non-Send references
     // that must be gone before the next await.
@@ -416,6 +496,15 @@ async fn create_steps(
     create.id = id.to_string();
     create.bundle = bundle.display().to_string();
     create.terminal = config.tty;
+    // stdin for CRI attach: the shim keeps it for attaching clients.
+    if config.stdin {
+        create.stdin = if config.stdin_once {
+            "attach-once"
+        } else {
+            "attach"
+        }
+        .to_string();
+    }
     let out = log
         .as_ref()
         .map(|p| format!("crilog://{}", p.display()))
@@ -471,7 +560,7 @@ fn oom_killed(daemon: &Daemon, record: &ContainerRecord) -> bool {
 }
 
 /// Records an exit in the store.
-async fn record_exit(
+pub async fn record_exit(
     daemon: &Daemon,
     id: &str,
     status: u32,
@@ -492,25 +581,34 @@ async fn record_exit(
     let store = daemon.store.clone();
     let cid = id.to_string();
     let r = tokio::task::spawn_blocking(move || {
-        store.update_container_status(&cid, |s| {
-            if s.state == ContainerState::Exited {
-                return;
-            }
-            s.state = ContainerState::Exited;
-            s.exit_code = Some(status as i32);
-            s.finished_at = Some(now_nanos());
-            s.reason = Some(reason);
-            s.message = message;
-        })
+        let mut changed = false;
+        store
+            .update_container_status(&cid, |s| {
+                if s.state == ContainerState::Exited {
+                    return;
+                }
+                s.state = ContainerState::Exited;
+                s.exit_code = Some(status as i32);
+                s.finished_at = Some(now_nanos());
+                s.reason = Some(reason);
+                s.message = message;
+                changed = true;
+            })
+            .map(|r| (r, changed))
     })
     .await;
-    if let Ok(Err(e)) = r {
-        tracing::warn!(container = id, error = %e, "cannot record exit");
+    match r {
+        Ok(Ok((record, true))) => {
+            super::events::emit(daemon, &record, ContainerEventType::ContainerStoppedEvent)
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(container = id, error = %e, "cannot record exit"),
+        Err(e) => tracing::warn!(container = id, error = %e, "cannot record exit"),
     }
 }
 
 /// Watches a started container and records its exit.
-fn watch_exit(daemon: Arc<Daemon>, shim: Arc<ShimClient>, id: String) {
+pub fn watch_exit(daemon: Arc<Daemon>, shim: Arc<ShimClient>, id: String) {
     tokio::spawn(async move {
         match shim.wait(&id, "", WAIT_FOREVER).await {
             Ok(status) => record_exit(&daemon, &id, status, None, None).await,
@@ -558,6 +656,7 @@ pub async fn start(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
             .await
             .map_err(|e| internal("store", e))?
             .map_err(store_status)?;
+            super::events::emit_id(daemon, &id, ContainerEventType::ContainerStartedEvent);
             watch_exit(daemon.clone(), shim, id);
             Ok(())
         }
@@ -690,11 +789,15 @@ pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
             Err(e) => return Err(internal(&format!("cannot remove {}", d.display()), e)),
         }
     }
+    let last = daemon.store.get_container(&id).unwrap_or(record);
     let store = daemon.store.clone();
-    tokio::task::spawn_blocking(move || store.remove_container(&id))
+    let removed = tokio::task::spawn_blocking(move || store.remove_container(&id))
         .await
         .map_err(|e| internal("store", e))?
         .map_err(store_status)?;
+    if removed {
+        super::events::emit(daemon, &last, ContainerEventType::ContainerDeletedEvent);
+    }
     Ok(())
 }
 

@@ -1,4 +1,6 @@
 //! The container half of the RuntimeService.
 
+pub mod events;
 pub mod lifecycle;
 pub mod status;
+pub mod update;

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::Status;
+use tracing::Instrument;
 
 fn now_nanos() -> i64 {
     SystemTime::now()
@@ -95,6 +96,40 @@ async fn write_file(path: PathBuf, text: String) -> Result<(), Status> {
     .map_err(|e| internal("write", e))?
 }
 
+/// How long each phase of a start-up took (shown in verbose status and in
+/// the phase histograms).
+pub struct Timeline {
+    last: std::time::Instant,
+    /// The phases so far.
+    pub phases: Vec<crius_store::Phase>,
+}
+
+impl Timeline {
+    /// Starts the clock.
+    pub fn start() -> Self {
+        Timeline {
+            last: std::time::Instant::now(),
+            phases: Vec::new(),
+        }
+    }
+
+    /// Time since the last mark.
+    pub fn since_last(&self) -> Duration {
+        self.last.elapsed()
+    }
+
+    /// Ends the phase `name` now.
+    pub fn mark(&mut self, name: &str) {
+        let now = std::time::Instant::now();
+        let nanos = now.duration_since(self.last).as_nanos().max(1);
+        self.phases.push(crius_store::Phase {
+            name: name.to_string(),
+            nanos: u64::try_from(nanos).unwrap_or(u64::MAX),
+        });
+        self.last = now;
+    }
+}
+
 /// What a RunPodSandbox has done so far, for rollback.
 #[derive(Default)]
 struct Done {
@@ -148,11 +183,18 @@ pub async fn run(daemon: &Arc<Daemon>, req: RunPodSandboxRequest) -> Result<Stri
     let config = req.config.unwrap_or_default();
     crius_spec::sandbox::validate(&config, &daemon.host).map_err(spec_status)?;
     let id = crius_store::generate_id();
-    let span = tracing::info_span!("run_pod_sandbox", sandbox = %id);
-    let _enter = span.enter();
-    drop(_enter);
+    let meta = config.metadata.clone().unwrap_or_default();
+    let span = tracing::info_span!(
+        "run_pod_sandbox",
+        sandbox = %id,
+        pod = %meta.name,
+        namespace = %meta.namespace
+    );
     let mut done = Done::default();
-    match run_steps(daemon, &id, &handler_name, &config, &mut done).await {
+    match run_steps(daemon, &id, &handler_name, &config, &mut done)
+        .instrument(span)
+        .await
+    {
         Ok(()) => Ok(id),
         Err(e) => {
             tracing::warn!(sandbox = %id, error = %e.message(), "RunPodSandbox failed; rolling back");
@@ -176,6 +218,7 @@ async fn run_steps(
     config: &PodSandboxConfig,
     done: &mut Done,
 ) -> Result<(), Status> {
+    let mut timeline = Timeline::start();
     let name = super::sandbox_name(config);
     daemon.store.reserve_name(&name, id).map_err(store_status)?;
     done.name = Some(name.clone());
@@ -206,6 +249,7 @@ async fn run_steps(
         .map_err(|e| internal("store", e))?
         .map_err(store_status)?;
     done.record = true;
+    timeline.mark("name_reservation");
 
     // The pause image.
     let pause_ref = daemon.config.pause_image.clone();
@@ -215,10 +259,13 @@ async fn run_steps(
         .map_err(|e| internal("pause image", e))?
     {
         Some(i) => i,
-        None => daemon.images.pull(&pause_ref, None).await.map_err(|e| {
-            Status::failed_precondition(format!("cannot pull the pause image {pause_ref}: {e}"))
-        })?,
+        None => crate::image::pull(daemon, &pause_ref, None)
+            .await
+            .map_err(|e| {
+                Status::failed_precondition(format!("cannot pull the pause image {pause_ref}: {e}"))
+            })?,
     };
+    timeline.mark("image");
     let image_config = daemon
         .images
         .image_config(&image.metadata.id)
@@ -275,6 +322,7 @@ async fn run_steps(
     } else {
         PathBuf::from(&handler.root)
     };
+    timeline.mark("pause_spec_and_rootfs");
     let launcher = daemon.launcher().map_err(|e| e.to_status())?;
     let address = launcher
         .start(id, &bundle, &handler.path, &runtime_root)
@@ -283,6 +331,11 @@ async fn run_steps(
     let shim = ShimClient::connect(&address)
         .await
         .map_err(|e| e.to_status())?;
+    daemon
+        .metrics
+        .shim_spawn_duration
+        .observe(timeline.since_last().as_secs_f64());
+    timeline.mark("shim_spawn");
     let mut create = containerd_shim_protos::sandbox_api::CreateSandboxRequest::new();
     create.sandbox_id = id.to_string();
     create.bundle_path = bundle.display().to_string();
@@ -312,6 +365,7 @@ async fn run_steps(
         .map_err(|e| e.to_status())?;
     let status = shim.sandbox_status(id).await.map_err(|e| e.to_status())?;
     let netns = status.info.get("netns").cloned().filter(|s| !s.is_empty());
+    timeline.mark("netns_and_shm");
 
     // The pod network.
     let (ip, additional_ips) = match (&netns, hn.network) {
@@ -320,6 +374,18 @@ async fn run_steps(
             let pod = pod_network(id, Path::new(ns), config);
             let undo = (network.clone(), pod.clone());
             let r = cni_add(network, pod).await;
+            daemon
+                .metrics
+                .cni_duration
+                .with_label_values(&["add"])
+                .observe(timeline.since_last().as_secs_f64());
+            if r.is_err() {
+                daemon
+                    .metrics
+                    .cni_failures
+                    .with_label_values(&["add"])
+                    .inc();
+            }
             // Even a failed ADD gets a DEL: plugins may have half-attached.
             done.network = Some(undo);
             let (ip, more) = r?;
@@ -328,6 +394,8 @@ async fn run_steps(
         (None, false) => return Err(Status::internal("the shim reported no network namespace")),
         (_, true) => (None, Vec::new()),
     };
+
+    timeline.mark("cni_add");
 
     // Pod files.
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -350,8 +418,13 @@ async fn run_steps(
     )
     .await?;
 
+    timeline.mark("pod_files");
+
     // The pause container.
     let pid = shim.start_sandbox(id).await.map_err(|e| e.to_status())?;
+    timeline.mark("pause_create_and_start");
+    let phases = timeline.phases;
+    daemon.metrics.observe_phases(true, &phases);
     let store = daemon.store.clone();
     let sid = id.to_string();
     tokio::task::spawn_blocking(move || {
@@ -362,6 +435,7 @@ async fn run_steps(
             s.ip = ip;
             s.additional_ips = additional_ips;
             s.shim_address = Some(address);
+            s.timeline = phases;
         })
     })
     .await
@@ -370,6 +444,9 @@ async fn run_steps(
     tracing::info!(sandbox = %id, pid, "pod sandbox ready");
     Ok(())
 }
+
+/// How long StopPodSandbox lets a container react to its stop signal.
+const CONTAINER_STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// How often CNI DEL is tried before StopPodSandbox gives up.
 const CNI_DEL_ATTEMPTS: u32 = 3;
@@ -393,7 +470,21 @@ async fn cni_del_retried(
                 return Ok(());
             }
         };
-        match cni_del(network, pod_network(id, netns, config)).await {
+        let started = std::time::Instant::now();
+        let r = cni_del(network, pod_network(id, netns, config)).await;
+        daemon
+            .metrics
+            .cni_duration
+            .with_label_values(&["del"])
+            .observe(started.elapsed().as_secs_f64());
+        if r.is_err() {
+            daemon
+                .metrics
+                .cni_failures
+                .with_label_values(&["del"])
+                .inc();
+        }
+        match r {
             Ok(()) => return Ok(()),
             Err(e) => {
                 tracing::warn!(sandbox = %id, attempt, error = %e.message(), "CNI DEL failed");
@@ -476,12 +567,38 @@ async fn clean_after_dead_shim(daemon: &Daemon, record: &SandboxRecord) -> Resul
 /// every process of the pod, unmount its /dev/shm, remove its netns and
 /// exit. Idempotent, and works when the shim already died.
 pub async fn stop(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
+    stop_inner(daemon, id)
+        .instrument(tracing::info_span!("stop_pod_sandbox", sandbox = %id))
+        .await
+}
+
+async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
     let record = daemon.store.get_sandbox(id).map_err(store_status)?;
     let id = record.metadata.id.clone();
     let _lock = daemon.locks.lock(&id).await;
     let record = daemon.store.get_sandbox(&id).map_err(store_status)?;
     let config = super::status::stored_config(&record);
     let hn = host_namespaces(&config);
+    // The pod's containers first, each with its stop signal and a grace
+    // period, all at once; what is left is killed with the pod below.
+    let running: Vec<String> = daemon
+        .store
+        .list_sandbox_containers(&id)
+        .into_iter()
+        .filter(|c| c.status.state == crius_store::ContainerState::Running)
+        .map(|c| c.metadata.id)
+        .collect();
+    let stops = running
+        .iter()
+        .map(|cid| crate::runtime::container::lifecycle::stop(daemon, cid, CONTAINER_STOP_GRACE));
+    for (cid, r) in running
+        .iter()
+        .zip(futures_util::future::join_all(stops).await)
+    {
+        if let Err(e) = r {
+            tracing::warn!(sandbox = %id, container = %cid, error = %e.message(), "stopping container failed");
+        }
+    }
     if !hn.network {
         if let Some(ns) = &record.status.netns_path {
             cni_del_retried(daemon, &id, Path::new(ns), &config).await?;
@@ -525,6 +642,12 @@ pub async fn stop(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
 /// its root filesystem, directories and record. Removing an unknown sandbox
 /// succeeds.
 pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
+    remove_inner(daemon, id)
+        .instrument(tracing::info_span!("remove_pod_sandbox", sandbox = %id))
+        .await
+}
+
+async fn remove_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
     let record = match daemon.store.get_sandbox(id) {
         Ok(r) => r,
         Err(crius_store::StoreError::NotFound { .. }) => return Ok(()),

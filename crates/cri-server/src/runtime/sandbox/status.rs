@@ -100,6 +100,7 @@ pub fn status(r: &SandboxRecord, verbose: bool) -> (PodSandboxStatus, HashMap<St
             "netnsPath": r.status.netns_path,
             "shimAddress": r.status.shim_address,
             "runtimeHandler": r.metadata.runtime_handler,
+            "timeline": r.status.timeline,
             "config": r.metadata.config,
         });
         info.insert("info".to_string(), json.to_string());

@@ -1,0 +1,362 @@
+//! The two CRI runtimes under test (criusd and containerd 1.6's CRI plugin),
+//! each on fresh directories, and the pod work done on them with the same
+//! Rust CRI client.
+
+use anyhow::{bail, Context, Result};
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{
+    ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest, ImageSpec,
+    LinuxContainerConfig, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata,
+    PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopPodSandboxRequest,
+};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Bound of every CRI call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A daemon process on temporary directories; stopped on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// criusd (release build) with the bench registry's pause image and conflist.
+    pub fn crius(dir: &Path, criusd: &Path, registry: &str, conf_dir: &Path) -> Result<Daemon> {
+        std::fs::create_dir_all(dir)?;
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "pause_image = \"{registry}/pause:bench\"\n[cni]\nconf_dir = \"{}\"\nbin_dirs = [\"/usr/lib/cni\"]\n",
+                conf_dir.display()
+            ),
+        )?;
+        let socket = dir.join("state/crius.sock");
+        let mut cmd = Command::new(criusd);
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--root")
+            .arg(dir.join("root"))
+            .arg("--state")
+            .arg(dir.join("state"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--log-level")
+            .arg("warn");
+        Daemon::spawn(cmd, socket, dir.join("criusd.log"))
+    }
+
+    /// containerd 1.6 with only what its CRI plugin needs, runc with cgroupfs,
+    /// the bench registry as a plain-HTTP mirror.
+    pub fn containerd(dir: &Path, registry: &str, conf_dir: &Path) -> Result<Daemon> {
+        std::fs::create_dir_all(dir)?;
+        let config = dir.join("config.toml");
+        let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
+        std::fs::write(
+            &config,
+            format!(
+                r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp"]
+[grpc]
+  address = "{d}/containerd.sock"
+[ttrpc]
+  address = "{d}/containerd-ttrpc.sock"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+[{cri}]
+  sandbox_image = "{registry}/pause:bench"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  restrict_oom_score_adj = true
+  [{cri}.containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [{cri}.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [{cri}.containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [{cri}.cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{conf}"
+  [{cri}.registry.mirrors."{registry}"]
+    endpoint = ["http://{registry}"]
+"#,
+                d = dir.display(),
+                conf = conf_dir.display(),
+            ),
+        )?;
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config").arg(&config);
+        Daemon::spawn(cmd, dir.join("containerd.sock"), dir.join("containerd.log"))
+    }
+
+    fn spawn(mut cmd: Command, socket: PathBuf, log: PathBuf) -> Result<Daemon> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("spawn {cmd:?}"))?;
+        let mut d = Daemon {
+            child: Some(child),
+            socket,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&d.socket).is_err() {
+            if let Some(c) = d.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    bail!("daemon exited with {status}: {}", d.log_tail());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "daemon did not open {}: {}",
+                    d.socket.display(),
+                    d.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(d)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// The end of the daemon's log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own, not yet reaped child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A gRPC channel over a unix socket.
+pub async fn connect(socket: &Path) -> Result<Channel> {
+    let path = socket.to_path_buf();
+    Ok(Endpoint::try_from("http://[::]:50051")?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await?)
+}
+
+async fn bounded<T, F>(what: &str, f: F) -> Result<T>
+where
+    F: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+{
+    match tokio::time::timeout(CALL_TIMEOUT, f).await {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(s)) => bail!("{what}: {:?}: {}", s.code(), s.message()),
+        Err(_) => bail!("{what}: no answer in {CALL_TIMEOUT:?}"),
+    }
+}
+
+/// The pod work on one CRI runtime.
+#[derive(Clone)]
+pub struct Cri {
+    rt: RuntimeServiceClient<Channel>,
+    images: ImageServiceClient<Channel>,
+    registry: String,
+    logs: PathBuf,
+    /// Distinguishes the runtimes' cgroup parents.
+    tag: String,
+    /// Latencies (ms) of each CRI call by name, since the last `take_steps`.
+    steps: Arc<Mutex<BTreeMap<&'static str, Vec<f64>>>>,
+}
+
+impl Cri {
+    pub async fn new(socket: &Path, registry: &str, logs: &Path, tag: &str) -> Result<Cri> {
+        let ch = connect(socket).await?;
+        Ok(Cri {
+            rt: RuntimeServiceClient::new(ch.clone()),
+            images: ImageServiceClient::new(ch),
+            registry: registry.to_string(),
+            logs: logs.to_path_buf(),
+            tag: tag.to_string(),
+            steps: Arc::default(),
+        })
+    }
+
+    /// A bounded CRI call whose latency is recorded under `what`.
+    async fn call<T, F>(&self, what: &'static str, f: F) -> Result<T>
+    where
+        F: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let t0 = Instant::now();
+        let r = bounded(what, f).await;
+        if r.is_ok() {
+            let ms = t0.elapsed().as_secs_f64() * 1000.0;
+            let mut steps = self.steps.lock().unwrap_or_else(|p| p.into_inner());
+            steps.entry(what).or_default().push(ms);
+        }
+        r
+    }
+
+    /// The per-call latencies recorded so far; starts a new recording.
+    pub fn take_steps(&self) -> BTreeMap<&'static str, Vec<f64>> {
+        std::mem::take(&mut *self.steps.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Pulls the pause and busybox images so that pod starts find them.
+    pub async fn pull(&self) -> Result<()> {
+        for name in ["pause", "busybox"] {
+            let mut images = self.images.clone();
+            let req = PullImageRequest {
+                image: Some(ImageSpec {
+                    image: format!("{}/{name}:bench", self.registry),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            bounded("PullImage", images.pull_image(req)).await?;
+        }
+        Ok(())
+    }
+
+    fn pod_config(&self, name: &str) -> PodSandboxConfig {
+        let uid = format!("{}-{name}", self.tag);
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                namespace: "bench".into(),
+                uid: uid.clone(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            log_directory: self.logs.join(name).display().to_string(),
+            linux: Some(LinuxPodSandboxConfig {
+                cgroup_parent: format!("/crius-bench/{}/pod{uid}", self.tag),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// RunPodSandbox, CreateContainer, StartContainer; returns (pod id, container id).
+    pub async fn start_pod(&self, name: &str) -> Result<(String, String)> {
+        let mut rt = self.rt.clone();
+        let pod = self.pod_config(name);
+        let run = RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: String::new(),
+        };
+        let pod_id = self
+            .call("RunPodSandbox", rt.run_pod_sandbox(run))
+            .await?
+            .pod_sandbox_id;
+        let create = CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(ContainerConfig {
+                metadata: Some(ContainerMetadata {
+                    name: "c".into(),
+                    attempt: 0,
+                }),
+                image: Some(ImageSpec {
+                    image: format!("{}/busybox:bench", self.registry),
+                    ..Default::default()
+                }),
+                command: vec!["/bin/sh".into()],
+                args: vec![
+                    "-c".into(),
+                    "trap 'exit 0' TERM; /bin/busybox sleep 3600 & wait".into(),
+                ],
+                log_path: "c.log".into(),
+                linux: Some(LinuxContainerConfig::default()),
+                ..Default::default()
+            }),
+            sandbox_config: Some(pod),
+        };
+        let created = self
+            .call("CreateContainer", rt.create_container(create))
+            .await;
+        let ctr_id = match created {
+            Ok(r) => r.container_id,
+            Err(e) => {
+                let _ = self.remove_pod(&pod_id).await;
+                return Err(e);
+            }
+        };
+        let start = StartContainerRequest {
+            container_id: ctr_id.clone(),
+        };
+        if let Err(e) = self.call("StartContainer", rt.start_container(start)).await {
+            let _ = self.remove_pod(&pod_id).await;
+            return Err(e);
+        }
+        Ok((pod_id, ctr_id))
+    }
+
+    /// StopPodSandbox then RemovePodSandbox.
+    pub async fn remove_pod(&self, pod_id: &str) -> Result<()> {
+        let mut rt = self.rt.clone();
+        let stop = StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.to_string(),
+        };
+        self.call("StopPodSandbox", rt.stop_pod_sandbox(stop))
+            .await?;
+        let remove = RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id.to_string(),
+        };
+        self.call("RemovePodSandbox", rt.remove_pod_sandbox(remove))
+            .await?;
+        Ok(())
+    }
+
+    /// One ExecSync of a trivial command.
+    pub async fn exec(&self, container_id: &str) -> Result<()> {
+        let mut rt = self.rt.clone();
+        let req = ExecSyncRequest {
+            container_id: container_id.to_string(),
+            cmd: vec!["/bin/busybox".into(), "true".into()],
+            timeout: 10,
+        };
+        let r = bounded("ExecSync", rt.exec_sync(req)).await?;
+        if r.exit_code != 0 {
+            bail!(
+                "ExecSync exit code {}: {}",
+                r.exit_code,
+                String::from_utf8_lossy(&r.stderr)
+            );
+        }
+        Ok(())
+    }
+}

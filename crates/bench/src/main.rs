@@ -1,0 +1,705 @@
+//! `crius-bench`: crius next to Debian's containerd 1.6 and the raw runc
+//! floor, on one machine in one run. Run by `cargo xtask bench` (as root).
+//!
+//! Each runtime gets fresh directories, the same local registry (pause and
+//! busybox images built from busybox-static) and the same CNI conflist.
+//! Prints one table and writes a JSON file.
+
+mod cri;
+mod floor;
+mod net;
+mod registry;
+
+use anyhow::{bail, Context, Result};
+use cri::{Cri, Daemon};
+use floor::Floor;
+use serde_json::json;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "usage: crius-bench --criusd PATH [--out FILE] [--pods N] [--concurrency N] [--execs N] [--only crius,containerd,runc]";
+
+struct Options {
+    criusd: PathBuf,
+    out: PathBuf,
+    pods: usize,
+    concurrency: usize,
+    execs: usize,
+    only: Vec<String>,
+}
+
+fn options() -> Result<Options> {
+    let mut o = Options {
+        criusd: PathBuf::from("target/release/criusd"),
+        out: PathBuf::from("target/bench/results.json"),
+        pods: 50,
+        concurrency: 10,
+        execs: 100,
+        only: vec!["crius".into(), "containerd".into(), "runc".into()],
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--criusd" => o.criusd = value()?.into(),
+            "--out" => o.out = value()?.into(),
+            "--pods" => o.pods = value()?.parse()?,
+            "--concurrency" => o.concurrency = value()?.parse()?,
+            "--execs" => o.execs = value()?.parse()?,
+            "--only" => o.only = value()?.split(',').map(String::from).collect(),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    if o.pods < 10 || o.concurrency == 0 || o.execs == 0 {
+        bail!("--pods must be at least 10, --concurrency and --execs at least 1");
+    }
+    Ok(o)
+}
+
+// ---------------------------------------------------------------- statistics
+
+/// Latencies in milliseconds plus failures of one shape.
+#[derive(Default)]
+struct Samples {
+    ms: Vec<f64>,
+    failures: usize,
+    first_error: Option<String>,
+}
+
+impl Samples {
+    fn merge(&mut self, other: Samples) {
+        self.ms.extend(other.ms);
+        self.failures += other.failures;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+
+    /// Nearest-rank percentile.
+    fn pct(&self, p: f64) -> Option<f64> {
+        if self.ms.is_empty() {
+            return None;
+        }
+        let mut v = self.ms.clone();
+        v.sort_by(f64::total_cmp);
+        let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+        Some(v[rank.min(v.len()) - 1])
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "n": self.ms.len(),
+            "p50_ms": self.pct(50.0),
+            "p95_ms": self.pct(95.0),
+            "max_ms": self.pct(100.0),
+            "failures": self.failures,
+            "first_error": self.first_error,
+        })
+    }
+}
+
+/// Runs `op(i)` for i in `range` with `concurrency` workers; times each call.
+/// Returns the samples and the values of the successful calls.
+async fn shape<T, F, Fut>(
+    range: std::ops::Range<usize>,
+    concurrency: usize,
+    op: F,
+) -> (Samples, Vec<T>)
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<T>> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(range.start));
+    let out = Arc::new(Mutex::new((Samples::default(), Vec::new())));
+    let op = Arc::new(op);
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (next, out, op, end) = (next.clone(), out.clone(), op.clone(), range.end);
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= end {
+                    break;
+                }
+                let t0 = Instant::now();
+                let r = op(i).await;
+                let ms = t0.elapsed().as_secs_f64() * 1000.0;
+                let mut g = out.lock().unwrap_or_else(|p| p.into_inner());
+                match r {
+                    Ok(v) => {
+                        g.0.ms.push(ms);
+                        g.1.push(v);
+                    }
+                    Err(e) => {
+                        g.0.failures += 1;
+                        if g.0.first_error.is_none() {
+                            g.0.first_error = Some(format!("{e:#}"));
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    let mut g = out.lock().unwrap_or_else(|p| p.into_inner());
+    (std::mem::take(&mut g.0), std::mem::take(&mut g.1))
+}
+
+// ---------------------------------------------------------------- memory
+
+fn status_kib(pid: u32, file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    status_kib(pid, "status", "VmRSS:") as f64 / 1024.0
+}
+
+fn pss_mib(pid: u32) -> f64 {
+    status_kib(pid, "smaps_rollup", "Pss:") as f64 / 1024.0
+}
+
+fn pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether the process's command line or environment mentions `needle`.
+fn mentions(pid: u32, needle: &str) -> bool {
+    ["cmdline", "environ"].iter().any(|f| {
+        let bytes = std::fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).contains(needle)
+    })
+}
+
+/// The shim processes of the runtime living under `dir`.
+fn shims(dir: &Path) -> Vec<u32> {
+    let needle = dir.display().to_string();
+    pids()
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.starts_with("containerd-shim"))
+                && mentions(*p, &needle)
+        })
+        .collect()
+}
+
+fn memory(daemon: u32, dir: &Path, pods: usize) -> serde_json::Value {
+    let shim_pids = shims(dir);
+    let n = shim_pids.len().max(1) as f64;
+    // Folds from 0.0 (f64's Sum starts at -0.0).
+    let shim_rss = shim_pids.iter().fold(0.0, |a, p| a + rss_mib(*p));
+    let shim_pss = shim_pids.iter().fold(0.0, |a, p| a + pss_mib(*p));
+    let daemon_pss = pss_mib(daemon);
+    json!({
+        "pods": pods,
+        "daemon_rss_mib": rss_mib(daemon),
+        "daemon_pss_mib": daemon_pss,
+        "shims": shim_pids.len(),
+        "shim_rss_mib_mean": shim_rss / n,
+        "shim_pss_mib_mean": shim_pss / n,
+        "runtime_pss_mib_per_pod": if pods > 0 { (daemon_pss + shim_pss) / pods as f64 } else { 0.0 },
+    })
+}
+
+// ---------------------------------------------------------------- cleanup
+
+/// Undoes what a run may leave behind, even on failure: processes started
+/// from the bench directory, mounts below it, new `cni-*` netns, the bench
+/// cgroups, then the directory itself.
+struct Cleanup {
+    dir: PathBuf,
+    netns_before: Vec<String>,
+}
+
+fn netns_names() -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn kill_below(dir: &Path) {
+    let me = std::process::id();
+    let needle = dir.display().to_string();
+    for _ in 0..50 {
+        let left: Vec<u32> = pids()
+            .into_iter()
+            .filter(|p| *p != me && mentions(*p, &needle))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        for p in left {
+            // SAFETY: kill(2) on a process the bench started (its command
+            // line or environment names the bench directory).
+            unsafe { libc::kill(p as i32, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn unmount_below(dir: &Path) {
+    let d = dir.display().to_string();
+    let mut targets: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&d))
+        .map(String::from)
+        .collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    for t in targets {
+        if let Ok(c) = std::ffi::CString::new(t) {
+            // SAFETY: a valid NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+/// Removes `path` and its sub-cgroups, deepest first.
+fn remove_cgroup(path: &Path) {
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(path);
+}
+
+fn remove_bench_cgroups() {
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in entries.flatten() {
+            remove_cgroup(&e.path().join("crius-bench"));
+        }
+    }
+    remove_cgroup(Path::new("/sys/fs/cgroup/unified/crius-bench"));
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        kill_below(&self.dir);
+        unmount_below(&self.dir);
+        for name in netns_names() {
+            if name.starts_with("cni-") && !self.netns_before.contains(&name) {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", &name])
+                    .status();
+            }
+        }
+        remove_bench_cgroups();
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("bench: cleanup: {}: {e}", self.dir.display());
+        }
+    }
+}
+
+// ---------------------------------------------------------------- runs
+
+/// The whole measurement on one CRI runtime.
+async fn bench_cri(
+    name: &str,
+    daemon: &Daemon,
+    dir: &Path,
+    reg: &str,
+    o: &Options,
+) -> Result<serde_json::Value> {
+    let logs = dir.join("logs");
+    let cri = Cri::new(&daemon.socket, reg, &logs, name).await?;
+    eprintln!("bench: {name}: pulling the images");
+    cri.pull().await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = memory(daemon.pid(), dir, 0);
+
+    let start = |cri: &Cri, prefix: &'static str| {
+        let cri = cri.clone();
+        move |i: usize| {
+            let cri = cri.clone();
+            async move { cri.start_pod(&format!("{prefix}{i}")).await }
+        }
+    };
+    let teardown = |cri: &Cri, pods: Vec<(String, String)>| {
+        let cri = cri.clone();
+        async move {
+            for (p, _) in pods {
+                if let Err(e) = cri.remove_pod(&p).await {
+                    eprintln!("bench: teardown of {p}: {e:#}");
+                }
+            }
+        }
+    };
+
+    eprintln!("bench: {name}: {} pods started one by one", o.pods);
+    let (mut start_seq, mut pods) = shape(0..10, 1, start(&cri, "s")).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mem10 = memory(daemon.pid(), dir, pods.len());
+    let (rest, more) = shape(10..o.pods, 1, start(&cri, "s")).await;
+    start_seq.merge(rest);
+    pods.extend(more);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mem50 = memory(daemon.pid(), dir, pods.len());
+
+    eprintln!("bench: {name}: {} ExecSync", o.execs);
+    let exec = match pods.first() {
+        Some((_, ctr)) => {
+            let (cri2, ctr) = (cri.clone(), ctr.clone());
+            shape(0..o.execs, 1, move |_| {
+                let (cri, ctr) = (cri2.clone(), ctr.clone());
+                async move { cri.exec(&ctr).await }
+            })
+            .await
+            .0
+        }
+        None => Samples::default(),
+    };
+    teardown(&cri, pods).await;
+
+    eprintln!(
+        "bench: {name}: {} pods started {} at a time",
+        o.pods, o.concurrency
+    );
+    let (start_conc, pods) = shape(0..o.pods, o.concurrency, start(&cri, "c")).await;
+    teardown(&cri, pods).await;
+
+    let lifecycle = |prefix: &'static str| {
+        let cri = cri.clone();
+        move |i: usize| {
+            let cri = cri.clone();
+            async move {
+                let (pod, _) = cri.start_pod(&format!("{prefix}{i}")).await?;
+                cri.remove_pod(&pod).await
+            }
+        }
+    };
+    eprintln!("bench: {name}: {} lifecycles one by one", o.pods);
+    cri.take_steps();
+    let (life_seq, _) = shape(0..o.pods, 1, lifecycle("l")).await;
+    let steps: serde_json::Map<String, serde_json::Value> = cri
+        .take_steps()
+        .into_iter()
+        .map(|(k, ms)| {
+            let s = Samples {
+                ms,
+                ..Default::default()
+            };
+            (k.to_string(), s.json())
+        })
+        .collect();
+    eprintln!(
+        "bench: {name}: {} lifecycles {} at a time",
+        o.pods, o.concurrency
+    );
+    let (life_conc, _) = shape(0..o.pods, o.concurrency, lifecycle("m")).await;
+
+    Ok(json!({
+        "start_sequential": start_seq.json(),
+        "start_concurrent": start_conc.json(),
+        "lifecycle_sequential": life_seq.json(),
+        "lifecycle_concurrent": life_conc.json(),
+        "exec_sync": exec.json(),
+        "lifecycle_sequential_steps": steps,
+        "memory_idle": idle,
+        "memory_10": mem10,
+        "memory_50": mem50,
+    }))
+}
+
+async fn bench_runc(dir: &Path, layer: &[u8], o: &Options) -> Result<serde_json::Value> {
+    let floor = Arc::new(Floor::new(dir, layer, o.pods)?);
+    let start = |floor: &Arc<Floor>| {
+        let floor = floor.clone();
+        move |i: usize| {
+            let floor = floor.clone();
+            async move { tokio::task::spawn_blocking(move || floor.start_pod(i)).await? }
+        }
+    };
+    let teardown = |floor: &Arc<Floor>, pods: Vec<floor::FloorPod>| {
+        for p in pods {
+            if let Err(e) = floor.remove_pod(&p) {
+                eprintln!("bench: runc teardown: {e:#}");
+            }
+        }
+    };
+    let lifecycle = |floor: &Arc<Floor>| {
+        let floor = floor.clone();
+        move |i: usize| {
+            let floor = floor.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let p = floor.start_pod(i)?;
+                    floor.remove_pod(&p)
+                })
+                .await?
+            }
+        }
+    };
+    eprintln!("bench: runc: floor");
+    let (start_seq, pods) = shape(0..o.pods, 1, start(&floor)).await;
+    teardown(&floor, pods);
+    let (start_conc, pods) = shape(0..o.pods, o.concurrency, start(&floor)).await;
+    teardown(&floor, pods);
+    let (life_seq, _) = shape(0..o.pods, 1, lifecycle(&floor)).await;
+    let (life_conc, _) = shape(0..o.pods, o.concurrency, lifecycle(&floor)).await;
+    Ok(json!({
+        "start_sequential": start_seq.json(),
+        "start_concurrent": start_conc.json(),
+        "lifecycle_sequential": life_seq.json(),
+        "lifecycle_concurrent": life_conc.json(),
+    }))
+}
+
+// ---------------------------------------------------------------- report
+
+fn cell(v: &serde_json::Value) -> String {
+    match v.as_f64() {
+        Some(f) if f >= 100.0 => format!("{f:.0}"),
+        Some(f) => format!("{f:.1}"),
+        None => "-".into(),
+    }
+}
+
+fn table(results: &serde_json::Value, o: &Options) -> String {
+    let cols = ["crius", "containerd", "runc"];
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let lat = [
+        (
+            "start_sequential",
+            format!("pod start, {} sequential", o.pods),
+        ),
+        (
+            "start_concurrent",
+            format!("pod start, {} at {}-way", o.pods, o.concurrency),
+        ),
+        (
+            "lifecycle_sequential",
+            format!("lifecycle, {} sequential", o.pods),
+        ),
+        (
+            "lifecycle_concurrent",
+            format!("lifecycle, {} at {}-way", o.pods, o.concurrency),
+        ),
+        ("exec_sync", format!("ExecSync x{}", o.execs)),
+    ];
+    for (key, label) in lat {
+        for (p, name) in [("p50_ms", "p50"), ("p95_ms", "p95"), ("max_ms", "max")] {
+            if key == "exec_sync" && p == "max_ms" {
+                continue;
+            }
+            rows.push((
+                format!("{label} {name} (ms)"),
+                cols.iter().map(|c| cell(&results[c][key][p])).collect(),
+            ));
+        }
+        rows.push((
+            format!("{label} failures"),
+            cols.iter()
+                .map(|c| {
+                    results[c][key]["failures"]
+                        .as_u64()
+                        .map_or("-".into(), |f| f.to_string())
+                })
+                .collect(),
+        ));
+    }
+    for step in [
+        "RunPodSandbox",
+        "CreateContainer",
+        "StartContainer",
+        "StopPodSandbox",
+        "RemovePodSandbox",
+    ] {
+        rows.push((
+            format!("  {step} p50 in sequential lifecycles (ms)"),
+            cols.iter()
+                .map(|c| cell(&results[c]["lifecycle_sequential_steps"][step]["p50_ms"]))
+                .collect(),
+        ));
+    }
+    let all = format!("{} pods", o.pods);
+    let mem = [
+        (
+            "memory_idle",
+            "daemon_rss_mib",
+            "daemon RSS idle (MiB)".to_string(),
+        ),
+        (
+            "memory_10",
+            "daemon_rss_mib",
+            "daemon RSS, 10 pods (MiB)".into(),
+        ),
+        (
+            "memory_50",
+            "daemon_rss_mib",
+            format!("daemon RSS, {all} (MiB)"),
+        ),
+        (
+            "memory_50",
+            "daemon_pss_mib",
+            format!("daemon PSS, {all} (MiB)"),
+        ),
+        (
+            "memory_50",
+            "shim_rss_mib_mean",
+            format!("shim RSS per pod, {all} (MiB)"),
+        ),
+        (
+            "memory_50",
+            "shim_pss_mib_mean",
+            format!("shim PSS per pod, {all} (MiB)"),
+        ),
+        (
+            "memory_50",
+            "runtime_pss_mib_per_pod",
+            format!("(daemon+shims PSS)/pod, {all} (MiB)"),
+        ),
+    ];
+    for (k, f, label) in mem {
+        rows.push((
+            label,
+            cols.iter().map(|c| cell(&results[c][k][f])).collect(),
+        ));
+    }
+    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(10);
+    let mut s = format!(
+        "| {:w$} | {:>10} | {:>10} | {:>10} |\n",
+        "", cols[0], "containerd 1.6", "runc floor"
+    );
+    s.push_str(&format!(
+        "|{}|{}|{}|{}|\n",
+        "-".repeat(w + 2),
+        "-".repeat(12),
+        "-".repeat(16),
+        "-".repeat(12)
+    ));
+    for (label, v) in rows {
+        s.push_str(&format!(
+            "| {label:w$} | {:>10} | {:>14} | {:>10} |\n",
+            v[0], v[1], v[2]
+        ));
+    }
+    s
+}
+
+// ---------------------------------------------------------------- main
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("crius-bench: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<()> {
+    let o = options()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark needs root (it runs container runtimes)");
+    }
+    let criusd = std::fs::canonicalize(&o.criusd).with_context(|| {
+        format!(
+            "{} (build it with cargo build --release)",
+            o.criusd.display()
+        )
+    })?;
+    let dir = PathBuf::from(format!("/tmp/crius-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let _cleanup = Cleanup {
+        dir: dir.clone(),
+        netns_before: netns_names(),
+    };
+    let network = net::Network::new(&dir)?;
+    let registry = registry::Registry::start(&dir.join("registry"))?;
+    let layer = registry::busybox_layer()?;
+    registry.push_image(
+        "pause",
+        "bench",
+        &layer,
+        json!({"Entrypoint": ["/bin/busybox", "sleep", "2147483647"], "User": "65535:65535", "WorkingDir": "/"}),
+    )?;
+    registry.push_image(
+        "busybox",
+        "bench",
+        &layer,
+        json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/"}),
+    )?;
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    eprintln!("bench: load average before: {}", load_before.trim());
+    let t0 = Instant::now();
+    let mut results = serde_json::Map::new();
+    for name in ["crius", "containerd"] {
+        if !o.only.iter().any(|x| x == name) {
+            continue;
+        }
+        let sub = dir.join(name);
+        let daemon = match name {
+            "crius" => Daemon::crius(&sub, &criusd, &registry.addr, &network.conf_dir)?,
+            _ => Daemon::containerd(&sub, &registry.addr, &network.conf_dir)?,
+        };
+        let r = bench_cri(name, &daemon, &sub, &registry.addr, &o).await;
+        let r = r.with_context(|| format!("{name}; daemon log:\n{}", daemon.log_tail()))?;
+        drop(daemon);
+        kill_below(&sub);
+        unmount_below(&sub);
+        results.insert(name.into(), r);
+    }
+    if o.only.iter().any(|x| x == "runc") {
+        results.insert(
+            "runc".into(),
+            bench_runc(&dir.join("runc"), &layer, &o).await?,
+        );
+    }
+    let results = serde_json::Value::Object(results);
+    let text = table(&results, &o);
+    println!("{text}");
+    let report = json!({
+        "machine": {
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+            "loadavg_before": load_before.trim(),
+            "loadavg_after": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+        },
+        "options": {"pods": o.pods, "concurrency": o.concurrency, "execs": o.execs},
+        "duration_s": t0.elapsed().as_secs_f64(),
+        "results": results,
+        "pull": "see `cargo xtask bench pull`",
+    });
+    if let Some(parent) = o.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&o.out, serde_json::to_vec_pretty(&report)?)?;
+    eprintln!(
+        "bench: wrote {} ({:.0} s)",
+        o.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    drop(registry);
+    drop(network);
+    Ok(())
+}

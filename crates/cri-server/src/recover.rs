@@ -1,0 +1,298 @@
+//! Start-up recovery: reconciles the records loaded from the store with the
+//! pods' shims, which keep running while criusd is down.
+//!
+//! For every sandbox the shim is reached at its recorded address (or at the
+//! address a shim launched for it would have, when criusd died before it
+//! recorded one). A sandbox whose shim is gone becomes NOTREADY; its netns
+//! and /dev/shm are cleaned by Stop/Remove, which handle a dead shim. For
+//! every container the shim is asked for the task's state: an exit that
+//! happened while criusd was down is recorded with the shim's exit code and
+//! time, a running container gets its exit watcher again, and a container
+//! whose shim or task is gone becomes EXITED with a reason and a message.
+
+use crate::daemon::Daemon;
+use crate::runtime::container::lifecycle::{record_exit, watch_exit};
+use crate::shimclient::{ShimClient, NAMESPACE};
+use containerd_shim_protos::types::task::Status as TaskStatus;
+use crius_store::{ContainerState, SandboxRecord, SandboxState};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Exit code recorded for a container whose fate is unknown.
+pub const UNKNOWN_EXIT_CODE: u32 = 255;
+/// Reason recorded for a container whose shim or task vanished.
+pub const UNKNOWN_REASON: &str = "Unknown";
+
+/// What recovery found, for the log and for tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Sandboxes whose shim answered.
+    pub sandboxes_live: usize,
+    /// Sandboxes that became (or stayed) NOTREADY.
+    pub sandboxes_not_ready: usize,
+    /// Running containers whose exit watcher was started again.
+    pub containers_watched: usize,
+    /// Containers whose exit (while criusd was down, or of a lost shim or
+    /// task) was recorded now.
+    pub containers_exited: usize,
+}
+
+fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// The address the shim of `sandbox_id` listens on, as `start` derives it.
+fn derived_address(daemon: &Daemon, sandbox_id: &str) -> String {
+    let path = crius_shim::start::socket_path(
+        &daemon.config.state.join("s"),
+        &daemon.config.socket.display().to_string(),
+        NAMESPACE,
+        sandbox_id,
+    );
+    format!("unix://{}", path.display())
+}
+
+/// What became of a sandbox's shim.
+enum Shim {
+    /// It answers and knows the sandbox.
+    Live(Arc<ShimClient>),
+    /// It answers but does not know the sandbox (criusd died before
+    /// CreateSandbox); only Shutdown is left to do with it.
+    Empty(String),
+    /// Nothing answers.
+    Gone,
+}
+
+/// Connects to a sandbox's shim and checks that it knows the sandbox.
+async fn find_shim(daemon: &Daemon, record: &SandboxRecord) -> Shim {
+    let id = &record.metadata.id;
+    let address = record
+        .status
+        .shim_address
+        .clone()
+        .unwrap_or_else(|| derived_address(daemon, id));
+    let Ok(client) = ShimClient::connect(&address).await else {
+        return Shim::Gone;
+    };
+    match client.sandbox_status(id).await {
+        Ok(_) => Shim::Live(client),
+        Err(e) if e.is_not_found() => Shim::Empty(address),
+        Err(e) => {
+            tracing::info!(sandbox = %id, error = %e, "shim does not answer for the sandbox");
+            Shim::Gone
+        }
+    }
+}
+
+async fn update_sandbox(
+    daemon: &Daemon,
+    id: &str,
+    f: impl FnOnce(&mut crius_store::SandboxStatus) + Send + 'static,
+) {
+    let store = daemon.store.clone();
+    let sid = id.to_string();
+    match tokio::task::spawn_blocking(move || store.update_sandbox_status(&sid, f)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(sandbox = %id, error = %e, "cannot update the sandbox record"),
+        Err(e) => tracing::warn!(sandbox = %id, error = %e, "cannot update the sandbox record"),
+    }
+}
+
+/// Records a container's exit; `finished_at` (nanoseconds) replaces the
+/// time of recording when the shim knows when the process exited.
+async fn exited(
+    daemon: &Daemon,
+    id: &str,
+    code: u32,
+    finished_at: Option<i64>,
+    reason: Option<&str>,
+    message: Option<String>,
+) {
+    record_exit(daemon, id, code, reason.map(String::from), message).await;
+    if let Some(at) = finished_at.filter(|t| *t > 0) {
+        let store = daemon.store.clone();
+        let cid = id.to_string();
+        let r = tokio::task::spawn_blocking(move || {
+            store.update_container_status(&cid, |s| s.finished_at = Some(at))
+        })
+        .await;
+        if let Ok(Err(e)) = r {
+            tracing::warn!(container = %id, error = %e, "cannot record the exit time");
+        }
+    }
+}
+
+/// Reconciles one container of a pod whose shim answered.
+async fn recover_container(
+    daemon: &Arc<Daemon>,
+    shim: &Arc<ShimClient>,
+    record: &crius_store::ContainerRecord,
+    summary: &mut Summary,
+) {
+    let id = record.metadata.id.as_str();
+    let state = record.status.state;
+    if !matches!(state, ContainerState::Running | ContainerState::Created) {
+        return;
+    }
+    match shim.state(id, "").await {
+        Ok(s) => {
+            let status = s.status.enum_value_or(TaskStatus::UNKNOWN);
+            match (state, status) {
+                (_, TaskStatus::STOPPED) if state == ContainerState::Running => {
+                    let at = s
+                        .exited_at
+                        .as_ref()
+                        .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos));
+                    tracing::info!(container = %id, exit_code = s.exit_status, "container exited while criusd was down");
+                    exited(daemon, id, s.exit_status, at, None, None).await;
+                    summary.containers_exited += 1;
+                }
+                (ContainerState::Running, _) => {
+                    watch_exit(daemon.clone(), shim.clone(), id.to_string());
+                    summary.containers_watched += 1;
+                }
+                // A created container stays created, whatever the task
+                // says: StartContainer or RemoveContainer deal with it.
+                _ => {}
+            }
+        }
+        Err(e) if e.is_not_found() => {
+            // The record was written but the task never made it into the
+            // shim (criusd died during CreateContainer), or it was deleted.
+            exited(
+                daemon,
+                id,
+                UNKNOWN_EXIT_CODE,
+                None,
+                Some(UNKNOWN_REASON),
+                Some("the pod's shim does not know the container after a criusd restart".into()),
+            )
+            .await;
+            summary.containers_exited += 1;
+        }
+        Err(e) => {
+            tracing::warn!(container = %id, error = %e, "cannot ask the shim about the container");
+            if state == ContainerState::Running {
+                // Keep watching: the watcher records the loss if the shim
+                // turns out to be gone.
+                watch_exit(daemon.clone(), shim.clone(), id.to_string());
+                summary.containers_watched += 1;
+            }
+        }
+    }
+}
+
+/// Marks the containers of a pod whose shim is gone as exited.
+async fn containers_lost(daemon: &Daemon, sandbox_id: &str, summary: &mut Summary) {
+    for c in daemon.store.list_sandbox_containers(sandbox_id) {
+        if matches!(
+            c.status.state,
+            ContainerState::Running | ContainerState::Created
+        ) {
+            exited(
+                daemon,
+                &c.metadata.id,
+                UNKNOWN_EXIT_CODE,
+                None,
+                Some(UNKNOWN_REASON),
+                Some("the pod's shim was gone when criusd restarted".into()),
+            )
+            .await;
+            summary.containers_exited += 1;
+        }
+    }
+}
+
+/// Recovers one sandbox and its containers.
+async fn recover_sandbox(daemon: &Arc<Daemon>, record: SandboxRecord, summary: &mut Summary) {
+    let id = record.metadata.id.clone();
+    let _lock = daemon.locks.lock(&id).await;
+    match find_shim(daemon, &record).await {
+        Shim::Live(shim) => {
+            summary.sandboxes_live += 1;
+            daemon.shims.lock().await.insert(id.clone(), shim.clone());
+            if record.status.shim_address.is_none() {
+                // criusd died while RunPodSandbox ran: the pod never became
+                // ready. Record what Stop/Remove need to tear it down.
+                let address = shim.address().to_string();
+                let netns = daemon.shim_pod_dir(&id).join("netns");
+                let netns = netns.exists().then(|| netns.display().to_string());
+                tracing::info!(sandbox = %id, "found the shim of a half-created sandbox");
+                update_sandbox(daemon, &id, move |s| {
+                    s.shim_address = Some(address);
+                    if s.netns_path.is_none() {
+                        s.netns_path = netns;
+                    }
+                })
+                .await;
+            }
+            if record.status.state != SandboxState::Ready {
+                summary.sandboxes_not_ready += 1;
+            }
+            for c in daemon.store.list_sandbox_containers(&id) {
+                recover_container(daemon, &shim, &c, summary).await;
+            }
+        }
+        other => {
+            summary.sandboxes_not_ready += 1;
+            daemon.shims.lock().await.remove(&id);
+            if let (Shim::Empty(address), None) = (other, &record.status.shim_address) {
+                // Recorded so that Stop/Remove shut the idle shim down.
+                update_sandbox(daemon, &id, move |s| s.shim_address = Some(address)).await;
+            }
+            if record.status.state == SandboxState::Ready {
+                tracing::warn!(sandbox = %id, "the pod's shim is gone; the sandbox is NOTREADY");
+                update_sandbox(daemon, &id, |s| {
+                    s.state = SandboxState::NotReady;
+                    s.pid = None;
+                    if s.exited_at.is_none() {
+                        s.exited_at = Some(now_nanos());
+                    }
+                })
+                .await;
+            }
+            containers_lost(daemon, &id, summary).await;
+        }
+    }
+}
+
+/// Reconciles every record with the shims; runs before the socket is
+/// served. Never fails: what cannot be reconciled is logged and left for
+/// Stop/Remove.
+pub async fn recover(daemon: &Arc<Daemon>) -> Summary {
+    let mut summary = Summary::default();
+    for record in daemon.store.list_sandboxes() {
+        recover_sandbox(daemon, record, &mut summary).await;
+    }
+    // Containers whose sandbox record is gone cannot run anywhere.
+    for c in daemon.store.list_containers() {
+        if daemon.store.get_sandbox(&c.metadata.sandbox_id).is_err()
+            && matches!(
+                c.status.state,
+                ContainerState::Running | ContainerState::Created
+            )
+        {
+            exited(
+                daemon,
+                &c.metadata.id,
+                UNKNOWN_EXIT_CODE,
+                None,
+                Some(UNKNOWN_REASON),
+                Some("the container's pod sandbox record is gone".into()),
+            )
+            .await;
+            summary.containers_exited += 1;
+        }
+    }
+    tracing::info!(
+        live = summary.sandboxes_live,
+        not_ready = summary.sandboxes_not_ready,
+        watched = summary.containers_watched,
+        exited = summary.containers_exited,
+        "recovered state"
+    );
+    summary
+}

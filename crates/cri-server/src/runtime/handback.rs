@@ -1,0 +1,296 @@
+//! Cancellation-safe creation with hand-back of abandoned results.
+//!
+//! tonic drops a handler's future when the caller cancels or its deadline
+//! passes. RunPodSandbox and CreateContainer therefore run in a detached
+//! task, so that a creation is never abandoned half-way (it completes or
+//! rolls back). When it completes after its caller went away, the finished
+//! object is parked under its name for a while: a retry with the same name
+//! and the same request gets it back instead of "name reserved"; when nobody
+//! asks before the expiry, it is torn down. A retry that arrives while the
+//! creation still runs waits for it and gets its result.
+//!
+//! The idea is CRI-O's resource store; this is written for crius.
+
+use crate::daemon::Daemon;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tonic::Status;
+
+/// How long a finished but unclaimed object is kept by default.
+pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(300);
+/// Environment variable overriding the expiry (whole seconds or, with a
+/// `ms` suffix, milliseconds); meant for tests.
+pub const EXPIRY_ENV: &str = "CRIUSD_HANDBACK_EXPIRY";
+
+/// What is being created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A pod sandbox (cleaned up with StopPodSandbox + RemovePodSandbox).
+    Sandbox,
+    /// A container (cleaned up with RemoveContainer).
+    Container,
+}
+
+impl Kind {
+    fn key(self, name: &str) -> String {
+        match self {
+            Kind::Sandbox => format!("sandbox/{name}"),
+            Kind::Container => format!("container/{name}"),
+        }
+    }
+}
+
+type Outcome = Option<Result<String, Status>>;
+
+struct Entry {
+    generation: u64,
+    fingerprint: String,
+    result: watch::Receiver<Outcome>,
+}
+
+/// Creations in flight and finished objects waiting for their caller.
+pub struct Handback {
+    entries: Mutex<HashMap<String, Entry>>,
+    generation: AtomicU64,
+    expiry: Duration,
+}
+
+impl Default for Handback {
+    fn default() -> Self {
+        Handback::new(expiry_from_env())
+    }
+}
+
+/// Parses an expiry such as `300`, `5s` or `200ms`.
+pub fn parse_expiry(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    if let Some(ms) = t.strip_suffix("ms") {
+        return ms.trim().parse().ok().map(Duration::from_millis);
+    }
+    t.strip_suffix('s')
+        .unwrap_or(t)
+        .trim()
+        .parse()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+fn expiry_from_env() -> Duration {
+    match std::env::var(EXPIRY_ENV) {
+        Ok(v) => parse_expiry(&v).unwrap_or_else(|| {
+            tracing::warn!(value = %v, "ignoring an invalid {EXPIRY_ENV}");
+            DEFAULT_EXPIRY
+        }),
+        Err(_) => DEFAULT_EXPIRY,
+    }
+}
+
+impl Handback {
+    /// A hand-back store keeping unclaimed objects for `expiry`.
+    pub fn new(expiry: Duration) -> Self {
+        Handback {
+            entries: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(1),
+            expiry,
+        }
+    }
+
+    /// How long unclaimed objects are kept.
+    pub fn expiry(&self) -> Duration {
+        self.expiry
+    }
+
+    /// Names with a creation in flight or an object waiting, for tests
+    /// and diagnostics.
+    pub fn pending(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Removes the entry of `key` if it is still `generation`; tells whether
+    /// it was there.
+    fn claim(&self, key: &str, generation: u64) -> bool {
+        let mut map = self.lock();
+        if map.get(key).is_some_and(|e| e.generation == generation) {
+            map.remove(key);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Whether the object a hand-back would return still exists.
+fn exists(daemon: &Daemon, kind: Kind, id: &str) -> bool {
+    match kind {
+        Kind::Sandbox => daemon.store.get_sandbox(id).is_ok(),
+        Kind::Container => daemon.store.get_container(id).is_ok(),
+    }
+}
+
+async fn clean_up(daemon: Arc<Daemon>, kind: Kind, id: String) {
+    let r = match kind {
+        Kind::Sandbox => {
+            match crate::runtime::sandbox::lifecycle::stop(&daemon, &id).await {
+                Ok(()) => {}
+                Err(e) if e.code() == tonic::Code::NotFound => return,
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, error = %e.message(), "hand-back expiry: stop failed")
+                }
+            }
+            crate::runtime::sandbox::lifecycle::remove(&daemon, &id).await
+        }
+        Kind::Container => crate::runtime::container::lifecycle::remove(&daemon, &id).await,
+    };
+    match r {
+        Ok(()) => tracing::info!(id = %id, kind = ?kind, "removed an unclaimed object"),
+        Err(e) => {
+            tracing::warn!(id = %id, kind = ?kind, error = %e.message(), "cannot remove an unclaimed object")
+        }
+    }
+}
+
+/// Runs the creation `create` of the object called `name` (with the request
+/// fingerprint `fingerprint`) detached from the caller, or joins or claims
+/// one already under way or finished for the same name and request.
+pub async fn create<F>(
+    daemon: &Arc<Daemon>,
+    kind: Kind,
+    name: &str,
+    fingerprint: String,
+    create: impl Fn() -> F,
+) -> Result<String, Status>
+where
+    F: Future<Output = Result<String, Status>> + Send + 'static,
+{
+    let key = kind.key(name);
+    let hb = &daemon.handback;
+    loop {
+        let joined = {
+            let mut map = hb.lock();
+            match map.get(&key) {
+                Some(e) if e.fingerprint == fingerprint => Some((e.generation, e.result.clone())),
+                Some(_) => None,
+                None => {
+                    let generation = hb.generation.fetch_add(1, Ordering::Relaxed);
+                    let (tx, rx) = watch::channel(None);
+                    map.insert(
+                        key.clone(),
+                        Entry {
+                            generation,
+                            fingerprint: fingerprint.clone(),
+                            result: rx.clone(),
+                        },
+                    );
+                    drop(map);
+                    spawn_tracked(daemon.clone(), kind, key.clone(), generation, tx, create());
+                    Some((generation, rx))
+                }
+            }
+        };
+        let Some((generation, mut rx)) = joined else {
+            // A different request holds the name: run it detached but
+            // untracked; the store answers with the holder's id.
+            return tokio::spawn(create())
+                .await
+                .map_err(|e| Status::internal(format!("creation task failed: {e}")))?;
+        };
+        let outcome = match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.clone(),
+            Err(_) => Some(Err(Status::internal("creation task vanished"))),
+        };
+        let result = outcome.unwrap_or_else(|| Err(Status::internal("creation task vanished")));
+        match result {
+            Ok(id) => {
+                let claimed = hb.claim(&key, generation);
+                if exists(daemon, kind, &id) {
+                    if claimed {
+                        tracing::debug!(id = %id, name = %key, "handed the created object to its caller");
+                    }
+                    return Ok(id);
+                }
+                if claimed {
+                    // Removed (by id) while parked: create it anew.
+                    continue;
+                }
+                return Err(Status::aborted(format!(
+                    "{name} was created but removed before it could be handed back; retry"
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs a creation detached; parks its result until claimed or expired.
+fn spawn_tracked<F>(
+    d: Arc<Daemon>,
+    kind: Kind,
+    key: String,
+    generation: u64,
+    tx: watch::Sender<Outcome>,
+    fut: F,
+) where
+    F: Future<Output = Result<String, Status>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let result = match tokio::spawn(fut).await {
+            Ok(r) => r,
+            Err(e) => Err(Status::internal(format!("creation task failed: {e}"))),
+        };
+        let id = result.as_ref().ok().cloned();
+        tx.send_replace(Some(result));
+        let Some(id) = id else {
+            d.handback.claim(&key, generation);
+            return;
+        };
+        // Parked: a waiting caller claims it at once, a retry later;
+        // otherwise it expires.
+        tokio::time::sleep(d.handback.expiry).await;
+        if d.handback.claim(&key, generation) {
+            tracing::info!(id = %id, name = %key, "nobody claimed the created object; removing it");
+            clean_up(d, kind, id).await;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_parsing() {
+        assert_eq!(parse_expiry("300"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_expiry("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_expiry(" 200ms"), Some(Duration::from_millis(200)));
+        assert_eq!(parse_expiry("soon"), None);
+        assert_eq!(parse_expiry("-1"), None);
+    }
+
+    #[test]
+    fn claims_only_the_same_generation() {
+        let hb = Handback::new(Duration::from_secs(1));
+        let (_tx, rx) = watch::channel(None);
+        hb.lock().insert(
+            "sandbox/a".into(),
+            Entry {
+                generation: 7,
+                fingerprint: "f".into(),
+                result: rx,
+            },
+        );
+        assert_eq!(hb.pending(), 1);
+        assert!(!hb.claim("sandbox/a", 8));
+        assert!(hb.claim("sandbox/a", 7));
+        assert!(!hb.claim("sandbox/a", 7));
+        assert_eq!(hb.pending(), 0);
+        assert_ne!(Kind::Sandbox.key("x"), Kind::Container.key("x"));
+    }
+}

@@ -1,0 +1,698 @@
+//! Containers, continued: UpdateContainerResources, ReopenContainerLog,
+//! GetContainerEvents, the default seccomp profile, pid namespace
+//! targeting, the image's user, mount propagation, runtime features and
+//! bad requests that must leave nothing behind.
+
+mod common;
+
+use common::pod::*;
+use common::registry::{busybox_entries, image_with_config, is_root, layer, Compression};
+use k8s_cri::v1::{
+    Capability, ContainerConfig, ContainerEventType, ContainerMetadata, CreateContainerRequest,
+    ExecSyncRequest, GetEventsRequest, ImageSpec, LinuxContainerConfig, LinuxContainerResources,
+    LinuxContainerSecurityContext, ListContainersRequest, Mount, MountPropagation, NamespaceMode,
+    NamespaceOption, PodSandboxConfig, PullImageRequest, RemoveContainerRequest,
+    RemovePodSandboxRequest, ReopenContainerLogRequest, RunPodSandboxRequest, SecurityProfile,
+    StartContainerRequest, StatusRequest, StopContainerRequest, StopPodSandboxRequest,
+    UpdateContainerResourcesRequest,
+};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+type Rt = k8s_cri::v1::runtime_service_client::RuntimeServiceClient<Channel>;
+
+/// The tests of this file run one at a time: an environment's leftovers
+/// guard kills every process in the test cgroup tree, which the other
+/// test's containers share.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn container(name: &str, image: &str, cmd: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        linux: Some(LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}
+
+fn security(c: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
+    c.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+}
+
+async fn wait_for<F: Fn() -> bool>(what: &str, f: F) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn pull(env: &Env, image: &str) {
+    env.daemon
+        .images()
+        .await
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("pull {image}: {e:?}"));
+}
+
+async fn run_pod(env: &Env, rt: &mut Rt, config: &PodSandboxConfig) -> String {
+    rt.run_pod_sandbox(RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: String::new(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:?}\n{}", env.daemon.log_text()))
+    .into_inner()
+    .pod_sandbox_id
+}
+
+/// Creates and starts a container; returns its id.
+async fn run(
+    env: &Env,
+    rt: &mut Rt,
+    pod_id: &str,
+    pod: &PodSandboxConfig,
+    c: ContainerConfig,
+) -> String {
+    let id = create(rt, pod_id, pod, c)
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer: {e:?}\n{}", env.daemon.log_text()));
+    rt.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer: {e:?}\n{}", env.daemon.log_text()));
+    id
+}
+
+async fn create(
+    rt: &mut Rt,
+    pod_id: &str,
+    pod: &PodSandboxConfig,
+    c: ContainerConfig,
+) -> Result<String, tonic::Status> {
+    rt.create_container(CreateContainerRequest {
+        pod_sandbox_id: pod_id.into(),
+        config: Some(c),
+        sandbox_config: Some(pod.clone()),
+    })
+    .await
+    .map(|r| r.into_inner().container_id)
+}
+
+async fn exec(rt: &mut Rt, id: &str, cmd: &[&str]) -> (i32, String, String) {
+    let r = match rt
+        .exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 20,
+        })
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(e) => {
+            let st = rt
+                .container_status(k8s_cri::v1::ContainerStatusRequest {
+                    container_id: id.into(),
+                    verbose: false,
+                })
+                .await
+                .map(|s| s.into_inner().status);
+            panic!("ExecSync {cmd:?}: {e:?}\ncontainer: {st:?}");
+        }
+    };
+    (
+        r.exit_code,
+        String::from_utf8_lossy(&r.stdout).into_owned(),
+        String::from_utf8_lossy(&r.stderr).into_owned(),
+    )
+}
+
+/// Stops and removes the pod and checks that nothing of it is left.
+async fn teardown(env: &Env, rt: &mut Rt, pod_id: &str, uid: &str) {
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.into(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod_id.into(),
+    })
+    .await
+    .unwrap();
+    let list = rt
+        .list_containers(ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.containers.is_empty(), "{:?}", list.containers);
+    let overlay_mounts: Vec<String> = mounts_below(&env.dir.join("root"))
+        .into_iter()
+        .chain(mounts_below(&env.dir.join("state")))
+        .collect();
+    assert!(overlay_mounts.is_empty(), "mounts left: {overlay_mounts:?}");
+    assert!(
+        cgroup_dirs(uid).is_empty(),
+        "cgroups left: {:?}",
+        cgroup_dirs(uid)
+    );
+    remove_cgroup_parents(uid);
+}
+
+fn memory_cgroup(uid: &str, id: &str) -> PathBuf {
+    Path::new("/sys/fs/cgroup/memory/crius-test")
+        .join(format!("pod{uid}"))
+        .join(id)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn update_reopen_log_and_events() {
+    if !is_root() {
+        eprintln!("containers_more: skipped (needs root)");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let env = Env::start("crius-ctr-rpc");
+    let image = format!("{}/busybox:test", env.registry.addr);
+    pull(&env, &image).await;
+    let mut rt = env.daemon.runtime().await;
+
+    // The handlers' features: rro is what the runtime's `features` says.
+    let status = rt
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        status
+            .features
+            .as_ref()
+            .is_some_and(|f| f.supplemental_groups_policy),
+        "{status:?}"
+    );
+    let runc_rro = Command::new("runc")
+        .arg("features")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        .and_then(|d| {
+            d["mountOptions"]
+                .as_array()
+                .map(|a| a.iter().any(|v| v == "rro"))
+        })
+        .unwrap_or(false);
+    let default = status
+        .runtime_handlers
+        .iter()
+        .find(|h| h.name.is_empty())
+        .and_then(|h| h.features)
+        .expect("the default handler is listed");
+    assert_eq!(default.recursive_read_only_mounts, runc_rro);
+    assert!(!default.user_namespaces);
+
+    // Subscribe before anything happens.
+    let mut events = rt
+        .get_container_events(GetEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+
+    let uid = "uid-ctr-rpc";
+    let pod_config = pod("rpc", uid);
+    let pod_id = run_pod(&env, &mut rt, &pod_config).await;
+
+    let mut c = container(
+        "ticker",
+        &image,
+        &[
+            "/bin/sh",
+            "-c",
+            "i=0; while true; do i=$((i+1)); echo tick $i; /bin/busybox sleep 0.1; done",
+        ],
+    );
+    c.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
+        memory_limit_in_bytes: 64 << 20,
+        ..Default::default()
+    });
+    let id = run(&env, &mut rt, &pod_id, &pod_config, c).await;
+    let limit = memory_cgroup(uid, &id).join("memory.limit_in_bytes");
+    let read_limit = || {
+        std::fs::read_to_string(&limit)
+            .unwrap_or_else(|e| panic!("{}: {e}", limit.display()))
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert_eq!(read_limit(), 64 << 20);
+
+    // UpdateContainerResources reaches the cgroup.
+    rt.update_container_resources(UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 96 << 20,
+            cpu_shares: 512,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("UpdateContainerResources: {e:?}\n{}", env.daemon.log_text()));
+    assert_eq!(read_limit(), 96 << 20);
+    let shares = Path::new("/sys/fs/cgroup/cpu/crius-test")
+        .join(format!("pod{uid}"))
+        .join(&id)
+        .join("cpu.shares");
+    if shares.exists() {
+        assert_eq!(
+            std::fs::read_to_string(&shares).unwrap().trim(),
+            "512",
+            "{}",
+            shares.display()
+        );
+    }
+    for (req, code) in [
+        (
+            UpdateContainerResourcesRequest {
+                container_id: id.clone(),
+                linux: Some(LinuxContainerResources {
+                    memory_limit_in_bytes: -1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            UpdateContainerResourcesRequest {
+                container_id: id.clone(),
+                linux: None,
+                ..Default::default()
+            },
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            UpdateContainerResourcesRequest {
+                container_id: "no-such-container".into(),
+                linux: Some(LinuxContainerResources::default()),
+                ..Default::default()
+            },
+            tonic::Code::NotFound,
+        ),
+    ] {
+        let err = rt.update_container_resources(req).await.unwrap_err();
+        assert_eq!(err.code(), code, "{err:?}");
+    }
+    assert_eq!(
+        read_limit(),
+        96 << 20,
+        "a refused update changed the cgroup"
+    );
+
+    // ReopenContainerLog after rotating the log: new lines go to the new file.
+    let log = PathBuf::from(&pod_config.log_directory).join("ticker/0.log");
+    wait_for("ticks in the log", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains(" stdout F tick"))
+    })
+    .await;
+    let rotated = log.with_file_name("0.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    rt.reopen_container_log(ReopenContainerLogRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("ReopenContainerLog: {e:?}\n{}", env.daemon.log_text()));
+    wait_for("ticks in the new log", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains(" stdout F tick"))
+    })
+    .await;
+    let last_tick = |p: &Path| -> u64 {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    // Once the reopen is done, the rotated file stops growing while the
+    // new one keeps receiving newer lines.
+    let rotated_last = last_tick(&rotated);
+    wait_for("newer ticks in the new log", || {
+        last_tick(&log) > rotated_last + 5
+    })
+    .await;
+    assert_eq!(
+        last_tick(&rotated),
+        rotated_last,
+        "lines went to the rotated file after the reopen"
+    );
+    assert!(std::fs::read_to_string(&rotated)
+        .unwrap()
+        .contains(" stdout F tick 1\n"));
+
+    rt.stop_container(StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    let err = rt
+        .reopen_container_log(ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    rt.remove_container(RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+
+    // GetContainerEvents saw the whole life of the container, in order,
+    // each event with the pod's status.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.contains(&ContainerEventType::ContainerDeletedEvent) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = tokio::time::timeout(left, events.message())
+            .await
+            .expect("timed out waiting for container events")
+            .unwrap()
+            .expect("the event stream ended");
+        if ev.container_id != id {
+            continue;
+        }
+        let pod_status = ev.pod_sandbox_status.as_ref().expect("pod status");
+        assert_eq!(pod_status.id, pod_id);
+        assert!(ev.created_at > 0);
+        let kind = ContainerEventType::try_from(ev.container_event_type).unwrap();
+        if kind != ContainerEventType::ContainerDeletedEvent {
+            assert!(
+                ev.containers_statuses.iter().any(|s| s.id == id),
+                "{kind:?} without the container's status"
+            );
+        }
+        seen.push(kind);
+    }
+    assert_eq!(
+        seen,
+        vec![
+            ContainerEventType::ContainerCreatedEvent,
+            ContainerEventType::ContainerStartedEvent,
+            ContainerEventType::ContainerStoppedEvent,
+            ContainerEventType::ContainerDeletedEvent,
+        ]
+    );
+    drop(events);
+    teardown(&env, &mut rt, &pod_id, uid).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn security_namespaces_user_mounts_and_bad_requests() {
+    if !is_root() {
+        eprintln!("containers_more: skipped (needs root)");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let env = Env::start("crius-ctr-sec");
+    let image = format!("{}/busybox:test", env.registry.addr);
+    // An image whose config names a user.
+    let user_image = image_with_config(
+        vec![layer(&busybox_entries(), Compression::Gzip)],
+        serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "User": "1234:5678"}),
+    );
+    env.registry.push_image("userimg", "test", &user_image);
+    let user_ref = format!("{}/userimg:test", env.registry.addr);
+    pull(&env, &image).await;
+    pull(&env, &user_ref).await;
+    let mut rt = env.daemon.runtime().await;
+    let uid = "uid-ctr-sec";
+    let mut pod_config = pod("sec", uid);
+    // Privileged containers need a privileged pod.
+    pod_config
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .get_or_insert_with(Default::default)
+        .privileged = true;
+    let pod_id = run_pod(&env, &mut rt, &pod_config).await;
+    let sleeper = |name: &str, img: &str| container(name, img, &["/bin/busybox", "sleep", "4242"]);
+
+    // The default seccomp profile refuses personality(ADDR_NO_RANDOMIZE);
+    // the same container unconfined may do it.
+    let mut confined = sleeper("confined", &image);
+    security(&mut confined).seccomp = Some(SecurityProfile {
+        profile_type: k8s_cri::v1::security_profile::ProfileType::RuntimeDefault as i32,
+        localhost_ref: String::new(),
+    });
+    let confined = run(&env, &mut rt, &pod_id, &pod_config, confined).await;
+    let mut unconfined = sleeper("unconfined", &image);
+    security(&mut unconfined).seccomp = Some(SecurityProfile {
+        profile_type: k8s_cri::v1::security_profile::ProfileType::Unconfined as i32,
+        localhost_ref: String::new(),
+    });
+    let unconfined = run(&env, &mut rt, &pod_id, &pod_config, unconfined).await;
+    let probe = ["/bin/busybox", "linux64", "-R", "/bin/busybox", "true"];
+    let (code, _, err) = exec(&mut rt, &confined, &probe).await;
+    assert_ne!(
+        code, 0,
+        "personality was allowed under RuntimeDefault: {err}"
+    );
+    let (code, _, err) = exec(&mut rt, &unconfined, &probe).await;
+    assert_eq!(code, 0, "personality failed unconfined: {err}");
+    // A Seccomp-filtered container reports it in /proc/self/status.
+    let (_, out, _) = exec(
+        &mut rt,
+        &confined,
+        &["/bin/busybox", "cat", "/proc/self/status"],
+    )
+    .await;
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    let (_, out, _) = exec(
+        &mut rt,
+        &unconfined,
+        &["/bin/busybox", "cat", "/proc/self/status"],
+    )
+    .await;
+    assert!(out.contains("Seccomp:\t0"), "{out}");
+
+    // Dropped capabilities are gone: NET_RAW is bit 13 of CapEff.
+    let mut dropped = sleeper("dropped", &image);
+    security(&mut dropped).capabilities = Some(Capability {
+        drop_capabilities: vec!["NET_RAW".into(), "CHOWN".into()],
+        ..Default::default()
+    });
+    let dropped = run(&env, &mut rt, &pod_id, &pod_config, dropped).await;
+    let (_, out, _) = exec(
+        &mut rt,
+        &dropped,
+        &["/bin/busybox", "cat", "/proc/self/status"],
+    )
+    .await;
+    let cap_eff = out
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|m| u64::from_str_radix(m.trim(), 16).unwrap())
+        .unwrap();
+    assert_eq!(cap_eff & (1 << 13), 0, "NET_RAW still held: {cap_eff:x}");
+    assert_eq!(cap_eff & 1, 0, "CHOWN still held: {cap_eff:x}");
+    assert_ne!(cap_eff & (1 << 5), 0, "KILL should stay: {cap_eff:x}");
+
+    // A privileged container gets the host's devices; others do not.
+    if Path::new("/dev/loop0").exists() {
+        let mut privileged = sleeper("privileged", &image);
+        security(&mut privileged).privileged = true;
+        let privileged = run(&env, &mut rt, &pod_id, &pod_config, privileged).await;
+        let probe = ["/bin/busybox", "test", "-b", "/dev/loop0"];
+        let (code, _, err) = exec(&mut rt, &privileged, &probe).await;
+        assert_eq!(code, 0, "no /dev/loop0 in a privileged container: {err}");
+        let (code, _, _) = exec(&mut rt, &dropped, &probe).await;
+        assert_ne!(code, 0, "/dev/loop0 in an unprivileged container");
+    }
+
+    // A container in the pid namespace of another (TARGET) sees its
+    // processes; one in its own does not.
+    let mut target = sleeper("target", &image);
+    target.command = vec!["/bin/busybox".into(), "sleep".into(), "5151".into()];
+    security(&mut target).namespace_options = Some(NamespaceOption {
+        pid: NamespaceMode::Target as i32,
+        target_id: confined.clone(),
+        ..Default::default()
+    });
+    let target = run(&env, &mut rt, &pod_id, &pod_config, target).await;
+    let (_, out, _) = exec(&mut rt, &target, &["/bin/busybox", "ps"]).await;
+    assert!(
+        out.contains("sleep 4242") && out.contains("sleep 5151"),
+        "{out}"
+    );
+    let (_, out, _) = exec(&mut rt, &dropped, &["/bin/busybox", "ps"]).await;
+    assert!(!out.contains("sleep 5151"), "{out}");
+
+    // The image's User takes effect; run_as_user overrides the uid.
+    let img_user = run(
+        &env,
+        &mut rt,
+        &pod_id,
+        &pod_config,
+        sleeper("imguser", &user_ref),
+    )
+    .await;
+    let (_, out, _) = exec(&mut rt, &img_user, &["/bin/busybox", "id"]).await;
+    assert!(
+        out.contains("uid=1234") && out.contains("gid=5678"),
+        "{out}"
+    );
+    let mut as_user = sleeper("asuser", &user_ref);
+    security(&mut as_user).run_as_user = Some(k8s_cri::v1::Int64Value { value: 4321 });
+    let as_user = run(&env, &mut rt, &pod_id, &pod_config, as_user).await;
+    let (_, out, _) = exec(&mut rt, &as_user, &["/bin/busybox", "id", "-u"]).await;
+    assert_eq!(out.trim(), "4321");
+
+    // rslave (host-to-container) propagation from a shared mount made here:
+    // a mount made on the host afterwards shows up inside.
+    let shared = env.dir.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let sh = |args: &[&str]| {
+        let st = Command::new(args[0]).args(&args[1..]).status().unwrap();
+        assert!(st.success(), "{args:?}");
+    };
+    let shared_s = shared.display().to_string();
+    sh(&["mount", "-t", "tmpfs", "crius-test-shared", &shared_s]);
+    sh(&["mount", "--make-shared", &shared_s]);
+    std::fs::create_dir_all(shared.join("later")).unwrap();
+    let mut slave = sleeper("slave", &image);
+    slave.mounts = vec![Mount {
+        container_path: "/mnt/host".into(),
+        host_path: shared_s.clone(),
+        propagation: MountPropagation::PropagationHostToContainer as i32,
+        ..Default::default()
+    }];
+    let slave = run(&env, &mut rt, &pod_id, &pod_config, slave).await;
+    let later = shared.join("later").display().to_string();
+    sh(&["mount", "-t", "tmpfs", "crius-test-later", &later]);
+    std::fs::write(shared.join("later/hello"), "from the host").unwrap();
+    let (code, out, err) = exec(
+        &mut rt,
+        &slave,
+        &["/bin/busybox", "cat", "/mnt/host/later/hello"],
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "from the host"), "{err}");
+    let (_, out, _) = exec(
+        &mut rt,
+        &slave,
+        &["/bin/busybox", "cat", "/proc/self/mountinfo"],
+    )
+    .await;
+    assert!(
+        out.lines()
+            .any(|l| l.contains(" /mnt/host ") && l.contains("master:")),
+        "{out}"
+    );
+    // A missing host path is made as a directory.
+    let made = env.dir.join("made/by/crius");
+    let mut mk = sleeper("mkdir", &image);
+    mk.mounts = vec![Mount {
+        container_path: "/mnt/made".into(),
+        host_path: made.display().to_string(),
+        ..Default::default()
+    }];
+    let mk = run(&env, &mut rt, &pod_id, &pod_config, mk).await;
+    assert!(made.is_dir());
+    let (code, _, err) = exec(&mut rt, &mk, &["/bin/busybox", "touch", "/mnt/made/x"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(made.join("x").exists());
+
+    // Bad requests: InvalidArgument naming the problem, and nothing left
+    // behind (no record, no name, no host directory, no mounts).
+    let containers_before = rt
+        .list_containers(ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+        .len();
+    let mounts_before = mounts_below(&env.dir.join("root")).len();
+    let unmade = env.dir.join("unmade");
+    let mut bidirectional_private = sleeper("bad", &image);
+    bidirectional_private.mounts = vec![Mount {
+        container_path: "/mnt/x".into(),
+        host_path: unmade.join("deep").display().to_string(),
+        propagation: MountPropagation::PropagationBidirectional as i32,
+        ..Default::default()
+    }];
+    let mut slave_private = sleeper("bad", &image);
+    slave_private.mounts = vec![Mount {
+        container_path: "/mnt/x".into(),
+        host_path: env.dir.join("registry").display().to_string(),
+        propagation: MountPropagation::PropagationHostToContainer as i32,
+        ..Default::default()
+    }];
+    let mut escaping_log = sleeper("bad", &image);
+    escaping_log.log_path = "../../etc/x.log".into();
+    let mut unknown_user = sleeper("bad", &image);
+    security(&mut unknown_user).run_as_username = "nobody-here".into();
+    let mut bad_cap = sleeper("bad", &image);
+    security(&mut bad_cap).capabilities = Some(Capability {
+        add_capabilities: vec!["NOT_A_CAP".into()],
+        ..Default::default()
+    });
+    let mut no_name = sleeper("", &image);
+    no_name.log_path = "x.log".into();
+    for (what, c) in [
+        ("bidirectional on a private mount", bidirectional_private),
+        ("rslave on a private mount", slave_private),
+        ("log path escaping", escaping_log),
+        ("unknown user", unknown_user),
+        ("unknown capability", bad_cap),
+        ("empty name", no_name),
+    ] {
+        let err = create(&mut rt, &pod_id, &pod_config, c)
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err:?}");
+    }
+    assert!(!unmade.exists(), "a refused create left its host directory");
+    assert_eq!(
+        rt.list_containers(ListContainersRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers
+            .len(),
+        containers_before
+    );
+    assert_eq!(mounts_below(&env.dir.join("root")).len(), mounts_before);
+    // The name "bad" was released by every failure.
+    let good = run(&env, &mut rt, &pod_id, &pod_config, sleeper("bad", &image)).await;
+    rt.remove_container(RemoveContainerRequest { container_id: good })
+        .await
+        .unwrap();
+
+    teardown(&env, &mut rt, &pod_id, uid).await;
+    for m in [later, shared_s] {
+        let _ = Command::new("umount").arg(&m).status();
+    }
+}
