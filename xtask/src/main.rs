@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod chaos;
 mod setup;
 
 const USAGE: &str = "usage: cargo xtask <command>
@@ -22,6 +23,8 @@ commands:
                 and the raw runc floor (root; table + target/bench/results.json;
                 ARGS go to crius-bench, e.g. `cargo xtask bench -- --pods 20`)
   bench pull    cold pull of a ~100 MB image: criusd next to containerd 1.6 (root)
+  chaos [OPTS]  fault injection: pod churn with criusd and shims SIGKILLed, then leak checks
+                (root; options --seed N, --rounds N, --secs N)
 ";
 
 fn main() {
@@ -51,6 +54,10 @@ fn dispatch(args: &[String]) -> Result<()> {
             integration()
         }
         "bench" => bench(rest),
+        "chaos" => {
+            setup::ensure()?;
+            chaos::chaos(rest)
+        }
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

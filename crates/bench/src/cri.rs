@@ -31,14 +31,21 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// criusd (release build) with the bench registry's pause image and conflist.
-    pub fn crius(dir: &Path, criusd: &Path, registry: &str, conf_dir: &Path) -> Result<Daemon> {
+    /// criusd (release build) with the bench registry's pause image and
+    /// conflist, its Prometheus endpoint on `metrics` (host:port).
+    pub fn crius(
+        dir: &Path,
+        criusd: &Path,
+        registry: &str,
+        conf_dir: &Path,
+        metrics: &str,
+    ) -> Result<Daemon> {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("config.toml");
         std::fs::write(
             &config,
             format!(
-                "pause_image = \"{registry}/pause:bench\"\n[cni]\nconf_dir = \"{}\"\nbin_dirs = [\"/usr/lib/cni\"]\n",
+                "pause_image = \"{registry}/pause:bench\"\n[cni]\nconf_dir = \"{}\"\nbin_dirs = [\"/usr/lib/cni\"]\n[metrics]\naddress = \"{metrics}\"\n",
                 conf_dir.display()
             ),
         )?;
@@ -358,5 +365,74 @@ impl Cri {
             );
         }
         Ok(())
+    }
+}
+
+/// The `_sum` and `_count` series of criusd's duration histograms (start-up
+/// phases, shim spawn, CNI), keyed by name and labels.
+pub fn scrape_phases(addr: &str) -> Result<BTreeMap<String, (f64, f64)>> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(parse_phases(&body))
+}
+
+/// Parses the histogram `_sum`/`_count` lines of interest out of a
+/// Prometheus text exposition.
+fn parse_phases(body: &str) -> BTreeMap<String, (f64, f64)> {
+    let mut out: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        if !(name.contains("phase") || name.contains("shim_spawn") || name.contains("cni_duration"))
+        {
+            continue;
+        }
+        let key = |base: &str| match labels {
+            "" => base.to_string(),
+            l => format!("{base}{{{l}"),
+        };
+        if let Some(base) = name.strip_suffix("_sum") {
+            out.entry(key(base)).or_default().0 = value;
+        } else if let Some(base) = name.strip_suffix("_count") {
+            out.entry(key(base)).or_default().1 = value;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_phases;
+
+    #[test]
+    fn phases_are_parsed_by_name_and_labels() {
+        let body = "HTTP/1.1 200 OK\r\n\r\n# HELP crius_cni_duration_seconds x\n\
+crius_cni_duration_seconds_bucket{op=\"add\",le=\"0.1\"} 3\n\
+crius_cni_duration_seconds_sum{op=\"add\"} 0.25\n\
+crius_cni_duration_seconds_count{op=\"add\"} 5\n\
+crius_shim_spawn_duration_seconds_sum 0.5\n\
+crius_shim_spawn_duration_seconds_count 2\n\
+crius_cri_requests_total{method=\"Version\"} 7\n";
+        let p = parse_phases(body);
+        assert_eq!(
+            p.get("crius_cni_duration_seconds{op=\"add\"}"),
+            Some(&(0.25, 5.0))
+        );
+        assert_eq!(
+            p.get("crius_shim_spawn_duration_seconds"),
+            Some(&(0.5, 2.0))
+        );
+        assert_eq!(p.len(), 2, "{p:?}");
     }
 }

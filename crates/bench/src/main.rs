@@ -322,6 +322,22 @@ impl Drop for Cleanup {
 
 // ---------------------------------------------------------------- runs
 
+/// Per-CRI-call latency statistics.
+fn steps_json(
+    steps: std::collections::BTreeMap<&'static str, Vec<f64>>,
+) -> serde_json::Map<String, serde_json::Value> {
+    steps
+        .into_iter()
+        .map(|(k, ms)| {
+            let s = Samples {
+                ms,
+                ..Default::default()
+            };
+            (k.to_string(), s.json())
+        })
+        .collect()
+}
+
 /// The whole measurement on one CRI runtime.
 async fn bench_cri(
     name: &str,
@@ -329,6 +345,7 @@ async fn bench_cri(
     dir: &Path,
     reg: &str,
     o: &Options,
+    metrics: Option<&str>,
 ) -> Result<serde_json::Value> {
     let logs = dir.join("logs");
     let cri = Cri::new(&daemon.socket, reg, &logs, name).await?;
@@ -399,23 +416,28 @@ async fn bench_cri(
     };
     eprintln!("bench: {name}: {} lifecycles one by one", o.pods);
     cri.take_steps();
+    let before = metrics.map(cri::scrape_phases);
     let (life_seq, _) = shape(0..o.pods, 1, lifecycle("l")).await;
-    let steps: serde_json::Map<String, serde_json::Value> = cri
-        .take_steps()
-        .into_iter()
-        .map(|(k, ms)| {
-            let s = Samples {
-                ms,
-                ..Default::default()
-            };
-            (k.to_string(), s.json())
-        })
-        .collect();
+    // Mean of each criusd-internal phase during the sequential lifecycles.
+    let mut phases = serde_json::Map::new();
+    if let (Some(Ok(before)), Some(Ok(after))) = (before, metrics.map(cri::scrape_phases)) {
+        for (k, (sum, count)) in after {
+            let (s0, c0) = before.get(&k).copied().unwrap_or((0.0, 0.0));
+            if count > c0 {
+                phases.insert(
+                    k,
+                    json!({"mean_ms": (sum - s0) / (count - c0) * 1000.0, "n": count - c0}),
+                );
+            }
+        }
+    }
+    let steps = steps_json(cri.take_steps());
     eprintln!(
         "bench: {name}: {} lifecycles {} at a time",
         o.pods, o.concurrency
     );
     let (life_conc, _) = shape(0..o.pods, o.concurrency, lifecycle("m")).await;
+    let conc_steps = steps_json(cri.take_steps());
 
     Ok(json!({
         "start_sequential": start_seq.json(),
@@ -424,6 +446,8 @@ async fn bench_cri(
         "lifecycle_concurrent": life_conc.json(),
         "exec_sync": exec.json(),
         "lifecycle_sequential_steps": steps,
+        "lifecycle_concurrent_steps": conc_steps,
+        "lifecycle_sequential_phases": phases,
         "memory_idle": idle,
         "memory_10": mem10,
         "memory_50": mem50,
@@ -658,11 +682,21 @@ async fn run() -> Result<()> {
             continue;
         }
         let sub = dir.join(name);
-        let daemon = match name {
-            "crius" => Daemon::crius(&sub, &criusd, &registry.addr, &network.conf_dir)?,
-            _ => Daemon::containerd(&sub, &registry.addr, &network.conf_dir)?,
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let metrics = format!("127.0.0.1:{port}");
+        let (daemon, metrics) = match name {
+            "crius" => (
+                Daemon::crius(&sub, &criusd, &registry.addr, &network.conf_dir, &metrics)?,
+                Some(metrics.as_str()),
+            ),
+            _ => (
+                Daemon::containerd(&sub, &registry.addr, &network.conf_dir)?,
+                None,
+            ),
         };
-        let r = bench_cri(name, &daemon, &sub, &registry.addr, &o).await;
+        let r = bench_cri(name, &daemon, &sub, &registry.addr, &o, metrics).await;
         let r = r.with_context(|| format!("{name}; daemon log:\n{}", daemon.log_tail()))?;
         drop(daemon);
         kill_below(&sub);
@@ -702,4 +736,43 @@ async fn run() -> Result<()> {
     drop(registry);
     drop(network);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Samples;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let s = Samples {
+            ms: (1..=100).rev().map(f64::from).collect(),
+            ..Default::default()
+        };
+        assert_eq!(s.pct(50.0), Some(50.0));
+        assert_eq!(s.pct(95.0), Some(95.0));
+        assert_eq!(s.pct(100.0), Some(100.0));
+        let one = Samples {
+            ms: vec![7.0],
+            ..Default::default()
+        };
+        assert_eq!(one.pct(50.0), Some(7.0));
+        assert_eq!(Samples::default().pct(50.0), None);
+    }
+
+    #[test]
+    fn merging_keeps_the_first_error() {
+        let mut a = Samples {
+            ms: vec![1.0],
+            failures: 1,
+            first_error: Some("first".into()),
+        };
+        a.merge(Samples {
+            ms: vec![2.0],
+            failures: 2,
+            first_error: Some("second".into()),
+        });
+        assert_eq!(a.ms, vec![1.0, 2.0]);
+        assert_eq!(a.failures, 3);
+        assert_eq!(a.first_error.as_deref(), Some("first"));
+    }
 }

@@ -13,10 +13,13 @@
 use crate::daemon::Daemon;
 use crate::runtime::container::lifecycle::{record_exit, watch_exit};
 use crate::shimclient::{ShimClient, NAMESPACE};
+use containerd_shim_protos::sandbox_api::WaitSandboxRequest;
+use containerd_shim_protos::sandbox_sync::SandboxClient;
+use containerd_shim_protos::ttrpc::{self, context};
 use containerd_shim_protos::types::task::Status as TaskStatus;
 use crius_store::{ContainerState, SandboxRecord, SandboxState};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Exit code recorded for a container whose fate is unknown.
 pub const UNKNOWN_EXIT_CODE: u32 = 255;
@@ -185,8 +188,34 @@ async fn recover_container(
     }
 }
 
+/// Detaches the container root filesystems a dead shim had mounted (on
+/// `<state>/containers/<id>/bundle/rootfs`, as CreateContainer lays the
+/// bundle out), so that RemoveContainer can delete the directories. The
+/// container processes keep their own mount namespaces.
+pub fn release_shim_mounts(daemon: &Daemon, sandbox_id: &str) {
+    for c in daemon.store.list_sandbox_containers(sandbox_id) {
+        let rootfs = daemon
+            .config
+            .state
+            .join("containers")
+            .join(&c.metadata.id)
+            .join("bundle")
+            .join("rootfs");
+        match nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) => {
+                tracing::info!(container = %c.metadata.id, "detached the rootfs of a dead shim")
+            }
+            Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
+            Err(e) => {
+                tracing::warn!(container = %c.metadata.id, error = %e, "cannot detach the rootfs")
+            }
+        }
+    }
+}
+
 /// Marks the containers of a pod whose shim is gone as exited.
-async fn containers_lost(daemon: &Daemon, sandbox_id: &str, summary: &mut Summary) {
+async fn containers_lost(daemon: &Daemon, sandbox_id: &str, message: &str) -> usize {
+    let mut n = 0;
     for c in daemon.store.list_sandbox_containers(sandbox_id) {
         if matches!(
             c.status.state,
@@ -198,12 +227,13 @@ async fn containers_lost(daemon: &Daemon, sandbox_id: &str, summary: &mut Summar
                 UNKNOWN_EXIT_CODE,
                 None,
                 Some(UNKNOWN_REASON),
-                Some("the pod's shim was gone when criusd restarted".into()),
+                Some(message.to_string()),
             )
             .await;
-            summary.containers_exited += 1;
+            n += 1;
         }
     }
+    n
 }
 
 /// Recovers one sandbox and its containers.
@@ -235,6 +265,9 @@ async fn recover_sandbox(daemon: &Arc<Daemon>, record: SandboxRecord, summary: &
             for c in daemon.store.list_sandbox_containers(&id) {
                 recover_container(daemon, &shim, &c, summary).await;
             }
+            if record.status.state == SandboxState::Ready {
+                watch_sandbox(daemon.clone(), id.clone(), shim.address().to_string());
+            }
         }
         other => {
             summary.sandboxes_not_ready += 1;
@@ -254,9 +287,70 @@ async fn recover_sandbox(daemon: &Arc<Daemon>, record: SandboxRecord, summary: &
                 })
                 .await;
             }
-            containers_lost(daemon, &id, summary).await;
+            summary.containers_exited +=
+                containers_lost(daemon, &id, "the pod's shim was gone when criusd restarted").await;
+            release_shim_mounts(daemon, &id);
         }
     }
+}
+
+/// How long a WaitSandbox call may block.
+const WAIT_FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Blocks until the pause container of `id` exits or the shim at `address`
+/// goes away (or cannot be reached).
+fn wait_sandbox_blocking(address: &str, id: &str) -> Result<(), String> {
+    let client = ttrpc::Client::connect(address).map_err(|e| e.to_string())?;
+    let sandbox = SandboxClient::new(client);
+    let mut req = WaitSandboxRequest::new();
+    req.sandbox_id = id.to_string();
+    let mut ctx = context::with_timeout(WAIT_FOREVER.as_nanos() as i64);
+    ctx.add(
+        "containerd-namespace-ttrpc".to_string(),
+        NAMESPACE.to_string(),
+    );
+    sandbox
+        .wait_sandbox(ctx, &req)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Watches a READY sandbox: when its pause container exits or its shim
+/// dies while the record still says READY (no StopPodSandbox did it), the
+/// sandbox becomes NOTREADY, and when the shim is gone its containers
+/// become EXITED with a reason and a message.
+pub fn watch_sandbox(daemon: Arc<Daemon>, id: String, address: String) {
+    tokio::spawn(async move {
+        let (a, sid) = (address.clone(), id.clone());
+        let waited = tokio::task::spawn_blocking(move || wait_sandbox_blocking(&a, &sid)).await;
+        let _lock = daemon.locks.lock(&id).await;
+        let Ok(record) = daemon.store.get_sandbox(&id) else {
+            return;
+        };
+        if record.status.state != SandboxState::Ready
+            || record.status.shim_address.as_deref() != Some(address.as_str())
+        {
+            return;
+        }
+        let shim_alive = match ShimClient::connect(&address).await {
+            Ok(c) => c.sandbox_status(&id).await.is_ok(),
+            Err(_) => false,
+        };
+        tracing::warn!(sandbox = %id, shim_alive, wait = ?waited, "the pod's pause container or shim is gone; the sandbox is NOTREADY");
+        update_sandbox(&daemon, &id, |s| {
+            s.state = SandboxState::NotReady;
+            s.pid = None;
+            if s.exited_at.is_none() {
+                s.exited_at = Some(now_nanos());
+            }
+        })
+        .await;
+        if !shim_alive {
+            daemon.shims.lock().await.remove(&id);
+            containers_lost(&daemon, &id, "the pod's shim died").await;
+            release_shim_mounts(&daemon, &id);
+        }
+    });
 }
 
 /// Reconciles every record with the shims; runs before the socket is

@@ -6,7 +6,7 @@
 mod common;
 
 use common::pod::*;
-use common::registry::{busybox_entries, image_with_config, is_root, layer, Compression};
+use common::registry::{busybox_entries, image_with_config, is_root, layer, Compression, Entry};
 use k8s_cri::v1::{
     Capability, ContainerConfig, ContainerEventType, ContainerMetadata, CreateContainerRequest,
     ExecSyncRequest, GetEventsRequest, ImageSpec, LinuxContainerConfig, LinuxContainerResources,
@@ -179,6 +179,16 @@ async fn teardown(env: &Env, rt: &mut Rt, pod_id: &str, uid: &str) {
     remove_cgroup_parents(uid);
 }
 
+/// Removes a pod's log directory (kubelet's job, so criusd leaves it) when
+/// the test ends, however it ends.
+struct LogDir(PathBuf);
+
+impl Drop for LogDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn memory_cgroup(uid: &str, id: &str) -> PathBuf {
     Path::new("/sys/fs/cgroup/memory/crius-test")
         .join(format!("pod{uid}"))
@@ -240,6 +250,7 @@ async fn update_reopen_log_and_events() {
 
     let uid = "uid-ctr-rpc";
     let pod_config = pod("rpc", uid);
+    let _logs = LogDir(PathBuf::from(&pod_config.log_directory));
     let pod_id = run_pod(&env, &mut rt, &pod_config).await;
 
     let mut c = container(
@@ -444,11 +455,38 @@ async fn security_namespaces_user_mounts_and_bad_requests() {
     );
     env.registry.push_image("userimg", "test", &user_image);
     let user_ref = format!("{}/userimg:test", env.registry.addr);
+    // An image with a named user who is a member of an extra group.
+    let group_image = image_with_config(
+        vec![
+            layer(&busybox_entries(), Compression::Gzip),
+            layer(
+                &[
+                    Entry::Dir("etc"),
+                    Entry::File(
+                        "etc/passwd",
+                        b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n".to_vec(),
+                        0o644,
+                    ),
+                    Entry::File(
+                        "etc/group",
+                        b"root:x:0:\napp:x:1000:\nextra:x:2000:app\n".to_vec(),
+                        0o644,
+                    ),
+                ],
+                Compression::Gzip,
+            ),
+        ],
+        serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "User": "app"}),
+    );
+    env.registry.push_image("groupimg", "test", &group_image);
+    let group_ref = format!("{}/groupimg:test", env.registry.addr);
     pull(&env, &image).await;
     pull(&env, &user_ref).await;
+    pull(&env, &group_ref).await;
     let mut rt = env.daemon.runtime().await;
     let uid = "uid-ctr-sec";
     let mut pod_config = pod("sec", uid);
+    let _logs = LogDir(PathBuf::from(&pod_config.log_directory));
     // Privileged containers need a privileged pod.
     pod_config
         .linux
@@ -570,6 +608,22 @@ async fn security_namespaces_user_mounts_and_bad_requests() {
     let (_, out, _) = exec(&mut rt, &as_user, &["/bin/busybox", "id", "-u"]).await;
     assert_eq!(out.trim(), "4321");
 
+    // SupplementalGroupsPolicy: Merge adds the groups /etc/group gives the
+    // user, Strict only the primary group and the requested ones.
+    for (name, policy, want) in [("merge", 0, "1000 2000 3000"), ("strict", 1, "1000 3000")] {
+        let mut c = sleeper(name, &group_ref);
+        let sc = security(&mut c);
+        sc.supplemental_groups = vec![3000];
+        sc.supplemental_groups_policy = policy;
+        let id = run(&env, &mut rt, &pod_id, &pod_config, c).await;
+        let (_, out, _) = exec(&mut rt, &id, &["/bin/busybox", "id", "-G"]).await;
+        let mut got: Vec<&str> = out.split_whitespace().collect();
+        got.sort_unstable();
+        assert_eq!(got.join(" "), want, "{name}");
+        let (_, out, _) = exec(&mut rt, &id, &["/bin/busybox", "id", "-un"]).await;
+        assert_eq!(out.trim(), "app");
+    }
+
     // rslave (host-to-container) propagation from a shared mount made here:
     // a mount made on the host afterwards shows up inside.
     let shared = env.dir.join("shared");
@@ -611,6 +665,47 @@ async fn security_namespaces_user_mounts_and_bad_requests() {
             .any(|l| l.contains(" /mnt/host ") && l.contains("master:")),
         "{out}"
     );
+    // Recursive read-only (where the handler reports it): a submount of
+    // the bound tree is read-only too, unlike with a plain `ro` bind.
+    let rro = rt
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime_handlers
+        .iter()
+        .find(|h| h.name.is_empty())
+        .and_then(|h| h.features)
+        .is_some_and(|f| f.recursive_read_only_mounts);
+    let ro_mount = |path: &str, recursive: bool| Mount {
+        container_path: path.into(),
+        host_path: shared_s.clone(),
+        readonly: true,
+        recursive_read_only: recursive,
+        ..Default::default()
+    };
+    let mut ro = sleeper("readonly", &image);
+    ro.mounts = vec![ro_mount("/mnt/ro", false)];
+    if rro {
+        ro.mounts.push(ro_mount("/mnt/rro", true));
+    }
+    let ro = run(&env, &mut rt, &pod_id, &pod_config, ro).await;
+    let touch = |p: &'static str| ["/bin/busybox", "touch", p];
+    let (code, _, _) = exec(&mut rt, &ro, &touch("/mnt/ro/top")).await;
+    assert_ne!(code, 0, "a read-only bind was writable");
+    let (code, _, err) = exec(&mut rt, &ro, &touch("/mnt/ro/later/plain")).await;
+    assert_eq!(code, 0, "a plain ro bind keeps submounts writable: {err}");
+    if rro {
+        let (code, _, _) = exec(&mut rt, &ro, &touch("/mnt/rro/later/recursive")).await;
+        assert_ne!(code, 0, "a submount of an rro bind was writable");
+        assert!(!shared.join("later/recursive").exists());
+    } else {
+        let mut c = sleeper("rro", &image);
+        c.mounts = vec![ro_mount("/mnt/rro", true)];
+        let err = create(&mut rt, &pod_id, &pod_config, c).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    }
+
     // A missing host path is made as a directory.
     let made = env.dir.join("made/by/crius");
     let mut mk = sleeper("mkdir", &image);

@@ -434,3 +434,58 @@ async fn cleared_state_dir_loads_not_ready_and_removes_cleanly() {
     assert_nothing_left(&env, "uid-rbt");
     remove_cgroup_parents("uid-rbt");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_shim_makes_the_pod_not_ready() {
+    if !is_root() {
+        eprintln!("skipping: pods need root");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let env = Env::start("crius-dsh");
+    let image = pull(&env).await;
+    let mut rt = env.daemon.runtime().await;
+    let pod_config = pod("dsh", "uid-dsh");
+    let _logs = LogDir(PathBuf::from(&pod_config.log_directory));
+    let pod_id = run_pod(&env, &mut rt, &pod_config).await;
+    let sleeper = run_container(
+        &env,
+        &mut rt,
+        &pod_id,
+        &pod_config,
+        &image,
+        "sleeper",
+        "exec /bin/busybox sleep 1000",
+    )
+    .await;
+    let shims = shim_pids(&env.dir);
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    let pid: i32 = shims[0].parse().unwrap();
+    // SAFETY: kill(2) on the pod's shim, read from /proc.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+
+    // criusd notices without being asked to do anything.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pod_state(&mut rt, &pod_id).await != k8s_cri::v1::PodSandboxState::SandboxNotready as i32
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the pod stayed READY after its shim died\n{}",
+            env.daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (s, _) = container_status(&mut rt, &sleeper).await;
+    assert_eq!(
+        (s.state, s.reason.as_str()),
+        (
+            k8s_cri::v1::ContainerState::ContainerExited as i32,
+            "Unknown"
+        ),
+        "{s:?}"
+    );
+    assert!(s.message.contains("shim"), "{s:?}");
+    remove_pod(&env, &mut rt, &pod_id).await;
+    assert_nothing_left(&env, "uid-dsh");
+    remove_cgroup_parents("uid-dsh");
+}

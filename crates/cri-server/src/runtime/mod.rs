@@ -95,7 +95,15 @@ impl RuntimeService for RuntimeSvc {
                     fingerprint,
                     move || {
                         let (daemon, req) = (daemon.clone(), req.clone());
-                        async move { sandbox::lifecycle::run(&daemon, req).await }
+                        async move {
+                            let id = sandbox::lifecycle::run(&daemon, req).await?;
+                            if let Ok(Some(address)) =
+                                daemon.store.get_sandbox(&id).map(|r| r.status.shim_address)
+                            {
+                                crate::recover::watch_sandbox(daemon.clone(), id.clone(), address);
+                            }
+                            Ok(id)
+                        }
                     },
                 )
                 .await?
@@ -227,7 +235,11 @@ impl RuntimeService for RuntimeSvc {
             )));
         }
         let url = self.streaming.get_exec(&req)?;
-        self.daemon.metrics.execs.with_label_values(&["stream"]).inc();
+        self.daemon
+            .metrics
+            .execs
+            .with_label_values(&["stream"])
+            .inc();
         Ok(Response::new(v1::ExecResponse { url }))
     }
 

@@ -134,6 +134,16 @@ pub struct Leftovers(pub PathBuf);
 
 impl Drop for Leftovers {
     fn drop(&mut self) {
+        // Log directories of the test pods (`pod()` puts them under
+        // /var/log/pods with uids that start with "uid-").
+        if let Ok(entries) = std::fs::read_dir("/var/log/pods") {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("default_") && name.contains("_uid-") {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         let needle = self.0.display().to_string();
         for p in processes_mentioning(&needle) {
             if let Some(pid) = p.split(':').next().and_then(|s| s.parse::<i32>().ok()) {

@@ -52,6 +52,32 @@ pub fn emit_id(daemon: &Daemon, id: &str, kind: ContainerEventType) {
     }
 }
 
+/// Sends an event of a pod sandbox itself (as containerd does for the
+/// evented PLEG: the sandbox id as `container_id`, the pod's status and
+/// its containers' statuses).
+pub fn emit_sandbox(
+    daemon: &Daemon,
+    sandbox: &crius_store::SandboxRecord,
+    kind: ContainerEventType,
+) {
+    if daemon.events.receiver_count() == 0 {
+        return;
+    }
+    let containers_statuses = daemon
+        .store
+        .list_sandbox_containers(&sandbox.metadata.id)
+        .iter()
+        .map(|c| super::status::status(c, false).0)
+        .collect();
+    let _ = daemon.events.send(ContainerEventResponse {
+        container_id: sandbox.metadata.id.clone(),
+        container_event_type: kind as i32,
+        created_at: super::lifecycle::now_nanos(),
+        pod_sandbox_status: Some(crate::runtime::sandbox::status::status(sandbox, false).0),
+        containers_statuses,
+    });
+}
+
 /// A stream of the events from now on. A subscriber that falls more than
 /// [`crate::daemon::EVENT_BUFFER`] events behind skips the ones it missed
 /// (with a warning) rather than stalling everybody else.

@@ -443,6 +443,19 @@ async fn create_steps(
         }
     }
     let propagation = prepare_host_paths(config, &mut done.host_dirs)?;
+    // Recursive read-only mounts as far as the pod's own handler can.
+    let handler = match sandbox.metadata.runtime_handler.as_str() {
+        "" => daemon.config.default_runtime.clone(),
+        h => h.to_string(),
+    };
+    let mut host = daemon.host.clone();
+    if let Some(h) = daemon.config.runtimes.get(&handler) {
+        let path = h.path.clone();
+        host.rro_mounts = tokio::task::spawn_blocking(move || crate::host::runtime_features(&path))
+            .await
+            .map(|f| f.rro)
+            .unwrap_or(false);
+    }
     let volume_dir = root.join("volumes").display().to_string();
     // Built in a block of its own: the input holds non-Send references
     // that must be gone before the next await.
@@ -470,7 +483,7 @@ async fn create_steps(
             image_name: image_ref,
             user: &user,
             sandbox: &facts,
-            host: &daemon.host,
+            host: &host,
             host_propagation: &propagation,
             volume_dir: &volume_dir,
             devices: &devices,
@@ -944,6 +957,44 @@ mod tests {
                 Err(()) => assert_eq!(got.unwrap_err().code(), tonic::Code::InvalidArgument),
             }
         }
+    }
+
+    #[test]
+    fn missing_host_paths_are_made_and_remembered() {
+        let d = tempfile::tempdir().unwrap();
+        let deep = d.path().join("a/b/c");
+        let existing = d.path().to_path_buf();
+        let mount = |p: &str| k8s_cri::v1::Mount {
+            container_path: "/mnt".into(),
+            host_path: p.into(),
+            ..Default::default()
+        };
+        let config = ContainerConfig {
+            mounts: vec![
+                mount(&deep.display().to_string()),
+                mount(&existing.display().to_string()),
+                mount("relative/path"),
+                mount(&format!("{}/../escape", existing.display())),
+            ],
+            ..Default::default()
+        };
+        let mut created = Vec::new();
+        let map = prepare_host_paths(&config, &mut created).unwrap();
+        assert!(deep.is_dir());
+        assert_eq!(
+            created,
+            vec![deep.clone(), d.path().join("a/b"), d.path().join("a")]
+        );
+        assert!(map.contains_key(&deep.display().to_string()));
+        assert!(map.contains_key(&existing.display().to_string()));
+        assert_eq!(map.len(), 2, "bad paths are left to the spec builder");
+        assert!(!Path::new("relative").exists());
+        assert!(!d.path().parent().unwrap().join("escape").exists());
+        // The rollback removes exactly what was made.
+        for dir in &created {
+            std::fs::remove_dir(dir).unwrap();
+        }
+        assert!(!d.path().join("a").exists());
     }
 
     #[test]

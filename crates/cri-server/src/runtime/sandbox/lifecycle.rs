@@ -133,6 +133,7 @@ impl Timeline {
 /// What a RunPodSandbox has done so far, for rollback.
 #[derive(Default)]
 struct Done {
+    handler: String,
     name: Option<String>,
     record: bool,
     rootfs: bool,
@@ -151,6 +152,12 @@ impl Done {
         if let Some(shim) = self.shim {
             if let Err(e) = shim.shutdown_sandbox(id).await {
                 tracing::warn!(sandbox = id, error = %e, "rollback: shim shutdown failed");
+                // The shim could not clean up after itself (it may be
+                // gone): do what it would have done, before the record that
+                // would let Stop/Remove find these goes away.
+                if let Err(e) = clean_after_dead_shim(daemon, id, &self.handler).await {
+                    tracing::warn!(sandbox = id, error = %e.message(), "rollback: cleanup after the shim failed");
+                }
             }
             daemon.shims.lock().await.remove(id);
         }
@@ -222,6 +229,7 @@ async fn run_steps(
     let name = super::sandbox_name(config);
     daemon.store.reserve_name(&name, id).map_err(store_status)?;
     done.name = Some(name.clone());
+    done.handler = handler_name.to_string();
     let meta = config.metadata.clone().unwrap_or_default();
     let hn: HostNamespaces = host_namespaces(config);
 
@@ -445,8 +453,11 @@ async fn run_steps(
     Ok(())
 }
 
-/// How long StopPodSandbox lets a container react to its stop signal.
-const CONTAINER_STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long StopPodSandbox lets a container react to its stop signal: none,
+/// as in containerd, since kubelet gives each container its grace period in
+/// StopContainer before it stops the pod (a grace here only delays pods
+/// whose PID 1 ignores SIGTERM).
+const CONTAINER_STOP_GRACE: Duration = Duration::ZERO;
 
 /// How often CNI DEL is tried before StopPodSandbox gives up.
 const CNI_DEL_ATTEMPTS: u32 = 3;
@@ -515,9 +526,8 @@ fn runtime_of(daemon: &Daemon, handler: &str) -> (String, PathBuf) {
 /// Removes what a pod's shim owns (its containers, netns, /dev/shm, the
 /// pause rootfs mount) when the shim could not do it itself because it is
 /// gone.
-async fn clean_after_dead_shim(daemon: &Daemon, record: &SandboxRecord) -> Result<(), Status> {
-    let id = record.metadata.id.as_str();
-    let (runtime, root) = runtime_of(daemon, &record.metadata.runtime_handler);
+async fn clean_after_dead_shim(daemon: &Daemon, id: &str, handler: &str) -> Result<(), Status> {
+    let (runtime, root) = runtime_of(daemon, handler);
     let root = root.join(shimclient::NAMESPACE);
     let mut ids: Vec<String> = daemon
         .store
@@ -579,8 +589,8 @@ async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
     let record = daemon.store.get_sandbox(&id).map_err(store_status)?;
     let config = super::status::stored_config(&record);
     let hn = host_namespaces(&config);
-    // The pod's containers first, each with its stop signal and a grace
-    // period, all at once; what is left is killed with the pod below.
+    // The pod's containers first, all at once, so that their exits are
+    // recorded; what is left is killed with the pod below.
     let running: Vec<String> = daemon
         .store
         .list_sandbox_containers(&id)
@@ -618,7 +628,7 @@ async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
     };
     daemon.shims.lock().await.remove(&id);
     if !shut_down {
-        clean_after_dead_shim(daemon, &record).await?;
+        clean_after_dead_shim(daemon, &id, &record.metadata.runtime_handler).await?;
     }
     crate::runtime::container::lifecycle::mark_pod_exited(daemon, &id).await;
     let store = daemon.store.clone();
