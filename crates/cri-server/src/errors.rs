@@ -28,3 +28,16 @@ pub fn store_status(err: StoreError) -> Status {
         _ => Status::internal(msg),
     }
 }
+
+/// `Internal` with what was being done.
+pub fn internal(what: &str, e: impl std::fmt::Display) -> Status {
+    Status::internal(format!("{what}: {e}"))
+}
+
+/// Maps a spec error: a bad request is `InvalidArgument`, the rest `Internal`.
+pub fn spec_status(e: crius_spec::SpecError) -> Status {
+    match e {
+        crius_spec::SpecError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+        crius_spec::SpecError::Internal(_) => Status::internal(e.to_string()),
+    }
+}

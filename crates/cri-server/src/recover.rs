@@ -12,6 +12,7 @@
 
 use crate::daemon::Daemon;
 use crate::runtime::container::lifecycle::{record_exit, watch_exit};
+use crate::runtime::now_nanos;
 use crate::shimclient::{ShimClient, NAMESPACE};
 use containerd_shim_protos::sandbox_api::WaitSandboxRequest;
 use containerd_shim_protos::sandbox_sync::SandboxClient;
@@ -19,7 +20,7 @@ use containerd_shim_protos::ttrpc::{self, context};
 use containerd_shim_protos::types::task::Status as TaskStatus;
 use crius_store::{ContainerState, SandboxRecord, SandboxState};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Exit code recorded for a container whose fate is unknown.
 pub const UNKNOWN_EXIT_CODE: u32 = 255;
@@ -38,13 +39,6 @@ pub struct Summary {
     /// Containers whose exit (while criusd was down, or of a lost shim or
     /// task) was recorded now.
     pub containers_exited: usize,
-}
-
-fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 /// The address the shim of `sandbox_id` listens on, as `start` derives it.

@@ -512,6 +512,22 @@ impl ShimClient {
     }
 }
 
+/// Root filesystem mounts in the shim API's form.
+pub fn proto_mounts(
+    mounts: &[crius_image::Mount],
+) -> Vec<containerd_shim_protos::types::mount::Mount> {
+    mounts
+        .iter()
+        .map(|m| {
+            let mut pm = containerd_shim_protos::types::mount::Mount::new();
+            pm.type_ = m.kind.clone();
+            pm.source = m.source.clone();
+            pm.options = m.options.clone();
+            pm
+        })
+        .collect()
+}
+
 /// The annotations telling the shim about the pod's host namespaces and
 /// shm size.
 pub fn pod_annotations(

@@ -4,6 +4,7 @@
 
 use crate::daemon::Daemon;
 use crate::runtime::filter::{id_matches, labels_match, to_hash_map};
+use crate::runtime::now_nanos;
 use crius_store::{ContainerRecord, ContainerState, SandboxRecord, SandboxState};
 use k8s_cri::v1::{
     ContainerAttributes, ContainerStats, CpuUsage, FilesystemIdentifier, FilesystemUsage,
@@ -11,16 +12,8 @@ use k8s_cri::v1::{
     PodSandboxStats, ProcessUsage, UInt64Value,
 };
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-
-fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
 
 fn v(value: u64) -> Option<UInt64Value> {
     Some(UInt64Value { value })

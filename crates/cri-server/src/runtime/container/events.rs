@@ -28,7 +28,7 @@ pub fn event(
     ContainerEventResponse {
         container_id: record.metadata.id.clone(),
         container_event_type: kind as i32,
-        created_at: super::lifecycle::now_nanos(),
+        created_at: crate::runtime::now_nanos(),
         pod_sandbox_status,
         containers_statuses,
     }
@@ -72,7 +72,7 @@ pub fn emit_sandbox(
     let _ = daemon.events.send(ContainerEventResponse {
         container_id: sandbox.metadata.id.clone(),
         container_event_type: kind as i32,
-        created_at: super::lifecycle::now_nanos(),
+        created_at: crate::runtime::now_nanos(),
         pod_sandbox_status: Some(crate::runtime::sandbox::status::status(sandbox, false).0),
         containers_statuses,
     });

@@ -2,7 +2,9 @@
 //! ExecSync, through the pod's shim.
 
 use crate::daemon::Daemon;
+use crate::errors::{internal, spec_status};
 use crate::errors::{invalid_field, store_status};
+use crate::runtime::now_nanos;
 use crate::shimclient::ShimClient;
 use crius_spec::container::{
     container_spec, image_volumes, user_request, ContainerInput, DeviceNode,
@@ -18,32 +20,13 @@ use k8s_cri::v1::{
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tonic::Status;
 
 /// The most output ExecSync returns per stream.
 pub const EXEC_OUTPUT_LIMIT: u64 = 16 * 1024 * 1024;
 /// How long a Wait on a running container may block.
 const WAIT_FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-
-/// Now, in nanoseconds since the Unix epoch.
-pub(crate) fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
-fn internal(what: &str, e: impl std::fmt::Display) -> Status {
-    Status::internal(format!("{what}: {e}"))
-}
-
-fn spec_status(e: crius_spec::SpecError) -> Status {
-    match e {
-        crius_spec::SpecError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
-        crius_spec::SpecError::Internal(_) => Status::internal(e.to_string()),
-    }
-}
 
 /// Joins the pod log directory and the container's relative log path,
 /// refusing anything that would leave the directory.
@@ -526,16 +509,7 @@ async fn create_steps(
     if !config.tty {
         create.stderr = out;
     }
-    create.rootfs = mounts
-        .iter()
-        .map(|m| {
-            let mut pm = containerd_shim_protos::types::mount::Mount::new();
-            pm.type_ = m.kind.clone();
-            pm.source = m.source.clone();
-            pm.options = m.options.clone();
-            pm
-        })
-        .collect();
+    create.rootfs = crate::shimclient::proto_mounts(&mounts);
     let pid = shim.create_task(create).await.map_err(|e| e.to_status())?;
     done.task = Some(shim);
     let store = daemon.store.clone();

@@ -1,15 +1,12 @@
 //! `UpdateContainerResources` and `ReopenContainerLog`.
 
 use crate::daemon::Daemon;
+use crate::errors::internal;
 use crate::errors::{invalid_field, store_status};
 use crius_store::ContainerState;
 use k8s_cri::v1::{ReopenContainerLogRequest, UpdateContainerResourcesRequest};
 use std::sync::Arc;
 use tonic::Status;
-
-fn internal(what: &str, e: impl std::fmt::Display) -> Status {
-    Status::internal(format!("{what}: {e}"))
-}
 
 /// Replaces the keys of `update` in the `linux.resources` of an OCI spec,
 /// keeping what the update does not mention (devices, pids...).

@@ -8,7 +8,9 @@
 
 use super::files;
 use crate::daemon::Daemon;
+use crate::errors::{internal, spec_status};
 use crate::errors::{invalid_field, store_status};
+use crate::runtime::now_nanos;
 use crate::shimclient::{self, ShimClient};
 use crius_netns::cni::{CniNetwork, PodNetwork, PortMapping};
 use crius_spec::sandbox::{host_namespaces, HostNamespaces};
@@ -16,20 +18,9 @@ use crius_store::{Record, SandboxMetadata, SandboxRecord, SandboxState, SandboxS
 use k8s_cri::v1::{PodSandboxConfig, Protocol, RunPodSandboxRequest};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tonic::Status;
 use tracing::Instrument;
-
-fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
-fn internal(what: &str, e: impl std::fmt::Display) -> Status {
-    Status::internal(format!("{what}: {e}"))
-}
 
 /// The CNI attachment of a pod.
 pub fn pod_network(id: &str, netns: &Path, config: &PodSandboxConfig) -> PodNetwork {
@@ -211,13 +202,6 @@ pub async fn run(daemon: &Arc<Daemon>, req: RunPodSandboxRequest) -> Result<Stri
     }
 }
 
-fn spec_status(e: crius_spec::SpecError) -> Status {
-    match e {
-        crius_spec::SpecError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
-        crius_spec::SpecError::Internal(_) => Status::internal(e.to_string()),
-    }
-}
-
 async fn run_steps(
     daemon: &Arc<Daemon>,
     id: &str,
@@ -347,16 +331,7 @@ async fn run_steps(
     let mut create = containerd_shim_protos::sandbox_api::CreateSandboxRequest::new();
     create.sandbox_id = id.to_string();
     create.bundle_path = bundle.display().to_string();
-    create.rootfs = mounts
-        .iter()
-        .map(|m| {
-            let mut pm = containerd_shim_protos::types::mount::Mount::new();
-            pm.type_ = m.kind.clone();
-            pm.source = m.source.clone();
-            pm.options = m.options.clone();
-            pm
-        })
-        .collect();
+    create.rootfs = crate::shimclient::proto_mounts(&mounts);
     let shm_size = daemon
         .config
         .shm_size_bytes()
