@@ -21,6 +21,30 @@ fn run(cmd: &str, args: &[&str]) -> (bool, String) {
     }
 }
 
+/// Networks of this process that are up, and `ip_forward` as it was before
+/// the first of them: tests run in parallel, so only the last one to go may
+/// put the value back (the bridge plugin turns forwarding on).
+static FORWARD: std::sync::Mutex<(usize, Option<String>)> = std::sync::Mutex::new((0, None));
+
+fn forward_acquire() -> Option<String> {
+    let mut f = FORWARD.lock().unwrap_or_else(|p| p.into_inner());
+    if f.0 == 0 {
+        f.1 = std::fs::read_to_string(IP_FORWARD).ok();
+    }
+    f.0 += 1;
+    f.1.clone()
+}
+
+fn forward_release() {
+    let mut f = FORWARD.lock().unwrap_or_else(|p| p.into_inner());
+    f.0 = f.0.saturating_sub(1);
+    if f.0 == 0 {
+        if let Some(v) = f.1.take() {
+            let _ = std::fs::write(IP_FORWARD, v.as_bytes());
+        }
+    }
+}
+
 /// The test network; `conf_dir` goes into criusd's `[cni] conf_dir`.
 pub struct TestNetwork {
     pub conf_dir: PathBuf,
@@ -143,7 +167,7 @@ impl TestNetwork {
             ]
         });
         std::fs::write(conf_dir.join("10-test.conflist"), conflist.to_string()).unwrap();
-        let ip_forward = std::fs::read_to_string(IP_FORWARD).ok();
+        let ip_forward = forward_acquire();
         let nat_chains_before = nat_chains();
         let forward_rule: Vec<String> =
             ["FORWARD", "-s", &subnet, "!", "-o", &bridge, "-j", "DROP"]
@@ -194,8 +218,8 @@ impl Drop for TestNetwork {
         if !ok {
             eprintln!("cleanup: removing the FORWARD rule failed: {out}");
         }
-        if let Some(v) = &self.ip_forward {
-            let _ = std::fs::write(IP_FORWARD, v.as_bytes());
+        if self.ip_forward.take().is_some() {
+            forward_release();
         }
         let _ = std::fs::remove_dir_all(Path::new("/var/lib/cni/networks").join(&self.name));
     }
