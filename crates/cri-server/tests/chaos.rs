@@ -15,9 +15,8 @@ use common::registry::is_root;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxContainerConfig,
-    ListContainersRequest, ListPodSandboxRequest, PodSandboxConfig, PullImageRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopPodSandboxRequest,
+    ListContainersRequest, ListPodSandboxRequest, PodSandboxConfig, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -244,19 +243,7 @@ async fn chaos() {
     println!("chaos: seed {seed}, at most {rounds} rounds or {budget:?}");
     let mut rng = Rng(seed);
     let mut env = Env::start("crius-chaos");
-    let image = format!("{}/busybox:test", env.registry.addr);
-    env.daemon
-        .images()
-        .await
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull busybox");
+    let image = env.pull_busybox().await;
     let configs: Vec<PodSandboxConfig> = (0..4)
         .map(|i| pod(&format!("chaos{i}"), &format!("uid-chaos{i}")))
         .collect();

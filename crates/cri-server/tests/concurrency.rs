@@ -9,8 +9,8 @@ use common::registry::is_root;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxContainerConfig,
-    ListContainersRequest, ListPodSandboxRequest, PodSandboxConfig, PullImageRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
+    ListContainersRequest, ListPodSandboxRequest, PodSandboxConfig, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -159,23 +159,6 @@ fn container(name: &str, image: &str) -> ContainerConfig {
     }
 }
 
-async fn pull(env: &Env) -> String {
-    let image = format!("{}/busybox:test", env.registry.addr);
-    env.daemon
-        .images()
-        .await
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull busybox");
-    image
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_parallel_runs_with_one_name_create_one_pod() {
     if !is_root() {
@@ -232,7 +215,7 @@ async fn timed_out_creations_are_handed_back_or_removed() {
     }
     let _serial = SERIAL.lock().await;
     let env = start_env("crius-hb");
-    let image = pull(&env).await;
+    let image = env.pull_busybox().await;
     let config = pod("hb", "uid-hb");
     let lost = pod("lost", "uid-lost");
     let _logs = LogDirs(vec![
@@ -347,7 +330,7 @@ async fn stop_and_remove_racing_create_leave_nothing() {
     }
     let _serial = SERIAL.lock().await;
     let env = start_env("crius-race");
-    let image = pull(&env).await;
+    let image = env.pull_busybox().await;
     let rounds = 4;
     let configs: Vec<PodSandboxConfig> = (0..rounds)
         .map(|i| pod(&format!("race{i}"), &format!("uid-race{i}")))

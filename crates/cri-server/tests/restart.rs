@@ -11,8 +11,8 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerStatsRequest, ContainerStatusRequest,
     CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxContainerConfig,
-    ListPodSandboxRequest, PodSandboxConfig, PodSandboxStatusRequest, PullImageRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    ListPodSandboxRequest, PodSandboxConfig, PodSandboxStatusRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -40,23 +40,6 @@ async fn wait_for<F: FnMut() -> bool>(what: &str, mut f: F) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn pull(env: &Env) -> String {
-    let image = format!("{}/busybox:test", env.registry.addr);
-    env.daemon
-        .images()
-        .await
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull busybox");
-    image
 }
 
 async fn run_pod(env: &Env, rt: &mut Rt, config: &PodSandboxConfig) -> String {
@@ -211,7 +194,7 @@ async fn containers_survive_a_criusd_restart() {
     }
     let _serial = SERIAL.lock().await;
     let mut env = Env::start("crius-rst");
-    let image = pull(&env).await;
+    let image = env.pull_busybox().await;
     let mut rt = env.daemon.runtime().await;
     let pod_config = pod("rst", "uid-rst");
     let _logs = LogDir(PathBuf::from(&pod_config.log_directory));
@@ -388,7 +371,7 @@ async fn cleared_state_dir_loads_not_ready_and_removes_cleanly() {
     }
     let _serial = SERIAL.lock().await;
     let mut env = Env::start("crius-rbt");
-    let image = pull(&env).await;
+    let image = env.pull_busybox().await;
     let mut rt = env.daemon.runtime().await;
     let pod_config = pod("rbt", "uid-rbt");
     let _logs = LogDir(PathBuf::from(&pod_config.log_directory));
@@ -443,7 +426,7 @@ async fn a_dead_shim_makes_the_pod_not_ready() {
     }
     let _serial = SERIAL.lock().await;
     let env = Env::start("crius-dsh");
-    let image = pull(&env).await;
+    let image = env.pull_busybox().await;
     let mut rt = env.daemon.runtime().await;
     let pod_config = pod("dsh", "uid-dsh");
     let _logs = LogDir(PathBuf::from(&pod_config.log_directory));

@@ -380,14 +380,7 @@ impl RuntimeService for RuntimeSvc {
         request: Request<v1::ContainerStatusRequest>,
     ) -> Result<Response<v1::ContainerStatusResponse>, Status> {
         let req = request.into_inner();
-        if req.container_id.is_empty() {
-            return Err(invalid_field("container_id", "must not be empty"));
-        }
-        let record = self
-            .daemon
-            .store
-            .get_container(&req.container_id)
-            .map_err(store_status)?;
+        let record = self.known_container(&req.container_id)?;
         let (status, info) = container::status::status(&record, req.verbose);
         Ok(Response::new(v1::ContainerStatusResponse {
             status: Some(status),

@@ -26,6 +26,24 @@ impl Env {
         Env::start_with(prefix, "")
     }
 
+    /// Pulls the registry's busybox image through criusd; returns its name.
+    pub async fn pull_busybox(&self) -> String {
+        let image = format!("{}/busybox:test", self.registry.addr);
+        self.daemon
+            .images()
+            .await
+            .pull_image(k8s_cri::v1::PullImageRequest {
+                image: Some(k8s_cri::v1::ImageSpec {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("pull busybox");
+        image
+    }
+
     /// Like [`Env::start`], with more configuration text appended.
     pub fn start_with(prefix: &str, extra_config: &str) -> Env {
         super::registry::ensure_binary("runc", "runc");
