@@ -190,7 +190,8 @@ impl Drop for LogDir {
 }
 
 fn memory_cgroup(uid: &str, id: &str) -> PathBuf {
-    Path::new("/sys/fs/cgroup/memory/crius-test")
+    Path::new("/sys/fs/cgroup/memory")
+        .join(common::pod::cg_root())
         .join(format!("pod{uid}"))
         .join(id)
 }
@@ -290,7 +291,8 @@ async fn update_reopen_log_and_events() {
     .await
     .unwrap_or_else(|e| panic!("UpdateContainerResources: {e:?}\n{}", env.daemon.log_text()));
     assert_eq!(read_limit(), 96 << 20);
-    let shares = Path::new("/sys/fs/cgroup/cpu/crius-test")
+    let shares = Path::new("/sys/fs/cgroup/cpu")
+        .join(common::pod::cg_root())
         .join(format!("pod{uid}"))
         .join(&id)
         .join("cpu.shares");

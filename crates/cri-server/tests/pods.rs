@@ -99,7 +99,7 @@ async fn pod_lifecycle_with_cni() {
     );
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     assert!(
-        cgroup.contains(&format!("/crius-test/poduid-a/{a}")),
+        cgroup.contains(&format!("/{}/poduid-a/{a}", common::pod::cg_root())),
         "{cgroup}"
     );
 

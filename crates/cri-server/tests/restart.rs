@@ -335,7 +335,7 @@ fn simulate_reboot(env: &Env, uid: &str) {
         collect_cgroup_procs(
             &Path::new("/sys/fs/cgroup")
                 .join(controller)
-                .join("crius-test")
+                .join(common::pod::cg_root())
                 .join(format!("pod{uid}")),
             &mut procs,
         );
@@ -358,7 +358,11 @@ fn simulate_reboot(env: &Env, uid: &str) {
     std::fs::remove_dir_all(&state).expect("clear the state dir");
     if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
         for c in controllers.flatten() {
-            remove_cgroup_tree(&c.path().join("crius-test").join(format!("pod{uid}")));
+            remove_cgroup_tree(
+                &c.path()
+                    .join(common::pod::cg_root())
+                    .join(format!("pod{uid}")),
+            );
         }
     }
 }

@@ -108,7 +108,7 @@ pub fn pod(name: &str, uid: &str) -> PodSandboxConfig {
             options: vec!["ndots:5".into()],
         }),
         linux: Some(LinuxPodSandboxConfig {
-            cgroup_parent: format!("/crius-test/pod{uid}"),
+            cgroup_parent: format!("/{}/pod{uid}", cg_root()),
             ..Default::default()
         }),
         ..Default::default()
@@ -144,6 +144,16 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// The cgroup (below every hierarchy's root) that test pods go into:
+/// `crius-test`, or `$CRIUS_TEST_CGROUP` so that two test runs on one
+/// machine do not kill each other's containers.
+pub fn cg_root() -> String {
+    std::env::var("CRIUS_TEST_CGROUP")
+        .ok()
+        .filter(|s| !s.is_empty() && !s.contains('/'))
+        .unwrap_or_else(|| "crius-test".to_string())
 }
 
 /// Kills every process that still refers to the test dir (a failed test's
@@ -182,7 +192,10 @@ impl Drop for Leftovers {
         // Container processes do not mention the test dir: find them by
         // their cgroup.
         let mut procs = Vec::new();
-        collect_cgroup_procs(Path::new("/sys/fs/cgroup/memory/crius-test"), &mut procs);
+        collect_cgroup_procs(
+            &Path::new("/sys/fs/cgroup/memory").join(cg_root()),
+            &mut procs,
+        );
         for pid in procs {
             // SAFETY: kill(2) on a pid read from the test's own cgroups.
             unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -192,7 +205,7 @@ impl Drop for Leftovers {
         // empty cgroups, which they are once their processes are gone).
         if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
             for c in controllers.flatten() {
-                remove_cgroup_tree(&c.path().join("crius-test"));
+                remove_cgroup_tree(&c.path().join(cg_root()));
             }
         }
     }
@@ -202,7 +215,7 @@ pub fn cgroup_dirs(uid: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
         for e in entries.flatten() {
-            let p = e.path().join("crius-test").join(format!("pod{uid}"));
+            let p = e.path().join(cg_root()).join(format!("pod{uid}"));
             if p.exists() {
                 // Only container cgroups (children) count as leaks.
                 if let Ok(children) = std::fs::read_dir(&p) {
@@ -221,9 +234,9 @@ pub fn cgroup_dirs(uid: &str) -> Vec<PathBuf> {
 pub fn remove_cgroup_parents(uid: &str) {
     if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
         for e in entries.flatten() {
-            let p = e.path().join("crius-test").join(format!("pod{uid}"));
+            let p = e.path().join(cg_root()).join(format!("pod{uid}"));
             let _ = std::fs::remove_dir(&p);
-            let _ = std::fs::remove_dir(e.path().join("crius-test"));
+            let _ = std::fs::remove_dir(e.path().join(cg_root()));
         }
     }
 }
