@@ -44,6 +44,9 @@ pub struct Daemon {
     pub handback: crate::runtime::handback::Handback,
     /// Container lifecycle events for `GetContainerEvents` subscribers.
     pub events: tokio::sync::broadcast::Sender<k8s_cri::v1::ContainerEventResponse>,
+    /// Woken whenever a container's exit has been recorded (StopContainer
+    /// waits on it instead of polling the store).
+    pub exited: tokio::sync::Notify,
 }
 
 /// How many container events a slow `GetContainerEvents` subscriber may
@@ -106,6 +109,7 @@ impl Daemon {
             metrics: Arc::new(crate::metrics::Metrics::new()?),
             handback: crate::runtime::handback::Handback::default(),
             events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
+            exited: tokio::sync::Notify::new(),
         })
     }
 

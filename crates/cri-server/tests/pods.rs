@@ -155,6 +155,11 @@ async fn pod_lifecycle_with_cni() {
     );
     let hosts = std::fs::read_to_string(sandbox_dir.join("hosts")).unwrap();
     assert!(hosts.contains(&format!("{ip_a}\tweb")), "{hosts}");
+    // Containers of any user read them (bind-mounted at /etc/...).
+    for f in ["resolv.conf", "hostname", "hosts"] {
+        let mode = std::fs::metadata(sandbox_dir.join(f)).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o644, "{f}");
+    }
 
     // The same name again: AlreadyExists naming the holder.
     let err = rt

@@ -142,7 +142,9 @@ impl Runc {
         Ok(out)
     }
 
-    /// `create --bundle B --pid-file P [--console-socket S] ID`.
+    /// `create --bundle B --pid-file P [--console-socket S] ID`, or with
+    /// `start_now`, `run --detach ...` (create and start in one runtime
+    /// invocation).
     pub fn create(
         &self,
         id: &str,
@@ -150,6 +152,7 @@ impl Runc {
         pid_file: &Path,
         console_socket: Option<&Path>,
         io: ProcStdio,
+        start_now: bool,
     ) -> Result<i32, RuncError> {
         let log = bundle.join("runc-log.json");
         let b = bundle.to_string_lossy();
@@ -161,9 +164,13 @@ impl Runc {
             args.push("--console-socket");
             args.push(&cs);
         }
+        if start_now {
+            args.push("--detach");
+        }
         args.push(id);
         let _ = std::fs::remove_file(pid_file);
-        self.run("create", &log, &args, io, None, false)?;
+        let op = if start_now { "run" } else { "create" };
+        self.run(op, &log, &args, io, None, false)?;
         read_pid(pid_file)
     }
 

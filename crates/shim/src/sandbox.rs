@@ -284,12 +284,7 @@ impl SandboxService {
         req.id = id.to_string();
         req.bundle = bundle.to_string_lossy().into_owned();
         req.rootfs = rootfs;
-        let pid = self.inner().create(&req)?;
-        if let Err(e) = self.inner().start(id, "") {
-            let _ = self.inner().kill(id, "", 9, false);
-            let _ = self.inner().delete(id, "");
-            return Err(e);
-        }
+        let pid = self.inner().create_and_start(&req)?;
         self.with_pod(id, |p| {
             p.phase = Phase::Ready;
             p.pid = pid;

@@ -31,7 +31,7 @@ use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -257,6 +257,68 @@ impl WriteStep {
         WriteStep::Renamed,
         WriteStep::DirSynced,
     ];
+}
+
+/// Encodes `value` and atomically replaces the existing record at `path`
+/// ([`replace_atomic`]: durable contents, no directory fsync).
+pub fn save_replace<T: Serialize + ?Sized>(
+    path: &Path,
+    kind: &str,
+    value: &T,
+) -> Result<(), PersistError> {
+    let bytes = encode(kind, value)?;
+    replace_atomic(path, &bytes).map_err(PersistError::io(path))
+}
+
+/// Atomically replaces an existing file: like [`write_atomic`] (temporary
+/// file, `fdatasync`, rename) but without fsyncing the directory.
+///
+/// For updates of a file whose directory entry is already durable: a crash,
+/// even a power loss, leaves the complete old or the complete new contents,
+/// so the directory fsync only decides which of the two survives a power
+/// loss. Saves one of the two fsyncs of [`write_atomic`].
+pub fn replace_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_mode(path, bytes, Sync::Data, 0o600)
+}
+
+/// Atomically writes run-time state that does not outlive the host's boot
+/// (OCI bundles, a pod's resolv.conf/hosts/hostname, caches that are rebuilt):
+/// temporary file and rename, no fsync. A crashed process leaves the old or
+/// the new file, never a torn one; after a power loss the containers these
+/// files describe are gone anyway. The file gets permission bits `mode`.
+pub fn write_volatile(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    write_mode(path, bytes, Sync::None, mode)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sync {
+    None,
+    Data,
+}
+
+fn write_mode(path: &Path, bytes: &[u8], sync: Sync, mode: u32) -> io::Result<()> {
+    let (dir, name) = split_path(path)?;
+    let tmp = temp_path(&dir, name);
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // The umask must not narrow what the caller asked for.
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
+        if sync == Sync::Data {
+            file.sync_data()?;
+        }
+        drop(file);
+        fs::rename(&tmp, path)
+    })();
+    if let Err(err) = &result {
+        tracing::warn!(path = %path.display(), error = %err, "atomic write failed");
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Atomically replaces the file at `path` with `bytes`.

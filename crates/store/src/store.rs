@@ -472,7 +472,9 @@ impl Store {
             return Ok(updated);
         }
         let path = self.record_path(kind, id);
-        persist::save(&path, kind.as_str(), &updated)
+        // The record's directory entry is durable since it was added: an
+        // update only needs durable contents.
+        persist::save_replace(&path, kind.as_str(), &updated)
             .map_err(|e| StoreError::from_persist(&path, e))?;
         write(&table.map).insert(id.to_owned(), updated.clone());
         tracing::debug!(%kind, id, "updated record status");

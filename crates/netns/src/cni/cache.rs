@@ -1,12 +1,13 @@
 //! The ADD result cache, kept like libcni does under
 //! `<cache dir>/results/<network>-<container id>-<ifname>`, so that DEL and
 //! CHECK get the ADD result as `prevResult` even after a daemon restart.
-//! Entries are written atomically (temporary file, fsync, rename, fsync of
-//! the directory).
+//! Entries are written atomically (temporary file, rename), without fsync,
+//! as libcni does: a crashed daemon leaves the old or the new entry, and the
+//! plugins' own state (host-local's leases) is not fsynced either.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -103,9 +104,7 @@ impl ResultCache {
                 .mode(0o600)
                 .open(&tmp)?;
             f.write_all(&bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            File::open(&self.dir)?.sync_all()
+            fs::rename(&tmp, &path)
         })();
         if let Err(source) = written {
             let _ = fs::remove_file(&tmp);

@@ -479,7 +479,7 @@ async fn create_steps(
         let spec = container_spec(&input).map_err(spec_status)?;
         serde_json::to_vec_pretty(&spec).map_err(|e| internal("spec", e))?
     };
-    crius_store::persist::write_atomic(&bundle.join("config.json"), &spec_json)
+    crius_store::persist::write_volatile(&bundle.join("config.json"), &spec_json, 0o600)
         .map_err(|e| internal("config.json", e))?;
 
     if let Some(log) = &log {
@@ -512,12 +512,9 @@ async fn create_steps(
     create.rootfs = crate::shimclient::proto_mounts(&mounts);
     let pid = shim.create_task(create).await.map_err(|e| e.to_status())?;
     done.task = Some(shim);
-    let store = daemon.store.clone();
-    let cid = id.to_string();
-    tokio::task::spawn_blocking(move || store.update_container_status(&cid, |s| s.pid = Some(pid)))
-        .await
-        .map_err(|e| internal("store", e))?
-        .map_err(store_status)?;
+    // The pid is recorded by StartContainer (with the state, in one store
+    // write); until then the shim has it.
+    tracing::debug!(container = %id, pid, "task created");
     Ok(())
 }
 
@@ -584,6 +581,7 @@ pub async fn record_exit(
             .map(|r| (r, changed))
     })
     .await;
+    daemon.exited.notify_waiters();
     match r {
         Ok(Ok((record, true))) => {
             super::events::emit(daemon, &record, ContainerEventType::ContainerStoppedEvent)
@@ -684,6 +682,11 @@ pub fn stop_signal(name: &str) -> u32 {
 async fn wait_exited(daemon: &Daemon, id: &str, timeout: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
+        // Registered before the store is read, so that an exit recorded in
+        // between still wakes us.
+        let notified = daemon.exited.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
         match daemon.store.get_container(id) {
             Ok(r) if r.status.state != ContainerState::Running => return true,
             Err(_) => return true,
@@ -692,7 +695,13 @@ async fn wait_exited(daemon: &Daemon, id: &str, timeout: Duration) -> bool {
         if tokio::time::Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The periodic re-check covers exits recorded by other paths
+        // (recovery, a dead shim) that do not notify.
+        let wake = (tokio::time::Instant::now() + Duration::from_millis(200)).min(deadline);
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(wake) => {}
+        }
     }
 }
 

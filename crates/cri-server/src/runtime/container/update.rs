@@ -83,7 +83,7 @@ pub async fn update_resources(
                 serde_json::from_slice(&bytes).map_err(|e| internal("config.json", e))?;
             merge_resources(&mut spec, &resources);
             let out = serde_json::to_vec_pretty(&spec).map_err(|e| internal("config.json", e))?;
-            crius_store::persist::write_atomic(&config, &out)
+            crius_store::persist::write_volatile(&config, &out, 0o600)
                 .map_err(|e| internal("config.json", e))?;
         }
         // The bundle of an exited container may be gone already.

@@ -80,7 +80,9 @@ async fn cni_del(network: CniNetwork, pod: PodNetwork) -> Result<(), Status> {
 
 async fn write_file(path: PathBuf, text: String) -> Result<(), Status> {
     tokio::task::spawn_blocking(move || {
-        crius_store::persist::write_atomic(&path, text.as_bytes())
+        // Bind-mounted into containers that may run as any user: 0644, like
+        // containerd's. Run-time state: no fsync.
+        crius_store::persist::write_volatile(&path, text.as_bytes(), 0o644)
             .map_err(|e| internal(&format!("cannot write {}", path.display()), e))
     })
     .await
@@ -107,6 +109,18 @@ impl Timeline {
     /// Time since the last mark.
     pub fn since_last(&self) -> Duration {
         self.last.elapsed()
+    }
+
+    /// Records the phase `name` as having taken `took` (for a phase that
+    /// ran concurrently with the next one) and moves the clock on by as
+    /// much, so that the next `mark` gets the rest.
+    pub fn mark_took(&mut self, name: &str, took: Duration) {
+        let took = took.min(self.last.elapsed());
+        self.phases.push(crius_store::Phase {
+            name: name.to_string(),
+            nanos: u64::try_from(took.as_nanos().max(1)).unwrap_or(u64::MAX),
+        });
+        self.last += took;
     }
 
     /// Ends the phase `name` now.
@@ -299,7 +313,7 @@ async fn run_steps(
     let spec = crius_spec::sandbox::sandbox_spec(config, &spec_image, &facts, &daemon.host, &load)
         .map_err(spec_status)?;
     let spec_json = serde_json::to_vec_pretty(&spec).map_err(|e| internal("spec", e))?;
-    crius_store::persist::write_atomic(&bundle.join("config.json"), &spec_json)
+    crius_store::persist::write_volatile(&bundle.join("config.json"), &spec_json, 0o600)
         .map_err(|e| internal("config.json", e))?;
 
     // The shim: netns and /dev/shm.
@@ -350,37 +364,68 @@ async fn run_steps(
     let netns = status.info.get("netns").cloned().filter(|s| !s.is_empty());
     timeline.mark("netns_and_shm");
 
-    // The pod network.
-    let (ip, additional_ips) = match (&netns, hn.network) {
-        (Some(ns), false) => {
-            let network = cni(daemon)?;
-            let pod = pod_network(id, Path::new(ns), config);
-            let undo = (network.clone(), pod.clone());
-            let r = cni_add(network, pod).await;
+    // The pod network and the pause container, at the same time: neither
+    // needs the other (the pause only holds the namespaces; CNI works on the
+    // netns the shim made). Whatever fails, both are undone by the rollback:
+    // the shim shutdown kills a started pause, and a CNI ADD that was tried
+    // gets its DEL.
+    let network = match (&netns, hn.network) {
+        (Some(ns), false) => Some((cni(daemon)?, pod_network(id, Path::new(ns), config))),
+        (None, false) => return Err(Status::internal("the shim reported no network namespace")),
+        (_, true) => None,
+    };
+    let cni_started = std::time::Instant::now();
+    let add = async {
+        let Some((network, pod)) = network.clone() else {
+            return Ok(None);
+        };
+        let r = cni_add(network, pod).await;
+        let took = cni_started.elapsed();
+        daemon
+            .metrics
+            .cni_duration
+            .with_label_values(&["add"])
+            .observe(took.as_secs_f64());
+        if r.is_err() {
             daemon
                 .metrics
-                .cni_duration
+                .cni_failures
                 .with_label_values(&["add"])
-                .observe(timeline.since_last().as_secs_f64());
-            if r.is_err() {
-                daemon
-                    .metrics
-                    .cni_failures
-                    .with_label_values(&["add"])
-                    .inc();
-            }
-            // Even a failed ADD gets a DEL: plugins may have half-attached.
-            done.network = Some(undo);
-            let (ip, more) = r?;
-            (Some(ip), more)
+                .inc();
         }
-        (None, false) => return Err(Status::internal("the shim reported no network namespace")),
-        (_, true) => (None, Vec::new()),
+        r.map(|ips| Some((ips, took)))
+    };
+    let pause = async {
+        let started = std::time::Instant::now();
+        let pid = shim.start_sandbox(id).await.map_err(|e| e.to_status())?;
+        Ok::<_, Status>((pid, started.elapsed()))
+    };
+    let (added, paused) = tokio::join!(add, pause);
+    // Even a failed ADD gets a DEL: plugins may have half-attached.
+    done.network = network;
+    let added = added?;
+    let (pid, pause_took) = paused?;
+    // The two ran side by side. The timeline keeps adding up to the wall
+    // time: the one that finished first shows its own duration, the other
+    // what it took beyond that. The phase histograms get both durations.
+    let cni_took = added.as_ref().map(|(_, t)| *t).unwrap_or(Duration::ZERO);
+    if cni_took <= pause_took {
+        timeline.mark_took("cni_add", cni_took);
+        timeline.mark("pause_create_and_start");
+    } else {
+        timeline.mark_took("pause_create_and_start", pause_took);
+        timeline.mark("cni_add");
+    }
+    let own = [
+        ("cni_add", cni_took),
+        ("pause_create_and_start", pause_took),
+    ];
+    let (ip, additional_ips) = match added {
+        Some(((ip, more), _)) => (Some(ip), more),
+        None => (None, Vec::new()),
     };
 
-    timeline.mark("cni_add");
-
-    // Pod files.
+    // Pod files (they need the pod's IPs; the pause does not use them).
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let resolv = files::resolv_conf(config.dns_config.as_ref(), &host_resolv)
         .map_err(|m| invalid_field("config.dns_config", m))?;
@@ -400,14 +445,15 @@ async fn run_steps(
         files::hosts_file(&hostname, &pod_ips),
     )
     .await?;
-
     timeline.mark("pod_files");
-
-    // The pause container.
-    let pid = shim.start_sandbox(id).await.map_err(|e| e.to_status())?;
-    timeline.mark("pause_create_and_start");
     let phases = timeline.phases;
-    daemon.metrics.observe_phases(true, &phases);
+    let mut observed = phases.clone();
+    for p in observed.iter_mut() {
+        if let Some((_, took)) = own.iter().find(|(n, _)| *n == p.name) {
+            p.nanos = u64::try_from(took.as_nanos().max(1)).unwrap_or(u64::MAX);
+        }
+    }
+    daemon.metrics.observe_phases(true, &observed);
     let store = daemon.store.clone();
     let sid = id.to_string();
     tokio::task::spawn_blocking(move || {
@@ -573,23 +619,38 @@ async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
         .filter(|c| c.status.state == crius_store::ContainerState::Running)
         .map(|c| c.metadata.id)
         .collect();
-    let stops = running
-        .iter()
-        .map(|cid| crate::runtime::container::lifecycle::stop(daemon, cid, CONTAINER_STOP_GRACE));
-    for (cid, r) in running
-        .iter()
-        .zip(futures_util::future::join_all(stops).await)
-    {
-        if let Err(e) = r {
-            tracing::warn!(sandbox = %id, container = %cid, error = %e.message(), "stopping container failed");
-        }
-    }
-    if !hn.network {
-        if let Some(ns) = &record.status.netns_path {
-            cni_del_retried(daemon, &id, Path::new(ns), &config).await?;
-        }
-    }
     let shim = daemon.shim(&id).await;
+    // The containers and the pause are killed while CNI DEL runs: the
+    // plugins only need the netns, which the shim keeps until its shutdown
+    // below.
+    let kill = async {
+        let stops = running.iter().map(|cid| {
+            crate::runtime::container::lifecycle::stop(daemon, cid, CONTAINER_STOP_GRACE)
+        });
+        for (cid, r) in running
+            .iter()
+            .zip(futures_util::future::join_all(stops).await)
+        {
+            if let Err(e) = r {
+                tracing::warn!(sandbox = %id, container = %cid, error = %e.message(), "stopping container failed");
+            }
+        }
+        if let Some(shim) = &shim {
+            if let Err(e) = shim.stop_sandbox(&id, Duration::ZERO).await {
+                // The shutdown below kills what is left (or cleans up after
+                // a dead shim).
+                tracing::debug!(sandbox = %id, error = %e, "stopping the pause failed");
+            }
+        }
+    };
+    let del = async {
+        match (&record.status.netns_path, hn.network) {
+            (Some(ns), false) => cni_del_retried(daemon, &id, Path::new(ns), &config).await,
+            _ => Ok(()),
+        }
+    };
+    let ((), deleted) = tokio::join!(kill, del);
+    deleted?;
     let shut_down = match &shim {
         Some(shim) => match shim.shutdown_sandbox(&id).await {
             Ok(()) => true,
@@ -623,6 +684,19 @@ async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// Whether a pod's shim directory holds more than the shim's log: after a
+/// clean StopPodSandbox only `shim.log` is left (until the shim, on its way
+/// out, removes the directory); a netns, shm or anything else means the pod
+/// was not torn down (its shim died).
+fn shim_left_things(dir: &Path) -> bool {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .flatten()
+            .any(|e| e.file_name() != std::ffi::OsStr::new("shim.log")),
+        Err(_) => false,
+    }
+}
+
 /// RemovePodSandbox: stops the pod (if that has not happened) and removes
 /// its root filesystem, directories and record. Removing an unknown sandbox
 /// succeeds.
@@ -639,7 +713,7 @@ async fn remove_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
         Err(e) => return Err(store_status(e)),
     };
     let id = record.metadata.id.clone();
-    if record.status.state == SandboxState::Ready || daemon.shim_pod_dir(&id).exists() {
+    if record.status.state == SandboxState::Ready || shim_left_things(&daemon.shim_pod_dir(&id)) {
         stop(daemon, &id).await?;
     }
     for c in daemon.store.list_sandbox_containers(&id) {
@@ -654,7 +728,11 @@ async fn remove_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
         .remove_rootfs(&id)
         .await
         .map_err(|e| internal("rootfs", e))?;
-    for d in [daemon.sandbox_state(&id), daemon.sandbox_root(&id)] {
+    for d in [
+        daemon.sandbox_state(&id),
+        daemon.sandbox_root(&id),
+        daemon.shim_pod_dir(&id),
+    ] {
         match std::fs::remove_dir_all(&d) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
