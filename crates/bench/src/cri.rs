@@ -8,8 +8,9 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest, ImageSpec,
-    LinuxContainerConfig, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata,
-    PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, PodSandboxConfig, PodSandboxMetadata, PullImageRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, SecurityProfile, StartContainerRequest,
     StopPodSandboxRequest,
 };
 use std::collections::BTreeMap;
@@ -206,12 +207,20 @@ pub struct Cri {
     logs: PathBuf,
     /// Distinguishes the runtimes' cgroup parents.
     tag: String,
+    /// The seccomp profile type pods and containers ask for.
+    seccomp: i32,
     /// Latencies (ms) of each CRI call by name, since the last `take_steps`.
     steps: Arc<Mutex<BTreeMap<&'static str, Vec<f64>>>>,
 }
 
 impl Cri {
-    pub async fn new(socket: &Path, registry: &str, logs: &Path, tag: &str) -> Result<Cri> {
+    pub async fn new(
+        socket: &Path,
+        registry: &str,
+        logs: &Path,
+        tag: &str,
+        seccomp: i32,
+    ) -> Result<Cri> {
         let ch = connect(socket).await?;
         Ok(Cri {
             rt: RuntimeServiceClient::new(ch.clone()),
@@ -219,6 +228,7 @@ impl Cri {
             registry: registry.to_string(),
             logs: logs.to_path_buf(),
             tag: tag.to_string(),
+            seccomp,
             steps: Arc::default(),
         })
     }
@@ -259,6 +269,13 @@ impl Cri {
         Ok(())
     }
 
+    fn profile(&self) -> SecurityProfile {
+        SecurityProfile {
+            profile_type: self.seccomp,
+            localhost_ref: String::new(),
+        }
+    }
+
     fn pod_config(&self, name: &str) -> PodSandboxConfig {
         let uid = format!("{}-{name}", self.tag);
         PodSandboxConfig {
@@ -272,6 +289,10 @@ impl Cri {
             log_directory: self.logs.join(name).display().to_string(),
             linux: Some(LinuxPodSandboxConfig {
                 cgroup_parent: format!("/crius-bench/{}/pod{uid}", self.tag),
+                security_context: Some(LinuxSandboxSecurityContext {
+                    seccomp: Some(self.profile()),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -307,7 +328,13 @@ impl Cri {
                     "trap 'exit 0' TERM; /bin/busybox sleep 3600 & wait".into(),
                 ],
                 log_path: "c.log".into(),
-                linux: Some(LinuxContainerConfig::default()),
+                linux: Some(LinuxContainerConfig {
+                    security_context: Some(LinuxContainerSecurityContext {
+                        seccomp: Some(self.profile()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             sandbox_config: Some(pod),

@@ -20,7 +20,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: crius-bench --criusd PATH [--out FILE] [--pods N] [--concurrency N] [--execs N] [--only crius,containerd,runc]";
+const USAGE: &str = "usage: crius-bench --criusd PATH [--out FILE] [--pods N] [--concurrency N] [--execs N] [--only crius,containerd,runc] [--seccomp unconfined|runtime-default]
+
+--seccomp: the seccomp profile every pod and container asks for. The default,
+unconfined, is what kubelet sends when the SeccompDefault setting is off
+(its default); runtime-default is what it sends with it on.";
 
 struct Options {
     criusd: PathBuf,
@@ -29,6 +33,8 @@ struct Options {
     concurrency: usize,
     execs: usize,
     only: Vec<String>,
+    /// `SecurityProfile.ProfileType` sent for pods and containers.
+    seccomp: i32,
 }
 
 fn options() -> Result<Options> {
@@ -39,6 +45,7 @@ fn options() -> Result<Options> {
         concurrency: 10,
         execs: 100,
         only: vec!["crius".into(), "containerd".into(), "runc".into()],
+        seccomp: k8s_cri::v1::security_profile::ProfileType::Unconfined as i32,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -50,6 +57,14 @@ fn options() -> Result<Options> {
             "--concurrency" => o.concurrency = value()?.parse()?,
             "--execs" => o.execs = value()?.parse()?,
             "--only" => o.only = value()?.split(',').map(String::from).collect(),
+            "--seccomp" => {
+                use k8s_cri::v1::security_profile::ProfileType;
+                o.seccomp = match value()?.as_str() {
+                    "unconfined" => ProfileType::Unconfined as i32,
+                    "runtime-default" => ProfileType::RuntimeDefault as i32,
+                    other => bail!("--seccomp {other:?}: unconfined or runtime-default"),
+                }
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -348,7 +363,7 @@ async fn bench_cri(
     metrics: Option<&str>,
 ) -> Result<serde_json::Value> {
     let logs = dir.join("logs");
-    let cri = Cri::new(&daemon.socket, reg, &logs, name).await?;
+    let cri = Cri::new(&daemon.socket, reg, &logs, name, o.seccomp).await?;
     eprintln!("bench: {name}: pulling the images");
     cri.pull().await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -719,7 +734,16 @@ async fn run() -> Result<()> {
             "loadavg_before": load_before.trim(),
             "loadavg_after": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
         },
-        "options": {"pods": o.pods, "concurrency": o.concurrency, "execs": o.execs},
+        "options": {
+            "pods": o.pods,
+            "concurrency": o.concurrency,
+            "execs": o.execs,
+            "seccomp": if o.seccomp == k8s_cri::v1::security_profile::ProfileType::Unconfined as i32 {
+                "unconfined"
+            } else {
+                "runtime-default"
+            },
+        },
         "duration_s": t0.elapsed().as_secs_f64(),
         "results": results,
         "pull": "see `cargo xtask bench pull`",

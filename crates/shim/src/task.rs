@@ -239,6 +239,8 @@ struct Container {
     /// The init is PID 1 of a pid namespace of its own: a SIGKILL to it
     /// takes every process of the container with it.
     own_pidns: bool,
+    /// The bundle's spec has no hooks.
+    no_hooks: bool,
     init: Proc,
     execs: HashMap<String, Proc>,
     oom: Option<crate::oom::OomWatch>,
@@ -553,6 +555,7 @@ impl Inner {
         let mut init = Proc::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         init.pid = pid;
         init.io = io;
+        let spec_facts = spec_facts(&bundle);
         let oom = crate::oom::OomWatch::start(pid, req.id.clone(), self.publisher.clone());
         g.insert(
             req.id.clone(),
@@ -560,7 +563,8 @@ impl Inner {
                 bundle: bundle.clone(),
                 runc,
                 rootfs_mounted: mounted,
-                own_pidns: own_pid_namespace(&bundle),
+                own_pidns: spec_facts.0,
+                no_hooks: spec_facts.1,
                 init,
                 execs: HashMap::new(),
                 oom,
@@ -605,7 +609,11 @@ impl Inner {
                 )));
             }
             let log = c.log();
-            c.runc.start(id, &log)?;
+            // Hooks (poststart) are the runtime's business: only a spec
+            // without them is started through the exec fifo directly.
+            if !(c.no_hooks && c.runc.start_via_fifo(id, c.init.pid)?) {
+                c.runc.start(id, &log)?;
+            }
             if c.init.exit.get().is_none() && !c.init.exiting {
                 c.init.status = Status::RUNNING;
             }
@@ -1059,16 +1067,18 @@ impl Inner {
     }
 }
 
-/// Whether the bundle's config gives the container a pid namespace of its
-/// own (a `pid` namespace without a path). False when unsure.
-fn own_pid_namespace(bundle: &Path) -> bool {
+/// From the bundle's config: whether the container gets a pid namespace of
+/// its own (a `pid` namespace without a path), and whether it has no hooks.
+/// (false, false) when unsure.
+fn spec_facts(bundle: &Path) -> (bool, bool) {
     let Ok(text) = std::fs::read(bundle.join("config.json")) else {
-        return false;
+        return (false, false);
     };
     let Ok(spec) = serde_json::from_slice::<serde_json::Value>(&text) else {
-        return false;
+        return (false, false);
     };
-    spec.pointer("/linux/namespaces")
+    let own_pidns = spec
+        .pointer("/linux/namespaces")
         .and_then(|n| n.as_array())
         .is_some_and(|ns| {
             ns.iter().any(|n| {
@@ -1077,7 +1087,15 @@ fn own_pid_namespace(bundle: &Path) -> bool {
                         .and_then(|p| p.as_str())
                         .is_none_or(|p| p.is_empty())
             })
-        })
+        });
+    let no_hooks = spec
+        .get("hooks")
+        .and_then(|h| h.as_object())
+        .is_none_or(|h| {
+            h.values()
+                .all(|v| v.as_array().is_none_or(|a| a.is_empty()))
+        });
+    (own_pidns, no_hooks)
 }
 
 /// Sends `signal` to `pid` through a pidfd (opened while the caller holds
