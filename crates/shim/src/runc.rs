@@ -378,7 +378,7 @@ fn kick_exec_fifo(fifo: &Path, init_pid: i32) -> Result<(), String> {
     if got.is_empty() {
         return Err(failed("cannot start an already running container".into()));
     }
-    std::fs::remove_file(&fifo).map_err(|e| failed(format!("remove exec fifo: {e}")))?;
+    std::fs::remove_file(fifo).map_err(|e| failed(format!("remove exec fifo: {e}")))?;
     Ok(())
 }
 
