@@ -2,13 +2,17 @@
 //! services (task, sandbox and crius's own), as `crates/shim/README.md`
 //! describes the protocol.
 //!
-//! The ttrpc client is synchronous (the shim's crate is built for sync
-//! ttrpc); every call runs on tokio's blocking pool with a deadline.
+//! The task and sandbox clients are ttrpc's asynchronous ones: a shim
+//! connection is a task on criusd's runtime, not threads of its own, and a
+//! `Wait` for a container's exit is a parked future. crius's own service
+//! (ReopenLog, rare) is called over a short-lived synchronous connection.
 
+use containerd_shim_protos::api;
 use containerd_shim_protos::sandbox_api as sb;
-use containerd_shim_protos::sandbox_sync::SandboxClient;
+use containerd_shim_protos::sandbox_async::SandboxClient;
+use containerd_shim_protos::shim_async::TaskClient;
 use containerd_shim_protos::ttrpc::{self, context};
-use containerd_shim_protos::{api, TaskClient};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +29,8 @@ pub const IPC_ANNOTATION: &str = "io.crius.shim.ipc";
 pub const SHM_SIZE_ANNOTATION: &str = "io.crius.shim.shm-size";
 /// Default deadline of a shim call.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long connecting to a shim may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `start` may take.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -225,7 +231,6 @@ pub struct ShimClient {
     address: String,
     task: TaskClient,
     sandbox: SandboxClient,
-    crius: crius_shim::proto::shim_ttrpc::ShimClient,
 }
 
 fn ctx(timeout: Duration) -> context::Context {
@@ -240,22 +245,23 @@ fn ctx(timeout: Duration) -> context::Context {
 impl ShimClient {
     /// Connects to a shim's address (`unix:///...`).
     pub async fn connect(address: &str) -> Result<Arc<Self>, ShimError> {
-        let addr = address.to_string();
-        let client = tokio::task::spawn_blocking(move || ttrpc::Client::connect(&addr))
-            .await
-            .map_err(|e| ShimError::Connect {
-                address: address.to_string(),
-                message: e.to_string(),
-            })?
-            .map_err(|e| ShimError::Connect {
-                address: address.to_string(),
-                message: e.to_string(),
-            })?;
+        let client = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            ttrpc::asynchronous::Client::connect(address),
+        )
+        .await
+        .map_err(|_| ShimError::Connect {
+            address: address.to_string(),
+            message: format!("no answer within {CONNECT_TIMEOUT:?}"),
+        })?
+        .map_err(|e| ShimError::Connect {
+            address: address.to_string(),
+            message: e.to_string(),
+        })?;
         Ok(Arc::new(ShimClient {
             address: address.to_string(),
             task: TaskClient::new(client.clone()),
-            sandbox: SandboxClient::new(client.clone()),
-            crius: crius_shim::proto::shim_ttrpc::ShimClient::new(client),
+            sandbox: SandboxClient::new(client),
         }))
     }
 
@@ -264,20 +270,25 @@ impl ShimClient {
         &self.address
     }
 
-    async fn call<T: Send + 'static>(
+    async fn call<T, Fut>(
         self: &Arc<Self>,
         method: &'static str,
         timeout: Duration,
-        f: impl FnOnce(&ShimClient, &context::Context) -> ttrpc::Result<T> + Send + 'static,
-    ) -> Result<T, ShimError> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || f(&this, &ctx(timeout)))
-            .await
-            .map_err(|e| ShimError::Transport {
+        f: impl FnOnce(ShimClient, context::Context) -> Fut,
+    ) -> Result<T, ShimError>
+    where
+        Fut: Future<Output = ttrpc::Result<T>>,
+    {
+        let call = f(ShimClient::clone(self), ctx(timeout));
+        // The context's deadline travels to the shim; this one also holds
+        // when the shim never answers.
+        match tokio::time::timeout(timeout + Duration::from_secs(1), call).await {
+            Ok(r) => r.map_err(|e| rpc_error(method, e)),
+            Err(_) => Err(ShimError::Transport {
                 method,
-                message: e.to_string(),
-            })?
-            .map_err(|e| rpc_error(method, e))
+                message: format!("no answer within {timeout:?}"),
+            }),
+        }
     }
 
     /// CreateSandbox.
@@ -285,8 +296,8 @@ impl ShimClient {
         self: &Arc<Self>,
         req: sb::CreateSandboxRequest,
     ) -> Result<(), ShimError> {
-        self.call("CreateSandbox", CALL_TIMEOUT, move |c, ctx| {
-            c.sandbox.create_sandbox(ctx.clone(), &req).map(|_| ())
+        self.call("CreateSandbox", CALL_TIMEOUT, move |c, ctx| async move {
+            c.sandbox.create_sandbox(ctx, &req).await.map(|_| ())
         })
         .await
     }
@@ -295,8 +306,8 @@ impl ShimClient {
     pub async fn start_sandbox(self: &Arc<Self>, id: &str) -> Result<u32, ShimError> {
         let mut req = sb::StartSandboxRequest::new();
         req.sandbox_id = id.to_string();
-        self.call("StartSandbox", CALL_TIMEOUT, move |c, ctx| {
-            c.sandbox.start_sandbox(ctx.clone(), &req).map(|r| r.pid)
+        self.call("StartSandbox", CALL_TIMEOUT, move |c, ctx| async move {
+            c.sandbox.start_sandbox(ctx, &req).await.map(|r| r.pid)
         })
         .await
     }
@@ -308,8 +319,8 @@ impl ShimClient {
     ) -> Result<sb::SandboxStatusResponse, ShimError> {
         let mut req = sb::SandboxStatusRequest::new();
         req.sandbox_id = id.to_string();
-        self.call("SandboxStatus", CALL_TIMEOUT, move |c, ctx| {
-            c.sandbox.sandbox_status(ctx.clone(), &req)
+        self.call("SandboxStatus", CALL_TIMEOUT, move |c, ctx| async move {
+            c.sandbox.sandbox_status(ctx, &req).await
         })
         .await
     }
@@ -323,9 +334,11 @@ impl ShimClient {
         let mut req = sb::StopSandboxRequest::new();
         req.sandbox_id = id.to_string();
         req.timeout_secs = timeout.as_secs().min(u32::MAX as u64) as u32;
-        self.call("StopSandbox", CALL_TIMEOUT + timeout, move |c, ctx| {
-            c.sandbox.stop_sandbox(ctx.clone(), &req).map(|_| ())
-        })
+        self.call(
+            "StopSandbox",
+            CALL_TIMEOUT + timeout,
+            move |c, ctx| async move { c.sandbox.stop_sandbox(ctx, &req).await.map(|_| ()) },
+        )
         .await
     }
 
@@ -333,8 +346,8 @@ impl ShimClient {
     pub async fn shutdown_sandbox(self: &Arc<Self>, id: &str) -> Result<(), ShimError> {
         let mut req = sb::ShutdownSandboxRequest::new();
         req.sandbox_id = id.to_string();
-        self.call("ShutdownSandbox", CALL_TIMEOUT, move |c, ctx| {
-            c.sandbox.shutdown_sandbox(ctx.clone(), &req).map(|_| ())
+        self.call("ShutdownSandbox", CALL_TIMEOUT, move |c, ctx| async move {
+            c.sandbox.shutdown_sandbox(ctx, &req).await.map(|_| ())
         })
         .await
     }
@@ -344,8 +357,8 @@ impl ShimClient {
         self: &Arc<Self>,
         req: api::CreateTaskRequest,
     ) -> Result<u32, ShimError> {
-        self.call("Create", CALL_TIMEOUT, move |c, ctx| {
-            c.task.create(ctx.clone(), &req).map(|r| r.pid)
+        self.call("Create", CALL_TIMEOUT, move |c, ctx| async move {
+            c.task.create(ctx, &req).await.map(|r| r.pid)
         })
         .await
     }
@@ -355,8 +368,8 @@ impl ShimClient {
         let mut req = api::StartRequest::new();
         req.id = id.to_string();
         req.exec_id = exec_id.to_string();
-        self.call("Start", CALL_TIMEOUT, move |c, ctx| {
-            c.task.start(ctx.clone(), &req).map(|r| r.pid)
+        self.call("Start", CALL_TIMEOUT, move |c, ctx| async move {
+            c.task.start(ctx, &req).await.map(|r| r.pid)
         })
         .await
     }
@@ -374,8 +387,8 @@ impl ShimClient {
         req.exec_id = exec_id.to_string();
         req.signal = signal;
         req.all = all;
-        self.call("Kill", CALL_TIMEOUT, move |c, ctx| {
-            c.task.kill(ctx.clone(), &req).map(|_| ())
+        self.call("Kill", CALL_TIMEOUT, move |c, ctx| async move {
+            c.task.kill(ctx, &req).await.map(|_| ())
         })
         .await
     }
@@ -391,8 +404,8 @@ impl ShimClient {
         let mut req = api::WaitRequest::new();
         req.id = id.to_string();
         req.exec_id = exec_id.to_string();
-        self.call("Wait", timeout, move |c, ctx| {
-            c.task.wait(ctx.clone(), &req).map(|r| r.exit_status)
+        self.call("Wait", timeout, move |c, ctx| async move {
+            c.task.wait(ctx, &req).await.map(|r| r.exit_status)
         })
         .await
     }
@@ -402,8 +415,8 @@ impl ShimClient {
         let mut req = api::DeleteRequest::new();
         req.id = id.to_string();
         req.exec_id = exec_id.to_string();
-        self.call("Delete", CALL_TIMEOUT, move |c, ctx| {
-            c.task.delete(ctx.clone(), &req).map(|_| ())
+        self.call("Delete", CALL_TIMEOUT, move |c, ctx| async move {
+            c.task.delete(ctx, &req).await.map(|_| ())
         })
         .await
     }
@@ -428,8 +441,8 @@ impl ShimClient {
         any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".into();
         any.value = process_json;
         req.spec = containerd_shim_protos::protobuf::MessageField::some(any);
-        self.call("Exec", CALL_TIMEOUT, move |c, ctx| {
-            c.task.exec(ctx.clone(), &req).map(|_| ())
+        self.call("Exec", CALL_TIMEOUT, move |c, ctx| async move {
+            c.task.exec(ctx, &req).await.map(|_| ())
         })
         .await
     }
@@ -440,8 +453,8 @@ impl ShimClient {
         req.id = id.to_string();
         req.exec_id = exec_id.to_string();
         req.stdin = true;
-        self.call("CloseIO", CALL_TIMEOUT, move |c, ctx| {
-            c.task.close_io(ctx.clone(), &req).map(|_| ())
+        self.call("CloseIO", CALL_TIMEOUT, move |c, ctx| async move {
+            c.task.close_io(ctx, &req).await.map(|_| ())
         })
         .await
     }
@@ -459,8 +472,8 @@ impl ShimClient {
         req.exec_id = exec_id.to_string();
         req.width = width;
         req.height = height;
-        self.call("ResizePty", CALL_TIMEOUT, move |c, ctx| {
-            c.task.resize_pty(ctx.clone(), &req).map(|_| ())
+        self.call("ResizePty", CALL_TIMEOUT, move |c, ctx| async move {
+            c.task.resize_pty(ctx, &req).await.map(|_| ())
         })
         .await
     }
@@ -478,22 +491,36 @@ impl ShimClient {
         any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
         any.value = resources_json;
         req.resources = containerd_shim_protos::protobuf::MessageField::some(any);
-        self.call("Update", CALL_TIMEOUT, move |c, ctx| {
-            c.task.update(ctx.clone(), &req).map(|_| ())
+        self.call("Update", CALL_TIMEOUT, move |c, ctx| async move {
+            c.task.update(ctx, &req).await.map(|_| ())
         })
         .await
     }
 
     /// `crius.shim.v1.Shim/ReopenLog`: reopens the CRI log file(s) of a
-    /// process after they were rotated.
+    /// process after they were rotated. (A synchronous connection of its
+    /// own, for the duration of the call: crius's service has no async
+    /// bindings, and log rotation is rare.)
     pub async fn reopen_log(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<(), ShimError> {
         let mut req = crius_shim::proto::shim::ReopenLogRequest::new();
         req.id = id.to_string();
         req.exec_id = exec_id.to_string();
-        self.call("ReopenLog", CALL_TIMEOUT, move |c, ctx| {
-            c.crius.reopen_log(ctx.clone(), &req).map(|_| ())
+        let address = self.address.clone();
+        tokio::task::spawn_blocking(move || {
+            let client = ttrpc::Client::connect(&address).map_err(|e| ShimError::Connect {
+                address: address.clone(),
+                message: e.to_string(),
+            })?;
+            crius_shim::proto::shim_ttrpc::ShimClient::new(client)
+                .reopen_log(ctx(CALL_TIMEOUT), &req)
+                .map(|_| ())
+                .map_err(|e| rpc_error("ReopenLog", e))
         })
         .await
+        .map_err(|e| ShimError::Transport {
+            method: "ReopenLog",
+            message: e.to_string(),
+        })?
     }
 
     /// Task State.
@@ -505,8 +532,8 @@ impl ShimClient {
         let mut req = api::StateRequest::new();
         req.id = id.to_string();
         req.exec_id = exec_id.to_string();
-        self.call("State", CALL_TIMEOUT, move |c, ctx| {
-            c.task.state(ctx.clone(), &req)
+        self.call("State", CALL_TIMEOUT, move |c, ctx| async move {
+            c.task.state(ctx, &req).await
         })
         .await
     }
