@@ -196,6 +196,185 @@ fn memory_cgroup(uid: &str, id: &str) -> PathBuf {
         .join(id)
 }
 
+async fn status_of(rt: &mut Rt, id: &str) -> k8s_cri::v1::ContainerStatus {
+    rt.container_status(k8s_cri::v1::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e:?}"))
+    .into_inner()
+    .status
+    .expect("a status")
+}
+
+/// ContainerStatus.user is exactly what `id` prints inside the container.
+async fn assert_status_user_is_id(rt: &mut Rt, id: &str) -> (i64, i64, Vec<i64>) {
+    let user = status_of(rt, id)
+        .await
+        .user
+        .and_then(|u| u.linux)
+        .unwrap_or_else(|| panic!("no user in the status of {id}"));
+    let num = |s: &str| s.trim().parse::<i64>().unwrap();
+    let (_, uid, _) = exec(rt, id, &["/bin/busybox", "id", "-u"]).await;
+    let (_, gid, _) = exec(rt, id, &["/bin/busybox", "id", "-g"]).await;
+    let (_, groups, _) = exec(rt, id, &["/bin/busybox", "id", "-G"]).await;
+    let mut inside: Vec<i64> = groups.split_whitespace().map(num).collect();
+    inside.sort_unstable();
+    inside.dedup();
+    let mut reported = user.supplemental_groups.clone();
+    reported.sort_unstable();
+    reported.dedup();
+    assert_eq!(
+        (user.uid, user.gid, reported),
+        (num(&uid), num(&gid), inside),
+        "ContainerStatus.user of {id} differs from `id` inside"
+    );
+    (user.uid, user.gid, user.supplemental_groups)
+}
+
+/// ContainerStatus.user (run_as_user, run_as_group, supplemental groups)
+/// and the resources after UpdateContainerResources, before and after a
+/// criusd restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_user_and_updated_resources_survive_a_restart() {
+    if !is_root() {
+        eprintln!("containers_more: skipped (needs root)");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::start("crius-ctr-stu");
+    let image = env.pull_busybox().await;
+    let mut rt = env.daemon.runtime().await;
+    let uid = "uid-ctr-stu";
+    let pod_config = pod("stu", uid);
+    let _logs = LogDir(PathBuf::from(&pod_config.log_directory));
+    let pod_id = run_pod(&env, &mut rt, &pod_config).await;
+
+    let mut c = container("user", &image, &["/bin/busybox", "sleep", "4242"]);
+    let sc = security(&mut c);
+    sc.run_as_user = Some(k8s_cri::v1::Int64Value { value: 1234 });
+    sc.run_as_group = Some(k8s_cri::v1::Int64Value { value: 5678 });
+    sc.supplemental_groups = vec![3000, 4000];
+    let initial = LinuxContainerResources {
+        memory_limit_in_bytes: 64 << 20,
+        cpu_shares: 256,
+        ..Default::default()
+    };
+    c.linux.as_mut().unwrap().resources = Some(initial.clone());
+    let id = run(&env, &mut rt, &pod_id, &pod_config, c).await;
+    // A container whose process has exited still reports its user.
+    let mut idle = container("idle", &image, &["/bin/busybox", "true"]);
+    security(&mut idle).run_as_user = Some(k8s_cri::v1::Int64Value { value: 42 });
+    let idle = run(&env, &mut rt, &pod_id, &pod_config, idle).await;
+
+    let user = assert_status_user_is_id(&mut rt, &id).await;
+    assert_eq!(user, (1234, 5678, vec![5678, 3000, 4000]));
+    let idle_user = status_of(&mut rt, &idle).await.user.and_then(|u| u.linux);
+    assert_eq!(
+        idle_user.map(|u| (u.uid, u.gid, u.supplemental_groups)),
+        Some((42, 0, vec![0]))
+    );
+    let resources = |s: k8s_cri::v1::ContainerStatus| s.resources.and_then(|r| r.linux);
+    assert_eq!(
+        resources(status_of(&mut rt, &id).await),
+        Some(initial.clone())
+    );
+
+    // The update shows in ContainerStatus; what it leaves out stays.
+    rt.update_container_resources(UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 96 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("UpdateContainerResources: {e:?}\n{}", env.daemon.log_text()));
+    let updated = LinuxContainerResources {
+        memory_limit_in_bytes: 96 << 20,
+        ..initial.clone()
+    };
+    assert_eq!(
+        resources(status_of(&mut rt, &id).await),
+        Some(updated.clone())
+    );
+    // A refused update changes nothing.
+    let err = rt
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(LinuxContainerResources {
+                cpu_shares: -1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert_eq!(
+        resources(status_of(&mut rt, &id).await),
+        Some(updated.clone())
+    );
+
+    // After a criusd crash and restart, both are still reported.
+    drop(rt);
+    env.daemon.signal_and_wait(libc::SIGKILL);
+    env.daemon.restart();
+    let mut rt = env.daemon.runtime().await;
+    assert_eq!(assert_status_user_is_id(&mut rt, &id).await, user);
+    assert_eq!(
+        resources(status_of(&mut rt, &id).await),
+        Some(updated.clone())
+    );
+    // An update after the restart reaches the cgroup and the status.
+    rt.update_container_resources(UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(LinuxContainerResources {
+            cpu_shares: 1024,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("UpdateContainerResources: {e:?}\n{}", env.daemon.log_text()));
+    assert_eq!(
+        resources(status_of(&mut rt, &id).await),
+        Some(LinuxContainerResources {
+            cpu_shares: 1024,
+            ..updated.clone()
+        })
+    );
+    let limit = memory_cgroup(uid, &id).join("memory.limit_in_bytes");
+    assert_eq!(
+        std::fs::read_to_string(&limit).unwrap().trim(),
+        (96u64 << 20).to_string()
+    );
+    // An exited container's record is updated too.
+    rt.stop_container(StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    rt.update_container_resources(UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(LinuxContainerResources {
+            cpu_quota: 50_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        resources(status_of(&mut rt, &id).await).map(|r| (r.cpu_quota, r.cpu_shares)),
+        Some((50_000, 1024))
+    );
+    teardown(&env, &mut rt, &pod_id, uid).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn update_reopen_log_and_events() {
     if !is_root() {
@@ -622,6 +801,7 @@ async fn security_namespaces_user_mounts_and_bad_requests() {
         let mut got: Vec<&str> = out.split_whitespace().collect();
         got.sort_unstable();
         assert_eq!(got.join(" "), want, "{name}");
+        assert_status_user_is_id(&mut rt, &id).await;
         let (_, out, _) = exec(&mut rt, &id, &["/bin/busybox", "id", "-un"]).await;
         assert_eq!(out.trim(), "app");
     }

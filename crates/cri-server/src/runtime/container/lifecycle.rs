@@ -631,11 +631,15 @@ pub async fn start(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
         Ok(pid) => {
             let store = daemon.store.clone();
             let cid = id.clone();
+            let spec = bundle_dir(daemon, &id).join("config.json");
             tokio::task::spawn_blocking(move || {
+                // The process's user, as CreateContainer put it into the spec.
+                let user = super::status::user_of_spec_file(&spec);
                 store.update_container_status(&cid, |s| {
                     s.state = ContainerState::Running;
                     s.pid = Some(pid);
                     s.started_at = Some(now_nanos());
+                    s.user = user;
                 })
             })
             .await
