@@ -98,6 +98,8 @@ impl Daemon {
             &config.registry.config_path,
             &config.pause_image,
         )?;
+        // Once, at start-up: can pods have user namespaces here?
+        let _ = crate::runtime::userns::kernel_probe(&config.state);
         Ok(Daemon {
             host: crate::host::gather(&config),
             config: Arc::new(config),

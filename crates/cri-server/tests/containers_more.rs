@@ -196,6 +196,185 @@ fn memory_cgroup(uid: &str, id: &str) -> PathBuf {
         .join(id)
 }
 
+async fn status_of(rt: &mut Rt, id: &str) -> k8s_cri::v1::ContainerStatus {
+    rt.container_status(k8s_cri::v1::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e:?}"))
+    .into_inner()
+    .status
+    .expect("a status")
+}
+
+/// ContainerStatus.user is exactly what `id` prints inside the container.
+async fn assert_status_user_is_id(rt: &mut Rt, id: &str) -> (i64, i64, Vec<i64>) {
+    let user = status_of(rt, id)
+        .await
+        .user
+        .and_then(|u| u.linux)
+        .unwrap_or_else(|| panic!("no user in the status of {id}"));
+    let num = |s: &str| s.trim().parse::<i64>().unwrap();
+    let (_, uid, _) = exec(rt, id, &["/bin/busybox", "id", "-u"]).await;
+    let (_, gid, _) = exec(rt, id, &["/bin/busybox", "id", "-g"]).await;
+    let (_, groups, _) = exec(rt, id, &["/bin/busybox", "id", "-G"]).await;
+    let mut inside: Vec<i64> = groups.split_whitespace().map(num).collect();
+    inside.sort_unstable();
+    inside.dedup();
+    let mut reported = user.supplemental_groups.clone();
+    reported.sort_unstable();
+    reported.dedup();
+    assert_eq!(
+        (user.uid, user.gid, reported),
+        (num(&uid), num(&gid), inside),
+        "ContainerStatus.user of {id} differs from `id` inside"
+    );
+    (user.uid, user.gid, user.supplemental_groups)
+}
+
+/// ContainerStatus.user (run_as_user, run_as_group, supplemental groups)
+/// and the resources after UpdateContainerResources, before and after a
+/// criusd restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_user_and_updated_resources_survive_a_restart() {
+    if !is_root() {
+        eprintln!("containers_more: skipped (needs root)");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::start("crius-ctr-stu");
+    let image = env.pull_busybox().await;
+    let mut rt = env.daemon.runtime().await;
+    let uid = "uid-ctr-stu";
+    let pod_config = pod("stu", uid);
+    let _logs = LogDir(PathBuf::from(&pod_config.log_directory));
+    let pod_id = run_pod(&env, &mut rt, &pod_config).await;
+
+    let mut c = container("user", &image, &["/bin/busybox", "sleep", "4242"]);
+    let sc = security(&mut c);
+    sc.run_as_user = Some(k8s_cri::v1::Int64Value { value: 1234 });
+    sc.run_as_group = Some(k8s_cri::v1::Int64Value { value: 5678 });
+    sc.supplemental_groups = vec![3000, 4000];
+    let initial = LinuxContainerResources {
+        memory_limit_in_bytes: 64 << 20,
+        cpu_shares: 256,
+        ..Default::default()
+    };
+    c.linux.as_mut().unwrap().resources = Some(initial.clone());
+    let id = run(&env, &mut rt, &pod_id, &pod_config, c).await;
+    // A container whose process has exited still reports its user.
+    let mut idle = container("idle", &image, &["/bin/busybox", "true"]);
+    security(&mut idle).run_as_user = Some(k8s_cri::v1::Int64Value { value: 42 });
+    let idle = run(&env, &mut rt, &pod_id, &pod_config, idle).await;
+
+    let user = assert_status_user_is_id(&mut rt, &id).await;
+    assert_eq!(user, (1234, 5678, vec![5678, 3000, 4000]));
+    let idle_user = status_of(&mut rt, &idle).await.user.and_then(|u| u.linux);
+    assert_eq!(
+        idle_user.map(|u| (u.uid, u.gid, u.supplemental_groups)),
+        Some((42, 0, vec![0]))
+    );
+    let resources = |s: k8s_cri::v1::ContainerStatus| s.resources.and_then(|r| r.linux);
+    assert_eq!(
+        resources(status_of(&mut rt, &id).await),
+        Some(initial.clone())
+    );
+
+    // The update shows in ContainerStatus; what it leaves out stays.
+    rt.update_container_resources(UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 96 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("UpdateContainerResources: {e:?}\n{}", env.daemon.log_text()));
+    let updated = LinuxContainerResources {
+        memory_limit_in_bytes: 96 << 20,
+        ..initial.clone()
+    };
+    assert_eq!(
+        resources(status_of(&mut rt, &id).await),
+        Some(updated.clone())
+    );
+    // A refused update changes nothing.
+    let err = rt
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(LinuxContainerResources {
+                cpu_shares: -1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert_eq!(
+        resources(status_of(&mut rt, &id).await),
+        Some(updated.clone())
+    );
+
+    // After a criusd crash and restart, both are still reported.
+    drop(rt);
+    env.daemon.signal_and_wait(libc::SIGKILL);
+    env.daemon.restart();
+    let mut rt = env.daemon.runtime().await;
+    assert_eq!(assert_status_user_is_id(&mut rt, &id).await, user);
+    assert_eq!(
+        resources(status_of(&mut rt, &id).await),
+        Some(updated.clone())
+    );
+    // An update after the restart reaches the cgroup and the status.
+    rt.update_container_resources(UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(LinuxContainerResources {
+            cpu_shares: 1024,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("UpdateContainerResources: {e:?}\n{}", env.daemon.log_text()));
+    assert_eq!(
+        resources(status_of(&mut rt, &id).await),
+        Some(LinuxContainerResources {
+            cpu_shares: 1024,
+            ..updated.clone()
+        })
+    );
+    let limit = memory_cgroup(uid, &id).join("memory.limit_in_bytes");
+    assert_eq!(
+        std::fs::read_to_string(&limit).unwrap().trim(),
+        (96u64 << 20).to_string()
+    );
+    // An exited container's record is updated too.
+    rt.stop_container(StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    rt.update_container_resources(UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(LinuxContainerResources {
+            cpu_quota: 50_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        resources(status_of(&mut rt, &id).await).map(|r| (r.cpu_quota, r.cpu_shares)),
+        Some((50_000, 1024))
+    );
+    teardown(&env, &mut rt, &pod_id, uid).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn update_reopen_log_and_events() {
     if !is_root() {
@@ -240,7 +419,7 @@ async fn update_reopen_log_and_events() {
         .and_then(|h| h.features)
         .expect("the default handler is listed");
     assert_eq!(default.recursive_read_only_mounts, runc_rro);
-    assert!(!default.user_namespaces);
+    // user_namespaces: see user_namespace_pods.
 
     // Subscribe before anything happens.
     let mut events = rt
@@ -622,6 +801,7 @@ async fn security_namespaces_user_mounts_and_bad_requests() {
         let mut got: Vec<&str> = out.split_whitespace().collect();
         got.sort_unstable();
         assert_eq!(got.join(" "), want, "{name}");
+        assert_status_user_is_id(&mut rt, &id).await;
         let (_, out, _) = exec(&mut rt, &id, &["/bin/busybox", "id", "-un"]).await;
         assert_eq!(out.trim(), "app");
     }
@@ -792,4 +972,342 @@ async fn security_namespaces_user_mounts_and_bad_requests() {
     for m in [later, shared_s] {
         let _ = Command::new("umount").arg(&m).status();
     }
+}
+
+/// The first host id of the user namespace pod's mapping.
+const USERNS_BASE: u32 = 65536 * 40;
+
+fn userns_pod(name: &str, uid: &str, maps: Option<(u32, u32, u32)>) -> PodSandboxConfig {
+    let mut p = pod(name, uid);
+    let (container_id, host_id, length) = maps.unwrap_or((0, USERNS_BASE, 65536));
+    let idm = k8s_cri::v1::IdMapping {
+        host_id,
+        container_id,
+        length,
+    };
+    p.linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .get_or_insert_with(Default::default)
+        .namespace_options = Some(NamespaceOption {
+        userns_options: Some(k8s_cri::v1::UserNamespace {
+            mode: NamespaceMode::Pod as i32,
+            uids: vec![idm],
+            gids: vec![idm],
+        }),
+        ..Default::default()
+    });
+    p
+}
+
+/// The pid of a running container, from the verbose ContainerStatus.
+async fn container_pid(rt: &mut Rt, id: &str) -> u32 {
+    let r = rt
+        .container_status(k8s_cri::v1::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&r.info["info"]).unwrap();
+    info["pid"].as_u64().expect("a pid") as u32
+}
+
+fn userns_inode(pid: u32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/user"))
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+fn proc_ids(pid: u32, key: &str) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap()
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect()
+}
+
+/// Pods with their own user namespace (userns_options mode POD): the
+/// pause makes it, the pod's containers share it, idmapped rootfs and
+/// volumes make root inside own the image's files, nothing stays mounted.
+#[tokio::test(flavor = "multi_thread")]
+async fn user_namespace_pods() {
+    if !is_root() {
+        eprintln!("containers_more: skipped (needs root)");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::start("crius-userns");
+    let image = env.pull_busybox().await;
+    let mut rt = env.daemon.runtime().await;
+    let features = rt
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime_handlers
+        .iter()
+        .find(|h| h.name.is_empty())
+        .and_then(|h| h.features)
+        .expect("the default handler is listed");
+    let uid = "uid-userns";
+    let pod_config = userns_pod("userns", uid, None);
+    let _logs = LogDir(PathBuf::from(&pod_config.log_directory));
+    if !features.user_namespaces {
+        // Where the host cannot, mode POD is refused naming the field.
+        let err = rt
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(pod_config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+        assert!(err.message().contains("userns_options"), "{err:?}");
+        eprintln!("user namespaces unavailable: {}", err.message());
+        return;
+    }
+
+    // Bad mappings are refused and leave nothing behind.
+    for (maps, part) in [
+        ((0, USERNS_BASE, 0), "length must not be 0"),
+        ((0, 0, 65536), "host's root"),
+        ((0, u32::MAX - 5, 65536), "overflows"),
+        ((5, USERNS_BASE, 65536), "container id 0"),
+    ] {
+        let err = rt
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(userns_pod("userns", uid, Some(maps))),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            tonic::Code::InvalidArgument,
+            "{maps:?}: {err:?}"
+        );
+        assert!(
+            err.message().contains("userns_options") && err.message().contains(part),
+            "{maps:?}: {err:?}"
+        );
+    }
+    let pods = rt
+        .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "{pods:?}");
+
+    let pod_id = run_pod(&env, &mut rt, &pod_config).await;
+    let pause_pid = rt
+        .pod_sandbox_status(k8s_cri::v1::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .info
+        .get("info")
+        .and_then(|i| serde_json::from_str::<serde_json::Value>(i).ok())
+        .and_then(|v| v["pid"].as_u64())
+        .map(|p| p as u32);
+
+    // A volume from a host directory owned by the host's root.
+    let vol = env.dir.join("userns-volume");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("from-host"), "hello").unwrap();
+    let mut a = container("a", &image, &["/bin/busybox", "sleep", "4242"]);
+    a.mounts = vec![Mount {
+        container_path: "/data".into(),
+        host_path: vol.display().to_string(),
+        ..Default::default()
+    }];
+    let a = run(&env, &mut rt, &pod_id, &pod_config, a).await;
+    let b = run(
+        &env,
+        &mut rt,
+        &pod_id,
+        &pod_config,
+        container("b", &image, &["/bin/busybox", "sleep", "4343"]),
+    )
+    .await;
+
+    // Inside: root, owning the image's files and the volume's.
+    let (_, out, _) = exec(&mut rt, &a, &["/bin/busybox", "id"]).await;
+    assert!(out.starts_with("uid=0(root) gid=0"), "{out}");
+    let (_, out, _) = exec(
+        &mut rt,
+        &a,
+        &[
+            "/bin/busybox",
+            "stat",
+            "-c",
+            "%u:%g",
+            "/bin/busybox",
+            "/data/from-host",
+            "/etc/hosts",
+        ],
+    )
+    .await;
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        vec!["0:0"; 3],
+        "{out}"
+    );
+    let (code, _, err) = exec(
+        &mut rt,
+        &a,
+        &[
+            "/bin/sh",
+            "-c",
+            "echo x > /written && echo y > /data/from-pod",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    // A file the pod's root made in the volume is the host's root's.
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(vol.join("from-pod")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+    assert_eq!(assert_status_user_is_id(&mut rt, &a).await, (0, 0, vec![0]));
+
+    // On the host: the mapped ids and the mapping.
+    let pid_a = container_pid(&mut rt, &a).await;
+    let pid_b = container_pid(&mut rt, &b).await;
+    assert_eq!(proc_ids(pid_a, "Uid:"), vec![USERNS_BASE; 4]);
+    assert_eq!(proc_ids(pid_a, "Gid:"), vec![USERNS_BASE; 4]);
+    let uid_map = std::fs::read_to_string(format!("/proc/{pid_a}/uid_map")).unwrap();
+    assert_eq!(
+        uid_map.split_whitespace().collect::<Vec<_>>(),
+        vec![
+            "0".to_string(),
+            USERNS_BASE.to_string(),
+            "65536".to_string()
+        ]
+    );
+    // One user namespace for the pod, not the host's.
+    let ns = userns_inode(pid_a);
+    assert_eq!(userns_inode(pid_b), ns);
+    if let Some(p) = pause_pid {
+        assert_eq!(userns_inode(p), ns);
+    }
+    assert_ne!(ns, userns_inode(std::process::id()));
+    let idmapped: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&env.dir.display().to_string()) && l.contains("idmapped"))
+        .map(String::from)
+        .collect();
+    assert!(idmapped.len() >= 3, "{idmapped:?}");
+
+    // A container that fails to be created leaves no mount behind.
+    let mounts_before = mounts_below(&env.dir.join("state")).len();
+    let mut broken = container("broken", &image, &["/no/such/binary"]);
+    broken.mounts = a_mounts(&vol);
+    match create(&mut rt, &pod_id, &pod_config, broken).await {
+        Err(_) => {}
+        Ok(id) => {
+            let _ = rt
+                .start_container(StartContainerRequest {
+                    container_id: id.clone(),
+                })
+                .await;
+            rt.remove_container(RemoveContainerRequest { container_id: id })
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(mounts_below(&env.dir.join("state")).len(), mounts_before);
+    // A container asking for another user namespace than its pod's.
+    let mut other = container("other", &image, &["/bin/busybox", "true"]);
+    security(&mut other).namespace_options =
+        userns_pod("x", "y", Some((0, USERNS_BASE * 2, 65536)))
+            .linux
+            .unwrap()
+            .security_context
+            .unwrap()
+            .namespace_options;
+    let err = create(&mut rt, &pod_id, &pod_config, other)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert_eq!(mounts_below(&env.dir.join("state")).len(), mounts_before);
+
+    // A pod without a user namespace is unaffected.
+    let plain_uid = "uid-userns-plain";
+    let plain_config = pod("plain", plain_uid);
+    let _plain_logs = LogDir(PathBuf::from(&plain_config.log_directory));
+    let plain_pod = run_pod(&env, &mut rt, &plain_config).await;
+    let plain = run(
+        &env,
+        &mut rt,
+        &plain_pod,
+        &plain_config,
+        container("plain", &image, &["/bin/busybox", "sleep", "4444"]),
+    )
+    .await;
+    let pid_plain = container_pid(&mut rt, &plain).await;
+    assert_eq!(userns_inode(pid_plain), userns_inode(std::process::id()));
+    assert_eq!(proc_ids(pid_plain, "Uid:"), vec![0; 4]);
+
+    // Across a criusd restart the pod keeps working and can be removed.
+    drop(rt);
+    env.daemon.signal_and_wait(libc::SIGKILL);
+    env.daemon.restart();
+    let mut rt = env.daemon.runtime().await;
+    let (_, out, _) = exec(&mut rt, &b, &["/bin/busybox", "id", "-u"]).await;
+    assert_eq!(out.trim(), "0");
+    let c = run(
+        &env,
+        &mut rt,
+        &pod_id,
+        &pod_config,
+        container("c", &image, &["/bin/busybox", "sleep", "4545"]),
+    )
+    .await;
+    assert_eq!(userns_inode(container_pid(&mut rt, &c).await), ns);
+    rt.remove_container(RemoveContainerRequest {
+        container_id: a.clone(),
+    })
+    .await
+    .unwrap();
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: plain_pod.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: plain_pod,
+    })
+    .await
+    .unwrap();
+    assert!(
+        cgroup_dirs(plain_uid).is_empty(),
+        "{:?}",
+        cgroup_dirs(plain_uid)
+    );
+    remove_cgroup_parents(plain_uid);
+    teardown(&env, &mut rt, &pod_id, uid).await;
+    // The volume's content is intact.
+    assert_eq!(
+        std::fs::read_to_string(vol.join("from-host")).unwrap(),
+        "hello"
+    );
+}
+
+fn a_mounts(vol: &Path) -> Vec<Mount> {
+    vec![Mount {
+        container_path: "/data".into(),
+        host_path: vol.display().to_string(),
+        ..Default::default()
+    }]
 }

@@ -8,7 +8,7 @@
 //!
 //! Modules: `process` (args, env, cwd), `user` (uid/gid resolution), `caps`,
 //! `seccomp` (the RuntimeDefault profile), `mounts`, `cgroups` (paths and
-//! resources), `annotations`, `oom`, and the two builders `sandbox` (the
+//! resources), `annotations`, `oom`, `userns` (pod user namespaces), and the two builders `sandbox` (the
 //! pause container) and `container`.
 
 // Test tables are tuples of slices; naming each shape would not make them clearer.
@@ -28,6 +28,7 @@ pub mod seccomp;
 #[cfg(test)]
 mod testutil;
 pub mod user;
+pub mod userns;
 
 pub use cgroups::{CgroupDriver, CgroupFeatures};
 pub use error::SpecError;

@@ -35,9 +35,9 @@ pub mod store;
 
 pub use ids::{generate_id, is_valid_id, IdError, IdIndex};
 pub use model::{
-    ContainerMetadata, ContainerRecord, ContainerState, ContainerStatus, ImageMetadata,
-    ImageRecord, ImageStatus, Phase, Record, RecordKind, SandboxMetadata, SandboxRecord,
-    SandboxState, SandboxStatus,
+    ContainerMetadata, ContainerRecord, ContainerState, ContainerStatus, ContainerUser,
+    ImageMetadata, ImageRecord, ImageStatus, Phase, Record, RecordKind, SandboxMetadata,
+    SandboxRecord, SandboxState, SandboxStatus,
 };
 pub use names::{NameError, NameIndex};
 pub use persist::{LoadReport, PersistError};

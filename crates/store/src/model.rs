@@ -215,6 +215,21 @@ pub struct ContainerStatus {
     pub message: Option<String>,
     /// How long each phase of CreateContainer and StartContainer took.
     pub timeline: Vec<Phase>,
+    /// The identity the container's process was created with (inside the
+    /// container), once known.
+    pub user: Option<ContainerUser>,
+}
+
+/// The identity of a container's process, as put into its OCI spec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ContainerUser {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary group ids, in the order they were given to the process.
+    pub supplemental_groups: Vec<u32>,
 }
 
 /// Immutable metadata of an image.
@@ -266,6 +281,7 @@ mod tests {
             serde_json::from_str(r#"{"metadata":{"id":"y"},"status":{"state":"running"}}"#)
                 .unwrap();
         assert_eq!(rec.status.state, ContainerState::Running);
+        assert_eq!(rec.status.user, None);
         assert_eq!(rec.metadata.config, serde_json::Value::Null);
     }
 
@@ -303,6 +319,21 @@ mod tests {
         );
         let text = serde_json::to_string(&rec).unwrap();
         let back: ImageRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, rec);
+
+        let rec = ContainerRecord::new(
+            ContainerMetadata::default(),
+            ContainerStatus {
+                user: Some(ContainerUser {
+                    uid: 1000,
+                    gid: 1000,
+                    supplemental_groups: vec![1000, 2000, 3000],
+                }),
+                ..Default::default()
+            },
+        );
+        let text = serde_json::to_string(&rec).unwrap();
+        let back: ContainerRecord = serde_json::from_str(&text).unwrap();
         assert_eq!(back, rec);
     }
 }

@@ -30,7 +30,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::ids::{is_valid_id, IdError, IdIndex};
-use crate::model::{ContainerRecord, ContainerStatus, ImageRecord, RecordKind};
+use crate::model::{ContainerMetadata, ContainerRecord, ContainerStatus, ImageRecord, RecordKind};
 use crate::model::{SandboxRecord, SandboxStatus};
 use crate::names::{NameError, NameIndex};
 use crate::persist::{self, LoadReport, PersistError};
@@ -580,6 +580,36 @@ impl Store {
         self.update_indexed(&self.containers, id, |r| f(&mut r.status))
     }
 
+    /// Applies `f` to a copy of the metadata of container `id` (full id),
+    /// persists the result atomically and then makes it visible. Returns the
+    /// new record; if the write fails, the stored record is unchanged.
+    ///
+    /// The identity of the record (id, reserved name, sandbox id) cannot be
+    /// changed this way: an `f` that changes it is refused with
+    /// `InvalidId`/`InvalidName` and nothing is written.
+    pub fn update_container_metadata(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut ContainerMetadata),
+    ) -> Result<ContainerRecord, StoreError> {
+        let mut refused: Option<StoreError> = None;
+        let result = self.update_indexed(&self.containers, id, |r| {
+            let mut m = r.metadata.clone();
+            f(&mut m);
+            if m.id != r.metadata.id || m.sandbox_id != r.metadata.sandbox_id {
+                refused = Some(StoreError::InvalidId(m.id));
+            } else if m.name != r.metadata.name {
+                refused = Some(StoreError::InvalidName(m.name));
+            } else {
+                r.metadata = m;
+            }
+        });
+        match refused {
+            Some(err) => Err(err),
+            None => result,
+        }
+    }
+
     /// Removes container `id` (full id); see [`Store::remove_sandbox`].
     pub fn remove_container(&self, id: &str) -> Result<bool, StoreError> {
         self.remove_indexed(&self.containers, id)
@@ -923,6 +953,104 @@ mod tests {
         assert!(store.remove_container(&c_id).unwrap());
         assert!(!store.remove_container(&c_id).unwrap());
         store.reserve_name("c-name", &other).unwrap();
+    }
+
+    #[test]
+    fn container_metadata_updates_persist_and_keep_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let sb_id = hex_id("5b");
+        let c_id = hex_id("c1");
+        let before;
+        {
+            let (store, _) = Store::open(dir.path()).unwrap();
+            store.add_sandbox(sandbox(&sb_id, "sb")).unwrap();
+            before = store.add_container(container(&c_id, "c", &sb_id)).unwrap();
+            let updated = store
+                .update_container_metadata(&c_id, |m| {
+                    m.config = serde_json::json!({"linux": {"resources": {"cpu_shares": 512}}});
+                })
+                .unwrap();
+            assert_eq!(
+                updated.metadata.config["linux"]["resources"]["cpu_shares"],
+                512
+            );
+            assert_eq!(updated.status, before.status);
+            assert_eq!(store.get_container(&c_id).unwrap(), updated);
+            // A change to the identity is refused and changes nothing.
+            type Change = fn(&mut ContainerMetadata);
+            let refused: [(Change, &str); 3] = [
+                (|m| m.id = format!("{:0<64}", "d"), "id"),
+                (|m| m.name = "other".into(), "name"),
+                (|m| m.sandbox_id = format!("{:0<64}", "e"), "sandbox_id"),
+            ];
+            for (change, what) in refused {
+                let err = store
+                    .update_container_metadata(&c_id, |m| {
+                        change(m);
+                        m.labels.insert("x".into(), "y".into());
+                    })
+                    .unwrap_err();
+                assert!(
+                    matches!(err, StoreError::InvalidId(_) | StoreError::InvalidName(_)),
+                    "{what}: {err}"
+                );
+                assert_eq!(store.get_container(&c_id).unwrap(), updated, "{what}");
+            }
+            assert!(matches!(
+                store.update_container_metadata(&hex_id("f"), |_| {}),
+                Err(StoreError::NotFound {
+                    kind: RecordKind::Container,
+                    ..
+                })
+            ));
+        }
+        // The update survives a reopen; the name stays reserved.
+        let (store, report) = Store::open(dir.path()).unwrap();
+        assert!(report.is_clean(), "{report:?}");
+        let rec = store.get_container(&c_id).unwrap();
+        assert_eq!(rec.metadata.config["linux"]["resources"]["cpu_shares"], 512);
+        assert!(rec.metadata.labels.is_empty());
+        assert_eq!(store.name_holder("c"), Some(c_id.clone()));
+
+        // A failed write leaves the stored record as it was.
+        let path = dir.path().join("containers").join(format!("{c_id}.json"));
+        fs::remove_file(&path).unwrap();
+        fs::create_dir(&path).unwrap();
+        fs::write(path.join("x"), b"x").unwrap();
+        let res = store.update_container_metadata(&c_id, |m| m.log_path = None);
+        assert!(matches!(res, Err(StoreError::Io { .. })), "{res:?}");
+        assert_eq!(store.get_container(&c_id).unwrap(), rec);
+    }
+
+    #[test]
+    fn container_metadata_update_interrupted_at_every_step() {
+        use crate::persist::{encode, write_atomic_crash_at, WriteStep};
+        let sb_id = hex_id("5b");
+        let c_id = hex_id("c1");
+        for step in WriteStep::ALL {
+            let dir = tempfile::tempdir().unwrap();
+            let (old, new) = {
+                let (store, _) = Store::open(dir.path()).unwrap();
+                let old = store.add_container(container(&c_id, "c", &sb_id)).unwrap();
+                let mut new = old.clone();
+                new.metadata.config = serde_json::json!({"resources": {"memory": 1}});
+                (old, new)
+            };
+            // The write the update makes, cut short at `step`.
+            let path = dir.path().join("containers").join(format!("{c_id}.json"));
+            let bytes = encode(RecordKind::Container.as_str(), &new).unwrap();
+            write_atomic_crash_at(&path, &bytes, step).unwrap();
+            let (store, report) = Store::open(dir.path()).unwrap();
+            assert!(report.is_clean(), "{step:?}: {report:?}");
+            let got = store.get_container(&c_id).unwrap();
+            let renamed = matches!(step, WriteStep::Renamed | WriteStep::DirSynced);
+            assert_eq!(got, if renamed { new.clone() } else { old }, "{step:?}");
+            // The next update goes through.
+            let again = store
+                .update_container_metadata(&c_id, |m| m.attempt = 3)
+                .unwrap();
+            assert_eq!(again.metadata.attempt, 3);
+        }
     }
 
     #[test]

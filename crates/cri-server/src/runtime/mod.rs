@@ -7,6 +7,7 @@ pub mod sandbox;
 pub mod stats;
 pub mod status;
 pub mod stream;
+pub mod userns;
 pub mod version;
 
 use crate::daemon::Daemon;

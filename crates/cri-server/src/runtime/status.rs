@@ -86,11 +86,14 @@ pub async fn status(daemon: &Daemon, req: StatusRequest) -> Result<StatusRespons
             .get(name)
             .map(|h| h.path.clone())
             .unwrap_or_default();
+        let state = config.state.clone();
         async move {
-            let f = tokio::task::spawn_blocking(move || crate::host::runtime_features(&path))
-                .await
-                .unwrap_or_default();
-            handler_features(f)
+            tokio::task::spawn_blocking(move || {
+                let f = crate::host::runtime_features(&path);
+                handler_features(f, crate::runtime::userns::handler_supports(&state, &path))
+            })
+            .await
+            .unwrap_or_default()
         }
     };
     let mut runtime_handlers = vec![RuntimeHandler {
@@ -118,12 +121,13 @@ pub async fn status(daemon: &Daemon, req: StatusRequest) -> Result<StatusRespons
 }
 
 /// What crius can offer with a runtime of these features. User namespaces
-/// need pod uid/gid mappings and idmapped mounts, which crius does not set
-/// up yet, so they are never reported.
-pub fn handler_features(f: crate::host::RuntimeFeatures) -> RuntimeHandlerFeatures {
+/// (`userns`: see `runtime::userns::handler_supports`) need the runtime to
+/// support them and the kernel to make idmapped mounts, which crius makes
+/// itself when the runtime cannot.
+pub fn handler_features(f: crate::host::RuntimeFeatures, userns: bool) -> RuntimeHandlerFeatures {
     RuntimeHandlerFeatures {
         recursive_read_only_mounts: f.rro,
-        user_namespaces: false,
+        user_namespaces: userns,
     }
 }
 

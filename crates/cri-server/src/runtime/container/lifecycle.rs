@@ -226,6 +226,9 @@ impl Done {
                 tracing::warn!(container = id, error = %e, "rollback: task delete failed");
             }
         }
+        // Idmapped mounts (user namespace pods) go before anything below
+        // them is removed.
+        crate::runtime::userns::unmount_below(&container_state(daemon, id));
         if self.rootfs {
             if let Err(e) = daemon.images.remove_rootfs(id).await {
                 tracing::warn!(container = id, error = %e, "rollback: rootfs removal failed");
@@ -442,7 +445,7 @@ async fn create_steps(
     let volume_dir = root.join("volumes").display().to_string();
     // Built in a block of its own: the input holds non-Send references
     // that must be gone before the next await.
-    let spec_json = {
+    let spec = {
         let load = |p: &str| std::fs::read_to_string(p).map_err(|e| e.to_string());
         let target_pid = match config
             .linux
@@ -476,9 +479,20 @@ async fn create_steps(
         for v in image_volumes(&input).map_err(spec_status)? {
             std::fs::create_dir_all(&v.source).map_err(|e| internal("image volume", e))?;
         }
-        let spec = container_spec(&input).map_err(spec_status)?;
-        serde_json::to_vec_pretty(&spec).map_err(|e| internal("spec", e))?
+        container_spec(&input).map_err(spec_status)?
     };
+    // A pod with its own user namespace: idmapped rootfs and mounts made here.
+    let (spec, mounts) = crate::runtime::userns::container(
+        &daemon.sandbox_state(&sandbox.metadata.id),
+        sandbox,
+        config,
+        spec,
+        mounts,
+        &state,
+        &bundle,
+    )
+    .await?;
+    let spec_json = serde_json::to_vec_pretty(&spec).map_err(|e| internal("spec", e))?;
     crius_store::persist::write_volatile(&bundle.join("config.json"), &spec_json, 0o600)
         .map_err(|e| internal("config.json", e))?;
 
@@ -631,11 +645,15 @@ pub async fn start(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
         Ok(pid) => {
             let store = daemon.store.clone();
             let cid = id.clone();
+            let spec = bundle_dir(daemon, &id).join("config.json");
             tokio::task::spawn_blocking(move || {
+                // The process's user, as CreateContainer put it into the spec.
+                let user = super::status::user_of_spec_file(&spec);
                 store.update_container_status(&cid, |s| {
                     s.state = ContainerState::Running;
                     s.pid = Some(pid);
                     s.started_at = Some(now_nanos());
+                    s.user = user;
                 })
             })
             .await
@@ -773,6 +791,7 @@ pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
             Err(e) => return Err(e.to_status()),
         }
     }
+    crate::runtime::userns::unmount_below(&container_state(daemon, &id));
     daemon
         .images
         .remove_rootfs(&id)

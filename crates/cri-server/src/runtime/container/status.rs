@@ -1,16 +1,52 @@
 //! ListContainers and ContainerStatus: translations of store records.
 
 use crate::runtime::filter::{id_matches, labels_match, to_hash_map};
-use crius_store::{ContainerRecord, ContainerState as StoreState};
+use crius_store::{ContainerRecord, ContainerState as StoreState, ContainerUser as StoreUser};
 use k8s_cri::v1::{
     Container, ContainerConfig, ContainerFilter, ContainerMetadata, ContainerResources,
-    ContainerState, ContainerStatus, ImageSpec,
+    ContainerState, ContainerStatus, ContainerUser, ImageSpec, LinuxContainerUser,
 };
 use std::collections::HashMap;
 
 /// The CRI config stored with the record (empty when unreadable).
 pub fn stored_config(r: &ContainerRecord) -> ContainerConfig {
     serde_json::from_value(r.metadata.config.clone()).unwrap_or_default()
+}
+
+/// The process user of an OCI spec (`process.user`: uid, gid and
+/// additionalGids), as the store keeps it.
+pub fn user_of_spec(spec: &serde_json::Value) -> Option<StoreUser> {
+    let u = &spec["process"]["user"];
+    let id = |v: &serde_json::Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
+    Some(StoreUser {
+        uid: id(&u["uid"])?,
+        gid: id(&u["gid"])?,
+        supplemental_groups: u["additionalGids"]
+            .as_array()
+            .map(|a| a.iter().filter_map(id).collect())
+            .unwrap_or_default(),
+    })
+}
+
+/// [`user_of_spec`] of a bundle's config.json (None when unreadable).
+pub fn user_of_spec_file(path: &std::path::Path) -> Option<StoreUser> {
+    let bytes = std::fs::read(path).ok()?;
+    user_of_spec(&serde_json::from_slice(&bytes).ok()?)
+}
+
+/// The CRI `ContainerUser` of a stored identity.
+fn cri_user(user: &StoreUser) -> ContainerUser {
+    ContainerUser {
+        linux: Some(LinuxContainerUser {
+            uid: i64::from(user.uid),
+            gid: i64::from(user.gid),
+            supplemental_groups: user
+                .supplemental_groups
+                .iter()
+                .map(|&g| i64::from(g))
+                .collect(),
+        }),
+    }
 }
 
 /// The CRI state of a record.
@@ -100,7 +136,7 @@ pub fn status(r: &ContainerRecord, verbose: bool) -> (ContainerStatus, HashMap<S
                 linux: Some(linux),
                 ..Default::default()
             }),
-        user: None,
+        user: s.user.as_ref().map(cri_user),
     };
     let mut info = HashMap::new();
     if verbose {
@@ -201,5 +237,53 @@ mod tests {
         assert_eq!(s.image_ref, "sha256:abc");
         assert_eq!(s.log_path, "/var/log/pods/x/app/0.log");
         assert!(info["info"].contains("sandboxID"));
+        assert_eq!(s.user, None);
+        assert_eq!(s.resources, None);
+
+        // The stored user and resources are reported.
+        let mut r = rec('c', 'x', StoreState::Running, "web");
+        let spec = serde_json::json!({"process": {"user": {"uid": 1000, "gid": 1000, "additionalGids": [1000, 2000, 3000]}}});
+        r.status.user = user_of_spec(&spec);
+        let resources = k8s_cri::v1::LinuxContainerResources {
+            cpu_shares: 512,
+            ..Default::default()
+        };
+        r.metadata.config = serde_json::to_value(ContainerConfig {
+            linux: Some(k8s_cri::v1::LinuxContainerConfig {
+                resources: Some(resources.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        let (s, _) = status(&r, false);
+        let user = s.user.and_then(|u| u.linux).unwrap();
+        assert_eq!(
+            (user.uid, user.gid, user.supplemental_groups),
+            (1000, 1000, vec![1000, 2000, 3000])
+        );
+        assert_eq!(s.resources.and_then(|r| r.linux), Some(resources));
+
+        // What a spec says, or nothing when it says too little.
+        let cases = [
+            (
+                serde_json::json!({"process": {"user": {"uid": 0, "gid": 0}}}),
+                Some((0, 0, vec![])),
+            ),
+            (
+                serde_json::json!({"process": {"user": {"uid": 5, "gid": 6, "additionalGids": [6, 7]}}}),
+                Some((5, 6, vec![6, 7])),
+            ),
+            (serde_json::json!({"process": {"user": {"uid": 5}}}), None),
+            (
+                serde_json::json!({"process": {"user": {"uid": -1, "gid": 0}}}),
+                None,
+            ),
+            (serde_json::json!({}), None),
+        ];
+        for (spec, want) in cases {
+            let got = user_of_spec(&spec).map(|u| (u.uid, u.gid, u.supplemental_groups));
+            assert_eq!(got, want, "{spec}");
+        }
     }
 }

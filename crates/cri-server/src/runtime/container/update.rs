@@ -4,7 +4,10 @@ use crate::daemon::Daemon;
 use crate::errors::internal;
 use crate::errors::{invalid_field, store_status};
 use crius_store::ContainerState;
-use k8s_cri::v1::{ReopenContainerLogRequest, UpdateContainerResourcesRequest};
+use k8s_cri::v1::{
+    ContainerConfig, LinuxContainerResources, ReopenContainerLogRequest,
+    UpdateContainerResourcesRequest,
+};
 use std::sync::Arc;
 use tonic::Status;
 
@@ -36,10 +39,85 @@ pub fn merge_resources(spec: &mut serde_json::Value, update: &serde_json::Value)
     }
 }
 
+/// The CRI resources after an update, as ContainerStatus reports them: what
+/// the update sets (a non-zero number, a non-empty string, a hugepage size,
+/// a unified key) replaces the old value, the rest stays, exactly as the
+/// update is applied to the OCI spec. `oom_score_adj` is a property of the
+/// process, not of its cgroup, so an update does not change it.
+pub fn merge_cri_resources(
+    old: Option<&LinuxContainerResources>,
+    update: &LinuxContainerResources,
+) -> LinuxContainerResources {
+    let mut out = old.cloned().unwrap_or_default();
+    let num = |o: &mut i64, n: i64| {
+        if n != 0 {
+            *o = n;
+        }
+    };
+    num(&mut out.cpu_period, update.cpu_period);
+    num(&mut out.cpu_quota, update.cpu_quota);
+    num(&mut out.cpu_shares, update.cpu_shares);
+    num(&mut out.memory_limit_in_bytes, update.memory_limit_in_bytes);
+    num(
+        &mut out.memory_swap_limit_in_bytes,
+        update.memory_swap_limit_in_bytes,
+    );
+    if !update.cpuset_cpus.is_empty() {
+        out.cpuset_cpus = update.cpuset_cpus.clone();
+    }
+    if !update.cpuset_mems.is_empty() {
+        out.cpuset_mems = update.cpuset_mems.clone();
+    }
+    for h in &update.hugepage_limits {
+        match out
+            .hugepage_limits
+            .iter_mut()
+            .find(|o| o.page_size == h.page_size)
+        {
+            Some(o) => o.limit = h.limit,
+            None => out.hugepage_limits.push(h.clone()),
+        }
+    }
+    for (k, v) in &update.unified {
+        out.unified.insert(k.clone(), v.clone());
+    }
+    out
+}
+
+/// Records the updated resources in the container's stored CRI config (the
+/// source of ContainerStatus.resources), durably.
+fn record_resources(
+    daemon: &Daemon,
+    id: &str,
+    update: &LinuxContainerResources,
+) -> Result<(), Status> {
+    let mut failed = None;
+    daemon
+        .store
+        .update_container_metadata(id, |m| {
+            let mut config: ContainerConfig = match serde_json::from_value(m.config.clone()) {
+                Ok(c) => c,
+                Err(e) => {
+                    failed = Some(internal("stored container config", e));
+                    return;
+                }
+            };
+            let linux = config.linux.get_or_insert_with(Default::default);
+            linux.resources = Some(merge_cri_resources(linux.resources.as_ref(), update));
+            match serde_json::to_value(&config) {
+                Ok(v) => m.config = v,
+                Err(e) => failed = Some(internal("container config", e)),
+            }
+        })
+        .map_err(store_status)?;
+    failed.map_or(Ok(()), Err)
+}
+
 /// UpdateContainerResources: applies the new Linux resources to the
 /// container's cgroups through the shim (`runtime update`), then records
-/// them in the bundle's spec. A container that has exited only gets the
-/// spec updated.
+/// them in the bundle's spec and in the container's record (so that
+/// ContainerStatus shows them, also after a restart). A container that has
+/// exited only gets the spec and the record updated.
 pub async fn update_resources(
     daemon: &Arc<Daemon>,
     req: UpdateContainerResourcesRequest,
@@ -90,7 +168,11 @@ pub async fn update_resources(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(internal("config.json", e)),
     }
-    Ok(())
+    let d = daemon.clone();
+    let cid = id.clone();
+    tokio::task::spawn_blocking(move || record_resources(&d, &cid, &linux))
+        .await
+        .map_err(|e| internal("store", e))?
 }
 
 /// ReopenContainerLog: the shim reopens the container's CRI log file
@@ -133,6 +215,93 @@ pub async fn reopen_log(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn cri_resources_after_an_update() {
+        use k8s_cri::v1::HugepageLimit;
+        let hp = |size: &str, limit: u64| HugepageLimit {
+            page_size: size.into(),
+            limit,
+        };
+        let old = LinuxContainerResources {
+            cpu_shares: 256,
+            cpu_quota: 50_000,
+            memory_limit_in_bytes: 64 << 20,
+            oom_score_adj: 500,
+            cpuset_cpus: "0".into(),
+            hugepage_limits: vec![hp("2MB", 1), hp("1GB", 2)],
+            unified: [("memory.high".to_string(), "1".to_string())].into(),
+            ..Default::default()
+        };
+        let cases: Vec<(
+            Option<&LinuxContainerResources>,
+            LinuxContainerResources,
+            LinuxContainerResources,
+        )> = vec![
+            // Nothing set: nothing changes.
+            (Some(&old), LinuxContainerResources::default(), old.clone()),
+            // Numbers and strings that are set replace; oom_score_adj stays.
+            (
+                Some(&old),
+                LinuxContainerResources {
+                    cpu_shares: 512,
+                    memory_limit_in_bytes: 96 << 20,
+                    memory_swap_limit_in_bytes: 128 << 20,
+                    cpu_period: 100_000,
+                    oom_score_adj: -10,
+                    cpuset_mems: "0".into(),
+                    cpuset_cpus: "0-1".into(),
+                    ..Default::default()
+                },
+                LinuxContainerResources {
+                    cpu_shares: 512,
+                    memory_limit_in_bytes: 96 << 20,
+                    memory_swap_limit_in_bytes: 128 << 20,
+                    cpu_period: 100_000,
+                    cpuset_mems: "0".into(),
+                    cpuset_cpus: "0-1".into(),
+                    ..old.clone()
+                },
+            ),
+            // Hugepages by size, unified by key.
+            (
+                Some(&old),
+                LinuxContainerResources {
+                    hugepage_limits: vec![hp("1GB", 5), hp("64KB", 7)],
+                    unified: [
+                        ("memory.high".to_string(), "2".to_string()),
+                        ("pids.max".to_string(), "10".to_string()),
+                    ]
+                    .into(),
+                    ..Default::default()
+                },
+                LinuxContainerResources {
+                    hugepage_limits: vec![hp("2MB", 1), hp("1GB", 5), hp("64KB", 7)],
+                    unified: [
+                        ("memory.high".to_string(), "2".to_string()),
+                        ("pids.max".to_string(), "10".to_string()),
+                    ]
+                    .into(),
+                    ..old.clone()
+                },
+            ),
+            // A container created without resources gets the update's.
+            (
+                None,
+                LinuxContainerResources {
+                    cpu_shares: 2,
+                    ..Default::default()
+                },
+                LinuxContainerResources {
+                    cpu_shares: 2,
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (i, (old, update, want)) in cases.into_iter().enumerate() {
+            assert_eq!(merge_cri_resources(old, &update), want, "case {i}");
+        }
+    }
 
     #[test]
     fn resources_merge_into_the_spec() {

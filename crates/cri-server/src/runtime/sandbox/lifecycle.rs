@@ -166,6 +166,9 @@ impl Done {
             }
             daemon.shims.lock().await.remove(id);
         }
+        // Idmapped mounts (user namespace pods) go before anything below
+        // them is removed.
+        crate::runtime::userns::unmount_below(&daemon.sandbox_state(id));
         if self.rootfs {
             if let Err(e) = daemon.images.remove_rootfs(id).await {
                 tracing::warn!(sandbox = id, error = %e, "rollback: rootfs removal failed");
@@ -194,6 +197,7 @@ pub async fn run(daemon: &Arc<Daemon>, req: RunPodSandboxRequest) -> Result<Stri
         super::validate_run(req.config.as_ref(), &req.runtime_handler, &daemon.config)?;
     let config = req.config.unwrap_or_default();
     crius_spec::sandbox::validate(&config, &daemon.host).map_err(spec_status)?;
+    crate::runtime::userns::check_pod(daemon, &config, &handler_name).await?;
     let id = crius_store::generate_id();
     let meta = config.metadata.clone().unwrap_or_default();
     let span = tracing::info_span!(
@@ -312,6 +316,9 @@ async fn run_steps(
     let load = |p: &str| std::fs::read_to_string(p).map_err(|e| e.to_string());
     let spec = crius_spec::sandbox::sandbox_spec(config, &spec_image, &facts, &daemon.host, &load)
         .map_err(spec_status)?;
+    // A pod with its own user namespace: idmapped pause rootfs made here.
+    let userns = crate::runtime::userns::pause(config, spec, mounts, &state_dir, &bundle).await?;
+    let (spec, mounts) = (userns.spec, userns.mounts);
     let spec_json = serde_json::to_vec_pretty(&spec).map_err(|e| internal("spec", e))?;
     crius_store::persist::write_volatile(&bundle.join("config.json"), &spec_json, 0o600)
         .map_err(|e| internal("config.json", e))?;
@@ -346,6 +353,9 @@ async fn run_steps(
     create.sandbox_id = id.to_string();
     create.bundle_path = bundle.display().to_string();
     create.rootfs = crate::shimclient::proto_mounts(&mounts);
+    if let Some(ns) = &userns.netns {
+        create.netns_path = ns.display().to_string();
+    }
     let shm_size = daemon
         .config
         .shm_size_bytes()
@@ -723,6 +733,7 @@ async fn remove_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
     if daemon.store.get_sandbox(&id).is_err() {
         return Ok(());
     }
+    crate::runtime::userns::unmount_below(&daemon.sandbox_state(&id));
     daemon
         .images
         .remove_rootfs(&id)
