@@ -14,9 +14,6 @@ use crate::daemon::Daemon;
 use crate::runtime::container::lifecycle::{record_exit, watch_exit};
 use crate::runtime::now_nanos;
 use crate::shimclient::{ShimClient, NAMESPACE};
-use containerd_shim_protos::sandbox_api::WaitSandboxRequest;
-use containerd_shim_protos::sandbox_sync::SandboxClient;
-use containerd_shim_protos::ttrpc::{self, context};
 use containerd_shim_protos::types::task::Status as TaskStatus;
 use crius_store::{ContainerState, SandboxRecord, SandboxState};
 use std::sync::Arc;
@@ -291,21 +288,18 @@ async fn recover_sandbox(daemon: &Arc<Daemon>, record: SandboxRecord, summary: &
 /// How long a WaitSandbox call may block.
 const WAIT_FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
-/// Blocks until the pause container of `id` exits or the shim at `address`
-/// goes away (or cannot be reached).
-fn wait_sandbox_blocking(address: &str, id: &str) -> Result<(), String> {
-    let client = ttrpc::Client::connect(address).map_err(|e| e.to_string())?;
-    let sandbox = SandboxClient::new(client);
-    let mut req = WaitSandboxRequest::new();
-    req.sandbox_id = id.to_string();
-    let mut ctx = context::with_timeout(WAIT_FOREVER.as_nanos() as i64);
-    ctx.add(
-        "containerd-namespace-ttrpc".to_string(),
-        NAMESPACE.to_string(),
-    );
-    sandbox
-        .wait_sandbox(ctx, &req)
-        .map(|_| ())
+/// Resolves when the pause container of `id` exits or the shim at
+/// `address` goes away (or cannot be reached). A parked future on the
+/// daemon's connection to the shim: no thread per pod.
+async fn wait_sandbox(daemon: &Daemon, address: &str, id: &str) -> Result<(), String> {
+    let shim = match daemon.shim(id).await.filter(|s| s.address() == address) {
+        Some(s) => s,
+        None => ShimClient::connect(address)
+            .await
+            .map_err(|e| e.to_string())?,
+    };
+    shim.wait_sandbox(id, WAIT_FOREVER)
+        .await
         .map_err(|e| e.to_string())
 }
 
@@ -315,8 +309,7 @@ fn wait_sandbox_blocking(address: &str, id: &str) -> Result<(), String> {
 /// become EXITED with a reason and a message.
 pub fn watch_sandbox(daemon: Arc<Daemon>, id: String, address: String) {
     tokio::spawn(async move {
-        let (a, sid) = (address.clone(), id.clone());
-        let waited = tokio::task::spawn_blocking(move || wait_sandbox_blocking(&a, &sid)).await;
+        let waited = wait_sandbox(&daemon, &address, &id).await;
         let _lock = daemon.locks.lock(&id).await;
         let Ok(record) = daemon.store.get_sandbox(&id) else {
             return;

@@ -342,6 +342,21 @@ impl ShimClient {
         .await
     }
 
+    /// WaitSandbox: resolves when the pause container exits (or `timeout`
+    /// passes, or the shim goes away: an error).
+    pub async fn wait_sandbox(
+        self: &Arc<Self>,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<(), ShimError> {
+        let mut req = sb::WaitSandboxRequest::new();
+        req.sandbox_id = id.to_string();
+        self.call("WaitSandbox", timeout, move |c, ctx| async move {
+            c.sandbox.wait_sandbox(ctx, &req).await.map(|_| ())
+        })
+        .await
+    }
+
     /// ShutdownSandbox: everything of the pod goes and the shim exits.
     pub async fn shutdown_sandbox(self: &Arc<Self>, id: &str) -> Result<(), ShimError> {
         let mut req = sb::ShutdownSandboxRequest::new();
