@@ -25,10 +25,10 @@ const CONTAINER_PHASES: [&str; 9] = [
     "runc_start",
 ];
 
-fn sleeper(image: &str) -> ContainerConfig {
+fn sleeper(name: &str, image: &str) -> ContainerConfig {
     ContainerConfig {
         metadata: Some(ContainerMetadata {
-            name: "sleeper".into(),
+            name: name.into(),
             attempt: 0,
         }),
         image: Some(ImageSpec {
@@ -53,7 +53,7 @@ async fn create_and_start(
     let id = rt
         .create_container(CreateContainerRequest {
             pod_sandbox_id: pod_id.into(),
-            config: Some(sleeper(image)),
+            config: Some(sleeper("sleeper", image)),
             sandbox_config: Some(pod_config.clone()),
         })
         .await
@@ -215,18 +215,34 @@ async fn metrics_and_timeline_of_a_pod() {
     let image = env.pull_busybox().await;
     let (cid, wall) = create_and_start(&env, &id, &pod("obs", "uid-obs"), &image).await;
     assert_container_timeline(&container_timeline(&env, &cid).await, wall);
+    // Created, not started: CreateContainer's phases only.
+    let created = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: id.clone(),
+            config: Some(sleeper("idle", &image)),
+            sandbox_config: Some(pod("obs", "uid-obs")),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    let timeline = container_timeline(&env, &created).await;
+    let names: Vec<&str> = timeline.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, CONTAINER_PHASES[..7]);
     let body = scrape(&addr);
-    for phase in CONTAINER_PHASES {
+    // Two containers created, one started.
+    for (i, phase) in CONTAINER_PHASES.iter().enumerate() {
         assert_eq!(
             value(
                 &body,
                 &format!("crius_container_startup_phase_seconds_count{{phase=\"{phase}\"}}")
             ),
-            1.0,
+            if i < 7 { 2.0 } else { 1.0 },
             "{phase}"
         );
     }
     assert_eq!(value(&body, "crius_containers{state=\"running\"}"), 1.0);
+    assert_eq!(value(&body, "crius_containers{state=\"created\"}"), 1.0);
 
     rt.stop_pod_sandbox(StopPodSandboxRequest {
         pod_sandbox_id: id.clone(),
