@@ -105,8 +105,8 @@ fn main() -> anyhow::Result<()> {
         telemetry.shutdown().await;
         result
     });
-    // Blocking threads parked in a shim's Wait (one per running container)
-    // never return by themselves; the containers outlive criusd anyway.
+    // Work still on the blocking pool (a CNI plugin or a synchronous shim
+    // call that hangs) must not keep a stopped criusd alive.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result
 }
