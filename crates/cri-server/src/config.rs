@@ -151,8 +151,65 @@ pub struct MetricsConfig {
     pub address: String,
 }
 
+/// `[tracing]`: export of the daemon's spans over OpenTelemetry OTLP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// OTLP/gRPC collector endpoint, plain `http://` (e.g. `http://127.0.0.1:4317`); empty turns export off.
+    pub otlp_endpoint: String,
+    /// Fraction of traces exported, from 0.0 to 1.0 (a sampled parent keeps its children).
+    pub sampling_ratio: f64,
+    /// The `service.name` resource attribute of the exported spans.
+    pub service_name: String,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            otlp_endpoint: String::new(),
+            sampling_ratio: 1.0,
+            service_name: "criusd".into(),
+        }
+    }
+}
+
+impl TracingConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.otlp_endpoint.is_empty() {
+            // Plain gRPC only (to a collector or agent on the node): no
+            // TLS client is built into criusd for this.
+            let rest = self.otlp_endpoint.strip_prefix("http://").ok_or_else(|| {
+                value_err(
+                    "tracing.otlp_endpoint",
+                    format!(
+                        "{:?} must start with http:// (TLS is not supported)",
+                        self.otlp_endpoint
+                    ),
+                )
+            })?;
+            let authority = rest.split('/').next().unwrap_or("");
+            if authority.is_empty() || authority.contains(char::is_whitespace) {
+                return Err(value_err(
+                    "tracing.otlp_endpoint",
+                    format!("{:?} has no host", self.otlp_endpoint),
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.sampling_ratio) {
+            return Err(value_err(
+                "tracing.sampling_ratio",
+                format!("{} is not between 0.0 and 1.0", self.sampling_ratio),
+            ));
+        }
+        if self.service_name.trim().is_empty() {
+            return Err(value_err("tracing.service_name", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Persistent state directory.
@@ -185,6 +242,8 @@ pub struct Config {
     pub stream: StreamConfig,
     /// Prometheus metrics.
     pub metrics: MetricsConfig,
+    /// OpenTelemetry span export.
+    pub tracing: TracingConfig,
 }
 
 impl Default for Config {
@@ -207,6 +266,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             stream: StreamConfig::default(),
             metrics: MetricsConfig::default(),
+            tracing: TracingConfig::default(),
         }
     }
 }
@@ -319,6 +379,7 @@ impl Config {
             .address
             .parse::<SocketAddr>()
             .map_err(|e| value_err("stream.address", format!("{:?}: {e}", self.stream.address)))?;
+        self.tracing.validate()?;
         Ok(())
     }
 
@@ -405,6 +466,10 @@ mod tests {
             "config_path",
             "[stream]",
             "address",
+            "[tracing]",
+            "otlp_endpoint",
+            "sampling_ratio",
+            "service_name",
         ] {
             assert!(text.contains(key), "default config lacks {key}:\n{text}");
         }
@@ -432,6 +497,10 @@ bin_dirs = ["/tmp/bin"]
 config_path = "/tmp/certs.d"
 [stream]
 address = "127.0.0.1:10010"
+[tracing]
+otlp_endpoint = "http://127.0.0.1:4317"
+sampling_ratio = 0.25
+service_name = "node-7"
 "#,
         )
         .unwrap();
@@ -442,6 +511,14 @@ address = "127.0.0.1:10010"
         assert_eq!(c.shm_size_bytes().unwrap(), 128 << 20);
         assert_eq!(c.cni.bin_dirs, vec![PathBuf::from("/tmp/bin")]);
         assert_eq!(c.stream.address, "127.0.0.1:10010");
+        assert_eq!(c.tracing.otlp_endpoint, "http://127.0.0.1:4317");
+        assert_eq!(c.tracing.sampling_ratio, 0.25);
+        assert_eq!(c.tracing.service_name, "node-7");
+        assert_eq!(
+            Config::default().tracing.otlp_endpoint,
+            "",
+            "export is off by default"
+        );
     }
 
     #[test]
@@ -464,6 +541,28 @@ address = "127.0.0.1:10010"
             ("[cni]\nbin_dirs = [\"bin\"]", "`cni.bin_dirs[0]`"),
             ("[metrics]\naddress = \"localhost\"", "`metrics.address`"),
             ("root = \"/a\"\nroot = \"/b\"", "root"),
+            (
+                "[tracing]\notlp_endpoint = \"127.0.0.1:4317\"",
+                "`tracing.otlp_endpoint`",
+            ),
+            (
+                "[tracing]\notlp_endpoint = \"http://\"",
+                "`tracing.otlp_endpoint`",
+            ),
+            (
+                "[tracing]\notlp_endpoint = \"https://collector:4317\"",
+                "TLS is not supported",
+            ),
+            (
+                "[tracing]\nsampling_ratio = 1.5",
+                "`tracing.sampling_ratio`",
+            ),
+            (
+                "[tracing]\nsampling_ratio = -0.1",
+                "`tracing.sampling_ratio`",
+            ),
+            ("[tracing]\nservice_name = \" \"", "`tracing.service_name`"),
+            ("[tracing]\nendpoint = \"x\"", "endpoint"),
         ];
         for (text, want) in cases {
             let err = parse(text).expect_err(text).to_string();

@@ -47,6 +47,9 @@ pub struct Daemon {
     /// Woken whenever a container's exit has been recorded (StopContainer
     /// waits on it instead of polling the store).
     pub exited: tokio::sync::Notify,
+    /// CreateContainer's start-up phases of containers not started yet:
+    /// StartContainer stores them with its own, in its one store write.
+    pub create_phases: Mutex<HashMap<String, Vec<crius_store::Phase>>>,
 }
 
 /// How many container events a slow `GetContainerEvents` subscriber may
@@ -112,6 +115,7 @@ impl Daemon {
             handback: crate::runtime::handback::Handback::default(),
             events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
             exited: tokio::sync::Notify::new(),
+            create_phases: Mutex::new(HashMap::new()),
         })
     }
 

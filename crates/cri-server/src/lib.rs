@@ -16,3 +16,4 @@ pub mod runtime;
 pub mod server;
 pub mod shimclient;
 pub mod streaming;
+pub mod telemetry;

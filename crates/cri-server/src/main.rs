@@ -2,9 +2,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use crius_cri_server::config::{Config, LogFormat, DEFAULT_CONFIG_PATH};
+use crius_cri_server::config::{Config, DEFAULT_CONFIG_PATH};
 use std::path::PathBuf;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
 #[command(name = "criusd", version, about = "crius: a Kubernetes CRI runtime")]
@@ -67,19 +66,6 @@ fn effective_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-fn init_logging(config: &Config) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&config.log_level)
-        .with_context(|| format!("invalid log_level {:?}", config.log_level))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = match config.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-    result.map_err(|e| anyhow::anyhow!("cannot initialise logging: {e}"))
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match &cli.command {
@@ -98,7 +84,6 @@ fn main() -> anyhow::Result<()> {
         None => {}
     }
     let config = effective_config(&cli)?;
-    init_logging(&config)?;
     // glibc gives every thread that allocates an arena of its own (up to 8
     // per core), and each keeps freed pages resident. criusd's threads
     // (async workers, the blocking pool, one ttrpc reader per shim) do short
@@ -111,8 +96,17 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
+        // Within the runtime: the OTLP exporter's channel lives on it.
+        let telemetry = crius_cri_server::telemetry::init(&config)?;
         let shutdown = crius_cri_server::server::shutdown_signal()?;
-        crius_cri_server::server::run(config, shutdown).await
-    })
+        let result = crius_cri_server::server::run(config, shutdown).await;
+        // Spans of the last calls go out before the process ends.
+        telemetry.shutdown().await;
+        result
+    });
+    // Work still on the blocking pool (a CNI plugin or a synchronous shim
+    // call that hangs) must not keep a stopped criusd alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }

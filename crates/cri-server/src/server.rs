@@ -159,7 +159,7 @@ pub async fn run(
         Some(task)
     };
     let serve = tonic::transport::Server::builder()
-        .trace_fn(|req| tracing::info_span!("cri", method = %req.uri().path()))
+        .trace_fn(crate::telemetry::cri_span)
         .layer(crate::metrics::MetricsLayer::new(metrics))
         .add_service(runtime)
         .add_service(image)

@@ -16,6 +16,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// The containerd namespace crius runs its pods in.
 pub const NAMESPACE: &str = "k8s.io";
@@ -168,6 +169,7 @@ impl Launcher {
     /// Runs `start` for the sandbox `id` with the pause bundle as working
     /// directory and the runtime handler's binary and root; returns the
     /// shim's ttrpc address.
+    #[tracing::instrument(level = "debug", name = "shim_spawn", skip_all, fields(sandbox = id))]
     pub async fn start(
         &self,
         id: &str,
@@ -270,9 +272,12 @@ impl ShimClient {
         &self.address
     }
 
+    /// One ttrpc call, in a `shim` span naming the method and the task or
+    /// sandbox id.
     async fn call<T, Fut>(
         self: &Arc<Self>,
         method: &'static str,
+        id: &str,
         timeout: Duration,
         f: impl FnOnce(ShimClient, context::Context) -> Fut,
     ) -> Result<T, ShimError>
@@ -282,7 +287,11 @@ impl ShimClient {
         let call = f(ShimClient::clone(self), ctx(timeout));
         // The context's deadline travels to the shim; this one also holds
         // when the shim never answers.
-        match tokio::time::timeout(timeout + Duration::from_secs(1), call).await {
+        let span = tracing::debug_span!("shim", method, id);
+        match tokio::time::timeout(timeout + Duration::from_secs(1), call)
+            .instrument(span)
+            .await
+        {
             Ok(r) => r.map_err(|e| rpc_error(method, e)),
             Err(_) => Err(ShimError::Transport {
                 method,
@@ -296,9 +305,13 @@ impl ShimClient {
         self: &Arc<Self>,
         req: sb::CreateSandboxRequest,
     ) -> Result<(), ShimError> {
-        self.call("CreateSandbox", CALL_TIMEOUT, move |c, ctx| async move {
-            c.sandbox.create_sandbox(ctx, &req).await.map(|_| ())
-        })
+        let sandbox_id = req.sandbox_id.clone();
+        self.call(
+            "CreateSandbox",
+            &sandbox_id,
+            CALL_TIMEOUT,
+            move |c, ctx| async move { c.sandbox.create_sandbox(ctx, &req).await.map(|_| ()) },
+        )
         .await
     }
 
@@ -306,7 +319,7 @@ impl ShimClient {
     pub async fn start_sandbox(self: &Arc<Self>, id: &str) -> Result<u32, ShimError> {
         let mut req = sb::StartSandboxRequest::new();
         req.sandbox_id = id.to_string();
-        self.call("StartSandbox", CALL_TIMEOUT, move |c, ctx| async move {
+        self.call("StartSandbox", id, CALL_TIMEOUT, move |c, ctx| async move {
             c.sandbox.start_sandbox(ctx, &req).await.map(|r| r.pid)
         })
         .await
@@ -319,9 +332,12 @@ impl ShimClient {
     ) -> Result<sb::SandboxStatusResponse, ShimError> {
         let mut req = sb::SandboxStatusRequest::new();
         req.sandbox_id = id.to_string();
-        self.call("SandboxStatus", CALL_TIMEOUT, move |c, ctx| async move {
-            c.sandbox.sandbox_status(ctx, &req).await
-        })
+        self.call(
+            "SandboxStatus",
+            id,
+            CALL_TIMEOUT,
+            move |c, ctx| async move { c.sandbox.sandbox_status(ctx, &req).await },
+        )
         .await
     }
 
@@ -336,6 +352,7 @@ impl ShimClient {
         req.timeout_secs = timeout.as_secs().min(u32::MAX as u64) as u32;
         self.call(
             "StopSandbox",
+            id,
             CALL_TIMEOUT + timeout,
             move |c, ctx| async move { c.sandbox.stop_sandbox(ctx, &req).await.map(|_| ()) },
         )
@@ -361,9 +378,12 @@ impl ShimClient {
     pub async fn shutdown_sandbox(self: &Arc<Self>, id: &str) -> Result<(), ShimError> {
         let mut req = sb::ShutdownSandboxRequest::new();
         req.sandbox_id = id.to_string();
-        self.call("ShutdownSandbox", CALL_TIMEOUT, move |c, ctx| async move {
-            c.sandbox.shutdown_sandbox(ctx, &req).await.map(|_| ())
-        })
+        self.call(
+            "ShutdownSandbox",
+            id,
+            CALL_TIMEOUT,
+            move |c, ctx| async move { c.sandbox.shutdown_sandbox(ctx, &req).await.map(|_| ()) },
+        )
         .await
     }
 
@@ -372,7 +392,8 @@ impl ShimClient {
         self: &Arc<Self>,
         req: api::CreateTaskRequest,
     ) -> Result<u32, ShimError> {
-        self.call("Create", CALL_TIMEOUT, move |c, ctx| async move {
+        let task_id = req.id.clone();
+        self.call("Create", &task_id, CALL_TIMEOUT, move |c, ctx| async move {
             c.task.create(ctx, &req).await.map(|r| r.pid)
         })
         .await
@@ -383,7 +404,7 @@ impl ShimClient {
         let mut req = api::StartRequest::new();
         req.id = id.to_string();
         req.exec_id = exec_id.to_string();
-        self.call("Start", CALL_TIMEOUT, move |c, ctx| async move {
+        self.call("Start", id, CALL_TIMEOUT, move |c, ctx| async move {
             c.task.start(ctx, &req).await.map(|r| r.pid)
         })
         .await
@@ -402,7 +423,7 @@ impl ShimClient {
         req.exec_id = exec_id.to_string();
         req.signal = signal;
         req.all = all;
-        self.call("Kill", CALL_TIMEOUT, move |c, ctx| async move {
+        self.call("Kill", id, CALL_TIMEOUT, move |c, ctx| async move {
             c.task.kill(ctx, &req).await.map(|_| ())
         })
         .await
@@ -419,7 +440,7 @@ impl ShimClient {
         let mut req = api::WaitRequest::new();
         req.id = id.to_string();
         req.exec_id = exec_id.to_string();
-        self.call("Wait", timeout, move |c, ctx| async move {
+        self.call("Wait", id, timeout, move |c, ctx| async move {
             c.task.wait(ctx, &req).await.map(|r| r.exit_status)
         })
         .await
@@ -430,7 +451,7 @@ impl ShimClient {
         let mut req = api::DeleteRequest::new();
         req.id = id.to_string();
         req.exec_id = exec_id.to_string();
-        self.call("Delete", CALL_TIMEOUT, move |c, ctx| async move {
+        self.call("Delete", id, CALL_TIMEOUT, move |c, ctx| async move {
             c.task.delete(ctx, &req).await.map(|_| ())
         })
         .await
@@ -456,7 +477,7 @@ impl ShimClient {
         any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".into();
         any.value = process_json;
         req.spec = containerd_shim_protos::protobuf::MessageField::some(any);
-        self.call("Exec", CALL_TIMEOUT, move |c, ctx| async move {
+        self.call("Exec", id, CALL_TIMEOUT, move |c, ctx| async move {
             c.task.exec(ctx, &req).await.map(|_| ())
         })
         .await
@@ -468,7 +489,7 @@ impl ShimClient {
         req.id = id.to_string();
         req.exec_id = exec_id.to_string();
         req.stdin = true;
-        self.call("CloseIO", CALL_TIMEOUT, move |c, ctx| async move {
+        self.call("CloseIO", id, CALL_TIMEOUT, move |c, ctx| async move {
             c.task.close_io(ctx, &req).await.map(|_| ())
         })
         .await
@@ -487,7 +508,7 @@ impl ShimClient {
         req.exec_id = exec_id.to_string();
         req.width = width;
         req.height = height;
-        self.call("ResizePty", CALL_TIMEOUT, move |c, ctx| async move {
+        self.call("ResizePty", id, CALL_TIMEOUT, move |c, ctx| async move {
             c.task.resize_pty(ctx, &req).await.map(|_| ())
         })
         .await
@@ -506,7 +527,7 @@ impl ShimClient {
         any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
         any.value = resources_json;
         req.resources = containerd_shim_protos::protobuf::MessageField::some(any);
-        self.call("Update", CALL_TIMEOUT, move |c, ctx| async move {
+        self.call("Update", id, CALL_TIMEOUT, move |c, ctx| async move {
             c.task.update(ctx, &req).await.map(|_| ())
         })
         .await
@@ -521,6 +542,7 @@ impl ShimClient {
         req.id = id.to_string();
         req.exec_id = exec_id.to_string();
         let address = self.address.clone();
+        let span = tracing::debug_span!("shim", method = "ReopenLog", id);
         tokio::task::spawn_blocking(move || {
             let client = ttrpc::Client::connect(&address).map_err(|e| ShimError::Connect {
                 address: address.clone(),
@@ -531,6 +553,7 @@ impl ShimClient {
                 .map(|_| ())
                 .map_err(|e| rpc_error("ReopenLog", e))
         })
+        .instrument(span)
         .await
         .map_err(|e| ShimError::Transport {
             method: "ReopenLog",
@@ -547,7 +570,7 @@ impl ShimClient {
         let mut req = api::StateRequest::new();
         req.id = id.to_string();
         req.exec_id = exec_id.to_string();
-        self.call("State", CALL_TIMEOUT, move |c, ctx| async move {
+        self.call("State", id, CALL_TIMEOUT, move |c, ctx| async move {
             c.task.state(ctx, &req).await
         })
         .await

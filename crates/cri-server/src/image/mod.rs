@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 /// Pulls an image and records the pull in the metrics (used by PullImage
 /// and by RunPodSandbox for the pause image).
+#[tracing::instrument(level = "debug", name = "image", skip_all, fields(op = "pull", image = reference))]
 pub async fn pull(
     daemon: &Daemon,
     reference: &str,

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tonic::Status;
+use tracing::Instrument;
 
 /// How long a finished but unclaimed object is kept by default.
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(300);
@@ -190,7 +191,9 @@ where
                         },
                     );
                     drop(map);
-                    spawn_tracked(daemon.clone(), kind, key.clone(), generation, tx, create());
+                    // The creation keeps the caller's span as its parent.
+                    let fut = create().in_current_span();
+                    spawn_tracked(daemon.clone(), kind, key.clone(), generation, tx, fut);
                     Some((generation, rx))
                 }
             }
@@ -198,7 +201,7 @@ where
         let Some((generation, mut rx)) = joined else {
             // A different request holds the name: run it detached but
             // untracked; the store answers with the holder's id.
-            return tokio::spawn(create())
+            return tokio::spawn(create().in_current_span())
                 .await
                 .map_err(|e| Status::internal(format!("creation task failed: {e}")))?;
         };

@@ -48,6 +48,7 @@ impl RuntimeSvc {
         if id.is_empty() {
             return Err(invalid_field("container_id", "must not be empty"));
         }
+        crate::telemetry::record_ids("", id);
         self.daemon.store.get_container(id).map_err(store_status)
     }
 }
@@ -120,6 +121,7 @@ impl RuntimeService for RuntimeSvc {
             // Invalid requests are refused by validation at once.
             _ => sandbox::lifecycle::run(&self.daemon, req).await?,
         };
+        crate::telemetry::record_ids(&id, "");
         Ok(Response::new(v1::RunPodSandboxResponse {
             pod_sandbox_id: id,
         }))
@@ -133,6 +135,7 @@ impl RuntimeService for RuntimeSvc {
         if req.pod_sandbox_id.is_empty() {
             return Err(invalid_field("pod_sandbox_id", "must not be empty"));
         }
+        crate::telemetry::record_ids(&req.pod_sandbox_id, "");
         sandbox::lifecycle::stop(&self.daemon, &req.pod_sandbox_id).await?;
         Ok(Response::new(v1::StopPodSandboxResponse {}))
     }
@@ -145,6 +148,7 @@ impl RuntimeService for RuntimeSvc {
         if req.pod_sandbox_id.is_empty() {
             return Err(invalid_field("pod_sandbox_id", "must not be empty"));
         }
+        crate::telemetry::record_ids(&req.pod_sandbox_id, "");
         sandbox::lifecycle::remove(&self.daemon, &req.pod_sandbox_id).await?;
         Ok(Response::new(v1::RemovePodSandboxResponse {}))
     }
@@ -192,6 +196,7 @@ impl RuntimeService for RuntimeSvc {
         if req.container_id.is_empty() {
             return Err(invalid_field("container_id", "must not be empty"));
         }
+        crate::telemetry::record_ids("", &req.container_id);
         container::lifecycle::start(&self.daemon, &req.container_id).await?;
         Ok(Response::new(v1::StartContainerResponse {}))
     }
@@ -204,6 +209,7 @@ impl RuntimeService for RuntimeSvc {
         if req.container_id.is_empty() {
             return Err(invalid_field("container_id", "must not be empty"));
         }
+        crate::telemetry::record_ids("", &req.container_id);
         let timeout = std::time::Duration::from_secs(req.timeout.max(0) as u64);
         container::lifecycle::stop(&self.daemon, &req.container_id, timeout).await?;
         Ok(Response::new(v1::StopContainerResponse {}))
@@ -217,6 +223,7 @@ impl RuntimeService for RuntimeSvc {
         if req.container_id.is_empty() {
             return Err(invalid_field("container_id", "must not be empty"));
         }
+        crate::telemetry::record_ids("", &req.container_id);
         container::lifecycle::remove(&self.daemon, &req.container_id).await?;
         Ok(Response::new(v1::RemoveContainerResponse {}))
     }
@@ -226,6 +233,7 @@ impl RuntimeService for RuntimeSvc {
         request: Request<v1::ExecSyncRequest>,
     ) -> Result<Response<v1::ExecSyncResponse>, Status> {
         self.daemon.metrics.execs.with_label_values(&["sync"]).inc();
+        crate::telemetry::record_ids("", &request.get_ref().container_id);
         container::lifecycle::exec_sync(&self.daemon, request.into_inner())
             .await
             .map(Response::new)
@@ -276,6 +284,7 @@ impl RuntimeService for RuntimeSvc {
         if req.pod_sandbox_id.is_empty() {
             return Err(invalid_field("pod_sandbox_id", "must not be empty"));
         }
+        crate::telemetry::record_ids(&req.pod_sandbox_id, "");
         self.daemon
             .store
             .get_sandbox(&req.pod_sandbox_id)
@@ -313,6 +322,7 @@ impl RuntimeService for RuntimeSvc {
         if req.pod_sandbox_id.is_empty() {
             return Err(invalid_field("pod_sandbox_id", "must not be empty"));
         }
+        crate::telemetry::record_ids(&req.pod_sandbox_id, "");
         let record = self
             .daemon
             .store
@@ -352,6 +362,7 @@ impl RuntimeService for RuntimeSvc {
         if req.pod_sandbox_id.is_empty() {
             return Err(invalid_field("pod_sandbox_id", "must not be empty"));
         }
+        crate::telemetry::record_ids(&req.pod_sandbox_id, "");
         let record = self
             .daemon
             .store
@@ -381,7 +392,17 @@ impl RuntimeService for RuntimeSvc {
         request: Request<v1::ContainerStatusRequest>,
     ) -> Result<Response<v1::ContainerStatusResponse>, Status> {
         let req = request.into_inner();
-        let record = self.known_container(&req.container_id)?;
+        let mut record = self.known_container(&req.container_id)?;
+        if req.verbose && record.status.timeline.is_empty() {
+            // Created, not started: CreateContainer's phases are not stored yet.
+            let pending = self.daemon.create_phases.lock();
+            if let Some(phases) = pending
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&record.metadata.id)
+            {
+                record.status.timeline = phases.clone();
+            }
+        }
         let (status, info) = container::status::status(&record, req.verbose);
         Ok(Response::new(v1::ContainerStatusResponse {
             status: Some(status),
@@ -402,6 +423,7 @@ impl RuntimeService for RuntimeSvc {
         &self,
         request: Request<v1::UpdateContainerResourcesRequest>,
     ) -> Result<Response<v1::UpdateContainerResourcesResponse>, Status> {
+        crate::telemetry::record_ids("", &request.get_ref().container_id);
         container::update::update_resources(&self.daemon, request.into_inner()).await?;
         Ok(Response::new(v1::UpdateContainerResourcesResponse {}))
     }
@@ -410,6 +432,7 @@ impl RuntimeService for RuntimeSvc {
         &self,
         request: Request<v1::ReopenContainerLogRequest>,
     ) -> Result<Response<v1::ReopenContainerLogResponse>, Status> {
+        crate::telemetry::record_ids("", &request.get_ref().container_id);
         container::update::reopen_log(&self.daemon, request.into_inner()).await?;
         Ok(Response::new(v1::ReopenContainerLogResponse {}))
     }

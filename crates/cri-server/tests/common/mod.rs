@@ -26,6 +26,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// Environment variables given to the daemon from the next `restart` on.
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -37,13 +39,14 @@ impl Daemon {
         let socket = dir.join("state/crius.sock");
         let log = dir.join("criusd.log");
         std::fs::File::create(&log).expect("create log");
-        let child = spawn_criusd(dir, &config, &socket, &log);
+        let child = spawn_criusd(dir, &config, &socket, &log, &[]);
         let mut d = Daemon {
             child: Some(child),
             dir: dir.to_path_buf(),
             socket,
             config,
             log,
+            env: Vec::new(),
         };
         d.wait_ready();
         d
@@ -58,6 +61,7 @@ impl Daemon {
             &self.config,
             &self.socket,
             &self.log,
+            &self.env,
         ));
         self.wait_ready();
     }
@@ -127,7 +131,13 @@ impl Daemon {
 
 /// Spawns criusd on `dir`'s root and state directories, logging to `log`
 /// (appended).
-fn spawn_criusd(dir: &Path, config: &Path, socket: &Path, log: &Path) -> Child {
+fn spawn_criusd(
+    dir: &Path,
+    config: &Path,
+    socket: &Path,
+    log: &Path,
+    env: &[(String, String)],
+) -> Child {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -144,6 +154,7 @@ fn spawn_criusd(dir: &Path, config: &Path, socket: &Path, log: &Path) -> Child {
         .arg(socket)
         .arg("--log-level")
         .arg("debug")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file)

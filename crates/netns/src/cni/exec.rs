@@ -168,6 +168,12 @@ pub fn cni_args_string(args: &[(String, String)]) -> String {
 
 /// Runs the plugin executable `path` (of type `plugin`) with `command`,
 /// feeding `stdin` and returning its stdout on success.
+#[tracing::instrument(
+    level = "debug",
+    name = "cni_plugin",
+    skip_all,
+    fields(plugin = plugin, command = %command, sandbox = %inv.container_id)
+)]
 pub fn exec_plugin(
     plugin: &str,
     path: &Path,

@@ -5,6 +5,7 @@ use crate::daemon::Daemon;
 use crate::errors::{internal, spec_status};
 use crate::errors::{invalid_field, store_status};
 use crate::runtime::now_nanos;
+use crate::runtime::sandbox::lifecycle::Timeline;
 use crate::shimclient::ShimClient;
 use crius_spec::container::{
     container_spec, image_volumes, user_request, ContainerInput, DeviceNode,
@@ -22,6 +23,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::Status;
+use tracing::Instrument;
 
 /// The most output ExecSync returns per stream.
 pub const EXEC_OUTPUT_LIMIT: u64 = 16 * 1024 * 1024;
@@ -289,6 +291,13 @@ pub async fn create(daemon: &Arc<Daemon>, req: CreateContainerRequest) -> Result
     };
     let log = log_path(&sandbox_config.log_directory, &config.log_path)?;
     let id = crius_store::generate_id();
+    crate::telemetry::record_ids(&sandbox.metadata.id, &id);
+    let span = tracing::info_span!(
+        "create_container",
+        sandbox = %sandbox.metadata.id,
+        container = %id,
+        name = %meta.name
+    );
     let mut done = Done::default();
     match create_steps(
         daemon,
@@ -300,6 +309,7 @@ pub async fn create(daemon: &Arc<Daemon>, req: CreateContainerRequest) -> Result
         log,
         &mut done,
     )
+    .instrument(span)
     .await
     {
         Ok(()) => {
@@ -325,14 +335,15 @@ async fn create_steps(
     log: Option<PathBuf>,
     done: &mut Done,
 ) -> Result<(), Status> {
+    let mut timeline = Timeline::start();
     let meta = config.metadata.clone().unwrap_or_default();
     let name = crate::runtime::sandbox::container_name(&meta.name, meta.attempt, sandbox_config);
     daemon.store.reserve_name(&name, id).map_err(store_status)?;
     done.name = Some(name.clone());
+    timeline.mark("name_reservation");
 
-    let image = daemon
-        .images
-        .resolve(image_ref)
+    let image = tracing::debug_span!("image", op = "resolve", image = image_ref)
+        .in_scope(|| daemon.images.resolve(image_ref))
         .map_err(|e| internal("image", e))?
         .ok_or_else(|| {
             Status::not_found(format!("image {image_ref:?} is not present: pull it first"))
@@ -341,6 +352,7 @@ async fn create_steps(
         .images
         .image_config(&image.metadata.id)
         .map_err(|e| internal("image config", e))?;
+    timeline.mark("image_check");
 
     let record: ContainerRecord = Record::new(
         ContainerMetadata {
@@ -364,10 +376,16 @@ async fn create_steps(
     );
     let store = daemon.store.clone();
     tokio::task::spawn_blocking(move || store.add_container(record))
+        .instrument(tracing::debug_span!(
+            "store",
+            op = "add_container",
+            container = id
+        ))
         .await
         .map_err(|e| internal("store", e))?
         .map_err(store_status)?;
     done.record = true;
+    timeline.mark("record");
 
     let root = container_root(daemon, id);
     let state = container_state(daemon, id);
@@ -378,9 +396,15 @@ async fn create_steps(
     let mounts = daemon
         .images
         .prepare_rootfs(&image.metadata.id, id)
+        .instrument(tracing::debug_span!(
+            "image",
+            op = "prepare_rootfs",
+            container = id
+        ))
         .await
         .map_err(|e| internal("rootfs", e))?;
     done.rootfs = true;
+    timeline.mark("rootfs_mount");
 
     let rc = &image_config.config;
     let spec_image = crius_spec::ImageConfig {
@@ -476,6 +500,7 @@ async fn create_steps(
             target_pid,
             load_profile: &load,
         };
+        let _span = tracing::debug_span!("spec", container = id).entered();
         for v in image_volumes(&input).map_err(spec_status)? {
             std::fs::create_dir_all(&v.source).map_err(|e| internal("image volume", e))?;
         }
@@ -493,6 +518,7 @@ async fn create_steps(
     )
     .await?;
     let spec_json = serde_json::to_vec_pretty(&spec).map_err(|e| internal("spec", e))?;
+    timeline.mark("container_spec");
     crius_store::persist::write_volatile(&bundle.join("config.json"), &spec_json, 0o600)
         .map_err(|e| internal("config.json", e))?;
 
@@ -502,6 +528,7 @@ async fn create_steps(
         }
     }
     let shim = shim_for(daemon, &sandbox.metadata.id).await?;
+    timeline.mark("bundle_write");
     let mut create = containerd_shim_protos::api::CreateTaskRequest::new();
     create.id = id.to_string();
     create.bundle = bundle.display().to_string();
@@ -529,6 +556,15 @@ async fn create_steps(
     // The pid is recorded by StartContainer (with the state, in one store
     // write); until then the shim has it.
     tracing::debug!(container = %id, pid, "task created");
+    timeline.mark("runc_create");
+    daemon.metrics.observe_phases(false, &timeline.phases);
+    // Stored by StartContainer, in the same write (shown until then by
+    // ContainerStatus from here).
+    daemon
+        .create_phases
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id.to_string(), timeline.phases);
     Ok(())
 }
 
@@ -627,9 +663,27 @@ pub fn watch_exit(daemon: Arc<Daemon>, shim: Arc<ShimClient>, id: String) {
     });
 }
 
+/// CreateContainer's start-up phases of a container, handed over to
+/// StartContainer (empty after a restart in between).
+pub fn take_create_phases(daemon: &Daemon, id: &str) -> Vec<crius_store::Phase> {
+    daemon
+        .create_phases
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(id)
+        .unwrap_or_default()
+}
+
 /// StartContainer. A failed start leaves the container EXITED with the
 /// reason.
 pub async fn start(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
+    start_inner(daemon, id)
+        .instrument(tracing::info_span!("start_container", container = %id))
+        .await
+}
+
+async fn start_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
+    let mut timeline = Timeline::start();
     let record = daemon.store.get_container(id).map_err(store_status)?;
     let id = record.metadata.id.clone();
     let _lock = daemon.locks.lock(&id).await;
@@ -641,12 +695,19 @@ pub async fn start(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
         )));
     }
     let shim = shim_for(daemon, &record.metadata.sandbox_id).await?;
+    timeline.mark("start_lookup");
     match shim.start_task(&id, "").await {
         Ok(pid) => {
+            timeline.mark("runc_start");
+            daemon.metrics.observe_phases(false, &timeline.phases);
+            let mut phases = take_create_phases(daemon, &id);
+            phases.extend(timeline.phases);
             let store = daemon.store.clone();
             let cid = id.clone();
             let spec = bundle_dir(daemon, &id).join("config.json");
-            tokio::task::spawn_blocking(move || {
+            let span =
+                tracing::debug_span!("store", op = "update_container_status", container = %id);
+            crate::telemetry::blocking(span, move || {
                 // The process's user, as CreateContainer put it into the spec.
                 let user = super::status::user_of_spec_file(&spec);
                 store.update_container_status(&cid, |s| {
@@ -654,6 +715,7 @@ pub async fn start(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
                     s.pid = Some(pid);
                     s.started_at = Some(now_nanos());
                     s.user = user;
+                    s.timeline = phases;
                 })
             })
             .await
@@ -804,6 +866,7 @@ pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
             Err(e) => return Err(internal(&format!("cannot remove {}", d.display()), e)),
         }
     }
+    take_create_phases(daemon, &id);
     let last = daemon.store.get_container(&id).unwrap_or(record);
     let store = daemon.store.clone();
     let removed = tokio::task::spawn_blocking(move || store.remove_container(&id))

@@ -143,6 +143,7 @@ pub fn status(r: &ContainerRecord, verbose: bool) -> (ContainerStatus, HashMap<S
         let json = serde_json::json!({
             "sandboxID": r.metadata.sandbox_id,
             "pid": s.pid,
+            "timeline": r.status.timeline,
             "config": r.metadata.config,
         });
         info.insert("info".to_string(), json.to_string());

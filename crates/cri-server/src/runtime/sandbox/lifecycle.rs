@@ -58,7 +58,8 @@ fn cni(daemon: &Daemon) -> Result<CniNetwork, Status> {
 }
 
 async fn cni_add(network: CniNetwork, pod: PodNetwork) -> Result<(String, Vec<String>), Status> {
-    tokio::task::spawn_blocking(move || {
+    let span = tracing::debug_span!("cni", op = "add", sandbox = %pod.container_id);
+    crate::telemetry::blocking(span, move || {
         let result = network.add(&pod).map_err(|e| internal("CNI ADD", e))?;
         let ips = result
             .pod_ips(crius_netns::cni::DEFAULT_IFNAME)
@@ -73,9 +74,12 @@ async fn cni_add(network: CniNetwork, pod: PodNetwork) -> Result<(String, Vec<St
 }
 
 async fn cni_del(network: CniNetwork, pod: PodNetwork) -> Result<(), Status> {
-    tokio::task::spawn_blocking(move || network.del(&pod).map_err(|e| internal("CNI DEL", e)))
-        .await
-        .map_err(|e| internal("CNI DEL", e))?
+    let span = tracing::debug_span!("cni", op = "del", sandbox = %pod.container_id);
+    crate::telemetry::blocking(span, move || {
+        network.del(&pod).map_err(|e| internal("CNI DEL", e))
+    })
+    .await
+    .map_err(|e| internal("CNI DEL", e))?
 }
 
 async fn write_file(path: PathBuf, text: String) -> Result<(), Status> {
@@ -206,6 +210,7 @@ pub async fn run(daemon: &Arc<Daemon>, req: RunPodSandboxRequest) -> Result<Stri
         pod = %meta.name,
         namespace = %meta.namespace
     );
+    crate::telemetry::record_ids(&id, "");
     let mut done = Done::default();
     match run_steps(daemon, &id, &handler_name, &config, &mut done)
         .instrument(span)
@@ -255,6 +260,11 @@ async fn run_steps(
     );
     let store = daemon.store.clone();
     tokio::task::spawn_blocking(move || store.add_sandbox(record))
+        .instrument(tracing::debug_span!(
+            "store",
+            op = "add_sandbox",
+            sandbox = id
+        ))
         .await
         .map_err(|e| internal("store", e))?
         .map_err(store_status)?;
@@ -263,11 +273,9 @@ async fn run_steps(
 
     // The pause image.
     let pause_ref = daemon.config.pause_image.clone();
-    let image = match daemon
-        .images
-        .resolve(&pause_ref)
-        .map_err(|e| internal("pause image", e))?
-    {
+    let resolved = tracing::debug_span!("image", op = "resolve", image = %pause_ref)
+        .in_scope(|| daemon.images.resolve(&pause_ref));
+    let image = match resolved.map_err(|e| internal("pause image", e))? {
         Some(i) => i,
         None => crate::image::pull(daemon, &pause_ref, None)
             .await
@@ -293,6 +301,11 @@ async fn run_steps(
     let mounts = daemon
         .images
         .prepare_rootfs(&image.metadata.id, id)
+        .instrument(tracing::debug_span!(
+            "image",
+            op = "prepare_rootfs",
+            sandbox = id
+        ))
         .await
         .map_err(|e| internal("pause rootfs", e))?;
     done.rootfs = true;
@@ -314,7 +327,10 @@ async fn run_steps(
         volumes: rc.volumes.keys().cloned().collect(),
     };
     let load = |p: &str| std::fs::read_to_string(p).map_err(|e| e.to_string());
-    let spec = crius_spec::sandbox::sandbox_spec(config, &spec_image, &facts, &daemon.host, &load)
+    let spec = tracing::debug_span!("spec", sandbox = id)
+        .in_scope(|| {
+            crius_spec::sandbox::sandbox_spec(config, &spec_image, &facts, &daemon.host, &load)
+        })
         .map_err(spec_status)?;
     // A pod with its own user namespace: idmapped pause rootfs made here.
     let userns = crate::runtime::userns::pause(config, spec, mounts, &state_dir, &bundle).await?;
@@ -466,7 +482,8 @@ async fn run_steps(
     daemon.metrics.observe_phases(true, &observed);
     let store = daemon.store.clone();
     let sid = id.to_string();
-    tokio::task::spawn_blocking(move || {
+    let span = tracing::debug_span!("store", op = "update_sandbox_status", sandbox = id);
+    crate::telemetry::blocking(span, move || {
         store.update_sandbox_status(&sid, |s| {
             s.state = SandboxState::Ready;
             s.pid = Some(pid);
