@@ -368,7 +368,7 @@ impl ShimClient {
     ) -> Result<(), ShimError> {
         let mut req = sb::WaitSandboxRequest::new();
         req.sandbox_id = id.to_string();
-        self.call("WaitSandbox", timeout, move |c, ctx| async move {
+        self.call("WaitSandbox", id, timeout, move |c, ctx| async move {
             c.sandbox.wait_sandbox(ctx, &req).await.map(|_| ())
         })
         .await
