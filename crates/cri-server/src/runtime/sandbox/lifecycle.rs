@@ -211,6 +211,10 @@ pub async fn run(daemon: &Arc<Daemon>, req: RunPodSandboxRequest) -> Result<Stri
         namespace = %meta.namespace
     );
     crate::telemetry::record_ids(&id, "");
+    // Held until the pod is ready or rolled back: a StopPodSandbox or
+    // RemovePodSandbox that finds the record meanwhile waits for the
+    // creation to finish instead of tearing it down half-way.
+    let _lock = daemon.locks.lock(&id).await;
     let mut done = Done::default();
     match run_steps(daemon, &id, &handler_name, &config, &mut done)
         .instrument(span)
@@ -554,9 +558,13 @@ async fn cni_del_retried(
     Err(last.unwrap_or_else(|| Status::internal("CNI DEL failed")))
 }
 
-/// The runtime binary and its `--root` for a sandbox's handler, as the
-/// shim uses them.
-fn runtime_of(daemon: &Daemon, handler: &str) -> (String, PathBuf) {
+/// The runtime binary and its `--root` (with the namespace) for a
+/// sandbox's handler, as the shim uses them.
+pub(crate) fn runtime_of(daemon: &Daemon, handler: &str) -> (String, PathBuf) {
+    let handler = match handler {
+        "" => daemon.config.default_runtime.as_str(),
+        h => h,
+    };
     let h = daemon
         .config
         .runtimes
@@ -568,7 +576,7 @@ fn runtime_of(daemon: &Daemon, handler: &str) -> (String, PathBuf) {
     } else {
         PathBuf::from(&h.root)
     };
-    (h.path, root)
+    (h.path, root.join(shimclient::NAMESPACE))
 }
 
 /// Removes what a pod's shim owns (its containers, netns, /dev/shm, the
@@ -576,32 +584,22 @@ fn runtime_of(daemon: &Daemon, handler: &str) -> (String, PathBuf) {
 /// gone.
 async fn clean_after_dead_shim(daemon: &Daemon, id: &str, handler: &str) -> Result<(), Status> {
     let (runtime, root) = runtime_of(daemon, handler);
-    let root = root.join(shimclient::NAMESPACE);
     let mut ids: Vec<String> = daemon
         .store
         .list_sandbox_containers(id)
         .into_iter()
         .map(|c| c.metadata.id)
         .collect();
+    // Also the pod's containers that no record names (see
+    // runtime_containers_of); the pause container last.
+    for c in crate::recover::runtime_containers_of(&root, id) {
+        if !ids.contains(&c) && c != id {
+            ids.push(c);
+        }
+    }
     ids.push(id.to_string());
     for task in ids {
-        let out = tokio::process::Command::new(&runtime)
-            .arg("--root")
-            .arg(&root)
-            .args(["delete", "--force", &task])
-            .output()
-            .await
-            .map_err(|e| internal(&format!("cannot run {runtime}"), e))?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success()
-            && !stderr.contains("does not exist")
-            && !stderr.contains("not exist")
-        {
-            return Err(Status::internal(format!(
-                "{runtime} delete --force {task}: {}",
-                stderr.trim()
-            )));
-        }
+        crate::recover::force_delete(&runtime, &root, &task).await?;
     }
     let rootfs = daemon.sandbox_state(id).join("bundle").join("rootfs");
     let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
@@ -740,6 +738,14 @@ async fn remove_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
         Err(e) => return Err(store_status(e)),
     };
     let id = record.metadata.id.clone();
+    // A RunPodSandbox still creating the pod holds its lock: wait for it,
+    // then go by what it left.
+    drop(daemon.locks.lock(&id).await);
+    let record = match daemon.store.get_sandbox(&id) {
+        Ok(r) => r,
+        Err(crius_store::StoreError::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(store_status(e)),
+    };
     if record.status.state == SandboxState::Ready || shim_left_things(&daemon.shim_pod_dir(&id)) {
         stop(daemon, &id).await?;
     }
