@@ -41,7 +41,7 @@ pub struct Summary {
 }
 
 /// The address the shim of `sandbox_id` listens on, as `start` derives it.
-fn derived_address(daemon: &Daemon, sandbox_id: &str) -> String {
+pub(crate) fn derived_address(daemon: &Daemon, sandbox_id: &str) -> String {
     let path = crius_shim::start::socket_path(
         &daemon.config.state.join("s"),
         &daemon.config.socket.display().to_string(),

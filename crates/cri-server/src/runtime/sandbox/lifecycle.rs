@@ -644,7 +644,14 @@ async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
         .filter(|c| c.status.state == crius_store::ContainerState::Running)
         .map(|c| c.metadata.id)
         .collect();
-    let shim = daemon.shim(&id).await;
+    let shim = match daemon.shim(&id).await {
+        Some(s) => Some(s),
+        // No address recorded: criusd died while the shim was starting,
+        // which may have come up since at the address it derives.
+        None => ShimClient::connect(&crate::recover::derived_address(daemon, &id))
+            .await
+            .ok(),
+    };
     // The containers and the pause are killed while CNI DEL runs: the
     // plugins only need the netns, which the shim keeps until its shutdown
     // below.
@@ -679,7 +686,15 @@ async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
     let shut_down = match &shim {
         Some(shim) => match shim.shutdown_sandbox(&id).await {
             Ok(()) => true,
-            Err(e) if e.is_not_found() || e.is_unreachable() => {
+            Err(e) if e.is_not_found() => {
+                // A shim that never got the pod: it would idle forever.
+                tracing::info!(sandbox = %id, "the shim does not know the pod; shutting it down");
+                if let Err(e) = shim.shutdown_now().await {
+                    tracing::warn!(sandbox = %id, error = %e, "cannot shut the idle shim down");
+                }
+                false
+            }
+            Err(e) if e.is_unreachable() => {
                 tracing::info!(sandbox = %id, error = %e, "shim already gone");
                 false
             }
