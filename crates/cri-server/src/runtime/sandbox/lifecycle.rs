@@ -148,6 +148,9 @@ struct Done {
     rootfs: bool,
     dirs: Vec<PathBuf>,
     shim: Option<Arc<ShimClient>>,
+    /// The shim launch was attempted (it may have forked the shim and then
+    /// failed).
+    launched: bool,
     network: Option<(CniNetwork, PodNetwork)>,
 }
 
@@ -169,6 +172,23 @@ impl Done {
                 }
             }
             daemon.shims.lock().await.remove(id);
+        } else if self.launched {
+            // The launch failed (its `start` process may have been killed)
+            // after forking the shim, which may be up by now with its pod
+            // directory: shut it down and clean up after it.
+            for _ in 0..10 {
+                let address = crate::recover::derived_address(daemon, id);
+                if let Ok(shim) = ShimClient::connect(&address).await {
+                    if let Err(e) = shim.shutdown_now().await {
+                        tracing::debug!(sandbox = id, error = %e, "rollback: shim shutdown");
+                    }
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if let Err(e) = clean_after_dead_shim(daemon, id, &self.handler).await {
+                tracing::warn!(sandbox = id, error = %e.message(), "rollback: cleanup after the shim launch failed");
+            }
         }
         // Idmapped mounts (user namespace pods) go before anything below
         // them is removed.
@@ -357,6 +377,7 @@ async fn run_steps(
     };
     timeline.mark("pause_spec_and_rootfs");
     let launcher = daemon.launcher().map_err(|e| e.to_status())?;
+    done.launched = true;
     let address = launcher
         .start(id, &bundle, &handler.path, &runtime_root)
         .await
