@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod chaos;
+mod fuzz;
 mod setup;
 
 const USAGE: &str = "usage: cargo xtask <command>
@@ -17,6 +18,7 @@ commands:
   run [ARGS]    set up when needed, build in release mode, run criusd in the foreground
                 (ARGS are passed to criusd, e.g. `cargo xtask run -- --log-level debug`)
   test          fmt check, clippy -D warnings, unit tests, integration tests
+                (these include `chaos_short`: two fixed chaos seeds, about a minute)
   unit          unit tests only
   integration   integration tests only
   bench [ARGS]  pod start, lifecycle, ExecSync and memory: criusd next to containerd 1.6
@@ -25,6 +27,9 @@ commands:
   bench pull    cold pull of a ~100 MB image: criusd next to containerd 1.6 (root)
   chaos [OPTS]  fault injection: pod churn with criusd and shims SIGKILLed, then leak checks
                 (root; options --seed N, --rounds N, --secs N)
+  fuzz [TARGET] [--seconds N]
+                cargo-fuzz targets (nightly; installs cargo-fuzz when missing), N seconds
+                each (default 60); targets: spec, unpack, cni_result, store_record
 ";
 
 fn main() {
@@ -58,6 +63,7 @@ fn dispatch(args: &[String]) -> Result<()> {
             setup::ensure()?;
             chaos::chaos(rest)
         }
+        "fuzz" => fuzz::fuzz(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

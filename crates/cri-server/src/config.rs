@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The default location of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/crius/config.toml";
@@ -232,6 +233,10 @@ pub struct Config {
     pub shm_size: String,
     /// The shim binary; empty finds `containerd-shim-crius-v2` next to criusd or in PATH.
     pub shim_path: String,
+    /// How long a pod or container whose RunPodSandbox/CreateContainer
+    /// finished after its caller gave up is kept for a retry with the same
+    /// name before it is removed (`300s`, `5m`, `1h`, `500ms`).
+    pub handback_expiry: String,
     /// Runtime handlers by name.
     pub runtimes: BTreeMap<String, RuntimeHandler>,
     /// Pod network configuration.
@@ -261,6 +266,7 @@ impl Default for Config {
             default_runtime: "runc".into(),
             shm_size: "64Mi".into(),
             shim_path: String::new(),
+            handback_expiry: "5m".into(),
             runtimes,
             cni: CniConfig::default(),
             registry: RegistryConfig::default(),
@@ -338,6 +344,7 @@ impl Config {
             return Err(value_err("pause_image", "must not be empty"));
         }
         parse_size(&self.shm_size).map_err(|m| value_err("shm_size", m))?;
+        parse_duration(&self.handback_expiry).map_err(|m| value_err("handback_expiry", m))?;
         for (name, handler) in &self.runtimes {
             if name.is_empty() {
                 return Err(value_err("runtimes", "a handler name must not be empty"));
@@ -388,6 +395,11 @@ impl Config {
         parse_size(&self.shm_size).map_err(|m| value_err("shm_size", m))
     }
 
+    /// The hand-back expiry (validated by [`Config::validate`]).
+    pub fn handback_expiry(&self) -> Result<Duration, ConfigError> {
+        parse_duration(&self.handback_expiry).map_err(|m| value_err("handback_expiry", m))
+    }
+
     /// The configuration as TOML, as `criusd config default` prints it.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
@@ -429,6 +441,34 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// Parses a duration: an integer with a unit `ms`, `s`, `m` or `h` (a bare
+/// integer is seconds). It must be larger than zero.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits_end);
+    if num.is_empty() {
+        return Err(format!("{s:?} is not a duration such as 5m or 30s"));
+    }
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is too large"))?;
+    let d = match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "" | "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        other => {
+            return Err(format!(
+                "{s:?} has an unknown unit {other:?} (use ms, s, m or h)"
+            ))
+        }
+    }
+    .ok_or_else(|| format!("{s:?} is too large"))?;
+    if d.is_zero() {
+        return Err(format!("{s:?} must be larger than zero"));
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,6 +498,7 @@ mod tests {
             "pause_image",
             "default_runtime",
             "shm_size",
+            "handback_expiry",
             "[runtimes.runc]",
             "[cni]",
             "conf_dir",
@@ -488,6 +529,7 @@ cgroup_driver = "systemd"
 pause_image = "localhost:5000/pause:1"
 default_runtime = "crun"
 shm_size = "128Mi"
+handback_expiry = "90s"
 [runtimes.crun]
 path = "crun"
 [cni]
@@ -509,6 +551,7 @@ service_name = "node-7"
         assert_eq!(c.runtimes["crun"].path, "crun");
         assert_eq!(c.runtimes["runc"].path, "runc", "built-in handler kept");
         assert_eq!(c.shm_size_bytes().unwrap(), 128 << 20);
+        assert_eq!(c.handback_expiry().unwrap(), Duration::from_secs(90));
         assert_eq!(c.cni.bin_dirs, vec![PathBuf::from("/tmp/bin")]);
         assert_eq!(c.stream.address, "127.0.0.1:10010");
         assert_eq!(c.tracing.otlp_endpoint, "http://127.0.0.1:4317");
@@ -535,6 +578,9 @@ service_name = "node-7"
             ("log_level = \"loud\"", "`log_level`"),
             ("shm_size = \"64Qi\"", "`shm_size`"),
             ("shm_size = \"\"", "`shm_size`"),
+            ("handback_expiry = \"soon\"", "`handback_expiry`"),
+            ("handback_expiry = \"0s\"", "`handback_expiry`"),
+            ("handback_expiry = 300", "handback_expiry"),
             ("default_runtime = \"kata\"", "`default_runtime`"),
             ("[runtimes.crun]\npath = \"\"", "`runtimes.crun.path`"),
             ("[stream]\naddress = \"nowhere\"", "`stream.address`"),
@@ -594,6 +640,33 @@ service_name = "node-7"
                 (got, want) => panic!("{s}: got {got:?}, want {want:?}"),
             }
         }
+    }
+
+    #[test]
+    fn durations() {
+        let cases: [(&str, Result<Duration, &str>); 10] = [
+            ("5m", Ok(Duration::from_secs(300))),
+            ("300", Ok(Duration::from_secs(300))),
+            ("30s", Ok(Duration::from_secs(30))),
+            (" 250ms ", Ok(Duration::from_millis(250))),
+            ("2h", Ok(Duration::from_secs(7200))),
+            ("0ms", Err("larger than zero")),
+            ("s", Err("not a duration")),
+            ("-1s", Err("not a duration")),
+            ("1.5s", Err("unknown unit")),
+            ("99999999999999999999h", Err("too large")),
+        ];
+        for (s, want) in cases {
+            match (parse_duration(s), want) {
+                (Ok(got), Ok(w)) => assert_eq!(got, w, "{s}"),
+                (Err(e), Err(w)) => assert!(e.contains(w), "{s}: {e}"),
+                (got, want) => panic!("{s}: got {got:?}, want {want:?}"),
+            }
+        }
+        assert_eq!(
+            Config::default().handback_expiry().unwrap(),
+            crate::runtime::handback::DEFAULT_EXPIRY
+        );
     }
 
     #[test]

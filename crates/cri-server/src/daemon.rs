@@ -103,6 +103,11 @@ impl Daemon {
         )?;
         // Once, at start-up: can pods have user namespaces here?
         let _ = crate::runtime::userns::kernel_probe(&config.state);
+        let handback = crate::runtime::handback::Handback::new(
+            config
+                .handback_expiry()
+                .unwrap_or(crate::runtime::handback::DEFAULT_EXPIRY),
+        );
         Ok(Daemon {
             host: crate::host::gather(&config),
             config: Arc::new(config),
@@ -112,7 +117,7 @@ impl Daemon {
             shims: tokio::sync::Mutex::new(HashMap::new()),
             locks: KeyedLocks::default(),
             metrics: Arc::new(crate::metrics::Metrics::new()?),
-            handback: crate::runtime::handback::Handback::default(),
+            handback,
             events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
             exited: tokio::sync::Notify::new(),
             create_phases: Mutex::new(HashMap::new()),

@@ -16,8 +16,10 @@ use crate::runtime::now_nanos;
 use crate::shimclient::{ShimClient, NAMESPACE};
 use containerd_shim_protos::types::task::Status as TaskStatus;
 use crius_store::{ContainerState, SandboxRecord, SandboxState};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use tonic::Status;
 
 /// Exit code recorded for a container whose fate is unknown.
 pub const UNKNOWN_EXIT_CODE: u32 = 255;
@@ -39,7 +41,7 @@ pub struct Summary {
 }
 
 /// The address the shim of `sandbox_id` listens on, as `start` derives it.
-fn derived_address(daemon: &Daemon, sandbox_id: &str) -> String {
+pub(crate) fn derived_address(daemon: &Daemon, sandbox_id: &str) -> String {
     let path = crius_shim::start::socket_path(
         &daemon.config.state.join("s"),
         &daemon.config.socket.display().to_string(),
@@ -202,6 +204,56 @@ pub fn release_shim_mounts(daemon: &Daemon, sandbox_id: &str) {
             }
         }
     }
+}
+
+/// The ids of the runtime's containers under `root` (the handler's state
+/// dir with the namespace) that belong to pod `sandbox_id`. runc keeps the
+/// spec's annotations as `key=value` labels in each container's
+/// `state.json`, so the sandbox-id annotation finds containers that no
+/// record names any more: one whose `runc create` finished after its
+/// CreateContainer had already rolled back because the shim died under it.
+pub fn runtime_containers_of(root: &Path, sandbox_id: &str) -> Vec<String> {
+    let wanted = format!("{}={sandbox_id}", crius_spec::annotations::SANDBOX_ID);
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let id = e.file_name().to_str()?.to_string();
+            let text = std::fs::read(e.path().join("state.json")).ok()?;
+            let state: serde_json::Value = serde_json::from_slice(&text).ok()?;
+            let labels = state.get("config")?.get("labels")?.as_array()?;
+            labels
+                .iter()
+                .any(|l| l.as_str() == Some(wanted.as_str()))
+                .then_some(id)
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// `<runtime> --root <root> delete --force <id>`: kills what is left of a
+/// container whose shim is gone (its processes were re-parented and keep
+/// running) and removes its runtime state and cgroup. An unknown id is not
+/// an error.
+pub async fn force_delete(runtime: &str, root: &Path, id: &str) -> Result<(), Status> {
+    let out = tokio::process::Command::new(runtime)
+        .arg("--root")
+        .arg(root)
+        .args(["delete", "--force", id])
+        .output()
+        .await
+        .map_err(|e| crate::errors::internal(&format!("cannot run {runtime}"), e))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && !stderr.contains("not exist") {
+        return Err(Status::internal(format!(
+            "{runtime} delete --force {id}: {}",
+            stderr.trim()
+        )));
+    }
+    Ok(())
 }
 
 /// Marks the containers of a pod whose shim is gone as exited.
@@ -376,4 +428,38 @@ pub async fn recover(daemon: &Arc<Daemon>) -> Summary {
         "recovered state"
     );
     summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_runtime_containers_of_a_pod() {
+        let d = tempfile::tempdir().unwrap();
+        let state = |id: &str, labels: serde_json::Value| {
+            std::fs::create_dir_all(d.path().join(id)).unwrap();
+            let text = serde_json::json!({ "id": id, "config": { "labels": labels } });
+            std::fs::write(d.path().join(id).join("state.json"), text.to_string()).unwrap();
+        };
+        let label = |pod: &str| format!("io.kubernetes.cri.sandbox-id={pod}");
+        state("c1", serde_json::json!([label("pod-a"), "bundle=/x"]));
+        state("c2", serde_json::json!(["bundle=/y", label("pod-a")]));
+        state("c3", serde_json::json!([label("pod-b")]));
+        state("c4", serde_json::json!([label("pod-a-longer")]));
+        state("c5", serde_json::json!("not a list"));
+        std::fs::create_dir_all(d.path().join("c6")).unwrap();
+        std::fs::write(d.path().join("c6/state.json"), "{torn").unwrap();
+        std::fs::create_dir_all(d.path().join("c7")).unwrap();
+        std::fs::write(d.path().join("stray-file"), "x").unwrap();
+        let cases = [
+            ("pod-a", vec!["c1", "c2"]),
+            ("pod-b", vec!["c3"]),
+            ("pod-c", vec![]),
+        ];
+        for (pod, want) in cases {
+            assert_eq!(runtime_containers_of(d.path(), pod), want, "{pod}");
+        }
+        assert!(runtime_containers_of(&d.path().join("missing"), "pod-a").is_empty());
+    }
 }

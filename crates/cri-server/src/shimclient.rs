@@ -387,6 +387,18 @@ impl ShimClient {
         .await
     }
 
+    /// Task Shutdown with `now`: the shim exits. For a shim that holds no
+    /// pod (criusd died before its CreateSandbox), which ShutdownSandbox
+    /// cannot reach.
+    pub async fn shutdown_now(self: &Arc<Self>) -> Result<(), ShimError> {
+        let mut req = api::ShutdownRequest::new();
+        req.now = true;
+        self.call("Shutdown", "", CALL_TIMEOUT, move |c, ctx| async move {
+            c.task.shutdown(ctx, &req).await.map(|_| ())
+        })
+        .await
+    }
+
     /// Task Create; returns the init pid.
     pub async fn create_task(
         self: &Arc<Self>,

@@ -10,7 +10,7 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxContainerConfig,
     ListContainersRequest, ListPodSandboxRequest, PodSandboxConfig, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -44,9 +44,7 @@ async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
 }
 
 fn start_env(prefix: &str) -> Env {
-    // criusd inherits the test's environment.
-    std::env::set_var("CRIUSD_HANDBACK_EXPIRY", EXPIRY);
-    Env::start(prefix)
+    Env::start_with(prefix, &format!("handback_expiry = \"{EXPIRY}\"\n"))
 }
 
 async fn pods_named(rt: &mut Rt, name: &str) -> Vec<k8s_cri::v1::PodSandbox> {
@@ -382,6 +380,23 @@ async fn stop_and_remove_racing_create_leave_nothing() {
             "round {i}: create {:?}, stop/remove {killed:?}",
             created.as_ref().map(|_| ())
         );
+        // Stop and Remove wait for the creation and then do their job (or
+        // find nothing): never Internal. The creation itself is not
+        // disturbed.
+        if let Err(e) = &created {
+            panic!("round {i}: RunPodSandbox racing Stop/Remove failed: {e:?}");
+        }
+        if let Some((stop, remove)) = &killed {
+            assert!(
+                matches!(stop, Ok(()))
+                    || matches!(stop, Err(e) if e.code() == tonic::Code::NotFound),
+                "round {i}: StopPodSandbox racing RunPodSandbox: {stop:?}"
+            );
+            assert!(
+                remove.is_ok(),
+                "round {i}: RemovePodSandbox racing RunPodSandbox: {remove:?}"
+            );
+        }
 
         // Whatever won, a pod that is left can be used or removed, and
         // containers race their removal too.
@@ -410,12 +425,18 @@ async fn stop_and_remove_racing_create_leave_nothing() {
                         .into_inner()
                         .containers;
                     if let Some(c) = list.into_iter().find(|c| c.pod_sandbox_id == pod_id) {
-                        return Some(
-                            killer
-                                .remove_container(RemoveContainerRequest { container_id: c.id })
-                                .await
-                                .map(|_| ()),
-                        );
+                        let stop = killer
+                            .stop_container(StopContainerRequest {
+                                container_id: c.id.clone(),
+                                timeout: 0,
+                            })
+                            .await
+                            .map(|_| ());
+                        let remove = killer
+                            .remove_container(RemoveContainerRequest { container_id: c.id })
+                            .await
+                            .map(|_| ());
+                        return Some((stop, remove));
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -426,8 +447,21 @@ async fn stop_and_remove_racing_create_leave_nothing() {
             })
             .await;
             eprintln!(
-                "round {i}: container create {:?}, remove {killed:?}",
+                "round {i}: container create {:?}, stop/remove {killed:?}",
                 created.as_ref().map(|_| ())
+            );
+            if let Err(e) = &created {
+                panic!("round {i}: CreateContainer racing Stop/Remove failed: {e:?}");
+            }
+            let (stop, remove) = killed.expect("the container record never showed up");
+            assert!(
+                matches!(stop, Ok(()))
+                    || matches!(&stop, Err(e) if e.code() == tonic::Code::NotFound),
+                "round {i}: StopContainer racing CreateContainer: {stop:?}"
+            );
+            assert!(
+                remove.is_ok(),
+                "round {i}: RemoveContainer racing CreateContainer: {remove:?}"
             );
         }
         let mut rt3 = rt.clone();

@@ -21,11 +21,9 @@ use tokio::sync::watch;
 use tonic::Status;
 use tracing::Instrument;
 
-/// How long a finished but unclaimed object is kept by default.
+/// How long a finished but unclaimed object is kept by default (the
+/// default of the `handback_expiry` config key).
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(300);
-/// Environment variable overriding the expiry (whole seconds or, with a
-/// `ms` suffix, milliseconds); meant for tests.
-pub const EXPIRY_ENV: &str = "CRIUSD_HANDBACK_EXPIRY";
 
 /// What is being created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,31 +60,7 @@ pub struct Handback {
 
 impl Default for Handback {
     fn default() -> Self {
-        Handback::new(expiry_from_env())
-    }
-}
-
-/// Parses an expiry such as `300`, `5s` or `200ms`.
-pub fn parse_expiry(text: &str) -> Option<Duration> {
-    let t = text.trim();
-    if let Some(ms) = t.strip_suffix("ms") {
-        return ms.trim().parse().ok().map(Duration::from_millis);
-    }
-    t.strip_suffix('s')
-        .unwrap_or(t)
-        .trim()
-        .parse()
-        .ok()
-        .map(Duration::from_secs)
-}
-
-fn expiry_from_env() -> Duration {
-    match std::env::var(EXPIRY_ENV) {
-        Ok(v) => parse_expiry(&v).unwrap_or_else(|| {
-            tracing::warn!(value = %v, "ignoring an invalid {EXPIRY_ENV}");
-            DEFAULT_EXPIRY
-        }),
-        Err(_) => DEFAULT_EXPIRY,
+        Handback::new(DEFAULT_EXPIRY)
     }
 }
 
@@ -267,15 +241,6 @@ fn spawn_tracked<F>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn expiry_parsing() {
-        assert_eq!(parse_expiry("300"), Some(Duration::from_secs(300)));
-        assert_eq!(parse_expiry("5s"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_expiry(" 200ms"), Some(Duration::from_millis(200)));
-        assert_eq!(parse_expiry("soon"), None);
-        assert_eq!(parse_expiry("-1"), None);
-    }
 
     #[test]
     fn claims_only_the_same_generation() {

@@ -44,7 +44,8 @@ impl Env {
         image
     }
 
-    /// Like [`Env::start`], with more configuration text appended.
+    /// Like [`Env::start`], with more configuration text (top-level keys
+    /// or tables) appended.
     pub fn start_with(prefix: &str, extra_config: &str) -> Env {
         super::registry::ensure_binary("runc", "runc");
         let shim = Path::new(super::CRIUSD).with_file_name("containerd-shim-crius-v2");
@@ -73,8 +74,10 @@ impl Env {
         );
         registry.push_image("busybox", "test", &busybox);
         std::fs::create_dir_all(dir.join("cni-bin")).unwrap();
+        // Only top-level keys (cni as an inline table): the extra text may
+        // add keys as well as tables.
         let config = format!(
-            "pause_image = \"{}/pause:test\"\n[cni]\nconf_dir = \"{}\"\nbin_dirs = [\"{}\", \"/usr/lib/cni\"]\n",
+            "pause_image = \"{}/pause:test\"\ncni = {{ conf_dir = \"{}\", bin_dirs = [\"{}\", \"/usr/lib/cni\"] }}\n",
             registry.addr,
             net.conf_dir.display(),
             dir.join("cni-bin").display()

@@ -298,6 +298,9 @@ pub async fn create(daemon: &Arc<Daemon>, req: CreateContainerRequest) -> Result
         container = %id,
         name = %meta.name
     );
+    // Held until the container is created or rolled back: a
+    // RemoveContainer that finds the record meanwhile waits for it.
+    let _lock = daemon.locks.lock(&id).await;
     let mut done = Done::default();
     match create_steps(
         daemon,
@@ -844,14 +847,34 @@ pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
         Err(e) => return Err(store_status(e)),
     };
     let id = record.metadata.id.clone();
+    // A CreateContainer still running holds the lock: wait for it.
+    drop(daemon.locks.lock(&id).await);
+    let record = match daemon.store.get_container(&id) {
+        Ok(r) => r,
+        Err(crius_store::StoreError::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(store_status(e)),
+    };
     stop(daemon, &id, Duration::ZERO).await?;
     let _lock = daemon.locks.lock(&id).await;
-    if let Some(shim) = daemon.shim(&record.metadata.sandbox_id).await {
-        match shim.delete_task(&id, "").await {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() || e.is_unreachable() => {}
+    let deleted = match daemon.shim(&record.metadata.sandbox_id).await {
+        Some(shim) => match shim.delete_task(&id, "").await {
+            Ok(()) => true,
+            Err(e) if e.is_not_found() => true,
+            Err(e) if e.is_unreachable() => false,
             Err(e) => return Err(e.to_status()),
-        }
+        },
+        None => false,
+    };
+    if !deleted {
+        // The shim is gone, but the container's processes outlive it
+        // (re-parented) in their cgroup: the runtime removes them.
+        let handler = daemon
+            .store
+            .get_sandbox(&record.metadata.sandbox_id)
+            .map(|s| s.metadata.runtime_handler)
+            .unwrap_or_default();
+        let (runtime, root) = crate::runtime::sandbox::lifecycle::runtime_of(daemon, &handler);
+        crate::recover::force_delete(&runtime, &root, &id).await?;
     }
     crate::runtime::userns::unmount_below(&container_state(daemon, &id));
     daemon

@@ -148,6 +148,9 @@ struct Done {
     rootfs: bool,
     dirs: Vec<PathBuf>,
     shim: Option<Arc<ShimClient>>,
+    /// The shim launch was attempted (it may have forked the shim and then
+    /// failed).
+    launched: bool,
     network: Option<(CniNetwork, PodNetwork)>,
 }
 
@@ -169,6 +172,23 @@ impl Done {
                 }
             }
             daemon.shims.lock().await.remove(id);
+        } else if self.launched {
+            // The launch failed (its `start` process may have been killed)
+            // after forking the shim, which may be up by now with its pod
+            // directory: shut it down and clean up after it.
+            for _ in 0..10 {
+                let address = crate::recover::derived_address(daemon, id);
+                if let Ok(shim) = ShimClient::connect(&address).await {
+                    if let Err(e) = shim.shutdown_now().await {
+                        tracing::debug!(sandbox = id, error = %e, "rollback: shim shutdown");
+                    }
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if let Err(e) = clean_after_dead_shim(daemon, id, &self.handler).await {
+                tracing::warn!(sandbox = id, error = %e.message(), "rollback: cleanup after the shim launch failed");
+            }
         }
         // Idmapped mounts (user namespace pods) go before anything below
         // them is removed.
@@ -211,6 +231,10 @@ pub async fn run(daemon: &Arc<Daemon>, req: RunPodSandboxRequest) -> Result<Stri
         namespace = %meta.namespace
     );
     crate::telemetry::record_ids(&id, "");
+    // Held until the pod is ready or rolled back: a StopPodSandbox or
+    // RemovePodSandbox that finds the record meanwhile waits for the
+    // creation to finish instead of tearing it down half-way.
+    let _lock = daemon.locks.lock(&id).await;
     let mut done = Done::default();
     match run_steps(daemon, &id, &handler_name, &config, &mut done)
         .instrument(span)
@@ -353,6 +377,7 @@ async fn run_steps(
     };
     timeline.mark("pause_spec_and_rootfs");
     let launcher = daemon.launcher().map_err(|e| e.to_status())?;
+    done.launched = true;
     let address = launcher
         .start(id, &bundle, &handler.path, &runtime_root)
         .await
@@ -554,9 +579,13 @@ async fn cni_del_retried(
     Err(last.unwrap_or_else(|| Status::internal("CNI DEL failed")))
 }
 
-/// The runtime binary and its `--root` for a sandbox's handler, as the
-/// shim uses them.
-fn runtime_of(daemon: &Daemon, handler: &str) -> (String, PathBuf) {
+/// The runtime binary and its `--root` (with the namespace) for a
+/// sandbox's handler, as the shim uses them.
+pub(crate) fn runtime_of(daemon: &Daemon, handler: &str) -> (String, PathBuf) {
+    let handler = match handler {
+        "" => daemon.config.default_runtime.as_str(),
+        h => h,
+    };
     let h = daemon
         .config
         .runtimes
@@ -568,7 +597,7 @@ fn runtime_of(daemon: &Daemon, handler: &str) -> (String, PathBuf) {
     } else {
         PathBuf::from(&h.root)
     };
-    (h.path, root)
+    (h.path, root.join(shimclient::NAMESPACE))
 }
 
 /// Removes what a pod's shim owns (its containers, netns, /dev/shm, the
@@ -576,32 +605,22 @@ fn runtime_of(daemon: &Daemon, handler: &str) -> (String, PathBuf) {
 /// gone.
 async fn clean_after_dead_shim(daemon: &Daemon, id: &str, handler: &str) -> Result<(), Status> {
     let (runtime, root) = runtime_of(daemon, handler);
-    let root = root.join(shimclient::NAMESPACE);
     let mut ids: Vec<String> = daemon
         .store
         .list_sandbox_containers(id)
         .into_iter()
         .map(|c| c.metadata.id)
         .collect();
+    // Also the pod's containers that no record names (see
+    // runtime_containers_of); the pause container last.
+    for c in crate::recover::runtime_containers_of(&root, id) {
+        if !ids.contains(&c) && c != id {
+            ids.push(c);
+        }
+    }
     ids.push(id.to_string());
     for task in ids {
-        let out = tokio::process::Command::new(&runtime)
-            .arg("--root")
-            .arg(&root)
-            .args(["delete", "--force", &task])
-            .output()
-            .await
-            .map_err(|e| internal(&format!("cannot run {runtime}"), e))?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success()
-            && !stderr.contains("does not exist")
-            && !stderr.contains("not exist")
-        {
-            return Err(Status::internal(format!(
-                "{runtime} delete --force {task}: {}",
-                stderr.trim()
-            )));
-        }
+        crate::recover::force_delete(&runtime, &root, &task).await?;
     }
     let rootfs = daemon.sandbox_state(id).join("bundle").join("rootfs");
     let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
@@ -646,7 +665,14 @@ async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
         .filter(|c| c.status.state == crius_store::ContainerState::Running)
         .map(|c| c.metadata.id)
         .collect();
-    let shim = daemon.shim(&id).await;
+    let shim = match daemon.shim(&id).await {
+        Some(s) => Some(s),
+        // No address recorded: criusd died while the shim was starting,
+        // which may have come up since at the address it derives.
+        None => ShimClient::connect(&crate::recover::derived_address(daemon, &id))
+            .await
+            .ok(),
+    };
     // The containers and the pause are killed while CNI DEL runs: the
     // plugins only need the netns, which the shim keeps until its shutdown
     // below.
@@ -681,7 +707,15 @@ async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
     let shut_down = match &shim {
         Some(shim) => match shim.shutdown_sandbox(&id).await {
             Ok(()) => true,
-            Err(e) if e.is_not_found() || e.is_unreachable() => {
+            Err(e) if e.is_not_found() => {
+                // A shim that never got the pod: it would idle forever.
+                tracing::info!(sandbox = %id, "the shim does not know the pod; shutting it down");
+                if let Err(e) = shim.shutdown_now().await {
+                    tracing::warn!(sandbox = %id, error = %e, "cannot shut the idle shim down");
+                }
+                false
+            }
+            Err(e) if e.is_unreachable() => {
                 tracing::info!(sandbox = %id, error = %e, "shim already gone");
                 false
             }
@@ -740,6 +774,14 @@ async fn remove_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
         Err(e) => return Err(store_status(e)),
     };
     let id = record.metadata.id.clone();
+    // A RunPodSandbox still creating the pod holds its lock: wait for it,
+    // then go by what it left.
+    drop(daemon.locks.lock(&id).await);
+    let record = match daemon.store.get_sandbox(&id) {
+        Ok(r) => r,
+        Err(crius_store::StoreError::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(store_status(e)),
+    };
     if record.status.state == SandboxState::Ready || shim_left_things(&daemon.shim_pod_dir(&id)) {
         stop(daemon, &id).await?;
     }
