@@ -119,12 +119,18 @@ fn value(body: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
 }
 
+/// The tests of this file run one at a time: a finished test's clean-up
+/// kills every process in the shared test cgroup, which would take the
+/// other test's containers (even a `runc init` mid-create) with it.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_and_timeline_of_a_pod() {
     if !is_root() {
         eprintln!("observability: skipped (needs root)");
         return;
     }
+    let _serial = SERIAL.lock().await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -442,6 +448,7 @@ async fn spans_go_to_an_otlp_collector_only_when_configured() {
         eprintln!("observability: skipped (needs root)");
         return;
     }
+    let _serial = SERIAL.lock().await;
     let collector = Collector::start().await;
     let endpoint = format!("http://{}", collector.addr);
     let mut env = Env::start("crius-otlp");
