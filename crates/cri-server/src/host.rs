@@ -217,11 +217,14 @@ pub fn parse_runtime_features(json: &str, kernel: &str) -> RuntimeFeatures {
 }
 
 /// How long `<runtime> features` may take.
-const FEATURES_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a runtime may take to answer `features` or `--version`.
+const RUNTIME_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn run_features(path: &str) -> Option<String> {
+/// The stdout (at most 1 MiB) of `<path> <arg>` when it succeeds within
+/// a few seconds: a runtime that hangs must not hang start-up or Status.
+pub fn run_briefly(path: &str, arg: &str) -> Option<String> {
     let mut child = std::process::Command::new(path)
-        .arg("features")
+        .arg(arg)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -234,7 +237,7 @@ fn run_features(path: &str) -> Option<String> {
         let _ = (&mut stdout).take(1 << 20).read_to_string(&mut s);
         s
     });
-    let deadline = std::time::Instant::now() + FEATURES_TIMEOUT;
+    let deadline = std::time::Instant::now() + RUNTIME_QUERY_TIMEOUT;
     let status = loop {
         match child.try_wait() {
             Ok(Some(st)) => break Some(st),
@@ -263,7 +266,7 @@ pub fn runtime_features(path: &str) -> RuntimeFeatures {
         return f;
     }
     let kernel = read("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let features = run_features(path)
+    let features = run_briefly(path, "features")
         .map(|out| parse_runtime_features(&out, &kernel))
         .unwrap_or_default();
     if let Ok(mut c) = cache.lock() {

@@ -309,9 +309,8 @@ impl Runc {
 /// byte while the init (`init_pid`) lives, and removes the fifo.
 fn kick_exec_fifo(fifo: &Path, init_pid: i32) -> Result<(), String> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let failed = |msg: String| msg;
-    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes())
-        .map_err(|e| failed(e.to_string()))?;
+    let c =
+        std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
     // SAFETY: open(2) of a path we own, non-blocking: never waits for
     // the writer.
     let fd = unsafe {
@@ -321,11 +320,11 @@ fn kick_exec_fifo(fifo: &Path, init_pid: i32) -> Result<(), String> {
         )
     };
     if fd < 0 {
-        return Err(failed(format!(
+        return Err(format!(
             "open {}: {}",
             fifo.display(),
             io::Error::last_os_error()
-        )));
+        ));
     }
     // SAFETY: fd was just opened and is owned here.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -343,7 +342,7 @@ fn kick_exec_fifo(fifo: &Path, init_pid: i32) -> Result<(), String> {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            return Err(failed(format!("poll exec fifo: {e}")));
+            return Err(format!("poll exec fifo: {e}"));
         }
         if n == 0 {
             // Nothing yet: give up only when the init is gone (a
@@ -355,7 +354,7 @@ fn kick_exec_fifo(fifo: &Path, init_pid: i32) -> Result<(), String> {
                 .next()
                 .and_then(|r| r.split_whitespace().next());
             if stat.is_empty() || state == Some("Z") {
-                return Err(failed("container process is already dead".into()));
+                return Err("container process is already dead".into());
             }
             continue;
         }
@@ -372,13 +371,13 @@ fn kick_exec_fifo(fifo: &Path, init_pid: i32) -> Result<(), String> {
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted {
-            return Err(failed(format!("read exec fifo: {e}")));
+            return Err(format!("read exec fifo: {e}"));
         }
     }
     if got.is_empty() {
-        return Err(failed("cannot start an already running container".into()));
+        return Err("cannot start an already running container".into());
     }
-    std::fs::remove_file(fifo).map_err(|e| failed(format!("remove exec fifo: {e}")))?;
+    std::fs::remove_file(fifo).map_err(|e| format!("remove exec fifo: {e}"))?;
     Ok(())
 }
 

@@ -439,47 +439,12 @@ fn probe_in(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The stdout of `<path> <arg>` when it succeeds within 5 seconds (a
-/// runtime that hangs must not hang Status).
-fn run_briefly(path: &str, arg: &str) -> Option<String> {
-    use std::io::Read;
-    let mut child = std::process::Command::new(path)
-        .arg(arg)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
-    let mut stdout = child.stdout.take()?;
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = (&mut stdout).take(1 << 20).read_to_string(&mut s);
-        s
-    });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break Some(st),
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(10))
-            }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
-    let text = reader.join().ok()?;
-    status.filter(|s| s.success()).map(|_| text)
-}
-
 /// Whether the OCI runtime at `path` can run containers in user
 /// namespaces: its `features` document lists the `user` namespace, or,
 /// without that subcommand (runc 1.1), it is runc or crun, which always
 /// could.
 pub fn runtime_supports_userns(path: &str) -> bool {
-    let out = |arg: &str| run_briefly(path, arg);
+    let out = |arg: &str| crate::host::run_briefly(path, arg);
     if let Some(doc) =
         out("features").and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
     {
