@@ -9,9 +9,9 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest, ImageSpec,
     LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, PodSandboxConfig, PodSandboxMetadata, PullImageRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, SecurityProfile, StartContainerRequest,
-    StopPodSandboxRequest,
+    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    PodSandboxMetadata, PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    SecurityProfile, StartContainerRequest, StopPodSandboxRequest,
 };
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -291,6 +291,7 @@ impl Cri {
                 cgroup_parent: format!("/crius-bench/{}/pod{uid}", self.tag),
                 security_context: Some(LinuxSandboxSecurityContext {
                     seccomp: Some(self.profile()),
+                    namespace_options: Some(kubelet_namespaces()),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -331,6 +332,7 @@ impl Cri {
                 linux: Some(LinuxContainerConfig {
                     security_context: Some(LinuxContainerSecurityContext {
                         seccomp: Some(self.profile()),
+                        namespace_options: Some(kubelet_namespaces()),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -392,6 +394,18 @@ impl Cri {
             );
         }
         Ok(())
+    }
+}
+
+/// The namespace options kubelet sends for a pod without hostNetwork,
+/// hostPID, hostIPC or shareProcessNamespace (and for its containers):
+/// the pod's network and IPC namespaces, a PID namespace per container.
+fn kubelet_namespaces() -> NamespaceOption {
+    NamespaceOption {
+        network: NamespaceMode::Pod as i32,
+        pid: NamespaceMode::Container as i32,
+        ipc: NamespaceMode::Pod as i32,
+        ..Default::default()
     }
 }
 

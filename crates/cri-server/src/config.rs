@@ -227,6 +227,11 @@ pub struct Config {
     pub cgroup_driver: CgroupDriver,
     /// The image of every pod's infra (pause) container.
     pub pause_image: String,
+    /// Run no infra (pause) container for a pod that does not need one (its
+    /// containers do not share a PID namespace and it has no user
+    /// namespace): the pod's shim holds its namespaces instead, as CRI-O's
+    /// `drop_infra_ctr` does.
+    pub drop_infra_container: bool,
     /// The handler used when a pod names none.
     pub default_runtime: String,
     /// Size of each pod's /dev/shm tmpfs (a Kubernetes quantity such as 64Mi).
@@ -263,6 +268,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             cgroup_driver: CgroupDriver::Cgroupfs,
             pause_image: "registry.k8s.io/pause:3.10".into(),
+            drop_infra_container: true,
             default_runtime: "runc".into(),
             shm_size: "64Mi".into(),
             shim_path: String::new(),

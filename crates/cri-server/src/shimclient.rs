@@ -24,6 +24,12 @@ pub const NAMESPACE: &str = "k8s.io";
 pub const SHIM_BINARY: &str = "containerd-shim-crius-v2";
 /// Annotation: host network (no netns).
 pub const NETWORK_ANNOTATION: &str = "io.crius.shim.network";
+/// The shim's annotation for a pod without an infra process (`none`).
+pub const INFRA_ANNOTATION: &str = "io.crius.shim.infra";
+/// The shim's annotation for the hostname of a pod without an infra process.
+pub const HOSTNAME_ANNOTATION: &str = "io.crius.shim.hostname";
+/// The shim's annotation for the sysctls of a pod without an infra process.
+pub const SYSCTLS_ANNOTATION: &str = "io.crius.shim.sysctls";
 /// Annotation: host IPC (no /dev/shm tmpfs).
 pub const IPC_ANNOTATION: &str = "io.crius.shim.ipc";
 /// Annotation: /dev/shm size in bytes.
@@ -32,8 +38,6 @@ pub const SHM_SIZE_ANNOTATION: &str = "io.crius.shim.shm-size";
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long connecting to a shim may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long `start` may take.
-pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Errors of talking to a shim.
 #[derive(Debug, thiserror::Error)]
@@ -166,9 +170,17 @@ pub fn find_binary(configured: &str) -> Result<PathBuf, ShimError> {
 }
 
 impl Launcher {
-    /// Runs `start` for the sandbox `id` with the pause bundle as working
-    /// directory and the runtime handler's binary and root; returns the
-    /// shim's ttrpc address.
+    /// Launches the shim serving sandbox `id` with the runtime handler's
+    /// binary and root; returns its ttrpc address.
+    ///
+    /// criusd does itself what the shim's `start` would (containerd's way,
+    /// which the shim still offers): it binds the socket at the address
+    /// `start` would derive and runs the shim binary in serving mode on it,
+    /// in a session of its own. That saves a process and a round trip per
+    /// pod, and the address answers at once: connections queue on the
+    /// socket until the shim serves them. A shim that dies at start-up shows
+    /// as a failed first call. `bundle` is where the pod's files are; the
+    /// serving shim runs in `/`.
     #[tracing::instrument(level = "debug", name = "shim_spawn", skip_all, fields(sandbox = id))]
     pub async fn start(
         &self,
@@ -177,39 +189,55 @@ impl Launcher {
         runtime: &str,
         runtime_root: &Path,
     ) -> Result<String, ShimError> {
-        let mut cmd = tokio::process::Command::new(&self.binary);
-        cmd.args([
-            "-namespace",
-            NAMESPACE,
-            "-id",
-            id,
-            "-address",
-            &self.address,
-            "start",
-        ])
-        .current_dir(bundle)
-        .env("CRIUS_SHIM_RUNTIME", runtime)
-        .env("CRIUS_SHIM_RUNTIME_ROOT", runtime_root)
-        .env("CRIUS_SHIM_SOCKET_DIR", &self.socket_dir)
-        .env("CRIUS_SHIM_STATE_DIR", &self.state_dir)
-        .env("TTRPC_ADDRESS", &self.events_address)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-        let out = tokio::time::timeout(START_TIMEOUT, cmd.output())
-            .await
-            .map_err(|_| ShimError::Launch(format!("`start` took longer than {START_TIMEOUT:?}")))?
-            .map_err(|e| ShimError::Launch(format!("{}: {e}", self.binary.display())))?;
-        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if !out.status.success() || !stdout.starts_with("unix://") {
+        let launch = |what: &str, e: std::io::Error| ShimError::Launch(format!("{what}: {e}"));
+        if !bundle.is_dir() {
             return Err(ShimError::Launch(format!(
-                "{} start exited with {}: {} {}",
-                self.binary.display(),
-                out.status,
-                stdout,
-                String::from_utf8_lossy(&out.stderr).trim()
+                "bundle {} is not a directory",
+                bundle.display()
             )));
         }
-        Ok(stdout)
+        std::fs::create_dir_all(&self.socket_dir)
+            .map_err(|e| launch(&format!("create {}", self.socket_dir.display()), e))?;
+        let path = crius_shim::start::socket_path(&self.socket_dir, &self.address, NAMESPACE, id);
+        // Left by a shim of this id that died (ids are never reused
+        // otherwise).
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path)
+            .map_err(|e| launch(&format!("bind {}", path.display()), e))?;
+        let args = crius_shim::args::Args {
+            namespace: NAMESPACE.to_string(),
+            id: id.to_string(),
+            address: self.address.clone(),
+            publish_binary: String::new(),
+            bundle: None,
+            debug: false,
+            action: crius_shim::args::Action::Serve,
+        };
+        let input = crius_shim::start::StartInput {
+            bootstrap: false,
+            ttrpc_address: Some(self.events_address.clone()).filter(|a| !a.is_empty()),
+            socket_dir: Some(self.socket_dir.clone()),
+            runtime: Some(runtime.to_string()).filter(|r| !r.is_empty()),
+            runtime_root: Some(runtime_root.display().to_string()),
+        };
+        let mut cmd = crius_shim::start::server_command(
+            &self.binary,
+            &args,
+            id,
+            std::os::fd::AsRawFd::as_raw_fd(&listener),
+            &self.socket_dir,
+            &input,
+        );
+        cmd.env("CRIUS_SHIM_STATE_DIR", &self.state_dir);
+        // Not waited for: tokio reaps it when it exits (criusd is its
+        // parent until criusd itself goes).
+        let spawned = tokio::process::Command::from(cmd).spawn();
+        drop(listener);
+        if let Err(e) = spawned {
+            let _ = std::fs::remove_file(&path);
+            return Err(launch(&self.binary.display().to_string(), e));
+        }
+        Ok(format!("unix://{}", path.display()))
     }
 }
 
@@ -605,14 +633,34 @@ pub fn proto_mounts(
         .collect()
 }
 
-/// The annotations telling the shim about the pod's host namespaces and
-/// shm size.
+/// How a pod without an infra (pause) process is set up by its shim.
+#[derive(Debug, Clone, Default)]
+pub struct NoInfra {
+    /// The hostname in the pod's UTS namespace.
+    pub hostname: String,
+    /// The pod's sysctls.
+    pub sysctls: std::collections::BTreeMap<String, String>,
+}
+
+/// The annotations telling the shim about the pod's host namespaces, shm
+/// size and, for a pod without an infra process, its hostname and sysctls.
 pub fn pod_annotations(
     host_network: bool,
     host_ipc: bool,
     shm_size: u64,
+    no_infra: Option<&NoInfra>,
 ) -> std::collections::HashMap<String, String> {
     let mut a = std::collections::HashMap::new();
+    if let Some(n) = no_infra {
+        a.insert(INFRA_ANNOTATION.to_string(), "none".to_string());
+        a.insert(HOSTNAME_ANNOTATION.to_string(), n.hostname.clone());
+        if !n.sysctls.is_empty() {
+            a.insert(
+                SYSCTLS_ANNOTATION.to_string(),
+                serde_json::to_string(&n.sysctls).unwrap_or_default(),
+            );
+        }
+    }
     if host_network {
         a.insert(NETWORK_ANNOTATION.to_string(), "host".to_string());
     }
@@ -629,10 +677,27 @@ mod tests {
 
     #[test]
     fn annotations() {
-        let a = pod_annotations(true, false, 1024);
+        let a = pod_annotations(true, false, 1024, None);
         assert_eq!(a.get(NETWORK_ANNOTATION).map(String::as_str), Some("host"));
         assert!(!a.contains_key(IPC_ANNOTATION));
         assert_eq!(a.get(SHM_SIZE_ANNOTATION).map(String::as_str), Some("1024"));
+        assert!(!a.contains_key(INFRA_ANNOTATION));
+        let n = NoInfra {
+            hostname: "web-0".into(),
+            sysctls: [("kernel.shmmni".to_string(), "100".to_string())].into(),
+        };
+        let a = pod_annotations(false, false, 1024, Some(&n));
+        assert_eq!(a.get(INFRA_ANNOTATION).map(String::as_str), Some("none"));
+        assert_eq!(
+            a.get(HOSTNAME_ANNOTATION).map(String::as_str),
+            Some("web-0")
+        );
+        assert_eq!(
+            a.get(SYSCTLS_ANNOTATION).map(String::as_str),
+            Some(r#"{"kernel.shmmni":"100"}"#)
+        );
+        let a = pod_annotations(false, false, 1024, Some(&NoInfra::default()));
+        assert!(!a.contains_key(SYSCTLS_ANNOTATION));
     }
 
     #[test]
@@ -664,11 +729,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn launch_failures_are_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let fake = dir.path().join("fake-shim");
-        std::fs::write(&fake, "#!/bin/sh\necho nope >&2\nexit 3\n").unwrap();
+    async fn launches_the_serving_shim_on_a_bound_socket() {
         use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let seen = dir.path().join("seen");
+        let fake = dir.path().join("fake-shim");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\necho \"$CRIUS_SHIM_LISTEN_FD $CRIUS_SHIM_RUNTIME $CRIUS_SHIM_RUNTIME_ROOT $CRIUS_SHIM_STATE_DIR $*\" > {p}.tmp\nreadlink /proc/self/fd/3 >> {p}.tmp\npwd >> {p}.tmp\nmv {p}.tmp {p}\n",
+                p = seen.display()
+            ),
+        )
+        .unwrap();
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         let l = Launcher {
             binary: fake,
@@ -677,12 +750,44 @@ mod tests {
             state_dir: dir.path().join("state"),
             events_address: String::new(),
         };
-        let e = l
+        let address = l
             .start("abc", dir.path(), "runc", Path::new("/run/r"))
+            .await
+            .unwrap();
+        let socket = crius_shim::start::socket_path(&l.socket_dir, "/run/x.sock", NAMESPACE, "abc");
+        assert_eq!(address, format!("unix://{}", socket.display()));
+        // Bound before the shim runs: a connection is accepted at once.
+        assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !seen.exists() {
+            assert!(std::time::Instant::now() < deadline, "the shim never ran");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let text = std::fs::read_to_string(&seen).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            format!(
+                "3 runc /run/r {} -namespace k8s.io -id abc -address /run/x.sock",
+                l.state_dir.display()
+            )
+        );
+        assert!(lines[1].starts_with("socket:"), "{text}");
+        assert_eq!(lines[2], "/");
+
+        // A binary that cannot run: an error, and no socket left behind.
+        let l = Launcher {
+            binary: dir.path().join("missing"),
+            ..l
+        };
+        let e = l
+            .start("def", dir.path(), "runc", Path::new("/run/r"))
             .await
             .unwrap_err()
             .to_string();
-        assert!(e.contains("nope") && e.contains("exit status: 3"), "{e}");
+        assert!(e.contains("missing"), "{e}");
+        let gone = crius_shim::start::socket_path(&l.socket_dir, "/run/x.sock", NAMESPACE, "def");
+        assert!(!gone.exists());
         assert!(find_binary("/explicit/path").unwrap().ends_with("path"));
     }
 }

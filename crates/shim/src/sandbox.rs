@@ -7,6 +7,13 @@
 //!   used as is and not owned (not removed) by the shim.
 //! - `io.crius.shim.ipc`: `host` for host IPC (no /dev/shm tmpfs).
 //! - `io.crius.shim.shm-size`: the tmpfs size in bytes (default 64 MiB).
+//! - `io.crius.shim.infra`: `none` for a pod without an infra (pause)
+//!   process. The shim then also creates the pod's IPC namespace (unless
+//!   host IPC) and UTS namespace (unless host network), pinned at
+//!   `<state>/ipc` and `<state>/uts`, sets the hostname given by
+//!   `io.crius.shim.hostname` and writes the sysctls given by
+//!   `io.crius.shim.sysctls` (a JSON object) in the pod's namespaces.
+//!   StartSandbox runs nothing: the pod is READY until StopSandbox.
 //!
 //! The netns is bind-mounted at `<state>/netns` and the tmpfs at
 //! `<state>/shm` (`<state>` = `$CRIUS_SHIM_STATE_DIR/<ns>/<sandbox id>`,
@@ -35,6 +42,13 @@ pub const NETWORK_ANNOTATION: &str = "io.crius.shim.network";
 pub const IPC_ANNOTATION: &str = "io.crius.shim.ipc";
 /// Annotation: /dev/shm size in bytes.
 pub const SHM_SIZE_ANNOTATION: &str = "io.crius.shim.shm-size";
+/// Annotation: `none` for a pod without an infra process.
+pub const INFRA_ANNOTATION: &str = "io.crius.shim.infra";
+/// Annotation: the pod's hostname (pods without an infra process).
+pub const HOSTNAME_ANNOTATION: &str = "io.crius.shim.hostname";
+/// Annotation: the pod's sysctls as a JSON object (pods without an infra
+/// process).
+pub const SYSCTLS_ANNOTATION: &str = "io.crius.shim.sysctls";
 /// Default /dev/shm size.
 pub const DEFAULT_SHM_SIZE: u64 = 64 * 1024 * 1024;
 
@@ -47,6 +61,14 @@ pub struct PodOptions {
     pub own_netns: bool,
     /// Mount a /dev/shm tmpfs with this size (None: host IPC).
     pub shm_size: Option<u64>,
+    /// Run an infra (pause) process; false: the shim pins the namespaces.
+    pub infra: bool,
+    /// Host network (no UTS namespace of the pod's own).
+    pub host_network: bool,
+    /// The hostname (pods without an infra process).
+    pub hostname: String,
+    /// The sysctls (pods without an infra process), sorted by name.
+    pub sysctls: Vec<(String, String)>,
 }
 
 /// Reads the pod options from the request.
@@ -64,9 +86,45 @@ pub fn pod_options(
             .filter(|n| *n > 0)
             .ok_or_else(|| TaskError::Invalid(format!("{SHM_SIZE_ANNOTATION}={s:?}")))?,
     };
+    let infra = match annotations.get(INFRA_ANNOTATION).map(String::as_str) {
+        None => true,
+        Some("none") => false,
+        Some(other) => {
+            return Err(TaskError::Invalid(format!("{INFRA_ANNOTATION}={other:?}")));
+        }
+    };
+    let sysctls = match annotations.get(SYSCTLS_ANNOTATION) {
+        None => Vec::new(),
+        Some(s) => {
+            let map: std::collections::BTreeMap<String, String> = serde_json::from_str(s)
+                .map_err(|e| TaskError::Invalid(format!("{SYSCTLS_ANNOTATION}: {e}")))?;
+            for k in map.keys() {
+                if crius_netns::podns::sysctl_ns(k).is_none()
+                    || crius_netns::podns::sysctl_path(k).is_none()
+                {
+                    return Err(TaskError::Invalid(format!(
+                        "{SYSCTLS_ANNOTATION}: {k:?} is not a namespaced sysctl"
+                    )));
+                }
+            }
+            map.into_iter().collect()
+        }
+    };
+    if infra && !sysctls.is_empty() {
+        return Err(TaskError::Invalid(format!(
+            "{SYSCTLS_ANNOTATION} is for pods without an infra process (the pause's spec has them)"
+        )));
+    }
     Ok(PodOptions {
         own_netns: !host_net && netns_path.is_empty(),
         shm_size: (!host_ipc).then_some(size),
+        infra,
+        host_network: host_net,
+        hostname: annotations
+            .get(HOSTNAME_ANNOTATION)
+            .cloned()
+            .unwrap_or_default(),
+        sysctls,
     })
 }
 
@@ -85,9 +143,15 @@ struct Pod {
     netns: Option<PathBuf>,
     own_netns: bool,
     shm: Option<PathBuf>,
+    /// Pinned IPC and UTS namespaces (pods without an infra process).
+    ipc: Option<PathBuf>,
+    uts: Option<PathBuf>,
+    infra: bool,
     phase: Phase,
     pid: u32,
     created_at: SystemTime,
+    /// When a pod without an infra process was stopped.
+    stopped_at: Option<SystemTime>,
 }
 
 /// The sandbox service.
@@ -95,6 +159,8 @@ pub struct SandboxService {
     tasks: TaskService,
     state_root: PathBuf,
     pod: Mutex<Option<Pod>>,
+    /// Signalled when a pod without an infra process stops or goes away.
+    changed: std::sync::Condvar,
 }
 
 fn mount_shm(dir: &Path, size: u64) -> Result<()> {
@@ -172,6 +238,7 @@ impl SandboxService {
             tasks,
             state_root,
             pod: Mutex::new(None),
+            changed: std::sync::Condvar::new(),
         }
     }
 
@@ -181,6 +248,23 @@ impl SandboxService {
 
     fn pod(&self) -> std::sync::MutexGuard<'_, Option<Pod>> {
         self.pod.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Blocks until the pod `id` (without an infra process) is stopped or
+    /// shut down; its "exit" status 0 and the time it stopped.
+    fn wait_stopped(&self, id: &str) -> (u32, SystemTime) {
+        let mut g = self.pod();
+        loop {
+            match g.as_ref() {
+                Some(p) if p.id == id => {
+                    if let Some(at) = p.stopped_at {
+                        return (0, at);
+                    }
+                }
+                _ => return (0, SystemTime::now()),
+            }
+            g = self.changed.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     /// CreateSandbox: netns and shm, rolled back on failure.
@@ -209,24 +293,42 @@ impl SandboxService {
         } else {
             None
         };
+        let undo_netns = |netns: &Option<PathBuf>| {
+            if opts.own_netns {
+                if let Some(n) = netns {
+                    let _ = crius_netns::netns::remove(n);
+                }
+            }
+        };
+        let (ipc, uts) = if opts.infra {
+            (None, None)
+        } else {
+            match pin_namespaces(&state_dir, &opts, netns.as_deref()) {
+                Ok(p) => p,
+                Err(e) => {
+                    undo_netns(&netns);
+                    let _ = std::fs::remove_dir(&state_dir);
+                    return Err(e);
+                }
+            }
+        };
         let shm = match opts.shm_size {
             None => None,
             Some(size) => {
                 let dir = state_dir.join("shm");
                 if let Err(e) = mount_shm(&dir, size) {
                     let _ = std::fs::remove_dir(&dir);
-                    if opts.own_netns {
-                        if let Some(n) = &netns {
-                            let _ = crius_netns::netns::remove(n);
-                        }
+                    for p in ipc.iter().chain(uts.iter()) {
+                        let _ = crius_netns::podns::unpin(p);
                     }
+                    undo_netns(&netns);
                     let _ = std::fs::remove_dir(&state_dir);
                     return Err(e);
                 }
                 Some(dir)
             }
         };
-        tracing::info!(sandbox = %req.sandbox_id, ?netns, ?shm, "sandbox created");
+        tracing::info!(sandbox = %req.sandbox_id, ?netns, ?shm, ?ipc, ?uts, infra = opts.infra, "sandbox created");
         *g = Some(Pod {
             id: req.sandbox_id.clone(),
             bundle: PathBuf::from(&req.bundle_path),
@@ -235,9 +337,13 @@ impl SandboxService {
             netns,
             own_netns: opts.own_netns,
             shm,
+            ipc,
+            uts,
+            infra: opts.infra,
             phase: Phase::Created,
             pid: 0,
             created_at: SystemTime::now(),
+            stopped_at: None,
         });
         Ok(())
     }
@@ -250,21 +356,30 @@ impl SandboxService {
         }
     }
 
-    /// StartSandbox: runs the pause container in the pod's namespaces.
+    /// StartSandbox: runs the pause container in the pod's namespaces; a
+    /// pod without an infra process just becomes READY.
     pub fn start(&self, id: &str) -> Result<(u32, SystemTime)> {
-        let (bundle, rootfs, netns, shm) = self.with_pod(id, |p| {
+        let started = self.with_pod(id, |p| {
             if p.phase != Phase::Created {
                 return Err(TaskError::Precondition(format!(
                     "sandbox {id} already started"
                 )));
             }
-            Ok((
+            if !p.infra {
+                p.phase = Phase::Ready;
+                return Ok(Err((0, p.created_at)));
+            }
+            Ok(Ok((
                 p.bundle.clone(),
                 p.rootfs.clone(),
                 p.netns.clone(),
                 p.shm.clone(),
-            ))
+            )))
         })?;
+        let (bundle, rootfs, netns, shm) = match started {
+            Ok(parts) => parts,
+            Err(ready) => return Ok(ready),
+        };
         if bundle.as_os_str().is_empty() || !bundle.is_absolute() {
             return Err(TaskError::Invalid(format!(
                 "sandbox {id}: bundle_path {:?} is not absolute",
@@ -292,9 +407,27 @@ impl SandboxService {
         })
     }
 
-    /// StopSandbox: SIGTERM, then SIGKILL after `timeout` (0: at once).
+    /// StopSandbox: SIGTERM, then SIGKILL after `timeout` (0: at once) to
+    /// the pause; a pod without one has its containers killed and deleted.
     pub fn stop(&self, id: &str, timeout: u32) -> Result<()> {
-        self.with_pod(id, |_| Ok(()))?;
+        let infra = self.with_pod(id, |p| Ok(p.infra))?;
+        if !infra {
+            // No pause to stop: stopping the pod is stopping (and deleting
+            // from the runtime) every container in it, now rather than at
+            // shutdown, so that it overlaps with the caller's network
+            // teardown.
+            let errors = self.inner().kill_and_delete_all();
+            self.with_pod(id, |p| {
+                p.phase = Phase::NotReady;
+                p.stopped_at.get_or_insert_with(SystemTime::now);
+                Ok(())
+            })?;
+            self.changed.notify_all();
+            if !errors.is_empty() {
+                return Err(TaskError::Internal(errors.join("; ")));
+            }
+            return Ok(());
+        }
         if let Ok(cell) = self.inner().exit_cell(id, "") {
             if timeout > 0 && self.inner().kill(id, "", 15, false).is_ok() {
                 let _ = cell_wait(&cell, Duration::from_secs(timeout as u64));
@@ -325,6 +458,14 @@ impl SandboxService {
                     p.shm = Some(shm);
                 }
             }
+            for slot in [&mut p.ipc, &mut p.uts] {
+                if let Some(path) = slot.take() {
+                    if let Err(e) = crius_netns::podns::unpin(&path) {
+                        errors.push(format!("unpin {}: {e}", path.display()));
+                        *slot = Some(path);
+                    }
+                }
+            }
             if p.own_netns {
                 if let Some(n) = p.netns.take() {
                     if let Err(e) = crius_netns::netns::remove(&n) {
@@ -339,6 +480,7 @@ impl SandboxService {
             }
         }
         drop(g);
+        self.changed.notify_all();
         if !errors.is_empty() {
             return Err(TaskError::Internal(errors.join("; ")));
         }
@@ -346,6 +488,45 @@ impl SandboxService {
         self.inner().request_shutdown();
         Ok(())
     }
+}
+
+/// Pins the IPC and UTS namespaces of a pod without an infra process and
+/// writes its sysctls; returns the pinned paths. Undoes itself on failure.
+fn pin_namespaces(
+    state_dir: &Path,
+    opts: &PodOptions,
+    netns: Option<&Path>,
+) -> Result<(Option<PathBuf>, Option<PathBuf>)> {
+    use crius_netns::podns::{self, SysctlNs};
+    let ipc = opts.shm_size.is_some().then(|| state_dir.join("ipc"));
+    let uts = (!opts.host_network).then(|| state_dir.join("uts"));
+    let (net, other): (Vec<_>, Vec<_>) = opts
+        .sysctls
+        .iter()
+        .cloned()
+        .partition(|(k, _)| podns::sysctl_ns(k) == Some(SysctlNs::Net));
+    podns::create(&podns::PodNamespaces {
+        ipc: ipc.as_deref(),
+        uts: uts.as_deref(),
+        hostname: &opts.hostname,
+        sysctls: &other,
+    })
+    .map_err(|e| TaskError::Invalid(format!("pod namespaces: {e}")))?;
+    let net_done = match (net.is_empty(), netns) {
+        (true, _) => Ok(()),
+        (false, Some(ns)) => podns::write_net_sysctls(ns, &net)
+            .map_err(|e| TaskError::Invalid(format!("pod sysctls: {e}"))),
+        (false, None) => Err(TaskError::Invalid(
+            "network sysctls need a pod network namespace".into(),
+        )),
+    };
+    if let Err(e) = net_done {
+        for p in ipc.iter().chain(uts.iter()) {
+            let _ = podns::unpin(p);
+        }
+        return Err(e);
+    }
+    Ok((ipc, uts))
 }
 
 fn cell_wait(cell: &crate::task::ExitCell, t: Duration) -> Option<(u32, SystemTime)> {
@@ -412,9 +593,12 @@ impl containerd_shim_protos::sandbox_sync::Sandbox for SandboxService {
         _: &TtrpcContext,
         req: sb::WaitSandboxRequest,
     ) -> ttrpc::Result<sb::WaitSandboxResponse> {
-        self.with_pod(&req.sandbox_id, |_| Ok(()))?;
-        let cell = self.inner().exit_cell(&req.sandbox_id, "")?;
-        let (code, at) = cell.wait();
+        let infra = self.with_pod(&req.sandbox_id, |p| Ok(p.infra))?;
+        let (code, at) = if infra {
+            self.inner().exit_cell(&req.sandbox_id, "")?.wait()
+        } else {
+            self.wait_stopped(&req.sandbox_id)
+        };
         let mut r = sb::WaitSandboxResponse::new();
         r.exit_status = code;
         r.exited_at = MessageField::some(timestamp(at));
@@ -436,18 +620,25 @@ impl containerd_shim_protos::sandbox_sync::Sandbox for SandboxService {
                 r.info
                     .insert("netns".into(), n.to_string_lossy().into_owned());
             }
-            if let Some(s) = &p.shm {
-                r.info
-                    .insert("shm".into(), s.to_string_lossy().into_owned());
+            for (key, path) in [("shm", &p.shm), ("ipc", &p.ipc), ("uts", &p.uts)] {
+                if let Some(path) = path {
+                    r.info
+                        .insert(key.into(), path.to_string_lossy().into_owned());
+                }
             }
-            Ok((r, p.phase))
+            // None: an infra process; Some(stopped_at): none.
+            let no_infra = (!p.infra).then_some(p.stopped_at);
+            Ok((r, p.phase, no_infra))
         });
-        let (mut r, phase) = r?;
-        let exit = self
-            .inner()
-            .exit_cell(&id, "")
-            .ok()
-            .and_then(|c| c.wait_for(Duration::ZERO));
+        let (mut r, phase, no_infra) = r?;
+        let exit = match no_infra {
+            None => self
+                .inner()
+                .exit_cell(&id, "")
+                .ok()
+                .and_then(|c| c.wait_for(Duration::ZERO)),
+            Some(stopped) => stopped.map(|at| (0, at)),
+        };
         r.state = match (phase, exit) {
             (Phase::Created, _) => "SANDBOX_CREATED",
             (Phase::Ready, None) => "SANDBOX_READY",
@@ -474,7 +665,14 @@ impl containerd_shim_protos::sandbox_sync::Sandbox for SandboxService {
         _: &TtrpcContext,
         req: sb::SandboxMetricsRequest,
     ) -> ttrpc::Result<sb::SandboxMetricsResponse> {
-        self.with_pod(&req.sandbox_id, |_| Ok(()))?;
+        let infra = self.with_pod(&req.sandbox_id, |p| Ok(p.infra))?;
+        if !infra {
+            return Err(TaskError::NotFound(format!(
+                "sandbox {}: no infra process to measure (its containers are measured one by one)",
+                req.sandbox_id
+            ))
+            .into());
+        }
         let data = self.inner().stats(&req.sandbox_id)?;
         let mut r = sb::SandboxMetricsResponse::new();
         let m = r.metrics.mut_or_insert_default();
@@ -532,6 +730,58 @@ mod tests {
                 .ok()
                 .map(|o| (o.own_netns, o.shm_size));
             assert_eq!(got, want, "{ann:?} {ns}");
+        }
+    }
+
+    #[test]
+    fn infra_options_table() {
+        let a = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>()
+        };
+        let sysctls = r#"{"net.ipv4.ip_unprivileged_port_start":"0","kernel.shmmni":"100"}"#;
+        let cases = [
+            (a(&[]), Some((true, String::new(), 0))),
+            (
+                a(&[(INFRA_ANNOTATION, "none")]),
+                Some((false, String::new(), 0)),
+            ),
+            (
+                a(&[
+                    (INFRA_ANNOTATION, "none"),
+                    (HOSTNAME_ANNOTATION, "web-0"),
+                    (SYSCTLS_ANNOTATION, sysctls),
+                ]),
+                Some((false, "web-0".to_string(), 2)),
+            ),
+            (a(&[(INFRA_ANNOTATION, "yes")]), None),
+            // The pause's spec carries the sysctls of a pod with one.
+            (a(&[(SYSCTLS_ANNOTATION, sysctls)]), None),
+            (
+                a(&[
+                    (INFRA_ANNOTATION, "none"),
+                    (SYSCTLS_ANNOTATION, r#"{"vm.swappiness":"1"}"#),
+                ]),
+                None,
+            ),
+            (
+                a(&[
+                    (INFRA_ANNOTATION, "none"),
+                    (SYSCTLS_ANNOTATION, r#"{"net/../../x":"1"}"#),
+                ]),
+                None,
+            ),
+            (
+                a(&[(INFRA_ANNOTATION, "none"), (SYSCTLS_ANNOTATION, "[1]")]),
+                None,
+            ),
+        ];
+        for (ann, want) in cases {
+            let got = pod_options(&ann, "")
+                .ok()
+                .map(|o| (o.infra, o.hostname, o.sysctls.len()));
+            assert_eq!(got, want, "{ann:?}");
         }
     }
 

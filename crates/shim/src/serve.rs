@@ -22,6 +22,8 @@ use crate::task::{Config, TaskService};
 
 /// How often an otherwise idle shim gives back the file pages it faulted in.
 const TRIM_INTERVAL: Duration = Duration::from_secs(60);
+/// When it does so first.
+const FIRST_TRIM: Duration = Duration::from_secs(1);
 
 /// Default runtime `--root` (the namespace is appended).
 pub const DEFAULT_RUNTIME_ROOT: &str = "/run/crius/runc";
@@ -145,10 +147,14 @@ pub fn serve(args: &Args) -> Result<(), ServeError> {
         .start()
         .map_err(|e| setup("start server")(e.to_string()))?;
     tracing::info!(id = %args.id, namespace = %args.namespace, "shim serving");
-    crate::mem::trim();
-    // Wait for shutdown, trimming the resident set now and then.
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(TRIM_INTERVAL) {
+    // Wait for shutdown, trimming the resident set now and then: first
+    // once the pod's start-up is over (not during it: the pages given back
+    // would be faulted in again by the first requests), then every
+    // TRIM_INTERVAL.
+    let mut wait = FIRST_TRIM;
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(wait) {
         crate::mem::trim();
+        wait = TRIM_INTERVAL;
     }
     tracing::info!("shim shutting down");
     let _ = std::fs::remove_file(&own_socket);

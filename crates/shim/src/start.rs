@@ -220,6 +220,26 @@ fn spawn_server(
     input: &StartInput,
 ) -> Result<(), StartError> {
     let exe = std::env::current_exe().map_err(io_err("current executable"))?;
+    let mut cmd = server_command(&exe, args, group, listener.as_raw_fd(), dir, input);
+    let child = cmd.spawn().map_err(io_err("spawn serving shim"))?;
+    // The serving shim is re-parented once we exit; do not wait for it.
+    drop(child);
+    Ok(())
+}
+
+/// The command that runs the shim binary `exe` serving group `group` on
+/// the listening socket `listener_fd` (moved to fd 3 in the child) in a
+/// session of its own: what `start` spawns, and what criusd spawns itself
+/// to save the `start` round trip. The fd must stay open until the command
+/// is spawned.
+pub fn server_command(
+    exe: &Path,
+    args: &Args,
+    group: &str,
+    listener_fd: i32,
+    dir: &Path,
+    input: &StartInput,
+) -> Command {
     let mut cmd = Command::new(exe);
     cmd.arg("-namespace")
         .arg(&args.namespace)
@@ -248,7 +268,7 @@ fn spawn_server(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let fd = listener.as_raw_fd();
+    let fd = listener_fd;
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -264,10 +284,7 @@ fn spawn_server(
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(io_err("spawn serving shim"))?;
-    // The serving shim is re-parented once we exit; do not wait for it.
-    drop(child);
-    Ok(())
+    cmd
 }
 
 /// `delete`: force-deletes the task of the bundle with the runtime recorded

@@ -196,10 +196,12 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<oci_spec::runtime::S
     if !hn.network {
         let net = input.sandbox.netns_path.clone().or_else(|| proc_ns("net"));
         namespaces.push(common::namespace("network", net));
-        namespaces.push(common::namespace("uts", proc_ns("uts")));
+        let uts = input.sandbox.uts_path.clone().or_else(|| proc_ns("uts"));
+        namespaces.push(common::namespace("uts", uts));
     }
     if !hn.ipc {
-        namespaces.push(common::namespace("ipc", proc_ns("ipc")));
+        let ipc = input.sandbox.ipc_path.clone().or_else(|| proc_ns("ipc"));
+        namespaces.push(common::namespace("ipc", ipc));
     }
     let pid_mode = sc
         .namespace_options
@@ -215,7 +217,15 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<oci_spec::runtime::S
                 ));
             }
         }
-        Ok(NamespaceMode::Pod) => namespaces.push(common::namespace("pid", proc_ns("pid"))),
+        Ok(NamespaceMode::Pod) => {
+            if pause.is_none() && !hn.pid {
+                return Err(invalid(
+                    format!("{SC}.namespace_options.pid"),
+                    "POD pid mode needs a pod whose namespace_options.pid is POD (this pod shares no PID namespace)",
+                ));
+            }
+            namespaces.push(common::namespace("pid", proc_ns("pid")))
+        }
         Ok(NamespaceMode::Container) => namespaces.push(common::namespace("pid", None)),
         Ok(NamespaceMode::Target) => {
             let target = input.target_pid.ok_or_else(|| {
@@ -480,6 +490,8 @@ mod tests {
                     netns_path: Some("/run/crius/netns/p".into()),
                     shm_path: Some("/run/crius/sb/shm".into()),
                     pid: Some(4242),
+                    ipc_path: None,
+                    uts_path: None,
                     hosts_path: Some("/run/crius/sb/hosts".into()),
                     resolv_conf_path: Some("/run/crius/sb/resolv.conf".into()),
                     hostname_path: Some("/run/crius/sb/hostname".into()),
@@ -639,6 +651,32 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("host pid"));
+
+        // A pod without a pause process: its pinned IPC and UTS namespaces;
+        // no pod PID namespace to join.
+        let mut f = Fixture::new();
+        f.sandbox.pid = None;
+        f.sandbox.ipc_path = Some("/run/crius/sb/ipc".into());
+        f.sandbox.uts_path = Some("/run/crius/sb/uts".into());
+        let s = f.build(&base(), None).unwrap();
+        assert_eq!(
+            ns(&s)[..4],
+            [
+                ("mount".to_string(), None),
+                (
+                    "network".to_string(),
+                    Some("/run/crius/netns/p".to_string())
+                ),
+                ("uts".to_string(), Some("/run/crius/sb/uts".to_string())),
+                ("ipc".to_string(), Some("/run/crius/sb/ipc".to_string())),
+            ]
+        );
+        assert_eq!(pid_of(&s), Some(("pid".into(), None)));
+        assert!(f
+            .build(&mode(0), None)
+            .unwrap_err()
+            .to_string()
+            .contains("namespace_options.pid"));
     }
 
     #[test]

@@ -107,8 +107,13 @@ pub struct SandboxFacts {
     pub netns_path: Option<String>,
     /// The pod's /dev/shm tmpfs (None with host IPC: the host's is bound).
     pub shm_path: Option<String>,
-    /// The pause process (containers join its namespaces).
+    /// The pause process (containers join its namespaces); None for a pod
+    /// without one.
     pub pid: Option<u32>,
+    /// The pod's pinned IPC namespace (a pod without a pause process).
+    pub ipc_path: Option<String>,
+    /// The pod's pinned UTS namespace (a pod without a pause process).
+    pub uts_path: Option<String>,
     /// The pod's /etc/hosts file.
     pub hosts_path: Option<String>,
     /// The pod's /etc/resolv.conf file.

@@ -40,6 +40,27 @@ pub fn host_namespaces(config: &PodSandboxConfig) -> HostNamespaces {
     }
 }
 
+/// Whether a pod needs an infra (pause) process to hold its namespaces:
+/// its containers share a PID namespace (pid mode POD, which is also what
+/// a config without namespace options means), or it asks for its own user
+/// namespace. Any other pod's namespaces can be pinned without a process.
+pub fn needs_infra(config: &PodSandboxConfig) -> bool {
+    let ns = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref());
+    match ns {
+        None => true,
+        Some(o) => {
+            o.pid == NamespaceMode::Pod as i32
+                || o.userns_options
+                    .as_ref()
+                    .is_some_and(|u| u.mode == NamespaceMode::Pod as i32)
+        }
+    }
+}
+
 /// Validates the parts of a pod config that the spec depends on.
 pub fn validate(config: &PodSandboxConfig, host: &HostFacts) -> Result<(), SpecError> {
     let hn = host_namespaces(config);
@@ -343,6 +364,43 @@ mod tests {
         let caps = s["process"]["capabilities"]["bounding"].as_array().unwrap();
         assert_eq!(caps.len(), crate::caps::DEFAULT_CAPABILITIES.len());
         assert!(!s["linux"]["maskedPaths"].as_array().unwrap().is_empty());
+    }
+
+    #[test]
+    fn infra_table() {
+        use k8s_cri::v1::UserNamespace;
+        let with = |ns: Option<NamespaceOption>| PodSandboxConfig {
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: ns,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = |pid: i32, userns: Option<i32>| {
+            Some(NamespaceOption {
+                pid,
+                userns_options: userns.map(|mode| UserNamespace {
+                    mode,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        };
+        let cases = [
+            (PodSandboxConfig::default(), true),
+            (with(None), true),
+            (with(opts(0, None)), true),
+            (with(opts(1, None)), false),
+            (with(opts(2, None)), false),
+            (with(opts(1, Some(0))), true),
+            (with(opts(1, Some(2))), false),
+        ];
+        for (i, (c, want)) in cases.into_iter().enumerate() {
+            assert_eq!(needs_infra(&c), want, "case {i}");
+        }
     }
 
     #[test]

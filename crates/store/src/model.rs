@@ -137,6 +137,10 @@ pub struct SandboxStatus {
     pub pid: Option<u32>,
     /// Path of the network namespace, if any.
     pub netns_path: Option<String>,
+    /// The pinned IPC namespace of a pod without an infra (pause) process.
+    pub ipc_path: Option<String>,
+    /// The pinned UTS namespace of a pod without an infra (pause) process.
+    pub uts_path: Option<String>,
     /// Primary pod IP.
     pub ip: Option<String>,
     /// Additional pod IPs (e.g. IPv6 in dual-stack).

@@ -231,7 +231,7 @@ pub fn container_stats(daemon: &Daemon, c: &ContainerRecord) -> ContainerStats {
 }
 
 /// The stats of one pod: its cgroup, its network namespace (through the
-/// pause process) and its containers.
+/// pause process, or entered for a pod without one) and its containers.
 pub fn pod_stats(daemon: &Daemon, s: &SandboxRecord) -> PodSandboxStats {
     let ts = now_nanos();
     let ready = s.status.state == SandboxState::Ready;
@@ -240,8 +240,18 @@ pub fn pod_stats(daemon: &Daemon, s: &SandboxRecord) -> PodSandboxStats {
     } else {
         CgroupUsage::default()
     };
-    let network = s.status.pid.filter(|_| ready).and_then(|pid| {
-        let devs = parse_net_dev(&read(PathBuf::from(format!("/proc/{pid}/net/dev")))?);
+    // Through the pause, or inside the netns of a pod without one.
+    let net_dev = || match (s.status.pid, &s.status.netns_path) {
+        (Some(pid), _) => read(PathBuf::from(format!("/proc/{pid}/net/dev"))),
+        (None, Some(ns)) => crius_netns::netns::run_in(Path::new(ns), || {
+            read(PathBuf::from("/proc/thread-self/net/dev"))
+        })
+        .ok()
+        .flatten(),
+        (None, None) => None,
+    };
+    let network = ready.then(net_dev).flatten().map(|text| {
+        let devs = parse_net_dev(&text);
         let iface = |d: &(String, u64, u64, u64, u64)| NetworkInterfaceUsage {
             name: d.0.clone(),
             rx_bytes: v(d.1),
@@ -251,11 +261,11 @@ pub fn pod_stats(daemon: &Daemon, s: &SandboxRecord) -> PodSandboxStats {
         };
         let interfaces: Vec<NetworkInterfaceUsage> =
             devs.iter().filter(|d| d.0 != "lo").map(iface).collect();
-        Some(NetworkUsage {
+        NetworkUsage {
             timestamp: ts,
             default_interface: interfaces.iter().find(|i| i.name == "eth0").cloned(),
             interfaces,
-        })
+        }
     });
     let meta = k8s_cri::v1::PodSandboxMetadata {
         name: s.metadata.pod_name.clone(),

@@ -438,6 +438,8 @@ async fn create_steps(
                 .to_string()
         }),
         pid: sandbox.status.pid,
+        ipc_path: sandbox.status.ipc_path.clone(),
+        uts_path: sandbox.status.uts_path.clone(),
         hosts_path: Some(pod_root.join("hosts").display().to_string()),
         resolv_conf_path: Some(pod_root.join("resolv.conf").display().to_string()),
         hostname_path: Some(pod_root.join("hostname").display().to_string()),

@@ -295,7 +295,141 @@ async fn run_steps(
     done.record = true;
     timeline.mark("name_reservation");
 
-    // The pause image.
+    // The pause image, when the pod needs a pause.
+    let infra = !daemon.config.drop_infra_container || crius_spec::sandbox::needs_infra(config);
+    let root_dir = daemon.sandbox_root(id);
+    let state_dir = daemon.sandbox_state(id);
+    let bundle = state_dir.join("bundle");
+    let shim_dir = daemon.shim_pod_dir(id);
+    let facts = crius_spec::SandboxFacts {
+        id: id.to_string(),
+        netns_path: (!hn.network).then(|| shim_dir.join("netns").display().to_string()),
+        shm_path: (!hn.ipc).then(|| shim_dir.join("shm").display().to_string()),
+        ..Default::default()
+    };
+    let load = |p: &str| std::fs::read_to_string(p).map_err(|e| e.to_string());
+    let (mounts, userns_netns) = if infra {
+        pause_bundle(daemon, id, config, &facts, done, &mut timeline).await?
+    } else {
+        for d in [&root_dir, &state_dir] {
+            done.dirs.push(d.clone());
+        }
+        std::fs::create_dir_all(&bundle).map_err(|e| internal("bundle", e))?;
+        std::fs::create_dir_all(&root_dir).map_err(|e| internal("sandbox dir", e))?;
+        // Checked as for a pod with a pause (security profiles, resources),
+        // although nothing runs with this spec.
+        let nothing = crius_spec::ImageConfig {
+            cmd: vec!["/pause".into()],
+            ..Default::default()
+        };
+        tracing::debug_span!("spec", sandbox = id)
+            .in_scope(|| {
+                crius_spec::sandbox::sandbox_spec(config, &nothing, &facts, &daemon.host, &load)
+            })
+            .map_err(spec_status)?;
+        (Vec::new(), None)
+    };
+
+    // The shim: netns and /dev/shm.
+    let handler = daemon
+        .config
+        .runtimes
+        .get(handler_name)
+        .cloned()
+        .unwrap_or_default();
+    let runtime_root = if handler.root.is_empty() {
+        daemon.config.state.join("runc")
+    } else {
+        PathBuf::from(&handler.root)
+    };
+    timeline.mark(if infra {
+        "pause_spec_and_rootfs"
+    } else {
+        "pod_spec_check"
+    });
+    let launcher = daemon.launcher().map_err(|e| e.to_status())?;
+    done.launched = true;
+    let address = launcher
+        .start(id, &bundle, &handler.path, &runtime_root)
+        .await
+        .map_err(|e| e.to_status())?;
+    let shim = ShimClient::connect(&address)
+        .await
+        .map_err(|e| e.to_status())?;
+    daemon
+        .metrics
+        .shim_spawn_duration
+        .observe(timeline.since_last().as_secs_f64());
+    timeline.mark("shim_spawn");
+    let mut create = containerd_shim_protos::sandbox_api::CreateSandboxRequest::new();
+    create.sandbox_id = id.to_string();
+    create.bundle_path = bundle.display().to_string();
+    create.rootfs = crate::shimclient::proto_mounts(&mounts);
+    if let Some(ns) = &userns_netns {
+        create.netns_path = ns.display().to_string();
+    }
+    let shm_size = daemon
+        .config
+        .shm_size_bytes()
+        .map_err(|e| internal("shm_size", e))?;
+    let no_infra = (!infra).then(|| shimclient::NoInfra {
+        hostname: config.hostname.clone(),
+        sysctls: config
+            .linux
+            .as_ref()
+            .map(|l| l.sysctls.clone().into_iter().collect())
+            .unwrap_or_default(),
+    });
+    create.annotations =
+        shimclient::pod_annotations(hn.network, hn.ipc, shm_size, no_infra.as_ref());
+    done.shim = Some(shim.clone());
+    daemon
+        .shims
+        .lock()
+        .await
+        .insert(id.to_string(), shim.clone());
+    shim.create_sandbox(create)
+        .await
+        .map_err(|e| e.to_status())?;
+    let status = shim.sandbox_status(id).await.map_err(|e| e.to_status())?;
+    let info = |k: &str| status.info.get(k).cloned().filter(|s| !s.is_empty());
+    let (netns, ipc_ns, uts_ns) = (info("netns"), info("ipc"), info("uts"));
+    timeline.mark(if infra {
+        "netns_and_shm"
+    } else {
+        "pod_namespaces_and_shm"
+    });
+    run_pod(
+        daemon,
+        id,
+        config,
+        done,
+        timeline,
+        &shim,
+        RunFacts {
+            infra,
+            hn,
+            root_dir,
+            netns,
+            ipc_ns,
+            uts_ns,
+            address,
+        },
+    )
+    .await
+}
+
+/// The pause container's root filesystem and bundle; returns the rootfs
+/// mounts the shim makes and the netns of a pod with its own user
+/// namespace (made here, owned by that namespace).
+async fn pause_bundle(
+    daemon: &Arc<Daemon>,
+    id: &str,
+    config: &PodSandboxConfig,
+    facts: &crius_spec::SandboxFacts,
+    done: &mut Done,
+    timeline: &mut Timeline,
+) -> Result<(Vec<crius_image::Mount>, Option<PathBuf>), Status> {
     let pause_ref = daemon.config.pause_image.clone();
     let resolved = tracing::debug_span!("image", op = "resolve", image = %pause_ref)
         .in_scope(|| daemon.images.resolve(&pause_ref));
@@ -334,13 +468,6 @@ async fn run_steps(
         .map_err(|e| internal("pause rootfs", e))?;
     done.rootfs = true;
 
-    let shim_dir = daemon.shim_pod_dir(id);
-    let facts = crius_spec::SandboxFacts {
-        id: id.to_string(),
-        netns_path: (!hn.network).then(|| shim_dir.join("netns").display().to_string()),
-        shm_path: (!hn.ipc).then(|| shim_dir.join("shm").display().to_string()),
-        ..Default::default()
-    };
     let rc = &image_config.config;
     let spec_image = crius_spec::ImageConfig {
         user: rc.user.clone(),
@@ -353,67 +480,48 @@ async fn run_steps(
     let load = |p: &str| std::fs::read_to_string(p).map_err(|e| e.to_string());
     let spec = tracing::debug_span!("spec", sandbox = id)
         .in_scope(|| {
-            crius_spec::sandbox::sandbox_spec(config, &spec_image, &facts, &daemon.host, &load)
+            crius_spec::sandbox::sandbox_spec(config, &spec_image, facts, &daemon.host, &load)
         })
         .map_err(spec_status)?;
     // A pod with its own user namespace: idmapped pause rootfs made here.
     let userns = crate::runtime::userns::pause(config, spec, mounts, &state_dir, &bundle).await?;
-    let (spec, mounts) = (userns.spec, userns.mounts);
-    let spec_json = serde_json::to_vec_pretty(&spec).map_err(|e| internal("spec", e))?;
+    let spec_json = serde_json::to_vec_pretty(&userns.spec).map_err(|e| internal("spec", e))?;
     crius_store::persist::write_volatile(&bundle.join("config.json"), &spec_json, 0o600)
         .map_err(|e| internal("config.json", e))?;
+    Ok((userns.mounts, userns.netns))
+}
 
-    // The shim: netns and /dev/shm.
-    let handler = daemon
-        .config
-        .runtimes
-        .get(handler_name)
-        .cloned()
-        .unwrap_or_default();
-    let runtime_root = if handler.root.is_empty() {
-        daemon.config.state.join("runc")
-    } else {
-        PathBuf::from(&handler.root)
-    };
-    timeline.mark("pause_spec_and_rootfs");
-    let launcher = daemon.launcher().map_err(|e| e.to_status())?;
-    done.launched = true;
-    let address = launcher
-        .start(id, &bundle, &handler.path, &runtime_root)
-        .await
-        .map_err(|e| e.to_status())?;
-    let shim = ShimClient::connect(&address)
-        .await
-        .map_err(|e| e.to_status())?;
-    daemon
-        .metrics
-        .shim_spawn_duration
-        .observe(timeline.since_last().as_secs_f64());
-    timeline.mark("shim_spawn");
-    let mut create = containerd_shim_protos::sandbox_api::CreateSandboxRequest::new();
-    create.sandbox_id = id.to_string();
-    create.bundle_path = bundle.display().to_string();
-    create.rootfs = crate::shimclient::proto_mounts(&mounts);
-    if let Some(ns) = &userns.netns {
-        create.netns_path = ns.display().to_string();
-    }
-    let shm_size = daemon
-        .config
-        .shm_size_bytes()
-        .map_err(|e| internal("shm_size", e))?;
-    create.annotations = shimclient::pod_annotations(hn.network, hn.ipc, shm_size);
-    done.shim = Some(shim.clone());
-    daemon
-        .shims
-        .lock()
-        .await
-        .insert(id.to_string(), shim.clone());
-    shim.create_sandbox(create)
-        .await
-        .map_err(|e| e.to_status())?;
-    let status = shim.sandbox_status(id).await.map_err(|e| e.to_status())?;
-    let netns = status.info.get("netns").cloned().filter(|s| !s.is_empty());
-    timeline.mark("netns_and_shm");
+/// What RunPodSandbox knows once the shim has made the pod's namespaces.
+struct RunFacts {
+    infra: bool,
+    hn: HostNamespaces,
+    root_dir: PathBuf,
+    netns: Option<String>,
+    ipc_ns: Option<String>,
+    uts_ns: Option<String>,
+    address: String,
+}
+
+/// The rest of RunPodSandbox: the network beside the pause (or the start
+/// of a pod without one), the pod files, the READY record.
+async fn run_pod(
+    daemon: &Arc<Daemon>,
+    id: &str,
+    config: &PodSandboxConfig,
+    done: &mut Done,
+    mut timeline: Timeline,
+    shim: &Arc<ShimClient>,
+    facts: RunFacts,
+) -> Result<(), Status> {
+    let RunFacts {
+        infra,
+        hn,
+        root_dir,
+        netns,
+        ipc_ns,
+        uts_ns,
+        address,
+    } = facts;
 
     // The pod network and the pause container, at the same time: neither
     // needs the other (the pause only holds the namespaces; CNI works on the
@@ -452,6 +560,11 @@ async fn run_steps(
         Ok::<_, Status>((pid, started.elapsed()))
     };
     let (added, paused) = tokio::join!(add, pause);
+    let pause_phase = if infra {
+        "pause_create_and_start"
+    } else {
+        "pod_start"
+    };
     // Even a failed ADD gets a DEL: plugins may have half-attached.
     done.network = network;
     let added = added?;
@@ -462,15 +575,12 @@ async fn run_steps(
     let cni_took = added.as_ref().map(|(_, t)| *t).unwrap_or(Duration::ZERO);
     if cni_took <= pause_took {
         timeline.mark_took("cni_add", cni_took);
-        timeline.mark("pause_create_and_start");
+        timeline.mark(pause_phase);
     } else {
-        timeline.mark_took("pause_create_and_start", pause_took);
+        timeline.mark_took(pause_phase, pause_took);
         timeline.mark("cni_add");
     }
-    let own = [
-        ("cni_add", cni_took),
-        ("pause_create_and_start", pause_took),
-    ];
+    let own = [("cni_add", cni_took), (pause_phase, pause_took)];
     let (ip, additional_ips) = match added {
         Some(((ip, more), _)) => (Some(ip), more),
         None => (None, Vec::new()),
@@ -511,8 +621,11 @@ async fn run_steps(
     crate::telemetry::blocking(span, move || {
         store.update_sandbox_status(&sid, |s| {
             s.state = SandboxState::Ready;
-            s.pid = Some(pid);
+            // A pod without a pause has no pid.
+            s.pid = (pid != 0).then_some(pid);
             s.netns_path = netns;
+            s.ipc_path = ipc_ns;
+            s.uts_path = uts_ns;
             s.ip = ip;
             s.additional_ips = additional_ips;
             s.shim_address = Some(address);
@@ -600,8 +713,8 @@ pub(crate) fn runtime_of(daemon: &Daemon, handler: &str) -> (String, PathBuf) {
     (h.path, root.join(shimclient::NAMESPACE))
 }
 
-/// Removes what a pod's shim owns (its containers, netns, /dev/shm, the
-/// pause rootfs mount) when the shim could not do it itself because it is
+/// Removes what a pod's shim owns (its containers, netns, pinned IPC and
+/// UTS namespaces, /dev/shm, the pause rootfs mount) when the shim could not do it itself because it is
 /// gone.
 async fn clean_after_dead_shim(daemon: &Daemon, id: &str, handler: &str) -> Result<(), Status> {
     let (runtime, root) = runtime_of(daemon, handler);
@@ -626,6 +739,9 @@ async fn clean_after_dead_shim(daemon: &Daemon, id: &str, handler: &str) -> Resu
     let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
     let shim_dir = daemon.shim_pod_dir(id);
     crius_netns::netns::remove(&shim_dir.join("netns")).map_err(|e| internal("netns", e))?;
+    for kind in ["ipc", "uts"] {
+        crius_netns::podns::unpin(&shim_dir.join(kind)).map_err(|e| internal(kind, e))?;
+    }
     let shm = shim_dir.join("shm");
     if nix::mount::umount2(&shm, nix::mount::MntFlags::MNT_DETACH).is_err() && shm.exists() {
         tracing::debug!(sandbox = %id, "shm was not mounted");

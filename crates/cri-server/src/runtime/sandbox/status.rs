@@ -98,6 +98,8 @@ pub fn status(r: &SandboxRecord, verbose: bool) -> (PodSandboxStatus, HashMap<St
         let json = serde_json::json!({
             "pid": r.status.pid,
             "netnsPath": r.status.netns_path,
+            "ipcPath": r.status.ipc_path,
+            "utsPath": r.status.uts_path,
             "shimAddress": r.status.shim_address,
             "runtimeHandler": r.metadata.runtime_handler,
             "timeline": r.status.timeline,
