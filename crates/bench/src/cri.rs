@@ -209,6 +209,8 @@ pub struct Cri {
     tag: String,
     /// The seccomp profile type pods and containers ask for.
     seccomp: i32,
+    /// One PID namespace per pod instead of per container.
+    share_pid: bool,
     /// Latencies (ms) of each CRI call by name, since the last `take_steps`.
     steps: Arc<Mutex<BTreeMap<&'static str, Vec<f64>>>>,
 }
@@ -220,6 +222,7 @@ impl Cri {
         logs: &Path,
         tag: &str,
         seccomp: i32,
+        share_pid: bool,
     ) -> Result<Cri> {
         let ch = connect(socket).await?;
         Ok(Cri {
@@ -229,6 +232,7 @@ impl Cri {
             logs: logs.to_path_buf(),
             tag: tag.to_string(),
             seccomp,
+            share_pid,
             steps: Arc::default(),
         })
     }
@@ -291,7 +295,7 @@ impl Cri {
                 cgroup_parent: format!("/crius-bench/{}/pod{uid}", self.tag),
                 security_context: Some(LinuxSandboxSecurityContext {
                     seccomp: Some(self.profile()),
-                    namespace_options: Some(kubelet_namespaces()),
+                    namespace_options: Some(kubelet_namespaces(self.share_pid)),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -332,7 +336,7 @@ impl Cri {
                 linux: Some(LinuxContainerConfig {
                     security_context: Some(LinuxContainerSecurityContext {
                         seccomp: Some(self.profile()),
-                        namespace_options: Some(kubelet_namespaces()),
+                        namespace_options: Some(kubelet_namespaces(self.share_pid)),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -398,12 +402,17 @@ impl Cri {
 }
 
 /// The namespace options kubelet sends for a pod without hostNetwork,
-/// hostPID, hostIPC or shareProcessNamespace (and for its containers):
-/// the pod's network and IPC namespaces, a PID namespace per container.
-fn kubelet_namespaces() -> NamespaceOption {
+/// hostPID or hostIPC (and for its containers): the pod's network and IPC
+/// namespaces, a PID namespace per container, or per pod with
+/// shareProcessNamespace.
+fn kubelet_namespaces(share_pid: bool) -> NamespaceOption {
     NamespaceOption {
         network: NamespaceMode::Pod as i32,
-        pid: NamespaceMode::Container as i32,
+        pid: if share_pid {
+            NamespaceMode::Pod as i32
+        } else {
+            NamespaceMode::Container as i32
+        },
         ipc: NamespaceMode::Pod as i32,
         ..Default::default()
     }

@@ -20,11 +20,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: crius-bench --criusd PATH [--out FILE] [--pods N] [--concurrency N] [--execs N] [--only crius,containerd,runc] [--seccomp unconfined|runtime-default]
+const USAGE: &str = "usage: crius-bench --criusd PATH [--out FILE] [--pods N] [--concurrency N] [--execs N] [--only crius,containerd,runc] [--seccomp unconfined|runtime-default] [--share-pid]
 
 --seccomp: the seccomp profile every pod and container asks for. The default,
 unconfined, is what kubelet sends when the SeccompDefault setting is off
-(its default); runtime-default is what it sends with it on.";
+(its default); runtime-default is what it sends with it on.
+--share-pid: pods as kubelet sends them with shareProcessNamespace (one PID
+namespace per pod, held by the pause container in every runtime) instead of
+a PID namespace per container (which crius runs without a pause).";
 
 struct Options {
     criusd: PathBuf,
@@ -35,6 +38,8 @@ struct Options {
     only: Vec<String>,
     /// `SecurityProfile.ProfileType` sent for pods and containers.
     seccomp: i32,
+    /// Pods share one PID namespace (`shareProcessNamespace`).
+    share_pid: bool,
 }
 
 fn options() -> Result<Options> {
@@ -46,6 +51,7 @@ fn options() -> Result<Options> {
         execs: 100,
         only: vec!["crius".into(), "containerd".into(), "runc".into()],
         seccomp: k8s_cri::v1::security_profile::ProfileType::Unconfined as i32,
+        share_pid: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -65,6 +71,7 @@ fn options() -> Result<Options> {
                     other => bail!("--seccomp {other:?}: unconfined or runtime-default"),
                 }
             }
+            "--share-pid" => o.share_pid = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -363,7 +370,7 @@ async fn bench_cri(
     metrics: Option<&str>,
 ) -> Result<serde_json::Value> {
     let logs = dir.join("logs");
-    let cri = Cri::new(&daemon.socket, reg, &logs, name, o.seccomp).await?;
+    let cri = Cri::new(&daemon.socket, reg, &logs, name, o.seccomp, o.share_pid).await?;
     eprintln!("bench: {name}: pulling the images");
     cri.pull().await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -743,6 +750,7 @@ async fn run() -> Result<()> {
             } else {
                 "runtime-default"
             },
+            "share_pid": o.share_pid,
         },
         "duration_s": t0.elapsed().as_secs_f64(),
         "results": results,
