@@ -666,7 +666,11 @@ impl ImageManager {
                 let p = d.join(ROOTFS_RECORD);
                 let bytes =
                     serde_json::to_vec(&record).map_err(|e| io_err(&p)(io::Error::other(e)))?;
-                crius_store::persist::write_atomic(&p, &bytes).map_err(io_err(&p))
+                // Atomic but not synced: it only has to outlive criusd, not
+                // the machine (after a power loss the container is dead and
+                // its layer is removed with it; a torn record stops
+                // collection rather than letting it delete a snapshot).
+                crius_store::persist::write_volatile(&p, &bytes, 0o644).map_err(io_err(&p))
             })();
             if r.is_err() && fresh {
                 let _ = std::fs::remove_dir_all(&d);
