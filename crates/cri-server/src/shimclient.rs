@@ -30,6 +30,9 @@ pub const INFRA_ANNOTATION: &str = "io.crius.shim.infra";
 pub const HOSTNAME_ANNOTATION: &str = "io.crius.shim.hostname";
 /// The shim's annotation for the sysctls of a pod without an infra process.
 pub const SYSCTLS_ANNOTATION: &str = "io.crius.shim.sysctls";
+/// The shim's annotation saying that the given netns is the shim's to
+/// remove at shutdown (`true`).
+pub const NETNS_OWNED_ANNOTATION: &str = "io.crius.shim.netns-owned";
 /// Annotation: host IPC (no /dev/shm tmpfs).
 pub const IPC_ANNOTATION: &str = "io.crius.shim.ipc";
 /// Annotation: /dev/shm size in bytes.
@@ -649,8 +652,12 @@ pub fn pod_annotations(
     host_ipc: bool,
     shm_size: u64,
     no_infra: Option<&NoInfra>,
+    netns_owned: bool,
 ) -> std::collections::HashMap<String, String> {
     let mut a = std::collections::HashMap::new();
+    if netns_owned {
+        a.insert(NETNS_OWNED_ANNOTATION.to_string(), "true".to_string());
+    }
     if let Some(n) = no_infra {
         a.insert(INFRA_ANNOTATION.to_string(), "none".to_string());
         a.insert(HOSTNAME_ANNOTATION.to_string(), n.hostname.clone());
@@ -677,17 +684,22 @@ mod tests {
 
     #[test]
     fn annotations() {
-        let a = pod_annotations(true, false, 1024, None);
+        let a = pod_annotations(true, false, 1024, None, false);
         assert_eq!(a.get(NETWORK_ANNOTATION).map(String::as_str), Some("host"));
         assert!(!a.contains_key(IPC_ANNOTATION));
         assert_eq!(a.get(SHM_SIZE_ANNOTATION).map(String::as_str), Some("1024"));
         assert!(!a.contains_key(INFRA_ANNOTATION));
+        assert!(!a.contains_key(NETNS_OWNED_ANNOTATION));
         let n = NoInfra {
             hostname: "web-0".into(),
             sysctls: [("kernel.shmmni".to_string(), "100".to_string())].into(),
         };
-        let a = pod_annotations(false, false, 1024, Some(&n));
+        let a = pod_annotations(false, false, 1024, Some(&n), true);
         assert_eq!(a.get(INFRA_ANNOTATION).map(String::as_str), Some("none"));
+        assert_eq!(
+            a.get(NETNS_OWNED_ANNOTATION).map(String::as_str),
+            Some("true")
+        );
         assert_eq!(
             a.get(HOSTNAME_ANNOTATION).map(String::as_str),
             Some("web-0")
@@ -696,7 +708,7 @@ mod tests {
             a.get(SYSCTLS_ANNOTATION).map(String::as_str),
             Some(r#"{"kernel.shmmni":"100"}"#)
         );
-        let a = pod_annotations(false, false, 1024, Some(&NoInfra::default()));
+        let a = pod_annotations(false, false, 1024, Some(&NoInfra::default()), false);
         assert!(!a.contains_key(SYSCTLS_ANNOTATION));
     }
 

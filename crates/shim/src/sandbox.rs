@@ -4,7 +4,9 @@
 //! How criusd passes pod options (annotations of CreateSandboxRequest):
 //! - `io.crius.shim.network`: `host` for a host-network pod (no netns is
 //!   created). When `netns_path` is set in the request, that namespace is
-//!   used as is and not owned (not removed) by the shim.
+//!   used as is and not owned (not removed) by the shim, unless
+//!   `io.crius.shim.netns-owned` is `true`: then it is the shim's from
+//!   then on, removed at shutdown like one it made.
 //! - `io.crius.shim.ipc`: `host` for host IPC (no /dev/shm tmpfs).
 //! - `io.crius.shim.shm-size`: the tmpfs size in bytes (default 64 MiB).
 //! - `io.crius.shim.infra`: `none` for a pod without an infra (pause)
@@ -42,6 +44,9 @@ pub const NETWORK_ANNOTATION: &str = "io.crius.shim.network";
 pub const IPC_ANNOTATION: &str = "io.crius.shim.ipc";
 /// Annotation: /dev/shm size in bytes.
 pub const SHM_SIZE_ANNOTATION: &str = "io.crius.shim.shm-size";
+/// Annotation: `true` when the netns given in `netns_path` is the shim's to
+/// remove at shutdown (criusd made it so that CNI could start early).
+pub const NETNS_OWNED_ANNOTATION: &str = "io.crius.shim.netns-owned";
 /// Annotation: `none` for a pod without an infra process.
 pub const INFRA_ANNOTATION: &str = "io.crius.shim.infra";
 /// Annotation: the pod's hostname (pods without an infra process).
@@ -115,8 +120,22 @@ pub fn pod_options(
             "{SYSCTLS_ANNOTATION} is for pods without an infra process (the pause's spec has them)"
         )));
     }
+    let handed_over = match annotations.get(NETNS_OWNED_ANNOTATION).map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(TaskError::Invalid(format!(
+                "{NETNS_OWNED_ANNOTATION}={other:?}"
+            )));
+        }
+    };
+    if handed_over && netns_path.is_empty() {
+        return Err(TaskError::Invalid(format!(
+            "{NETNS_OWNED_ANNOTATION} without a netns_path"
+        )));
+    }
     Ok(PodOptions {
-        own_netns: !host_net && netns_path.is_empty(),
+        own_netns: !host_net && (netns_path.is_empty() || handed_over),
         shm_size: (!host_ipc).then_some(size),
         infra,
         host_network: host_net,
@@ -281,15 +300,23 @@ impl SandboxService {
             .join(&req.sandbox_id);
         std::fs::create_dir_all(&state_dir)
             .map_err(|e| TaskError::Internal(format!("create {}: {e}", state_dir.display())))?;
-        let netns = if opts.own_netns {
+        let netns = if !req.netns_path.is_empty() {
+            let p = PathBuf::from(&req.netns_path);
+            if !crius_netns::netns::is_netns(&p) {
+                let _ = std::fs::remove_dir(&state_dir);
+                return Err(TaskError::Invalid(format!(
+                    "netns_path {} is not a network namespace",
+                    p.display()
+                )));
+            }
+            Some(p)
+        } else if opts.own_netns {
             let p = state_dir.join("netns");
             if let Err(e) = crius_netns::netns::create(&p) {
                 let _ = std::fs::remove_dir(&state_dir);
                 return Err(TaskError::Internal(format!("create netns: {e}")));
             }
             Some(p)
-        } else if !req.netns_path.is_empty() {
-            Some(PathBuf::from(&req.netns_path))
         } else {
             None
         };
@@ -723,6 +750,13 @@ mod tests {
                 Some((true, Some(1048576))),
             ),
             (a(&[(SHM_SIZE_ANNOTATION, "0")]), "", None),
+            (
+                a(&[(NETNS_OWNED_ANNOTATION, "true")]),
+                "/run/x/netns",
+                Some((true, Some(DEFAULT_SHM_SIZE))),
+            ),
+            (a(&[(NETNS_OWNED_ANNOTATION, "true")]), "", None),
+            (a(&[(NETNS_OWNED_ANNOTATION, "yes")]), "/run/x/netns", None),
             (a(&[(SHM_SIZE_ANNOTATION, "big")]), "", None),
         ];
         for (ann, ns, want) in cases {

@@ -152,6 +152,8 @@ struct Done {
     /// failed).
     launched: bool,
     network: Option<(CniNetwork, PodNetwork)>,
+    /// The netns criusd made for the shim.
+    netns: Option<PathBuf>,
 }
 
 impl Done {
@@ -188,6 +190,12 @@ impl Done {
             }
             if let Err(e) = clean_after_dead_shim(daemon, id, &self.handler).await {
                 tracing::warn!(sandbox = id, error = %e.message(), "rollback: cleanup after the shim launch failed");
+            }
+        }
+        // Whether or not a shim took the netns over (and removed it).
+        if let Some(n) = self.netns {
+            if let Err(e) = crius_netns::netns::remove(&n) {
+                tracing::warn!(sandbox = id, error = %e, "rollback: cannot remove the netns");
             }
         }
         // Idmapped mounts (user namespace pods) go before anything below
@@ -347,31 +355,46 @@ async fn run_steps(
     } else {
         "pod_spec_check"
     });
-    let launcher = daemon.launcher().map_err(|e| e.to_status())?;
-    done.launched = true;
-    let address = launcher
-        .start(id, &bundle, &handler.path, &runtime_root)
-        .await
-        .map_err(|e| e.to_status())?;
-    let shim = ShimClient::connect(&address)
-        .await
-        .map_err(|e| e.to_status())?;
-    daemon
-        .metrics
-        .shim_spawn_duration
-        .observe(timeline.since_last().as_secs_f64());
-    timeline.mark("shim_spawn");
-    let mut create = containerd_shim_protos::sandbox_api::CreateSandboxRequest::new();
-    create.sandbox_id = id.to_string();
-    create.bundle_path = bundle.display().to_string();
-    create.rootfs = crate::shimclient::proto_mounts(&mounts);
-    if let Some(ns) = &userns_netns {
-        create.netns_path = ns.display().to_string();
+
+    // The pod's netns is made here and handed to the shim, which owns it
+    // from CreateSandbox on (it removes it at shutdown, as one it made): CNI
+    // ADD starts at once, beside the shim's start-up, instead of after it.
+    let own_netns = (!hn.network && userns_netns.is_none()).then(|| shim_dir.join("netns"));
+    if let Some(p) = own_netns.clone() {
+        done.netns = Some(p.clone());
+        tokio::task::spawn_blocking(move || crius_netns::netns::create(&p))
+            .await
+            .map_err(|e| internal("netns", e))?
+            .map_err(|e| internal("cannot create the pod's network namespace", e))?;
     }
-    let shm_size = daemon
-        .config
-        .shm_size_bytes()
-        .map_err(|e| internal("shm_size", e))?;
+    timeline.mark("netns");
+    let netns = own_netns.clone().or(userns_netns);
+    let network = match (&netns, hn.network) {
+        (Some(ns), false) => Some((cni(daemon)?, pod_network(id, ns, config))),
+        (None, false) => return Err(Status::internal("the pod has no network namespace")),
+        (_, true) => None,
+    };
+    let cni_started = std::time::Instant::now();
+    let add = async {
+        let Some((network, pod)) = network.clone() else {
+            return Ok(None);
+        };
+        let r = cni_add(network, pod).await;
+        let took = cni_started.elapsed();
+        daemon
+            .metrics
+            .cni_duration
+            .with_label_values(&["add"])
+            .observe(took.as_secs_f64());
+        if r.is_err() {
+            daemon
+                .metrics
+                .cni_failures
+                .with_label_values(&["add"])
+                .inc();
+        }
+        r.map(|ips| Some((ips, took)))
+    };
     let no_infra = (!infra).then(|| shimclient::NoInfra {
         hostname: config.hostname.clone(),
         sysctls: config
@@ -380,43 +403,171 @@ async fn run_steps(
             .map(|l| l.sysctls.clone().into_iter().collect())
             .unwrap_or_default(),
     });
-    create.annotations =
-        shimclient::pod_annotations(hn.network, hn.ipc, shm_size, no_infra.as_ref());
-    done.shim = Some(shim.clone());
-    daemon
-        .shims
-        .lock()
-        .await
-        .insert(id.to_string(), shim.clone());
-    shim.create_sandbox(create)
-        .await
-        .map_err(|e| e.to_status())?;
-    let status = shim.sandbox_status(id).await.map_err(|e| e.to_status())?;
-    let info = |k: &str| status.info.get(k).cloned().filter(|s| !s.is_empty());
-    let (netns, ipc_ns, uts_ns) = (info("netns"), info("ipc"), info("uts"));
-    timeline.mark(if infra {
-        "netns_and_shm"
+    let pod_shim = PodShim {
+        id,
+        handler: &handler,
+        runtime_root: &runtime_root,
+        bundle: &bundle,
+        mounts: &mounts,
+        netns: netns.as_deref(),
+        owned_netns: own_netns.is_some(),
+        hn,
+        no_infra: no_infra.as_ref(),
+        infra,
+    };
+    let mut shim_side = ShimSide::default();
+    // The pod network and the shim's part (spawn, CreateSandbox, the pause
+    // or the start of a pod without one), at the same time: neither needs
+    // the other. Whatever fails, both are undone by the rollback: the shim
+    // shutdown kills a started pause, and a CNI ADD that was tried gets its
+    // DEL.
+    let (added, shimmed) = tokio::join!(add, pod_shim.run(daemon, &mut shim_side));
+    // Even a failed ADD gets a DEL: plugins may have half-attached.
+    done.network = network;
+    done.launched = shim_side.launched;
+    done.shim = shim_side.shim.clone();
+    let added = added?;
+    let (shim, address, pid, ipc_ns, uts_ns) = shimmed?;
+    // The two ran side by side. The timeline keeps adding up to the wall
+    // time: the side that finished first shows its own durations, the
+    // other what it took beyond that. The phase histograms get every
+    // phase's own duration.
+    let cni_took = added.as_ref().map(|(_, t)| *t).unwrap_or(Duration::ZERO);
+    let shim_took: Duration = shim_side.phases.iter().map(|(_, d)| *d).sum();
+    if cni_took <= shim_took {
+        timeline.mark_took("cni_add", cni_took);
+        if let Some(((last, _), rest)) = shim_side.phases.split_last() {
+            for (name, d) in rest {
+                timeline.mark_took(name, *d);
+            }
+            timeline.mark(last);
+        }
     } else {
-        "pod_namespaces_and_shm"
-    });
+        for (name, d) in &shim_side.phases {
+            timeline.mark_took(name, *d);
+        }
+        timeline.mark("cni_add");
+    }
+    let mut own = shim_side.phases.clone();
+    own.push(("cni_add", cni_took));
+    let netns = netns.map(|p| p.display().to_string());
     run_pod(
         daemon,
         id,
         config,
-        done,
         timeline,
         &shim,
         RunFacts {
-            infra,
             hn,
             root_dir,
             netns,
             ipc_ns,
             uts_ns,
             address,
+            pid,
+            added: added.map(|(ips, _)| ips),
+            own,
         },
     )
     .await
+}
+
+/// What the shim side of RunPodSandbox got to, for the rollback, and how
+/// long its phases took.
+#[derive(Default)]
+struct ShimSide {
+    launched: bool,
+    shim: Option<Arc<ShimClient>>,
+    phases: Vec<(&'static str, Duration)>,
+}
+
+/// The shim's part of a pod start.
+struct PodShim<'a> {
+    id: &'a str,
+    handler: &'a crate::config::RuntimeHandler,
+    runtime_root: &'a Path,
+    bundle: &'a Path,
+    mounts: &'a [crius_image::Mount],
+    netns: Option<&'a Path>,
+    owned_netns: bool,
+    hn: HostNamespaces,
+    no_infra: Option<&'a shimclient::NoInfra>,
+    infra: bool,
+}
+
+impl PodShim<'_> {
+    /// Spawns the shim, has it create the sandbox and start it (the pause,
+    /// or nothing for a pod without one); returns the client, its address,
+    /// the pause pid (0 without one) and the pinned IPC/UTS namespaces.
+    #[allow(clippy::type_complexity)]
+    async fn run(
+        &self,
+        daemon: &Arc<Daemon>,
+        side: &mut ShimSide,
+    ) -> Result<(Arc<ShimClient>, String, u32, Option<String>, Option<String>), Status> {
+        let id = self.id;
+        let mut clock = std::time::Instant::now();
+        let mut lap = |side: &mut ShimSide, name: &'static str| {
+            let now = std::time::Instant::now();
+            side.phases.push((name, now - clock));
+            clock = now;
+        };
+        let launcher = daemon.launcher().map_err(|e| e.to_status())?;
+        side.launched = true;
+        let address = launcher
+            .start(id, self.bundle, &self.handler.path, self.runtime_root)
+            .await
+            .map_err(|e| e.to_status())?;
+        let shim = ShimClient::connect(&address)
+            .await
+            .map_err(|e| e.to_status())?;
+        side.shim = Some(shim.clone());
+        daemon
+            .shims
+            .lock()
+            .await
+            .insert(id.to_string(), shim.clone());
+        lap(side, "shim_spawn");
+        daemon
+            .metrics
+            .shim_spawn_duration
+            .observe(side.phases[0].1.as_secs_f64());
+        let mut create = containerd_shim_protos::sandbox_api::CreateSandboxRequest::new();
+        create.sandbox_id = id.to_string();
+        create.bundle_path = self.bundle.display().to_string();
+        create.rootfs = crate::shimclient::proto_mounts(self.mounts);
+        if let Some(ns) = self.netns {
+            create.netns_path = ns.display().to_string();
+        }
+        let shm_size = daemon
+            .config
+            .shm_size_bytes()
+            .map_err(|e| internal("shm_size", e))?;
+        create.annotations = shimclient::pod_annotations(
+            self.hn.network,
+            self.hn.ipc,
+            shm_size,
+            self.no_infra,
+            self.owned_netns,
+        );
+        shim.create_sandbox(create)
+            .await
+            .map_err(|e| e.to_status())?;
+        let status = shim.sandbox_status(id).await.map_err(|e| e.to_status())?;
+        let info = |k: &str| status.info.get(k).cloned().filter(|s| !s.is_empty());
+        let (ipc_ns, uts_ns) = (info("ipc"), info("uts"));
+        lap(side, "sandbox_create");
+        let pid = shim.start_sandbox(id).await.map_err(|e| e.to_status())?;
+        lap(
+            side,
+            if self.infra {
+                "pause_create_and_start"
+            } else {
+                "pod_start"
+            },
+        );
+        Ok((shim, address, pid, ipc_ns, uts_ns))
+    }
 }
 
 /// The pause container's root filesystem and bundle; returns the rootfs
@@ -491,98 +642,42 @@ async fn pause_bundle(
     Ok((userns.mounts, userns.netns))
 }
 
-/// What RunPodSandbox knows once the shim has made the pod's namespaces.
+/// What RunPodSandbox knows once the network and the shim are done.
 struct RunFacts {
-    infra: bool,
     hn: HostNamespaces,
     root_dir: PathBuf,
     netns: Option<String>,
     ipc_ns: Option<String>,
     uts_ns: Option<String>,
     address: String,
+    pid: u32,
+    added: Option<(String, Vec<String>)>,
+    /// Every phase's own duration, for the histograms.
+    own: Vec<(&'static str, Duration)>,
 }
 
-/// The rest of RunPodSandbox: the network beside the pause (or the start
-/// of a pod without one), the pod files, the READY record.
+/// The rest of RunPodSandbox: the pod files and the READY record.
 async fn run_pod(
     daemon: &Arc<Daemon>,
     id: &str,
     config: &PodSandboxConfig,
-    done: &mut Done,
     mut timeline: Timeline,
-    shim: &Arc<ShimClient>,
+    _shim: &Arc<ShimClient>,
     facts: RunFacts,
 ) -> Result<(), Status> {
     let RunFacts {
-        infra,
         hn,
         root_dir,
         netns,
         ipc_ns,
         uts_ns,
         address,
+        pid,
+        added,
+        own,
     } = facts;
-
-    // The pod network and the pause container, at the same time: neither
-    // needs the other (the pause only holds the namespaces; CNI works on the
-    // netns the shim made). Whatever fails, both are undone by the rollback:
-    // the shim shutdown kills a started pause, and a CNI ADD that was tried
-    // gets its DEL.
-    let network = match (&netns, hn.network) {
-        (Some(ns), false) => Some((cni(daemon)?, pod_network(id, Path::new(ns), config))),
-        (None, false) => return Err(Status::internal("the shim reported no network namespace")),
-        (_, true) => None,
-    };
-    let cni_started = std::time::Instant::now();
-    let add = async {
-        let Some((network, pod)) = network.clone() else {
-            return Ok(None);
-        };
-        let r = cni_add(network, pod).await;
-        let took = cni_started.elapsed();
-        daemon
-            .metrics
-            .cni_duration
-            .with_label_values(&["add"])
-            .observe(took.as_secs_f64());
-        if r.is_err() {
-            daemon
-                .metrics
-                .cni_failures
-                .with_label_values(&["add"])
-                .inc();
-        }
-        r.map(|ips| Some((ips, took)))
-    };
-    let pause = async {
-        let started = std::time::Instant::now();
-        let pid = shim.start_sandbox(id).await.map_err(|e| e.to_status())?;
-        Ok::<_, Status>((pid, started.elapsed()))
-    };
-    let (added, paused) = tokio::join!(add, pause);
-    let pause_phase = if infra {
-        "pause_create_and_start"
-    } else {
-        "pod_start"
-    };
-    // Even a failed ADD gets a DEL: plugins may have half-attached.
-    done.network = network;
-    let added = added?;
-    let (pid, pause_took) = paused?;
-    // The two ran side by side. The timeline keeps adding up to the wall
-    // time: the one that finished first shows its own duration, the other
-    // what it took beyond that. The phase histograms get both durations.
-    let cni_took = added.as_ref().map(|(_, t)| *t).unwrap_or(Duration::ZERO);
-    if cni_took <= pause_took {
-        timeline.mark_took("cni_add", cni_took);
-        timeline.mark(pause_phase);
-    } else {
-        timeline.mark_took(pause_phase, pause_took);
-        timeline.mark("cni_add");
-    }
-    let own = [("cni_add", cni_took), (pause_phase, pause_took)];
     let (ip, additional_ips) = match added {
-        Some(((ip, more), _)) => (Some(ip), more),
+        Some((ip, more)) => (Some(ip), more),
         None => (None, Vec::new()),
     };
 
