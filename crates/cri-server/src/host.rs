@@ -188,6 +188,9 @@ pub struct RuntimeFeatures {
     pub rro: bool,
     /// It can put containers in user namespaces with idmapped mounts.
     pub idmap: bool,
+    /// Whether its `features` document lists the `user` namespace; None
+    /// without such a document (runc 1.1 has no `features`).
+    pub userns: Option<bool>,
 }
 
 /// Whether a kernel release string (`6.18.44-fc`) is at least `major.minor`.
@@ -209,11 +212,16 @@ pub fn parse_runtime_features(json: &str, kernel: &str) -> RuntimeFeatures {
         .as_array()
         .is_some_and(|o| o.iter().any(|v| v == "rro"))
         && kernel_at_least(kernel, 5, 12);
-    let idmap = doc["linux"]["namespaces"]
+    let userns = doc["linux"]["namespaces"]
         .as_array()
-        .is_some_and(|n| n.iter().any(|v| v == "user"))
+        .is_some_and(|n| n.iter().any(|v| v == "user"));
+    let idmap = userns
         && doc["linux"]["mountExtensions"]["idmap"]["enabled"] == serde_json::Value::Bool(true);
-    RuntimeFeatures { rro, idmap }
+    RuntimeFeatures {
+        rro,
+        idmap,
+        userns: Some(userns),
+    }
 }
 
 /// How long `<runtime> features` may take.
@@ -325,6 +333,7 @@ mod tests {
                 RuntimeFeatures {
                     rro: true,
                     idmap: false,
+                    userns: Some(true),
                 },
             ),
             (
@@ -333,6 +342,7 @@ mod tests {
                 RuntimeFeatures {
                     rro: false,
                     idmap: false,
+                    userns: Some(true),
                 },
             ),
             (
@@ -341,12 +351,21 @@ mod tests {
                 RuntimeFeatures {
                     rro: false,
                     idmap: true,
+                    userns: Some(true),
                 },
             ),
             (
                 "unknown command features",
                 "6.1.0",
                 RuntimeFeatures::default(),
+            ),
+            (
+                r#"{"linux": {"namespaces": ["pid", "network"]}}"#,
+                "6.1.0",
+                RuntimeFeatures {
+                    userns: Some(false),
+                    ..Default::default()
+                },
             ),
         ];
         for (doc, kernel, want) in cases {

@@ -444,15 +444,11 @@ fn probe_in(dir: &Path) -> Result<(), String> {
 /// without that subcommand (runc 1.1), it is runc or crun, which always
 /// could.
 pub fn runtime_supports_userns(path: &str) -> bool {
-    let out = |arg: &str| crate::host::run_briefly(path, arg);
-    if let Some(doc) =
-        out("features").and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-    {
-        return doc["linux"]["namespaces"]
-            .as_array()
-            .is_some_and(|n| n.iter().any(|v| v == "user"));
+    // The features document is asked for once per path (host's cache).
+    if let Some(userns) = crate::host::runtime_features(path).userns {
+        return userns;
     }
-    out("--version").is_some_and(|v| {
+    crate::host::run_briefly(path, "--version").is_some_and(|v| {
         let first = v.lines().next().unwrap_or_default();
         first.starts_with("runc version") || first.starts_with("crun version")
     })
