@@ -110,31 +110,7 @@ pub fn create(path: &Path) -> Result<NetNs, NetnsError> {
     if is_netns(path) {
         return Err(NetnsError::AlreadyExists { path: path_buf });
     }
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|source| NetnsError::Io {
-            op: "create directory",
-            path: parent.to_path_buf(),
-            source,
-        })?;
-    }
-    let created = match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o444)
-        .open(path)
-    {
-        Ok(_) => true,
-        // A plain file left behind (e.g. by a crash between create and
-        // mount) is reused as the mount point.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
-        Err(source) => {
-            return Err(NetnsError::Io {
-                op: "create",
-                path: path_buf,
-                source,
-            })
-        }
-    };
+    let created = mount_point(path)?;
 
     let result = std::thread::scope(|s| {
         let handle = std::thread::Builder::new()
@@ -193,11 +169,50 @@ pub fn create(path: &Path) -> Result<NetNs, NetnsError> {
     }
 }
 
-/// Unmounts (lazily) and deletes a namespace file. Succeeds when the path is
-/// already gone or is not mounted any more.
+/// Creates the file a namespace is bind-mounted on (and its parent
+/// directories); true when this call created it. A plain file left behind
+/// (e.g. by a crash between create and mount) is reused.
+pub(crate) fn mount_point(path: &Path) -> Result<bool, NetnsError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|source| NetnsError::Io {
+            op: "create directory",
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(path)
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(source) => Err(NetnsError::Io {
+            op: "create",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Unmounts (lazily) and deletes a network namespace file. Succeeds when
+/// the path is already gone or is not mounted any more.
 pub fn remove(path: &Path) -> Result<(), NetnsError> {
+    unmount_and_remove(path, is_netns)?;
+    tracing::debug!(path = %path.display(), "removed network namespace");
+    Ok(())
+}
+
+/// Unmounts `path` (lazily, each stacked mount) while `mounted` says a
+/// namespace is mounted there, then deletes the file. Succeeds when the
+/// path is already gone or is not mounted any more.
+pub(crate) fn unmount_and_remove(
+    path: &Path,
+    mounted: impl Fn(&Path) -> bool,
+) -> Result<(), NetnsError> {
     for _ in 0..MAX_STACKED_MOUNTS {
-        if !is_netns(path) {
+        if !mounted(path) {
             break;
         }
         match umount2(path, MntFlags::MNT_DETACH) {
@@ -214,10 +229,7 @@ pub fn remove(path: &Path) -> Result<(), NetnsError> {
         }
     }
     match std::fs::remove_file(path) {
-        Ok(()) => {
-            tracing::debug!(path = %path.display(), "removed network namespace");
-            Ok(())
-        }
+        Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(source) => Err(NetnsError::Io {
             op: "remove",

@@ -9,17 +9,11 @@
 //! network namespace by [`write_net_sysctls`]. Containers join the files by
 //! path. [`unpin`] removes them.
 
-use crate::netns::{run_in, NetnsError};
-use nix::errno::Errno;
+use crate::netns::{mount_point, run_in, unmount_and_remove, NetnsError};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
-use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-
-/// How many stacked mounts [`unpin`] unmounts at most.
-const MAX_STACKED_MOUNTS: usize = 16;
 
 /// Which namespace a sysctl belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,31 +93,6 @@ pub struct PodNamespaces<'a> {
     pub hostname: &'a str,
     /// IPC and UTS sysctls to write inside the new namespaces.
     pub sysctls: &'a [(String, String)],
-}
-
-/// Creates the mount-point file; true when this call created it.
-fn mount_point(path: &Path) -> Result<bool, NetnsError> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|source| NetnsError::Io {
-            op: "create directory",
-            path: parent.to_path_buf(),
-            source,
-        })?;
-    }
-    match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o444)
-        .open(path)
-    {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-        Err(source) => Err(NetnsError::Io {
-            op: "create",
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
 }
 
 /// Creates and pins the pod's IPC and/or UTS namespaces, sets the hostname
@@ -267,31 +236,7 @@ fn is_nsfs(path: &Path) -> bool {
 /// Unmounts (lazily) and deletes a pinned namespace file. Succeeds when the
 /// path is gone or not mounted.
 pub fn unpin(path: &Path) -> Result<(), NetnsError> {
-    for _ in 0..MAX_STACKED_MOUNTS {
-        if !is_nsfs(path) {
-            break;
-        }
-        match umount2(path, MntFlags::MNT_DETACH) {
-            Ok(()) => continue,
-            Err(Errno::EINVAL) | Err(Errno::ENOENT) => break,
-            Err(source) => {
-                return Err(NetnsError::Sys {
-                    op: "umount",
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-        }
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(NetnsError::Io {
-            op: "remove",
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
+    unmount_and_remove(path, is_nsfs)
 }
 
 #[cfg(test)]

@@ -386,7 +386,7 @@ impl SandboxService {
     /// StartSandbox: runs the pause container in the pod's namespaces; a
     /// pod without an infra process just becomes READY.
     pub fn start(&self, id: &str) -> Result<(u32, SystemTime)> {
-        let started = self.with_pod(id, |p| {
+        let (created_at, pause) = self.with_pod(id, |p| {
             if p.phase != Phase::Created {
                 return Err(TaskError::Precondition(format!(
                     "sandbox {id} already started"
@@ -394,18 +394,18 @@ impl SandboxService {
             }
             if !p.infra {
                 p.phase = Phase::Ready;
-                return Ok(Err((0, p.created_at)));
+                return Ok((p.created_at, None));
             }
-            Ok(Ok((
+            let parts = (
                 p.bundle.clone(),
                 p.rootfs.clone(),
                 p.netns.clone(),
                 p.shm.clone(),
-            )))
+            );
+            Ok((p.created_at, Some(parts)))
         })?;
-        let (bundle, rootfs, netns, shm) = match started {
-            Ok(parts) => parts,
-            Err(ready) => return Ok(ready),
+        let Some((bundle, rootfs, netns, shm)) = pause else {
+            return Ok((0, created_at));
         };
         if bundle.as_os_str().is_empty() || !bundle.is_absolute() {
             return Err(TaskError::Invalid(format!(

@@ -316,14 +316,22 @@ async fn run_steps(
         ..Default::default()
     };
     let load = |p: &str| std::fs::read_to_string(p).map_err(|e| e.to_string());
+    for d in [&root_dir, &state_dir] {
+        done.dirs.push(d.clone());
+    }
+    std::fs::create_dir_all(&bundle).map_err(|e| internal("bundle", e))?;
+    std::fs::create_dir_all(&root_dir).map_err(|e| internal("sandbox dir", e))?;
     let (mounts, userns_netns) = if infra {
-        pause_bundle(daemon, id, config, &facts, done, &mut timeline).await?
+        let pause = PauseBundle {
+            id,
+            config,
+            facts: &facts,
+            state_dir: &state_dir,
+            bundle: &bundle,
+            load: &load,
+        };
+        pause.prepare(daemon, done, &mut timeline).await?
     } else {
-        for d in [&root_dir, &state_dir] {
-            done.dirs.push(d.clone());
-        }
-        std::fs::create_dir_all(&bundle).map_err(|e| internal("bundle", e))?;
-        std::fs::create_dir_all(&root_dir).map_err(|e| internal("sandbox dir", e))?;
         // Checked as for a pod with a pause (security profiles, resources),
         // although nothing runs with this spec.
         let nothing = crius_spec::ImageConfig {
@@ -338,18 +346,7 @@ async fn run_steps(
         (Vec::new(), None)
     };
 
-    // The shim: netns and /dev/shm.
-    let handler = daemon
-        .config
-        .runtimes
-        .get(handler_name)
-        .cloned()
-        .unwrap_or_default();
-    let runtime_root = if handler.root.is_empty() {
-        daemon.config.state.join("runc")
-    } else {
-        PathBuf::from(&handler.root)
-    };
+    let (runtime, runtime_root) = runtime_binary_and_root(daemon, handler_name);
     timeline.mark(if infra {
         "pause_spec_and_rootfs"
     } else {
@@ -405,7 +402,7 @@ async fn run_steps(
     });
     let pod_shim = PodShim {
         id,
-        handler: &handler,
+        runtime: &runtime,
         runtime_root: &runtime_root,
         bundle: &bundle,
         mounts: &mounts,
@@ -427,7 +424,7 @@ async fn run_steps(
     done.launched = shim_side.launched;
     done.shim = shim_side.shim.clone();
     let added = added?;
-    let (shim, address, pid, ipc_ns, uts_ns) = shimmed?;
+    let (address, pid, ipc_ns, uts_ns) = shimmed?;
     // The two ran side by side. The timeline keeps adding up to the wall
     // time: the side that finished first shows its own durations, the
     // other what it took beyond that. The phase histograms get every
@@ -456,7 +453,6 @@ async fn run_steps(
         id,
         config,
         timeline,
-        &shim,
         RunFacts {
             hn,
             root_dir,
@@ -484,7 +480,7 @@ struct ShimSide {
 /// The shim's part of a pod start.
 struct PodShim<'a> {
     id: &'a str,
-    handler: &'a crate::config::RuntimeHandler,
+    runtime: &'a str,
     runtime_root: &'a Path,
     bundle: &'a Path,
     mounts: &'a [crius_image::Mount],
@@ -497,14 +493,14 @@ struct PodShim<'a> {
 
 impl PodShim<'_> {
     /// Spawns the shim, has it create the sandbox and start it (the pause,
-    /// or nothing for a pod without one); returns the client, its address,
-    /// the pause pid (0 without one) and the pinned IPC/UTS namespaces.
-    #[allow(clippy::type_complexity)]
+    /// or nothing for a pod without one); returns its address, the pause
+    /// pid (0 without one) and the pinned IPC/UTS namespaces. The client
+    /// is left in `side` (and the daemon's table).
     async fn run(
         &self,
         daemon: &Arc<Daemon>,
         side: &mut ShimSide,
-    ) -> Result<(Arc<ShimClient>, String, u32, Option<String>, Option<String>), Status> {
+    ) -> Result<(String, u32, Option<String>, Option<String>), Status> {
         let id = self.id;
         let mut clock = std::time::Instant::now();
         let mut lap = |side: &mut ShimSide, name: &'static str| {
@@ -515,7 +511,7 @@ impl PodShim<'_> {
         let launcher = daemon.launcher().map_err(|e| e.to_status())?;
         side.launched = true;
         let address = launcher
-            .start(id, self.bundle, &self.handler.path, self.runtime_root)
+            .start(id, self.bundle, self.runtime, self.runtime_root)
             .await
             .map_err(|e| e.to_status())?;
         let shim = ShimClient::connect(&address)
@@ -566,80 +562,92 @@ impl PodShim<'_> {
                 "pod_start"
             },
         );
-        Ok((shim, address, pid, ipc_ns, uts_ns))
+        Ok((address, pid, ipc_ns, uts_ns))
     }
 }
 
-/// The pause container's root filesystem and bundle; returns the rootfs
-/// mounts the shim makes and the netns of a pod with its own user
-/// namespace (made here, owned by that namespace).
-async fn pause_bundle(
-    daemon: &Arc<Daemon>,
-    id: &str,
-    config: &PodSandboxConfig,
-    facts: &crius_spec::SandboxFacts,
-    done: &mut Done,
-    timeline: &mut Timeline,
-) -> Result<(Vec<crius_image::Mount>, Option<PathBuf>), Status> {
-    let pause_ref = daemon.config.pause_image.clone();
-    let resolved = tracing::debug_span!("image", op = "resolve", image = %pause_ref)
-        .in_scope(|| daemon.images.resolve(&pause_ref));
-    let image = match resolved.map_err(|e| internal("pause image", e))? {
-        Some(i) => i,
-        None => crate::image::pull(daemon, &pause_ref, None)
+/// What the pause container's bundle is made from.
+struct PauseBundle<'a> {
+    id: &'a str,
+    config: &'a PodSandboxConfig,
+    facts: &'a crius_spec::SandboxFacts,
+    state_dir: &'a Path,
+    bundle: &'a Path,
+    load: &'a (dyn Fn(&str) -> Result<String, String> + Sync),
+}
+
+impl PauseBundle<'_> {
+    /// The pause container's root filesystem and bundle (in the existing
+    /// bundle directory); returns the rootfs mounts the shim makes and the
+    /// netns of a pod with its own user namespace (made here, owned by that
+    /// namespace).
+    async fn prepare(
+        &self,
+        daemon: &Arc<Daemon>,
+        done: &mut Done,
+        timeline: &mut Timeline,
+    ) -> Result<(Vec<crius_image::Mount>, Option<PathBuf>), Status> {
+        let PauseBundle {
+            id,
+            config,
+            facts,
+            state_dir,
+            bundle,
+            load,
+        } = *self;
+        let pause_ref = daemon.config.pause_image.clone();
+        let resolved = tracing::debug_span!("image", op = "resolve", image = %pause_ref)
+            .in_scope(|| daemon.images.resolve(&pause_ref));
+        let image = match resolved.map_err(|e| internal("pause image", e))? {
+            Some(i) => i,
+            None => crate::image::pull(daemon, &pause_ref, None)
+                .await
+                .map_err(|e| {
+                    Status::failed_precondition(format!(
+                        "cannot pull the pause image {pause_ref}: {e}"
+                    ))
+                })?,
+        };
+        timeline.mark("image");
+        let image_config = daemon
+            .images
+            .image_config(&image.metadata.id)
+            .map_err(|e| internal("pause image config", e))?;
+
+        std::fs::create_dir_all(bundle.join("rootfs")).map_err(|e| internal("bundle", e))?;
+        let mounts = daemon
+            .images
+            .prepare_rootfs(&image.metadata.id, id)
+            .instrument(tracing::debug_span!(
+                "image",
+                op = "prepare_rootfs",
+                sandbox = id
+            ))
             .await
-            .map_err(|e| {
-                Status::failed_precondition(format!("cannot pull the pause image {pause_ref}: {e}"))
-            })?,
-    };
-    timeline.mark("image");
-    let image_config = daemon
-        .images
-        .image_config(&image.metadata.id)
-        .map_err(|e| internal("pause image config", e))?;
+            .map_err(|e| internal("pause rootfs", e))?;
+        done.rootfs = true;
 
-    // Directories and the pause bundle.
-    let root_dir = daemon.sandbox_root(id);
-    let state_dir = daemon.sandbox_state(id);
-    let bundle = state_dir.join("bundle");
-    for d in [&root_dir, &state_dir] {
-        done.dirs.push(d.clone());
+        let rc = &image_config.config;
+        let spec_image = crius_spec::ImageConfig {
+            user: rc.user.clone(),
+            env: rc.env.clone(),
+            entrypoint: rc.entrypoint.clone(),
+            cmd: rc.cmd.clone(),
+            working_dir: rc.working_dir.clone(),
+            volumes: rc.volumes.keys().cloned().collect(),
+        };
+        let spec = tracing::debug_span!("spec", sandbox = id)
+            .in_scope(|| {
+                crius_spec::sandbox::sandbox_spec(config, &spec_image, facts, &daemon.host, load)
+            })
+            .map_err(spec_status)?;
+        // A pod with its own user namespace: idmapped pause rootfs made here.
+        let userns = crate::runtime::userns::pause(config, spec, mounts, state_dir, bundle).await?;
+        let spec_json = serde_json::to_vec_pretty(&userns.spec).map_err(|e| internal("spec", e))?;
+        crius_store::persist::write_volatile(&bundle.join("config.json"), &spec_json, 0o600)
+            .map_err(|e| internal("config.json", e))?;
+        Ok((userns.mounts, userns.netns))
     }
-    std::fs::create_dir_all(bundle.join("rootfs")).map_err(|e| internal("bundle", e))?;
-    std::fs::create_dir_all(&root_dir).map_err(|e| internal("sandbox dir", e))?;
-    let mounts = daemon
-        .images
-        .prepare_rootfs(&image.metadata.id, id)
-        .instrument(tracing::debug_span!(
-            "image",
-            op = "prepare_rootfs",
-            sandbox = id
-        ))
-        .await
-        .map_err(|e| internal("pause rootfs", e))?;
-    done.rootfs = true;
-
-    let rc = &image_config.config;
-    let spec_image = crius_spec::ImageConfig {
-        user: rc.user.clone(),
-        env: rc.env.clone(),
-        entrypoint: rc.entrypoint.clone(),
-        cmd: rc.cmd.clone(),
-        working_dir: rc.working_dir.clone(),
-        volumes: rc.volumes.keys().cloned().collect(),
-    };
-    let load = |p: &str| std::fs::read_to_string(p).map_err(|e| e.to_string());
-    let spec = tracing::debug_span!("spec", sandbox = id)
-        .in_scope(|| {
-            crius_spec::sandbox::sandbox_spec(config, &spec_image, facts, &daemon.host, &load)
-        })
-        .map_err(spec_status)?;
-    // A pod with its own user namespace: idmapped pause rootfs made here.
-    let userns = crate::runtime::userns::pause(config, spec, mounts, &state_dir, &bundle).await?;
-    let spec_json = serde_json::to_vec_pretty(&userns.spec).map_err(|e| internal("spec", e))?;
-    crius_store::persist::write_volatile(&bundle.join("config.json"), &spec_json, 0o600)
-        .map_err(|e| internal("config.json", e))?;
-    Ok((userns.mounts, userns.netns))
 }
 
 /// What RunPodSandbox knows once the network and the shim are done.
@@ -662,7 +670,6 @@ async fn run_pod(
     id: &str,
     config: &PodSandboxConfig,
     mut timeline: Timeline,
-    _shim: &Arc<ShimClient>,
     facts: RunFacts,
 ) -> Result<(), Status> {
     let RunFacts {
@@ -790,6 +797,13 @@ async fn cni_del_retried(
 /// The runtime binary and its `--root` (with the namespace) for a
 /// sandbox's handler, as the shim uses them.
 pub(crate) fn runtime_of(daemon: &Daemon, handler: &str) -> (String, PathBuf) {
+    let (path, root) = runtime_binary_and_root(daemon, handler);
+    (path, root.join(shimclient::NAMESPACE))
+}
+
+/// The runtime binary of a handler (the default one for "") and the
+/// `--root` the shim is launched with (the shim adds the namespace).
+fn runtime_binary_and_root(daemon: &Daemon, handler: &str) -> (String, PathBuf) {
     let handler = match handler {
         "" => daemon.config.default_runtime.as_str(),
         h => h,
@@ -805,7 +819,7 @@ pub(crate) fn runtime_of(daemon: &Daemon, handler: &str) -> (String, PathBuf) {
     } else {
         PathBuf::from(&h.root)
     };
-    (h.path, root.join(shimclient::NAMESPACE))
+    (h.path, root)
 }
 
 /// Removes what a pod's shim owns (its containers, netns, pinned IPC and
