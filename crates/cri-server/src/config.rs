@@ -95,6 +95,16 @@ pub struct CniConfig {
     pub conf_dir: PathBuf,
     /// Directories searched for CNI plugin binaries, in order.
     pub bin_dirs: Vec<PathBuf>,
+    /// Do the `loopback` plugin in-process (set `lo` up in the pod's netns,
+    /// pass the previous result through) instead of running its binary,
+    /// which saves a process start on every pod's ADD and DEL. Off: the
+    /// binary runs like any other plugin.
+    pub builtin_loopback: bool,
+    /// StopPodSandbox removes the pod's netns before CNI DEL when no plugin
+    /// of the network needs it for DEL (see `crius_netns::cni::del_needs_netns`):
+    /// the kernel then deletes the pod's interfaces in the background instead
+    /// of DEL waiting for it. Off: DEL always runs inside the netns.
+    pub teardown_netns_first: bool,
 }
 
 impl Default for CniConfig {
@@ -102,6 +112,8 @@ impl Default for CniConfig {
         CniConfig {
             conf_dir: "/etc/cni/net.d".into(),
             bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+            builtin_loopback: true,
+            teardown_netns_first: true,
         }
     }
 }

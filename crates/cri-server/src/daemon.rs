@@ -103,6 +103,7 @@ impl Daemon {
         )?;
         // Once, at start-up: can pods have user namespaces here?
         let _ = crate::runtime::userns::kernel_probe(&config.state);
+        crate::host::log_start_costs();
         let handback = crate::runtime::handback::Handback::new(
             config
                 .handback_expiry()

@@ -90,7 +90,8 @@ pub async fn check_runtime(handler: &RuntimeHandler) -> Result<String, RuntimeCh
 /// returns a description of the network.
 pub fn check_network(cni: &CniConfig) -> Result<String, String> {
     let list = crius_netns::cni::load_default_network(&cni.conf_dir).map_err(|e| e.to_string())?;
-    crius_netns::cni::check_plugins(&list, &cni.bin_dirs).map_err(|e| e.to_string())?;
+    crius_netns::cni::check_plugins(&list, &cni.bin_dirs, cni.builtin_loopback)
+        .map_err(|e| e.to_string())?;
     Ok(list.to_string())
 }
 
@@ -146,9 +147,11 @@ mod tests {
     fn network_check_names_what_is_missing() {
         let conf = tempfile::tempdir().unwrap();
         let bin = tempfile::tempdir().unwrap();
-        let cni = CniConfig {
+        let mut cni = CniConfig {
             conf_dir: conf.path().to_path_buf(),
             bin_dirs: vec![bin.path().to_path_buf()],
+            builtin_loopback: false,
+            ..CniConfig::default()
         };
         let e = check_network(&cni).unwrap_err();
         assert!(e.contains("no network config found"), "{e}");
@@ -162,6 +165,13 @@ mod tests {
         assert!(e.contains("bridge, loopback"), "{e}");
 
         script(bin.path(), "bridge", "#!/bin/sh\n");
+        let e = check_network(&cni).unwrap_err();
+        assert!(e.contains("loopback") && !e.contains("bridge"), "{e}");
+        // Done in-process, loopback needs no binary.
+        cni.builtin_loopback = true;
+        let ok = check_network(&cni).unwrap();
+        assert!(ok.starts_with("t ("), "{ok}");
+        cni.builtin_loopback = false;
         script(bin.path(), "loopback", "#!/bin/sh\n");
         let ok = check_network(&cni).unwrap();
         assert!(ok.starts_with("t ("), "{ok}");

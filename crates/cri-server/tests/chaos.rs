@@ -408,8 +408,9 @@ async fn run_chaos(seed: u64, rounds: u64, budget: Duration) {
     if !env.net.nat_rules_for_subnet().is_empty() {
         found.push(format!("NAT rules: {:?}", env.net.nat_rules_for_subnet()));
     }
-    if !env.net.bridge_ports().is_empty() {
-        found.push(format!("bridge ports: {:?}", env.net.bridge_ports()));
+    let ports = env.net.bridge_ports_left();
+    if !ports.is_empty() {
+        found.push(format!("bridge ports: {ports:?}"));
     }
     let netns_dir = env.dir.join("state/shim");
     let store = env.dir.join("root/store");

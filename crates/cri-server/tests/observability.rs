@@ -137,7 +137,13 @@ async fn metrics_and_timeline_of_a_pod() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let env = Env::start_with("crius-obs", &format!("[metrics]\naddress = \"{addr}\"\n"));
+    // The plain CNI path here (the loopback binary, DEL inside the netns);
+    // the other pod tests run the defaults.
+    let env = Env::start_with_cni(
+        "crius-obs",
+        "builtin_loopback = false, teardown_netns_first = false",
+        &format!("[metrics]\naddress = \"{addr}\"\n"),
+    );
     let mut rt = env.daemon.runtime().await;
 
     let started = Instant::now();
@@ -256,6 +262,13 @@ async fn metrics_and_timeline_of_a_pod() {
     })
     .await
     .unwrap();
+    // DEL ran inside the netns, so the pod's veth is gone already.
+    let ports = std::process::Command::new("ip")
+        .args(["-o", "link", "show", "master", &env.net.bridge])
+        .output()
+        .unwrap();
+    let ports = String::from_utf8_lossy(&ports.stdout);
+    assert!(ports.trim().is_empty(), "veth left after stop: {ports}");
     rt.remove_pod_sandbox(RemovePodSandboxRequest {
         pod_sandbox_id: id.clone(),
     })

@@ -275,7 +275,7 @@ fn bridge_network_add_check_del() {
     });
     std::fs::write(conf_dir.join("10-test.conflist"), conflist.to_string()).unwrap();
     let bin_dirs = vec![PathBuf::from(PLUGIN_DIR)];
-    let network = CniNetwork::load(&conf_dir, &bin_dirs, &cache_dir).unwrap();
+    let network = CniNetwork::load(&conf_dir, &bin_dirs, &cache_dir, false).unwrap();
     assert_eq!(network.name(), name);
 
     let ns = netns::create(&netns_path).unwrap();

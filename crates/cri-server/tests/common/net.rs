@@ -199,12 +199,23 @@ impl TestNetwork {
             .collect()
     }
 
-    /// The veth interfaces still attached to the bridge.
-    pub fn bridge_ports(&self) -> Vec<String> {
-        let (_, out) = run("ip", &["-o", "link", "show", "master", &self.bridge]);
-        out.lines()
-            .filter_map(|l| l.split(':').nth(1).map(|s| s.trim().to_string()))
-            .collect()
+    /// The veth interfaces still attached to the bridge once every removed
+    /// pod namespace is gone: a pod's veth goes with its namespace, which
+    /// the kernel tears down in the background (criusd removes the netns
+    /// before CNI DEL), so this waits up to 10 s for the list to empty.
+    pub fn bridge_ports_left(&self) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (_, out) = run("ip", &["-o", "link", "show", "master", &self.bridge]);
+            let ports: Vec<String> = out
+                .lines()
+                .filter_map(|l| l.split(':').nth(1).map(|s| s.trim().to_string()))
+                .collect();
+            if ports.is_empty() || std::time::Instant::now() > deadline {
+                return ports;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 }
 

@@ -47,6 +47,12 @@ impl Env {
     /// Like [`Env::start`], with more configuration text (top-level keys
     /// or tables) appended.
     pub fn start_with(prefix: &str, extra_config: &str) -> Env {
+        Self::start_with_cni(prefix, "", extra_config)
+    }
+
+    /// Like [`Env::start_with`], with more keys for the `[cni]` table
+    /// (`key = value, ...`).
+    pub fn start_with_cni(prefix: &str, cni_keys: &str, extra_config: &str) -> Env {
         super::registry::ensure_binary("runc", "runc");
         let shim = Path::new(super::CRIUSD).with_file_name("containerd-shim-crius-v2");
         assert!(
@@ -76,8 +82,13 @@ impl Env {
         std::fs::create_dir_all(dir.join("cni-bin")).unwrap();
         // Only top-level keys (cni as an inline table): the extra text may
         // add keys as well as tables.
+        let cni_keys = if cni_keys.is_empty() {
+            String::new()
+        } else {
+            format!(", {cni_keys}")
+        };
         let config = format!(
-            "pause_image = \"{}/pause:test\"\ncni = {{ conf_dir = \"{}\", bin_dirs = [\"{}\", \"/usr/lib/cni\"] }}\n",
+            "pause_image = \"{}/pause:test\"\ncni = {{ conf_dir = \"{}\", bin_dirs = [\"{}\", \"/usr/lib/cni\"]{cni_keys} }}\n",
             registry.addr,
             net.conf_dir.display(),
             dir.join("cni-bin").display()

@@ -252,10 +252,18 @@ pub fn find_plugin(bin_dirs: &[PathBuf], plugin_type: &str) -> Option<PathBuf> {
     })
 }
 
-/// Checks that every plugin of the network has an executable in the bin dirs.
-pub fn check_plugins(list: &NetworkConfigList, bin_dirs: &[PathBuf]) -> Result<(), ConfigError> {
+/// Checks that every plugin of the network has an executable in the bin dirs
+/// (but `loopback` when `builtin_loopback` and the caller does it in-process).
+pub fn check_plugins(
+    list: &NetworkConfigList,
+    bin_dirs: &[PathBuf],
+    builtin_loopback: bool,
+) -> Result<(), ConfigError> {
     let mut missing: Vec<String> = Vec::new();
     for p in &list.plugins {
+        if builtin_loopback && super::loopback::handles(p, &list.cni_version) {
+            continue;
+        }
         if find_plugin(bin_dirs, &p.plugin_type).is_none() && !missing.contains(&p.plugin_type) {
             missing.push(p.plugin_type.clone());
         }
@@ -419,13 +427,35 @@ mod tests {
         assert_eq!(find_plugin(&dirs, "../a/bridge"), None);
 
         let list = NetworkConfigList::parse(Path::new("x.conflist"), LIST.as_bytes()).unwrap();
-        let err = check_plugins(&list, &dirs).unwrap_err().to_string();
+        let err = check_plugins(&list, &dirs, false).unwrap_err().to_string();
         assert!(err.contains("portmap") && !err.contains("bridge,"), "{err}");
         std::fs::set_permissions(
             bin_b.join("portmap"),
             std::fs::Permissions::from_mode(0o755),
         )
         .unwrap();
-        check_plugins(&list, &dirs).unwrap();
+        check_plugins(&list, &dirs, false).unwrap();
+
+        // loopback needs its binary only when it is not done in-process,
+        // and always with a spec older than 0.3.0.
+        let with_lo = |version: &str| {
+            let text = format!(
+                r#"{{"cniVersion":"{version}","name":"l","plugins":[{{"type":"bridge"}},{{"type":"loopback"}}]}}"#
+            );
+            NetworkConfigList::parse(Path::new("l.conflist"), text.as_bytes()).unwrap()
+        };
+        let table = [
+            ("1.0.0", true, true),
+            ("1.0.0", false, false),
+            ("0.3.1", true, true),
+            ("0.2.0", true, false),
+        ];
+        for (version, builtin, ok) in table {
+            let r = check_plugins(&with_lo(version), &dirs, builtin);
+            assert_eq!(r.is_ok(), ok, "{version} builtin={builtin}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("loopback"), "{e}");
+            }
+        }
     }
 }

@@ -14,6 +14,7 @@
 pub mod cache;
 pub mod config;
 pub mod exec;
+pub mod loopback;
 pub mod result;
 
 pub use cache::{CacheEntry, CacheError, ResultCache};
@@ -306,6 +307,33 @@ pub fn plugin_config(
 
 /// Whether a spec version passes `prevResult` on DEL and supports CHECK
 /// (0.4.0 and later).
+/// Whether DEL of a network needs the pod's network namespace. Only the
+/// reference plugins whose DEL undoes nothing inside the namespace are known
+/// not to: what they undo lives outside it (IPAM leases of host-local and
+/// static, the host-side rules of portmap and firewall, bandwidth's ifb
+/// device), the interfaces they made inside go with the namespace, and they
+/// treat an empty `CNI_NETNS` as a namespace already gone. bridge and ptp
+/// qualify only without `ipMasq` (their masquerade teardown reads the
+/// addresses off the interface in the namespace). Any other plugin or IPAM
+/// type (dhcp, tuning, host-device, third-party plugins) needs it.
+pub fn del_needs_netns(list: &NetworkConfigList) -> bool {
+    list.plugins.iter().any(|p| plugin_del_needs_netns(&p.raw))
+}
+
+fn plugin_del_needs_netns(raw: &Value) -> bool {
+    let ipam_outside = match raw.get("ipam").and_then(|i| i.get("type")) {
+        None => true,
+        Some(t) => matches!(t.as_str(), Some("host-local") | Some("static")),
+    };
+    let masquerades = raw.get("ipMasq").and_then(Value::as_bool).unwrap_or(false);
+    match raw.get("type").and_then(Value::as_str).unwrap_or("") {
+        "bridge" | "ptp" => masquerades || !ipam_outside,
+        "macvlan" | "ipvlan" | "vlan" => !ipam_outside,
+        "loopback" | "portmap" | "bandwidth" | "firewall" => false,
+        _ => true,
+    }
+}
+
 fn at_least_040(version: &str) -> bool {
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
@@ -320,17 +348,24 @@ pub struct CniNetwork {
     bin_dirs: Vec<PathBuf>,
     cache: ResultCache,
     timeout: Duration,
+    builtin_loopback: bool,
 }
 
 impl CniNetwork {
     /// Loads the default network of `conf_dir` and checks that its plugins
-    /// are installed in `bin_dirs`. ADD results are cached under
-    /// `cache_dir` (libcni uses `/var/lib/cni`).
-    pub fn load(conf_dir: &Path, bin_dirs: &[PathBuf], cache_dir: &Path) -> Result<Self, CniError> {
+    /// are installed in `bin_dirs` (all but `loopback` when
+    /// `builtin_loopback`, see [`Self::with_builtin_loopback`]). ADD results
+    /// are cached under `cache_dir` (libcni uses `/var/lib/cni`).
+    pub fn load(
+        conf_dir: &Path,
+        bin_dirs: &[PathBuf],
+        cache_dir: &Path,
+        builtin_loopback: bool,
+    ) -> Result<Self, CniError> {
         let list = load_default_network(conf_dir)?;
-        check_plugins(&list, bin_dirs)?;
+        check_plugins(&list, bin_dirs, builtin_loopback)?;
         tracing::info!(network = %list, "loaded CNI network");
-        Ok(Self::new(list, bin_dirs, cache_dir))
+        Ok(Self::new(list, bin_dirs, cache_dir).with_builtin_loopback(builtin_loopback))
     }
 
     /// A network from an already parsed list (plugins are looked up at call
@@ -341,7 +376,16 @@ impl CniNetwork {
             bin_dirs: bin_dirs.to_vec(),
             cache: ResultCache::new(cache_dir),
             timeout: DEFAULT_PLUGIN_TIMEOUT,
+            builtin_loopback: false,
         }
+    }
+
+    /// Does plugins of type `loopback` in-process instead of running the
+    /// binary (see [`loopback`]): same effect and output, one process
+    /// start less per ADD and per DEL.
+    pub fn with_builtin_loopback(mut self, on: bool) -> Self {
+        self.builtin_loopback = on;
+        self
     }
 
     /// Sets the limit of each plugin call.
@@ -378,6 +422,14 @@ impl CniNetwork {
         prev: Option<&Value>,
         caps: &Map<String, Value>,
     ) -> Result<Vec<u8>, CniError> {
+        let exec_error = |source| CniError::Exec {
+            network: self.list.name.clone(),
+            source: Box::new(source),
+        };
+        if self.builtin_loopback && loopback::handles(plugin, &self.list.cni_version) {
+            return loopback::run(command, &self.list.cni_version, &inv.netns, prev)
+                .map_err(exec_error);
+        }
         let path = find_plugin(&self.bin_dirs, &plugin.plugin_type).ok_or_else(|| {
             let dirs: Vec<String> = self
                 .bin_dirs
@@ -400,10 +452,7 @@ impl CniNetwork {
             &stdin,
             self.timeout,
         )
-        .map_err(|source| CniError::Exec {
-            network: self.list.name.clone(),
-            source: Box::new(source),
-        })
+        .map_err(exec_error)
     }
 
     /// Attaches the pod: ADD of every plugin in order, each getting the
@@ -482,6 +531,12 @@ impl CniNetwork {
                 tracing::warn!(network = %self.list.name, container = %pod.container_id, error = %e, "CNI DEL during rollback failed");
             }
         }
+    }
+
+    /// Whether DEL of this network needs the pod's network namespace (see
+    /// [`del_needs_netns`]).
+    pub fn del_needs_netns(&self) -> bool {
+        del_needs_netns(&self.list)
     }
 
     /// Detaches the pod: DEL of every plugin in reverse order with the

@@ -361,11 +361,11 @@ fn load_checks_plugins() {
     .unwrap();
     let bins = [fx.bin.clone()];
     assert!(matches!(
-        CniNetwork::load(conf.path(), &bins, &fx.cache),
+        CniNetwork::load(conf.path(), &bins, &fx.cache, false),
         Err(CniError::Config(ConfigError::MissingPlugins { .. }))
     ));
     fx.plugin("first", &result_with("10.0.0.2/24"), None);
-    let net = CniNetwork::load(conf.path(), &bins, &fx.cache).unwrap();
+    let net = CniNetwork::load(conf.path(), &bins, &fx.cache, false).unwrap();
     assert_eq!(net.name(), "n");
     assert_eq!(net.config().plugins.len(), 1);
 }
@@ -550,5 +550,54 @@ fn version_comparison() {
         ("", false),
     ] {
         assert_eq!(at_least_040(v), want, "{v}");
+    }
+}
+
+#[test]
+fn which_networks_need_the_netns_for_del() {
+    let table = [
+        (
+            json!([{"type": "bridge", "ipam": {"type": "host-local"}}, {"type": "loopback"}]),
+            false,
+        ),
+        (
+            json!([{"type": "bridge", "ipMasq": false, "ipam": {"type": "static"}}]),
+            false,
+        ),
+        (
+            json!([{"type": "bridge", "ipMasq": true, "ipam": {"type": "host-local"}}]),
+            true,
+        ),
+        (json!([{"type": "bridge", "ipam": {"type": "dhcp"}}]), true),
+        (json!([{"type": "bridge", "ipam": {}}]), false),
+        (
+            json!([{"type": "ptp", "ipMasq": true, "ipam": {"type": "host-local"}}]),
+            true,
+        ),
+        (
+            json!([{"type": "ptp", "ipam": {"type": "host-local"}}, {"type": "portmap"}, {"type": "bandwidth"}, {"type": "firewall"}]),
+            false,
+        ),
+        (
+            json!([{"type": "macvlan", "master": "eth0", "ipam": {"type": "host-local"}}]),
+            false,
+        ),
+        (
+            json!([{"type": "ipvlan", "ipam": {"type": "whereabouts"}}]),
+            true,
+        ),
+        (json!([{"type": "bridge"}, {"type": "tuning"}]), true),
+        (json!([{"type": "host-device", "device": "eth1"}]), true),
+        (json!([{"type": "calico"}]), true),
+        (
+            json!([{"type": "bridge", "ipam": {"type": "host-local"}}, {"type": "cilium-cni"}]),
+            true,
+        ),
+    ];
+    for (plugins, needs) in table {
+        let list = json!({"cniVersion": "1.0.0", "name": "n", "plugins": plugins});
+        let parsed =
+            NetworkConfigList::parse(Path::new("n.conflist"), list.to_string().as_bytes()).unwrap();
+        assert_eq!(del_needs_netns(&parsed), needs, "{plugins}");
     }
 }

@@ -53,6 +53,7 @@ fn cni(daemon: &Daemon) -> Result<CniNetwork, Status> {
         &c.conf_dir,
         &c.bin_dirs,
         &daemon.config.root.join("cni-cache"),
+        c.builtin_loopback,
     )
     .map_err(|e| Status::failed_precondition(format!("pod network is not ready: {e}")))
 }
@@ -770,6 +771,20 @@ async fn cni_del_retried(
             }
         };
         let started = std::time::Instant::now();
+        if attempt == 0 && daemon.config.cni.teardown_netns_first && !network.del_needs_netns() {
+            // DEL then runs with an empty CNI_NETNS, as for a namespace that
+            // is already gone, and nobody waits for the pod's interfaces to
+            // be unregistered: the kernel does it when the last process of
+            // the pod has left the namespace.
+            let path = netns.to_path_buf();
+            match tokio::task::spawn_blocking(move || crius_netns::netns::remove(&path)).await {
+                Ok(Ok(())) => tracing::debug!(sandbox = %id, "netns removed before CNI DEL"),
+                Ok(Err(e)) => {
+                    tracing::warn!(sandbox = %id, error = %e, "cannot remove the netns before CNI DEL")
+                }
+                Err(e) => tracing::warn!(sandbox = %id, error = %e, "netns removal task failed"),
+            }
+        }
         let r = cni_del(network, pod_network(id, netns, config)).await;
         daemon
             .metrics
@@ -899,8 +914,8 @@ async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
             .ok(),
     };
     // The containers and the pause are killed while CNI DEL runs: the
-    // plugins only need the netns, which the shim keeps until its shutdown
-    // below.
+    // plugins at most need the netns, which the shim keeps until its
+    // shutdown below (unless DEL does without it, see cni_del_retried).
     let kill = async {
         let stops = running.iter().map(|cid| {
             crate::runtime::container::lifecycle::stop(daemon, cid, CONTAINER_STOP_GRACE)
