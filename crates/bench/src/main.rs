@@ -439,7 +439,9 @@ async fn bench_cri(
     eprintln!("bench: {name}: {} lifecycles one by one", o.pods);
     cri.take_steps();
     let before = metrics.map(cri::scrape_phases);
+    let cpu0 = cpu_busy_ms();
     let (life_seq, _) = shape(0..o.pods, 1, lifecycle("l")).await;
+    let cpu_seq = cpu_per(cpu0, o.pods);
     // Mean of each criusd-internal phase during the sequential lifecycles.
     let mut phases = serde_json::Map::new();
     if let (Some(Ok(before)), Some(Ok(after))) = (before, metrics.map(cri::scrape_phases)) {
@@ -458,7 +460,9 @@ async fn bench_cri(
         "bench: {name}: {} lifecycles {} at a time",
         o.pods, o.concurrency
     );
+    let cpu0 = cpu_busy_ms();
     let (life_conc, _) = shape(0..o.pods, o.concurrency, lifecycle("m")).await;
+    let cpu_conc = cpu_per(cpu0, o.pods);
     let conc_steps = steps_json(cri.take_steps());
 
     Ok(json!({
@@ -470,6 +474,8 @@ async fn bench_cri(
         "lifecycle_sequential_steps": steps,
         "lifecycle_concurrent_steps": conc_steps,
         "lifecycle_sequential_phases": phases,
+        "cpu_ms_per_lifecycle_sequential": cpu_seq,
+        "cpu_ms_per_lifecycle_concurrent": cpu_conc,
         "memory_idle": idle,
         "memory_10": mem10,
         "memory_50": mem50,
@@ -510,14 +516,45 @@ async fn bench_runc(dir: &Path, layer: &[u8], o: &Options) -> Result<serde_json:
     teardown(&floor, pods);
     let (start_conc, pods) = shape(0..o.pods, o.concurrency, start(&floor)).await;
     teardown(&floor, pods);
+    let cpu0 = cpu_busy_ms();
     let (life_seq, _) = shape(0..o.pods, 1, lifecycle(&floor)).await;
+    let cpu_seq = cpu_per(cpu0, o.pods);
+    let cpu0 = cpu_busy_ms();
     let (life_conc, _) = shape(0..o.pods, o.concurrency, lifecycle(&floor)).await;
+    let cpu_conc = cpu_per(cpu0, o.pods);
     Ok(json!({
         "start_sequential": start_seq.json(),
         "start_concurrent": start_conc.json(),
         "lifecycle_sequential": life_seq.json(),
         "lifecycle_concurrent": life_conc.json(),
+        "cpu_ms_per_lifecycle_sequential": cpu_seq,
+        "cpu_ms_per_lifecycle_concurrent": cpu_conc,
     }))
+}
+
+/// CPU time the whole machine has spent busy (user, nice, system, irq,
+/// softirq, steal of every CPU) since boot, from /proc/stat, in ms.
+fn cpu_busy_ms() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| v.get(i)).sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| busy as f64 * 1000.0 / hz as f64)
+}
+
+/// Machine CPU per pod since `before` (see [`cpu_busy_ms`]).
+fn cpu_per(before: Option<f64>, pods: usize) -> serde_json::Value {
+    match (before, cpu_busy_ms()) {
+        (Some(b), Some(a)) if pods > 0 => json!((a - b) / pods as f64),
+        _ => serde_json::Value::Null,
+    }
 }
 
 // ---------------------------------------------------------------- report
@@ -571,6 +608,18 @@ fn table(results: &serde_json::Value, o: &Options) -> String {
                         .map_or("-".into(), |f| f.to_string())
                 })
                 .collect(),
+        ));
+    }
+    for (key, label) in [
+        ("cpu_ms_per_lifecycle_sequential", "sequential".to_string()),
+        (
+            "cpu_ms_per_lifecycle_concurrent",
+            format!("{}-way", o.concurrency),
+        ),
+    ] {
+        rows.push((
+            format!("machine CPU per lifecycle, {label} (ms)"),
+            cols.iter().map(|c| cell(&results[c][key])).collect(),
         ));
     }
     for step in [
