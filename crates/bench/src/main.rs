@@ -14,20 +14,23 @@ use anyhow::{bail, Context, Result};
 use cri::{Cri, Daemon};
 use floor::Floor;
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: crius-bench --criusd PATH [--out FILE] [--pods N] [--concurrency N] [--execs N] [--only crius,containerd,runc] [--seccomp unconfined|runtime-default] [--share-pid]
+const USAGE: &str = "usage: crius-bench --criusd PATH [--out FILE] [--pods N] [--concurrency N] [--execs N] [--only crius,containerd,runc] [--seccomp unconfined|runtime-default] [--share-pid] [--dir BASE]
 
 --seccomp: the seccomp profile every pod and container asks for. The default,
 unconfined, is what kubelet sends when the SeccompDefault setting is off
 (its default); runtime-default is what it sends with it on.
 --share-pid: pods as kubelet sends them with shareProcessNamespace (one PID
 namespace per pod, held by the pause container in every runtime) instead of
-a PID namespace per container (which crius runs without a pause).";
+a PID namespace per container (which crius runs without a pause).
+--dir: where the run's directory (roots, states, bundles, logs of every
+runtime) is made; default /tmp.";
 
 struct Options {
     criusd: PathBuf,
@@ -40,6 +43,8 @@ struct Options {
     seccomp: i32,
     /// Pods share one PID namespace (`shareProcessNamespace`).
     share_pid: bool,
+    /// Parent of the run's directory.
+    base: PathBuf,
 }
 
 fn options() -> Result<Options> {
@@ -52,6 +57,7 @@ fn options() -> Result<Options> {
         only: vec!["crius".into(), "containerd".into(), "runc".into()],
         seccomp: k8s_cri::v1::security_profile::ProfileType::Unconfined as i32,
         share_pid: false,
+        base: PathBuf::from("/tmp"),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -72,6 +78,7 @@ fn options() -> Result<Options> {
                 }
             }
             "--share-pid" => o.share_pid = true,
+            "--dir" => o.base = value()?.into(),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -123,6 +130,7 @@ impl Samples {
             "max_ms": self.pct(100.0),
             "failures": self.failures,
             "first_error": self.first_error,
+            "samples_ms": self.ms.iter().map(|m| (m * 10.0).round() / 10.0).collect::<Vec<_>>(),
         })
     }
 }
@@ -395,12 +403,16 @@ async fn bench_cri(
     };
 
     eprintln!("bench: {name}: {} pods started one by one", o.pods);
+    cri.take_steps();
+    let phases_before = metrics.map(cri::scrape_phases);
     let (mut start_seq, mut pods) = shape(0..10, 1, start(&cri, "s")).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mem10 = memory(daemon.pid(), dir, pods.len());
     let (rest, more) = shape(10..o.pods, 1, start(&cri, "s")).await;
     start_seq.merge(rest);
     pods.extend(more);
+    let start_steps = steps_json(cri.take_steps());
+    let start_phases = phase_means(phases_before, metrics.map(cri::scrape_phases));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mem50 = memory(daemon.pid(), dir, pods.len());
 
@@ -442,19 +454,7 @@ async fn bench_cri(
     let cpu0 = cpu_busy_ms();
     let (life_seq, _) = shape(0..o.pods, 1, lifecycle("l")).await;
     let cpu_seq = cpu_per(cpu0, o.pods);
-    // Mean of each criusd-internal phase during the sequential lifecycles.
-    let mut phases = serde_json::Map::new();
-    if let (Some(Ok(before)), Some(Ok(after))) = (before, metrics.map(cri::scrape_phases)) {
-        for (k, (sum, count)) in after {
-            let (s0, c0) = before.get(&k).copied().unwrap_or((0.0, 0.0));
-            if count > c0 {
-                phases.insert(
-                    k,
-                    json!({"mean_ms": (sum - s0) / (count - c0) * 1000.0, "n": count - c0}),
-                );
-            }
-        }
-    }
+    let phases = phase_means(before, metrics.map(cri::scrape_phases));
     let steps = steps_json(cri.take_steps());
     eprintln!(
         "bench: {name}: {} lifecycles {} at a time",
@@ -471,6 +471,8 @@ async fn bench_cri(
         "lifecycle_sequential": life_seq.json(),
         "lifecycle_concurrent": life_conc.json(),
         "exec_sync": exec.json(),
+        "start_sequential_steps": start_steps,
+        "start_sequential_phases": start_phases,
         "lifecycle_sequential_steps": steps,
         "lifecycle_concurrent_steps": conc_steps,
         "lifecycle_sequential_phases": phases,
@@ -530,6 +532,26 @@ async fn bench_runc(dir: &Path, layer: &[u8], o: &Options) -> Result<serde_json:
         "cpu_ms_per_lifecycle_sequential": cpu_seq,
         "cpu_ms_per_lifecycle_concurrent": cpu_conc,
     }))
+}
+
+/// Mean of each criusd-internal phase between two scrapes of `/metrics`.
+fn phase_means(
+    before: Option<Result<BTreeMap<String, (f64, f64)>>>,
+    after: Option<Result<BTreeMap<String, (f64, f64)>>>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut phases = serde_json::Map::new();
+    if let (Some(Ok(before)), Some(Ok(after))) = (before, after) {
+        for (k, (sum, count)) in after {
+            let (s0, c0) = before.get(&k).copied().unwrap_or((0.0, 0.0));
+            if count > c0 {
+                phases.insert(
+                    k,
+                    json!({"mean_ms": (sum - s0) / (count - c0) * 1000.0, "n": count - c0}),
+                );
+            }
+        }
+    }
+    phases
 }
 
 /// CPU time the whole machine has spent busy (user, nice, system, irq,
@@ -723,7 +745,7 @@ async fn run() -> Result<()> {
             o.criusd.display()
         )
     })?;
-    let dir = PathBuf::from(format!("/tmp/crius-bench-{}", std::process::id()));
+    let dir = o.base.join(format!("crius-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let _cleanup = Cleanup {
         dir: dir.clone(),

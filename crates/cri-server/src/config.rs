@@ -9,6 +9,9 @@ use std::time::Duration;
 /// The default location of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/crius/config.toml";
 
+/// The longest path a unix socket can have (`sun_path` less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
 /// Errors of loading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -348,6 +351,29 @@ impl Config {
                 ));
             }
         }
+        // A unix socket's path holds at most 107 bytes: the daemon's own, and
+        // the pod shims' `<state>/s/<64 hex digits>`.
+        let shim_socket = self.state.as_os_str().len() + "/s/".len() + 64;
+        if shim_socket > MAX_SOCKET_PATH {
+            return Err(value_err(
+                "state",
+                format!(
+                    "{:?} is too long: the pod shims' sockets (<state>/s/<64 hex digits>) \
+                     need it to be at most {} bytes",
+                    self.state.display().to_string(),
+                    MAX_SOCKET_PATH - "/s/".len() - 64
+                ),
+            ));
+        }
+        if self.socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(value_err(
+                "socket",
+                format!(
+                    "{:?} is longer than a unix socket path can be ({MAX_SOCKET_PATH} bytes)",
+                    self.socket.display().to_string()
+                ),
+            ));
+        }
         if !self.log_level.contains('=') && !LOG_LEVELS.contains(&self.log_level.as_str()) {
             return Err(value_err(
                 "log_level",
@@ -627,6 +653,14 @@ service_name = "node-7"
             ),
             ("[tracing]\nservice_name = \" \"", "`tracing.service_name`"),
             ("[tracing]\nendpoint = \"x\"", "endpoint"),
+            (
+                "state = \"/tmp/a-state-directory-that-is-41-bytes-x\"",
+                "at most 40 bytes",
+            ),
+            (
+                "socket = \"/run/a/very/long/path/to/the/socket/of/the/daemon/that/goes/on/and/on/and/on/for/more/than/107/bytes/crius.sock\"",
+                "`socket`",
+            ),
         ];
         for (text, want) in cases {
             let err = parse(text).expect_err(text).to_string();
