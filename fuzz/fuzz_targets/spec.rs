@@ -7,7 +7,7 @@
 #![no_main]
 
 use crius_spec::container::{container_spec, image_volumes, user_request, ContainerInput};
-use crius_spec::{HostFacts, ImageConfig, SandboxFacts};
+use crius_spec::{HostFacts, SandboxFacts};
 use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
@@ -33,15 +33,7 @@ fuzz_target!(|data: &[u8]| {
     let group_text = String::from_utf8_lossy(take(&mut d)).into_owned();
     let image: crius_image::ImageConfig = serde_json::from_slice(d).unwrap_or_default();
 
-    let rc = &image.config;
-    let spec_image = ImageConfig {
-        user: rc.user.clone(),
-        env: rc.env.clone(),
-        entrypoint: rc.entrypoint.clone(),
-        cmd: rc.cmd.clone(),
-        working_dir: rc.working_dir.clone(),
-        volumes: rc.volumes.keys().cloned().collect(),
-    };
+    let spec_image = image.spec_config();
     let host = HostFacts::default();
     let load =
         |p: &str| -> Result<String, String> { Err(format!("{p}: no profiles while fuzzing")) };
@@ -54,6 +46,9 @@ fuzz_target!(|data: &[u8]| {
         hosts_path: Some("/var/lib/crius/sandboxes/f/hosts".into()),
         resolv_conf_path: Some("/var/lib/crius/sandboxes/f/resolv.conf".into()),
         hostname_path: Some("/var/lib/crius/sandboxes/f/hostname".into()),
+        // The pause holds IPC and UTS (pid above).
+        ipc_path: None,
+        uts_path: None,
     };
 
     let _ = crius_spec::sandbox::validate(&sandbox, &host);

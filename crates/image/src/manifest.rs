@@ -321,6 +321,22 @@ pub struct ImageConfig {
     pub os: String,
 }
 
+impl ImageConfig {
+    /// The parts of the runtime configuration that shape a container's
+    /// spec (user, env, entrypoint, cmd, working dir, volume paths).
+    pub fn spec_config(&self) -> crius_spec::ImageConfig {
+        let rc = &self.config;
+        crius_spec::ImageConfig {
+            user: rc.user.clone(),
+            env: rc.env.clone(),
+            entrypoint: rc.entrypoint.clone(),
+            cmd: rc.cmd.clone(),
+            working_dir: rc.working_dir.clone(),
+            volumes: rc.volumes.keys().cloned().collect(),
+        }
+    }
+}
+
 /// The `rootfs` section of an image config.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootFs {
@@ -523,6 +539,17 @@ mod tests {
         assert_eq!(c.config.cmd, vec!["sh"]);
         assert_eq!(c.config.working_dir, "/w");
         assert!(c.config.volumes.contains_key("/data"));
+        assert_eq!(
+            c.spec_config(),
+            crius_spec::ImageConfig {
+                user: "1000:1000".into(),
+                env: vec!["A=1".into()],
+                entrypoint: Vec::new(),
+                cmd: vec!["sh".into()],
+                working_dir: "/w".into(),
+                volumes: vec!["/data".into()],
+            }
+        );
         assert_eq!(c.config.stop_signal, "SIGINT");
         assert_eq!(c.rootfs.diff_ids.len(), 1);
         assert!(parse_config(br#"{"rootfs":{"diff_ids":["md5:1"]}}"#).is_err());

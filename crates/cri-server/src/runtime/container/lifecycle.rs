@@ -409,15 +409,7 @@ async fn create_steps(
     done.rootfs = true;
     timeline.mark("rootfs_mount");
 
-    let rc = &image_config.config;
-    let spec_image = crius_spec::ImageConfig {
-        user: rc.user.clone(),
-        env: rc.env.clone(),
-        entrypoint: rc.entrypoint.clone(),
-        cmd: rc.cmd.clone(),
-        working_dir: rc.working_dir.clone(),
-        volumes: rc.volumes.keys().cloned().collect(),
-    };
+    let spec_image = image_config.spec_config();
     let passwd =
         crius_spec::user::parse_passwd(&read_image_file(&mounts, "etc/passwd").unwrap_or_default());
     let group =

@@ -58,6 +58,17 @@ fn cni(daemon: &Daemon) -> Result<CniNetwork, Status> {
     .map_err(|e| Status::failed_precondition(format!("pod network is not ready: {e}")))
 }
 
+/// Records one CNI call (`add` or `del`) in the metrics.
+fn observe_cni(daemon: &Daemon, op: &str, took: Duration, failed: bool) {
+    let m = &daemon.metrics;
+    m.cni_duration
+        .with_label_values(&[op])
+        .observe(took.as_secs_f64());
+    if failed {
+        m.cni_failures.with_label_values(&[op]).inc();
+    }
+}
+
 async fn cni_add(network: CniNetwork, pod: PodNetwork) -> Result<(String, Vec<String>), Status> {
     let span = tracing::debug_span!("cni", op = "add", sandbox = %pod.container_id);
     crate::telemetry::blocking(span, move || {
@@ -379,18 +390,7 @@ async fn run_steps(
         };
         let r = cni_add(network, pod).await;
         let took = cni_started.elapsed();
-        daemon
-            .metrics
-            .cni_duration
-            .with_label_values(&["add"])
-            .observe(took.as_secs_f64());
-        if r.is_err() {
-            daemon
-                .metrics
-                .cni_failures
-                .with_label_values(&["add"])
-                .inc();
-        }
+        observe_cni(daemon, "add", took, r.is_err());
         r.map(|ips| Some((ips, took)))
     };
     let no_infra = (!infra).then(|| shimclient::NoInfra {
@@ -628,15 +628,7 @@ impl PauseBundle<'_> {
             .map_err(|e| internal("pause rootfs", e))?;
         done.rootfs = true;
 
-        let rc = &image_config.config;
-        let spec_image = crius_spec::ImageConfig {
-            user: rc.user.clone(),
-            env: rc.env.clone(),
-            entrypoint: rc.entrypoint.clone(),
-            cmd: rc.cmd.clone(),
-            working_dir: rc.working_dir.clone(),
-            volumes: rc.volumes.keys().cloned().collect(),
-        };
+        let spec_image = image_config.spec_config();
         let spec = tracing::debug_span!("spec", sandbox = id)
             .in_scope(|| {
                 crius_spec::sandbox::sandbox_spec(config, &spec_image, facts, &daemon.host, load)
@@ -770,7 +762,6 @@ async fn cni_del_retried(
                 return Ok(());
             }
         };
-        let started = std::time::Instant::now();
         if attempt == 0 && daemon.config.cni.teardown_netns_first && !network.del_needs_netns() {
             // DEL then runs with an empty CNI_NETNS, as for a namespace that
             // is already gone, and nobody waits for the pod's interfaces to
@@ -785,19 +776,9 @@ async fn cni_del_retried(
                 Err(e) => tracing::warn!(sandbox = %id, error = %e, "netns removal task failed"),
             }
         }
+        let started = std::time::Instant::now();
         let r = cni_del(network, pod_network(id, netns, config)).await;
-        daemon
-            .metrics
-            .cni_duration
-            .with_label_values(&["del"])
-            .observe(started.elapsed().as_secs_f64());
-        if r.is_err() {
-            daemon
-                .metrics
-                .cni_failures
-                .with_label_values(&["del"])
-                .inc();
-        }
+        observe_cni(daemon, "del", started.elapsed(), r.is_err());
         match r {
             Ok(()) => return Ok(()),
             Err(e) => {
