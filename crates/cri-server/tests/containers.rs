@@ -511,6 +511,17 @@ async fn container_lifecycle_logs_exec_and_security() {
     let err = rt.create_container(create(escape)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("log_path"), "{err:?}");
+    // A group without a user is refused, as containerd and CRI-O do.
+    let mut group_only = container("group-only", &image, &["/bin/busybox", "true"]);
+    group_only
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .run_as_group = Some(k8s_cri::v1::Int64Value { value: 1234 });
+    let err = rt.create_container(create(group_only)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("run_as_group"), "{err:?}");
     let err = rt
         .create_container(create(container(
             "ghost",

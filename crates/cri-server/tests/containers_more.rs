@@ -8,186 +8,20 @@ mod common;
 use common::pod::*;
 use common::registry::{busybox_entries, image_with_config, is_root, layer, Compression, Entry};
 use k8s_cri::v1::{
-    Capability, ContainerConfig, ContainerEventType, ContainerMetadata, CreateContainerRequest,
-    ExecSyncRequest, GetEventsRequest, ImageSpec, LinuxContainerConfig, LinuxContainerResources,
-    LinuxContainerSecurityContext, ListContainersRequest, Mount, MountPropagation, NamespaceMode,
-    NamespaceOption, PodSandboxConfig, PullImageRequest, RemoveContainerRequest,
-    RemovePodSandboxRequest, ReopenContainerLogRequest, RunPodSandboxRequest, SecurityProfile,
-    StartContainerRequest, StatusRequest, StopContainerRequest, StopPodSandboxRequest,
-    UpdateContainerResourcesRequest,
+    Capability, ContainerEventType, GetEventsRequest, LinuxContainerResources,
+    ListContainersRequest, Mount, MountPropagation, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, RemoveContainerRequest, RemovePodSandboxRequest, ReopenContainerLogRequest,
+    RunPodSandboxRequest, SecurityProfile, StartContainerRequest, StatusRequest,
+    StopContainerRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
-
-type Rt = k8s_cri::v1::runtime_service_client::RuntimeServiceClient<Channel>;
 
 /// The tests of this file run one at a time: an environment's leftovers
 /// guard kills every process in the test cgroup tree, which the other
 /// test's containers share.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn container(name: &str, image: &str, cmd: &[&str]) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: cmd.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}/0.log"),
-        linux: Some(LinuxContainerConfig::default()),
-        ..Default::default()
-    }
-}
-
-fn security(c: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
-    c.linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-}
-
-async fn wait_for<F: Fn() -> bool>(what: &str, f: F) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn pull(env: &Env, image: &str) {
-    env.daemon
-        .images()
-        .await
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("pull {image}: {e:?}"));
-}
-
-async fn run_pod(env: &Env, rt: &mut Rt, config: &PodSandboxConfig) -> String {
-    rt.run_pod_sandbox(RunPodSandboxRequest {
-        config: Some(config.clone()),
-        runtime_handler: String::new(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:?}\n{}", env.daemon.log_text()))
-    .into_inner()
-    .pod_sandbox_id
-}
-
-/// Creates and starts a container; returns its id.
-async fn run(
-    env: &Env,
-    rt: &mut Rt,
-    pod_id: &str,
-    pod: &PodSandboxConfig,
-    c: ContainerConfig,
-) -> String {
-    let id = create(rt, pod_id, pod, c)
-        .await
-        .unwrap_or_else(|e| panic!("CreateContainer: {e:?}\n{}", env.daemon.log_text()));
-    rt.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("StartContainer: {e:?}\n{}", env.daemon.log_text()));
-    id
-}
-
-async fn create(
-    rt: &mut Rt,
-    pod_id: &str,
-    pod: &PodSandboxConfig,
-    c: ContainerConfig,
-) -> Result<String, tonic::Status> {
-    rt.create_container(CreateContainerRequest {
-        pod_sandbox_id: pod_id.into(),
-        config: Some(c),
-        sandbox_config: Some(pod.clone()),
-    })
-    .await
-    .map(|r| r.into_inner().container_id)
-}
-
-async fn exec(rt: &mut Rt, id: &str, cmd: &[&str]) -> (i32, String, String) {
-    let r = match rt
-        .exec_sync(ExecSyncRequest {
-            container_id: id.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout: 20,
-        })
-        .await
-    {
-        Ok(r) => r.into_inner(),
-        Err(e) => {
-            let st = rt
-                .container_status(k8s_cri::v1::ContainerStatusRequest {
-                    container_id: id.into(),
-                    verbose: false,
-                })
-                .await
-                .map(|s| s.into_inner().status);
-            panic!("ExecSync {cmd:?}: {e:?}\ncontainer: {st:?}");
-        }
-    };
-    (
-        r.exit_code,
-        String::from_utf8_lossy(&r.stdout).into_owned(),
-        String::from_utf8_lossy(&r.stderr).into_owned(),
-    )
-}
-
-/// Stops and removes the pod and checks that nothing of it is left.
-async fn teardown(env: &Env, rt: &mut Rt, pod_id: &str, uid: &str) {
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: pod_id.into(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod_id.into(),
-    })
-    .await
-    .unwrap();
-    let list = rt
-        .list_containers(ListContainersRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(list.containers.is_empty(), "{:?}", list.containers);
-    let overlay_mounts: Vec<String> = mounts_below(&env.dir.join("root"))
-        .into_iter()
-        .chain(mounts_below(&env.dir.join("state")))
-        .collect();
-    assert!(overlay_mounts.is_empty(), "mounts left: {overlay_mounts:?}");
-    assert!(
-        cgroup_dirs(uid).is_empty(),
-        "cgroups left: {:?}",
-        cgroup_dirs(uid)
-    );
-    remove_cgroup_parents(uid);
-}
-
-/// Removes a pod's log directory (kubelet's job, so criusd leaves it) when
-/// the test ends, however it ends.
-struct LogDir(PathBuf);
-
-impl Drop for LogDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn memory_cgroup(uid: &str, id: &str) -> PathBuf {
     Path::new("/sys/fs/cgroup/memory")

@@ -206,6 +206,37 @@ async fn version_status_config_and_graceful_shutdown() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("container_id"), "{err:?}");
 
+    // Stop and Remove of ids that do not exist succeed, whatever their
+    // shape (kubelet retries them with ids it made up or lost track of).
+    for id in [
+        "7c6a0f3e-55d4-4c1b-9b8a-2f6d9e1c0a11",
+        "abc",
+        &"f".repeat(64),
+        "../../etc",
+    ] {
+        rt.stop_pod_sandbox(k8s_cri::v1::StopPodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StopPodSandbox {id}: {e:?}"));
+        rt.remove_pod_sandbox(k8s_cri::v1::RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RemovePodSandbox {id}: {e:?}"));
+        rt.stop_container(k8s_cri::v1::StopContainerRequest {
+            container_id: id.into(),
+            timeout: 1,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StopContainer {id}: {e:?}"));
+        rt.remove_container(k8s_cri::v1::RemoveContainerRequest {
+            container_id: id.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RemoveContainer {id}: {e:?}"));
+    }
+
     // SIGTERM: exit 0, socket removed.
     drop(rt);
     let status = daemon.signal_and_wait(libc::SIGTERM);

@@ -123,6 +123,14 @@ pub fn create(path: &Path) -> Result<NetNs, NetnsError> {
                 })?;
                 // This thread now lives in the new namespace and exits right
                 // after the mount, so no other code ever runs in it here.
+                // `lo` comes up whatever the CNI configuration says, as
+                // containerd and CRI-O do: localhost in a pod (sidecars,
+                // port-forward) must not depend on a `loopback` plugin.
+                crate::cni::loopback::set_lo_up(true).map_err(|source| NetnsError::Io {
+                    op: "set lo up",
+                    path: path.to_path_buf(),
+                    source,
+                })?;
                 mount(
                     Some(THREAD_NETNS),
                     path,
@@ -167,6 +175,16 @@ pub fn create(path: &Path) -> Result<NetNs, NetnsError> {
             Err(e)
         }
     }
+}
+
+/// Sets `lo` up in the network namespace at `path` (for namespaces made
+/// elsewhere than [`create`], e.g. together with a user namespace).
+pub fn loopback_up(path: &Path) -> Result<(), NetnsError> {
+    run_in(path, || crate::cni::loopback::set_lo_up(true))?.map_err(|source| NetnsError::Io {
+        op: "set lo up",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Creates the file a namespace is bind-mounted on (and its parent

@@ -54,6 +54,18 @@ fn network(dir: &Path, bins: &[PathBuf], plugins: Value, builtin: bool) -> CniNe
     CniNetwork::new(parsed, bins, &cache).with_builtin_loopback(builtin)
 }
 
+/// Sets `lo` down in the namespace at `path` with `ip`.
+fn lo_down(path: &Path) {
+    netns::run_in(path, || {
+        assert!(Command::new("ip")
+            .args(["link", "set", "lo", "down"])
+            .status()
+            .unwrap()
+            .success())
+    })
+    .unwrap();
+}
+
 /// ADD, CHECK, DEL, CHECK, DEL, namespace removal, DEL through one network;
 /// returns the ADD result.
 fn exercise(dir: &Path, bins: &[PathBuf], plugins: Value, builtin: bool) -> Value {
@@ -63,7 +75,10 @@ fn exercise(dir: &Path, bins: &[PathBuf], plugins: Value, builtin: bool) -> Valu
     ));
     let ns = Ns(netns::create(&path).unwrap().path().to_path_buf());
     let what = format!("builtin={builtin} plugins={plugins}");
-    assert_eq!(lo_state(&ns.0), "down", "{what}: a new namespace");
+    assert_eq!(lo_state(&ns.0), "up", "{what}: a new namespace has lo up");
+    // Down again, to see the plugin bring it up.
+    lo_down(&ns.0);
+    assert_eq!(lo_state(&ns.0), "down", "{what}: lo set down");
     let net = network(dir, bins, plugins, builtin);
     let pod = PodNetwork::new("lotest", &ns.0, "default", "web", "uid-1");
 
@@ -73,14 +88,7 @@ fn exercise(dir: &Path, bins: &[PathBuf], plugins: Value, builtin: bool) -> Valu
         .unwrap_or_else(|e| panic!("{what}: CHECK: {e}"));
 
     // CHECK notices lo going down behind its back.
-    netns::run_in(&ns.0, || {
-        assert!(Command::new("ip")
-            .args(["link", "set", "lo", "down"])
-            .status()
-            .unwrap()
-            .success())
-    })
-    .unwrap();
+    lo_down(&ns.0);
     let err = net.check(&pod).unwrap_err().to_string();
     assert!(
         err.contains("CNI plugin loopback CHECK failed"),

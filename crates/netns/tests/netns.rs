@@ -1,8 +1,10 @@
 //! Real network namespaces (needs root; skipped otherwise).
 
 use crius_netns::netns::{self, NetNs};
+use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -67,6 +69,20 @@ fn create_run_in_remove() {
     .unwrap();
     assert_eq!(inside_ino, pod_ino);
     assert_eq!(ifaces, vec!["lo".to_string()]);
+    // `lo` is up from the start: localhost works with no CNI plugin run.
+    let echoed = netns::run_in(&path, || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        let (mut s, _) = listener.accept()?;
+        c.write_all(b"ping")?;
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf)?;
+        Ok::<_, std::io::Error>(buf)
+    })
+    .unwrap()
+    .expect("connect to 127.0.0.1 in a new namespace");
+    assert_eq!(&echoed, b"ping");
     assert_eq!(interfaces("/proc/thread-self/net/dev"), host_ifaces);
 
     // A process spawned inside inherits the namespace.

@@ -8,6 +8,8 @@
 //! - `crilog:///abs/path/0.log`: the shim writes the CRI log file itself
 //!   (kubelet format) from pipes; stdout and stderr naming the same file
 //!   share one writer;
+//! - `attach`: the shim copies the output from a pipe to attached clients
+//!   only (a CRI container without a log path can still be attached to);
 //! - empty: /dev/null.
 //!
 //! stdin is a FIFO path (copied into a pipe so that CloseIO can close it),
@@ -66,12 +68,16 @@ pub enum Target {
     Path(PathBuf),
     /// A CRI log file written by the shim.
     CriLog(PathBuf),
+    /// Copied by the shim to attached clients only.
+    Attach,
 }
 
 /// Parses a stdout/stderr field.
 pub fn parse_target(s: &str) -> Result<Target, IoError> {
-    if s.is_empty() {
-        return Ok(Target::Null);
+    match s {
+        "" => return Ok(Target::Null),
+        "attach" => return Ok(Target::Attach),
+        _ => {}
     }
     let (scheme, rest) = match s.split_once("://") {
         Some((sch, r)) => (sch, r),
@@ -198,8 +204,8 @@ impl Drop for DrainGuard {
 pub struct ProcIo {
     /// The stdin pipe's write end (closed by CloseIO).
     pub stdin: Arc<Mutex<Option<File>>>,
-    /// The stdin FIFO (to unblock its copy thread).
-    pub stdin_fifo: Option<PathBuf>,
+    /// Asks the stdin FIFO's copy thread to finish (see [`stdin_copy`]).
+    pub stdin_fifo: Option<StdinClose>,
     /// The pty master, when the process has a terminal.
     pub console: Option<Arc<File>>,
     /// CRI log writers (for ReopenLog).
@@ -215,15 +221,16 @@ pub struct ProcIo {
 }
 
 impl ProcIo {
-    /// Closes stdin (CloseIO); idempotent.
+    /// Closes stdin (CloseIO); idempotent. stdin fed from a FIFO is
+    /// closed by its copy thread once it has passed on what the FIFO
+    /// already holds: a caller that writes its input and closes right
+    /// away must not see the EOF overtake the bytes.
     pub fn close_stdin(&self) {
-        self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(f) = &self.stdin_fifo {
-            // Unblock a copy thread still waiting for a writer to appear.
-            let _ = OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(f);
+        match &self.stdin_fifo {
+            Some(close) => close.request(),
+            None => {
+                self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take();
+            }
         }
     }
 
@@ -435,30 +442,112 @@ fn spawn_copy(
         .map_err(io_err("spawn copy thread"))
 }
 
-fn stdin_copy(path: PathBuf, to: Arc<Mutex<Option<File>>>, drain: &Arc<Drain>) {
+/// The requesting end of a stdin copy thread's close (a pipe: dropping it
+/// asks for the close as well).
+pub struct StdinClose(File);
+
+impl StdinClose {
+    /// Asks the copy thread to pass on what the FIFO holds, then close.
+    fn request(&self) {
+        // Non-blocking: one byte is enough, a full pipe already asks.
+        let _ = (&self.0).write(&[1]);
+    }
+}
+
+/// What one poll of the FIFO's copy says.
+#[derive(Debug, PartialEq, Eq)]
+enum Drained {
+    /// Everything readable was passed on; writers may send more.
+    More,
+    /// The FIFO reached EOF (every writer closed) or the target is gone.
+    Done,
+}
+
+/// Passes on what the non-blocking `fifo` holds right now.
+fn drain_fifo(fifo: &File, buf: &mut LazyBuf, to: &Mutex<Option<File>>) -> Drained {
+    loop {
+        let data = match buf.read_from(fifo) {
+            Ok([]) => return Drained::Done,
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Drained::More,
+            Err(_) => return Drained::Done,
+        };
+        let mut g = to.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(w) = g.as_mut() else {
+            return Drained::Done;
+        };
+        if w.write_all(data).is_err() {
+            return Drained::Done;
+        }
+    }
+}
+
+/// Copies the stdin FIFO at `path` into `to` until every writer closed
+/// the FIFO or a close is requested through the returned handle; either
+/// way what the FIFO holds is passed on first, then `to` is closed.
+///
+/// The FIFO is opened here, before the caller gets the process started, so
+/// that bytes written and the writer closed at once are never lost with a
+/// pipe nobody had open. It is opened non-blocking (no writer needs to be
+/// there yet) and polled: Linux reports POLLHUP on it only once a writer
+/// has come and gone.
+fn stdin_copy(
+    path: &Path,
+    to: Arc<Mutex<Option<File>>>,
+    drain: &Arc<Drain>,
+) -> Result<StdinClose, IoError> {
+    let fifo = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io_err(format!("open {}", path.display())))?;
+    let (wake_r, wake_w) = pipe()?;
+    for f in [&wake_r, &wake_w] {
+        // SAFETY: F_SETFL on a descriptor we own.
+        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    }
     let d = drain.clone();
-    let _ = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("stdin".into())
         .stack_size(COPY_STACK)
         .spawn(move || {
             let _ = &d;
-            let Ok(f) = OpenOptions::new().read(true).open(&path) else {
-                return;
-            };
             let mut buf = LazyBuf::new();
             loop {
-                let data = match buf.read_from(&f) {
-                    Ok([]) | Err(_) => break,
-                    Ok(d) => d,
-                };
-                let mut g = to.lock().unwrap_or_else(|e| e.into_inner());
-                let Some(w) = g.as_mut() else { break };
-                if w.write_all(data).is_err() {
+                let mut fds = [
+                    libc::pollfd {
+                        fd: fifo.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                    libc::pollfd {
+                        fd: wake_r.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                ];
+                // SAFETY: two valid pollfds we own.
+                let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+                if n < 0 {
+                    if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    break;
+                }
+                if fds[0].revents != 0 && drain_fifo(&fifo, &mut buf, &to) == Drained::Done {
+                    break;
+                }
+                if fds[1].revents != 0 {
+                    // Closing: pass on what is there, then stop.
+                    drain_fifo(&fifo, &mut buf, &to);
                     break;
                 }
             }
             to.lock().unwrap_or_else(|e| e.into_inner()).take();
-        });
+        })
+        .map_err(io_err("spawn stdin thread"))?;
+    Ok(StdinClose(wake_w))
 }
 
 /// A listening console socket for `--console-socket`.
@@ -572,7 +661,7 @@ pub fn prepare(
     if terminal {
         let console = ConsoleSocket::bind(console_path)?;
         let out = match &out_t {
-            Target::Null => OutSink::Null,
+            Target::Null | Target::Attach => OutSink::Null,
             Target::Path(p) => OutSink::File(open_path(p)?),
             Target::CriLog(p) => OutSink::Log(log_for(p, &mut io)?),
         };
@@ -589,15 +678,18 @@ pub fn prepare(
         let f = match t {
             Target::Null => None,
             Target::Path(p) => Some(open_path(p)?),
-            Target::CriLog(p) => {
-                let w = log_for(p, &mut io)?;
+            Target::CriLog(_) | Target::Attach => {
+                let out = match t {
+                    Target::CriLog(p) => OutSink::Log(log_for(p, &mut io)?),
+                    _ => OutSink::Null,
+                };
                 let (r, wr) = pipe()?;
                 let name = if stream == Stream::Stdout {
                     "stdout"
                 } else {
                     "stderr"
                 };
-                let sink = OutSink::Log(w).into_sink(stream, io.attach.clone());
+                let sink = out.into_sink(stream, io.attach.clone());
                 spawn_copy(name, &io.drain, r, sink)?;
                 io.copies = true;
                 Some(wr)
@@ -614,8 +706,7 @@ pub fn prepare(
             let (r, w) = pipe()?;
             stdio.stdin = Some(r);
             *io.stdin.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
-            io.stdin_fifo = Some(p.clone());
-            stdin_copy(p.clone(), io.stdin.clone(), &io.drain);
+            io.stdin_fifo = Some(stdin_copy(p, io.stdin.clone(), &io.drain)?);
         }
         StdinMode::Attach { .. } => {
             let (r, w) = pipe()?;
@@ -654,8 +745,8 @@ impl Prepared {
                 StdinMode::Fifo(p) => {
                     let w = master.try_clone().map_err(io_err("dup pty master"))?;
                     *self.io.stdin.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
-                    self.io.stdin_fifo = Some(p.clone());
-                    stdin_copy(p, self.io.stdin.clone(), &self.io.drain);
+                    self.io.stdin_fifo =
+                        Some(stdin_copy(&p, self.io.stdin.clone(), &self.io.drain)?);
                 }
                 StdinMode::Attach { .. } => {
                     let w = master.try_clone().map_err(io_err("dup pty master"))?;
@@ -676,6 +767,8 @@ mod tests {
     fn targets() {
         let cases = [
             ("", Some(Target::Null)),
+            ("attach", Some(Target::Attach)),
+            ("attach:///x", None),
             ("/run/fifo/out", Some(Target::Path("/run/fifo/out".into()))),
             ("file:///var/log/x", Some(Target::Path("/var/log/x".into()))),
             (
@@ -690,6 +783,98 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(parse_target(input).ok(), want, "{input}");
         }
+    }
+
+    /// Sets up FIFO stdin, lets `feed` write into the FIFO, and returns
+    /// what the process's stdin pipe delivers up to its EOF.
+    fn stdin_through_fifo(feed: impl FnOnce(&Path, &ProcIo)) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stdin");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let mut p = prepare(
+            &fifo.display().to_string(),
+            "",
+            "",
+            false,
+            dir.path().join("c.sock"),
+        )
+        .unwrap();
+        let mut stdio = p.take_stdio();
+        let io = p.finish().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            std::io::Read::read_to_end(stdio.stdin.as_mut().unwrap(), &mut got).unwrap();
+            got
+        });
+        feed(&fifo, &io);
+        let got = reader.join().unwrap();
+        drop(io);
+        got
+    }
+
+    #[test]
+    fn fifo_stdin_is_delivered_whole_before_its_eof() {
+        // criusd's order: write everything, close the FIFO, CloseIO at once.
+        for _ in 0..200 {
+            let got = stdin_through_fifo(|fifo, io| {
+                let mut w = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(fifo)
+                    .unwrap();
+                w.write_all(b"alpha\nbeta\n").unwrap();
+                drop(w);
+                io.close_stdin();
+            });
+            assert_eq!(got, b"alpha\nbeta\n");
+        }
+        // CloseIO while the writer is still open: what was written goes
+        // first, then the EOF.
+        let got = stdin_through_fifo(|fifo, io| {
+            let mut w = OpenOptions::new().write(true).open(fifo).unwrap();
+            w.write_all(b"still open\n").unwrap();
+            io.close_stdin();
+            std::thread::sleep(Duration::from_millis(50));
+            drop(w);
+        });
+        assert_eq!(got, b"still open\n");
+        // The writer closing is an EOF by itself.
+        let got = stdin_through_fifo(|fifo, _| {
+            let mut w = OpenOptions::new().write(true).open(fifo).unwrap();
+            w.write_all(b"x").unwrap();
+        });
+        assert_eq!(got, b"x");
+        // No writer ever came: CloseIO still ends stdin.
+        let got = stdin_through_fifo(|_, io| io.close_stdin());
+        assert!(got.is_empty());
+    }
+
+    #[test]
+    fn attach_target_reaches_attached_clients_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = prepare("", "attach", "attach", false, dir.path().join("c.sock")).unwrap();
+        let stdio = p.take_stdio();
+        let io = p.finish().unwrap();
+        assert!(
+            io.copies,
+            "output of an attach target goes through the shim"
+        );
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        io.attach(theirs, false).unwrap();
+        stdio.stdout.unwrap().write_all(b"to out").unwrap();
+        let mut frame = [0u8; 11];
+        let mut r = ours.try_clone().unwrap();
+        r.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        std::io::Read::read_exact(&mut r, &mut frame).unwrap();
+        assert_eq!(&frame[..5], &frame_header(ATTACH_STDOUT, 6));
+        assert_eq!(&frame[5..], b"to out");
+        stdio.stderr.unwrap().write_all(b"to err").unwrap();
+        std::io::Read::read_exact(&mut r, &mut frame).unwrap();
+        assert_eq!(&frame[..5], &frame_header(ATTACH_STDERR, 6));
+        assert_eq!(&frame[5..], b"to err");
+        // Nothing was written anywhere else.
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(names.is_empty(), "{names:?}");
     }
 
     #[test]

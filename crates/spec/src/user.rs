@@ -127,6 +127,14 @@ pub fn resolve(
     passwd: &[PasswdEntry],
     group: &[GroupEntry],
 ) -> Result<ResolvedUser, SpecError> {
+    if req.run_as_group.is_some() && req.run_as_user.is_none() && req.run_as_username.is_empty() {
+        // As containerd and CRI-O: a group alone would run the image's
+        // user with a group nobody asked it to have.
+        return Err(invalid(
+            format!("{SC}.run_as_group"),
+            "is set without run_as_user or run_as_username",
+        ));
+    }
     let by_uid = |uid: u32| passwd.iter().find(|p| p.uid == uid);
     let by_name = |name: &str| passwd.iter().find(|p| p.name == name);
 
@@ -337,6 +345,22 @@ mod tests {
                     ..base.clone()
                 },
                 Ok((1000, 1000, vec![1000, 10, 44])),
+            ),
+            (
+                UserRequest {
+                    run_as_username: "app".into(),
+                    run_as_group: Some(5),
+                    ..base.clone()
+                },
+                Ok((1000, 5, vec![5, 10, 44])),
+            ),
+            (
+                UserRequest {
+                    run_as_group: Some(5),
+                    image_user: "app".into(),
+                    ..base.clone()
+                },
+                Err("run_as_group: is set without run_as_user"),
             ),
             (
                 UserRequest {

@@ -116,6 +116,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the error says that nothing has the id looked up: it is
+    /// unknown, or not even shaped like an id this store hands out.
+    pub fn is_absent(&self) -> bool {
+        matches!(self, StoreError::NotFound { .. } | StoreError::InvalidId(_))
+    }
+
     fn io(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
         move |source| StoreError::Io {
             path: path.to_owned(),

@@ -153,27 +153,23 @@ impl Backend for ShimBackend {
             .store
             .get_sandbox(sandbox_id)
             .map_err(|e| BackendError::NotFound(e.to_string()))?;
-        let netns = sandbox
-            .status
-            .netns_path
-            .clone()
-            .filter(|_| sandbox.status.state == crius_store::SandboxState::Ready)
-            .ok_or_else(|| {
-                BackendError::FailedPrecondition(format!(
-                    "pod sandbox {sandbox_id} has no running network namespace"
-                ))
-            })?;
-        let std_stream = tokio::task::spawn_blocking(move || {
-            crius_netns::netns::run_in(Path::new(&netns), move || {
-                std::net::TcpStream::connect_timeout(
-                    &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-                    Duration::from_secs(10),
-                )
-            })
+        if sandbox.status.state != crius_store::SandboxState::Ready {
+            return Err(BackendError::FailedPrecondition(format!(
+                "pod sandbox {sandbox_id} is not ready"
+            )));
+        }
+        // A pod on the host's network has no namespace of its own: its
+        // localhost is the host's (where criusd runs).
+        let netns = sandbox.status.netns_path.clone();
+        let std_stream = tokio::task::spawn_blocking(move || match netns {
+            Some(netns) => {
+                crius_netns::netns::run_in(Path::new(&netns), move || connect_localhost(port))
+                    .map_err(internal)
+            }
+            None => Ok(connect_localhost(port)),
         })
         .await
-        .map_err(internal)?
-        .map_err(internal)?
+        .map_err(internal)??
         .map_err(|e| {
             BackendError::Internal(format!("cannot connect to port {port} in the pod: {e}"))
         })?;
@@ -183,6 +179,21 @@ impl Backend for ShimBackend {
             .await
             .map_err(internal)?;
         Ok(())
+    }
+}
+
+/// Connects to `port` on localhost as kubelet's runtimes do (Go's dial of
+/// `localhost:PORT`): 127.0.0.1 first, then ::1 when nothing listens on
+/// the IPv4 address.
+fn connect_localhost(port: u16) -> std::io::Result<std::net::TcpStream> {
+    let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    match std::net::TcpStream::connect_timeout(&v4, Duration::from_secs(10)) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+            // The IPv4 error tells more when IPv6 is not there at all.
+            std::net::TcpStream::connect_timeout(&v6, Duration::from_secs(10)).map_err(|_| e)
+        }
+        r => r,
     }
 }
 

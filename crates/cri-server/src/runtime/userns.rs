@@ -198,6 +198,7 @@ pub fn pin_pod_namespaces(maps: &Mappings, userns: &Path, netns: &Path) -> io::R
                 ))
             })?;
         }
+        crius_netns::netns::loopback_up(netns).map_err(io::Error::other)?;
         Ok(OwnedFd::from(std::fs::File::open(userns)?))
     })();
     let _ = child.kill();

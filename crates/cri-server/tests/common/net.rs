@@ -136,6 +136,13 @@ fn remove_new_nat_chains(before: &[String]) {
 impl TestNetwork {
     /// Writes the conflist under `dir/net.d` and installs the FORWARD rule.
     pub fn new(dir: &Path) -> TestNetwork {
+        TestNetwork::with_loopback(dir, true)
+    }
+
+    /// Like [`TestNetwork::new`]; with `loopback` false the conflist names
+    /// no `loopback` plugin (as set-ups that keep it in a file of its own,
+    /// or leave it out because the runtime brings `lo` up itself).
+    pub fn with_loopback(dir: &Path, loopback: bool) -> TestNetwork {
         super::registry::ensure_binary("iptables", "iptables");
         super::registry::ensure_binary("ip", "iproute2");
         if !Path::new("/usr/lib/cni/bridge").exists() {
@@ -154,18 +161,17 @@ impl TestNetwork {
         let name = format!("crius-test-{}-{n}", std::process::id());
         let conf_dir = dir.join("net.d");
         std::fs::create_dir_all(&conf_dir).unwrap();
-        let conflist = serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": name,
-            "plugins": [
-                {
-                    "type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
-                    "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]]}
-                },
-                {"type": "portmap", "capabilities": {"portMappings": true}},
-                {"type": "loopback"}
-            ]
-        });
+        let mut plugins = vec![
+            serde_json::json!({
+                "type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]]}
+            }),
+            serde_json::json!({"type": "portmap", "capabilities": {"portMappings": true}}),
+        ];
+        if loopback {
+            plugins.push(serde_json::json!({"type": "loopback"}));
+        }
+        let conflist = serde_json::json!({"cniVersion": "1.0.0", "name": name, "plugins": plugins});
         std::fs::write(conf_dir.join("10-test.conflist"), conflist.to_string()).unwrap();
         let ip_forward = forward_acquire();
         let nat_chains_before = nat_chains();

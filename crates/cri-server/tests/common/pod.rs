@@ -3,9 +3,15 @@
 use super::net::TestNetwork;
 use super::registry::{busybox_entries, image_with_config, layer, Compression, Registry};
 use super::Daemon;
-use k8s_cri::v1::{DnsConfig, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata};
+use k8s_cri::v1::{
+    ContainerConfig, ContainerMetadata, CreateContainerRequest, DnsConfig, ExecSyncRequest,
+    ImageSpec, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    ListContainersRequest, PodSandboxConfig, PodSandboxMetadata, PullImageRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// A running criusd with a test pod network and a local registry holding a
 /// pause image (`<addr>/pause:test`) and a busybox image
@@ -53,6 +59,16 @@ impl Env {
     /// Like [`Env::start_with`], with more keys for the `[cni]` table
     /// (`key = value, ...`).
     pub fn start_with_cni(prefix: &str, cni_keys: &str, extra_config: &str) -> Env {
+        Self::start_full(prefix, cni_keys, extra_config, true)
+    }
+
+    /// Like [`Env::start`] on a pod network whose conflist has no
+    /// `loopback` plugin.
+    pub fn start_without_loopback(prefix: &str) -> Env {
+        Self::start_full(prefix, "", "", false)
+    }
+
+    fn start_full(prefix: &str, cni_keys: &str, extra_config: &str, loopback: bool) -> Env {
         super::registry::ensure_binary("runc", "runc");
         let shim = Path::new(super::CRIUSD).with_file_name("containerd-shim-crius-v2");
         assert!(
@@ -66,7 +82,7 @@ impl Env {
             .unwrap();
         let dir = tmp.path().to_path_buf();
         let leftovers = Leftovers(dir.clone());
-        let net = TestNetwork::new(&dir);
+        let net = TestNetwork::with_loopback(&dir, loopback);
         let registry = Registry::start(&dir.join("registry"), None);
         let base = || vec![layer(&busybox_entries(), Compression::Gzip)];
         let pause = image_with_config(
@@ -278,5 +294,171 @@ pub fn collect_cgroup_procs(dir: &Path, out: &mut Vec<i32>) {
                 collect_cgroup_procs(&c.path(), out);
             }
         }
+    }
+}
+
+// The CRI steps most pod and container tests share.
+
+pub type Rt = k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
+
+/// A busybox-style container running `cmd`, logging to `<name>/0.log`.
+pub fn container(name: &str, image: &str, cmd: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        linux: Some(LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}
+
+pub fn security(c: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
+    c.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+}
+
+pub async fn wait_for<F: Fn() -> bool>(what: &str, f: F) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn pull(env: &Env, image: &str) {
+    env.daemon
+        .images()
+        .await
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("pull {image}: {e:?}"));
+}
+
+pub async fn run_pod(env: &Env, rt: &mut Rt, config: &PodSandboxConfig) -> String {
+    rt.run_pod_sandbox(RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: String::new(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:?}\n{}", env.daemon.log_text()))
+    .into_inner()
+    .pod_sandbox_id
+}
+
+/// Creates and starts a container; returns its id.
+pub async fn run(
+    env: &Env,
+    rt: &mut Rt,
+    pod_id: &str,
+    pod: &PodSandboxConfig,
+    c: ContainerConfig,
+) -> String {
+    let id = create(rt, pod_id, pod, c)
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer: {e:?}\n{}", env.daemon.log_text()));
+    rt.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer: {e:?}\n{}", env.daemon.log_text()));
+    id
+}
+
+pub async fn create(
+    rt: &mut Rt,
+    pod_id: &str,
+    pod: &PodSandboxConfig,
+    c: ContainerConfig,
+) -> Result<String, tonic::Status> {
+    rt.create_container(CreateContainerRequest {
+        pod_sandbox_id: pod_id.into(),
+        config: Some(c),
+        sandbox_config: Some(pod.clone()),
+    })
+    .await
+    .map(|r| r.into_inner().container_id)
+}
+
+pub async fn exec(rt: &mut Rt, id: &str, cmd: &[&str]) -> (i32, String, String) {
+    let r = match rt
+        .exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 20,
+        })
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(e) => {
+            let st = rt
+                .container_status(k8s_cri::v1::ContainerStatusRequest {
+                    container_id: id.into(),
+                    verbose: false,
+                })
+                .await
+                .map(|s| s.into_inner().status);
+            panic!("ExecSync {cmd:?}: {e:?}\ncontainer: {st:?}");
+        }
+    };
+    (
+        r.exit_code,
+        String::from_utf8_lossy(&r.stdout).into_owned(),
+        String::from_utf8_lossy(&r.stderr).into_owned(),
+    )
+}
+
+/// Stops and removes the pod and checks that nothing of it is left.
+pub async fn teardown(env: &Env, rt: &mut Rt, pod_id: &str, uid: &str) {
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.into(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod_id.into(),
+    })
+    .await
+    .unwrap();
+    let list = rt
+        .list_containers(ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.containers.is_empty(), "{:?}", list.containers);
+    let overlay_mounts: Vec<String> = mounts_below(&env.dir.join("root"))
+        .into_iter()
+        .chain(mounts_below(&env.dir.join("state")))
+        .collect();
+    assert!(overlay_mounts.is_empty(), "mounts left: {overlay_mounts:?}");
+    assert!(
+        cgroup_dirs(uid).is_empty(),
+        "cgroups left: {:?}",
+        cgroup_dirs(uid)
+    );
+    remove_cgroup_parents(uid);
+}
+
+/// Removes a pod's log directory (kubelet's job, so criusd leaves it) when
+/// the test ends, however it ends.
+pub struct LogDir(pub PathBuf);
+
+impl Drop for LogDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -198,3 +198,103 @@ pub async fn ws_collect(ws: &mut Ws) -> (HashMap<u8, Vec<u8>>, Option<(u8, usize
 pub fn ch(map: &HashMap<u8, Vec<u8>>, c: u8) -> String {
     String::from_utf8_lossy(map.get(&c).map(|v| &v[..]).unwrap_or(b"")).into_owned()
 }
+
+// Clients that follow client-go's wire behaviour step by step (the file
+// each step comes from is named beside it), for the regressions that only
+// client-go's order of frames showed.
+
+impl SpdyClient {
+    /// Opens a stream and waits for the server's SYN_REPLY, as
+    /// k8s.io/apimachinery/pkg/util/httpstream/spdy/connection.go
+    /// `CreateStream` does (`stream.WaitTimeout(createStreamResponseTimeout)`).
+    pub async fn create_stream(&mut self, headers: &[(&str, &str)]) -> u32 {
+        let id = self.open(headers).await;
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(30), self.next())
+                .await
+                .unwrap_or_else(|_| panic!("no SYN_REPLY for stream {id} in 30 s"));
+            match frame {
+                Some(Frame::SynReply { stream_id, .. }) if stream_id == id => return id,
+                Some(Frame::RstStream { stream_id, status }) if stream_id == id => {
+                    panic!("stream {id} reset ({status}) instead of a reply")
+                }
+                Some(Frame::Ping { .. }) | Some(Frame::Settings { .. }) => {}
+                other => panic!("unexpected frame while opening stream {id}: {other:?}"),
+            }
+        }
+    }
+}
+
+/// One forwarded connection as client-go's
+/// k8s.io/client-go/tools/portforward/portforward.go `handleConnection`
+/// makes it: the error stream first (headers streamType, port, requestID),
+/// closed at once from our side (`errorStream.Close()`), then the data
+/// stream with the same headers; `request` is written and the data stream
+/// stays open until the server ends it. Returns what came on the data and
+/// the error stream.
+pub async fn spdy_port_forward(url: &str, port: u16, request: &[u8]) -> (String, String) {
+    let (status, head, client) = SpdyClient::connect(url, &["portforward.k8s.io"]).await;
+    assert_eq!(status, 101, "{head}");
+    let mut c = client.unwrap();
+    let port = port.to_string();
+    let mut headers = vec![
+        ("streamtype", "error"),
+        ("port", port.as_str()),
+        ("requestid", "0"),
+    ];
+    let error = c.create_stream(&headers).await;
+    c.data(error, b"", true).await;
+    headers[0].1 = "data";
+    let data = c.create_stream(&headers).await;
+    c.data(data, request, false).await;
+    let got = c.collect(&[data, error]).await;
+    // portforward.go closes the whole connection when it stops.
+    c.send(Frame::GoAway {
+        last_stream_id: 0,
+        status: 0,
+    })
+    .await;
+    (text(&got, data), text(&got, error))
+}
+
+/// A remote command over SPDY v4 as
+/// k8s.io/client-go/tools/remotecommand/v2.go..v4.go do it: the error stream
+/// first, then stdin, stdout, stderr (without a TTY) and resize (with one),
+/// each waited for; then stdin is copied and its stream closed
+/// (`remoteStdin.Close()`) as soon as the input ends. Returns stdout and the
+/// error stream's status.
+pub async fn spdy_exec_stdin(url: &str, input: &[u8], tty: bool) -> (String, String) {
+    let (status, head, client) = SpdyClient::connect(url, &["v4.channel.k8s.io"]).await;
+    assert_eq!(status, 101, "{head}");
+    let mut c = client.unwrap();
+    let error = c.create_stream(&[("streamtype", "error")]).await;
+    let stdin = c.create_stream(&[("streamtype", "stdin")]).await;
+    let stdout = c.create_stream(&[("streamtype", "stdout")]).await;
+    let mut ids = vec![error, stdout];
+    if tty {
+        c.create_stream(&[("streamtype", "resize")]).await;
+    } else {
+        ids.push(c.create_stream(&[("streamtype", "stderr")]).await);
+    }
+    c.data(stdin, input, true).await;
+    let got = c.collect(&ids).await;
+    (text(&got, stdout), text(&got, error))
+}
+
+/// A remote command over WebSocket v5 as
+/// k8s.io/client-go/tools/remotecommand/websocket.go does it: stdin on
+/// channel 0, then the v5 close message `[255, 0]` when the input ends.
+/// Returns stdout and the error channel.
+pub async fn ws_exec_stdin(url: &str, input: &[u8]) -> (String, String) {
+    use futures_util::SinkExt;
+    let (mut ws, proto) = ws_connect(url, "v5.channel.k8s.io").await;
+    assert_eq!(proto.as_deref(), Some("v5.channel.k8s.io"));
+    ws.send(Message::Binary([&[0u8][..], input].concat().into()))
+        .await
+        .unwrap();
+    ws.send(Message::Binary(vec![255u8, 0].into()))
+        .await
+        .unwrap();
+    let (got, _) = ws_collect(&mut ws).await;
+    (ch(&got, 1), ch(&got, 3))
+}

@@ -169,7 +169,7 @@ fn lo_is_up() -> io::Result<bool> {
 }
 
 /// Sets `lo` of the calling thread's namespace up or down.
-fn set_lo_up(up: bool) -> io::Result<()> {
+pub(crate) fn set_lo_up(up: bool) -> io::Result<()> {
     let sock = ioctl_socket()?;
     let flags = lo_flags(&sock)?;
     let want = if up {

@@ -539,10 +539,12 @@ async fn create_steps(
         }
         .to_string();
     }
+    // Without a log path the output still goes through the shim, to
+    // attached clients (CRI allows an empty log path; attach must work).
     let out = log
         .as_ref()
         .map(|p| format!("crilog://{}", p.display()))
-        .unwrap_or_default();
+        .unwrap_or_else(|| "attach".into());
     create.stdout = out.clone();
     if !config.tty {
         create.stderr = out;
@@ -785,7 +787,12 @@ async fn wait_exited(daemon: &Daemon, id: &str, timeout: Duration) -> bool {
 /// StopContainer: the image's stop signal (else SIGTERM), SIGKILL after the
 /// timeout. Idempotent.
 pub async fn stop(daemon: &Arc<Daemon>, id: &str, timeout: Duration) -> Result<(), Status> {
-    let record = daemon.store.get_container(id).map_err(store_status)?;
+    // Stopping what does not exist succeeds (CRI: Stop is idempotent).
+    let record = match daemon.store.get_container(id) {
+        Ok(r) => r,
+        Err(e) if e.is_absent() => return Ok(()),
+        Err(e) => return Err(store_status(e)),
+    };
     let id = record.metadata.id.clone();
     if record.status.state != ContainerState::Running {
         return Ok(());
@@ -837,7 +844,7 @@ pub async fn stop(daemon: &Arc<Daemon>, id: &str, timeout: Duration) -> Result<(
 pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
     let record = match daemon.store.get_container(id) {
         Ok(r) => r,
-        Err(crius_store::StoreError::NotFound { .. }) => return Ok(()),
+        Err(e) if e.is_absent() => return Ok(()),
         Err(e) => return Err(store_status(e)),
     };
     let id = record.metadata.id.clone();
@@ -845,7 +852,7 @@ pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
     drop(daemon.locks.lock(&id).await);
     let record = match daemon.store.get_container(&id) {
         Ok(r) => r,
-        Err(crius_store::StoreError::NotFound { .. }) => return Ok(()),
+        Err(e) if e.is_absent() => return Ok(()),
         Err(e) => return Err(store_status(e)),
     };
     stop(daemon, &id, Duration::ZERO).await?;

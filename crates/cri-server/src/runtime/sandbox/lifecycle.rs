@@ -871,10 +871,19 @@ pub async fn stop(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
 }
 
 async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
-    let record = daemon.store.get_sandbox(id).map_err(store_status)?;
+    // Stopping a pod that does not exist succeeds (CRI: Stop is idempotent).
+    let record = match daemon.store.get_sandbox(id) {
+        Ok(r) => r,
+        Err(e) if e.is_absent() => return Ok(()),
+        Err(e) => return Err(store_status(e)),
+    };
     let id = record.metadata.id.clone();
     let _lock = daemon.locks.lock(&id).await;
-    let record = daemon.store.get_sandbox(&id).map_err(store_status)?;
+    let record = match daemon.store.get_sandbox(&id) {
+        Ok(r) => r,
+        Err(e) if e.is_absent() => return Ok(()),
+        Err(e) => return Err(store_status(e)),
+    };
     let config = super::status::stored_config(&record);
     let hn = host_namespaces(&config);
     // The pod's containers first, all at once, so that their exits are
@@ -991,7 +1000,7 @@ pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
 async fn remove_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
     let record = match daemon.store.get_sandbox(id) {
         Ok(r) => r,
-        Err(crius_store::StoreError::NotFound { .. }) => return Ok(()),
+        Err(e) if e.is_absent() => return Ok(()),
         Err(e) => return Err(store_status(e)),
     };
     let id = record.metadata.id.clone();
@@ -1000,7 +1009,7 @@ async fn remove_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
     drop(daemon.locks.lock(&id).await);
     let record = match daemon.store.get_sandbox(&id) {
         Ok(r) => r,
-        Err(crius_store::StoreError::NotFound { .. }) => return Ok(()),
+        Err(e) if e.is_absent() => return Ok(()),
         Err(e) => return Err(store_status(e)),
     };
     if record.status.state == SandboxState::Ready || shim_left_things(&daemon.shim_pod_dir(&id)) {
