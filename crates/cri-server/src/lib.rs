@@ -7,6 +7,7 @@
 pub mod config;
 pub mod daemon;
 pub mod errors;
+pub mod grpc_authority;
 pub mod health;
 pub mod host;
 pub mod image;

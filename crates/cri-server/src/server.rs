@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
 
 /// Largest gRPC message accepted or sent, as kubelet's client allows.
 pub const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
@@ -176,12 +177,16 @@ pub async fn run(
         tracing::info!(address = %bound, "serving metrics on /metrics");
         Some(task)
     };
+    // Clients other than Go's send an :authority made from the socket path,
+    // which h2 would reject: see grpc_authority.
+    let incoming = UnixListenerStream::new(listener)
+        .map(|conn| conn.map(crate::grpc_authority::AuthorityRewrite::new));
     let serve = tonic::transport::Server::builder()
         .trace_fn(crate::telemetry::cri_span)
         .layer(crate::metrics::MetricsLayer::new(metrics))
         .add_service(runtime)
         .add_service(image)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal);
+        .serve_with_incoming_shutdown(incoming, signal);
     let grace = async move {
         let mut rx = fired_rx;
         while !*rx.borrow() {
