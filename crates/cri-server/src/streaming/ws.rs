@@ -10,8 +10,18 @@ use std::collections::HashMap;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
+
+/// The close message that ends a session: code 1000 (normal closure).
+pub fn normal_close() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    }))
+}
 use tokio_tungstenite::WebSocketStream;
 
 /// The v5 channel protocol (adds channel close).
@@ -133,7 +143,10 @@ impl WsConn {
                     WsOut::Close => break,
                 }
             }
-            let _ = sink.send(Message::Close(None)).await;
+            // A normal closure with its code: client-go's websocket.go
+            // treats any other close (also one without a code, 1005) as a
+            // failed stream, and kubectl exits 1 after a command that ran.
+            let _ = sink.send(normal_close()).await;
             let _ = sink.close().await;
         });
         let reader = tokio::spawn(async move {

@@ -188,7 +188,13 @@ pub async fn ws_collect(ws: &mut Ws) -> (HashMap<u8, Vec<u8>>, Option<(u8, usize
                 }
                 out.entry(d[0]).or_default().extend_from_slice(&d[1..]);
             }
-            Message::Close(_) => break,
+            Message::Close(frame) => {
+                // client-go's websocket.go (readDemuxLoop) fails the
+                // session on any close but a normal one.
+                let code = frame.map(|f| u16::from(f.code));
+                assert_eq!(code, Some(1000), "the server's close frame");
+                break;
+            }
             _ => {}
         }
     }
