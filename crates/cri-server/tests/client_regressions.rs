@@ -11,16 +11,51 @@ use common::pod::*;
 use common::registry::is_root;
 use common::stream_client::*;
 use futures_util::{SinkExt, StreamExt};
-use k8s_cri::v1::{
-    AttachRequest, ExecRequest, NamespaceMode, NamespaceOption, PortForwardRequest,
-    RemovePodSandboxRequest, StopPodSandboxRequest,
-};
+use k8s_cri::v1::{AttachRequest, ExecRequest, NamespaceMode, NamespaceOption, PortForwardRequest};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
 /// The tests of this file run one at a time (they share the test cgroup
 /// tree, whose leftovers guard kills every process in it).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A test environment with busybox pulled and one pod (`uid-<name>`)
+/// running; `None` (with a note) when not root.
+struct Setup {
+    // Dropped in this order: the log dir, the daemon's environment, then
+    // the lock.
+    _logs: LogDir,
+    env: Env,
+    image: String,
+    rt: Rt,
+    config: k8s_cri::v1::PodSandboxConfig,
+    pod_id: String,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl Setup {
+    async fn start(prefix: &str, name: &str) -> Option<Setup> {
+        if !is_root() {
+            eprintln!("client_regressions: skipped (needs root)");
+            return None;
+        }
+        let serial = SERIAL.lock().await;
+        let env = Env::start(prefix);
+        let image = env.pull_busybox().await;
+        let mut rt = env.daemon.runtime().await;
+        let config = pod(name, &format!("uid-{name}"));
+        let pod_id = run_pod(&env, &mut rt, &config).await;
+        Some(Setup {
+            _logs: LogDir(config.log_directory.clone().into()),
+            env,
+            image,
+            rt,
+            config,
+            pod_id,
+            _serial: serial,
+        })
+    }
+}
 
 /// busybox httpd serving `text` on `addr` (e.g. `127.0.0.1:8080`).
 fn httpd(name: &str, image: &str, addr: &str, text: &str) -> k8s_cri::v1::ContainerConfig {
@@ -196,17 +231,18 @@ async fn ws_attach_until(url: &str, input: Option<&[u8]>, want: &str) -> String 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn attach_with_and_without_a_log_path() {
-    if !is_root() {
-        eprintln!("client_regressions: skipped (needs root)");
+    let Some(Setup {
+        env,
+        image,
+        mut rt,
+        config,
+        pod_id,
+        _logs,
+        _serial,
+    }) = Setup::start("crius-attach", "attach").await
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let env = Env::start("crius-attach");
-    let image = env.pull_busybox().await;
-    let mut rt = env.daemon.runtime().await;
-    let config = pod("attach", "uid-attach");
-    let pod_id = run_pod(&env, &mut rt, &config).await;
-    let _logs = LogDir(config.log_directory.clone().into());
+    };
     let echo_loop = ["/bin/sh", "-c", "while read l; do echo got:$l; done"];
     let start = |name: &str, cmd: &[&str], log: bool, stdin: bool, once: bool, tty: bool| {
         let mut c = container(name, &image, cmd);
@@ -281,16 +317,7 @@ async fn attach_with_and_without_a_log_path() {
     assert!(out.contains("got:last"), "{out:?}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let s = rt
-            .container_status(k8s_cri::v1::ContainerStatusRequest {
-                container_id: once.clone(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
+        let s = status_of(&mut rt, &once).await;
         if s.state == k8s_cri::v1::ContainerState::ContainerExited as i32 {
             assert_eq!(s.exit_code, 0);
             break;
@@ -303,17 +330,18 @@ async fn attach_with_and_without_a_log_path() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_stdin_sent_at_once_is_never_lost() {
-    if !is_root() {
-        eprintln!("client_regressions: skipped (needs root)");
+    let Some(Setup {
+        env,
+        image,
+        mut rt,
+        config,
+        pod_id,
+        _logs,
+        _serial,
+    }) = Setup::start("crius-stdin", "stdin").await
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let env = Env::start("crius-stdin");
-    let image = env.pull_busybox().await;
-    let mut rt = env.daemon.runtime().await;
-    let config = pod("stdin", "uid-stdin");
-    let pod_id = run_pod(&env, &mut rt, &config).await;
-    let _logs = LogDir(config.log_directory.clone().into());
+    };
     let shell = run(
         &env,
         &mut rt,
@@ -356,15 +384,5 @@ async fn exec_stdin_sent_at_once_is_never_lost() {
             );
         }
     }
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: pod_id.clone(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod_id.clone(),
-    })
-    .await
-    .unwrap();
     teardown(&env, &mut rt, &pod_id, "uid-stdin").await;
 }

@@ -30,18 +30,6 @@ fn memory_cgroup(uid: &str, id: &str) -> PathBuf {
         .join(id)
 }
 
-async fn status_of(rt: &mut Rt, id: &str) -> k8s_cri::v1::ContainerStatus {
-    rt.container_status(k8s_cri::v1::ContainerStatusRequest {
-        container_id: id.into(),
-        verbose: false,
-    })
-    .await
-    .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e:?}"))
-    .into_inner()
-    .status
-    .expect("a status")
-}
-
 /// ContainerStatus.user is exactly what `id` prints inside the container.
 async fn assert_status_user_is_id(rt: &mut Rt, id: &str) -> (i64, i64, Vec<i64>) {
     let user = status_of(rt, id)

@@ -462,3 +462,16 @@ impl Drop for LogDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The container's status.
+pub async fn status_of(rt: &mut Rt, id: &str) -> k8s_cri::v1::ContainerStatus {
+    rt.container_status(k8s_cri::v1::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e:?}"))
+    .into_inner()
+    .status
+    .expect("a status")
+}
