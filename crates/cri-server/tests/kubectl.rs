@@ -19,6 +19,16 @@
 //!   turns into its exit status ("command terminated with exit code N");
 //! - `kubectl attach` (with and without `-i`): the same remotecommand
 //!   executors against the attach subresource;
+//! - `kubectl cp` both ways: kubectl/pkg/cmd/cp (`test -d` to probe the
+//!   destination, then `tar xmf -` with the archive on stdin, or `tar cf -`
+//!   with it on stdout) over the same executors;
+//! - `kubectl exec -it` on a pseudo-terminal: kubectl/pkg/util/term (raw
+//!   mode, the size sent at the start and on `SIGWINCH`) and the
+//!   executors' TTY mode (resize stream, or WebSocket channel 4; no
+//!   stderr);
+//! - `kubectl attach -i` to a container with `stdin_once` (what
+//!   `kubectl run -i --rm` creates): closing kubectl's stdin ends the
+//!   container's;
 //! - `kubectl port-forward` with `KUBECTL_PORT_FORWARD_WEBSOCKETS=false`:
 //!   tools/portforward/portforward.go (`portforward.k8s.io`, an error and a
 //!   data stream per local connection with `port` and `requestID` headers;
@@ -29,7 +39,9 @@ mod common;
 
 use common::kube::*;
 use common::pod::*;
-use common::registry::is_root;
+use common::registry::{
+    busybox_entries, image_with_config, is_root, layer, sha256, Compression, Entry,
+};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
@@ -38,6 +50,7 @@ use k8s_cri::v1::{
     PodSandboxConfig, PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
     StartContainerRequest, StopPodSandboxRequest,
 };
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
@@ -92,6 +105,11 @@ fn container(name: &str, image: &str, script: &str, stdin: bool, log: bool) -> C
         linux: Some(LinuxContainerConfig::default()),
         ..Default::default()
     }
+}
+
+/// A container that only sleeps (to exec in).
+fn sleeper(name: &str, image: &str) -> ContainerConfig {
+    container(name, image, "exec /bin/busybox sleep 100000", false, true)
 }
 
 fn host_network_options() -> NamespaceOption {
@@ -192,6 +210,62 @@ impl Setup {
             .await
             .unwrap_or_else(|e| panic!("StartContainer: {e:?}"));
         id
+    }
+
+    /// Runs the pod of `config` with the one container `c` and registers
+    /// it with the fake API server (`stdin`, `stdinOnce` and `tty` as in
+    /// `c`; a host-network pod on 127.0.0.1); returns the container id.
+    async fn start_pod(&mut self, config: &PodSandboxConfig, c: ContainerConfig) -> String {
+        let pod_id = self.run_pod(config).await;
+        let (name, stdin, stdin_once, tty) = (
+            c.metadata.as_ref().unwrap().name.clone(),
+            c.stdin,
+            c.stdin_once,
+            c.tty,
+        );
+        let image = c.image.as_ref().unwrap().image.clone();
+        let id = self.start_container(&pod_id, config, c).await;
+        let meta = config.metadata.as_ref().unwrap();
+        let host_network = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref())
+            .is_some_and(|n| n.network == NamespaceMode::Node as i32);
+        let mut fake = FakePod::new(&meta.name, &meta.uid, &pod_id);
+        fake = if host_network {
+            fake.ip("127.0.0.1").host_network()
+        } else {
+            let ip = self.pod_ip(&pod_id).await;
+            fake.ip(&ip)
+        };
+        fake = fake.container(&name, &id, &image, stdin, tty);
+        if stdin_once {
+            fake = fake.stdin_once();
+        }
+        self.api.add_pod(fake);
+        id
+    }
+
+    /// Pushes (to the environment's registry) and pulls a busybox image
+    /// whose `PATH` also has the applets that kubectl runs by name in a
+    /// container (`kubectl cp`: `test`, `tar`) linked to busybox; returns
+    /// its name.
+    async fn tools_image(&self) -> String {
+        // `tail` for `kubectl cp --retries`; `sha256sum` for the checks.
+        const LINKS: &[&str] = &["bin/tar", "bin/test", "bin/tail", "bin/sha256sum"];
+        let links: Vec<Entry> = LINKS.iter().map(|l| Entry::Symlink(l, "busybox")).collect();
+        let img = image_with_config(
+            vec![
+                layer(&busybox_entries(), Compression::Gzip),
+                layer(&links, Compression::Gzip),
+            ],
+            serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/"}),
+        );
+        self.env.registry.push_image("busybox-tools", "test", &img);
+        let name = format!("{}/busybox-tools:test", self.env.registry.addr);
+        pull(&self.env, &name).await;
+        name
     }
 
     async fn pod_ip(&mut self, pod_id: &str) -> String {
@@ -318,29 +392,9 @@ async fn exec(prefix: &str, name: &str, t: Transport) {
     let Some(mut s) = Setup::start(prefix, true).await else {
         return;
     };
-    let uid = format!("uid-{name}");
-    let config = pod(name, &uid);
-    let pod_id = s.run_pod(&config).await;
     let image = s.image.clone();
-    let shell = s
-        .start_container(
-            &pod_id,
-            &config,
-            container(
-                "shell",
-                &image,
-                "exec /bin/busybox sleep 100000",
-                false,
-                true,
-            ),
-        )
-        .await;
-    let ip = s.pod_ip(&pod_id).await;
-    s.api.add_pod(
-        FakePod::new(name, &uid, &pod_id)
-            .ip(&ip)
-            .container("shell", &shell, &image, false, false),
-    );
+    let config = pod(name, &format!("uid-{name}"));
+    s.start_pod(&config, sleeper("shell", &image)).await;
 
     let script = "n=0; while read l; do n=$((n+1)); done; echo count:$n";
     for i in 0..25 {
@@ -413,29 +467,16 @@ async fn attach_with_stdin(prefix: &str, name: &str, log: bool, t: Transport) {
     let Some(mut s) = Setup::start(prefix, true).await else {
         return;
     };
-    let uid = format!("uid-{name}");
-    let config = pod(name, &uid);
-    let pod_id = s.run_pod(&config).await;
     let image = s.image.clone();
-    let echo = s
-        .start_container(
-            &pod_id,
-            &config,
-            container(
-                "echo",
-                &image,
-                "while read l; do echo got:$l; done",
-                true,
-                log,
-            ),
-        )
-        .await;
-    let ip = s.pod_ip(&pod_id).await;
-    s.api.add_pod(
-        FakePod::new(name, &uid, &pod_id)
-            .ip(&ip)
-            .container("echo", &echo, &image, true, false),
+    let config = pod(name, &format!("uid-{name}"));
+    let c = container(
+        "echo",
+        &image,
+        "while read l; do echo got:$l; done",
+        true,
+        log,
     );
+    let echo = s.start_pod(&config, c).await;
 
     for round in 1..=2 {
         let mut p = s
@@ -504,29 +545,16 @@ async fn attach_output(prefix: &str, name: &str, t: Transport) {
     let Some(mut s) = Setup::start(prefix, true).await else {
         return;
     };
-    let uid = format!("uid-{name}");
-    let config = pod(name, &uid);
-    let pod_id = s.run_pod(&config).await;
     let image = s.image.clone();
-    let ticker = s
-        .start_container(
-            &pod_id,
-            &config,
-            container(
-                "ticker",
-                &image,
-                "i=0; while true; do i=$((i+1)); echo tick:$i; sleep 0.1; done",
-                false,
-                true,
-            ),
-        )
-        .await;
-    let ip = s.pod_ip(&pod_id).await;
-    s.api.add_pod(
-        FakePod::new(name, &uid, &pod_id)
-            .ip(&ip)
-            .container("ticker", &ticker, &image, false, false),
+    let config = pod(name, &format!("uid-{name}"));
+    let c = container(
+        "ticker",
+        &image,
+        "i=0; while true; do i=$((i+1)); echo tick:$i; sleep 0.1; done",
+        false,
+        true,
     );
+    s.start_pod(&config, c).await;
     let mut p = s.kubectl.spawn(&["attach", name, "-c", "ticker"], t.env);
     let ok = p
         .wait_for(Duration::from_secs(30), |out, _| {
@@ -563,6 +591,265 @@ async fn kubectl_attach_output_over_websocket() {
 #[tokio::test(flavor = "multi_thread")]
 async fn kubectl_attach_output_over_spdy() {
     attach_output("crius-kattachoutspdy", "kattachoutspdy", SPDY).await;
+}
+
+/// Writes the tree `kubectl cp` copies under `dir`: `blob.bin`, a few
+/// hundred KiB of bytes that are no text (every byte value, NULs, lone CRs,
+/// runs and noise) and a small text file in a directory; returns the
+/// files (paths relative to `dir`) and their bytes.
+fn write_cp_tree(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
+    let mut blob = Vec::new();
+    let mut x: u32 = 0x2545_f491;
+    for _ in 0..300 * 1024 + 17 {
+        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        blob.push((x >> 24) as u8);
+    }
+    for b in 0..=255u8 {
+        blob.extend(std::iter::repeat_n(b, 300));
+    }
+    blob.extend_from_slice(b"\r\0\r\n\xff\xfe\x1b[0m");
+    let files = vec![
+        ("blob.bin", blob),
+        (
+            "docs/note.txt",
+            b"a small text file\nin a directory\n".to_vec(),
+        ),
+    ];
+    for (rel, data) in &files {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, data).unwrap();
+    }
+    files
+}
+
+/// Checks that `dir` holds `files` byte for byte.
+fn assert_same_files(what: &str, dir: &Path, files: &[(&str, Vec<u8>)]) {
+    for (rel, data) in files {
+        let p = dir.join(rel);
+        let got = std::fs::read(&p).unwrap_or_else(|e| panic!("{what}: {}: {e}", p.display()));
+        assert!(
+            got == *data,
+            "{what}: {} differs: {} bytes, {} expected, first difference at {:?}",
+            p.display(),
+            got.len(),
+            data.len(),
+            got.iter().zip(data.iter()).position(|(a, b)| a != b)
+        );
+    }
+}
+
+/// `kubectl cp` of a directory and of a file into a container and back
+/// out (kubectl runs `test -d` and `tar` in the container over exec, with
+/// the archive on stdin or stdout), the bytes compared at each end.
+async fn cp(prefix: &str, name: &str, t: Transport) {
+    let Some(mut s) = Setup::start(prefix, true).await else {
+        return;
+    };
+    let image = s.tools_image().await;
+    let config = pod(name, &format!("uid-{name}"));
+    let id = s.start_pod(&config, sleeper("files", &image)).await;
+    let src = s.env.dir.join("cp-src");
+    let files = write_cp_tree(&src);
+    let local = |p: &Path| p.display().to_string();
+    let remote = |p: &str| format!("{name}:{p}");
+    let cp = |from: String, to: String| {
+        let k = &s.kubectl;
+        async move {
+            let out = k.run(&["cp", "-c", "files", &from, &to], b"", t.env).await;
+            assert!(out.status.success(), "{}: {out}", t.name);
+        }
+    };
+
+    // In: the directory under a new name, the big file on its own.
+    cp(local(&src), remote("/tmp/up")).await;
+    cp(local(&src.join("blob.bin")), remote("/tmp/single.bin")).await;
+    let in_container = files
+        .iter()
+        .map(|(rel, data)| (format!("/tmp/up/{rel}"), data))
+        .chain(std::iter::once((
+            "/tmp/single.bin".to_string(),
+            &files[0].1,
+        )));
+    for (path, data) in in_container {
+        let (code, out, err) = common::pod::exec(&mut s.rt, &id, &["sha256sum", &path]).await;
+        let want = sha256(data);
+        assert!(
+            code == 0 && out.split_whitespace().next() == want.strip_prefix("sha256:"),
+            "{}: {path} in the container: sha256sum exit {code}: {out}{err} ({want} expected)",
+            t.name
+        );
+    }
+
+    // Out: the directory to a new local one, the file to a new name.
+    let down = s.env.dir.join("cp-down");
+    cp(remote("/tmp/up"), local(&down)).await;
+    assert_same_files(t.name, &down, &files);
+    let single = s.env.dir.join("cp-single.bin");
+    cp(remote("/tmp/single.bin"), local(&single)).await;
+    assert_same_files(t.name, &s.env.dir, &[("cp-single.bin", files[0].1.clone())]);
+
+    // Every exec (the `test -d` probes and the `tar`s) went over `t`.
+    let n = s.api.count(|l| is_sub(l, "exec"));
+    assert!(n >= 4, "{}: {}", t.name, s.api.log_text());
+    assert_upgrades(&s.api, "exec", 0, n, t);
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_cp_over_websocket() {
+    cp("crius-kcpws", "kcpws", WS).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_cp_over_spdy() {
+    cp("crius-kcpspdy", "kcpspdy", SPDY).await;
+}
+
+/// `kubectl exec -it ... sh` on a terminal of 37 x 123: the shell runs on
+/// a terminal in the container, of the size of kubectl's, which follows
+/// kubectl's when that changes (`SIGWINCH`, the resize stream); the exit
+/// code of the typed `exit 5` becomes kubectl's.
+async fn exec_tty(prefix: &str, name: &str, t: Transport) {
+    let Some(mut s) = Setup::start(prefix, true).await else {
+        return;
+    };
+    let image = s.image.clone();
+    let config = pod(name, &format!("uid-{name}"));
+    s.start_pod(&config, sleeper("shell", &image)).await;
+    let mut p = s.kubectl.spawn_on_pty(
+        &["exec", "-it", name, "-c", "shell", "--", "sh"],
+        t.env,
+        37,
+        123,
+    );
+    let wait = Duration::from_secs(30);
+    let fail = |p: &mut PtyKubectl, what: &str| -> String {
+        let running = p.running();
+        format!(
+            "{}: {what} (kubectl still running: {running})\n--- terminal ---\n{:?}",
+            t.name,
+            p.output()
+        )
+    };
+    // The prompt of an interactive shell.
+    if !p.wait_for(wait, |o| o.contains("# ")).await {
+        panic!("{}", fail(&mut p, "no shell prompt"));
+    }
+    // The size travels on the resize stream, the keys on stdin: ask
+    // until it shows.
+    let shows = |want: &'static [&'static str]| move |o: &str| want.iter().all(|w| o.contains(w));
+    let size = shows(&["37 123", "/dev/pts/"]);
+    if !p.type_until(b"stty size; tty\r", wait, size).await {
+        panic!("{}", fail(&mut p, "no 37 x 123 terminal in the container"));
+    }
+    // A resize of kubectl's terminal reaches the container's.
+    p.resize(50, 160);
+    if !p.type_until(b"stty size\r", wait, shows(&["50 160"])).await {
+        panic!("{}", fail(&mut p, "the resize to 50 x 160 did not show"));
+    }
+    p.type_in(b"exit 5\r").await;
+    let Some(status) = p.wait(wait).await else {
+        let msg = fail(&mut p, "kubectl did not exit after `exit 5`");
+        p.kill().await;
+        panic!("{msg}");
+    };
+    assert_eq!(status.code(), Some(5), "{}", fail(&mut p, "exit code"));
+    assert!(
+        p.output().contains("command terminated with exit code 5"),
+        "{}",
+        fail(&mut p, "no exit code message")
+    );
+    assert_upgrades(&s.api, "exec", 0, 1, t);
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_exec_tty_over_websocket() {
+    exec_tty("crius-kexecttyws", "kexecttyws", WS).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_exec_tty_over_spdy() {
+    exec_tty("crius-kexecttyspdy", "kexecttyspdy", SPDY).await;
+}
+
+/// `kubectl attach -i` to a container created with `stdin` and
+/// `stdin_once` (as `kubectl run -i --rm` creates it): the lines typed
+/// reach it; when kubectl's stdin ends, the container's does, the
+/// container prints its last line (which kubectl still gets) and exits 0,
+/// and kubectl exits 0.
+async fn attach_stdin_once(prefix: &str, name: &str, t: Transport) {
+    let Some(mut s) = Setup::start(prefix, true).await else {
+        return;
+    };
+    let image = s.image.clone();
+    let config = pod(name, &format!("uid-{name}"));
+    let mut c = container(
+        "once",
+        &image,
+        "while read l; do echo got:$l; done; echo stdin-closed",
+        true,
+        true,
+    );
+    c.stdin_once = true;
+    let id = s.start_pod(&config, c).await;
+    let mut p = s
+        .kubectl
+        .spawn(&["attach", "-i", name, "-c", "once"], t.env);
+    p.write_stdin(b"alpha\nbeta\n").await;
+    let ok = p
+        .wait_for(Duration::from_secs(30), |out, _| {
+            out.contains("got:alpha\n") && out.contains("got:beta\n")
+        })
+        .await;
+    let context = |p: &mut KubectlProc| {
+        let running = p.running();
+        format!(
+            "{}: kubectl still running: {running}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            t.name,
+            p.stdout(),
+            p.stderr()
+        )
+    };
+    assert!(ok, "the lines did not come back\n{}", context(&mut p));
+    p.close_stdin();
+    let Some(status) = p.wait(Duration::from_secs(30)).await else {
+        let msg = context(&mut p);
+        p.kill().await;
+        panic!("kubectl attach did not end after its stdin closed\n{msg}");
+    };
+    assert!(
+        status.success() && p.stdout().ends_with("got:beta\nstdin-closed\n"),
+        "kubectl attach: {status}\n{}",
+        context(&mut p)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (state, code) = s.container_state(&id).await;
+        if state == ContainerState::ContainerExited {
+            assert_eq!(code, 0, "{}: exit code of the container", t.name);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: the container is {state:?} 10 s after its stdin closed",
+            t.name
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_upgrades(&s.api, "attach", 0, 1, t);
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_attach_stdin_once_over_websocket() {
+    attach_stdin_once("crius-koncews", "koncews", WS).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_attach_stdin_once_over_spdy() {
+    attach_stdin_once("crius-koncespdy", "koncespdy", SPDY).await;
 }
 
 /// One HTTP/1.0 GET of `/index.html` on 127.0.0.1:`port`; the whole
@@ -636,28 +923,15 @@ async fn kubectl_port_forward_to_loopback_of_pod_network() {
     let Some(mut s) = Setup::start("crius-kpf", false).await else {
         return;
     };
-    let config = pod("kpf", "uid-kpf");
-    let pod_id = s.run_pod(&config).await;
     let image = s.image.clone();
-    let web = s
-        .start_container(
-            &pod_id,
-            &config,
-            container(
-                "web",
-                &image,
-                "mkdir -p /tmp/www && echo hello-kubectl-pf > /tmp/www/index.html && exec /bin/busybox httpd -f -p 127.0.0.1:8080 -h /tmp/www",
-                false,
-                true,
-            ),
-        )
-        .await;
-    let ip = s.pod_ip(&pod_id).await;
-    s.api.add_pod(
-        FakePod::new("kpf", "uid-kpf", &pod_id)
-            .ip(&ip)
-            .container("web", &web, &image, false, false),
+    let c = container(
+        "web",
+        &image,
+        "mkdir -p /tmp/www && echo hello-kubectl-pf > /tmp/www/index.html && exec /bin/busybox httpd -f -p 127.0.0.1:8080 -h /tmp/www",
+        false,
+        true,
     );
+    let web = s.start_pod(&pod("kpf", "uid-kpf"), c).await;
     // Wait (bounded) for httpd, from inside the pod; a failure is only
     // noted: the port-forward check below says what kubectl sees.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -716,7 +990,6 @@ async fn kubectl_port_forward_to_host_network_pod() {
         namespace_options: Some(host_network_options()),
         ..Default::default()
     });
-    let pod_id = s.run_pod(&config).await;
     let image = s.image.clone();
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -736,13 +1009,7 @@ async fn kubectl_port_forward_to_host_network_pod() {
         }),
         ..Default::default()
     });
-    let web = s.start_container(&pod_id, &config, c).await;
-    s.api.add_pod(
-        FakePod::new("kpfhost", "uid-kpfhost", &pod_id)
-            .ip("127.0.0.1")
-            .host_network()
-            .container("web", &web, &image, false, false),
-    );
+    let web = s.start_pod(&config, c).await;
     // httpd shares the host's network: wait for it from here.
     let deadline = Instant::now() + Duration::from_secs(15);
     let ready = loop {

@@ -19,6 +19,7 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{AttachRequest, ExecRequest, PortForwardRequest};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
@@ -45,6 +46,9 @@ pub struct FakeContainer {
     pub id: String,
     pub image: String,
     pub stdin: bool,
+    /// The runtime closes its stdin when the first attach ends (`kubectl
+    /// run -i` creates such containers).
+    pub stdin_once: bool,
     pub tty: bool,
 }
 
@@ -98,8 +102,17 @@ impl FakePod {
             id: id.into(),
             image: image.into(),
             stdin,
+            stdin_once: false,
             tty,
         });
+        self
+    }
+
+    /// Marks the container added last `stdinOnce`.
+    pub fn stdin_once(mut self) -> FakePod {
+        if let Some(c) = self.containers.last_mut() {
+            c.stdin_once = true;
+        }
         self
     }
 
@@ -110,7 +123,8 @@ impl FakePod {
             .iter()
             .map(|c| {
                 serde_json::json!({
-                    "name": c.name, "image": c.image, "stdin": c.stdin, "tty": c.tty,
+                    "name": c.name, "image": c.image, "stdin": c.stdin,
+                    "stdinOnce": c.stdin_once, "tty": c.tty,
                     "imagePullPolicy": "IfNotPresent",
                     "terminationMessagePath": "/dev/termination-log",
                     "terminationMessagePolicy": "File",
@@ -894,9 +908,9 @@ impl Kubectl {
         })
     }
 
-    /// Starts kubectl with `args` (after the global flags) and more
-    /// environment; stdin, stdout and stderr are pipes.
-    pub fn spawn(&self, args: &[&str], env: &[(&str, &str)]) -> KubectlProc {
+    /// kubectl with `args` (after the global flags) and more environment,
+    /// killed on drop; stdio is left to the caller.
+    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
         let cache = self.dir.join("cache");
         let mut cmd = tokio::process::Command::new(&self.bin);
         cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
@@ -917,10 +931,17 @@ impl Kubectl {
             .env_remove("KUBECTL_REMOTE_COMMAND_WEBSOCKETS")
             .env_remove("KUBECTL_PORT_FORWARD_WEBSOCKETS")
             .envs(env.iter().copied())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
+        cmd
+    }
+
+    /// Starts kubectl with `args` (after the global flags) and more
+    /// environment; stdin, stdout and stderr are pipes.
+    pub fn spawn(&self, args: &[&str], env: &[(&str, &str)]) -> KubectlProc {
+        let mut cmd = self.command(args, env);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().expect("spawn kubectl");
         let out = Arc::new(Mutex::new(Vec::new()));
         let err = Arc::new(Mutex::new(Vec::new()));
@@ -946,6 +967,75 @@ impl Kubectl {
             out,
             err,
             readers,
+        }
+    }
+
+    /// Starts kubectl with `args` on a new pseudo-terminal of `rows` x
+    /// `cols` (its stdin, stdout and stderr, and its controlling terminal,
+    /// so that resizing it sends kubectl `SIGWINCH`): what a user at a
+    /// terminal runs.
+    pub fn spawn_on_pty(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+        rows: u16,
+        cols: u16,
+    ) -> PtyKubectl {
+        let (master, slave) = open_pty(rows, cols);
+        let mut cmd = self.command(args, env);
+        cmd.stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(slave);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn kubectl");
+        // The slave's copies held by `cmd` go: kubectl (and what it
+        // starts) is all that has it open, and the master reads EOF/EIO
+        // once kubectl is gone.
+        drop(cmd);
+        // SAFETY: the AsyncFd owns the descriptor, open until it drops.
+        let master = unsafe { tokio::io::unix::AsyncFd::register(master) };
+        let master = Arc::new(master.expect("register the pty with tokio"));
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let (m, sink) = (master.clone(), out.clone());
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 8192];
+            loop {
+                let Ok(mut ready) = m.readable().await else {
+                    return;
+                };
+                let r = ready.try_io(|fd| {
+                    // SAFETY: reading into a buffer of the given length.
+                    let n =
+                        unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                    if n < 0 {
+                        Err(std::io::Error::last_os_error())
+                    } else {
+                        Ok(n as usize)
+                    }
+                });
+                match r {
+                    Ok(Ok(0)) => return,
+                    Ok(Ok(n)) => sink.lock().unwrap().extend_from_slice(&buf[..n]),
+                    // EIO: every slave descriptor is closed.
+                    Ok(Err(_)) => return,
+                    Err(_would_block) => {}
+                }
+            }
+        });
+        PtyKubectl {
+            args: args.join(" "),
+            child,
+            master,
+            out,
+            reader: Some(reader),
         }
     }
 
@@ -1117,4 +1207,175 @@ impl Drop for KubectlProc {
 pub struct PortForward {
     pub proc: KubectlProc,
     pub local_port: u16,
+}
+
+/// A new pseudo-terminal pair `(master, slave)` of `rows` x `cols`, both
+/// close-on-exec (the slave is dup'ed onto the child's stdio) and the
+/// master non-blocking.
+fn open_pty(rows: u16, cols: u16) -> (OwnedFd, OwnedFd) {
+    let (mut master, mut slave) = (-1, -1);
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty fills in two descriptors; the name buffer and the
+    // termios may be null.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty returned two open descriptors that nothing else owns.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    for (fd, nonblock) in [(&master, true), (&slave, false)] {
+        // SAFETY: fcntl on a descriptor owned here.
+        unsafe {
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
+            if nonblock {
+                let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+                libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+            }
+        }
+    }
+    (master, slave)
+}
+
+/// kubectl on a pseudo-terminal (see [`Kubectl::spawn_on_pty`]); killed
+/// on drop.
+pub struct PtyKubectl {
+    pub args: String,
+    pub child: tokio::process::Child,
+    master: Arc<tokio::io::unix::AsyncFd<OwnedFd>>,
+    out: Arc<Mutex<Vec<u8>>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl PtyKubectl {
+    /// Everything written to the terminal so far (kubectl's and, through
+    /// it, the container's).
+    pub fn output(&self) -> String {
+        String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
+    }
+
+    /// Types `data` at the terminal.
+    pub async fn type_in(&self, data: &[u8]) {
+        let mut rest = data;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !rest.is_empty() {
+            // SAFETY: writing from a buffer of the given length.
+            let n = unsafe {
+                libc::write(
+                    self.master.get_ref().as_raw_fd(),
+                    rest.as_ptr().cast(),
+                    rest.len(),
+                )
+            };
+            if n > 0 {
+                rest = &rest[n as usize..];
+                continue;
+            }
+            let e = std::io::Error::last_os_error();
+            assert!(
+                n < 0 && e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline,
+                "writing to the terminal of kubectl {}: {e}",
+                self.args
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Resizes the terminal (the kernel sends kubectl `SIGWINCH`).
+    pub fn resize(&self, rows: u16, cols: u16) {
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a winsize.
+        let r = unsafe { libc::ioctl(self.master.get_ref().as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        assert_eq!(r, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+    }
+
+    /// Waits until `pred(output)` holds; false after `timeout` or when
+    /// kubectl exited without it holding.
+    pub async fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if pred(&self.output()) {
+                return true;
+            }
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                self.drain().await;
+                return pred(&self.output());
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Types `keys`, again every half second, until `pred(output)` holds;
+    /// false after `timeout` or when kubectl exited without it holding.
+    pub async fn type_until(
+        &mut self,
+        keys: &[u8],
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.type_in(keys).await;
+            if self.wait_for(Duration::from_millis(500), &pred).await {
+                return true;
+            }
+            if Instant::now() > deadline || !self.running() {
+                return false;
+            }
+        }
+    }
+
+    /// Waits (bounded) for kubectl to exit and the terminal to be read.
+    pub async fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .ok()?
+            .ok()?;
+        self.drain().await;
+        Some(status)
+    }
+
+    async fn drain(&mut self) {
+        if let Some(r) = self.reader.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
+        }
+    }
+
+    /// Kills kubectl (if still running) and reaps it.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+        self.drain().await;
+    }
+
+    /// Whether kubectl is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for PtyKubectl {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        if let Some(r) = &self.reader {
+            r.abort();
+        }
+    }
 }
