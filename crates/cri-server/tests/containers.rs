@@ -87,16 +87,27 @@ async fn container_lifecycle_logs_exec_and_security() {
     };
 
     // A long-running container writing to stdout and stderr.
+    // In a PID namespace of its own (as kubelet asks by default): sleep
+    // is its pid 1, which ignores SIGTERM (see the stop below).
+    let mut main = container(
+        "main",
+        &image,
+        &[
+            "/bin/sh",
+            "-c",
+            "echo $GREETING $FROM_IMAGE; echo oops >&2; exec sleep 1000",
+        ],
+    );
+    main.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .namespace_options = Some(k8s_cri::v1::NamespaceOption {
+        pid: k8s_cri::v1::NamespaceMode::Container as i32,
+        ..Default::default()
+    });
     let main = rt
-        .create_container(create(container(
-            "main",
-            &image,
-            &[
-                "/bin/sh",
-                "-c",
-                "echo $GREETING $FROM_IMAGE; echo oops >&2; exec sleep 1000",
-            ],
-        )))
+        .create_container(create(main))
         .await
         .unwrap_or_else(|e| panic!("CreateContainer: {e:?}\n{}", env.daemon.log_text()))
         .into_inner()

@@ -508,6 +508,11 @@ async fn security_namespaces_user_mounts_and_bad_requests() {
         profile_type: k8s_cri::v1::security_profile::ProfileType::RuntimeDefault as i32,
         localhost_ref: String::new(),
     });
+    // A PID namespace of its own (the TARGET check below joins it).
+    security(&mut confined).namespace_options = Some(NamespaceOption {
+        pid: NamespaceMode::Container as i32,
+        ..Default::default()
+    });
     let confined = run(&env, &mut rt, &pod_id, &pod_config, confined).await;
     let mut unconfined = sleeper("unconfined", &image);
     security(&mut unconfined).seccomp = Some(SecurityProfile {
@@ -574,7 +579,7 @@ async fn security_namespaces_user_mounts_and_bad_requests() {
     }
 
     // A container in the pid namespace of another (TARGET) sees its
-    // processes; one in its own does not.
+    // processes; one in the pod's (no namespace options: POD) does not.
     let mut target = sleeper("target", &image);
     target.command = vec!["/bin/busybox".into(), "sleep".into(), "5151".into()];
     security(&mut target).namespace_options = Some(NamespaceOption {
@@ -590,6 +595,12 @@ async fn security_namespaces_user_mounts_and_bad_requests() {
     );
     let (_, out, _) = exec(&mut rt, &dropped, &["/bin/busybox", "ps"]).await;
     assert!(!out.contains("sleep 5151"), "{out}");
+    // ... and sees the pod's: the pause is its pid 1.
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with("1 ") && l.contains("sleep 2147483647")),
+        "{out}"
+    );
 
     // The image's User takes effect; run_as_user overrides the uid.
     let img_user = run(

@@ -203,11 +203,22 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<oci_spec::runtime::S
         let ipc = input.sandbox.ipc_path.clone().or_else(|| proc_ns("ipc"));
         namespaces.push(common::namespace("ipc", ipc));
     }
+    // Without namespace options the container shares the pod's PID
+    // namespace, as containerd and CRI-O read a missing message (mode POD
+    // is 0): the pause's, or the host's for a pod on the host's. A pod
+    // without a pause has none to share, so there it gets its own.
+    // (kubelet always sends the options.)
     let pid_mode = sc
         .namespace_options
         .as_ref()
         .map(|n| n.pid)
-        .unwrap_or(NamespaceMode::Container as i32);
+        .unwrap_or(if hn.pid {
+            NamespaceMode::Node
+        } else if pause.is_some() {
+            NamespaceMode::Pod
+        } else {
+            NamespaceMode::Container
+        } as i32);
     match NamespaceMode::try_from(pid_mode) {
         Ok(NamespaceMode::Node) => {
             if !hn.pid {
@@ -621,8 +632,8 @@ mod tests {
         );
         assert_eq!(
             pid_of(&s),
-            Some(("pid".into(), None)),
-            "CONTAINER is the default"
+            Some(("pid".into(), Some("/proc/4242/ns/pid".into()))),
+            "without options: the pause's (POD is the protobuf default)"
         );
         let mode = |m: i32| {
             sc(|s| {
