@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod chaos;
+mod conformance;
 mod fuzz;
 mod setup;
 
@@ -27,6 +28,9 @@ commands:
   bench pull    cold pull of a ~100 MB image: criusd next to containerd 1.6 (root)
   chaos [OPTS]  fault injection: pod churn with criusd and shims SIGKILLed, then leak checks
                 (root; options --seed N, --rounds N, --secs N)
+  conformance [--parallel N] [-- ARGS]
+                critest v1.32 (on PATH) against criusd, offline: test images from Debian
+                packages in a local registry (root; ARGS go to critest; target/conformance/)
   fuzz [TARGET] [--seconds N]
                 cargo-fuzz targets (nightly; installs cargo-fuzz when missing), N seconds
                 each (default 60); targets: spec, unpack, cni_result, store_record
@@ -63,6 +67,7 @@ fn dispatch(args: &[String]) -> Result<()> {
             setup::ensure()?;
             chaos::chaos(rest)
         }
+        "conformance" => conformance::conformance(rest),
         "fuzz" => fuzz::fuzz(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
