@@ -17,6 +17,9 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "skopeo",
     "umoci",
     "busybox-static",
+    // apparmor_parser: criusd loads its default profile with it on hosts
+    // with AppArmor; here the unit tests check the profile's syntax.
+    "apparmor",
     // Tests and benchmarks: a real containerd to run the shim under and to
     // compare with, htpasswd and openssl for the registry auth tests.
     "containerd",

@@ -34,10 +34,14 @@ pub fn internal(what: &str, e: impl std::fmt::Display) -> Status {
     Status::internal(format!("{what}: {e}"))
 }
 
-/// Maps a spec error: a bad request is `InvalidArgument`, the rest `Internal`.
+/// Maps a spec error: a bad request is `InvalidArgument`, what the host
+/// lacks `FailedPrecondition`, the rest `Internal`.
 pub fn spec_status(e: crius_spec::SpecError) -> Status {
     match e {
         crius_spec::SpecError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+        crius_spec::SpecError::FailedPrecondition { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
         crius_spec::SpecError::Internal(_) => Status::internal(e.to_string()),
     }
 }

@@ -46,7 +46,11 @@ pub fn gather(config: &Config) -> HostFacts {
             hugetlb: Path::new("/sys/fs/cgroup/hugetlb").exists(),
         }
     };
-    let apparmor = read("/sys/module/apparmor/parameters/enabled").is_some_and(|s| s.trim() == "Y");
+    let apparmor = crate::apparmor::detect(
+        Path::new("/sys"),
+        &config.state,
+        crate::apparmor::find_parser().as_deref(),
+    );
     let selinux = read("/sys/fs/selinux/enforce").is_some();
     let nofile_hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map(|(_, hard)| hard)

@@ -4,6 +4,7 @@
 //! socket and translates requests into calls on the store, the spec builder,
 //! the image service and the per-pod shims.
 
+pub mod apparmor;
 pub mod config;
 pub mod daemon;
 pub mod errors;

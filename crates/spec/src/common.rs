@@ -130,22 +130,47 @@ pub fn seccomp_json(
     }
 }
 
-/// The AppArmor profile name for the process, if any.
+/// The AppArmor profile name for the process, if any: none where the
+/// kernel has no AppArmor (a Localhost profile is then refused), none for
+/// Unconfined and privileged RuntimeDefault, the runtime's default profile
+/// for RuntimeDefault (FailedPrecondition when it could not be loaded), and
+/// a Localhost profile only when the kernel has it loaded.
 pub fn apparmor_profile(
     profile: &Profile,
     privileged: bool,
-    enabled: bool,
+    host: &crate::AppArmor,
     field: &str,
 ) -> Result<Option<String>, SpecError> {
-    match (profile, enabled) {
-        (Profile::Localhost(name), false) => Err(invalid(
+    let crate::AppArmor::Enabled { default, loaded } = host else {
+        return match profile {
+            Profile::Localhost(name) => Err(invalid(
+                field,
+                format!(
+                    "AppArmor profile {name:?} requested but AppArmor is not enabled on this host"
+                ),
+            )),
+            _ => Ok(None),
+        };
+    };
+    match profile {
+        Profile::Unconfined => Ok(None),
+        Profile::RuntimeDefault if privileged => Ok(None),
+        Profile::RuntimeDefault => {
+            default
+                .clone()
+                .map(Some)
+                .map_err(|why| SpecError::FailedPrecondition {
+                    field: field.to_string(),
+                    message: format!(
+                    "AppArmor is enabled but the runtime's default profile is not loaded: {why}"
+                ),
+                })
+        }
+        Profile::Localhost(name) if loaded.iter().any(|l| l == name) => Ok(Some(name.clone())),
+        Profile::Localhost(name) => Err(invalid(
             field,
-            format!("AppArmor profile {name:?} requested but AppArmor is not enabled on this host"),
+            format!("AppArmor profile {name:?} is not loaded"),
         )),
-        (_, false) | (Profile::Unconfined, true) => Ok(None),
-        (Profile::RuntimeDefault, true) if privileged => Ok(None),
-        (Profile::RuntimeDefault, true) => Ok(Some("crius-default".to_string())),
-        (Profile::Localhost(name), true) => Ok(Some(name.clone())),
     }
 }
 
@@ -406,19 +431,112 @@ mod tests {
                 .to_string();
             assert!(e.contains(msg), "{e}");
         }
-        assert_eq!(
-            apparmor_profile(&Profile::RuntimeDefault, false, false, "a").unwrap(),
-            None
+    }
+
+    #[test]
+    fn apparmor_decisions() {
+        use crate::AppArmor;
+        let enabled = |default: Result<&str, &str>| AppArmor::Enabled {
+            default: default.map(String::from).map_err(String::from),
+            loaded: vec!["crius-default".into(), "my-app".into()],
+        };
+        let local = |n: &str| Profile::Localhost(n.into());
+        type Case = (
+            Profile,
+            bool,
+            AppArmor,
+            Result<Option<&'static str>, &'static str>,
         );
-        assert!(apparmor_profile(&Profile::Localhost("p".into()), false, false, "a").is_err());
-        assert_eq!(
-            apparmor_profile(&Profile::Localhost("p".into()), false, true, "a").unwrap(),
-            Some("p".into())
-        );
-        assert_eq!(
-            apparmor_profile(&Profile::RuntimeDefault, false, true, "a").unwrap(),
-            Some("crius-default".into())
-        );
+        let cases: Vec<Case> = vec![
+            // No AppArmor in the kernel: nothing applied, Localhost refused.
+            (Profile::RuntimeDefault, false, AppArmor::Disabled, Ok(None)),
+            (Profile::Unconfined, false, AppArmor::Disabled, Ok(None)),
+            (
+                local("my-app"),
+                false,
+                AppArmor::Disabled,
+                Err("not enabled"),
+            ),
+            // Enabled with the default profile loaded.
+            (
+                Profile::RuntimeDefault,
+                false,
+                enabled(Ok("crius-default")),
+                Ok(Some("crius-default")),
+            ),
+            (
+                Profile::RuntimeDefault,
+                true,
+                enabled(Ok("crius-default")),
+                Ok(None),
+            ),
+            (
+                Profile::Unconfined,
+                false,
+                enabled(Ok("crius-default")),
+                Ok(None),
+            ),
+            (
+                local("my-app"),
+                false,
+                enabled(Ok("crius-default")),
+                Ok(Some("my-app")),
+            ),
+            (
+                local("my-app"),
+                true,
+                enabled(Ok("crius-default")),
+                Ok(Some("my-app")),
+            ),
+            (
+                local("not-there"),
+                false,
+                enabled(Ok("crius-default")),
+                Err("\"not-there\" is not loaded"),
+            ),
+            // Enabled, but the default could not be loaded.
+            (
+                Profile::RuntimeDefault,
+                false,
+                enabled(Err("apparmor_parser is not installed")),
+                Err("apparmor_parser is not installed"),
+            ),
+            (
+                Profile::RuntimeDefault,
+                true,
+                enabled(Err("no parser")),
+                Ok(None),
+            ),
+            (
+                local("my-app"),
+                false,
+                enabled(Err("no parser")),
+                Ok(Some("my-app")),
+            ),
+        ];
+        for (profile, privileged, host, want) in cases {
+            let got = apparmor_profile(&profile, privileged, &host, "f.apparmor");
+            match want {
+                Ok(w) => assert_eq!(
+                    got.unwrap(),
+                    w.map(String::from),
+                    "{profile:?} {privileged} {host:?}"
+                ),
+                Err(msg) => {
+                    let e = got.expect_err(&format!("{profile:?} {host:?}"));
+                    let kind_ok = matches!(
+                        (&profile, &e),
+                        (
+                            Profile::RuntimeDefault,
+                            SpecError::FailedPrecondition { .. }
+                        ) | (Profile::Localhost(_), SpecError::InvalidArgument { .. })
+                    );
+                    assert!(kind_ok, "{profile:?} {host:?}: {e:?}");
+                    let e = e.to_string();
+                    assert!(e.contains(msg) && e.contains("f.apparmor"), "{e}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -185,7 +185,7 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<oci_spec::runtime::S
     let apparmor = common::apparmor_profile(
         &apparmor_profile,
         privileged,
-        host.apparmor,
+        &host.apparmor,
         &format!("{SC}.apparmor"),
     )?;
 

@@ -11,6 +11,15 @@ pub enum SpecError {
         /// What is wrong with it.
         message: String,
     },
+    /// The request is valid but the host cannot serve it as it is (e.g. a
+    /// security profile it needs is not loaded).
+    #[error("{field}: {message}")]
+    FailedPrecondition {
+        /// The CRI request field concerned.
+        field: String,
+        /// What the host lacks.
+        message: String,
+    },
     /// The inputs are consistent but the spec cannot be produced.
     #[error("cannot build OCI spec: {0}")]
     Internal(String),

@@ -37,6 +37,24 @@ pub use error::SpecError;
 pub const OCI_VERSION: &str = "1.0.2";
 
 /// Facts about the host and the runtime handler, gathered once by the caller.
+/// The host's AppArmor, as far as container profiles are concerned.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AppArmor {
+    /// Not enabled in the kernel: no profile is applied, and a Localhost
+    /// profile is refused.
+    #[default]
+    Disabled,
+    /// Enabled in the kernel.
+    Enabled {
+        /// The name of the runtime's default profile when it is loaded;
+        /// otherwise why it is not (RuntimeDefault then fails).
+        default: Result<String, String>,
+        /// The names of the profiles loaded in the kernel when the request
+        /// was served (a Localhost profile must be one of them).
+        loaded: Vec<String>,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostFacts {
     /// The capabilities the runtime itself holds (see [`caps::from_cap_eff`]).
@@ -49,8 +67,8 @@ pub struct HostFacts {
     pub cgroup_driver: CgroupDriver,
     /// What the host's cgroups support.
     pub cgroup_features: CgroupFeatures,
-    /// AppArmor is enabled in the kernel.
-    pub apparmor: bool,
+    /// What AppArmor can do on this host.
+    pub apparmor: AppArmor,
     /// SELinux is enabled.
     pub selinux: bool,
     /// The runtime handler supports recursive read-only mounts.
@@ -72,7 +90,7 @@ impl Default for HostFacts {
             can_lower_oom_score_adj: true,
             cgroup_driver: CgroupDriver::Cgroupfs,
             cgroup_features: CgroupFeatures::default(),
-            apparmor: false,
+            apparmor: AppArmor::Disabled,
             selinux: false,
             rro_mounts: false,
             nofile_hard: 1_048_576,

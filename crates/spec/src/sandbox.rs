@@ -145,7 +145,7 @@ pub fn sandbox_spec(
     let apparmor = common::apparmor_profile(
         &apparmor_profile,
         privileged,
-        host.apparmor,
+        &host.apparmor,
         "config.linux.security_context.apparmor",
     )?;
 

@@ -132,7 +132,7 @@ pub fn resolve(
         // user with a group nobody asked it to have.
         return Err(invalid(
             format!("{SC}.run_as_group"),
-            "is set without run_as_user or run_as_username",
+            "run_as_group is set without run_as_user or run_as_username",
         ));
     }
     let by_uid = |uid: u32| passwd.iter().find(|p| p.uid == uid);
@@ -360,7 +360,7 @@ mod tests {
                     image_user: "app".into(),
                     ..base.clone()
                 },
-                Err("run_as_group: is set without run_as_user"),
+                Err("run_as_group: run_as_group is set without run_as_user"),
             ),
             (
                 UserRequest {

@@ -455,7 +455,8 @@ async fn create_steps(
         "" => daemon.config.default_runtime.clone(),
         h => h.to_string(),
     };
-    let mut host = daemon.host.clone();
+    // The AppArmor profiles loaded now (a Localhost one must be).
+    let mut host = crate::apparmor::refresh(&daemon.host, Path::new("/sys")).into_owned();
     if let Some(h) = daemon.config.runtimes.get(&handler) {
         let path = h.path.clone();
         host.rro_mounts = tokio::task::spawn_blocking(move || crate::host::runtime_features(&path))

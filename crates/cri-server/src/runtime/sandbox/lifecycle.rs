@@ -352,7 +352,13 @@ async fn run_steps(
         };
         tracing::debug_span!("spec", sandbox = id)
             .in_scope(|| {
-                crius_spec::sandbox::sandbox_spec(config, &nothing, &facts, &daemon.host, &load)
+                crius_spec::sandbox::sandbox_spec(
+                    config,
+                    &nothing,
+                    &facts,
+                    &host_now(daemon),
+                    &load,
+                )
             })
             .map_err(spec_status)?;
         (Vec::new(), None)
@@ -631,7 +637,13 @@ impl PauseBundle<'_> {
         let spec_image = image_config.spec_config();
         let spec = tracing::debug_span!("spec", sandbox = id)
             .in_scope(|| {
-                crius_spec::sandbox::sandbox_spec(config, &spec_image, facts, &daemon.host, load)
+                crius_spec::sandbox::sandbox_spec(
+                    config,
+                    &spec_image,
+                    facts,
+                    &host_now(daemon),
+                    load,
+                )
             })
             .map_err(spec_status)?;
         // A pod with its own user namespace: idmapped pause rootfs made here.
@@ -1045,4 +1057,9 @@ async fn remove_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
         .map_err(|e| internal("store", e))?
         .map_err(store_status)?;
     Ok(())
+}
+
+/// The host facts for a pod spec, with the AppArmor profiles loaded now.
+fn host_now(daemon: &Daemon) -> std::borrow::Cow<'_, crius_spec::HostFacts> {
+    crate::apparmor::refresh(&daemon.host, Path::new("/sys"))
 }
