@@ -16,6 +16,9 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_stream::StreamExt;
 
+/// How often disk usage is measured (kubelet asks for stats every 10 s).
+const USAGE_REFRESH: Duration = Duration::from_secs(10);
+
 /// Largest gRPC message accepted or sent, as kubelet's client allows.
 pub const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 /// How long in-flight calls may run on after a shutdown signal.
@@ -120,6 +123,9 @@ pub async fn run(
     let daemon = Arc::new(Daemon::new(config, store).context("cannot load runtime state")?);
     crate::recover::recover(&daemon).await;
     tokio::spawn(return_freed_memory());
+    // Disk usage (ImageFsInfo, writable layers in stats) is measured here,
+    // never on a request.
+    tokio::spawn(daemon.images.clone().run_usage_refresher(USAGE_REFRESH));
     let listener = bind_socket(&socket)?;
     tracing::info!(socket = %socket.display(), version = env!("CARGO_PKG_VERSION"), "criusd serving");
 

@@ -302,15 +302,29 @@ async fn container_lifecycle_logs_exec_and_security() {
         })
         .await
         .unwrap();
-    let cs = rt
-        .container_stats(k8s_cri::v1::ContainerStatsRequest {
-            container_id: main.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .stats
-        .unwrap();
+    // The writable layer is measured in the background: its first
+    // measurement comes right after the first ask, then every 10 s.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let cs = loop {
+        let cs = rt
+            .container_stats(k8s_cri::v1::ContainerStatsRequest {
+                container_id: main.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .unwrap();
+        let layer_inodes = cs
+            .writable_layer
+            .as_ref()
+            .and_then(|l| l.inodes_used.as_ref())
+            .map_or(0, |v| v.value);
+        if layer_inodes >= 1 || Instant::now() > deadline {
+            break cs;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(cs.attributes.as_ref().unwrap().id, main);
     assert!(
         cs.cpu

@@ -1353,3 +1353,72 @@ async fn pods_without_a_pause() {
     }
     teardown(&env, &mut rt, &pod_id, uid).await;
 }
+
+/// A container can make its writable layer deeper than PATH_MAX: disk usage
+/// still measures it (the walk goes by directory descriptors), ImageFsInfo
+/// keeps answering, and the stats show the layer.
+#[tokio::test(flavor = "multi_thread")]
+async fn writable_layers_deeper_than_path_max_are_measured() {
+    if !is_root() {
+        eprintln!("containers_more: skipped (needs root)");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let env = Env::start("crius-deep");
+    let image = env.pull_busybox().await;
+    let mut rt = env.daemon.runtime().await;
+    let uid = "uid-deep";
+    let cfg = pod("deep", uid);
+    let _logs = LogDir(PathBuf::from(&cfg.log_directory));
+    let pod_id = run_pod(&env, &mut rt, &cfg).await;
+    let id = run(
+        &env,
+        &mut rt,
+        &pod_id,
+        &cfg,
+        container("deep", &image, &["/bin/busybox", "sleep", "100000"]),
+    )
+    .await;
+    // 17 levels of 250-byte names (~4.3 KB of path): each round wraps the
+    // tree in one more level, with short paths only, as any process can.
+    let name = "n".repeat(250);
+    let script = format!(
+        "cd /tmp && mkdir {name} && echo deep > {name}/leaf && \
+         for i in $(seq 16); do mkdir w && mv {name} w/ && mv w {name} || exit 1; done"
+    );
+    let (code, _, err) = exec(&mut rt, &id, &["/bin/sh", "-c", &script]).await;
+    assert_eq!(code, 0, "{err}");
+    let mut images = env.daemon.images().await;
+    let deadline = Instant::now() + Duration::from_secs(25);
+    loop {
+        let fs = images
+            .image_fs_info(k8s_cri::v1::ImageFsInfoRequest {})
+            .await
+            .expect("ImageFsInfo answers with a deep layer present")
+            .into_inner();
+        assert_eq!(fs.image_filesystems.len(), 1);
+        let stats = rt
+            .container_stats(k8s_cri::v1::ContainerStatsRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .unwrap();
+        let inodes = stats
+            .writable_layer
+            .and_then(|l| l.inodes_used)
+            .map_or(0, |v| v.value);
+        // tmp (copied up), 17 directories and the leaf.
+        if inodes >= 19 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writable layer inodes {inodes}, want at least 19"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    teardown(&env, &mut rt, &pod_id, uid).await;
+}

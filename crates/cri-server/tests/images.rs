@@ -335,20 +335,31 @@ async fn pull_status_list_remove_and_restart() {
     assert_eq!(filtered.len(), 1);
     assert_eq!(filtered[0].id, multi_c);
 
-    // Image filesystem usage.
-    let fs = c
-        .image_fs_info(ImageFsInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    // Image filesystem usage: measured in the background, again right
+    // after a pull.
+    let busybox_len = std::fs::metadata("/bin/busybox").unwrap().len();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let fs = loop {
+        let fs = c
+            .image_fs_info(ImageFsInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let used = fs.image_filesystems[0]
+            .used_bytes
+            .as_ref()
+            .map_or(0, |v| v.value);
+        if used > busybox_len || std::time::Instant::now() > deadline {
+            break fs;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     let usage = &fs.image_filesystems[0];
     assert_eq!(
         usage.fs_id.as_ref().unwrap().mountpoint,
         images_dir.display().to_string()
     );
-    assert!(
-        usage.used_bytes.as_ref().unwrap().value > std::fs::metadata("/bin/busybox").unwrap().len()
-    );
+    assert!(usage.used_bytes.as_ref().unwrap().value > busybox_len);
     assert!(usage.inodes_used.as_ref().unwrap().value > 10);
 
     // Absent image: empty status, not an error; invalid reference: error.

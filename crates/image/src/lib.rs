@@ -45,6 +45,7 @@ pub mod reference;
 pub mod registry;
 pub mod snapshot;
 pub mod unpack;
+pub mod usage;
 
 pub use manager::{ErrorKind, FsUsage, ImageError, ImageManager, Mount};
 pub use manifest::{ImageConfig, Platform, RuntimeConfig};

@@ -9,7 +9,7 @@ use crate::snapshot::{self, SnapshotError, Snapshotter};
 use crius_store::{ImageMetadata, ImageRecord, ImageStatus, Record, Store, StoreError};
 use std::collections::HashSet;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -163,6 +163,8 @@ struct Inner {
     gc: tokio::sync::RwLock<()>,
     /// Serialises read-modify-write of image records.
     records: tokio::sync::Mutex<()>,
+    /// Disk usage measured off the request path.
+    usage: crate::usage::UsageCache,
 }
 
 /// The image manager. Cheap to clone.
@@ -234,6 +236,7 @@ impl ImageManager {
                 platform: Platform::host(),
                 gc: tokio::sync::RwLock::new(()),
                 records: tokio::sync::Mutex::new(()),
+                usage: Default::default(),
             }),
         };
         // Content of pulls that a crash interrupted belongs to no image.
@@ -269,7 +272,11 @@ impl ImageManager {
         auth: Option<Auth>,
     ) -> Result<ImageRecord, ImageError> {
         let r = Reference::parse(reference)?;
-        match self.pull_inner(r, auth).await {
+        let pulled = self.pull_inner(r, auth).await;
+        // The image filesystem grew (or a failed pull left and collected
+        // content): measure it again soon.
+        self.inner.usage.request_refresh();
+        match pulled {
             Ok(rec) => Ok(rec),
             Err(e) => {
                 tracing::warn!(reference, error = %e, "pull failed");
@@ -553,6 +560,7 @@ impl ImageManager {
     }
 
     async fn collect_locked(&self) -> Result<(), ImageError> {
+        self.inner.usage.request_refresh();
         let me = self.clone();
         blocking(move || me.collect(true)).await?
     }
@@ -695,6 +703,7 @@ impl ImageManager {
         if !valid_container_id(container_id) {
             return Err(ImageError::InvalidContainerId(container_id.to_string()));
         }
+        self.inner.usage.forget(container_id);
         let _exclusive = self.inner.gc.write().await;
         let dir = self.inner.dir.join("containers").join(container_id);
         let d = dir.clone();
@@ -707,45 +716,49 @@ impl ImageManager {
         self.collect_locked().await
     }
 
-    /// Bytes and inodes used under the image directory.
+    /// Bytes and inodes used under the image directory, as last measured
+    /// (see [`ImageManager::run_usage_refresher`]); measured now only when
+    /// nothing was yet.
     pub async fn fs_info(&self) -> Result<FsUsage, ImageError> {
-        let dir = self.inner.dir.clone();
-        blocking(move || usage(&dir)).await?
-    }
-}
-
-fn usage(root: &Path) -> Result<FsUsage, ImageError> {
-    let mut seen = HashSet::new();
-    let mut u = FsUsage {
-        used_bytes: 0,
-        inodes_used: 0,
-    };
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let m = match std::fs::symlink_metadata(&p) {
-            Ok(m) => m,
-            // Entries may vanish while a pull or removal runs.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io_err(&p)(e)),
+        let u = match self.inner.usage.image_fs() {
+            Some(u) => u,
+            None => {
+                let m = self.clone();
+                blocking(move || m.inner.usage.refresh(&m.inner.dir)).await?;
+                self.inner.usage.image_fs().unwrap_or_default()
+            }
         };
-        if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
-            continue;
-        }
-        u.inodes_used += 1;
-        u.used_bytes += m.blocks() * 512;
-        if m.is_dir() {
-            match std::fs::read_dir(&p) {
-                Ok(rd) => {
-                    for e in rd.flatten() {
-                        stack.push(e.path());
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&p)(e)),
+        Ok(FsUsage {
+            used_bytes: u.bytes,
+            inodes_used: u.inodes,
+        })
+    }
+
+    /// A container's writable layer as last measured; `None` until the
+    /// refresher has seen it (the miss asks it to run).
+    pub fn writable_usage(&self, container_id: &str) -> Option<crate::usage::Usage> {
+        self.inner.usage.layer(container_id)
+    }
+
+    /// Measures the image filesystem and the writable layers every
+    /// `period`, and soon after a pull, a collection or a reader finding a
+    /// layer not measured yet;
+    /// runs until the runtime ends. The walks run on the blocking pool.
+    pub async fn run_usage_refresher(self, period: std::time::Duration) {
+        loop {
+            let m = self.clone();
+            if blocking(move || m.inner.usage.refresh(&m.inner.dir))
+                .await
+                .is_err()
+            {
+                tracing::warn!("disk usage refresh failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = self.inner.usage.refresh_requested() => {}
             }
         }
     }
-    Ok(u)
 }
 
 #[cfg(test)]

@@ -139,37 +139,6 @@ fn memory(u: &CgroupUsage, ts: i64) -> Option<MemoryUsage> {
     })
 }
 
-/// Bytes and inodes used under a directory (without following symlinks or
-/// crossing into other filesystems' mounts).
-pub fn disk_usage(dir: &Path) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(root) = std::fs::symlink_metadata(dir) else {
-        return (0, 0);
-    };
-    let dev = root.dev();
-    let (mut bytes, mut inodes) = (0u64, 0u64);
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let Ok(m) = e.path().symlink_metadata() else {
-                continue;
-            };
-            if m.dev() != dev {
-                continue;
-            }
-            inodes += 1;
-            bytes += m.blocks() * 512;
-            if m.is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
-    (bytes, inodes)
-}
-
 fn pod_cgroup(sandbox: &SandboxRecord, daemon: &Daemon) -> String {
     let parent = crate::runtime::sandbox::status::stored_config(sandbox)
         .linux
@@ -199,13 +168,13 @@ pub fn container_stats(daemon: &Daemon, c: &ContainerRecord) -> ContainerStats {
     } else {
         CgroupUsage::default()
     };
-    let upper = daemon
+    // Measured in the background (a writable layer can hold millions of
+    // files); a new one shows zero until its first measurement.
+    let layer = daemon
         .images
-        .image_dir()
-        .join("containers")
-        .join(&c.metadata.id)
-        .join("upper");
-    let (bytes, inodes) = disk_usage(&upper);
+        .writable_usage(&c.metadata.id)
+        .unwrap_or_default();
+    let (bytes, inodes) = (layer.bytes, layer.inodes);
     ContainerStats {
         attributes: Some(ContainerAttributes {
             id: c.metadata.id.clone(),
@@ -407,16 +376,5 @@ mod tests {
             (Some(50_000), Some(2000), Some(1500), Some(700), Some(1))
         );
         assert_eq!(cgroup_usage(&v2, "missing").memory, None);
-    }
-
-    #[test]
-    fn disk_usage_counts_files() {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(d.path().join("a/b")).unwrap();
-        std::fs::write(d.path().join("a/b/f"), vec![1u8; 10_000]).unwrap();
-        let (bytes, inodes) = disk_usage(d.path());
-        assert_eq!(inodes, 3);
-        assert!(bytes >= 10_000, "{bytes}");
-        assert_eq!(disk_usage(&d.path().join("missing")), (0, 0));
     }
 }
