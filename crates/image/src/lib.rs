@@ -44,6 +44,7 @@ pub mod manifest;
 pub mod reference;
 pub mod registry;
 pub mod snapshot;
+pub mod tree;
 pub mod unpack;
 
 pub use manager::{ErrorKind, FsUsage, ImageError, ImageManager, Mount};
