@@ -195,7 +195,7 @@ fn unpack_into(
     tracing::debug!(
         snapshot = %final_dir.display(),
         entries = report.entries,
-        skipped = report.skipped.len(),
+        skipped = report.skipped.total,
         "layer unpacked"
     );
     // One syncfs makes every unpacked file durable before the rename.
