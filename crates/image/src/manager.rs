@@ -301,6 +301,7 @@ impl ImageManager {
             Manifest::Image(m) => m,
             Manifest::Index(index) => {
                 let desc = manifest::select_platform(&index, &inner.platform)?;
+                desc.check_manifest_size()?;
                 let m = resolver.fetch_manifest(&desc.digest).await?;
                 content.push(m.digest.clone());
                 size += m.body.len() as u64;
@@ -319,6 +320,7 @@ impl ImageManager {
 
         // The config, then every layer in parallel.
         let cfg_desc = image_manifest.config.clone();
+        cfg_desc.check_size("image config", manifest::MAX_CONFIG_SIZE)?;
         self.fetch_blob(&resolver, &cfg_desc.digest, cfg_desc.size)
             .await?;
         let config_bytes = inner.content.read(&cfg_desc.digest)?;
@@ -1158,5 +1160,103 @@ mod tests {
         undo(&left[0].join("fs"));
         m.garbage_collect().await.unwrap();
         assert!(leftovers().is_empty(), "and removed by the next pass");
+    }
+
+    /// A registry on 127.0.0.1 that serves fixed manifests by path and
+    /// records every request.
+    async fn fake_registry(
+        routes: Vec<(String, &'static str, String)>,
+    ) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let (routes, log) = (routes.clone(), log.clone());
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&req);
+                    let path = text.split(' ').nth(1).unwrap_or("").to_string();
+                    log.lock().unwrap().push(path.clone());
+                    let resp = match routes.iter().find(|(p, _, _)| *p == path) {
+                        Some((_, ct, body)) => format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        ),
+                        None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
+                    };
+                    let _ = conn.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn oversized_config_and_manifest_descriptors_are_refused_before_fetching() {
+        let big = manifest::MAX_CONFIG_SIZE + 1;
+        let cfg = format!("sha256:{}", "c".repeat(64));
+        let man = format!("sha256:{}", "e".repeat(64));
+        let image = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"{}","digest":"{cfg}","size":{big}}},"layers":[]}}"#,
+            manifest::OCI_MANIFEST,
+            manifest::OCI_CONFIG
+        );
+        let platform = serde_json::to_string(&Platform::host()).unwrap();
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{{"mediaType":"{}","digest":"{man}","size":{big},"platform":{platform}}}]}}"#,
+            manifest::OCI_INDEX,
+            manifest::OCI_MANIFEST
+        );
+        let (addr, seen) = fake_registry(vec![
+            ("/v2/cfg/manifests/t".into(), manifest::OCI_MANIFEST, image),
+            ("/v2/idx/manifests/t".into(), manifest::OCI_INDEX, index),
+        ])
+        .await;
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&tmp.path().join("store")).unwrap();
+        let m =
+            ImageManager::open(tmp.path(), Arc::new(store), &tmp.path().join("c"), "p").unwrap();
+
+        let err = m.pull(&format!("{addr}/cfg:t"), None).await.unwrap_err();
+        match &err {
+            ImageError::Manifest(ManifestError::TooLarge {
+                what,
+                digest,
+                size,
+                limit,
+            }) => {
+                assert_eq!((*what, digest.as_str()), ("image config", cfg.as_str()));
+                assert_eq!((*size, *limit), (big, 4 << 20));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(err.to_string().contains(&cfg), "{err}");
+        let err = m.pull(&format!("{addr}/idx:t"), None).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ImageError::Manifest(ManifestError::TooLarge { what: "image manifest", digest, .. }) if *digest == man
+            ),
+            "{err:?}"
+        );
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            vec!["/v2/cfg/manifests/t", "/v2/idx/manifests/t"],
+            "nothing was fetched for the oversized descriptors"
+        );
     }
 }
