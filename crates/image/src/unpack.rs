@@ -1833,4 +1833,30 @@ mod tests {
         unpack(&t.finish()[..], tmp.path()).unwrap();
         assert_eq!(std::fs::read(tmp.path().join("d")).unwrap(), b"now a file");
     }
+
+    /// The committed fuzz seeds for these limits do what they are for.
+    #[test]
+    fn fuzz_seeds_for_the_limits() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/unpack");
+        for (seed, kind) in [
+            ("seed-longname-huge.tar", "GNU long name"),
+            ("seed-pax-huge.tar.gz", "PAX extended"),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let r = decompress(File::open(dir.join(seed)).unwrap()).unwrap();
+            match unpack(r, tmp.path()) {
+                Err(UnpackError::Limit(TarLimitError::SpecialHeaderTooLarge {
+                    kind: k,
+                    size,
+                    ..
+                })) => assert_eq!((k, size), (kind, 8 << 30), "{seed}"),
+                other => panic!("{seed}: {other:?}"),
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let r = decompress(File::open(dir.join("seed-deep.tar.zst")).unwrap()).unwrap();
+        let report = unpack(r, tmp.path()).unwrap();
+        assert_eq!(report.entries, 3);
+        assert_eq!(std::fs::read(tmp.path().join("d")).unwrap(), b"top");
+    }
 }
