@@ -1082,10 +1082,8 @@ pub fn unpack(reader: impl Read, root: &Path) -> Result<UnpackReport, UnpackErro
             }
             match u.entry(&mut entry) {
                 Ok(Outcome::Done) => u.report.entries += 1,
-                Ok(Outcome::Skip(why)) => {
-                    tracing::debug!(entry = %shorten(&entry.path_bytes()), reason = %why, "layer entry skipped");
-                    u.report.skipped.add(&entry.path_bytes(), why);
-                }
+                // Counted, logged once per reason at the end.
+                Ok(Outcome::Skip(why)) => u.report.skipped.add(&entry.path_bytes(), why),
                 Err(source) => {
                     if let Some(l) = limit(&source) {
                         return Err(UnpackError::Limit(l));
