@@ -326,6 +326,20 @@ pub fn runtime_features(path: &str) -> RuntimeFeatures {
     features
 }
 
+/// Raises the soft RLIMIT_NOFILE to the hard limit (root without
+/// CAP_SYS_RESOURCE cannot go past it): criusd holds a connection per shim,
+/// files of concurrent pulls and unpacks, and streaming sessions, and the
+/// usual soft limit of 1024 is soon reached on a busy node. Returns the
+/// soft limit before and after.
+pub fn raise_nofile_limit() -> nix::Result<(u64, u64)> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok((soft, hard))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,5 +498,13 @@ mod tests {
         assert_eq!(facts.oom_score_adj, own);
         assert!(facts.nofile_hard > 0);
         assert_eq!(facts.cgroup_driver, crius_spec::CgroupDriver::Cgroupfs);
+    }
+
+    #[test]
+    fn nofile_soft_limit_raised_to_hard() {
+        let (_, hard) = raise_nofile_limit().unwrap();
+        let (soft, now_hard) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!((soft, now_hard), (hard, hard));
     }
 }

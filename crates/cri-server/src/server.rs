@@ -106,6 +106,17 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    match crate::host::raise_nofile_limit() {
+        Ok((before, after)) if before != after => {
+            tracing::info!(
+                before,
+                after,
+                "raised the soft open-file limit to the hard limit"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the soft open-file limit"),
+    }
     create_dir(&config.root, 0o711)?;
     create_dir(&config.state, 0o711)?;
     let (store, report) = crius_store::Store::open(&config.root.join("store"))

@@ -113,8 +113,10 @@ impl ContentStore {
         let blobs = root.join("sha256");
         std::fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
         let ingest = root.join("ingest");
-        if ingest.exists() {
-            std::fs::remove_dir_all(&ingest).map_err(io_err(&ingest))?;
+        // Unfinished writes have random names: one that cannot be removed
+        // is left behind with a warning, never a reason not to start.
+        if let Err(e) = crate::tree::remove_tree_if_exists(&ingest) {
+            tracing::warn!(path = %ingest.display(), error = %e, "cannot remove unfinished blob writes");
         }
         std::fs::create_dir_all(&ingest).map_err(io_err(&ingest))?;
         Ok(ContentStore {

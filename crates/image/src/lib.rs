@@ -34,6 +34,19 @@
 //! # let _ = (same, config, mounts, usage); Ok(()) }
 //! ```
 //!
+//! # Limits (hostile publishers)
+//! - manifests, indexes and configs: 4 MiB ([`manifest::MAX_MANIFEST_SIZE`],
+//!   [`manifest::MAX_CONFIG_SIZE`]), refused by descriptor before fetching;
+//! - layer tar extension headers (GNU long name/link, PAX): 1 MiB
+//!   ([`unpack::MAX_SPECIAL_HEADER_SIZE`]), checked before the header is
+//!   read; GNU sparse extension headers: 2048 per entry;
+//! - skipped entries: counted per reason ([`unpack::Skipped`]);
+//! - removal of snapshots and writable layers: any depth with at most
+//!   [`tree::MAX_OPEN_DIRS`] directories open ([`tree::remove_tree`]);
+//!   leftovers that cannot be removed are warnings, retried by every
+//!   garbage collection, which never stops at one failure;
+//! - image records: the store's 16 MiB record limit, checked on write.
+//!
 //! Errors carry an [`ErrorKind`] (`ImageError::kind`) for mapping onto RPC
 //! status codes.
 
@@ -44,6 +57,7 @@ pub mod manifest;
 pub mod reference;
 pub mod registry;
 pub mod snapshot;
+pub mod tree;
 pub mod unpack;
 pub mod usage;
 

@@ -308,6 +308,7 @@ impl ImageManager {
             Manifest::Image(m) => m,
             Manifest::Index(index) => {
                 let desc = manifest::select_platform(&index, &inner.platform)?;
+                desc.check_manifest_size()?;
                 let m = resolver.fetch_manifest(&desc.digest).await?;
                 content.push(m.digest.clone());
                 size += m.body.len() as u64;
@@ -326,6 +327,7 @@ impl ImageManager {
 
         // The config, then every layer in parallel.
         let cfg_desc = image_manifest.config.clone();
+        cfg_desc.check_size("image config", manifest::MAX_CONFIG_SIZE)?;
         self.fetch_blob(&resolver, &cfg_desc.digest, cfg_desc.size)
             .await?;
         let config_bytes = inner.content.read(&cfg_desc.digest)?;
@@ -566,7 +568,9 @@ impl ImageManager {
     }
 
     /// Deletes unused blobs and snapshots (blocking); `wait_unpacks` waits
-    /// for unpacks of cancelled pulls first.
+    /// for unpacks of cancelled pulls first. One failure never stops the
+    /// pass: it is logged and the rest goes on (the next pass retries).
+    /// Snapshots are kept when a container's record cannot be read.
     fn collect(&self, wait_unpacks: bool) -> Result<(), ImageError> {
         let inner = &self.inner;
         let mut blobs = HashSet::new();
@@ -575,36 +579,70 @@ impl ImageManager {
             blobs.extend(img.metadata.content);
             snaps.extend(img.metadata.snapshots);
         }
+        let mut snaps_known = true;
         let cdir = inner.dir.join("containers");
-        for e in std::fs::read_dir(&cdir).map_err(io_err(&cdir))? {
-            let e = e.map_err(io_err(&cdir))?;
-            let p = e.path().join(ROOTFS_RECORD);
-            match std::fs::read(&p) {
-                Ok(bytes) => match serde_json::from_slice::<RootfsRecord>(&bytes) {
-                    Ok(r) => snaps.extend(r.snapshots),
-                    Err(err) => {
-                        // Keep everything rather than delete what a container may use.
-                        tracing::warn!(path = %p.display(), error = %err, "unreadable rootfs record; skipping collection");
-                        return Ok(());
+        match std::fs::read_dir(&cdir) {
+            Ok(entries) => {
+                for e in entries {
+                    let p = match e {
+                        Ok(e) => e.path().join(ROOTFS_RECORD),
+                        Err(err) => {
+                            tracing::warn!(path = %cdir.display(), error = %err, "cannot list containers; snapshots are kept");
+                            snaps_known = false;
+                            break;
+                        }
+                    };
+                    match std::fs::read(&p) {
+                        Ok(bytes) => match serde_json::from_slice::<RootfsRecord>(&bytes) {
+                            Ok(r) => snaps.extend(r.snapshots),
+                            Err(err) => {
+                                // Keep every snapshot rather than delete what a container may use.
+                                tracing::warn!(path = %p.display(), error = %err, "unreadable rootfs record; snapshots are kept");
+                                snaps_known = false;
+                            }
+                        },
+                        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                        Err(err) => {
+                            tracing::warn!(path = %p.display(), error = %err, "cannot read rootfs record; snapshots are kept");
+                            snaps_known = false;
+                        }
                     }
-                },
-                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                Err(err) => return Err(io_err(&p)(err)),
+                }
+            }
+            Err(err) => {
+                tracing::warn!(path = %cdir.display(), error = %err, "cannot list containers; snapshots are kept");
+                snaps_known = false;
             }
         }
-        for d in inner.content.list()? {
-            if !blobs.contains(&d) {
-                tracing::debug!(digest = %d, "deleting unused blob");
-                inner.content.delete(&d)?;
+        // Blobs are used by images only.
+        match inner.content.list() {
+            Ok(all) => {
+                for d in all.into_iter().filter(|d| !blobs.contains(d)) {
+                    tracing::debug!(digest = %d, "deleting unused blob");
+                    if let Err(e) = inner.content.delete(&d) {
+                        tracing::warn!(digest = %d, error = %e, "cannot delete unused blob");
+                    }
+                }
             }
+            Err(e) => tracing::warn!(error = %e, "cannot list blobs for garbage collection"),
         }
         // An unpack of a cancelled pull may still be finishing.
         let _idle = wait_unpacks.then(|| inner.snapshots.wait_idle());
-        for s in inner.snapshots.list()? {
-            if !snaps.contains(&s) {
-                tracing::debug!(snapshot = %s, "deleting unused snapshot");
-                inner.snapshots.remove(&s)?;
+        // Leftovers of unpacks and removals that failed before.
+        inner.snapshots.remove_leftovers();
+        if !snaps_known {
+            return Ok(());
+        }
+        match inner.snapshots.list() {
+            Ok(all) => {
+                for s in all.into_iter().filter(|s| !snaps.contains(s)) {
+                    tracing::debug!(snapshot = %s, "deleting unused snapshot");
+                    if let Err(e) = inner.snapshots.remove(&s) {
+                        tracing::warn!(snapshot = %s, error = %e, "cannot delete unused snapshot; retried at the next garbage collection");
+                    }
+                }
             }
+            Err(e) => tracing::warn!(error = %e, "cannot list snapshots for garbage collection"),
         }
         Ok(())
     }
@@ -681,7 +719,9 @@ impl ImageManager {
                 crius_store::persist::write_volatile(&p, &bytes, 0o644).map_err(io_err(&p))
             })();
             if r.is_err() && fresh {
-                let _ = std::fs::remove_dir_all(&d);
+                if let Err(e) = crate::tree::remove_tree_if_exists(&d) {
+                    tracing::warn!(path = %d.display(), error = %e, "cannot remove a half-made writable layer");
+                }
             }
             r
         })
@@ -707,12 +747,8 @@ impl ImageManager {
         let _exclusive = self.inner.gc.write().await;
         let dir = self.inner.dir.join("containers").join(container_id);
         let d = dir.clone();
-        blocking(move || match std::fs::remove_dir_all(&d) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(&d)(e)),
-        })
-        .await??;
+        // Whatever the container wrote, at any depth.
+        blocking(move || crate::tree::remove_tree_if_exists(&d).map_err(io_err(&d))).await??;
         self.collect_locked().await
     }
 
@@ -1095,5 +1131,145 @@ mod tests {
         let u = m.fs_info().await.unwrap();
         assert!(u.inodes_used >= 4, "{u:?}");
         assert!(u.used_bytes > 0);
+    }
+
+    #[tokio::test]
+    async fn collection_goes_on_after_a_failure() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&tmp.path().join("store")).unwrap();
+        let m =
+            ImageManager::open(tmp.path(), Arc::new(store), &tmp.path().join("c"), "p").unwrap();
+        let empty_tar = vec![0u8; 1024];
+        let diff = crate::content::digest_of(&empty_tar);
+        let blob = tmp.path().join("empty.tar");
+        std::fs::write(&blob, &empty_tar).unwrap();
+        let chain = snapshot::chain_ids(&[diff.clone(), diff.clone(), diff.clone()]);
+        for c in &chain {
+            m.inner
+                .snapshots
+                .ensure(c, blob.clone(), &diff)
+                .await
+                .unwrap();
+        }
+        // The middle snapshot cannot be removed; no image uses any of them.
+        let stuck = m.inner.snapshots.fs_path(&chain[1]).unwrap();
+        let undo = crate::snapshot::tests::unremovable(&stuck);
+        m.garbage_collect()
+            .await
+            .expect("one failure does not fail the pass");
+        assert!(
+            m.inner.snapshots.list().unwrap().is_empty(),
+            "the others went"
+        );
+        let leftovers = || {
+            std::fs::read_dir(m.inner.dir.join("snapshots"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("tmp-"))
+                .collect::<Vec<_>>()
+        };
+        let left = leftovers();
+        assert_eq!(left.len(), 1, "the stuck one is left as tmp-*");
+        undo(&left[0].join("fs"));
+        m.garbage_collect().await.unwrap();
+        assert!(leftovers().is_empty(), "and removed by the next pass");
+    }
+
+    /// A registry on 127.0.0.1 that serves fixed manifests by path and
+    /// records every request.
+    async fn fake_registry(
+        routes: Vec<(String, &'static str, String)>,
+    ) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let (routes, log) = (routes.clone(), log.clone());
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&req);
+                    let path = text.split(' ').nth(1).unwrap_or("").to_string();
+                    log.lock().unwrap().push(path.clone());
+                    let resp = match routes.iter().find(|(p, _, _)| *p == path) {
+                        Some((_, ct, body)) => format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        ),
+                        None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
+                    };
+                    let _ = conn.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn oversized_config_and_manifest_descriptors_are_refused_before_fetching() {
+        let big = manifest::MAX_CONFIG_SIZE + 1;
+        let cfg = format!("sha256:{}", "c".repeat(64));
+        let man = format!("sha256:{}", "e".repeat(64));
+        let image = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"{}","digest":"{cfg}","size":{big}}},"layers":[]}}"#,
+            manifest::OCI_MANIFEST,
+            manifest::OCI_CONFIG
+        );
+        let platform = serde_json::to_string(&Platform::host()).unwrap();
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{{"mediaType":"{}","digest":"{man}","size":{big},"platform":{platform}}}]}}"#,
+            manifest::OCI_INDEX,
+            manifest::OCI_MANIFEST
+        );
+        let (addr, seen) = fake_registry(vec![
+            ("/v2/cfg/manifests/t".into(), manifest::OCI_MANIFEST, image),
+            ("/v2/idx/manifests/t".into(), manifest::OCI_INDEX, index),
+        ])
+        .await;
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&tmp.path().join("store")).unwrap();
+        let m =
+            ImageManager::open(tmp.path(), Arc::new(store), &tmp.path().join("c"), "p").unwrap();
+
+        let err = m.pull(&format!("{addr}/cfg:t"), None).await.unwrap_err();
+        match &err {
+            ImageError::Manifest(ManifestError::TooLarge {
+                what,
+                digest,
+                size,
+                limit,
+            }) => {
+                assert_eq!((*what, digest.as_str()), ("image config", cfg.as_str()));
+                assert_eq!((*size, *limit), (big, 4 << 20));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(err.to_string().contains(&cfg), "{err}");
+        let err = m.pull(&format!("{addr}/idx:t"), None).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ImageError::Manifest(ManifestError::TooLarge { what: "image manifest", digest, .. }) if *digest == man
+            ),
+            "{err:?}"
+        );
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            vec!["/v2/cfg/manifests/t", "/v2/idx/manifests/t"],
+            "nothing was fetched for the oversized descriptors"
+        );
     }
 }

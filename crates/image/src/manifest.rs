@@ -16,6 +16,15 @@ pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 /// Docker image config.
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 
+/// Largest manifest or index accepted (CRI-O's limit since CVE-2020-1702):
+/// a descriptor declaring more is refused before anything is fetched, and
+/// a body read by tag stops there.
+pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+/// Largest image config accepted; a config descriptor declaring more is
+/// refused before the blob is fetched (the config is read whole and kept
+/// in the image's record).
+pub const MAX_CONFIG_SIZE: u64 = 4 << 20;
+
 /// Every manifest type crius understands, for the `Accept` header.
 pub const ACCEPTED: [&str; 4] = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST];
 
@@ -42,6 +51,18 @@ pub enum ManifestError {
     /// A descriptor is malformed.
     #[error("invalid descriptor: {0}")]
     InvalidDescriptor(String),
+    /// A manifest, index or config descriptor declares more than allowed.
+    #[error("{what} {digest} declares {size} bytes, more than the {limit} allowed")]
+    TooLarge {
+        /// `image config`, `image manifest` or `image index`.
+        what: &'static str,
+        /// The descriptor's digest.
+        digest: String,
+        /// The size it declares.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
 }
 
 /// A platform an image runs on.
@@ -136,6 +157,29 @@ pub struct Descriptor {
 }
 
 impl Descriptor {
+    /// Refuses a descriptor of `what` declaring more than `limit` bytes.
+    pub fn check_size(&self, what: &'static str, limit: u64) -> Result<(), ManifestError> {
+        if self.size > limit {
+            return Err(ManifestError::TooLarge {
+                what,
+                digest: self.digest.clone(),
+                size: self.size,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses a manifest or index descriptor (by its media type) over
+    /// [`MAX_MANIFEST_SIZE`].
+    pub fn check_manifest_size(&self) -> Result<(), ManifestError> {
+        let what = match self.media_type.as_str() {
+            OCI_INDEX | DOCKER_LIST => "image index",
+            _ => "image manifest",
+        };
+        self.check_size(what, MAX_MANIFEST_SIZE)
+    }
+
     /// Checks the digest is a well-formed sha256 digest.
     pub fn validate(&self) -> Result<(), ManifestError> {
         if crate::reference::is_digest(&self.digest) {

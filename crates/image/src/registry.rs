@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Largest manifest accepted.
-pub const MAX_MANIFEST_SIZE: usize = 4 << 20;
+/// Largest manifest accepted ([`manifest::MAX_MANIFEST_SIZE`]).
+pub const MAX_MANIFEST_SIZE: usize = manifest::MAX_MANIFEST_SIZE as usize;
 const MAX_TOKEN_SIZE: usize = 1 << 20;
 const USER_AGENT: &str = concat!("crius/", env!("CARGO_PKG_VERSION"));
 

@@ -2,6 +2,11 @@
 //! that layer's unpacked diff. A snapshot is unpacked into `<root>/tmp-*`
 //! and renamed into place once complete and synced, so a present directory
 //! is always a whole snapshot.
+//!
+//! Snapshots and leftovers are removed with [`crate::tree::remove_tree`]
+//! (any depth, few descriptors). A `tmp-*` directory that cannot be removed
+//! (an unpack or removal cut short) is logged and retried on the next
+//! garbage collection; it never stops [`Snapshotter::open`].
 
 use crate::content::KeyedLocks;
 use crate::reference::is_digest;
@@ -66,26 +71,48 @@ pub struct Snapshotter {
 }
 
 impl Snapshotter {
-    /// Opens (creating) the snapshot root, removing unfinished unpacks.
+    /// Opens (creating) the snapshot root, removing unfinished unpacks and
+    /// removals (failures to remove them are only logged).
     pub fn open(root: &Path) -> Result<Snapshotter, SnapshotError> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o711)
             .create(root)
             .map_err(io_err(root))?;
-        for e in std::fs::read_dir(root).map_err(io_err(root))? {
-            let e = e.map_err(io_err(root))?;
-            if e.file_name().to_string_lossy().starts_with("tmp-") {
-                let p = e.path();
-                tracing::info!(path = %p.display(), "removing unfinished snapshot");
-                std::fs::remove_dir_all(&p).map_err(io_err(&p))?;
-            }
-        }
-        Ok(Snapshotter {
+        let s = Snapshotter {
             root: root.to_path_buf(),
             locks: KeyedLocks::default(),
             inflight: Arc::new(tokio::sync::RwLock::new(())),
-        })
+        };
+        s.remove_leftovers();
+        Ok(s)
+    }
+
+    /// Removes the `tmp-*` directories of unpacks and removals that did
+    /// not finish; call only while no unpack runs (at start-up or under
+    /// [`Snapshotter::wait_idle`]). Failures are logged, not returned.
+    /// Returns how many are left.
+    pub fn remove_leftovers(&self) -> usize {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(path = %self.root.display(), error = %e, "cannot list snapshots for leftovers");
+                return 0;
+            }
+        };
+        let mut left = 0;
+        for e in entries.flatten() {
+            if !e.file_name().to_string_lossy().starts_with("tmp-") {
+                continue;
+            }
+            let p = e.path();
+            tracing::info!(path = %p.display(), "removing unfinished snapshot");
+            if let Err(err) = crate::tree::remove_tree_if_exists(&p) {
+                left += 1;
+                tracing::warn!(path = %p.display(), error = %err, "cannot remove unfinished snapshot; retried at the next garbage collection");
+            }
+        }
+        left
     }
 
     fn dir(&self, chain_id: &str) -> Result<PathBuf, SnapshotError> {
@@ -127,7 +154,14 @@ impl Snapshotter {
         let running = self.inflight.clone().read_owned().await;
         let result = tokio::task::spawn_blocking(move || {
             let _running = running;
-            unpack_into(&t, &f, &blob, &diff)
+            let r = unpack_into(&t, &f, &blob, &diff);
+            if r.is_err() {
+                // Still under the in-flight guard: no collection races it.
+                if let Err(e) = crate::tree::remove_tree_if_exists(&t) {
+                    tracing::warn!(path = %t.display(), error = %e, "cannot remove a failed unpack; retried at the next garbage collection");
+                }
+            }
+            r
         })
         .await
         .unwrap_or_else(|e| {
@@ -136,9 +170,6 @@ impl Snapshotter {
                 source: io::Error::other(format!("unpack task failed: {e}")),
             })
         });
-        if result.is_err() {
-            let _ = std::fs::remove_dir_all(&temp);
-        }
         result.map(|()| true)
     }
 
@@ -172,7 +203,7 @@ impl Snapshotter {
             .root
             .join(format!("tmp-{:016x}", rand::random::<u64>()));
         match std::fs::rename(&dir, &doomed) {
-            Ok(()) => std::fs::remove_dir_all(&doomed).map_err(io_err(&doomed)),
+            Ok(()) => crate::tree::remove_tree(&doomed).map_err(io_err(&doomed)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err(&dir)(e)),
         }
@@ -195,7 +226,7 @@ fn unpack_into(
     tracing::debug!(
         snapshot = %final_dir.display(),
         entries = report.entries,
-        skipped = report.skipped.len(),
+        skipped = report.skipped.total,
         "layer unpacked"
     );
     // One syncfs makes every unpacked file durable before the rename.
@@ -214,8 +245,9 @@ fn unpack_into(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::os::fd::FromRawFd;
 
     #[test]
     fn chain_id_rule() {
@@ -266,5 +298,75 @@ mod tests {
         s.remove(&id).unwrap();
         assert!(s.list().unwrap().is_empty());
         assert!(s.fs_path("../x").is_err());
+    }
+
+    /// Makes `dir/sub` impossible to remove: a tmpfs mounted on it as root
+    /// (the removal does not cross filesystems), a read-only parent otherwise.
+    /// The returned closure undoes it, given where `dir` is by then.
+    pub(crate) fn unremovable(dir: &Path) -> impl FnOnce(&Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let sub = dir.join("sub");
+        std::fs::create_dir_all(&sub).unwrap();
+        let c = std::ffi::CString::new(sub.to_str().unwrap()).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if root {
+            let fs = std::ffi::CString::new("tmpfs").unwrap();
+            // SAFETY: valid NUL-terminated strings.
+            let r =
+                unsafe { libc::mount(fs.as_ptr(), c.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
+            assert_eq!(r, 0, "mount: {}", io::Error::last_os_error());
+            std::fs::write(sub.join("f"), b"x").unwrap();
+        } else {
+            std::fs::write(sub.join("f"), b"x").unwrap();
+            std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o500)).unwrap();
+        }
+        move |now: &Path| {
+            let sub = now.join("sub");
+            if root {
+                let c = std::ffi::CString::new(sub.to_str().unwrap()).unwrap();
+                // SAFETY: valid path.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            } else {
+                let _ = std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o755));
+            }
+        }
+    }
+
+    #[test]
+    fn open_survives_leftovers_it_cannot_remove() {
+        let tmp = tempfile::tempdir().unwrap();
+        let snaps = tmp.path().join("snaps");
+        // A leftover 5000 levels deep (more than remove_dir_all manages
+        // with a low descriptor limit) and one that cannot be removed.
+        let deep = snaps.join("tmp-deep");
+        std::fs::create_dir_all(&deep).unwrap();
+        let mut dir = std::fs::File::open(&deep).unwrap();
+        for _ in 0..5000 {
+            let name = std::ffi::CString::new("d").unwrap();
+            // SAFETY: valid fd and name.
+            unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) };
+            // SAFETY: valid fd and name; the fd is owned on success.
+            let fd = unsafe {
+                libc::openat(
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::O_RDONLY | libc::O_DIRECTORY,
+                )
+            };
+            assert!(fd >= 0);
+            dir = unsafe { std::fs::File::from_raw_fd(fd) };
+        }
+        drop(dir);
+        let stuck = snaps.join("tmp-stuck");
+        let undo = unremovable(&stuck);
+        let s = Snapshotter::open(&snaps).expect("open must not fail on leftovers");
+        assert!(!deep.exists(), "the deep leftover is removed");
+        assert!(stuck.exists(), "the stuck one is left with a warning");
+        assert_eq!(s.remove_leftovers(), 1);
+        // Once it can be removed, the next pass does it.
+        undo(&stuck);
+        assert_eq!(s.remove_leftovers(), 0);
+        assert!(!stuck.exists());
     }
 }

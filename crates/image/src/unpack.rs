@@ -11,18 +11,51 @@
 //! - regular files are created with `O_EXCL | O_NOFOLLOW` after any existing
 //!   entry of that name was removed.
 //!
+//! Limits against hostile layers (the publisher controls every byte; the
+//! digests only prove that the bytes are the ones published):
+//! - GNU long name and long link headers and PAX extended and global
+//!   headers may hold at most [`MAX_SPECIAL_HEADER_SIZE`] (1 MiB, as Go's
+//!   `archive/tar`): the `tar` crate would read such a header whole into
+//!   memory, so the stream is checked by [`TarGuard`] before the crate sees
+//!   a header, and one declaring more fails the unpack at once
+//!   ([`TarLimitError`]); an entry may have at most
+//!   [`MAX_SPARSE_EXTENSION_HEADERS`] GNU sparse extension headers;
+//! - directory modification times (set once all entries exist) are kept in
+//!   a tree of names, each stored once, not as one path per directory;
+//! - skipped entries are counted per reason with a few example paths
+//!   ([`Skipped`]) and logged once per reason at the end;
+//! - directories are removed (an entry replacing one) with
+//!   [`crate::tree::remove_tree_at`], whatever their depth.
+//!
 //! OCI whiteouts become overlayfs whiteouts: `.wh.NAME` a 0:0 character
 //! device `NAME`, `.wh..wh..opq` the `trusted.overlay.opaque=y` xattr on its
 //! directory. Ownership, permissions (including set-id bits), modification
 //! times, PAX `SCHILY.xattr.*` extended attributes and hardlinks are kept.
 
 use sha2::{Digest, Sha256};
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+/// Largest body of a GNU long name or long link header and of a PAX
+/// extended or global header (Go's `archive/tar` limit).
+pub const MAX_SPECIAL_HEADER_SIZE: u64 = 1 << 20;
+/// Most GNU sparse extension headers (512 bytes each) one entry may have.
+pub const MAX_SPARSE_EXTENSION_HEADERS: u64 = 2048;
+/// Distinct skip reasons kept in a report; further ones are counted under
+/// [`OTHER_REASONS`].
+pub const MAX_SKIP_REASONS: usize = 32;
+/// Example paths kept per skip reason.
+pub const MAX_SKIP_EXAMPLES: usize = 5;
+/// Bytes of an example path kept (longer ones are cut, marked with `...`).
+pub const MAX_EXAMPLE_LEN: usize = 256;
+/// The reason under which skips beyond [`MAX_SKIP_REASONS`] are counted.
+pub const OTHER_REASONS: &str = "other reasons";
 
 /// The xattr that marks an overlayfs opaque directory.
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
@@ -48,6 +81,9 @@ pub enum UnpackError {
         /// The underlying error.
         source: io::Error,
     },
+    /// The tar stream breaks one of the limits on headers.
+    #[error("refusing layer: {0}")]
+    Limit(#[from] TarLimitError),
     /// The uncompressed layer does not have the digest the config lists.
     #[error("layer content digest mismatch: expected {expected}, got {actual}")]
     DiffIdMismatch {
@@ -58,13 +94,118 @@ pub enum UnpackError {
     },
 }
 
+/// A limit of [`TarGuard`] that a layer's tar stream broke.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TarLimitError {
+    /// A GNU long name/link or PAX header declares a body over the limit.
+    #[error(
+        "the {kind} header at offset {offset} declares {size} bytes, more than the {limit} allowed"
+    )]
+    SpecialHeaderTooLarge {
+        /// `GNU long name`, `GNU long link name`, `PAX extended` or `PAX global`.
+        kind: &'static str,
+        /// Byte offset of the header in the uncompressed stream.
+        offset: u64,
+        /// The size the header declares.
+        size: u64,
+        /// [`MAX_SPECIAL_HEADER_SIZE`].
+        limit: u64,
+    },
+    /// An entry has too many GNU sparse extension headers.
+    #[error("the sparse entry at offset {offset} has more than {limit} extension headers")]
+    TooManySparseHeaders {
+        /// Byte offset of the entry's header.
+        offset: u64,
+        /// [`MAX_SPARSE_EXTENSION_HEADERS`].
+        limit: u64,
+    },
+    /// The `tar` crate read an entry where the guard expected none (a bug).
+    #[error("tar entry at offset {found} is not where the header checks expected it ({expected})")]
+    OutOfStep {
+        /// Where the guard saw the last entry header.
+        expected: u64,
+        /// Where the `tar` crate read it.
+        found: u64,
+    },
+}
+
+/// One reason entries were skipped for.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SkipReason {
+    /// Entries skipped for it.
+    pub count: u64,
+    /// The first few of their paths (at most [`MAX_SKIP_EXAMPLES`]).
+    pub examples: Vec<String>,
+}
+
+/// Entries an unpack refused, counted per reason: bounded whatever the
+/// number of entries.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// Entries skipped in all.
+    pub total: u64,
+    /// Per reason (at most [`MAX_SKIP_REASONS`] plus [`OTHER_REASONS`]).
+    pub reasons: BTreeMap<String, SkipReason>,
+}
+
+fn shorten(path: &[u8]) -> String {
+    if path.len() <= MAX_EXAMPLE_LEN {
+        return String::from_utf8_lossy(path).into_owned();
+    }
+    format!("{}...", String::from_utf8_lossy(&path[..MAX_EXAMPLE_LEN]))
+}
+
+impl Skipped {
+    /// Counts one skipped entry.
+    pub fn add(&mut self, path: &[u8], reason: String) {
+        self.total += 1;
+        let key = if self.reasons.contains_key(&reason) || self.reasons.len() < MAX_SKIP_REASONS {
+            reason
+        } else {
+            OTHER_REASONS.to_string()
+        };
+        let r = self.reasons.entry(key).or_default();
+        r.count += 1;
+        if r.examples.len() < MAX_SKIP_EXAMPLES {
+            r.examples.push(shorten(path));
+        }
+    }
+
+    /// Whether nothing was skipped.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// The example paths kept, with their reason.
+    pub fn examples(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.reasons.iter().flat_map(|(reason, r)| {
+            r.examples
+                .iter()
+                .map(move |p| (p.as_str(), reason.as_str()))
+        })
+    }
+
+    /// One warning per reason.
+    fn log(&self, root: &Path) {
+        for (reason, r) in &self.reasons {
+            tracing::warn!(
+                root = %root.display(),
+                reason = %reason,
+                count = r.count,
+                examples = ?r.examples,
+                "layer entries skipped"
+            );
+        }
+    }
+}
+
 /// What an unpack did besides creating entries.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct UnpackReport {
     /// Entries created or changed.
     pub entries: u64,
-    /// Entries refused, with the reason.
-    pub skipped: Vec<(String, String)>,
+    /// Entries refused, counted per reason.
+    pub skipped: Skipped,
     /// sha256 digest of the uncompressed tar stream.
     pub diff_id: String,
 }
@@ -146,6 +287,261 @@ impl<R: Read> Read for HashingReader<R> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         self.count += n as u64;
+        Ok(n)
+    }
+}
+
+const BLOCK: u64 = 512;
+
+enum Phase {
+    /// Collecting the 512-byte header block that starts at `at`.
+    Header { at: u64, filled: usize },
+    /// Collecting a GNU sparse extension block (`count` read so far) of
+    /// the entry whose header is at `entry`; `body` bytes follow them.
+    SparseExt {
+        entry: u64,
+        filled: usize,
+        count: u64,
+        body: u64,
+    },
+    /// `left` bytes of an entry's data and padding pass through.
+    Body { left: u64 },
+    /// After the end of the archive, or a header the `tar` crate refuses
+    /// (it stops there): everything passes through.
+    Done,
+    /// A limit was broken: every read fails.
+    Failed(TarLimitError),
+}
+
+/// A reader that follows the block structure of a tar stream the way the
+/// `tar` crate reads it, and fails the read that completes a header
+/// breaking a limit ([`MAX_SPECIAL_HEADER_SIZE`],
+/// [`MAX_SPARSE_EXTENSION_HEADERS`]) before the crate can act on it. It
+/// mirrors what moves the crate's position: header sizes (octal or
+/// base-256), a PAX `size` record overriding the next entry's size, and
+/// sparse extension headers.
+pub struct TarGuard<R> {
+    inner: R,
+    pos: u64,
+    phase: Phase,
+    block: Box<[u8; 512]>,
+    /// Body of the pending PAX extended header, collected while `Body`,
+    /// and its declared size.
+    pax: Option<(Vec<u8>, usize)>,
+    /// The pending PAX header's `size`, for the next entry.
+    pax_size: Option<u64>,
+    /// Whether the entry being read has a PAX extended header already.
+    pax_seen: bool,
+    /// Offset of the last entry header (not an extension header).
+    last_entry: Rc<Cell<u64>>,
+}
+
+fn special_kind(t: u8) -> Option<&'static str> {
+    match t {
+        b'L' => Some("GNU long name"),
+        b'K' => Some("GNU long link name"),
+        b'x' => Some("PAX extended"),
+        b'g' => Some("PAX global"),
+        _ => None,
+    }
+}
+
+/// The PAX `size` record, read exactly as the `tar` crate reads it.
+fn pax_size(body: &[u8]) -> Option<u64> {
+    for ext in tar::PaxExtensions::new(body) {
+        let ext = ext.ok()?;
+        if ext.key() != Ok("size") {
+            continue;
+        }
+        return ext.value().ok()?.parse::<u64>().ok();
+    }
+    None
+}
+
+fn round_up(size: u64) -> Option<u64> {
+    size.checked_add(BLOCK - 1).map(|s| s & !(BLOCK - 1))
+}
+
+impl<R: Read> TarGuard<R> {
+    /// Wraps the uncompressed tar stream `inner`.
+    pub fn new(inner: R) -> Self {
+        TarGuard {
+            inner,
+            pos: 0,
+            phase: Phase::Header { at: 0, filled: 0 },
+            block: Box::new([0; 512]),
+            pax: None,
+            pax_size: None,
+            pax_seen: false,
+            last_entry: Rc::new(Cell::new(0)),
+        }
+    }
+
+    /// The wrapped reader.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
+    /// Offset of the last entry header seen (shared, for checking that the
+    /// guard and the `tar` crate are in step).
+    fn last_entry(&self) -> Rc<Cell<u64>> {
+        self.last_entry.clone()
+    }
+
+    /// Takes a complete header block at `at` and picks the next phase.
+    fn header(&mut self, at: u64) -> Result<Phase, TarLimitError> {
+        let b = &*self.block;
+        if b.iter().all(|&x| x == 0) {
+            return Ok(Phase::Done);
+        }
+        let h = tar::Header::from_byte_slice(b);
+        let sum: u32 = b[..148]
+            .iter()
+            .chain(&b[156..])
+            .map(|&x| u32::from(x))
+            .sum::<u32>()
+            + 8 * 32;
+        if h.cksum().ok() != Some(sum) {
+            return Ok(Phase::Done);
+        }
+        let t = b[156];
+        let Ok(mut size) = h.entry_size() else {
+            return Ok(Phase::Done);
+        };
+        if let Some(kind) = special_kind(t) {
+            if size > MAX_SPECIAL_HEADER_SIZE {
+                return Err(TarLimitError::SpecialHeaderTooLarge {
+                    kind,
+                    offset: at,
+                    size,
+                    limit: MAX_SPECIAL_HEADER_SIZE,
+                });
+            }
+        } else if let Some(s) = self.pax_size {
+            size = s;
+        }
+        let recognized = h.as_gnu().is_some() || h.as_ustar().is_some();
+        let Some(padded) = round_up(size) else {
+            return Ok(Phase::Done);
+        };
+        if recognized && matches!(t, b'L' | b'K' | b'x') {
+            // The crate reads these and goes on to the entry they describe.
+            if t == b'x' {
+                if self.pax_seen {
+                    return Ok(Phase::Done);
+                }
+                self.pax_seen = true;
+                self.pax = Some((Vec::with_capacity(size as usize), size as usize));
+            }
+            return Ok(Phase::Body { left: padded });
+        }
+        // An entry: the pending extensions were its own.
+        self.last_entry.set(at);
+        self.pax_size = None;
+        self.pax_seen = false;
+        if t == b'S' {
+            let Some(gnu) = h.as_gnu() else {
+                return Ok(Phase::Done);
+            };
+            if gnu.is_extended() {
+                return Ok(Phase::SparseExt {
+                    entry: at,
+                    filled: 0,
+                    count: 0,
+                    body: padded,
+                });
+            }
+        }
+        Ok(Phase::Body { left: padded })
+    }
+
+    /// Follows `n` bytes just read into `buf[..n]`; an error fails the read.
+    fn follow(&mut self, buf: &[u8]) -> Result<(), TarLimitError> {
+        let mut i = 0;
+        while i < buf.len() {
+            match &mut self.phase {
+                Phase::Done => return Ok(()),
+                Phase::Failed(e) => return Err(e.clone()),
+                Phase::Body { left } => {
+                    let take = (*left).min((buf.len() - i) as u64) as usize;
+                    *left -= take as u64;
+                    if let Some((p, size)) = self.pax.as_mut() {
+                        // Only the declared size is the body (not padding).
+                        let want = *size - p.len();
+                        p.extend_from_slice(&buf[i..i + take.min(want)]);
+                    }
+                    i += take;
+                    self.pos += take as u64;
+                }
+                Phase::Header { at, filled } => {
+                    let take = (512 - *filled).min(buf.len() - i);
+                    self.block[*filled..*filled + take].copy_from_slice(&buf[i..i + take]);
+                    *filled += take;
+                    let (at, complete) = (*at, *filled == 512);
+                    i += take;
+                    self.pos += take as u64;
+                    if complete {
+                        self.phase = match self.header(at) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                self.phase = Phase::Failed(e.clone());
+                                return Err(e);
+                            }
+                        };
+                    }
+                }
+                Phase::SparseExt {
+                    entry,
+                    filled,
+                    count,
+                    body,
+                } => {
+                    let take = (512 - *filled).min(buf.len() - i);
+                    self.block[*filled..*filled + take].copy_from_slice(&buf[i..i + take]);
+                    *filled += take;
+                    i += take;
+                    self.pos += take as u64;
+                    if *filled == 512 {
+                        *count += 1;
+                        *filled = 0;
+                        if *count > MAX_SPARSE_EXTENSION_HEADERS {
+                            let e = TarLimitError::TooManySparseHeaders {
+                                offset: *entry,
+                                limit: MAX_SPARSE_EXTENSION_HEADERS,
+                            };
+                            self.phase = Phase::Failed(e.clone());
+                            return Err(e);
+                        }
+                        // Byte 504 of an extension block: another follows.
+                        if self.block[504] != 1 {
+                            self.phase = Phase::Body { left: *body };
+                        }
+                    }
+                }
+            }
+            // A body of size 0 ends at once.
+            if let Phase::Body { left: 0 } = self.phase {
+                if let Some((p, _)) = self.pax.take() {
+                    self.pax_size = pax_size(&p);
+                }
+                self.phase = Phase::Header {
+                    at: self.pos,
+                    filled: 0,
+                };
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for TarGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Phase::Failed(e) = &self.phase {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e.clone()));
+        }
+        let n = self.inner.read(buf)?;
+        self.follow(&buf[..n])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         Ok(n)
     }
 }
@@ -273,11 +669,8 @@ fn clear(parent: BorrowedFd<'_>, name: &CString, keep_dir: bool) -> io::Result<b
         if keep_dir {
             return Ok(true);
         }
-        // std's remove_dir_all never follows symlinks; the path goes through
-        // our own directory fd.
-        let path = PathBuf::from(format!("/proc/self/fd/{}", parent.as_raw_fd()))
-            .join(std::ffi::OsStr::from_bytes(name.as_bytes()));
-        std::fs::remove_dir_all(path)?;
+        // Any depth, with few descriptors, never following a symlink.
+        crate::tree::remove_tree_at(parent, name)?;
     } else {
         // SAFETY: valid fd and name.
         cvt(unsafe { libc::unlinkat(parent.as_raw_fd(), name.as_ptr(), 0) })?;
@@ -344,11 +737,122 @@ fn entry_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(CStri
     Ok(out)
 }
 
+/// Modification times of directories, set once every entry exists (their
+/// contents change them): a tree of names where each name is stored once,
+/// so memory grows with the directories, not with their path lengths.
+#[derive(Default)]
+struct DirTimes {
+    /// Per node (0 is the layer root): its time, if a tar entry gave one.
+    times: Vec<Option<u64>>,
+    /// (parent node as 4 little-endian bytes, then the name) to node.
+    children: HashMap<Box<[u8]>, u32>,
+    key: Vec<u8>,
+}
+
+impl DirTimes {
+    fn set(&mut self, comps: &[&[u8]], mtime: u64) {
+        if self.times.is_empty() {
+            self.times.push(None);
+        }
+        let mut node = 0u32;
+        for c in comps {
+            self.key.clear();
+            self.key.extend_from_slice(&node.to_le_bytes());
+            self.key.extend_from_slice(c);
+            node = match self.children.get(self.key.as_slice()) {
+                Some(&n) => n,
+                None => {
+                    let n = self.times.len() as u32;
+                    self.times.push(None);
+                    self.children.insert(self.key.as_slice().into(), n);
+                    n
+                }
+            };
+        }
+        self.times[node as usize] = Some(mtime);
+    }
+
+    /// Sets the times, walking the tree depth first with one directory
+    /// open at a time (up through `..`, checked to be the directory left).
+    fn apply(self, root: &OwnedFd) {
+        if self.times.is_empty() {
+            return;
+        }
+        let n = self.times.len();
+        let mut kids: Vec<Vec<(&[u8], u32)>> = vec![Vec::new(); n];
+        for (k, &child) in &self.children {
+            let parent = u32::from_le_bytes([k[0], k[1], k[2], k[3]]);
+            kids[parent as usize].push((&k[4..], child));
+        }
+        // Whether a node or anything below it has a time (children are
+        // always numbered after their parents).
+        let mut needed: Vec<bool> = self.times.iter().map(Option::is_some).collect();
+        for parent in (0..n).rev() {
+            if kids[parent].iter().any(|&(_, c)| needed[c as usize]) {
+                needed[parent] = true;
+            }
+        }
+        let id = |fd: &OwnedFd| -> io::Result<(u64, u64)> {
+            // SAFETY: zeroed stat is a valid out buffer; fd is open.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+            Ok((st.st_dev, st.st_ino))
+        };
+        let Ok(mut cur) = root.try_clone() else {
+            return;
+        };
+        let Ok(root_id) = id(&cur) else { return };
+        // (node, next child to visit, its directory's identity)
+        let mut stack = vec![(0u32, 0usize, root_id)];
+        while let Some(top) = stack.last_mut() {
+            let (node, next) = (top.0 as usize, top.1);
+            if let Some(&(name, child)) = kids[node].get(next) {
+                top.1 += 1;
+                if !needed[child as usize] {
+                    continue;
+                }
+                match open_child_dir(cur.as_fd(), name, false) {
+                    Ok(fd) => match id(&fd) {
+                        Ok(cid) => {
+                            cur = fd;
+                            stack.push((child, 0, cid));
+                        }
+                        Err(e) => tracing::debug!(error = %e, "cannot stat a directory"),
+                    },
+                    Err(e) => {
+                        tracing::debug!(error = %e, "directory vanished before its time was set")
+                    }
+                }
+                continue;
+            }
+            if let Some(m) = self.times[node] {
+                let ts = times(m);
+                // SAFETY: cur is an open directory.
+                if let Err(e) = cvt(unsafe { libc::futimens(cur.as_raw_fd(), ts.as_ptr()) }) {
+                    tracing::debug!(error = %e, "cannot set directory time");
+                }
+            }
+            stack.pop();
+            let Some(&(_, _, want)) = stack.last() else {
+                break;
+            };
+            match open_child_dir(cur.as_fd(), b"..", false) {
+                Ok(up) if id(&up).ok() == Some(want) => cur = up,
+                _ => {
+                    tracing::warn!(
+                        "layer directory tree changed while directory times were set; stopped"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}
+
 struct Unpacker {
     root: OwnedFd,
     report: UnpackReport,
-    /// Directories whose mtime is set at the end (their contents change it).
-    dir_times: Vec<(Vec<Vec<u8>>, u64)>,
+    dir_times: DirTimes,
 }
 
 enum Outcome {
@@ -385,7 +889,7 @@ impl Unpacker {
             if kind.is_dir() {
                 set_attrs_fd(self.root.as_fd(), uid, gid, mode, None, &xattrs)?;
                 if let Some(m) = mtime {
-                    self.dir_times.push((Vec::new(), m));
+                    self.dir_times.set(&[], m);
                 }
                 return Ok(Outcome::Done);
             }
@@ -431,8 +935,7 @@ impl Unpacker {
                 let dir = open_child_dir(parent.as_fd(), last, false)?;
                 set_attrs_fd(dir.as_fd(), uid, gid, mode, None, &xattrs)?;
                 if let Some(m) = mtime {
-                    self.dir_times
-                        .push((comps.iter().map(|c| c.to_vec()).collect(), m));
+                    self.dir_times.set(&comps, m);
                 }
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
@@ -537,63 +1040,67 @@ impl Unpacker {
         }
         Ok(Outcome::Done)
     }
-
-    fn finish_dir_times(&mut self) {
-        for (comps, m) in self.dir_times.iter().rev() {
-            let refs: Vec<&[u8]> = comps.iter().map(|c| c.as_slice()).collect();
-            let ts = times(*m);
-            match walk(&self.root, &refs, false) {
-                // SAFETY: the fd is an open directory.
-                Ok(dir) => {
-                    if let Err(e) = cvt(unsafe { libc::futimens(dir.as_raw_fd(), ts.as_ptr()) }) {
-                        tracing::debug!(error = %e, "cannot set directory time");
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "directory vanished before its time was set"),
-            }
-        }
-    }
 }
 
 /// Unpacks the uncompressed tar stream `reader` into the existing directory
 /// `root`, applying the rules in the module documentation. The returned
 /// report carries the sha256 of the whole stream (its diff id).
 pub fn unpack(reader: impl Read, root: &Path) -> Result<UnpackReport, UnpackError> {
-    let io_err = |source| UnpackError::Io {
-        root: root.to_path_buf(),
-        source,
+    // A broken limit surfaces as an io::Error of the guard: give it its own variant.
+    let limit = |e: &io::Error| {
+        e.get_ref()
+            .and_then(|i| i.downcast_ref::<TarLimitError>())
+            .cloned()
+    };
+    let io_err = |source: io::Error| match limit(&source) {
+        Some(l) => UnpackError::Limit(l),
+        None => UnpackError::Io {
+            root: root.to_path_buf(),
+            source,
+        },
     };
     let root_fd = open_dir(root).map_err(io_err)?;
     let mut u = Unpacker {
         root: root_fd,
         report: UnpackReport::default(),
-        dir_times: Vec::new(),
+        dir_times: DirTimes::default(),
     };
-    let mut archive = tar::Archive::new(HashingReader::new(reader));
+    let guard = TarGuard::new(HashingReader::new(reader));
+    let last_entry = guard.last_entry();
+    let mut archive = tar::Archive::new(guard);
     {
         let entries = archive.entries().map_err(io_err)?;
         for entry in entries {
             let mut entry = entry.map_err(io_err)?;
-            let shown = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            let found = entry.raw_header_position();
+            if found != last_entry.get() {
+                debug_assert_eq!(found, last_entry.get(), "tar guard out of step");
+                return Err(UnpackError::Limit(TarLimitError::OutOfStep {
+                    expected: last_entry.get(),
+                    found,
+                }));
+            }
             match u.entry(&mut entry) {
                 Ok(Outcome::Done) => u.report.entries += 1,
-                Ok(Outcome::Skip(why)) => {
-                    tracing::warn!(entry = %shown, reason = %why, "layer entry skipped");
-                    u.report.skipped.push((shown, why));
-                }
+                // Counted, logged once per reason at the end.
+                Ok(Outcome::Skip(why)) => u.report.skipped.add(&entry.path_bytes(), why),
                 Err(source) => {
+                    if let Some(l) = limit(&source) {
+                        return Err(UnpackError::Limit(l));
+                    }
                     return Err(UnpackError::Entry {
-                        entry: shown,
+                        entry: shorten(&entry.path_bytes()),
                         source,
-                    })
+                    });
                 }
             }
         }
     }
-    u.finish_dir_times();
+    u.dir_times.apply(&u.root);
+    u.report.skipped.log(root);
     let mut rest = archive.into_inner();
     io::copy(&mut rest, &mut io::sink()).map_err(io_err)?;
-    u.report.diff_id = rest.digest();
+    u.report.diff_id = rest.into_inner().digest();
     Ok(u.report)
 }
 
@@ -620,6 +1127,7 @@ pub fn unpack_blob(blob: &Path, root: &Path, diff_id: &str) -> Result<UnpackRepo
 mod tests {
     use super::*;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::rc::Rc;
 
     #[test]
     fn whiteout_names() {
@@ -839,7 +1347,7 @@ mod tests {
         let a = std::fs::metadata(snap.join("ok/file")).unwrap();
         let b = std::fs::metadata(snap.join("ok/hard")).unwrap();
         assert_eq!(a.ino(), b.ino(), "in-layer hardlink kept");
-        let skipped: Vec<&str> = report.skipped.iter().map(|(p, _)| p.as_str()).collect();
+        let skipped: Vec<&str> = report.skipped.examples().map(|(p, _)| p).collect();
         for p in [
             "../../../outside/dotdot",
             "esc/victim",
@@ -988,5 +1496,365 @@ mod tests {
         assert!(!tmp.path().join("var/.wh..wh..opq").exists());
         assert!(!tmp.path().join("etc/.wh.gone").exists());
         assert_eq!(std::fs::read(tmp.path().join("var/new")).unwrap(), b"n");
+    }
+
+    /// A source of `len` bytes: `head`, then zeros; counts what was read.
+    struct Endless {
+        head: Vec<u8>,
+        len: u64,
+        read: Rc<Cell<u64>>,
+    }
+
+    impl Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let pos = self.read.get();
+            if pos >= self.len {
+                return Ok(0);
+            }
+            let n = (buf.len() as u64).min(self.len - pos) as usize;
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                *b = self.head.get(pos as usize + i).copied().unwrap_or(0);
+            }
+            self.read.set(pos + n as u64);
+            Ok(n)
+        }
+    }
+
+    fn special_header(kind: u8, size: u64) -> Vec<u8> {
+        let mut h = if kind == b'L' || kind == b'K' {
+            tar::Header::new_gnu()
+        } else {
+            tar::Header::new_ustar()
+        };
+        h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+        h.set_entry_type(tar::EntryType::new(kind));
+        h.set_mode(0o644);
+        h.set_size(size);
+        h.set_cksum();
+        h.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn special_headers_over_the_limit_fail_fast() {
+        const HUGE: u64 = 8 << 30;
+        for kind in [b'L', b'K', b'x', b'g'] {
+            let tmp = tempfile::tempdir().unwrap();
+            let read = Rc::new(Cell::new(0));
+            // 8 GiB of "name" would follow; the unpack must not read it.
+            let src = Endless {
+                head: special_header(kind, HUGE),
+                len: HUGE + 512,
+                read: read.clone(),
+            };
+            let err = unpack(src, tmp.path()).unwrap_err();
+            match &err {
+                UnpackError::Limit(TarLimitError::SpecialHeaderTooLarge {
+                    offset,
+                    size,
+                    limit,
+                    ..
+                }) => {
+                    assert_eq!((*offset, *size, *limit), (0, HUGE, MAX_SPECIAL_HEADER_SIZE));
+                }
+                other => panic!("{}: {other:?}", kind as char),
+            }
+            assert!(
+                err.to_string().contains("more than the 1048576 allowed"),
+                "{err}"
+            );
+            assert!(
+                read.get() <= 64 << 10,
+                "{}: read {} bytes before failing",
+                kind as char,
+                read.get()
+            );
+        }
+        // Through the blob path: a compressed layer of a few KiB whose
+        // first entry is a long name claiming 8 GiB (64 MiB of it present).
+        let tmp = tempfile::tempdir().unwrap();
+        let mut plain = special_header(b'L', HUGE);
+        plain.resize(64 << 20, 0);
+        let zs = zstd::encode_all(&plain[..], 3).unwrap();
+        assert!(zs.len() < 64 << 10);
+        let gz = {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            io::Write::write_all(&mut e, &plain).unwrap();
+            e.finish().unwrap()
+        };
+        for (label, bytes) in [("zstd", zs), ("gzip", gz)] {
+            let blob = tmp.path().join(label);
+            std::fs::write(&blob, bytes).unwrap();
+            let root = tmp.path().join(format!("{label}-root"));
+            std::fs::create_dir(&root).unwrap();
+            let err = unpack_blob(&blob, &root, "sha256:x").unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    UnpackError::Limit(TarLimitError::SpecialHeaderTooLarge {
+                        kind: "GNU long name",
+                        ..
+                    })
+                ),
+                "{label}: {err:?}"
+            );
+        }
+    }
+
+    fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+        // "<len> key=value\n" where len counts itself.
+        let rest = key.len() + value.len() + 3;
+        let mut len = rest + 1;
+        while len.to_string().len() + rest != len {
+            len += 1;
+        }
+        let mut r = format!("{len} {key}=").into_bytes();
+        r.extend_from_slice(value);
+        r.push(b'\n');
+        r
+    }
+
+    #[test]
+    fn headers_at_the_limit_and_pax_sizes_stay_in_step() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut t = Tar::new();
+        // A PAX header of exactly the limit (a big comment) is fine.
+        // 7 digits, " comment=", the value and "\n".
+        let body = pax_record(
+            "comment",
+            &vec![b'c'; MAX_SPECIAL_HEADER_SIZE as usize - 17],
+        );
+        assert_eq!(body.len() as u64, MAX_SPECIAL_HEADER_SIZE);
+        t.raw(b"pax", tar::EntryType::XHeader, b"", 0o644, &body);
+        t.file("big-pax-file", b"one");
+        // A PAX size record overrides the header's size field (0 here).
+        let size_rec = pax_record("size", b"5");
+        t.raw(b"pax", tar::EntryType::XHeader, b"", 0o644, &size_rec);
+        {
+            let mut h = tar::Header::new_gnu();
+            h.as_old_mut().name[..9].copy_from_slice(b"pax-sized");
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(0o644);
+            h.set_size(0);
+            h.set_cksum();
+            t.0.extend_from_slice(h.as_bytes());
+            t.0.extend_from_slice(b"hello");
+            t.0.extend(std::iter::repeat_n(0u8, 512 - 5));
+        }
+        // A long name through a GNU `L` header, and a global PAX header.
+        let long = format!("{}/{}/file", "n".repeat(200), "m".repeat(200));
+        t.raw(
+            b"././@LongLink",
+            tar::EntryType::GNULongName,
+            b"",
+            0o644,
+            format!("{long}\0").as_bytes(),
+        );
+        t.file("ignored-short-name", b"long");
+        t.raw(
+            b"global",
+            tar::EntryType::XGlobalHeader,
+            b"",
+            0o644,
+            &pax_record("comment", b"g"),
+        );
+        // A GNU sparse entry with one extension header (skipped as an
+        // unsupported type), then a file that must still be found.
+        {
+            let mut h = tar::Header::new_gnu();
+            h.as_old_mut().name[..6].copy_from_slice(b"sparse");
+            h.set_entry_type(tar::EntryType::GNUSparse);
+            h.set_mode(0o644);
+            h.set_size(1024);
+            let octal = |f: &mut [u8], v: u64| {
+                let s = format!("{:0w$o}", v, w = f.len() - 1);
+                f[..s.len()].copy_from_slice(s.as_bytes());
+            };
+            {
+                let g = h.as_gnu_mut().unwrap();
+                octal(&mut g.sparse[0].offset, 0);
+                octal(&mut g.sparse[0].numbytes, 512);
+                g.isextended[0] = 1;
+                octal(&mut g.realsize, 2048);
+            }
+            h.set_cksum();
+            t.0.extend_from_slice(h.as_bytes());
+            let mut ext = [0u8; 512];
+            octal(&mut ext[0..12], 1536);
+            octal(&mut ext[12..24], 512);
+            t.0.extend_from_slice(&ext);
+            t.0.extend(std::iter::repeat_n(7u8, 1024));
+        }
+        t.file("after-sparse", b"after");
+        let data = t.finish();
+        let report = unpack(&data[..], tmp.path()).unwrap();
+        assert_eq!(
+            std::fs::read(tmp.path().join("big-pax-file")).unwrap(),
+            b"one"
+        );
+        assert_eq!(
+            std::fs::read(tmp.path().join("pax-sized")).unwrap(),
+            b"hello"
+        );
+        assert_eq!(std::fs::read(tmp.path().join(&long)).unwrap(), b"long");
+        assert_eq!(
+            std::fs::read(tmp.path().join("after-sparse")).unwrap(),
+            b"after"
+        );
+        assert_eq!(report.skipped.total, 1, "{report:?}");
+        assert!(report.skipped.examples().any(|(p, _)| p == "sparse"));
+
+        // One byte more than the limit is refused.
+        let mut t = Tar::new();
+        let mut over = body.clone();
+        over.push(b'\n');
+        t.raw(b"pax", tar::EntryType::XHeader, b"", 0o644, &over);
+        t.file("f", b"x");
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            unpack(&t.finish()[..], tmp.path()),
+            Err(UnpackError::Limit(TarLimitError::SpecialHeaderTooLarge { size, .. })) if size == MAX_SPECIAL_HEADER_SIZE + 1
+        ));
+    }
+
+    #[test]
+    fn endless_sparse_extension_headers_are_refused() {
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..6].copy_from_slice(b"sparse");
+        h.set_entry_type(tar::EntryType::GNUSparse);
+        h.set_size(0);
+        h.as_gnu_mut().unwrap().isextended[0] = 1;
+        h.set_cksum();
+        let mut head = h.as_bytes().to_vec();
+        // Extension headers that all say "another follows", 1 GiB of them.
+        let mut ext = [0u8; 512];
+        ext[504] = 1;
+        for _ in 0..(MAX_SPARSE_EXTENSION_HEADERS + 10) {
+            head.extend_from_slice(&ext);
+        }
+        let read = Rc::new(Cell::new(0));
+        let src = Endless {
+            head,
+            len: 1 << 30,
+            read: read.clone(),
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let err = unpack(src, tmp.path()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                UnpackError::Limit(TarLimitError::TooManySparseHeaders { offset: 0, .. })
+            ),
+            "{err:?}"
+        );
+        assert!(read.get() < 4 << 20, "read {}", read.get());
+    }
+
+    #[test]
+    fn skipped_entries_are_counted_not_listed() {
+        let mut t = Tar::new();
+        for i in 0..2000 {
+            t.raw(
+                format!("dev{i}").as_bytes(),
+                tar::EntryType::Char,
+                b"",
+                0o666,
+                b"",
+            );
+        }
+        for b in 0x80u8..0x80 + 40 {
+            t.raw(
+                format!("odd{b}").as_bytes(),
+                tar::EntryType::new(b),
+                b"",
+                0o644,
+                b"",
+            );
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let report = unpack(&t.finish()[..], tmp.path()).unwrap();
+        assert_eq!(report.skipped.total, 2040);
+        assert_eq!(report.skipped.reasons.len(), MAX_SKIP_REASONS + 1);
+        let dev = &report.skipped.reasons["device nodes are not allowed in layers"];
+        assert_eq!(dev.count, 2000);
+        assert_eq!(dev.examples, ["dev0", "dev1", "dev2", "dev3", "dev4"]);
+        assert_eq!(
+            report.skipped.reasons[OTHER_REASONS].count,
+            40 - (MAX_SKIP_REASONS as u64 - 1)
+        );
+        let mut s = Skipped::default();
+        s.add(&vec![b'a'; 5000], "long".into());
+        assert_eq!(s.reasons["long"].examples[0].len(), MAX_EXAMPLE_LEN + 3);
+    }
+
+    #[test]
+    fn deep_layer_times_and_replacement() {
+        const DEPTH: usize = 1500;
+        let mut b = tar::Builder::new(Vec::new());
+        let mut path = String::new();
+        for i in 0..DEPTH {
+            if i > 0 {
+                path.push('/');
+            }
+            path.push('d');
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_mtime(1_000_000 + i as u64);
+            h.set_size(0);
+            b.append_data(&mut h, &path, &[][..]).unwrap();
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(1);
+        b.append_data(&mut h, format!("{path}/leaf"), &b"x"[..])
+            .unwrap();
+        let deep = b.into_inner().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let report = unpack(&deep[..], tmp.path()).unwrap();
+        assert!(report.skipped.is_empty(), "{report:?}");
+        assert_eq!(report.entries, DEPTH as u64 + 1);
+        // Times reach the deepest directory and the top one.
+        let root = open_dir(tmp.path()).unwrap();
+        let comps: Vec<&[u8]> = vec![&b"d"[..]; DEPTH];
+        let bottom = walk(&root, &comps, false).unwrap();
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::fstat(bottom.as_raw_fd(), &mut st) }, 0);
+        assert_eq!(st.st_mtime as u64, 1_000_000 + DEPTH as u64 - 1);
+        assert_eq!(
+            std::fs::metadata(tmp.path().join("d")).unwrap().mtime(),
+            1_000_000
+        );
+        // A later layer entry replacing the top directory removes the
+        // whole deep tree.
+        let mut t = Tar::new();
+        t.file("d", b"now a file");
+        unpack(&t.finish()[..], tmp.path()).unwrap();
+        assert_eq!(std::fs::read(tmp.path().join("d")).unwrap(), b"now a file");
+    }
+
+    /// The committed fuzz seeds for these limits do what they are for.
+    #[test]
+    fn fuzz_seeds_for_the_limits() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/unpack");
+        for (seed, kind) in [
+            ("seed-longname-huge.tar", "GNU long name"),
+            ("seed-pax-huge.tar.gz", "PAX extended"),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let r = decompress(File::open(dir.join(seed)).unwrap()).unwrap();
+            match unpack(r, tmp.path()) {
+                Err(UnpackError::Limit(TarLimitError::SpecialHeaderTooLarge {
+                    kind: k,
+                    size,
+                    ..
+                })) => assert_eq!((k, size), (kind, 8 << 30), "{seed}"),
+                other => panic!("{seed}: {other:?}"),
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let r = decompress(File::open(dir.join("seed-deep.tar.zst")).unwrap()).unwrap();
+        let report = unpack(r, tmp.path()).unwrap();
+        assert_eq!(report.entries, 3);
+        assert_eq!(std::fs::read(tmp.path().join("d")).unwrap(), b"top");
     }
 }

@@ -46,7 +46,9 @@ pub const FORMAT_VERSION: u64 = 1;
 pub const TEMP_PREFIX: &str = ".tmp-";
 /// Name of the subdirectory receiving unreadable record files.
 pub const QUARANTINE_DIR: &str = "quarantine";
-/// Largest record file that is loaded; bigger files are quarantined.
+/// Largest record file that is loaded; bigger files are quarantined. The
+/// same limit applies on write ([`encode`] refuses a bigger record), so a
+/// record that was stored is one that loads again after a restart.
 pub const MAX_RECORD_SIZE: u64 = 16 << 20;
 
 /// Errors of the persistence layer.
@@ -94,7 +96,7 @@ pub enum PersistError {
     /// The value could not be serialized.
     #[error("cannot encode record: {0}")]
     Encode(#[source] serde_json::Error),
-    /// The file exceeds [`MAX_RECORD_SIZE`].
+    /// The file (or the record being written) exceeds [`MAX_RECORD_SIZE`].
     #[error("file is too large ({size} bytes, limit {limit})")]
     TooLarge {
         /// Size of the file.
@@ -159,18 +161,27 @@ fn checksum_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Serializes `value` into an envelope of the given kind.
+/// Serializes `value` into an envelope of the given kind. An envelope over
+/// [`MAX_RECORD_SIZE`] is refused ([`PersistError::TooLarge`]): loading
+/// would quarantine it.
 pub fn encode<T: Serialize + ?Sized>(kind: &str, value: &T) -> Result<Vec<u8>, PersistError> {
     let data = serde_json::to_string(value).map_err(PersistError::Encode)?;
     let data = RawValue::from_string(data).map_err(PersistError::Encode)?;
     let checksum = checksum_hex(data.get().as_bytes());
-    serde_json::to_vec(&EnvelopeOut {
+    let bytes = serde_json::to_vec(&EnvelopeOut {
         format: FORMAT_VERSION,
         kind,
         checksum: &checksum,
         data: &data,
     })
-    .map_err(PersistError::Encode)
+    .map_err(PersistError::Encode)?;
+    if bytes.len() as u64 > MAX_RECORD_SIZE {
+        return Err(PersistError::TooLarge {
+            size: bytes.len() as u64,
+            limit: MAX_RECORD_SIZE,
+        });
+    }
+    Ok(bytes)
 }
 
 /// Parses and verifies an envelope of kind `expected_kind` and deserializes
@@ -794,5 +805,24 @@ mod tests {
         assert!(items.is_empty());
         assert_eq!(report, LoadReport::default());
         assert!(sub.is_dir());
+    }
+
+    #[test]
+    fn oversized_records_are_refused_on_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.json");
+        let big = "x".repeat(MAX_RECORD_SIZE as usize);
+        match save(&path, "thing", &big) {
+            Err(PersistError::TooLarge { size, limit }) => {
+                assert!(size > MAX_RECORD_SIZE);
+                assert_eq!(limit, MAX_RECORD_SIZE);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!path.exists(), "nothing written");
+        // Just under the limit is written and loads again.
+        let fits = "x".repeat(MAX_RECORD_SIZE as usize - 200);
+        save(&path, "thing", &fits).unwrap();
+        assert_eq!(read_record::<String>(&path, "thing").unwrap(), fits);
     }
 }

@@ -105,6 +105,17 @@ pub enum StoreError {
     /// A value could not be serialized or deserialized.
     #[error("serialization error: {0}")]
     Serde(#[from] serde_json::Error),
+    /// A record is larger than a record may be
+    /// ([`crate::persist::MAX_RECORD_SIZE`]); nothing was written.
+    #[error("record {} would be {size} bytes, more than the {limit} a record may have", path.display())]
+    TooLarge {
+        /// The record's file.
+        path: PathBuf,
+        /// Its encoded size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// A stored file is corrupt (bad envelope, checksum, kind or format).
     #[error("corrupt record file {}: {reason}", path.display())]
     Corrupt {
@@ -133,6 +144,11 @@ impl StoreError {
         match err {
             PersistError::Io { path, source } => StoreError::Io { path, source },
             PersistError::Encode(e) | PersistError::Data(e) => StoreError::Serde(e),
+            PersistError::TooLarge { size, limit } => StoreError::TooLarge {
+                path: path.to_owned(),
+                size,
+                limit,
+            },
             other => StoreError::Corrupt {
                 path: path.to_owned(),
                 reason: other.to_string(),
@@ -1364,5 +1380,25 @@ mod tests {
             .list_containers()
             .iter()
             .all(|c| c.status.state == ContainerState::Running));
+    }
+
+    #[test]
+    fn oversized_image_record_fails_instead_of_vanishing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let id = format!("sha256:{}", hex_id("bb"));
+        store.put_image(image(&id, "x:1")).unwrap();
+        let mut big = image(&id, "x:2");
+        big.metadata.config =
+            serde_json::json!({ "junk": "y".repeat(crate::persist::MAX_RECORD_SIZE as usize) });
+        let err = store.put_image(big).unwrap_err();
+        assert!(matches!(err, StoreError::TooLarge { .. }), "{err:?}");
+        assert!(err.to_string().contains("more than the"), "{err}");
+        // The old record is untouched, in memory and after a restart.
+        assert_eq!(store.get_image(&id).unwrap().metadata.repo_tags, ["x:1"]);
+        drop(store);
+        let (store, report) = Store::open(dir.path()).unwrap();
+        assert!(report.is_clean(), "{report:?}");
+        assert_eq!(store.get_image(&id).unwrap().metadata.repo_tags, ["x:1"]);
     }
 }

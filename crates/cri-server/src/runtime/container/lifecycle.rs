@@ -237,7 +237,7 @@ impl Done {
             }
         }
         for d in self.dirs.iter().rev() {
-            let _ = std::fs::remove_dir_all(d);
+            let _ = crius_image::tree::remove_tree(d);
         }
         for d in &self.host_dirs {
             // Only if still empty: nothing of anybody else goes.
@@ -885,7 +885,8 @@ pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
         .await
         .map_err(|e| internal("rootfs", e))?;
     for d in [container_state(daemon, &id), container_root(daemon, &id)] {
-        match std::fs::remove_dir_all(&d) {
+        // Any depth, few descriptors, and never into a mount left inside.
+        match crius_image::tree::remove_tree(&d) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(internal(&format!("cannot remove {}", d.display()), e)),

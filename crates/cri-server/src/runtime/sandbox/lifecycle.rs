@@ -219,7 +219,7 @@ impl Done {
             }
         }
         for d in self.dirs.iter().rev() {
-            if let Err(e) = std::fs::remove_dir_all(d) {
+            if let Err(e) = crius_image::tree::remove_tree(d) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(sandbox = id, dir = %d.display(), error = %e, "rollback: cannot remove");
                 }
@@ -863,7 +863,7 @@ async fn clean_after_dead_shim(daemon: &Daemon, id: &str, handler: &str) -> Resu
     if nix::mount::umount2(&shm, nix::mount::MntFlags::MNT_DETACH).is_err() && shm.exists() {
         tracing::debug!(sandbox = %id, "shm was not mounted");
     }
-    match std::fs::remove_dir_all(&shim_dir) {
+    match crius_image::tree::remove_tree(&shim_dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(internal(
@@ -1045,7 +1045,8 @@ async fn remove_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
         daemon.sandbox_root(&id),
         daemon.shim_pod_dir(&id),
     ] {
-        match std::fs::remove_dir_all(&d) {
+        // Any depth, few descriptors, and never into a mount left inside.
+        match crius_image::tree::remove_tree(&d) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(internal(&format!("cannot remove {}", d.display()), e)),
