@@ -25,8 +25,11 @@ use std::time::Duration;
 use tonic::Status;
 use tracing::Instrument;
 
-/// The most output ExecSync returns per stream.
+/// The most output ExecSync keeps per stream (kubelet's 16 MiB): the shim
+/// writes no more than this to the output files and drops the rest.
 pub const EXEC_OUTPUT_LIMIT: u64 = 16 * 1024 * 1024;
+/// Room in an ExecSync response for what is not output.
+const EXEC_RESPONSE_OVERHEAD: u64 = 1024;
 /// How long a Wait on a running container may block.
 const WAIT_FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
@@ -1081,13 +1084,50 @@ pub async fn mark_pod_exited(daemon: &Daemon, sandbox_id: &str) {
     }
 }
 
-fn read_capped(path: &Path) -> Vec<u8> {
+fn read_capped(path: &Path, limit: u64) -> Vec<u8> {
     use std::io::Read;
     let mut out = Vec::new();
     if let Ok(f) = std::fs::File::open(path) {
-        let _ = f.take(EXEC_OUTPUT_LIMIT).read_to_end(&mut out);
+        let _ = f.take(limit).read_to_end(&mut out);
     }
     out
+}
+
+/// How much of stdout and stderr (`out`, `err` bytes) an ExecSync response
+/// of at most `budget` bytes of output carries: each stream at least half
+/// the budget if it has that much, the share one leaves unused to the other.
+fn fit_output(out: u64, err: u64, budget: u64) -> (u64, u64) {
+    let half = budget / 2;
+    let o = out.min(budget - err.min(half));
+    (o, err.min(budget - o))
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Registers and starts an exec process whose output goes to `stdout` and
+/// `stderr` (shim stdio URIs).
+async fn start_exec(
+    shim: &Arc<ShimClient>,
+    id: &str,
+    exec_id: &str,
+    process: &[u8],
+    stdout: String,
+    stderr: String,
+) -> Result<(), crate::shimclient::ShimError> {
+    shim.exec(
+        id,
+        exec_id,
+        process.to_vec(),
+        crate::shimclient::Stdio {
+            stdout,
+            stderr,
+            ..Default::default()
+        },
+    )
+    .await?;
+    shim.start_task(id, exec_id).await.map(|_| ())
 }
 
 /// ExecSync: runs a command in the container and returns its output and
@@ -1125,22 +1165,24 @@ pub async fn exec_sync(
     let out_dir = container_state(daemon, &id).join(&exec_id);
     std::fs::create_dir_all(&out_dir).map_err(|e| internal("exec output", e))?;
     let (out, err) = (out_dir.join("stdout"), out_dir.join("stderr"));
+    let process = serde_json::to_vec(&process).map_err(|e| internal("process", e))?;
     let result = async {
-        shim.exec(
-            &id,
-            &exec_id,
-            serde_json::to_vec(&process).map_err(|e| internal("process", e))?,
-            crate::shimclient::Stdio {
-                stdout: format!("file://{}", out.display()),
-                stderr: format!("file://{}", err.display()),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| e.to_status())?;
-        shim.start_task(&id, &exec_id)
-            .await
-            .map_err(|e| e.to_status())?;
+        // The shim writes at most EXEC_OUTPUT_LIMIT bytes per stream.
+        let capped = |p: &Path| format!("capped-file://{}?limit={EXEC_OUTPUT_LIMIT}", p.display());
+        let started = start_exec(&shim, &id, &exec_id, &process, capped(&out), capped(&err)).await;
+        match started {
+            Err(e) if e.to_string().contains("unsupported stdio") => {
+                // A shim from before capped files (it outlived an upgrade
+                // of criusd): uncapped files, only the read-back is capped.
+                tracing::warn!(container = %id, "the pod's shim cannot cap exec output; writing it uncapped");
+                let _ = shim.delete_task(&id, &exec_id).await;
+                let file = |p: &Path| format!("file://{}", p.display());
+                start_exec(&shim, &id, &exec_id, &process, file(&out), file(&err))
+                    .await
+                    .map_err(|e| e.to_status())?;
+            }
+            r => r.map_err(|e| e.to_status())?,
+        }
         let timeout = if req.timeout > 0 {
             Duration::from_secs(req.timeout as u64)
         } else {
@@ -1166,10 +1208,19 @@ pub async fn exec_sync(
     }
     .await;
     let _ = shim.delete_task(&id, &exec_id).await;
-    let response = result.map(|status| ExecSyncResponse {
-        stdout: read_capped(&out),
-        stderr: read_capped(&err),
-        exit_code: status as i32,
+    let response = result.map(|status| {
+        // Both streams together must fit in one gRPC message.
+        let budget = crate::server::MAX_MESSAGE_SIZE as u64 - EXEC_RESPONSE_OVERHEAD;
+        let (o, e) = fit_output(
+            file_len(&out).min(EXEC_OUTPUT_LIMIT),
+            file_len(&err).min(EXEC_OUTPUT_LIMIT),
+            budget,
+        );
+        ExecSyncResponse {
+            stdout: read_capped(&out, o),
+            stderr: read_capped(&err, e),
+            exit_code: status as i32,
+        }
     });
     let _ = std::fs::remove_dir_all(&out_dir);
     response
@@ -1313,6 +1364,27 @@ mod tests {
             target_pid(&ContainerConfig::default(), "pod-a", lookup).unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn exec_output_fits_one_message() {
+        const M: u64 = 1 << 20;
+        // (stdout bytes, stderr bytes, budget) -> (stdout kept, stderr kept)
+        let cases = [
+            (0, 0, 16 * M, (0, 0)),
+            (10, 20, 16 * M, (10, 20)),
+            (16 * M, 0, 16 * M - 1024, (16 * M - 1024, 0)),
+            (0, 16 * M, 16 * M - 1024, (0, 16 * M - 1024)),
+            (16 * M, 16 * M, 16 * M, (8 * M, 8 * M)),
+            (16 * M, 3 * M, 16 * M, (13 * M, 3 * M)),
+            (3 * M, 16 * M, 16 * M, (3 * M, 13 * M)),
+            (9 * M, 9 * M, 16 * M, (8 * M, 8 * M)),
+        ];
+        for (out, err, budget, want) in cases {
+            let got = fit_output(out, err, budget);
+            assert_eq!(got, want, "{out} {err} {budget}");
+            assert!(got.0 + got.1 <= budget);
+        }
     }
 
     #[test]
