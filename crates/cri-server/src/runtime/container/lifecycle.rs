@@ -1334,7 +1334,8 @@ mod tests {
         ];
         let lookup = |id: &str| containers.iter().find(|c| c.metadata.id == id).cloned();
         // (mode, target, want pid or Err(part of the message))
-        let cases: &[(NamespaceMode, &str, Result<Option<u32>, &str>)] = &[
+        type Want = Result<Option<u32>, &'static str>;
+        let cases: &[(NamespaceMode, &str, Want)] = &[
             (NamespaceMode::Pod, "other", Ok(None)),
             (NamespaceMode::Container, "", Ok(None)),
             (NamespaceMode::Target, "same", Ok(Some(42))),
