@@ -12,6 +12,7 @@ pub mod grpc_authority;
 pub mod health;
 pub mod host;
 pub mod image;
+pub mod listener;
 pub mod metrics;
 pub mod recover;
 pub mod runtime;

@@ -327,67 +327,77 @@ where
     }
 }
 
-/// Serves `GET /metrics` on `addr` until `shutdown` resolves. Returns the
-/// bound address (useful with port 0).
+/// Serves `GET /metrics` on `addr` until `shutdown` resolves, within the
+/// default connection limits (see [`crate::listener`]). Returns the bound
+/// address (useful with port 0).
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     store: Option<Arc<crius_store::Store>>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    serve_with_limits(
+        addr,
+        metrics,
+        store,
+        crate::listener::Limits::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] within the given connection limits.
+pub async fn serve_with_limits(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    store: Option<Arc<crius_store::Store>>,
+    limits: crate::listener::Limits,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let handle = tokio::spawn(async move {
-        let mut shutdown = shutdown;
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = shutdown.changed() => break,
-            };
-            let (stream, _) = match accepted {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics accept failed");
-                    continue;
-                }
-            };
+    let handle = tokio::spawn(crate::listener::accept_loop(
+        "metrics",
+        listener,
+        limits,
+        shutdown,
+        move |stream, peer| {
             let metrics = metrics.clone();
             let store = store.clone();
-            tokio::spawn(async move {
+            async move {
                 let service = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
                         let metrics = metrics.clone();
                         let store = store.clone();
-                        async move {
-                            if let Some(store) = &store {
-                                metrics.refresh(store);
-                            }
-                            let resp = if req.uri().path() == "/metrics"
-                                && req.method() == hyper::Method::GET
-                            {
-                                hyper::Response::builder()
-                                    .header("content-type", "text/plain; version=0.0.4")
-                                    .body(Full::new(Bytes::from(metrics.render())))
-                            } else {
-                                hyper::Response::builder()
-                                    .status(404)
-                                    .body(Full::new(Bytes::from_static(b"not found\n")))
-                            };
-                            resp
-                        }
+                        async move { respond(&req, &metrics, store.as_deref()) }
                     },
                 );
                 let io = hyper_util::rt::TokioIo::new(stream);
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await
-                {
-                    tracing::debug!(error = %e, "metrics connection ended");
+                if let Err(e) = limits.http1().serve_connection(io, service).await {
+                    tracing::debug!(%peer, error = %e, "metrics connection ended");
                 }
-            });
-        }
-    });
+            }
+        },
+    ));
     Ok((local, handle))
+}
+
+fn respond(
+    req: &hyper::Request<hyper::body::Incoming>,
+    metrics: &Metrics,
+    store: Option<&crius_store::Store>,
+) -> Result<hyper::Response<Full<Bytes>>, http::Error> {
+    if req.uri().path() != "/metrics" || req.method() != hyper::Method::GET {
+        return hyper::Response::builder()
+            .status(404)
+            .body(Full::new(Bytes::from_static(b"not found\n")));
+    }
+    if let Some(store) = store {
+        metrics.refresh(store);
+    }
+    hyper::Response::builder()
+        .header("content-type", "text/plain; version=0.0.4")
+        .body(Full::new(Bytes::from(metrics.render())))
 }
 
 #[cfg(test)]

@@ -5,6 +5,10 @@
 //! - a plain path (containerd's FIFOs, or a regular file): handed to the
 //!   runtime as the process's fd directly, no copying;
 //! - `file:///abs/path`: appended to that file;
+//! - `capped-file:///abs/path?limit=N`: the shim appends at most N bytes to
+//!   that file from a pipe and reads and drops the rest, so that the
+//!   process never blocks and the file never grows past N (criusd's
+//!   ExecSync output);
 //! - `crilog:///abs/path/0.log`: the shim writes the CRI log file itself
 //!   (kubelet format) from pipes; stdout and stderr naming the same file
 //!   share one writer;
@@ -68,6 +72,13 @@ pub enum Target {
     Path(PathBuf),
     /// A CRI log file written by the shim.
     CriLog(PathBuf),
+    /// A file the shim writes at most `limit` bytes to, dropping the rest.
+    CappedFile {
+        /// The file.
+        path: PathBuf,
+        /// The most bytes written to it.
+        limit: u64,
+    },
     /// Copied by the shim to attached clients only.
     Attach,
 }
@@ -79,10 +90,21 @@ pub fn parse_target(s: &str) -> Result<Target, IoError> {
         "attach" => return Ok(Target::Attach),
         _ => {}
     }
-    let (scheme, rest) = match s.split_once("://") {
+    let (scheme, mut rest) = match s.split_once("://") {
         Some((sch, r)) => (sch, r),
         None => ("", s),
     };
+    let mut limit = None;
+    if scheme == "capped-file" {
+        let (p, n) = rest
+            .rsplit_once("?limit=")
+            .ok_or_else(|| IoError::Unsupported(s.to_string()))?;
+        limit = Some(
+            n.parse::<u64>()
+                .map_err(|_| IoError::Unsupported(s.to_string()))?,
+        );
+        rest = p;
+    }
     let path = PathBuf::from(rest);
     if !path.is_absolute() || rest.split('/').any(|c| c == "..") {
         return Err(IoError::Unsupported(s.to_string()));
@@ -90,6 +112,10 @@ pub fn parse_target(s: &str) -> Result<Target, IoError> {
     match scheme {
         "" | "file" | "fifo" => Ok(Target::Path(path)),
         "crilog" => Ok(Target::CriLog(path)),
+        "capped-file" => Ok(Target::CappedFile {
+            path,
+            limit: limit.unwrap_or(0),
+        }),
         _ => Err(IoError::Unsupported(s.to_string())),
     }
 }
@@ -331,6 +357,11 @@ type Sink = Box<dyn FnMut(&[u8]) -> io::Result<()> + Send>;
 enum OutSink {
     Null,
     File(File),
+    /// A file taking at most `left` more bytes; the rest is dropped.
+    Capped {
+        file: File,
+        left: u64,
+    },
     Log(Arc<Mutex<CriLogWriter>>),
 }
 
@@ -348,6 +379,17 @@ impl OutSink {
             OutSink::File(mut f) => Box::new(move |b| {
                 attach.broadcast(code, b);
                 f.write_all(b)
+            }),
+            OutSink::Capped { mut file, mut left } => Box::new(move |b| {
+                attach.broadcast(code, b);
+                let n = (b.len() as u64).min(left) as usize;
+                if n > 0 {
+                    left -= n as u64;
+                    file.write_all(&b[..n])?;
+                }
+                // Past the cap the output is read and dropped: the process
+                // goes on as if it had been written.
+                Ok(())
             }),
             OutSink::Log(l) => Box::new(move |b| {
                 attach.broadcast(code, b);
@@ -663,6 +705,10 @@ pub fn prepare(
         let out = match &out_t {
             Target::Null | Target::Attach => OutSink::Null,
             Target::Path(p) => OutSink::File(open_path(p)?),
+            Target::CappedFile { path, limit } => OutSink::Capped {
+                file: open_path(path)?,
+                left: *limit,
+            },
             Target::CriLog(p) => OutSink::Log(log_for(p, &mut io)?),
         };
         return Ok(Prepared {
@@ -678,9 +724,13 @@ pub fn prepare(
         let f = match t {
             Target::Null => None,
             Target::Path(p) => Some(open_path(p)?),
-            Target::CriLog(_) | Target::Attach => {
+            Target::CriLog(_) | Target::Attach | Target::CappedFile { .. } => {
                 let out = match t {
                     Target::CriLog(p) => OutSink::Log(log_for(p, &mut io)?),
+                    Target::CappedFile { path, limit } => OutSink::Capped {
+                        file: open_path(path)?,
+                        left: *limit,
+                    },
                     _ => OutSink::Null,
                 };
                 let (r, wr) = pipe()?;
@@ -778,6 +828,17 @@ mod tests {
             ("crilog://relative/0.log", None),
             ("crilog:///var/log/../etc/passwd", None),
             ("binary:///usr/bin/logger", None),
+            (
+                "capped-file:///run/x/stdout?limit=16777216",
+                Some(Target::CappedFile {
+                    path: "/run/x/stdout".into(),
+                    limit: 16 << 20,
+                }),
+            ),
+            ("capped-file:///run/x/stdout", None),
+            ("capped-file:///run/x/stdout?limit=-1", None),
+            ("capped-file://relative?limit=1", None),
+            ("capped-file:///run/../x?limit=1", None),
             ("relative", None),
         ];
         for (input, want) in cases {
@@ -875,6 +936,37 @@ mod tests {
         // Nothing was written anywhere else.
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert!(names.is_empty(), "{names:?}");
+    }
+
+    #[test]
+    fn capped_file_takes_the_cap_and_drops_the_rest() {
+        let d = tempfile::tempdir().unwrap();
+        let (out, err) = (d.path().join("stdout"), d.path().join("stderr"));
+        let limit = 1 << 20;
+        let mut prep = prepare(
+            "",
+            &format!("capped-file://{}?limit={limit}", out.display()),
+            &format!("capped-file://{}?limit=10", err.display()),
+            false,
+            d.path().join("console"),
+        )
+        .unwrap();
+        let stdio = prep.take_stdio();
+        let io = prep.finish().unwrap();
+        // The "process": 5 MiB on stdout, a little on stderr; nothing may
+        // block although the files take only part of it.
+        let (mut o, mut e) = (stdio.stdout.unwrap(), stdio.stderr.unwrap());
+        let writer = std::thread::spawn(move || {
+            let chunk = vec![b'x'; 64 * 1024];
+            for _ in 0..80 {
+                o.write_all(&chunk).unwrap();
+            }
+            e.write_all(b"0123456789abcdef").unwrap();
+        });
+        writer.join().unwrap();
+        io.drain.wait(Duration::from_secs(10));
+        assert_eq!(std::fs::metadata(&out).unwrap().len(), limit);
+        assert_eq!(std::fs::read(&err).unwrap(), b"0123456789");
     }
 
     #[test]

@@ -164,9 +164,12 @@ pub fn resolve(
         gid = to_id(g, &format!("{SC}.run_as_group"))?;
     }
 
+    // In order, without duplicates: a set beside the list (an image's
+    // /etc/group may make a user a member of very many groups).
     let mut additional: Vec<u32> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut push = |g: u32| {
-        if !additional.contains(&g) {
+        if seen.insert(g) {
             additional.push(g);
         }
     };
@@ -264,6 +267,36 @@ mod tests {
         );
         let g = parse_group(GROUP);
         assert_eq!(g[1].members, vec!["app".to_string(), "other".into()]);
+    }
+
+    #[test]
+    fn huge_group_file_resolves_fast() {
+        // A million groups, the user a member of every one (and each gid
+        // twice, to exercise the de-duplication).
+        let mut text = String::with_capacity(24 * 1_000_000);
+        for i in 0..1_000_000u32 {
+            text.push_str(&format!("g{i}:x:{}:app,other\n", 2000 + i / 2));
+        }
+        let started = std::time::Instant::now();
+        let g = parse_group(&text);
+        assert_eq!(g.len(), 1_000_000);
+        let r = resolve(
+            &UserRequest {
+                image_user: "app".into(),
+                supplemental_groups: vec![7, 2000, 7],
+                ..UserRequest::default()
+            },
+            &parse_passwd(PASSWD),
+            &g,
+        )
+        .unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(r.additional_gids.len(), 1 + 500_000 + 1);
+        assert_eq!(&r.additional_gids[..3], &[1000, 2000, 2001]);
+        assert_eq!(r.additional_gids.last(), Some(&7));
+        // Quadratic de-duplication takes minutes here; linear well under a second
+        // (generous bound for debug builds on a loaded machine).
+        assert!(elapsed < std::time::Duration::from_secs(20), "{elapsed:?}");
     }
 
     #[test]

@@ -158,8 +158,6 @@ pub struct TlsFiles {
     pub key: std::path::PathBuf,
 }
 
-/// How long a client has to send its request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client has to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -208,6 +206,8 @@ pub struct StreamingConfig {
     pub stream_idle_timeout: Duration,
     /// Serve HTTPS with these files instead of plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// Connection limits (shared with the metrics server).
+    pub limits: crate::listener::Limits,
 }
 
 impl Default for StreamingConfig {
@@ -220,6 +220,7 @@ impl Default for StreamingConfig {
             stream_creation_timeout: DEFAULT_STREAM_CREATION_TIMEOUT,
             stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
             tls: None,
+            limits: crate::listener::Limits::default(),
         }
     }
 }
@@ -279,7 +280,13 @@ impl StreamingServer {
                 idle: config.stream_idle_timeout,
             },
         });
-        let task = tokio::spawn(accept_loop(listener, tls, shared.clone(), shutdown));
+        let task = tokio::spawn(accept_loop(
+            listener,
+            tls,
+            shared.clone(),
+            config.limits,
+            shutdown,
+        ));
         tracing::info!(address = %local_addr, "streaming server listening");
         Ok((StreamingServer { shared, local_addr }, task))
     }
@@ -322,53 +329,37 @@ async fn accept_loop(
     listener: tokio::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Shared>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    limits: crate::listener::Limits,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    loop {
-        if *shutdown.borrow() {
-            break;
-        }
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            r = shutdown.changed() => {
-                if r.is_err() || *shutdown.borrow() {
-                    break;
-                }
-                continue;
-            }
-        };
-        let (stream, peer) = match accepted {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "streaming accept failed");
-                // Do not spin on persistent errors (e.g. out of fds).
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    crate::listener::accept_loop("streaming", listener, limits, shutdown, |stream, peer| {
         let shared = shared.clone();
-        match &tls {
-            None => {
-                tokio::spawn(serve_connection(stream, peer, shared));
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
+        let tls = tls.clone();
+        async move {
+            match tls {
+                None => serve_connection(stream, peer, shared, limits).await,
+                Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
-                        Ok(Ok(tls_stream)) => serve_connection(tls_stream, peer, shared).await,
+                        Ok(Ok(tls_stream)) => {
+                            serve_connection(tls_stream, peer, shared, limits).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
-                });
+                }
             }
         }
-    }
-    tracing::info!("streaming server stopped");
+    })
+    .await
 }
 
-async fn serve_connection<IO>(stream: IO, peer: SocketAddr, shared: Arc<Shared>)
-where
+async fn serve_connection<IO>(
+    stream: IO,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    limits: crate::listener::Limits,
+) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -376,9 +367,8 @@ where
         async move { Ok::<_, std::convert::Infallible>(handle(req, shared)) }
     });
     let io = hyper_util::rt::TokioIo::new(stream);
-    if let Err(e) = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+    if let Err(e) = limits
+        .http1()
         .serve_connection(io, service)
         .with_upgrades()
         .await

@@ -20,6 +20,17 @@ use tonic::transport::{Channel, Endpoint, Uri};
 /// The criusd binary cargo built for these tests.
 pub const CRIUSD: &str = env!("CARGO_BIN_EXE_criusd");
 
+/// The criusd binary the daemon tests run: `$CRIUS_TEST_CRIUSD` (with the
+/// shim next to it), else [`CRIUSD`]. For a target directory that other
+/// builds share: a copy of one's own binaries cannot be overwritten by
+/// theirs in the middle of a run.
+pub fn criusd() -> PathBuf {
+    std::env::var_os("CRIUS_TEST_CRIUSD")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(CRIUSD))
+}
+
 /// A criusd process on temporary directories; killed on drop if still running.
 pub struct Daemon {
     pub child: Option<Child>,
@@ -144,7 +155,7 @@ fn spawn_criusd(
         .append(true)
         .open(log)
         .expect("open log");
-    Command::new(CRIUSD)
+    Command::new(criusd())
         .arg("--config")
         .arg(config)
         .arg("--root")

@@ -70,7 +70,7 @@ impl Env {
 
     fn start_full(prefix: &str, cni_keys: &str, extra_config: &str, loopback: bool) -> Env {
         super::registry::ensure_binary("runc", "runc");
-        let shim = Path::new(super::CRIUSD).with_file_name("containerd-shim-crius-v2");
+        let shim = super::criusd().with_file_name("containerd-shim-crius-v2");
         assert!(
             shim.exists(),
             "{} missing: run `cargo build -p crius-shim` (cargo xtask test does)",

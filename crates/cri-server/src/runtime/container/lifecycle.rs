@@ -25,8 +25,11 @@ use std::time::Duration;
 use tonic::Status;
 use tracing::Instrument;
 
-/// The most output ExecSync returns per stream.
+/// The most output ExecSync keeps per stream (kubelet's 16 MiB): the shim
+/// writes no more than this to the output files and drops the rest.
 pub const EXEC_OUTPUT_LIMIT: u64 = 16 * 1024 * 1024;
+/// Room in an ExecSync response for what is not output.
+const EXEC_RESPONSE_OVERHEAD: u64 = 1024;
 /// How long a Wait on a running container may block.
 const WAIT_FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
@@ -50,9 +53,69 @@ pub fn log_path(log_dir: &str, rel: &str) -> Result<Option<PathBuf>, Status> {
     Ok(Some(Path::new(log_dir).join(relp)))
 }
 
+/// The most of an image's `/etc/passwd` or `/etc/group` CreateContainer
+/// reads. A bigger file is refused rather than cut short: containerd has no
+/// cap (it streams the whole file), and a truncated file could silently
+/// resolve a numeric user to the wrong primary group.
+pub const IMAGE_USER_FILE_LIMIT: u64 = 4 * 1024 * 1024;
+
+/// Reads an image's `/etc/passwd` or `/etc/group` (`rel`), at most
+/// [`IMAGE_USER_FILE_LIMIT`] bytes; a missing or unreadable file is empty,
+/// a bigger one an InvalidArgument naming the image.
+fn read_image_user_file(
+    mounts: &[crius_image::Mount],
+    rel: &str,
+    image_ref: &str,
+) -> Result<String, Status> {
+    match read_image_file_limited(mounts, rel, IMAGE_USER_FILE_LIMIT) {
+        Ok(text) => Ok(text.unwrap_or_default()),
+        Err(size) => Err(invalid_field(
+            "config.image.image",
+            format!(
+                "image {image_ref:?}: /{rel} is larger than {IMAGE_USER_FILE_LIMIT} bytes ({size} read)"
+            ),
+        )),
+    }
+}
+
+/// [`read_image_file`], reading at most `limit` bytes: `Err(bytes read)`
+/// when the file holds more.
+pub fn read_image_file_limited(
+    mounts: &[crius_image::Mount],
+    rel: &str,
+    limit: u64,
+) -> Result<Option<String>, u64> {
+    use std::io::{BufRead, Read};
+    let Some(path) = image_file_path(mounts, rel) else {
+        return Ok(None);
+    };
+    let Ok(f) = std::fs::File::open(&path) else {
+        return Ok(None);
+    };
+    // Line by line through a bounded reader: never more than limit + 1
+    // bytes in memory, whatever the file's size.
+    let mut reader = std::io::BufReader::new(f.take(limit + 1));
+    let mut text = String::new();
+    loop {
+        match reader.read_line(&mut text) {
+            Ok(0) => break,
+            Ok(_) if text.len() as u64 > limit => return Err(text.len() as u64),
+            Ok(_) => {}
+            Err(_) => return Ok(None),
+        }
+    }
+    Ok(Some(text))
+}
+
 /// Reads a file of the image from its overlay lower dirs (topmost first),
 /// without following symlinks anywhere on the way.
 pub fn read_image_file(mounts: &[crius_image::Mount], rel: &str) -> Option<String> {
+    std::fs::read_to_string(image_file_path(mounts, rel)?).ok()
+}
+
+/// The path of a regular file of the image in its overlay lower dirs
+/// (topmost first), found without following symlinks anywhere on the way.
+fn image_file_path(mounts: &[crius_image::Mount], rel: &str) -> Option<PathBuf> {
     let lower = mounts
         .iter()
         .flat_map(|m| m.options.iter())
@@ -84,7 +147,7 @@ pub fn read_image_file(mounts: &[crius_image::Mount], rel: &str) -> Option<Strin
             }
         }
         if ok {
-            return std::fs::read_to_string(&p).ok();
+            return Some(p);
         }
     }
     None
@@ -185,6 +248,52 @@ fn prepare_host_paths(
         );
     }
     Ok(out)
+}
+
+const TARGET_ID: &str = "config.linux.security_context.namespace_options.target_id";
+
+/// The pid whose PID namespace a container with `namespace_options.pid`
+/// TARGET joins: the target must be a running container of the same pod
+/// (`sandbox_id`); `lookup` finds a container by id. None for the other
+/// modes.
+fn target_pid(
+    config: &ContainerConfig,
+    sandbox_id: &str,
+    lookup: impl Fn(&str) -> Option<ContainerRecord>,
+) -> Result<Option<u32>, Status> {
+    let ns = match config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+    {
+        Some(ns) if ns.pid == k8s_cri::v1::NamespaceMode::Target as i32 => ns,
+        _ => return Ok(None),
+    };
+    if ns.target_id.is_empty() {
+        return Err(invalid_field(
+            TARGET_ID,
+            "must name a container for pid mode TARGET",
+        ));
+    }
+    let target = lookup(&ns.target_id)
+        .ok_or_else(|| invalid_field(TARGET_ID, format!("no container {:?}", ns.target_id)))?;
+    if target.metadata.sandbox_id != sandbox_id {
+        return Err(invalid_field(
+            TARGET_ID,
+            format!(
+                "container {:?} is not in pod sandbox {sandbox_id}: a PID namespace can only be shared within a pod",
+                ns.target_id
+            ),
+        ));
+    }
+    match target.status.pid {
+        Some(pid) if target.status.state == ContainerState::Running && pid > 0 => Ok(Some(pid)),
+        _ => Err(invalid_field(
+            TARGET_ID,
+            format!("container {:?} is not running", ns.target_id),
+        )),
+    }
 }
 
 /// The container's directories: persistent (volumes) and runtime (bundle).
@@ -355,6 +464,12 @@ async fn create_steps(
         .images
         .image_config(&image.metadata.id)
         .map_err(|e| internal("image config", e))?;
+    let target_pid = target_pid(config, &sandbox.metadata.id, |t| {
+        daemon.store.get_container(t).ok()
+    })?;
+    // StopContainer must be able to send it (the shim sends signals 1-31).
+    parse_stop_signal(&image_config.config.stop_signal)
+        .map_err(|e| invalid_field("config.image.image", format!("image {image_ref:?}: {e}")))?;
     timeline.mark("image_check");
 
     let record: ContainerRecord = Record::new(
@@ -411,9 +526,9 @@ async fn create_steps(
 
     let spec_image = image_config.spec_config();
     let passwd =
-        crius_spec::user::parse_passwd(&read_image_file(&mounts, "etc/passwd").unwrap_or_default());
+        crius_spec::user::parse_passwd(&read_image_user_file(&mounts, "etc/passwd", image_ref)?);
     let group =
-        crius_spec::user::parse_group(&read_image_file(&mounts, "etc/group").unwrap_or_default());
+        crius_spec::user::parse_group(&read_image_user_file(&mounts, "etc/group", image_ref)?);
     let user = crius_spec::user::resolve(&user_request(config, &spec_image), &passwd, &group)
         .map_err(spec_status)?;
 
@@ -469,20 +584,6 @@ async fn create_steps(
     // that must be gone before the next await.
     let spec = {
         let load = |p: &str| std::fs::read_to_string(p).map_err(|e| e.to_string());
-        let target_pid = match config
-            .linux
-            .as_ref()
-            .and_then(|l| l.security_context.as_ref())
-            .and_then(|s| s.namespace_options.as_ref())
-        {
-            Some(ns) if ns.pid == k8s_cri::v1::NamespaceMode::Target as i32 => daemon
-                .store
-                .get_container(&ns.target_id)
-                .ok()
-                .filter(|c| c.status.state == ContainerState::Running)
-                .and_then(|c| c.status.pid),
-            _ => None,
-        };
         let input = ContainerInput {
             id,
             config,
@@ -739,24 +840,48 @@ async fn start_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
     }
 }
 
-/// The signal number of an image's StopSignal (`SIGQUIT`, `QUIT`, `3`).
+/// The signal number of an image's StopSignal (`SIGQUIT`, `quit`, `3`;
+/// empty: SIGTERM), or why the shim cannot send it: only the standard
+/// signals 1 to 31 (kill(2) through a pidfd or `runc kill`); not 0 (no
+/// signal at all), not the real-time ones (`SIGRTMIN+3`, `34`), not an
+/// unknown name.
+pub fn parse_stop_signal(name: &str) -> Result<u32, String> {
+    let raw = name.trim();
+    if raw.is_empty() {
+        return Ok(libc::SIGTERM as u32);
+    }
+    let upper = raw.to_ascii_uppercase();
+    let n = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let unsupported = |why: &str| Err(format!("StopSignal {raw:?}: {why}"));
+    if let Ok(v) = n.parse::<i64>() {
+        return match v {
+            1..=31 => Ok(v as u32),
+            0 => unsupported("signal 0 stops nothing"),
+            32..=64 => unsupported("real-time signals are not supported"),
+            _ => unsupported("no such signal"),
+        };
+    }
+    if n.starts_with("RTMIN") || n.starts_with("RTMAX") {
+        return unsupported("real-time signals are not supported");
+    }
+    // Aliases the kernel headers define.
+    let n = match n {
+        "IOT" => "ABRT",
+        "CLD" => "CHLD",
+        "POLL" => "IO",
+        other => other,
+    };
+    use std::str::FromStr;
+    nix::sys::signal::Signal::from_str(&format!("SIG{n}"))
+        .map(|s| s as i32 as u32)
+        .or_else(|_| unsupported("no such signal"))
+}
+
+/// The signal StopContainer sends first: the image's StopSignal, SIGTERM
+/// for one that CreateContainer would refuse now (a container created
+/// before it checked).
 pub fn stop_signal(name: &str) -> u32 {
-    let n = name.trim().trim_start_matches("SIG");
-    if let Ok(v) = n.parse::<u32>() {
-        return v;
-    }
-    match n {
-        "HUP" => 1,
-        "INT" => 2,
-        "QUIT" => 3,
-        "KILL" => 9,
-        "USR1" => 10,
-        "USR2" => 12,
-        "TERM" => 15,
-        "WINCH" => 28,
-        "PWR" => 30,
-        _ => 15,
-    }
+    parse_stop_signal(name).unwrap_or(libc::SIGTERM as u32)
 }
 
 async fn wait_exited(daemon: &Daemon, id: &str, timeout: Duration) -> bool {
@@ -812,27 +937,63 @@ pub async fn stop(daemon: &Arc<Daemon>, id: &str, timeout: Duration) -> Result<(
             return Ok(());
         }
     };
+    let signal = daemon
+        .images
+        .image_config(&record.metadata.image_id)
+        .map(|c| stop_signal(&c.config.stop_signal))
+        .unwrap_or(libc::SIGTERM as u32);
+    stop_sequence(
+        &id,
+        signal,
+        timeout,
+        |sig, all| {
+            let shim = shim.clone();
+            let id = id.clone();
+            async move {
+                match shim.kill(&id, "", sig, all).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.is_not_found() => Ok(()),
+                    Err(e) => Err(e.to_status()),
+                }
+            }
+        },
+        |t| wait_exited(daemon, &id, t),
+    )
+    .await
+}
+
+/// How long StopContainer waits for a container to go after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(30);
+
+/// The signals of StopContainer: `signal`, and SIGKILL (to every process)
+/// once `timeout` has passed without an exit, whether or not `signal`
+/// could be sent (a failed call may still have delivered it: the grace
+/// period is kept). `kill(signal, all)` sends, `exited(t)` waits at most
+/// `t` for the exit.
+async fn stop_sequence<K, KF, W, WF>(
+    id: &str,
+    signal: u32,
+    timeout: Duration,
+    kill: K,
+    exited: W,
+) -> Result<(), Status>
+where
+    K: Fn(u32, bool) -> KF,
+    KF: std::future::Future<Output = Result<(), Status>>,
+    W: Fn(Duration) -> WF,
+    WF: std::future::Future<Output = bool>,
+{
     if !timeout.is_zero() {
-        let signal = daemon
-            .images
-            .image_config(&record.metadata.image_id)
-            .map(|c| stop_signal(&c.config.stop_signal))
-            .unwrap_or(15);
-        match shim.kill(&id, "", signal, false).await {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e.to_status()),
+        if let Err(e) = kill(signal, false).await {
+            tracing::warn!(container = id, signal, error = %e.message(),
+                "StopContainer: the stop signal could not be sent; SIGKILL at the deadline");
         }
-        if wait_exited(daemon, &id, timeout).await {
+        if exited(timeout).await {
             return Ok(());
         }
     }
-    match shim.kill(&id, "", 9, true).await {
-        Ok(()) => {}
-        Err(e) if e.is_not_found() => {}
-        Err(e) => return Err(e.to_status()),
-    }
-    if !wait_exited(daemon, &id, Duration::from_secs(30)).await {
+    kill(libc::SIGKILL as u32, true).await?;
+    if !exited(KILL_WAIT).await {
         return Err(Status::deadline_exceeded(format!(
             "container {id} did not exit after SIGKILL"
         )));
@@ -925,13 +1086,50 @@ pub async fn mark_pod_exited(daemon: &Daemon, sandbox_id: &str) {
     }
 }
 
-fn read_capped(path: &Path) -> Vec<u8> {
+fn read_capped(path: &Path, limit: u64) -> Vec<u8> {
     use std::io::Read;
     let mut out = Vec::new();
     if let Ok(f) = std::fs::File::open(path) {
-        let _ = f.take(EXEC_OUTPUT_LIMIT).read_to_end(&mut out);
+        let _ = f.take(limit).read_to_end(&mut out);
     }
     out
+}
+
+/// How much of stdout and stderr (`out`, `err` bytes) an ExecSync response
+/// of at most `budget` bytes of output carries: each stream at least half
+/// the budget if it has that much, the share one leaves unused to the other.
+fn fit_output(out: u64, err: u64, budget: u64) -> (u64, u64) {
+    let half = budget / 2;
+    let o = out.min(budget - err.min(half));
+    (o, err.min(budget - o))
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Registers and starts an exec process whose output goes to `stdout` and
+/// `stderr` (shim stdio URIs).
+async fn start_exec(
+    shim: &Arc<ShimClient>,
+    id: &str,
+    exec_id: &str,
+    process: &[u8],
+    stdout: String,
+    stderr: String,
+) -> Result<(), crate::shimclient::ShimError> {
+    shim.exec(
+        id,
+        exec_id,
+        process.to_vec(),
+        crate::shimclient::Stdio {
+            stdout,
+            stderr,
+            ..Default::default()
+        },
+    )
+    .await?;
+    shim.start_task(id, exec_id).await.map(|_| ())
 }
 
 /// ExecSync: runs a command in the container and returns its output and
@@ -969,22 +1167,24 @@ pub async fn exec_sync(
     let out_dir = container_state(daemon, &id).join(&exec_id);
     std::fs::create_dir_all(&out_dir).map_err(|e| internal("exec output", e))?;
     let (out, err) = (out_dir.join("stdout"), out_dir.join("stderr"));
+    let process = serde_json::to_vec(&process).map_err(|e| internal("process", e))?;
     let result = async {
-        shim.exec(
-            &id,
-            &exec_id,
-            serde_json::to_vec(&process).map_err(|e| internal("process", e))?,
-            crate::shimclient::Stdio {
-                stdout: format!("file://{}", out.display()),
-                stderr: format!("file://{}", err.display()),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| e.to_status())?;
-        shim.start_task(&id, &exec_id)
-            .await
-            .map_err(|e| e.to_status())?;
+        // The shim writes at most EXEC_OUTPUT_LIMIT bytes per stream.
+        let capped = |p: &Path| format!("capped-file://{}?limit={EXEC_OUTPUT_LIMIT}", p.display());
+        let started = start_exec(&shim, &id, &exec_id, &process, capped(&out), capped(&err)).await;
+        match started {
+            Err(e) if e.to_string().contains("unsupported stdio") => {
+                // A shim from before capped files (it outlived an upgrade
+                // of criusd): uncapped files, only the read-back is capped.
+                tracing::warn!(container = %id, "the pod's shim cannot cap exec output; writing it uncapped");
+                let _ = shim.delete_task(&id, &exec_id).await;
+                let file = |p: &Path| format!("file://{}", p.display());
+                start_exec(&shim, &id, &exec_id, &process, file(&out), file(&err))
+                    .await
+                    .map_err(|e| e.to_status())?;
+            }
+            r => r.map_err(|e| e.to_status())?,
+        }
         let timeout = if req.timeout > 0 {
             Duration::from_secs(req.timeout as u64)
         } else {
@@ -1010,10 +1210,19 @@ pub async fn exec_sync(
     }
     .await;
     let _ = shim.delete_task(&id, &exec_id).await;
-    let response = result.map(|status| ExecSyncResponse {
-        stdout: read_capped(&out),
-        stderr: read_capped(&err),
-        exit_code: status as i32,
+    let response = result.map(|status| {
+        // Both streams together must fit in one gRPC message.
+        let budget = crate::server::MAX_MESSAGE_SIZE as u64 - EXEC_RESPONSE_OVERHEAD;
+        let (o, e) = fit_output(
+            file_len(&out).min(EXEC_OUTPUT_LIMIT),
+            file_len(&err).min(EXEC_OUTPUT_LIMIT),
+            budget,
+        );
+        ExecSyncResponse {
+            stdout: read_capped(&out, o),
+            stderr: read_capped(&err, e),
+            exit_code: status as i32,
+        }
     });
     let _ = std::fs::remove_dir_all(&out_dir);
     response
@@ -1089,17 +1298,210 @@ mod tests {
     }
 
     #[test]
-    fn signals() {
-        for (name, n) in [
-            ("SIGQUIT", 3),
-            ("QUIT", 3),
-            ("9", 9),
-            ("", 15),
-            ("SIGWINCH", 28),
-            ("bogus", 15),
-        ] {
-            assert_eq!(stop_signal(name), n, "{name}");
+    fn pid_namespace_targets() {
+        use k8s_cri::v1::{LinuxContainerConfig, LinuxContainerSecurityContext, NamespaceMode};
+        let cfg = |mode: NamespaceMode, target: &str| ContainerConfig {
+            linux: Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    namespace_options: Some(k8s_cri::v1::NamespaceOption {
+                        pid: mode as i32,
+                        target_id: target.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let rec = |id: &str, pod: &str, state: ContainerState, pid: Option<u32>| {
+            ContainerRecord::new(
+                ContainerMetadata {
+                    id: id.into(),
+                    sandbox_id: pod.into(),
+                    ..Default::default()
+                },
+                ContainerStatus {
+                    state,
+                    pid,
+                    ..Default::default()
+                },
+            )
+        };
+        let containers = [
+            rec("same", "pod-a", ContainerState::Running, Some(42)),
+            rec("other", "pod-b", ContainerState::Running, Some(43)),
+            rec("created", "pod-a", ContainerState::Created, None),
+            rec("exited", "pod-a", ContainerState::Exited, Some(44)),
+        ];
+        let lookup = |id: &str| containers.iter().find(|c| c.metadata.id == id).cloned();
+        // (mode, target, want pid or Err(part of the message))
+        type Want = Result<Option<u32>, &'static str>;
+        let cases: &[(NamespaceMode, &str, Want)] = &[
+            (NamespaceMode::Pod, "other", Ok(None)),
+            (NamespaceMode::Container, "", Ok(None)),
+            (NamespaceMode::Target, "same", Ok(Some(42))),
+            (
+                NamespaceMode::Target,
+                "other",
+                Err("not in pod sandbox pod-a"),
+            ),
+            (NamespaceMode::Target, "created", Err("not running")),
+            (NamespaceMode::Target, "exited", Err("not running")),
+            (NamespaceMode::Target, "ghost", Err("no container")),
+            (NamespaceMode::Target, "", Err("must name a container")),
+        ];
+        for (mode, target, want) in cases {
+            let got = target_pid(&cfg(*mode, target), "pod-a", lookup);
+            match (got, want) {
+                (Ok(p), Ok(w)) => assert_eq!(p, *w, "{mode:?} {target}"),
+                (Err(e), Err(part)) => {
+                    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+                    assert!(e.message().contains(TARGET_ID), "{e:?}");
+                    assert!(e.message().contains(part), "{target}: {e:?}");
+                }
+                (got, want) => panic!("{mode:?} {target}: got {got:?}, want {want:?}"),
+            }
         }
+        assert_eq!(
+            target_pid(&ContainerConfig::default(), "pod-a", lookup).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn exec_output_fits_one_message() {
+        const M: u64 = 1 << 20;
+        // (stdout bytes, stderr bytes, budget) -> (stdout kept, stderr kept)
+        let cases = [
+            (0, 0, 16 * M, (0, 0)),
+            (10, 20, 16 * M, (10, 20)),
+            (16 * M, 0, 16 * M - 1024, (16 * M - 1024, 0)),
+            (0, 16 * M, 16 * M - 1024, (0, 16 * M - 1024)),
+            (16 * M, 16 * M, 16 * M, (8 * M, 8 * M)),
+            (16 * M, 3 * M, 16 * M, (13 * M, 3 * M)),
+            (3 * M, 16 * M, 16 * M, (3 * M, 13 * M)),
+            (9 * M, 9 * M, 16 * M, (8 * M, 8 * M)),
+        ];
+        for (out, err, budget, want) in cases {
+            let got = fit_output(out, err, budget);
+            assert_eq!(got, want, "{out} {err} {budget}");
+            assert!(got.0 + got.1 <= budget);
+        }
+    }
+
+    #[test]
+    fn signals() {
+        // (image StopSignal, parsed or Err(part of the reason))
+        let cases: &[(&str, Result<u32, &str>)] = &[
+            ("", Ok(15)),
+            ("  ", Ok(15)),
+            ("SIGQUIT", Ok(3)),
+            ("QUIT", Ok(3)),
+            ("sigquit", Ok(3)),
+            ("Sigint", Ok(2)),
+            ("9", Ok(9)),
+            ("SIG9", Ok(9)),
+            ("1", Ok(1)),
+            ("31", Ok(31)),
+            ("SIGWINCH", Ok(28)),
+            ("SIGPWR", Ok(30)),
+            ("SIGSYS", Ok(31)),
+            ("SIGSTKFLT", Ok(16)),
+            ("SIGIOT", Ok(6)),
+            ("SIGCLD", Ok(17)),
+            ("SIGPOLL", Ok(29)),
+            ("SIGUSR2", Ok(12)),
+            ("0", Err("signal 0")),
+            ("SIG0", Err("signal 0")),
+            ("32", Err("real-time")),
+            ("34", Err("real-time")),
+            ("64", Err("real-time")),
+            ("SIGRTMIN", Err("real-time")),
+            ("SIGRTMIN+3", Err("real-time")),
+            ("RTMAX-1", Err("real-time")),
+            ("sigrtmin+1", Err("real-time")),
+            ("65", Err("no such signal")),
+            ("-1", Err("no such signal")),
+            ("99999999999999999999", Err("no such signal")),
+            ("bogus", Err("no such signal")),
+            ("SIG", Err("no such signal")),
+        ];
+        for (name, want) in cases {
+            match (parse_stop_signal(name), want) {
+                (Ok(got), Ok(n)) => assert_eq!(got, *n, "{name}"),
+                (Err(e), Err(part)) => {
+                    assert!(e.contains(part), "{name}: {e}");
+                    assert!(e.contains("StopSignal"), "{name}: {e}");
+                    // StopContainer of an older container falls back to SIGTERM.
+                    assert_eq!(stop_signal(name), 15, "{name}");
+                }
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn stop_escalates_to_sigkill_even_if_the_signal_failed() {
+        use std::sync::Mutex;
+        // (first kill fails, exits after the first signal, timeout) ->
+        // the signals sent, and the waits.
+        let cases = [
+            (false, true, 5, vec![(3, false)], vec![5]),
+            (false, false, 5, vec![(3, false), (9, true)], vec![5, 30]),
+            (true, false, 5, vec![(3, false), (9, true)], vec![5, 30]),
+            (true, true, 5, vec![(3, false)], vec![5]),
+            (false, false, 0, vec![(9, true)], vec![30]),
+        ];
+        for (fail_first, exits, timeout, want_kills, want_waits) in cases {
+            let kills = Mutex::new(Vec::new());
+            let waits = Mutex::new(Vec::new());
+            let r = stop_sequence(
+                "c",
+                3,
+                Duration::from_secs(timeout),
+                |sig, all| {
+                    let first = kills.lock().unwrap().is_empty();
+                    kills.lock().unwrap().push((sig, all));
+                    async move {
+                        if fail_first && first {
+                            Err(Status::unavailable("shim call timed out"))
+                        } else {
+                            Ok(())
+                        }
+                    }
+                },
+                |t| {
+                    waits.lock().unwrap().push(t.as_secs());
+                    // The first wait sees the exit only if the process
+                    // honours its signal; the one after SIGKILL always.
+                    let n = waits.lock().unwrap().len();
+                    async move { exits || n > 1 || timeout == 0 }
+                },
+            )
+            .await;
+            assert!(r.is_ok(), "{r:?}");
+            assert_eq!(
+                *kills.lock().unwrap(),
+                want_kills,
+                "fail_first {fail_first}"
+            );
+            assert_eq!(
+                *waits.lock().unwrap(),
+                want_waits,
+                "fail_first {fail_first}"
+            );
+        }
+        // A SIGKILL that cannot be sent is an error.
+        let r = stop_sequence(
+            "c",
+            15,
+            Duration::ZERO,
+            |_, _| async { Err(Status::unavailable("gone")) },
+            |_| async { false },
+        )
+        .await;
+        assert_eq!(r.unwrap_err().code(), tonic::Code::Unavailable);
     }
 
     #[test]
@@ -1129,5 +1531,32 @@ mod tests {
             .contains("app:x:5"));
         assert_eq!(read_image_file(&mounts, "etc/hosts"), None);
         assert_eq!(read_image_file(&mounts, "etc/shadow"), None);
+
+        // Bounded reads: (file size, limit, Ok(len read) or Err).
+        let big = top.join("etc/passwd");
+        let line = "u:x:1:1::/:/bin/sh\n"; // 19 bytes
+        for (lines, limit, want) in [
+            (0usize, 19u64, Ok(0usize)),
+            (1, 19, Ok(19)),
+            (2, 19, Err(())),
+            (2, 100, Ok(38)),
+        ] {
+            std::fs::write(&big, line.repeat(lines)).unwrap();
+            let got = read_image_file_limited(&mounts, "etc/passwd", limit);
+            match want {
+                Ok(n) => assert_eq!(got.unwrap().unwrap().len(), n, "{lines} lines"),
+                Err(()) => assert!(got.is_err(), "{lines} lines, limit {limit}"),
+            }
+        }
+        // A file far bigger than the cap (sparse, 1 GiB) is refused after
+        // reading only a little more than the cap, fast.
+        let huge = std::fs::File::create(&big).unwrap();
+        huge.set_len(1 << 30).unwrap();
+        drop(huge);
+        let started = std::time::Instant::now();
+        let err = read_image_user_file(&mounts, "etc/passwd", "img").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("config.image.image"), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 }

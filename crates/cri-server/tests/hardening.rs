@@ -1,0 +1,370 @@
+//! Hardening against callers and images that would exhaust or confuse the
+//! daemon: idle connections to the metrics server, ExecSync output far
+//! over kubelet's 16 MiB, a TARGET PID namespace in another pod, image
+//! stop signals the shim cannot send.
+
+mod common;
+
+use common::pod::*;
+use common::registry::{busybox_entries, image_with_config, is_root, layer, Compression};
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{
+    ExecSyncRequest, ListPodSandboxRequest, NamespaceMode, NamespaceOption, VersionRequest,
+};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The tests of this file run one at a time (they share the test cgroup
+/// tree, whose leftovers guard kills every process in it).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const MIB: usize = 1 << 20;
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// One GET /metrics; the response, or what went wrong.
+fn scrape(addr: &str) -> std::io::Result<String> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: crius\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// 1200 idle TCP connections to the metrics port (fewer if this process
+/// has fewer fds) against a criusd limited to 1024 fds: CRI calls keep
+/// working and /metrics answers again once the idle ones time out.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_metrics_connections_do_not_starve_the_daemon() {
+    if !is_root() {
+        eprintln!("hardening: skipped (needs root)");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let tmp = tempfile::Builder::new()
+        .prefix("crius-hard-metrics")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let daemon = common::Daemon::start(tmp.path(), &format!("[metrics]\naddress = \"{addr}\"\n"));
+    let pid = daemon.child.as_ref().unwrap().id();
+    // criusd as a plain service gets it: 1024 fds (systemd's default soft
+    // limit).
+    let limit = libc::rlimit {
+        rlim_cur: 1024,
+        rlim_max: 1024,
+    };
+    // SAFETY: prlimit(2) on our child's pid with a valid new limit and no
+    // old-limit output.
+    let r = unsafe {
+        libc::prlimit(
+            pid as i32,
+            libc::RLIMIT_NOFILE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    assert!(scrape(&addr).unwrap().starts_with("HTTP/1.1 200"));
+
+    let mut own = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) into a valid struct.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut own) };
+    let n = 1200.min(own.rlim_cur.saturating_sub(200) as usize);
+    assert!(n > 1024 - 100, "this process can open only {n} connections");
+    let mut idle = Vec::with_capacity(n);
+    let sockaddr: std::net::SocketAddr = addr.parse().unwrap();
+    for i in 0..n {
+        // A server that stopped accepting (out of fds) lets the backlog
+        // fill up: then connecting hangs. The CRI checks below tell.
+        match std::net::TcpStream::connect_timeout(&sockaddr, Duration::from_secs(3)) {
+            Ok(s) => idle.push(s),
+            Err(e) => {
+                eprintln!("connection {i} to /metrics failed: {e}");
+                break;
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fds = fd_count(pid);
+    assert!(
+        fds < 512,
+        "criusd holds {fds} fds with {n} idle connections"
+    );
+
+    // The CRI socket still accepts and answers.
+    let mut rt = tokio::time::timeout(Duration::from_secs(10), daemon.runtime())
+        .await
+        .expect("connect to the CRI socket");
+    for _ in 0..3 {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            rt.version(VersionRequest::default()),
+        )
+        .await
+        .expect("Version in time")
+        .expect("Version");
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            rt.list_pod_sandbox(ListPodSandboxRequest { filter: None }),
+        )
+        .await
+        .expect("ListPodSandbox in time")
+        .expect("ListPodSandbox");
+    }
+
+    // /metrics answers again once the idle connections have timed out (30
+    // s) or right away if a slot is free.
+    let started = Instant::now();
+    let body = loop {
+        match scrape(&addr) {
+            Ok(b) if b.starts_with("HTTP/1.1 200") => break b,
+            _ => {}
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "/metrics did not answer again; log:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(body.contains("crius_cri_requests_total"), "{body}");
+    eprintln!(
+        "metrics answered again after {:?}; criusd held {fds} fds",
+        started.elapsed()
+    );
+    // No busy loop on accept errors.
+    let log = daemon.log_text();
+    let accept_errors = log.matches("accept failed").count();
+    assert!(accept_errors < 50, "{accept_errors} accept errors");
+    drop(idle);
+}
+
+/// The largest size seen of the exec output files below `dir`, polled
+/// until `stop`.
+fn watch_exec_files(dir: std::path::PathBuf, stop: Arc<AtomicBool>, max: Arc<AtomicU64>) {
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                if !e.file_name().to_string_lossy().starts_with("exec-") {
+                    continue;
+                }
+                for f in ["stdout", "stderr"] {
+                    if let Ok(m) = std::fs::metadata(e.path().join(f)) {
+                        max.fetch_max(m.len(), Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+async fn exec_big(
+    rt: &mut RuntimeServiceClient<tonic::transport::Channel>,
+    id: &str,
+    dir: &Path,
+    script: &str,
+) -> (k8s_cri::v1::ExecSyncResponse, u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let max = Arc::new(AtomicU64::new(0));
+    let watcher = {
+        let (dir, stop, max) = (dir.to_path_buf(), stop.clone(), max.clone());
+        std::thread::spawn(move || watch_exec_files(dir, stop, max))
+    };
+    let resp = rt
+        .exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec![
+                "/bin/busybox".into(),
+                "sh".into(),
+                "-c".into(),
+                script.into(),
+            ],
+            timeout: 60,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ExecSync {script}: {e:?}"))
+        .into_inner();
+    stop.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    (resp, max.load(Ordering::Relaxed))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_output_pid_namespace_targets_and_stop_signals() {
+    if !is_root() {
+        eprintln!("hardening: skipped (needs root)");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let env = Env::start("crius-hard");
+    let image = env.pull_busybox().await;
+    let mut rt = env.daemon.runtime().await;
+    let config_a = pod("hard-a", "uid-hard-a");
+    let config_b = pod("hard-b", "uid-hard-b");
+    let _logs = (
+        LogDir(config_a.log_directory.clone().into()),
+        LogDir(config_b.log_directory.clone().into()),
+    );
+    let pod_a = run_pod(&env, &mut rt, &config_a).await;
+    let pod_b = run_pod(&env, &mut rt, &config_b).await;
+    let sleep = ["/bin/busybox", "sleep", "1000"];
+    let a = run(
+        &env,
+        &mut rt,
+        &pod_a,
+        &config_a,
+        container("a", &image, &sleep),
+    )
+    .await;
+
+    // ExecSync: 40 MiB on a stream; the shim writes no more than 16 MiB of
+    // it to disk, the process is not blocked, the response fits in one
+    // gRPC message.
+    let mut big = RuntimeServiceClient::new(common::connect(&env.daemon.socket).await)
+        .max_decoding_message_size(64 * MIB);
+    let dir = env.dir.join("state/containers").join(&a);
+    let (resp, max) = exec_big(
+        &mut big,
+        &a,
+        &dir,
+        "head -c 41943040 /dev/zero; echo done >&2; sleep 1",
+    )
+    .await;
+    assert_eq!(resp.exit_code, 0);
+    assert_eq!(max, 16 * MIB as u64, "largest output file on disk");
+    assert_eq!(resp.stdout.len(), 16 * MIB - 1024 - resp.stderr.len());
+    assert!(resp.stdout.iter().all(|b| *b == 0));
+    assert_eq!(resp.stderr, b"done\n");
+    let (resp, max) = exec_big(
+        &mut big,
+        &a,
+        &dir,
+        "head -c 41943040 /dev/zero; head -c 41943040 /dev/zero >&2; sleep 1",
+    )
+    .await;
+    assert_eq!(resp.exit_code, 0);
+    assert_eq!(max, 16 * MIB as u64, "largest output file on disk");
+    assert!(resp.stdout.len() <= 16 * MIB && resp.stderr.len() <= 16 * MIB);
+    assert_eq!(resp.stdout.len() + resp.stderr.len(), 16 * MIB - 1024);
+    assert!(resp.stdout.len() >= 8 * MIB - 1024, "{}", resp.stdout.len());
+    // Nothing of the execs is left on disk.
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("exec-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // TARGET PID namespace: a container of the same pod, not of another.
+    let target = |name: &str, target_id: &str| {
+        let mut c = container(name, &image, &sleep);
+        security(&mut c).namespace_options = Some(NamespaceOption {
+            pid: NamespaceMode::Target as i32,
+            target_id: target_id.into(),
+            ..Default::default()
+        });
+        c
+    };
+    let err = create(&mut rt, &pod_b, &config_b, target("intruder", &a))
+        .await
+        .expect_err("TARGET in another pod");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("namespace_options.target_id")
+            && err.message().contains("not in pod sandbox"),
+        "{err:?}"
+    );
+    let buddy = run(&env, &mut rt, &pod_a, &config_a, target("buddy", &a)).await;
+    let (_, ps, _) = exec(&mut rt, &buddy, &["/bin/busybox", "ps"]).await;
+    assert!(ps.contains("sleep 1000"), "{ps}");
+
+    // Image stop signals the shim cannot send are refused at create.
+    for (tag, signal) in [("rt", "SIGRTMIN+3"), ("num", "34"), ("zero", "0")] {
+        let img = image_with_config(
+            vec![layer(&busybox_entries(), Compression::Gzip)],
+            serde_json::json!({"Cmd": ["/bin/sh"], "StopSignal": signal}),
+        );
+        env.registry.push_image("stopsig", tag, &img);
+        let name = format!("{}/stopsig:{tag}", env.registry.addr);
+        pull(&env, &name).await;
+        let err = create(
+            &mut rt,
+            &pod_a,
+            &config_a,
+            container(&format!("sig-{tag}"), &name, &sleep),
+        )
+        .await
+        .expect_err(signal);
+        assert_eq!(
+            err.code(),
+            tonic::Code::InvalidArgument,
+            "{signal}: {err:?}"
+        );
+        assert!(
+            err.message().contains("config.image.image") && err.message().contains("StopSignal"),
+            "{signal}: {err:?}"
+        );
+    }
+    // ... and one it can is used by StopContainer.
+    let img = image_with_config(
+        vec![layer(&busybox_entries(), Compression::Gzip)],
+        serde_json::json!({"Cmd": ["/bin/sh"], "StopSignal": "SIGUSR1"}),
+    );
+    env.registry.push_image("stopsig", "usr1", &img);
+    let name = format!("{}/stopsig:usr1", env.registry.addr);
+    pull(&env, &name).await;
+    // (sleep shares the pause's PID namespace, so it is not a pid 1 that
+    // ignores signals it has no handler for: SIGUSR1 ends it.)
+    let c = run(
+        &env,
+        &mut rt,
+        &pod_b,
+        &config_b,
+        container("usr1", &name, &sleep),
+    )
+    .await;
+    let started = Instant::now();
+    rt.stop_container(k8s_cri::v1::StopContainerRequest {
+        container_id: c.clone(),
+        timeout: 30,
+    })
+    .await
+    .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let st = status_of(&mut rt, &c).await;
+    assert_eq!(st.exit_code, 128 + 10, "{st:?}");
+
+    // Pod b goes first, without teardown's check that no container at all
+    // is left (pod a's still are).
+    rt.stop_pod_sandbox(k8s_cri::v1::StopPodSandboxRequest {
+        pod_sandbox_id: pod_b.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(k8s_cri::v1::RemovePodSandboxRequest {
+        pod_sandbox_id: pod_b,
+    })
+    .await
+    .unwrap();
+    assert!(cgroup_dirs("uid-hard-b").is_empty());
+    remove_cgroup_parents("uid-hard-b");
+    teardown(&env, &mut rt, &pod_a, "uid-hard-a").await;
+}
