@@ -444,6 +444,39 @@ impl Config {
         parse_duration(&self.handback_expiry).map_err(|m| value_err("handback_expiry", m))
     }
 
+    /// The dotted keys whose values differ between `self` and `other`
+    /// (tables compared key by key; a key present on one side only counts).
+    pub fn changed_keys(&self, other: &Config) -> Vec<String> {
+        fn walk(
+            prefix: &str,
+            a: Option<&toml::Value>,
+            b: Option<&toml::Value>,
+            out: &mut Vec<String>,
+        ) {
+            match (a, b) {
+                (Some(toml::Value::Table(x)), Some(toml::Value::Table(y))) => {
+                    let keys: std::collections::BTreeSet<&String> =
+                        x.keys().chain(y.keys()).collect();
+                    for k in keys {
+                        let key = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        walk(&key, x.get(k), y.get(k), out);
+                    }
+                }
+                (a, b) if a != b => out.push(prefix.to_string()),
+                _ => {}
+            }
+        }
+        let a = toml::Value::try_from(self).ok();
+        let b = toml::Value::try_from(other).ok();
+        let mut out = Vec::new();
+        walk("", a.as_ref(), b.as_ref(), &mut out);
+        out
+    }
+
     /// The configuration as TOML, as `criusd config default` prints it.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))

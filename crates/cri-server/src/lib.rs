@@ -14,6 +14,7 @@ pub mod host;
 pub mod image;
 pub mod metrics;
 pub mod recover;
+pub mod reload;
 pub mod runtime;
 pub mod server;
 pub mod shimclient;

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use crius_cri_server::config::{Config, DEFAULT_CONFIG_PATH};
 use std::path::PathBuf;
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(name = "criusd", version, about = "crius: a Kubernetes CRI runtime")]
 struct Cli {
     /// Configuration file.
@@ -27,7 +27,7 @@ struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 enum Command {
     /// Configuration helpers.
     Config {
@@ -36,7 +36,7 @@ enum Command {
     },
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 enum ConfigCommand {
     /// Print the full default configuration.
     Default,
@@ -100,7 +100,14 @@ fn main() -> anyhow::Result<()> {
         // Within the runtime: the OTLP exporter's channel lives on it.
         let telemetry = crius_cri_server::telemetry::init(&config)?;
         let shutdown = crius_cri_server::server::shutdown_signal()?;
-        let result = crius_cri_server::server::run(config, shutdown).await;
+        let hangup = crius_cri_server::server::hangup_signal()?;
+        let reload_cli = cli.clone();
+        let reloader = crius_cri_server::reload::Reloader {
+            load: Box::new(move || effective_config(&reload_cli)),
+            log: Some(telemetry.log_control()),
+        };
+        let result =
+            crius_cri_server::server::run(config, shutdown, Some((hangup, reloader))).await;
         // Spans of the last calls go out before the process ends.
         telemetry.shutdown().await;
         result

@@ -102,9 +102,17 @@ async fn return_freed_memory() {
     }
 }
 
+/// Installs the SIGHUP handler now (a SIGHUP during start-up must not end
+/// the daemon); `run` reloads the configuration on each one.
+pub fn hangup_signal() -> anyhow::Result<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup()).context("cannot handle SIGHUP")
+}
+
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    reload: Option<(tokio::signal::unix::Signal, crate::reload::Reloader)>,
 ) -> anyhow::Result<()> {
     create_dir(&config.root, 0o711)?;
     create_dir(&config.state, 0o711)?;
@@ -122,6 +130,16 @@ pub async fn run(
     let socket = config.socket.clone();
     let daemon = Arc::new(Daemon::new(config, store).context("cannot load runtime state")?);
     crate::recover::recover(&daemon).await;
+    if let Some((mut hangup, reloader)) = reload {
+        let d = daemon.clone();
+        let mut current = (*daemon.config).clone();
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration");
+                reloader.reload_and_log(&d, &mut current);
+            }
+        });
+    }
     tokio::spawn(return_freed_memory());
     // Disk usage (ImageFsInfo, writable layers in stats) is measured here,
     // never on a request.

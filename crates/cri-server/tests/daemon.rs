@@ -465,3 +465,95 @@ fn metrics_off_opens_no_port() {
     assert_eq!(ports, vec![stream_port], "criusd's TCP listeners");
     assert_eq!(daemon.signal_and_wait(libc::SIGTERM).code(), Some(0));
 }
+
+async fn version_of(daemon: &Daemon) -> k8s_cri::v1::VersionResponse {
+    daemon
+        .runtime()
+        .await
+        .version(VersionRequest {
+            version: "0.1.0".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Waits (bounded) until the daemon's log contains `needle` after byte `from`.
+fn wait_log(daemon: &Daemon, from: usize, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let log = daemon.log_text();
+        let tail = log.get(from..).unwrap_or("").to_string();
+        if tail.contains(needle) {
+            return tail;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} in the log:\n{log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for d in ["bin", "net.d", "cni-bin"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let base = config_text(dir);
+    let mut daemon =
+        Daemon::start_with(dir, &format!("log_level = \"info\"\n{base}"), vec![], false);
+    let pid = daemon.child.as_ref().unwrap().id() as i32;
+    assert_eq!(version_of(&daemon).await.runtime_name, "crius");
+    assert!(
+        !daemon.log_text().contains("DEBUG"),
+        "{}",
+        daemon.log_text()
+    );
+
+    // Debug logging, a new hand-back expiry, and a key that needs a restart.
+    let mark = daemon.log_text().len();
+    std::fs::write(
+        &daemon.config,
+        format!("log_level = \"debug\"\nhandback_expiry = \"90s\"\nshm_size = \"128Mi\"\n{base}"),
+    )
+    .unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let tail = wait_log(&daemon, mark, "configuration reloaded");
+    assert!(daemon.child.as_mut().unwrap().try_wait().unwrap().is_none());
+    assert!(
+        tail.contains("log_level") && tail.contains("handback_expiry"),
+        "{tail}"
+    );
+    assert!(
+        tail.contains("shm_size") && tail.contains("needs a restart"),
+        "{tail}"
+    );
+    wait_log(&daemon, mark, "DEBUG");
+    assert_eq!(version_of(&daemon).await.runtime_name, "crius");
+
+    // An invalid file: the daemon keeps running on the old configuration.
+    let mark = daemon.log_text().len();
+    std::fs::write(
+        &daemon.config,
+        format!("log_level = \"info\"\nhandback_expiry = \"soon\"\n{base}"),
+    )
+    .unwrap();
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let tail = wait_log(&daemon, mark, "reload failed");
+    assert!(tail.contains("handback_expiry"), "{tail}");
+    assert!(daemon.child.as_mut().unwrap().try_wait().unwrap().is_none());
+    assert_eq!(version_of(&daemon).await.runtime_name, "crius");
+    // Still at debug: the old configuration was kept.
+    let mark = daemon.log_text().len();
+    std::fs::write(&daemon.config, "bogus_key = 1\n").unwrap();
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let tail = wait_log(&daemon, mark, "reload failed");
+    assert!(tail.contains("bogus_key"), "{tail}");
+    assert!(tail.contains("DEBUG"), "{tail}");
+
+    assert_eq!(daemon.signal_and_wait(libc::SIGTERM).code(), Some(0));
+}
