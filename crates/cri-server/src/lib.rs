@@ -13,6 +13,7 @@ pub mod health;
 pub mod host;
 pub mod image;
 pub mod metrics;
+pub mod notify;
 pub mod recover;
 pub mod reload;
 pub mod runtime;

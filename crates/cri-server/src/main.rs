@@ -67,6 +67,8 @@ fn effective_config(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Before any thread: NOTIFY_SOCKET leaves the environment.
+    crius_cri_server::notify::init();
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Config {

@@ -136,7 +136,9 @@ pub async fn run(
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading the configuration");
+                crate::notify::reloading();
                 reloader.reload_and_log(&d, &mut current);
+                crate::notify::ready();
             }
         });
     }
@@ -178,6 +180,7 @@ pub async fn run(
 
     let signal = async move {
         shutdown.await;
+        crate::notify::stopping();
         let _ = fired_tx.send(true);
     };
     let metrics = daemon.metrics.clone();
@@ -220,6 +223,9 @@ pub async fn run(
         }
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
+    // The socket is bound (connections queue until the server polls them)
+    // and recovery is done.
+    crate::notify::ready();
     let result = tokio::select! {
         r = serve => r.context("gRPC server failed"),
         _ = grace => {

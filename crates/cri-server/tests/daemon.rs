@@ -557,3 +557,70 @@ async fn sighup_reloads_the_config() {
 
     assert_eq!(daemon.signal_and_wait(libc::SIGTERM).code(), Some(0));
 }
+
+/// The next datagram on the fake notify socket (bounded wait).
+fn next_notification(sock: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).expect("no notification in time");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sd_notify_ready_reloading_stopping() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for d in ["bin", "net.d", "cni-bin"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let notify_path = dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let env = vec![(
+        "NOTIFY_SOCKET".to_string(),
+        notify_path.display().to_string(),
+    )];
+    let mut daemon = Daemon::start_with(dir, &config_text(dir), env, true);
+    let ready = next_notification(&notify);
+    assert_eq!(ready.trim(), "READY=1");
+    // Ready means serving.
+    assert_eq!(version_of(&daemon).await.runtime_name, "crius");
+
+    let pid = daemon.child.as_ref().unwrap().id() as i32;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let reloading = next_notification(&notify);
+    let lines: Vec<&str> = reloading.lines().collect();
+    assert_eq!(lines[0], "RELOADING=1", "{reloading}");
+    let usec: u64 = lines[1]
+        .strip_prefix("MONOTONIC_USEC=")
+        .unwrap_or_else(|| panic!("{reloading}"))
+        .parse()
+        .unwrap();
+    assert!(usec > 0);
+    assert_eq!(next_notification(&notify).trim(), "READY=1");
+
+    let status = daemon.signal_and_wait(libc::SIGTERM);
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(next_notification(&notify).trim(), "STOPPING=1");
+}
+
+#[test]
+fn no_notify_socket_sends_nothing() {
+    // Without NOTIFY_SOCKET the daemon starts and stops as before (the
+    // other tests); a socket given empty is ignored as well.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for d in ["bin", "net.d", "cni-bin"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let env = vec![("NOTIFY_SOCKET".to_string(), String::new())];
+    let mut daemon = Daemon::start_with(dir, &config_text(dir), env, true);
+    assert_eq!(daemon.signal_and_wait(libc::SIGTERM).code(), Some(0));
+    assert!(
+        !daemon.log_text().contains("notify"),
+        "{}",
+        daemon.log_text()
+    );
+}
