@@ -624,3 +624,63 @@ fn no_notify_socket_sends_nothing() {
         daemon.log_text()
     );
 }
+
+#[test]
+fn config_show_origin_names_the_drop_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let main = tmp.path().join("config.toml");
+    std::fs::write(&main, "log_level = \"warn\"\nshm_size = \"128Mi\"\n").unwrap();
+    std::fs::create_dir(tmp.path().join("config.d")).unwrap();
+    let drop_in = tmp.path().join("config.d/50-debug.toml");
+    std::fs::write(&drop_in, "log_level = \"debug\"\n").unwrap();
+    let out = Command::new(CRIUSD)
+        .arg("--config")
+        .arg(&main)
+        .args(["config", "show", "--origin"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |key: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("no {key}: {stdout}"))
+            .to_string()
+    };
+    assert_eq!(
+        line("log_level"),
+        format!("log_level = \"debug\"  # {}", drop_in.display())
+    );
+    assert_eq!(
+        line("shm_size"),
+        format!("shm_size = \"128Mi\"  # {}", main.display())
+    );
+    assert!(line("handback_expiry").ends_with("# (default)"));
+    // The merged result without origins.
+    let out = Command::new(CRIUSD)
+        .arg("--config")
+        .arg(&main)
+        .args(["config", "show"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("log_level = \"debug\""));
+    // An unknown key in a drop-in names the file and the key.
+    std::fs::write(tmp.path().join("config.d/60-bad.toml"), "bogus = 1\n").unwrap();
+    let out = Command::new(CRIUSD)
+        .arg("--config")
+        .arg(&main)
+        .args(["config", "show"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("60-bad.toml") && stderr.contains("bogus"),
+        "{stderr}"
+    );
+}
