@@ -313,19 +313,84 @@ impl Config {
         Ok(config)
     }
 
-    /// Loads the configuration. A missing file at the default location means
-    /// all defaults; a missing file that the operator named is an error.
+    /// Loads the configuration: the file, then the drop-ins of
+    /// `<its directory>/config.d/*.toml` in lexical order. A missing file at
+    /// the default location means all defaults; a missing file that the
+    /// operator named is an error.
     pub fn load(path: &Path, explicit: bool) -> Result<Self, ConfigError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::from_toml(path, &text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
-                Ok(Config::default())
-            }
-            Err(source) => Err(ConfigError::Read {
-                path: path.to_path_buf(),
+        Ok(Self::load_layered(path, explicit)?.0)
+    }
+
+    /// Like [`Config::load`], with the file that set each dotted key.
+    pub fn load_layered(path: &Path, explicit: bool) -> Result<(Self, Origins), ConfigError> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_path_buf(),
                 source,
-            }),
+            })
+        };
+        let mut files = Vec::new();
+        match std::fs::read_to_string(path) {
+            Ok(text) => files.push((path.to_path_buf(), text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {}
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
         }
+        let dir = drop_in_dir(path);
+        match std::fs::read_dir(&dir) {
+            Ok(entries) => {
+                let mut names: Vec<PathBuf> = entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                    .collect();
+                names.sort();
+                for p in names {
+                    let text = read(&p)?;
+                    files.push((p, text));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(ConfigError::Read { path: dir, source }),
+        }
+        let layers: Vec<(&Path, &str)> = files
+            .iter()
+            .map(|(p, t)| (p.as_path(), t.as_str()))
+            .collect();
+        Self::merge_layers(&layers)
+    }
+
+    /// Merges TOML layers, later keys overriding earlier ones, tables key by
+    /// key. Each layer alone must be valid (an unknown key names its file).
+    pub fn merge_layers(layers: &[(&Path, &str)]) -> Result<(Self, Origins), ConfigError> {
+        let mut merged = toml::Table::new();
+        let mut origins = Origins::new();
+        for (path, text) in layers {
+            Self::from_toml(path, text)?;
+            let table: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Parse {
+                        path: path.to_path_buf(),
+                        message: e.to_string().trim_end().to_string(),
+                    })?;
+            merge_table(&mut merged, table, "", path, &mut origins);
+        }
+        let last = layers
+            .last()
+            .map(|(p, _)| p.to_path_buf())
+            .unwrap_or_default();
+        let mut config: Config =
+            toml::Value::Table(merged)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: last,
+                    message: e.to_string().trim_end().to_string(),
+                })?;
+        config.runtimes.entry("runc".to_string()).or_default();
+        Ok((config, origins))
     }
 
     /// Checks the values that parse but may still be wrong.
@@ -444,10 +509,108 @@ impl Config {
         parse_duration(&self.handback_expiry).map_err(|m| value_err("handback_expiry", m))
     }
 
+    /// The dotted keys whose values differ between `self` and `other`
+    /// (tables compared key by key; a key present on one side only counts).
+    pub fn changed_keys(&self, other: &Config) -> Vec<String> {
+        fn walk(
+            prefix: &str,
+            a: Option<&toml::Value>,
+            b: Option<&toml::Value>,
+            out: &mut Vec<String>,
+        ) {
+            match (a, b) {
+                (Some(toml::Value::Table(x)), Some(toml::Value::Table(y))) => {
+                    let keys: std::collections::BTreeSet<&String> =
+                        x.keys().chain(y.keys()).collect();
+                    for k in keys {
+                        let key = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        walk(&key, x.get(k), y.get(k), out);
+                    }
+                }
+                (a, b) if a != b => out.push(prefix.to_string()),
+                _ => {}
+            }
+        }
+        let a = toml::Value::try_from(self).ok();
+        let b = toml::Value::try_from(other).ok();
+        let mut out = Vec::new();
+        walk("", a.as_ref(), b.as_ref(), &mut out);
+        out
+    }
+
     /// The configuration as TOML, as `criusd config default` prints it.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
+}
+
+/// The file that set each dotted key.
+pub type Origins = BTreeMap<String, PathBuf>;
+
+/// The drop-in directory of a configuration file: `config.d` beside it.
+pub fn drop_in_dir(path: &Path) -> PathBuf {
+    path.parent().unwrap_or(Path::new("/")).join("config.d")
+}
+
+fn merge_table(
+    dst: &mut toml::Table,
+    src: toml::Table,
+    prefix: &str,
+    file: &Path,
+    origins: &mut Origins,
+) {
+    for (k, v) in src {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(t) => {
+                let entry = dst
+                    .entry(k)
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                if !entry.is_table() {
+                    *entry = toml::Value::Table(toml::Table::new());
+                }
+                if let toml::Value::Table(d) = entry {
+                    merge_table(d, t, &key, file, origins);
+                }
+            }
+            v => {
+                dst.insert(k, v);
+                origins.insert(key, file.to_path_buf());
+            }
+        }
+    }
+}
+
+/// The dotted keys of `config` with their values as TOML, in order.
+pub fn flat_keys(config: &Config) -> Vec<(String, String)> {
+    fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            v => out.push((prefix.to_string(), v.to_string())),
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(v) = toml::Value::try_from(config) {
+        walk("", &v, &mut out);
+    }
+    out
 }
 
 /// Parses a Kubernetes-style quantity of bytes: a plain integer or one with a
@@ -515,6 +678,110 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn drop_ins_merge_key_by_key() {
+        let a = Path::new("/etc/crius/config.toml");
+        let b = Path::new("/etc/crius/config.d/10-a.toml");
+        let c = Path::new("/etc/crius/config.d/20-b.toml");
+        // (layers, key, expected value, expected origin)
+        type Case<'a> = (Vec<(&'a Path, &'a str)>, &'a str, &'a str, Option<&'a Path>);
+        let cases: Vec<Case> = vec![
+            (
+                vec![(a, "log_level = \"warn\"\n")],
+                "log_level",
+                "\"warn\"",
+                Some(a),
+            ),
+            (
+                vec![
+                    (a, "log_level = \"warn\"\n"),
+                    (b, "log_level = \"debug\"\n"),
+                ],
+                "log_level",
+                "\"debug\"",
+                Some(b),
+            ),
+            // Tables merge key by key: a's bin_dirs stay, b's conf_dir wins.
+            (
+                vec![
+                    (a, "[cni]\nconf_dir = \"/a\"\nbin_dirs = [\"/x\"]\n"),
+                    (b, "[cni]\nconf_dir = \"/b\"\n"),
+                ],
+                "cni.bin_dirs",
+                "[\"/x\"]",
+                Some(a),
+            ),
+            (
+                vec![
+                    (a, "[cni]\nconf_dir = \"/a\"\n"),
+                    (b, "[cni]\nconf_dir = \"/b\"\n"),
+                    (c, "shm_size = \"1Gi\"\n"),
+                ],
+                "cni.conf_dir",
+                "\"/b\"",
+                Some(b),
+            ),
+            // A drop-in adds a handler beside the file's.
+            (
+                vec![
+                    (a, "[runtimes.kata]\npath = \"kata\"\n"),
+                    (b, "[runtimes.crun]\npath = \"crun\"\n"),
+                ],
+                "runtimes.kata.path",
+                "\"kata\"",
+                Some(a),
+            ),
+            (vec![(a, "")], "handback_expiry", "\"5m\"", None),
+        ];
+        for (layers, key, value, origin) in cases {
+            let (config, origins) = Config::merge_layers(&layers).unwrap();
+            let flat = flat_keys(&config);
+            let got = flat.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+            assert_eq!(got, Some(value), "{key} in {layers:?}");
+            assert_eq!(
+                origins.get(key).map(PathBuf::as_path),
+                origin,
+                "{key} in {layers:?}"
+            );
+            assert!(config.runtimes.contains_key("runc"));
+        }
+    }
+
+    #[test]
+    fn unknown_key_in_a_drop_in_names_file_and_key() {
+        let a = Path::new("/etc/crius/config.toml");
+        let b = Path::new("/etc/crius/config.d/10-a.toml");
+        let err = Config::merge_layers(&[(a, ""), (b, "[cni]\nconfdir = \"/x\"\n")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("10-a.toml") && err.contains("confdir"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn drop_ins_are_read_in_lexical_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let main = tmp.path().join("config.toml");
+        std::fs::write(&main, "log_level = \"warn\"\n").unwrap();
+        std::fs::create_dir(tmp.path().join("config.d")).unwrap();
+        std::fs::write(
+            tmp.path().join("config.d/20-b.toml"),
+            "log_level = \"error\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            tmp.path().join("config.d/10-a.toml"),
+            "log_level = \"debug\"\n",
+        )
+        .unwrap();
+        std::fs::write(tmp.path().join("config.d/30-c.conf"), "not toml").unwrap();
+        let (config, origins) = Config::load_layered(&main, true).unwrap();
+        assert_eq!(config.log_level, "error");
+        assert_eq!(origins["log_level"], tmp.path().join("config.d/20-b.toml"));
+    }
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {

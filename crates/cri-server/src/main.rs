@@ -2,10 +2,10 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use crius_cri_server::config::{Config, DEFAULT_CONFIG_PATH};
+use crius_cri_server::config::{flat_keys, Config, Origins, DEFAULT_CONFIG_PATH};
 use std::path::PathBuf;
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(name = "criusd", version, about = "crius: a Kubernetes CRI runtime")]
 struct Cli {
     /// Configuration file.
@@ -27,7 +27,7 @@ struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 enum Command {
     /// Configuration helpers.
     Config {
@@ -36,37 +36,52 @@ enum Command {
     },
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 enum ConfigCommand {
     /// Print the full default configuration.
     Default,
-    /// Print the effective configuration (file plus flags).
-    Show,
+    /// Print the effective configuration (file, drop-ins and flags).
+    Show {
+        /// Say which file (or the command line) set each key.
+        #[arg(long)]
+        origin: bool,
+    },
 }
 
 fn effective_config(cli: &Cli) -> anyhow::Result<Config> {
+    Ok(effective_config_with_origins(cli)?.0)
+}
+
+fn effective_config_with_origins(cli: &Cli) -> anyhow::Result<(Config, Origins)> {
     let (path, explicit) = match &cli.config {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
     };
-    let mut config = Config::load(&path, explicit)?;
+    let (mut config, mut origins) = Config::load_layered(&path, explicit)?;
+    let flag = PathBuf::from("(command line)");
     if let Some(root) = &cli.root {
         config.root = root.clone();
+        origins.insert("root".into(), flag.clone());
     }
     if let Some(state) = &cli.state {
         config.state = state.clone();
+        origins.insert("state".into(), flag.clone());
     }
     if let Some(socket) = &cli.socket {
         config.socket = socket.clone();
+        origins.insert("socket".into(), flag.clone());
     }
     if let Some(level) = &cli.log_level {
         config.log_level = level.clone();
+        origins.insert("log_level".into(), flag);
     }
     config.validate()?;
-    Ok(config)
+    Ok((config, origins))
 }
 
 fn main() -> anyhow::Result<()> {
+    // Before any thread: NOTIFY_SOCKET leaves the environment.
+    crius_cri_server::notify::init();
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Config {
@@ -76,9 +91,22 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Some(Command::Config {
-            what: ConfigCommand::Show,
+            what: ConfigCommand::Show { origin: false },
         }) => {
             print!("{}", effective_config(&cli)?.to_toml());
+            return Ok(());
+        }
+        Some(Command::Config {
+            what: ConfigCommand::Show { origin: true },
+        }) => {
+            let (config, origins) = effective_config_with_origins(&cli)?;
+            for (key, value) in flat_keys(&config) {
+                let from = origins
+                    .get(&key)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "(default)".into());
+                println!("{key} = {value}  # {from}");
+            }
             return Ok(());
         }
         None => {}
@@ -100,7 +128,14 @@ fn main() -> anyhow::Result<()> {
         // Within the runtime: the OTLP exporter's channel lives on it.
         let telemetry = crius_cri_server::telemetry::init(&config)?;
         let shutdown = crius_cri_server::server::shutdown_signal()?;
-        let result = crius_cri_server::server::run(config, shutdown).await;
+        let hangup = crius_cri_server::server::hangup_signal()?;
+        let reload_cli = cli.clone();
+        let reloader = crius_cri_server::reload::Reloader {
+            load: Box::new(move || effective_config(&reload_cli)),
+            log: Some(telemetry.log_control()),
+        };
+        let result =
+            crius_cri_server::server::run(config, shutdown, Some((hangup, reloader))).await;
         // Spans of the last calls go out before the process ends.
         telemetry.shutdown().await;
         result

@@ -102,9 +102,17 @@ async fn return_freed_memory() {
     }
 }
 
+/// Installs the SIGHUP handler now (a SIGHUP during start-up must not end
+/// the daemon); `run` reloads the configuration on each one.
+pub fn hangup_signal() -> anyhow::Result<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup()).context("cannot handle SIGHUP")
+}
+
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    reload: Option<(tokio::signal::unix::Signal, crate::reload::Reloader)>,
 ) -> anyhow::Result<()> {
     match crate::host::raise_nofile_limit() {
         Ok((before, after)) if before != after => {
@@ -133,6 +141,18 @@ pub async fn run(
     let socket = config.socket.clone();
     let daemon = Arc::new(Daemon::new(config, store).context("cannot load runtime state")?);
     crate::recover::recover(&daemon).await;
+    if let Some((mut hangup, reloader)) = reload {
+        let d = daemon.clone();
+        let mut current = (*daemon.config).clone();
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration");
+                crate::notify::reloading();
+                reloader.reload_and_log(&d, &mut current);
+                crate::notify::ready();
+            }
+        });
+    }
     tokio::spawn(return_freed_memory());
     // Disk usage (ImageFsInfo, writable layers in stats) is measured here,
     // never on a request.
@@ -171,6 +191,7 @@ pub async fn run(
 
     let signal = async move {
         shutdown.await;
+        crate::notify::stopping();
         let _ = fired_tx.send(true);
     };
     let metrics = daemon.metrics.clone();
@@ -213,6 +234,9 @@ pub async fn run(
         }
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
+    // The socket is bound (connections queue until the server polls them)
+    // and recovery is done.
+    crate::notify::ready();
     let result = tokio::select! {
         r = serve => r.context("gRPC server failed"),
         _ = grace => {

@@ -27,9 +27,32 @@ const OWN_TARGETS: &str = "crius";
 #[must_use = "call shutdown() to flush the exported spans"]
 pub struct Telemetry {
     provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    log: LogControl,
+}
+
+/// Changes the log filter of the running daemon (a configuration reload).
+#[derive(Clone)]
+pub struct LogControl {
+    filter: tracing_subscriber::reload::Handle<EnvFilter, Registry>,
+}
+
+impl LogControl {
+    /// Replaces the log filter with `level` (a level or filter directives).
+    pub fn set_level(&self, level: &str) -> anyhow::Result<()> {
+        let filter =
+            EnvFilter::try_new(level).with_context(|| format!("invalid log_level {level:?}"))?;
+        self.filter
+            .reload(filter)
+            .map_err(|e| anyhow::anyhow!("cannot change the log filter: {e}"))
+    }
 }
 
 impl Telemetry {
+    /// The handle that changes the log filter at run time.
+    pub fn log_control(&self) -> LogControl {
+        self.log.clone()
+    }
+
     /// Whether spans are exported.
     pub fn exporting(&self) -> bool {
         self.provider.is_some()
@@ -93,6 +116,7 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
     use opentelemetry::trace::TracerProvider as _;
     let filter = EnvFilter::try_new(&config.log_level)
         .with_context(|| format!("invalid log_level {:?}", config.log_level))?;
+    let (filter, filter_handle) = tracing_subscriber::reload::Layer::new(filter);
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let log: Box<dyn Layer<Registry> + Send + Sync> = match config.log_format {
         LogFormat::Text => fmt.with_filter(filter).boxed(),
@@ -120,7 +144,12 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
             "exporting spans over OTLP"
         );
     }
-    Ok(Telemetry { provider })
+    Ok(Telemetry {
+        provider,
+        log: LogControl {
+            filter: filter_handle,
+        },
+    })
 }
 
 /// Records the pod and container ids (those not empty) on the current span,

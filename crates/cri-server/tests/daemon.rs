@@ -465,3 +465,222 @@ fn metrics_off_opens_no_port() {
     assert_eq!(ports, vec![stream_port], "criusd's TCP listeners");
     assert_eq!(daemon.signal_and_wait(libc::SIGTERM).code(), Some(0));
 }
+
+async fn version_of(daemon: &Daemon) -> k8s_cri::v1::VersionResponse {
+    daemon
+        .runtime()
+        .await
+        .version(VersionRequest {
+            version: "0.1.0".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Waits (bounded) until the daemon's log contains `needle` after byte `from`.
+fn wait_log(daemon: &Daemon, from: usize, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let log = daemon.log_text();
+        let tail = log.get(from..).unwrap_or("").to_string();
+        if tail.contains(needle) {
+            return tail;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} in the log:\n{log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for d in ["bin", "net.d", "cni-bin"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let base = config_text(dir);
+    let mut daemon =
+        Daemon::start_with(dir, &format!("log_level = \"info\"\n{base}"), vec![], false);
+    let pid = daemon.child.as_ref().unwrap().id() as i32;
+    assert_eq!(version_of(&daemon).await.runtime_name, "crius");
+    assert!(
+        !daemon.log_text().contains("DEBUG"),
+        "{}",
+        daemon.log_text()
+    );
+
+    // Debug logging, a new hand-back expiry, and a key that needs a restart.
+    let mark = daemon.log_text().len();
+    std::fs::write(
+        &daemon.config,
+        format!("log_level = \"debug\"\nhandback_expiry = \"90s\"\nshm_size = \"128Mi\"\n{base}"),
+    )
+    .unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let tail = wait_log(&daemon, mark, "configuration reloaded");
+    assert!(daemon.child.as_mut().unwrap().try_wait().unwrap().is_none());
+    assert!(
+        tail.contains("log_level") && tail.contains("handback_expiry"),
+        "{tail}"
+    );
+    assert!(
+        tail.contains("shm_size") && tail.contains("needs a restart"),
+        "{tail}"
+    );
+    wait_log(&daemon, mark, "DEBUG");
+    assert_eq!(version_of(&daemon).await.runtime_name, "crius");
+
+    // An invalid file: the daemon keeps running on the old configuration.
+    let mark = daemon.log_text().len();
+    std::fs::write(
+        &daemon.config,
+        format!("log_level = \"info\"\nhandback_expiry = \"soon\"\n{base}"),
+    )
+    .unwrap();
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let tail = wait_log(&daemon, mark, "reload failed");
+    assert!(tail.contains("handback_expiry"), "{tail}");
+    assert!(daemon.child.as_mut().unwrap().try_wait().unwrap().is_none());
+    assert_eq!(version_of(&daemon).await.runtime_name, "crius");
+    // Still at debug: the old configuration was kept.
+    let mark = daemon.log_text().len();
+    std::fs::write(&daemon.config, "bogus_key = 1\n").unwrap();
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let tail = wait_log(&daemon, mark, "reload failed");
+    assert!(tail.contains("bogus_key"), "{tail}");
+    assert!(tail.contains("DEBUG"), "{tail}");
+
+    assert_eq!(daemon.signal_and_wait(libc::SIGTERM).code(), Some(0));
+}
+
+/// The next datagram on the fake notify socket (bounded wait).
+fn next_notification(sock: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).expect("no notification in time");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sd_notify_ready_reloading_stopping() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for d in ["bin", "net.d", "cni-bin"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let notify_path = dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let env = vec![(
+        "NOTIFY_SOCKET".to_string(),
+        notify_path.display().to_string(),
+    )];
+    let mut daemon = Daemon::start_with(dir, &config_text(dir), env, true);
+    let ready = next_notification(&notify);
+    assert_eq!(ready.trim(), "READY=1");
+    // Ready means serving.
+    assert_eq!(version_of(&daemon).await.runtime_name, "crius");
+
+    let pid = daemon.child.as_ref().unwrap().id() as i32;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let reloading = next_notification(&notify);
+    let lines: Vec<&str> = reloading.lines().collect();
+    assert_eq!(lines[0], "RELOADING=1", "{reloading}");
+    let usec: u64 = lines[1]
+        .strip_prefix("MONOTONIC_USEC=")
+        .unwrap_or_else(|| panic!("{reloading}"))
+        .parse()
+        .unwrap();
+    assert!(usec > 0);
+    assert_eq!(next_notification(&notify).trim(), "READY=1");
+
+    let status = daemon.signal_and_wait(libc::SIGTERM);
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(next_notification(&notify).trim(), "STOPPING=1");
+}
+
+#[test]
+fn no_notify_socket_sends_nothing() {
+    // Without NOTIFY_SOCKET the daemon starts and stops as before (the
+    // other tests); a socket given empty is ignored as well.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for d in ["bin", "net.d", "cni-bin"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let env = vec![("NOTIFY_SOCKET".to_string(), String::new())];
+    let mut daemon = Daemon::start_with(dir, &config_text(dir), env, true);
+    assert_eq!(daemon.signal_and_wait(libc::SIGTERM).code(), Some(0));
+    assert!(
+        !daemon.log_text().contains("notify"),
+        "{}",
+        daemon.log_text()
+    );
+}
+
+#[test]
+fn config_show_origin_names_the_drop_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let main = tmp.path().join("config.toml");
+    std::fs::write(&main, "log_level = \"warn\"\nshm_size = \"128Mi\"\n").unwrap();
+    std::fs::create_dir(tmp.path().join("config.d")).unwrap();
+    let drop_in = tmp.path().join("config.d/50-debug.toml");
+    std::fs::write(&drop_in, "log_level = \"debug\"\n").unwrap();
+    let out = Command::new(CRIUSD)
+        .arg("--config")
+        .arg(&main)
+        .args(["config", "show", "--origin"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |key: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("no {key}: {stdout}"))
+            .to_string()
+    };
+    assert_eq!(
+        line("log_level"),
+        format!("log_level = \"debug\"  # {}", drop_in.display())
+    );
+    assert_eq!(
+        line("shm_size"),
+        format!("shm_size = \"128Mi\"  # {}", main.display())
+    );
+    assert!(line("handback_expiry").ends_with("# (default)"));
+    // The merged result without origins.
+    let out = Command::new(CRIUSD)
+        .arg("--config")
+        .arg(&main)
+        .args(["config", "show"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("log_level = \"debug\""));
+    // An unknown key in a drop-in names the file and the key.
+    std::fs::write(tmp.path().join("config.d/60-bad.toml"), "bogus = 1\n").unwrap();
+    let out = Command::new(CRIUSD)
+        .arg("--config")
+        .arg(&main)
+        .args(["config", "show"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("60-bad.toml") && stderr.contains("bogus"),
+        "{stderr}"
+    );
+}

@@ -55,7 +55,8 @@ struct Entry {
 pub struct Handback {
     entries: Mutex<HashMap<String, Entry>>,
     generation: AtomicU64,
-    expiry: Duration,
+    /// In milliseconds; changed by a configuration reload.
+    expiry_ms: AtomicU64,
 }
 
 impl Default for Handback {
@@ -70,13 +71,21 @@ impl Handback {
         Handback {
             entries: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(1),
-            expiry,
+            expiry_ms: AtomicU64::new(expiry.as_millis().try_into().unwrap_or(u64::MAX)),
         }
     }
 
     /// How long unclaimed objects are kept.
     pub fn expiry(&self) -> Duration {
-        self.expiry
+        Duration::from_millis(self.expiry_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Sets how long objects parked from now on are kept (a reload).
+    pub fn set_expiry(&self, expiry: Duration) {
+        self.expiry_ms.store(
+            expiry.as_millis().try_into().unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Names with a creation in flight or an object waiting, for tests
@@ -230,7 +239,7 @@ fn spawn_tracked<F>(
         };
         // Parked: a waiting caller claims it at once, a retry later;
         // otherwise it expires.
-        tokio::time::sleep(d.handback.expiry).await;
+        tokio::time::sleep(d.handback.expiry()).await;
         if d.handback.claim(&key, generation) {
             tracing::info!(id = %id, name = %key, "nobody claimed the created object; removing it");
             clean_up(d, kind, id).await;

@@ -40,25 +40,39 @@ pub struct Daemon {
     pub log: PathBuf,
     /// Environment variables given to the daemon from the next `restart` on.
     pub env: Vec<(String, String)>,
+    /// `--log-level` on the command line (debug), or none: the file's.
+    pub log_level_flag: bool,
 }
 
 impl Daemon {
     /// Starts criusd with the given config file text under `dir` and waits
     /// until its socket accepts connections.
     pub fn start(dir: &Path, config_text: &str) -> Daemon {
+        Daemon::start_with(dir, config_text, Vec::new(), true)
+    }
+
+    /// Like `start`, with environment variables and, when `log_level_flag`
+    /// is false, the log level the config file sets.
+    pub fn start_with(
+        dir: &Path,
+        config_text: &str,
+        env: Vec<(String, String)>,
+        log_level_flag: bool,
+    ) -> Daemon {
         let config = dir.join("config.toml");
         std::fs::write(&config, config_text).expect("write config");
         let socket = dir.join("state/crius.sock");
         let log = dir.join("criusd.log");
         std::fs::File::create(&log).expect("create log");
-        let child = spawn_criusd(dir, &config, &socket, &log, &[]);
+        let child = spawn_criusd(dir, &config, &socket, &log, &env, log_level_flag);
         let mut d = Daemon {
             child: Some(child),
             dir: dir.to_path_buf(),
             socket,
             config,
             log,
-            env: Vec::new(),
+            env,
+            log_level_flag,
         };
         d.wait_ready();
         d
@@ -74,6 +88,7 @@ impl Daemon {
             &self.socket,
             &self.log,
             &self.env,
+            self.log_level_flag,
         ));
         self.wait_ready();
     }
@@ -149,24 +164,26 @@ fn spawn_criusd(
     socket: &Path,
     log: &Path,
     env: &[(String, String)],
+    log_level_flag: bool,
 ) -> Child {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("open log");
-    Command::new(criusd())
-        .arg("--config")
+    let mut cmd = Command::new(criusd());
+    cmd.arg("--config")
         .arg(config)
         .arg("--root")
         .arg(dir.join("root"))
         .arg("--state")
         .arg(dir.join("state"))
         .arg("--socket")
-        .arg(socket)
-        .arg("--log-level")
-        .arg("debug")
-        .envs(env.iter().map(|(k, v)| (k, v)))
+        .arg(socket);
+    if log_level_flag {
+        cmd.arg("--log-level").arg("debug");
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file)
