@@ -106,7 +106,7 @@ impl Runc {
         want_output: bool,
     ) -> Result<Vec<u8>, RuncError> {
         // Truncate so that the error we report is this call's.
-        let _ = File::create(log);
+        let _ = crius_store::private::create_file(log);
         let mut c = self.command(log);
         c.arg(op).args(args);
         c.stdin(if input.is_some() {
