@@ -177,9 +177,9 @@ pub fn pin_pod_namespaces(maps: &Mappings, userns: &Path, netns: &Path) -> io::R
     let result = (|| {
         for (kind, at) in [("user", userns), ("net", netns)] {
             if let Some(parent) = at.parent() {
-                std::fs::create_dir_all(parent)?;
+                crius_store::private::dir(parent)?;
             }
-            std::fs::OpenOptions::new()
+            crius_store::private::file_options()
                 .create(true)
                 .truncate(false)
                 .write(true)
@@ -237,13 +237,14 @@ pub fn open_userns(path: &Path) -> io::Result<OwnedFd> {
 pub fn idmapped_bind(source: &Path, target: &Path, userns: BorrowedFd<'_>) -> io::Result<()> {
     let meta = std::fs::metadata(source)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", source.display())))?;
+    // Private mount points (the mount covers their modes).
     if let Some(parent) = target.parent() {
-        std::fs::create_dir_all(parent)?;
+        crius_store::private::dir(parent)?;
     }
     if meta.is_dir() {
-        std::fs::create_dir_all(target)?;
+        crius_store::private::dir(target)?;
     } else {
-        std::fs::OpenOptions::new()
+        crius_store::private::file_options()
             .create(true)
             .truncate(false)
             .write(true)
@@ -303,7 +304,7 @@ pub fn idmapped_rootfs(
             std::os::unix::fs::chown(u, Some(root.0), Some(root.1))
                 .map_err(|e| io::Error::new(e.kind(), format!("chown {}: {e}", u.display())))?;
         }
-        std::fs::create_dir_all(target)?;
+        crius_store::private::dir(target)?;
         let data = options.join(",");
         nix::mount::mount(
             Some(m.source.as_str()),
@@ -406,7 +407,7 @@ fn probe_in(dir: &Path) -> Result<(), String> {
     };
     let err = |e: io::Error| e.to_string();
     for d in ["lower", "upper", "work", "staging", "merged"] {
-        std::fs::create_dir_all(dir.join(d)).map_err(err)?;
+        crius_store::private::dir(&dir.join(d)).map_err(err)?;
     }
     std::fs::write(dir.join("lower/file"), b"").map_err(err)?;
     let ns = new_userns(&maps).map_err(|e| format!("user namespace: {e}"))?;

@@ -395,7 +395,18 @@ async fn create_steps(
     let bundle = state.join("bundle");
     done.dirs.push(root.clone());
     done.dirs.push(state.clone());
-    std::fs::create_dir_all(bundle.join("rootfs")).map_err(|e| internal("bundle", e))?;
+    // Private: <root>/containers/<id>, <state>/containers/<id>, its
+    // bundle and the rootfs mount point (the overlay's root covers it).
+    for d in [
+        daemon.config.root.join("containers"),
+        root.clone(),
+        daemon.config.state.join("containers"),
+        state.clone(),
+        bundle.clone(),
+        bundle.join("rootfs"),
+    ] {
+        crius_store::private::dir(&d).map_err(|e| internal("bundle", e))?;
+    }
     let mounts = daemon
         .images
         .prepare_rootfs(&image.metadata.id, id)
@@ -499,7 +510,17 @@ async fn create_steps(
         };
         let _span = tracing::debug_span!("spec", container = id).entered();
         for v in image_volumes(&input).map_err(spec_status)? {
-            std::fs::create_dir_all(&v.source).map_err(|e| internal("image volume", e))?;
+            // <root>/containers/<id>/volumes is private; the volume itself
+            // is the container's directory, usable by its users.
+            let source = Path::new(&v.source);
+            if let Some(parent) = source.parent() {
+                crius_store::private::dir(parent).map_err(|e| internal("image volume", e))?;
+            }
+            crius_store::private::dir_with_mode(
+                source,
+                crius_store::private::CONTAINER_VISIBLE_DIR,
+            )
+            .map_err(|e| internal("image volume", e))?;
         }
         container_spec(&input).map_err(spec_status)?
     };
@@ -965,7 +986,8 @@ pub async fn exec_sync(
     process["terminal"] = serde_json::json!(false);
     let exec_id = format!("exec-{}", &crius_store::generate_id()[..16]);
     let out_dir = container_state(daemon, &id).join(&exec_id);
-    std::fs::create_dir_all(&out_dir).map_err(|e| internal("exec output", e))?;
+    // Private, as are the output files the shim makes in it (0600).
+    crius_store::private::dir(&out_dir).map_err(|e| internal("exec output", e))?;
     let (out, err) = (out_dir.join("stdout"), out_dir.join("stderr"));
     let result = async {
         shim.exec(

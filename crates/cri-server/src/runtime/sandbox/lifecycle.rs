@@ -331,8 +331,15 @@ async fn run_steps(
     for d in [&root_dir, &state_dir] {
         done.dirs.push(d.clone());
     }
-    std::fs::create_dir_all(&bundle).map_err(|e| internal("bundle", e))?;
-    std::fs::create_dir_all(&root_dir).map_err(|e| internal("sandbox dir", e))?;
+    // Private: <state>/sandboxes/<id>/bundle and <root>/sandboxes/<id>
+    // (the pod files in it are 0644 for the containers' users, reached
+    // through bind mounts only).
+    for d in [&daemon.config.state.join("sandboxes"), &state_dir, &bundle] {
+        crius_store::private::dir(d).map_err(|e| internal("bundle", e))?;
+    }
+    for d in [&daemon.config.root.join("sandboxes"), &root_dir] {
+        crius_store::private::dir(d).map_err(|e| internal("sandbox dir", e))?;
+    }
     let (mounts, userns_netns) = if infra {
         let pause = PauseBundle {
             id,
@@ -615,7 +622,8 @@ impl PauseBundle<'_> {
             .image_config(&image.metadata.id)
             .map_err(|e| internal("pause image config", e))?;
 
-        std::fs::create_dir_all(bundle.join("rootfs")).map_err(|e| internal("bundle", e))?;
+        // A mount point (the overlay's root covers its mode).
+        crius_store::private::dir(&bundle.join("rootfs")).map_err(|e| internal("bundle", e))?;
         let mounts = daemon
             .images
             .prepare_rootfs(&image.metadata.id, id)
