@@ -211,6 +211,27 @@ pub fn pin_pod_namespaces(maps: &Mappings, userns: &Path, netns: &Path) -> io::R
     result
 }
 
+/// Mode of `<state>/sandboxes` and `<state>/containers`: runc, as the root
+/// of a user namespace pod (a host uid and gid of the pod's mapping, with
+/// no capability over host-owned inodes), bind-mounts the bundle's
+/// `rootfs` by path, so it must traverse them. Nothing in them can be
+/// listed, and every entry is 0700 or (a user namespace pod's) 0710 to
+/// that pod's root group.
+pub const SHARED_PARENT_MODE: u32 = 0o711;
+
+/// Lets runc, as the pod's root (host gid `gid`), traverse a user namespace
+/// pod's or container's state directory and bundle on its way to the
+/// bundle's `rootfs`: owner root, group the pod's root group, 0710. Host
+/// users (not in that group) still cannot enter.
+pub fn let_pod_root_traverse(dirs: &[&Path], gid: u32) -> io::Result<()> {
+    for d in dirs {
+        std::os::unix::fs::chown(d, Some(0), Some(gid))
+            .map_err(|e| io::Error::new(e.kind(), format!("chown {}: {e}", d.display())))?;
+        crius_store::private::dir_with_mode(d, 0o710)?;
+    }
+    Ok(())
+}
+
 /// Where a pod's pinned user and network namespaces are.
 pub fn pod_ns_paths(sandbox_state: &Path) -> (PathBuf, PathBuf) {
     (sandbox_state.join("userns"), sandbox_state.join("netns"))
@@ -572,7 +593,11 @@ pub async fn pause(
     let target = bundle.join("rootfs");
     let root = pod_root(&maps)?;
     let ns_path = netns.clone();
+    let traverse = [state_dir.to_path_buf(), bundle.to_path_buf()];
     tokio::task::spawn_blocking(move || {
+        let dirs: Vec<&Path> = traverse.iter().map(PathBuf::as_path).collect();
+        let_pod_root_traverse(&dirs, root.1)
+            .map_err(|e| Status::internal(format!("state directories: {e}")))?;
         let ns = pin_pod_namespaces(&maps, &userns, &ns_path)
             .map_err(|e| Status::internal(format!("cannot make the pod's user namespace: {e}")))?;
         idmapped_rootfs(&mounts, &staging, &target, ns.as_fd(), root)
@@ -617,7 +642,11 @@ pub async fn container(
     let idmap = state_dir.join("idmap");
     let target = bundle.join("rootfs");
     let root = pod_root(&maps)?;
+    let traverse = [state_dir.to_path_buf(), bundle.to_path_buf()];
     let value = tokio::task::spawn_blocking(move || {
+        let dirs: Vec<&Path> = traverse.iter().map(PathBuf::as_path).collect();
+        let_pod_root_traverse(&dirs, root.1)
+            .map_err(|e| Status::internal(format!("state directories: {e}")))?;
         let ns = open_userns(&userns).map_err(|e| {
             Status::failed_precondition(format!("the pod's user namespace is not there: {e}"))
         })?;

@@ -397,10 +397,16 @@ async fn create_steps(
     done.dirs.push(state.clone());
     // Private: <root>/containers/<id>, <state>/containers/<id>, its
     // bundle and the rootfs mount point (the overlay's root covers it).
+    // <state>/containers: see SHARED_PARENT_MODE; a user namespace pod's
+    // container's own directories become 0710 to the pod's root group.
+    crius_store::private::dir_with_mode(
+        &daemon.config.state.join("containers"),
+        crate::runtime::userns::SHARED_PARENT_MODE,
+    )
+    .map_err(|e| internal("bundle", e))?;
     for d in [
         daemon.config.root.join("containers"),
         root.clone(),
-        daemon.config.state.join("containers"),
         state.clone(),
         bundle.clone(),
         bundle.join("rootfs"),

@@ -333,8 +333,14 @@ async fn run_steps(
     }
     // Private: <state>/sandboxes/<id>/bundle and <root>/sandboxes/<id>
     // (the pod files in it are 0644 for the containers' users, reached
-    // through bind mounts only).
-    for d in [&daemon.config.state.join("sandboxes"), &state_dir, &bundle] {
+    // through bind mounts only). <state>/sandboxes: see SHARED_PARENT_MODE;
+    // a user namespace pod's own directories become 0710 to its root group.
+    crius_store::private::dir_with_mode(
+        &daemon.config.state.join("sandboxes"),
+        crate::runtime::userns::SHARED_PARENT_MODE,
+    )
+    .map_err(|e| internal("bundle", e))?;
+    for d in [&state_dir, &bundle] {
         crius_store::private::dir(d).map_err(|e| internal("bundle", e))?;
     }
     for d in [&daemon.config.root.join("sandboxes"), &root_dir] {
