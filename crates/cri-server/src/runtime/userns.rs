@@ -215,19 +215,19 @@ pub fn pin_pod_namespaces(maps: &Mappings, userns: &Path, netns: &Path) -> io::R
 /// of a user namespace pod (a host uid and gid of the pod's mapping, with
 /// no capability over host-owned inodes), bind-mounts the bundle's
 /// `rootfs` by path, so it must traverse them. Nothing in them can be
-/// listed, and every entry is 0700 or (a user namespace pod's) 0710 to
-/// that pod's root group.
+/// listed, and every entry is 0700 or (a user namespace pod's) 0711.
 pub const SHARED_PARENT_MODE: u32 = 0o711;
 
-/// Lets runc, as the pod's root (host gid `gid`), traverse a user namespace
+/// Lets runc, in the pod's user namespace, traverse a user namespace
 /// pod's or container's state directory and bundle on its way to the
-/// bundle's `rootfs`: owner root, group the pod's root group, 0710. Host
-/// users (not in that group) still cannot enter.
-pub fn let_pod_root_traverse(dirs: &[&Path], gid: u32) -> io::Result<()> {
+/// bundle's `rootfs`: 0711 (not listable; what is in them is 0600 or
+/// 0700). It has no capability over host-owned inodes there, and group
+/// access (0710 to the pod's root group) does not do: runc's process is not
+/// in that group while it prepares the rootfs. The rootfs overlay of such a
+/// pod is mounted nosuid,nodev on the host.
+pub fn let_pod_root_traverse(dirs: &[&Path]) -> io::Result<()> {
     for d in dirs {
-        std::os::unix::fs::chown(d, Some(0), Some(gid))
-            .map_err(|e| io::Error::new(e.kind(), format!("chown {}: {e}", d.display())))?;
-        crius_store::private::dir_with_mode(d, 0o710)?;
+        crius_store::private::dir_with_mode(d, 0o711)?;
     }
     Ok(())
 }
@@ -305,7 +305,15 @@ pub fn idmapped_rootfs(
     let result = (|| {
         let mut options = Vec::with_capacity(m.options.len());
         let mut upper = None;
+        // Reachable by host users (its state directories are 0711, see
+        // let_pod_root_traverse): never setuid files or device nodes on the
+        // host. Inside the pod's user namespace these flags are locked on
+        // runc's bind of the rootfs anyway.
+        let flags = nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV;
         for o in &m.options {
+            if o == "nosuid" || o == "nodev" {
+                continue;
+            }
             if let Some(lower) = o.strip_prefix("lowerdir=") {
                 let mut staged = Vec::new();
                 for (i, dir) in lower.split(':').enumerate() {
@@ -331,7 +339,7 @@ pub fn idmapped_rootfs(
             Some(m.source.as_str()),
             target,
             Some("overlay"),
-            nix::mount::MsFlags::empty(),
+            flags,
             Some(data.as_str()),
         )
         .map_err(|e| io::Error::other(format!("mount overlay on {}: {e}", target.display())))
@@ -596,7 +604,7 @@ pub async fn pause(
     let traverse = [state_dir.to_path_buf(), bundle.to_path_buf()];
     tokio::task::spawn_blocking(move || {
         let dirs: Vec<&Path> = traverse.iter().map(PathBuf::as_path).collect();
-        let_pod_root_traverse(&dirs, root.1)
+        let_pod_root_traverse(&dirs)
             .map_err(|e| Status::internal(format!("state directories: {e}")))?;
         let ns = pin_pod_namespaces(&maps, &userns, &ns_path)
             .map_err(|e| Status::internal(format!("cannot make the pod's user namespace: {e}")))?;
@@ -645,7 +653,7 @@ pub async fn container(
     let traverse = [state_dir.to_path_buf(), bundle.to_path_buf()];
     let value = tokio::task::spawn_blocking(move || {
         let dirs: Vec<&Path> = traverse.iter().map(PathBuf::as_path).collect();
-        let_pod_root_traverse(&dirs, root.1)
+        let_pod_root_traverse(&dirs)
             .map_err(|e| Status::internal(format!("state directories: {e}")))?;
         let ns = open_userns(&userns).map_err(|e| {
             Status::failed_precondition(format!("the pod's user namespace is not there: {e}"))

@@ -398,7 +398,7 @@ async fn create_steps(
     // Private: <root>/containers/<id>, <state>/containers/<id>, its
     // bundle and the rootfs mount point (the overlay's root covers it).
     // <state>/containers: see SHARED_PARENT_MODE; a user namespace pod's
-    // container's own directories become 0710 to the pod's root group.
+    // container's own directories become 0711.
     crius_store::private::dir_with_mode(
         &daemon.config.state.join("containers"),
         crate::runtime::userns::SHARED_PARENT_MODE,
@@ -425,6 +425,17 @@ async fn create_steps(
         .map_err(|e| internal("rootfs", e))?;
     done.rootfs = true;
     timeline.mark("rootfs_mount");
+    // The host's view of the rootfs overlay: nodev unless privileged,
+    // nosuid when the container cannot gain privileges through setuid
+    // files anyway (runc's bind of the rootfs keeps these flags, so the
+    // container's `/` gets them too).
+    let rootfs_sc = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.clone())
+        .unwrap_or_default();
+    let mounts =
+        crate::runtime::harden_rootfs(mounts, !rootfs_sc.privileged, rootfs_sc.no_new_privs);
 
     let spec_image = image_config.spec_config();
     let passwd =

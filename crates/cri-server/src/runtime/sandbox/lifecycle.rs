@@ -334,7 +334,7 @@ async fn run_steps(
     // Private: <state>/sandboxes/<id>/bundle and <root>/sandboxes/<id>
     // (the pod files in it are 0644 for the containers' users, reached
     // through bind mounts only). <state>/sandboxes: see SHARED_PARENT_MODE;
-    // a user namespace pod's own directories become 0710 to its root group.
+    // a user namespace pod's own directories become 0711.
     crius_store::private::dir_with_mode(
         &daemon.config.state.join("sandboxes"),
         crate::runtime::userns::SHARED_PARENT_MODE,
@@ -641,6 +641,8 @@ impl PauseBundle<'_> {
             .await
             .map_err(|e| internal("pause rootfs", e))?;
         done.rootfs = true;
+        // The pause needs neither setuid files nor device nodes.
+        let mounts = crate::runtime::harden_rootfs(mounts, true, true);
 
         let spec_image = image_config.spec_config();
         let spec = tracing::debug_span!("spec", sandbox = id)
