@@ -32,10 +32,19 @@ fn create_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create directory {}", path.display()))
 }
 
+/// Makes one of criusd's own directories with exactly `mode` (also when it
+/// exists, e.g. from an older version with looser modes).
+fn private_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
+    crius_store::private::dir_with_mode(path, mode)
+        .with_context(|| format!("cannot create directory {}", path.display()))
+}
+
 /// Binds the CRI socket: creates its parent directory, replaces a stale socket
 /// file (refusing when another daemon still answers on it) and sets mode 0660.
 pub fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(parent) = path.parent() {
+        // 0711 when made here: the socket's group must reach it. Not
+        // changed when it exists (it may be a system directory like /run).
         create_dir(parent, 0o711)?;
     }
     match std::fs::symlink_metadata(path) {
@@ -125,8 +134,14 @@ pub async fn run(
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot raise the soft open-file limit"),
     }
-    create_dir(&config.root, 0o711)?;
-    create_dir(&config.state, 0o711)?;
+    // `root` is private. `state` is 0711: the CRI socket (0660, for its
+    // group) lives in it by default, and its group must be able to reach
+    // it; nothing in it can be listed, and every directory in it is 0700.
+    private_dir(&config.root, 0o700)?;
+    private_dir(&config.state, 0o711)?;
+    // The default runtime root (runc makes it 0700 as well; made here so
+    // that it is private whichever runtime comes first).
+    private_dir(&config.state.join("runc"), 0o700)?;
     let (store, report) = crius_store::Store::open(&config.root.join("store"))
         .with_context(|| format!("cannot open the store under {}", config.root.display()))?;
     for (path, reason) in &report.quarantined {

@@ -199,7 +199,8 @@ impl Launcher {
                 bundle.display()
             )));
         }
-        std::fs::create_dir_all(&self.socket_dir)
+        // Private: only criusd and the shims (root) use the sockets.
+        crius_store::private::dir(&self.socket_dir)
             .map_err(|e| launch(&format!("create {}", self.socket_dir.display()), e))?;
         let path = crius_shim::start::socket_path(&self.socket_dir, &self.address, NAMESPACE, id);
         // Left by a shim of this id that died (ids are never reused
@@ -207,6 +208,9 @@ impl Launcher {
         let _ = std::fs::remove_file(&path);
         let listener = std::os::unix::net::UnixListener::bind(&path)
             .map_err(|e| launch(&format!("bind {}", path.display()), e))?;
+        // Only criusd and containerd (root) connect.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| launch(&format!("chmod {}", path.display()), e))?;
         let args = crius_shim::args::Args {
             namespace: NAMESPACE.to_string(),
             id: id.to_string(),

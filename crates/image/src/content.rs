@@ -110,15 +110,17 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
 impl ContentStore {
     /// Opens (creating) the store under `root`, discarding unfinished writes.
     pub fn open(root: &Path) -> Result<ContentStore, ContentError> {
+        // Private: blobs of images pulled with credentials are secrets.
+        crius_store::private::dir(root).map_err(io_err(root))?;
         let blobs = root.join("sha256");
-        std::fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
+        crius_store::private::dir(&blobs).map_err(io_err(&blobs))?;
         let ingest = root.join("ingest");
         // Unfinished writes have random names: one that cannot be removed
         // is left behind with a warning, never a reason not to start.
         if let Err(e) = crate::tree::remove_tree_if_exists(&ingest) {
             tracing::warn!(path = %ingest.display(), error = %e, "cannot remove unfinished blob writes");
         }
-        std::fs::create_dir_all(&ingest).map_err(io_err(&ingest))?;
+        crius_store::private::dir(&ingest).map_err(io_err(&ingest))?;
         Ok(ContentStore {
             root: root.to_path_buf(),
             locks: KeyedLocks::default(),
@@ -181,7 +183,7 @@ impl ContentStore {
         }
         let temp = self.temp_path();
         let result = (|| {
-            let mut f = std::fs::File::create(&temp).map_err(io_err(&temp))?;
+            let mut f = crius_store::private::create_file(&temp).map_err(io_err(&temp))?;
             f.write_all(bytes).map_err(io_err(&temp))?;
             f.sync_all().map_err(io_err(&temp))?;
             self.commit(&temp, digest)
@@ -228,7 +230,13 @@ impl ContentStore {
         S: Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Unpin,
     {
         use tokio::io::AsyncWriteExt;
-        let mut file = tokio::fs::File::create(temp).await.map_err(io_err(temp))?;
+        let mut file = tokio::fs::OpenOptions::from(crius_store::private::file_options())
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(temp)
+            .await
+            .map_err(io_err(temp))?;
         let mut hasher = Sha256::new();
         let mut got: u64 = 0;
         while let Some(chunk) = stream.next().await {

@@ -9,7 +9,6 @@ use crate::snapshot::{self, SnapshotError, Snapshotter};
 use crius_store::{ImageMetadata, ImageRecord, ImageStatus, Record, Store, StoreError};
 use std::collections::HashSet;
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -209,12 +208,10 @@ impl ImageManager {
         pause_image: &str,
     ) -> Result<ImageManager, ImageError> {
         let dir = root.join("images");
+        // Private: container layers, content (private images too) and
+        // snapshots are nobody else's to read.
         for d in [dir.clone(), dir.join("containers")] {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o711)
-                .create(&d)
-                .map_err(io_err(&d))?;
+            crius_store::private::dir(&d).map_err(io_err(&d))?;
         }
         let content = ContentStore::open(&dir.join("content"))?;
         let snapshots = Snapshotter::open(&dir.join("snapshots"))?;
@@ -701,14 +698,19 @@ impl ImageManager {
         blocking(move || -> Result<(), ImageError> {
             let fresh = !d.exists();
             let r = (|| {
-                for sub in ["upper", "work"] {
-                    let p = d.join(sub);
-                    std::fs::DirBuilder::new()
-                        .recursive(true)
-                        .mode(0o755)
-                        .create(&p)
-                        .map_err(io_err(&p))?;
-                }
+                crius_store::private::dir(&d).map_err(io_err(&d))?;
+                // The upper dir's root is the container's `/` (overlayfs
+                // gives the merged root its mode), which every user in the
+                // container must traverse; the private `d` keeps host users
+                // out. The work dir is the kernel's only.
+                let upper = d.join("upper");
+                crius_store::private::dir_with_mode(
+                    &upper,
+                    crius_store::private::CONTAINER_VISIBLE_DIR,
+                )
+                .map_err(io_err(&upper))?;
+                let work = d.join("work");
+                crius_store::private::dir(&work).map_err(io_err(&work))?;
                 let p = d.join(ROOTFS_RECORD);
                 let bytes =
                     serde_json::to_vec(&record).map_err(|e| io_err(&p)(io::Error::other(e)))?;
@@ -716,7 +718,7 @@ impl ImageManager {
                 // the machine (after a power loss the container is dead and
                 // its layer is removed with it; a torn record stops
                 // collection rather than letting it delete a snapshot).
-                crius_store::persist::write_volatile(&p, &bytes, 0o644).map_err(io_err(&p))
+                crius_store::persist::write_volatile(&p, &bytes, 0o600).map_err(io_err(&p))
             })();
             if r.is_err() && fresh {
                 if let Err(e) = crate::tree::remove_tree_if_exists(&d) {

@@ -14,7 +14,6 @@ use crate::unpack::{self, UnpackError};
 use sha2::{Digest, Sha256};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -74,11 +73,9 @@ impl Snapshotter {
     /// Opens (creating) the snapshot root, removing unfinished unpacks and
     /// removals (failures to remove them are only logged).
     pub fn open(root: &Path) -> Result<Snapshotter, SnapshotError> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o711)
-            .create(root)
-            .map_err(io_err(root))?;
+        // Private: layers of private images, and setuid files or device
+        // nodes of any image, are nobody else's to reach.
+        crius_store::private::dir(root).map_err(io_err(root))?;
         let s = Snapshotter {
             root: root.to_path_buf(),
             locks: KeyedLocks::default(),
@@ -217,10 +214,10 @@ fn unpack_into(
     diff_id: &str,
 ) -> Result<(), SnapshotError> {
     let fs = temp.join("fs");
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(&fs)
+    crius_store::private::dir(temp).map_err(io_err(temp))?;
+    // The layer's root directory (the layer's own "./" entry may change
+    // it): seen by the container, inside the private snapshot directory.
+    crius_store::private::dir_with_mode(&fs, crius_store::private::CONTAINER_VISIBLE_DIR)
         .map_err(io_err(&fs))?;
     let report = unpack::unpack_blob(blob, &fs, diff_id)?;
     tracing::debug!(

@@ -192,7 +192,8 @@ pub fn loopback_up(path: &Path) -> Result<(), NetnsError> {
 /// (e.g. by a crash between create and mount) is reused.
 pub(crate) fn mount_point(path: &Path) -> Result<bool, NetnsError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|source| NetnsError::Io {
+        // The pod's directory: private.
+        crius_store::private::dir(parent).map_err(|source| NetnsError::Io {
             op: "create directory",
             path: parent.to_path_buf(),
             source,

@@ -408,7 +408,8 @@ fn open_path(p: &Path) -> Result<File, IoError> {
         // O_RDWR does not block waiting for the reader.
         o.read(true).write(true);
     } else {
-        o.append(true).create(true);
+        // Exec output files (file://): private, as their directory.
+        o.append(true).create(true).mode(crius_store::private::FILE);
     }
     o.custom_flags(libc::O_CLOEXEC)
         .open(p)
@@ -605,6 +606,9 @@ impl ConsoleSocket {
         let _ = std::fs::remove_file(&path);
         let listener =
             UnixListener::bind(&path).map_err(io_err(format!("bind {}", path.display())))?;
+        // Only the runtime (root) connects.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(io_err(format!("chmod {}", path.display())))?;
         Ok(ConsoleSocket { listener, path })
     }
 

@@ -97,7 +97,8 @@ pub fn mount_rootfs(mounts: &[MountSpec], target: &Path) -> Result<(), MountErro
     if mounts.is_empty() {
         return Ok(());
     }
-    std::fs::create_dir_all(target).map_err(|err| MountError::Io {
+    // A private mount point (the mount covers its mode).
+    crius_store::private::dir(target).map_err(|err| MountError::Io {
         target: target.display().to_string(),
         err,
     })?;

@@ -106,7 +106,7 @@ impl Runc {
         want_output: bool,
     ) -> Result<Vec<u8>, RuncError> {
         // Truncate so that the error we report is this call's.
-        let _ = File::create(log);
+        let _ = crius_store::private::create_file(log);
         let mut c = self.command(log);
         c.arg(op).args(args);
         c.stdin(if input.is_some() {
@@ -382,6 +382,11 @@ fn kick_exec_fifo(fifo: &Path, init_pid: i32) -> Result<(), String> {
 }
 
 fn read_pid(pid_file: &Path) -> Result<i32, RuncError> {
+    // runc writes it 0644 (its umask); the bundle's files are private.
+    let _ = std::fs::set_permissions(
+        pid_file,
+        std::os::unix::fs::PermissionsExt::from_mode(crius_store::private::FILE),
+    );
     let s = std::fs::read_to_string(pid_file)
         .map_err(io_err(format!("read pid file {}", pid_file.display())))?;
     s.trim()

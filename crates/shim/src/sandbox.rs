@@ -183,7 +183,9 @@ pub struct SandboxService {
 }
 
 fn mount_shm(dir: &Path, size: u64) -> Result<()> {
-    std::fs::create_dir_all(dir)
+    // A private mount point: the tmpfs root is 1777, but only below the
+    // pod's private directory.
+    crius_store::private::dir(dir)
         .map_err(|e| TaskError::Internal(format!("create {}: {e}", dir.display())))?;
     nix::mount::mount(
         Some("shm"),
@@ -298,8 +300,16 @@ impl SandboxService {
             .state_root
             .join(self.inner().namespace())
             .join(&req.sandbox_id);
-        std::fs::create_dir_all(&state_dir)
-            .map_err(|e| TaskError::Internal(format!("create {}: {e}", state_dir.display())))?;
+        // Private, with its parents (the shim state root and the
+        // namespace's directory): netns and IPC/UTS pins, /dev/shm.
+        for d in [
+            self.state_root.clone(),
+            self.state_root.join(self.inner().namespace()),
+            state_dir.clone(),
+        ] {
+            crius_store::private::dir(&d)
+                .map_err(|e| TaskError::Internal(format!("create {}: {e}", d.display())))?;
+        }
         let netns = if !req.netns_path.is_empty() {
             let p = PathBuf::from(&req.netns_path);
             if !crius_netns::netns::is_netns(&p) {

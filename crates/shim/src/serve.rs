@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::mpsc::channel;
 use std::sync::Arc;
@@ -78,8 +79,10 @@ fn task_methods(tasks: &TaskService) -> Methods {
 }
 
 fn init_logging(dir: &std::path::Path, debug: bool) {
-    let _ = std::fs::create_dir_all(dir);
+    // The pod's shim directory (its parents too): private.
+    let _ = crius_store::private::dir(dir);
     let file = OpenOptions::new()
+        .mode(crius_store::private::FILE)
         .create(true)
         .append(true)
         .open(dir.join("shim.log"));
@@ -128,11 +131,18 @@ pub fn serve(args: &Args) -> Result<(), ServeError> {
             .add_listener(LISTEN_FD)
             .map_err(|e| setup("listener")(e.to_string()))?
     } else {
-        let _ = std::fs::create_dir_all(&sock_dir);
+        let _ = crius_store::private::dir(&sock_dir);
         let _ = std::fs::remove_file(&own_socket);
-        server
+        let server = server
             .bind(&format!("unix://{}", own_socket.display()))
-            .map_err(|e| setup("bind")(e.to_string()))?
+            .map_err(|e| setup("bind")(e.to_string()))?;
+        // Only the shim's callers (root) connect.
+        std::fs::set_permissions(
+            &own_socket,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .map_err(|e| setup("chmod socket")(e.to_string()))?;
+        server
     };
     let mut server = server
         .set_thread_count_default(2)

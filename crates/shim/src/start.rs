@@ -192,7 +192,8 @@ pub fn start(args: &Args) -> Result<Vec<u8>, StartError> {
     let cfg = std::fs::read(bundle.join("config.json")).ok();
     let group = grouping(&args.id, cfg.as_deref())?;
     let dir = input.socket_dir.clone().unwrap_or_else(socket_dir);
-    std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+    // Private: only the shim's callers (root) use its sockets.
+    crius_store::private::dir(&dir).map_err(io_err(format!("create {}", dir.display())))?;
     let path = socket_path(&dir, &args.address, &args.namespace, &group);
     let addr = format!("unix://{}", path.display());
     for _ in 0..2 {
@@ -206,6 +207,8 @@ pub fn start(args: &Args) -> Result<Vec<u8>, StartError> {
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
             Err(e) => return Err(io_err(format!("bind {}", path.display()))(e)),
         };
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(io_err(format!("chmod {}", path.display())))?;
         spawn_server(args, &group, &listener, &dir, &input)?;
         return start_output(&addr, &input);
     }

@@ -149,7 +149,7 @@ pub struct RuntimeRecord {
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = crius_store::private::create_file(&tmp)?;
         f.write_all(data)?;
     }
     std::fs::rename(&tmp, path)

@@ -31,6 +31,7 @@ pub mod ids;
 pub mod model;
 pub mod names;
 pub mod persist;
+pub mod private;
 pub mod store;
 
 pub use ids::{generate_id, is_valid_id, IdError, IdIndex};

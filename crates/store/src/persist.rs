@@ -444,7 +444,7 @@ pub fn remove_durable(path: &Path) -> io::Result<bool> {
 pub fn quarantine_file(path: &Path) -> io::Result<PathBuf> {
     let (dir, name) = split_path(path)?;
     let qdir = dir.join(QUARANTINE_DIR);
-    fs::create_dir_all(&qdir)?;
+    crate::private::dir(&qdir)?;
     let mut dest = qdir.join(name);
     let mut n: u32 = 0;
     while fs::symlink_metadata(&dest).is_ok() {
@@ -505,7 +505,7 @@ pub fn load_dir<T: DeserializeOwned>(
     dir: &Path,
     kind: &str,
 ) -> Result<(Vec<(PathBuf, T)>, LoadReport), PersistError> {
-    fs::create_dir_all(dir).map_err(PersistError::io(dir))?;
+    crate::private::dir(dir).map_err(PersistError::io(dir))?;
     let mut paths = Vec::new();
     for entry in fs::read_dir(dir).map_err(PersistError::io(dir))? {
         match entry {

@@ -18,7 +18,7 @@
 //! take the in-memory write lock to swap the new value in.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::ops::Bound;
 use std::os::unix::fs::OpenOptionsExt;
@@ -281,8 +281,9 @@ impl Store {
             RecordKind::State,
         ] {
             let dir = root.join(kind.dir_name());
-            fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
+            crate::private::dir(&dir).map_err(StoreError::io(&dir))?;
         }
+        crate::private::dir(root).map_err(StoreError::io(root))?;
         let lock_file = lock_root(root)?;
         let store = Store {
             root: root.to_owned(),
@@ -801,6 +802,7 @@ mod tests {
     use crate::ids::generate_id;
     use crate::model::*;
     use crate::persist::QUARANTINE_DIR;
+    use std::fs;
     use std::sync::Arc;
 
     fn sandbox(id: &str, name: &str) -> SandboxRecord {

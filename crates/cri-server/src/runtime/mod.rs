@@ -20,6 +20,29 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 /// Now, in nanoseconds since the Unix epoch (the CRI's timestamps).
+/// Adds `nodev` and `nosuid` (as asked) to the overlay mounts of a root
+/// filesystem as the host mounts it (`<bundle>/rootfs`). runc bind-mounts
+/// that mount as the container's `/`, and a bind keeps these flags, so they
+/// hold inside the container as well: `nosuid` only where setuid files
+/// could not raise privileges anyway (no_new_privs, the pause), `nodev`
+/// where the container has no business with device nodes in its rootfs
+/// (`/dev` is a tmpfs of its own). A user namespace pod's overlay is always
+/// mounted with both (see `userns::idmapped_rootfs`).
+pub fn harden_rootfs(
+    mut mounts: Vec<crius_image::Mount>,
+    nodev: bool,
+    nosuid: bool,
+) -> Vec<crius_image::Mount> {
+    for m in mounts.iter_mut().filter(|m| m.kind == "overlay") {
+        for (want, opt) in [(nosuid, "nosuid"), (nodev, "nodev")] {
+            if want && !m.options.iter().any(|o| o == opt) {
+                m.options.push(opt.to_string());
+            }
+        }
+    }
+    mounts
+}
+
 pub fn now_nanos() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

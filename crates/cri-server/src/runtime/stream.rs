@@ -115,7 +115,7 @@ impl Backend for ShimBackend {
         process["terminal"] = serde_json::json!(io.tty);
         let exec_id = format!("stream-{}", &crius_store::generate_id()[..16]);
         let dir = state.join(&exec_id);
-        std::fs::create_dir_all(&dir).map_err(internal)?;
+        crius_store::private::dir(&dir).map_err(internal)?;
         let result = run_exec(&shim, &id, &exec_id, &dir, process, io).await;
         let _ = shim.delete_task(&id, &exec_id).await;
         let _ = std::fs::remove_dir_all(&dir);
@@ -337,9 +337,15 @@ async fn attach_via_shim(
     use crius_shim::proto::shim::AttachRequest;
     use crius_shim::proto::shim_ttrpc::ShimClient as CriusShim;
     let dir = daemon.config.state.join("s");
-    std::fs::create_dir_all(&dir).map_err(internal)?;
+    crius_store::private::dir(&dir).map_err(internal)?;
     let socket = dir.join(format!("attach-{}", &crius_store::generate_id()[..12]));
     let listener = tokio::net::UnixListener::bind(&socket).map_err(internal)?;
+    // Only the shim (root) connects: 0600, whatever the umask made it.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(internal)?;
+    }
     let want_stdin = io.stdin.is_some();
     let (addr, sock, cid) = (
         address.to_string(),

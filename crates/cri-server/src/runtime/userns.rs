@@ -177,9 +177,9 @@ pub fn pin_pod_namespaces(maps: &Mappings, userns: &Path, netns: &Path) -> io::R
     let result = (|| {
         for (kind, at) in [("user", userns), ("net", netns)] {
             if let Some(parent) = at.parent() {
-                std::fs::create_dir_all(parent)?;
+                crius_store::private::dir(parent)?;
             }
-            std::fs::OpenOptions::new()
+            crius_store::private::file_options()
                 .create(true)
                 .truncate(false)
                 .write(true)
@@ -211,6 +211,27 @@ pub fn pin_pod_namespaces(maps: &Mappings, userns: &Path, netns: &Path) -> io::R
     result
 }
 
+/// Mode of `<state>/sandboxes` and `<state>/containers`: runc, as the root
+/// of a user namespace pod (a host uid and gid of the pod's mapping, with
+/// no capability over host-owned inodes), bind-mounts the bundle's
+/// `rootfs` by path, so it must traverse them. Nothing in them can be
+/// listed, and every entry is 0700 or (a user namespace pod's) 0711.
+pub const SHARED_PARENT_MODE: u32 = 0o711;
+
+/// Lets runc, in the pod's user namespace, traverse a user namespace
+/// pod's or container's state directory and bundle on its way to the
+/// bundle's `rootfs`: 0711 (not listable; what is in them is 0600 or
+/// 0700). It has no capability over host-owned inodes there, and group
+/// access (0710 to the pod's root group) does not do: runc's process is not
+/// in that group while it prepares the rootfs. The rootfs overlay of such a
+/// pod is mounted nosuid,nodev on the host.
+pub fn let_pod_root_traverse(dirs: &[&Path]) -> io::Result<()> {
+    for d in dirs {
+        crius_store::private::dir_with_mode(d, 0o711)?;
+    }
+    Ok(())
+}
+
 /// Where a pod's pinned user and network namespaces are.
 pub fn pod_ns_paths(sandbox_state: &Path) -> (PathBuf, PathBuf) {
     (sandbox_state.join("userns"), sandbox_state.join("netns"))
@@ -237,13 +258,14 @@ pub fn open_userns(path: &Path) -> io::Result<OwnedFd> {
 pub fn idmapped_bind(source: &Path, target: &Path, userns: BorrowedFd<'_>) -> io::Result<()> {
     let meta = std::fs::metadata(source)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", source.display())))?;
+    // Private mount points (the mount covers their modes).
     if let Some(parent) = target.parent() {
-        std::fs::create_dir_all(parent)?;
+        crius_store::private::dir(parent)?;
     }
     if meta.is_dir() {
-        std::fs::create_dir_all(target)?;
+        crius_store::private::dir(target)?;
     } else {
-        std::fs::OpenOptions::new()
+        crius_store::private::file_options()
             .create(true)
             .truncate(false)
             .write(true)
@@ -283,7 +305,15 @@ pub fn idmapped_rootfs(
     let result = (|| {
         let mut options = Vec::with_capacity(m.options.len());
         let mut upper = None;
+        // Reachable by host users (its state directories are 0711, see
+        // let_pod_root_traverse): never setuid files or device nodes on the
+        // host. Inside the pod's user namespace these flags are locked on
+        // runc's bind of the rootfs anyway.
+        let flags = nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV;
         for o in &m.options {
+            if o == "nosuid" || o == "nodev" {
+                continue;
+            }
             if let Some(lower) = o.strip_prefix("lowerdir=") {
                 let mut staged = Vec::new();
                 for (i, dir) in lower.split(':').enumerate() {
@@ -303,13 +333,13 @@ pub fn idmapped_rootfs(
             std::os::unix::fs::chown(u, Some(root.0), Some(root.1))
                 .map_err(|e| io::Error::new(e.kind(), format!("chown {}: {e}", u.display())))?;
         }
-        std::fs::create_dir_all(target)?;
+        crius_store::private::dir(target)?;
         let data = options.join(",");
         nix::mount::mount(
             Some(m.source.as_str()),
             target,
             Some("overlay"),
-            nix::mount::MsFlags::empty(),
+            flags,
             Some(data.as_str()),
         )
         .map_err(|e| io::Error::other(format!("mount overlay on {}: {e}", target.display())))
@@ -406,7 +436,7 @@ fn probe_in(dir: &Path) -> Result<(), String> {
     };
     let err = |e: io::Error| e.to_string();
     for d in ["lower", "upper", "work", "staging", "merged"] {
-        std::fs::create_dir_all(dir.join(d)).map_err(err)?;
+        crius_store::private::dir(&dir.join(d)).map_err(err)?;
     }
     std::fs::write(dir.join("lower/file"), b"").map_err(err)?;
     let ns = new_userns(&maps).map_err(|e| format!("user namespace: {e}"))?;
@@ -571,7 +601,11 @@ pub async fn pause(
     let target = bundle.join("rootfs");
     let root = pod_root(&maps)?;
     let ns_path = netns.clone();
+    let traverse = [state_dir.to_path_buf(), bundle.to_path_buf()];
     tokio::task::spawn_blocking(move || {
+        let dirs: Vec<&Path> = traverse.iter().map(PathBuf::as_path).collect();
+        let_pod_root_traverse(&dirs)
+            .map_err(|e| Status::internal(format!("state directories: {e}")))?;
         let ns = pin_pod_namespaces(&maps, &userns, &ns_path)
             .map_err(|e| Status::internal(format!("cannot make the pod's user namespace: {e}")))?;
         idmapped_rootfs(&mounts, &staging, &target, ns.as_fd(), root)
@@ -616,7 +650,11 @@ pub async fn container(
     let idmap = state_dir.join("idmap");
     let target = bundle.join("rootfs");
     let root = pod_root(&maps)?;
+    let traverse = [state_dir.to_path_buf(), bundle.to_path_buf()];
     let value = tokio::task::spawn_blocking(move || {
+        let dirs: Vec<&Path> = traverse.iter().map(PathBuf::as_path).collect();
+        let_pod_root_traverse(&dirs)
+            .map_err(|e| Status::internal(format!("state directories: {e}")))?;
         let ns = open_userns(&userns).map_err(|e| {
             Status::failed_precondition(format!("the pod's user namespace is not there: {e}"))
         })?;

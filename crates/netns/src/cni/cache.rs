@@ -85,7 +85,8 @@ impl ResultCache {
             let path = path.to_path_buf();
             move |source| CacheError::Io { path, source }
         };
-        fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+        // Private: results hold the pods' addresses and plugin state.
+        crius_store::private::dir(&self.dir).map_err(io_err(&self.dir))?;
         let bytes = serde_json::to_vec(entry).map_err(|e| CacheError::Corrupt {
             path: path.clone(),
             reason: e.to_string(),

@@ -510,7 +510,24 @@ async fn create_steps(
     let bundle = state.join("bundle");
     done.dirs.push(root.clone());
     done.dirs.push(state.clone());
-    std::fs::create_dir_all(bundle.join("rootfs")).map_err(|e| internal("bundle", e))?;
+    // Private: <root>/containers/<id>, <state>/containers/<id>, its
+    // bundle and the rootfs mount point (the overlay's root covers it).
+    // <state>/containers: see SHARED_PARENT_MODE; a user namespace pod's
+    // container's own directories become 0711.
+    crius_store::private::dir_with_mode(
+        &daemon.config.state.join("containers"),
+        crate::runtime::userns::SHARED_PARENT_MODE,
+    )
+    .map_err(|e| internal("bundle", e))?;
+    for d in [
+        daemon.config.root.join("containers"),
+        root.clone(),
+        state.clone(),
+        bundle.clone(),
+        bundle.join("rootfs"),
+    ] {
+        crius_store::private::dir(&d).map_err(|e| internal("bundle", e))?;
+    }
     let mounts = daemon
         .images
         .prepare_rootfs(&image.metadata.id, id)
@@ -523,6 +540,17 @@ async fn create_steps(
         .map_err(|e| internal("rootfs", e))?;
     done.rootfs = true;
     timeline.mark("rootfs_mount");
+    // The host's view of the rootfs overlay: nodev unless privileged,
+    // nosuid when the container cannot gain privileges through setuid
+    // files anyway (runc's bind of the rootfs keeps these flags, so the
+    // container's `/` gets them too).
+    let rootfs_sc = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.clone())
+        .unwrap_or_default();
+    let mounts =
+        crate::runtime::harden_rootfs(mounts, !rootfs_sc.privileged, rootfs_sc.no_new_privs);
 
     let spec_image = image_config.spec_config();
     let passwd =
@@ -601,7 +629,17 @@ async fn create_steps(
         };
         let _span = tracing::debug_span!("spec", container = id).entered();
         for v in image_volumes(&input).map_err(spec_status)? {
-            std::fs::create_dir_all(&v.source).map_err(|e| internal("image volume", e))?;
+            // <root>/containers/<id>/volumes is private; the volume itself
+            // is the container's directory, usable by its users.
+            let source = Path::new(&v.source);
+            if let Some(parent) = source.parent() {
+                crius_store::private::dir(parent).map_err(|e| internal("image volume", e))?;
+            }
+            crius_store::private::dir_with_mode(
+                source,
+                crius_store::private::CONTAINER_VISIBLE_DIR,
+            )
+            .map_err(|e| internal("image volume", e))?;
         }
         container_spec(&input).map_err(spec_status)?
     };
@@ -1165,7 +1203,8 @@ pub async fn exec_sync(
     process["terminal"] = serde_json::json!(false);
     let exec_id = format!("exec-{}", &crius_store::generate_id()[..16]);
     let out_dir = container_state(daemon, &id).join(&exec_id);
-    std::fs::create_dir_all(&out_dir).map_err(|e| internal("exec output", e))?;
+    // Private, as are the output files the shim makes in it (0600).
+    crius_store::private::dir(&out_dir).map_err(|e| internal("exec output", e))?;
     let (out, err) = (out_dir.join("stdout"), out_dir.join("stderr"));
     let process = serde_json::to_vec(&process).map_err(|e| internal("process", e))?;
     let result = async {

@@ -331,8 +331,21 @@ async fn run_steps(
     for d in [&root_dir, &state_dir] {
         done.dirs.push(d.clone());
     }
-    std::fs::create_dir_all(&bundle).map_err(|e| internal("bundle", e))?;
-    std::fs::create_dir_all(&root_dir).map_err(|e| internal("sandbox dir", e))?;
+    // Private: <state>/sandboxes/<id>/bundle and <root>/sandboxes/<id>
+    // (the pod files in it are 0644 for the containers' users, reached
+    // through bind mounts only). <state>/sandboxes: see SHARED_PARENT_MODE;
+    // a user namespace pod's own directories become 0711.
+    crius_store::private::dir_with_mode(
+        &daemon.config.state.join("sandboxes"),
+        crate::runtime::userns::SHARED_PARENT_MODE,
+    )
+    .map_err(|e| internal("bundle", e))?;
+    for d in [&state_dir, &bundle] {
+        crius_store::private::dir(d).map_err(|e| internal("bundle", e))?;
+    }
+    for d in [&daemon.config.root.join("sandboxes"), &root_dir] {
+        crius_store::private::dir(d).map_err(|e| internal("sandbox dir", e))?;
+    }
     let (mounts, userns_netns) = if infra {
         let pause = PauseBundle {
             id,
@@ -621,7 +634,8 @@ impl PauseBundle<'_> {
             .image_config(&image.metadata.id)
             .map_err(|e| internal("pause image config", e))?;
 
-        std::fs::create_dir_all(bundle.join("rootfs")).map_err(|e| internal("bundle", e))?;
+        // A mount point (the overlay's root covers its mode).
+        crius_store::private::dir(&bundle.join("rootfs")).map_err(|e| internal("bundle", e))?;
         let mounts = daemon
             .images
             .prepare_rootfs(&image.metadata.id, id)
@@ -633,6 +647,8 @@ impl PauseBundle<'_> {
             .await
             .map_err(|e| internal("pause rootfs", e))?;
         done.rootfs = true;
+        // The pause needs neither setuid files nor device nodes.
+        let mounts = crate::runtime::harden_rootfs(mounts, true, true);
 
         let spec_image = image_config.spec_config();
         let spec = tracing::debug_span!("spec", sandbox = id)
