@@ -603,13 +603,14 @@ pub async fn pause(
     let ns_path = netns.clone();
     let traverse = [state_dir.to_path_buf(), bundle.to_path_buf()];
     tokio::task::spawn_blocking(move || {
-        let dirs: Vec<&Path> = traverse.iter().map(PathBuf::as_path).collect();
-        let_pod_root_traverse(&dirs)
-            .map_err(|e| Status::internal(format!("state directories: {e}")))?;
         let ns = pin_pod_namespaces(&maps, &userns, &ns_path)
             .map_err(|e| Status::internal(format!("cannot make the pod's user namespace: {e}")))?;
         idmapped_rootfs(&mounts, &staging, &target, ns.as_fd(), root)
-            .map_err(|e| mount_failed("the pause rootfs", e))
+            .map_err(|e| mount_failed("the pause rootfs", e))?;
+        // Last: making the pins and mount points above narrows their
+        // parents to 0700 again.
+        let dirs: Vec<&Path> = traverse.iter().map(PathBuf::as_path).collect();
+        let_pod_root_traverse(&dirs).map_err(|e| Status::internal(format!("state directories: {e}")))
     })
     .await
     .map_err(|e| Status::internal(format!("idmapped mounts: {e}")))??;
@@ -650,11 +651,10 @@ pub async fn container(
     let idmap = state_dir.join("idmap");
     let target = bundle.join("rootfs");
     let root = pod_root(&maps)?;
-    let traverse = [state_dir.to_path_buf(), bundle.to_path_buf()];
+    // runc, as the pod's root, reaches the rootfs and the staged bind
+    // mount sources by path.
+    let traverse = [state_dir.to_path_buf(), bundle.to_path_buf(), idmap.clone()];
     let value = tokio::task::spawn_blocking(move || {
-        let dirs: Vec<&Path> = traverse.iter().map(PathBuf::as_path).collect();
-        let_pod_root_traverse(&dirs)
-            .map_err(|e| Status::internal(format!("state directories: {e}")))?;
         let ns = open_userns(&userns).map_err(|e| {
             Status::failed_precondition(format!("the pod's user namespace is not there: {e}"))
         })?;
@@ -675,6 +675,13 @@ pub async fn container(
         }
         idmapped_rootfs(&mounts, &idmap.join("rootfs"), &target, ns.as_fd(), root)
             .map_err(|e| mount_failed("the container rootfs", e))?;
+        // Last: making the mount points above narrows their parents to
+        // 0700 again.
+        crius_store::private::dir(&idmap)
+            .map_err(|e| Status::internal(format!("state directories: {e}")))?;
+        let dirs: Vec<&Path> = traverse.iter().map(PathBuf::as_path).collect();
+        let_pod_root_traverse(&dirs)
+            .map_err(|e| Status::internal(format!("state directories: {e}")))?;
         Ok::<_, Status>(value)
     })
     .await
