@@ -11,6 +11,7 @@
 //! whose shim or task is gone becomes EXITED with a reason and a message.
 
 use crate::daemon::Daemon;
+use crate::errors::CriError;
 use crate::runtime::container::lifecycle::{record_exit, watch_exit};
 use crate::runtime::now_nanos;
 use crate::shimclient::{ShimClient, NAMESPACE};
@@ -19,7 +20,6 @@ use crius_store::{ContainerState, SandboxRecord, SandboxState};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::Status;
 
 /// Exit code recorded for a container whose fate is unknown.
 pub const UNKNOWN_EXIT_CODE: u32 = 255;
@@ -238,7 +238,7 @@ pub fn runtime_containers_of(root: &Path, sandbox_id: &str) -> Vec<String> {
 /// container whose shim is gone (its processes were re-parented and keep
 /// running) and removes its runtime state and cgroup. An unknown id is not
 /// an error.
-pub async fn force_delete(runtime: &str, root: &Path, id: &str) -> Result<(), Status> {
+pub async fn force_delete(runtime: &str, root: &Path, id: &str) -> Result<(), CriError> {
     // runc and crun keep a directory per container under their root: with
     // none there is nothing for the runtime to delete (and no process to
     // spend on finding that out).
@@ -254,7 +254,7 @@ pub async fn force_delete(runtime: &str, root: &Path, id: &str) -> Result<(), St
         .map_err(|e| crate::errors::internal(&format!("cannot run {runtime}"), e))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() && !stderr.contains("not exist") {
-        return Err(Status::internal(format!(
+        return Err(CriError::internal(format!(
             "{runtime} delete --force {id}: {}",
             stderr.trim()
         )));

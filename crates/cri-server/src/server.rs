@@ -2,8 +2,7 @@
 
 use crate::config::Config;
 use crate::daemon::Daemon;
-use crate::image::ImageSvc;
-use crate::runtime::RuntimeSvc;
+use crate::service::{ImageSvc, RuntimeSvc};
 use anyhow::{bail, Context};
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;

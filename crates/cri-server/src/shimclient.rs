@@ -95,26 +95,6 @@ impl ShimError {
             ShimError::Connect { .. } | ShimError::Transport { .. }
         )
     }
-
-    /// The gRPC status for a CRI caller.
-    pub fn to_status(&self) -> tonic::Status {
-        let msg = self.to_string();
-        match self {
-            ShimError::Rpc { code, .. } => match *code {
-                ttrpc::Code::NOT_FOUND => tonic::Status::not_found(msg),
-                ttrpc::Code::ALREADY_EXISTS => tonic::Status::already_exists(msg),
-                ttrpc::Code::INVALID_ARGUMENT => tonic::Status::invalid_argument(msg),
-                ttrpc::Code::FAILED_PRECONDITION => tonic::Status::failed_precondition(msg),
-                ttrpc::Code::DEADLINE_EXCEEDED => tonic::Status::deadline_exceeded(msg),
-                ttrpc::Code::UNIMPLEMENTED => tonic::Status::unimplemented(msg),
-                _ => tonic::Status::internal(msg),
-            },
-            ShimError::Transport { .. } | ShimError::Connect { .. } => {
-                tonic::Status::unavailable(msg)
-            }
-            ShimError::Launch(_) => tonic::Status::internal(msg),
-        }
-    }
 }
 
 fn rpc_error(method: &'static str, e: ttrpc::Error) -> ShimError {
@@ -724,16 +704,16 @@ mod tests {
             message: "m".into(),
         };
         assert_eq!(
-            rpc(ttrpc::Code::NOT_FOUND).to_status().code(),
+            crate::errors::CriError::from(rpc(ttrpc::Code::NOT_FOUND)).code(),
             tonic::Code::NotFound
         );
         assert!(rpc(ttrpc::Code::NOT_FOUND).is_not_found());
         assert_eq!(
-            rpc(ttrpc::Code::INVALID_ARGUMENT).to_status().code(),
+            crate::errors::CriError::from(rpc(ttrpc::Code::INVALID_ARGUMENT)).code(),
             tonic::Code::InvalidArgument
         );
         assert_eq!(
-            rpc(ttrpc::Code::INTERNAL).to_status().code(),
+            crate::errors::CriError::from(rpc(ttrpc::Code::INTERNAL)).code(),
             tonic::Code::Internal
         );
         let gone = ShimError::Transport {
@@ -741,7 +721,10 @@ mod tests {
             message: "closed".into(),
         };
         assert!(gone.is_unreachable());
-        assert_eq!(gone.to_status().code(), tonic::Code::Unavailable);
+        assert_eq!(
+            crate::errors::CriError::from(&gone).code(),
+            tonic::Code::Unavailable
+        );
     }
 
     #[tokio::test]

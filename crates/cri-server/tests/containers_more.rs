@@ -771,6 +771,8 @@ async fn security_namespaces_user_mounts_and_bad_requests() {
     });
     let mut no_name = sleeper("", &image);
     no_name.log_path = "x.log".into();
+    // Used to come back as Internal.
+    let bad_reference = sleeper("bad", "UPPER/Case:%tag");
     for (what, c) in [
         ("bidirectional on a private mount", bidirectional_private),
         ("rslave on a private mount", slave_private),
@@ -778,6 +780,7 @@ async fn security_namespaces_user_mounts_and_bad_requests() {
         ("unknown user", unknown_user),
         ("unknown capability", bad_cap),
         ("empty name", no_name),
+        ("invalid image reference", bad_reference),
     ] {
         let err = create(&mut rt, &pod_id, &pod_config, c)
             .await

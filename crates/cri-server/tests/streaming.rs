@@ -6,6 +6,7 @@
 mod common;
 
 use common::stream_client::*;
+use crius_cri_server::errors::CriError;
 use crius_cri_server::streaming::{
     Backend, BackendError, StreamIo, StreamingConfig, StreamingServer, TermSize,
 };
@@ -467,7 +468,11 @@ async fn invalid_requests_are_invalid_argument() {
     ];
     for req in cases {
         let err = h.server.get_exec(&req).unwrap_err();
-        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{req:?}");
+        assert_eq!(
+            CriError::from(err).code(),
+            tonic::Code::InvalidArgument,
+            "{req:?}"
+        );
     }
     let err = h
         .server
@@ -476,10 +481,7 @@ async fn invalid_requests_are_invalid_argument() {
             port: vec![80],
         })
         .unwrap_err();
-    assert_eq!(
-        tonic::Status::from(err).code(),
-        tonic::Code::InvalidArgument
-    );
+    assert_eq!(CriError::from(err).code(), tonic::Code::InvalidArgument);
 }
 
 #[tokio::test]
@@ -1116,7 +1118,7 @@ async fn in_flight_requests_are_bounded() {
     let first = h.server.get_exec(&req).unwrap();
     h.server.get_exec(&req).unwrap();
     let err = h.server.get_exec(&req).unwrap_err();
-    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(CriError::from(err).code(), tonic::Code::ResourceExhausted);
     // Using a URL frees its slot.
     let (status, _, _, _) = http_request(&first, &[]).await;
     assert_eq!(status, 400);

@@ -12,13 +12,13 @@
 //! The idea is CRI-O's resource store; this is written for crius.
 
 use crate::daemon::Daemon;
+use crate::errors::CriError;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
-use tonic::Status;
 use tracing::Instrument;
 
 /// How long a finished but unclaimed object is kept by default (the
@@ -43,7 +43,7 @@ impl Kind {
     }
 }
 
-type Outcome = Option<Result<String, Status>>;
+type Outcome = Option<Result<String, CriError>>;
 
 struct Entry {
     generation: u64,
@@ -124,7 +124,7 @@ async fn clean_up(daemon: Arc<Daemon>, kind: Kind, id: String) {
         Kind::Sandbox => {
             match crate::runtime::sandbox::lifecycle::stop(&daemon, &id).await {
                 Ok(()) => {}
-                Err(e) if e.code() == tonic::Code::NotFound => return,
+                Err(e) if e.is_not_found() => return,
                 Err(e) => {
                     tracing::warn!(sandbox = %id, error = %e.message(), "hand-back expiry: stop failed")
                 }
@@ -150,9 +150,9 @@ pub async fn create<F>(
     name: &str,
     fingerprint: String,
     create: impl Fn() -> F,
-) -> Result<String, Status>
+) -> Result<String, CriError>
 where
-    F: Future<Output = Result<String, Status>> + Send + 'static,
+    F: Future<Output = Result<String, CriError>> + Send + 'static,
 {
     let key = kind.key(name);
     let hb = &daemon.handback;
@@ -186,13 +186,13 @@ where
             // untracked; the store answers with the holder's id.
             return tokio::spawn(create().in_current_span())
                 .await
-                .map_err(|e| Status::internal(format!("creation task failed: {e}")))?;
+                .map_err(|e| CriError::internal(format!("creation task failed: {e}")))?;
         };
         let outcome = match rx.wait_for(Option::is_some).await {
             Ok(v) => v.clone(),
-            Err(_) => Some(Err(Status::internal("creation task vanished"))),
+            Err(_) => Some(Err(CriError::internal("creation task vanished"))),
         };
-        let result = outcome.unwrap_or_else(|| Err(Status::internal("creation task vanished")));
+        let result = outcome.unwrap_or_else(|| Err(CriError::internal("creation task vanished")));
         match result {
             Ok(id) => {
                 let claimed = hb.claim(&key, generation);
@@ -206,7 +206,7 @@ where
                     // Removed (by id) while parked: create it anew.
                     continue;
                 }
-                return Err(Status::aborted(format!(
+                return Err(CriError::aborted(format!(
                     "{name} was created but removed before it could be handed back; retry"
                 )));
             }
@@ -224,12 +224,12 @@ fn spawn_tracked<F>(
     tx: watch::Sender<Outcome>,
     fut: F,
 ) where
-    F: Future<Output = Result<String, Status>> + Send + 'static,
+    F: Future<Output = Result<String, CriError>> + Send + 'static,
 {
     tokio::spawn(async move {
         let result = match tokio::spawn(fut).await {
             Ok(r) => r,
-            Err(e) => Err(Status::internal(format!("creation task failed: {e}"))),
+            Err(e) => Err(CriError::internal(format!("creation task failed: {e}"))),
         };
         let id = result.as_ref().ok().cloned();
         tx.send_replace(Some(result));

@@ -2,6 +2,7 @@
 
 use crate::config::CgroupDriver;
 use crate::daemon::{Daemon, RuntimeConfigState, RUNTIME_CONFIG_KEY};
+use crate::errors::CriError;
 use crate::errors::{invalid_field, store_status};
 use crate::health;
 use k8s_cri::v1::{
@@ -11,7 +12,6 @@ use k8s_cri::v1::{
 };
 use std::collections::HashMap;
 use std::net::IpAddr;
-use tonic::Status;
 
 /// CRI condition type: the runtime can run containers.
 pub const RUNTIME_READY: &str = "RuntimeReady";
@@ -36,7 +36,7 @@ fn condition(kind: &str, result: Result<(), (String, String)>) -> RuntimeConditi
 }
 
 /// Answers `Status`.
-pub async fn status(daemon: &Daemon, req: StatusRequest) -> Result<StatusResponse, Status> {
+pub async fn status(daemon: &Daemon, req: StatusRequest) -> Result<StatusResponse, CriError> {
     let config = &daemon.config;
     let handler = config
         .runtimes
@@ -49,7 +49,7 @@ pub async fn status(daemon: &Daemon, req: StatusRequest) -> Result<StatusRespons
     let mut info = HashMap::new();
     if req.verbose {
         let json = serde_json::to_string(config.as_ref())
-            .map_err(|e| Status::internal(format!("cannot render config: {e}")))?;
+            .map_err(|e| CriError::internal(format!("cannot render config: {e}")))?;
         info.insert("config".to_string(), json);
         let describe = |r: Result<String, String>| match r {
             Ok(v) => serde_json::json!({ "ready": true, "detail": v }),
@@ -167,7 +167,7 @@ pub fn validate_pod_cidr(cidr: &str) -> Result<(), String> {
 pub fn update_runtime_config(
     daemon: &Daemon,
     req: UpdateRuntimeConfigRequest,
-) -> Result<UpdateRuntimeConfigResponse, Status> {
+) -> Result<UpdateRuntimeConfigResponse, CriError> {
     let Some(cidr) = req
         .runtime_config
         .and_then(|c| c.network_config)
@@ -182,7 +182,7 @@ pub fn update_runtime_config(
     let mut current = daemon
         .runtime_config
         .lock()
-        .map_err(|_| Status::internal("runtime config lock poisoned"))?;
+        .map_err(|_| CriError::internal("runtime config lock poisoned"))?;
     if current.pod_cidr == cidr {
         return Ok(UpdateRuntimeConfigResponse {});
     }

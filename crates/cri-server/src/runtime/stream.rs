@@ -95,7 +95,7 @@ async fn pump_out(
     let _ = to.shutdown().await;
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl Backend for ShimBackend {
     async fn exec(
         &self,

@@ -16,6 +16,7 @@
 //! removes them all on remove and on every rollback, before any directory
 //! is deleted.
 
+use crate::errors::CriError;
 use crius_spec::userns::Mappings;
 use std::ffi::CString;
 use std::io;
@@ -24,7 +25,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use tonic::Status;
 
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
@@ -507,30 +507,30 @@ pub fn handler_supports(state: &Path, path: &str) -> bool {
 }
 
 /// The error of a mode-POD pod on a handler that cannot do it.
-pub fn unsupported(handler: &str, state: &Path) -> Status {
+pub fn unsupported(handler: &str, state: &Path) -> CriError {
     let why = match kernel_probe(state) {
         Err(e) => format!("the kernel cannot make idmapped mounts ({e})"),
         Ok(()) => format!("the OCI runtime of handler {handler:?} has no user namespace support"),
     };
-    Status::failed_precondition(format!(
+    CriError::failed_precondition(format!(
         "{}: mode POD (a user namespace) is not available: {why}",
         crius_spec::userns::POD_FIELD
     ))
 }
 
-fn spec_error(e: crius_spec::SpecError) -> Status {
+fn spec_error(e: crius_spec::SpecError) -> CriError {
     crate::errors::spec_status(e)
 }
 
-fn mount_failed(what: &str, e: io::Error) -> Status {
-    Status::failed_precondition(format!("cannot make the idmapped mount of {what}: {e}"))
+fn mount_failed(what: &str, e: io::Error) -> CriError {
+    CriError::failed_precondition(format!("cannot make the idmapped mount of {what}: {e}"))
 }
 
 /// The host uid and gid of the pod's root.
-fn pod_root(maps: &Mappings) -> Result<(u32, u32), Status> {
+fn pod_root(maps: &Mappings) -> Result<(u32, u32), CriError> {
     match (maps.host_uid(0), maps.host_gid(0)) {
         (Some(u), Some(g)) => Ok((u, g)),
-        _ => Err(Status::invalid_argument(format!(
+        _ => Err(CriError::invalid_argument(format!(
             "{}: the pod's root (id 0) is not mapped",
             crius_spec::userns::POD_FIELD
         ))),
@@ -544,7 +544,7 @@ pub async fn check_pod(
     daemon: &crate::daemon::Daemon,
     config: &k8s_cri::v1::PodSandboxConfig,
     handler: &str,
-) -> Result<Option<Mappings>, Status> {
+) -> Result<Option<Mappings>, CriError> {
     let maps = crius_spec::userns::pod_mappings(config).map_err(spec_error)?;
     if maps.is_none() {
         return Ok(None);
@@ -586,7 +586,7 @@ pub async fn pause(
     mounts: Vec<crius_image::Mount>,
     state_dir: &Path,
     bundle: &Path,
-) -> Result<PauseSetup, Status> {
+) -> Result<PauseSetup, CriError> {
     let Some(maps) = crius_spec::userns::pod_mappings(config).map_err(spec_error)? else {
         return Ok(PauseSetup {
             spec,
@@ -603,17 +603,19 @@ pub async fn pause(
     let ns_path = netns.clone();
     let traverse = [state_dir.to_path_buf(), bundle.to_path_buf()];
     tokio::task::spawn_blocking(move || {
-        let ns = pin_pod_namespaces(&maps, &userns, &ns_path)
-            .map_err(|e| Status::internal(format!("cannot make the pod's user namespace: {e}")))?;
+        let ns = pin_pod_namespaces(&maps, &userns, &ns_path).map_err(|e| {
+            CriError::internal(format!("cannot make the pod's user namespace: {e}"))
+        })?;
         idmapped_rootfs(&mounts, &staging, &target, ns.as_fd(), root)
             .map_err(|e| mount_failed("the pause rootfs", e))?;
         // Last: making the pins and mount points above narrows their
         // parents to 0700 again.
         let dirs: Vec<&Path> = traverse.iter().map(PathBuf::as_path).collect();
-        let_pod_root_traverse(&dirs).map_err(|e| Status::internal(format!("state directories: {e}")))
+        let_pod_root_traverse(&dirs)
+            .map_err(|e| CriError::internal(format!("state directories: {e}")))
     })
     .await
-    .map_err(|e| Status::internal(format!("idmapped mounts: {e}")))??;
+    .map_err(|e| CriError::internal(format!("idmapped mounts: {e}")))??;
     Ok(PauseSetup {
         spec,
         mounts: Vec::new(),
@@ -636,7 +638,7 @@ pub async fn container(
     mounts: Vec<crius_image::Mount>,
     state_dir: &Path,
     bundle: &Path,
-) -> Result<(oci_spec::runtime::Spec, Vec<crius_image::Mount>), Status> {
+) -> Result<(oci_spec::runtime::Spec, Vec<crius_image::Mount>), CriError> {
     let pod_config = crate::runtime::sandbox::status::stored_config(sandbox);
     let maps = crius_spec::userns::pod_mappings(&pod_config).map_err(spec_error)?;
     crius_spec::userns::check_container(config, maps.as_ref()).map_err(spec_error)?;
@@ -647,7 +649,7 @@ pub async fn container(
     let join = userns.display().to_string();
     let spec = crius_spec::userns::apply(spec, &maps, Some(&join)).map_err(spec_error)?;
     let mut value =
-        serde_json::to_value(&spec).map_err(|e| Status::internal(format!("spec: {e}")))?;
+        serde_json::to_value(&spec).map_err(|e| CriError::internal(format!("spec: {e}")))?;
     let idmap = state_dir.join("idmap");
     let target = bundle.join("rootfs");
     let root = pod_root(&maps)?;
@@ -656,7 +658,7 @@ pub async fn container(
     let traverse = [state_dir.to_path_buf(), bundle.to_path_buf(), idmap.clone()];
     let value = tokio::task::spawn_blocking(move || {
         let ns = open_userns(&userns).map_err(|e| {
-            Status::failed_precondition(format!("the pod's user namespace is not there: {e}"))
+            CriError::failed_precondition(format!("the pod's user namespace is not there: {e}"))
         })?;
         if let Some(list) = value["mounts"].as_array_mut() {
             for (i, m) in list.iter_mut().enumerate() {
@@ -678,15 +680,16 @@ pub async fn container(
         // Last: making the mount points above narrows their parents to
         // 0700 again.
         crius_store::private::dir(&idmap)
-            .map_err(|e| Status::internal(format!("state directories: {e}")))?;
+            .map_err(|e| CriError::internal(format!("state directories: {e}")))?;
         let dirs: Vec<&Path> = traverse.iter().map(PathBuf::as_path).collect();
         let_pod_root_traverse(&dirs)
-            .map_err(|e| Status::internal(format!("state directories: {e}")))?;
-        Ok::<_, Status>(value)
+            .map_err(|e| CriError::internal(format!("state directories: {e}")))?;
+        Ok::<_, CriError>(value)
     })
     .await
-    .map_err(|e| Status::internal(format!("idmapped mounts: {e}")))??;
-    let spec = serde_json::from_value(value).map_err(|e| Status::internal(format!("spec: {e}")))?;
+    .map_err(|e| CriError::internal(format!("idmapped mounts: {e}")))??;
+    let spec =
+        serde_json::from_value(value).map_err(|e| CriError::internal(format!("spec: {e}")))?;
     Ok((spec, Vec::new()))
 }
 

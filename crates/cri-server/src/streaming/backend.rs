@@ -77,7 +77,7 @@ impl From<std::io::Error> for BackendError {
 
 /// The runtime side of the streaming server. criusd implements it with the
 /// per-pod shim; tests implement it with local processes.
-#[tonic::async_trait]
+#[async_trait::async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// Runs `cmd` in the container with the client's streams; returns the
     /// command's exit code.

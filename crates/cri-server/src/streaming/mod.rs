@@ -13,7 +13,7 @@
 //! let config = StreamingConfig { address: cfg.stream.address.parse()?, ..Default::default() };
 //! let (streaming, task) = StreamingServer::start(config, backend, shutdown_rx).await?;
 //! // RuntimeService::exec (after checking that the container exists: NotFound):
-//! let url = streaming.get_exec(request.get_ref())?; // StreamingError -> tonic::Status
+//! let url = streaming.get_exec(request.get_ref())?; // StreamingError -> CriError
 //! Ok(Response::new(ExecResponse { url }))
 //! ```
 //!
@@ -81,23 +81,6 @@ pub enum StreamingError {
         /// The cause.
         source: std::io::Error,
     },
-}
-
-impl StreamingError {
-    /// The gRPC code a CRI call returns for this error.
-    pub fn code(&self) -> tonic::Code {
-        match self {
-            StreamingError::InvalidRequest(_) => tonic::Code::InvalidArgument,
-            StreamingError::TooMany(_) => tonic::Code::ResourceExhausted,
-            StreamingError::Bind { .. } | StreamingError::Tls(_) => tonic::Code::Unavailable,
-        }
-    }
-}
-
-impl From<StreamingError> for tonic::Status {
-    fn from(e: StreamingError) -> Self {
-        tonic::Status::new(e.code(), e.to_string())
-    }
 }
 
 fn invalid(msg: &str) -> StreamingError {
@@ -675,7 +658,7 @@ mod tests {
                 (Ok(()), None) => {}
                 (Err(e), Some(w)) => {
                     assert!(e.to_string().contains(w), "{e} vs {w}");
-                    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+                    assert!(matches!(e, StreamingError::InvalidRequest(_)), "{e:?}");
                 }
                 (got, want) => panic!("{req:?}: got {got:?}, want {want:?}"),
             }
@@ -697,7 +680,7 @@ mod tests {
         assert!(validate_port_forward(&pf("", vec![80])).is_err());
         assert!(validate_port_forward(&pf("p", vec![0])).is_err());
         assert!(validate_port_forward(&pf("p", vec![70000])).is_err());
-        let status: tonic::Status = StreamingError::TooMany(CacheFull(3)).into();
-        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        let err = crate::errors::CriError::from(StreamingError::TooMany(CacheFull(3)));
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
     }
 }

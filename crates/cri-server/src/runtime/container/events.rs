@@ -2,7 +2,6 @@
 //! every subscriber through the daemon's broadcast channel.
 
 use crate::daemon::Daemon;
-use crate::runtime::ContainerEventStream;
 use crius_store::ContainerRecord;
 use k8s_cri::v1::{ContainerEventResponse, ContainerEventType};
 use tokio::sync::broadcast::error::RecvError;
@@ -78,10 +77,15 @@ pub fn emit_sandbox(
     });
 }
 
+/// The stream `GetContainerEvents` answers with.
+pub type EventStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = k8s_cri::v1::ContainerEventResponse> + Send + 'static>,
+>;
+
 /// A stream of the events from now on. A subscriber that falls more than
 /// [`crate::daemon::EVENT_BUFFER`] events behind skips the ones it missed
 /// (with a warning) rather than stalling everybody else.
-pub fn subscribe(daemon: &Daemon) -> ContainerEventStream {
+pub fn subscribe(daemon: &Daemon) -> EventStream {
     let mut rx = daemon.events.subscribe();
     let (tx, out) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
@@ -91,7 +95,7 @@ pub fn subscribe(daemon: &Daemon) -> ContainerEventStream {
                 _ = tx.closed() => return,
                 got = rx.recv() => match got {
                     Ok(ev) => {
-                        if tx.send(Ok(ev)).await.is_err() {
+                        if tx.send(ev).await.is_err() {
                             return;
                         }
                     }

@@ -2,6 +2,7 @@
 //! ExecSync, through the pod's shim.
 
 use crate::daemon::Daemon;
+use crate::errors::CriError;
 use crate::errors::{internal, spec_status};
 use crate::errors::{invalid_field, store_status};
 use crate::runtime::now_nanos;
@@ -22,7 +23,6 @@ use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::Status;
 use tracing::Instrument;
 
 /// The most output ExecSync keeps per stream (kubelet's 16 MiB): the shim
@@ -35,7 +35,7 @@ const WAIT_FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Joins the pod log directory and the container's relative log path,
 /// refusing anything that would leave the directory.
-pub fn log_path(log_dir: &str, rel: &str) -> Result<Option<PathBuf>, Status> {
+pub fn log_path(log_dir: &str, rel: &str) -> Result<Option<PathBuf>, CriError> {
     if log_dir.is_empty() || rel.is_empty() {
         return Ok(None);
     }
@@ -66,7 +66,7 @@ fn read_image_user_file(
     mounts: &[crius_image::Mount],
     rel: &str,
     image_ref: &str,
-) -> Result<String, Status> {
+) -> Result<String, CriError> {
     match read_image_file_limited(mounts, rel, IMAGE_USER_FILE_LIMIT) {
         Ok(text) => Ok(text.unwrap_or_default()),
         Err(size) => Err(invalid_field(
@@ -153,7 +153,7 @@ fn image_file_path(mounts: &[crius_image::Mount], rel: &str) -> Option<PathBuf> 
     None
 }
 
-fn device_nodes(config: &ContainerConfig) -> Result<Vec<DeviceNode>, Status> {
+fn device_nodes(config: &ContainerConfig) -> Result<Vec<DeviceNode>, CriError> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     config
         .devices
@@ -206,7 +206,7 @@ fn device_nodes(config: &ContainerConfig) -> Result<Vec<DeviceNode>, Status> {
 fn prepare_host_paths(
     config: &ContainerConfig,
     created: &mut Vec<PathBuf>,
-) -> Result<HashMap<String, HostPropagation>, Status> {
+) -> Result<HashMap<String, HostPropagation>, CriError> {
     let mut out = HashMap::new();
     if config.mounts.is_empty() {
         return Ok(out);
@@ -260,7 +260,7 @@ fn target_pid(
     config: &ContainerConfig,
     sandbox_id: &str,
     lookup: impl Fn(&str) -> Option<ContainerRecord>,
-) -> Result<Option<u32>, Status> {
+) -> Result<Option<u32>, CriError> {
     let ns = match config
         .linux
         .as_ref()
@@ -310,9 +310,9 @@ pub(crate) fn bundle_dir(daemon: &Daemon, id: &str) -> PathBuf {
     container_state(daemon, id).join("bundle")
 }
 
-async fn shim_for(daemon: &Daemon, sandbox_id: &str) -> Result<Arc<ShimClient>, Status> {
+async fn shim_for(daemon: &Daemon, sandbox_id: &str) -> Result<Arc<ShimClient>, CriError> {
     daemon.shim(sandbox_id).await.ok_or_else(|| {
-        Status::failed_precondition(format!(
+        CriError::failed_precondition(format!(
             "the shim of pod sandbox {sandbox_id} is not running"
         ))
     })
@@ -361,7 +361,7 @@ impl Done {
 }
 
 /// CreateContainer; returns the new container id.
-pub async fn create(daemon: &Arc<Daemon>, req: CreateContainerRequest) -> Result<String, Status> {
+pub async fn create(daemon: &Arc<Daemon>, req: CreateContainerRequest) -> Result<String, CriError> {
     if req.pod_sandbox_id.is_empty() {
         return Err(invalid_field("pod_sandbox_id", "must not be empty"));
     }
@@ -389,7 +389,7 @@ pub async fn create(daemon: &Arc<Daemon>, req: CreateContainerRequest) -> Result
         .get_sandbox(&req.pod_sandbox_id)
         .map_err(store_status)?;
     if sandbox.status.state != SandboxState::Ready {
-        return Err(Status::failed_precondition(format!(
+        return Err(CriError::failed_precondition(format!(
             "pod sandbox {} is not ready",
             sandbox.metadata.id
         )));
@@ -446,7 +446,7 @@ async fn create_steps(
     image_ref: &str,
     log: Option<PathBuf>,
     done: &mut Done,
-) -> Result<(), Status> {
+) -> Result<(), CriError> {
     let mut timeline = Timeline::start();
     let meta = config.metadata.clone().unwrap_or_default();
     let name = crate::runtime::sandbox::container_name(&meta.name, meta.attempt, sandbox_config);
@@ -456,9 +456,9 @@ async fn create_steps(
 
     let image = tracing::debug_span!("image", op = "resolve", image = image_ref)
         .in_scope(|| daemon.images.resolve(image_ref))
-        .map_err(|e| internal("image", e))?
+        .map_err(|e| crate::errors::image_error(e, "config.image.image"))?
         .ok_or_else(|| {
-            Status::not_found(format!("image {image_ref:?} is not present: pull it first"))
+            CriError::not_found(format!("image {image_ref:?} is not present: pull it first"))
         })?;
     let image_config = daemon
         .images
@@ -690,7 +690,7 @@ async fn create_steps(
         create.stderr = out;
     }
     create.rootfs = crate::shimclient::proto_mounts(&mounts);
-    let pid = shim.create_task(create).await.map_err(|e| e.to_status())?;
+    let pid = shim.create_task(create).await.map_err(CriError::from)?;
     done.task = Some(shim);
     // The pid is recorded by StartContainer (with the state, in one store
     // write); until then the shim has it.
@@ -815,20 +815,20 @@ pub fn take_create_phases(daemon: &Daemon, id: &str) -> Vec<crius_store::Phase> 
 
 /// StartContainer. A failed start leaves the container EXITED with the
 /// reason.
-pub async fn start(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
+pub async fn start(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
     start_inner(daemon, id)
         .instrument(tracing::info_span!("start_container", container = %id))
         .await
 }
 
-async fn start_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
+async fn start_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
     let mut timeline = Timeline::start();
     let record = daemon.store.get_container(id).map_err(store_status)?;
     let id = record.metadata.id.clone();
     let _lock = daemon.locks.lock(&id).await;
     let record = daemon.store.get_container(&id).map_err(store_status)?;
     if record.status.state != ContainerState::Created {
-        return Err(Status::failed_precondition(format!(
+        return Err(CriError::failed_precondition(format!(
             "container {id} is {:?}, not created",
             record.status.state
         )));
@@ -873,7 +873,7 @@ async fn start_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
                 Some(e.to_string()),
             )
             .await;
-            Err(e.to_status())
+            Err(CriError::from(&e))
         }
     }
 }
@@ -950,7 +950,7 @@ async fn wait_exited(daemon: &Daemon, id: &str, timeout: Duration) -> bool {
 
 /// StopContainer: the image's stop signal (else SIGTERM), SIGKILL after the
 /// timeout. Idempotent.
-pub async fn stop(daemon: &Arc<Daemon>, id: &str, timeout: Duration) -> Result<(), Status> {
+pub async fn stop(daemon: &Arc<Daemon>, id: &str, timeout: Duration) -> Result<(), CriError> {
     // Stopping what does not exist succeeds (CRI: Stop is idempotent).
     let record = match daemon.store.get_container(id) {
         Ok(r) => r,
@@ -991,7 +991,7 @@ pub async fn stop(daemon: &Arc<Daemon>, id: &str, timeout: Duration) -> Result<(
                 match shim.kill(&id, "", sig, all).await {
                     Ok(()) => Ok(()),
                     Err(e) if e.is_not_found() => Ok(()),
-                    Err(e) => Err(e.to_status()),
+                    Err(e) => Err(CriError::from(&e)),
                 }
             }
         },
@@ -1014,10 +1014,10 @@ async fn stop_sequence<K, KF, W, WF>(
     timeout: Duration,
     kill: K,
     exited: W,
-) -> Result<(), Status>
+) -> Result<(), CriError>
 where
     K: Fn(u32, bool) -> KF,
-    KF: std::future::Future<Output = Result<(), Status>>,
+    KF: std::future::Future<Output = Result<(), CriError>>,
     W: Fn(Duration) -> WF,
     WF: std::future::Future<Output = bool>,
 {
@@ -1032,7 +1032,7 @@ where
     }
     kill(libc::SIGKILL as u32, true).await?;
     if !exited(KILL_WAIT).await {
-        return Err(Status::deadline_exceeded(format!(
+        return Err(CriError::deadline_exceeded(format!(
             "container {id} did not exit after SIGKILL"
         )));
     }
@@ -1041,7 +1041,7 @@ where
 
 /// RemoveContainer: kills a running container and removes everything of it.
 /// Removing an unknown container succeeds.
-pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
+pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
     let record = match daemon.store.get_container(id) {
         Ok(r) => r,
         Err(e) if e.is_absent() => return Ok(()),
@@ -1062,7 +1062,7 @@ pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
             Ok(()) => true,
             Err(e) if e.is_not_found() => true,
             Err(e) if e.is_unreachable() => false,
-            Err(e) => return Err(e.to_status()),
+            Err(e) => return Err(CriError::from(&e)),
         },
         None => false,
     };
@@ -1175,7 +1175,7 @@ async fn start_exec(
 pub async fn exec_sync(
     daemon: &Arc<Daemon>,
     req: ExecSyncRequest,
-) -> Result<ExecSyncResponse, Status> {
+) -> Result<ExecSyncResponse, CriError> {
     if req.container_id.is_empty() {
         return Err(invalid_field("container_id", "must not be empty"));
     }
@@ -1188,7 +1188,7 @@ pub async fn exec_sync(
         .map_err(store_status)?;
     let id = record.metadata.id.clone();
     if record.status.state != ContainerState::Running {
-        return Err(Status::failed_precondition(format!(
+        return Err(CriError::failed_precondition(format!(
             "container {id} is not running"
         )));
     }
@@ -1220,9 +1220,9 @@ pub async fn exec_sync(
                 let file = |p: &Path| format!("file://{}", p.display());
                 start_exec(&shim, &id, &exec_id, &process, file(&out), file(&err))
                     .await
-                    .map_err(|e| e.to_status())?;
+                    .map_err(CriError::from)?;
             }
-            r => r.map_err(|e| e.to_status())?,
+            r => r.map_err(CriError::from)?,
         }
         let timeout = if req.timeout > 0 {
             Duration::from_secs(req.timeout as u64)
@@ -1236,11 +1236,11 @@ pub async fn exec_sync(
         .await
         {
             Ok(Ok(status)) => Ok(status),
-            Ok(Err(e)) => Err(e.to_status()),
+            Ok(Err(e)) => Err(CriError::from(&e)),
             Err(_) => {
                 let _ = shim.kill(&id, &exec_id, 9, false).await;
                 let _ = shim.wait(&id, &exec_id, Duration::from_secs(10)).await;
-                Err(Status::deadline_exceeded(format!(
+                Err(CriError::deadline_exceeded(format!(
                     "command {:?} timed out after {}s and was killed",
                     req.cmd, req.timeout
                 )))
@@ -1504,7 +1504,7 @@ mod tests {
                     kills.lock().unwrap().push((sig, all));
                     async move {
                         if fail_first && first {
-                            Err(Status::unavailable("shim call timed out"))
+                            Err(CriError::unavailable("shim call timed out"))
                         } else {
                             Ok(())
                         }
@@ -1536,7 +1536,7 @@ mod tests {
             "c",
             15,
             Duration::ZERO,
-            |_, _| async { Err(Status::unavailable("gone")) },
+            |_, _| async { Err(CriError::unavailable("gone")) },
             |_| async { false },
         )
         .await;

@@ -2,6 +2,7 @@
 
 use crate::daemon::Daemon;
 use crate::errors::internal;
+use crate::errors::CriError;
 use crate::errors::{invalid_field, store_status};
 use crius_store::ContainerState;
 use k8s_cri::v1::{
@@ -9,7 +10,6 @@ use k8s_cri::v1::{
     UpdateContainerResourcesRequest,
 };
 use std::sync::Arc;
-use tonic::Status;
 
 /// Replaces the keys of `update` in the `linux.resources` of an OCI spec,
 /// keeping what the update does not mention (devices, pids...).
@@ -90,7 +90,7 @@ fn record_resources(
     daemon: &Daemon,
     id: &str,
     update: &LinuxContainerResources,
-) -> Result<(), Status> {
+) -> Result<(), CriError> {
     let mut failed = None;
     daemon
         .store
@@ -121,7 +121,7 @@ fn record_resources(
 pub async fn update_resources(
     daemon: &Arc<Daemon>,
     req: UpdateContainerResourcesRequest,
-) -> Result<(), Status> {
+) -> Result<(), CriError> {
     if req.container_id.is_empty() {
         return Err(invalid_field("container_id", "must not be empty"));
     }
@@ -134,7 +134,7 @@ pub async fn update_resources(
         .map_err(store_status)?;
     let id = record.metadata.id.clone();
     let resources = crius_spec::cgroups::resources(&linux, daemon.host.cgroup_features, "linux")
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        .map_err(CriError::from)?;
     let json = serde_json::to_vec(&resources).map_err(|e| internal("resources", e))?;
 
     let _lock = daemon.locks.lock(&id).await;
@@ -147,12 +147,12 @@ pub async fn update_resources(
             .shim(&record.metadata.sandbox_id)
             .await
             .ok_or_else(|| {
-                Status::failed_precondition(format!(
+                CriError::failed_precondition(format!(
                     "the shim of pod sandbox {} is not running",
                     record.metadata.sandbox_id
                 ))
             })?;
-        shim.update(&id, json).await.map_err(|e| e.to_status())?;
+        shim.update(&id, json).await.map_err(CriError::from)?;
     }
     let config = super::lifecycle::bundle_dir(daemon, &id).join("config.json");
     match std::fs::read(&config) {
@@ -180,7 +180,7 @@ pub async fn update_resources(
 pub async fn reopen_log(
     daemon: &Arc<Daemon>,
     req: ReopenContainerLogRequest,
-) -> Result<(), Status> {
+) -> Result<(), CriError> {
     if req.container_id.is_empty() {
         return Err(invalid_field("container_id", "must not be empty"));
     }
@@ -190,12 +190,12 @@ pub async fn reopen_log(
         .map_err(store_status)?;
     let id = record.metadata.id.clone();
     if record.status.state != ContainerState::Running {
-        return Err(Status::failed_precondition(format!(
+        return Err(CriError::failed_precondition(format!(
             "container {id} is not running"
         )));
     }
     if record.metadata.log_path.is_none() {
-        return Err(Status::failed_precondition(format!(
+        return Err(CriError::failed_precondition(format!(
             "container {id} has no log file"
         )));
     }
@@ -203,12 +203,12 @@ pub async fn reopen_log(
         .shim(&record.metadata.sandbox_id)
         .await
         .ok_or_else(|| {
-            Status::failed_precondition(format!(
+            CriError::failed_precondition(format!(
                 "the shim of pod sandbox {} is not running",
                 record.metadata.sandbox_id
             ))
         })?;
-    shim.reopen_log(&id, "").await.map_err(|e| e.to_status())
+    shim.reopen_log(&id, "").await.map_err(CriError::from)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 
 use super::files;
 use crate::daemon::Daemon;
+use crate::errors::CriError;
 use crate::errors::{internal, spec_status};
 use crate::errors::{invalid_field, store_status};
 use crate::runtime::now_nanos;
@@ -19,7 +20,6 @@ use k8s_cri::v1::{PodSandboxConfig, Protocol, RunPodSandboxRequest};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::Status;
 use tracing::Instrument;
 
 /// The CNI attachment of a pod.
@@ -47,7 +47,7 @@ pub fn pod_network(id: &str, netns: &Path, config: &PodSandboxConfig) -> PodNetw
     pod
 }
 
-fn cni(daemon: &Daemon) -> Result<CniNetwork, Status> {
+fn cni(daemon: &Daemon) -> Result<CniNetwork, CriError> {
     let c = &daemon.config.cni;
     CniNetwork::load(
         &c.conf_dir,
@@ -55,7 +55,7 @@ fn cni(daemon: &Daemon) -> Result<CniNetwork, Status> {
         &daemon.config.root.join("cni-cache"),
         c.builtin_loopback,
     )
-    .map_err(|e| Status::failed_precondition(format!("pod network is not ready: {e}")))
+    .map_err(|e| CriError::failed_precondition(format!("pod network is not ready: {e}")))
 }
 
 /// Records one CNI call (`add` or `del`) in the metrics.
@@ -69,13 +69,13 @@ fn observe_cni(daemon: &Daemon, op: &str, took: Duration, failed: bool) {
     }
 }
 
-async fn cni_add(network: CniNetwork, pod: PodNetwork) -> Result<(String, Vec<String>), Status> {
+async fn cni_add(network: CniNetwork, pod: PodNetwork) -> Result<(String, Vec<String>), CriError> {
     let span = tracing::debug_span!("cni", op = "add", sandbox = %pod.container_id);
     crate::telemetry::blocking(span, move || {
         let result = network.add(&pod).map_err(|e| internal("CNI ADD", e))?;
         let ips = result
             .pod_ips(crius_netns::cni::DEFAULT_IFNAME)
-            .ok_or_else(|| Status::internal("CNI ADD returned no IP address for the pod"))?;
+            .ok_or_else(|| CriError::internal("CNI ADD returned no IP address for the pod"))?;
         Ok((
             ips.primary.to_string(),
             ips.additional.iter().map(|ip| ip.to_string()).collect(),
@@ -85,7 +85,7 @@ async fn cni_add(network: CniNetwork, pod: PodNetwork) -> Result<(String, Vec<St
     .map_err(|e| internal("CNI ADD", e))?
 }
 
-async fn cni_del(network: CniNetwork, pod: PodNetwork) -> Result<(), Status> {
+async fn cni_del(network: CniNetwork, pod: PodNetwork) -> Result<(), CriError> {
     let span = tracing::debug_span!("cni", op = "del", sandbox = %pod.container_id);
     crate::telemetry::blocking(span, move || {
         network.del(&pod).map_err(|e| internal("CNI DEL", e))
@@ -94,7 +94,7 @@ async fn cni_del(network: CniNetwork, pod: PodNetwork) -> Result<(), Status> {
     .map_err(|e| internal("CNI DEL", e))?
 }
 
-async fn write_file(path: PathBuf, text: String) -> Result<(), Status> {
+async fn write_file(path: PathBuf, text: String) -> Result<(), CriError> {
     tokio::task::spawn_blocking(move || {
         // Bind-mounted into containers that may run as any user: 0644, like
         // containerd's. Run-time state: no fsync.
@@ -236,7 +236,7 @@ impl Done {
 }
 
 /// RunPodSandbox; returns the new sandbox id.
-pub async fn run(daemon: &Arc<Daemon>, req: RunPodSandboxRequest) -> Result<String, Status> {
+pub async fn run(daemon: &Arc<Daemon>, req: RunPodSandboxRequest) -> Result<String, CriError> {
     let handler_name =
         super::validate_run(req.config.as_ref(), &req.runtime_handler, &daemon.config)?;
     let config = req.config.unwrap_or_default();
@@ -275,7 +275,7 @@ async fn run_steps(
     handler_name: &str,
     config: &PodSandboxConfig,
     done: &mut Done,
-) -> Result<(), Status> {
+) -> Result<(), CriError> {
     let mut timeline = Timeline::start();
     let name = super::sandbox_name(config);
     daemon.store.reserve_name(&name, id).map_err(store_status)?;
@@ -399,7 +399,7 @@ async fn run_steps(
     let netns = own_netns.clone().or(userns_netns);
     let network = match (&netns, hn.network) {
         (Some(ns), false) => Some((cni(daemon)?, pod_network(id, ns, config))),
-        (None, false) => return Err(Status::internal("the pod has no network namespace")),
+        (None, false) => return Err(CriError::internal("the pod has no network namespace")),
         (_, true) => None,
     };
     let cni_started = std::time::Instant::now();
@@ -520,7 +520,7 @@ impl PodShim<'_> {
         &self,
         daemon: &Arc<Daemon>,
         side: &mut ShimSide,
-    ) -> Result<(String, u32, Option<String>, Option<String>), Status> {
+    ) -> Result<(String, u32, Option<String>, Option<String>), CriError> {
         let id = self.id;
         let mut clock = std::time::Instant::now();
         let mut lap = |side: &mut ShimSide, name: &'static str| {
@@ -528,15 +528,15 @@ impl PodShim<'_> {
             side.phases.push((name, now - clock));
             clock = now;
         };
-        let launcher = daemon.launcher().map_err(|e| e.to_status())?;
+        let launcher = daemon.launcher().map_err(CriError::from)?;
         side.launched = true;
         let address = launcher
             .start(id, self.bundle, self.runtime, self.runtime_root)
             .await
-            .map_err(|e| e.to_status())?;
+            .map_err(CriError::from)?;
         let shim = ShimClient::connect(&address)
             .await
-            .map_err(|e| e.to_status())?;
+            .map_err(CriError::from)?;
         side.shim = Some(shim.clone());
         daemon
             .shims
@@ -566,14 +566,12 @@ impl PodShim<'_> {
             self.no_infra,
             self.owned_netns,
         );
-        shim.create_sandbox(create)
-            .await
-            .map_err(|e| e.to_status())?;
-        let status = shim.sandbox_status(id).await.map_err(|e| e.to_status())?;
+        shim.create_sandbox(create).await.map_err(CriError::from)?;
+        let status = shim.sandbox_status(id).await.map_err(CriError::from)?;
         let info = |k: &str| status.info.get(k).cloned().filter(|s| !s.is_empty());
         let (ipc_ns, uts_ns) = (info("ipc"), info("uts"));
         lap(side, "sandbox_create");
-        let pid = shim.start_sandbox(id).await.map_err(|e| e.to_status())?;
+        let pid = shim.start_sandbox(id).await.map_err(CriError::from)?;
         lap(
             side,
             if self.infra {
@@ -606,7 +604,7 @@ impl PauseBundle<'_> {
         daemon: &Arc<Daemon>,
         done: &mut Done,
         timeline: &mut Timeline,
-    ) -> Result<(Vec<crius_image::Mount>, Option<PathBuf>), Status> {
+    ) -> Result<(Vec<crius_image::Mount>, Option<PathBuf>), CriError> {
         let PauseBundle {
             id,
             config,
@@ -623,7 +621,7 @@ impl PauseBundle<'_> {
             None => crate::image::pull(daemon, &pause_ref, None)
                 .await
                 .map_err(|e| {
-                    Status::failed_precondition(format!(
+                    CriError::failed_precondition(format!(
                         "cannot pull the pause image {pause_ref}: {e}"
                     ))
                 })?,
@@ -692,7 +690,7 @@ async fn run_pod(
     config: &PodSandboxConfig,
     mut timeline: Timeline,
     facts: RunFacts,
-) -> Result<(), Status> {
+) -> Result<(), CriError> {
     let RunFacts {
         hn,
         root_dir,
@@ -776,7 +774,7 @@ async fn cni_del_retried(
     id: &str,
     netns: &Path,
     config: &PodSandboxConfig,
-) -> Result<(), Status> {
+) -> Result<(), CriError> {
     let mut last = None;
     for attempt in 0..CNI_DEL_ATTEMPTS {
         if attempt > 0 {
@@ -815,7 +813,7 @@ async fn cni_del_retried(
             }
         }
     }
-    Err(last.unwrap_or_else(|| Status::internal("CNI DEL failed")))
+    Err(last.unwrap_or_else(|| CriError::internal("CNI DEL failed")))
 }
 
 /// The runtime binary and its `--root` (with the namespace) for a
@@ -849,7 +847,7 @@ fn runtime_binary_and_root(daemon: &Daemon, handler: &str) -> (String, PathBuf) 
 /// Removes what a pod's shim owns (its containers, netns, pinned IPC and
 /// UTS namespaces, /dev/shm, the pause rootfs mount) when the shim could not do it itself because it is
 /// gone.
-async fn clean_after_dead_shim(daemon: &Daemon, id: &str, handler: &str) -> Result<(), Status> {
+async fn clean_after_dead_shim(daemon: &Daemon, id: &str, handler: &str) -> Result<(), CriError> {
     let (runtime, root) = runtime_of(daemon, handler);
     let mut ids: Vec<String> = daemon
         .store
@@ -892,13 +890,13 @@ async fn clean_after_dead_shim(daemon: &Daemon, id: &str, handler: &str) -> Resu
 /// StopPodSandbox: tears the network down (CNI DEL), then has the shim kill
 /// every process of the pod, unmount its /dev/shm, remove its netns and
 /// exit. Idempotent, and works when the shim already died.
-pub async fn stop(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
+pub async fn stop(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
     stop_inner(daemon, id)
         .instrument(tracing::info_span!("stop_pod_sandbox", sandbox = %id))
         .await
 }
 
-async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
+async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
     // Stopping a pod that does not exist succeeds (CRI: Stop is idempotent).
     let record = match daemon.store.get_sandbox(id) {
         Ok(r) => r,
@@ -977,7 +975,7 @@ async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
                 tracing::info!(sandbox = %id, error = %e, "shim already gone");
                 false
             }
-            Err(e) => return Err(e.to_status()),
+            Err(e) => return Err(CriError::from(&e)),
         },
         None => false,
     };
@@ -1019,13 +1017,13 @@ fn shim_left_things(dir: &Path) -> bool {
 /// RemovePodSandbox: stops the pod (if that has not happened) and removes
 /// its root filesystem, directories and record. Removing an unknown sandbox
 /// succeeds.
-pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
+pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
     remove_inner(daemon, id)
         .instrument(tracing::info_span!("remove_pod_sandbox", sandbox = %id))
         .await
 }
 
-async fn remove_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
+async fn remove_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
     let record = match daemon.store.get_sandbox(id) {
         Ok(r) => r,
         Err(e) if e.is_absent() => return Ok(()),

@@ -4,8 +4,8 @@ pub mod files;
 pub mod lifecycle;
 pub mod status;
 
+use crate::errors::CriError;
 use k8s_cri::v1::PodSandboxConfig;
-use tonic::Status;
 
 use crate::config::Config;
 use crate::errors::invalid_field;
@@ -27,7 +27,7 @@ pub fn container_name(container: &str, attempt: u32, pod: &PodSandboxConfig) -> 
     )
 }
 
-fn check_name_part(value: &str, field: &str) -> Result<(), Status> {
+fn check_name_part(value: &str, field: &str) -> Result<(), CriError> {
     if value.is_empty() {
         return Err(invalid_field(field, "must not be empty"));
     }
@@ -46,7 +46,7 @@ pub fn validate_run(
     config: Option<&PodSandboxConfig>,
     handler: &str,
     daemon: &Config,
-) -> Result<String, Status> {
+) -> Result<String, CriError> {
     let config = config.ok_or_else(|| invalid_field("config", "is required"))?;
     let meta = config
         .metadata

@@ -1,0 +1,16 @@
+//! `ContainerStats`: one container's CPU, memory and writable-layer stats.
+
+use crate::daemon::Daemon;
+use crate::errors::CriResult;
+use k8s_cri::v1;
+
+/// Answers `ContainerStats`.
+pub fn container_stats(
+    daemon: &Daemon,
+    req: v1::ContainerStatsRequest,
+) -> CriResult<v1::ContainerStatsResponse> {
+    let record = super::known_container(daemon, &req.container_id)?;
+    Ok(v1::ContainerStatsResponse {
+        stats: Some(crate::runtime::stats::container_stats(daemon, &record)),
+    })
+}

@@ -1,0 +1,49 @@
+//! `RunPodSandbox`: runs a pod through hand-back (a retried call after a
+//! client timeout gets the pod the first call made), then watches its shim.
+
+use crate::daemon::Daemon;
+use crate::errors::CriResult;
+use k8s_cri::v1;
+
+use crate::runtime::{handback, sandbox};
+use std::sync::Arc;
+
+/// Answers `RunPodSandbox`.
+pub async fn run_pod_sandbox(
+    daemon: &Arc<Daemon>,
+    req: v1::RunPodSandboxRequest,
+) -> CriResult<v1::RunPodSandboxResponse> {
+    let name = req.config.as_ref().and_then(|c| {
+        c.metadata.as_ref()?;
+        Some(sandbox::sandbox_name(c))
+    });
+    let fingerprint = serde_json::to_string(&(&req.config, &req.runtime_handler));
+    let id = match (name, fingerprint) {
+        (Some(name), Ok(fingerprint)) => {
+            let d = daemon.clone();
+            handback::create(
+                daemon,
+                handback::Kind::Sandbox,
+                &name,
+                fingerprint,
+                move || {
+                    let (daemon, req) = (d.clone(), req.clone());
+                    async move {
+                        let id = sandbox::lifecycle::run(&daemon, req).await?;
+                        if let Ok(Some(address)) =
+                            daemon.store.get_sandbox(&id).map(|r| r.status.shim_address)
+                        {
+                            crate::recover::watch_sandbox(daemon.clone(), id.clone(), address);
+                        }
+                        Ok(id)
+                    }
+                },
+            )
+            .await?
+        }
+        // Invalid requests are refused by validation at once.
+        _ => sandbox::lifecycle::run(daemon, req).await?,
+    };
+    crate::telemetry::record_ids(&id, "");
+    Ok(v1::RunPodSandboxResponse { pod_sandbox_id: id })
+}
