@@ -7,15 +7,36 @@ use crate::reference::{is_digest, is_hex64, Reference, ReferenceError};
 use crate::registry::{Auth, RegistryError, Resolver};
 use crate::snapshot::{self, SnapshotError, Snapshotter};
 use crius_store::{ImageMetadata, ImageRecord, ImageStatus, Record, Store, StoreError};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Layers downloaded at the same time by one pull.
 const PARALLEL_DOWNLOADS: usize = 4;
 /// The file in a container's directory naming the snapshots it uses.
 const ROOTFS_RECORD: &str = "rootfs.json";
+/// How long a pull may receive nothing before it fails (containerd's
+/// `image_pull_progress_timeout` default).
+pub const DEFAULT_PULL_PROGRESS_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+/// Settings of the image manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageOptions {
+    /// A pull that receives no data from the registry for this long fails
+    /// with [`ErrorKind::DeadlineExceeded`]; `None` waits forever (the
+    /// HTTP client's own read timeout aside).
+    pub pull_progress_timeout: Option<Duration>,
+}
+
+impl Default for ImageOptions {
+    fn default() -> Self {
+        ImageOptions {
+            pull_progress_timeout: Some(DEFAULT_PULL_PROGRESS_TIMEOUT),
+        }
+    }
+}
 
 /// Errors of image operations.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +81,14 @@ pub enum ImageError {
         /// The underlying error.
         source: io::Error,
     },
+    /// The registry sent nothing for longer than the pull progress timeout.
+    #[error("pull of {what} stalled: no data received from the registry for {timeout:?} (pull_progress_timeout)")]
+    Stalled {
+        /// What was being fetched.
+        what: String,
+        /// The progress timeout.
+        timeout: Duration,
+    },
     /// A background task died.
     #[error("internal error: {0}")]
     Task(String),
@@ -78,6 +107,8 @@ pub enum ErrorKind {
     DataLoss,
     /// The registry could not be reached or failed.
     Unavailable,
+    /// The registry stopped sending data (the pull progress timeout).
+    DeadlineExceeded,
     /// Anything else.
     Internal,
 }
@@ -105,6 +136,9 @@ impl ImageError {
                 ContentError::DigestMismatch { .. } | ContentError::SizeMismatch { .. },
             ) => ErrorKind::DataLoss,
             ImageError::Content(ContentError::Transfer { .. }) => ErrorKind::Unavailable,
+            ImageError::Content(ContentError::Stalled { .. }) | ImageError::Stalled { .. } => {
+                ErrorKind::DeadlineExceeded
+            }
             ImageError::Snapshot(SnapshotError::Unpack(
                 crate::unpack::UnpackError::DiffIdMismatch { .. },
             )) => ErrorKind::DataLoss,
@@ -157,13 +191,87 @@ struct Inner {
     registry_config: PathBuf,
     pause_image: Option<String>,
     platform: Platform,
-    /// Pulls and rootfs preparation hold it shared; garbage collection and
-    /// removal hold it exclusively, so nothing in use is collected.
+    /// Garbage collection and removal hold it exclusively; rootfs
+    /// preparation and a pull registering what it is about to fetch
+    /// ([`Lease`]) hold it shared. Every holder does only local work under
+    /// it, never network I/O: a stalled registry cannot hold up a
+    /// collection, nor a collection queued behind it everything else.
     gc: tokio::sync::RwLock<()>,
+    /// What pulls in progress protect from collection.
+    leases: Arc<LeaseTable>,
+    options: ImageOptions,
     /// Serialises read-modify-write of image records.
     records: tokio::sync::Mutex<()>,
     /// Disk usage measured off the request path.
     usage: crate::usage::UsageCache,
+}
+
+/// Blobs and snapshots that pulls in progress are fetching, or have
+/// fetched but not yet recorded in an image: garbage collection keeps
+/// them. Counted, since concurrent pulls may share content.
+#[derive(Default)]
+struct LeaseTable {
+    held: std::sync::Mutex<LeaseCounts>,
+}
+
+#[derive(Default, Debug, Clone, PartialEq, Eq)]
+struct LeaseCounts {
+    blobs: HashMap<String, usize>,
+    snapshots: HashMap<String, usize>,
+}
+
+impl LeaseTable {
+    fn counts(&self) -> std::sync::MutexGuard<'_, LeaseCounts> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One pull's protection: what it added to the [`LeaseTable`], released
+/// when dropped (after the pull recorded its image, or failed).
+struct Lease {
+    table: Arc<LeaseTable>,
+    blobs: Vec<String>,
+    snapshots: Vec<String>,
+}
+
+impl Lease {
+    fn new(table: Arc<LeaseTable>) -> Lease {
+        Lease {
+            table,
+            blobs: Vec::new(),
+            snapshots: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, blobs: &[String], snapshots: &[String]) {
+        let mut held = self.table.counts();
+        for b in blobs {
+            *held.blobs.entry(b.clone()).or_default() += 1;
+            self.blobs.push(b.clone());
+        }
+        for s in snapshots {
+            *held.snapshots.entry(s.clone()).or_default() += 1;
+            self.snapshots.push(s.clone());
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut held = self.table.counts();
+        let release = |map: &mut HashMap<String, usize>, keys: &[String]| {
+            for k in keys {
+                if let Some(n) = map.get_mut(k) {
+                    *n -= 1;
+                    if *n == 0 {
+                        map.remove(k);
+                    }
+                }
+            }
+        };
+        release(&mut held.blobs, &self.blobs);
+        release(&mut held.snapshots, &self.snapshots);
+    }
 }
 
 /// The image manager. Cheap to clone.
@@ -207,6 +315,23 @@ impl ImageManager {
         registry_config_path: &Path,
         pause_image: &str,
     ) -> Result<ImageManager, ImageError> {
+        Self::open_with(
+            root,
+            store,
+            registry_config_path,
+            pause_image,
+            ImageOptions::default(),
+        )
+    }
+
+    /// [`ImageManager::open`] with explicit settings.
+    pub fn open_with(
+        root: &Path,
+        store: Arc<Store>,
+        registry_config_path: &Path,
+        pause_image: &str,
+        options: ImageOptions,
+    ) -> Result<ImageManager, ImageError> {
         let dir = root.join("images");
         // Private: container layers, content (private images too) and
         // snapshots are nobody else's to read.
@@ -232,13 +357,14 @@ impl ImageManager {
                 pause_image,
                 platform: Platform::host(),
                 gc: tokio::sync::RwLock::new(()),
+                leases: Default::default(),
+                options,
                 records: tokio::sync::Mutex::new(()),
                 usage: Default::default(),
             }),
         };
         // Content of pulls that a crash interrupted belongs to no image.
-        // Nothing else runs yet, so there is no unpack to wait for.
-        if let Err(e) = manager.collect(false) {
+        if let Err(e) = manager.collect() {
             tracing::warn!(error = %e, "cannot collect unused image content at start-up");
         }
         Ok(manager)
@@ -291,24 +417,38 @@ impl ImageManager {
         auth: Option<Auth>,
     ) -> Result<ImageRecord, ImageError> {
         let inner = &self.inner;
-        let _shared = inner.gc.read().await;
+        // No lock is held across network I/O: what this pull fetches is
+        // protected by its lease, registered before it is fetched and
+        // released once the image is recorded (or the pull failed).
+        let mut lease = Lease::new(inner.leases.clone());
         let resolver = {
             let (cfg, rr) = (inner.registry_config.clone(), r.clone());
             blocking(move || Resolver::new(&cfg, &rr, auth)).await??
         };
         tracing::info!(reference = %r, "pulling image");
-        let top = resolver.resolve(&r).await?;
+        let top = self
+            .within(|| format!("the manifest of {r}"), resolver.resolve(&r))
+            .await?;
         let mut content = vec![top.digest.clone()];
         let mut size = top.body.len() as u64;
+        self.protect(&mut lease, std::slice::from_ref(&top.digest), &[])
+            .await;
         self.store_bytes(&top.digest, top.body.clone()).await?;
         let image_manifest = match Manifest::parse(&top.content_type, &top.body)? {
             Manifest::Image(m) => m,
             Manifest::Index(index) => {
                 let desc = manifest::select_platform(&index, &inner.platform)?;
                 desc.check_manifest_size()?;
-                let m = resolver.fetch_manifest(&desc.digest).await?;
+                let m = self
+                    .within(
+                        || format!("manifest {} of {r}", desc.digest),
+                        resolver.fetch_manifest(&desc.digest),
+                    )
+                    .await?;
                 content.push(m.digest.clone());
                 size += m.body.len() as u64;
+                self.protect(&mut lease, std::slice::from_ref(&m.digest), &[])
+                    .await;
                 self.store_bytes(&m.digest, m.body.clone()).await?;
                 match Manifest::parse(&desc.media_type, &m.body)? {
                     Manifest::Image(im) => im,
@@ -325,6 +465,8 @@ impl ImageManager {
         // The config, then every layer in parallel.
         let cfg_desc = image_manifest.config.clone();
         cfg_desc.check_size("image config", manifest::MAX_CONFIG_SIZE)?;
+        self.protect(&mut lease, std::slice::from_ref(&cfg_desc.digest), &[])
+            .await;
         self.fetch_blob(&resolver, &cfg_desc.digest, cfg_desc.size)
             .await?;
         let config_bytes = inner.content.read(&cfg_desc.digest)?;
@@ -348,29 +490,54 @@ impl ImageManager {
         }
         // Every layer is downloaded and unpacked in its own task: snapshots
         // are independent diff directories, so a layer is unpacked as soon
-        // as it has arrived.
+        // as it has arrived. Layers are committed bottom up: the
+        // directories a layer only implies take their attributes from the
+        // layers below, which must exist by then.
         let chain = snapshot::chain_ids(&config.rootfs.diff_ids);
+        let layer_digests: Vec<String> = image_manifest
+            .layers
+            .iter()
+            .map(|l| l.digest.clone())
+            .collect();
+        self.protect(&mut lease, &layer_digests, &chain).await;
         let resolver = Arc::new(resolver);
         let limit = Arc::new(tokio::sync::Semaphore::new(PARALLEL_DOWNLOADS));
         let mut tasks = tokio::task::JoinSet::new();
-        for ((layer, diff_id), chain_id) in image_manifest
+        let mut below_done: Option<tokio::sync::oneshot::Receiver<()>> = None;
+        for (i, ((layer, diff_id), chain_id)) in image_manifest
             .layers
             .iter()
             .zip(&config.rootfs.diff_ids)
             .zip(&chain)
+            .enumerate()
         {
             content.push(layer.digest.clone());
             size += layer.size;
             let (me, res, lim) = (self.clone(), resolver.clone(), limit.clone());
             let (digest, layer_size) = (layer.digest.clone(), layer.size);
             let (diff_id, chain_id) = (diff_id.clone(), chain_id.clone());
+            let lowers: Vec<String> = chain[..i].iter().rev().cloned().collect();
+            let (done, next) = tokio::sync::oneshot::channel::<()>();
+            let below = below_done.replace(next);
             tasks.spawn(async move {
                 {
                     let _permit = lim.acquire_owned().await;
                     me.fetch_blob(&res, &digest, layer_size).await?;
                 }
                 let blob = me.inner.content.path(&digest)?;
-                me.inner.snapshots.ensure(&chain_id, blob, &diff_id).await?;
+                let lower = lowers.first().cloned().unwrap_or_default();
+                let ready = async move {
+                    match below {
+                        None => Ok(()),
+                        Some(rx) => rx.await.map_err(|_| SnapshotError::LowerMissing(lower)),
+                    }
+                };
+                me.inner
+                    .snapshots
+                    .ensure_layer(&chain_id, blob, &diff_id, &lowers, ready)
+                    .await?;
+                // The receiver is gone only when the pull already failed.
+                let _ = done.send(());
                 Ok::<(), ImageError>(())
             });
         }
@@ -444,7 +611,36 @@ impl ImageManager {
         })
         .await??;
         tracing::info!(reference = %r, id = %saved.metadata.id, "image pulled");
+        // Recorded: the image itself keeps its content from here on.
+        drop(lease);
         Ok(saved)
+    }
+
+    /// Adds blobs and snapshots to a pull's lease. Under the shared side
+    /// of the collection lock (briefly: no I/O), so a collection either
+    /// finished before (and whatever it deleted is fetched again) or sees
+    /// the lease.
+    async fn protect(&self, lease: &mut Lease, blobs: &[String], snapshots: &[String]) {
+        let _shared = self.inner.gc.read().await;
+        lease.add(blobs, snapshots);
+    }
+
+    /// Runs a registry request under the pull progress timeout.
+    async fn within<T, E: Into<ImageError>>(
+        &self,
+        what: impl FnOnce() -> String,
+        request: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, ImageError> {
+        match self.inner.options.pull_progress_timeout {
+            None => request.await.map_err(Into::into),
+            Some(timeout) => match tokio::time::timeout(timeout, request).await {
+                Ok(r) => r.map_err(Into::into),
+                Err(_) => Err(ImageError::Stalled {
+                    what: what(),
+                    timeout,
+                }),
+            },
+        }
     }
 
     async fn store_bytes(&self, digest: &str, body: Vec<u8>) -> Result<(), ImageError> {
@@ -470,9 +666,16 @@ impl ImageManager {
             tracing::debug!(digest, "blob already present");
             return Ok(());
         }
-        let resp = resolver.fetch_blob(digest).await?;
+        let resp = self
+            .within(|| format!("blob {digest}"), resolver.fetch_blob(digest))
+            .await?;
         content
-            .write_stream(digest, size, resp.bytes_stream())
+            .write_stream(
+                digest,
+                size,
+                resp.bytes_stream(),
+                self.inner.options.pull_progress_timeout,
+            )
             .await?;
         tracing::debug!(digest, size, "blob stored");
         Ok(())
@@ -561,17 +764,21 @@ impl ImageManager {
     async fn collect_locked(&self) -> Result<(), ImageError> {
         self.inner.usage.request_refresh();
         let me = self.clone();
-        blocking(move || me.collect(true)).await?
+        blocking(move || me.collect()).await?
     }
 
-    /// Deletes unused blobs and snapshots (blocking); `wait_unpacks` waits
-    /// for unpacks of cancelled pulls first. One failure never stops the
-    /// pass: it is logged and the rest goes on (the next pass retries).
-    /// Snapshots are kept when a container's record cannot be read.
-    fn collect(&self, wait_unpacks: bool) -> Result<(), ImageError> {
+    /// Deletes blobs and snapshots that no image, container or pull in
+    /// progress uses (blocking; call under the exclusive collection lock).
+    /// One failure never stops the pass: it is logged and the rest goes on
+    /// (the next pass retries). Snapshots are kept when a container's
+    /// record cannot be read.
+    fn collect(&self) -> Result<(), ImageError> {
         let inner = &self.inner;
-        let mut blobs = HashSet::new();
-        let mut snaps = HashSet::new();
+        // Leases before records: a pull records its image before it drops
+        // its lease, so its content is in one or the other.
+        let leased = inner.leases.counts().clone();
+        let mut blobs: HashSet<String> = leased.blobs.into_keys().collect();
+        let mut snaps: HashSet<String> = leased.snapshots.into_keys().collect();
         for img in inner.store.list_images() {
             blobs.extend(img.metadata.content);
             snaps.extend(img.metadata.snapshots);
@@ -623,9 +830,8 @@ impl ImageManager {
             }
             Err(e) => tracing::warn!(error = %e, "cannot list blobs for garbage collection"),
         }
-        // An unpack of a cancelled pull may still be finishing.
-        let _idle = wait_unpacks.then(|| inner.snapshots.wait_idle());
-        // Leftovers of unpacks and removals that failed before.
+        // Leftovers of unpacks and removals that failed before (unpacks
+        // still running, of pulls in progress or given up, are skipped).
         inner.snapshots.remove_leftovers();
         if !snaps_known {
             return Ok(());

@@ -59,6 +59,7 @@ pub fn image_status(err: ImageError, field: &str) -> Status {
         ErrorKind::Unauthenticated => Status::unauthenticated(msg),
         ErrorKind::DataLoss => Status::data_loss(msg),
         ErrorKind::Unavailable => Status::unavailable(msg),
+        ErrorKind::DeadlineExceeded => Status::deadline_exceeded(msg),
         ErrorKind::Internal => Status::internal(msg),
     }
 }
