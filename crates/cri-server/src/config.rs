@@ -926,9 +926,18 @@ service_name = "node-7"
         // (file text, the timeout)
         let cases: Vec<(&str, Option<Duration>)> = vec![
             ("", Some(Duration::from_secs(300))),
-            ("pull_progress_timeout = \"5m\"", Some(Duration::from_secs(300))),
-            ("pull_progress_timeout = \"1500ms\"", Some(Duration::from_millis(1500))),
-            ("pull_progress_timeout = \"2h\"", Some(Duration::from_secs(7200))),
+            (
+                "pull_progress_timeout = \"5m\"",
+                Some(Duration::from_secs(300)),
+            ),
+            (
+                "pull_progress_timeout = \"1500ms\"",
+                Some(Duration::from_millis(1500)),
+            ),
+            (
+                "pull_progress_timeout = \"2h\"",
+                Some(Duration::from_secs(7200)),
+            ),
             ("pull_progress_timeout = \"0\"", None),
             ("pull_progress_timeout = 0", None),
         ];

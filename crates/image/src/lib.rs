@@ -62,7 +62,8 @@ pub mod unpack;
 pub mod usage;
 
 pub use manager::{
-    ErrorKind, FsUsage, ImageError, ImageManager, ImageOptions, Mount, DEFAULT_PULL_PROGRESS_TIMEOUT,
+    ErrorKind, FsUsage, ImageError, ImageManager, ImageOptions, Mount,
+    DEFAULT_PULL_PROGRESS_TIMEOUT,
 };
 pub use manifest::{ImageConfig, Platform, RuntimeConfig};
 pub use reference::{Reference, ReferenceError};

@@ -1086,6 +1086,23 @@ mod tests {
                 ErrorKind::Internal,
             ),
             (ImageError::Task("boom".into()), ErrorKind::Internal),
+            (
+                ImageError::Stalled {
+                    what: "the manifest of x".into(),
+                    timeout: Duration::from_secs(1),
+                },
+                ErrorKind::DeadlineExceeded,
+            ),
+            (
+                ContentError::Stalled {
+                    digest: "a".into(),
+                    received: 1,
+                    size: 2,
+                    timeout: Duration::from_secs(1),
+                }
+                .into(),
+                ErrorKind::DeadlineExceeded,
+            ),
         ];
         for (err, want) in cases {
             assert_eq!(err.kind(), want, "{err}");
@@ -1479,5 +1496,345 @@ mod tests {
             vec!["/v2/cfg/manifests/t", "/v2/idx/manifests/t"],
             "nothing was fetched for the oversized descriptors"
         );
+    }
+
+    /// A test registry on 127.0.0.1 serving blobs and manifests by path;
+    /// a route may stop after some bytes until its gate gets a permit
+    /// (forever without a gate).
+    struct Route {
+        path: String,
+        content_type: &'static str,
+        body: Vec<u8>,
+        stall_after: Option<usize>,
+        gate: Option<Arc<tokio::sync::Semaphore>>,
+    }
+
+    fn route(path: String, content_type: &'static str, body: Vec<u8>) -> Route {
+        Route {
+            path,
+            content_type,
+            body,
+            stall_after: None,
+            gate: None,
+        }
+    }
+
+    async fn serve(routes: Vec<Route>) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (log, routes) = (seen.clone(), Arc::new(routes));
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (routes, log) = (routes.clone(), log.clone());
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&req);
+                    let path = text.split(' ').nth(1).unwrap_or("").to_string();
+                    log.lock().unwrap().push(path.clone());
+                    let Some(r) = routes.iter().find(|r| r.path == path) else {
+                        let _ = conn
+                            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                            .await;
+                        return;
+                    };
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        r.content_type,
+                        r.body.len()
+                    );
+                    if conn.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let cut = r.stall_after.unwrap_or(r.body.len()).min(r.body.len());
+                    if conn.write_all(&r.body[..cut]).await.is_err() || conn.flush().await.is_err()
+                    {
+                        return;
+                    }
+                    if cut < r.body.len() {
+                        match &r.gate {
+                            Some(g) => {
+                                let _ = g.acquire().await.map(|p| p.forget());
+                            }
+                            None => std::future::pending::<()>().await,
+                        }
+                        let _ = conn.write_all(&r.body[cut..]).await;
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    fn layer_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// The routes of image `repo:t` made of `layers` (uncompressed tars);
+    /// returns them with the digests of the manifest, config and layers.
+    fn image_routes(repo: &str, layers: &[Vec<u8>]) -> (Vec<Route>, Vec<String>) {
+        let digests: Vec<String> = layers
+            .iter()
+            .map(|l| crate::content::digest_of(l))
+            .collect();
+        let config = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Cmd": ["sh"]},
+            "rootfs": {"type": "layers", "diff_ids": digests},
+        });
+        let config = serde_json::to_vec(&config).unwrap();
+        let cfg_digest = crate::content::digest_of(&config);
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": manifest::OCI_MANIFEST,
+            "config": {"mediaType": manifest::OCI_CONFIG, "digest": cfg_digest, "size": config.len()},
+            "layers": layers.iter().zip(&digests).map(|(l, d)| serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": d,
+                "size": l.len(),
+            })).collect::<Vec<_>>(),
+        });
+        let manifest = serde_json::to_vec(&manifest).unwrap();
+        let man_digest = crate::content::digest_of(&manifest);
+        let mut routes = vec![
+            route(
+                format!("/v2/{repo}/manifests/t"),
+                manifest::OCI_MANIFEST,
+                manifest,
+            ),
+            route(
+                format!("/v2/{repo}/blobs/{cfg_digest}"),
+                manifest::OCI_CONFIG,
+                config,
+            ),
+        ];
+        for (l, d) in layers.iter().zip(&digests) {
+            routes.push(route(
+                format!("/v2/{repo}/blobs/{d}"),
+                "application/octet-stream",
+                l.clone(),
+            ));
+        }
+        let mut all = vec![man_digest, cfg_digest];
+        all.extend(digests);
+        (routes, all)
+    }
+
+    fn open_with_timeout(tmp: &Path, timeout: Option<Duration>) -> ImageManager {
+        let (store, _) = Store::open(&tmp.join("store")).unwrap();
+        ImageManager::open_with(
+            tmp,
+            Arc::new(store),
+            &tmp.join("certs.d"),
+            "p",
+            ImageOptions {
+                pull_progress_timeout: timeout,
+            },
+        )
+        .unwrap()
+    }
+
+    fn leftovers(m: &ImageManager) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let names = |d: PathBuf| -> Vec<String> {
+            std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        (
+            names(m.inner.dir.join("content/ingest")),
+            m.inner.content.list().unwrap(),
+            names(m.inner.dir.join("snapshots")),
+        )
+    }
+
+    async fn wait_for(what: &str, cond: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A registry that stops sending fails the pull after the progress
+    /// timeout, with a clear DeadlineExceeded error, and the pull leaves no
+    /// partial blob, no content, no snapshot and no lease behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stalled_pull_times_out_and_leaves_nothing() {
+        let base = layer_tar(&[("base", b"0")]);
+        let big = layer_tar(&[("big", &[7u8; 64 << 10])]);
+        let (mut routes, digests) = image_routes("stall", &[base, big]);
+        routes[3].stall_after = Some(1000);
+        // A manifest that stops half-way, too.
+        let (mut more, _) = image_routes("stallman", &[layer_tar(&[("x", b"x")])]);
+        more[0].stall_after = Some(10);
+        routes.extend(more);
+        let (addr, seen) = serve(routes).await;
+        let tmp = tempfile::tempdir().unwrap();
+        let m = open_with_timeout(tmp.path(), Some(Duration::from_millis(500)));
+
+        let started = std::time::Instant::now();
+        let err = m.pull(&format!("{addr}/stall:t"), None).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10), "{err}");
+        assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("stalled")
+                && msg.contains(&digests[3])
+                && msg.contains("pull_progress_timeout"),
+            "{msg}"
+        );
+        assert!(seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| p.ends_with(&digests[3])));
+        assert!(m.resolve(&format!("{addr}/stall:t")).unwrap().is_none());
+        // The unpack of the first layer may still be finishing.
+        wait_for("no unpack in progress", || {
+            m.inner.snapshots.unpacks_in_progress() == 0
+        })
+        .await;
+        m.garbage_collect().await.unwrap();
+        assert_eq!(
+            leftovers(&m),
+            (vec![], vec![], vec![]),
+            "no partial blob, content or snapshot"
+        );
+        assert_eq!(*m.inner.leases.counts(), LeaseCounts::default());
+
+        let err = m
+            .pull(&format!("{addr}/stallman:t"), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err:?}");
+        assert!(matches!(err, ImageError::Stalled { .. }), "{err:?}");
+        assert!(err.to_string().contains("the manifest of"), "{err}");
+        assert_eq!(leftovers(&m), (vec![], vec![], vec![]));
+        assert_eq!(*m.inner.leases.counts(), LeaseCounts::default());
+    }
+
+    /// While a pull waits on a registry that stopped sending, removing
+    /// another image, collecting garbage and preparing and removing a
+    /// container's rootfs all complete at once; and content the pull has
+    /// fetched (or is fetching) survives a collection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_pull_holds_up_nothing_and_keeps_its_content() {
+        let base = layer_tar(&[("base", b"0")]);
+        let top = layer_tar(&[("top", &[1u8; 32 << 10])]);
+        let (mut routes, digests) = image_routes("slow", &[base.clone(), top.clone()]);
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        routes[3].stall_after = Some(100);
+        routes[3].gate = Some(gate.clone());
+        let (addr, seen) = serve(routes).await;
+        let tmp = tempfile::tempdir().unwrap();
+        // No progress timeout: the pull waits as long as the gate is shut.
+        let m = open_with_timeout(tmp.path(), None);
+
+        // A local image with a snapshot, to remove and to run.
+        let empty_tar = vec![0u8; 1024];
+        let diff = crate::content::digest_of(&empty_tar);
+        let blob = tmp.path().join("empty.tar");
+        std::fs::write(&blob, &empty_tar).unwrap();
+        let other_chain = snapshot::chain_ids(std::slice::from_ref(&diff));
+        m.inner
+            .snapshots
+            .ensure(&other_chain[0], blob, &diff)
+            .await
+            .unwrap();
+        let other = record(
+            'a',
+            &["docker.io/library/other:1", "docker.io/library/other:2"],
+            &[&other_chain[0]],
+        );
+        m.inner.store.put_image(other.clone()).unwrap();
+
+        let pulling = {
+            let (m, r) = (m.clone(), format!("{addr}/slow:t"));
+            tokio::spawn(async move { m.pull(&r, None).await })
+        };
+        let chain = snapshot::chain_ids(&digests[2..]);
+        wait_for("the stalled blob request and the lower layer", || {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .any(|p| p.ends_with(&digests[3]))
+                && m.inner.snapshots.exists(&chain[0])
+        })
+        .await;
+
+        fn t<F: std::future::Future>(f: F) -> tokio::time::Timeout<F> {
+            tokio::time::timeout(Duration::from_secs(5), f)
+        }
+        t(m.garbage_collect())
+            .await
+            .expect("GC is not held up")
+            .unwrap();
+        // What the pull fetched so far is still there.
+        let content = m.inner.content.list().unwrap();
+        for d in &digests[..3] {
+            assert!(content.contains(d), "{d} collected: {content:?}");
+        }
+        assert!(
+            m.inner.snapshots.exists(&chain[0]),
+            "the lower layer's snapshot was collected"
+        );
+        // A queued removal and container rootfs operations, all at once.
+        let (a, b, c) = tokio::join!(
+            t(m.remove("other:2")),
+            t(m.prepare_rootfs(&other.metadata.id, "c1")),
+            t(m.garbage_collect()),
+        );
+        assert!(a.expect("RemoveImage is not held up").unwrap());
+        c.expect("GC is not held up").unwrap();
+        let mounts = b.expect("rootfs preparation is not held up").unwrap();
+        assert_eq!(mounts.len(), 1);
+        t(m.remove_rootfs("c1"))
+            .await
+            .expect("not held up")
+            .unwrap();
+        assert!(t(m.remove("other:1")).await.expect("not held up").unwrap());
+        assert!(
+            !m.inner.snapshots.exists(&other_chain[0]),
+            "the other image's snapshot went"
+        );
+        assert!(!pulling.is_finished());
+
+        // The registry goes on: the pull completes with everything it kept.
+        gate.add_permits(1);
+        let rec = tokio::time::timeout(Duration::from_secs(20), pulling)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(rec.metadata.snapshots, chain);
+        assert_eq!(*m.inner.leases.counts(), LeaseCounts::default());
+        m.garbage_collect().await.unwrap();
+        let mounts = m.prepare_rootfs(&rec.metadata.id, "c2").await.unwrap();
+        assert!(mounts[0].options[0].starts_with("lowerdir="));
+        m.remove_rootfs("c2").await.unwrap();
+        let content = m.inner.content.list().unwrap();
+        for d in &digests {
+            assert!(
+                content.contains(d),
+                "{d} collected after the pull: {content:?}"
+            );
+        }
     }
 }

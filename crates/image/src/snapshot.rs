@@ -12,10 +12,10 @@ use crate::content::KeyedLocks;
 use crate::reference::is_digest;
 use crate::unpack::{self, UnpackError};
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 /// Errors of the snapshotter.

@@ -991,11 +991,7 @@ struct LowerView {
 /// root:root. Walks the implied tree depth first with one open directory
 /// per layer, whatever the depth. Returns how many directories took
 /// attributes from a lower layer.
-pub fn inherit_implied(
-    root: &Path,
-    implied: &ImpliedDirs,
-    lowers: &[PathBuf],
-) -> io::Result<u64> {
+pub fn inherit_implied(root: &Path, implied: &ImpliedDirs, lowers: &[PathBuf]) -> io::Result<u64> {
     if implied.is_empty() {
         return Ok(0);
     }
@@ -2144,5 +2140,158 @@ mod tests {
         let report = unpack(r, tmp.path()).unwrap();
         assert_eq!(report.entries, 3);
         assert_eq!(std::fs::read(tmp.path().join("d")).unwrap(), b"top");
+    }
+
+    /// Directories a layer only implies take mode, owner and times from
+    /// the nearest lower layer showing them; 0755 when none does.
+    #[test]
+    fn implied_directories_inherit_from_lower_layers() {
+        use std::os::unix::fs::{chown, symlink};
+        let root_user = is_root();
+        let tmp = tempfile::tempdir().unwrap();
+        let near = tmp.path().join("near");
+        let bottom = tmp.path().join("bottom");
+        let mkdir = |p: &Path, mode: u32, mtime: i64| {
+            std::fs::create_dir_all(p).unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let t = filetime(mtime);
+            let c = CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: valid path and times.
+            assert_eq!(
+                unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), t.as_ptr(), 0) },
+                0
+            );
+        };
+        fn filetime(s: i64) -> [libc::timespec; 2] {
+            let t = libc::timespec {
+                tv_sec: s as libc::time_t,
+                tv_nsec: 0,
+            };
+            [t, t]
+        }
+        std::fs::create_dir_all(&near).unwrap();
+        std::fs::create_dir_all(&bottom).unwrap();
+        mkdir(&bottom.join("tmp"), 0o1777, 1_000);
+        mkdir(&bottom.join("root"), 0o700, 1_001);
+        mkdir(&near.join("a"), 0o750, 1_002);
+        mkdir(&bottom.join("a"), 0o711, 1_003);
+        mkdir(&bottom.join("c/sub"), 0o701, 1_004);
+        std::fs::write(near.join("d"), b"replaced").unwrap();
+        mkdir(&bottom.join("d"), 0o700, 1_005);
+        symlink("/etc", near.join("s")).unwrap();
+        mkdir(&bottom.join("s"), 0o700, 1_006);
+        mkdir(&bottom.join("j"), 0o711, 1_007);
+        mkdir(&bottom.join("m"), 0o711, 1_008);
+        mkdir(&bottom.join("o"), 0o750, 1_009);
+        if root_user {
+            chown(bottom.join("o"), Some(1000), Some(1001)).unwrap();
+            // An opaque directory in the nearer layer hides what is below.
+            mkdir(&near.join("e"), 0o755, 1_010);
+            let n = CString::new(OPAQUE_XATTR).unwrap();
+            let p = CString::new(near.join("e").as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: valid strings.
+            let r = unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+            assert_eq!(r, 0, "{}", io::Error::last_os_error());
+            mkdir(&bottom.join("e/f"), 0o700, 1_011);
+        }
+        let mut t = Tar::new();
+        for f in [
+            "tmp/x",
+            "root/.profile",
+            "a/b/file",
+            "c/sub/file",
+            "d/file",
+            "s/file",
+            "g/h/i/file",
+            "m/n",
+            "o/file",
+            "e/f/file",
+        ] {
+            t.file(f, b"");
+        }
+        t.raw(b"j/", tar::EntryType::Directory, b"", 0o700, b"");
+        t.file("j/k", b"");
+        t.raw(b"m/", tar::EntryType::Directory, b"", 0o704, b"");
+        let layer = tmp.path().join("layer");
+        std::fs::create_dir(&layer).unwrap();
+        let report = unpack(&t.finish()[..], &layer).unwrap();
+        assert!(report.skipped.is_empty(), "{report:?}");
+        let inherited =
+            inherit_implied(&layer, &report.implied, &[near.clone(), bottom.clone()]).unwrap();
+        // (directory, mode, mtime when taken from a lower layer, owner)
+        type Want = (&'static str, u32, Option<i64>, (u32, u32));
+        let mut cases: Vec<Want> = vec![
+            ("tmp", 0o1777, Some(1_000), (0, 0)),
+            ("root", 0o700, Some(1_001), (0, 0)),
+            ("a", 0o750, Some(1_002), (0, 0)),
+            ("a/b", 0o755, None, (0, 0)),
+            ("c", 0o755, Some(0), (0, 0)), // its time is not set here
+            ("c/sub", 0o701, Some(1_004), (0, 0)),
+            ("d", 0o755, None, (0, 0)),
+            ("s", 0o755, None, (0, 0)),
+            ("g", 0o755, None, (0, 0)),
+            ("g/h/i", 0o755, None, (0, 0)),
+            ("j", 0o700, None, (0, 0)),
+            ("m", 0o704, None, (0, 0)),
+            ("o", 0o750, Some(1_009), (1000, 1001)),
+        ];
+        if root_user {
+            cases.push(("e", 0o755, Some(1_010), (0, 0)));
+            cases.push(("e/f", 0o755, None, (0, 0)));
+        }
+        for (dir, mode, mtime, owner) in &cases {
+            let m = std::fs::symlink_metadata(layer.join(dir)).unwrap();
+            assert!(m.is_dir(), "{dir}");
+            assert_eq!(m.mode() & 0o7777, *mode, "{dir}: mode {:o}", m.mode());
+            if let Some(t) = mtime.filter(|t| *t > 0) {
+                assert_eq!(m.mtime(), t, "{dir}: mtime");
+            }
+            if root_user {
+                assert_eq!((m.uid(), m.gid()), *owner, "{dir}: owner");
+            }
+        }
+        // `c` exists (0755) in the bottom layer only: it inherits too.
+        assert_eq!(
+            inherited,
+            cases.iter().filter(|c| c.2.is_some()).count() as u64,
+            "{cases:?}"
+        );
+    }
+
+    /// Inheriting over a deep implied tree keeps one directory open per
+    /// layer and reaches the top and the bottom.
+    #[test]
+    fn deep_implied_tree_inherits() {
+        const DEPTH: usize = 2000;
+        let tmp = tempfile::tempdir().unwrap();
+        let lower = tmp.path().join("lower");
+        std::fs::create_dir_all(lower.join("d/d")).unwrap();
+        std::fs::set_permissions(lower.join("d"), std::fs::Permissions::from_mode(0o711)).unwrap();
+        std::fs::set_permissions(lower.join("d/d"), std::fs::Permissions::from_mode(0o750))
+            .unwrap();
+        let path = vec!["d"; DEPTH].join("/");
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(1);
+        b.append_data(&mut h, format!("{path}/leaf"), &b"x"[..])
+            .unwrap();
+        let layer = tmp.path().join("layer");
+        std::fs::create_dir(&layer).unwrap();
+        let report = unpack(&b.into_inner().unwrap()[..], &layer).unwrap();
+        assert_eq!(report.implied.len(), DEPTH as u64);
+        assert_eq!(
+            inherit_implied(&layer, &report.implied, &[lower]).unwrap(),
+            2
+        );
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&layer.join("d")), 0o711);
+        assert_eq!(mode(&layer.join("d/d")), 0o750);
+        assert_eq!(mode(&layer.join("d/d/d")), 0o755);
+        let root = open_dir(&layer).unwrap();
+        let comps: Vec<&[u8]> = vec![&b"d"[..]; DEPTH];
+        let bottom = walk(&root, &comps, false).unwrap();
+        let st = fstat_fd(bottom.as_fd()).unwrap();
+        assert_eq!(st.st_mode & 0o7777, 0o755);
     }
 }
