@@ -6,7 +6,7 @@
 mod common;
 
 use common::pod::*;
-use common::registry::{busybox_entries, image_with_config, is_root, layer, Compression};
+use common::registry::{busybox_entries, image_with_config, is_root, layer, Compression, Entry};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ExecSyncRequest, ListPodSandboxRequest, NamespaceMode, NamespaceOption, VersionRequest,
@@ -367,4 +367,67 @@ async fn exec_output_pid_namespace_targets_and_stop_signals() {
     assert!(cgroup_dirs("uid-hard-b").is_empty());
     remove_cgroup_parents("uid-hard-b");
     teardown(&env, &mut rt, &pod_a, "uid-hard-a").await;
+}
+
+/// An image of 128 layers runs: absolute overlay lower dirs of that many
+/// layers take far more than the page mount(2) accepts ("mount options too
+/// long" from 39 layers on). Files of the lowest and the highest layer are
+/// visible, and a directory the top layer only implies (`tmp/top` without
+/// a `tmp/` entry) keeps the base layer's 1777.
+#[tokio::test(flavor = "multi_thread")]
+async fn image_of_128_layers_runs() {
+    if !is_root() {
+        eprintln!("hardening: skipped (needs root)");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let env = Env::start("crius-layers");
+    let mut base = busybox_entries();
+    base.push(Entry::DirMode("tmp", 0o1777));
+    base.push(Entry::File("layer0", b"0".to_vec(), 0o644));
+    let mut layers = vec![layer(&base, Compression::Gzip)];
+    for i in 1..128 {
+        let name: &'static str = Box::leak(format!("layer{i}").into_boxed_str());
+        let mut entries = vec![Entry::File(name, i.to_string().into_bytes(), 0o644)];
+        if i == 127 {
+            entries.push(Entry::File("tmp/top", b"top".to_vec(), 0o644));
+        }
+        layers.push(layer(&entries, Compression::Gzip));
+    }
+    let many = image_with_config(
+        layers,
+        serde_json::json!({"Cmd": ["/bin/sh"], "WorkingDir": "/"}),
+    );
+    env.registry.push_image("many", "test", &many);
+    let image = format!("{}/many:test", env.registry.addr);
+    pull(&env, &image).await;
+    let mut rt = env.daemon.runtime().await;
+    let config = pod("layers", "uid-layers");
+    let _logs = LogDir(config.log_directory.clone().into());
+    let pod_id = run_pod(&env, &mut rt, &config).await;
+    let c = run(
+        &env,
+        &mut rt,
+        &pod_id,
+        &config,
+        container("many", &image, &["/bin/busybox", "sleep", "1000"]),
+    )
+    .await;
+    let (code, out, err) = exec(
+        &mut rt,
+        &c,
+        &[
+            "/bin/busybox",
+            "cat",
+            "/layer0",
+            "/layer1",
+            "/layer127",
+            "/tmp/top",
+        ],
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "01127top"), "{err}");
+    let (code, out, err) = exec(&mut rt, &c, &["/bin/busybox", "stat", "-c", "%a", "/tmp"]).await;
+    assert_eq!((code, out.trim()), (0, "1777"), "{err}");
+    teardown(&env, &mut rt, &pod_id, "uid-layers").await;
 }

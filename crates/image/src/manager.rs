@@ -17,6 +17,11 @@ use std::time::Duration;
 const PARALLEL_DOWNLOADS: usize = 4;
 /// The file in a container's directory naming the snapshots it uses.
 const ROOTFS_RECORD: &str = "rootfs.json";
+/// The directory in a container's directory with one short link per lower
+/// layer (`l/0` the topmost): lower dirs that share a parent and have short
+/// names, so that an overlay of many layers fits in mount(2)'s one page of
+/// options (see `crius_store::overlay`).
+const LAYER_LINKS: &str = "l";
 /// How long a pull may receive nothing before it fails (containerd's
 /// `image_pull_progress_timeout` default).
 pub const DEFAULT_PULL_PROGRESS_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -285,6 +290,34 @@ fn now_nanos() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos().min(i64::MAX as u128) as i64)
         .unwrap_or(0)
+}
+
+/// The `lowerdir=` option of an overlay over `lower` (topmost first).
+fn lowerdir_option(lower: &[String]) -> String {
+    format!("lowerdir={}", lower.join(":"))
+}
+
+/// Makes `links/<n>` a symbolic link to `targets[n]` for every n (replacing
+/// one that points elsewhere) and returns the links' paths (blocking).
+fn link_layers(links: &Path, targets: &[String]) -> Result<Vec<String>, ImageError> {
+    crius_store::private::dir(links).map_err(io_err(links))?;
+    let mut out = Vec::with_capacity(targets.len());
+    for (n, target) in targets.iter().enumerate() {
+        let link = links.join(n.to_string());
+        match std::fs::read_link(&link) {
+            Ok(t) if t == Path::new(target) => {}
+            Ok(_) => {
+                std::fs::remove_file(&link).map_err(io_err(&link))?;
+                std::os::unix::fs::symlink(target, &link).map_err(io_err(&link))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::os::unix::fs::symlink(target, &link).map_err(io_err(&link))?;
+            }
+            Err(e) => return Err(io_err(&link)(e)),
+        }
+        out.push(link.display().to_string());
+    }
+    Ok(out)
 }
 
 fn valid_container_id(id: &str) -> bool {
@@ -900,8 +933,8 @@ impl ImageManager {
             image_id: image.metadata.id.clone(),
             snapshots: image.metadata.snapshots.clone(),
         };
-        let d = dir.clone();
-        blocking(move || -> Result<(), ImageError> {
+        let (d, targets) = (dir.clone(), lower);
+        let lower = blocking(move || -> Result<Vec<String>, ImageError> {
             let fresh = !d.exists();
             let r = (|| {
                 crius_store::private::dir(&d).map_err(io_err(&d))?;
@@ -924,7 +957,8 @@ impl ImageManager {
                 // the machine (after a power loss the container is dead and
                 // its layer is removed with it; a torn record stops
                 // collection rather than letting it delete a snapshot).
-                crius_store::persist::write_volatile(&p, &bytes, 0o600).map_err(io_err(&p))
+                crius_store::persist::write_volatile(&p, &bytes, 0o600).map_err(io_err(&p))?;
+                link_layers(&d.join(LAYER_LINKS), &targets)
             })();
             if r.is_err() && fresh {
                 if let Err(e) = crate::tree::remove_tree_if_exists(&d) {
@@ -938,7 +972,7 @@ impl ImageManager {
             kind: "overlay".into(),
             source: "overlay".into(),
             options: vec![
-                format!("lowerdir={}", lower.join(":")),
+                lowerdir_option(&lower),
                 format!("upperdir={}", dir.join("upper").display()),
                 format!("workdir={}", dir.join("work").display()),
             ],
@@ -1229,6 +1263,73 @@ mod tests {
         assert!(!upper.exists());
     }
 
+    /// An image of 128 layers: its rootfs mount's options are far over a
+    /// page with absolute lower dirs, yet it mounts, the lowest and the
+    /// highest layer both visible.
+    #[tokio::test]
+    async fn rootfs_of_128_layers_mounts() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipping rootfs_of_128_layers_mounts: needs root (mount)");
+            return;
+        }
+        const LAYERS: usize = 128;
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&tmp.path().join("store")).unwrap();
+        let store = Arc::new(store);
+        let m = ImageManager::open(tmp.path(), store.clone(), &tmp.path().join("c"), "p").unwrap();
+        let layers: Vec<Vec<u8>> = (0..LAYERS)
+            .map(|i| {
+                let name = format!("layer{i}");
+                layer_tar(&[
+                    (name.as_str(), i.to_string().as_bytes()),
+                    ("which", i.to_string().as_bytes()),
+                ])
+            })
+            .collect();
+        let diffs: Vec<String> = layers
+            .iter()
+            .map(|l| crate::content::digest_of(l))
+            .collect();
+        let chain = snapshot::chain_ids(&diffs);
+        for (i, l) in layers.iter().enumerate() {
+            let blob = tmp.path().join(format!("l{i}"));
+            std::fs::write(&blob, l).unwrap();
+            m.inner
+                .snapshots
+                .ensure(&chain[i], blob, &diffs[i])
+                .await
+                .unwrap();
+        }
+        let snaps: Vec<&str> = chain.iter().map(String::as_str).collect();
+        let rec = record('b', &["docker.io/library/many:1"], &snaps);
+        store.put_image(rec.clone()).unwrap();
+        let id = "f".repeat(64);
+        let mounts = m.prepare_rootfs(&rec.metadata.id, &id).await.unwrap();
+        let data = mounts[0].options.join(",");
+        let absolute: usize = chain
+            .iter()
+            .map(|c| m.inner.snapshots.fs_path(c).unwrap().as_os_str().len() + 1)
+            .sum();
+        assert!(
+            absolute > 4096,
+            "absolute lower dirs alone take {absolute} bytes"
+        );
+        let target = tmp.path().join("rootfs");
+        std::fs::create_dir(&target).unwrap();
+        crius_store::overlay::mount_overlay(&mounts[0].source, &target, 0, &data).unwrap();
+        let read = |n: &str| std::fs::read_to_string(target.join(n));
+        let (low, high, which) = (read("layer0"), read("layer127"), read("which"));
+        let c = std::ffi::CString::new(target.to_str().unwrap()).unwrap();
+        // SAFETY: valid path.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        assert_eq!(low.unwrap(), "0");
+        assert_eq!(high.unwrap(), "127");
+        assert_eq!(which.unwrap(), "127", "the topmost layer wins");
+        m.remove_rootfs(&id).await.unwrap();
+        assert!(!m.inner.dir.join("containers").join(&id).exists());
+    }
+
     #[test]
     fn container_ids() {
         for ok in ["abc", "a-b_c.d", &"f".repeat(64)] {
@@ -1322,12 +1423,20 @@ mod tests {
         // A container rootfs keeps the snapshots alive after image removal.
         let mounts = m.prepare_rootfs(&id, "c1").await.unwrap();
         assert_eq!(mounts.len(), 1);
+        // Short links, topmost first, to the snapshots.
+        let links = m.inner.dir.join("containers/c1/l");
         let lower = format!(
             "lowerdir={}:{}",
-            m.inner.snapshots.fs_path(&chain[1]).unwrap().display(),
-            m.inner.snapshots.fs_path(&chain[0]).unwrap().display()
+            links.join("0").display(),
+            links.join("1").display()
         );
         assert_eq!(mounts[0].options[0], lower);
+        for (n, c) in [(0, &chain[1]), (1, &chain[0])] {
+            assert_eq!(
+                std::fs::read_link(links.join(n.to_string())).unwrap(),
+                m.inner.snapshots.fs_path(c).unwrap()
+            );
+        }
         assert!(m.inner.dir.join("containers/c1/upper").is_dir());
         assert_eq!(
             m.prepare_rootfs(&id, "c1").await.unwrap(),
