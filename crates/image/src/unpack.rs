@@ -2294,4 +2294,79 @@ mod tests {
         let st = fstat_fd(bottom.as_fd()).unwrap();
         assert_eq!(st.st_mode & 0o7777, 0o755);
     }
+
+    /// The fuzz seeds for long headers, implied directories and layer
+    /// stacks do what they are for.
+    #[test]
+    fn fuzz_seeds_for_long_headers_and_implied_directories() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/unpack");
+        let open = |seed: &str| decompress(File::open(dir.join(seed)).unwrap()).unwrap();
+        let long_dir = vec!["l".repeat(100); 30].join("/");
+        let tmp = tempfile::tempdir().unwrap();
+        let report = unpack(open("seed-longname-ok.tar"), tmp.path()).unwrap();
+        assert!(report.skipped.is_empty(), "{report:?}");
+        let file = tmp.path().join(&long_dir).join("file");
+        let link = tmp.path().join(&long_dir).join("hardlink");
+        // Paths over PATH_MAX: walk them by descriptor.
+        let root = open_dir(tmp.path()).unwrap();
+        let comps: Vec<&[u8]> = long_dir.split('/').map(str::as_bytes).collect();
+        let d = walk(&root, &comps, false).unwrap();
+        let st = lstat_at(d.as_fd(), &cstring(b"hardlink").unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(st.st_nlink, 2, "{} and {}", file.display(), link.display());
+        assert_eq!(report.implied.len(), 30);
+
+        let tmp = tempfile::tempdir().unwrap();
+        let report = unpack(open("seed-pax-long.tar"), tmp.path()).unwrap();
+        assert!(report.skipped.is_empty(), "{report:?}");
+        let pdir = vec!["p".repeat(120); 20].join("/");
+        let comps: Vec<&[u8]> = pdir.split('/').map(str::as_bytes).collect();
+        let root = open_dir(tmp.path()).unwrap();
+        let d = walk(&root, &comps, false).unwrap();
+        let st = lstat_at(d.as_fd(), &cstring(b"file").unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!((st.st_mode & 0o7777, st.st_size), (0o640, 4));
+        let st = lstat_at(d.as_fd(), &cstring(b"sub").unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(st.st_mode & 0o7777, 0o700);
+        let target = std::fs::read_link(tmp.path().join("pax-symlink")).unwrap();
+        assert_eq!(target, Path::new("/").join(&pdir).join("file"));
+
+        if is_root() {
+            // Whiteout devices and opaque xattrs need root.
+            let tmp = tempfile::tempdir().unwrap();
+            let report = unpack(open("seed-deep-implied.tar.zst"), tmp.path()).unwrap();
+            assert!(report.skipped.is_empty(), "{report:?}");
+            assert_eq!(report.implied.len(), 4999, "one of 5000 has its own entry");
+        }
+
+        // The layer stack: 40 layers, bottom first, each inheriting.
+        let data = std::fs::read(dir.join("seed-layers.bin")).unwrap();
+        let mut rest = data.strip_prefix(b"CRIUSLAYERS").unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let mut done: Vec<PathBuf> = Vec::new();
+        while rest.len() >= 4 {
+            let n = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+            let layer = &rest[4..4 + n];
+            rest = &rest[4 + n..];
+            let d = tmp.path().join(done.len().to_string());
+            std::fs::create_dir(&d).unwrap();
+            let report = unpack(layer, &d).unwrap();
+            let lowers: Vec<PathBuf> = done.iter().rev().cloned().collect();
+            inherit_implied(&d, &report.implied, &lowers).unwrap();
+            done.push(d);
+        }
+        assert_eq!(done.len(), 40);
+        let mode = |p: PathBuf| std::fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(done[1].join("tmp")), 0o1777);
+        assert_eq!(mode(done[39].join("tmp")), 0o1777);
+        assert_eq!(mode(done[3].join("root")), 0o700);
+        // Layer 10 replaced /root with a file: layer 11's /root is 0755.
+        assert_eq!(mode(done[11].join("root")), 0o755);
+        // A symlink below is no directory to inherit from.
+        assert_eq!(mode(done[7].join("link")), 0o755);
+    }
 }
