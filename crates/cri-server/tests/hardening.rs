@@ -430,4 +430,68 @@ async fn image_of_128_layers_runs() {
     let (code, out, err) = exec(&mut rt, &c, &["/bin/busybox", "stat", "-c", "%a", "/tmp"]).await;
     assert_eq!((code, out.trim()), (0, "1777"), "{err}");
     teardown(&env, &mut rt, &pod_id, "uid-layers").await;
+
+    // In a pod with its own user namespace every layer is bound idmapped
+    // (`l<n>` in the staging directory) and the overlay stacked on them.
+    let userns = rt
+        .status(k8s_cri::v1::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime_handlers
+        .iter()
+        .any(|h| h.name.is_empty() && h.features.is_some_and(|f| f.user_namespaces));
+    if !userns {
+        eprintln!("hardening: 128 layers in a user namespace skipped (not supported here)");
+        return;
+    }
+    let mut config = pod("layers-userns", "uid-layers-userns");
+    let _logs = LogDir(config.log_directory.clone().into());
+    let idm = k8s_cri::v1::IdMapping {
+        host_id: 65536 * 41,
+        container_id: 0,
+        length: 65536,
+    };
+    config
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .get_or_insert_with(Default::default)
+        .namespace_options = Some(NamespaceOption {
+        userns_options: Some(k8s_cri::v1::UserNamespace {
+            mode: NamespaceMode::Pod as i32,
+            uids: vec![idm],
+            gids: vec![idm],
+        }),
+        ..Default::default()
+    });
+    let pod_id = run_pod(&env, &mut rt, &config).await;
+    let c = run(
+        &env,
+        &mut rt,
+        &pod_id,
+        &config,
+        container("many", &image, &["/bin/busybox", "sleep", "1000"]),
+    )
+    .await;
+    let (code, out, err) = exec(
+        &mut rt,
+        &c,
+        &["/bin/busybox", "cat", "/layer0", "/layer127", "/tmp/top"],
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "0127top"), "{err}");
+    let (code, out, err) = exec(
+        &mut rt,
+        &c,
+        &["/bin/busybox", "stat", "-c", "%a %u", "/layer0"],
+    )
+    .await;
+    assert_eq!(
+        (code, out.trim()),
+        (0, "644 0"),
+        "root in the pod owns the image's files: {err}"
+    );
+    teardown(&env, &mut rt, &pod_id, "uid-layers-userns").await;
 }

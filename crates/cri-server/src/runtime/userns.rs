@@ -610,7 +610,8 @@ pub async fn pause(
         // Last: making the pins and mount points above narrows their
         // parents to 0700 again.
         let dirs: Vec<&Path> = traverse.iter().map(PathBuf::as_path).collect();
-        let_pod_root_traverse(&dirs).map_err(|e| Status::internal(format!("state directories: {e}")))
+        let_pod_root_traverse(&dirs)
+            .map_err(|e| Status::internal(format!("state directories: {e}")))
     })
     .await
     .map_err(|e| Status::internal(format!("idmapped mounts: {e}")))??;
