@@ -227,7 +227,7 @@ impl Snapshotter {
     /// snapshots exist), gives the directories the layer only implies the
     /// attributes they have in the lower layers
     /// ([`unpack::inherit_implied`]) and commits. Returns whether it
-    /// unpacked. On failure, or when the caller gives up, the unpack's
+    /// unpacked, once `lowers_ready` resolved in either case. On failure, or when the caller gives up, the unpack's
     /// directory is removed.
     pub async fn ensure_layer(
         &self,
@@ -242,8 +242,12 @@ impl Snapshotter {
             .iter()
             .map(|l| self.fs_path(l))
             .collect::<Result<Vec<_>, _>>()?;
-        let _guard = self.locks.lock(chain_id).await;
+        let guard = self.locks.lock(chain_id).await;
         if final_dir.join("fs").is_dir() {
+            // Present, but the caller is told it is done only once the
+            // layers below are too (one of them may be unpacked again).
+            drop(guard);
+            lowers_ready.await?;
             return Ok(false);
         }
         let name = format!("tmp-{:016x}", rand::random::<u64>());
