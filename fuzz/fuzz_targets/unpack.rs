@@ -3,6 +3,12 @@
 //! must never panic and never write outside the target directory. The
 //! target sits two levels below a scratch directory holding a file of its
 //! own; after the unpack everything but the target must be as it was.
+//!
+//! Input starting with `CRIUSLAYERS` is a stack of layers, bottom first,
+//! each a little-endian u32 length and that many bytes (at most 64
+//! layers): each is unpacked into a directory of its own below the target,
+//! then its implied directories take their attributes from the layers
+//! below it (`inherit_implied`), which must leave those layers untouched.
 
 #![no_main]
 
@@ -12,9 +18,14 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+const LAYERS_MAGIC: &[u8] = b"CRIUSLAYERS";
+const MAX_LAYERS: usize = 64;
+
+type Tree = BTreeMap<PathBuf, (u32, u64, i64, Vec<u8>)>;
+
 /// Everything under `dir` except `skip`: path to (mode, size, mtime, content
 /// of regular files).
-fn snapshot(dir: &Path, skip: &Path, out: &mut BTreeMap<PathBuf, (u32, u64, i64, Vec<u8>)>) {
+fn snapshot(dir: &Path, skip: &Path, out: &mut Tree) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -38,6 +49,22 @@ fn snapshot(dir: &Path, skip: &Path, out: &mut BTreeMap<PathBuf, (u32, u64, i64,
     }
 }
 
+/// The layers of an input: the whole input, or the framed stack.
+fn layers(data: &[u8]) -> Vec<&[u8]> {
+    let Some(mut rest) = data.strip_prefix(LAYERS_MAGIC) else {
+        return vec![data];
+    };
+    let mut out = Vec::new();
+    while rest.len() >= 4 && out.len() < MAX_LAYERS {
+        let n = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        rest = &rest[4..];
+        let n = n.min(rest.len());
+        out.push(&rest[..n]);
+        rest = &rest[n..];
+    }
+    out
+}
+
 fuzz_target!(|data: &[u8]| {
     let scratch = tempfile::tempdir().expect("tempdir");
     let base = scratch.path();
@@ -49,11 +76,38 @@ fuzz_target!(|data: &[u8]| {
     snapshot(base, &target, &mut before);
 
     let blob = base.join("blob");
-    std::fs::File::create(&blob)
-        .and_then(|mut f| f.write_all(data))
-        .expect("blob");
-    if let Ok(reader) = std::fs::File::open(&blob).and_then(crius_image::unpack::decompress) {
-        let _ = crius_image::unpack::unpack(reader, &target);
+    let stack = layers(data);
+    let single = stack.len() == 1 && !data.starts_with(LAYERS_MAGIC);
+    let mut done: Vec<PathBuf> = Vec::new();
+    for (i, layer) in stack.into_iter().enumerate() {
+        let dir = if single {
+            target.clone()
+        } else {
+            target.join(i.to_string())
+        };
+        std::fs::create_dir_all(&dir).expect("layer dir");
+        std::fs::File::create(&blob)
+            .and_then(|mut f| f.write_all(layer))
+            .expect("blob");
+        let Ok(reader) = std::fs::File::open(&blob).and_then(crius_image::unpack::decompress)
+        else {
+            done.push(dir);
+            continue;
+        };
+        if let Ok(report) = crius_image::unpack::unpack(reader, &dir) {
+            // The layers below, nearest first; they must not change.
+            let lowers: Vec<PathBuf> = done.iter().rev().cloned().collect();
+            let mut below = BTreeMap::new();
+            snapshot(&target, &dir, &mut below);
+            let _ = crius_image::unpack::inherit_implied(&dir, &report.implied, &lowers);
+            let mut below_after = BTreeMap::new();
+            snapshot(&target, &dir, &mut below_after);
+            assert_eq!(
+                below, below_after,
+                "inheriting attributes changed a lower layer"
+            );
+        }
+        done.push(dir);
     }
 
     let mut after = BTreeMap::new();

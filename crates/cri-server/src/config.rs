@@ -127,12 +127,43 @@ impl Default for CniConfig {
 pub struct RegistryConfig {
     /// Directory laid out as containerd's `certs.d`: `<config_path>/<host>/hosts.toml`.
     pub config_path: PathBuf,
+    /// A pull that receives no data from the registry for this long fails
+    /// (containerd's `image_pull_progress_timeout`): a duration such as
+    /// `5m`, or `0` to wait forever.
+    pub pull_progress_timeout: DurationOrZero,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
         RegistryConfig {
             config_path: "/etc/crius/certs.d".into(),
+            pull_progress_timeout: DurationOrZero::Text("5m".into()),
+        }
+    }
+}
+
+/// A duration key that may also be `0` (off), given as a string (`"5m"`,
+/// `"0"`) or as the integer 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DurationOrZero {
+    /// An integer: only 0 is accepted (a bare number of another value
+    /// would hide its unit).
+    Int(i64),
+    /// A duration with a unit, or `"0"`.
+    Text(String),
+}
+
+impl DurationOrZero {
+    /// The duration, `None` for zero (off).
+    pub fn parse(&self) -> Result<Option<Duration>, String> {
+        match self {
+            DurationOrZero::Int(0) => Ok(None),
+            DurationOrZero::Int(n) => Err(format!(
+                "{n} needs a unit (such as \"{n}s\"), or is 0 to turn it off"
+            )),
+            DurationOrZero::Text(t) if t.trim() == "0" => Ok(None),
+            DurationOrZero::Text(t) => parse_duration(t).map(Some),
         }
     }
 }
@@ -454,6 +485,7 @@ impl Config {
         }
         parse_size(&self.shm_size).map_err(|m| value_err("shm_size", m))?;
         parse_duration(&self.handback_expiry).map_err(|m| value_err("handback_expiry", m))?;
+        self.pull_progress_timeout()?;
         for (name, handler) in &self.runtimes {
             if name.is_empty() {
                 return Err(value_err("runtimes", "a handler name must not be empty"));
@@ -507,6 +539,15 @@ impl Config {
     /// The hand-back expiry (validated by [`Config::validate`]).
     pub fn handback_expiry(&self) -> Result<Duration, ConfigError> {
         parse_duration(&self.handback_expiry).map_err(|m| value_err("handback_expiry", m))
+    }
+
+    /// The pull progress timeout; `None` when turned off (validated by
+    /// [`Config::validate`]).
+    pub fn pull_progress_timeout(&self) -> Result<Option<Duration>, ConfigError> {
+        self.registry
+            .pull_progress_timeout
+            .parse()
+            .map_err(|m| value_err("registry.pull_progress_timeout", m))
     }
 
     /// The dotted keys whose values differ between `self` and `other`
@@ -848,6 +889,7 @@ conf_dir = "/tmp/net.d"
 bin_dirs = ["/tmp/bin"]
 [registry]
 config_path = "/tmp/certs.d"
+pull_progress_timeout = "30s"
 [stream]
 address = "127.0.0.1:10010"
 [tracing]
@@ -863,6 +905,10 @@ service_name = "node-7"
         assert_eq!(c.runtimes["runc"].path, "runc", "built-in handler kept");
         assert_eq!(c.shm_size_bytes().unwrap(), 128 << 20);
         assert_eq!(c.handback_expiry().unwrap(), Duration::from_secs(90));
+        assert_eq!(
+            c.pull_progress_timeout().unwrap(),
+            Some(Duration::from_secs(30))
+        );
         assert_eq!(c.cni.bin_dirs, vec![PathBuf::from("/tmp/bin")]);
         assert_eq!(c.stream.address, "127.0.0.1:10010");
         assert_eq!(c.tracing.otlp_endpoint, "http://127.0.0.1:4317");
@@ -872,6 +918,36 @@ service_name = "node-7"
             Config::default().tracing.otlp_endpoint,
             "",
             "export is off by default"
+        );
+    }
+
+    #[test]
+    fn pull_progress_timeout_values() {
+        // (file text, the timeout)
+        let cases: Vec<(&str, Option<Duration>)> = vec![
+            ("", Some(Duration::from_secs(300))),
+            (
+                "pull_progress_timeout = \"5m\"",
+                Some(Duration::from_secs(300)),
+            ),
+            (
+                "pull_progress_timeout = \"1500ms\"",
+                Some(Duration::from_millis(1500)),
+            ),
+            (
+                "pull_progress_timeout = \"2h\"",
+                Some(Duration::from_secs(7200)),
+            ),
+            ("pull_progress_timeout = \"0\"", None),
+            ("pull_progress_timeout = 0", None),
+        ];
+        for (text, want) in cases {
+            let c = parse(&format!("[registry]\n{text}\n")).unwrap();
+            assert_eq!(c.pull_progress_timeout().unwrap(), want, "{text}");
+        }
+        assert_eq!(
+            Config::default().pull_progress_timeout().unwrap(),
+            Some(crius_image::DEFAULT_PULL_PROGRESS_TIMEOUT)
         );
     }
 
@@ -892,6 +968,22 @@ service_name = "node-7"
             ("handback_expiry = \"soon\"", "`handback_expiry`"),
             ("handback_expiry = \"0s\"", "`handback_expiry`"),
             ("handback_expiry = 300", "handback_expiry"),
+            (
+                "[registry]\npull_progress_timeout = \"soon\"",
+                "`registry.pull_progress_timeout`",
+            ),
+            (
+                "[registry]\npull_progress_timeout = 300",
+                "`registry.pull_progress_timeout`",
+            ),
+            (
+                "[registry]\npull_progress_timeout = -1",
+                "`registry.pull_progress_timeout`",
+            ),
+            (
+                "[registry]\npull_progress_timeout = true",
+                "pull_progress_timeout",
+            ),
             ("default_runtime = \"kata\"", "`default_runtime`"),
             ("[runtimes.crun]\npath = \"\"", "`runtimes.crun.path`"),
             ("[stream]\naddress = \"nowhere\"", "`stream.address`"),

@@ -95,11 +95,16 @@ impl Daemon {
             .get_state::<RuntimeConfigState>(RUNTIME_CONFIG_KEY)?
             .unwrap_or_default();
         let store = Arc::new(store);
-        let images = ImageManager::open(
+        let images = ImageManager::open_with(
             &config.root,
             store.clone(),
             &config.registry.config_path,
             &config.pause_image,
+            crius_image::ImageOptions {
+                pull_progress_timeout: config
+                    .pull_progress_timeout()
+                    .unwrap_or(Some(crius_image::DEFAULT_PULL_PROGRESS_TIMEOUT)),
+            },
         )?;
         // Once, at start-up: can pods have user namespaces here?
         let _ = crate::runtime::userns::kernel_probe(&config.state);

@@ -241,6 +241,7 @@ pub fn image_error(err: ImageError, field: &str) -> CriError {
         ImageErrorKind::Unauthenticated => CriError::Unauthenticated(msg),
         ImageErrorKind::DataLoss => CriError::DataLoss(msg),
         ImageErrorKind::Unavailable => CriError::Unavailable(msg),
+        ImageErrorKind::DeadlineExceeded => CriError::DeadlineExceeded(msg),
         ImageErrorKind::Internal => CriError::Internal(msg),
     }
 }

@@ -41,6 +41,18 @@ pub enum ContentError {
         /// The HTTP error.
         source: reqwest::Error,
     },
+    /// The registry sent nothing for longer than the pull progress timeout.
+    #[error("transfer of {digest} stalled: no data received for {timeout:?} after {received} of {size} bytes (pull_progress_timeout)")]
+    Stalled {
+        /// The blob.
+        digest: String,
+        /// Bytes received before the stall.
+        received: u64,
+        /// Its size.
+        size: u64,
+        /// The progress timeout.
+        timeout: std::time::Duration,
+    },
     /// A file operation failed.
     #[error("{path}: {source}")]
     Io {
@@ -195,12 +207,15 @@ impl ContentStore {
     }
 
     /// Streams blob `digest` of `size` bytes into the store, verifying both
-    /// while receiving; nothing is stored unless both match.
+    /// while receiving; nothing is stored unless both match. With
+    /// `progress_timeout`, a stream that yields no data for that long fails
+    /// with [`ContentError::Stalled`].
     pub async fn write_stream<S>(
         &self,
         digest: &str,
         size: u64,
         stream: S,
+        progress_timeout: Option<std::time::Duration>,
     ) -> Result<(), ContentError>
     where
         S: Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Unpin,
@@ -209,7 +224,8 @@ impl ContentStore {
         let temp = self.temp_path();
         // Removes the partial file even when this future is dropped midway.
         let _cleanup = RemoveOnDrop(temp.clone());
-        self.receive(&temp, digest, size, stream).await?;
+        self.receive(&temp, digest, size, stream, progress_timeout)
+            .await?;
         let dest = self.path(digest)?;
         let dir = self.root.join("sha256");
         tokio::fs::rename(&temp, &dest)
@@ -225,6 +241,7 @@ impl ContentStore {
         digest: &str,
         size: u64,
         mut stream: S,
+        progress_timeout: Option<std::time::Duration>,
     ) -> Result<(), ContentError>
     where
         S: Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Unpin,
@@ -239,7 +256,19 @@ impl ContentStore {
             .map_err(io_err(temp))?;
         let mut hasher = Sha256::new();
         let mut got: u64 = 0;
-        while let Some(chunk) = stream.next().await {
+        loop {
+            let next = match progress_timeout {
+                Some(t) => tokio::time::timeout(t, stream.next()).await.map_err(|_| {
+                    ContentError::Stalled {
+                        digest: digest.to_string(),
+                        received: got,
+                        size,
+                        timeout: t,
+                    }
+                })?,
+                None => stream.next().await,
+            };
+            let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|source| ContentError::Transfer {
                 digest: digest.to_string(),
                 source,
@@ -324,7 +353,7 @@ mod tests {
         ];
         for (parts, size, want) in cases {
             let err = store
-                .write_stream(&d, size, chunks(parts))
+                .write_stream(&d, size, chunks(parts), None)
                 .await
                 .unwrap_err()
                 .to_string();
@@ -338,7 +367,7 @@ mod tests {
             );
         }
         store
-            .write_stream(&d, 11, chunks(vec![b"hello", b" world"]))
+            .write_stream(&d, 11, chunks(vec![b"hello", b" world"]), None)
             .await
             .unwrap();
         assert!(store.has(&d, 11));

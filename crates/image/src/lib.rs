@@ -61,7 +61,10 @@ pub mod tree;
 pub mod unpack;
 pub mod usage;
 
-pub use manager::{ErrorKind, FsUsage, ImageError, ImageManager, Mount};
+pub use manager::{
+    ErrorKind, FsUsage, ImageError, ImageManager, ImageOptions, Mount,
+    DEFAULT_PULL_PROGRESS_TIMEOUT,
+};
 pub use manifest::{ImageConfig, Platform, RuntimeConfig};
 pub use reference::{Reference, ReferenceError};
 pub use registry::Auth;

@@ -7,15 +7,41 @@ use crate::reference::{is_digest, is_hex64, Reference, ReferenceError};
 use crate::registry::{Auth, RegistryError, Resolver};
 use crate::snapshot::{self, SnapshotError, Snapshotter};
 use crius_store::{ImageMetadata, ImageRecord, ImageStatus, Record, Store, StoreError};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Layers downloaded at the same time by one pull.
 const PARALLEL_DOWNLOADS: usize = 4;
 /// The file in a container's directory naming the snapshots it uses.
 const ROOTFS_RECORD: &str = "rootfs.json";
+/// The directory in a container's directory with one short link per lower
+/// layer (`l/0` the topmost): lower dirs that share a parent and have short
+/// names, so that an overlay of many layers fits in mount(2)'s one page of
+/// options (see `crius_store::overlay`).
+const LAYER_LINKS: &str = "l";
+/// How long a pull may receive nothing before it fails (containerd's
+/// `image_pull_progress_timeout` default).
+pub const DEFAULT_PULL_PROGRESS_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+/// Settings of the image manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageOptions {
+    /// A pull that receives no data from the registry for this long fails
+    /// with [`ErrorKind::DeadlineExceeded`]; `None` waits forever (the
+    /// HTTP client's own read timeout aside).
+    pub pull_progress_timeout: Option<Duration>,
+}
+
+impl Default for ImageOptions {
+    fn default() -> Self {
+        ImageOptions {
+            pull_progress_timeout: Some(DEFAULT_PULL_PROGRESS_TIMEOUT),
+        }
+    }
+}
 
 /// Errors of image operations.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +86,14 @@ pub enum ImageError {
         /// The underlying error.
         source: io::Error,
     },
+    /// The registry sent nothing for longer than the pull progress timeout.
+    #[error("pull of {what} stalled: no data received from the registry for {timeout:?} (pull_progress_timeout)")]
+    Stalled {
+        /// What was being fetched.
+        what: String,
+        /// The progress timeout.
+        timeout: Duration,
+    },
     /// A background task died.
     #[error("internal error: {0}")]
     Task(String),
@@ -78,6 +112,8 @@ pub enum ErrorKind {
     DataLoss,
     /// The registry could not be reached or failed.
     Unavailable,
+    /// The registry stopped sending data (the pull progress timeout).
+    DeadlineExceeded,
     /// Anything else.
     Internal,
 }
@@ -105,6 +141,9 @@ impl ImageError {
                 ContentError::DigestMismatch { .. } | ContentError::SizeMismatch { .. },
             ) => ErrorKind::DataLoss,
             ImageError::Content(ContentError::Transfer { .. }) => ErrorKind::Unavailable,
+            ImageError::Content(ContentError::Stalled { .. }) | ImageError::Stalled { .. } => {
+                ErrorKind::DeadlineExceeded
+            }
             ImageError::Snapshot(SnapshotError::Unpack(
                 crate::unpack::UnpackError::DiffIdMismatch { .. },
             )) => ErrorKind::DataLoss,
@@ -157,13 +196,87 @@ struct Inner {
     registry_config: PathBuf,
     pause_image: Option<String>,
     platform: Platform,
-    /// Pulls and rootfs preparation hold it shared; garbage collection and
-    /// removal hold it exclusively, so nothing in use is collected.
+    /// Garbage collection and removal hold it exclusively; rootfs
+    /// preparation and a pull registering what it is about to fetch
+    /// ([`Lease`]) hold it shared. Every holder does only local work under
+    /// it, never network I/O: a stalled registry cannot hold up a
+    /// collection, nor a collection queued behind it everything else.
     gc: tokio::sync::RwLock<()>,
+    /// What pulls in progress protect from collection.
+    leases: Arc<LeaseTable>,
+    options: ImageOptions,
     /// Serialises read-modify-write of image records.
     records: tokio::sync::Mutex<()>,
     /// Disk usage measured off the request path.
     usage: crate::usage::UsageCache,
+}
+
+/// Blobs and snapshots that pulls in progress are fetching, or have
+/// fetched but not yet recorded in an image: garbage collection keeps
+/// them. Counted, since concurrent pulls may share content.
+#[derive(Default)]
+struct LeaseTable {
+    held: std::sync::Mutex<LeaseCounts>,
+}
+
+#[derive(Default, Debug, Clone, PartialEq, Eq)]
+struct LeaseCounts {
+    blobs: HashMap<String, usize>,
+    snapshots: HashMap<String, usize>,
+}
+
+impl LeaseTable {
+    fn counts(&self) -> std::sync::MutexGuard<'_, LeaseCounts> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One pull's protection: what it added to the [`LeaseTable`], released
+/// when dropped (after the pull recorded its image, or failed).
+struct Lease {
+    table: Arc<LeaseTable>,
+    blobs: Vec<String>,
+    snapshots: Vec<String>,
+}
+
+impl Lease {
+    fn new(table: Arc<LeaseTable>) -> Lease {
+        Lease {
+            table,
+            blobs: Vec::new(),
+            snapshots: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, blobs: &[String], snapshots: &[String]) {
+        let mut held = self.table.counts();
+        for b in blobs {
+            *held.blobs.entry(b.clone()).or_default() += 1;
+            self.blobs.push(b.clone());
+        }
+        for s in snapshots {
+            *held.snapshots.entry(s.clone()).or_default() += 1;
+            self.snapshots.push(s.clone());
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut held = self.table.counts();
+        let release = |map: &mut HashMap<String, usize>, keys: &[String]| {
+            for k in keys {
+                if let Some(n) = map.get_mut(k) {
+                    *n -= 1;
+                    if *n == 0 {
+                        map.remove(k);
+                    }
+                }
+            }
+        };
+        release(&mut held.blobs, &self.blobs);
+        release(&mut held.snapshots, &self.snapshots);
+    }
 }
 
 /// The image manager. Cheap to clone.
@@ -177,6 +290,34 @@ fn now_nanos() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos().min(i64::MAX as u128) as i64)
         .unwrap_or(0)
+}
+
+/// The `lowerdir=` option of an overlay over `lower` (topmost first).
+fn lowerdir_option(lower: &[String]) -> String {
+    format!("lowerdir={}", lower.join(":"))
+}
+
+/// Makes `links/<n>` a symbolic link to `targets[n]` for every n (replacing
+/// one that points elsewhere) and returns the links' paths (blocking).
+fn link_layers(links: &Path, targets: &[String]) -> Result<Vec<String>, ImageError> {
+    crius_store::private::dir(links).map_err(io_err(links))?;
+    let mut out = Vec::with_capacity(targets.len());
+    for (n, target) in targets.iter().enumerate() {
+        let link = links.join(n.to_string());
+        match std::fs::read_link(&link) {
+            Ok(t) if t == Path::new(target) => {}
+            Ok(_) => {
+                std::fs::remove_file(&link).map_err(io_err(&link))?;
+                std::os::unix::fs::symlink(target, &link).map_err(io_err(&link))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::os::unix::fs::symlink(target, &link).map_err(io_err(&link))?;
+            }
+            Err(e) => return Err(io_err(&link)(e)),
+        }
+        out.push(link.display().to_string());
+    }
+    Ok(out)
 }
 
 fn valid_container_id(id: &str) -> bool {
@@ -207,6 +348,23 @@ impl ImageManager {
         registry_config_path: &Path,
         pause_image: &str,
     ) -> Result<ImageManager, ImageError> {
+        Self::open_with(
+            root,
+            store,
+            registry_config_path,
+            pause_image,
+            ImageOptions::default(),
+        )
+    }
+
+    /// [`ImageManager::open`] with explicit settings.
+    pub fn open_with(
+        root: &Path,
+        store: Arc<Store>,
+        registry_config_path: &Path,
+        pause_image: &str,
+        options: ImageOptions,
+    ) -> Result<ImageManager, ImageError> {
         let dir = root.join("images");
         // Private: container layers, content (private images too) and
         // snapshots are nobody else's to read.
@@ -232,13 +390,14 @@ impl ImageManager {
                 pause_image,
                 platform: Platform::host(),
                 gc: tokio::sync::RwLock::new(()),
+                leases: Default::default(),
+                options,
                 records: tokio::sync::Mutex::new(()),
                 usage: Default::default(),
             }),
         };
         // Content of pulls that a crash interrupted belongs to no image.
-        // Nothing else runs yet, so there is no unpack to wait for.
-        if let Err(e) = manager.collect(false) {
+        if let Err(e) = manager.collect() {
             tracing::warn!(error = %e, "cannot collect unused image content at start-up");
         }
         Ok(manager)
@@ -291,24 +450,38 @@ impl ImageManager {
         auth: Option<Auth>,
     ) -> Result<ImageRecord, ImageError> {
         let inner = &self.inner;
-        let _shared = inner.gc.read().await;
+        // No lock is held across network I/O: what this pull fetches is
+        // protected by its lease, registered before it is fetched and
+        // released once the image is recorded (or the pull failed).
+        let mut lease = Lease::new(inner.leases.clone());
         let resolver = {
             let (cfg, rr) = (inner.registry_config.clone(), r.clone());
             blocking(move || Resolver::new(&cfg, &rr, auth)).await??
         };
         tracing::info!(reference = %r, "pulling image");
-        let top = resolver.resolve(&r).await?;
+        let top = self
+            .within(|| format!("the manifest of {r}"), resolver.resolve(&r))
+            .await?;
         let mut content = vec![top.digest.clone()];
         let mut size = top.body.len() as u64;
+        self.protect(&mut lease, std::slice::from_ref(&top.digest), &[])
+            .await;
         self.store_bytes(&top.digest, top.body.clone()).await?;
         let image_manifest = match Manifest::parse(&top.content_type, &top.body)? {
             Manifest::Image(m) => m,
             Manifest::Index(index) => {
                 let desc = manifest::select_platform(&index, &inner.platform)?;
                 desc.check_manifest_size()?;
-                let m = resolver.fetch_manifest(&desc.digest).await?;
+                let m = self
+                    .within(
+                        || format!("manifest {} of {r}", desc.digest),
+                        resolver.fetch_manifest(&desc.digest),
+                    )
+                    .await?;
                 content.push(m.digest.clone());
                 size += m.body.len() as u64;
+                self.protect(&mut lease, std::slice::from_ref(&m.digest), &[])
+                    .await;
                 self.store_bytes(&m.digest, m.body.clone()).await?;
                 match Manifest::parse(&desc.media_type, &m.body)? {
                     Manifest::Image(im) => im,
@@ -325,6 +498,8 @@ impl ImageManager {
         // The config, then every layer in parallel.
         let cfg_desc = image_manifest.config.clone();
         cfg_desc.check_size("image config", manifest::MAX_CONFIG_SIZE)?;
+        self.protect(&mut lease, std::slice::from_ref(&cfg_desc.digest), &[])
+            .await;
         self.fetch_blob(&resolver, &cfg_desc.digest, cfg_desc.size)
             .await?;
         let config_bytes = inner.content.read(&cfg_desc.digest)?;
@@ -348,29 +523,54 @@ impl ImageManager {
         }
         // Every layer is downloaded and unpacked in its own task: snapshots
         // are independent diff directories, so a layer is unpacked as soon
-        // as it has arrived.
+        // as it has arrived. Layers are committed bottom up: the
+        // directories a layer only implies take their attributes from the
+        // layers below, which must exist by then.
         let chain = snapshot::chain_ids(&config.rootfs.diff_ids);
+        let layer_digests: Vec<String> = image_manifest
+            .layers
+            .iter()
+            .map(|l| l.digest.clone())
+            .collect();
+        self.protect(&mut lease, &layer_digests, &chain).await;
         let resolver = Arc::new(resolver);
         let limit = Arc::new(tokio::sync::Semaphore::new(PARALLEL_DOWNLOADS));
         let mut tasks = tokio::task::JoinSet::new();
-        for ((layer, diff_id), chain_id) in image_manifest
+        let mut below_done: Option<tokio::sync::oneshot::Receiver<()>> = None;
+        for (i, ((layer, diff_id), chain_id)) in image_manifest
             .layers
             .iter()
             .zip(&config.rootfs.diff_ids)
             .zip(&chain)
+            .enumerate()
         {
             content.push(layer.digest.clone());
             size += layer.size;
             let (me, res, lim) = (self.clone(), resolver.clone(), limit.clone());
             let (digest, layer_size) = (layer.digest.clone(), layer.size);
             let (diff_id, chain_id) = (diff_id.clone(), chain_id.clone());
+            let lowers: Vec<String> = chain[..i].iter().rev().cloned().collect();
+            let (done, next) = tokio::sync::oneshot::channel::<()>();
+            let below = below_done.replace(next);
             tasks.spawn(async move {
                 {
                     let _permit = lim.acquire_owned().await;
                     me.fetch_blob(&res, &digest, layer_size).await?;
                 }
                 let blob = me.inner.content.path(&digest)?;
-                me.inner.snapshots.ensure(&chain_id, blob, &diff_id).await?;
+                let lower = lowers.first().cloned().unwrap_or_default();
+                let ready = async move {
+                    match below {
+                        None => Ok(()),
+                        Some(rx) => rx.await.map_err(|_| SnapshotError::LowerMissing(lower)),
+                    }
+                };
+                me.inner
+                    .snapshots
+                    .ensure_layer(&chain_id, blob, &diff_id, &lowers, ready)
+                    .await?;
+                // The receiver is gone only when the pull already failed.
+                let _ = done.send(());
                 Ok::<(), ImageError>(())
             });
         }
@@ -444,7 +644,36 @@ impl ImageManager {
         })
         .await??;
         tracing::info!(reference = %r, id = %saved.metadata.id, "image pulled");
+        // Recorded: the image itself keeps its content from here on.
+        drop(lease);
         Ok(saved)
+    }
+
+    /// Adds blobs and snapshots to a pull's lease. Under the shared side
+    /// of the collection lock (briefly: no I/O), so a collection either
+    /// finished before (and whatever it deleted is fetched again) or sees
+    /// the lease.
+    async fn protect(&self, lease: &mut Lease, blobs: &[String], snapshots: &[String]) {
+        let _shared = self.inner.gc.read().await;
+        lease.add(blobs, snapshots);
+    }
+
+    /// Runs a registry request under the pull progress timeout.
+    async fn within<T, E: Into<ImageError>>(
+        &self,
+        what: impl FnOnce() -> String,
+        request: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, ImageError> {
+        match self.inner.options.pull_progress_timeout {
+            None => request.await.map_err(Into::into),
+            Some(timeout) => match tokio::time::timeout(timeout, request).await {
+                Ok(r) => r.map_err(Into::into),
+                Err(_) => Err(ImageError::Stalled {
+                    what: what(),
+                    timeout,
+                }),
+            },
+        }
     }
 
     async fn store_bytes(&self, digest: &str, body: Vec<u8>) -> Result<(), ImageError> {
@@ -470,9 +699,16 @@ impl ImageManager {
             tracing::debug!(digest, "blob already present");
             return Ok(());
         }
-        let resp = resolver.fetch_blob(digest).await?;
+        let resp = self
+            .within(|| format!("blob {digest}"), resolver.fetch_blob(digest))
+            .await?;
         content
-            .write_stream(digest, size, resp.bytes_stream())
+            .write_stream(
+                digest,
+                size,
+                resp.bytes_stream(),
+                self.inner.options.pull_progress_timeout,
+            )
             .await?;
         tracing::debug!(digest, size, "blob stored");
         Ok(())
@@ -561,17 +797,21 @@ impl ImageManager {
     async fn collect_locked(&self) -> Result<(), ImageError> {
         self.inner.usage.request_refresh();
         let me = self.clone();
-        blocking(move || me.collect(true)).await?
+        blocking(move || me.collect()).await?
     }
 
-    /// Deletes unused blobs and snapshots (blocking); `wait_unpacks` waits
-    /// for unpacks of cancelled pulls first. One failure never stops the
-    /// pass: it is logged and the rest goes on (the next pass retries).
-    /// Snapshots are kept when a container's record cannot be read.
-    fn collect(&self, wait_unpacks: bool) -> Result<(), ImageError> {
+    /// Deletes blobs and snapshots that no image, container or pull in
+    /// progress uses (blocking; call under the exclusive collection lock).
+    /// One failure never stops the pass: it is logged and the rest goes on
+    /// (the next pass retries). Snapshots are kept when a container's
+    /// record cannot be read.
+    fn collect(&self) -> Result<(), ImageError> {
         let inner = &self.inner;
-        let mut blobs = HashSet::new();
-        let mut snaps = HashSet::new();
+        // Leases before records: a pull records its image before it drops
+        // its lease, so its content is in one or the other.
+        let leased = inner.leases.counts().clone();
+        let mut blobs: HashSet<String> = leased.blobs.into_keys().collect();
+        let mut snaps: HashSet<String> = leased.snapshots.into_keys().collect();
         for img in inner.store.list_images() {
             blobs.extend(img.metadata.content);
             snaps.extend(img.metadata.snapshots);
@@ -623,9 +863,8 @@ impl ImageManager {
             }
             Err(e) => tracing::warn!(error = %e, "cannot list blobs for garbage collection"),
         }
-        // An unpack of a cancelled pull may still be finishing.
-        let _idle = wait_unpacks.then(|| inner.snapshots.wait_idle());
-        // Leftovers of unpacks and removals that failed before.
+        // Leftovers of unpacks and removals that failed before (unpacks
+        // still running, of pulls in progress or given up, are skipped).
         inner.snapshots.remove_leftovers();
         if !snaps_known {
             return Ok(());
@@ -694,8 +933,8 @@ impl ImageManager {
             image_id: image.metadata.id.clone(),
             snapshots: image.metadata.snapshots.clone(),
         };
-        let d = dir.clone();
-        blocking(move || -> Result<(), ImageError> {
+        let (d, targets) = (dir.clone(), lower);
+        let lower = blocking(move || -> Result<Vec<String>, ImageError> {
             let fresh = !d.exists();
             let r = (|| {
                 crius_store::private::dir(&d).map_err(io_err(&d))?;
@@ -718,7 +957,8 @@ impl ImageManager {
                 // the machine (after a power loss the container is dead and
                 // its layer is removed with it; a torn record stops
                 // collection rather than letting it delete a snapshot).
-                crius_store::persist::write_volatile(&p, &bytes, 0o600).map_err(io_err(&p))
+                crius_store::persist::write_volatile(&p, &bytes, 0o600).map_err(io_err(&p))?;
+                link_layers(&d.join(LAYER_LINKS), &targets)
             })();
             if r.is_err() && fresh {
                 if let Err(e) = crate::tree::remove_tree_if_exists(&d) {
@@ -732,7 +972,7 @@ impl ImageManager {
             kind: "overlay".into(),
             source: "overlay".into(),
             options: vec![
-                format!("lowerdir={}", lower.join(":")),
+                lowerdir_option(&lower),
                 format!("upperdir={}", dir.join("upper").display()),
                 format!("workdir={}", dir.join("work").display()),
             ],
@@ -880,6 +1120,23 @@ mod tests {
                 ErrorKind::Internal,
             ),
             (ImageError::Task("boom".into()), ErrorKind::Internal),
+            (
+                ImageError::Stalled {
+                    what: "the manifest of x".into(),
+                    timeout: Duration::from_secs(1),
+                },
+                ErrorKind::DeadlineExceeded,
+            ),
+            (
+                ContentError::Stalled {
+                    digest: "a".into(),
+                    received: 1,
+                    size: 2,
+                    timeout: Duration::from_secs(1),
+                }
+                .into(),
+                ErrorKind::DeadlineExceeded,
+            ),
         ];
         for (err, want) in cases {
             assert_eq!(err.kind(), want, "{err}");
@@ -1006,6 +1263,73 @@ mod tests {
         assert!(!upper.exists());
     }
 
+    /// An image of 128 layers: its rootfs mount's options are far over a
+    /// page with absolute lower dirs, yet it mounts, the lowest and the
+    /// highest layer both visible.
+    #[tokio::test]
+    async fn rootfs_of_128_layers_mounts() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipping rootfs_of_128_layers_mounts: needs root (mount)");
+            return;
+        }
+        const LAYERS: usize = 128;
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&tmp.path().join("store")).unwrap();
+        let store = Arc::new(store);
+        let m = ImageManager::open(tmp.path(), store.clone(), &tmp.path().join("c"), "p").unwrap();
+        let layers: Vec<Vec<u8>> = (0..LAYERS)
+            .map(|i| {
+                let name = format!("layer{i}");
+                layer_tar(&[
+                    (name.as_str(), i.to_string().as_bytes()),
+                    ("which", i.to_string().as_bytes()),
+                ])
+            })
+            .collect();
+        let diffs: Vec<String> = layers
+            .iter()
+            .map(|l| crate::content::digest_of(l))
+            .collect();
+        let chain = snapshot::chain_ids(&diffs);
+        for (i, l) in layers.iter().enumerate() {
+            let blob = tmp.path().join(format!("l{i}"));
+            std::fs::write(&blob, l).unwrap();
+            m.inner
+                .snapshots
+                .ensure(&chain[i], blob, &diffs[i])
+                .await
+                .unwrap();
+        }
+        let snaps: Vec<&str> = chain.iter().map(String::as_str).collect();
+        let rec = record('b', &["docker.io/library/many:1"], &snaps);
+        store.put_image(rec.clone()).unwrap();
+        let id = "f".repeat(64);
+        let mounts = m.prepare_rootfs(&rec.metadata.id, &id).await.unwrap();
+        let data = mounts[0].options.join(",");
+        let absolute: usize = chain
+            .iter()
+            .map(|c| m.inner.snapshots.fs_path(c).unwrap().as_os_str().len() + 1)
+            .sum();
+        assert!(
+            absolute > 4096,
+            "absolute lower dirs alone take {absolute} bytes"
+        );
+        let target = tmp.path().join("rootfs");
+        std::fs::create_dir(&target).unwrap();
+        crius_store::overlay::mount_overlay(&mounts[0].source, &target, 0, &data).unwrap();
+        let read = |n: &str| std::fs::read_to_string(target.join(n));
+        let (low, high, which) = (read("layer0"), read("layer127"), read("which"));
+        let c = std::ffi::CString::new(target.to_str().unwrap()).unwrap();
+        // SAFETY: valid path.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        assert_eq!(low.unwrap(), "0");
+        assert_eq!(high.unwrap(), "127");
+        assert_eq!(which.unwrap(), "127", "the topmost layer wins");
+        m.remove_rootfs(&id).await.unwrap();
+        assert!(!m.inner.dir.join("containers").join(&id).exists());
+    }
+
     #[test]
     fn container_ids() {
         for ok in ["abc", "a-b_c.d", &"f".repeat(64)] {
@@ -1099,12 +1423,20 @@ mod tests {
         // A container rootfs keeps the snapshots alive after image removal.
         let mounts = m.prepare_rootfs(&id, "c1").await.unwrap();
         assert_eq!(mounts.len(), 1);
+        // Short links, topmost first, to the snapshots.
+        let links = m.inner.dir.join("containers/c1/l");
         let lower = format!(
             "lowerdir={}:{}",
-            m.inner.snapshots.fs_path(&chain[1]).unwrap().display(),
-            m.inner.snapshots.fs_path(&chain[0]).unwrap().display()
+            links.join("0").display(),
+            links.join("1").display()
         );
         assert_eq!(mounts[0].options[0], lower);
+        for (n, c) in [(0, &chain[1]), (1, &chain[0])] {
+            assert_eq!(
+                std::fs::read_link(links.join(n.to_string())).unwrap(),
+                m.inner.snapshots.fs_path(c).unwrap()
+            );
+        }
         assert!(m.inner.dir.join("containers/c1/upper").is_dir());
         assert_eq!(
             m.prepare_rootfs(&id, "c1").await.unwrap(),
@@ -1273,5 +1605,345 @@ mod tests {
             vec!["/v2/cfg/manifests/t", "/v2/idx/manifests/t"],
             "nothing was fetched for the oversized descriptors"
         );
+    }
+
+    /// A test registry on 127.0.0.1 serving blobs and manifests by path;
+    /// a route may stop after some bytes until its gate gets a permit
+    /// (forever without a gate).
+    struct Route {
+        path: String,
+        content_type: &'static str,
+        body: Vec<u8>,
+        stall_after: Option<usize>,
+        gate: Option<Arc<tokio::sync::Semaphore>>,
+    }
+
+    fn route(path: String, content_type: &'static str, body: Vec<u8>) -> Route {
+        Route {
+            path,
+            content_type,
+            body,
+            stall_after: None,
+            gate: None,
+        }
+    }
+
+    async fn serve(routes: Vec<Route>) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (log, routes) = (seen.clone(), Arc::new(routes));
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (routes, log) = (routes.clone(), log.clone());
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&req);
+                    let path = text.split(' ').nth(1).unwrap_or("").to_string();
+                    log.lock().unwrap().push(path.clone());
+                    let Some(r) = routes.iter().find(|r| r.path == path) else {
+                        let _ = conn
+                            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                            .await;
+                        return;
+                    };
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        r.content_type,
+                        r.body.len()
+                    );
+                    if conn.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let cut = r.stall_after.unwrap_or(r.body.len()).min(r.body.len());
+                    if conn.write_all(&r.body[..cut]).await.is_err() || conn.flush().await.is_err()
+                    {
+                        return;
+                    }
+                    if cut < r.body.len() {
+                        match &r.gate {
+                            Some(g) => {
+                                let _ = g.acquire().await.map(|p| p.forget());
+                            }
+                            None => std::future::pending::<()>().await,
+                        }
+                        let _ = conn.write_all(&r.body[cut..]).await;
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    fn layer_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// The routes of image `repo:t` made of `layers` (uncompressed tars);
+    /// returns them with the digests of the manifest, config and layers.
+    fn image_routes(repo: &str, layers: &[Vec<u8>]) -> (Vec<Route>, Vec<String>) {
+        let digests: Vec<String> = layers
+            .iter()
+            .map(|l| crate::content::digest_of(l))
+            .collect();
+        let config = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Cmd": ["sh"]},
+            "rootfs": {"type": "layers", "diff_ids": digests},
+        });
+        let config = serde_json::to_vec(&config).unwrap();
+        let cfg_digest = crate::content::digest_of(&config);
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": manifest::OCI_MANIFEST,
+            "config": {"mediaType": manifest::OCI_CONFIG, "digest": cfg_digest, "size": config.len()},
+            "layers": layers.iter().zip(&digests).map(|(l, d)| serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": d,
+                "size": l.len(),
+            })).collect::<Vec<_>>(),
+        });
+        let manifest = serde_json::to_vec(&manifest).unwrap();
+        let man_digest = crate::content::digest_of(&manifest);
+        let mut routes = vec![
+            route(
+                format!("/v2/{repo}/manifests/t"),
+                manifest::OCI_MANIFEST,
+                manifest,
+            ),
+            route(
+                format!("/v2/{repo}/blobs/{cfg_digest}"),
+                manifest::OCI_CONFIG,
+                config,
+            ),
+        ];
+        for (l, d) in layers.iter().zip(&digests) {
+            routes.push(route(
+                format!("/v2/{repo}/blobs/{d}"),
+                "application/octet-stream",
+                l.clone(),
+            ));
+        }
+        let mut all = vec![man_digest, cfg_digest];
+        all.extend(digests);
+        (routes, all)
+    }
+
+    fn open_with_timeout(tmp: &Path, timeout: Option<Duration>) -> ImageManager {
+        let (store, _) = Store::open(&tmp.join("store")).unwrap();
+        ImageManager::open_with(
+            tmp,
+            Arc::new(store),
+            &tmp.join("certs.d"),
+            "p",
+            ImageOptions {
+                pull_progress_timeout: timeout,
+            },
+        )
+        .unwrap()
+    }
+
+    fn leftovers(m: &ImageManager) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let names = |d: PathBuf| -> Vec<String> {
+            std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        (
+            names(m.inner.dir.join("content/ingest")),
+            m.inner.content.list().unwrap(),
+            names(m.inner.dir.join("snapshots")),
+        )
+    }
+
+    async fn wait_for(what: &str, cond: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A registry that stops sending fails the pull after the progress
+    /// timeout, with a clear DeadlineExceeded error, and the pull leaves no
+    /// partial blob, no content, no snapshot and no lease behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stalled_pull_times_out_and_leaves_nothing() {
+        let base = layer_tar(&[("base", b"0")]);
+        let big = layer_tar(&[("big", &[7u8; 64 << 10])]);
+        let (mut routes, digests) = image_routes("stall", &[base, big]);
+        routes[3].stall_after = Some(1000);
+        // A manifest that stops half-way, too.
+        let (mut more, _) = image_routes("stallman", &[layer_tar(&[("x", b"x")])]);
+        more[0].stall_after = Some(10);
+        routes.extend(more);
+        let (addr, seen) = serve(routes).await;
+        let tmp = tempfile::tempdir().unwrap();
+        let m = open_with_timeout(tmp.path(), Some(Duration::from_millis(500)));
+
+        let started = std::time::Instant::now();
+        let err = m.pull(&format!("{addr}/stall:t"), None).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10), "{err}");
+        assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("stalled")
+                && msg.contains(&digests[3])
+                && msg.contains("pull_progress_timeout"),
+            "{msg}"
+        );
+        assert!(seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| p.ends_with(&digests[3])));
+        assert!(m.resolve(&format!("{addr}/stall:t")).unwrap().is_none());
+        // The unpack of the first layer may still be finishing.
+        wait_for("no unpack in progress", || {
+            m.inner.snapshots.unpacks_in_progress() == 0
+        })
+        .await;
+        m.garbage_collect().await.unwrap();
+        assert_eq!(
+            leftovers(&m),
+            (vec![], vec![], vec![]),
+            "no partial blob, content or snapshot"
+        );
+        assert_eq!(*m.inner.leases.counts(), LeaseCounts::default());
+
+        let err = m
+            .pull(&format!("{addr}/stallman:t"), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err:?}");
+        assert!(matches!(err, ImageError::Stalled { .. }), "{err:?}");
+        assert!(err.to_string().contains("the manifest of"), "{err}");
+        assert_eq!(leftovers(&m), (vec![], vec![], vec![]));
+        assert_eq!(*m.inner.leases.counts(), LeaseCounts::default());
+    }
+
+    /// While a pull waits on a registry that stopped sending, removing
+    /// another image, collecting garbage and preparing and removing a
+    /// container's rootfs all complete at once; and content the pull has
+    /// fetched (or is fetching) survives a collection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_pull_holds_up_nothing_and_keeps_its_content() {
+        let base = layer_tar(&[("base", b"0")]);
+        let top = layer_tar(&[("top", &[1u8; 32 << 10])]);
+        let (mut routes, digests) = image_routes("slow", &[base.clone(), top.clone()]);
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        routes[3].stall_after = Some(100);
+        routes[3].gate = Some(gate.clone());
+        let (addr, seen) = serve(routes).await;
+        let tmp = tempfile::tempdir().unwrap();
+        // No progress timeout: the pull waits as long as the gate is shut.
+        let m = open_with_timeout(tmp.path(), None);
+
+        // A local image with a snapshot, to remove and to run.
+        let empty_tar = vec![0u8; 1024];
+        let diff = crate::content::digest_of(&empty_tar);
+        let blob = tmp.path().join("empty.tar");
+        std::fs::write(&blob, &empty_tar).unwrap();
+        let other_chain = snapshot::chain_ids(std::slice::from_ref(&diff));
+        m.inner
+            .snapshots
+            .ensure(&other_chain[0], blob, &diff)
+            .await
+            .unwrap();
+        let other = record(
+            'a',
+            &["docker.io/library/other:1", "docker.io/library/other:2"],
+            &[&other_chain[0]],
+        );
+        m.inner.store.put_image(other.clone()).unwrap();
+
+        let pulling = {
+            let (m, r) = (m.clone(), format!("{addr}/slow:t"));
+            tokio::spawn(async move { m.pull(&r, None).await })
+        };
+        let chain = snapshot::chain_ids(&digests[2..]);
+        wait_for("the stalled blob request and the lower layer", || {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .any(|p| p.ends_with(&digests[3]))
+                && m.inner.snapshots.exists(&chain[0])
+        })
+        .await;
+
+        fn t<F: std::future::Future>(f: F) -> tokio::time::Timeout<F> {
+            tokio::time::timeout(Duration::from_secs(5), f)
+        }
+        t(m.garbage_collect())
+            .await
+            .expect("GC is not held up")
+            .unwrap();
+        // What the pull fetched so far is still there.
+        let content = m.inner.content.list().unwrap();
+        for d in &digests[..3] {
+            assert!(content.contains(d), "{d} collected: {content:?}");
+        }
+        assert!(
+            m.inner.snapshots.exists(&chain[0]),
+            "the lower layer's snapshot was collected"
+        );
+        // A queued removal and container rootfs operations, all at once.
+        let (a, b, c) = tokio::join!(
+            t(m.remove("other:2")),
+            t(m.prepare_rootfs(&other.metadata.id, "c1")),
+            t(m.garbage_collect()),
+        );
+        assert!(a.expect("RemoveImage is not held up").unwrap());
+        c.expect("GC is not held up").unwrap();
+        let mounts = b.expect("rootfs preparation is not held up").unwrap();
+        assert_eq!(mounts.len(), 1);
+        t(m.remove_rootfs("c1"))
+            .await
+            .expect("not held up")
+            .unwrap();
+        assert!(t(m.remove("other:1")).await.expect("not held up").unwrap());
+        assert!(
+            !m.inner.snapshots.exists(&other_chain[0]),
+            "the other image's snapshot went"
+        );
+        assert!(!pulling.is_finished());
+
+        // The registry goes on: the pull completes with everything it kept.
+        gate.add_permits(1);
+        let rec = tokio::time::timeout(Duration::from_secs(20), pulling)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(rec.metadata.snapshots, chain);
+        assert_eq!(*m.inner.leases.counts(), LeaseCounts::default());
+        m.garbage_collect().await.unwrap();
+        let mounts = m.prepare_rootfs(&rec.metadata.id, "c2").await.unwrap();
+        assert!(mounts[0].options[0].starts_with("lowerdir="));
+        m.remove_rootfs("c2").await.unwrap();
+        let content = m.inner.content.list().unwrap();
+        for d in &digests {
+            assert!(
+                content.contains(d),
+                "{d} collected after the pull: {content:?}"
+            );
+        }
     }
 }

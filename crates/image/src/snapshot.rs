@@ -12,10 +12,11 @@ use crate::content::KeyedLocks;
 use crate::reference::is_digest;
 use crate::unpack::{self, UnpackError};
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Errors of the snapshotter.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,9 @@ pub enum SnapshotError {
     /// Unpacking failed.
     #[error(transparent)]
     Unpack(#[from] UnpackError),
+    /// The layer below was not unpacked (its pull failed).
+    #[error("lower snapshot {0} is missing")]
+    LowerMissing(String),
     /// A file operation failed.
     #[error("{path}: {source}")]
     Io {
@@ -64,9 +68,67 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
 pub struct Snapshotter {
     root: PathBuf,
     locks: KeyedLocks,
-    /// Held shared by every running unpack (which outlives a cancelled
-    /// caller), exclusively by [`Snapshotter::wait_idle`].
-    inflight: Arc<tokio::sync::RwLock<()>>,
+    /// Names of the `tmp-*` directories of unpacks still running or not
+    /// yet committed (which may outlive a cancelled caller): leftovers
+    /// removal skips them.
+    active: Arc<Mutex<HashSet<String>>>,
+}
+
+/// A `tmp-*` directory in use: registered in [`Snapshotter::active`]
+/// while any clone lives.
+struct ActiveTemp {
+    set: Arc<Mutex<HashSet<String>>>,
+    name: String,
+}
+
+impl Drop for ActiveTemp {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.name);
+    }
+}
+
+/// An unpacked layer waiting to be committed. Dropped uncommitted (the
+/// unpack failed, or its caller gave up), it removes its directory on the
+/// blocking pool; the directory stays registered as active until then.
+struct Staged {
+    path: PathBuf,
+    active: Arc<ActiveTemp>,
+    committed: bool,
+}
+
+impl Staged {
+    /// Removes the directory now (call on the blocking pool).
+    fn discard(&mut self) {
+        Staged::remove(&self.path);
+        self.committed = true;
+    }
+
+    fn remove(path: &Path) {
+        if let Err(e) = crate::tree::remove_tree_if_exists(path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove an unfinished unpack; retried at the next garbage collection");
+        }
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        let (path, active) = (self.path.clone(), self.active.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(move || {
+                    Staged::remove(&path);
+                    drop(active);
+                });
+            }
+            Err(_) => Staged::remove(&path),
+        }
+    }
 }
 
 impl Snapshotter {
@@ -79,16 +141,15 @@ impl Snapshotter {
         let s = Snapshotter {
             root: root.to_path_buf(),
             locks: KeyedLocks::default(),
-            inflight: Arc::new(tokio::sync::RwLock::new(())),
+            active: Default::default(),
         };
         s.remove_leftovers();
         Ok(s)
     }
 
     /// Removes the `tmp-*` directories of unpacks and removals that did
-    /// not finish; call only while no unpack runs (at start-up or under
-    /// [`Snapshotter::wait_idle`]). Failures are logged, not returned.
-    /// Returns how many are left.
+    /// not finish, skipping those of unpacks still in progress. Failures
+    /// are logged, not returned. Returns how many are left.
     pub fn remove_leftovers(&self) -> usize {
         let entries = match std::fs::read_dir(&self.root) {
             Ok(e) => e,
@@ -99,7 +160,11 @@ impl Snapshotter {
         };
         let mut left = 0;
         for e in entries.flatten() {
-            if !e.file_name().to_string_lossy().starts_with("tmp-") {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("tmp-") {
+                continue;
+            }
+            if self.is_active(&name) {
                 continue;
             }
             let p = e.path();
@@ -110,6 +175,18 @@ impl Snapshotter {
             }
         }
         left
+    }
+
+    fn is_active(&self, name: &str) -> bool {
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(name)
+    }
+
+    /// Unpacks in progress (their `tmp-*` directories).
+    pub fn unpacks_in_progress(&self) -> usize {
+        self.active.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     fn dir(&self, chain_id: &str) -> Result<PathBuf, SnapshotError> {
@@ -129,51 +206,101 @@ impl Snapshotter {
         self.fs_path(chain_id).is_ok_and(|p| p.is_dir())
     }
 
-    /// Unpacks `blob` as snapshot `chain_id` unless it exists; the layer's
-    /// uncompressed digest must be `diff_id`. Concurrent callers for one
-    /// chain id unpack once.
+    /// Unpacks `blob` as snapshot `chain_id` (a bottom layer, or one whose
+    /// implied directories keep 0755) unless it exists; see
+    /// [`Snapshotter::ensure_layer`].
     pub async fn ensure(
         &self,
         chain_id: &str,
         blob: PathBuf,
         diff_id: &str,
     ) -> Result<bool, SnapshotError> {
-        let final_dir = self.dir(chain_id)?;
-        let _guard = self.locks.lock(chain_id).await;
-        if final_dir.join("fs").is_dir() {
-            return Ok(false);
-        }
-        let temp = self
-            .root
-            .join(format!("tmp-{:016x}", rand::random::<u64>()));
-        let diff = diff_id.to_string();
-        let (t, f) = (temp.clone(), final_dir.clone());
-        let running = self.inflight.clone().read_owned().await;
-        let result = tokio::task::spawn_blocking(move || {
-            let _running = running;
-            let r = unpack_into(&t, &f, &blob, &diff);
-            if r.is_err() {
-                // Still under the in-flight guard: no collection races it.
-                if let Err(e) = crate::tree::remove_tree_if_exists(&t) {
-                    tracing::warn!(path = %t.display(), error = %e, "cannot remove a failed unpack; retried at the next garbage collection");
-                }
-            }
-            r
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err(SnapshotError::Io {
-                path: temp.clone(),
-                source: io::Error::other(format!("unpack task failed: {e}")),
-            })
-        });
-        result.map(|()| true)
+        self.ensure_layer(chain_id, blob, diff_id, &[], std::future::ready(Ok(())))
+            .await
     }
 
-    /// Blocks until no unpack is running (call from a blocking context);
-    /// new unpacks wait while the guard is held.
-    pub fn wait_idle(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
-        self.inflight.blocking_write()
+    /// Unpacks `blob` as snapshot `chain_id` unless it exists; the layer's
+    /// uncompressed digest must be `diff_id`. Concurrent callers for one
+    /// chain id unpack once. `lowers` are the chain ids of the layers
+    /// below, nearest first: the unpack runs at once (in parallel with the
+    /// other layers of a pull), then waits for `lowers_ready` (the lower
+    /// snapshots exist), gives the directories the layer only implies the
+    /// attributes they have in the lower layers
+    /// ([`unpack::inherit_implied`]) and commits. Returns whether it
+    /// unpacked, once `lowers_ready` resolved in either case. On failure, or when the caller gives up, the unpack's
+    /// directory is removed.
+    pub async fn ensure_layer(
+        &self,
+        chain_id: &str,
+        blob: PathBuf,
+        diff_id: &str,
+        lowers: &[String],
+        lowers_ready: impl std::future::Future<Output = Result<(), SnapshotError>>,
+    ) -> Result<bool, SnapshotError> {
+        let final_dir = self.dir(chain_id)?;
+        let lower_dirs = lowers
+            .iter()
+            .map(|l| self.fs_path(l))
+            .collect::<Result<Vec<_>, _>>()?;
+        let guard = self.locks.lock(chain_id).await;
+        if final_dir.join("fs").is_dir() {
+            // Present, but the caller is told it is done only once the
+            // layers below are too (one of them may be unpacked again).
+            drop(guard);
+            lowers_ready.await?;
+            return Ok(false);
+        }
+        let name = format!("tmp-{:016x}", rand::random::<u64>());
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone());
+        let active = Arc::new(ActiveTemp {
+            set: self.active.clone(),
+            name: name.clone(),
+        });
+        let temp = self.root.join(&name);
+        let diff = diff_id.to_string();
+        let failed = |what: &str, path: &Path, e: tokio::task::JoinError| SnapshotError::Io {
+            path: path.to_path_buf(),
+            source: io::Error::other(format!("{what} task failed: {e}")),
+        };
+        let t = temp.clone();
+        let (staged, implied) = tokio::task::spawn_blocking(move || {
+            // Owns the directory from here on: dropped, it is removed.
+            let mut staged = Staged {
+                path: t,
+                active,
+                committed: false,
+            };
+            match unpack_into(&staged.path, &blob, &diff) {
+                Ok(implied) => Ok((staged, implied)),
+                Err(e) => {
+                    staged.discard();
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(|e| failed("unpack", &temp, e))??;
+        lowers_ready.await?;
+        let f = final_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut staged = staged;
+            match commit(&staged.path, &f, &implied, &lower_dirs) {
+                Ok(()) => {
+                    staged.committed = true;
+                    Ok(())
+                }
+                Err(e) => {
+                    staged.discard();
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(|e| failed("commit", &temp, e))??;
+        Ok(true)
     }
 
     /// Chain ids of every snapshot on disk.
@@ -207,12 +334,12 @@ impl Snapshotter {
     }
 }
 
+/// Unpacks the layer into `temp/fs`; returns the directories it implies.
 fn unpack_into(
     temp: &Path,
-    final_dir: &Path,
     blob: &Path,
     diff_id: &str,
-) -> Result<(), SnapshotError> {
+) -> Result<unpack::ImpliedDirs, SnapshotError> {
     let fs = temp.join("fs");
     crius_store::private::dir(temp).map_err(io_err(temp))?;
     // The layer's root directory (the layer's own "./" entry may change
@@ -221,11 +348,28 @@ fn unpack_into(
         .map_err(io_err(&fs))?;
     let report = unpack::unpack_blob(blob, &fs, diff_id)?;
     tracing::debug!(
-        snapshot = %final_dir.display(),
+        snapshot = %temp.display(),
         entries = report.entries,
         skipped = report.skipped.total,
+        implied = report.implied.len(),
         "layer unpacked"
     );
+    Ok(report.implied)
+}
+
+/// Sets the implied directories from the lower layers, makes everything
+/// durable and renames the unpack into place.
+fn commit(
+    temp: &Path,
+    final_dir: &Path,
+    implied: &unpack::ImpliedDirs,
+    lowers: &[PathBuf],
+) -> Result<(), SnapshotError> {
+    let fs = temp.join("fs");
+    let inherited = unpack::inherit_implied(&fs, implied, lowers).map_err(io_err(&fs))?;
+    if inherited > 0 {
+        tracing::debug!(snapshot = %final_dir.display(), inherited, "implied directories took their lower layers' attributes");
+    }
     // One syncfs makes every unpacked file durable before the rename.
     let dir = std::fs::File::open(temp).map_err(io_err(temp))?;
     // SAFETY: the fd is open for the duration of the call.

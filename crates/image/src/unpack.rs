@@ -208,6 +208,9 @@ pub struct UnpackReport {
     pub skipped: Skipped,
     /// sha256 digest of the uncompressed tar stream.
     pub diff_id: String,
+    /// Directories created only as parents of other entries: see
+    /// [`inherit_implied`].
+    pub implied: ImpliedDirs,
 }
 
 /// What an entry name means for overlayfs.
@@ -593,14 +596,24 @@ fn open_dir(path: &Path) -> io::Result<OwnedFd> {
 /// Opens directory `name` under `parent` without following symlinks;
 /// creates it (0755) first when `create` and it is missing.
 fn open_child_dir(parent: BorrowedFd<'_>, name: &[u8], create: bool) -> io::Result<OwnedFd> {
+    open_or_create_dir(parent, name, create).map(|(fd, _)| fd)
+}
+
+/// [`open_child_dir`], also saying whether this call created the directory.
+fn open_or_create_dir(
+    parent: BorrowedFd<'_>,
+    name: &[u8],
+    create: bool,
+) -> io::Result<(OwnedFd, bool)> {
     let c = cstring(name)?;
+    let mut created = false;
     let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
     for attempt in 0..2 {
         // SAFETY: valid dir fd and NUL-terminated name.
         let fd = unsafe { libc::openat(parent.as_raw_fd(), c.as_ptr(), flags) };
         if fd >= 0 {
             // SAFETY: fd was just returned by openat.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            return Ok((unsafe { OwnedFd::from_raw_fd(fd) }, created));
         }
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
@@ -612,6 +625,8 @@ fn open_child_dir(parent: BorrowedFd<'_>, name: &[u8], create: bool) -> io::Resu
                     if e.raw_os_error() != Some(libc::EEXIST) {
                         return Err(e);
                     }
+                } else {
+                    created = true;
                 }
             }
             Some(libc::ELOOP) | Some(libc::ENOTDIR) => {
@@ -631,6 +646,24 @@ fn walk(root: &OwnedFd, comps: &[&[u8]], create: bool) -> io::Result<OwnedFd> {
     let mut dir = root.try_clone()?;
     for c in comps {
         dir = open_child_dir(dir.as_fd(), c, create)?;
+    }
+    Ok(dir)
+}
+
+/// Opens (creating what is missing) the directory `comps` under root,
+/// recording the directories it had to create in `implied`.
+fn walk_creating(
+    root: &OwnedFd,
+    comps: &[&[u8]],
+    implied: &mut ImpliedDirs,
+) -> io::Result<OwnedFd> {
+    let mut dir = root.try_clone()?;
+    for (i, c) in comps.iter().enumerate() {
+        let (next, created) = open_or_create_dir(dir.as_fd(), c, true)?;
+        if created {
+            implied.mark(&comps[..=i], true);
+        }
+        dir = next;
     }
     Ok(dir)
 }
@@ -849,6 +882,255 @@ impl DirTimes {
     }
 }
 
+/// Directories an unpack created only because a deeper entry needed them
+/// (a layer holding `a/b/c` but no `a/` or `a/b/` entries): made 0755
+/// during the unpack, they take their attributes from the lower layers
+/// afterwards ([`inherit_implied`]). Kept as a tree of names like
+/// [`DirTimes`], so memory grows with the directories, not their paths.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ImpliedDirs {
+    /// Per node (0 is the layer root): whether it is implied.
+    implied: Vec<bool>,
+    /// (parent node as 4 little-endian bytes, then the name) to node.
+    children: HashMap<Box<[u8]>, u32>,
+    /// Implied nodes.
+    count: u64,
+}
+
+impl ImpliedDirs {
+    /// Directories still implied (not given by an entry of their own).
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    /// Whether no directory is implied.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn node(&mut self, comps: &[&[u8]], create: bool) -> Option<u32> {
+        if self.implied.is_empty() {
+            if !create {
+                return None;
+            }
+            self.implied.push(false);
+        }
+        let mut node = 0u32;
+        let mut key = Vec::new();
+        for c in comps {
+            key.clear();
+            key.extend_from_slice(&node.to_le_bytes());
+            key.extend_from_slice(c);
+            node = match self.children.get(key.as_slice()) {
+                Some(&n) => n,
+                None if create => {
+                    let n = self.implied.len() as u32;
+                    self.implied.push(false);
+                    self.children.insert(key.as_slice().into(), n);
+                    n
+                }
+                None => return None,
+            };
+        }
+        Some(node)
+    }
+
+    /// Marks `comps` implied, or (an entry of its own came) not.
+    fn mark(&mut self, comps: &[&[u8]], implied: bool) {
+        if comps.is_empty() {
+            return;
+        }
+        if let Some(n) = self.node(comps, implied) {
+            let slot = &mut self.implied[n as usize];
+            match (*slot, implied) {
+                (false, true) => self.count += 1,
+                (true, false) => self.count -= 1,
+                _ => {}
+            }
+            *slot = implied;
+        }
+    }
+}
+
+fn fstat_fd(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    // SAFETY: zeroed stat is a valid out buffer; fd is open.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok(st)
+}
+
+fn is_opaque(fd: BorrowedFd<'_>) -> bool {
+    let Ok(name) = cstring(OPAQUE_XATTR.as_bytes()) else {
+        return false;
+    };
+    let mut v = [0u8; 4];
+    // SAFETY: valid fd, name and buffer of the given length.
+    let n = unsafe { libc::fgetxattr(fd.as_raw_fd(), name.as_ptr(), v.as_mut_ptr().cast(), 4) };
+    n == 1 && v[0] == b'y'
+}
+
+/// One lower layer's view of the path being visited.
+struct LowerView {
+    /// The deepest directory of the path that exists in this layer.
+    fd: OwnedFd,
+    /// Its depth (0: the layer's root).
+    depth: usize,
+    /// Per level 0..=depth: whether that directory is opaque.
+    opaque: Vec<bool>,
+    opaque_count: usize,
+    /// The component below `depth` exists but is not a directory (a file,
+    /// a symlink, a whiteout): it hides the layers further down.
+    replaced: bool,
+}
+
+/// Gives every implied directory of the layer unpacked at `root` the mode,
+/// owner and times of the same directory in the nearest lower layer that
+/// shows it (`lowers`: the layers' roots, nearest first), as containerd
+/// does; a directory that no lower layer shows (or that one replaces with
+/// a non-directory, or hides below an opaque directory) keeps 0755
+/// root:root. Walks the implied tree depth first with one open directory
+/// per layer, whatever the depth. Returns how many directories took
+/// attributes from a lower layer.
+pub fn inherit_implied(root: &Path, implied: &ImpliedDirs, lowers: &[PathBuf]) -> io::Result<u64> {
+    if implied.is_empty() {
+        return Ok(0);
+    }
+    let n = implied.implied.len();
+    let mut kids: Vec<Vec<(&[u8], u32)>> = vec![Vec::new(); n];
+    for (k, &child) in &implied.children {
+        let parent = u32::from_le_bytes([k[0], k[1], k[2], k[3]]);
+        kids[parent as usize].push((&k[4..], child));
+    }
+    // Children are always numbered after their parents.
+    let mut needed = implied.implied.clone();
+    for parent in (0..n).rev() {
+        if kids[parent].iter().any(|&(_, c)| needed[c as usize]) {
+            needed[parent] = true;
+        }
+    }
+    let mut views = Vec::with_capacity(lowers.len());
+    for l in lowers {
+        let fd = open_dir(l)?;
+        let opaque = is_opaque(fd.as_fd());
+        views.push(LowerView {
+            fd,
+            depth: 0,
+            opaque: vec![opaque],
+            opaque_count: opaque as usize,
+            replaced: false,
+        });
+    }
+    let id = |fd: &OwnedFd| fstat_fd(fd.as_fd()).map(|st| (st.st_dev, st.st_ino));
+    let mut cur = open_dir(root)?;
+    let mut inherited = 0;
+    // (node, next child to visit, its directory's identity)
+    let mut stack = vec![(0u32, 0usize, id(&cur)?)];
+    while !stack.is_empty() {
+        let depth = stack.len() - 1;
+        let top = &mut stack[depth];
+        let (node, next) = (top.0 as usize, top.1);
+        if let Some(&(name, child)) = kids[node].get(next) {
+            top.1 += 1;
+            if !needed[child as usize] {
+                continue;
+            }
+            // A directory replaced by a later entry of this layer is gone.
+            let Ok(fd) = open_child_dir(cur.as_fd(), name, false) else {
+                continue;
+            };
+            let cid = id(&fd)?;
+            for v in views.iter_mut().filter(|v| v.depth == depth) {
+                match open_child_dir(v.fd.as_fd(), name, false) {
+                    Ok(down) => {
+                        let opaque = is_opaque(down.as_fd());
+                        v.fd = down;
+                        v.depth += 1;
+                        v.opaque.push(opaque);
+                        v.opaque_count += opaque as usize;
+                        v.replaced = false;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::InvalidInput => v.replaced = true,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => v.replaced = false,
+                    Err(e) => return Err(e),
+                }
+            }
+            cur = fd;
+            stack.push((child, 0, cid));
+            if implied.implied[child as usize] {
+                let from = views
+                    .iter()
+                    .map_while(|v| {
+                        if v.depth == depth + 1 {
+                            Some(Some(v))
+                        } else if v.replaced || v.opaque_count > 0 {
+                            // Hidden from the layers below: stop there.
+                            None
+                        } else {
+                            Some(None)
+                        }
+                    })
+                    .flatten()
+                    .next();
+                match from {
+                    Some(v) => {
+                        let st = fstat_fd(v.fd.as_fd())?;
+                        let raw = cur.as_raw_fd();
+                        // SAFETY: raw is an open directory for all calls below.
+                        ignore_eperm_unless_root(cvt(unsafe {
+                            libc::fchown(raw, st.st_uid, st.st_gid)
+                        }))?;
+                        cvt(unsafe { libc::fchmod(raw, st.st_mode & 0o7777) })?;
+                        let ts = [
+                            libc::timespec {
+                                tv_sec: st.st_atime,
+                                tv_nsec: st.st_atime_nsec,
+                            },
+                            libc::timespec {
+                                tv_sec: st.st_mtime,
+                                tv_nsec: st.st_mtime_nsec,
+                            },
+                        ];
+                        cvt(unsafe { libc::futimens(raw, ts.as_ptr()) })?;
+                        inherited += 1;
+                    }
+                    // Explicitly, whatever the umask was.
+                    // SAFETY: cur is an open directory.
+                    None => {
+                        cvt(unsafe { libc::fchmod(cur.as_raw_fd(), 0o755) })?;
+                    }
+                }
+            }
+            continue;
+        }
+        stack.pop();
+        let Some(&(_, _, want)) = stack.last() else {
+            break;
+        };
+        for v in views.iter_mut() {
+            if v.depth == depth {
+                v.fd = open_child_dir(v.fd.as_fd(), b"..", false)?;
+                v.depth -= 1;
+                if v.opaque.pop() == Some(true) {
+                    v.opaque_count -= 1;
+                }
+                v.replaced = false;
+            } else if v.depth + 1 == depth {
+                // It went missing just below the level we return to.
+                v.replaced = false;
+            }
+        }
+        match open_child_dir(cur.as_fd(), b"..", false) {
+            Ok(up) if id(&up).ok() == Some(want) => cur = up,
+            _ => {
+                return Err(io::Error::other(
+                    "layer directory tree changed while implied directories were set",
+                ))
+            }
+        }
+    }
+    Ok(inherited)
+}
+
 struct Unpacker {
     root: OwnedFd,
     report: UnpackReport,
@@ -895,7 +1177,7 @@ impl Unpacker {
             }
             return Ok(Outcome::Skip("a non-directory entry for the root".into()));
         };
-        let parent = match walk(&self.root, parents, true) {
+        let parent = match walk_creating(&self.root, parents, &mut self.report.implied) {
             Ok(p) => p,
             Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
                 return Ok(Outcome::Skip(e.to_string()))
@@ -934,6 +1216,8 @@ impl Unpacker {
                 }
                 let dir = open_child_dir(parent.as_fd(), last, false)?;
                 set_attrs_fd(dir.as_fd(), uid, gid, mode, None, &xattrs)?;
+                // Its own entry: no longer an implied directory.
+                self.report.implied.mark(&comps, false);
                 if let Some(m) = mtime {
                     self.dir_times.set(&comps, m);
                 }
@@ -1856,5 +2140,233 @@ mod tests {
         let report = unpack(r, tmp.path()).unwrap();
         assert_eq!(report.entries, 3);
         assert_eq!(std::fs::read(tmp.path().join("d")).unwrap(), b"top");
+    }
+
+    /// Directories a layer only implies take mode, owner and times from
+    /// the nearest lower layer showing them; 0755 when none does.
+    #[test]
+    fn implied_directories_inherit_from_lower_layers() {
+        use std::os::unix::fs::{chown, symlink};
+        let root_user = is_root();
+        let tmp = tempfile::tempdir().unwrap();
+        let near = tmp.path().join("near");
+        let bottom = tmp.path().join("bottom");
+        let mkdir = |p: &Path, mode: u32, mtime: i64| {
+            std::fs::create_dir_all(p).unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let t = filetime(mtime);
+            let c = CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: valid path and times.
+            assert_eq!(
+                unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), t.as_ptr(), 0) },
+                0
+            );
+        };
+        fn filetime(s: i64) -> [libc::timespec; 2] {
+            let t = libc::timespec {
+                tv_sec: s as libc::time_t,
+                tv_nsec: 0,
+            };
+            [t, t]
+        }
+        std::fs::create_dir_all(&near).unwrap();
+        std::fs::create_dir_all(&bottom).unwrap();
+        mkdir(&bottom.join("tmp"), 0o1777, 1_000);
+        mkdir(&bottom.join("root"), 0o700, 1_001);
+        mkdir(&near.join("a"), 0o750, 1_002);
+        mkdir(&bottom.join("a"), 0o711, 1_003);
+        mkdir(&bottom.join("c/sub"), 0o701, 1_004);
+        std::fs::write(near.join("d"), b"replaced").unwrap();
+        mkdir(&bottom.join("d"), 0o700, 1_005);
+        symlink("/etc", near.join("s")).unwrap();
+        mkdir(&bottom.join("s"), 0o700, 1_006);
+        mkdir(&bottom.join("j"), 0o711, 1_007);
+        mkdir(&bottom.join("m"), 0o711, 1_008);
+        mkdir(&bottom.join("o"), 0o750, 1_009);
+        if root_user {
+            chown(bottom.join("o"), Some(1000), Some(1001)).unwrap();
+            // An opaque directory in the nearer layer hides what is below.
+            mkdir(&near.join("e"), 0o755, 1_010);
+            let n = CString::new(OPAQUE_XATTR).unwrap();
+            let p = CString::new(near.join("e").as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: valid strings.
+            let r = unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+            assert_eq!(r, 0, "{}", io::Error::last_os_error());
+            mkdir(&bottom.join("e/f"), 0o700, 1_011);
+        }
+        let mut t = Tar::new();
+        for f in [
+            "tmp/x",
+            "root/.profile",
+            "a/b/file",
+            "c/sub/file",
+            "d/file",
+            "s/file",
+            "g/h/i/file",
+            "m/n",
+            "o/file",
+            "e/f/file",
+        ] {
+            t.file(f, b"");
+        }
+        t.raw(b"j/", tar::EntryType::Directory, b"", 0o700, b"");
+        t.file("j/k", b"");
+        t.raw(b"m/", tar::EntryType::Directory, b"", 0o704, b"");
+        let layer = tmp.path().join("layer");
+        std::fs::create_dir(&layer).unwrap();
+        let report = unpack(&t.finish()[..], &layer).unwrap();
+        assert!(report.skipped.is_empty(), "{report:?}");
+        let inherited =
+            inherit_implied(&layer, &report.implied, &[near.clone(), bottom.clone()]).unwrap();
+        // (directory, mode, mtime when taken from a lower layer, owner)
+        type Want = (&'static str, u32, Option<i64>, (u32, u32));
+        let mut cases: Vec<Want> = vec![
+            ("tmp", 0o1777, Some(1_000), (0, 0)),
+            ("root", 0o700, Some(1_001), (0, 0)),
+            ("a", 0o750, Some(1_002), (0, 0)),
+            ("a/b", 0o755, None, (0, 0)),
+            ("c", 0o755, Some(0), (0, 0)), // its time is not set here
+            ("c/sub", 0o701, Some(1_004), (0, 0)),
+            ("d", 0o755, None, (0, 0)),
+            ("s", 0o755, None, (0, 0)),
+            ("g", 0o755, None, (0, 0)),
+            ("g/h/i", 0o755, None, (0, 0)),
+            ("j", 0o700, None, (0, 0)),
+            ("m", 0o704, None, (0, 0)),
+            ("o", 0o750, Some(1_009), (1000, 1001)),
+        ];
+        if root_user {
+            cases.push(("e", 0o755, Some(1_010), (0, 0)));
+            cases.push(("e/f", 0o755, None, (0, 0)));
+        }
+        for (dir, mode, mtime, owner) in &cases {
+            let m = std::fs::symlink_metadata(layer.join(dir)).unwrap();
+            assert!(m.is_dir(), "{dir}");
+            assert_eq!(m.mode() & 0o7777, *mode, "{dir}: mode {:o}", m.mode());
+            if let Some(t) = mtime.filter(|t| *t > 0) {
+                assert_eq!(m.mtime(), t, "{dir}: mtime");
+            }
+            if root_user {
+                assert_eq!((m.uid(), m.gid()), *owner, "{dir}: owner");
+            }
+        }
+        // `c` exists (0755) in the bottom layer only: it inherits too.
+        assert_eq!(
+            inherited,
+            cases.iter().filter(|c| c.2.is_some()).count() as u64,
+            "{cases:?}"
+        );
+    }
+
+    /// Inheriting over a deep implied tree keeps one directory open per
+    /// layer and reaches the top and the bottom.
+    #[test]
+    fn deep_implied_tree_inherits() {
+        const DEPTH: usize = 2000;
+        let tmp = tempfile::tempdir().unwrap();
+        let lower = tmp.path().join("lower");
+        std::fs::create_dir_all(lower.join("d/d")).unwrap();
+        std::fs::set_permissions(lower.join("d"), std::fs::Permissions::from_mode(0o711)).unwrap();
+        std::fs::set_permissions(lower.join("d/d"), std::fs::Permissions::from_mode(0o750))
+            .unwrap();
+        let path = vec!["d"; DEPTH].join("/");
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(1);
+        b.append_data(&mut h, format!("{path}/leaf"), &b"x"[..])
+            .unwrap();
+        let layer = tmp.path().join("layer");
+        std::fs::create_dir(&layer).unwrap();
+        let report = unpack(&b.into_inner().unwrap()[..], &layer).unwrap();
+        assert_eq!(report.implied.len(), DEPTH as u64);
+        assert_eq!(
+            inherit_implied(&layer, &report.implied, &[lower]).unwrap(),
+            2
+        );
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&layer.join("d")), 0o711);
+        assert_eq!(mode(&layer.join("d/d")), 0o750);
+        assert_eq!(mode(&layer.join("d/d/d")), 0o755);
+        let root = open_dir(&layer).unwrap();
+        let comps: Vec<&[u8]> = vec![&b"d"[..]; DEPTH];
+        let bottom = walk(&root, &comps, false).unwrap();
+        let st = fstat_fd(bottom.as_fd()).unwrap();
+        assert_eq!(st.st_mode & 0o7777, 0o755);
+    }
+
+    /// The fuzz seeds for long headers, implied directories and layer
+    /// stacks do what they are for.
+    #[test]
+    fn fuzz_seeds_for_long_headers_and_implied_directories() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/unpack");
+        let open = |seed: &str| decompress(File::open(dir.join(seed)).unwrap()).unwrap();
+        let long_dir = vec!["l".repeat(100); 30].join("/");
+        let tmp = tempfile::tempdir().unwrap();
+        let report = unpack(open("seed-longname-ok.tar"), tmp.path()).unwrap();
+        assert!(report.skipped.is_empty(), "{report:?}");
+        let file = tmp.path().join(&long_dir).join("file");
+        let link = tmp.path().join(&long_dir).join("hardlink");
+        // Paths over PATH_MAX: walk them by descriptor.
+        let root = open_dir(tmp.path()).unwrap();
+        let comps: Vec<&[u8]> = long_dir.split('/').map(str::as_bytes).collect();
+        let d = walk(&root, &comps, false).unwrap();
+        let st = lstat_at(d.as_fd(), &cstring(b"hardlink").unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(st.st_nlink, 2, "{} and {}", file.display(), link.display());
+        assert_eq!(report.implied.len(), 30);
+
+        let tmp = tempfile::tempdir().unwrap();
+        let report = unpack(open("seed-pax-long.tar"), tmp.path()).unwrap();
+        assert!(report.skipped.is_empty(), "{report:?}");
+        let pdir = vec!["p".repeat(120); 20].join("/");
+        let comps: Vec<&[u8]> = pdir.split('/').map(str::as_bytes).collect();
+        let root = open_dir(tmp.path()).unwrap();
+        let d = walk(&root, &comps, false).unwrap();
+        let st = lstat_at(d.as_fd(), &cstring(b"file").unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!((st.st_mode & 0o7777, st.st_size), (0o640, 4));
+        let st = lstat_at(d.as_fd(), &cstring(b"sub").unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(st.st_mode & 0o7777, 0o700);
+        let target = std::fs::read_link(tmp.path().join("pax-symlink")).unwrap();
+        assert_eq!(target, Path::new("/").join(&pdir).join("file"));
+
+        if is_root() {
+            // Whiteout devices and opaque xattrs need root.
+            let tmp = tempfile::tempdir().unwrap();
+            let report = unpack(open("seed-deep-implied.tar.zst"), tmp.path()).unwrap();
+            assert!(report.skipped.is_empty(), "{report:?}");
+            assert_eq!(report.implied.len(), 4999, "one of 5000 has its own entry");
+        }
+
+        // The layer stack: 40 layers, bottom first, each inheriting.
+        let data = std::fs::read(dir.join("seed-layers.bin")).unwrap();
+        let mut rest = data.strip_prefix(b"CRIUSLAYERS").unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let mut done: Vec<PathBuf> = Vec::new();
+        while rest.len() >= 4 {
+            let n = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+            let layer = &rest[4..4 + n];
+            rest = &rest[4 + n..];
+            let d = tmp.path().join(done.len().to_string());
+            std::fs::create_dir(&d).unwrap();
+            let report = unpack(layer, &d).unwrap();
+            let lowers: Vec<PathBuf> = done.iter().rev().cloned().collect();
+            inherit_implied(&d, &report.implied, &lowers).unwrap();
+            done.push(d);
+        }
+        assert_eq!(done.len(), 40);
+        let mode = |p: PathBuf| std::fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(done[1].join("tmp")), 0o1777);
+        assert_eq!(mode(done[39].join("tmp")), 0o1777);
+        assert_eq!(mode(done[3].join("root")), 0o700);
+        // Layer 10 replaced /root with a file: layer 11's /root is 0755.
+        assert_eq!(mode(done[11].join("root")), 0o755);
+        // A symlink below is no directory to inherit from.
+        assert_eq!(mode(done[7].join("link")), 0o755);
     }
 }

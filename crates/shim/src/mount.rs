@@ -121,15 +121,24 @@ fn mount_one(m: &MountSpec, target: &Path) -> Result<(), MountError> {
     } else {
         Some(m.kind.as_str())
     };
-    if data.len() >= 4096 {
-        return Err(MountError::Invalid("mount options too long".into()));
-    }
     let err = |err| MountError::Mount {
         kind: m.kind.clone(),
         source_path: m.source.clone(),
         target: target.display().to_string(),
         err,
     };
+    if kind == Some("overlay") {
+        // Many layers: lower dirs relative to their common parent when the
+        // options do not fit in a page (see crius_store::overlay).
+        return crius_store::overlay::mount_overlay(&m.source, target, flags.bits(), &data)
+            .map_err(|e| match e.raw_os_error() {
+                Some(errno) => err(nix::Error::from_raw(errno)),
+                None => MountError::Invalid(e.to_string()),
+            });
+    }
+    if data.len() > crius_store::overlay::max_options_len() {
+        return Err(MountError::Invalid("mount options too long".into()));
+    }
     let data_opt = if data.is_empty() {
         None
     } else {

@@ -30,6 +30,7 @@
 pub mod ids;
 pub mod model;
 pub mod names;
+pub mod overlay;
 pub mod persist;
 pub mod private;
 pub mod store;

@@ -108,5 +108,16 @@ mod tests {
         assert!(s.message().starts_with("image.image: "), "{}", s.message());
         let nf = ImageError::NotFound("x".into());
         assert_eq!(image_error(nf, "f").code(), tonic::Code::NotFound);
+        let stalled = ImageError::Stalled {
+            what: "blob sha256:x".into(),
+            timeout: std::time::Duration::from_secs(300),
+        };
+        let s = image_error(stalled, "image.image");
+        assert_eq!(s.code(), tonic::Code::DeadlineExceeded);
+        assert!(
+            s.message().contains("pull_progress_timeout"),
+            "{}",
+            s.message()
+        );
     }
 }

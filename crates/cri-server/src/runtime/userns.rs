@@ -335,14 +335,14 @@ pub fn idmapped_rootfs(
         }
         crius_store::private::dir(target)?;
         let data = options.join(",");
-        nix::mount::mount(
-            Some(m.source.as_str()),
-            target,
-            Some("overlay"),
-            flags,
-            Some(data.as_str()),
-        )
-        .map_err(|e| io::Error::other(format!("mount overlay on {}: {e}", target.display())))
+        // The staged layers `l<n>` share their parent: many layers mount
+        // with relative lower dirs (see crius_store::overlay).
+        crius_store::overlay::mount_overlay(&m.source, target, flags.bits(), &data).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("mount overlay on {}: {e}", target.display()),
+            )
+        })
     })();
     if result.is_err() {
         unmount_below(target);

@@ -363,6 +363,7 @@ impl Drop for Registry {
 /// One entry of a test layer.
 pub enum Entry {
     Dir(&'static str),
+    DirMode(&'static str, u32),
     File(&'static str, Vec<u8>, u32),
     Symlink(&'static str, &'static str),
     Hardlink(&'static str, &'static str),
@@ -392,6 +393,12 @@ pub fn layer(entries: &[Entry], compression: Compression) -> Layer {
             Entry::Dir(p) => {
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_mode(0o755);
+                h.set_size(0);
+                b.append_data(&mut h, p, &[][..]).unwrap();
+            }
+            Entry::DirMode(p, mode) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(*mode);
                 h.set_size(0);
                 b.append_data(&mut h, p, &[][..]).unwrap();
             }
