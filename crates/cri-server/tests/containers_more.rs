@@ -10,7 +10,7 @@ use common::registry::{busybox_entries, image_with_config, is_root, layer, Compr
 use k8s_cri::v1::{
     Capability, ContainerEventType, GetEventsRequest, LinuxContainerResources,
     ListContainersRequest, Mount, MountPropagation, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, RemoveContainerRequest, RemovePodSandboxRequest, ReopenContainerLogRequest,
+    RemoveContainerRequest, RemovePodSandboxRequest, ReopenContainerLogRequest,
     RunPodSandboxRequest, SecurityProfile, StartContainerRequest, StatusRequest,
     StopContainerRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest,
 };
@@ -813,30 +813,6 @@ async fn security_namespaces_user_mounts_and_bad_requests() {
 /// The first host id of the user namespace pod's mapping.
 const USERNS_BASE: u32 = 65536 * 40;
 
-fn userns_pod(name: &str, uid: &str, maps: Option<(u32, u32, u32)>) -> PodSandboxConfig {
-    let mut p = pod(name, uid);
-    let (container_id, host_id, length) = maps.unwrap_or((0, USERNS_BASE, 65536));
-    let idm = k8s_cri::v1::IdMapping {
-        host_id,
-        container_id,
-        length,
-    };
-    p.linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .get_or_insert_with(Default::default)
-        .namespace_options = Some(NamespaceOption {
-        userns_options: Some(k8s_cri::v1::UserNamespace {
-            mode: NamespaceMode::Pod as i32,
-            uids: vec![idm],
-            gids: vec![idm],
-        }),
-        ..Default::default()
-    });
-    p
-}
-
 /// The pid of a running container, from the verbose ContainerStatus.
 async fn container_pid(rt: &mut Rt, id: &str) -> u32 {
     let r = rt
@@ -893,7 +869,7 @@ async fn user_namespace_pods() {
         .and_then(|h| h.features)
         .expect("the default handler is listed");
     let uid = "uid-userns";
-    let pod_config = userns_pod("userns", uid, None);
+    let pod_config = userns_pod("userns", uid, (0, USERNS_BASE, 65536));
     let _logs = LogDir(PathBuf::from(&pod_config.log_directory));
     if !features.user_namespaces {
         // Where the host cannot, mode POD is refused naming the field.
@@ -919,7 +895,7 @@ async fn user_namespace_pods() {
     ] {
         let err = rt
             .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(userns_pod("userns", uid, Some(maps))),
+                config: Some(userns_pod("userns", uid, maps)),
                 runtime_handler: String::new(),
             })
             .await
@@ -1065,13 +1041,12 @@ async fn user_namespace_pods() {
     assert_eq!(mounts_below(&env.dir.join("state")).len(), mounts_before);
     // A container asking for another user namespace than its pod's.
     let mut other = container("other", &image, &["/bin/busybox", "true"]);
-    security(&mut other).namespace_options =
-        userns_pod("x", "y", Some((0, USERNS_BASE * 2, 65536)))
-            .linux
-            .unwrap()
-            .security_context
-            .unwrap()
-            .namespace_options;
+    security(&mut other).namespace_options = userns_pod("x", "y", (0, USERNS_BASE * 2, 65536))
+        .linux
+        .unwrap()
+        .security_context
+        .unwrap()
+        .namespace_options;
     let err = create(&mut rt, &pod_id, &pod_config, other)
         .await
         .unwrap_err();

@@ -445,27 +445,8 @@ async fn image_of_128_layers_runs() {
         eprintln!("hardening: 128 layers in a user namespace skipped (not supported here)");
         return;
     }
-    let mut config = pod("layers-userns", "uid-layers-userns");
+    let config = userns_pod("layers-userns", "uid-layers-userns", (0, 65536 * 41, 65536));
     let _logs = LogDir(config.log_directory.clone().into());
-    let idm = k8s_cri::v1::IdMapping {
-        host_id: 65536 * 41,
-        container_id: 0,
-        length: 65536,
-    };
-    config
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .get_or_insert_with(Default::default)
-        .namespace_options = Some(NamespaceOption {
-        userns_options: Some(k8s_cri::v1::UserNamespace {
-            mode: NamespaceMode::Pod as i32,
-            uids: vec![idm],
-            gids: vec![idm],
-        }),
-        ..Default::default()
-    });
     let pod_id = run_pod(&env, &mut rt, &config).await;
     let c = run(
         &env,

@@ -1198,20 +1198,7 @@ mod tests {
             tar_of(&[("base", b"0"), ("gone", b"x"), ("over", b"old")]),
             tar_of(&[(".wh.gone", b""), ("over", b"new"), ("top", b"1")]),
         ];
-        let diffs: Vec<String> = layers
-            .iter()
-            .map(|l| crate::content::digest_of(l))
-            .collect();
-        let chain = snapshot::chain_ids(&diffs);
-        for (i, l) in layers.iter().enumerate() {
-            let blob = tmp.path().join(format!("l{i}"));
-            std::fs::write(&blob, l).unwrap();
-            m.inner
-                .snapshots
-                .ensure(&chain[i], blob, &diffs[i])
-                .await
-                .unwrap();
-        }
+        let chain = unpack_layers(&m, tmp.path(), &layers).await;
         let snaps: Vec<&str> = chain.iter().map(String::as_str).collect();
         let rec = record('b', &["docker.io/library/b:1"], &snaps);
         store.put_image(rec.clone()).unwrap();
@@ -1287,20 +1274,7 @@ mod tests {
                 ])
             })
             .collect();
-        let diffs: Vec<String> = layers
-            .iter()
-            .map(|l| crate::content::digest_of(l))
-            .collect();
-        let chain = snapshot::chain_ids(&diffs);
-        for (i, l) in layers.iter().enumerate() {
-            let blob = tmp.path().join(format!("l{i}"));
-            std::fs::write(&blob, l).unwrap();
-            m.inner
-                .snapshots
-                .ensure(&chain[i], blob, &diffs[i])
-                .await
-                .unwrap();
-        }
+        let chain = unpack_layers(&m, tmp.path(), &layers).await;
         let snaps: Vec<&str> = chain.iter().map(String::as_str).collect();
         let rec = record('b', &["docker.io/library/many:1"], &snaps);
         store.put_image(rec.clone()).unwrap();
@@ -1347,6 +1321,25 @@ mod tests {
         ] {
             assert!(!valid_container_id(bad), "{bad}");
         }
+    }
+
+    /// Unpacks `layers` (tar bytes, lowest first) as snapshots; their chain ids.
+    async fn unpack_layers(m: &ImageManager, tmp: &Path, layers: &[Vec<u8>]) -> Vec<String> {
+        let diffs: Vec<String> = layers
+            .iter()
+            .map(|l| crate::content::digest_of(l))
+            .collect();
+        let chain = snapshot::chain_ids(&diffs);
+        for (i, l) in layers.iter().enumerate() {
+            let blob = tmp.join(format!("l{i}"));
+            std::fs::write(&blob, l).unwrap();
+            m.inner
+                .snapshots
+                .ensure(&chain[i], blob, &diffs[i])
+                .await
+                .unwrap();
+        }
+        chain
     }
 
     fn record(id_char: char, tags: &[&str], snaps: &[&str]) -> ImageRecord {

@@ -5,17 +5,12 @@ use crate::errors::CriResult;
 use k8s_cri::v1;
 use std::sync::Arc;
 
-use crate::errors::invalid_field;
-
 /// Answers `RemoveContainer`.
 pub async fn remove_container(
     daemon: &Arc<Daemon>,
     req: v1::RemoveContainerRequest,
 ) -> CriResult<v1::RemoveContainerResponse> {
-    if req.container_id.is_empty() {
-        return Err(invalid_field("container_id", "must not be empty"));
-    }
-    crate::telemetry::record_ids("", &req.container_id);
+    super::container_id(&req.container_id)?;
     crate::runtime::container::lifecycle::remove(daemon, &req.container_id).await?;
     Ok(v1::RemoveContainerResponse {})
 }

@@ -5,17 +5,12 @@ use crate::errors::CriResult;
 use k8s_cri::v1;
 use std::sync::Arc;
 
-use crate::errors::invalid_field;
-
 /// Answers `StopContainer`.
 pub async fn stop_container(
     daemon: &Arc<Daemon>,
     req: v1::StopContainerRequest,
 ) -> CriResult<v1::StopContainerResponse> {
-    if req.container_id.is_empty() {
-        return Err(invalid_field("container_id", "must not be empty"));
-    }
-    crate::telemetry::record_ids("", &req.container_id);
+    super::container_id(&req.container_id)?;
     let timeout = std::time::Duration::from_secs(req.timeout.max(0) as u64);
     crate::runtime::container::lifecycle::stop(daemon, &req.container_id, timeout).await?;
     Ok(v1::StopContainerResponse {})

@@ -41,11 +41,26 @@ pub mod version;
 use crate::daemon::Daemon;
 use crate::errors::{invalid_field, CriResult};
 
-/// The record of a container named by a request's `container_id`.
-fn known_container(daemon: &Daemon, id: &str) -> CriResult<crius_store::ContainerRecord> {
+/// Checks a request's `pod_sandbox_id` and puts it on the call's span.
+fn pod_id(id: &str) -> CriResult<()> {
+    if id.is_empty() {
+        return Err(invalid_field("pod_sandbox_id", "must not be empty"));
+    }
+    crate::telemetry::record_ids(id, "");
+    Ok(())
+}
+
+/// Checks a request's `container_id` and puts it on the call's span.
+fn container_id(id: &str) -> CriResult<()> {
     if id.is_empty() {
         return Err(invalid_field("container_id", "must not be empty"));
     }
     crate::telemetry::record_ids("", id);
+    Ok(())
+}
+
+/// The record of a container named by a request's `container_id`.
+fn known_container(daemon: &Daemon, id: &str) -> CriResult<crius_store::ContainerRecord> {
+    container_id(id)?;
     Ok(daemon.store.get_container(id)?)
 }

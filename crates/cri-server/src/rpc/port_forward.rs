@@ -4,7 +4,6 @@ use crate::daemon::Daemon;
 use crate::errors::CriResult;
 use k8s_cri::v1;
 
-use crate::errors::invalid_field;
 use crate::streaming::StreamingServer;
 
 /// Answers `PortForward`.
@@ -13,10 +12,7 @@ pub fn port_forward(
     streaming: &StreamingServer,
     req: v1::PortForwardRequest,
 ) -> CriResult<v1::PortForwardResponse> {
-    if req.pod_sandbox_id.is_empty() {
-        return Err(invalid_field("pod_sandbox_id", "must not be empty"));
-    }
-    crate::telemetry::record_ids(&req.pod_sandbox_id, "");
+    super::pod_id(&req.pod_sandbox_id)?;
     daemon.store.get_sandbox(&req.pod_sandbox_id)?;
     let url = streaming.get_port_forward(&req)?;
     Ok(v1::PortForwardResponse { url })

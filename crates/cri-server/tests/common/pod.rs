@@ -475,3 +475,29 @@ pub async fn status_of(rt: &mut Rt, id: &str) -> k8s_cri::v1::ContainerStatus {
     .status
     .expect("a status")
 }
+
+/// A pod with a user namespace of its own (mode POD), mapping
+/// `(container_id, host_id, length)` for both uids and gids.
+pub fn userns_pod(name: &str, uid: &str, maps: (u32, u32, u32)) -> PodSandboxConfig {
+    let mut p = pod(name, uid);
+    let (container_id, host_id, length) = maps;
+    let idm = k8s_cri::v1::IdMapping {
+        host_id,
+        container_id,
+        length,
+    };
+    p.linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .get_or_insert_with(Default::default)
+        .namespace_options = Some(k8s_cri::v1::NamespaceOption {
+        userns_options: Some(k8s_cri::v1::UserNamespace {
+            mode: k8s_cri::v1::NamespaceMode::Pod as i32,
+            uids: vec![idm],
+            gids: vec![idm],
+        }),
+        ..Default::default()
+    });
+    p
+}
