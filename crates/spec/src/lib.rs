@@ -8,7 +8,8 @@
 //!
 //! Modules: `process` (args, env, cwd), `user` (uid/gid resolution), `caps`,
 //! `seccomp` (the RuntimeDefault profile), `mounts`, `cgroups` (paths and
-//! resources), `annotations`, `oom`, `userns` (pod user namespaces), and the two builders `sandbox` (the
+//! resources), `annotations`, `oom`, `userns` (pod user namespaces), `edit` (edits of an
+//! existing container's spec), and the two builders `sandbox` (the
 //! pause container) and `container`.
 
 // Test tables are tuples of slices; naming each shape would not make them clearer.
@@ -19,6 +20,7 @@ pub mod caps;
 pub mod cgroups;
 mod common;
 pub mod container;
+pub mod edit;
 pub mod error;
 pub mod mounts;
 pub mod oom;

@@ -648,32 +648,24 @@ pub async fn container(
     let (userns, _) = pod_ns_paths(sandbox_state);
     let join = userns.display().to_string();
     let spec = crius_spec::userns::apply(spec, &maps, Some(&join)).map_err(spec_error)?;
-    let mut value =
-        serde_json::to_value(&spec).map_err(|e| CriError::internal(format!("spec: {e}")))?;
+    let binds = crius_spec::edit::idmapped_binds(&spec);
     let idmap = state_dir.join("idmap");
     let target = bundle.join("rootfs");
     let root = pod_root(&maps)?;
     // runc, as the pod's root, reaches the rootfs and the staged bind
     // mount sources by path.
     let traverse = [state_dir.to_path_buf(), bundle.to_path_buf(), idmap.clone()];
-    let value = tokio::task::spawn_blocking(move || {
+    let staged = tokio::task::spawn_blocking(move || {
         let ns = open_userns(&userns).map_err(|e| {
             CriError::failed_precondition(format!("the pod's user namespace is not there: {e}"))
         })?;
-        if let Some(list) = value["mounts"].as_array_mut() {
-            for (i, m) in list.iter_mut().enumerate() {
-                let Some(source) = m["source"].as_str().map(PathBuf::from) else {
-                    continue;
-                };
-                if m["type"] != "bind" || source == Path::new("/sys") {
-                    continue;
-                }
-                let staged = idmap.join(format!("m{i}"));
-                let dest = m["destination"].as_str().unwrap_or_default().to_string();
-                idmapped_bind(&source, &staged, ns.as_fd())
-                    .map_err(|e| mount_failed(&format!("{} (for {dest})", source.display()), e))?;
-                m["source"] = serde_json::Value::String(staged.display().to_string());
-            }
+        let mut staged = Vec::with_capacity(binds.len());
+        for (i, source, dest) in binds {
+            let at = idmap.join(format!("m{i}"));
+            idmapped_bind(&source, &at, ns.as_fd()).map_err(|e| {
+                mount_failed(&format!("{} (for {})", source.display(), dest.display()), e)
+            })?;
+            staged.push((i, at));
         }
         idmapped_rootfs(&mounts, &idmap.join("rootfs"), &target, ns.as_fd(), root)
             .map_err(|e| mount_failed("the container rootfs", e))?;
@@ -684,13 +676,14 @@ pub async fn container(
         let dirs: Vec<&Path> = traverse.iter().map(PathBuf::as_path).collect();
         let_pod_root_traverse(&dirs)
             .map_err(|e| CriError::internal(format!("state directories: {e}")))?;
-        Ok::<_, CriError>(value)
+        Ok::<_, CriError>(staged)
     })
     .await
     .map_err(|e| CriError::internal(format!("idmapped mounts: {e}")))??;
-    let spec =
-        serde_json::from_value(value).map_err(|e| CriError::internal(format!("spec: {e}")))?;
-    Ok((spec, Vec::new()))
+    Ok((
+        crius_spec::edit::with_mount_sources(spec, &staged),
+        Vec::new(),
+    ))
 }
 
 #[cfg(test)]

@@ -1194,19 +1194,15 @@ pub async fn exec_sync(
     }
     let shim = shim_for(daemon, &record.metadata.sandbox_id).await?;
     let bundle = container_state(daemon, &id).join("bundle");
-    let spec: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(bundle.join("config.json")).map_err(|e| internal("config.json", e))?,
-    )
-    .map_err(|e| internal("config.json", e))?;
-    let mut process = spec["process"].clone();
-    process["args"] = serde_json::json!(req.cmd);
-    process["terminal"] = serde_json::json!(false);
+    let config = tokio::fs::read(bundle.join("config.json"))
+        .await
+        .map_err(|e| internal("config.json", e))?;
+    let process = crius_spec::edit::exec_process(&config, &req.cmd)?;
     let exec_id = format!("exec-{}", &crius_store::generate_id()[..16]);
     let out_dir = container_state(daemon, &id).join(&exec_id);
     // Private, as are the output files the shim makes in it (0600).
     crius_store::private::dir(&out_dir).map_err(|e| internal("exec output", e))?;
     let (out, err) = (out_dir.join("stdout"), out_dir.join("stderr"));
-    let process = serde_json::to_vec(&process).map_err(|e| internal("process", e))?;
     let result = async {
         // The shim writes at most EXEC_OUTPUT_LIMIT bytes per stream.
         let capped = |p: &Path| format!("capped-file://{}?limit={EXEC_OUTPUT_LIMIT}", p.display());

@@ -11,34 +11,6 @@ use k8s_cri::v1::{
 };
 use std::sync::Arc;
 
-/// Replaces the keys of `update` in the `linux.resources` of an OCI spec,
-/// keeping what the update does not mention (devices, pids...).
-pub fn merge_resources(spec: &mut serde_json::Value, update: &serde_json::Value) {
-    let Some(update) = update.as_object() else {
-        return;
-    };
-    if !spec["linux"].is_object() {
-        spec["linux"] = serde_json::json!({});
-    }
-    if !spec["linux"]["resources"].is_object() {
-        spec["linux"]["resources"] = serde_json::json!({});
-    }
-    if let Some(res) = spec["linux"]["resources"].as_object_mut() {
-        for (k, v) in update {
-            match (res.get_mut(k), v) {
-                (Some(serde_json::Value::Object(old)), serde_json::Value::Object(new)) => {
-                    for (kk, vv) in new {
-                        old.insert(kk.clone(), vv.clone());
-                    }
-                }
-                _ => {
-                    res.insert(k.clone(), v.clone());
-                }
-            }
-        }
-    }
-}
-
 /// The CRI resources after an update, as ContainerStatus reports them: what
 /// the update sets (a non-zero number, a non-empty string, a hugepage size,
 /// a unified key) replaces the old value, the rest stays, exactly as the
@@ -157,10 +129,7 @@ pub async fn update_resources(
     let config = super::lifecycle::bundle_dir(daemon, &id).join("config.json");
     match std::fs::read(&config) {
         Ok(bytes) => {
-            let mut spec: serde_json::Value =
-                serde_json::from_slice(&bytes).map_err(|e| internal("config.json", e))?;
-            merge_resources(&mut spec, &resources);
-            let out = serde_json::to_vec_pretty(&spec).map_err(|e| internal("config.json", e))?;
+            let out = crius_spec::edit::update_resources(&bytes, &resources)?;
             crius_store::persist::write_volatile(&config, &out, 0o600)
                 .map_err(|e| internal("config.json", e))?;
         }
@@ -214,7 +183,6 @@ pub async fn reopen_log(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn cri_resources_after_an_update() {
@@ -300,31 +268,6 @@ mod tests {
         ];
         for (i, (old, update, want)) in cases.into_iter().enumerate() {
             assert_eq!(merge_cri_resources(old, &update), want, "case {i}");
-        }
-    }
-
-    #[test]
-    fn resources_merge_into_the_spec() {
-        let cases = [
-            (
-                json!({"linux": {"resources": {"devices": [{"allow": false}], "memory": {"limit": 1, "swap": 1}}}}),
-                json!({"memory": {"limit": 2}}),
-                json!({"linux": {"resources": {"devices": [{"allow": false}], "memory": {"limit": 2, "swap": 1}}}}),
-            ),
-            (
-                json!({"linux": {}}),
-                json!({"cpu": {"shares": 512}}),
-                json!({"linux": {"resources": {"cpu": {"shares": 512}}}}),
-            ),
-            (
-                json!({}),
-                json!({"unified": {"memory.high": "10"}}),
-                json!({"linux": {"resources": {"unified": {"memory.high": "10"}}}}),
-            ),
-        ];
-        for (mut spec, update, want) in cases {
-            merge_resources(&mut spec, &update);
-            assert_eq!(spec, want);
         }
     }
 }
