@@ -501,3 +501,28 @@ pub fn userns_pod(name: &str, uid: &str, maps: (u32, u32, u32)) -> PodSandboxCon
     });
     p
 }
+
+/// ContainerStatus.user is exactly what `id` prints inside the container.
+pub async fn assert_status_user_is_id(rt: &mut Rt, id: &str) -> (i64, i64, Vec<i64>) {
+    let user = status_of(rt, id)
+        .await
+        .user
+        .and_then(|u| u.linux)
+        .unwrap_or_else(|| panic!("no user in the status of {id}"));
+    let num = |s: &str| s.trim().parse::<i64>().unwrap();
+    let (_, uid, _) = exec(rt, id, &["/bin/busybox", "id", "-u"]).await;
+    let (_, gid, _) = exec(rt, id, &["/bin/busybox", "id", "-g"]).await;
+    let (_, groups, _) = exec(rt, id, &["/bin/busybox", "id", "-G"]).await;
+    let mut inside: Vec<i64> = groups.split_whitespace().map(num).collect();
+    inside.sort_unstable();
+    inside.dedup();
+    let mut reported = user.supplemental_groups.clone();
+    reported.sort_unstable();
+    reported.dedup();
+    assert_eq!(
+        (user.uid, user.gid, reported),
+        (num(&uid), num(&gid), inside),
+        "ContainerStatus.user of {id} differs from `id` inside"
+    );
+    (user.uid, user.gid, user.supplemental_groups)
+}

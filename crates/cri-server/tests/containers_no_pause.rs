@@ -1,0 +1,293 @@
+//! Pods without a pause process, and the disk usage of writable layers
+//! deeper than PATH_MAX.
+
+mod common;
+
+use common::pod::*;
+use common::registry::is_root;
+use k8s_cri::v1::{NamespaceMode, NamespaceOption, StopPodSandboxRequest};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The tests of this file run one at a time: an environment's leftovers
+/// guard kills every process in the test cgroup tree, which the other
+/// test's containers share.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A pod whose containers share no PID namespace runs no pause: its shim
+/// pins the pod's network, IPC and UTS namespaces, sets the hostname and
+/// the sysctls, and every container joins them; a container asking for
+/// the pod's PID namespace is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_without_a_pause() {
+    if !is_root() {
+        eprintln!("containers_no_pause: skipped (needs root)");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::start("crius-noinfra");
+    let image = env.pull_busybox().await;
+    let mut rt = env.daemon.runtime().await;
+    let uid = "uid-noinfra";
+    let mut cfg = pod("noinfra", uid);
+    let _logs = LogDir(PathBuf::from(&cfg.log_directory));
+    let linux = cfg.linux.as_mut().unwrap();
+    linux.sysctls = [
+        ("net.ipv4.ip_unprivileged_port_start", "81"),
+        ("kernel.shmmni", "1234"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    // What kubelet sends for a pod without shareProcessNamespace.
+    let own_pids = || NamespaceOption {
+        pid: NamespaceMode::Container as i32,
+        ..Default::default()
+    };
+    linux.security_context = Some(k8s_cri::v1::LinuxSandboxSecurityContext {
+        namespace_options: Some(own_pids()),
+        ..Default::default()
+    });
+    let pod_id = run_pod(&env, &mut rt, &cfg).await;
+
+    let st = rt
+        .pod_sandbox_status(k8s_cri::v1::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let status = st.status.clone().unwrap();
+    assert_eq!(
+        status.state,
+        k8s_cri::v1::PodSandboxState::SandboxReady as i32
+    );
+    assert!(status.network.unwrap().ip.starts_with(&env.net.prefix));
+    let info: serde_json::Value = serde_json::from_str(&st.info["info"]).unwrap();
+    assert!(info["pid"].is_null(), "{info}");
+    // No runc container for the pod itself, no pause rootfs.
+    let runc_root = env.dir.join("state/runc/k8s.io");
+    assert!(!runc_root.join(&pod_id).exists());
+    assert!(mounts_below(&env.dir.join("state/sandboxes")).is_empty());
+    let pinned = |key: &str| {
+        let p = info[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key}: {info}"));
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).unwrap().ino()
+    };
+    let (net, ipc, uts) = (pinned("netnsPath"), pinned("ipcPath"), pinned("utsPath"));
+
+    let with_own_pids = |name: &str| {
+        let mut c = container(name, &image, &["/bin/busybox", "sleep", "3600"]);
+        security(&mut c).namespace_options = Some(own_pids());
+        c
+    };
+    let a = run(&env, &mut rt, &pod_id, &cfg, with_own_pids("a")).await;
+    let b = run(&env, &mut rt, &pod_id, &cfg, with_own_pids("b")).await;
+    let out = |r: (i32, String, String)| {
+        assert_eq!(r.0, 0, "{r:?}");
+        r.1.trim().to_string()
+    };
+    assert_eq!(
+        out(exec(&mut rt, &a, &["/bin/busybox", "hostname"]).await),
+        "noinfra"
+    );
+    assert_eq!(
+        out(exec(
+            &mut rt,
+            &a,
+            &[
+                "/bin/busybox",
+                "cat",
+                "/proc/sys/net/ipv4/ip_unprivileged_port_start"
+            ]
+        )
+        .await),
+        "81"
+    );
+    assert_eq!(
+        out(exec(
+            &mut rt,
+            &b,
+            &["/bin/busybox", "cat", "/proc/sys/kernel/shmmni"]
+        )
+        .await),
+        "1234"
+    );
+    for (kind, ino) in [("net", net), ("ipc", ipc), ("uts", uts)] {
+        let link = format!("/proc/self/ns/{kind}");
+        let want = format!("{kind}:[{ino}]");
+        for c in [&a, &b] {
+            assert_eq!(
+                out(exec(&mut rt, c, &["/bin/busybox", "readlink", &link]).await),
+                want,
+                "{kind} of {c}"
+            );
+        }
+    }
+    // Each container has a PID namespace of its own.
+    let pid_ns = ["/bin/busybox", "readlink", "/proc/self/ns/pid"];
+    assert_ne!(
+        out(exec(&mut rt, &a, &pid_ns).await),
+        out(exec(&mut rt, &b, &pid_ns).await)
+    );
+
+    // The pod's PID namespace does not exist.
+    let mut shared = container("c", &image, &["/bin/busybox", "sleep", "3600"]);
+    security(&mut shared).namespace_options = Some(NamespaceOption {
+        pid: NamespaceMode::Pod as i32,
+        ..Default::default()
+    });
+    let err = create(&mut rt, &pod_id, &cfg, shared).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("namespace_options.pid"), "{err:?}");
+
+    // The pod's network counters come from its netns.
+    let stats = rt
+        .pod_sandbox_stats(k8s_cri::v1::PodSandboxStatsRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    let iface = stats
+        .linux
+        .and_then(|l| l.network)
+        .and_then(|n| n.default_interface)
+        .expect("eth0 counters");
+    assert_eq!(iface.name, "eth0");
+
+    // After a criusd crash and restart the pod is still READY and takes
+    // containers.
+    drop(rt);
+    env.daemon.signal_and_wait(libc::SIGKILL);
+    env.daemon.restart();
+    let mut rt = env.daemon.runtime().await;
+    let st = rt
+        .pod_sandbox_status(k8s_cri::v1::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(st.state, k8s_cri::v1::PodSandboxState::SandboxReady as i32);
+    let late = run(&env, &mut rt, &pod_id, &cfg, with_own_pids("late")).await;
+    assert_eq!(
+        out(exec(
+            &mut rt,
+            &late,
+            &["/bin/busybox", "readlink", "/proc/self/ns/uts"]
+        )
+        .await),
+        format!("uts:[{uts}]")
+    );
+
+    // Stopped: NOTREADY, the containers exited, the pinned namespaces gone
+    // with the shim; removal leaves nothing (teardown checks).
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .unwrap();
+    let st = rt
+        .pod_sandbox_status(k8s_cri::v1::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(
+        st.state,
+        k8s_cri::v1::PodSandboxState::SandboxNotready as i32
+    );
+    for c in [&a, &b] {
+        assert_eq!(
+            status_of(&mut rt, c).await.state,
+            k8s_cri::v1::ContainerState::ContainerExited as i32
+        );
+    }
+    for key in ["netnsPath", "ipcPath", "utsPath"] {
+        let p = info[key].as_str().unwrap();
+        assert!(!Path::new(p).exists(), "{key} {p} left after stop");
+    }
+    teardown(&env, &mut rt, &pod_id, uid).await;
+}
+
+/// A container can make its writable layer deeper than PATH_MAX: disk usage
+/// still measures it (the walk goes by directory descriptors), ImageFsInfo
+/// keeps answering, and the stats show the layer.
+#[tokio::test(flavor = "multi_thread")]
+async fn writable_layers_deeper_than_path_max_are_measured() {
+    if !is_root() {
+        eprintln!("containers_no_pause: skipped (needs root)");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let env = Env::start("crius-deep");
+    let image = env.pull_busybox().await;
+    let mut rt = env.daemon.runtime().await;
+    let uid = "uid-deep";
+    let cfg = pod("deep", uid);
+    let _logs = LogDir(PathBuf::from(&cfg.log_directory));
+    let pod_id = run_pod(&env, &mut rt, &cfg).await;
+    let id = run(
+        &env,
+        &mut rt,
+        &pod_id,
+        &cfg,
+        container("deep", &image, &["/bin/busybox", "sleep", "100000"]),
+    )
+    .await;
+    // 17 levels of 250-byte names (~4.3 KB of path): each round wraps the
+    // tree in one more level, with short paths only, as any process can.
+    let name = "n".repeat(250);
+    let script = format!(
+        "cd /tmp && mkdir {name} && echo deep > {name}/leaf && \
+         for i in $(seq 16); do mkdir w && mv {name} w/ && mv w {name} || exit 1; done"
+    );
+    let (code, _, err) = exec(&mut rt, &id, &["/bin/sh", "-c", &script]).await;
+    assert_eq!(code, 0, "{err}");
+    let mut images = env.daemon.images().await;
+    let deadline = Instant::now() + Duration::from_secs(25);
+    loop {
+        let fs = images
+            .image_fs_info(k8s_cri::v1::ImageFsInfoRequest {})
+            .await
+            .expect("ImageFsInfo answers with a deep layer present")
+            .into_inner();
+        assert_eq!(fs.image_filesystems.len(), 1);
+        let stats = rt
+            .container_stats(k8s_cri::v1::ContainerStatsRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .unwrap();
+        let inodes = stats
+            .writable_layer
+            .and_then(|l| l.inodes_used)
+            .map_or(0, |v| v.value);
+        // tmp (copied up), 17 directories and the leaf.
+        if inodes >= 19 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writable layer inodes {inodes}, want at least 19"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    teardown(&env, &mut rt, &pod_id, uid).await;
+}
