@@ -404,31 +404,7 @@ async fn image_of_128_layers_runs() {
     let mut rt = env.daemon.runtime().await;
     let config = pod("layers", "uid-layers");
     let _logs = LogDir(config.log_directory.clone().into());
-    let pod_id = run_pod(&env, &mut rt, &config).await;
-    let c = run(
-        &env,
-        &mut rt,
-        &pod_id,
-        &config,
-        container("many", &image, &["/bin/busybox", "sleep", "1000"]),
-    )
-    .await;
-    let (code, out, err) = exec(
-        &mut rt,
-        &c,
-        &[
-            "/bin/busybox",
-            "cat",
-            "/layer0",
-            "/layer1",
-            "/layer127",
-            "/tmp/top",
-        ],
-    )
-    .await;
-    assert_eq!((code, out.as_str()), (0, "01127top"), "{err}");
-    let (code, out, err) = exec(&mut rt, &c, &["/bin/busybox", "stat", "-c", "%a", "/tmp"]).await;
-    assert_eq!((code, out.trim()), (0, "1777"), "{err}");
+    let (pod_id, _) = run_many_layers(&env, &mut rt, &config, &image).await;
     teardown(&env, &mut rt, &pod_id, "uid-layers").await;
 
     // In a pod with its own user namespace every layer is bound idmapped
@@ -447,22 +423,7 @@ async fn image_of_128_layers_runs() {
     }
     let config = userns_pod("layers-userns", "uid-layers-userns", (0, 65536 * 41, 65536));
     let _logs = LogDir(config.log_directory.clone().into());
-    let pod_id = run_pod(&env, &mut rt, &config).await;
-    let c = run(
-        &env,
-        &mut rt,
-        &pod_id,
-        &config,
-        container("many", &image, &["/bin/busybox", "sleep", "1000"]),
-    )
-    .await;
-    let (code, out, err) = exec(
-        &mut rt,
-        &c,
-        &["/bin/busybox", "cat", "/layer0", "/layer127", "/tmp/top"],
-    )
-    .await;
-    assert_eq!((code, out.as_str()), (0, "0127top"), "{err}");
+    let (pod_id, c) = run_many_layers(&env, &mut rt, &config, &image).await;
     let (code, out, err) = exec(
         &mut rt,
         &c,
@@ -475,4 +436,42 @@ async fn image_of_128_layers_runs() {
         "root in the pod owns the image's files: {err}"
     );
     teardown(&env, &mut rt, &pod_id, "uid-layers-userns").await;
+}
+
+/// Runs a container of the 128-layer image in a new pod of `config` and
+/// checks that files of the lowest and highest layers are there and that
+/// `/tmp` kept the lower layers' 1777 (the top layer only has `tmp/top`).
+/// Returns the pod and container ids.
+async fn run_many_layers(
+    env: &Env,
+    rt: &mut Rt,
+    config: &k8s_cri::v1::PodSandboxConfig,
+    image: &str,
+) -> (String, String) {
+    let pod_id = run_pod(env, rt, config).await;
+    let c = run(
+        env,
+        rt,
+        &pod_id,
+        config,
+        container("many", image, &["/bin/busybox", "sleep", "1000"]),
+    )
+    .await;
+    let (code, out, err) = exec(
+        rt,
+        &c,
+        &[
+            "/bin/busybox",
+            "cat",
+            "/layer0",
+            "/layer1",
+            "/layer127",
+            "/tmp/top",
+        ],
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "01127top"), "{err}");
+    let (code, out, err) = exec(rt, &c, &["/bin/busybox", "stat", "-c", "%a", "/tmp"]).await;
+    assert_eq!((code, out.trim()), (0, "1777"), "{err}");
+    (pod_id, c)
 }

@@ -1342,6 +1342,22 @@ mod tests {
         chain
     }
 
+    /// Reads an HTTP request head from `conn` (for the fake registries of
+    /// these tests); its path, or None if the client went away first.
+    async fn request_path(conn: &mut tokio::net::TcpStream) -> Option<String> {
+        use tokio::io::AsyncReadExt;
+        let mut req = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => req.extend_from_slice(&buf[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&req);
+        Some(text.split(' ').nth(1).unwrap_or("").to_string())
+    }
+
     fn record(id_char: char, tags: &[&str], snaps: &[&str]) -> ImageRecord {
         Record::new(
             ImageMetadata {
@@ -1507,7 +1523,7 @@ mod tests {
     async fn fake_registry(
         routes: Vec<(String, &'static str, String)>,
     ) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -1519,16 +1535,9 @@ mod tests {
                 };
                 let (routes, log) = (routes.clone(), log.clone());
                 tokio::spawn(async move {
-                    let mut req = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => req.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let text = String::from_utf8_lossy(&req);
-                    let path = text.split(' ').nth(1).unwrap_or("").to_string();
+                    let Some(path) = request_path(&mut conn).await else {
+                        return;
+                    };
                     log.lock().unwrap().push(path.clone());
                     let resp = match routes.iter().find(|(p, _, _)| *p == path) {
                         Some((_, ct, body)) => format!(
@@ -1622,7 +1631,7 @@ mod tests {
     }
 
     async fn serve(routes: Vec<Route>) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -1631,16 +1640,9 @@ mod tests {
             while let Ok((mut conn, _)) = listener.accept().await {
                 let (routes, log) = (routes.clone(), log.clone());
                 tokio::spawn(async move {
-                    let mut req = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => req.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let text = String::from_utf8_lossy(&req);
-                    let path = text.split(' ').nth(1).unwrap_or("").to_string();
+                    let Some(path) = request_path(&mut conn).await else {
+                        return;
+                    };
                     log.lock().unwrap().push(path.clone());
                     let Some(r) = routes.iter().find(|r| r.path == path) else {
                         let _ = conn
