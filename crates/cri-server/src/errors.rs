@@ -129,31 +129,6 @@ impl CriError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, CriError::NotFound(_))
     }
-
-    /// The same error with `context: ` before its message.
-    pub fn context(self, context: impl std::fmt::Display) -> Self {
-        match self {
-            CriError::InvalidArgument { field, message } => CriError::InvalidArgument {
-                field,
-                message: format!("{context}: {message}"),
-            },
-            CriError::NotFound(m) => CriError::NotFound(format!("{context}: {m}")),
-            CriError::AlreadyExists(m) => CriError::AlreadyExists(format!("{context}: {m}")),
-            CriError::FailedPrecondition(m) => {
-                CriError::FailedPrecondition(format!("{context}: {m}"))
-            }
-            CriError::DeadlineExceeded(m) => CriError::DeadlineExceeded(format!("{context}: {m}")),
-            CriError::Unavailable(m) => CriError::Unavailable(format!("{context}: {m}")),
-            CriError::ResourceExhausted(m) => {
-                CriError::ResourceExhausted(format!("{context}: {m}"))
-            }
-            CriError::Aborted(m) => CriError::Aborted(format!("{context}: {m}")),
-            CriError::Unauthenticated(m) => CriError::Unauthenticated(format!("{context}: {m}")),
-            CriError::DataLoss(m) => CriError::DataLoss(format!("{context}: {m}")),
-            CriError::Unimplemented(m) => CriError::Unimplemented(format!("{context}: {m}")),
-            CriError::Internal(m) => CriError::Internal(format!("{context}: {m}")),
-        }
-    }
 }
 
 /// The one place a crius error becomes a gRPC status.
@@ -381,15 +356,10 @@ mod tests {
     }
 
     #[test]
-    fn invalid_argument_names_its_field_and_context_keeps_the_kind() {
+    fn invalid_argument_names_its_field() {
         let e = invalid_field("config.image.image", "must not be empty");
         assert_eq!(e.to_string(), "config.image.image: must not be empty");
-        let e = e.context("CreateContainer");
         assert_eq!(e.code(), Code::InvalidArgument);
-        assert_eq!(
-            e.to_string(),
-            "config.image.image: CreateContainer: must not be empty"
-        );
         assert_eq!(
             CriError::invalid_argument("x is bad").to_string(),
             "x is bad"
