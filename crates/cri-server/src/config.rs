@@ -79,6 +79,16 @@ pub struct RuntimeHandler {
     /// The runtime's state directory (`--root`); the runtime's default when empty.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub root: String,
+    /// Glob patterns (Go's `path.Match`: `*` does not cross a `/`) of pod
+    /// annotations passed into the OCI spec of the pod's sandbox and of its
+    /// containers, for hooks and VM runtimes keyed on them (containerd's
+    /// `pod_annotations`). None by default.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pod_annotations: Vec<String>,
+    /// Glob patterns of container annotations passed into the container's
+    /// OCI spec (containerd's `container_annotations`). None by default.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub container_annotations: Vec<String>,
 }
 
 impl Default for RuntimeHandler {
@@ -86,6 +96,8 @@ impl Default for RuntimeHandler {
         RuntimeHandler {
             path: "runc".into(),
             root: String::new(),
+            pod_annotations: Vec::new(),
+            container_annotations: Vec::new(),
         }
     }
 }
@@ -495,6 +507,15 @@ impl Config {
                     format!("runtimes.{name}.path"),
                     "must not be empty",
                 ));
+            }
+            for (key, patterns) in [
+                ("pod_annotations", &handler.pod_annotations),
+                ("container_annotations", &handler.container_annotations),
+            ] {
+                for (i, p) in patterns.iter().enumerate() {
+                    crius_spec::annotations::valid_pattern(p)
+                        .map_err(|m| value_err(format!("runtimes.{name}.{key}[{i}]"), m))?;
+                }
             }
         }
         if !self.runtimes.contains_key(&self.default_runtime) {
@@ -986,6 +1007,14 @@ service_name = "node-7"
             ),
             ("default_runtime = \"kata\"", "`default_runtime`"),
             ("[runtimes.crun]\npath = \"\"", "`runtimes.crun.path`"),
+            (
+                "[runtimes.kata]\npath = \"kata\"\npod_annotations = [\"io.kata.*\", \"[a-\"]",
+                "`runtimes.kata.pod_annotations[1]`",
+            ),
+            (
+                "[runtimes.kata]\npath = \"kata\"\ncontainer_annotations = [\"a/**b\"]",
+                "`runtimes.kata.container_annotations[0]`",
+            ),
             ("[stream]\naddress = \"nowhere\"", "`stream.address`"),
             ("[cni]\nbin_dirs = [\"bin\"]", "`cni.bin_dirs[0]`"),
             ("[metrics]\naddress = \"localhost\"", "`metrics.address`"),

@@ -89,6 +89,24 @@ pub enum DaemonError {
 }
 
 impl Daemon {
+    /// The host facts for a spec of a pod on `handler` ("" for the default
+    /// one): the AppArmor profiles loaded now (a Localhost profile must be),
+    /// the node's hostname now, and the handler's annotation allow-lists.
+    pub fn host_for(&self, handler: &str) -> crius_spec::HostFacts {
+        let mut host =
+            crate::apparmor::refresh(&self.host, std::path::Path::new("/sys")).into_owned();
+        let name = match handler {
+            "" => self.config.default_runtime.as_str(),
+            h => h,
+        };
+        if let Some(h) = self.config.runtimes.get(name) {
+            host.pod_annotations = h.pod_annotations.clone();
+            host.container_annotations = h.container_annotations.clone();
+        }
+        host.hostname = crate::host::node_hostname();
+        host
+    }
+
     /// Builds the daemon state over an opened store.
     pub fn new(config: Config, store: Store) -> Result<Self, DaemonError> {
         let runtime_config = store

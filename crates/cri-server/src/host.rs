@@ -39,11 +39,15 @@ pub fn gather(config: &Config) -> HostFacts {
                     .is_some_and(|s| s.contains("memory")),
             hugetlb: read("/sys/fs/cgroup/cgroup.controllers")
                 .is_some_and(|s| s.contains("hugetlb")),
+            unified: true,
         }
     } else {
         CgroupFeatures {
             swap: Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists(),
             hugetlb: Path::new("/sys/fs/cgroup/hugetlb").exists(),
+            // A hybrid host's cgroup2 part (/sys/fs/cgroup/unified) is not
+            // what runc uses there: it creates v1 cgroups.
+            unified: false,
         }
     };
     let apparmor = crate::apparmor::detect(
@@ -71,8 +75,18 @@ pub fn gather(config: &Config) -> HostFacts {
             .get(&config.default_runtime)
             .is_some_and(|h| runtime_features(&h.path).rro),
         nofile_hard,
-        passthrough_annotations: Vec::new(),
+        pod_annotations: Vec::new(),
+        container_annotations: Vec::new(),
+        hostname: node_hostname(),
     }
+}
+
+/// The node's hostname (empty if it cannot be read: a host-network
+/// container then gets an empty `HOSTNAME`, as from an empty pod hostname).
+pub fn node_hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Undoes the octal escapes (`\040` for a space...) of /proc/self/mountinfo.

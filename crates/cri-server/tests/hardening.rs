@@ -323,7 +323,8 @@ async fn exec_output_pid_namespace_targets_and_stop_signals() {
             "{signal}: {err:?}"
         );
     }
-    // ... and one it can is used by StopContainer.
+    // ... and one it can is used by StopContainer, even after the image is
+    // gone.
     let img = image_with_config(
         vec![layer(&busybox_entries(), Compression::Gzip)],
         serde_json::json!({"Cmd": ["/bin/sh"], "StopSignal": "SIGUSR1"}),
@@ -341,6 +342,18 @@ async fn exec_output_pid_namespace_targets_and_stop_signals() {
         container("usr1", &name, &sleep),
     )
     .await;
+    // The signal was recorded at creation: the stop does not need the image.
+    env.daemon
+        .images()
+        .await
+        .remove_image(k8s_cri::v1::RemoveImageRequest {
+            image: Some(k8s_cri::v1::ImageSpec {
+                image: name.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("RemoveImage of an image a container uses");
     let started = Instant::now();
     rt.stop_container(k8s_cri::v1::StopContainerRequest {
         container_id: c.clone(),

@@ -22,20 +22,35 @@ pub const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
 /// The image name the container was created from.
 pub const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
 
-/// Whether `key` matches a passthrough pattern: an exact key, or a prefix
-/// ending in `*` (as containerd's `pod_annotations` / `container_annotations`).
+/// Whether `key` matches a passthrough pattern, a glob as containerd's
+/// `pod_annotations` / `container_annotations` read it (Go's `path.Match`):
+/// `*` is any run of characters but `/`, `?` one such character, `[...]` a
+/// class. A pattern that is not a valid glob matches nothing (the
+/// configuration refuses such patterns, see [`valid_pattern`]).
 pub fn matches_pattern(key: &str, pattern: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => key.starts_with(prefix),
-        None => key == pattern,
-    }
+    const OPTIONS: glob::MatchOptions = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: false,
+    };
+    glob::Pattern::new(pattern).is_ok_and(|p| p.matches_with(key, OPTIONS))
 }
 
-/// The annotations of `source` whose keys match any of `patterns`.
+/// Why `pattern` is not a usable passthrough pattern, if it is not.
+pub fn valid_pattern(pattern: &str) -> Result<(), String> {
+    glob::Pattern::new(pattern)
+        .map(|_| ())
+        .map_err(|e| format!("{pattern:?} is not a glob pattern: {}", e.msg))
+}
+
+/// The annotations of `source` whose keys match any of `patterns`, sorted.
 pub fn passthrough<'a>(
     source: impl IntoIterator<Item = (&'a String, &'a String)>,
     patterns: &[String],
 ) -> Vec<(String, String)> {
+    if patterns.is_empty() {
+        return Vec::new();
+    }
     let mut out: Vec<(String, String)> = source
         .into_iter()
         .filter(|(k, _)| patterns.iter().any(|p| matches_pattern(k, p)))
@@ -55,9 +70,17 @@ mod tests {
         let cases = [
             ("a.b/c", "a.b/c", true),
             ("a.b/c", "a.b/*", true),
-            ("a.b/c", "*", true),
+            ("a.b", "*", true),
+            // `*` does not cross a `/`, as Go's path.Match.
+            ("a.b/c", "*", false),
+            ("a.b/c", "*/*", true),
             ("a.b/c", "a.b/d", false),
             ("x", "a*", false),
+            ("io.kata.x", "io.kata.?", true),
+            ("io.kata.xy", "io.kata.?", false),
+            ("gpu.vendor/v1", "gpu.[uv]endor/v[0-9]", true),
+            ("gpu.xendor/v1", "gpu.[uv]endor/v[0-9]", false),
+            ("x", "[", false),
         ];
         for (key, pat, want) in cases {
             assert_eq!(matches_pattern(key, pat), want, "{key} {pat}");
@@ -70,6 +93,7 @@ mod tests {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+        assert!(passthrough(&src, &[]).is_empty());
         let got = passthrough(&src, &["io.katacontainers.*".to_string()]);
         assert_eq!(
             got,
@@ -78,5 +102,17 @@ mod tests {
                 ("io.katacontainers.x".to_string(), "1".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn pattern_validation() {
+        for (pattern, ok) in [
+            ("a.b/*", true),
+            ("*", true),
+            ("[a-", false),
+            ("a/**b", false),
+        ] {
+            assert_eq!(valid_pattern(pattern).is_ok(), ok, "{pattern}");
+        }
     }
 }

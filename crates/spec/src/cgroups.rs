@@ -79,6 +79,9 @@ pub struct CgroupFeatures {
     pub swap: bool,
     /// A hugetlb controller that runc can use.
     pub hugetlb: bool,
+    /// The runtime uses the unified hierarchy (cgroup v2 only; on a hybrid
+    /// host runc uses v1): containers get a cgroup namespace of their own.
+    pub unified: bool,
 }
 
 impl Default for CgroupFeatures {
@@ -86,6 +89,7 @@ impl Default for CgroupFeatures {
         CgroupFeatures {
             swap: true,
             hugetlb: true,
+            unified: false,
         }
     }
 }
@@ -269,6 +273,7 @@ mod tests {
         let no_features = CgroupFeatures {
             swap: false,
             hugetlb: false,
+            unified: false,
         };
         let got = resources(&full, no_features, f).unwrap();
         assert_eq!(got["memory"], json!({"limit": 64 << 20}));

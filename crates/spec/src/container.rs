@@ -10,7 +10,7 @@ use crate::{
 };
 use k8s_cri::v1::{ContainerConfig, NamespaceMode, PodSandboxConfig};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 const SC: &str = "config.linux.security_context";
 
@@ -103,6 +103,36 @@ pub fn image_volumes(input: &ContainerInput<'_>) -> Result<Vec<mounts::MountEntr
     ))
 }
 
+/// `HOSTNAME` of a container: the pod's hostname; for a host-network pod
+/// that names none, the node's (as containerd).
+fn hostname_env<'a>(input: &'a ContainerInput<'_>) -> &'a str {
+    match input.sandbox_config.hostname.as_str() {
+        "" => &input.host.hostname,
+        h => h,
+    }
+}
+
+/// `linux.maskedPaths` and `linux.readonlyPaths`: none for a privileged
+/// container; the lists the client sent when it sent a security context
+/// (kubelet always does: the defaults for `procMount: Default`, empty lists
+/// for `Unmasked`), so empty means none; crius's defaults when it sent
+/// none at all (proto3 cannot tell an empty list from a missing one, the
+/// message's presence can).
+fn proc_paths(
+    sc: Option<&k8s_cri::v1::LinuxContainerSecurityContext>,
+    privileged: bool,
+) -> (Vec<String>, Vec<String>) {
+    let owned = |paths: &[&str]| paths.iter().map(|s| s.to_string()).collect();
+    match sc {
+        _ if privileged => (Vec::new(), Vec::new()),
+        Some(sc) => (sc.masked_paths.clone(), sc.readonly_paths.clone()),
+        None => (
+            owned(common::DEFAULT_MASKED_PATHS),
+            owned(common::DEFAULT_READONLY_PATHS),
+        ),
+    }
+}
+
 /// Builds an application container's spec.
 pub fn container_spec(input: &ContainerInput<'_>) -> Result<oci_spec::runtime::Spec, SpecError> {
     let config = input.config;
@@ -146,8 +176,8 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<oci_spec::runtime::S
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.insert(0, common::DEFAULT_PATH_ENV.to_string());
     }
-    if !hn.network && !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
-        env.push(format!("HOSTNAME={}", input.sandbox_config.hostname));
+    if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
+        env.push(format!("HOSTNAME={}", hostname_env(input)));
     }
     let cwd = process::working_dir(&config.working_dir, &input.image.working_dir)?;
     let cap_field = format!("{SC}.capabilities");
@@ -324,27 +354,13 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<oci_spec::runtime::S
         }
     }
 
-    let (masked, readonly) = if privileged {
-        (Vec::new(), Vec::new())
-    } else {
-        let masked = if sc.masked_paths.is_empty() {
-            common::DEFAULT_MASKED_PATHS
-                .iter()
-                .map(|s| s.to_string())
-                .collect()
-        } else {
-            sc.masked_paths.clone()
-        };
-        let ro = if sc.readonly_paths.is_empty() {
-            common::DEFAULT_READONLY_PATHS
-                .iter()
-                .map(|s| s.to_string())
-                .collect()
-        } else {
-            sc.readonly_paths.clone()
-        };
-        (masked, ro)
-    };
+    let (masked, readonly) = proc_paths(linux.security_context.as_ref(), privileged);
+    // cgroupns hides the host's hierarchy: containerd's choice, on the
+    // unified hierarchy only (v1 tools expect the full paths) and not for
+    // privileged containers.
+    if host.cgroup_features.unified && !privileged {
+        namespaces.push(common::namespace("cgroup", None));
+    }
 
     let mut annotations = vec![
         (
@@ -361,10 +377,17 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<oci_spec::runtime::S
         (ann::SANDBOX_UID.to_string(), pod_meta.uid.clone()),
         (ann::IMAGE_NAME.to_string(), input.image_name.to_string()),
     ];
-    annotations.extend(ann::passthrough(
+    // The handler's allow-lists: matching pod annotations, then matching
+    // container annotations (a container's value wins on a shared key).
+    let mut passed: BTreeMap<String, String> =
+        ann::passthrough(&input.sandbox_config.annotations, &host.pod_annotations)
+            .into_iter()
+            .collect();
+    passed.extend(ann::passthrough(
         &config.annotations,
-        &host.passthrough_annotations,
+        &host.container_annotations,
     ));
+    annotations.extend(passed);
 
     let pod_parent = input
         .sandbox_config
@@ -805,10 +828,7 @@ mod tests {
         assert_eq!(s["process"]["noNewPrivileges"], true);
         assert_eq!(s["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
         assert_eq!(s["linux"]["maskedPaths"], json!(["/proc/x"]));
-        assert_eq!(
-            s["linux"]["readonlyPaths"].as_array().unwrap().len(),
-            common::DEFAULT_READONLY_PATHS.len()
-        );
+        assert_eq!(s["linux"]["readonlyPaths"], json!([]), "sent empty: none");
 
         let local = sc(|s| {
             s.seccomp = Some(SecurityProfile {
@@ -845,6 +865,193 @@ mod tests {
         assert_eq!(
             s["linux"]["resources"]["devices"][0],
             json!({"allow": true, "access": "rwm"})
+        );
+    }
+
+    #[test]
+    fn hostname_env_per_network_mode() {
+        let host_network = |hostname: &str| {
+            let mut p = pod(false);
+            p.hostname = hostname.into();
+            let sc = p.linux.as_mut().unwrap().security_context.as_mut().unwrap();
+            sc.namespace_options = Some(NamespaceOption {
+                network: NamespaceMode::Node as i32,
+                ..Default::default()
+            });
+            p
+        };
+        let with_env = |k: &str, v: &str| {
+            let mut c = base();
+            c.envs.push(KeyValue {
+                key: k.into(),
+                value: v.into(),
+            });
+            c
+        };
+        // (pod, container, the HOSTNAME the container gets)
+        let cases = [
+            (pod(false), base(), "HOSTNAME=web-0"),
+            (host_network(""), base(), "HOSTNAME=node-1"),
+            (host_network("named"), base(), "HOSTNAME=named"),
+            (
+                host_network(""),
+                with_env("HOSTNAME", "mine"),
+                "HOSTNAME=mine",
+            ),
+        ];
+        for (i, (p, c, want)) in cases.into_iter().enumerate() {
+            let mut f = Fixture::new();
+            f.host.hostname = "node-1".into();
+            f.pod = p;
+            let s = f.build(&c, None).unwrap();
+            let env: Vec<&str> = s["process"]["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|e| e.as_str().filter(|e| e.starts_with("HOSTNAME=")))
+                .collect();
+            assert_eq!(env, [want], "case {i}");
+        }
+    }
+
+    #[test]
+    fn masked_and_readonly_paths_as_sent() {
+        let defaults = |paths: &[&str]| json!(paths);
+        let no_sc = {
+            let mut c = base();
+            c.linux = None;
+            c
+        };
+        // (container, privileged pod, maskedPaths, readonlyPaths)
+        let cases = [
+            (
+                no_sc,
+                false,
+                defaults(common::DEFAULT_MASKED_PATHS),
+                defaults(common::DEFAULT_READONLY_PATHS),
+            ),
+            (
+                base(),
+                false,
+                defaults(common::DEFAULT_MASKED_PATHS),
+                defaults(common::DEFAULT_READONLY_PATHS),
+            ),
+            // procMount: Default (kubelet sends its lists).
+            (
+                sc(|s| {
+                    s.masked_paths = vec!["/proc/kcore".into()];
+                    s.readonly_paths = vec!["/proc/sys".into()];
+                }),
+                false,
+                json!(["/proc/kcore"]),
+                json!(["/proc/sys"]),
+            ),
+            // procMount: Unmasked (kubelet sends empty lists).
+            (sc(|_| {}), false, json!([]), json!([])),
+            (
+                sc(|s| {
+                    s.privileged = true;
+                    s.masked_paths = vec!["/proc/kcore".into()];
+                }),
+                true,
+                json!([]),
+                json!([]),
+            ),
+        ];
+        for (i, (c, privileged, masked, readonly)) in cases.into_iter().enumerate() {
+            let mut f = Fixture::new();
+            f.pod = pod(privileged);
+            let s = f.build(&c, None).unwrap();
+            assert_eq!(s["linux"]["maskedPaths"], masked, "case {i}");
+            assert_eq!(s["linux"]["readonlyPaths"], readonly, "case {i}");
+        }
+    }
+
+    #[test]
+    fn cgroup_namespace_on_the_unified_hierarchy_only() {
+        // (unified hierarchy, privileged container, gets a cgroup namespace)
+        let cases = [
+            (false, false, false),
+            (false, true, false),
+            (true, false, true),
+            (true, true, false),
+        ];
+        for (unified, privileged, want) in cases {
+            let mut f = Fixture::new();
+            f.host.cgroup_features.unified = unified;
+            f.pod = pod(privileged);
+            let s = f.build(&sc(|s| s.privileged = privileged), None).unwrap();
+            let cgroupns = crate::testutil::namespaces(&s)
+                .into_iter()
+                .filter(|(t, _)| t == "cgroup")
+                .collect::<Vec<_>>();
+            let expected = if want {
+                vec![("cgroup".to_string(), None)]
+            } else {
+                vec![]
+            };
+            assert_eq!(
+                cgroupns, expected,
+                "unified {unified} privileged {privileged}"
+            );
+        }
+    }
+
+    #[test]
+    fn annotations_pass_through_the_handler_allow_lists() {
+        let mut f = Fixture::new();
+        f.pod.annotations = [
+            ("pod.example.com/a", "pa"),
+            ("pod.example.com/b/c", "deep"),
+            ("shared", "from-pod"),
+            ("other", "x"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut c = base();
+        c.annotations = [
+            ("ctr.example.com/gpu", "1"),
+            ("shared", "from-container"),
+            ("pod.example.com/z", "c"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let passed = |f: &Fixture| -> Vec<(String, String)> {
+            let s = f.build(&c, None).unwrap();
+            let mut out: Vec<(String, String)> = s["annotations"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| !k.starts_with("io.kubernetes.cri."))
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                .collect();
+            out.sort();
+            out
+        };
+        let pairs = |p: &[(&str, &str)]| -> Vec<(String, String)> {
+            p.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(passed(&f).is_empty(), "nothing without allow-lists");
+        // Pod patterns select pod annotations only; `*` stops at a `/`.
+        f.host.pod_annotations = vec!["pod.example.com/*".into(), "shared".into()];
+        assert_eq!(
+            passed(&f),
+            pairs(&[("pod.example.com/a", "pa"), ("shared", "from-pod")])
+        );
+        // Container patterns select container annotations; the container's
+        // value wins on a shared key.
+        f.host.container_annotations = vec!["ctr.example.com/*".into(), "shared".into()];
+        assert_eq!(
+            passed(&f),
+            pairs(&[
+                ("ctr.example.com/gpu", "1"),
+                ("pod.example.com/a", "pa"),
+                ("shared", "from-container"),
+            ])
         );
     }
 

@@ -77,8 +77,15 @@ pub struct HostFacts {
     pub rro_mounts: bool,
     /// The daemon's hard RLIMIT_NOFILE (containers get min(this, 1048576)).
     pub nofile_hard: u64,
-    /// Annotation patterns passed from the pod to the runtime (handler option).
-    pub passthrough_annotations: Vec<String>,
+    /// Glob patterns of the pod annotations passed into the sandbox's and
+    /// every container's spec (the pod's runtime handler's `pod_annotations`).
+    pub pod_annotations: Vec<String>,
+    /// Glob patterns of the container annotations passed into its spec (the
+    /// handler's `container_annotations`).
+    pub container_annotations: Vec<String>,
+    /// The node's hostname (`HOSTNAME` of host-network containers whose pod
+    /// names none).
+    pub hostname: String,
 }
 
 impl Default for HostFacts {
@@ -96,7 +103,9 @@ impl Default for HostFacts {
             selinux: false,
             rro_mounts: false,
             nofile_hard: 1_048_576,
-            passthrough_annotations: Vec::new(),
+            pod_annotations: Vec::new(),
+            container_annotations: Vec::new(),
+            hostname: String::new(),
         }
     }
 }

@@ -179,10 +179,7 @@ pub fn sandbox_spec(
             config.log_directory.clone(),
         ),
     ];
-    annotations.extend(ann::passthrough(
-        &config.annotations,
-        &host.passthrough_annotations,
-    ));
+    annotations.extend(ann::passthrough(&config.annotations, &host.pod_annotations));
 
     let mounts = mounts::merge(vec![
         mounts::default_mounts(privileged),
@@ -318,7 +315,7 @@ mod tests {
     #[test]
     fn default_pod() {
         let host = HostFacts {
-            passthrough_annotations: vec!["io.katacontainers.*".into()],
+            pod_annotations: vec!["io.katacontainers.*".into()],
             oom_score_adj: 0,
             can_lower_oom_score_adj: false,
             ..Default::default()

@@ -181,6 +181,10 @@ pub struct ContainerMetadata {
     pub created_at: i64,
     /// Opaque copy of the CRI container config.
     pub config: serde_json::Value,
+    /// The signal StopContainer sends first, decided at creation (the
+    /// image's `StopSignal`, SIGTERM without one). 0 in records written
+    /// before it was kept: the stop then looks at the image, if still there.
+    pub stop_signal: u32,
 }
 
 /// State of a container.

@@ -467,8 +467,9 @@ async fn create_steps(
     let target_pid = target_pid(config, &sandbox.metadata.id, |t| {
         daemon.store.get_container(t).ok()
     })?;
-    // StopContainer must be able to send it (the shim sends signals 1-31).
-    parse_stop_signal(&image_config.config.stop_signal)
+    // StopContainer must be able to send it (the shim sends signals 1-31);
+    // it is recorded now, so that the stop does not depend on the image.
+    let stop_signal = parse_stop_signal(&image_config.config.stop_signal)
         .map_err(|e| invalid_field("config.image.image", format!("image {image_ref:?}: {e}")))?;
     timeline.mark("image_check");
 
@@ -486,6 +487,7 @@ async fn create_steps(
             log_path: log.as_ref().map(|p| p.display().to_string()),
             created_at: now_nanos(),
             config: serde_json::to_value(config).map_err(|e| internal("config", e))?,
+            stop_signal,
         },
         ContainerStatus {
             state: ContainerState::Created,
@@ -598,8 +600,7 @@ async fn create_steps(
         "" => daemon.config.default_runtime.clone(),
         h => h.to_string(),
     };
-    // The AppArmor profiles loaded now (a Localhost one must be).
-    let mut host = crate::apparmor::refresh(&daemon.host, Path::new("/sys")).into_owned();
+    let mut host = daemon.host_for(&handler);
     if let Some(h) = daemon.config.runtimes.get(&handler) {
         let path = h.path.clone();
         host.rro_mounts = tokio::task::spawn_blocking(move || crate::host::runtime_features(&path))
@@ -975,11 +976,14 @@ pub async fn stop(daemon: &Arc<Daemon>, id: &str, timeout: Duration) -> Result<(
             return Ok(());
         }
     };
-    let signal = daemon
-        .images
-        .image_config(&record.metadata.image_id)
-        .map(|c| stop_signal(&c.config.stop_signal))
-        .unwrap_or(libc::SIGTERM as u32);
+    let signal = match record.metadata.stop_signal {
+        0 => daemon
+            .images
+            .image_config(&record.metadata.image_id)
+            .map(|c| stop_signal(&c.config.stop_signal))
+            .unwrap_or(libc::SIGTERM as u32),
+        s => s,
+    };
     stop_sequence(
         &id,
         signal,

@@ -346,11 +346,13 @@ async fn run_steps(
     for d in [&daemon.config.root.join("sandboxes"), &root_dir] {
         crius_store::private::dir(d).map_err(|e| internal("sandbox dir", e))?;
     }
+    let host = daemon.host_for(handler_name);
     let (mounts, userns_netns) = if infra {
         let pause = PauseBundle {
             id,
             config,
             facts: &facts,
+            host: &host,
             state_dir: &state_dir,
             bundle: &bundle,
             load: &load,
@@ -364,15 +366,7 @@ async fn run_steps(
             ..Default::default()
         };
         tracing::debug_span!("spec", sandbox = id)
-            .in_scope(|| {
-                crius_spec::sandbox::sandbox_spec(
-                    config,
-                    &nothing,
-                    &facts,
-                    &host_now(daemon),
-                    &load,
-                )
-            })
+            .in_scope(|| crius_spec::sandbox::sandbox_spec(config, &nothing, &facts, &host, &load))
             .map_err(spec_status)?;
         (Vec::new(), None)
     };
@@ -589,6 +583,7 @@ struct PauseBundle<'a> {
     id: &'a str,
     config: &'a PodSandboxConfig,
     facts: &'a crius_spec::SandboxFacts,
+    host: &'a crius_spec::HostFacts,
     state_dir: &'a Path,
     bundle: &'a Path,
     load: &'a (dyn Fn(&str) -> Result<String, String> + Sync),
@@ -609,6 +604,7 @@ impl PauseBundle<'_> {
             id,
             config,
             facts,
+            host,
             state_dir,
             bundle,
             load,
@@ -650,15 +646,7 @@ impl PauseBundle<'_> {
 
         let spec_image = image_config.spec_config();
         let spec = tracing::debug_span!("spec", sandbox = id)
-            .in_scope(|| {
-                crius_spec::sandbox::sandbox_spec(
-                    config,
-                    &spec_image,
-                    facts,
-                    &host_now(daemon),
-                    load,
-                )
-            })
+            .in_scope(|| crius_spec::sandbox::sandbox_spec(config, &spec_image, facts, host, load))
             .map_err(spec_status)?;
         // A pod with its own user namespace: idmapped pause rootfs made here.
         let userns = crate::runtime::userns::pause(config, spec, mounts, state_dir, bundle).await?;
@@ -1072,9 +1060,4 @@ async fn remove_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
         .map_err(|e| internal("store", e))?
         .map_err(store_status)?;
     Ok(())
-}
-
-/// The host facts for a pod spec, with the AppArmor profiles loaded now.
-fn host_now(daemon: &Daemon) -> std::borrow::Cow<'_, crius_spec::HostFacts> {
-    crate::apparmor::refresh(&daemon.host, Path::new("/sys"))
 }
