@@ -123,9 +123,20 @@ async fn version_status_config_and_graceful_shutdown() {
     assert!(condition(&s, "RuntimeReady").status, "{s:?}");
     assert!(condition(&s, "NetworkReady").status, "{s:?}");
     let config: serde_json::Value = serde_json::from_str(&s.info["config"]).unwrap();
-    assert_eq!(config["default_runtime"], "fake");
+    // In containerd's shape (kubeadm reads sandboxImage); crius's own keys
+    // under their own names.
+    assert_eq!(config["containerd"]["defaultRuntimeName"], "fake");
     assert_eq!(config["socket"], daemon.socket.display().to_string());
-    assert_eq!(config["runtimes"]["runc"]["path"], "runc");
+    assert_eq!(
+        config["containerd"]["runtimes"]["runc"]["runtimePath"],
+        "runc"
+    );
+    assert_eq!(config["sandboxImage"], "registry.k8s.io/pause:3.10");
+    assert_eq!(
+        config["cni"]["confDir"],
+        dir.join("net.d").display().to_string()
+    );
+    assert_eq!(config["rootDir"], dir.join("root").display().to_string());
     assert!(
         s.info["runtime"].contains("fake-runtime version 9.9"),
         "{:?}",

@@ -5,6 +5,7 @@
 pub mod container;
 pub mod filter;
 pub mod handback;
+pub mod info;
 pub mod sandbox;
 pub mod stats;
 pub mod status;

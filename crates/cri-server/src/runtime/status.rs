@@ -48,9 +48,12 @@ pub async fn status(daemon: &Daemon, req: StatusRequest) -> Result<StatusRespons
 
     let mut info = HashMap::new();
     if req.verbose {
-        let json = serde_json::to_string(config.as_ref())
+        let value = serde_json::to_value(config.as_ref())
             .map_err(|e| CriError::internal(format!("cannot render config: {e}")))?;
-        info.insert("config".to_string(), json);
+        info.insert(
+            "config".to_string(),
+            super::info::containerd_shape(value).to_string(),
+        );
         let describe = |r: Result<String, String>| match r {
             Ok(v) => serde_json::json!({ "ready": true, "detail": v }),
             Err(e) => serde_json::json!({ "ready": false, "detail": e }),
