@@ -162,8 +162,9 @@ pub struct PodNetwork {
     pub port_mappings: Vec<PortMapping>,
     /// Traffic shaping, if requested.
     pub bandwidth: Option<Bandwidth>,
-    /// IPAM ranges, if requested (one range set).
-    pub ip_ranges: Vec<IpRange>,
+    /// IPAM range sets (`runtimeConfig.ipRanges`: one set per address
+    /// family, each a list of ranges), if offered.
+    pub ip_ranges: Vec<Vec<IpRange>>,
     /// DNS, if offered.
     pub dns: Option<DnsConfig>,
 }
@@ -210,10 +211,7 @@ impl PodNetwork {
             caps.insert("bandwidth".into(), to_value(b));
         }
         if !self.ip_ranges.is_empty() {
-            caps.insert(
-                "ipRanges".into(),
-                Value::Array(vec![to_value(&self.ip_ranges)]),
-            );
+            caps.insert("ipRanges".into(), to_value(&self.ip_ranges));
         }
         if let Some(d) = &self.dns {
             caps.insert("dns".into(), to_value(d));

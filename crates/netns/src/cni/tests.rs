@@ -400,12 +400,20 @@ fn runtime_config_follows_capabilities() {
         egress_rate: 3000,
         egress_burst: 4000,
     });
-    full.ip_ranges = vec![IpRange {
-        subnet: "10.1.0.0/16".into(),
-        range_start: String::new(),
-        range_end: String::new(),
-        gateway: "10.1.0.1".into(),
-    }];
+    full.ip_ranges = vec![
+        vec![IpRange {
+            subnet: "10.1.0.0/16".into(),
+            range_start: String::new(),
+            range_end: String::new(),
+            gateway: "10.1.0.1".into(),
+        }],
+        vec![IpRange {
+            subnet: "fd00:10::/64".into(),
+            range_start: String::new(),
+            range_end: String::new(),
+            gateway: String::new(),
+        }],
+    ];
     full.dns = Some(DnsConfig {
         servers: vec!["10.96.0.10".into()],
         searches: vec!["svc.cluster.local".into()],
@@ -451,7 +459,7 @@ fn runtime_config_follows_capabilities() {
             json!({"type": "a", "capabilities": {"ipRanges": true, "dns": true}}),
             &full,
             Some(json!({
-                "ipRanges": [[{"subnet": "10.1.0.0/16", "gateway": "10.1.0.1"}]],
+                "ipRanges": [[{"subnet": "10.1.0.0/16", "gateway": "10.1.0.1"}], [{"subnet": "fd00:10::/64"}]],
                 "dns": {"servers": ["10.96.0.10"], "searches": ["svc.cluster.local"], "options": ["ndots:5"]}
             })),
         ),

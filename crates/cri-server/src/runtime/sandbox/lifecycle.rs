@@ -7,45 +7,21 @@
 //! undone, in reverse, when a later one fails.
 
 use super::files;
+use super::network::pod_network;
 use crate::daemon::Daemon;
 use crate::errors::CriError;
 use crate::errors::{internal, spec_status};
 use crate::errors::{invalid_field, store_status};
 use crate::runtime::now_nanos;
 use crate::shimclient::{self, ShimClient};
-use crius_netns::cni::{CniNetwork, PodNetwork, PortMapping};
+use crius_netns::cni::{CniNetwork, PodNetwork};
 use crius_spec::sandbox::{host_namespaces, HostNamespaces};
 use crius_store::{Record, SandboxMetadata, SandboxRecord, SandboxState, SandboxStatus};
-use k8s_cri::v1::{PodSandboxConfig, Protocol, RunPodSandboxRequest};
+use k8s_cri::v1::{PodSandboxConfig, RunPodSandboxRequest};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
-
-/// The CNI attachment of a pod.
-pub fn pod_network(id: &str, netns: &Path, config: &PodSandboxConfig) -> PodNetwork {
-    let meta = config.metadata.clone().unwrap_or_default();
-    let mut pod = PodNetwork::new(id, netns, &meta.namespace, &meta.name, &meta.uid);
-    pod.port_mappings = config
-        .port_mappings
-        .iter()
-        .filter(|p| p.host_port > 0 && p.container_port > 0)
-        .filter_map(|p| {
-            let protocol = match Protocol::try_from(p.protocol).ok()? {
-                Protocol::Tcp => "tcp",
-                Protocol::Udp => "udp",
-                Protocol::Sctp => "sctp",
-            };
-            Some(PortMapping {
-                host_port: u16::try_from(p.host_port).ok()?,
-                container_port: u16::try_from(p.container_port).ok()?,
-                protocol: protocol.to_string(),
-                host_ip: p.host_ip.clone(),
-            })
-        })
-        .collect();
-    pod
-}
 
 fn cni(daemon: &Daemon) -> Result<CniNetwork, CriError> {
     let c = &daemon.config.cni;
@@ -392,7 +368,10 @@ async fn run_steps(
     timeline.mark("netns");
     let netns = own_netns.clone().or(userns_netns);
     let network = match (&netns, hn.network) {
-        (Some(ns), false) => Some((cni(daemon)?, pod_network(id, ns, config))),
+        (Some(ns), false) => Some((
+            cni(daemon)?,
+            pod_network(id, ns, config, &daemon.pod_cidr()),
+        )),
         (None, false) => return Err(CriError::internal("the pod has no network namespace")),
         (_, true) => None,
     };
@@ -791,7 +770,7 @@ async fn cni_del_retried(
             }
         }
         let started = std::time::Instant::now();
-        let r = cni_del(network, pod_network(id, netns, config)).await;
+        let r = cni_del(network, pod_network(id, netns, config, &daemon.pod_cidr())).await;
         observe_cni(daemon, "del", started.elapsed(), r.is_err());
         match r {
             Ok(()) => return Ok(()),

@@ -2,6 +2,7 @@
 
 pub mod files;
 pub mod lifecycle;
+pub mod network;
 pub mod status;
 
 use crate::errors::CriError;
@@ -72,6 +73,7 @@ pub fn validate_run(
             format!("{:?} is not a valid hostname", config.hostname),
         ));
     }
+    network::bandwidth(config).map_err(|(field, message)| invalid_field(&field, message))?;
     let handler = if handler.is_empty() {
         daemon.default_runtime.clone()
     } else {

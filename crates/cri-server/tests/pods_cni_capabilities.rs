@@ -1,0 +1,119 @@
+//! What a pod offers its CNI plugins: the node's pod CIDR (pushed by
+//! kubelet with UpdateRuntimeConfig) as `ipRanges`, which the real
+//! host-local IPAM then allocates from; the pod's DNS settings as `dns`;
+//! its bandwidth annotations as `bandwidth`; and a bandwidth annotation
+//! that is not a quantity refused before anything is made.
+
+mod common;
+
+use common::pod::*;
+use common::registry::is_root;
+use common::script;
+use k8s_cri::v1::{
+    NetworkConfig, PodSandboxStatusRequest, RuntimeConfig, UpdateRuntimeConfigRequest,
+};
+use std::path::PathBuf;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_cidr_dns_and_bandwidth_reach_the_plugins() {
+    if !is_root() {
+        eprintln!("pods_cni_capabilities: skipped (needs root)");
+        return;
+    }
+    let env = Env::start("crius-cni-caps");
+    let mut rt = env.daemon.runtime().await;
+
+    // The test network's conflist, with a first plugin that records what
+    // it is given, and the bridge's host-local IPAM taking ipRanges.
+    let captured = env.dir.join("captured-add.json");
+    script(
+        &env.dir.join("cni-bin/capture"),
+        &format!(
+            "#!/bin/sh\nif [ \"$CNI_COMMAND\" = ADD ]; then cat > {}; echo '{{\"cniVersion\":\"1.0.0\"}}'; fi\n",
+            captured.display()
+        ),
+    );
+    let conflist_path = env.net.conf_dir.join("10-test.conflist");
+    let mut conflist: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&conflist_path).unwrap()).unwrap();
+    let plugins = conflist["plugins"].as_array_mut().unwrap();
+    // host-local adds the offered ranges to its own: it gets none here.
+    plugins[0]["capabilities"] = serde_json::json!({"ipRanges": true});
+    plugins[0]["ipam"] = serde_json::json!({"type": "host-local"});
+    plugins.insert(
+        0,
+        serde_json::json!({"type": "capture", "capabilities": {"dns": true, "bandwidth": true, "ipRanges": true}}),
+    );
+    std::fs::write(&conflist_path, conflist.to_string()).unwrap();
+
+    // The upper half of the test network's /24 is the node's pod CIDR.
+    let pod_cidr = format!("{}128/25", env.net.prefix);
+    rt.update_runtime_config(UpdateRuntimeConfigRequest {
+        runtime_config: Some(RuntimeConfig {
+            network_config: Some(NetworkConfig {
+                pod_cidr: pod_cidr.clone(),
+            }),
+        }),
+    })
+    .await
+    .unwrap();
+
+    // A bandwidth annotation that is not a quantity: refused, naming it.
+    let uid = "uid-cni-caps";
+    let mut config = pod("caps", uid);
+    let _logs = LogDir(PathBuf::from(&config.log_directory));
+    config
+        .annotations
+        .insert("kubernetes.io/egress-bandwidth".into(), "lots".into());
+    let err = rt
+        .run_pod_sandbox(k8s_cri::v1::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect_err("a bad bandwidth annotation");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("kubernetes.io/egress-bandwidth"),
+        "{err:?}"
+    );
+    assert!(!captured.exists(), "no plugin ran for a refused pod");
+
+    config
+        .annotations
+        .insert("kubernetes.io/egress-bandwidth".into(), "10M".into());
+    let pod_id = run_pod(&env, &mut rt, &config).await;
+
+    // host-local allocated from the pod CIDR, not from its own range.
+    let status = rt
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    let ip = status.network.unwrap().ip;
+    let last: u32 = ip
+        .strip_prefix(&env.net.prefix)
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_else(|| panic!("{ip} not in {}", env.net.subnet));
+    assert!((129..255).contains(&last), "{ip} not in {pod_cidr}");
+
+    let add: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&captured).unwrap()).unwrap();
+    let rc = &add["runtimeConfig"];
+    assert_eq!(rc["ipRanges"], serde_json::json!([[{"subnet": pod_cidr}]]));
+    let dns = config.dns_config.as_ref().unwrap();
+    assert_eq!(
+        rc["dns"],
+        serde_json::json!({"servers": dns.servers, "searches": dns.searches, "options": dns.options})
+    );
+    assert_eq!(rc["bandwidth"]["egressRate"], 10_000_000);
+    assert_eq!(rc["bandwidth"]["egressBurst"], u32::MAX);
+    assert_eq!(rc["bandwidth"]["ingressRate"], 0);
+
+    teardown(&env, &mut rt, &pod_id, uid).await;
+}
