@@ -107,6 +107,18 @@ impl Daemon {
         host
     }
 
+    /// The pod network as configured now (the conf dir is read at each
+    /// call, so a network installed after start-up is found).
+    pub fn cni_network(&self) -> Result<crius_netns::cni::CniNetwork, crius_netns::cni::CniError> {
+        let c = &self.config.cni;
+        crius_netns::cni::CniNetwork::load(
+            &c.conf_dir,
+            &c.bin_dirs,
+            &self.config.root.join("cni-cache"),
+            c.builtin_loopback,
+        )
+    }
+
     /// Builds the daemon state over an opened store.
     pub fn new(config: Config, store: Store) -> Result<Self, DaemonError> {
         let runtime_config = store

@@ -86,13 +86,27 @@ pub async fn check_runtime(handler: &RuntimeHandler) -> Result<String, RuntimeCh
     Ok(stdout.lines().next().unwrap_or("").trim().to_string())
 }
 
-/// Checks that a pod network is configured and all its plugins are installed;
-/// returns a description of the network.
+/// How long the plugins' STATUS may take, all together, before the network
+/// counts as not ready (kubelet asks every 5 s).
+const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Checks that a pod network is configured, all its plugins are installed
+/// and, for a CNI 1.1 network, that every plugin answers STATUS; returns a
+/// description of the network. Runs plugins: call it off the async workers.
 pub fn check_network(cni: &CniConfig) -> Result<String, String> {
     let list = crius_netns::cni::load_default_network(&cni.conf_dir).map_err(|e| e.to_string())?;
     crius_netns::cni::check_plugins(&list, &cni.bin_dirs, cni.builtin_loopback)
         .map_err(|e| e.to_string())?;
-    Ok(list.to_string())
+    let description = list.to_string();
+    if crius_netns::cni::at_least_110(&list.cni_version) {
+        // STATUS keeps no results: no cache directory is used.
+        crius_netns::cni::CniNetwork::new(list, &cni.bin_dirs, Path::new(""))
+            .with_builtin_loopback(cni.builtin_loopback)
+            .with_timeout(STATUS_TIMEOUT)
+            .status()
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(description)
 }
 
 #[cfg(test)]

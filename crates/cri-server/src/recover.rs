@@ -436,6 +436,39 @@ pub async fn recover(daemon: &Arc<Daemon>) -> Summary {
     summary
 }
 
+/// CNI garbage collection at start-up (networks of spec 1.1.0 and later):
+/// the plugins are told the attachments of every pod criusd has a record
+/// of and free anything else, e.g. the IPAM lease of a pod whose CNI DEL a
+/// crash prevented. Runs plugins: off the async workers, after recovery.
+pub async fn gc_network(daemon: &Arc<Daemon>) {
+    let valid: Vec<(String, String)> = daemon
+        .store
+        .list_sandboxes()
+        .into_iter()
+        .map(|s| {
+            (
+                s.metadata.id.clone(),
+                crius_netns::cni::DEFAULT_IFNAME.to_string(),
+            )
+        })
+        .collect();
+    let d = daemon.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let network = d.cni_network()?;
+        if !crius_netns::cni::at_least_110(&network.config().cni_version) {
+            return Ok(None);
+        }
+        network.gc(&valid).map(|()| Some(valid.len()))
+    })
+    .await;
+    match outcome {
+        Ok(Ok(Some(kept))) => tracing::info!(kept, "CNI GC done"),
+        Ok(Ok(None)) => tracing::debug!("CNI GC skipped: the network's spec version has none"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "CNI GC failed"),
+        Err(e) => tracing::warn!(error = %e, "CNI GC task failed"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

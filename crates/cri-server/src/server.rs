@@ -155,6 +155,10 @@ pub async fn run(
     let socket = config.socket.clone();
     let daemon = Arc::new(Daemon::new(config, store).context("cannot load runtime state")?);
     crate::recover::recover(&daemon).await;
+    tokio::spawn({
+        let d = daemon.clone();
+        async move { crate::recover::gc_network(&d).await }
+    });
     if let Some((mut hangup, reloader)) = reload {
         let d = daemon.clone();
         let mut current = (*daemon.config).clone();

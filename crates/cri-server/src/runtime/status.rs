@@ -44,7 +44,10 @@ pub async fn status(daemon: &Daemon, req: StatusRequest) -> Result<StatusRespons
         .cloned()
         .unwrap_or_default();
     let runtime = health::check_runtime(&handler).await;
-    let network = health::check_network(&config.cni);
+    let cni = config.cni.clone();
+    let network = tokio::task::spawn_blocking(move || health::check_network(&cni))
+        .await
+        .unwrap_or_else(|e| Err(format!("network check failed: {e}")));
 
     let mut info = HashMap::new();
     if req.verbose {

@@ -32,6 +32,10 @@ pub enum CniCommand {
     Check,
     /// Report the supported spec versions.
     Version,
+    /// Whether the plugin is ready to attach containers (spec 1.1.0).
+    Status,
+    /// Release what belongs to no valid attachment (spec 1.1.0).
+    Gc,
 }
 
 impl CniCommand {
@@ -42,6 +46,8 @@ impl CniCommand {
             CniCommand::Del => "DEL",
             CniCommand::Check => "CHECK",
             CniCommand::Version => "VERSION",
+            CniCommand::Status => "STATUS",
+            CniCommand::Gc => "GC",
         }
     }
 }
@@ -149,6 +155,14 @@ impl Invocation {
             .iter()
             .map(|d| d.display().to_string())
             .collect();
+        // STATUS and GC concern the network, not one attachment: the spec
+        // gives them only the command and the plugin path.
+        if matches!(command, CniCommand::Status | CniCommand::Gc) {
+            return vec![
+                ("CNI_COMMAND", command.as_str().to_string()),
+                ("CNI_PATH", path.join(":")),
+            ];
+        }
         vec![
             ("CNI_COMMAND", command.as_str().to_string()),
             ("CNI_CONTAINERID", self.container_id.clone()),

@@ -333,10 +333,22 @@ fn plugin_del_needs_netns(raw: &Value) -> bool {
 }
 
 fn at_least_040(version: &str) -> bool {
+    version_at_least(version, (0, 4))
+}
+
+/// Whether a spec version has STATUS and GC (1.1.0 and later).
+pub fn at_least_110(version: &str) -> bool {
+    version_at_least(version, (1, 1))
+}
+
+fn version_at_least(version: &str, (want_major, want_minor): (u32, u32)) -> bool {
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    major >= 1 || minor >= 4
+    (major, minor) >= (want_major, want_minor)
 }
+
+/// The key of GC's list of attachments to keep (spec 1.1.0).
+pub const VALID_ATTACHMENTS: &str = "cni.dev/valid-attachments";
 
 /// The pod network: a loaded configuration list and where to find plugins
 /// and cached results.
@@ -412,23 +424,8 @@ impl CniNetwork {
         }
     }
 
-    fn run(
-        &self,
-        plugin: &PluginConfig,
-        command: CniCommand,
-        inv: &Invocation,
-        prev: Option<&Value>,
-        caps: &Map<String, Value>,
-    ) -> Result<Vec<u8>, CniError> {
-        let exec_error = |source| CniError::Exec {
-            network: self.list.name.clone(),
-            source: Box::new(source),
-        };
-        if self.builtin_loopback && loopback::handles(plugin, &self.list.cni_version) {
-            return loopback::run(command, &self.list.cni_version, &inv.netns, prev)
-                .map_err(exec_error);
-        }
-        let path = find_plugin(&self.bin_dirs, &plugin.plugin_type).ok_or_else(|| {
+    fn plugin_path(&self, plugin: &PluginConfig) -> Result<PathBuf, CniError> {
+        find_plugin(&self.bin_dirs, &plugin.plugin_type).ok_or_else(|| {
             let dirs: Vec<String> = self
                 .bin_dirs
                 .iter()
@@ -439,9 +436,40 @@ impl CniNetwork {
                 network: self.list.name.clone(),
                 dirs: dirs.join(":"),
             }
-        })?;
+        })
+    }
+
+    fn run(
+        &self,
+        plugin: &PluginConfig,
+        command: CniCommand,
+        inv: &Invocation,
+        prev: Option<&Value>,
+        caps: &Map<String, Value>,
+    ) -> Result<Vec<u8>, CniError> {
         let conf = plugin_config(&self.list, plugin, prev, caps);
-        let stdin = serde_json::to_vec(&conf).unwrap_or_default();
+        self.run_conf(plugin, command, inv, &conf)
+    }
+
+    /// Runs one plugin with the configuration it gets on stdin.
+    fn run_conf(
+        &self,
+        plugin: &PluginConfig,
+        command: CniCommand,
+        inv: &Invocation,
+        conf: &Value,
+    ) -> Result<Vec<u8>, CniError> {
+        let exec_error = |source| CniError::Exec {
+            network: self.list.name.clone(),
+            source: Box::new(source),
+        };
+        if self.builtin_loopback && loopback::handles(plugin, &self.list.cni_version) {
+            let prev = conf.get("prevResult");
+            return loopback::run(command, &self.list.cni_version, &inv.netns, prev)
+                .map_err(exec_error);
+        }
+        let path = self.plugin_path(plugin)?;
+        let stdin = serde_json::to_vec(conf).unwrap_or_default();
         exec::exec_plugin(
             &plugin.plugin_type,
             &path,
@@ -602,6 +630,55 @@ impl CniNetwork {
             self.run(plugin, CniCommand::Check, &inv, Some(&entry.result), &caps)?;
         }
         Ok(())
+    }
+
+    /// Whether the network is ready to attach pods: STATUS of every plugin
+    /// in order (spec 1.1.0; an older network is taken as ready, there is
+    /// nothing to ask).
+    pub fn status(&self) -> Result<(), CniError> {
+        if !at_least_110(&self.list.cni_version) {
+            return Ok(());
+        }
+        let inv = Invocation {
+            bin_dirs: self.bin_dirs.clone(),
+            ..Default::default()
+        };
+        for plugin in &self.list.plugins {
+            self.run(plugin, CniCommand::Status, &inv, None, &Map::new())?;
+        }
+        Ok(())
+    }
+
+    /// Garbage collection (spec 1.1.0; nothing for an older network): every
+    /// plugin is told the attachments (container id, interface) that are
+    /// still valid and frees what belongs to any other, e.g. IPAM leases of
+    /// pods lost in a crash. All plugins are asked; the first error is
+    /// returned.
+    pub fn gc(&self, valid: &[(String, String)]) -> Result<(), CniError> {
+        if !at_least_110(&self.list.cni_version) {
+            return Ok(());
+        }
+        let attachments: Vec<Value> = valid
+            .iter()
+            .map(|(id, ifname)| serde_json::json!({"containerID": id, "ifname": ifname}))
+            .collect();
+        let inv = Invocation {
+            bin_dirs: self.bin_dirs.clone(),
+            ..Default::default()
+        };
+        let mut first_error = None;
+        for plugin in &self.list.plugins {
+            let mut conf = plugin_config(&self.list, plugin, None, &Map::new());
+            conf[VALID_ATTACHMENTS] = Value::Array(attachments.clone());
+            if let Err(e) = self.run_conf(plugin, CniCommand::Gc, &inv, &conf) {
+                tracing::warn!(network = %self.list.name, plugin = %plugin.plugin_type, error = %e, "CNI GC failed");
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// The cached ADD result of a pod, if any.

@@ -609,3 +609,73 @@ fn which_networks_need_the_netns_for_del() {
         assert_eq!(del_needs_netns(&parsed), needs, "{plugins}");
     }
 }
+
+#[test]
+fn status_and_gc_need_spec_1_1() {
+    let f = Fixture::new();
+    f.plugin("a", &result_with("10.0.0.2/24"), None);
+    f.plugin(
+        "b",
+        &result_with("10.0.0.2/24"),
+        Some((
+            "STATUS",
+            r#"{"code":50,"msg":"plugin not ready","details":"no leases yet"}"#,
+        )),
+    );
+    let list = |version: &str, plugins: Value| {
+        f.network(json!({"cniVersion": version, "name": "gcnet", "plugins": plugins}))
+    };
+    let both = json!([{"type": "a"}, {"type": "b"}]);
+    let valid = vec![
+        ("sandbox1".to_string(), "eth0".to_string()),
+        ("sandbox2".to_string(), "eth0".to_string()),
+    ];
+
+    // (spec version, plugins, STATUS outcome: None ready, Some(text in the error),
+    //  whether the plugins are called at all)
+    let cases = [
+        ("1.0.0", both.clone(), None, false),
+        ("0.4.0", both.clone(), None, false),
+        ("1.1.0", json!([{"type": "a"}]), None, true),
+        ("1.1.0", both.clone(), Some("plugin not ready"), true),
+    ];
+    for (version, plugins, want, called) in cases {
+        f.clear_calls();
+        let net = list(version, plugins);
+        match (net.status(), want) {
+            (Ok(()), None) => {}
+            (Err(e), Some(text)) => {
+                let e = e.to_string();
+                assert!(e.contains(text) && e.contains("STATUS"), "{version}: {e}")
+            }
+            (got, want) => panic!("{version}: STATUS {got:?}, want {want:?}"),
+        }
+        net.gc(&valid).unwrap();
+        assert_eq!(
+            f.calls().iter().any(|c| c.starts_with("GC ")),
+            called,
+            "{version}: {:?}",
+            f.calls()
+        );
+    }
+    // GC tells every plugin, in order, which attachments to keep, with the
+    // network's name and version; only CNI_COMMAND and CNI_PATH are set.
+    let calls: Vec<String> = f
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("GC "))
+        .collect();
+    assert_eq!(calls, ["GC a", "GC b"]);
+    let gc = f.stdin("b", "GC");
+    assert_eq!(gc["name"], "gcnet");
+    assert_eq!(gc["cniVersion"], "1.1.0");
+    assert_eq!(
+        gc[VALID_ATTACHMENTS],
+        json!([{"containerID": "sandbox1", "ifname": "eth0"}, {"containerID": "sandbox2", "ifname": "eth0"}])
+    );
+    let env = f.env("a", "GC");
+    assert_eq!(
+        env,
+        format!("CNI_COMMAND=GC\nCNI_PATH={}\n", f.bin.display())
+    );
+}

@@ -24,14 +24,9 @@ use std::time::Duration;
 use tracing::Instrument;
 
 fn cni(daemon: &Daemon) -> Result<CniNetwork, CriError> {
-    let c = &daemon.config.cni;
-    CniNetwork::load(
-        &c.conf_dir,
-        &c.bin_dirs,
-        &daemon.config.root.join("cni-cache"),
-        c.builtin_loopback,
-    )
-    .map_err(|e| CriError::failed_precondition(format!("pod network is not ready: {e}")))
+    daemon
+        .cni_network()
+        .map_err(|e| CriError::failed_precondition(format!("pod network is not ready: {e}")))
 }
 
 /// Records one CNI call (`add` or `del`) in the metrics.
