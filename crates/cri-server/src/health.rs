@@ -118,7 +118,7 @@ mod tests {
         let bad = script(dir.path(), "badrt", "#!/bin/sh\necho broken >&2\nexit 3\n");
         let handler = |p: &str| RuntimeHandler {
             path: p.to_string(),
-            root: String::new(),
+            ..Default::default()
         };
 
         let v = check_runtime(&handler(good.to_str().unwrap()))
