@@ -1002,7 +1002,11 @@ privileged_without_host_devices = true
         assert!(c.runtimes["kata"].privileged_without_host_devices);
         assert!(!c.runtimes["runc"].privileged_without_host_devices);
         // An empty list is allowed: no spec files, every CDI device unresolvable.
-        assert!(parse("[cdi]\nspec_dirs = []").unwrap().cdi.spec_dirs.is_empty());
+        assert!(parse("[cdi]\nspec_dirs = []")
+            .unwrap()
+            .cdi
+            .spec_dirs
+            .is_empty());
     }
 
     #[test]

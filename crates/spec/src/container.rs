@@ -851,10 +851,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn resources_and_devices() {
-        let mut f = Fixture::new();
-        f.devices = vec![DeviceNode {
+    fn fuse() -> DeviceNode {
+        DeviceNode {
             path: "/dev/fuse".into(),
             kind: 'c',
             major: 10,
@@ -863,7 +861,13 @@ mod tests {
             uid: 0,
             gid: 0,
             permissions: "rw".into(),
-        }];
+        }
+    }
+
+    #[test]
+    fn resources_and_devices() {
+        let mut f = Fixture::new();
+        f.devices = vec![fuse()];
         let mut c = base();
         c.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
             memory_limit_in_bytes: 1 << 26,
@@ -897,16 +901,7 @@ mod tests {
     fn privileged_device_cgroup_by_handler() {
         let mut f = Fixture::new();
         f.pod = pod(true);
-        f.devices = vec![DeviceNode {
-            path: "/dev/fuse".into(),
-            kind: 'c',
-            major: 10,
-            minor: 229,
-            file_mode: 0o666,
-            uid: 0,
-            gid: 0,
-            permissions: "rw".into(),
-        }];
+        f.devices = vec![fuse()];
         let privileged = sc(|s| s.privileged = true);
         // (privileged, privileged_without_host_devices, the device cgroup rules)
         let fuse = json!({"allow": true, "type": "c", "major": 10, "minor": 229, "access": "rw"});
@@ -919,7 +914,11 @@ mod tests {
         ];
         for (is_privileged, without_host_devices, rules) in cases {
             f.host.privileged_without_host_devices = without_host_devices;
-            let c = if is_privileged { privileged.clone() } else { base() };
+            let c = if is_privileged {
+                privileged.clone()
+            } else {
+                base()
+            };
             let s = f.build(&c, None).unwrap();
             assert_eq!(
                 s["linux"]["resources"]["devices"], rules,

@@ -81,8 +81,7 @@ pub fn check_qualified_name(device: &str) -> Result<(), String> {
     let part = |what: &str, s: &str, first: fn(char) -> bool, extra: &str| {
         let ok = s.chars().next().is_some_and(first)
             && s.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())
-            && s
-                .chars()
+            && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c) || extra.contains(c));
         if ok {
             Ok(())
@@ -109,8 +108,14 @@ pub fn owner_from_security_context(config: &ContainerConfig) -> Result<(u32, u32
             .map_err(|_| invalid(format!("{SC}.{field}"), "is not a valid id"))
     };
     Ok((
-        id(sc.and_then(|s| s.run_as_user.map(|v| v.value)), "run_as_user")?,
-        id(sc.and_then(|s| s.run_as_group.map(|v| v.value)), "run_as_group")?,
+        id(
+            sc.and_then(|s| s.run_as_user.map(|v| v.value)),
+            "run_as_user",
+        )?,
+        id(
+            sc.and_then(|s| s.run_as_group.map(|v| v.value)),
+            "run_as_group",
+        )?,
     ))
 }
 
@@ -125,9 +130,7 @@ pub fn set_owner(devices: &mut [DeviceNode], (uid, gid): (u32, u32)) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_cri::v1::{
-        CdiDevice, Int64Value, LinuxContainerConfig, LinuxContainerSecurityContext,
-    };
+    use k8s_cri::v1::{CdiDevice, Int64Value, LinuxContainerConfig, LinuxContainerSecurityContext};
 
     fn config(devices: &[&str], annotations: &[(&str, &str)]) -> ContainerConfig {
         ContainerConfig {
@@ -162,7 +165,11 @@ mod tests {
                     ("cdi.k8s.io/b", "example.com/nic=eth1"),
                     ("cdi.k8s.io/a", "vendor.com/gpu=0,vendor.com/gpu=all"),
                 ],
-                &["vendor.com/gpu=0", "vendor.com/gpu=all", "example.com/nic=eth1"],
+                &[
+                    "vendor.com/gpu=0",
+                    "vendor.com/gpu=all",
+                    "example.com/nic=eth1",
+                ],
             ),
             (
                 &["nvidia.com/gpu=GPU-8d3c:MIG-1"],
@@ -221,7 +228,10 @@ mod tests {
             MAX_CDI_DEVICES
         );
         let e = cdi_requests(&config(&refs, &[])).unwrap_err().to_string();
-        assert!(e.contains(&format!("cdi_devices[{MAX_CDI_DEVICES}]")), "{e}");
+        assert!(
+            e.contains(&format!("cdi_devices[{MAX_CDI_DEVICES}]")),
+            "{e}"
+        );
         // Duplicates count once.
         let same = vec!["vendor.com/gpu=0"; MAX_CDI_DEVICES + 10];
         assert_eq!(cdi_requests(&config(&same, &[])).unwrap().len(), 1);

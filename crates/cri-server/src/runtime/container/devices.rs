@@ -208,7 +208,10 @@ pub async fn inject_cdi(
     tokio::task::spawn_blocking(move || {
         let mut spec = spec;
         let mut cache = cdi_cache(&dirs);
-        if let Some(r) = requests.iter().find(|r| !cache.devices.contains_key(&r.name)) {
+        if let Some(r) = requests
+            .iter()
+            .find(|r| !cache.devices.contains_key(&r.name))
+        {
             return Err(invalid_field(
                 &r.field,
                 format!(
@@ -293,10 +296,6 @@ mod tests {
     use k8s_cri::v1::Device;
     use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 
-    fn is_root() -> bool {
-        nix::unistd::geteuid().is_root()
-    }
-
     /// A tree of device nodes: c 1:3 and c 1:5 at the top, b 7:0 in a
     /// subdirectory, plus things that are not devices or are skipped.
     fn tree(dir: &Path) {
@@ -320,24 +319,38 @@ mod tests {
         std::os::unix::fs::symlink("null", dir.join("link")).unwrap();
     }
 
-    #[test]
-    fn a_directory_stands_for_the_device_nodes_below_it() {
-        if !is_root() {
+    /// A temporary [`tree`]; None (the test is skipped) without root.
+    fn device_tree() -> Option<tempfile::TempDir> {
+        if !nix::unistd::geteuid().is_root() {
             eprintln!("skipped: mknod needs root");
-            return;
+            return None;
         }
         let tmp = tempfile::tempdir().unwrap();
         tree(tmp.path());
+        Some(tmp)
+    }
+
+    #[test]
+    fn a_directory_stands_for_the_device_nodes_below_it() {
+        let Some(tmp) = device_tree() else { return };
         let host = tmp.path().display().to_string();
         // (container path, the paths the nodes get)
         let cases: Vec<(&str, Vec<String>)> = vec![
             (
                 "/dev/snd",
-                vec!["/dev/snd/null".into(), "/dev/snd/sub/loop".into(), "/dev/snd/zero".into()],
+                vec![
+                    "/dev/snd/null".into(),
+                    "/dev/snd/sub/loop".into(),
+                    "/dev/snd/zero".into(),
+                ],
             ),
             (
                 "",
-                vec![format!("{host}/null"), format!("{host}/sub/loop"), format!("{host}/zero")],
+                vec![
+                    format!("{host}/null"),
+                    format!("{host}/sub/loop"),
+                    format!("{host}/zero"),
+                ],
             ),
         ];
         for (container_path, want) in cases {
@@ -355,7 +368,9 @@ mod tests {
             let kinds: Vec<(char, i64, i64)> =
                 nodes.iter().map(|n| (n.kind, n.major, n.minor)).collect();
             assert_eq!(kinds, vec![('c', 1, 3), ('b', 7, 0), ('c', 1, 5)]);
-            assert!(nodes.iter().all(|n| n.permissions == "rw" && n.file_mode == 0o640));
+            assert!(nodes
+                .iter()
+                .all(|n| n.permissions == "rw" && n.file_mode == 0o640));
         }
     }
 
@@ -371,18 +386,19 @@ mod tests {
         }
     }
 
-    fn asking(devices: &[&str], annotations: &[(&str, &str)]) -> ContainerConfig {
-        ContainerConfig {
-            cdi_devices: devices
-                .iter()
-                .map(|n| k8s_cri::v1::CdiDevice { name: n.to_string() })
-                .collect(),
-            annotations: annotations
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
+    /// A container asking for `devices` in CDI_devices and, with
+    /// `annotation`, for more in `cdi.k8s.io/test`.
+    fn asking(devices: &[&str], annotation: Option<&str>) -> ContainerConfig {
+        let mut c = ContainerConfig::default();
+        for name in devices {
+            c.cdi_devices.push(k8s_cri::v1::CdiDevice {
+                name: name.to_string(),
+            });
         }
+        if let Some(a) = annotation {
+            c.annotations.insert("cdi.k8s.io/test".into(), a.into());
+        }
+        c
     }
 
     fn env_of(spec: &oci_spec::runtime::Spec) -> Vec<String> {
@@ -415,32 +431,38 @@ mod tests {
         let cdi = cdi_config(&[low.path(), high.path()], true);
         let base = oci_spec::runtime::Spec::default();
 
-        let spec = inject_cdi(&cdi, &asking(&["vendor.com/dev=b"], &[]), base.clone())
+        let spec = inject_cdi(&cdi, &asking(&["vendor.com/dev=b"], None), base.clone())
             .await
             .unwrap();
         assert!(env_of(&spec).contains(&"B=1".to_string()));
 
-        let spec = inject_cdi(
-            &cdi,
-            &asking(&[], &[("cdi.k8s.io/x", "vendor.com/dev=a")]),
-            base.clone(),
-        )
-        .await
-        .unwrap();
+        let spec = inject_cdi(&cdi, &asking(&[], Some("vendor.com/dev=a")), base.clone())
+            .await
+            .unwrap();
         assert!(env_of(&spec).contains(&"FROM=high".to_string()));
         assert!(!env_of(&spec).contains(&"FROM=low".to_string()));
 
         let only_low = cdi_config(&[low.path()], true);
-        let spec = inject_cdi(&only_low, &asking(&["vendor.com/dev=a"], &[]), base.clone())
-            .await
-            .unwrap();
+        let spec = inject_cdi(
+            &only_low,
+            &asking(&["vendor.com/dev=a"], None),
+            base.clone(),
+        )
+        .await
+        .unwrap();
         let linux = spec.linux().clone().unwrap();
         let dev = &linux.devices().clone().unwrap()[0];
         assert_eq!(
             (dev.path().display().to_string(), dev.major(), dev.minor()),
             ("/dev/x".to_string(), 1, 3)
         );
-        let rules = linux.resources().clone().unwrap().devices().clone().unwrap();
+        let rules = linux
+            .resources()
+            .clone()
+            .unwrap()
+            .devices()
+            .clone()
+            .unwrap();
         assert!(rules
             .iter()
             .any(|r| r.allow() && r.major() == Some(1) && r.minor() == Some(3)));
@@ -458,6 +480,10 @@ mod tests {
         assert_eq!(spec, base);
     }
 
+    /// One refusal case: CDI enabled, cdi_devices, the annotation, the code,
+    /// and text the message must hold.
+    type Refusal<'a> = (bool, &'a [&'a str], Option<&'a str>, tonic::Code, &'a str);
+
     #[tokio::test]
     async fn cdi_refusals() {
         let dir = tempfile::tempdir().unwrap();
@@ -468,34 +494,39 @@ mod tests {
             serde_json::json!([{"name": "a", "containerEdits": {"env": ["A=1"]}}]),
         );
         let base = oci_spec::runtime::Spec::default();
-        // (enabled, cdi_devices, annotations, code, text in the message)
-        let cases: Vec<(bool, &[&str], &[(&str, &str)], tonic::Code, &str)> = vec![
+        let cases: Vec<Refusal> = vec![
             (
                 true,
                 &["vendor.com/dev=a", "vendor.com/dev=zz"],
-                &[],
+                None,
                 tonic::Code::InvalidArgument,
                 "config.cdi_devices[1].name: unresolvable CDI device \"vendor.com/dev=zz\"",
             ),
             (
                 true,
                 &[],
-                &[("cdi.k8s.io/p", "vendor.com/dev=nope")],
+                Some("vendor.com/dev=nope"),
                 tonic::Code::InvalidArgument,
-                "vendor.com/dev=nope",
+                "config.annotations[\"cdi.k8s.io/test\"]: unresolvable CDI device \"vendor.com/dev=nope\"",
             ),
-            (true, &["a"], &[], tonic::Code::InvalidArgument, "config.cdi_devices[0].name"),
+            (
+                true,
+                &["a"],
+                None,
+                tonic::Code::InvalidArgument,
+                "config.cdi_devices[0].name",
+            ),
             (
                 false,
                 &["vendor.com/dev=a"],
-                &[],
+                None,
                 tonic::Code::FailedPrecondition,
                 "[cdi] enable = false",
             ),
         ];
-        for (enable, devices, annotations, code, text) in cases {
+        for (enable, devices, annotation, code, text) in cases {
             let cdi = cdi_config(&[dir.path()], enable);
-            let e = inject_cdi(&cdi, &asking(devices, annotations), base.clone())
+            let e = inject_cdi(&cdi, &asking(devices, annotation), base.clone())
                 .await
                 .unwrap_err();
             assert_eq!(e.code(), code, "{devices:?}: {e}");
@@ -503,24 +534,15 @@ mod tests {
         }
         // Turned off, the annotations are ignored.
         let cdi = cdi_config(&[dir.path()], false);
-        let spec = inject_cdi(
-            &cdi,
-            &asking(&[], &[("cdi.k8s.io/p", "vendor.com/dev=a")]),
-            base.clone(),
-        )
-        .await
-        .unwrap();
+        let spec = inject_cdi(&cdi, &asking(&[], Some("vendor.com/dev=a")), base.clone())
+            .await
+            .unwrap();
         assert_eq!(spec, base);
     }
 
     #[test]
     fn single_nodes_and_refusals() {
-        if !is_root() {
-            eprintln!("skipped: mknod needs root");
-            return;
-        }
-        let tmp = tempfile::tempdir().unwrap();
-        tree(tmp.path());
+        let Some(tmp) = device_tree() else { return };
         let dev = |host: &Path, container: &str| ContainerConfig {
             devices: vec![Device {
                 container_path: container.into(),
@@ -532,7 +554,12 @@ mod tests {
         // A symlink to a device is followed; no permissions means rwm.
         let n = requested(&dev(&tmp.path().join("link"), "/dev/mine")).unwrap();
         assert_eq!(
-            (n[0].path.as_str(), n[0].kind, n[0].minor, n[0].permissions.as_str()),
+            (
+                n[0].path.as_str(),
+                n[0].kind,
+                n[0].minor,
+                n[0].permissions.as_str()
+            ),
             ("/dev/mine", 'c', 3, "rwm")
         );
         for (host, why) in [

@@ -8,9 +8,7 @@ use crate::errors::{invalid_field, store_status};
 use crate::runtime::now_nanos;
 use crate::runtime::sandbox::lifecycle::Timeline;
 use crate::shimclient::ShimClient;
-use crius_spec::container::{
-    container_spec, image_volumes, user_request, ContainerInput,
-};
+use crius_spec::container::{container_spec, image_volumes, user_request, ContainerInput};
 use crius_spec::mounts::HostPropagation;
 use crius_store::{
     ContainerMetadata, ContainerRecord, ContainerState, ContainerStatus, Record, SandboxState,
@@ -538,12 +536,9 @@ async fn create_steps(
         "" => daemon.config.default_runtime.clone(),
         h => h.to_string(),
     };
-    let devices = super::devices::device_nodes(
-        &daemon.config,
-        daemon.config.runtimes.get(&handler),
-        config,
-    )
-    .await?;
+    let devices =
+        super::devices::device_nodes(&daemon.config, daemon.config.runtimes.get(&handler), config)
+            .await?;
     let propagation = prepare_host_paths(config, &mut done.host_dirs)?;
     // The AppArmor profiles loaded now (a Localhost one must be).
     let mut host = crate::apparmor::refresh(&daemon.host, Path::new("/sys")).into_owned();
