@@ -89,6 +89,11 @@ pub struct RuntimeHandler {
     /// OCI spec (containerd's `container_annotations`). None by default.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub container_annotations: Vec<String>,
+    /// A privileged container on this handler gets none of the host's
+    /// devices and no blanket access to devices in its device cgroup (only
+    /// the devices it asks for), as VM-based handlers need; as containerd's
+    /// runtime option of the same name.
+    pub privileged_without_host_devices: bool,
 }
 
 impl Default for RuntimeHandler {
@@ -98,6 +103,32 @@ impl Default for RuntimeHandler {
             root: String::new(),
             pod_annotations: Vec::new(),
             container_annotations: Vec::new(),
+            privileged_without_host_devices: false,
+        }
+    }
+}
+
+/// `[cdi]`: Container Device Interface devices (`CDI_devices` of a
+/// container and its `cdi.k8s.io/*` annotations).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CdiConfig {
+    /// Resolve the CDI devices containers ask for and inject them into their
+    /// specs (containerd's `enable_cdi`). Off: a container that asks for CDI
+    /// devices in `CDI_devices` is refused, the annotations are ignored.
+    pub enable: bool,
+    /// Directories of CDI spec files (`*.json`, `*.yaml`), read when a
+    /// container asks for CDI devices; a device defined in a later directory
+    /// wins over one of the same name in an earlier one (containerd's
+    /// `cdi_spec_dirs`).
+    pub spec_dirs: Vec<PathBuf>,
+}
+
+impl Default for CdiConfig {
+    fn default() -> Self {
+        CdiConfig {
+            enable: true,
+            spec_dirs: vec!["/etc/cdi".into(), "/var/run/cdi".into()],
         }
     }
 }
@@ -300,6 +331,12 @@ pub struct Config {
     /// finished after its caller gave up is kept for a retry with the same
     /// name before it is removed (`300s`, `5m`, `1h`, `500ms`).
     pub handback_expiry: String,
+    /// Devices handed to a container (its CRI devices and, privileged, the
+    /// host's) are owned by its security context's `run_as_user` and
+    /// `run_as_group` (0 when unset) instead of keeping the host's owner, so
+    /// a non-root container can open them (containerd's
+    /// `device_ownership_from_security_context`).
+    pub device_ownership_from_security_context: bool,
     /// Runtime handlers by name.
     pub runtimes: BTreeMap<String, RuntimeHandler>,
     /// Pod network configuration.
@@ -312,6 +349,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// OpenTelemetry span export.
     pub tracing: TracingConfig,
+    /// CDI devices.
+    pub cdi: CdiConfig,
 }
 
 impl Default for Config {
@@ -331,12 +370,14 @@ impl Default for Config {
             shm_size: "64Mi".into(),
             shim_path: String::new(),
             handback_expiry: "5m".into(),
+            device_ownership_from_security_context: false,
             runtimes,
             cni: CniConfig::default(),
             registry: RegistryConfig::default(),
             stream: StreamConfig::default(),
             metrics: MetricsConfig::default(),
             tracing: TracingConfig::default(),
+            cdi: CdiConfig::default(),
         }
     }
 }
@@ -549,6 +590,14 @@ impl Config {
             .parse::<SocketAddr>()
             .map_err(|e| value_err("stream.address", format!("{:?}: {e}", self.stream.address)))?;
         self.tracing.validate()?;
+        for (i, d) in self.cdi.spec_dirs.iter().enumerate() {
+            if !d.is_absolute() {
+                return Err(value_err(
+                    format!("cdi.spec_dirs[{i}]"),
+                    format!("{:?} is not an absolute path", d.display().to_string()),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -884,6 +933,10 @@ mod tests {
             "otlp_endpoint",
             "sampling_ratio",
             "service_name",
+            "device_ownership_from_security_context",
+            "privileged_without_host_devices",
+            "[cdi]",
+            "spec_dirs",
         ] {
             assert!(text.contains(key), "default config lacks {key}:\n{text}");
         }
@@ -940,6 +993,41 @@ service_name = "node-7"
             "",
             "export is off by default"
         );
+    }
+
+    #[test]
+    fn device_keys() {
+        let d = Config::default();
+        assert!(d.cdi.enable, "CDI is on by default, as in containerd 2.x");
+        assert_eq!(
+            d.cdi.spec_dirs,
+            vec![PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")]
+        );
+        assert!(!d.device_ownership_from_security_context);
+        assert!(!d.runtimes["runc"].privileged_without_host_devices);
+        let c = parse(
+            r#"
+device_ownership_from_security_context = true
+[cdi]
+enable = false
+spec_dirs = ["/tmp/cdi"]
+[runtimes.kata]
+path = "kata-runtime"
+privileged_without_host_devices = true
+"#,
+        )
+        .unwrap();
+        assert!(!c.cdi.enable);
+        assert_eq!(c.cdi.spec_dirs, vec![PathBuf::from("/tmp/cdi")]);
+        assert!(c.device_ownership_from_security_context);
+        assert!(c.runtimes["kata"].privileged_without_host_devices);
+        assert!(!c.runtimes["runc"].privileged_without_host_devices);
+        // An empty list is allowed: no spec files, every CDI device unresolvable.
+        assert!(parse("[cdi]\nspec_dirs = []")
+            .unwrap()
+            .cdi
+            .spec_dirs
+            .is_empty());
     }
 
     #[test]
@@ -1041,6 +1129,14 @@ service_name = "node-7"
             ),
             ("[tracing]\nservice_name = \" \"", "`tracing.service_name`"),
             ("[tracing]\nendpoint = \"x\"", "endpoint"),
+            ("[cdi]\nspec_dirs = [\"cdi\"]", "`cdi.spec_dirs[0]`"),
+            ("[cdi]\nenable = \"yes\"", "enable"),
+            ("[cdi]\nspec_dir = [\"/x\"]", "spec_dir"),
+            ("device_ownership_from_security_context = 1", "device_ownership_from_security_context"),
+            (
+                "[runtimes.kata]\npath = \"kata\"\nprivileged_without_host_devices = \"no\"",
+                "privileged_without_host_devices",
+            ),
             (
                 "state = \"/tmp/a-state-directory-that-is-41-bytes-x\"",
                 "at most 40 bytes",

@@ -91,7 +91,8 @@ pub enum DaemonError {
 impl Daemon {
     /// The host facts for a spec of a pod on `handler` ("" for the default
     /// one): the AppArmor profiles loaded now (a Localhost profile must be),
-    /// the node's hostname now, and the handler's annotation allow-lists.
+    /// the node's hostname now, and the handler's annotation allow-lists and
+    /// `privileged_without_host_devices`.
     pub fn host_for(&self, handler: &str) -> crius_spec::HostFacts {
         let mut host =
             crate::apparmor::refresh(&self.host, std::path::Path::new("/sys")).into_owned();
@@ -102,6 +103,7 @@ impl Daemon {
         if let Some(h) = self.config.runtimes.get(name) {
             host.pod_annotations = h.pod_annotations.clone();
             host.container_annotations = h.container_annotations.clone();
+            host.privileged_without_host_devices = h.privileged_without_host_devices;
         }
         host.hostname = crate::host::node_hostname();
         host

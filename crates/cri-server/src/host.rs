@@ -78,6 +78,10 @@ pub fn gather(config: &Config) -> HostFacts {
         pod_annotations: Vec::new(),
         container_annotations: Vec::new(),
         hostname: node_hostname(),
+        privileged_without_host_devices: config
+            .runtimes
+            .get(&config.default_runtime)
+            .is_some_and(|h| h.privileged_without_host_devices),
     }
 }
 
@@ -185,55 +189,8 @@ pub fn log_start_costs() {
 /// as runc's and containerd's host-device lists have them: everything
 /// below /dev except the pty, shm, mqueue and fd trees and the console.
 pub fn host_devices() -> Vec<crius_spec::container::DeviceNode> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let mut out = Vec::new();
-    let mut dirs = vec![std::path::PathBuf::from("/dev")];
-    while let Some(dir) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            let Ok(meta) = std::fs::symlink_metadata(&path) else {
-                continue;
-            };
-            let ft = meta.file_type();
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            if ft.is_dir() {
-                if !matches!(
-                    name.as_ref(),
-                    "pts" | "shm" | "fd" | "mqueue" | ".lxc" | ".lxd-mounts" | ".udev"
-                ) {
-                    dirs.push(path);
-                }
-                continue;
-            }
-            if name == "console" {
-                continue;
-            }
-            let kind = if ft.is_char_device() {
-                'c'
-            } else if ft.is_block_device() {
-                'b'
-            } else {
-                continue;
-            };
-            let rdev = meta.rdev();
-            out.push(crius_spec::container::DeviceNode {
-                path: path.display().to_string(),
-                kind,
-                major: nix::sys::stat::major(rdev) as i64,
-                minor: nix::sys::stat::minor(rdev) as i64,
-                file_mode: meta.mode() & 0o777,
-                uid: meta.uid(),
-                gid: meta.gid(),
-                permissions: "rwm".into(),
-            });
-        }
-    }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
-    out
+    crate::runtime::container::devices::nodes_below(Path::new("/dev"), None, "rwm")
+        .unwrap_or_default()
 }
 
 /// What a runtime handler's OCI runtime can do, as its `features`

@@ -64,16 +64,9 @@ async fn security_namespaces_user_mounts_and_bad_requests() {
     pull(&env, &group_ref).await;
     let mut rt = env.daemon.runtime().await;
     let uid = "uid-ctr-sec";
-    let mut pod_config = pod("sec", uid);
-    let _logs = LogDir(PathBuf::from(&pod_config.log_directory));
     // Privileged containers need a privileged pod.
-    pod_config
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .get_or_insert_with(Default::default)
-        .privileged = true;
+    let pod_config = privileged_pod("sec", uid);
+    let _logs = LogDir(PathBuf::from(&pod_config.log_directory));
     let pod_id = run_pod(&env, &mut rt, &pod_config).await;
     let sleeper = |name: &str, img: &str| container(name, img, &["/bin/busybox", "sleep", "4242"]);
 

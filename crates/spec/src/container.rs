@@ -328,7 +328,10 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<oci_spec::runtime::S
     };
     let oom_req = i32::try_from(oom_req)
         .map_err(|_| invalid(format!("{resources_field}.oom_score_adj"), "out of range"))?;
-    let mut device_rules = vec![json!({ "allow": privileged, "access": "rwm" })];
+    // A privileged container may use every device, unless its handler
+    // hands it no host devices (then only those it asked for).
+    let all_devices = privileged && !host.privileged_without_host_devices;
+    let mut device_rules = vec![json!({ "allow": all_devices, "access": "rwm" })];
     let mut devices = Vec::new();
     for (i, d) in input.devices.iter().enumerate() {
         if d.kind != 'c' && d.kind != 'b' {
@@ -347,7 +350,7 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<oci_spec::runtime::S
             "path": d.path, "type": d.kind.to_string(), "major": d.major, "minor": d.minor,
             "fileMode": d.file_mode, "uid": d.uid, "gid": d.gid,
         }));
-        if !privileged {
+        if !all_devices {
             device_rules.push(json!({
                 "allow": true, "type": d.kind.to_string(), "major": d.major, "minor": d.minor, "access": d.permissions,
             }));
@@ -1055,10 +1058,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn resources_and_devices() {
-        let mut f = Fixture::new();
-        f.devices = vec![DeviceNode {
+    fn fuse() -> DeviceNode {
+        DeviceNode {
             path: "/dev/fuse".into(),
             kind: 'c',
             major: 10,
@@ -1067,7 +1068,13 @@ mod tests {
             uid: 0,
             gid: 0,
             permissions: "rw".into(),
-        }];
+        }
+    }
+
+    #[test]
+    fn resources_and_devices() {
+        let mut f = Fixture::new();
+        f.devices = vec![fuse()];
         let mut c = base();
         c.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
             memory_limit_in_bytes: 1 << 26,
@@ -1095,6 +1102,37 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("config.devices[0].permissions"));
+    }
+
+    #[test]
+    fn privileged_device_cgroup_by_handler() {
+        let mut f = Fixture::new();
+        f.pod = pod(true);
+        f.devices = vec![fuse()];
+        let privileged = sc(|s| s.privileged = true);
+        // (privileged, privileged_without_host_devices, the device cgroup rules)
+        let fuse = json!({"allow": true, "type": "c", "major": 10, "minor": 229, "access": "rw"});
+        let deny = json!({"allow": false, "access": "rwm"});
+        let cases = [
+            (true, false, json!([{"allow": true, "access": "rwm"}])),
+            (true, true, json!([deny, fuse])),
+            (false, false, json!([deny, fuse])),
+            (false, true, json!([deny, fuse])),
+        ];
+        for (is_privileged, without_host_devices, rules) in cases {
+            f.host.privileged_without_host_devices = without_host_devices;
+            let c = if is_privileged {
+                privileged.clone()
+            } else {
+                base()
+            };
+            let s = f.build(&c, None).unwrap();
+            assert_eq!(
+                s["linux"]["resources"]["devices"], rules,
+                "{is_privileged} {without_host_devices}"
+            );
+            assert_eq!(s["linux"]["devices"][0]["path"], "/dev/fuse");
+        }
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!
 //! Modules: `process` (args, env, cwd), `user` (uid/gid resolution), `caps`,
 //! `seccomp` (the RuntimeDefault profile), `mounts`, `cgroups` (paths and
-//! resources), `annotations`, `oom`, `userns` (pod user namespaces), `edit` (edits of an
+//! resources), `annotations`, `oom`, `userns` (pod user namespaces), `devices`
+//! (device ownership and CDI requests), `edit` (edits of an
 //! existing container's spec), and the two builders `sandbox` (the
 //! pause container) and `container`.
 
@@ -20,6 +21,7 @@ pub mod caps;
 pub mod cgroups;
 mod common;
 pub mod container;
+pub mod devices;
 pub mod edit;
 pub mod error;
 pub mod mounts;
@@ -86,6 +88,10 @@ pub struct HostFacts {
     /// The node's hostname (`HOSTNAME` of host-network containers whose pod
     /// names none).
     pub hostname: String,
+    /// The handler's `privileged_without_host_devices`: a privileged
+    /// container gets neither the host's devices (the caller leaves them
+    /// out) nor access to every device in its device cgroup.
+    pub privileged_without_host_devices: bool,
 }
 
 impl Default for HostFacts {
@@ -106,6 +112,7 @@ impl Default for HostFacts {
             pod_annotations: Vec::new(),
             container_annotations: Vec::new(),
             hostname: String::new(),
+            privileged_without_host_devices: false,
         }
     }
 }

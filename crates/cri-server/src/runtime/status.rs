@@ -67,6 +67,14 @@ pub async fn status(daemon: &Daemon, req: StatusRequest) -> Result<StatusRespons
         );
         info.insert("network".to_string(), describe(network.clone()).to_string());
         info.insert(
+            "cdi".to_string(),
+            serde_json::json!({
+                "enable": config.cdi.enable,
+                "specDirs": config.cdi.spec_dirs,
+            })
+            .to_string(),
+        );
+        info.insert(
             "runtimeConfig".to_string(),
             serde_json::json!({ "podCIDR": daemon.pod_cidr() }).to_string(),
         );

@@ -122,6 +122,17 @@ impl Env {
     }
 }
 
+/// Like [`pod`], privileged (privileged containers need a privileged pod).
+pub fn privileged_pod(name: &str, uid: &str) -> PodSandboxConfig {
+    let mut config = pod(name, uid);
+    if let Some(l) = config.linux.as_mut() {
+        l.security_context
+            .get_or_insert_with(Default::default)
+            .privileged = true;
+    }
+    config
+}
+
 pub fn pod(name: &str, uid: &str) -> PodSandboxConfig {
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {

@@ -8,9 +8,7 @@ use crate::errors::{invalid_field, store_status};
 use crate::runtime::now_nanos;
 use crate::runtime::sandbox::lifecycle::Timeline;
 use crate::shimclient::ShimClient;
-use crius_spec::container::{
-    container_spec, image_volumes, user_request, ContainerInput, DeviceNode,
-};
+use crius_spec::container::{container_spec, image_volumes, user_request, ContainerInput};
 use crius_spec::mounts::HostPropagation;
 use crius_store::{
     ContainerMetadata, ContainerRecord, ContainerState, ContainerStatus, Record, SandboxState,
@@ -151,52 +149,6 @@ fn image_file_path(mounts: &[crius_image::Mount], rel: &str) -> Option<PathBuf> 
         }
     }
     None
-}
-
-fn device_nodes(config: &ContainerConfig) -> Result<Vec<DeviceNode>, CriError> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    config
-        .devices
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let meta = std::fs::metadata(&d.host_path).map_err(|e| {
-                invalid_field(
-                    &format!("config.devices[{i}].host_path"),
-                    format!("{:?}: {e}", d.host_path),
-                )
-            })?;
-            let kind = if meta.file_type().is_char_device() {
-                'c'
-            } else if meta.file_type().is_block_device() {
-                'b'
-            } else {
-                return Err(invalid_field(
-                    &format!("config.devices[{i}].host_path"),
-                    format!("{:?} is not a device node", d.host_path),
-                ));
-            };
-            let rdev = meta.rdev();
-            Ok(DeviceNode {
-                path: if d.container_path.is_empty() {
-                    d.host_path.clone()
-                } else {
-                    d.container_path.clone()
-                },
-                kind,
-                major: nix::sys::stat::major(rdev) as i64,
-                minor: nix::sys::stat::minor(rdev) as i64,
-                file_mode: meta.mode() & 0o777,
-                uid: meta.uid(),
-                gid: meta.gid(),
-                permissions: if d.permissions.is_empty() {
-                    "rwm".into()
-                } else {
-                    d.permissions.clone()
-                },
-            })
-        })
-        .collect()
 }
 
 /// Makes the missing host paths of the CRI mounts as directories (as
@@ -581,25 +533,15 @@ async fn create_steps(
         resolv_conf_path: Some(pod_root.join("resolv.conf").display().to_string()),
         hostname_path: Some(pod_root.join("hostname").display().to_string()),
     };
-    let mut devices = device_nodes(config)?;
-    let privileged = config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .is_some_and(|s| s.privileged);
-    if privileged {
-        for d in crate::host::host_devices() {
-            if !devices.iter().any(|x| x.path == d.path) {
-                devices.push(d);
-            }
-        }
-    }
-    let propagation = prepare_host_paths(config, &mut done.host_dirs)?;
     // Recursive read-only mounts as far as the pod's own handler can.
     let handler = match sandbox.metadata.runtime_handler.as_str() {
         "" => daemon.config.default_runtime.clone(),
         h => h.to_string(),
     };
+    let devices =
+        super::devices::device_nodes(&daemon.config, daemon.config.runtimes.get(&handler), config)
+            .await?;
+    let propagation = prepare_host_paths(config, &mut done.host_dirs)?;
     let mut host = daemon.host_for(&handler);
     if let Some(h) = daemon.config.runtimes.get(&handler) {
         let path = h.path.clone();
@@ -644,6 +586,7 @@ async fn create_steps(
         }
         container_spec(&input).map_err(spec_status)?
     };
+    let spec = super::devices::inject_cdi(&daemon.config.cdi, config, spec).await?;
     // A pod with its own user namespace: idmapped rootfs and mounts made here.
     let (spec, mounts) = crate::runtime::userns::container(
         &daemon.sandbox_state(&sandbox.metadata.id),

@@ -1,5 +1,6 @@
 //! The container half of the RuntimeService.
 
+pub mod devices;
 pub mod events;
 pub mod lifecycle;
 pub mod status;
