@@ -23,8 +23,11 @@ pub struct RuntimeConfigState {
 
 /// State shared by all handlers.
 pub struct Daemon {
-    /// The effective configuration.
-    pub config: Arc<Config>,
+    /// The running configuration: a SIGHUP reload replaces it (see
+    /// `reload`); read it through [`Daemon::config`].
+    config: std::sync::RwLock<Arc<Config>>,
+    /// Runtime handlers a reload dropped, kept for the pods still on them.
+    retired_handlers: Mutex<std::collections::BTreeMap<String, crate::config::RuntimeHandler>>,
     /// Records of sandboxes, containers and images.
     pub store: Arc<Store>,
     /// The runtime configuration kubelet pushed, persisted in the store.
@@ -96,13 +99,9 @@ impl Daemon {
     pub fn host_for(&self, handler: &str) -> crius_spec::HostFacts {
         let mut host =
             crate::apparmor::refresh(&self.host, std::path::Path::new("/sys")).into_owned();
-        let name = match handler {
-            "" => self.config.default_runtime.as_str(),
-            h => h,
-        };
-        if let Some(h) = self.config.runtimes.get(name) {
-            host.pod_annotations = h.pod_annotations.clone();
-            host.container_annotations = h.container_annotations.clone();
+        if let (_, Some(h)) = self.handler(handler) {
+            host.pod_annotations = h.pod_annotations;
+            host.container_annotations = h.container_annotations;
             host.privileged_without_host_devices = h.privileged_without_host_devices;
         }
         host.hostname = crate::host::node_hostname();
@@ -112,13 +111,66 @@ impl Daemon {
     /// The pod network as configured now (the conf dir is read at each
     /// call, so a network installed after start-up is found).
     pub fn cni_network(&self) -> Result<crius_netns::cni::CniNetwork, crius_netns::cni::CniError> {
-        let c = &self.config.cni;
+        let config = self.config();
+        let c = &config.cni;
         crius_netns::cni::CniNetwork::load(
             &c.conf_dir,
             &c.bin_dirs,
-            &self.config.root.join("cni-cache"),
+            &config.root.join("cni-cache"),
             c.builtin_loopback,
         )
+    }
+
+    /// The running configuration. A reload may replace it at any time: an
+    /// operation that reads several keys takes it once and keeps the `Arc`.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Replaces the running configuration (a reload; only the keys
+    /// `reload::RELOADABLE` names may differ from the running ones). A
+    /// runtime handler the new configuration drops is retired: new pods
+    /// cannot use it, the pods running on it keep finding it.
+    pub fn set_config(&self, config: Config) {
+        let mut slot = self
+            .config
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut retired = self
+            .retired_handlers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (name, h) in &slot.runtimes {
+            if !config.runtimes.contains_key(name) {
+                retired.insert(name.clone(), h.clone());
+            }
+        }
+        for name in config.runtimes.keys() {
+            retired.remove(name);
+        }
+        *slot = Arc::new(config);
+    }
+
+    /// A runtime handler by name ("" for the default one): its resolved
+    /// name and its settings, from the running configuration or, for pods
+    /// created before a reload dropped it, from the retired handlers.
+    pub fn handler(&self, name: &str) -> (String, Option<crate::config::RuntimeHandler>) {
+        let config = self.config();
+        let name = match name {
+            "" => config.default_runtime.clone(),
+            n => n.to_string(),
+        };
+        let found = config.runtimes.get(&name).cloned().or_else(|| {
+            self.retired_handlers
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .get(&name)
+                .cloned()
+        });
+        (name, found)
     }
 
     /// Builds the daemon state over an opened store.
@@ -148,7 +200,8 @@ impl Daemon {
         );
         Ok(Daemon {
             host: crate::host::gather(&config),
-            config: Arc::new(config),
+            config: std::sync::RwLock::new(Arc::new(config)),
+            retired_handlers: Mutex::default(),
             store,
             runtime_config: Mutex::new(runtime_config),
             images,
@@ -164,17 +217,17 @@ impl Daemon {
 
     /// Directory of a sandbox's persistent files (resolv.conf, hosts, hostname).
     pub fn sandbox_root(&self, id: &str) -> PathBuf {
-        self.config.root.join("sandboxes").join(id)
+        self.config().root.join("sandboxes").join(id)
     }
 
     /// Directory of a sandbox's runtime files (the pause bundle).
     pub fn sandbox_state(&self, id: &str) -> PathBuf {
-        self.config.state.join("sandboxes").join(id)
+        self.config().state.join("sandboxes").join(id)
     }
 
     /// The shim's own state directory of a pod (netns, shm).
     pub fn shim_pod_dir(&self, id: &str) -> PathBuf {
-        self.config
+        self.config()
             .state
             .join("shim")
             .join(crate::shimclient::NAMESPACE)
@@ -184,10 +237,10 @@ impl Daemon {
     /// How shims are launched.
     pub fn launcher(&self) -> Result<crate::shimclient::Launcher, crate::shimclient::ShimError> {
         Ok(crate::shimclient::Launcher {
-            binary: crate::shimclient::find_binary(&self.config.shim_path)?,
-            address: self.config.socket.display().to_string(),
-            socket_dir: self.config.state.join("s"),
-            state_dir: self.config.state.join("shim"),
+            binary: crate::shimclient::find_binary(&self.config().shim_path)?,
+            address: self.config().socket.display().to_string(),
+            socket_dir: self.config().state.join("s"),
+            state_dir: self.config().state.join("shim"),
             events_address: String::new(),
         })
     }

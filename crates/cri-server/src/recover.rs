@@ -43,8 +43,8 @@ pub struct Summary {
 /// The address the shim of `sandbox_id` listens on, as `start` derives it.
 pub(crate) fn derived_address(daemon: &Daemon, sandbox_id: &str) -> String {
     let path = crius_shim::start::socket_path(
-        &daemon.config.state.join("s"),
-        &daemon.config.socket.display().to_string(),
+        &daemon.config().state.join("s"),
+        &daemon.config().socket.display().to_string(),
         NAMESPACE,
         sandbox_id,
     );
@@ -188,7 +188,7 @@ async fn recover_container(
 pub fn release_shim_mounts(daemon: &Daemon, sandbox_id: &str) {
     for c in daemon.store.list_sandbox_containers(sandbox_id) {
         let rootfs = daemon
-            .config
+            .config()
             .state
             .join("containers")
             .join(&c.metadata.id)

@@ -161,7 +161,7 @@ pub async fn run(
     });
     if let Some((mut hangup, reloader)) = reload {
         let d = daemon.clone();
-        let mut current = (*daemon.config).clone();
+        let mut current = (*daemon.config()).clone();
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading the configuration");
@@ -183,14 +183,16 @@ pub async fn run(
     let (fired_tx, fired_rx) = tokio::sync::watch::channel(false);
     let stream_config = crate::streaming::StreamingConfig {
         address: daemon
-            .config
+            .config()
             .stream
             .address
             .parse()
             .context("stream.address")?,
-        tls: (!daemon.config.stream.tls_cert_file.is_empty()).then(|| crate::streaming::TlsFiles {
-            cert: daemon.config.stream.tls_cert_file.clone().into(),
-            key: daemon.config.stream.tls_key_file.clone().into(),
+        tls: (!daemon.config().stream.tls_cert_file.is_empty()).then(|| {
+            crate::streaming::TlsFiles {
+                cert: daemon.config().stream.tls_cert_file.clone().into(),
+                key: daemon.config().stream.tls_key_file.clone().into(),
+            }
         }),
         ..Default::default()
     };
@@ -213,11 +215,11 @@ pub async fn run(
         let _ = fired_tx.send(true);
     };
     let metrics = daemon.metrics.clone();
-    let metrics_task = if daemon.config.metrics.address.is_empty() {
+    let metrics_task = if daemon.config().metrics.address.is_empty() {
         None
     } else {
         let addr = daemon
-            .config
+            .config()
             .metrics
             .address
             .parse()

@@ -37,7 +37,7 @@ fn condition(kind: &str, result: Result<(), (String, String)>) -> RuntimeConditi
 
 /// Answers `Status`.
 pub async fn status(daemon: &Daemon, req: StatusRequest) -> Result<StatusResponse, CriError> {
-    let config = &daemon.config;
+    let config = daemon.config();
     let handler = config
         .runtimes
         .get(&config.default_runtime)
@@ -147,7 +147,7 @@ pub fn handler_features(f: crate::host::RuntimeFeatures, userns: bool) -> Runtim
 
 /// Answers `RuntimeConfig`.
 pub fn runtime_config(daemon: &Daemon) -> RuntimeConfigResponse {
-    let driver = match daemon.config.cgroup_driver {
+    let driver = match daemon.config().cgroup_driver {
         CgroupDriver::Cgroupfs => CriCgroupDriver::Cgroupfs,
         CgroupDriver::Systemd => CriCgroupDriver::Systemd,
     };

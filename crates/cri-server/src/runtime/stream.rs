@@ -105,7 +105,7 @@ impl Backend for ShimBackend {
     ) -> Result<i32, BackendError> {
         let (record, shim) = self.running(container_id).await?;
         let id = record.metadata.id.clone();
-        let state = self.daemon.config.state.join("containers").join(&id);
+        let state = self.daemon.config().state.join("containers").join(&id);
         let spec: serde_json::Value = serde_json::from_slice(
             &std::fs::read(state.join("bundle/config.json")).map_err(internal)?,
         )
@@ -336,7 +336,7 @@ async fn attach_via_shim(
 ) -> Result<(), BackendError> {
     use crius_shim::proto::shim::AttachRequest;
     use crius_shim::proto::shim_ttrpc::ShimClient as CriusShim;
-    let dir = daemon.config.state.join("s");
+    let dir = daemon.config().state.join("s");
     crius_store::private::dir(&dir).map_err(internal)?;
     let socket = dir.join(format!("attach-{}", &crius_store::generate_id()[..12]));
     let listener = tokio::net::UnixListener::bind(&socket).map_err(internal)?;

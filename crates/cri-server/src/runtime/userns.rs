@@ -550,17 +550,17 @@ pub async fn check_pod(
         return Ok(None);
     }
     let path = daemon
-        .config
+        .config()
         .runtimes
         .get(handler)
         .map(|h| h.path.clone())
         .unwrap_or_default();
-    let state = daemon.config.state.clone();
+    let state = daemon.config().state.clone();
     let ok = tokio::task::spawn_blocking(move || handler_supports(&state, &path))
         .await
         .unwrap_or(false);
     if !ok {
-        return Err(unsupported(handler, &daemon.config.state));
+        return Err(unsupported(handler, &daemon.config().state));
     }
     Ok(maps)
 }

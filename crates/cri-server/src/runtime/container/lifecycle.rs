@@ -250,11 +250,11 @@ fn target_pid(
 
 /// The container's directories: persistent (volumes) and runtime (bundle).
 fn container_root(daemon: &Daemon, id: &str) -> PathBuf {
-    daemon.config.root.join("containers").join(id)
+    daemon.config().root.join("containers").join(id)
 }
 
 fn container_state(daemon: &Daemon, id: &str) -> PathBuf {
-    daemon.config.state.join("containers").join(id)
+    daemon.config().state.join("containers").join(id)
 }
 
 /// The container's OCI bundle directory.
@@ -469,12 +469,12 @@ async fn create_steps(
     // <state>/containers: see SHARED_PARENT_MODE; a user namespace pod's
     // container's own directories become 0711.
     crius_store::private::dir_with_mode(
-        &daemon.config.state.join("containers"),
+        &daemon.config().state.join("containers"),
         crate::runtime::userns::SHARED_PARENT_MODE,
     )
     .map_err(|e| internal("bundle", e))?;
     for d in [
-        daemon.config.root.join("containers"),
+        daemon.config().root.join("containers"),
         root.clone(),
         state.clone(),
         bundle.clone(),
@@ -533,17 +533,15 @@ async fn create_steps(
         resolv_conf_path: Some(pod_root.join("resolv.conf").display().to_string()),
         hostname_path: Some(pod_root.join("hostname").display().to_string()),
     };
-    // Recursive read-only mounts as far as the pod's own handler can.
-    let handler = match sandbox.metadata.runtime_handler.as_str() {
-        "" => daemon.config.default_runtime.clone(),
-        h => h.to_string(),
-    };
+    // The pod's handler (still found if a reload retired it).
+    let (handler, handler_config) = daemon.handler(&sandbox.metadata.runtime_handler);
+    let daemon_config = daemon.config();
     let devices =
-        super::devices::device_nodes(&daemon.config, daemon.config.runtimes.get(&handler), config)
-            .await?;
+        super::devices::device_nodes(&daemon_config, handler_config.as_ref(), config).await?;
     let propagation = prepare_host_paths(config, &mut done.host_dirs)?;
     let mut host = daemon.host_for(&handler);
-    if let Some(h) = daemon.config.runtimes.get(&handler) {
+    // Recursive read-only mounts as far as the pod's own handler can.
+    if let Some(h) = &handler_config {
         let path = h.path.clone();
         host.rro_mounts = tokio::task::spawn_blocking(move || crate::host::runtime_features(&path))
             .await
@@ -586,7 +584,7 @@ async fn create_steps(
         }
         container_spec(&input).map_err(spec_status)?
     };
-    let spec = super::devices::inject_cdi(&daemon.config.cdi, config, spec).await?;
+    let spec = super::devices::inject_cdi(&daemon.config().cdi, config, spec).await?;
     // A pod with its own user namespace: idmapped rootfs and mounts made here.
     let (spec, mounts) = crate::runtime::userns::container(
         &daemon.sandbox_state(&sandbox.metadata.id),

@@ -209,7 +209,7 @@ impl Done {
 /// RunPodSandbox; returns the new sandbox id.
 pub async fn run(daemon: &Arc<Daemon>, req: RunPodSandboxRequest) -> Result<String, CriError> {
     let handler_name =
-        super::validate_run(req.config.as_ref(), &req.runtime_handler, &daemon.config)?;
+        super::validate_run(req.config.as_ref(), &req.runtime_handler, &daemon.config())?;
     let config = req.config.unwrap_or_default();
     crius_spec::sandbox::validate(&config, &daemon.host).map_err(spec_status)?;
     crate::runtime::userns::check_pod(daemon, &config, &handler_name).await?;
@@ -287,7 +287,7 @@ async fn run_steps(
     timeline.mark("name_reservation");
 
     // The pause image, when the pod needs a pause.
-    let infra = !daemon.config.drop_infra_container || crius_spec::sandbox::needs_infra(config);
+    let infra = !daemon.config().drop_infra_container || crius_spec::sandbox::needs_infra(config);
     let root_dir = daemon.sandbox_root(id);
     let state_dir = daemon.sandbox_state(id);
     let bundle = state_dir.join("bundle");
@@ -307,14 +307,14 @@ async fn run_steps(
     // through bind mounts only). <state>/sandboxes: see SHARED_PARENT_MODE;
     // a user namespace pod's own directories become 0711.
     crius_store::private::dir_with_mode(
-        &daemon.config.state.join("sandboxes"),
+        &daemon.config().state.join("sandboxes"),
         crate::runtime::userns::SHARED_PARENT_MODE,
     )
     .map_err(|e| internal("bundle", e))?;
     for d in [&state_dir, &bundle] {
         crius_store::private::dir(d).map_err(|e| internal("bundle", e))?;
     }
-    for d in [&daemon.config.root.join("sandboxes"), &root_dir] {
+    for d in [&daemon.config().root.join("sandboxes"), &root_dir] {
         crius_store::private::dir(d).map_err(|e| internal("sandbox dir", e))?;
     }
     let host = daemon.host_for(handler_name);
@@ -524,7 +524,7 @@ impl PodShim<'_> {
             create.netns_path = ns.display().to_string();
         }
         let shm_size = daemon
-            .config
+            .config()
             .shm_size_bytes()
             .map_err(|e| internal("shm_size", e))?;
         create.annotations = shimclient::pod_annotations(
@@ -583,7 +583,7 @@ impl PauseBundle<'_> {
             bundle,
             load,
         } = *self;
-        let pause_ref = daemon.config.pause_image.clone();
+        let pause_ref = daemon.config().pause_image.clone();
         let resolved = tracing::debug_span!("image", op = "resolve", image = %pause_ref)
             .in_scope(|| daemon.images.resolve(&pause_ref));
         let image = match resolved.map_err(|e| internal("pause image", e))? {
@@ -750,7 +750,7 @@ async fn cni_del_retried(
                 return Ok(());
             }
         };
-        if attempt == 0 && daemon.config.cni.teardown_netns_first && !network.del_needs_netns() {
+        if attempt == 0 && daemon.config().cni.teardown_netns_first && !network.del_needs_netns() {
             // DEL then runs with an empty CNI_NETNS, as for a namespace that
             // is already gone, and nobody waits for the pod's interfaces to
             // be unregistered: the kernel does it when the last process of
@@ -788,18 +788,9 @@ pub(crate) fn runtime_of(daemon: &Daemon, handler: &str) -> (String, PathBuf) {
 /// The runtime binary of a handler (the default one for "") and the
 /// `--root` the shim is launched with (the shim adds the namespace).
 fn runtime_binary_and_root(daemon: &Daemon, handler: &str) -> (String, PathBuf) {
-    let handler = match handler {
-        "" => daemon.config.default_runtime.as_str(),
-        h => h,
-    };
-    let h = daemon
-        .config
-        .runtimes
-        .get(handler)
-        .cloned()
-        .unwrap_or_default();
+    let h = daemon.handler(handler).1.unwrap_or_default();
     let root = if h.root.is_empty() {
-        daemon.config.state.join("runc")
+        daemon.config().state.join("runc")
     } else {
         PathBuf::from(&h.root)
     };
