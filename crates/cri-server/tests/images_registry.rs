@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::pod::{container, exec, pod, run, run_pod, teardown, Env, LogDir};
 use common::registry::{
     busybox_entries, image, is_root, layer, make_pki, Compression, Entry, Registry,
 };
@@ -15,7 +16,7 @@ use k8s_cri::v1::{
     AuthConfig, ImageSpec, ImageStatusRequest, ListImagesRequest, PullImageRequest,
     RemoveImageRequest,
 };
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -328,4 +329,62 @@ async fn node_credentials_and_pinned_images() {
         assert_eq!(status.pinned, want, "{tag}");
     }
     drop((daemon, secure));
+}
+
+/// RunPodSandbox pulls the pause image, and PullImage an image, from a
+/// registry that wants credentials, with the node's only; the container
+/// runs from the pulled image.
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_and_images_use_node_credentials() {
+    if !is_root() {
+        eprintln!("skipping pause_and_images_use_node_credentials: needs root");
+        return;
+    }
+    let env = Env::start_with_registry_auth("crius-reg-auth", "node", "n0de-pw");
+    let mut images = env.daemon.images().await;
+    let busybox = format!("{}/busybox:test", env.registry.addr);
+    // The request's (wrong) credentials win over the node's.
+    let wrong = AuthConfig {
+        username: "node".into(),
+        password: "wrong".into(),
+        ..Default::default()
+    };
+    let err = pull(&mut images, &busybox, Some(wrong)).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::Unauthenticated | Code::PermissionDenied),
+        "{err:?}"
+    );
+    let mut rt = env.daemon.runtime().await;
+    let uid = "uid-reg-auth";
+    let config = pod("reg-auth", uid);
+    let _logs = LogDir(PathBuf::from(&config.log_directory));
+    let pod_id = run_pod(&env, &mut rt, &config).await;
+    assert_eq!(env.pull_busybox().await, busybox);
+    let id = run(
+        &env,
+        &mut rt,
+        &pod_id,
+        &config,
+        container("c", &busybox, &["/bin/busybox", "sleep", "3600"]),
+    )
+    .await;
+    let (code, out, err) = exec(&mut rt, &id, &["/bin/sh", "-c", "echo $FROM_IMAGE"]).await;
+    assert_eq!((code, out.trim(), err.as_str()), (0, "1", ""));
+    // The pause image is pinned, busybox is not.
+    let listed = images
+        .list_images(ListImagesRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    let pinned = |tag: &str| {
+        listed
+            .iter()
+            .find(|i| i.repo_tags.iter().any(|t| t.ends_with(tag)))
+            .map(|i| i.pinned)
+    };
+    assert_eq!(pinned("/pause:test"), Some(true), "{listed:?}");
+    assert_eq!(pinned("/busybox:test"), Some(false), "{listed:?}");
+    assert!(!env.daemon.log_text().contains("n0de-pw"));
+    teardown(&env, &mut rt, &pod_id, uid).await;
 }
