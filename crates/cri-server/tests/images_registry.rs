@@ -6,47 +6,15 @@
 
 mod common;
 
+use common::images::{list, pull, remove, status};
 use common::pod::{container, exec, pod, run, run_pod, teardown, Env, LogDir};
 use common::registry::{
     busybox_entries, image, is_root, layer, make_pki, Compression, Entry, Registry,
 };
 use common::Daemon;
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::{
-    AuthConfig, ImageSpec, ImageStatusRequest, ListImagesRequest, PullImageRequest,
-    RemoveImageRequest,
-};
+use k8s_cri::v1::AuthConfig;
 use std::path::{Path, PathBuf};
-use tonic::transport::Channel;
 use tonic::Code;
-
-async fn pull(
-    c: &mut ImageServiceClient<Channel>,
-    image: &str,
-    auth: Option<AuthConfig>,
-) -> Result<String, tonic::Status> {
-    c.pull_image(PullImageRequest {
-        image: Some(ImageSpec {
-            image: image.to_string(),
-            ..Default::default()
-        }),
-        auth,
-        sandbox_config: None,
-    })
-    .await
-    .map(|r| r.into_inner().image_ref)
-}
-
-async fn remove(c: &mut ImageServiceClient<Channel>, image: &str) {
-    c.remove_image(RemoveImageRequest {
-        image: Some(ImageSpec {
-            image: image.to_string(),
-            ..Default::default()
-        }),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("RemoveImage {image}: {e}"));
-}
 
 fn config_text(dir: &Path, extra: &str) -> String {
     format!(
@@ -189,20 +157,8 @@ async fn mirror_ns_parameter_and_client_certificates() {
     std::fs::copy(&pki.client_cert, host_dir.join("client.cert")).unwrap();
     std::fs::copy(&pki.client_key, host_dir.join("client.key")).unwrap();
     assert_eq!(pull(&mut c, &secure, None).await.unwrap(), config);
-    let status = c
-        .image_status(ImageStatusRequest {
-            image: Some(ImageSpec {
-                image: secure.clone(),
-                ..Default::default()
-            }),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .image
-        .expect("pulled over mTLS");
-    assert_eq!(status.repo_tags, vec![secure.clone()]);
+    let img = status(&mut c, &secure).await.expect("pulled over mTLS");
+    assert_eq!(img.repo_tags, vec![secure.clone()]);
     drop((daemon, tls, reg));
 }
 
@@ -296,12 +252,7 @@ async fn node_credentials_and_pinned_images() {
     }
 
     // Pinned: by tag glob (v1), by digest (v3), the pause image; not v2.
-    let images = c
-        .list_images(ListImagesRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .images;
+    let images = list(&mut c).await;
     let mut pinned: Vec<(String, bool)> = images.iter().map(|i| (i.id.clone(), i.pinned)).collect();
     pinned.sort();
     let mut want = vec![
@@ -313,20 +264,8 @@ async fn node_credentials_and_pinned_images() {
     want.sort();
     assert_eq!(pinned, want);
     for (tag, want) in [("v1", true), ("v2", false)] {
-        let status = c
-            .image_status(ImageStatusRequest {
-                image: Some(ImageSpec {
-                    image: name(tag),
-                    ..Default::default()
-                }),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .image
-            .unwrap();
-        assert_eq!(status.pinned, want, "{tag}");
+        let img = status(&mut c, &name(tag)).await.expect("pulled");
+        assert_eq!(img.pinned, want, "{tag}");
     }
     drop((daemon, secure));
 }
@@ -371,12 +310,7 @@ async fn pause_and_images_use_node_credentials() {
     let (code, out, err) = exec(&mut rt, &id, &["/bin/sh", "-c", "echo $FROM_IMAGE"]).await;
     assert_eq!((code, out.trim(), err.as_str()), (0, "1", ""));
     // The pause image is pinned, busybox is not.
-    let listed = images
-        .list_images(ListImagesRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .images;
+    let listed = list(&mut images).await;
     let pinned = |tag: &str| {
         listed
             .iter()
