@@ -860,4 +860,107 @@ mod tests {
             }
         }
     }
+
+    /// Which credentials each host gets: the request's everywhere, else
+    /// the file's entry of that host (Docker Hub's under its aliases).
+    #[test]
+    fn credentials_per_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs.d");
+        for (domain, text) in [
+            (
+                "docker.io",
+                "[host.\"https://mirror.local:5000\"]\n[host.\"https://other.local\"]\n",
+            ),
+            ("quay.io", "[host.\"https://mirror.local:5000\"]\n"),
+        ] {
+            std::fs::create_dir_all(certs.join(domain)).unwrap();
+            std::fs::write(certs.join(domain).join("hosts.toml"), text).unwrap();
+        }
+        let file = dir.path().join("auth.json");
+        std::fs::write(
+            &file,
+            r#"{"auths": {
+                "mirror.local:5000": {"username": "m", "password": "x"},
+                "https://index.docker.io/v1/": {"username": "hub", "password": "x"},
+                "quay.io/team": {"username": "team", "password": "x"}
+            }}"#,
+        )
+        .unwrap();
+        let users = |reference: &str, auth: Option<Auth>, auth_file: Option<&Path>| {
+            let r = Reference::parse(reference).unwrap();
+            Resolver::new(&certs, &r, auth, auth_file)
+                .unwrap()
+                .hosts
+                .iter()
+                .map(|(h, _, a)| {
+                    (
+                        h.authority.clone(),
+                        a.as_ref().map(|a| a.username.clone()).unwrap_or_default(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let pairs = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<Vec<_>>()
+        };
+        // (reference, request credentials, file, host -> user)
+        let request = Auth::from_cri("req", "pw", "", "", "").unwrap();
+        let missing = dir.path().join("missing.json");
+        let cases = [
+            (
+                "busybox",
+                None,
+                Some(file.as_path()),
+                pairs(&[
+                    ("mirror.local:5000", "m"),
+                    ("other.local", ""),
+                    ("registry-1.docker.io", "hub"),
+                ]),
+            ),
+            (
+                "busybox",
+                request.clone(),
+                Some(file.as_path()),
+                pairs(&[
+                    ("mirror.local:5000", "req"),
+                    ("other.local", "req"),
+                    ("registry-1.docker.io", "req"),
+                ]),
+            ),
+            (
+                "quay.io/team/app:1",
+                None,
+                Some(file.as_path()),
+                pairs(&[("mirror.local:5000", "m"), ("quay.io", "team")]),
+            ),
+            (
+                "quay.io/solo/app:1",
+                None,
+                Some(file.as_path()),
+                pairs(&[("mirror.local:5000", "m"), ("quay.io", "")]),
+            ),
+            (
+                "quay.io/team/app:1",
+                None,
+                Some(missing.as_path()),
+                pairs(&[("mirror.local:5000", ""), ("quay.io", "")]),
+            ),
+            (
+                "quay.io/team/app:1",
+                None,
+                None,
+                pairs(&[("mirror.local:5000", ""), ("quay.io", "")]),
+            ),
+        ];
+        for (reference, auth, auth_file, want) in cases {
+            assert_eq!(users(reference, auth, auth_file), want, "{reference}");
+        }
+        std::fs::write(&file, "{\"auths\": 5}").unwrap();
+        let r = Reference::parse("busybox").unwrap();
+        let err = Resolver::new(&certs, &r, None, Some(&file)).err().unwrap();
+        assert!(err.to_string().contains("registry.auth_file"), "{err}");
+    }
 }
