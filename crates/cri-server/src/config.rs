@@ -174,6 +174,15 @@ pub struct RegistryConfig {
     /// (containerd's `image_pull_progress_timeout`): a duration such as
     /// `5m`, or `0` to wait forever.
     pub pull_progress_timeout: DurationOrZero,
+    /// Layers one pull downloads at the same time (containerd's
+    /// `max_concurrent_downloads`), 1 to 64.
+    pub max_concurrent_downloads: i64,
+    /// Node credentials for pulls whose request carries none, the pause
+    /// image's included (CRI-O's `global_auth_file`): a file in the
+    /// `~/.docker/config.json` / containers-auth.json format,
+    /// `{"auths": {"host": {"auth": "<base64 user:pass>"}}}`, read at each
+    /// pull (at most 1 MiB). Empty: none.
+    pub auth_file: String,
 }
 
 impl Default for RegistryConfig {
@@ -181,8 +190,25 @@ impl Default for RegistryConfig {
         RegistryConfig {
             config_path: "/etc/crius/certs.d".into(),
             pull_progress_timeout: DurationOrZero::Text("5m".into()),
+            max_concurrent_downloads: crius_image::DEFAULT_MAX_CONCURRENT_DOWNLOADS as i64,
+            auth_file: String::new(),
         }
     }
+}
+
+/// The range of `registry.max_concurrent_downloads`.
+const CONCURRENT_DOWNLOADS: std::ops::RangeInclusive<i64> = 1..=64;
+
+/// `[images]`: local images.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagesConfig {
+    /// Images reported as pinned (kubelet's image garbage collection keeps
+    /// them) besides the pause image, which always is: references
+    /// (`busybox:1.36`, normalized) or patterns where `*` matches any run
+    /// of characters and `?` one, against the full names of an image's tags
+    /// and digests (`registry.k8s.io/*`, `*@sha256:...`).
+    pub pinned: Vec<String>,
 }
 
 /// A duration key that may also be `0` (off), given as a string (`"5m"`,
@@ -343,6 +369,8 @@ pub struct Config {
     pub cni: CniConfig,
     /// Registry hosts configuration.
     pub registry: RegistryConfig,
+    /// Local images.
+    pub images: ImagesConfig,
     /// Streaming server.
     pub stream: StreamConfig,
     /// Prometheus metrics.
@@ -374,6 +402,7 @@ impl Default for Config {
             runtimes,
             cni: CniConfig::default(),
             registry: RegistryConfig::default(),
+            images: ImagesConfig::default(),
             stream: StreamConfig::default(),
             metrics: MetricsConfig::default(),
             tracing: TracingConfig::default(),
@@ -539,6 +568,25 @@ impl Config {
         parse_size(&self.shm_size).map_err(|m| value_err("shm_size", m))?;
         parse_duration(&self.handback_expiry).map_err(|m| value_err("handback_expiry", m))?;
         self.pull_progress_timeout()?;
+        if !CONCURRENT_DOWNLOADS.contains(&self.registry.max_concurrent_downloads) {
+            return Err(value_err(
+                "registry.max_concurrent_downloads",
+                format!(
+                    "{} is not between {} and {}",
+                    self.registry.max_concurrent_downloads,
+                    CONCURRENT_DOWNLOADS.start(),
+                    CONCURRENT_DOWNLOADS.end()
+                ),
+            ));
+        }
+        if !self.registry.auth_file.is_empty() && !Path::new(&self.registry.auth_file).is_absolute()
+        {
+            return Err(value_err(
+                "registry.auth_file",
+                format!("{:?} is not an absolute path", self.registry.auth_file),
+            ));
+        }
+        self.pinned_images()?;
         for (name, handler) in &self.runtimes {
             if name.is_empty() {
                 return Err(value_err("runtimes", "a handler name must not be empty"));
@@ -618,6 +666,30 @@ impl Config {
             .pull_progress_timeout
             .parse()
             .map_err(|m| value_err("registry.pull_progress_timeout", m))
+    }
+
+    /// The compiled `[images] pinned` patterns (validated by
+    /// [`Config::validate`]).
+    pub fn pinned_images(&self) -> Result<crius_image::pinning::Pinned, ConfigError> {
+        crius_image::pinning::Pinned::new(&self.images.pinned)
+            .map_err(|(i, m)| value_err(format!("images.pinned[{i}]"), m))
+    }
+
+    /// The image manager's settings from `[registry]` and `[images]`
+    /// (validated by [`Config::validate`]; defaults where a value is bad).
+    pub fn image_options(&self) -> crius_image::ImageOptions {
+        crius_image::ImageOptions {
+            pull_progress_timeout: self
+                .pull_progress_timeout()
+                .unwrap_or(Some(crius_image::DEFAULT_PULL_PROGRESS_TIMEOUT)),
+            max_concurrent_downloads: usize::try_from(self.registry.max_concurrent_downloads)
+                .ok()
+                .filter(|n| CONCURRENT_DOWNLOADS.contains(&(*n as i64)))
+                .unwrap_or(crius_image::DEFAULT_MAX_CONCURRENT_DOWNLOADS),
+            auth_file: (!self.registry.auth_file.is_empty())
+                .then(|| PathBuf::from(&self.registry.auth_file)),
+            pinned: self.pinned_images().unwrap_or_default(),
+        }
     }
 
     /// The dotted keys whose values differ between `self` and `other`
@@ -927,6 +999,10 @@ mod tests {
             "bin_dirs",
             "[registry]",
             "config_path",
+            "max_concurrent_downloads = 3",
+            "auth_file",
+            "[images]",
+            "pinned",
             "[stream]",
             "address",
             "[tracing]",
@@ -964,6 +1040,10 @@ bin_dirs = ["/tmp/bin"]
 [registry]
 config_path = "/tmp/certs.d"
 pull_progress_timeout = "30s"
+max_concurrent_downloads = 8
+auth_file = "/etc/crius/auth.json"
+[images]
+pinned = ["busybox:1.36", "registry.k8s.io/*"]
 [stream]
 address = "127.0.0.1:10010"
 [tracing]
@@ -984,6 +1064,24 @@ service_name = "node-7"
             Some(Duration::from_secs(30))
         );
         assert_eq!(c.cni.bin_dirs, vec![PathBuf::from("/tmp/bin")]);
+        let o = c.image_options();
+        assert_eq!(o.max_concurrent_downloads, 8);
+        assert_eq!(o.auth_file, Some(PathBuf::from("/etc/crius/auth.json")));
+        assert!(o
+            .pinned
+            .matches(&["docker.io/library/busybox:1.36".to_string()]));
+        assert!(o
+            .pinned
+            .matches(&["registry.k8s.io/coredns/coredns:v1".to_string()]));
+        assert!(!o
+            .pinned
+            .matches(&["docker.io/library/busybox:1.37".to_string()]));
+        let d = Config::default().image_options();
+        assert_eq!(
+            (d.max_concurrent_downloads, d.auth_file),
+            (3, None),
+            "containerd's default, no node credentials"
+        );
         assert_eq!(c.stream.address, "127.0.0.1:10010");
         assert_eq!(c.tracing.otlp_endpoint, "http://127.0.0.1:4317");
         assert_eq!(c.tracing.sampling_ratio, 0.25);
@@ -1093,6 +1191,27 @@ privileged_without_host_devices = true
                 "[registry]\npull_progress_timeout = true",
                 "pull_progress_timeout",
             ),
+            (
+                "[registry]\nmax_concurrent_downloads = 0",
+                "`registry.max_concurrent_downloads`",
+            ),
+            (
+                "[registry]\nmax_concurrent_downloads = 65",
+                "`registry.max_concurrent_downloads`",
+            ),
+            (
+                "[registry]\nmax_concurrent_downloads = \"4\"",
+                "max_concurrent_downloads",
+            ),
+            (
+                "[registry]\nauth_file = \"auth.json\"",
+                "`registry.auth_file`",
+            ),
+            ("[registry]\nglobal_auth_file = \"/a\"", "global_auth_file"),
+            ("[images]\npinned = [\"ok:1\", \"\"]", "`images.pinned[1]`"),
+            ("[images]\npinned = [\"Bad/Name\"]", "`images.pinned[0]`"),
+            ("[images]\npinned = \"busybox\"", "pinned"),
+            ("[images]\npin = []", "pin"),
             ("default_runtime = \"kata\"", "`default_runtime`"),
             ("[runtimes.crun]\npath = \"\"", "`runtimes.crun.path`"),
             (

@@ -184,11 +184,7 @@ impl Daemon {
             store.clone(),
             &config.registry.config_path,
             &config.pause_image,
-            crius_image::ImageOptions {
-                pull_progress_timeout: config
-                    .pull_progress_timeout()
-                    .unwrap_or(Some(crius_image::DEFAULT_PULL_PROGRESS_TIMEOUT)),
-            },
+            config.image_options(),
         )?;
         // Once, at start-up: can pods have user namespaces here?
         let _ = crate::runtime::userns::kernel_probe(&config.state);

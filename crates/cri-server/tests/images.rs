@@ -4,65 +4,17 @@
 
 mod common;
 
+use common::images::{list, pull, remove, spec, status};
 use common::registry::{
     busybox_entries, chain_ids, docker_image, docker_list, image, index, is_root, layer,
     Compression, Entry, OverlayMount, Registry, TestImage, DOCKER_LIST, OCI_INDEX,
 };
 use common::Daemon;
-use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::{
-    AuthConfig, ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest,
-    PullImageRequest, RemoveImageRequest,
+    AuthConfig, ImageFilter, ImageFsInfoRequest, ImageStatusRequest, ListImagesRequest,
 };
 use std::path::{Path, PathBuf};
-use tonic::transport::Channel;
 use tonic::Code;
-
-fn spec(image: &str) -> Option<ImageSpec> {
-    Some(ImageSpec {
-        image: image.to_string(),
-        ..Default::default()
-    })
-}
-
-async fn pull(
-    c: &mut ImageServiceClient<Channel>,
-    image: &str,
-    auth: Option<AuthConfig>,
-) -> Result<String, tonic::Status> {
-    c.pull_image(PullImageRequest {
-        image: spec(image),
-        auth,
-        sandbox_config: None,
-    })
-    .await
-    .map(|r| r.into_inner().image_ref)
-}
-
-async fn status(c: &mut ImageServiceClient<Channel>, image: &str) -> Option<k8s_cri::v1::Image> {
-    c.image_status(ImageStatusRequest {
-        image: spec(image),
-        verbose: false,
-    })
-    .await
-    .expect("ImageStatus")
-    .into_inner()
-    .image
-}
-
-async fn list(c: &mut ImageServiceClient<Channel>) -> Vec<k8s_cri::v1::Image> {
-    c.list_images(ListImagesRequest { filter: None })
-        .await
-        .expect("ListImages")
-        .into_inner()
-        .images
-}
-
-async fn remove(c: &mut ImageServiceClient<Channel>, image: &str) {
-    c.remove_image(RemoveImageRequest { image: spec(image) })
-        .await
-        .unwrap_or_else(|e| panic!("RemoveImage {image}: {e}"));
-}
 
 fn config_text(dir: &Path, pause: &str) -> String {
     format!(

@@ -6,11 +6,12 @@
 
 mod common;
 
+use common::images::pull;
 use common::registry::{
     busybox_entries, ensure_binary, image, is_root, layer, Compression, Registry, RegistryAuth,
 };
 use common::Daemon;
-use k8s_cri::v1::{AuthConfig, ImageSpec, PullImageRequest, RemoveImageRequest};
+use k8s_cri::v1::{AuthConfig, ImageSpec, RemoveImageRequest};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -312,23 +313,6 @@ fn serve_token(mut conn: TcpStream, signer: &Signer, seen: &Mutex<Vec<Seen>>) {
         body.len()
     );
     let _ = conn.write_all(resp.as_bytes());
-}
-
-async fn pull(
-    c: &mut k8s_cri::v1::image_service_client::ImageServiceClient<tonic::transport::Channel>,
-    image: &str,
-    auth: Option<AuthConfig>,
-) -> Result<String, tonic::Status> {
-    c.pull_image(PullImageRequest {
-        image: Some(ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        auth,
-        sandbox_config: None,
-    })
-    .await
-    .map(|r| r.into_inner().image_ref)
 }
 
 #[tokio::test(flavor = "multi_thread")]

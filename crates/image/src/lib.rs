@@ -50,10 +50,12 @@
 //! Errors carry an [`ErrorKind`] (`ImageError::kind`) for mapping onto RPC
 //! status codes.
 
+pub mod auth_file;
 pub mod content;
 pub mod hosts;
 pub mod manager;
 pub mod manifest;
+pub mod pinning;
 pub mod reference;
 pub mod registry;
 pub mod snapshot;
@@ -63,7 +65,7 @@ pub mod usage;
 
 pub use manager::{
     ErrorKind, FsUsage, ImageError, ImageManager, ImageOptions, Mount,
-    DEFAULT_PULL_PROGRESS_TIMEOUT,
+    DEFAULT_MAX_CONCURRENT_DOWNLOADS, DEFAULT_PULL_PROGRESS_TIMEOUT,
 };
 pub use manifest::{ImageConfig, Platform, RuntimeConfig};
 pub use reference::{Reference, ReferenceError};

@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Layers downloaded at the same time by one pull.
-const PARALLEL_DOWNLOADS: usize = 4;
+/// Layers downloaded at the same time by one pull, by default
+/// (containerd's `max_concurrent_downloads`).
+pub const DEFAULT_MAX_CONCURRENT_DOWNLOADS: usize = 3;
 /// The file in a container's directory naming the snapshots it uses.
 const ROOTFS_RECORD: &str = "rootfs.json";
 /// The directory in a container's directory with one short link per lower
@@ -27,18 +28,28 @@ const LAYER_LINKS: &str = "l";
 pub const DEFAULT_PULL_PROGRESS_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 /// Settings of the image manager.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageOptions {
     /// A pull that receives no data from the registry for this long fails
     /// with [`ErrorKind::DeadlineExceeded`]; `None` waits forever (the
     /// HTTP client's own read timeout aside).
     pub pull_progress_timeout: Option<Duration>,
+    /// Layers one pull downloads at the same time (at least 1).
+    pub max_concurrent_downloads: usize,
+    /// Node credentials for pulls that carry none (`registry.auth_file`),
+    /// read at each such pull.
+    pub auth_file: Option<PathBuf>,
+    /// Images reported as pinned besides the pause image.
+    pub pinned: crate::pinning::Pinned,
 }
 
 impl Default for ImageOptions {
     fn default() -> Self {
         ImageOptions {
             pull_progress_timeout: Some(DEFAULT_PULL_PROGRESS_TIMEOUT),
+            max_concurrent_downloads: DEFAULT_MAX_CONCURRENT_DOWNLOADS,
+            auth_file: None,
+            pinned: Default::default(),
         }
     }
 }
@@ -408,14 +419,20 @@ impl ImageManager {
         &self.inner.dir
     }
 
-    /// Whether the image is pinned (it is the configured pause image).
+    /// Whether the image is pinned: it is the configured pause image, or
+    /// one of its repo tags or digests matches `[images] pinned` (decided
+    /// by the configuration now, not by what was recorded at pull time).
     pub fn is_pinned(&self, image: &ImageRecord) -> bool {
-        image.status.pinned
+        let m = &image.metadata;
+        self.inner
+            .pause_image
+            .as_ref()
+            .is_some_and(|p| m.repo_tags.contains(p))
             || self
                 .inner
-                .pause_image
-                .as_ref()
-                .is_some_and(|p| image.metadata.repo_tags.contains(p))
+                .options
+                .pinned
+                .matches(m.repo_tags.iter().chain(&m.repo_digests))
     }
 
     /// Pulls `reference` from its registry and records it; returns the
@@ -456,7 +473,8 @@ impl ImageManager {
         let mut lease = Lease::new(inner.leases.clone());
         let resolver = {
             let (cfg, rr) = (inner.registry_config.clone(), r.clone());
-            blocking(move || Resolver::new(&cfg, &rr, auth)).await??
+            let auth_file = inner.options.auth_file.clone();
+            blocking(move || Resolver::new(&cfg, &rr, auth, auth_file.as_deref())).await??
         };
         tracing::info!(reference = %r, "pulling image");
         let top = self
@@ -534,7 +552,9 @@ impl ImageManager {
             .collect();
         self.protect(&mut lease, &layer_digests, &chain).await;
         let resolver = Arc::new(resolver);
-        let limit = Arc::new(tokio::sync::Semaphore::new(PARALLEL_DOWNLOADS));
+        let limit = Arc::new(tokio::sync::Semaphore::new(
+            inner.options.max_concurrent_downloads.max(1),
+        ));
         let mut tasks = tokio::task::JoinSet::new();
         let mut below_done: Option<tokio::sync::oneshot::Receiver<()>> = None;
         for (i, ((layer, diff_id), chain_id)) in image_manifest
@@ -1741,17 +1761,100 @@ mod tests {
     }
 
     fn open_with_timeout(tmp: &Path, timeout: Option<Duration>) -> ImageManager {
-        let (store, _) = Store::open(&tmp.join("store")).unwrap();
-        ImageManager::open_with(
+        open_with_options(
             tmp,
-            Arc::new(store),
-            &tmp.join("certs.d"),
-            "p",
             ImageOptions {
                 pull_progress_timeout: timeout,
+                ..Default::default()
             },
         )
-        .unwrap()
+    }
+
+    fn open_with_options(tmp: &Path, options: ImageOptions) -> ImageManager {
+        let (store, _) = Store::open(&tmp.join("store")).unwrap();
+        ImageManager::open_with(tmp, Arc::new(store), &tmp.join("certs.d"), "p", options).unwrap()
+    }
+
+    /// Pinned: the pause image, and images with a tag or digest matching a
+    /// pattern; a flag recorded earlier does not outlive its pattern.
+    #[test]
+    fn pinned_by_pause_image_and_patterns() {
+        let tmp = tempfile::tempdir().unwrap();
+        let patterns = ["busybox:1.36".to_string(), "quay.io/team/*".to_string()];
+        let m = open_with_options(
+            tmp.path(),
+            ImageOptions {
+                pinned: crate::pinning::Pinned::new(&patterns).unwrap(),
+                ..Default::default()
+            },
+        );
+        let mut stale = record('c', &["docker.io/library/other:1"], &[]);
+        stale.status.pinned = true;
+        let mut by_digest = record('d', &[], &[]);
+        by_digest.metadata.repo_digests =
+            vec![format!("quay.io/team/app@sha256:{}", "d".repeat(64))];
+        // (record, pinned)
+        let cases = [
+            (record('a', &["docker.io/library/p:latest"], &[]), true),
+            (
+                record('b', &["x.io/a:1", "docker.io/library/busybox:1.36"], &[]),
+                true,
+            ),
+            (record('e', &["docker.io/library/busybox:1.37"], &[]), false),
+            (by_digest, true),
+            (stale, false),
+        ];
+        for (rec, want) in cases {
+            assert_eq!(m.is_pinned(&rec), want, "{:?}", rec.metadata.repo_tags);
+        }
+    }
+
+    /// `max_concurrent_downloads` bounds the layers one pull has in flight.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn layer_downloads_are_bounded() {
+        for limit in [1usize, 2] {
+            let layers: Vec<Vec<u8>> = (0..4)
+                .map(|i| layer_tar(&[(format!("f{i}").as_str(), &[i as u8; 2048])]))
+                .collect();
+            let repo = format!("many{limit}");
+            let (mut routes, digests) = image_routes(&repo, &layers);
+            let gate = Arc::new(tokio::sync::Semaphore::new(0));
+            for r in &mut routes[2..] {
+                r.stall_after = Some(10);
+                r.gate = Some(gate.clone());
+            }
+            let (addr, seen) = serve(routes).await;
+            let tmp = tempfile::tempdir().unwrap();
+            let m = open_with_options(
+                tmp.path(),
+                ImageOptions {
+                    max_concurrent_downloads: limit,
+                    ..Default::default()
+                },
+            );
+            let pulling = {
+                let (m, r) = (m.clone(), format!("{addr}/{repo}:t"));
+                tokio::spawn(async move { m.pull(&r, None).await })
+            };
+            let layer_requests = || {
+                let seen = seen.lock().unwrap();
+                digests[2..]
+                    .iter()
+                    .filter(|d| seen.iter().any(|p| p.ends_with(d.as_str())))
+                    .count()
+            };
+            wait_for("the first layer requests", || layer_requests() >= limit).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(layer_requests(), limit, "layers in flight at once");
+            gate.add_permits(layers.len());
+            let rec = tokio::time::timeout(Duration::from_secs(20), pulling)
+                .await
+                .expect("the pull finishes")
+                .unwrap()
+                .unwrap();
+            assert_eq!(rec.metadata.id, digests[1]);
+            assert_eq!(layer_requests(), layers.len());
+        }
     }
 
     fn leftovers(m: &ImageManager) -> (Vec<String>, Vec<String>, Vec<String>) {

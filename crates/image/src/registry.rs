@@ -2,8 +2,9 @@
 //! the configured hosts (mirrors first, then upstream), with anonymous,
 //! basic and bearer-token authentication.
 
+use crate::auth_file::AuthFile;
 use crate::content::digest_of;
-use crate::hosts::{self, HostsError, RegistryHost};
+use crate::hosts::{self, ClientPair, HostsError, RegistryHost};
 use crate::manifest;
 use crate::reference::Reference;
 use base64::Engine;
@@ -30,6 +31,22 @@ pub enum RegistryError {
         /// What is wrong.
         message: String,
     },
+    /// A client certificate of hosts.toml or certs.d cannot be used.
+    #[error("cannot use client certificate {path}: {message}")]
+    ClientCertificate {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The node's credentials file (`registry.auth_file`) cannot be used.
+    #[error("cannot use the credentials file {path} (registry.auth_file): {message}")]
+    AuthFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (never the file's content).
+        message: String,
+    },
     /// The HTTP client cannot be built.
     #[error("cannot set up the HTTP client: {0}")]
     Client(String),
@@ -53,7 +70,7 @@ pub enum RegistryError {
         message: String,
     },
     /// A request failed on the network.
-    #[error("request to {url} failed: {source}")]
+    #[error("request to {url} failed: {}", error_chain(source))]
     Http {
         /// The URL.
         url: String,
@@ -104,6 +121,22 @@ pub enum RegistryError {
         /// What is wrong.
         message: String,
     },
+}
+
+/// An error with its causes (reqwest's own message hides them, such as
+/// why a TLS handshake failed).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = c.source();
+    }
+    out
 }
 
 /// Credentials for a pull, as the CRI `AuthConfig` carries them.
@@ -270,8 +303,8 @@ pub struct FetchedManifest {
 pub struct Resolver {
     domain: String,
     repository: String,
-    hosts: Vec<(RegistryHost, reqwest::Client)>,
-    auth: Option<Auth>,
+    /// Each host with its client and credentials.
+    hosts: Vec<(RegistryHost, reqwest::Client, Option<Auth>)>,
     /// Authorization header value per host authority, learnt from challenges.
     authz: tokio::sync::Mutex<HashMap<String, String>>,
 }
@@ -295,7 +328,70 @@ fn build_client(host: &RegistryHost) -> Result<reqwest::Client, RegistryError> {
             b = b.add_root_certificate(c);
         }
     }
+    if let Some(identity) = client_identity(&host.client)? {
+        b = b.identity(identity);
+    }
     b.build().map_err(|e| RegistryError::Client(e.to_string()))
+}
+
+fn has_pem(text: &str, label: &str) -> bool {
+    text.lines()
+        .any(|l| l.starts_with("-----BEGIN ") && l.contains(label))
+}
+
+/// The TLS client identity of a host's client certificates. As Go's TLS
+/// client without a selection callback, only the first one is offered. A
+/// flat list of a certificate-only file and a key-only file is taken as one
+/// pair (`client = ["cert.pem", "key.pem"]`), where containerd would need
+/// the key in each file.
+fn client_identity(pairs: &[ClientPair]) -> Result<Option<reqwest::Identity>, RegistryError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| RegistryError::ClientCertificate {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    };
+    let Some(first) = pairs.first() else {
+        return Ok(None);
+    };
+    let cert = read(&first.cert)?;
+    // (key text, its file, how many entries the identity used)
+    let (key, key_path, used) = match (&first.key, pairs) {
+        (Some(k), _) => (read(k)?, k.clone(), 1),
+        (None, [_, next]) if next.key.is_none() && !has_pem(&cert, "PRIVATE KEY") => {
+            let key = read(&next.cert)?;
+            if has_pem(&key, "CERTIFICATE") {
+                (cert.clone(), first.cert.clone(), 1)
+            } else {
+                (key, next.cert.clone(), 2)
+            }
+        }
+        (None, _) => (cert.clone(), first.cert.clone(), 1),
+    };
+    if pairs.len() > used {
+        tracing::warn!(
+            cert = %first.cert.display(),
+            "several client certificates configured; only the first is used"
+        );
+    }
+    if !has_pem(&cert, "CERTIFICATE") {
+        return Err(RegistryError::ClientCertificate {
+            path: first.cert.clone(),
+            message: "no PEM certificate in it".into(),
+        });
+    }
+    if !has_pem(&key, "PRIVATE KEY") {
+        return Err(RegistryError::ClientCertificate {
+            path: key_path,
+            message: "no PEM private key in it".into(),
+        });
+    }
+    reqwest::Identity::from_pem(format!("{key}\n{cert}").as_bytes())
+        .map(Some)
+        .map_err(|e| RegistryError::ClientCertificate {
+            path: first.cert.clone(),
+            message: e.to_string(),
+        })
 }
 
 async fn read_limited(
@@ -330,23 +426,43 @@ async fn read_limited(
 
 impl Resolver {
     /// A resolver for `reference`'s repository, with hosts read from
-    /// `config_path` (containerd's `certs.d` layout).
+    /// `config_path` (containerd's `certs.d` layout). The request's `auth`
+    /// is used for every host; without it, each host's entry of the node's
+    /// `auth_file`, read now (blocking).
     pub fn new(
         config_path: &Path,
         reference: &Reference,
         auth: Option<Auth>,
+        auth_file: Option<&Path>,
     ) -> Result<Resolver, RegistryError> {
         let configured = hosts::hosts_for(config_path, &reference.domain)?;
+        let file = match (&auth, auth_file) {
+            (None, Some(path)) => {
+                AuthFile::read(path).map_err(|message| RegistryError::AuthFile {
+                    path: path.to_path_buf(),
+                    message,
+                })?
+            }
+            _ => None,
+        };
         let mut hosts = Vec::with_capacity(configured.len());
         for h in configured {
             let c = build_client(&h)?;
-            hosts.push((h, c));
+            let host_auth = match (&auth, &file) {
+                (Some(a), _) => Some(a.clone()),
+                (None, Some(f)) => f.lookup(&h.authority, &reference.path).or_else(|| {
+                    (!h.is_proxy_for(&reference.domain))
+                        .then(|| f.lookup(&reference.domain, &reference.path))
+                        .flatten()
+                }),
+                (None, None) => None,
+            };
+            hosts.push((h, c, host_auth));
         }
         Ok(Resolver {
             domain: reference.domain.clone(),
             repository: reference.path.clone(),
             hosts,
-            auth,
             authz: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -355,6 +471,7 @@ impl Resolver {
         &self,
         host: &RegistryHost,
         client: &reqwest::Client,
+        auth: Option<&Auth>,
         url: &str,
         challenge: &Challenge,
     ) -> Result<String, RegistryError> {
@@ -363,7 +480,7 @@ impl Resolver {
             message,
         };
         match challenge.scheme.as_str() {
-            "basic" => self.auth.as_ref().and_then(Auth::basic).ok_or_else(|| {
+            "basic" => auth.and_then(Auth::basic).ok_or_else(|| {
                 denied("the registry requires credentials and none were given".into())
             }),
             "bearer" => {
@@ -382,7 +499,7 @@ impl Resolver {
                     .get("scope")
                     .cloned()
                     .unwrap_or_else(|| format!("repository:{}:pull", self.repository));
-                let auth = self.auth.clone().unwrap_or_default();
+                let auth = auth.cloned().unwrap_or_default();
                 let req = if !auth.identity_token.is_empty() {
                     client.post(realm.as_str()).form(&[
                         ("grant_type", "refresh_token"),
@@ -462,16 +579,15 @@ impl Resolver {
     /// One GET to one host, answering a 401 challenge once.
     async fn get(
         &self,
-        host: &RegistryHost,
-        client: &reqwest::Client,
+        (host, client, auth): &(RegistryHost, reqwest::Client, Option<Auth>),
         suffix: &str,
         accept: Option<&str>,
         what: &str,
     ) -> Result<reqwest::Response, RegistryError> {
-        let url = host.url(&self.repository, suffix);
+        let url = host.request_url(&self.domain, &self.repository, suffix);
         let mut authz = self.authz.lock().await.get(&host.authority).cloned();
         if authz.is_none() {
-            if let Some(a) = self.auth.as_ref().filter(|a| !a.registry_token.is_empty()) {
+            if let Some(a) = auth.as_ref().filter(|a| !a.registry_token.is_empty()) {
                 authz = Some(format!("Bearer {}", a.registry_token));
             }
         }
@@ -503,7 +619,9 @@ impl Resolver {
                         message: "401 without an authentication challenge".into(),
                     });
                 };
-                let value = self.authorize(host, client, &url, &challenge).await?;
+                let value = self
+                    .authorize(host, client, auth.as_ref(), &url, &challenge)
+                    .await?;
                 self.authz
                     .lock()
                     .await
@@ -552,7 +670,8 @@ impl Resolver {
         what: &str,
     ) -> Result<(reqwest::Response, String), RegistryError> {
         let mut last = None;
-        for (host, client) in &self.hosts {
+        for entry in &self.hosts {
+            let host = &entry.0;
             let allowed = match operation {
                 "resolve" => host.capabilities.resolve,
                 _ => host.capabilities.pull,
@@ -560,7 +679,7 @@ impl Resolver {
             if !allowed {
                 continue;
             }
-            match self.get(host, client, suffix, accept, what).await {
+            match self.get(entry, suffix, accept, what).await {
                 Ok(r) => return Ok((r, host.url(&self.repository, suffix))),
                 Err(e) => {
                     tracing::debug!(host = %host.authority, error = %e, "registry host failed; trying the next");
@@ -684,5 +803,164 @@ mod tests {
         assert!(!format!("{a:?}").contains("tok") || a.registry_token == "tok");
         let a = Auth::from_cri("u", "secret", "", "", "").unwrap().unwrap();
         assert!(!format!("{a:?}").contains("secret"));
+    }
+
+    #[test]
+    fn client_certificate_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let cert = file(
+            "c.pem",
+            "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+        );
+        let cert2 = file(
+            "c2.pem",
+            "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+        );
+        let junk = file("j.pem", "nothing\n");
+        let one = |c: &Path, k: Option<&Path>| ClientPair {
+            cert: c.to_path_buf(),
+            key: k.map(Path::to_path_buf),
+        };
+        assert!(client_identity(&[]).unwrap().is_none());
+        // (pairs, the file the error names, what it says)
+        let cases = [
+            (vec![one(&cert, None)], &cert, "no PEM private key"),
+            (vec![one(&cert, Some(&junk))], &junk, "no PEM private key"),
+            (vec![one(&junk, Some(&cert))], &junk, "no PEM certificate"),
+            // Two certificates are not a [cert, key] pair.
+            (
+                vec![one(&cert, None), one(&cert2, None)],
+                &cert,
+                "no PEM private key",
+            ),
+            (
+                vec![one(&junk, None), one(&cert, None)],
+                &junk,
+                "no PEM certificate",
+            ),
+            (
+                vec![one(&dir.path().join("missing.pem"), None)],
+                &dir.path().join("missing.pem"),
+                "No such file",
+            ),
+        ];
+        for (pairs, path, want) in cases {
+            match client_identity(&pairs) {
+                Err(RegistryError::ClientCertificate { path: p, message }) => {
+                    assert_eq!(&p, path, "{pairs:?}");
+                    assert!(message.contains(want), "{pairs:?}: {message}");
+                }
+                Err(other) => panic!("{pairs:?}: {other}"),
+                Ok(_) => panic!("{pairs:?}: accepted"),
+            }
+        }
+    }
+
+    /// Which credentials each host gets: the request's everywhere, else
+    /// the file's entry of that host (Docker Hub's under its aliases).
+    #[test]
+    fn credentials_per_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs.d");
+        for (domain, text) in [
+            (
+                "docker.io",
+                "[host.\"https://mirror.local:5000\"]\n[host.\"https://other.local\"]\n",
+            ),
+            ("quay.io", "[host.\"https://mirror.local:5000\"]\n"),
+        ] {
+            std::fs::create_dir_all(certs.join(domain)).unwrap();
+            std::fs::write(certs.join(domain).join("hosts.toml"), text).unwrap();
+        }
+        let file = dir.path().join("auth.json");
+        std::fs::write(
+            &file,
+            r#"{"auths": {
+                "mirror.local:5000": {"username": "m", "password": "x"},
+                "https://index.docker.io/v1/": {"username": "hub", "password": "x"},
+                "quay.io/team": {"username": "team", "password": "x"}
+            }}"#,
+        )
+        .unwrap();
+        let users = |reference: &str, auth: Option<Auth>, auth_file: Option<&Path>| {
+            let r = Reference::parse(reference).unwrap();
+            Resolver::new(&certs, &r, auth, auth_file)
+                .unwrap()
+                .hosts
+                .iter()
+                .map(|(h, _, a)| {
+                    (
+                        h.authority.clone(),
+                        a.as_ref().map(|a| a.username.clone()).unwrap_or_default(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let pairs = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<Vec<_>>()
+        };
+        // (reference, request credentials, file, host -> user)
+        let request = Auth::from_cri("req", "pw", "", "", "").unwrap();
+        let missing = dir.path().join("missing.json");
+        let cases = [
+            (
+                "busybox",
+                None,
+                Some(file.as_path()),
+                pairs(&[
+                    ("mirror.local:5000", "m"),
+                    ("other.local", ""),
+                    ("registry-1.docker.io", "hub"),
+                ]),
+            ),
+            (
+                "busybox",
+                request.clone(),
+                Some(file.as_path()),
+                pairs(&[
+                    ("mirror.local:5000", "req"),
+                    ("other.local", "req"),
+                    ("registry-1.docker.io", "req"),
+                ]),
+            ),
+            (
+                "quay.io/team/app:1",
+                None,
+                Some(file.as_path()),
+                pairs(&[("mirror.local:5000", "m"), ("quay.io", "team")]),
+            ),
+            (
+                "quay.io/solo/app:1",
+                None,
+                Some(file.as_path()),
+                pairs(&[("mirror.local:5000", "m"), ("quay.io", "")]),
+            ),
+            (
+                "quay.io/team/app:1",
+                None,
+                Some(missing.as_path()),
+                pairs(&[("mirror.local:5000", ""), ("quay.io", "")]),
+            ),
+            (
+                "quay.io/team/app:1",
+                None,
+                None,
+                pairs(&[("mirror.local:5000", ""), ("quay.io", "")]),
+            ),
+        ];
+        for (reference, auth, auth_file, want) in cases {
+            assert_eq!(users(reference, auth, auth_file), want, "{reference}");
+        }
+        std::fs::write(&file, "{\"auths\": 5}").unwrap();
+        let r = Reference::parse("busybox").unwrap();
+        let err = Resolver::new(&certs, &r, None, Some(&file)).err().unwrap();
+        assert!(err.to_string().contains("registry.auth_file"), "{err}");
     }
 }

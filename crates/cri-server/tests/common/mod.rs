@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod images;
 pub mod kube;
 pub mod net;
 pub mod pod;

@@ -59,16 +59,29 @@ impl Env {
     /// Like [`Env::start_with`], with more keys for the `[cni]` table
     /// (`key = value, ...`).
     pub fn start_with_cni(prefix: &str, cni_keys: &str, extra_config: &str) -> Env {
-        Self::start_full(prefix, cni_keys, extra_config, true)
+        Self::start_full(prefix, cni_keys, extra_config, true, None)
     }
 
     /// Like [`Env::start`] on a pod network whose conflist has no
     /// `loopback` plugin.
     pub fn start_without_loopback(prefix: &str) -> Env {
-        Self::start_full(prefix, "", "", false)
+        Self::start_full(prefix, "", "", false, None)
     }
 
-    fn start_full(prefix: &str, cni_keys: &str, extra_config: &str, loopback: bool) -> Env {
+    /// Like [`Env::start`] with a registry that requires basic auth
+    /// (`user`, `password`); criusd knows them only from its node
+    /// credentials file (`[registry] auth_file`, `<dir>/auth.json`).
+    pub fn start_with_registry_auth(prefix: &str, user: &str, password: &str) -> Env {
+        Self::start_full(prefix, "", "", true, Some((user, password)))
+    }
+
+    fn start_full(
+        prefix: &str,
+        cni_keys: &str,
+        extra_config: &str,
+        loopback: bool,
+        registry_auth: Option<(&str, &str)>,
+    ) -> Env {
         super::registry::ensure_binary("runc", "runc");
         let shim = super::criusd().with_file_name("containerd-shim-crius-v2");
         assert!(
@@ -83,7 +96,7 @@ impl Env {
         let dir = tmp.path().to_path_buf();
         let leftovers = Leftovers(dir.clone());
         let net = TestNetwork::with_loopback(&dir, loopback);
-        let registry = Registry::start(&dir.join("registry"), None);
+        let registry = Registry::start(&dir.join("registry"), registry_auth);
         let base = || vec![layer(&busybox_entries(), Compression::Gzip)];
         let pause = image_with_config(
             base(),
@@ -109,7 +122,25 @@ impl Env {
             net.conf_dir.display(),
             dir.join("cni-bin").display()
         );
-        let config = format!("{config}{extra_config}");
+        let mut config = format!("{config}{extra_config}");
+        if let Some((user, password)) = registry_auth {
+            use base64::Engine;
+            let auth_file = dir.join("auth.json");
+            let auth =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            std::fs::write(
+                &auth_file,
+                format!(
+                    r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#,
+                    registry.addr
+                ),
+            )
+            .unwrap();
+            config.push_str(&format!(
+                "\n[registry]\nauth_file = \"{}\"\n",
+                auth_file.display()
+            ));
+        }
         let daemon = Daemon::start(&dir, &config);
         Env {
             daemon,

@@ -203,11 +203,23 @@ impl Registry {
                 );
             }
         }
+        Registry::launch(dir, storage, addr, &auth, push_authorization, false)
+    }
+
+    /// Writes the config, spawns docker-registry and waits until it serves.
+    fn launch(
+        dir: &Path,
+        storage: PathBuf,
+        addr: String,
+        extra_yaml: &str,
+        push_authorization: Option<String>,
+        tls: bool,
+    ) -> Registry {
         let config = dir.join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth}",
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{extra_yaml}",
                 storage.display()
             ),
         )
@@ -231,6 +243,10 @@ impl Registry {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if TcpStream::connect(&r.addr).is_ok() {
+                // A TLS listener cannot be probed with plain HTTP.
+                if tls {
+                    break;
+                }
                 let resp = http(&r.addr, "GET", "/v2/", &[], b"");
                 if resp.status == 200 || resp.status == 401 {
                     break;
@@ -247,6 +263,27 @@ impl Registry {
             std::thread::sleep(Duration::from_millis(50));
         }
         r
+    }
+
+    /// A second registry process under `dir` serving this one's storage
+    /// over HTTPS with `pki`'s server certificate, requiring a client
+    /// certificate signed by `pki`'s CA (push through `self`).
+    pub fn serve_tls(&self, dir: &Path, pki: &Pki) -> Registry {
+        std::fs::create_dir_all(dir).unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let tls = format!(
+            "  tls:\n    certificate: {}\n    key: {}\n    clientcas:\n      - {}\n",
+            pki.server_cert.display(),
+            pki.server_key.display(),
+            pki.ca.display()
+        );
+        Registry::launch(dir, self.storage.clone(), addr, &tls, None, true)
+    }
+
+    /// The access log (one line per request, with its query string).
+    pub fn access_log(&self) -> String {
+        let out = self.log.with_file_name("registry.out");
+        std::fs::read_to_string(out).unwrap_or_default()
     }
 
     pub fn log_text(&self) -> String {
@@ -357,6 +394,106 @@ impl Drop for Registry {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// A test CA with a server certificate for 127.0.0.1 and a client
+/// certificate, made with the openssl CLI (PEM files).
+pub struct Pki {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// Makes a [`Pki`] under `dir` (P-256 keys, valid for two days).
+pub fn make_pki(dir: &Path) -> Pki {
+    ensure_binary("openssl", "openssl");
+    std::fs::create_dir_all(dir).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &key,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=crius test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    ]
+    .concat());
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        let (k, csr, pem, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        let subj = format!("/CN=crius test {name}");
+        run(&[
+            &["req"][..],
+            &key,
+            &["-keyout", &k, "-out", &csr, "-subj", &subj],
+        ]
+        .concat());
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+    }
+    Pki {
+        ca: dir.join("ca.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server.key"),
+        client_cert: dir.join("client.pem"),
+        client_key: dir.join("client.key"),
     }
 }
 
