@@ -346,6 +346,89 @@ pub async fn serve(
     .await
 }
 
+/// The `/metrics` endpoint at the configured address, which a reload can
+/// open, move or close.
+pub struct Endpoint {
+    metrics: Arc<Metrics>,
+    store: Arc<crius_store::Store>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The address served now (as configured) and its accept loop.
+    running: tokio::sync::Mutex<Option<(String, tokio::task::JoinHandle<()>)>>,
+}
+
+impl Endpoint {
+    /// An endpoint serving nothing yet.
+    pub fn new(
+        metrics: Arc<Metrics>,
+        store: Arc<crius_store::Store>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        Endpoint {
+            metrics,
+            store,
+            shutdown,
+            running: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Serves on `address` ("" for none) from now on; returns the address
+    /// bound when it opened or moved. The new address is bound before the
+    /// old one closes, unless it cannot be bound while the old is open
+    /// (the same port): then the old closes first. A failure leaves the
+    /// endpoint closed and says why.
+    pub async fn set_address(&self, address: &str) -> Result<Option<SocketAddr>, String> {
+        let mut running = self.running.lock().await;
+        let current = running.as_ref().map(|(a, _)| a.as_str()).unwrap_or("");
+        if current == address {
+            return Ok(None);
+        }
+        if address.is_empty() {
+            if let Some((_, task)) = running.take() {
+                task.abort();
+            }
+            return Ok(None);
+        }
+        let addr: SocketAddr = address
+            .parse()
+            .map_err(|e| format!("metrics.address {address:?}: {e}"))?;
+        let start = || {
+            serve(
+                addr,
+                self.metrics.clone(),
+                Some(self.store.clone()),
+                self.shutdown.clone(),
+            )
+        };
+        let started = match start().await {
+            Ok(s) => Ok(s),
+            Err(_) if running.is_some() => {
+                if let Some((_, task)) = running.take() {
+                    task.abort();
+                    // The accept loop (and its listener) is gone once the
+                    // aborted task has been polled.
+                    let _ = task.await;
+                }
+                start().await
+            }
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok((bound, task)) => {
+                if let Some((_, old)) = running.replace((address.to_string(), task)) {
+                    old.abort();
+                }
+                Ok(Some(bound))
+            }
+            Err(e) => {
+                if let Some((_, old)) = running.take() {
+                    old.abort();
+                }
+                Err(format!("cannot serve metrics on {addr}: {e}"))
+            }
+        }
+    }
+}
+
 /// [`serve`] within the given connection limits.
 pub async fn serve_with_limits(
     addr: SocketAddr,

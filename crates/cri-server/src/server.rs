@@ -159,18 +159,6 @@ pub async fn run(
         let d = daemon.clone();
         async move { crate::recover::gc_network(&d).await }
     });
-    if let Some((mut hangup, reloader)) = reload {
-        let d = daemon.clone();
-        let mut current = (*daemon.config()).clone();
-        tokio::spawn(async move {
-            while hangup.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading the configuration");
-                crate::notify::reloading();
-                reloader.reload_and_log(&d, &mut current);
-                crate::notify::ready();
-            }
-        });
-    }
     tokio::spawn(return_freed_memory());
     // Disk usage (ImageFsInfo, writable layers in stats) is measured here,
     // never on a request.
@@ -215,26 +203,31 @@ pub async fn run(
         let _ = fired_tx.send(true);
     };
     let metrics = daemon.metrics.clone();
-    let metrics_task = if daemon.config().metrics.address.is_empty() {
-        None
-    } else {
-        let addr = daemon
-            .config()
-            .metrics
-            .address
-            .parse()
-            .context("metrics.address")?;
-        let (bound, task) = crate::metrics::serve(
-            addr,
-            metrics.clone(),
-            Some(daemon.store.clone()),
-            fired_rx.clone(),
-        )
+    let metrics_endpoint = Arc::new(crate::metrics::Endpoint::new(
+        metrics.clone(),
+        daemon.store.clone(),
+        fired_rx.clone(),
+    ));
+    if let Some(bound) = metrics_endpoint
+        .set_address(&daemon.config().metrics.address)
         .await
-        .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        .map_err(anyhow::Error::msg)?
+    {
         tracing::info!(address = %bound, "serving metrics on /metrics");
-        Some(task)
-    };
+    }
+    if let Some((mut hangup, reloader)) = reload {
+        let d = daemon.clone();
+        let endpoint = metrics_endpoint.clone();
+        let mut current = (*daemon.config()).clone();
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration");
+                crate::notify::reloading();
+                reloader.reload_and_log(&d, &endpoint, &mut current).await;
+                crate::notify::ready();
+            }
+        });
+    }
     // Clients other than Go's send an :authority made from the socket path,
     // which h2 would reject: see grpc_authority.
     let incoming = UnixListenerStream::new(listener)
@@ -264,9 +257,7 @@ pub async fn run(
             Ok(())
         }
     };
-    if let Some(task) = metrics_task {
-        task.abort();
-    }
+    metrics_endpoint.set_address("").await.ok();
     streaming_task.abort();
     match std::fs::remove_file(&socket) {
         Ok(()) => {}

@@ -569,6 +569,93 @@ async fn sighup_reloads_the_config() {
     assert_eq!(daemon.signal_and_wait(libc::SIGTERM).code(), Some(0));
 }
 
+/// A GET of `/metrics` on `port`: the status line, or why it failed.
+fn get_metrics(port: u16) -> Result<String, std::io::Error> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    conn.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_applies_handlers_cni_and_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for d in ["bin", "net.d", "net2.d", "cni-bin"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let base = config_text(dir);
+    let mut daemon = Daemon::start(dir, &base);
+    let pid = daemon.child.as_ref().unwrap().id() as i32;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    assert!(get_metrics(port).is_err(), "metrics are off");
+    let reload = |text: String| {
+        let mark = daemon.log_text().len();
+        std::fs::write(&daemon.config, text).unwrap();
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(pid, libc::SIGHUP) };
+        wait_log(&daemon, mark, "configuration reloaded")
+    };
+
+    // A new handler, another CNI directory, metrics on.
+    let moved = base.replace(
+        &format!("conf_dir = \"{}/net.d\"", dir.display()),
+        &format!("conf_dir = \"{}/net2.d\"", dir.display()),
+    );
+    let tail = reload(format!(
+        "{moved}[runtimes.extra]\npath = \"{}/bin/fake-runtime\"\n[metrics]\naddress = \"127.0.0.1:{port}\"\n",
+        dir.display()
+    ));
+    assert!(!tail.contains("needs a restart"), "{tail}");
+    let mut rt = daemon.runtime().await;
+    let s = rt
+        .status(StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let handlers: Vec<&str> = s.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(handlers, ["", "extra", "fake", "runc"]);
+    let config: serde_json::Value = serde_json::from_str(&s.info["config"]).unwrap();
+    assert_eq!(
+        config["cni"]["confDir"],
+        dir.join("net2.d").display().to_string()
+    );
+    let answer = get_metrics(port).expect("metrics after the reload");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("crius_"), "{answer}");
+
+    // The handler dropped again, metrics off: new pods cannot use it.
+    reload(moved.clone());
+    assert!(get_metrics(port).is_err(), "metrics are off again");
+    let config = k8s_cri::v1::PodSandboxConfig {
+        metadata: Some(k8s_cri::v1::PodSandboxMetadata {
+            name: "p".into(),
+            namespace: "n".into(),
+            uid: "u".into(),
+            attempt: 0,
+        }),
+        ..Default::default()
+    };
+    let err = rt
+        .run_pod_sandbox(k8s_cri::v1::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: "extra".into(),
+        })
+        .await
+        .expect_err("a dropped handler");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("runtime_handler"), "{err:?}");
+
+    assert_eq!(daemon.signal_and_wait(libc::SIGTERM).code(), Some(0));
+}
+
 /// The next datagram on the fake notify socket (bounded wait).
 fn next_notification(sock: &std::os::unix::net::UnixDatagram) -> String {
     let mut buf = [0u8; 4096];

@@ -204,7 +204,9 @@ struct Inner {
     store: Arc<Store>,
     content: ContentStore,
     snapshots: Snapshotter,
-    registry_config: PathBuf,
+    /// What a reload may change (see [`ImageManager::set_registry`]); each
+    /// pull takes it once at its start.
+    settings: std::sync::RwLock<Arc<RegistrySettings>>,
     pause_image: Option<String>,
     platform: Platform,
     /// Garbage collection and removal hold it exclusively; rootfs
@@ -215,11 +217,27 @@ struct Inner {
     gc: tokio::sync::RwLock<()>,
     /// What pulls in progress protect from collection.
     leases: Arc<LeaseTable>,
-    options: ImageOptions,
     /// Serialises read-modify-write of image records.
     records: tokio::sync::Mutex<()>,
     /// Disk usage measured off the request path.
     usage: crate::usage::UsageCache,
+}
+
+/// The registry settings of the running configuration.
+#[derive(Debug, Clone)]
+struct RegistrySettings {
+    /// The hosts.toml directory (`registry.config_path`).
+    hosts_dir: PathBuf,
+    options: ImageOptions,
+}
+
+impl Inner {
+    fn settings(&self) -> Arc<RegistrySettings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
 }
 
 /// Blobs and snapshots that pulls in progress are fetching, or have
@@ -397,12 +415,14 @@ impl ImageManager {
                 store,
                 content,
                 snapshots,
-                registry_config: registry_config_path.to_path_buf(),
+                settings: std::sync::RwLock::new(Arc::new(RegistrySettings {
+                    hosts_dir: registry_config_path.to_path_buf(),
+                    options,
+                })),
                 pause_image,
                 platform: Platform::host(),
                 gc: tokio::sync::RwLock::new(()),
                 leases: Default::default(),
-                options,
                 records: tokio::sync::Mutex::new(()),
                 usage: Default::default(),
             }),
@@ -430,9 +450,23 @@ impl ImageManager {
             .is_some_and(|p| m.repo_tags.contains(p))
             || self
                 .inner
+                .settings()
                 .options
                 .pinned
                 .matches(m.repo_tags.iter().chain(&m.repo_digests))
+    }
+
+    /// Replaces the registry settings (a configuration reload): pulls that
+    /// start afterwards use them, pulls in progress finish with the old.
+    pub fn set_registry(&self, hosts_dir: &Path, options: ImageOptions) {
+        *self
+            .inner
+            .settings
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(RegistrySettings {
+            hosts_dir: hosts_dir.to_path_buf(),
+            options,
+        });
     }
 
     /// Pulls `reference` from its registry and records it; returns the
@@ -471,9 +505,10 @@ impl ImageManager {
         // protected by its lease, registered before it is fetched and
         // released once the image is recorded (or the pull failed).
         let mut lease = Lease::new(inner.leases.clone());
+        let settings = inner.settings();
         let resolver = {
-            let (cfg, rr) = (inner.registry_config.clone(), r.clone());
-            let auth_file = inner.options.auth_file.clone();
+            let (cfg, rr) = (settings.hosts_dir.clone(), r.clone());
+            let auth_file = settings.options.auth_file.clone();
             blocking(move || Resolver::new(&cfg, &rr, auth, auth_file.as_deref())).await??
         };
         tracing::info!(reference = %r, "pulling image");
@@ -553,7 +588,7 @@ impl ImageManager {
         self.protect(&mut lease, &layer_digests, &chain).await;
         let resolver = Arc::new(resolver);
         let limit = Arc::new(tokio::sync::Semaphore::new(
-            inner.options.max_concurrent_downloads.max(1),
+            settings.options.max_concurrent_downloads.max(1),
         ));
         let mut tasks = tokio::task::JoinSet::new();
         let mut below_done: Option<tokio::sync::oneshot::Receiver<()>> = None;
@@ -684,7 +719,7 @@ impl ImageManager {
         what: impl FnOnce() -> String,
         request: impl std::future::Future<Output = Result<T, E>>,
     ) -> Result<T, ImageError> {
-        match self.inner.options.pull_progress_timeout {
+        match self.inner.settings().options.pull_progress_timeout {
             None => request.await.map_err(Into::into),
             Some(timeout) => match tokio::time::timeout(timeout, request).await {
                 Ok(r) => r.map_err(Into::into),
@@ -727,7 +762,7 @@ impl ImageManager {
                 digest,
                 size,
                 resp.bytes_stream(),
-                self.inner.options.pull_progress_timeout,
+                self.inner.settings().options.pull_progress_timeout,
             )
             .await?;
         tracing::debug!(digest, size, "blob stored");
