@@ -8,7 +8,7 @@
 //!
 //! Modules: `process` (args, env, cwd), `user` (uid/gid resolution), `caps`,
 //! `seccomp` (the RuntimeDefault profile), `mounts`, `cgroups` (paths and
-//! resources), `annotations`, `oom`, `userns` (pod user namespaces), `edit` (edits of an
+//! resources), `annotations`, `images` (image volumes, the image's name), `oom`, `userns` (pod user namespaces), `edit` (edits of an
 //! existing container's spec), and the two builders `sandbox` (the
 //! pause container) and `container`.
 
@@ -22,6 +22,7 @@ mod common;
 pub mod container;
 pub mod edit;
 pub mod error;
+pub mod images;
 pub mod mounts;
 pub mod oom;
 pub mod process;
