@@ -6,9 +6,7 @@ mod common;
 
 use common::pod::*;
 use common::registry::{busybox_entries, image_with_config, is_root, layer, Compression, Entry};
-use k8s_cri::v1::{
-    ImageSpec, ImageStatusRequest, Mount, RemoveContainerRequest, RemoveImageRequest,
-};
+use k8s_cri::v1::{ImageSpec, Mount, RemoveContainerRequest, RemoveImageRequest};
 use std::path::Path;
 
 /// The tests of this file run one at a time: an environment's leftovers
@@ -28,23 +26,9 @@ fn image_mount(container_path: &str, image: &str) -> Mount {
     }
 }
 
-/// The id of a local image (what kubelet puts into `Mount.image`).
-async fn image_id(env: &Env, image: &str) -> Option<String> {
-    env.daemon
-        .images()
-        .await
-        .image_status(ImageStatusRequest {
-            image: Some(ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            verbose: false,
-        })
-        .await
-        .expect("ImageStatus")
-        .into_inner()
-        .image
-        .map(|i| i.id)
+/// A shell command line (busybox-static runs its applets in-process).
+fn sh(cmd: &str) -> [&str; 3] {
+    ["/bin/sh", "-c", cmd]
 }
 
 /// The snapshot directories of the image store.
@@ -115,25 +99,26 @@ async fn image_volumes_mount_read_only_and_outlive_remove_image_and_restart() {
     let pod_id = run_pod(&env, &mut rt, &pod).await;
 
     // As kubelet sends it: the image id, and the name from the pod spec.
-    let mut c = container("app", &busybox_id, &["/bin/sleep", "1000"]);
+    let mut c = container("app", &busybox_id, &["/bin/busybox", "sleep", "1000"]);
     c.image.as_mut().unwrap().user_specified_image = "my/busybox:1.0".into();
     c.mounts = vec![
         image_mount("/vol", &data_id),
         image_mount("/one", &single_id),
     ];
     let id = run(&env, &mut rt, &pod_id, &pod, c.clone()).await;
-    let (code, out, err) = exec(&mut rt, &id, &["cat", "/vol/share/hello.txt"]).await;
+    let (code, out, err) = exec(&mut rt, &id, &sh("cat /vol/share/hello.txt")).await;
     assert_eq!((code, out.as_str()), (0, "from the data image\n"), "{err}");
-    let (code, out, _) = exec(&mut rt, &id, &["cat", "/one/one.txt"]).await;
+    let (code, out, _) = exec(&mut rt, &id, &sh("cat /one/one.txt")).await;
     assert_eq!((code, out.as_str()), (0, "single layer\n"));
     // Read-only, files and directories alike; executable (no `noexec`:
     // the CRI mount carries no such request, and containerd sets none).
     for target in ["/vol/share/hello.txt", "/vol/new", "/one/new"] {
-        let (code, _, err) = exec(&mut rt, &id, &["touch", target]).await;
+        let touch = ["/bin/busybox", "touch", target];
+        let (code, _, err) = exec(&mut rt, &id, &touch).await;
         assert_ne!(code, 0, "{target} is writable");
         assert!(err.contains("Read-only file system"), "{target}: {err}");
     }
-    let (code, out, err) = exec(&mut rt, &id, &["/vol/share/tool"]).await;
+    let (code, out, err) = exec(&mut rt, &id, &sh("/vol/share/tool")).await;
     assert_eq!((code, out.as_str()), (0, "ran\n"), "{err}");
 
     // The name the user asked for, in the status and the annotation.
@@ -162,7 +147,7 @@ async fn image_volumes_mount_read_only_and_outlive_remove_image_and_restart() {
 
     // Refused requests leave nothing mounted.
     let mounted = mounts_below(&env.dir.join("state/containers"));
-    let mut absent = container("absent", &busybox_id, &["/bin/true"]);
+    let mut absent = container("absent", &busybox_id, &["/bin/busybox", "true"]);
     absent.mounts = vec![image_mount("/vol", &format!("sha256:{}", "0".repeat(64)))];
     let e = create(&mut rt, &pod_id, &pod, absent).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
@@ -170,7 +155,7 @@ async fn image_volumes_mount_read_only_and_outlive_remove_image_and_restart() {
         e.message().contains("config.mounts[0].image.image"),
         "{e:?}"
     );
-    let mut writable = container("writable", &busybox_id, &["/bin/true"]);
+    let mut writable = container("writable", &busybox_id, &["/bin/busybox", "true"]);
     writable.mounts = vec![Mount {
         readonly: false,
         ..image_mount("/vol", &data_id)
@@ -178,6 +163,12 @@ async fn image_volumes_mount_read_only_and_outlive_remove_image_and_restart() {
     let e = create(&mut rt, &pod_id, &pod, writable).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("config.mounts[0].readonly"), "{e:?}");
+    // A create that fails after mounting (runc cannot start the command)
+    // rolls the mounts back.
+    let mut failing = container("failing", &busybox_id, &["/no/such/command"]);
+    failing.mounts = vec![image_mount("/vol", &data_id)];
+    let e = create(&mut rt, &pod_id, &pod, failing).await.unwrap_err();
+    assert!(e.message().contains("/no/such/command"), "{e:?}");
     assert_eq!(mounts_below(&env.dir.join("state/containers")), mounted);
 
     // RemoveImage succeeds while the image is mounted (as in containerd:
@@ -196,7 +187,7 @@ async fn image_volumes_mount_read_only_and_outlive_remove_image_and_restart() {
         .expect("RemoveImage of an image in use");
     assert_eq!(image_id(&env, &data_ref).await, None);
     assert_eq!(snapshots(&env), before, "layers of a mounted image kept");
-    let (code, out, _) = exec(&mut rt, &id, &["cat", "/vol/share/hello.txt"]).await;
+    let (code, out, _) = exec(&mut rt, &id, &sh("cat /vol/share/hello.txt")).await;
     assert_eq!((code, out.as_str()), (0, "from the data image\n"));
 
     // A restart of criusd changes nothing; the status keeps the name.
@@ -204,7 +195,7 @@ async fn image_volumes_mount_read_only_and_outlive_remove_image_and_restart() {
     drop(rt);
     env.daemon.restart();
     let mut rt = env.daemon.runtime().await;
-    let (code, out, _) = exec(&mut rt, &id, &["cat", "/vol/share/hello.txt"]).await;
+    let (code, out, _) = exec(&mut rt, &id, &sh("cat /vol/share/hello.txt")).await;
     assert_eq!((code, out.as_str()), (0, "from the data image\n"));
     assert_eq!(
         status_of(&mut rt, &id).await.image.unwrap().image,
@@ -227,10 +218,10 @@ async fn image_volumes_mount_read_only_and_outlive_remove_image_and_restart() {
     );
     // The single-layer image is still present and mounts again, for a
     // container the pod's removal takes away.
-    let mut again = container("again", &busybox_id, &["/bin/sleep", "1000"]);
+    let mut again = container("again", &busybox_id, &["/bin/busybox", "sleep", "1000"]);
     again.mounts = vec![image_mount("/one", &single_id)];
     let id = run(&env, &mut rt, &pod_id, &pod, again).await;
-    let (code, out, _) = exec(&mut rt, &id, &["cat", "/one/one.txt"]).await;
+    let (code, out, _) = exec(&mut rt, &id, &sh("cat /one/one.txt")).await;
     assert_eq!((code, out.as_str()), (0, "single layer\n"));
     teardown(&env, &mut rt, &pod_id, uid).await;
 }
@@ -278,10 +269,9 @@ async fn image_volume_directories_start_with_the_image_content() {
         &mut rt,
         &pod_id,
         &pod,
-        container("app", &image_ref, &["/bin/sleep", "1000"]),
+        container("app", &image_ref, &["/bin/busybox", "sleep", "1000"]),
     )
     .await;
-    let sh = |cmd: &'static str| ["/bin/sh", "-c", cmd];
     // The volume is a mount of its own (the container's volume directory)
     // with the image's content, owners and modes.
     let (code, out, err) = exec(

@@ -916,6 +916,29 @@ impl ImageManager {
         Ok(manifest::parse_config(&bytes)?)
     }
 
+    /// The snapshot directories of an image's layers, topmost first; a
+    /// missing snapshot, or none at all, makes the image inconsistent.
+    fn layer_dirs(&self, image: &ImageRecord) -> Result<Vec<String>, ImageError> {
+        let inconsistent = |message: String| ImageError::Inconsistent {
+            reference: image.metadata.id.clone(),
+            message,
+        };
+        let mut lower = Vec::new();
+        for s in image.metadata.snapshots.iter().rev() {
+            let p = self.inner.snapshots.fs_path(s)?;
+            if !p.is_dir() {
+                return Err(inconsistent(format!(
+                    "snapshot {s} is missing; pull the image again"
+                )));
+            }
+            lower.push(p.display().to_string());
+        }
+        if lower.is_empty() {
+            return Err(inconsistent("the image has no layers".into()));
+        }
+        Ok(lower)
+    }
+
     /// Creates container `container_id`'s writable layer over image
     /// `image_id` and returns the overlay mount of its root filesystem
     /// (lower dirs topmost first). Calling it again returns the same mount.
@@ -931,23 +954,7 @@ impl ImageManager {
         let image = self
             .resolve(image_id)?
             .ok_or_else(|| ImageError::NotFound(image_id.to_string()))?;
-        let mut lower = Vec::new();
-        for s in image.metadata.snapshots.iter().rev() {
-            let p = self.inner.snapshots.fs_path(s)?;
-            if !p.is_dir() {
-                return Err(ImageError::Inconsistent {
-                    reference: image.metadata.id.clone(),
-                    message: format!("snapshot {s} is missing; pull the image again"),
-                });
-            }
-            lower.push(p.display().to_string());
-        }
-        if lower.is_empty() {
-            return Err(ImageError::Inconsistent {
-                reference: image.metadata.id.clone(),
-                message: "the image has no layers".into(),
-            });
-        }
+        let lower = self.layer_dirs(&image)?;
         let dir = self.inner.dir.join("containers").join(container_id);
         let record = RootfsRecord {
             image_id: image.metadata.id.clone(),
@@ -1023,18 +1030,7 @@ impl ImageManager {
             let image = self.resolve(reference)?.ok_or_else(|| {
                 ImageError::NotFound(format!("image {reference:?} is not present: pull it first"))
             })?;
-            let mut lower = Vec::new();
-            for s in image.metadata.snapshots.iter().rev() {
-                let p = self.inner.snapshots.fs_path(s)?;
-                if !p.is_dir() {
-                    return Err(ImageError::Inconsistent {
-                        reference: image.metadata.id.clone(),
-                        message: format!("snapshot {s} is missing; pull the image again"),
-                    });
-                }
-                lower.push(p.display().to_string());
-            }
-            out.push((image.metadata.id.clone(), lower));
+            out.push((image.metadata.id.clone(), self.layer_dirs(&image)?));
             records.push(RootfsRecord {
                 image_id: image.metadata.id.clone(),
                 snapshots: image.metadata.snapshots.clone(),

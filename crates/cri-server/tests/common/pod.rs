@@ -349,6 +349,25 @@ pub async fn pull(env: &Env, image: &str) {
         .unwrap_or_else(|e| panic!("pull {image}: {e:?}"));
 }
 
+/// The id of a local image (what kubelet sends after a pull), or None.
+pub async fn image_id(env: &Env, image: &str) -> Option<String> {
+    env.daemon
+        .images()
+        .await
+        .image_status(k8s_cri::v1::ImageStatusRequest {
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ImageStatus {image}: {e:?}"))
+        .into_inner()
+        .image
+        .map(|i| i.id)
+}
+
 pub async fn run_pod(env: &Env, rt: &mut Rt, config: &PodSandboxConfig) -> String {
     rt.run_pod_sandbox(RunPodSandboxRequest {
         config: Some(config.clone()),
