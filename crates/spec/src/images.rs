@@ -20,9 +20,14 @@ pub struct ImageMountRequest {
     pub container_path: String,
 }
 
+/// The most image volumes one container may have (each is a mount on
+/// the host): bounds what one request can make the daemon do.
+pub const MAX_IMAGE_VOLUMES: usize = 64;
+
 /// The image volumes among the CRI mounts, checked as containerd checks
 /// them: the host path must be empty (the image is the source) and the
-/// mount read-only (image volumes are read-only by definition).
+/// mount read-only (image volumes are read-only by definition); at most
+/// [`MAX_IMAGE_VOLUMES`] of them.
 ///
 /// The whole image is mounted: k8s-cri 0.11's `Mount` has `image` (field 9)
 /// but not `image_sub_path` (field 10 of later CRI versions), so a subPath
@@ -47,6 +52,12 @@ pub fn image_mount_requests(mounts: &[CriMount]) -> Result<Vec<ImageMountRequest
             return Err(invalid(
                 format!("{field}.readonly"),
                 "must be set for an image volume: image volumes are read-only",
+            ));
+        }
+        if out.len() == MAX_IMAGE_VOLUMES {
+            return Err(invalid(
+                "config.mounts",
+                format!("more than {MAX_IMAGE_VOLUMES} image volumes"),
             ));
         }
         out.push(ImageMountRequest {
@@ -144,6 +155,18 @@ mod tests {
                 Err("config.mounts[0].image.image"),
             ),
         ];
+        let many = |n: usize| -> Vec<CriMount> {
+            (0..n)
+                .map(|i| mount(&format!("/v{i}"), "", true, Some("sha256:abc")))
+                .collect()
+        };
+        let cases = cases.into_iter().chain([
+            (
+                many(MAX_IMAGE_VOLUMES),
+                Ok((0..MAX_IMAGE_VOLUMES).map(|i| (i, "sha256:abc")).collect()),
+            ),
+            (many(MAX_IMAGE_VOLUMES + 1), Err("config.mounts")),
+        ]);
         for (mounts, want) in cases {
             let got = image_mount_requests(&mounts);
             match (got, want) {
