@@ -118,6 +118,13 @@ async fn image_volumes_mount_read_only_and_outlive_remove_image_and_restart() {
         assert_ne!(code, 0, "{target} is writable");
         assert!(err.contains("Read-only file system"), "{target}: {err}");
     }
+    // The container's view has the host mount's flags.
+    let (code, out, _) = exec(&mut rt, &id, &sh("grep ' /vol ' /proc/self/mountinfo")).await;
+    assert_eq!(code, 0);
+    let flags: Vec<&str> = out.split(' ').nth(5).unwrap_or("").split(',').collect();
+    for flag in ["ro", "nosuid", "nodev"] {
+        assert!(flags.contains(&flag), "{flag} missing: {out}");
+    }
     let (code, out, err) = exec(&mut rt, &id, &sh("/vol/share/tool")).await;
     assert_eq!((code, out.as_str()), (0, "ran\n"), "{err}");
 
@@ -322,5 +329,69 @@ async fn image_volume_directories_start_with_the_image_content() {
     .await
     .unwrap();
     assert!(!vols.exists());
+    teardown(&env, &mut rt, &pod_id, uid).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn image_volumes_in_a_user_namespace_pod() {
+    if !is_root() {
+        eprintln!("containers_image_volumes: skipped (needs root)");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let env = Env::start("crius-imgvolns");
+    let busybox = env.pull_busybox().await;
+    let data = image_with_config(
+        vec![layer(
+            &[
+                Entry::DirOwned("share", 0o750, 1000, 1000),
+                Entry::FileOwned("share/hello.txt", b"mapped\n".to_vec(), 0o640, 1000, 1000),
+            ],
+            Compression::Gzip,
+        )],
+        serde_json::json!({}),
+    );
+    env.registry.push_image("volns", "1", &data);
+    let data_ref = format!("{}/volns:1", env.registry.addr);
+    pull(&env, &data_ref).await;
+    let data_id = image_id(&env, &data_ref).await.expect("data image");
+    let mut rt = env.daemon.runtime().await;
+    let uid = "uid-imgvolns";
+    let pod = userns_pod("imgvolns", uid, (0, 65536 * 43, 65536));
+    let _logs = LogDir(Path::new(&pod.log_directory).to_path_buf());
+    let pod_id = run_pod(&env, &mut rt, &pod).await;
+    let mut c = container("app", &busybox, &["/bin/busybox", "sleep", "1000"]);
+    c.mounts = vec![image_mount("/vol", &data_id)];
+    let id = run(&env, &mut rt, &pod_id, &pod, c).await;
+    // The image's owners as the image has them, inside the pod's user
+    // namespace (host ids 65536 * 43 and up on disk: idmapped layers).
+    let (code, out, err) = exec(
+        &mut rt,
+        &id,
+        &sh("stat -c '%u:%g %a' /vol/share /vol/share/hello.txt && cat /vol/share/hello.txt && cat /proc/self/uid_map"),
+    )
+    .await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        &lines[..3],
+        ["1000:1000 750", "1000:1000 640", "mapped"],
+        "{out}"
+    );
+    assert!(
+        lines[3].split_whitespace().eq(["0", "2818048", "65536"]),
+        "{out}"
+    );
+    let touch = ["/bin/busybox", "touch", "/vol/share/new"];
+    let (code, _, err) = exec(&mut rt, &id, &touch).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("Read-only file system"), "{err}");
+    rt.remove_container(RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    let left = mounts_below(&env.dir.join("state/containers").join(&id));
+    assert!(left.is_empty(), "mounts left: {left:?}");
     teardown(&env, &mut rt, &pod_id, uid).await;
 }

@@ -83,6 +83,41 @@ pub fn with_image_sources(mounts: &[CriMount], sources: &[(usize, String)]) -> V
     out
 }
 
+/// `spec` with `nosuid` and `nodev` on the bind mounts whose source is
+/// one of `sources` (the host mount points of the image volumes, which
+/// have both flags). runc remounts a read-only bind with exactly the flags
+/// the options name: without these it would widen the container's view
+/// beyond the host's, and in a pod with its own user namespace, where
+/// the flags are locked, the remount would fail.
+pub fn keep_image_mount_flags(
+    mut spec: oci_spec::runtime::Spec,
+    sources: &[String],
+) -> oci_spec::runtime::Spec {
+    if sources.is_empty() {
+        return spec;
+    }
+    if let Some(mut mounts) = spec.mounts().clone() {
+        for m in mounts.iter_mut() {
+            let ours = m
+                .source()
+                .as_ref()
+                .is_some_and(|s| sources.iter().any(|x| s.as_os_str() == x.as_str()));
+            if !ours {
+                continue;
+            }
+            let mut options = m.options().clone().unwrap_or_default();
+            for flag in ["nosuid", "nodev"] {
+                if !options.iter().any(|o| o == flag) {
+                    options.push(flag.to_string());
+                }
+            }
+            m.set_options(Some(options));
+        }
+        spec.set_mounts(Some(mounts));
+    }
+    spec
+}
+
 /// The name of the image a container was created from, as containerd
 /// 2.x reports it (in the `io.kubernetes.cri.image-name` annotation and in
 /// ContainerStatus.image): kubelet's `user_specified_image` (what the pod
@@ -206,6 +241,60 @@ mod tests {
         assert!(entries[1].options.contains(&"rbind".to_string()));
         // An index out of range changes nothing.
         assert_eq!(with_image_sources(&mounts, &[(7, "/x".into())]), mounts);
+    }
+
+    #[test]
+    fn image_mounts_keep_their_flags() {
+        use oci_spec::runtime::{MountBuilder, Spec};
+        let mount = |src: &str, dest: &str, opts: &[&str]| {
+            MountBuilder::default()
+                .destination(dest)
+                .typ("bind")
+                .source(src)
+                .options(opts.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+                .build()
+                .unwrap()
+        };
+        let mut spec = Spec::default();
+        spec.set_mounts(Some(vec![
+            mount("/host/data", "/data", &["rbind", "ro"]),
+            mount("/s/image-mounts/1", "/tools", &["rbind", "rprivate", "ro"]),
+            mount("/s/image-mounts/2", "/more", &["rbind", "ro", "nodev"]),
+        ]));
+        // (sources, options of each mount after)
+        let cases: Vec<(Vec<String>, [&[&str]; 3])> = vec![
+            (
+                vec![],
+                [
+                    &["rbind", "ro"],
+                    &["rbind", "rprivate", "ro"],
+                    &["rbind", "ro", "nodev"],
+                ],
+            ),
+            (
+                vec!["/s/image-mounts/1".into(), "/s/image-mounts/2".into()],
+                [
+                    &["rbind", "ro"],
+                    &["rbind", "rprivate", "ro", "nosuid", "nodev"],
+                    &["rbind", "ro", "nodev", "nosuid"],
+                ],
+            ),
+        ];
+        for (sources, want) in cases {
+            let got = keep_image_mount_flags(spec.clone(), &sources);
+            let got: Vec<Vec<String>> = got
+                .mounts()
+                .clone()
+                .unwrap()
+                .iter()
+                .map(|m| m.options().clone().unwrap())
+                .collect();
+            let want: Vec<Vec<String>> = want
+                .iter()
+                .map(|o| o.iter().map(|s| s.to_string()).collect())
+                .collect();
+            assert_eq!(got, want, "{sources:?}");
+        }
     }
 
     #[test]

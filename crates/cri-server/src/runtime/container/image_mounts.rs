@@ -14,7 +14,9 @@
 //!   container record is written before the first mount, so after a crash
 //!   the container is there to be removed, mounts included. Unlike
 //!   containerd, which mounts an image once per pod, each container gets
-//!   its own mount: the mount lives and dies with the container.
+//!   its own mount: the mount lives and dies with the container. In a pod
+//!   with its own user namespace the overlay is made of idmapped binds of
+//!   the layers, as the rootfs is.
 //! - Image `VOLUME`s: as containerd does, the content the image has at a
 //!   volume's path is copied into the container's fresh volume directory
 //!   (ownership, modes and times kept; symbolic links copied as links,
@@ -52,25 +54,23 @@ pub async fn mount_image_volumes(
     daemon: &Daemon,
     id: &str,
     config: &ContainerConfig,
-    sandbox_config: &k8s_cri::v1::PodSandboxConfig,
+    sandbox: &crius_store::SandboxRecord,
     state: &Path,
 ) -> Result<Option<ContainerConfig>, CriError> {
     let requests = crius_spec::images::image_mount_requests(&config.mounts).map_err(spec_status)?;
     if requests.is_empty() {
         return Ok(None);
     }
-    if crius_spec::userns::pod_mappings(sandbox_config)
-        .ok()
-        .flatten()
-        .is_some()
-    {
-        // Overlayfs cannot be idmapped as a whole; the layers would have
-        // to be staged idmapped as for the rootfs (not done yet).
-        return Err(CriError::failed_precondition(format!(
-            "config.mounts[{}].image: image volumes are not supported in pods with their own user namespace yet",
-            requests[0].index
-        )));
-    }
+    // A pod with its own user namespace: overlayfs cannot be idmapped as
+    // a whole, so the layers are bound idmapped (below
+    // `image-mounts/<n>-layers`) and the overlay is made of those, as for
+    // the rootfs; `userns::container` then leaves these sources alone.
+    let pod_config = crate::runtime::sandbox::status::stored_config(sandbox);
+    let userns = crius_spec::userns::pod_mappings(&pod_config)
+        .map_err(spec_status)?
+        .map(|_| {
+            crate::runtime::userns::pod_ns_paths(&daemon.sandbox_state(&sandbox.metadata.id)).0
+        });
     for r in &requests {
         let present = daemon.images.resolve(&r.image).map_err(|e| {
             crate::errors::image_error(e, &format!("config.mounts[{}].image.image", r.index))
@@ -95,11 +95,31 @@ pub async fn mount_image_volumes(
         .map(|(r, (_, lower))| (r.index, lower))
         .collect();
     let sources = tokio::task::spawn_blocking(move || -> io::Result<Vec<(usize, String)>> {
+        use std::os::fd::AsFd;
+        let ns = userns
+            .map(|p| crate::runtime::userns::open_userns(&p))
+            .transpose()?;
         let mut out = Vec::with_capacity(jobs.len());
-        for (index, lower) in jobs {
+        for (index, mut lower) in jobs {
+            if let Some(ns) = &ns {
+                let staging = base.join(format!("{index}-layers"));
+                for (i, dir) in lower.iter_mut().enumerate() {
+                    let at = staging.join(format!("l{i}"));
+                    crate::runtime::userns::idmapped_bind(
+                        Path::new(dir.as_str()),
+                        &at,
+                        ns.as_fd(),
+                    )?;
+                    *dir = at.display().to_string();
+                }
+            }
             let target = base.join(index.to_string());
             mount_layers_read_only(&lower, &target, &base.join("empty"))?;
             out.push((index, target.display().to_string()));
+        }
+        if ns.is_some() {
+            // runc, as the pod's root, reaches the mounts by path.
+            crate::runtime::userns::let_pod_root_traverse(&[base.as_path()])?;
         }
         Ok(out)
     })
@@ -137,6 +157,19 @@ pub fn display_name(
         &image.metadata.repo_digests,
         &image.metadata.id,
     )
+}
+
+/// The host mount points of the image volumes in a config that
+/// [`mount_image_volumes`] returned, for
+/// [`crius_spec::images::keep_image_mount_flags`].
+pub fn sources(config: &ContainerConfig, state: &Path) -> Vec<String> {
+    let base = state.join(IMAGE_MOUNTS_DIR);
+    config
+        .mounts
+        .iter()
+        .filter(|m| Path::new(&m.host_path).starts_with(&base))
+        .map(|m| m.host_path.clone())
+        .collect()
 }
 
 /// Mounts the image layers `lower` (topmost first) read-only on `target`

@@ -562,8 +562,7 @@ async fn create_steps(
     // Image volumes, mounted below the state directory: from here on the
     // config has them as read-only binds of those mounts.
     let image_mounted =
-        super::image_mounts::mount_image_volumes(daemon, id, config, sandbox_config, &state)
-            .await?;
+        super::image_mounts::mount_image_volumes(daemon, id, config, sandbox, &state).await?;
     let config = image_mounted.as_ref().unwrap_or(config);
 
     let spec_image = image_config.spec_config();
@@ -657,7 +656,9 @@ async fn create_steps(
             .map_err(|e| internal("image volume", e))?;
             fill.push((v.destination, v.source.into()));
         }
-        container_spec(&input).map_err(spec_status)?
+        let spec = container_spec(&input).map_err(spec_status)?;
+        let image_sources = super::image_mounts::sources(config, &state);
+        crius_spec::images::keep_image_mount_flags(spec, &image_sources)
     };
     // The image's content at its VOLUMEs goes into them, as in containerd.
     super::image_mounts::fill_image_volumes(&mounts, fill, state.join("volume-copy")).await?;
