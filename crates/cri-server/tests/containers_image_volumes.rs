@@ -253,6 +253,7 @@ async fn image_volume_directories_start_with_the_image_content() {
                     Entry::Dir("var/lib/app/sub"),
                     Entry::File("var/lib/app/sub/deep", b"deep\n".to_vec(), 0o600),
                     Entry::Symlink("var/lib/app/hostetc", "/etc"),
+                    Entry::Hardlink("var/lib/app/seed2", "var/lib/app/seed"),
                 ],
                 Compression::Gzip,
             ),
@@ -306,10 +307,10 @@ async fn image_volume_directories_start_with_the_image_content() {
     let (code, out, err) = exec(
         &mut rt,
         &id,
-        &sh("echo new > /var/lib/app/new && cat /var/lib/app/new && ls -A /empty | wc -l"),
+        &sh("echo new > /var/lib/app/new && cat /var/lib/app/new && ls -A /empty | wc -l && [ /var/lib/app/seed -ef /var/lib/app/seed2 ] && echo linked"),
     )
     .await;
-    assert_eq!((code, out.as_str()), (0, "new\n0\n"), "{err}");
+    assert_eq!((code, out.as_str()), (0, "new\n0\nlinked\n"), "{err}");
     // The volume lives on the host, in the container's directory, not in
     // the image's layers.
     let vols = env.dir.join("root/containers").join(&id).join("volumes");

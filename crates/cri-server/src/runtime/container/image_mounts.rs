@@ -19,8 +19,8 @@
 //!   the layers, as the rootfs is.
 //! - Image `VOLUME`s: as containerd does, the content the image has at a
 //!   volume's path is copied into the container's fresh volume directory
-//!   (ownership, modes and times kept; symbolic links copied as links,
-//!   never followed; the volume's path resolved inside the image as if the
+//!   (ownership, modes and times kept, hard links kept as links; symbolic
+//!   links copied as links, never followed; no extended attributes; the volume's path resolved inside the image as if the
 //!   image were `/`), from a read-only overlay of the image's layers made
 //!   for the copy and removed after it.
 
@@ -316,48 +316,67 @@ pub fn copy_volume(root: &Path, path: &str, dest: &Path) -> io::Result<()> {
     if !meta.is_dir() {
         return Ok(());
     }
-    let mut budget = VOLUME_COPY_MAX_ENTRIES;
-    copy_dir_contents(&src, dest, 0, &mut budget)?;
+    let mut copy = TreeCopy {
+        budget: VOLUME_COPY_MAX_ENTRIES,
+        links: std::collections::HashMap::new(),
+    };
+    copy.dir_contents(&src, dest, 0)?;
     copy_attributes(&meta, dest)
+}
+
+/// One copy of a tree: what it may still make, and the files of several
+/// links already copied (by device and inode), which stay hard links.
+struct TreeCopy {
+    budget: usize,
+    links: std::collections::HashMap<(u64, u64), PathBuf>,
 }
 
 fn too_large(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::FileTooLarge, what)
 }
 
-fn copy_dir_contents(src: &Path, dst: &Path, depth: usize, budget: &mut usize) -> io::Result<()> {
-    if depth >= VOLUME_COPY_MAX_DEPTH {
-        return Err(too_large(format!(
-            "deeper than {VOLUME_COPY_MAX_DEPTH} directories"
-        )));
-    }
-    for entry in std::fs::read_dir(src)? {
-        let entry = entry?;
-        if *budget == 0 {
+impl TreeCopy {
+    fn dir_contents(&mut self, src: &Path, dst: &Path, depth: usize) -> io::Result<()> {
+        if depth >= VOLUME_COPY_MAX_DEPTH {
             return Err(too_large(format!(
-                "more than {VOLUME_COPY_MAX_ENTRIES} entries"
+                "deeper than {VOLUME_COPY_MAX_DEPTH} directories"
             )));
         }
-        *budget -= 1;
-        let (from, to) = (entry.path(), dst.join(entry.file_name()));
-        let meta = std::fs::symlink_metadata(&from)?;
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            std::fs::create_dir(&to)?;
-            copy_dir_contents(&from, &to, depth + 1, budget)?;
-        } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
-        } else if ft.is_file() {
-            copy_file(&from, &to)?;
-        } else {
-            // Device nodes, FIFOs and sockets: recreated as they are.
-            let kind = nix::sys::stat::SFlag::from_bits_truncate(meta.mode() & libc::S_IFMT);
-            let perm = nix::sys::stat::Mode::from_bits_truncate(meta.mode() & 0o7777);
-            nix::sys::stat::mknod(&to, kind, perm, meta.rdev()).map_err(io::Error::from)?;
+        for entry in std::fs::read_dir(src)? {
+            let entry = entry?;
+            if self.budget == 0 {
+                return Err(too_large(format!(
+                    "more than {VOLUME_COPY_MAX_ENTRIES} entries"
+                )));
+            }
+            self.budget -= 1;
+            let (from, to) = (entry.path(), dst.join(entry.file_name()));
+            let meta = std::fs::symlink_metadata(&from)?;
+            let ft = meta.file_type();
+            if !ft.is_dir() && meta.nlink() > 1 {
+                if let Some(first) = self.links.get(&(meta.dev(), meta.ino())) {
+                    std::fs::hard_link(first, &to)?;
+                    continue;
+                }
+                self.links.insert((meta.dev(), meta.ino()), to.clone());
+            }
+            if ft.is_dir() {
+                std::fs::create_dir(&to)?;
+                self.dir_contents(&from, &to, depth + 1)?;
+            } else if ft.is_symlink() {
+                std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
+            } else if ft.is_file() {
+                copy_file(&from, &to)?;
+            } else {
+                // Device nodes, FIFOs and sockets: recreated as they are.
+                let kind = nix::sys::stat::SFlag::from_bits_truncate(meta.mode() & libc::S_IFMT);
+                let perm = nix::sys::stat::Mode::from_bits_truncate(meta.mode() & 0o7777);
+                nix::sys::stat::mknod(&to, kind, perm, meta.rdev()).map_err(io::Error::from)?;
+            }
+            copy_attributes(&meta, &to)?;
         }
-        copy_attributes(&meta, &to)?;
+        Ok(())
     }
-    Ok(())
 }
 
 /// Copies a regular file's bytes (never through a symbolic link: `from`
@@ -461,6 +480,7 @@ mod tests {
         // Links are copied as links, never followed out of the image.
         symlink(&outside, data.join("out")).unwrap();
         symlink("/etc/passwd", data.join("abs")).unwrap();
+        std::fs::hard_link(data.join("sub/file"), data.join("linked")).unwrap();
         let root_user = unsafe { libc::geteuid() } == 0;
         if root_user {
             std::os::unix::fs::lchown(data.join("sub/file"), Some(1234), Some(5678)).unwrap();
@@ -481,6 +501,9 @@ mod tests {
         );
         let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().mode() & 0o7777;
         assert_eq!(mode(&dest.join("sub/file")), 0o640);
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        assert_eq!(ino(&dest.join("linked")), ino(&dest.join("sub/file")));
+        assert_ne!(ino(&dest.join("linked")), ino(&data.join("sub/file")));
         assert_eq!(mode(&dest.join("sub")), 0o750);
         assert_eq!(mode(&dest), 0o1770);
         assert_eq!(std::fs::read_link(dest.join("out")).unwrap(), outside);
