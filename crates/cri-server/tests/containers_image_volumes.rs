@@ -118,6 +118,18 @@ async fn image_volumes_mount_read_only_and_outlive_remove_image_and_restart() {
         assert_ne!(code, 0, "{target} is writable");
         assert!(err.contains("Read-only file system"), "{target}: {err}");
     }
+    // Private on the host: the mount points' directory, and what covers
+    // a single layer's missing second one.
+    let base = env
+        .dir
+        .join("state/containers")
+        .join(&id)
+        .join("image-mounts");
+    for d in [base.clone(), base.join("empty")] {
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&d).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o700, "{}", d.display());
+    }
     // The container's view has the host mount's flags.
     let (code, out, _) = exec(&mut rt, &id, &sh("grep ' /vol ' /proc/self/mountinfo")).await;
     assert_eq!(code, 0);

@@ -306,8 +306,11 @@ fn push_components(todo: &mut Vec<OsString>, p: &Path) {
 /// Copies the image's content at volume `path` (inside the mounted image
 /// `root`) into the volume directory `dest`, which takes the owner, mode
 /// and times of the image's directory. Nothing is copied when the image
-/// has no directory there. More than [`VOLUME_COPY_MAX_ENTRIES`] entries
-/// or [`VOLUME_COPY_MAX_DEPTH`] levels is an error of kind `FileTooLarge`.
+/// has no directory there (the volume keeps the mode CreateContainer gave
+/// it). The image's mode may open the volume up (`1777`): its parent,
+/// `<root>/containers/<id>/volumes`, stays private. More than
+/// [`VOLUME_COPY_MAX_ENTRIES`] entries or [`VOLUME_COPY_MAX_DEPTH`] levels
+/// is an error of kind `FileTooLarge`.
 pub fn copy_volume(root: &Path, path: &str, dest: &Path) -> io::Result<()> {
     let Some(src) = resolve_in_root(root, path)? else {
         return Ok(());
