@@ -352,7 +352,7 @@ async fn image_volumes_in_a_user_namespace_pod() {
         return;
     }
     let _serial = SERIAL.lock().await;
-    let env = Env::start("crius-imgvolns");
+    let mut env = Env::start("crius-imgvolns");
     let busybox = env.pull_busybox().await;
     let data = image_with_config(
         vec![layer(
@@ -399,12 +399,24 @@ async fn image_volumes_in_a_user_namespace_pod() {
     let (code, _, err) = exec(&mut rt, &id, &touch).await;
     assert_ne!(code, 0);
     assert!(err.contains("Read-only file system"), "{err}");
-    rt.remove_container(RemoveContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
-    let left = mounts_below(&env.dir.join("state/containers").join(&id));
-    assert!(left.is_empty(), "mounts left: {left:?}");
+    // criusd and the pod's shim die: after the restart the lost
+    // container's mounts (the idmapped layers and the overlay) go with
+    // the pod.
+    assert!(!mounts_below(&env.dir.join("state/containers").join(&id)).is_empty());
+    env.daemon.signal_and_wait(libc::SIGKILL);
+    drop(rt);
+    for pid in shim_pids(&env.dir) {
+        // SAFETY: kill(2) on a shim of this test, read from /proc.
+        unsafe { libc::kill(pid.parse().unwrap(), libc::SIGKILL) };
+    }
+    wait_for("the shim to go", || shim_pids(&env.dir).is_empty()).await;
+    env.daemon.restart();
+    let mut rt = env.daemon.runtime().await;
+    let status = status_of(&mut rt, &id).await;
+    assert_eq!(
+        status.state,
+        k8s_cri::v1::ContainerState::ContainerExited as i32,
+        "{status:?}"
+    );
     teardown(&env, &mut rt, &pod_id, uid).await;
 }

@@ -176,6 +176,15 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
     out
 }
 
+/// The pids of the shims of the test environment in `dir`.
+pub fn shim_pids(dir: &Path) -> Vec<String> {
+    processes_mentioning(&dir.display().to_string())
+        .into_iter()
+        .filter(|p| p.contains("containerd-shim-crius-v2"))
+        .filter_map(|p| p.split(':').next().map(String::from))
+        .collect()
+}
+
 /// The cgroup (below every hierarchy's root) that test pods go into:
 /// `crius-test`, or `$CRIUS_TEST_CGROUP` so that two test runs on one
 /// machine do not kill each other's containers.
