@@ -127,14 +127,6 @@ async fn pod_state(rt: &mut Rt, id: &str) -> i32 {
 }
 
 /// The pids of the shim processes serving this test's daemon.
-fn shim_pids(dir: &Path) -> Vec<String> {
-    processes_mentioning(&dir.display().to_string())
-        .into_iter()
-        .filter(|p| p.contains("containerd-shim-crius-v2"))
-        .filter_map(|p| p.split(':').next().map(String::from))
-        .collect()
-}
-
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -18,6 +18,9 @@ use std::time::Duration;
 pub const DEFAULT_MAX_CONCURRENT_DOWNLOADS: usize = 3;
 /// The file in a container's directory naming the snapshots it uses.
 const ROOTFS_RECORD: &str = "rootfs.json";
+/// The image volumes of a container (a list of [`RootfsRecord`]s), in its
+/// directory beside [`ROOTFS_RECORD`]: collection keeps their snapshots.
+const IMAGE_MOUNTS_RECORD: &str = "image-mounts.json";
 /// The directory in a container's directory with one short link per lower
 /// layer (`l/0` the topmost): lower dirs that share a parent and have short
 /// names, so that an overlay of many layers fits in mount(2)'s one page of
@@ -319,6 +322,26 @@ fn now_nanos() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos().min(i64::MAX as u128) as i64)
         .unwrap_or(0)
+}
+
+/// A container's snapshot record at `path`: `Some(None)` when there is
+/// none, `None` when it cannot be read or decoded (logged; collection then
+/// keeps every snapshot).
+fn read_snapshot_record<T: serde::de::DeserializeOwned>(path: &Path) -> Option<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => match serde_json::from_slice::<T>(&bytes) {
+            Ok(r) => Some(Some(r)),
+            Err(err) => {
+                tracing::warn!(path = %path.display(), error = %err, "unreadable snapshot record; snapshots are kept");
+                None
+            }
+        },
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Some(None),
+        Err(err) => {
+            tracing::warn!(path = %path.display(), error = %err, "cannot read snapshot record; snapshots are kept");
+            None
+        }
+    }
 }
 
 /// The `lowerdir=` option of an overlay over `lower` (topmost first).
@@ -876,28 +899,25 @@ impl ImageManager {
         match std::fs::read_dir(&cdir) {
             Ok(entries) => {
                 for e in entries {
-                    let p = match e {
-                        Ok(e) => e.path().join(ROOTFS_RECORD),
+                    let dir = match e {
+                        Ok(e) => e.path(),
                         Err(err) => {
                             tracing::warn!(path = %cdir.display(), error = %err, "cannot list containers; snapshots are kept");
                             snaps_known = false;
                             break;
                         }
                     };
-                    match std::fs::read(&p) {
-                        Ok(bytes) => match serde_json::from_slice::<RootfsRecord>(&bytes) {
-                            Ok(r) => snaps.extend(r.snapshots),
-                            Err(err) => {
-                                // Keep every snapshot rather than delete what a container may use.
-                                tracing::warn!(path = %p.display(), error = %err, "unreadable rootfs record; snapshots are kept");
-                                snaps_known = false;
+                    let rootfs = read_snapshot_record::<RootfsRecord>(&dir.join(ROOTFS_RECORD));
+                    let volumes =
+                        read_snapshot_record::<Vec<RootfsRecord>>(&dir.join(IMAGE_MOUNTS_RECORD));
+                    match (rootfs, volumes) {
+                        (Some(r), Some(v)) => {
+                            for rec in r.into_iter().chain(v.into_iter().flatten()) {
+                                snaps.extend(rec.snapshots);
                             }
-                        },
-                        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                        Err(err) => {
-                            tracing::warn!(path = %p.display(), error = %err, "cannot read rootfs record; snapshots are kept");
-                            snaps_known = false;
                         }
+                        // Keep every snapshot rather than delete what a container may use.
+                        _ => snaps_known = false,
                     }
                 }
             }
@@ -951,6 +971,29 @@ impl ImageManager {
         Ok(manifest::parse_config(&bytes)?)
     }
 
+    /// The snapshot directories of an image's layers, topmost first; a
+    /// missing snapshot, or none at all, makes the image inconsistent.
+    fn layer_dirs(&self, image: &ImageRecord) -> Result<Vec<String>, ImageError> {
+        let inconsistent = |message: String| ImageError::Inconsistent {
+            reference: image.metadata.id.clone(),
+            message,
+        };
+        let mut lower = Vec::new();
+        for s in image.metadata.snapshots.iter().rev() {
+            let p = self.inner.snapshots.fs_path(s)?;
+            if !p.is_dir() {
+                return Err(inconsistent(format!(
+                    "snapshot {s} is missing; pull the image again"
+                )));
+            }
+            lower.push(p.display().to_string());
+        }
+        if lower.is_empty() {
+            return Err(inconsistent("the image has no layers".into()));
+        }
+        Ok(lower)
+    }
+
     /// Creates container `container_id`'s writable layer over image
     /// `image_id` and returns the overlay mount of its root filesystem
     /// (lower dirs topmost first). Calling it again returns the same mount.
@@ -966,23 +1009,7 @@ impl ImageManager {
         let image = self
             .resolve(image_id)?
             .ok_or_else(|| ImageError::NotFound(image_id.to_string()))?;
-        let mut lower = Vec::new();
-        for s in image.metadata.snapshots.iter().rev() {
-            let p = self.inner.snapshots.fs_path(s)?;
-            if !p.is_dir() {
-                return Err(ImageError::Inconsistent {
-                    reference: image.metadata.id.clone(),
-                    message: format!("snapshot {s} is missing; pull the image again"),
-                });
-            }
-            lower.push(p.display().to_string());
-        }
-        if lower.is_empty() {
-            return Err(ImageError::Inconsistent {
-                reference: image.metadata.id.clone(),
-                message: "the image has no layers".into(),
-            });
-        }
+        let lower = self.layer_dirs(&image)?;
         let dir = self.inner.dir.join("containers").join(container_id);
         let record = RootfsRecord {
             image_id: image.metadata.id.clone(),
@@ -1032,6 +1059,49 @@ impl ImageManager {
                 format!("workdir={}", dir.join("work").display()),
             ],
         }])
+    }
+
+    /// The layers of the images a container mounts as image volumes
+    /// (`images`: references, in order), recorded with the container's
+    /// writable layer so that collection keeps them until
+    /// [`ImageManager::remove_rootfs`] (the volumes must be unmounted by
+    /// then): for each, the image id and its snapshot directories, topmost
+    /// first. An image that is not present is NotFound. Calling it again
+    /// records the same.
+    pub async fn prepare_image_mounts(
+        &self,
+        container_id: &str,
+        images: &[String],
+    ) -> Result<Vec<(String, Vec<String>)>, ImageError> {
+        if !valid_container_id(container_id) {
+            return Err(ImageError::InvalidContainerId(container_id.to_string()));
+        }
+        // Shared: a removal cannot collect the snapshots between the look-up
+        // and the record.
+        let _shared = self.inner.gc.read().await;
+        let mut records = Vec::with_capacity(images.len());
+        let mut out = Vec::with_capacity(images.len());
+        for reference in images {
+            let image = self.resolve(reference)?.ok_or_else(|| {
+                ImageError::NotFound(format!("image {reference:?} is not present: pull it first"))
+            })?;
+            out.push((image.metadata.id.clone(), self.layer_dirs(&image)?));
+            records.push(RootfsRecord {
+                image_id: image.metadata.id.clone(),
+                snapshots: image.metadata.snapshots.clone(),
+            });
+        }
+        let d = self.inner.dir.join("containers").join(container_id);
+        blocking(move || -> Result<(), ImageError> {
+            crius_store::private::dir(&d).map_err(io_err(&d))?;
+            let p = d.join(IMAGE_MOUNTS_RECORD);
+            let bytes =
+                serde_json::to_vec(&records).map_err(|e| io_err(&p)(io::Error::other(e)))?;
+            // Volatile, as the rootfs record: it has to outlive criusd only.
+            crius_store::persist::write_volatile(&p, &bytes, 0o600).map_err(io_err(&p))
+        })
+        .await??;
+        Ok(out)
     }
 
     /// Deletes a container's writable layer (it must be unmounted) and the
@@ -1303,6 +1373,44 @@ mod tests {
             .exists());
         m.remove_rootfs("ctr").await.unwrap();
         assert!(!upper.exists());
+    }
+
+    /// The layers of an image volume outlive RemoveImage for as long as the
+    /// container that mounts them lives; an absent image is NotFound.
+    #[tokio::test]
+    async fn image_mounts_keep_their_layers_until_the_container_goes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&tmp.path().join("store")).unwrap();
+        let store = Arc::new(store);
+        let m = ImageManager::open(tmp.path(), store.clone(), &tmp.path().join("c"), "p").unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(4);
+        b.append_data(&mut h, "data", &b"data"[..]).unwrap();
+        let chain = unpack_layers(&m, tmp.path(), &[b.into_inner().unwrap()]).await;
+        let rec = record('v', &["docker.io/library/v:1"], &[chain[0].as_str()]);
+        store.put_image(rec.clone()).unwrap();
+
+        let err = m
+            .prepare_image_mounts("ctr", &["docker.io/library/absent:1".into()])
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        let got = m
+            .prepare_image_mounts("ctr", &["docker.io/library/v:1".into()])
+            .await
+            .unwrap();
+        let layer = m.inner.snapshots.fs_path(&chain[0]).unwrap();
+        assert_eq!(
+            got,
+            vec![(rec.metadata.id.clone(), vec![layer.display().to_string()])]
+        );
+        assert!(m.remove("docker.io/library/v:1").await.unwrap());
+        assert!(m.resolve(&rec.metadata.id).unwrap().is_none());
+        assert!(layer.join("data").is_file(), "kept while mounted");
+        m.remove_rootfs("ctr").await.unwrap();
+        assert!(!layer.exists(), "collected with the container");
     }
 
     /// An image of 128 layers: its rootfs mount's options are far over a

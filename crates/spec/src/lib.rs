@@ -8,8 +8,9 @@
 //!
 //! Modules: `process` (args, env, cwd), `user` (uid/gid resolution), `caps`,
 //! `seccomp` (the RuntimeDefault profile), `mounts`, `cgroups` (paths and
-//! resources), `annotations`, `oom`, `userns` (pod user namespaces), `devices`
-//! (device ownership and CDI requests), `edit` (edits of an
+//! resources), `annotations`, `images` (image volumes, the image's name),
+//! `oom`, `userns` (pod user namespaces), `devices` (device ownership and
+//! CDI requests), `edit` (edits of an
 //! existing container's spec), and the two builders `sandbox` (the
 //! pause container) and `container`.
 
@@ -24,6 +25,7 @@ pub mod container;
 pub mod devices;
 pub mod edit;
 pub mod error;
+pub mod images;
 pub mod mounts;
 pub mod oom;
 pub mod process;

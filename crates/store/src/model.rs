@@ -171,6 +171,16 @@ pub struct ContainerMetadata {
     pub image_ref: String,
     /// Resolved image id (`sha256:...`).
     pub image_id: String,
+    /// The image's name as the user asked for it (kubelet's
+    /// `user_specified_image`, else the tag the request named or the
+    /// image's first repo tag): ContainerStatus.image and the
+    /// `io.kubernetes.cri.image-name` annotation. Empty in records written
+    /// before it was kept.
+    pub image_name: String,
+    /// The image's first repo digest when the container was created
+    /// (ContainerStatus.image_ref, as containerd reports it); empty when it
+    /// had none.
+    pub image_repo_digest: String,
     /// Container labels.
     pub labels: BTreeMap<String, String>,
     /// Container annotations.

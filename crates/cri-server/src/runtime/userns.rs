@@ -648,7 +648,13 @@ pub async fn container(
     let (userns, _) = pod_ns_paths(sandbox_state);
     let join = userns.display().to_string();
     let spec = crius_spec::userns::apply(spec, &maps, Some(&join)).map_err(spec_error)?;
-    let binds = crius_spec::edit::idmapped_binds(&spec);
+    // Image volumes are overlays of idmapped layers already (see
+    // container::image_mounts): an overlay cannot be idmapped again.
+    let image_mounts = state_dir.join(crate::runtime::container::image_mounts::IMAGE_MOUNTS_DIR);
+    let binds: Vec<_> = crius_spec::edit::idmapped_binds(&spec)
+        .into_iter()
+        .filter(|(_, source, _)| !source.starts_with(&image_mounts))
+        .collect();
     let idmap = state_dir.join("idmap");
     let target = bundle.join("rootfs");
     let root = pod_root(&maps)?;

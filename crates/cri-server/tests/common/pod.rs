@@ -218,6 +218,15 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
     out
 }
 
+/// The pids of the shims of the test environment in `dir`.
+pub fn shim_pids(dir: &Path) -> Vec<String> {
+    processes_mentioning(&dir.display().to_string())
+        .into_iter()
+        .filter(|p| p.contains("containerd-shim-crius-v2"))
+        .filter_map(|p| p.split(':').next().map(String::from))
+        .collect()
+}
+
 /// The cgroup (below every hierarchy's root) that test pods go into:
 /// `crius-test`, or `$CRIUS_TEST_CGROUP` so that two test runs on one
 /// machine do not kill each other's containers.
@@ -389,6 +398,25 @@ pub async fn pull(env: &Env, image: &str) {
         })
         .await
         .unwrap_or_else(|e| panic!("pull {image}: {e:?}"));
+}
+
+/// The id of a local image (what kubelet sends after a pull), or None.
+pub async fn image_id(env: &Env, image: &str) -> Option<String> {
+    env.daemon
+        .images()
+        .await
+        .image_status(k8s_cri::v1::ImageStatusRequest {
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ImageStatus {image}: {e:?}"))
+        .into_inner()
+        .image
+        .map(|i| i.id)
 }
 
 pub async fn run_pod(env: &Env, rt: &mut Rt, config: &PodSandboxConfig) -> String {

@@ -504,6 +504,10 @@ pub enum Entry {
     File(&'static str, Vec<u8>, u32),
     Symlink(&'static str, &'static str),
     Hardlink(&'static str, &'static str),
+    /// A directory with a mode and an owner (uid, gid).
+    DirOwned(&'static str, u32, u64, u64),
+    /// A regular file with a mode and an owner (uid, gid).
+    FileOwned(&'static str, Vec<u8>, u32, u64, u64),
 }
 
 /// A built layer.
@@ -550,6 +554,22 @@ pub fn layer(entries: &[Entry], compression: Compression) -> Layer {
                 h.set_mode(0o777);
                 h.set_size(0);
                 b.append_link(&mut h, p, target).unwrap();
+            }
+            Entry::DirOwned(p, mode, uid, gid) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(*mode);
+                h.set_uid(*uid);
+                h.set_gid(*gid);
+                h.set_size(0);
+                b.append_data(&mut h, p, &[][..]).unwrap();
+            }
+            Entry::FileOwned(p, data, mode, uid, gid) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(*mode);
+                h.set_uid(*uid);
+                h.set_gid(*gid);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, p, &data[..]).unwrap();
             }
             Entry::Hardlink(p, target) => {
                 h.set_entry_type(tar::EntryType::Link);

@@ -424,6 +424,7 @@ async fn create_steps(
     let stop_signal = parse_stop_signal(&image_config.config.stop_signal)
         .map_err(|e| invalid_field("config.image.image", format!("image {image_ref:?}: {e}")))?;
     timeline.mark("image_check");
+    let image_name = super::image_mounts::display_name(config, image_ref, &image);
 
     let record: ContainerRecord = Record::new(
         ContainerMetadata {
@@ -434,6 +435,13 @@ async fn create_steps(
             attempt: meta.attempt,
             image_ref: image_ref.to_string(),
             image_id: image.metadata.id.clone(),
+            image_name: image_name.clone(),
+            image_repo_digest: image
+                .metadata
+                .repo_digests
+                .first()
+                .cloned()
+                .unwrap_or_default(),
             labels: config.labels.clone().into_iter().collect(),
             annotations: config.annotations.clone().into_iter().collect(),
             log_path: log.as_ref().map(|p| p.display().to_string()),
@@ -505,6 +513,11 @@ async fn create_steps(
         .unwrap_or_default();
     let mounts =
         crate::runtime::harden_rootfs(mounts, !rootfs_sc.privileged, rootfs_sc.no_new_privs);
+    // Image volumes, mounted below the state directory: from here on the
+    // config has them as read-only binds of those mounts.
+    let image_mounted =
+        super::image_mounts::mount_image_volumes(daemon, id, config, sandbox, &state).await?;
+    let config = image_mounted.as_ref().unwrap_or(config);
 
     let spec_image = image_config.spec_config();
     let passwd =
@@ -551,6 +564,7 @@ async fn create_steps(
     let volume_dir = root.join("volumes").display().to_string();
     // Built in a block of its own: the input holds non-Send references
     // that must be gone before the next await.
+    let mut fill = Vec::new();
     let spec = {
         let load = |p: &str| std::fs::read_to_string(p).map_err(|e| e.to_string());
         let input = ContainerInput {
@@ -558,7 +572,7 @@ async fn create_steps(
             config,
             sandbox_config,
             image: &spec_image,
-            image_name: image_ref,
+            image_name: &image_name,
             user: &user,
             sandbox: &facts,
             host: &host,
@@ -581,10 +595,15 @@ async fn create_steps(
                 crius_store::private::CONTAINER_VISIBLE_DIR,
             )
             .map_err(|e| internal("image volume", e))?;
+            fill.push((v.destination, v.source.into()));
         }
-        container_spec(&input).map_err(spec_status)?
+        let spec = container_spec(&input).map_err(spec_status)?;
+        let image_sources = super::image_mounts::sources(config, &state);
+        crius_spec::images::keep_image_mount_flags(spec, &image_sources)
     };
     let spec = super::devices::inject_cdi(&daemon.config().cdi, config, spec).await?;
+    // The image's content at its VOLUMEs goes into them, as in containerd.
+    super::image_mounts::fill_image_volumes(&mounts, fill, state.join("volume-copy")).await?;
     // A pod with its own user namespace: idmapped rootfs and mounts made here.
     let (spec, mounts) = crate::runtime::userns::container(
         &daemon.sandbox_state(&sandbox.metadata.id),

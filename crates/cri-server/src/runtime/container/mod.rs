@@ -2,6 +2,7 @@
 
 pub mod devices;
 pub mod events;
+pub mod image_mounts;
 pub mod lifecycle;
 pub mod status;
 pub mod update;

@@ -66,10 +66,48 @@ fn metadata(r: &ContainerRecord) -> ContainerMetadata {
     }
 }
 
+/// kubelet's `user_specified_image` of the stored config.
+fn user_specified_image(r: &ContainerRecord) -> String {
+    r.metadata
+        .config
+        .get("image")
+        .and_then(|i| i.get("user_specified_image"))
+        .and_then(|u| u.as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// ListContainers' image: the reference the request named (kubelet sends
+/// the image id), with the name the user specified, as containerd.
 fn image(r: &ContainerRecord) -> ImageSpec {
     ImageSpec {
         image: r.metadata.image_ref.clone(),
+        user_specified_image: user_specified_image(r),
         ..Default::default()
+    }
+}
+
+/// ContainerStatus' image: the image's name as the user asked for it
+/// (`nginx:1.27`, not its id: what `kubectl get pod` shows), as containerd
+/// 2.x; the reference the request named for a record that lacks it.
+fn status_image(r: &ContainerRecord) -> ImageSpec {
+    let name = match r.metadata.image_name.as_str() {
+        "" => r.metadata.image_ref.clone(),
+        n => n.to_string(),
+    };
+    ImageSpec {
+        image: name,
+        user_specified_image: user_specified_image(r),
+        ..Default::default()
+    }
+}
+
+/// ContainerStatus' image_ref: the repo digest, else the image id (as
+/// containerd; image_id is always the id).
+fn status_image_ref(r: &ContainerRecord) -> String {
+    match r.metadata.image_repo_digest.as_str() {
+        "" => r.metadata.image_id.clone(),
+        d => d.to_string(),
     }
 }
 
@@ -119,8 +157,8 @@ pub fn status(r: &ContainerRecord, verbose: bool) -> (ContainerStatus, HashMap<S
         started_at: s.started_at.unwrap_or(0),
         finished_at: s.finished_at.unwrap_or(0),
         exit_code: s.exit_code.unwrap_or(0),
-        image: Some(image(r)),
-        image_ref: r.metadata.image_id.clone(),
+        image: Some(status_image(r)),
+        image_ref: status_image_ref(r),
         image_id: r.metadata.image_id.clone(),
         reason: s.reason.clone().unwrap_or_default(),
         message: s.message.clone().unwrap_or_default(),
@@ -236,6 +274,37 @@ mod tests {
         assert_eq!((s.exit_code, s.reason.as_str()), (137, "OOMKilled"));
         assert_eq!(s.image.unwrap().image, "busybox");
         assert_eq!(s.image_ref, "sha256:abc");
+        assert_eq!(s.image_id, "sha256:abc");
+
+        // The name the user asked for and the repo digest, when recorded.
+        let mut r = rec('d', 'x', StoreState::Running, "web");
+        r.metadata.image_ref = "sha256:abc".into();
+        r.metadata.image_name = "nginx:1.27".into();
+        r.metadata.image_repo_digest = "docker.io/library/nginx@sha256:d1".into();
+        r.metadata.config = serde_json::to_value(ContainerConfig {
+            image: Some(ImageSpec {
+                image: "sha256:abc".into(),
+                user_specified_image: "nginx:1.27".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        let (s, _) = status(&r, false);
+        let image = s.image.unwrap();
+        assert_eq!(
+            (image.image.as_str(), image.user_specified_image.as_str()),
+            ("nginx:1.27", "nginx:1.27")
+        );
+        assert_eq!(s.image_ref, "docker.io/library/nginx@sha256:d1");
+        assert_eq!(s.image_id, "sha256:abc");
+        let listed = to_container(&r);
+        let image = listed.image.unwrap();
+        assert_eq!(
+            (image.image.as_str(), image.user_specified_image.as_str()),
+            ("sha256:abc", "nginx:1.27")
+        );
+        assert_eq!(listed.image_ref, "sha256:abc");
         assert_eq!(s.log_path, "/var/log/pods/x/app/0.log");
         assert!(info["info"].contains("sandboxID"));
         assert_eq!(s.user, None);
