@@ -10,6 +10,7 @@ use std::process::Command;
 mod chaos;
 mod conformance;
 mod fuzz;
+mod package;
 mod setup;
 
 const USAGE: &str = "usage: cargo xtask <command>
@@ -31,6 +32,10 @@ commands:
   conformance [--parallel N] [-- ARGS]
                 critest v1.32 (on PATH) against criusd, offline: test images from Debian
                 packages in a local registry (root; ARGS go to critest; target/conformance/)
+  package [--check]
+                the Debian package (release build, unit, documented default config,
+                man pages, completions) in target/package/; --check installs it with
+                dpkg into a temporary root and runs the installed criusd
   fuzz [TARGET] [--seconds N]
                 cargo-fuzz targets (nightly; installs cargo-fuzz when missing), N seconds
                 each (default 60); targets: spec, unpack, cni_result, store_record
@@ -69,6 +74,7 @@ fn dispatch(args: &[String]) -> Result<()> {
         }
         "conformance" => conformance::conformance(rest),
         "fuzz" => fuzz::fuzz(rest),
+        "package" => package::package(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

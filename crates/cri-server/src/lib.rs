@@ -6,6 +6,7 @@
 
 pub mod apparmor;
 pub mod config;
+pub mod config_docs;
 pub mod daemon;
 pub mod errors;
 pub mod grpc_authority;

@@ -34,6 +34,25 @@ enum Command {
         #[command(subcommand)]
         what: ConfigCommand,
     },
+    /// Documentation and shell completions, for packaging.
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: GenerateCommand,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+enum GenerateCommand {
+    /// The criusd(8) man page (roff).
+    Man,
+    /// The crius.toml(5) man page (roff), from the configuration's documentation.
+    ConfigMan,
+    /// A completion script for the shell.
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -79,6 +98,26 @@ fn effective_config_with_origins(cli: &Cli) -> anyhow::Result<(Config, Origins)>
     Ok((config, origins))
 }
 
+/// `criusd generate ...`: prints a man page or a completion script.
+fn generate(what: &GenerateCommand) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match what {
+        GenerateCommand::Man => clap_mangen::Man::new(Cli::command())
+            .section("8")
+            .render(&mut out)
+            .context("cannot render the man page")?,
+        GenerateCommand::ConfigMan => out.write_all(
+            crius_cri_server::config_docs::man_page(env!("CARGO_PKG_VERSION")).as_bytes(),
+        )?,
+        GenerateCommand::Completion { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "criusd", &mut out)
+        }
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     // Before any thread: NOTIFY_SOCKET leaves the environment.
     crius_cri_server::notify::init();
@@ -87,7 +126,10 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Config {
             what: ConfigCommand::Default,
         }) => {
-            print!("{}", Config::default().to_toml());
+            print!(
+                "{}",
+                crius_cri_server::config_docs::commented_toml(&Config::default())
+            );
             return Ok(());
         }
         Some(Command::Config {
@@ -109,6 +151,7 @@ fn main() -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        Some(Command::Generate { what }) => return generate(what),
         None => {}
     }
     let config = effective_config(&cli)?;

@@ -335,6 +335,40 @@ fn bad_config_is_a_clear_start_up_error() {
 }
 
 #[test]
+fn generated_man_pages_and_completions() {
+    let run = |args: &[&str]| {
+        let out = Command::new(CRIUSD).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // (arguments, text the output must hold)
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["generate", "man"], &[".TH criusd 8", "\\-\\-config"]),
+        (
+            &["generate", "config-man"],
+            &[".TH CRIUS.TOML 5", ".B cni.conf_dir"],
+        ),
+        (
+            &["generate", "completion", "bash"],
+            &["_criusd()", "complete"],
+        ),
+        (&["generate", "completion", "zsh"], &["#compdef criusd"]),
+        (&["generate", "completion", "fish"], &["complete -c criusd"]),
+        // The default configuration documents its keys.
+        (
+            &["config", "default"],
+            &["# Persistent state directory.", "# pod_annotations = []"],
+        ),
+    ];
+    for (args, wants) in cases {
+        let text = run(args);
+        for want in *wants {
+            assert!(text.contains(want), "{args:?}: no {want:?} in\n{text}");
+        }
+    }
+}
+
+#[test]
 fn config_default_prints_a_loadable_full_config() {
     let out = Command::new(CRIUSD)
         .args(["config", "default"])
