@@ -1,7 +1,7 @@
 //! SIGHUP: re-read the configuration and apply what can change at run time.
 //!
-//! Applied at once (the keys under [`RELOADABLE`]): the log level, the
-//! hand-back expiry, the runtime handler table and the default handler (a
+//! Applied at once (the keys under [`RELOADABLE`]): the log level and
+//! format (for the lines logged afterwards), the hand-back expiry, the runtime handler table and the default handler (a
 //! new handler serves new pods; a dropped one refuses new pods while the
 //! pods on it keep working, see `Daemon::handler`), `[cni]` (the network is
 //! read again for the next pod), `[registry]` and `[images]` (for pulls that
@@ -15,8 +15,9 @@ use crate::config::Config;
 use crate::daemon::Daemon;
 
 /// The top-level keys (or tables) a reload applies to the running daemon.
-pub const RELOADABLE: [&str; 10] = [
+pub const RELOADABLE: [&str; 11] = [
     "log_level",
+    "log_format",
     "handback_expiry",
     "default_runtime",
     "runtimes",
@@ -39,6 +40,7 @@ pub fn reloadable(key: &str) -> bool {
 pub fn merged(current: &Config, new: &Config) -> Config {
     let mut next = current.clone();
     next.log_level = new.log_level.clone();
+    next.log_format = new.log_format;
     next.handback_expiry = new.handback_expiry.clone();
     next.default_runtime = new.default_runtime.clone();
     next.runtimes = new.runtimes.clone();
@@ -98,6 +100,7 @@ impl Reloader {
             if next.log_level != current.log_level {
                 log.set_level(&next.log_level)?;
             }
+            log.set_format(next.log_format);
         }
         daemon.handback.set_expiry(expiry);
         daemon
@@ -152,6 +155,7 @@ mod tests {
         let text = r#"
 root = "/elsewhere"
 log_level = "debug"
+log_format = "json"
 default_runtime = "crun"
 handback_expiry = "1m"
 device_ownership_from_security_context = true
@@ -173,6 +177,7 @@ address = "127.0.0.1:10010"
             ("root", false),
             ("stream.address", false),
             ("log_level", true),
+            ("log_format", true),
             ("default_runtime", true),
             ("handback_expiry", true),
             ("device_ownership_from_security_context", true),

@@ -9,12 +9,22 @@
 //! `store`, `image`, `spec`, `shim` (one per ttrpc call, plus `shim_spawn`),
 //! `cni` with a `cni_plugin` span per plugin executed. The DEBUG spans cost
 //! a level check when neither the log filter nor the exporter wants them.
+//!
+//! The log format can change at run time (a reload): both formatters are
+//! installed behind one filter and [`FormatSwitch`] hands each event to the
+//! one selected, while every span is recorded by both so that a span opened
+//! before the switch prints its fields in the new format too.
 
 use crate::config::{Config, LogFormat, TracingConfig};
 use anyhow::Context;
-use tracing::Span;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tracing::subscriber::{Interest, Subscriber};
+use tracing::{span, Dispatch, Event, Metadata, Span};
 use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
+use tracing_subscriber::layer::Context as LayerContext;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
 
@@ -30,10 +40,12 @@ pub struct Telemetry {
     log: LogControl,
 }
 
-/// Changes the log filter of the running daemon (a configuration reload).
+/// Changes the log filter and format of the running daemon (a
+/// configuration reload).
 #[derive(Clone)]
 pub struct LogControl {
     filter: tracing_subscriber::reload::Handle<EnvFilter, Registry>,
+    json: Arc<AtomicBool>,
 }
 
 impl LogControl {
@@ -44,6 +56,112 @@ impl LogControl {
         self.filter
             .reload(filter)
             .map_err(|e| anyhow::anyhow!("cannot change the log filter: {e}"))
+    }
+
+    /// Switches the log output to `format` for the events logged from now on.
+    pub fn set_format(&self, format: LogFormat) {
+        self.json
+            .store(matches!(format, LogFormat::Json), Ordering::Relaxed);
+    }
+
+    /// The format events are written in.
+    pub fn format(&self) -> LogFormat {
+        if self.json.load(Ordering::Relaxed) {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        }
+    }
+}
+
+/// Two log formatters behind one switch: events go to the selected one,
+/// span callbacks to both (each keeps its own formatted span fields).
+pub struct FormatSwitch<S> {
+    text: Box<dyn Layer<S> + Send + Sync>,
+    json: Box<dyn Layer<S> + Send + Sync>,
+    json_on: Arc<AtomicBool>,
+}
+
+impl<S> FormatSwitch<S> {
+    /// A switch between `text` and `json`, on JSON while `json_on` is set.
+    pub fn new(
+        text: Box<dyn Layer<S> + Send + Sync>,
+        json: Box<dyn Layer<S> + Send + Sync>,
+        json_on: Arc<AtomicBool>,
+    ) -> Self {
+        FormatSwitch {
+            text,
+            json,
+            json_on,
+        }
+    }
+
+    fn active(&self) -> &(dyn Layer<S> + Send + Sync) {
+        if self.json_on.load(Ordering::Relaxed) {
+            self.json.as_ref()
+        } else {
+            self.text.as_ref()
+        }
+    }
+}
+
+impl<S> Layer<S> for FormatSwitch<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_register_dispatch(&self, subscriber: &Dispatch) {
+        self.text.on_register_dispatch(subscriber);
+        self.json.on_register_dispatch(subscriber);
+    }
+
+    fn on_layer(&mut self, subscriber: &mut S) {
+        self.text.on_layer(subscriber);
+        self.json.on_layer(subscriber);
+    }
+
+    fn register_callsite(&self, _metadata: &'static Metadata<'static>) -> Interest {
+        // Both formatters want everything; the filter around the switch
+        // decides.
+        Interest::always()
+    }
+
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: LayerContext<'_, S>) {
+        self.text.on_new_span(attrs, id, ctx.clone());
+        self.json.on_new_span(attrs, id, ctx);
+    }
+
+    fn on_record(&self, id: &span::Id, values: &span::Record<'_>, ctx: LayerContext<'_, S>) {
+        self.text.on_record(id, values, ctx.clone());
+        self.json.on_record(id, values, ctx);
+    }
+
+    fn on_follows_from(&self, id: &span::Id, follows: &span::Id, ctx: LayerContext<'_, S>) {
+        self.text.on_follows_from(id, follows, ctx.clone());
+        self.json.on_follows_from(id, follows, ctx);
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: LayerContext<'_, S>) {
+        self.active().on_event(event, ctx);
+    }
+
+    fn on_enter(&self, id: &span::Id, ctx: LayerContext<'_, S>) {
+        self.text.on_enter(id, ctx.clone());
+        self.json.on_enter(id, ctx);
+    }
+
+    fn on_exit(&self, id: &span::Id, ctx: LayerContext<'_, S>) {
+        self.text.on_exit(id, ctx.clone());
+        self.json.on_exit(id, ctx);
+    }
+
+    fn on_close(&self, id: span::Id, ctx: LayerContext<'_, S>) {
+        self.text.on_close(id.clone(), ctx.clone());
+        self.json.on_close(id, ctx);
+    }
+
+    fn on_id_change(&self, old: &span::Id, new: &span::Id, ctx: LayerContext<'_, S>) {
+        self.text.on_id_change(old, new, ctx.clone());
+        self.json.on_id_change(old, new, ctx);
     }
 }
 
@@ -117,11 +235,13 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_new(&config.log_level)
         .with_context(|| format!("invalid log_level {:?}", config.log_level))?;
     let (filter, filter_handle) = tracing_subscriber::reload::Layer::new(filter);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let log: Box<dyn Layer<Registry> + Send + Sync> = match config.log_format {
-        LogFormat::Text => fmt.with_filter(filter).boxed(),
-        LogFormat::Json => fmt.json().with_filter(filter).boxed(),
-    };
+    let fmt = || tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let json = Arc::new(AtomicBool::new(matches!(
+        config.log_format,
+        LogFormat::Json
+    )));
+    let log =
+        FormatSwitch::new(fmt().boxed(), fmt().json().boxed(), json.clone()).with_filter(filter);
     let provider = tracer_provider(&config.tracing)?;
     let otel = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
@@ -148,6 +268,7 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
         provider,
         log: LogControl {
             filter: filter_handle,
+            json,
         },
     })
 }
@@ -242,6 +363,89 @@ mod tests {
         let config = TracingConfig::default();
         assert!(config.otlp_endpoint.is_empty());
         assert!(tracer_provider(&config).unwrap().is_none());
+    }
+
+    /// Log output captured in memory.
+    #[derive(Clone, Default)]
+    struct Output(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Output {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Output {
+        fn lines(&self) -> Vec<String> {
+            String::from_utf8(self.0.lock().unwrap().clone())
+                .unwrap()
+                .lines()
+                .map(String::from)
+                .collect()
+        }
+    }
+
+    #[test]
+    fn the_format_switches_between_events_and_keeps_span_fields() {
+        let out = Output::default();
+        let writer = {
+            let out = out.clone();
+            move || out.clone()
+        };
+        let fmt = || {
+            tracing_subscriber::fmt::layer()
+                .with_writer(writer.clone())
+                .with_ansi(false)
+        };
+        let json = Arc::new(AtomicBool::new(false));
+        let (filter, handle) = tracing_subscriber::reload::Layer::new(EnvFilter::new("info"));
+        let control = LogControl {
+            filter: handle,
+            json: json.clone(),
+        };
+        let switch =
+            FormatSwitch::new(fmt().boxed(), fmt().json().boxed(), json).with_filter(filter);
+        let subscriber = tracing_subscriber::registry().with(switch);
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("cri", pod = "p1");
+            let _entered = span.enter();
+            tracing::info!(n = 1, "first");
+            control.set_format(LogFormat::Json);
+            assert_eq!(control.format(), LogFormat::Json);
+            tracing::info!(n = 2, "second");
+            tracing::debug!("filtered out");
+            control.set_level("debug").unwrap();
+            tracing::debug!(n = 3, "third");
+            control.set_format(LogFormat::Text);
+            tracing::info!(n = 4, "fourth");
+        });
+        let lines = out.lines();
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        // (line, JSON, message and field text it carries)
+        let cases = [
+            (0, false, "first n=1"),
+            (1, true, "second"),
+            (2, true, "third"),
+            (3, false, "fourth n=4"),
+        ];
+        for (i, is_json, text) in cases {
+            let line = &lines[i];
+            let parsed = serde_json::from_str::<serde_json::Value>(line);
+            assert_eq!(parsed.is_ok(), is_json, "line {i}: {line}");
+            if let Ok(v) = parsed {
+                // The span opened before the switch carries its fields in
+                // JSON too.
+                assert_eq!(v["span"]["pod"], "p1", "line {i}: {line}");
+                assert_eq!(v["fields"]["message"], text, "line {i}: {line}");
+            } else {
+                assert!(line.contains("cri{pod=\"p1\"}"), "line {i}: {line}");
+                assert!(line.contains(text), "line {i}: {line}");
+            }
+        }
     }
 
     #[tokio::test]

@@ -600,6 +600,32 @@ async fn sighup_reloads_the_config() {
     assert!(tail.contains("bogus_key"), "{tail}");
     assert!(tail.contains("DEBUG"), "{tail}");
 
+    // JSON logs from the next line on, without a restart.
+    let mark = daemon.log_text().len();
+    std::fs::write(
+        &daemon.config,
+        format!("log_level = \"info\"\nlog_format = \"json\"\n{base}"),
+    )
+    .unwrap();
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let tail = wait_log(&daemon, mark, "configuration reloaded");
+    let reloaded = tail
+        .lines()
+        .find(|l| l.contains("configuration reloaded"))
+        .unwrap();
+    let line: serde_json::Value = serde_json::from_str(reloaded).expect(reloaded);
+    assert_eq!(
+        line["fields"]["message"], "configuration reloaded",
+        "{line}"
+    );
+    assert!(
+        line["fields"]["applied"]
+            .as_str()
+            .is_some_and(|a| a.contains("log_format")),
+        "{line}"
+    );
+    assert!(!tail.contains("needs a restart"), "{tail}");
+
     assert_eq!(daemon.signal_and_wait(libc::SIGTERM).code(), Some(0));
 }
 
