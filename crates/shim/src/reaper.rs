@@ -104,6 +104,16 @@ extern "C" fn on_sigchld(_: libc::c_int) {
 }
 
 impl Reaper {
+    /// A reaper with no handler and no thread, for tests that only build
+    /// command lines.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Reaper {
+        Reaper {
+            state: Mutex::new(State::default()),
+            hook: OnceLock::new(),
+        }
+    }
+
     /// Installs the SIGCHLD handler and starts the reaper thread.
     pub fn start() -> Result<Arc<Reaper>, ReaperError> {
         let mut fds = [0i32; 2];

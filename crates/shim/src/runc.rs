@@ -85,7 +85,10 @@ impl Runc {
         }
     }
 
-    fn command(&self, log: &Path) -> Command {
+    /// The runtime's command line up to and including `op`: the global
+    /// options (`--systemd-cgroup` when the container's cgroup is a systemd
+    /// unit), then the sub-command.
+    fn command(&self, log: &Path, systemd_cgroup: bool, op: &str) -> Command {
         let mut c = Command::new(&self.binary);
         c.arg("--root")
             .arg(&self.root)
@@ -93,6 +96,10 @@ impl Runc {
             .arg(log)
             .arg("--log-format")
             .arg("json");
+        if systemd_cgroup {
+            c.arg("--systemd-cgroup");
+        }
+        c.arg(op);
         c
     }
 
@@ -105,10 +112,24 @@ impl Runc {
         input: Option<&[u8]>,
         want_output: bool,
     ) -> Result<Vec<u8>, RuncError> {
+        self.run_with(false, op, log, args, io, input, want_output)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_with(
+        &self,
+        systemd_cgroup: bool,
+        op: &'static str,
+        log: &Path,
+        args: &[&str],
+        io: ProcStdio,
+        input: Option<&[u8]>,
+        want_output: bool,
+    ) -> Result<Vec<u8>, RuncError> {
         // Truncate so that the error we report is this call's.
         let _ = crius_store::private::create_file(log);
-        let mut c = self.command(log);
-        c.arg(op).args(args);
+        let mut c = self.command(log, systemd_cgroup, op);
+        c.args(args);
         c.stdin(if input.is_some() {
             Stdio::piped()
         } else {
@@ -144,7 +165,11 @@ impl Runc {
 
     /// `create --bundle B --pid-file P [--console-socket S] ID`, or with
     /// `start_now`, `run --detach ...` (create and start in one runtime
-    /// invocation).
+    /// invocation). `systemd_cgroup`: the spec's cgroupsPath names a systemd
+    /// unit (see [`is_systemd_cgroups_path`]); the runtime then creates the
+    /// cgroup through systemd. Later calls need no flag: the runtime keeps
+    /// the choice in its state.
+    #[allow(clippy::too_many_arguments)]
     pub fn create(
         &self,
         id: &str,
@@ -153,6 +178,7 @@ impl Runc {
         console_socket: Option<&Path>,
         io: ProcStdio,
         start_now: bool,
+        systemd_cgroup: bool,
     ) -> Result<i32, RuncError> {
         let log = bundle.join("runc-log.json");
         let b = bundle.to_string_lossy();
@@ -170,7 +196,7 @@ impl Runc {
         args.push(id);
         let _ = std::fs::remove_file(pid_file);
         let op = if start_now { "run" } else { "create" };
-        self.run(op, &log, &args, io, None, false)?;
+        self.run_with(systemd_cgroup, op, &log, &args, io, None, false)?;
         read_pid(pid_file)
     }
 
@@ -399,6 +425,19 @@ fn read_pid(pid_file: &Path) -> Result<i32, RuncError> {
         })
 }
 
+/// Whether a spec's `linux.cgroupsPath` is in the systemd driver's
+/// `slice:prefix:name` form (what `cgroup_driver = "systemd"` makes, and
+/// what containerd makes with `SystemdCgroup`), rather than a cgroupfs path.
+/// The runtime must then be run with `--systemd-cgroup`: without it, it
+/// would take the string for a directory name below its own cgroup.
+pub fn is_systemd_cgroups_path(path: &str) -> bool {
+    if path.starts_with('/') {
+        return false;
+    }
+    let parts: Vec<&str> = path.split(':').collect();
+    parts.len() == 3 && !parts[2].is_empty()
+}
+
 /// The last error message in a runtime's JSON log (or the last line).
 pub fn last_error(log: &Path) -> String {
     let Ok(text) = std::fs::read_to_string(log) else {
@@ -433,6 +472,58 @@ pub fn parse_last_error(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn systemd_cgroups_paths_are_told_from_cgroupfs_ones() {
+        // (cgroupsPath, systemd form)
+        let cases = [
+            ("system.slice:crius:0123abcd", true),
+            ("kubepods-besteffort-pod1.slice:crius:0123abcd", true),
+            (":crius:0123abcd", true),
+            ("/crius/0123abcd", false),
+            ("/kubepods/besteffort/pod1/0123abcd", false),
+            ("crius/0123abcd", false),
+            ("", false),
+            ("system.slice:crius:", false),
+            ("a:b", false),
+            ("a:b:c:d", false),
+            ("/system.slice:crius:id", false),
+        ];
+        for (path, want) in cases {
+            assert_eq!(is_systemd_cgroups_path(path), want, "{path:?}");
+        }
+    }
+
+    #[test]
+    fn systemd_cgroup_is_a_global_option_before_the_sub_command() {
+        // (systemd_cgroup, the arguments after the log options)
+        let cases: [(bool, &[&str]); 2] = [
+            (false, &["create"]),
+            (true, &["--systemd-cgroup", "create"]),
+        ];
+        let runc = Runc {
+            binary: "runc".into(),
+            root: "/run/crius-runc".into(),
+            reaper: Arc::new(Reaper::for_tests()),
+        };
+        for (systemd, tail) in cases {
+            let c = runc.command(Path::new("/b/log.json"), systemd, "create");
+            let args: Vec<String> = c
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let mut want = vec![
+                "--root",
+                "/run/crius-runc",
+                "--log",
+                "/b/log.json",
+                "--log-format",
+                "json",
+            ];
+            want.extend_from_slice(tail);
+            assert_eq!(args, want, "systemd_cgroup {systemd}");
+        }
+    }
+
     fn mkfifo(dir: &Path) -> PathBuf {
         let p = dir.join("exec.fifo");
         nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o622)).unwrap();

@@ -529,6 +529,7 @@ impl Inner {
         let since = self.reaper.seq();
         let log = bundle.join("runc-log.json");
         let stdio = prep.take_stdio();
+        let spec_facts = spec_facts(&bundle);
         let pid = match runc.create(
             &req.id,
             &bundle,
@@ -536,6 +537,7 @@ impl Inner {
             prep.console.as_ref().map(|c| c.path.as_path()),
             stdio,
             start_now,
+            spec_facts.systemd_cgroup,
         ) {
             Ok(pid) => pid,
             Err(e) => {
@@ -555,7 +557,6 @@ impl Inner {
         let mut init = Proc::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         init.pid = pid;
         init.io = io;
-        let spec_facts = spec_facts(&bundle);
         let oom = crate::oom::OomWatch::start(pid, req.id.clone(), self.publisher.clone());
         g.insert(
             req.id.clone(),
@@ -563,8 +564,8 @@ impl Inner {
                 bundle: bundle.clone(),
                 runc,
                 rootfs_mounted: mounted,
-                own_pidns: spec_facts.0,
-                no_hooks: spec_facts.1,
+                own_pidns: spec_facts.own_pidns,
+                no_hooks: spec_facts.no_hooks,
                 init,
                 execs: HashMap::new(),
                 oom,
@@ -1067,15 +1068,25 @@ impl Inner {
     }
 }
 
-/// From the bundle's config: whether the container gets a pid namespace of
-/// its own (a `pid` namespace without a path), and whether it has no hooks.
-/// (false, false) when unsure.
-fn spec_facts(bundle: &Path) -> (bool, bool) {
+/// What the shim needs to know of a bundle's config.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct SpecFacts {
+    /// The container gets a pid namespace of its own (a `pid` namespace
+    /// without a path).
+    own_pidns: bool,
+    /// The spec has no hooks.
+    no_hooks: bool,
+    /// The cgroup is a systemd unit (`slice:prefix:name`).
+    systemd_cgroup: bool,
+}
+
+/// [`SpecFacts`] from the bundle's config.json; all false when unsure.
+fn spec_facts(bundle: &Path) -> SpecFacts {
     let Ok(text) = std::fs::read(bundle.join("config.json")) else {
-        return (false, false);
+        return SpecFacts::default();
     };
     let Ok(spec) = serde_json::from_slice::<serde_json::Value>(&text) else {
-        return (false, false);
+        return SpecFacts::default();
     };
     let own_pidns = spec
         .pointer("/linux/namespaces")
@@ -1095,7 +1106,15 @@ fn spec_facts(bundle: &Path) -> (bool, bool) {
             h.values()
                 .all(|v| v.as_array().is_none_or(|a| a.is_empty()))
         });
-    (own_pidns, no_hooks)
+    let systemd_cgroup = spec
+        .pointer("/linux/cgroupsPath")
+        .and_then(|p| p.as_str())
+        .is_some_and(crate::runc::is_systemd_cgroups_path);
+    SpecFacts {
+        own_pidns,
+        no_hooks,
+        systemd_cgroup,
+    }
 }
 
 /// Sends `signal` to `pid` through a pidfd (opened while the caller holds
@@ -1270,6 +1289,40 @@ impl containerd_shim_protos::Task for TaskService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spec_facts_from_config_json() {
+        // (config.json, facts)
+        let cases = [
+            (
+                r#"{"linux":{"cgroupsPath":"system.slice:crius:c1","namespaces":[{"type":"pid"}]}}"#,
+                SpecFacts {
+                    own_pidns: true,
+                    no_hooks: true,
+                    systemd_cgroup: true,
+                },
+            ),
+            (
+                r#"{"linux":{"cgroupsPath":"/crius/c1","namespaces":[{"type":"pid","path":"/proc/1/ns/pid"}]},"hooks":{"prestart":[{"path":"/bin/true"}]}}"#,
+                SpecFacts::default(),
+            ),
+            (
+                r#"{"hooks":{"poststart":[]}}"#,
+                SpecFacts {
+                    no_hooks: true,
+                    ..SpecFacts::default()
+                },
+            ),
+            ("not json", SpecFacts::default()),
+        ];
+        for (text, want) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("config.json"), text).unwrap();
+            assert_eq!(spec_facts(dir.path()), want, "{text}");
+        }
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(spec_facts(empty.path()), SpecFacts::default());
+    }
 
     #[test]
     fn ids() {
