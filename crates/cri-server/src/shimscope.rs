@@ -77,9 +77,12 @@ pub enum ScopeError {
         /// systemd's message.
         message: String,
     },
-    /// The call failed on the way (connection lost, bad reply).
+    /// The call failed on the way (connection lost).
     #[error("StartTransientUnit failed: {0}")]
     Transport(String),
+    /// systemd's answer is not a job path.
+    #[error("StartTransientUnit: unexpected reply: {0}")]
+    BadReply(String),
     /// No answer in time.
     #[error("systemd did not answer within {0:?}")]
     Timeout(Duration),
@@ -173,7 +176,8 @@ enum Target {
 pub struct ShimScopes {
     target: Option<Target>,
     timeout: Duration,
-    connection: tokio::sync::Mutex<Option<zbus::Connection>>,
+    /// The kept connection and its generation (counting connections made).
+    connection: tokio::sync::Mutex<(u64, Option<zbus::Connection>)>,
 }
 
 impl ShimScopes {
@@ -182,7 +186,7 @@ impl ShimScopes {
         ShimScopes {
             target: None,
             timeout: CALL_TIMEOUT,
-            connection: tokio::sync::Mutex::new(None),
+            connection: tokio::sync::Mutex::new((0, None)),
         }
     }
 
@@ -221,7 +225,7 @@ impl ShimScopes {
         ShimScopes {
             target: Some(Target::Address(address.to_string())),
             timeout,
-            connection: tokio::sync::Mutex::new(None),
+            connection: tokio::sync::Mutex::new((0, None)),
         }
     }
 
@@ -240,12 +244,14 @@ impl ShimScopes {
         let this = self.clone();
         let (pod, slice) = (pod_id.to_string(), slice.to_string());
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
             match this.move_shim(&pod, pid, &slice).await {
                 Ok(unit) => tracing::debug!(
                     pod = %pod,
                     pid,
                     unit = %unit,
                     slice = %slice,
+                    took_us = started.elapsed().as_micros() as u64,
                     "shim moved into its own scope"
                 ),
                 Err(e) => tracing::warn!(
@@ -268,51 +274,53 @@ impl ShimScopes {
     ) -> Result<String, ScopeError> {
         let unit = unit_name(pod_id)?;
         let properties = properties(pod_id, pid, slice);
-        tokio::time::timeout(self.timeout, self.start_transient_unit(&unit, properties))
+        tokio::time::timeout(self.timeout, self.start_transient_unit(&unit, &properties))
             .await
             .map_err(|_| ScopeError::Timeout(self.timeout))??;
         Ok(unit)
     }
 
     /// `StartTransientUnit(unit, "fail", properties, [])`; returns the job.
+    /// A kept connection that turns out dead (systemd re-executed, say) is
+    /// replaced and the call made once more.
     async fn start_transient_unit(
         &self,
         unit: &str,
-        properties: Vec<(&'static str, Value<'static>)>,
+        properties: &[(&'static str, Value<'static>)],
     ) -> Result<OwnedObjectPath, ScopeError> {
-        let connection = self.connection().await?;
-        let aux: Vec<(&str, Vec<(&str, Value)>)> = Vec::new();
-        let reply = connection
-            .call_method(
-                Some(DESTINATION),
-                OBJECT_PATH,
-                Some(MANAGER),
-                "StartTransientUnit",
-                &(unit, "fail", properties, aux),
-            )
-            .await;
-        match reply {
-            Ok(m) => m
-                .body()
-                .deserialize::<OwnedObjectPath>()
-                .map_err(|e| ScopeError::Transport(format!("bad reply: {e}"))),
-            Err(zbus::Error::MethodError(name, message, _)) => Err(ScopeError::Refused {
-                name: name.to_string(),
-                message: message.unwrap_or_default(),
-            }),
-            Err(e) => {
-                // The connection may be gone: the next shim makes a new one.
-                *self.connection.lock().await = None;
-                Err(ScopeError::Transport(e.to_string()))
+        let (kept, generation, connection) = self.connection().await?;
+        match call(&connection, unit, properties).await {
+            Err(ScopeError::Transport(e)) => {
+                self.forget(generation).await;
+                if !kept {
+                    return Err(ScopeError::Transport(e));
+                }
+                tracing::debug!(error = %e, "connection to systemd lost; connecting again");
+                let (_, generation, connection) = self.connection().await?;
+                let r = call(&connection, unit, properties).await;
+                if matches!(r, Err(ScopeError::Transport(_))) {
+                    self.forget(generation).await;
+                }
+                r
             }
+            r => r,
         }
     }
 
-    /// The kept connection, or a new one.
-    async fn connection(&self) -> Result<zbus::Connection, ScopeError> {
+    /// Drops the kept connection if it still is the one of `generation`
+    /// (not one another task made meanwhile).
+    async fn forget(&self, generation: u64) {
         let mut slot = self.connection.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
+        if slot.0 == generation {
+            slot.1 = None;
+        }
+    }
+
+    /// The kept connection (`true`), or a new one, with its generation.
+    async fn connection(&self) -> Result<(bool, u64, zbus::Connection), ScopeError> {
+        let mut slot = self.connection.lock().await;
+        if let Some(c) = slot.1.as_ref() {
+            return Ok((true, slot.0, c.clone()));
         }
         let c = match &self.target {
             None => {
@@ -335,8 +343,38 @@ impl ShimScopes {
                 }
             },
         };
-        *slot = Some(c.clone());
-        Ok(c)
+        slot.0 += 1;
+        slot.1 = Some(c.clone());
+        Ok((false, slot.0, c))
+    }
+}
+
+/// One StartTransientUnit call on `connection`.
+async fn call(
+    connection: &zbus::Connection,
+    unit: &str,
+    properties: &[(&'static str, Value<'static>)],
+) -> Result<OwnedObjectPath, ScopeError> {
+    let aux: &[(&str, Vec<(&str, Value)>)] = &[];
+    let reply = connection
+        .call_method(
+            Some(DESTINATION),
+            OBJECT_PATH,
+            Some(MANAGER),
+            "StartTransientUnit",
+            &(unit, "fail", properties, aux),
+        )
+        .await;
+    match reply {
+        Ok(m) => m
+            .body()
+            .deserialize::<OwnedObjectPath>()
+            .map_err(|e| ScopeError::BadReply(e.to_string())),
+        Err(zbus::Error::MethodError(name, message, _)) => Err(ScopeError::Refused {
+            name: name.to_string(),
+            message: message.unwrap_or_default(),
+        }),
+        Err(e) => Err(ScopeError::Transport(e.to_string())),
     }
 }
 
@@ -439,7 +477,7 @@ mod tests {
         assert!(!s.enabled());
         // No task, no connection.
         s.place("pod", 1, "system.slice");
-        assert!(s.connection.lock().await.is_none());
+        assert!(s.connection.lock().await.1.is_none());
     }
 
     #[tokio::test]

@@ -160,9 +160,13 @@ impl FakeSystemd {
 }
 
 impl Drop for FakeSystemd {
+    /// Stops serving and closes every connection (its tasks are gone when
+    /// this returns) and removes the socket, as a systemd that re-executes.
     fn drop(&mut self) {
         if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
+            // Not on the test's runtime, where blocking is not allowed.
+            let _ = std::thread::spawn(move || rt.shutdown_timeout(Duration::from_secs(5))).join();
         }
+        let _ = std::fs::remove_file(&self.socket);
     }
 }
