@@ -348,11 +348,11 @@ pub struct Config {
     /// A failed move only logs a warning. A change applies to shims
     /// launched afterwards.
     pub shim_slice: String,
-    /// Advanced: the D-Bus address of systemd's manager that the shims'
-    /// scopes are asked of (such as `unix:path=/run/systemd/private`),
-    /// spoken to peer to peer, and naming one means systemd runs here.
-    /// Empty: systemd's private socket `/run/systemd/private`, else the
-    /// system bus, when /run/systemd/system exists.
+    /// Advanced: the D-Bus address (such as `unix:path=/run/systemd/private`)
+    /// at which criusd asks systemd's manager, peer to peer, for the shims'
+    /// scopes; setting it also says that systemd runs here. Empty:
+    /// systemd's private socket `/run/systemd/private`, else the system
+    /// bus, when /run/systemd/system exists. A change needs a restart.
     pub systemd_address: String,
     /// The image of every pod's infra (pause) container.
     pub pause_image: String,
