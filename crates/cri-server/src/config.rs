@@ -340,6 +340,20 @@ pub struct Config {
     pub log_format: LogFormat,
     /// cgroupfs or systemd.
     pub cgroup_driver: CgroupDriver,
+    /// With the systemd cgroup driver on a host whose init is systemd, each
+    /// pod's shim goes into a transient scope unit of its own,
+    /// `crius-shim-<pod id>.scope`, in this slice (as CRI-O's
+    /// `conmon_cgroup` does for conmon) instead of staying in criusd's
+    /// cgroup (crius.service's); empty keeps every shim in criusd's cgroup.
+    /// A failed move only logs a warning. A change applies to shims
+    /// launched afterwards.
+    pub shim_slice: String,
+    /// Advanced: the D-Bus address (such as `unix:path=/run/systemd/private`)
+    /// at which criusd asks systemd's manager, peer to peer, for the shims'
+    /// scopes; setting it also says that systemd runs here. Empty:
+    /// systemd's private socket `/run/systemd/private`, else the system
+    /// bus, when /run/systemd/system exists. A change needs a restart.
+    pub systemd_address: String,
     /// The image of every pod's infra (pause) container.
     pub pause_image: String,
     /// Run no infra (pause) container for a pod that does not need one (its
@@ -392,6 +406,8 @@ impl Default for Config {
             log_level: "info".into(),
             log_format: LogFormat::Text,
             cgroup_driver: CgroupDriver::Cgroupfs,
+            shim_slice: "system.slice".into(),
+            systemd_address: String::new(),
             pause_image: "registry.k8s.io/pause:3.10".into(),
             drop_infra_container: true,
             default_runtime: "runc".into(),
@@ -561,6 +577,16 @@ impl Config {
                     LOG_LEVELS.join(", ")
                 ),
             ));
+        }
+        crate::shimscope::validate_slice(&self.shim_slice)
+            .map_err(|m| value_err("shim_slice", m))?;
+        if !self.systemd_address.is_empty() {
+            self.systemd_address.parse::<zbus::Address>().map_err(|e| {
+                value_err(
+                    "systemd_address",
+                    format!("{:?}: {e}", self.systemd_address),
+                )
+            })?;
         }
         if self.pause_image.trim().is_empty() {
             return Err(value_err("pause_image", "must not be empty"));
@@ -1013,6 +1039,8 @@ mod tests {
             "privileged_without_host_devices",
             "[cdi]",
             "spec_dirs",
+            "shim_slice = \"system.slice\"",
+            "systemd_address",
         ] {
             assert!(text.contains(key), "default config lacks {key}:\n{text}");
         }
@@ -1028,6 +1056,8 @@ socket = "/tmp/s/c.sock"
 log_level = "debug"
 log_format = "json"
 cgroup_driver = "systemd"
+shim_slice = "crius-shims.slice"
+systemd_address = "unix:path=/run/systemd/private"
 pause_image = "localhost:5000/pause:1"
 default_runtime = "crun"
 shm_size = "128Mi"
@@ -1054,6 +1084,8 @@ service_name = "node-7"
         )
         .unwrap();
         assert_eq!(c.cgroup_driver, CgroupDriver::Systemd);
+        assert_eq!(c.shim_slice, "crius-shims.slice");
+        assert_eq!(c.systemd_address, "unix:path=/run/systemd/private");
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.runtimes["crun"].path, "crun");
         assert_eq!(c.runtimes["runc"].path, "runc", "built-in handler kept");
@@ -1252,6 +1284,10 @@ privileged_without_host_devices = true
             ("[cdi]\nenable = \"yes\"", "enable"),
             ("[cdi]\nspec_dir = [\"/x\"]", "spec_dir"),
             ("device_ownership_from_security_context = 1", "device_ownership_from_security_context"),
+            ("shim_slice = \"crius\"", "`shim_slice`"),
+            ("shim_slice = \"a b.slice\"", "`shim_slice`"),
+            ("systemd_address = \"/run/systemd/private\"", "`systemd_address`"),
+            ("systemd_address = \"nope:x=y\"", "`systemd_address`"),
             (
                 "[runtimes.kata]\npath = \"kata\"\nprivileged_without_host_devices = \"no\"",
                 "privileged_without_host_devices",

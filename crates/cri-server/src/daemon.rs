@@ -53,6 +53,9 @@ pub struct Daemon {
     /// CreateContainer's start-up phases of containers not started yet:
     /// StartContainer stores them with its own, in its one store write.
     pub create_phases: Mutex<HashMap<String, Vec<crius_store::Phase>>>,
+    /// Moves newly launched shims into systemd scopes of their own (the
+    /// systemd cgroup driver under systemd; off otherwise).
+    pub shim_scopes: Arc<crate::shimscope::ShimScopes>,
 }
 
 /// How many container events a slow `GetContainerEvents` subscriber may
@@ -194,6 +197,7 @@ impl Daemon {
                 .handback_expiry()
                 .unwrap_or(crate::runtime::handback::DEFAULT_EXPIRY),
         );
+        let shim_scopes = Arc::new(crate::shimscope::ShimScopes::from_config(&config));
         Ok(Daemon {
             host: crate::host::gather(&config),
             config: std::sync::RwLock::new(Arc::new(config)),
@@ -208,6 +212,7 @@ impl Daemon {
             events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
             exited: tokio::sync::Notify::new(),
             create_phases: Mutex::new(HashMap::new()),
+            shim_scopes,
         })
     }
 

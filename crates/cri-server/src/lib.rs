@@ -23,5 +23,6 @@ pub mod runtime;
 pub mod server;
 pub mod service;
 pub mod shimclient;
+pub mod shimscope;
 pub mod streaming;
 pub mod telemetry;

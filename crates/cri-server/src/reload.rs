@@ -7,15 +7,16 @@
 //! read again for the next pod), `[registry]` and `[images]` (for pulls that
 //! start afterwards), `[metrics]` (the endpoint opens, moves or closes),
 //! `[cdi]` and `device_ownership_from_security_context` (for containers
-//! created afterwards). Every other changed key is logged as needing a
-//! restart and keeps its running value. A file that does not load or
-//! validate changes nothing; the error names the key.
+//! created afterwards), `shim_slice` (for shims launched afterwards). Every
+//! other changed key is logged as needing a restart and keeps its running
+//! value. A file that does not load or validate changes nothing; the error
+//! names the key.
 
 use crate::config::Config;
 use crate::daemon::Daemon;
 
 /// The top-level keys (or tables) a reload applies to the running daemon.
-pub const RELOADABLE: [&str; 11] = [
+pub const RELOADABLE: [&str; 12] = [
     "log_level",
     "log_format",
     "handback_expiry",
@@ -27,6 +28,7 @@ pub const RELOADABLE: [&str; 11] = [
     "metrics",
     "cdi",
     "device_ownership_from_security_context",
+    "shim_slice",
 ];
 
 /// Whether a changed (dotted) key is applied by a reload.
@@ -50,6 +52,7 @@ pub fn merged(current: &Config, new: &Config) -> Config {
     next.metrics = new.metrics.clone();
     next.cdi = new.cdi.clone();
     next.device_ownership_from_security_context = new.device_ownership_from_security_context;
+    next.shim_slice = new.shim_slice.clone();
     next
 }
 
@@ -159,6 +162,8 @@ log_format = "json"
 default_runtime = "crun"
 handback_expiry = "1m"
 device_ownership_from_security_context = true
+shim_slice = "crius-shims.slice"
+systemd_address = "unix:path=/run/elsewhere"
 [runtimes.crun]
 path = "crun"
 [cni]
@@ -181,6 +186,8 @@ address = "127.0.0.1:10010"
             ("default_runtime", true),
             ("handback_expiry", true),
             ("device_ownership_from_security_context", true),
+            ("shim_slice", true),
+            ("systemd_address", false),
             ("runtimes.crun", true),
             ("cni.conf_dir", true),
             ("registry.config_path", true),

@@ -152,9 +152,19 @@ pub fn find_binary(configured: &str) -> Result<PathBuf, ShimError> {
         })
 }
 
+/// A shim criusd launched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launched {
+    /// Its ttrpc address (`unix:///...`).
+    pub address: String,
+    /// The pid of the serving shim (the long-running process itself: it is
+    /// criusd's child, not forked again).
+    pub pid: Option<u32>,
+}
+
 impl Launcher {
     /// Launches the shim serving sandbox `id` with the runtime handler's
-    /// binary and root; returns its ttrpc address.
+    /// binary and root; returns its ttrpc address and pid.
     ///
     /// criusd does itself what the shim's `start` would (containerd's way,
     /// which the shim still offers): it binds the socket at the address
@@ -171,7 +181,7 @@ impl Launcher {
         bundle: &Path,
         runtime: &str,
         runtime_root: &Path,
-    ) -> Result<String, ShimError> {
+    ) -> Result<Launched, ShimError> {
         let launch = |what: &str, e: std::io::Error| ShimError::Launch(format!("{what}: {e}"));
         if !bundle.is_dir() {
             return Err(ShimError::Launch(format!(
@@ -220,11 +230,17 @@ impl Launcher {
         // parent until criusd itself goes).
         let spawned = tokio::process::Command::from(cmd).spawn();
         drop(listener);
-        if let Err(e) = spawned {
-            let _ = std::fs::remove_file(&path);
-            return Err(launch(&self.binary.display().to_string(), e));
-        }
-        Ok(format!("unix://{}", path.display()))
+        let pid = match spawned {
+            Ok(child) => child.id(),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(launch(&self.binary.display().to_string(), e));
+            }
+        };
+        Ok(Launched {
+            address: format!("unix://{}", path.display()),
+            pid,
+        })
     }
 }
 
@@ -736,7 +752,7 @@ mod tests {
         std::fs::write(
             &fake,
             format!(
-                "#!/bin/sh\necho \"$CRIUS_SHIM_LISTEN_FD $CRIUS_SHIM_RUNTIME $CRIUS_SHIM_RUNTIME_ROOT $CRIUS_SHIM_STATE_DIR $*\" > {p}.tmp\nreadlink /proc/self/fd/3 >> {p}.tmp\npwd >> {p}.tmp\nmv {p}.tmp {p}\n",
+                "#!/bin/sh\necho \"$CRIUS_SHIM_LISTEN_FD $CRIUS_SHIM_RUNTIME $CRIUS_SHIM_RUNTIME_ROOT $CRIUS_SHIM_STATE_DIR $*\" > {p}.tmp\nreadlink /proc/self/fd/3 >> {p}.tmp\npwd >> {p}.tmp\necho $$ >> {p}.tmp\nmv {p}.tmp {p}\n",
                 p = seen.display()
             ),
         )
@@ -749,12 +765,13 @@ mod tests {
             state_dir: dir.path().join("state"),
             events_address: String::new(),
         };
-        let address = l
+        let launched = l
             .start("abc", dir.path(), "runc", Path::new("/run/r"))
             .await
             .unwrap();
         let socket = crius_shim::start::socket_path(&l.socket_dir, "/run/x.sock", NAMESPACE, "abc");
-        assert_eq!(address, format!("unix://{}", socket.display()));
+        assert_eq!(launched.address, format!("unix://{}", socket.display()));
+        let pid = launched.pid.expect("a pid");
         // Bound before the shim runs: a connection is accepted at once.
         assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok());
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -773,6 +790,8 @@ mod tests {
         );
         assert!(lines[1].starts_with("socket:"), "{text}");
         assert_eq!(lines[2], "/");
+        // The pid is the serving process's own ($$ of the fake's shell).
+        assert_eq!(lines[3], pid.to_string());
 
         // A binary that cannot run: an error, and no socket left behind.
         let l = Launcher {

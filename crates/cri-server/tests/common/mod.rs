@@ -9,6 +9,7 @@ pub mod net;
 pub mod pod;
 pub mod registry;
 pub mod stream_client;
+pub mod systemd;
 
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;

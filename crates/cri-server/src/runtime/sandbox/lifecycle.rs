@@ -498,10 +498,18 @@ impl PodShim<'_> {
         };
         let launcher = daemon.launcher().map_err(CriError::from)?;
         side.launched = true;
-        let address = launcher
+        let launched = launcher
             .start(id, self.bundle, self.runtime, self.runtime_root)
             .await
             .map_err(CriError::from)?;
+        // Into a systemd scope of its own (systemd driver only), in a task
+        // of its own: never waited for, never failing the pod.
+        if let Some(pid) = launched.pid {
+            daemon
+                .shim_scopes
+                .place(id, pid, &daemon.config().shim_slice);
+        }
+        let address = launched.address;
         let shim = ShimClient::connect(&address)
             .await
             .map_err(CriError::from)?;
