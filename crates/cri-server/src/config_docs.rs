@@ -200,7 +200,7 @@ pub fn man_page(version: &str) -> String {
     out.push_str(&format!(
         ".SH DESCRIPTION\n{}\n.PP\n{}\n",
         roff("criusd reads its configuration file (--config, by default /etc/crius/config.toml), then the files config.d/*.toml beside it in lexical order: later keys override earlier ones and tables merge key by key. Every key is optional. An unknown key or a bad value is an error naming the file and the key. criusd config default prints the defaults with this documentation; criusd config show prints the merged result, with --origin the file that set each key."),
-        roff("A SIGHUP reloads the keys that can change at run time (log_level, handback_expiry, default_runtime, runtimes, cni, registry, images, metrics, cdi, device_ownership_from_security_context, shim_slice); any other changed key is logged as needing a restart.")
+        roff(&format!("A SIGHUP reloads the keys that can change at run time ({}); any other changed key is logged as needing a restart.", crate::reload::RELOADABLE.join(", ")))
     ));
     out.push_str(".SH KEYS\n");
     for d in &docs {
