@@ -540,6 +540,17 @@ fn wait_log(daemon: &Daemon, from: usize, needle: &str) -> String {
     }
 }
 
+/// Writes `text` as the daemon's configuration, sends SIGHUP and waits for
+/// the log line with `needle`: the log from before the signal on.
+fn reload_with(daemon: &Daemon, text: &str, needle: &str) -> String {
+    let mark = daemon.log_text().len();
+    std::fs::write(&daemon.config, text).unwrap();
+    let pid = daemon.child.as_ref().unwrap().id() as i32;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    wait_log(daemon, mark, needle)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_reloads_the_config() {
     let tmp = tempfile::tempdir().unwrap();
@@ -550,7 +561,6 @@ async fn sighup_reloads_the_config() {
     let base = config_text(dir);
     let mut daemon =
         Daemon::start_with(dir, &format!("log_level = \"info\"\n{base}"), vec![], false);
-    let pid = daemon.child.as_ref().unwrap().id() as i32;
     assert_eq!(version_of(&daemon).await.runtime_name, "crius");
     assert!(
         !daemon.log_text().contains("DEBUG"),
@@ -560,14 +570,11 @@ async fn sighup_reloads_the_config() {
 
     // Debug logging, a new hand-back expiry, and a key that needs a restart.
     let mark = daemon.log_text().len();
-    std::fs::write(
-        &daemon.config,
-        format!("log_level = \"debug\"\nhandback_expiry = \"90s\"\nshm_size = \"128Mi\"\n{base}"),
-    )
-    .unwrap();
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(pid, libc::SIGHUP) };
-    let tail = wait_log(&daemon, mark, "configuration reloaded");
+    let tail = reload_with(
+        &daemon,
+        &format!("log_level = \"debug\"\nhandback_expiry = \"90s\"\nshm_size = \"128Mi\"\n{base}"),
+        "configuration reloaded",
+    );
     assert!(daemon.child.as_mut().unwrap().try_wait().unwrap().is_none());
     assert!(
         tail.contains("log_level") && tail.contains("handback_expiry"),
@@ -581,34 +588,25 @@ async fn sighup_reloads_the_config() {
     assert_eq!(version_of(&daemon).await.runtime_name, "crius");
 
     // An invalid file: the daemon keeps running on the old configuration.
-    let mark = daemon.log_text().len();
-    std::fs::write(
-        &daemon.config,
-        format!("log_level = \"info\"\nhandback_expiry = \"soon\"\n{base}"),
-    )
-    .unwrap();
-    unsafe { libc::kill(pid, libc::SIGHUP) };
-    let tail = wait_log(&daemon, mark, "reload failed");
+    let tail = reload_with(
+        &daemon,
+        &format!("log_level = \"info\"\nhandback_expiry = \"soon\"\n{base}"),
+        "reload failed",
+    );
     assert!(tail.contains("handback_expiry"), "{tail}");
     assert!(daemon.child.as_mut().unwrap().try_wait().unwrap().is_none());
     assert_eq!(version_of(&daemon).await.runtime_name, "crius");
     // Still at debug: the old configuration was kept.
-    let mark = daemon.log_text().len();
-    std::fs::write(&daemon.config, "bogus_key = 1\n").unwrap();
-    unsafe { libc::kill(pid, libc::SIGHUP) };
-    let tail = wait_log(&daemon, mark, "reload failed");
+    let tail = reload_with(&daemon, "bogus_key = 1\n", "reload failed");
     assert!(tail.contains("bogus_key"), "{tail}");
     assert!(tail.contains("DEBUG"), "{tail}");
 
     // JSON logs from the next line on, without a restart.
-    let mark = daemon.log_text().len();
-    std::fs::write(
-        &daemon.config,
-        format!("log_level = \"info\"\nlog_format = \"json\"\n{base}"),
-    )
-    .unwrap();
-    unsafe { libc::kill(pid, libc::SIGHUP) };
-    let tail = wait_log(&daemon, mark, "configuration reloaded");
+    let tail = reload_with(
+        &daemon,
+        &format!("log_level = \"info\"\nlog_format = \"json\"\n{base}"),
+        "configuration reloaded",
+    );
     let reloaded = tail
         .lines()
         .find(|l| l.contains("configuration reloaded"))
@@ -649,20 +647,13 @@ async fn sighup_applies_handlers_cni_and_metrics() {
     }
     let base = config_text(dir);
     let mut daemon = Daemon::start(dir, &base);
-    let pid = daemon.child.as_ref().unwrap().id() as i32;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     assert!(get_metrics(port).is_err(), "metrics are off");
-    let reload = |text: String| {
-        let mark = daemon.log_text().len();
-        std::fs::write(&daemon.config, text).unwrap();
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(pid, libc::SIGHUP) };
-        wait_log(&daemon, mark, "configuration reloaded")
-    };
+    let reload = |text: String| reload_with(&daemon, &text, "configuration reloaded");
 
     // A new handler, another CNI directory, metrics on.
     let moved = base.replace(
