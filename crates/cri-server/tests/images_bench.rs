@@ -3,14 +3,26 @@
 //! run and from the same registry, by Debian's containerd 1.6 (`ctr images
 //! pull --plain-http`), each on a fresh root. Reports wall time and peak RSS.
 //!
+//! Then, on each runtime through its CRI ImageService (containerd's CRI
+//! plugin), with the ~100 MB image still present: a pull of a ~370 MB image
+//! whose one layer holds 20,000 files, ImageFsInfo latency (p50/p99/max of
+//! 200 calls spread over 10 s, so a periodic usage refresh falls among
+//! them), the time RemoveImage of that image takes, the time until
+//! ImageFsInfo shows it gone, and a pull of it again.
+//!
 //! Ignored by default (it is a benchmark); run it in release mode:
 //! `cargo test --release -p crius-cri-server --test images_bench -- --ignored --nocapture`.
 
 mod common;
 
-use common::registry::{ensure_binary, image, is_root, layer, Compression, Entry, Registry};
+use common::images::{fs_used, wait_fs_used};
+use common::registry::{
+    ensure_binary, image, is_root, layer, many_file_entries, random_bytes, Compression, Entry,
+    Registry,
+};
 use common::Daemon;
-use k8s_cri::v1::{ImageSpec, PullImageRequest};
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::{ImageFsInfoRequest, ImageSpec, PullImageRequest, RemoveImageRequest};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,20 +31,13 @@ const LAYERS: usize = 4;
 const FILES_PER_LAYER: usize = 5;
 const FILE_SIZE: usize = 5 << 20;
 const FILE_NAMES: [&str; FILES_PER_LAYER] = ["blob0", "blob1", "blob2", "blob3", "blob4"];
-
-/// Incompressible bytes from a xorshift generator (no dependency needed).
-fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
+/// The many-file image: one layer of MANY_FILES files of MANY_FILE_SIZE
+/// random bytes (~370 MB), 1,000 files a directory.
+const MANY_FILES: usize = 20_000;
+const MANY_FILE_SIZE: usize = 18 << 10;
+/// ImageFsInfo calls timed, and the pause between two.
+const FS_INFO_CALLS: usize = 200;
+const FS_INFO_GAP: Duration = Duration::from_millis(50);
 
 /// Peak resident set size of a live process, from /proc (bytes).
 fn vm_hwm(pid: u32) -> u64 {
@@ -76,7 +81,9 @@ struct Containerd {
 }
 
 impl Containerd {
-    fn start(dir: &Path) -> Containerd {
+    /// containerd with its CRI plugin (images only: no CNI configured),
+    /// `registry` a plain-HTTP mirror of itself.
+    fn start(dir: &Path, registry: &str) -> Containerd {
         ensure_binary("containerd", "containerd");
         std::fs::create_dir_all(dir).unwrap();
         let socket = dir.join("containerd.sock");
@@ -87,13 +94,25 @@ impl Containerd {
                 r#"version = 2
 root = "{d}/root"
 state = "{d}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp"]
+disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp"]
 [grpc]
   address = "{d}/containerd.sock"
 [ttrpc]
   address = "{d}/containerd-ttrpc.sock"
 [debug]
   address = ""
+[metrics]
+  address = ""
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{d}/cni-bin"
+    conf_dir = "{d}/net.d"
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{registry}"]
+    endpoint = ["http://{registry}"]
 "#,
                 d = dir.display()
             ),
@@ -182,6 +201,9 @@ async fn bench_pull() {
     let reg = Registry::start(&dir.join("registry"), None);
     let (_, config) = reg.push_image("bench/big", "v1", &img);
     let reference = format!("{}/bench/big:v1", reg.addr);
+    let many = many_file_image();
+    reg.push_image("bench/many", "v1", &many);
+    let many_reference = format!("{}/bench/many:v1", reg.addr);
 
     // crius, fresh root.
     let crius_dir = dir.join("crius");
@@ -211,12 +233,13 @@ async fn bench_pull() {
     let crius_time = start.elapsed();
     assert_eq!(id, config);
     let crius_rss = vm_hwm(daemon.child.as_ref().map(|c| c.id()).unwrap_or(0));
+    let crius_part = image_part(&mut c, &many_reference).await;
     drop(c);
     drop(daemon);
 
     // containerd 1.6, fresh root, same registry.
     ensure_binary("ctr", "containerd");
-    let ctrd = Containerd::start(&dir.join("containerd"));
+    let ctrd = Containerd::start(&dir.join("containerd"), &reg.addr);
     let (ok, ctr_time, ctr_rss, log) = run_measured(
         Command::new("ctr")
             .arg("--address")
@@ -234,6 +257,9 @@ async fn bench_pull() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&listed.stdout).contains(&reference));
+    let mut cc = ImageServiceClient::new(common::connect(&ctrd.socket).await);
+    let containerd_part = image_part(&mut cc, &many_reference).await;
+    drop(cc);
     drop(ctrd);
 
     println!();
@@ -259,5 +285,131 @@ async fn bench_pull() {
         mib(containerd_rss),
         mib(ctr_rss)
     );
+    println!();
+    println!(
+        "{reference} present, then {many_reference}: one layer of {MANY_FILES} files, {} (CRI ImageService)",
+        mib((MANY_FILES * MANY_FILE_SIZE) as u64)
+    );
+    println!(
+        "{:<16} {:>8} {:>10} {:>24} {:>9} {:>10} {:>8}",
+        "runtime", "pull", "in fsinfo", "ImageFsInfo p50/p99/max", "Remove", "gone from", "re-pull"
+    );
+    for (name, p) in [("crius", &crius_part), ("containerd 1.6", &containerd_part)] {
+        println!(
+            "{:<16} {:>7.2}s {:>9.2}s {:>24} {:>8.3}s {:>9.2}s {:>7.2}s",
+            name,
+            p.pull.as_secs_f64(),
+            p.visible.as_secs_f64(),
+            format!(
+                "{:.2}/{:.2}/{:.2} ms",
+                ms(p.fs_info[p.fs_info.len() / 2]),
+                ms(p.fs_info[p.fs_info.len() * 99 / 100]),
+                ms(*p.fs_info.last().unwrap())
+            ),
+            p.remove.as_secs_f64(),
+            p.gone.as_secs_f64(),
+            p.repull.as_secs_f64(),
+        );
+    }
+    println!(
+        "(in fsinfo: from the end of the pull until ImageFsInfo counts the layer; gone from: from the start of RemoveImage until it no longer does)"
+    );
     drop(reg);
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// One image of MANY_FILES random files in directories of 1,000.
+fn many_file_image() -> common::registry::TestImage {
+    let entries = many_file_entries(MANY_FILES, 1000, |f| {
+        random_bytes(1_000_000 + f as u64, MANY_FILE_SIZE)
+    });
+    image(vec![layer(&entries, Compression::Gzip)], "amd64", "")
+}
+
+/// What the CRI image part measured on one runtime.
+struct ImagePart {
+    pull: Duration,
+    visible: Duration,
+    /// Sorted.
+    fs_info: Vec<Duration>,
+    remove: Duration,
+    gone: Duration,
+    repull: Duration,
+}
+
+/// Polls ImageFsInfo (at most 60 s) until `cond` holds on the used
+/// bytes; the time it took.
+async fn until_used(
+    c: &mut ImageServiceClient<tonic::transport::Channel>,
+    what: &str,
+    cond: impl Fn(u64) -> bool,
+) -> Duration {
+    wait_fs_used(c, what, Duration::from_secs(60), |b, _| cond(b))
+        .await
+        .0
+}
+
+async fn cri_pull(c: &mut ImageServiceClient<tonic::transport::Channel>, reference: &str) {
+    c.pull_image(PullImageRequest {
+        image: Some(ImageSpec {
+            image: reference.to_string(),
+            ..Default::default()
+        }),
+        auth: None,
+        sandbox_config: None,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("pull {reference}: {e}"));
+}
+
+/// Pull, ImageFsInfo latency, RemoveImage and a pull again of the
+/// many-file image, through the CRI ImageService of one runtime.
+async fn image_part(
+    c: &mut ImageServiceClient<tonic::transport::Channel>,
+    reference: &str,
+) -> ImagePart {
+    let size = (MANY_FILES * MANY_FILE_SIZE) as u64;
+    // Settled: what is there before (the other image) is counted.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let (base, _) = fs_used(c).await;
+    let start = Instant::now();
+    cri_pull(c, reference).await;
+    let pull = start.elapsed();
+    let visible = until_used(c, "the pulled image", |u| u >= base + size).await;
+    let mut fs_info = Vec::with_capacity(FS_INFO_CALLS);
+    for _ in 0..FS_INFO_CALLS {
+        let t = Instant::now();
+        c.image_fs_info(ImageFsInfoRequest {})
+            .await
+            .expect("ImageFsInfo");
+        fs_info.push(t.elapsed());
+        tokio::time::sleep(FS_INFO_GAP).await;
+    }
+    fs_info.sort();
+    let (full, _) = fs_used(c).await;
+    let start = Instant::now();
+    c.remove_image(RemoveImageRequest {
+        image: Some(ImageSpec {
+            image: reference.to_string(),
+            ..Default::default()
+        }),
+    })
+    .await
+    .expect("RemoveImage");
+    let remove = start.elapsed();
+    let gone = remove + until_used(c, "the removed image", |u| u + size <= full).await;
+    let start = Instant::now();
+    cri_pull(c, reference).await;
+    let repull = start.elapsed();
+    ImagePart {
+        pull,
+        visible,
+        fs_info,
+        remove,
+        gone,
+        repull,
+    }
 }

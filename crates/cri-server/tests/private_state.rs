@@ -26,6 +26,8 @@ fn allowed_dir_mode(rel: &Path) -> Option<u32> {
         // are private.
         ["root", "images", "containers", _, "upper"] => Some(0o755),
         ["root", "images", "snapshots", _, "fs"] => Some(0o755),
+        // A removed layer waiting in the (private) trash to be deleted.
+        ["root", "images", "trash", _, "fs"] => Some(0o755),
         ["root", "containers", _, "volumes", _] => Some(0o755),
         // The rootfs overlay's root (the upper dir's mode) on its mount
         // point, inside the private bundle.
@@ -45,6 +47,7 @@ fn skip_below(rel: &Path) -> bool {
         parts.as_slice(),
         ["root", "images", "containers", _, "upper" | "work"]
             | ["root", "images", "snapshots", _, "fs"]
+            | ["root", "images", "trash", _, "fs"]
             | ["root", "containers", _, "volumes", _]
             | ["state", "runc", _, ..]
     )

@@ -9,6 +9,9 @@
 //!   whiteouts there.
 //! - `containers/<id>/{upper,work,rootfs.json}`: a container's writable
 //!   layer and the snapshots it uses.
+//! - `trash/`: snapshots, blobs and unfinished unpacks that garbage
+//!   collection (RemoveImage) renamed out of the way, deleted in the
+//!   background ([`trash`]); emptied at start-up too.
 //!
 //! Image records (tags, digests, size, config, blobs and snapshots used)
 //! live in the [`crius_store::Store`] and survive restarts.
@@ -59,6 +62,7 @@ pub mod pinning;
 pub mod reference;
 pub mod registry;
 pub mod snapshot;
+pub mod trash;
 pub mod tree;
 pub mod unpack;
 pub mod usage;

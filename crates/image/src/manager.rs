@@ -224,6 +224,10 @@ struct Inner {
     records: tokio::sync::Mutex<()>,
     /// Disk usage measured off the request path.
     usage: crate::usage::UsageCache,
+    /// Whether [`ImageManager::run_usage_refresher`] runs.
+    refresher: std::sync::atomic::AtomicBool,
+    /// What collection renamed out of the way, deleted in the background.
+    trash: crate::trash::Trash,
 }
 
 /// The registry settings of the running configuration.
@@ -425,6 +429,8 @@ impl ImageManager {
         }
         let content = ContentStore::open(&dir.join("content"))?;
         let snapshots = Snapshotter::open(&dir.join("snapshots"))?;
+        let trash_dir = dir.join(crate::trash::TRASH_DIR);
+        let trash = crate::trash::Trash::open(&trash_dir).map_err(io_err(&trash_dir))?;
         let pause_image = match Reference::parse(pause_image) {
             Ok(r) => Some(r.to_string()),
             Err(e) => {
@@ -448,12 +454,17 @@ impl ImageManager {
                 leases: Default::default(),
                 records: tokio::sync::Mutex::new(()),
                 usage: Default::default(),
+                refresher: Default::default(),
+                trash,
             }),
         };
         // Content of pulls that a crash interrupted belongs to no image.
         if let Err(e) = manager.collect() {
             tracing::warn!(error = %e, "cannot collect unused image content at start-up");
         }
+        // What a crash left in the trash goes too (in the background when
+        // there is a runtime to run it on).
+        manager.start_sweeper();
         Ok(manager)
     }
 
@@ -875,14 +886,68 @@ impl ImageManager {
     async fn collect_locked(&self) -> Result<(), ImageError> {
         self.inner.usage.request_refresh();
         let me = self.clone();
-        blocking(move || me.collect()).await?
+        let collected = blocking(move || me.collect()).await?;
+        self.start_sweeper();
+        collected
     }
 
-    /// Deletes blobs and snapshots that no image, container or pull in
-    /// progress uses (blocking; call under the exclusive collection lock).
-    /// One failure never stops the pass: it is logged and the rest goes on
-    /// (the next pass retries). Snapshots are kept when a container's
-    /// record cannot be read.
+    /// Starts deleting what is in the trash on the blocking pool (or here
+    /// and now, outside a runtime), unless a sweeper runs already (it then
+    /// sweeps again). The usage is measured again after each sweep that
+    /// deleted something.
+    fn start_sweeper(&self) {
+        if !self.inner.trash.start_sweep() {
+            return;
+        }
+        let me = self.clone();
+        let run = move || {
+            me.inner.trash.sweep_loop(|report| {
+                if !report.removed.is_empty() {
+                    tracing::debug!(
+                        removed = report.removed.len(),
+                        failed = report.failed,
+                        "trash swept"
+                    );
+                    me.inner.usage.request_refresh();
+                }
+            })
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(run);
+            }
+            Err(_) => run(),
+        }
+    }
+
+    /// Waits (at most `timeout`) until the trash's sweeper has finished;
+    /// whether it has. For tests and benchmarks: nothing else needs to
+    /// wait for the background deletion.
+    pub async fn wait_trash_swept(&self, timeout: Duration) -> Result<bool, ImageError> {
+        let me = self.clone();
+        blocking(move || me.inner.trash.wait_idle(timeout)).await
+    }
+
+    /// Renames `path` into the trash, or deletes it here when that fails
+    /// (another filesystem mounted at `snapshots/`, say). Blocking.
+    fn discard(&self, path: &Path, kind: &str) {
+        match self.inner.trash.move_in(path, kind) {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "cannot move into the trash; deleting in place");
+                if let Err(e) = crate::tree::remove_tree_if_exists(path) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot delete; retried at the next garbage collection");
+                }
+            }
+        }
+    }
+
+    /// Moves blobs and snapshots that no image, container or pull in
+    /// progress uses into the trash (blocking but quick: renames; call
+    /// under the exclusive collection lock; [`ImageManager::start_sweeper`]
+    /// deletes them). One failure never stops the pass: it is logged and
+    /// the rest goes on (the next pass retries). Snapshots are kept when a
+    /// container's record cannot be read.
     fn collect(&self) -> Result<(), ImageError> {
         let inner = &self.inner;
         // Leases before records: a pull records its image before it drops
@@ -931,8 +996,11 @@ impl ImageManager {
             Ok(all) => {
                 for d in all.into_iter().filter(|d| !blobs.contains(d)) {
                     tracing::debug!(digest = %d, "deleting unused blob");
-                    if let Err(e) = inner.content.delete(&d) {
-                        tracing::warn!(digest = %d, error = %e, "cannot delete unused blob");
+                    match inner.content.path(&d) {
+                        Ok(p) => self.discard(&p, "blob"),
+                        Err(e) => {
+                            tracing::warn!(digest = %d, error = %e, "cannot delete unused blob")
+                        }
                     }
                 }
             }
@@ -940,7 +1008,10 @@ impl ImageManager {
         }
         // Leftovers of unpacks and removals that failed before (unpacks
         // still running, of pulls in progress or given up, are skipped).
-        inner.snapshots.remove_leftovers();
+        for p in inner.snapshots.leftovers() {
+            tracing::info!(path = %p.display(), "removing unfinished snapshot");
+            self.discard(&p, "unpack");
+        }
         if !snaps_known {
             return Ok(());
         }
@@ -948,8 +1019,19 @@ impl ImageManager {
             Ok(all) => {
                 for s in all.into_iter().filter(|s| !snaps.contains(s)) {
                     tracing::debug!(snapshot = %s, "deleting unused snapshot");
-                    if let Err(e) = inner.snapshots.remove(&s) {
-                        tracing::warn!(snapshot = %s, error = %e, "cannot delete unused snapshot; retried at the next garbage collection");
+                    match inner.snapshots.move_to_trash(&s, &inner.trash) {
+                        Ok(Some((from, name))) => {
+                            // Its measurement goes with it: the trash counts
+                            // until deleted, without another walk.
+                            inner.usage.moved(&from, &inner.trash.dir().join(name));
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::debug!(snapshot = %s, error = %e, "cannot move into the trash; deleting in place");
+                            if let Err(e) = inner.snapshots.remove(&s) {
+                                tracing::warn!(snapshot = %s, error = %e, "cannot delete unused snapshot; retried at the next garbage collection");
+                            }
+                        }
                     }
                 }
             }
@@ -1119,12 +1201,19 @@ impl ImageManager {
         self.collect_locked().await
     }
 
-    /// Bytes and inodes used under the image directory, as last measured
-    /// (see [`ImageManager::run_usage_refresher`]); measured now only when
-    /// nothing was yet.
+    /// Bytes and inodes used under the image directory (the trash
+    /// included until its entries are deleted), as last measured (see
+    /// [`ImageManager::run_usage_refresher`]): never a walk on the caller's
+    /// path. Before the refresher's first measurement it waits for that;
+    /// without a refresher it measures now.
     pub async fn fs_info(&self) -> Result<FsUsage, ImageError> {
+        use std::sync::atomic::Ordering;
         let u = match self.inner.usage.image_fs() {
             Some(u) => u,
+            None if self.inner.refresher.load(Ordering::Acquire) => {
+                self.inner.usage.first_refresh().await;
+                self.inner.usage.image_fs().unwrap_or_default()
+            }
             None => {
                 let m = self.clone();
                 blocking(move || m.inner.usage.refresh(&m.inner.dir)).await?;
@@ -1148,6 +1237,9 @@ impl ImageManager {
     /// layer not measured yet;
     /// runs until the runtime ends. The walks run on the blocking pool.
     pub async fn run_usage_refresher(self, period: std::time::Duration) {
+        self.inner
+            .refresher
+            .store(true, std::sync::atomic::Ordering::Release);
         loop {
             let m = self.clone();
             if blocking(move || m.inner.usage.refresh(&m.inner.dir))
@@ -1667,17 +1759,14 @@ mod tests {
             m.inner.snapshots.list().unwrap().is_empty(),
             "the others went"
         );
-        let leftovers = || {
-            std::fs::read_dir(m.inner.dir.join("snapshots"))
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("tmp-"))
-                .collect::<Vec<_>>()
-        };
+        let leftovers = || m.inner.trash.entries().unwrap();
+        assert!(m.wait_trash_swept(Duration::from_secs(20)).await.unwrap());
         let left = leftovers();
-        assert_eq!(left.len(), 1, "the stuck one is left as tmp-*");
-        undo(&left[0].join("fs"));
+        assert_eq!(left.len(), 1, "the stuck one is left in the trash");
+        assert!(left[0].starts_with("snapshot-"), "{left:?}");
+        undo(&m.inner.trash.dir().join(&left[0]).join("fs"));
         m.garbage_collect().await.unwrap();
+        assert!(m.wait_trash_swept(Duration::from_secs(20)).await.unwrap());
         assert!(leftovers().is_empty(), "and removed by the next pass");
     }
 

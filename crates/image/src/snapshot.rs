@@ -147,27 +147,31 @@ impl Snapshotter {
         Ok(s)
     }
 
-    /// Removes the `tmp-*` directories of unpacks and removals that did
-    /// not finish, skipping those of unpacks still in progress. Failures
-    /// are logged, not returned. Returns how many are left.
-    pub fn remove_leftovers(&self) -> usize {
+    /// The `tmp-*` directories of unpacks and removals that did not
+    /// finish, without those of unpacks still in progress.
+    pub fn leftovers(&self) -> Vec<PathBuf> {
         let entries = match std::fs::read_dir(&self.root) {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(path = %self.root.display(), error = %e, "cannot list snapshots for leftovers");
-                return 0;
+                return Vec::new();
             }
         };
+        entries
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with("tmp-") && !self.is_active(&name)
+            })
+            .map(|e| e.path())
+            .collect()
+    }
+
+    /// Removes the [`Snapshotter::leftovers`]. Failures are logged, not
+    /// returned. Returns how many are left.
+    pub fn remove_leftovers(&self) -> usize {
         let mut left = 0;
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !name.starts_with("tmp-") {
-                continue;
-            }
-            if self.is_active(&name) {
-                continue;
-            }
-            let p = e.path();
+        for p in self.leftovers() {
             tracing::info!(path = %p.display(), "removing unfinished snapshot");
             if let Err(err) = crate::tree::remove_tree_if_exists(&p) {
                 left += 1;
@@ -316,6 +320,22 @@ impl Snapshotter {
             }
         }
         Ok(out)
+    }
+
+    /// Renames a snapshot into the trash (deleted later, in the
+    /// background); returns its directory and its name in the trash, or
+    /// `None` when it does not exist.
+    pub fn move_to_trash(
+        &self,
+        chain_id: &str,
+        trash: &crate::trash::Trash,
+    ) -> Result<Option<(PathBuf, String)>, SnapshotError> {
+        let dir = self.dir(chain_id)?;
+        match trash.move_in(&dir, "snapshot") {
+            Ok(Some(name)) => Ok(Some((dir, name))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(io_err(&dir)(e)),
+        }
     }
 
     /// Deletes a snapshot; deleting an absent one succeeds.

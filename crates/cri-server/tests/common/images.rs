@@ -2,9 +2,10 @@
 
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::{
-    AuthConfig, Image, ImageSpec, ImageStatusRequest, ListImagesRequest, PullImageRequest,
-    RemoveImageRequest,
+    AuthConfig, Image, ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest,
+    PullImageRequest, RemoveImageRequest,
 };
+use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 /// An image spec naming `image`.
@@ -56,4 +57,42 @@ pub async fn remove(c: &mut ImageServiceClient<Channel>, image: &str) {
     c.remove_image(RemoveImageRequest { image: spec(image) })
         .await
         .unwrap_or_else(|e| panic!("RemoveImage {image}: {e}"));
+}
+
+/// ImageFsInfo: used bytes and inodes, summed over the image filesystems.
+pub async fn fs_used(c: &mut ImageServiceClient<Channel>) -> (u64, u64) {
+    let fs = c
+        .image_fs_info(ImageFsInfoRequest {})
+        .await
+        .expect("ImageFsInfo")
+        .into_inner();
+    fs.image_filesystems.iter().fold((0, 0), |(b, i), f| {
+        (
+            b + f.used_bytes.as_ref().map_or(0, |v| v.value),
+            i + f.inodes_used.as_ref().map_or(0, |v| v.value),
+        )
+    })
+}
+
+/// Polls ImageFsInfo every 20 ms until `cond` holds on (used bytes,
+/// inodes); panics after `limit`. Returns the time it took and the last
+/// answer.
+pub async fn wait_fs_used(
+    c: &mut ImageServiceClient<Channel>,
+    what: &str,
+    limit: Duration,
+    cond: impl Fn(u64, u64) -> bool,
+) -> (Duration, (u64, u64)) {
+    let start = Instant::now();
+    loop {
+        let used = fs_used(c).await;
+        if cond(used.0, used.1) {
+            return (start.elapsed(), used);
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{what}: ImageFsInfo still says {used:?} (bytes, inodes) after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

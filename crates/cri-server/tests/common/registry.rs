@@ -596,6 +596,43 @@ pub fn layer(entries: &[Entry], compression: Compression) -> Layer {
     }
 }
 
+/// `count` files in directories of `per_dir` (`d00/f00000`, ...), the
+/// directories first; file `i` holds `data(i)`. The names are leaked: for
+/// tests and benchmarks that build one such image.
+pub fn many_file_entries(
+    count: usize,
+    per_dir: usize,
+    data: impl Fn(usize) -> Vec<u8>,
+) -> Vec<Entry> {
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    let mut entries = Vec::with_capacity(count + count / per_dir.max(1) + 1);
+    for d in 0..count.div_ceil(per_dir.max(1)) {
+        entries.push(Entry::Dir(leak(format!("d{d:02}"))));
+    }
+    for f in 0..count {
+        entries.push(Entry::File(
+            leak(format!("d{:02}/f{f:05}", f / per_dir.max(1))),
+            data(f),
+            0o644,
+        ));
+    }
+    entries
+}
+
+/// Incompressible bytes from a xorshift generator seeded with `seed`.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 /// The busybox-static layer every test image starts from.
 pub fn busybox_entries() -> Vec<Entry> {
     let busybox = std::fs::read("/bin/busybox").expect("busybox-static is installed");
