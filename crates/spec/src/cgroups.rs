@@ -72,6 +72,71 @@ pub fn cgroups_path(parent: &str, id: &str, driver: CgroupDriver) -> String {
     }
 }
 
+/// The directory of a cgroup below a hierarchy's root, for reading its
+/// files: a cgroupfs path as it is (made absolute), a systemd driver path
+/// (`slice:prefix:name`, as [`cgroups_path`] makes it) or a bare slice name
+/// (a pod's parent under the systemd driver) expanded the way systemd lays
+/// units out (`a-b.slice` lives in `/a.slice/a-b.slice`; a container's
+/// scope is `<prefix>-<name>.scope` in its slice). `None` when a systemd
+/// name is malformed.
+pub fn cgroup_dir(path: &str) -> Option<String> {
+    let parts: Vec<&str> = path.split(':').collect();
+    if !path.starts_with('/') && parts.len() == 3 {
+        let slice = if parts[0].is_empty() {
+            "system.slice"
+        } else {
+            parts[0]
+        };
+        let (prefix, name) = (parts[1], parts[2]);
+        if name.is_empty() {
+            return None;
+        }
+        let unit = if name.ends_with(".slice") {
+            name.to_string()
+        } else if prefix.is_empty() {
+            format!("{name}.scope")
+        } else {
+            format!("{prefix}-{name}.scope")
+        };
+        let dir = expand_slice(slice)?;
+        return Some(format!("{}/{unit}", dir.trim_end_matches('/')));
+    }
+    if path.ends_with(".slice") && !path.contains('/') {
+        return expand_slice(path);
+    }
+    if path.starts_with('/') {
+        Some(path.to_string())
+    } else {
+        Some(format!("/{path}"))
+    }
+}
+
+/// A slice's directory: `-.slice` is the root, `a-b-c.slice` is
+/// `/a.slice/a-b.slice/a-b-c.slice`. `None` for what systemd refuses (no
+/// `.slice` suffix, a `/`, an empty dash-separated part).
+fn expand_slice(slice: &str) -> Option<String> {
+    let base = slice.strip_suffix(".slice")?;
+    if slice.contains('/') {
+        return None;
+    }
+    if base == "-" {
+        return Some("/".to_string());
+    }
+    if base.is_empty() || base.split('-').any(str::is_empty) {
+        return None;
+    }
+    let mut dir = String::new();
+    let mut prefix = String::new();
+    for part in base.split('-') {
+        prefix.push_str(part);
+        dir.push('/');
+        dir.push_str(&prefix);
+        dir.push_str(".slice");
+        prefix.push('-');
+    }
+    Some(dir)
+}
+
 /// What the host's cgroups can do, as far as resources are concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CgroupFeatures {
@@ -199,6 +264,39 @@ pub fn validate_cpuset(s: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn cgroup_dirs_of_both_drivers() {
+        // (path, directory below the hierarchy root)
+        let cases = [
+            ("/crius/c1", Some("/crius/c1")),
+            ("kubepods/besteffort/pod1/c1", Some("/kubepods/besteffort/pod1/c1")),
+            ("system.slice:crius:c1", Some("/system.slice/crius-c1.scope")),
+            (":crius:c1", Some("/system.slice/crius-c1.scope")),
+            (
+                "kubepods-besteffort-pod1.slice:crius:c1",
+                Some("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/crius-c1.scope"),
+            ),
+            ("-.slice:crius:c1", Some("/crius-c1.scope")),
+            ("system.slice::c1", Some("/system.slice/c1.scope")),
+            ("system.slice:crius:inner.slice", Some("/system.slice/inner.slice")),
+            ("kubepods-burstable.slice", Some("/kubepods.slice/kubepods-burstable.slice")),
+            ("system.slice:crius:", None),
+            ("kube--pods.slice:crius:c1", None),
+            ("system:crius:c1", None),
+            ("-kubepods.slice", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(cgroup_dir(path).as_deref(), want, "{path:?}");
+        }
+        // What cgroups_path makes under the systemd driver has a directory.
+        let path = cgroups_path("kubepods-pod1.slice", "c1", CgroupDriver::Systemd);
+        assert_eq!(
+            cgroup_dir(&path).as_deref(),
+            Some("/kubepods.slice/kubepods-pod1.slice/crius-c1.scope")
+        );
+    }
+
     use super::*;
     use k8s_cri::v1::HugepageLimit;
 

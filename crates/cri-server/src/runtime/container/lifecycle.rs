@@ -679,8 +679,12 @@ fn oom_killed(daemon: &Daemon, record: &ContainerRecord) -> bool {
         .unwrap_or_default();
     let path =
         crius_spec::cgroups::cgroups_path(&parent, &record.metadata.id, daemon.host.cgroup_driver);
+    // The systemd driver names a scope; its directory is the expanded slice.
+    let Some(dir) = crius_spec::cgroups::cgroup_dir(&path) else {
+        return false;
+    };
     let file = Path::new("/sys/fs/cgroup/memory")
-        .join(path.trim_start_matches('/'))
+        .join(dir.trim_start_matches('/'))
         .join("memory.oom_control");
     std::fs::read_to_string(file)
         .ok()
