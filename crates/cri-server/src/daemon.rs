@@ -53,6 +53,8 @@ pub struct Daemon {
     /// CreateContainer's start-up phases of containers not started yet:
     /// StartContainer stores them with its own, in its one store write.
     pub create_phases: Mutex<HashMap<String, Vec<crius_store::Phase>>>,
+    /// CPU readings of cgroups between stats calls (`usage_nano_cores`).
+    pub stats_sampler: crate::runtime::stats::CpuSampler,
 }
 
 /// How many container events a slow `GetContainerEvents` subscriber may
@@ -208,6 +210,7 @@ impl Daemon {
             events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
             exited: tokio::sync::Notify::new(),
             create_phases: Mutex::new(HashMap::new()),
+            stats_sampler: Default::default(),
         })
     }
 

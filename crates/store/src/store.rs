@@ -474,6 +474,21 @@ impl Store {
         all
     }
 
+    fn visit_indexed<R: Indexed, T>(
+        &self,
+        table: &Table<HashMap<String, R>>,
+        f: impl FnMut(&R) -> Option<T>,
+    ) -> Vec<T> {
+        let map = read(&table.map);
+        let mut all: Vec<&R> = map.values().collect();
+        all.sort_by(|a, b| {
+            a.created_at()
+                .cmp(&b.created_at())
+                .then_with(|| a.id().cmp(b.id()))
+        });
+        all.into_iter().filter_map(f).collect()
+    }
+
     fn update_indexed<R: Indexed>(
         &self,
         table: &Table<HashMap<String, R>>,
@@ -548,6 +563,14 @@ impl Store {
         self.list_indexed(&self.sandboxes)
     }
 
+    /// `f` of every sandbox, ordered as [`Store::list_sandboxes`], without
+    /// copying the records: for callers that need a few fields of many
+    /// records. `f` runs under the table's read lock, so it must not block
+    /// or call back into the store.
+    pub fn visit_sandboxes<T>(&self, f: impl FnMut(&SandboxRecord) -> Option<T>) -> Vec<T> {
+        self.visit_indexed(&self.sandboxes, f)
+    }
+
     /// Applies `f` to a copy of the status of sandbox `id` (full id),
     /// persists the result and then makes it visible. Returns the new record.
     /// If the write fails, the stored record is unchanged.
@@ -585,12 +608,17 @@ impl Store {
         self.list_indexed(&self.containers)
     }
 
+    /// `f` of every container, ordered as [`Store::list_containers`],
+    /// without copying the records (see [`Store::visit_sandboxes`]).
+    pub fn visit_containers<T>(&self, f: impl FnMut(&ContainerRecord) -> Option<T>) -> Vec<T> {
+        self.visit_indexed(&self.containers, f)
+    }
+
     /// Containers belonging to sandbox `sandbox_id` (full id), ordered by
     /// creation time then id.
     pub fn list_sandbox_containers(&self, sandbox_id: &str) -> Vec<ContainerRecord> {
-        let mut all = self.list_containers();
-        all.retain(|c| c.metadata.sandbox_id == sandbox_id);
-        all
+        // Copies only the sandbox's records, not every container's.
+        self.visit_containers(|c| (c.metadata.sandbox_id == sandbox_id).then(|| c.clone()))
     }
 
     /// Applies `f` to a copy of the status of container `id` (full id),
