@@ -70,19 +70,20 @@ fn read(p: PathBuf) -> Option<String> {
     std::fs::read_to_string(p).ok()
 }
 
-fn count_procs(dir: &Path) -> u64 {
+/// Processes in the cgroup at `dir` and below; `None` when it does not
+/// exist. Sub-cgroups are told by the directory entry's type (no stat per
+/// entry: the stats of a node walk hundreds of cgroups).
+fn count_procs(dir: &Path) -> Option<u64> {
+    let entries = std::fs::read_dir(dir).ok()?;
     let own = read(dir.join("cgroup.procs"))
         .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count() as u64)
         .unwrap_or(0);
-    let children: u64 = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| e.path().is_dir())
-                .map(|e| count_procs(&e.path()))
-                .sum()
-        })
-        .unwrap_or(0);
-    own + children
+    let children: u64 = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| count_procs(&e.path()))
+        .sum();
+    Some(own + children)
 }
 
 /// Reads a cgroup's usage, cgroup v1 (per-controller mounts) or v2.
@@ -108,7 +109,7 @@ fn read_cgroup(root: &Path, v2: bool, path: &str, processes: bool) -> CgroupUsag
             rss: parse_flat(&stat, "anon"),
             pgfault: parse_flat(&stat, "pgfault"),
             pgmajfault: parse_flat(&stat, "pgmajfault"),
-            processes: (processes && dir.exists()).then(|| count_procs(&dir)),
+            processes: processes.then(|| count_procs(&dir)).flatten(),
         };
     }
     let mem = root.join("memory").join(rel);
@@ -124,7 +125,7 @@ fn read_cgroup(root: &Path, v2: bool, path: &str, processes: bool) -> CgroupUsag
         rss: parse_flat(&stat, "total_rss"),
         pgfault: parse_flat(&stat, "total_pgfault"),
         pgmajfault: parse_flat(&stat, "total_pgmajfault"),
-        processes: (processes && pids.exists()).then(|| count_procs(&pids)),
+        processes: processes.then(|| count_procs(&pids)).flatten(),
     }
 }
 
