@@ -1413,6 +1413,53 @@ mod tests {
     }
 
     #[test]
+    fn visits_see_records_in_list_order_without_copying_them_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        // Two pods, three containers; creation times out of id order.
+        let (p1, p2) = (hex_id("a1"), hex_id("a2"));
+        let mut s1 = sandbox(&p1, "pod-1");
+        s1.metadata.created_at = 20;
+        let mut s2 = sandbox(&p2, "pod-2");
+        s2.metadata.created_at = 10;
+        store.add_sandbox(s1).unwrap();
+        store.add_sandbox(s2).unwrap();
+        for (id, name, pod, at) in [
+            (hex_id("c1"), "c-1", &p1, 3),
+            (hex_id("c2"), "c-2", &p2, 1),
+            (hex_id("c3"), "c-3", &p1, 2),
+        ] {
+            let mut c = container(&id, name, pod);
+            c.metadata.created_at = at;
+            store.add_container(c).unwrap();
+        }
+        let names = |v: Vec<ContainerRecord>| -> Vec<String> {
+            v.into_iter().map(|c| c.metadata.name).collect()
+        };
+        for (filter, want) in [
+            (None, vec!["c-2", "c-3", "c-1"]),
+            (Some(&p1), vec!["c-3", "c-1"]),
+            (Some(&p2), vec!["c-2"]),
+        ] {
+            let visited = store.visit_containers(|c| {
+                filter
+                    .is_none_or(|p| &c.metadata.sandbox_id == p)
+                    .then(|| c.metadata.name.clone())
+            });
+            assert_eq!(visited, want, "{filter:?}");
+            if let Some(p) = filter {
+                assert_eq!(names(store.list_sandbox_containers(p)), want);
+            }
+        }
+        assert_eq!(names(store.list_containers()), vec!["c-2", "c-3", "c-1"]);
+        assert_eq!(
+            store.visit_sandboxes(|s| Some(s.metadata.name.clone())),
+            vec!["pod-2", "pod-1"]
+        );
+        assert!(names(store.list_sandbox_containers(&hex_id("ff"))).is_empty());
+    }
+
+    #[test]
     fn oversized_image_record_fails_instead_of_vanishing() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(dir.path()).unwrap();
