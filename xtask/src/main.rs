@@ -26,6 +26,10 @@ commands:
   bench [ARGS]  pod start, lifecycle, ExecSync and memory: criusd next to containerd 1.6
                 and the raw runc floor (root; table + target/bench/results.json;
                 ARGS go to crius-bench, e.g. `cargo xtask bench -- --pods 20`)
+  bench scale [--pods N]
+                node scale: 50/100/200 running pods (--pods caps), list/stats/status
+                latency, runtime CPU idle and under kubelet-like polling, memory,
+                teardown; crius next to containerd 1.6 (root; target/bench/scale.json)
   bench pull    cold pull of a ~100 MB image: criusd next to containerd 1.6 (root)
   chaos [OPTS]  fault injection: pod churn with criusd and shims SIGKILLed, then leak checks
                 (root; options --seed N, --rounds N, --secs N)
@@ -156,6 +160,18 @@ fn bench(args: &[String]) -> Result<()> {
             ]))
         }
         Some("all") => bench_all(&args[1..]),
+        Some("scale") => {
+            let mut a = vec![
+                "--scale".to_string(),
+                "--out".into(),
+                workspace_root()
+                    .join("target/bench/scale.json")
+                    .display()
+                    .to_string(),
+            ];
+            a.extend(args[1..].iter().filter(|x| x.as_str() != "--").cloned());
+            bench_all(&a)
+        }
         // Anything else (options, `--`) goes to crius-bench, which rejects
         // what it does not know.
         _ => bench_all(args),

@@ -187,7 +187,8 @@ pub async fn connect(socket: &Path) -> Result<Channel> {
         .await?)
 }
 
-async fn bounded<T, F>(what: &str, f: F) -> Result<T>
+/// A CRI call bounded by [`CALL_TIMEOUT`], its error naming `what`.
+pub async fn bounded<T, F>(what: &str, f: F) -> Result<T>
 where
     F: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
 {
@@ -250,6 +251,16 @@ impl Cri {
             steps.entry(what).or_default().push(ms);
         }
         r
+    }
+
+    /// A client of the runtime service.
+    pub fn runtime(&self) -> RuntimeServiceClient<Channel> {
+        self.rt.clone()
+    }
+
+    /// A client of the image service.
+    pub fn images(&self) -> ImageServiceClient<Channel> {
+        self.images.clone()
     }
 
     /// The per-call latencies recorded so far; starts a new recording.

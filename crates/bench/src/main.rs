@@ -9,6 +9,7 @@ mod cri;
 mod floor;
 mod net;
 mod registry;
+mod scale;
 
 use anyhow::{bail, Context, Result};
 use cri::{Cri, Daemon};
@@ -22,6 +23,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: crius-bench --criusd PATH [--out FILE] [--pods N] [--concurrency N] [--execs N] [--only crius,containerd,runc] [--seccomp unconfined|runtime-default] [--share-pid] [--dir BASE]
+       crius-bench --scale --criusd PATH [--out FILE] [--pods N] [--calls N] [--idle-secs N] [--poll-secs N] [--only crius,containerd] ...
+
+--scale: node scale (cargo xtask bench scale): the node brought to 50, 100
+and 200 running pods (--pods caps the levels), at each level the list,
+stats and status calls timed (--calls each), the runtime's CPU idle
+(--idle-secs) and under kubelet-like polling (--poll-secs), its memory;
+then teardown and a check that nothing is left.
 
 --seccomp: the seccomp profile every pod and container asks for. The default,
 unconfined, is what kubelet sends when the SeccompDefault setting is off
@@ -45,6 +53,16 @@ struct Options {
     share_pid: bool,
     /// Parent of the run's directory.
     base: PathBuf,
+    /// Node-scale mode (`scale.rs`).
+    scale: bool,
+    /// Scale: numbers of running pods measured.
+    levels: Vec<usize>,
+    /// Scale: calls timed per kind and level.
+    calls: usize,
+    /// Scale: seconds of idle CPU measurement.
+    idle_secs: u64,
+    /// Scale: seconds of kubelet-like polling.
+    poll_secs: u64,
 }
 
 fn options() -> Result<Options> {
@@ -58,14 +76,27 @@ fn options() -> Result<Options> {
         seccomp: k8s_cri::v1::security_profile::ProfileType::Unconfined as i32,
         share_pid: false,
         base: PathBuf::from("/tmp"),
+        scale: false,
+        levels: Vec::new(),
+        calls: 20,
+        idle_secs: 10,
+        poll_secs: 30,
     };
+    let mut pods_given = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
             "--criusd" => o.criusd = value()?.into(),
             "--out" => o.out = value()?.into(),
-            "--pods" => o.pods = value()?.parse()?,
+            "--pods" => {
+                o.pods = value()?.parse()?;
+                pods_given = true;
+            }
+            "--scale" => o.scale = true,
+            "--calls" => o.calls = value()?.parse()?,
+            "--idle-secs" => o.idle_secs = value()?.parse()?,
+            "--poll-secs" => o.poll_secs = value()?.parse()?,
             "--concurrency" => o.concurrency = value()?.parse()?,
             "--execs" => o.execs = value()?.parse()?,
             "--only" => o.only = value()?.split(',').map(String::from).collect(),
@@ -84,6 +115,13 @@ fn options() -> Result<Options> {
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    if o.scale {
+        o.levels = scale::levels(if pods_given { o.pods } else { 200 });
+        o.only.retain(|r| r != "runc");
+        if o.calls == 0 || o.idle_secs == 0 || o.poll_secs == 0 {
+            bail!("--calls, --idle-secs and --poll-secs must be at least 1");
         }
     }
     if o.pods < 10 || o.concurrency == 0 || o.execs == 0 {
@@ -120,6 +158,18 @@ impl Samples {
         v.sort_by(f64::total_cmp);
         let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
         Some(v[rank.min(v.len()) - 1])
+    }
+
+    /// As [`Samples::json`] without the samples.
+    fn json_summary(&self) -> serde_json::Value {
+        json!({
+            "n": self.ms.len(),
+            "p50_ms": self.pct(50.0),
+            "p95_ms": self.pct(95.0),
+            "max_ms": self.pct(100.0),
+            "failures": self.failures,
+            "first_error": self.first_error,
+        })
     }
 
     fn json(&self) -> serde_json::Value {
@@ -789,7 +839,11 @@ async fn run() -> Result<()> {
                 None,
             ),
         };
-        let r = bench_cri(name, &daemon, &sub, &registry.addr, &o, metrics).await;
+        let r = if o.scale {
+            scale::bench_scale(name, &daemon, &sub, &registry.addr, &o).await
+        } else {
+            bench_cri(name, &daemon, &sub, &registry.addr, &o, metrics).await
+        };
         let r = r.with_context(|| format!("{name}; daemon log:\n{}", daemon.log_tail()))?;
         drop(daemon);
         kill_below(&sub);
@@ -803,7 +857,11 @@ async fn run() -> Result<()> {
         );
     }
     let results = serde_json::Value::Object(results);
-    let text = table(&results, &o);
+    let text = if o.scale {
+        scale::table(&results)
+    } else {
+        table(&results, &o)
+    };
     println!("{text}");
     let report = json!({
         "machine": {
@@ -822,10 +880,17 @@ async fn run() -> Result<()> {
                 "runtime-default"
             },
             "share_pid": o.share_pid,
+            "scale": o.scale.then(|| json!({
+                "levels": o.levels,
+                "calls": o.calls,
+                "idle_secs": o.idle_secs,
+                "poll_secs": o.poll_secs,
+            })),
         },
         "duration_s": t0.elapsed().as_secs_f64(),
         "results": results,
         "pull": "see `cargo xtask bench pull`",
+        "mode": if o.scale { "scale" } else { "pods" },
     });
     if let Some(parent) = o.out.parent() {
         std::fs::create_dir_all(parent)?;

@@ -291,3 +291,157 @@ async fn writable_layers_deeper_than_path_max_are_measured() {
     }
     teardown(&env, &mut rt, &pod_id, uid).await;
 }
+
+/// The stats stay true to what the containers do: a container burning CPU
+/// shows a rate (`usage_nano_cores`) in ListContainerStats and in its pod's
+/// ListPodSandboxStats once two readings a second apart exist, the pod's
+/// network counters come from its namespace (through a container's
+/// process: the pod has no pause), and a file written into the writable
+/// layer shows in its bytes within the background refresh (10 s).
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_follow_cpu_network_and_writable_layer() {
+    if !is_root() {
+        eprintln!("containers_no_pause: skipped (needs root)");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let env = Env::start("crius-statsrate");
+    let image = env.pull_busybox().await;
+    let mut rt = env.daemon.runtime().await;
+    let uid = "uid-statsrate";
+    let mut cfg = pod("statsrate", uid);
+    let _logs = LogDir(PathBuf::from(&cfg.log_directory));
+    let own_pids = || NamespaceOption {
+        pid: NamespaceMode::Container as i32,
+        ..Default::default()
+    };
+    cfg.linux.as_mut().unwrap().security_context = Some(k8s_cri::v1::LinuxSandboxSecurityContext {
+        namespace_options: Some(own_pids()),
+        ..Default::default()
+    });
+    let pod_id = run_pod(&env, &mut rt, &cfg).await;
+    let mut burner = container("burner", &image, &["/bin/sh", "-c", "while :; do :; done"]);
+    security(&mut burner).namespace_options = Some(own_pids());
+    let burner = run(&env, &mut rt, &pod_id, &cfg, burner).await;
+    let mut idle = container("idle", &image, &["/bin/busybox", "sleep", "100000"]);
+    security(&mut idle).namespace_options = Some(own_pids());
+    let idle = run(&env, &mut rt, &pod_id, &cfg, idle).await;
+
+    let list_containers = |rt: &mut Rt| {
+        let mut rt = rt.clone();
+        let pod_id = pod_id.clone();
+        async move {
+            rt.list_container_stats(k8s_cri::v1::ListContainerStatsRequest {
+                filter: Some(k8s_cri::v1::ContainerStatsFilter {
+                    pod_sandbox_id: pod_id,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+        }
+    };
+    let rate = |s: &k8s_cri::v1::ContainerStats| {
+        s.cpu
+            .as_ref()
+            .and_then(|c| c.usage_nano_cores.as_ref())
+            .map(|v| v.value)
+    };
+    let by_id = |all: &[k8s_cri::v1::ContainerStats], id: &str| {
+        all.iter()
+            .find(|s| s.attributes.as_ref().is_some_and(|a| a.id == id))
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not in {all:?}"))
+    };
+    // A first reading, then one more than a second later gives a rate.
+    let first = list_containers(&mut rt).await;
+    assert_eq!(first.len(), 2, "{first:?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = list_containers(&mut rt).await;
+    let burning = rate(&by_id(&second, &burner)).expect("a rate after two readings");
+    // A busy loop on a loaded two-core machine still gets well over 5% of
+    // a core; the sleeping container next to it almost nothing.
+    assert!(burning > 50_000_000, "burner at {burning} nanocores");
+    let resting = rate(&by_id(&second, &idle)).expect("a rate for the idle one");
+    assert!(resting < burning / 4, "idle {resting}, burner {burning}");
+
+    // The pod: its own rate (first reading now, then a second later), the
+    // containers' rates, and eth0 of its namespace.
+    let list_pods = |rt: &mut Rt| {
+        let mut rt = rt.clone();
+        let pod_id = pod_id.clone();
+        async move {
+            rt.list_pod_sandbox_stats(k8s_cri::v1::ListPodSandboxStatsRequest {
+                filter: Some(k8s_cri::v1::PodSandboxStatsFilter {
+                    id: pod_id,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+        }
+    };
+    list_pods(&mut rt).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pods = list_pods(&mut rt).await;
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    let linux = pods[0].linux.clone().unwrap();
+    let pod_rate = linux
+        .cpu
+        .as_ref()
+        .and_then(|c| c.usage_nano_cores.as_ref())
+        .map(|v| v.value)
+        .expect("a pod rate");
+    assert!(pod_rate > 50_000_000, "pod at {pod_rate} nanocores");
+    assert_eq!(linux.containers.len(), 2);
+    assert!(rate(&by_id(&linux.containers, &burner)).unwrap() > 50_000_000);
+    let eth0 = linux
+        .network
+        .as_ref()
+        .and_then(|n| n.default_interface.clone())
+        .expect("eth0 counters");
+    assert_eq!(eth0.name, "eth0");
+    assert!(linux.memory.unwrap().working_set_bytes.unwrap().value > 0);
+    assert!(linux.process.unwrap().process_count.unwrap().value >= 2);
+
+    // Writable layer: 4 MiB written show within the refresh period.
+    let layer_bytes = |s: &k8s_cri::v1::ContainerStats| {
+        s.writable_layer
+            .as_ref()
+            .and_then(|l| l.used_bytes.as_ref())
+            .map_or(0, |v| v.value)
+    };
+    let before = layer_bytes(&by_id(&list_containers(&mut rt).await, &idle));
+    let (code, _, err) = exec(
+        &mut rt,
+        &idle,
+        &[
+            "/bin/busybox",
+            "dd",
+            "if=/dev/zero",
+            "of=/grown",
+            "bs=1048576",
+            "count=4",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let written = Instant::now();
+    loop {
+        let now = layer_bytes(&by_id(&list_containers(&mut rt).await, &idle));
+        if now >= before + 4 * 1024 * 1024 {
+            break;
+        }
+        assert!(
+            written.elapsed() < Duration::from_secs(15),
+            "writable layer at {now} bytes, was {before}, 4 MiB written {:?} ago",
+            written.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    teardown(&env, &mut rt, &pod_id, uid).await;
+}

@@ -474,6 +474,21 @@ impl Store {
         all
     }
 
+    fn visit_indexed<R: Indexed, T>(
+        &self,
+        table: &Table<HashMap<String, R>>,
+        f: impl FnMut(&R) -> Option<T>,
+    ) -> Vec<T> {
+        let map = read(&table.map);
+        let mut all: Vec<&R> = map.values().collect();
+        all.sort_by(|a, b| {
+            a.created_at()
+                .cmp(&b.created_at())
+                .then_with(|| a.id().cmp(b.id()))
+        });
+        all.into_iter().filter_map(f).collect()
+    }
+
     fn update_indexed<R: Indexed>(
         &self,
         table: &Table<HashMap<String, R>>,
@@ -548,6 +563,14 @@ impl Store {
         self.list_indexed(&self.sandboxes)
     }
 
+    /// `f` of every sandbox, ordered as [`Store::list_sandboxes`], without
+    /// copying the records: for callers that need a few fields of many
+    /// records. `f` runs under the table's read lock, so it must not block
+    /// or call back into the store.
+    pub fn visit_sandboxes<T>(&self, f: impl FnMut(&SandboxRecord) -> Option<T>) -> Vec<T> {
+        self.visit_indexed(&self.sandboxes, f)
+    }
+
     /// Applies `f` to a copy of the status of sandbox `id` (full id),
     /// persists the result and then makes it visible. Returns the new record.
     /// If the write fails, the stored record is unchanged.
@@ -585,12 +608,17 @@ impl Store {
         self.list_indexed(&self.containers)
     }
 
+    /// `f` of every container, ordered as [`Store::list_containers`],
+    /// without copying the records (see [`Store::visit_sandboxes`]).
+    pub fn visit_containers<T>(&self, f: impl FnMut(&ContainerRecord) -> Option<T>) -> Vec<T> {
+        self.visit_indexed(&self.containers, f)
+    }
+
     /// Containers belonging to sandbox `sandbox_id` (full id), ordered by
     /// creation time then id.
     pub fn list_sandbox_containers(&self, sandbox_id: &str) -> Vec<ContainerRecord> {
-        let mut all = self.list_containers();
-        all.retain(|c| c.metadata.sandbox_id == sandbox_id);
-        all
+        // Copies only the sandbox's records, not every container's.
+        self.visit_containers(|c| (c.metadata.sandbox_id == sandbox_id).then(|| c.clone()))
     }
 
     /// Applies `f` to a copy of the status of container `id` (full id),
@@ -1382,6 +1410,53 @@ mod tests {
             .list_containers()
             .iter()
             .all(|c| c.status.state == ContainerState::Running));
+    }
+
+    #[test]
+    fn visits_see_records_in_list_order_without_copying_them_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        // Two pods, three containers; creation times out of id order.
+        let (p1, p2) = (hex_id("a1"), hex_id("a2"));
+        let mut s1 = sandbox(&p1, "pod-1");
+        s1.metadata.created_at = 20;
+        let mut s2 = sandbox(&p2, "pod-2");
+        s2.metadata.created_at = 10;
+        store.add_sandbox(s1).unwrap();
+        store.add_sandbox(s2).unwrap();
+        for (id, name, pod, at) in [
+            (hex_id("c1"), "c-1", &p1, 3),
+            (hex_id("c2"), "c-2", &p2, 1),
+            (hex_id("c3"), "c-3", &p1, 2),
+        ] {
+            let mut c = container(&id, name, pod);
+            c.metadata.created_at = at;
+            store.add_container(c).unwrap();
+        }
+        let names = |v: Vec<ContainerRecord>| -> Vec<String> {
+            v.into_iter().map(|c| c.metadata.name).collect()
+        };
+        for (filter, want) in [
+            (None, vec!["c-2", "c-3", "c-1"]),
+            (Some(&p1), vec!["c-3", "c-1"]),
+            (Some(&p2), vec!["c-2"]),
+        ] {
+            let visited = store.visit_containers(|c| {
+                filter
+                    .is_none_or(|p| &c.metadata.sandbox_id == p)
+                    .then(|| c.metadata.name.clone())
+            });
+            assert_eq!(visited, want, "{filter:?}");
+            if let Some(p) = filter {
+                assert_eq!(names(store.list_sandbox_containers(p)), want);
+            }
+        }
+        assert_eq!(names(store.list_containers()), vec!["c-2", "c-3", "c-1"]);
+        assert_eq!(
+            store.visit_sandboxes(|s| Some(s.metadata.name.clone())),
+            vec!["pod-2", "pod-1"]
+        );
+        assert!(names(store.list_sandbox_containers(&hex_id("ff"))).is_empty());
     }
 
     #[test]

@@ -9,8 +9,11 @@ pub fn list_containers(
     daemon: &Daemon,
     req: v1::ListContainersRequest,
 ) -> CriResult<v1::ListContainersResponse> {
-    let records = daemon.store.list_containers();
+    // Converted in place (see ListPodSandbox).
     Ok(v1::ListContainersResponse {
-        containers: crate::runtime::container::status::list(&records, req.filter.as_ref()),
+        containers: crate::runtime::container::status::list_store(
+            &daemon.store,
+            req.filter.as_ref(),
+        ),
     })
 }

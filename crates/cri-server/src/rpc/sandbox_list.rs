@@ -9,8 +9,9 @@ pub fn list_pod_sandbox(
     daemon: &Daemon,
     req: v1::ListPodSandboxRequest,
 ) -> CriResult<v1::ListPodSandboxResponse> {
-    let records = daemon.store.list_sandboxes();
+    // Converted in place: kubelet relists every second, and copying every
+    // record (with its stored config) first would cost more than the answer.
     Ok(v1::ListPodSandboxResponse {
-        items: crate::runtime::sandbox::status::list(&records, req.filter.as_ref()),
+        items: crate::runtime::sandbox::status::list_store(&daemon.store, req.filter.as_ref()),
     })
 }

@@ -145,6 +145,11 @@ pub fn list(records: &[ContainerRecord], filter: Option<&ContainerFilter>) -> Ve
         .collect()
 }
 
+/// As [`list`], over the store's records without copying them.
+pub fn list_store(store: &crius_store::Store, filter: Option<&ContainerFilter>) -> Vec<Container> {
+    store.visit_containers(|r| matches(r, filter).then(|| to_container(r)))
+}
+
 /// The ContainerStatus of a record, and its verbose info.
 pub fn status(r: &ContainerRecord, verbose: bool) -> (ContainerStatus, HashMap<String, String>) {
     let config = stored_config(r);

@@ -60,6 +60,14 @@ pub fn list(records: &[SandboxRecord], filter: Option<&PodSandboxFilter>) -> Vec
         .collect()
 }
 
+/// As [`list`], over the store's records without copying them.
+pub fn list_store(
+    store: &crius_store::Store,
+    filter: Option<&PodSandboxFilter>,
+) -> Vec<PodSandbox> {
+    store.visit_sandboxes(|r| matches(r, filter).then(|| to_pod_sandbox(r)))
+}
+
 /// The PodSandboxStatus of a record, and its verbose info.
 pub fn status(r: &SandboxRecord, verbose: bool) -> (PodSandboxStatus, HashMap<String, String>) {
     let config = stored_config(r);
