@@ -8,6 +8,8 @@
 //! splitting.
 
 pub mod mux;
+pub mod runtime;
+pub mod stub;
 
 /// Messages of `proto/nri/v1alpha1/api.proto`.
 #[allow(warnings, clippy::all, missing_docs)]

@@ -85,12 +85,20 @@ where
     let mut users = Vec::with_capacity(ids.len());
     let mut inbound = HashMap::new();
     let mut writers = Vec::with_capacity(ids.len());
+    // When the users have closed every connection, the trunk is closed
+    // too, so the peer sees the end.
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(ids.len()));
     for &id in ids {
         let (user, ours) = UnixStream::pair()?;
         let (our_r, our_w) = ours.into_split();
         inbound.insert(id, our_w);
-        let trunk_w = trunk_w.clone();
-        writers.push(tokio::spawn(outbound(id, our_r, trunk_w)));
+        let (trunk_w, open) = (trunk_w.clone(), open.clone());
+        writers.push(tokio::spawn(async move {
+            let _ = outbound(id, our_r, &trunk_w).await;
+            if open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+                let _ = trunk_w.lock().await.shutdown().await;
+            }
+        }));
         users.push(user);
     }
     tokio::spawn(async move {
@@ -112,7 +120,7 @@ where
 async fn outbound<W: AsyncWrite + Unpin>(
     id: u32,
     mut from: tokio::net::unix::OwnedReadHalf,
-    trunk: Arc<Mutex<W>>,
+    trunk: &Mutex<W>,
 ) -> std::io::Result<()> {
     let mut msg = Vec::new();
     loop {
@@ -279,6 +287,19 @@ mod tests {
                 .unwrap();
             assert_eq!(n, 0);
         }
+    }
+
+    #[tokio::test]
+    async fn users_closing_every_connection_closes_the_trunk() {
+        let (a, mut b) = tokio::io::duplex(1 << 12);
+        let conns = multiplex(a, &[1, 2]).unwrap();
+        drop(conns);
+        let mut rest = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(5), b.read_to_end(&mut rest))
+            .await
+            .expect("eof in time")
+            .unwrap();
+        assert!(rest.is_empty());
     }
 
     #[tokio::test]
