@@ -56,6 +56,8 @@ pub struct Daemon {
     /// Moves newly launched shims into systemd scopes of their own (the
     /// systemd cgroup driver under systemd; off otherwise).
     pub shim_scopes: Arc<crate::shimscope::ShimScopes>,
+    /// NRI, once listening (`[nri] enable`).
+    pub nri: std::sync::OnceLock<Arc<crius_nri::runtime::Nri>>,
 }
 
 /// How many container events a slow `GetContainerEvents` subscriber may
@@ -213,6 +215,7 @@ impl Daemon {
             exited: tokio::sync::Notify::new(),
             create_phases: Mutex::new(HashMap::new()),
             shim_scopes,
+            nri: std::sync::OnceLock::new(),
         })
     }
 

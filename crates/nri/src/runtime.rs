@@ -94,7 +94,7 @@ pub struct PluginAdjustment {
 
 impl Nri {
     /// Sets up the socket (its directory 0700, the socket 0600, a stale
-    /// socket replaced) and accepts plugins on a spawned task.
+    /// socket replaced, a live one refused) and accepts plugins on a spawned task.
     pub async fn listen(opts: Options, state: Arc<dyn StateSource>) -> Result<Arc<Nri>, NriError> {
         let path = opts.socket_path.clone();
         let sock_err = |source| NriError::Socket {
@@ -306,6 +306,13 @@ fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    // A socket someone answers on is another runtime's: not taken over.
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another process is listening on it",
+        ));
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}

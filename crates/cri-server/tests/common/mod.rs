@@ -6,6 +6,7 @@
 pub mod images;
 pub mod kube;
 pub mod net;
+pub mod nri;
 pub mod pod;
 pub mod registry;
 pub mod stream_client;
@@ -62,6 +63,16 @@ impl Daemon {
         log_level_flag: bool,
     ) -> Daemon {
         let config = dir.join("config.toml");
+        // NRI (on by default) listens below the test's directory, never on
+        // the host's /var/run/nri/nri.sock.
+        let config_text = if config_text.contains("[nri]") {
+            config_text.to_string()
+        } else {
+            format!(
+                "{config_text}\n[nri]\nsocket_path = \"{}\"\n",
+                dir.join("nri/nri.sock").display()
+            )
+        };
         std::fs::write(&config, config_text).expect("write config");
         let socket = dir.join("state/crius.sock");
         let log = dir.join("criusd.log");
@@ -118,6 +129,11 @@ impl Daemon {
             self.socket.display(),
             self.log_text()
         );
+    }
+
+    /// The NRI socket of a daemon started without an `[nri]` table.
+    pub fn nri_socket(&self) -> PathBuf {
+        self.dir.join("nri/nri.sock")
     }
 
     /// The daemon's log so far.
