@@ -11,6 +11,10 @@ use common::pod::*;
 use common::registry::is_root;
 use std::time::{Duration, Instant};
 
+/// The tests of this file run one at a time: the `Leftovers` guard of one
+/// kills what is in the shared test cgroup, the other's containers too.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn spec_of(env: &Env, id: &str) -> serde_json::Value {
     let path = env
         .dir
@@ -26,6 +30,7 @@ async fn a_plugin_adjusts_the_containers_it_sees_created() {
         eprintln!("skipped: needs root");
         return;
     }
+    let _serial = SERIAL.lock().await;
     let env = Env::start("nri-adjust");
     let image = env.pull_busybox().await;
     let mut rt = env.daemon.runtime().await;
@@ -61,8 +66,8 @@ async fn a_plugin_adjusts_the_containers_it_sees_created() {
         assert_eq!(conf.request_timeout, 2000);
         assert_eq!(conf.registration_timeout, 5000);
         let (pods, containers) = seen.synced.clone().unwrap();
-        assert_eq!(pods, [pod_id.clone()]);
-        assert_eq!(containers, [plain.clone()]);
+        assert_eq!(pods, vec![pod_id.clone()]);
+        assert_eq!(containers, vec![plain.clone()]);
     }
 
     let id = run(
@@ -116,6 +121,7 @@ async fn a_silent_plugin_delays_creation_by_at_most_the_request_timeout() {
         eprintln!("skipped: needs root");
         return;
     }
+    let _serial = SERIAL.lock().await;
     let env = Env::start("nri-silent");
     let image = env.pull_busybox().await;
     let mut rt = env.daemon.runtime().await;
