@@ -135,7 +135,7 @@ impl Default for CdiConfig {
 
 /// `[nri]`: the Node Resource Interface, through which NRI plugins (as
 /// written for containerd 2.x and CRI-O) adjust containers as they are
-/// created.
+/// created. Changes take effect on restart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NriConfig {

@@ -277,3 +277,37 @@ async fn a_connection_that_never_registers_is_not_admitted() {
     assert_eq!(n, 0);
     assert!(!nri.has_plugins());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_socket_is_not_taken_over_and_a_stale_one_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, socket) = start(&dir, Duration::from_secs(1)).await;
+    let opts = Options {
+        socket_path: socket.clone(),
+        registration_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(1),
+        runtime_name: "crius".into(),
+        runtime_version: "test".into(),
+    };
+    // Someone listens there: refused, and the first keeps its socket.
+    assert!(Nri::listen(opts.clone(), Arc::new(State)).await.is_err());
+    let (p, _) = plugin("K", false);
+    let _k = Stub::connect(&socket, "kept", "10", p).await.unwrap();
+    wait_for(&first, 1).await;
+    // A socket file nobody answers on is replaced.
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    let second = Nri::listen(
+        Options {
+            socket_path: stale.clone(),
+            ..opts
+        },
+        Arc::new(State),
+    )
+    .await
+    .unwrap();
+    let (p, _) = plugin("S", false);
+    let _s = Stub::connect(&stale, "second", "10", p).await.unwrap();
+    wait_for(&second, 1).await;
+}
