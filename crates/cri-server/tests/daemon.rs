@@ -560,11 +560,9 @@ async fn sighup_reloads_the_config() {
 
     // Debug logging, a new hand-back expiry, and a key that needs a restart.
     let mark = daemon.log_text().len();
-    std::fs::write(
-        &daemon.config,
-        format!("log_level = \"debug\"\nhandback_expiry = \"90s\"\nshm_size = \"128Mi\"\n{base}"),
-    )
-    .unwrap();
+    daemon.write_config(&format!(
+        "log_level = \"debug\"\nhandback_expiry = \"90s\"\nshm_size = \"128Mi\"\n{base}"
+    ));
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(pid, libc::SIGHUP) };
     let tail = wait_log(&daemon, mark, "configuration reloaded");
@@ -582,11 +580,9 @@ async fn sighup_reloads_the_config() {
 
     // An invalid file: the daemon keeps running on the old configuration.
     let mark = daemon.log_text().len();
-    std::fs::write(
-        &daemon.config,
-        format!("log_level = \"info\"\nhandback_expiry = \"soon\"\n{base}"),
-    )
-    .unwrap();
+    daemon.write_config(&format!(
+        "log_level = \"info\"\nhandback_expiry = \"soon\"\n{base}"
+    ));
     unsafe { libc::kill(pid, libc::SIGHUP) };
     let tail = wait_log(&daemon, mark, "reload failed");
     assert!(tail.contains("handback_expiry"), "{tail}");
@@ -594,7 +590,7 @@ async fn sighup_reloads_the_config() {
     assert_eq!(version_of(&daemon).await.runtime_name, "crius");
     // Still at debug: the old configuration was kept.
     let mark = daemon.log_text().len();
-    std::fs::write(&daemon.config, "bogus_key = 1\n").unwrap();
+    daemon.write_config("bogus_key = 1\n");
     unsafe { libc::kill(pid, libc::SIGHUP) };
     let tail = wait_log(&daemon, mark, "reload failed");
     assert!(tail.contains("bogus_key"), "{tail}");
@@ -602,11 +598,9 @@ async fn sighup_reloads_the_config() {
 
     // JSON logs from the next line on, without a restart.
     let mark = daemon.log_text().len();
-    std::fs::write(
-        &daemon.config,
-        format!("log_level = \"info\"\nlog_format = \"json\"\n{base}"),
-    )
-    .unwrap();
+    daemon.write_config(&format!(
+        "log_level = \"info\"\nlog_format = \"json\"\n{base}"
+    ));
     unsafe { libc::kill(pid, libc::SIGHUP) };
     let tail = wait_log(&daemon, mark, "configuration reloaded");
     let reloaded = tail
@@ -658,7 +652,7 @@ async fn sighup_applies_handlers_cni_and_metrics() {
     assert!(get_metrics(port).is_err(), "metrics are off");
     let reload = |text: String| {
         let mark = daemon.log_text().len();
-        std::fs::write(&daemon.config, text).unwrap();
+        daemon.write_config(&text);
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(pid, libc::SIGHUP) };
         wait_log(&daemon, mark, "configuration reloaded")
