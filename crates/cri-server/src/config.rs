@@ -133,6 +133,36 @@ impl Default for CdiConfig {
     }
 }
 
+/// `[nri]`: the Node Resource Interface, through which NRI plugins (as
+/// written for containerd 2.x and CRI-O) adjust containers as they are
+/// created. Changes take effect on restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NriConfig {
+    /// Listen for NRI plugins on `socket_path` (on by default, as in
+    /// containerd 2.x: with no plugin connected it has no effect).
+    pub enable: bool,
+    /// The unix socket NRI plugins connect to (its directory is made 0700,
+    /// the socket 0600).
+    pub socket_path: PathBuf,
+    /// How long a plugin that connected has to register.
+    pub plugin_registration_timeout: String,
+    /// How long a plugin has to answer a call; a plugin that does not is
+    /// dropped, and the container operation goes on without it.
+    pub plugin_request_timeout: String,
+}
+
+impl Default for NriConfig {
+    fn default() -> Self {
+        NriConfig {
+            enable: true,
+            socket_path: "/var/run/nri/nri.sock".into(),
+            plugin_registration_timeout: "5s".into(),
+            plugin_request_timeout: "2s".into(),
+        }
+    }
+}
+
 /// `[cni]`: where the pod network is configured.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -393,6 +423,8 @@ pub struct Config {
     pub tracing: TracingConfig,
     /// CDI devices.
     pub cdi: CdiConfig,
+    /// NRI plugins.
+    pub nri: NriConfig,
 }
 
 impl Default for Config {
@@ -423,6 +455,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             tracing: TracingConfig::default(),
             cdi: CdiConfig::default(),
+            nri: NriConfig::default(),
         }
     }
 }
@@ -664,6 +697,16 @@ impl Config {
             .parse::<SocketAddr>()
             .map_err(|e| value_err("stream.address", format!("{:?}: {e}", self.stream.address)))?;
         self.tracing.validate()?;
+        if !self.nri.socket_path.is_absolute() {
+            return Err(value_err(
+                "nri.socket_path",
+                format!(
+                    "{:?} is not an absolute path",
+                    self.nri.socket_path.display().to_string()
+                ),
+            ));
+        }
+        self.nri_timeouts()?;
         for (i, d) in self.cdi.spec_dirs.iter().enumerate() {
             if !d.is_absolute() {
                 return Err(value_err(
@@ -673,6 +716,32 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The NRI registration and request timeouts (validated by
+    /// [`Config::validate`]); neither may be zero.
+    pub fn nri_timeouts(&self) -> Result<(Duration, Duration), ConfigError> {
+        let one = |key: &str, v: &str| {
+            parse_duration(v)
+                .and_then(|d| {
+                    if d.is_zero() {
+                        Err("must not be zero".to_string())
+                    } else {
+                        Ok(d)
+                    }
+                })
+                .map_err(|m| value_err(key, m))
+        };
+        Ok((
+            one(
+                "nri.plugin_registration_timeout",
+                &self.nri.plugin_registration_timeout,
+            )?,
+            one(
+                "nri.plugin_request_timeout",
+                &self.nri.plugin_request_timeout,
+            )?,
+        ))
     }
 
     /// The shm size in bytes (validated by [`Config::validate`]).
@@ -1039,6 +1108,9 @@ mod tests {
             "privileged_without_host_devices",
             "[cdi]",
             "spec_dirs",
+            "[nri]",
+            "socket_path = \"/var/run/nri/nri.sock\"",
+            "plugin_request_timeout = \"2s\"",
             "shim_slice = \"system.slice\"",
             "systemd_address",
         ] {
@@ -1282,6 +1354,10 @@ privileged_without_host_devices = true
             ("[tracing]\nendpoint = \"x\"", "endpoint"),
             ("[cdi]\nspec_dirs = [\"cdi\"]", "`cdi.spec_dirs[0]`"),
             ("[cdi]\nenable = \"yes\"", "enable"),
+            ("[nri]\nsocket_path = \"nri.sock\"", "`nri.socket_path`"),
+            ("[nri]\nplugin_request_timeout = \"0s\"", "`nri.plugin_request_timeout`"),
+            ("[nri]\nplugin_registration_timeout = \"soon\"", "`nri.plugin_registration_timeout`"),
+            ("[nri]\nplugin_path = \"/x\"", "plugin_path"),
             ("[cdi]\nspec_dir = [\"/x\"]", "spec_dir"),
             ("device_ownership_from_security_context = 1", "device_ownership_from_security_context"),
             ("shim_slice = \"crius\"", "`shim_slice`"),

@@ -58,6 +58,8 @@ pub struct Daemon {
     pub shim_scopes: Arc<crate::shimscope::ShimScopes>,
     /// CPU readings of cgroups between stats calls (`usage_nano_cores`).
     pub stats_sampler: crate::runtime::stats::CpuSampler,
+    /// NRI, once listening (`[nri] enable`).
+    pub nri: std::sync::OnceLock<Arc<crius_nri::runtime::Nri>>,
 }
 
 /// How many container events a slow `GetContainerEvents` subscriber may
@@ -216,6 +218,7 @@ impl Daemon {
             create_phases: Mutex::new(HashMap::new()),
             shim_scopes,
             stats_sampler: Default::default(),
+            nri: std::sync::OnceLock::new(),
         })
     }
 

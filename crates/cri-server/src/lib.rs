@@ -16,6 +16,7 @@ pub mod image;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
+pub mod nri;
 pub mod recover;
 pub mod reload;
 pub mod rpc;

@@ -155,6 +155,7 @@ pub async fn run(
     let socket = config.socket.clone();
     let daemon = Arc::new(Daemon::new(config, store).context("cannot load runtime state")?);
     crate::recover::recover(&daemon).await;
+    crate::nri::start(&daemon).await;
     tokio::spawn({
         let d = daemon.clone();
         async move { crate::recover::gc_network(&d).await }

@@ -544,7 +544,7 @@ fn wait_log(daemon: &Daemon, from: usize, needle: &str) -> String {
 /// the log line with `needle`: the log from before the signal on.
 fn reload_with(daemon: &Daemon, text: &str, needle: &str) -> String {
     let mark = daemon.log_text().len();
-    std::fs::write(&daemon.config, text).unwrap();
+    daemon.write_config(text);
     let pid = daemon.child.as_ref().unwrap().id() as i32;
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(pid, libc::SIGHUP) };

@@ -27,6 +27,7 @@ pub mod edit;
 pub mod error;
 pub mod images;
 pub mod mounts;
+pub mod nri;
 pub mod oom;
 pub mod process;
 pub mod sandbox;

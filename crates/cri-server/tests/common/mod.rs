@@ -6,6 +6,7 @@
 pub mod images;
 pub mod kube;
 pub mod net;
+pub mod nri;
 pub mod pod;
 pub mod registry;
 pub mod stream_client;
@@ -62,7 +63,7 @@ impl Daemon {
         log_level_flag: bool,
     ) -> Daemon {
         let config = dir.join("config.toml");
-        std::fs::write(&config, config_text).expect("write config");
+        std::fs::write(&config, with_test_nri(dir, config_text)).expect("write config");
         let socket = dir.join("state/crius.sock");
         let log = dir.join("criusd.log");
         std::fs::File::create(&log).expect("create log");
@@ -120,6 +121,17 @@ impl Daemon {
         );
     }
 
+    /// Replaces the config file (for a SIGHUP), with the test's NRI socket
+    /// as `start` gives it.
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(&self.config, with_test_nri(&self.dir, text)).expect("write config");
+    }
+
+    /// The NRI socket of a daemon started without an `[nri]` table.
+    pub fn nri_socket(&self) -> PathBuf {
+        self.dir.join("nri/nri.sock")
+    }
+
     /// The daemon's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -160,6 +172,20 @@ impl Daemon {
 
 /// Spawns criusd on `dir`'s root and state directories, logging to `log`
 /// (appended).
+/// `text` with an `[nri]` table, unless it has one, that puts the NRI
+/// socket (NRI is on by default) below the test's directory, never on the
+/// host's /var/run/nri/nri.sock.
+fn with_test_nri(dir: &Path, text: &str) -> String {
+    if text.contains("[nri]") {
+        text.to_string()
+    } else {
+        format!(
+            "{text}\n[nri]\nsocket_path = \"{}\"\n",
+            dir.join("nri/nri.sock").display()
+        )
+    }
+}
+
 fn spawn_criusd(
     dir: &Path,
     config: &Path,

@@ -602,6 +602,9 @@ async fn create_steps(
         crius_spec::images::keep_image_mount_flags(spec, &image_sources)
     };
     let spec = super::devices::inject_cdi(&daemon.config().cdi, config, spec).await?;
+    // NRI plugins adjust the spec last, as they see it (one atomic load
+    // when none is connected).
+    let spec = crate::nri::adjust_created(daemon, sandbox, id, &meta.name, spec).await?;
     // The image's content at its VOLUMEs goes into them, as in containerd.
     super::image_mounts::fill_image_volumes(&mounts, fill, state.join("volume-copy")).await?;
     // A pod with its own user namespace: idmapped rootfs and mounts made here.
