@@ -265,6 +265,16 @@ pub async fn run(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!(socket = %socket.display(), error = %e, "cannot remove socket"),
     }
+    // The NRI socket is ours while we listen on it; plugins that look for
+    // it must not find a dead one.
+    if daemon.nri.get().is_some() {
+        let nri_socket = daemon.config().nri.socket_path.clone();
+        if let Err(e) = std::fs::remove_file(&nri_socket) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(socket = %nri_socket.display(), error = %e, "cannot remove the NRI socket");
+            }
+        }
+    }
     tracing::info!("criusd stopped");
     result
 }

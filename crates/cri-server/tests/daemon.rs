@@ -624,7 +624,10 @@ async fn sighup_reloads_the_config() {
     );
     assert!(!tail.contains("needs a restart"), "{tail}");
 
+    // A clean stop leaves no NRI socket behind.
+    assert!(daemon.nri_socket().exists());
     assert_eq!(daemon.signal_and_wait(libc::SIGTERM).code(), Some(0));
+    assert!(!daemon.nri_socket().exists());
 }
 
 /// A GET of `/metrics` on `port`: the status line, or why it failed.

@@ -15,6 +15,17 @@ use std::time::{Duration, Instant};
 /// kills what is in the shared test cgroup, the other's containers too.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The `nri` entry of a verbose Status (what `crictl info` shows).
+async fn nri_info(rt: &mut Rt) -> serde_json::Value {
+    let info = rt
+        .status(k8s_cri::v1::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    serde_json::from_str(&info["nri"]).unwrap()
+}
+
 fn spec_of(env: &Env, id: &str) -> serde_json::Value {
     let path = env
         .dir
@@ -58,7 +69,21 @@ async fn a_plugin_adjusts_the_containers_it_sees_created() {
     .await;
     assert!(spec_of(&env, &plain)["annotations"]["nri.test/plugin"].is_null());
 
+    let before = nri_info(&mut rt).await;
+    assert_eq!(before["enable"], true);
+    assert_eq!(before["listening"], true);
+    assert_eq!(
+        before["socketPath"],
+        env.daemon.nri_socket().display().to_string()
+    );
+    assert_eq!(before["plugins"], serde_json::json!([]));
+
     let plugin = TestPlugin::connect(&env.daemon, "adjuster", "10", Behaviour::Adjust).await;
+    // crictl info lists the plugin.
+    assert_eq!(
+        nri_info(&mut rt).await["plugins"],
+        serde_json::json!(["10-adjuster"])
+    );
     {
         let seen = plugin.seen.lock().unwrap();
         let conf = seen.configured.as_ref().unwrap();

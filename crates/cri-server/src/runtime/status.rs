@@ -74,6 +74,17 @@ pub async fn status(daemon: &Daemon, req: StatusRequest) -> Result<StatusRespons
             })
             .to_string(),
         );
+        let nri = daemon.nri.get();
+        info.insert(
+            "nri".to_string(),
+            serde_json::json!({
+                "enable": config.nri.enable,
+                "socketPath": config.nri.socket_path,
+                "listening": nri.is_some(),
+                "plugins": nri.map(|n| n.plugin_names()).unwrap_or_default(),
+            })
+            .to_string(),
+        );
         info.insert(
             "runtimeConfig".to_string(),
             serde_json::json!({ "podCIDR": daemon.pod_cidr() }).to_string(),
