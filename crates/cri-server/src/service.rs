@@ -205,61 +205,25 @@ impl RuntimeService for RuntimeSvc {
         &self,
         r: Request<v1::ContainerStatsRequest>,
     ) -> Result<Response<v1::ContainerStatsResponse>, Status> {
-        // Reads hundreds of cgroup files: on the blocking pool.
-        let daemon = self.daemon.clone();
-        let req = r.into_inner();
-        reply(
-            crate::telemetry::blocking(tracing::Span::current(), move || {
-                rpc::container_stats::container_stats(&daemon, req)
-            })
-            .await
-            .map_err(|e| Status::from(crate::errors::internal("stats", e)))?,
-        )
+        reply(rpc::container_stats::container_stats(&self.daemon, r.into_inner()).await)
     }
     async fn list_container_stats(
         &self,
         r: Request<v1::ListContainerStatsRequest>,
     ) -> Result<Response<v1::ListContainerStatsResponse>, Status> {
-        // Reads hundreds of cgroup files: on the blocking pool.
-        let daemon = self.daemon.clone();
-        let req = r.into_inner();
-        reply(
-            crate::telemetry::blocking(tracing::Span::current(), move || {
-                rpc::container_list_stats::list_container_stats(&daemon, req)
-            })
-            .await
-            .map_err(|e| Status::from(crate::errors::internal("stats", e)))?,
-        )
+        reply(rpc::container_list_stats::list_container_stats(&self.daemon, r.into_inner()).await)
     }
     async fn pod_sandbox_stats(
         &self,
         r: Request<v1::PodSandboxStatsRequest>,
     ) -> Result<Response<v1::PodSandboxStatsResponse>, Status> {
-        // Reads hundreds of cgroup files: on the blocking pool.
-        let daemon = self.daemon.clone();
-        let req = r.into_inner();
-        reply(
-            crate::telemetry::blocking(tracing::Span::current(), move || {
-                rpc::sandbox_stats::pod_sandbox_stats(&daemon, req)
-            })
-            .await
-            .map_err(|e| Status::from(crate::errors::internal("stats", e)))?,
-        )
+        reply(rpc::sandbox_stats::pod_sandbox_stats(&self.daemon, r.into_inner()).await)
     }
     async fn list_pod_sandbox_stats(
         &self,
         r: Request<v1::ListPodSandboxStatsRequest>,
     ) -> Result<Response<v1::ListPodSandboxStatsResponse>, Status> {
-        // Reads hundreds of cgroup files: on the blocking pool.
-        let daemon = self.daemon.clone();
-        let req = r.into_inner();
-        reply(
-            crate::telemetry::blocking(tracing::Span::current(), move || {
-                rpc::sandbox_list_stats::list_pod_sandbox_stats(&daemon, req)
-            })
-            .await
-            .map_err(|e| Status::from(crate::errors::internal("stats", e)))?,
-        )
+        reply(rpc::sandbox_list_stats::list_pod_sandbox_stats(&self.daemon, r.into_inner()).await)
     }
     async fn checkpoint_container(
         &self,

@@ -57,6 +57,30 @@ fn layer(rel: &str) -> Option<(u8, &'static str)> {
     }
 }
 
+/// Whether `word` occurs in `code` as a whole identifier (`tonic::`, not
+/// `monotonic`).
+fn mentions_word(code: &str, word: &str) -> bool {
+    let ident = |c: char| c.is_alphanumeric() || c == '_';
+    code.match_indices(word).any(|(i, _)| {
+        !code[..i].chars().next_back().is_some_and(ident)
+            && !code[i + word.len()..].chars().next().is_some_and(ident)
+    })
+}
+
+#[test]
+fn mentions_word_is_a_whole_identifier() {
+    // (code, mentions tonic)
+    for (code, want) in [
+        ("use tonic::Status;", true),
+        ("fn f() -> tonic::Status", true),
+        ("let t = monotonic_ns();", false),
+        ("tonic_prost", false),
+        ("x.tonic", true),
+    ] {
+        assert_eq!(mentions_word(code, "tonic"), want, "{code}");
+    }
+}
+
 #[test]
 fn nothing_points_back_up_and_tonic_stays_at_the_top() {
     let root = src();
@@ -76,7 +100,7 @@ fn nothing_points_back_up_and_tonic_stays_at_the_top() {
                 offences.push(format!("{rel} ({name}) uses {path}"));
             }
         }
-        if level < 3 && code.contains("tonic") {
+        if level < 3 && mentions_word(&code, "tonic") {
             offences.push(format!("{rel} ({name}) uses tonic below the service layer"));
         }
     }

@@ -16,12 +16,20 @@ use std::time::{Duration, Instant};
 
 type Rt = k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
 
-/// A test pod the systemd driver takes: no cgroupfs parent.
+/// A test pod the systemd driver takes: no cgroupfs parent, and no pause
+/// (containers with PID namespaces of their own), so RunPodSandbox runs no
+/// runc, which would need systemd for the driver's cgroups.
 fn systemd_pod(name: &str, uid: &str) -> PodSandboxConfig {
     let mut config = pod(name, uid);
-    if let Some(l) = config.linux.as_mut() {
-        l.cgroup_parent = String::new();
-    }
+    let linux = config.linux.get_or_insert_with(Default::default);
+    linux.cgroup_parent = String::new();
+    linux
+        .security_context
+        .get_or_insert_with(Default::default)
+        .namespace_options = Some(k8s_cri::v1::NamespaceOption {
+        pid: k8s_cri::v1::NamespaceMode::Container as i32,
+        ..Default::default()
+    });
     config
 }
 

@@ -3,14 +3,18 @@
 use crate::daemon::Daemon;
 use crate::errors::CriResult;
 use k8s_cri::v1;
+use std::sync::Arc;
 
 /// Answers `ContainerStats`.
-pub fn container_stats(
-    daemon: &Daemon,
+pub async fn container_stats(
+    daemon: &Arc<Daemon>,
     req: v1::ContainerStatsRequest,
 ) -> CriResult<v1::ContainerStatsResponse> {
-    let record = super::known_container(daemon, &req.container_id)?;
-    Ok(v1::ContainerStatsResponse {
-        stats: Some(crate::runtime::stats::container_stats(daemon, &record)),
+    super::on_blocking_pool(daemon, move |daemon: &Daemon| {
+        let record = super::known_container(daemon, &req.container_id)?;
+        Ok(v1::ContainerStatsResponse {
+            stats: Some(crate::runtime::stats::container_stats(daemon, &record)),
+        })
     })
+    .await
 }

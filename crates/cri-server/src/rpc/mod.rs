@@ -64,3 +64,16 @@ fn known_container(daemon: &Daemon, id: &str) -> CriResult<crius_store::Containe
     container_id(id)?;
     Ok(daemon.store.get_container(id)?)
 }
+
+/// Runs `f` on the blocking pool, in the caller's span: the stats calls
+/// read hundreds of cgroup and proc files, which must not hold an async
+/// worker.
+pub async fn on_blocking_pool<T: Send + 'static>(
+    daemon: &std::sync::Arc<crate::daemon::Daemon>,
+    f: impl FnOnce(&crate::daemon::Daemon) -> crate::errors::CriResult<T> + Send + 'static,
+) -> crate::errors::CriResult<T> {
+    let daemon = daemon.clone();
+    crate::telemetry::blocking(tracing::Span::current(), move || f(&daemon))
+        .await
+        .map_err(|e| crate::errors::internal("blocking task", e))?
+}

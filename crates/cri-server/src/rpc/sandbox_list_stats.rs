@@ -3,13 +3,17 @@
 use crate::daemon::Daemon;
 use crate::errors::CriResult;
 use k8s_cri::v1;
+use std::sync::Arc;
 
 /// Answers `ListPodSandboxStats`.
-pub fn list_pod_sandbox_stats(
-    daemon: &Daemon,
+pub async fn list_pod_sandbox_stats(
+    daemon: &Arc<Daemon>,
     req: v1::ListPodSandboxStatsRequest,
 ) -> CriResult<v1::ListPodSandboxStatsResponse> {
-    Ok(v1::ListPodSandboxStatsResponse {
-        stats: crate::runtime::stats::list_pod_stats(daemon, req.filter.as_ref()),
+    super::on_blocking_pool(daemon, move |daemon: &Daemon| {
+        Ok(v1::ListPodSandboxStatsResponse {
+            stats: crate::runtime::stats::list_pod_stats(daemon, req.filter.as_ref()),
+        })
     })
+    .await
 }
