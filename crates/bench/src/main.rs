@@ -173,15 +173,13 @@ impl Samples {
     }
 
     fn json(&self) -> serde_json::Value {
-        json!({
-            "n": self.ms.len(),
-            "p50_ms": self.pct(50.0),
-            "p95_ms": self.pct(95.0),
-            "max_ms": self.pct(100.0),
-            "failures": self.failures,
-            "first_error": self.first_error,
-            "samples_ms": self.ms.iter().map(|m| (m * 10.0).round() / 10.0).collect::<Vec<_>>(),
-        })
+        let mut v = self.json_summary();
+        v["samples_ms"] = json!(self
+            .ms
+            .iter()
+            .map(|m| (m * 10.0).round() / 10.0)
+            .collect::<Vec<_>>());
+        v
     }
 }
 

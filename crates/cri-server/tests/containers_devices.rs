@@ -214,13 +214,7 @@ async fn cdi_devices_mounts_env_and_hooks() {
     assert_eq!(hook.lines().count(), 1, "no hook for refused containers");
 
     // verbose Status reports the CDI settings.
-    let info = rt
-        .status(k8s_cri::v1::StatusRequest { verbose: true })
-        .await
-        .unwrap()
-        .into_inner()
-        .info;
-    let cdi_info: serde_json::Value = serde_json::from_str(&info["cdi"]).unwrap();
+    let cdi_info = &verbose_info(&mut rt).await["cdi"];
     assert_eq!(cdi_info["enable"], true);
     assert_eq!(cdi_info["specDirs"][1], specs.display().to_string());
 

@@ -17,13 +17,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The `nri` entry of a verbose Status (what `crictl info` shows).
 async fn nri_info(rt: &mut Rt) -> serde_json::Value {
-    let info = rt
-        .status(k8s_cri::v1::StatusRequest { verbose: true })
-        .await
-        .unwrap()
-        .into_inner()
-        .info;
-    serde_json::from_str(&info["nri"]).unwrap()
+    verbose_info(rt).await.remove("nri").expect("an nri entry")
 }
 
 fn spec_of(env: &Env, id: &str) -> serde_json::Value {

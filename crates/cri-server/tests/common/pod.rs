@@ -370,6 +370,22 @@ pub fn container(name: &str, image: &str, cmd: &[&str]) -> ContainerConfig {
     }
 }
 
+/// The `info` map of a verbose Status (what `crictl info` shows), each
+/// entry parsed as JSON.
+pub async fn verbose_info(rt: &mut Rt) -> std::collections::HashMap<String, serde_json::Value> {
+    rt.status(k8s_cri::v1::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .info
+        .into_iter()
+        .map(|(k, v)| {
+            let parsed = serde_json::from_str(&v).unwrap_or_else(|e| panic!("{k}: {e}: {v}"));
+            (k, parsed)
+        })
+        .collect()
+}
+
 pub fn security(c: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
     c.linux
         .get_or_insert_with(Default::default)
