@@ -1158,7 +1158,7 @@ pub async fn exec_sync(
     let config = tokio::fs::read(bundle.join("config.json"))
         .await
         .map_err(|e| internal("config.json", e))?;
-    let process = crius_spec::edit::exec_process(&config, &req.cmd)?;
+    let process = crius_spec::edit::exec_process(&config, &req.cmd, false)?;
     let exec_id = format!("exec-{}", &crius_store::generate_id()[..16]);
     let out_dir = container_state(daemon, &id).join(&exec_id);
     // Private, as are the output files the shim makes in it (0600).
