@@ -8,8 +8,8 @@
 //! their hot path. The other events are in [`events`]; plugins' container
 //! updates and evictions go to the runtime through [`StateSource`].
 
-use std::path::{Path, PathBuf};
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -83,12 +83,7 @@ pub trait StateSource: Send + Sync {
         evict: Vec<api::ContainerEviction>,
     ) -> UpdateFuture {
         let _ = (plugin, evict);
-        Box::pin(async move {
-            update
-                .into_iter()
-                .filter(|u| !u.ignore_failure)
-                .collect()
-        })
+        Box::pin(async move { update.into_iter().filter(|u| !u.ignore_failure).collect() })
     }
 }
 
@@ -276,7 +271,11 @@ impl Nri {
             ..Default::default()
         };
         let configured = self
-            .invoke(&label, "Configure", client.configure(self.ctx(), &configure))
+            .invoke(
+                &label,
+                "Configure",
+                client.configure(self.ctx(), &configure),
+            )
             .await
             .map_err(|e| format!("{label}: Configure: {e}"))?;
         let source = state.clone();
@@ -336,7 +335,9 @@ impl Nri {
             Ok(Err(ttrpc::Error::RpcStatus(s)))
                 if !matches!(
                     s.code(),
-                    ttrpc::Code::DEADLINE_EXCEEDED | ttrpc::Code::UNAVAILABLE | ttrpc::Code::CANCELLED
+                    ttrpc::Code::DEADLINE_EXCEEDED
+                        | ttrpc::Code::UNAVAILABLE
+                        | ttrpc::Code::CANCELLED
                 ) =>
             {
                 Err(CallError::Refused(s.message().to_string()))

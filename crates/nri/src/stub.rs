@@ -69,7 +69,8 @@ impl Stub {
 }
 
 /// Makes a plugin's CreateContainer adjustment from the request.
-pub type AdjustFn = Box<dyn Fn(&api::CreateContainerRequest) -> api::ContainerAdjustment + Send + Sync>;
+pub type AdjustFn =
+    Box<dyn Fn(&api::CreateContainerRequest) -> api::ContainerAdjustment + Send + Sync>;
 
 /// How a [`Recorder`] answers.
 pub struct Script {
@@ -160,7 +161,8 @@ impl Seen {
 pub struct Recorder {
     script: Mutex<Script>,
     seen: Mutex<Seen>,
-    runtime: std::sync::OnceLock<api_ttrpc::RuntimeClient>,
+    // Taken out by close(): while held, the connection stays open.
+    runtime: Mutex<Option<api_ttrpc::RuntimeClient>>,
 }
 
 impl Recorder {
@@ -169,7 +171,7 @@ impl Recorder {
         Arc::new(Recorder {
             script: Mutex::new(script),
             seen: Mutex::new(Seen::default()),
-            runtime: std::sync::OnceLock::new(),
+            runtime: Mutex::new(None),
         })
     }
 
@@ -191,8 +193,17 @@ impl Recorder {
         index: &str,
     ) -> Result<Stub, String> {
         let stub = Stub::connect(socket, name, index, self.clone()).await?;
-        let _ = self.runtime.set(stub.runtime.clone());
+        *self.runtime.lock().unwrap_or_else(|e| e.into_inner()) = Some(stub.runtime.clone());
         Ok(stub)
+    }
+
+    /// Disconnects `stub`, the connection [`Recorder::connect`] made.
+    pub async fn close(&self, stub: Stub) {
+        self.runtime
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        stub.close().await;
     }
 
     fn record(
@@ -253,7 +264,11 @@ impl api_ttrpc::Plugin for Recorder {
         let s = self.script();
         Ok(api::SynchronizeResponse {
             more: more && s.paged_sync,
-            update: if more { Vec::new() } else { s.sync_updates.clone() },
+            update: if more {
+                Vec::new()
+            } else {
+                s.sync_updates.clone()
+            },
             ..Default::default()
         })
     }
@@ -371,7 +386,12 @@ impl api_ttrpc::Plugin for Recorder {
         self.behave("UpdateContainer").await?;
         let call_back = self.script().call_back_on_update.clone();
         if !call_back.is_empty() {
-            let result = match self.runtime.get() {
+            let runtime = self
+                .runtime
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let result = match runtime {
                 Some(rt) => rt
                     .update_containers(
                         ttrpc::context::with_timeout(10_000_000_000),

@@ -466,7 +466,11 @@ mod tests {
                 vec![("p1", 10)],
                 vec![("big", 5000), ("c2", 10)],
                 1000,
-                vec![(vec!["p1"], vec![]), (vec![], vec!["big"]), (vec![], vec!["c2"])],
+                vec![
+                    (vec!["p1"], vec![]),
+                    (vec![], vec!["big"]),
+                    (vec![], vec!["c2"]),
+                ],
             ),
         ];
         for (i, (pods, ctrs, budget, want)) in cases.into_iter().enumerate() {
