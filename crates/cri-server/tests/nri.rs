@@ -79,14 +79,16 @@ async fn a_plugin_adjusts_the_containers_it_sees_created() {
         serde_json::json!(["10-adjuster"])
     );
     {
-        let seen = plugin.seen.lock().unwrap();
+        let seen = plugin.plugin.seen();
         let conf = seen.configured.as_ref().unwrap();
         assert_eq!(conf.runtime_name, "crius");
         assert_eq!(conf.request_timeout, 2000);
         assert_eq!(conf.registration_timeout, 5000);
-        let (pods, containers) = seen.synced.clone().unwrap();
-        assert_eq!(pods, vec![pod_id.clone()]);
-        assert_eq!(containers, vec![plain.clone()]);
+        let sync = &seen.syncs[0];
+        let pods: Vec<&str> = sync.pods.iter().map(|p| p.id.as_str()).collect();
+        let containers: Vec<&str> = sync.containers.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(pods, [pod_id.as_str()]);
+        assert_eq!(containers, [plain.as_str()]);
     }
 
     let id = run(
@@ -97,10 +99,8 @@ async fn a_plugin_adjusts_the_containers_it_sees_created() {
         container("adjusted", &image, &["/bin/busybox", "sleep", "3600"]),
     )
     .await;
-    assert_eq!(
-        plugin.seen.lock().unwrap().created,
-        [("nri-adjust".to_string(), "adjusted".to_string())]
-    );
+    assert_eq!(plugin.plugin.seen().trail(), ["CreateContainer adjusted"]);
+    assert_eq!(plugin.plugin.seen().events[0].pod.name, "nri-adjust");
     // In the spec ...
     let spec = spec_of(&env, &id);
     assert_eq!(spec["annotations"]["nri.test/plugin"], "adjuster");
@@ -130,7 +130,7 @@ async fn a_plugin_adjusts_the_containers_it_sees_created() {
     assert!(line.starts_with("tmpfs /nri-test tmpfs "), "{line}");
     assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
 
-    plugin.stub.close().await;
+    plugin.close().await;
     teardown(&env, &mut rt, &pod_id, uid).await;
 }
 
@@ -159,7 +159,7 @@ async fn a_silent_plugin_delays_creation_by_at_most_the_request_timeout() {
     )
     .await;
     let took = t.elapsed();
-    assert_eq!(plugin.seen.lock().unwrap().created.len(), 1);
+    assert_eq!(plugin.plugin.seen().events.len(), 1);
     // Waited for the plugin (2 s, the default) and no longer.
     assert!(took >= Duration::from_secs(2), "{took:?}");
     assert!(
@@ -184,7 +184,7 @@ async fn a_silent_plugin_delays_creation_by_at_most_the_request_timeout() {
         container("unwaited", &image, &["/bin/busybox", "sleep", "3600"]),
     )
     .await;
-    assert_eq!(plugin.seen.lock().unwrap().created.len(), 1);
+    assert_eq!(plugin.plugin.seen().events.len(), 1);
 
     teardown(&env, &mut rt, &pod_id, uid).await;
 }

@@ -442,7 +442,8 @@ mod tests {
         // (pods (id, padding), containers (id, padding), budget) -> the
         // ids on each page.
         type Page = (Vec<&'static str>, Vec<&'static str>);
-        let cases: Vec<(Vec<(&str, usize)>, Vec<(&str, usize)>, usize, Vec<Page>)> = vec![
+        type Objects = Vec<(&'static str, usize)>;
+        let cases: Vec<(Objects, Objects, usize, Vec<Page>)> = vec![
             (vec![], vec![], 1000, vec![(vec![], vec![])]),
             (
                 vec![("p1", 10), ("p2", 10)],

@@ -792,6 +792,8 @@ pub async fn start(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
 async fn start_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
     let mut timeline = Timeline::start();
     let record = daemon.store.get_container(id).map_err(store_status)?;
+    // Before the lock: a plugin may update this container meanwhile.
+    crate::nri::events::start_container(daemon, &record).await?;
     let id = record.metadata.id.clone();
     let _lock = daemon.locks.lock(&id).await;
     let record = daemon.store.get_container(&id).map_err(store_status)?;
