@@ -130,7 +130,12 @@ pub fn container(c: &ContainerRecord, spec: Option<&serde_json::Value>) -> api::
     api::Container {
         id: c.metadata.id.clone(),
         pod_sandbox_id: c.metadata.sandbox_id.clone(),
-        name: c.metadata.name.clone(),
+        // The CRI name (the record's `name` is the reserved unique one).
+        name: if c.metadata.container_name.is_empty() {
+            c.metadata.name.clone()
+        } else {
+            c.metadata.container_name.clone()
+        },
         state: match c.status.state {
             ContainerState::Created => api::ContainerState::CONTAINER_CREATED,
             ContainerState::Running => api::ContainerState::CONTAINER_RUNNING,
@@ -714,7 +719,8 @@ mod tests {
             ContainerMetadata {
                 id: "c1".into(),
                 sandbox_id: "p1".into(),
-                name: "app".into(),
+                name: "k8s_app_web_default_u1_0".into(),
+                container_name: "app".into(),
                 image_ref: "busybox:latest".into(),
                 labels: [("l".to_string(), "1".to_string())].into(),
                 annotations: [("from".to_string(), "cri".to_string())].into(),
