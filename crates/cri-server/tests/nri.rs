@@ -322,6 +322,37 @@ async fn a_plugin_sees_the_lifecycle_in_order_and_updates_cpu_shares() {
     assert_eq!(cpu_shares(uid, &id), "128");
     assert_eq!(status_shares(&mut rt, &id).await, 128);
 
+    // An eviction stops the container.
+    let victim = run(
+        &env,
+        &mut rt,
+        &pod_id,
+        &pod,
+        container("victim", &image, &["/bin/busybox", "sleep", "3600"]),
+    )
+    .await;
+    let resp = plugin
+        .stub
+        .runtime
+        .update_containers(
+            ttrpc::context::with_timeout(10_000_000_000),
+            &crius_nri::api::UpdateContainersRequest {
+                evict: vec![crius_nri::api::ContainerEviction {
+                    container_id: victim.clone(),
+                    reason: "test".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(resp.failed.is_empty());
+    assert_eq!(
+        status_of(&mut rt, &victim).await.state,
+        k8s_cri::v1::ContainerState::ContainerExited as i32
+    );
+
     rt.stop_container(k8s_cri::v1::StopContainerRequest {
         container_id: id.clone(),
         timeout: 0,
@@ -334,8 +365,15 @@ async fn a_plugin_sees_the_lifecycle_in_order_and_updates_cpu_shares() {
     .await
     .unwrap();
     teardown(&env, &mut rt, &pod_id, uid).await;
+    let trail: Vec<String> = plugin
+        .plugin
+        .seen()
+        .trail()
+        .into_iter()
+        .filter(|e| !e.ends_with(" victim"))
+        .collect();
     assert_eq!(
-        plugin.plugin.seen().trail(),
+        trail,
         [
             "RunPodSandbox nri-events",
             "CreateContainer app",
