@@ -389,7 +389,7 @@ async fn a_plugin_sees_the_lifecycle_in_order_and_updates_cpu_shares() {
         ]
     );
     // Every call is in the metrics, by plugin and event.
-    let metrics = common::scrape_metrics(&metrics_addr).unwrap();
+    let metrics = common::scrape_metrics(&metrics_addr, Duration::from_secs(5)).unwrap();
     for event in ["RunPodSandbox", "UpdateContainer", "RemovePodSandbox"] {
         let want = format!(
             "crius_nri_requests_total{{event=\"{event}\",plugin=\"20-recorder\",result=\"ok\"}} 1"

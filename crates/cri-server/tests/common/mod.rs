@@ -260,11 +260,12 @@ pub fn free_metrics_addr() -> String {
     format!("127.0.0.1:{port}")
 }
 
-/// One GET /metrics on `addr`: the whole response, or what went wrong.
-pub fn scrape_metrics(addr: &str) -> std::io::Result<String> {
+/// One GET /metrics on `addr` (reads time out after `timeout`): the whole
+/// response, or what went wrong.
+pub fn scrape_metrics(addr: &str, timeout: std::time::Duration) -> std::io::Result<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    s.set_read_timeout(Some(timeout))?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: crius\r\nConnection: close\r\n\r\n")?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
