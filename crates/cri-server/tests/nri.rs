@@ -365,13 +365,25 @@ async fn a_plugin_sees_the_lifecycle_in_order_and_updates_cpu_shares() {
     .await
     .unwrap();
     teardown(&env, &mut rt, &pod_id, uid).await;
-    let trail: Vec<String> = plugin
+    let (victim_trail, trail): (Vec<String>, Vec<String>) = plugin
         .plugin
         .seen()
         .trail()
         .into_iter()
-        .filter(|e| !e.ends_with(" victim"))
-        .collect();
+        .partition(|e| e.ends_with(" victim"));
+    // The evicted container: told stopped once (by its exit), then removed
+    // with its pod.
+    assert_eq!(
+        victim_trail,
+        [
+            "CreateContainer victim",
+            "PostCreateContainer victim",
+            "StartContainer victim",
+            "PostStartContainer victim",
+            "StopContainer victim",
+            "RemoveContainer victim",
+        ]
+    );
     assert_eq!(
         trail,
         [

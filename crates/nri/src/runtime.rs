@@ -133,6 +133,9 @@ pub struct Nri {
     active: AtomicUsize,
     state: Arc<dyn StateSource>,
     observer: OnceLock<Arc<dyn Observer>>,
+    /// Per container, whether its StopContainer was sent (or is being
+    /// sent): it is sent once, until RemoveContainer.
+    stops: Mutex<std::collections::HashMap<String, Arc<tokio::sync::OnceCell<()>>>>,
 }
 
 /// A plugin's answer to CreateContainer: its adjustment.
@@ -160,6 +163,7 @@ impl Nri {
             active: AtomicUsize::new(0),
             state: state.clone(),
             observer: OnceLock::new(),
+            stops: Mutex::new(std::collections::HashMap::new()),
         });
         let weak = Arc::downgrade(&nri);
         tokio::spawn(async move {

@@ -672,3 +672,35 @@ async fn unsolicited_updates_need_a_registered_plugin_and_the_runtime_says_what_
         [s("10-pusher", "a", "2"), s("10-pusher", "b", "evict")]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_container_is_sent_once_per_container_until_removed() {
+    let (nri, socket, _dir) = start_with(Arc::default(), Duration::from_secs(2)).await;
+    // Its StopContainer answer carries one update.
+    let p = Recorder::new(Script {
+        updates: vec![update("other", 2, false)],
+        ..Default::default()
+    });
+    let _p = p.connect(&socket, "once", "10").await.unwrap();
+    wait_for(&nri, 1).await;
+    let (pod, ctr) = pod_and_container();
+    let (a, b) = tokio::join!(
+        nri.stop_container_once(&pod, &ctr),
+        nri.stop_container_once(&pod, &ctr)
+    );
+    // One of them sent it and got the updates; the other waited.
+    assert_eq!(a.len() + b.len(), 1);
+    assert!(nri.stop_container_once(&pod, &ctr).await.is_empty());
+    assert_eq!(p.seen().trail(), ["StopContainer nginx"]);
+    // After RemoveContainer the id may be a new container's: sent again.
+    nri.remove_container(&pod, &ctr).await;
+    assert_eq!(nri.stop_container_once(&pod, &ctr).await.len(), 1);
+    assert_eq!(
+        p.seen().trail(),
+        [
+            "StopContainer nginx",
+            "RemoveContainer nginx",
+            "StopContainer nginx"
+        ]
+    );
+}

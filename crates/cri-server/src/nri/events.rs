@@ -222,19 +222,48 @@ pub async fn run_pod_sandbox(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriEr
     Err(refused(refusal))
 }
 
-/// StopPodSandbox, once the containers of a pod that was ready are stopped.
+/// StopPodSandbox, once the containers of a pod that was ready are
+/// stopped (and the plugins told so, each once).
 pub async fn stop_pod_sandbox(daemon: &Arc<Daemon>, record: &SandboxRecord) {
     if record.status.state != SandboxState::Ready {
         return;
     }
-    if let Some(nri) = active(daemon) {
-        if let Some(pod) = pod_of(daemon, &record.metadata.id).await {
-            nri.stop_pod_sandbox(&pod).await;
+    let Some(nri) = active(daemon) else { return };
+    for c in daemon.store.list_sandbox_containers(&record.metadata.id) {
+        if c.status.state == ContainerState::Exited {
+            notify_stopped(daemon, &c.metadata.id).await;
         }
+    }
+    if let Some(pod) = pod_of(daemon, &record.metadata.id).await {
+        nri.stop_pod_sandbox(&pod).await;
     }
 }
 
-/// Runs `remove` (RemovePodSandbox of `id`), then tells the plugins.
+/// The pod `id` and its containers as plugins see them (off the async
+/// workers).
+async fn pod_and_containers(
+    daemon: &Arc<Daemon>,
+    id: &str,
+) -> Option<(api::PodSandbox, Vec<api::Container>)> {
+    let d = daemon.clone();
+    let id = id.to_string();
+    tokio::task::spawn_blocking(move || {
+        let s = d.store.get_sandbox(&id).ok()?;
+        let containers = d
+            .store
+            .list_sandbox_containers(&id)
+            .iter()
+            .map(|c| describe_container(&d, c))
+            .collect();
+        Some((describe_pod(&d, &s), containers))
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Runs `remove` (RemovePodSandbox of `id`), then tells the plugins: its
+/// containers stopped (those not told yet) and removed, then the pod.
 pub async fn removing_pod(
     daemon: &Arc<Daemon>,
     id: &str,
@@ -243,9 +272,14 @@ pub async fn removing_pod(
     let Some(nri) = active(daemon) else {
         return remove.await;
     };
-    let pod = pod_of(daemon, id).await;
+    let described = pod_and_containers(daemon, id).await;
     remove.await?;
-    if let Some(pod) = pod {
+    if let Some((pod, containers)) = described {
+        for ctr in &containers {
+            let updates = nri.stop_container_once(&pod, ctr).await;
+            nri.apply_updates(updates).await;
+            nri.remove_container(&pod, ctr).await;
+        }
         nri.remove_pod_sandbox(&pod).await;
     }
     Ok(())
@@ -364,31 +398,66 @@ pub async fn post_update_container(daemon: &Arc<Daemon>, id: &str, after: Option
     after.nri.apply_updates(after.others).await;
 }
 
-/// Runs `stop` (StopContainer of `id`); when the container was running,
-/// then tells the plugins and applies the updates their answers carry.
+/// StopContainer to the plugins for container `id`, unless they were told
+/// already (waits while another caller tells them); applies the updates
+/// their answers carry.
+async fn notify_stopped(daemon: &Arc<Daemon>, id: &str) {
+    let Some(nri) = active(daemon) else { return };
+    if let Some((pod, ctr)) = container_of(daemon, id).await {
+        let updates = nri.stop_container_once(&pod, &ctr).await;
+        nri.apply_updates(updates).await;
+    }
+}
+
+/// Runs `stop` (StopContainer of `id`); once the container has exited, the
+/// plugins have been told (StopContainer, once per container, whether the
+/// exit watcher or this call tells them).
 pub async fn stopping_container(
     daemon: &Arc<Daemon>,
     id: &str,
     stop: impl Future<Output = Result<(), CriError>>,
 ) -> Result<(), CriError> {
-    let Some(nri) = active(daemon) else {
-        return stop.await;
-    };
-    let running = daemon
-        .store
-        .get_container(id)
-        .is_ok_and(|c| c.status.state == ContainerState::Running);
     stop.await?;
-    if running {
-        if let Some((pod, ctr)) = container_of(daemon, id).await {
-            let updates = nri.stop_container(&pod, &ctr).await;
-            nri.apply_updates(updates).await;
-        }
+    if active(daemon).is_some()
+        && daemon
+            .store
+            .get_container(id)
+            .is_ok_and(|c| c.status.state == ContainerState::Exited)
+    {
+        notify_stopped(daemon, id).await;
     }
     Ok(())
 }
 
-/// Runs `remove` (RemoveContainer of `id`), then tells the plugins.
+/// A container's process exited (the store's transition to EXITED, on
+/// any path): StopContainer to the plugins, on a task of its own (the
+/// caller may hold the container's lock, which the plugins' updates take).
+pub fn container_exited(daemon: &Daemon, record: &ContainerRecord) {
+    let Some(nri) = active(daemon) else { return };
+    let Ok(sandbox) = daemon.store.get_sandbox(&record.metadata.sandbox_id) else {
+        return;
+    };
+    let pod = describe_pod(daemon, &sandbox);
+    let spec_path = crate::runtime::container::lifecycle::bundle_dir(daemon, &record.metadata.id)
+        .join("config.json");
+    let (nri, record) = (nri.clone(), record.clone());
+    tokio::spawn(async move {
+        let ctr = tokio::task::spawn_blocking(move || {
+            let spec = std::fs::read(spec_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+            container(&record, spec.as_ref())
+        })
+        .await;
+        if let Ok(ctr) = ctr {
+            let updates = nri.stop_container_once(&pod, &ctr).await;
+            nri.apply_updates(updates).await;
+        }
+    });
+}
+
+/// Runs `remove` (RemoveContainer of `id`), then tells the plugins (its
+/// stop first, if they were not told).
 pub async fn removing_container(
     daemon: &Arc<Daemon>,
     id: &str,
@@ -400,6 +469,8 @@ pub async fn removing_container(
     let described = container_of(daemon, id).await;
     remove.await?;
     if let Some((pod, ctr)) = described {
+        let updates = nri.stop_container_once(&pod, &ctr).await;
+        nri.apply_updates(updates).await;
         nri.remove_container(&pod, &ctr).await;
     }
     Ok(())

@@ -380,8 +380,38 @@ impl Nri {
             .collect()
     }
 
+    /// StopContainer once per container (until its RemoveContainer): the
+    /// first caller sends it and gets the plugins' updates; a concurrent
+    /// caller waits until it is sent, a later one returns at once, both
+    /// with no updates. Whoever saw the container stop calls this (an
+    /// exit, StopContainer, the pod's stop or removal): plugins hear of it
+    /// once, and before anything that waits for it.
+    pub async fn stop_container_once(
+        &self,
+        pod: &api::PodSandbox,
+        ctr: &api::Container,
+    ) -> Vec<PluginUpdates> {
+        let cell = self
+            .stops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(ctr.id.clone())
+            .or_default()
+            .clone();
+        let mut updates = Vec::new();
+        cell.get_or_init(|| async {
+            updates = self.stop_container(pod, ctr).await;
+        })
+        .await;
+        updates
+    }
+
     /// RemoveContainer, once the container is removed.
     pub async fn remove_container(&self, pod: &api::PodSandbox, ctr: &api::Container) {
+        self.stops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ctr.id);
         let req = &api::RemoveContainerRequest {
             pod: Some(pod.clone()).into(),
             container: Some(ctr.clone()).into(),

@@ -741,7 +741,8 @@ pub async fn record_exit(
     daemon.exited.notify_waiters();
     match r {
         Ok(Ok((record, true))) => {
-            super::events::emit(daemon, &record, ContainerEventType::ContainerStoppedEvent)
+            super::events::emit(daemon, &record, ContainerEventType::ContainerStoppedEvent);
+            crate::nri::events::container_exited(daemon, &record);
         }
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::warn!(container = id, error = %e, "cannot record exit"),
