@@ -46,6 +46,10 @@ pub struct Metrics {
     pub pod_phases: HistogramVec,
     /// Container start-up phases.
     pub container_phases: HistogramVec,
+    /// Calls to NRI plugins by plugin, event and result (`ok`, `error`).
+    pub nri_requests: IntCounterVec,
+    /// NRI plugin call latency by plugin and event.
+    pub nri_latency: HistogramVec,
 }
 
 /// Latency buckets from 1 ms to ~2 min.
@@ -118,6 +122,23 @@ impl Metrics {
             "Duration of each container start-up phase",
             "phase",
         )?;
+        let nri_requests = IntCounterVec::new(
+            Opts::new(
+                "nri_requests_total",
+                "Calls to NRI plugins, by plugin, event and result",
+            ),
+            &["plugin", "event", "result"],
+        )?;
+        let nri_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "nri_request_duration_seconds",
+                "NRI plugin call latency, by plugin and event",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["plugin", "event"],
+        )?;
+        registry.register(Box::new(nri_requests.clone()))?;
+        registry.register(Box::new(nri_latency.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(latency.clone()))?;
@@ -148,6 +169,8 @@ impl Metrics {
             execs,
             pod_phases,
             container_phases,
+            nri_requests,
+            nri_latency,
         })
     }
 
@@ -208,6 +231,18 @@ impl Metrics {
             tracing::warn!(error = %e, "cannot encode metrics");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl crius_nri::runtime::Observer for Metrics {
+    fn observe(&self, plugin: &str, event: &str, took: std::time::Duration, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.nri_requests
+            .with_label_values(&[plugin, event, result])
+            .inc();
+        self.nri_latency
+            .with_label_values(&[plugin, event])
+            .observe(took.as_secs_f64());
     }
 }
 
@@ -504,6 +539,36 @@ mod tests {
             assert_eq!(method_name(path), want);
         }
         assert_eq!(code_name(tonic::Code::InvalidArgument), "InvalidArgument");
+    }
+
+    #[test]
+    fn nri_calls_by_plugin_and_event() {
+        use crius_nri::runtime::Observer;
+        use std::time::Duration;
+        let metrics = Metrics::new().unwrap();
+        // (plugin, event, took, ok)
+        let calls = [
+            ("10-a", "RunPodSandbox", 3, true),
+            ("10-a", "RunPodSandbox", 30, true),
+            ("10-a", "StartContainer", 1, false),
+            ("20-b", "RunPodSandbox", 2000, false),
+        ];
+        for (p, e, ms, ok) in calls {
+            metrics.observe(p, e, Duration::from_millis(ms), ok);
+        }
+        let text = metrics.render();
+        for want in [
+            r#"crius_nri_requests_total{event="RunPodSandbox",plugin="10-a",result="ok"} 2"#,
+            r#"crius_nri_requests_total{event="StartContainer",plugin="10-a",result="error"} 1"#,
+            r#"crius_nri_requests_total{event="RunPodSandbox",plugin="20-b",result="error"} 1"#,
+            r#"crius_nri_request_duration_seconds_count{event="RunPodSandbox",plugin="10-a"} 2"#,
+            r#"crius_nri_request_duration_seconds_sum{event="RunPodSandbox",plugin="10-a"} 0.033"#,
+            r#"crius_nri_request_duration_seconds_bucket{event="RunPodSandbox",plugin="20-b",le="1"} 0"#,
+            r#"crius_nri_request_duration_seconds_bucket{event="RunPodSandbox",plugin="20-b",le="2.5"} 1"#,
+        ] {
+            assert!(text.contains(want), "{want} not in\n{text}");
+        }
+        assert!(!text.contains(r#"plugin="20-b",result="ok""#), "{text}");
     }
 
     #[tokio::test]

@@ -1,14 +1,17 @@
 //! criusd's side of NRI: starts listening for plugins (`[nri]`), gives
 //! them the daemon's pods and containers when they synchronize, and runs
-//! their CreateContainer adjustments on a new container's spec.
+//! their CreateContainer adjustments on a new container's spec; the other
+//! events and plugins' updates are in [`events`].
 //!
 //! With no plugin connected, container creation pays one atomic load.
+
+pub mod events;
 
 use std::sync::{Arc, Weak};
 
 use crius_nri::api;
-use crius_nri::runtime::{Nri, Options, StateSource};
-use crius_store::{ContainerState, SandboxRecord};
+use crius_nri::runtime::{Nri, Options, StateSource, UpdateFuture};
+use crius_store::SandboxRecord;
 
 use crate::daemon::Daemon;
 use crate::errors::{internal, spec_status, CriError};
@@ -41,7 +44,7 @@ pub async fn start(daemon: &Arc<Daemon>) {
     let state: Arc<dyn StateSource> = Arc::new(DaemonState(Arc::downgrade(daemon)));
     let nri = if config.nri.disable_connections {
         tracing::info!("NRI: connections from plugins disabled");
-        Nri::new(opts)
+        Nri::new(opts, state.clone())
     } else {
         match Nri::listen(opts, state.clone()).await {
             Ok(nri) => {
@@ -54,13 +57,11 @@ pub async fn start(daemon: &Arc<Daemon>) {
             }
         }
     };
+    // Before any plugin registers: its Configure and Synchronize count.
+    nri.set_observer(daemon.metrics.clone());
     let _ = daemon.nri.set(nri.clone());
     let started = nri
-        .start_preinstalled(
-            &config.nri.plugin_path,
-            &config.nri.plugin_config_path,
-            state,
-        )
+        .start_preinstalled(&config.nri.plugin_path, &config.nri.plugin_config_path)
         .await;
     if !started.is_empty() {
         tracing::info!(plugins = ?started, "NRI pre-started plugins registered");
@@ -81,29 +82,31 @@ impl StateSource for DaemonState {
         let Some(daemon) = self.0.upgrade() else {
             return (Vec::new(), Vec::new());
         };
-        let pods = daemon.store.list_sandboxes().iter().map(pod).collect();
+        let pods = daemon
+            .store
+            .list_sandboxes()
+            .iter()
+            .map(|s| events::describe_pod(&daemon, s))
+            .collect();
         let containers = daemon
             .store
             .list_containers()
-            .into_iter()
-            .map(|c| api::Container {
-                id: c.metadata.id.clone(),
-                pod_sandbox_id: c.metadata.sandbox_id.clone(),
-                name: c.metadata.name.clone(),
-                state: match c.status.state {
-                    ContainerState::Created => api::ContainerState::CONTAINER_CREATED,
-                    ContainerState::Running => api::ContainerState::CONTAINER_RUNNING,
-                    ContainerState::Exited => api::ContainerState::CONTAINER_STOPPED,
-                    _ => api::ContainerState::CONTAINER_UNKNOWN,
-                }
-                .into(),
-                labels: c.metadata.labels.clone().into_iter().collect(),
-                annotations: c.metadata.annotations.clone().into_iter().collect(),
-                pid: c.status.pid.unwrap_or(0),
-                ..Default::default()
-            })
+            .iter()
+            .map(|c| events::describe_container(&daemon, c))
             .collect();
         (pods, containers)
+    }
+
+    fn update_containers(
+        &self,
+        plugin: String,
+        update: Vec<api::ContainerUpdate>,
+        evict: Vec<api::ContainerEviction>,
+    ) -> UpdateFuture {
+        let Some(daemon) = self.0.upgrade() else {
+            return Box::pin(async move { update });
+        };
+        Box::pin(events::apply_updates(daemon, plugin, update, evict))
     }
 }
 
@@ -117,6 +120,44 @@ pub fn pod(s: &SandboxRecord) -> api::PodSandbox {
         labels: s.metadata.labels.clone().into_iter().collect(),
         annotations: s.metadata.annotations.clone().into_iter().collect(),
         runtime_handler: s.metadata.runtime_handler.clone(),
+        pid: s.status.pid.unwrap_or(0),
+        ips: s
+            .status
+            .ip
+            .iter()
+            .chain(&s.status.additional_ips)
+            .cloned()
+            .collect(),
+        linux: Some(pod_linux(s)).into(),
+        ..Default::default()
+    }
+}
+
+/// The Linux part of a pod's description: its cgroup parent, resources
+/// and overhead (as kubelet gave them) and the namespaces it holds.
+fn pod_linux(s: &SandboxRecord) -> api::LinuxPodSandbox {
+    let linux = crate::runtime::sandbox::status::stored_config(s)
+        .linux
+        .unwrap_or_default();
+    let namespaces = [
+        ("network", &s.status.netns_path),
+        ("ipc", &s.status.ipc_path),
+        ("uts", &s.status.uts_path),
+    ]
+    .into_iter()
+    .filter_map(|(kind, path)| {
+        Some(api::LinuxNamespace {
+            type_: kind.into(),
+            path: path.clone()?,
+            ..Default::default()
+        })
+    })
+    .collect();
+    api::LinuxPodSandbox {
+        cgroup_parent: linux.cgroup_parent.clone(),
+        pod_resources: linux.resources.as_ref().map(events::cri_to_nri).into(),
+        pod_overhead: linux.overhead.as_ref().map(events::cri_to_nri).into(),
+        namespaces,
         ..Default::default()
     }
 }

@@ -406,16 +406,6 @@ fn config_default_prints_a_loadable_full_config() {
     assert!(shown.contains("socket = \"/tmp/other.sock\""), "{shown}");
 }
 
-fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to metrics");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: crius\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_calls_and_errors() {
     let tmp = tempfile::tempdir().unwrap();
@@ -443,7 +433,8 @@ async fn metrics_count_calls_and_errors() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    let body = scrape(&addr);
+    let body =
+        common::scrape_metrics(&addr, std::time::Duration::from_secs(30)).expect("GET /metrics");
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(
         body.contains("crius_cri_requests_total{method=\"RuntimeService/Version\"} 3"),

@@ -11,7 +11,6 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ExecSyncRequest, ListPodSandboxRequest, NamespaceMode, NamespaceOption, VersionRequest,
 };
-use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,16 +26,6 @@ fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
-}
-
-/// One GET /metrics; the response, or what went wrong.
-fn scrape(addr: &str) -> std::io::Result<String> {
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: crius\r\nConnection: close\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
 }
 
 /// 1200 idle TCP connections to the metrics port (fewer if this process
@@ -78,7 +67,9 @@ async fn idle_metrics_connections_do_not_starve_the_daemon() {
         )
     };
     assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
-    assert!(scrape(&addr).unwrap().starts_with("HTTP/1.1 200"));
+    assert!(common::scrape_metrics(&addr, Duration::from_secs(2))
+        .unwrap()
+        .starts_with("HTTP/1.1 200"));
 
     let mut own = libc::rlimit {
         rlim_cur: 0,
@@ -133,7 +124,7 @@ async fn idle_metrics_connections_do_not_starve_the_daemon() {
     // s) or right away if a slot is free.
     let started = Instant::now();
     let body = loop {
-        match scrape(&addr) {
+        match common::scrape_metrics(&addr, Duration::from_secs(2)) {
             Ok(b) if b.starts_with("HTTP/1.1 200") => break b,
             _ => {}
         }

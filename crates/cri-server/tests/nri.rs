@@ -2,15 +2,23 @@
 //! criusd's NRI socket registers, is synchronized with the pods that exist,
 //! and adjusts a container as it is created (env, annotation, mount); a
 //! plugin that never answers delays CreateContainer by at most the request
-//! timeout and is dropped; a plugin criusd starts from its plugin
-//! directory gets its configuration, adjusts containers, and is stopped
-//! with the daemon.
+//! timeout and is dropped; a plugin sees a pod's and a container's
+//! lifecycle events in order, changes an update and lowers a running
+//! container's CPU shares by itself (UpdateContainers); a plugin's error
+//! on RunPodSandbox fails and removes the pod; a plugin criusd starts
+//! from its plugin directory gets its configuration, adjusts containers,
+//! and is stopped with the daemon.
 
 mod common;
 
-use common::nri::{assert_no_process_of, install_test_plugin, processes_of, Behaviour, TestPlugin};
+use common::nri::{
+    assert_no_process_of, cpu_shares_update, install_test_plugin, processes_of, Behaviour,
+    TestPlugin,
+};
 use common::pod::*;
 use common::registry::is_root;
+use crius_nri::stub::Script;
+use k8s_cri::v1::{LinuxContainerResources, UpdateContainerResourcesRequest};
 use std::time::{Duration, Instant};
 
 /// The tests of this file run one at a time: the `Leftovers` guard of one
@@ -81,14 +89,16 @@ async fn a_plugin_adjusts_the_containers_it_sees_created() {
         serde_json::json!(["10-adjuster"])
     );
     {
-        let seen = plugin.seen.lock().unwrap();
+        let seen = plugin.plugin.seen();
         let conf = seen.configured.as_ref().unwrap();
         assert_eq!(conf.runtime_name, "crius");
         assert_eq!(conf.request_timeout, 2000);
         assert_eq!(conf.registration_timeout, 5000);
-        let (pods, containers) = seen.synced.clone().unwrap();
-        assert_eq!(pods, vec![pod_id.clone()]);
-        assert_eq!(containers, vec![plain.clone()]);
+        let sync = &seen.syncs[0];
+        let pods: Vec<&str> = sync.pods.iter().map(|p| p.id.as_str()).collect();
+        let containers: Vec<&str> = sync.containers.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(pods, [pod_id.as_str()]);
+        assert_eq!(containers, [plain.as_str()]);
     }
 
     let id = run(
@@ -99,10 +109,8 @@ async fn a_plugin_adjusts_the_containers_it_sees_created() {
         container("adjusted", &image, &["/bin/busybox", "sleep", "3600"]),
     )
     .await;
-    assert_eq!(
-        plugin.seen.lock().unwrap().created,
-        [("nri-adjust".to_string(), "adjusted".to_string())]
-    );
+    assert_eq!(plugin.plugin.seen().trail(), ["CreateContainer adjusted"]);
+    assert_eq!(plugin.plugin.seen().events[0].pod.name, "nri-adjust");
     // In the spec ...
     let spec = spec_of(&env, &id);
     assert_eq!(spec["annotations"]["nri.test/plugin"], "adjuster");
@@ -132,7 +140,7 @@ async fn a_plugin_adjusts_the_containers_it_sees_created() {
     assert!(line.starts_with("tmpfs /nri-test tmpfs "), "{line}");
     assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
 
-    plugin.stub.close().await;
+    plugin.close().await;
     teardown(&env, &mut rt, &pod_id, uid).await;
 }
 
@@ -161,7 +169,7 @@ async fn a_silent_plugin_delays_creation_by_at_most_the_request_timeout() {
     )
     .await;
     let took = t.elapsed();
-    assert_eq!(plugin.seen.lock().unwrap().created.len(), 1);
+    assert_eq!(plugin.plugin.seen().events.len(), 1);
     // Waited for the plugin (2 s, the default) and no longer.
     assert!(took >= Duration::from_secs(2), "{took:?}");
     assert!(
@@ -186,9 +194,248 @@ async fn a_silent_plugin_delays_creation_by_at_most_the_request_timeout() {
         container("unwaited", &image, &["/bin/busybox", "sleep", "3600"]),
     )
     .await;
-    assert_eq!(plugin.seen.lock().unwrap().created.len(), 1);
+    assert_eq!(plugin.plugin.seen().events.len(), 1);
 
     teardown(&env, &mut rt, &pod_id, uid).await;
+}
+
+/// The CPU shares of container `id` of pod `uid`, from its cgroup (v1).
+fn cpu_shares(uid: &str, id: &str) -> String {
+    let path = std::path::Path::new("/sys/fs/cgroup/cpu")
+        .join(common::pod::cg_root())
+        .join(format!("pod{uid}"))
+        .join(id)
+        .join("cpu.shares");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_string()
+}
+
+async fn status_shares(rt: &mut Rt, id: &str) -> i64 {
+    status_of(rt, id)
+        .await
+        .resources
+        .and_then(|r| r.linux)
+        .map(|l| l.cpu_shares)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_sees_the_lifecycle_in_order_and_updates_cpu_shares() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let metrics_addr = common::free_metrics_addr();
+    let env = Env::start_with(
+        "nri-events",
+        &format!("[metrics]\naddress = \"{metrics_addr}\"\n"),
+    );
+    let image = env.pull_busybox().await;
+    let mut rt = env.daemon.runtime().await;
+    // Subscribed to every event.
+    let plugin = TestPlugin::scripted(&env.daemon, "recorder", "20", Script::default()).await;
+    let uid = "nri-events-uid";
+    let pod = pod("nri-events", uid);
+    let pod_id = run_pod(&env, &mut rt, &pod).await;
+    let mut c = container("app", &image, &["/bin/busybox", "sleep", "3600"]);
+    c.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
+        cpu_shares: 1024,
+        ..Default::default()
+    });
+    let id = run(&env, &mut rt, &pod_id, &pod, c).await;
+    assert_eq!(cpu_shares(uid, &id), "1024");
+    {
+        let seen = plugin.plugin.seen();
+        let run = &seen.of("RunPodSandbox")[0].pod;
+        assert_eq!((run.id.as_str(), run.uid.as_str()), (pod_id.as_str(), uid));
+        assert!(
+            run.linux
+                .namespaces
+                .iter()
+                .any(|n| n.type_ == "network" && !n.path.is_empty()),
+            "{run:?}"
+        );
+        assert!(run.linux.cgroups_path.contains(&pod_id), "{run:?}");
+        let started = seen.of("PostStartContainer")[0].container.clone().unwrap();
+        assert_eq!(started.id, id);
+        assert_eq!(
+            started.state.enum_value_or_default(),
+            crius_nri::api::ContainerState::CONTAINER_RUNNING
+        );
+        assert!(started.pid > 0);
+        assert!(started.linux.cgroups_path.ends_with(&id), "{started:?}");
+        assert_eq!(started.linux.resources.cpu.shares.value, 1024);
+        assert_eq!(started.args, ["/bin/busybox", "sleep", "3600"]);
+    }
+
+    // UpdateContainerResources asks for 512; the plugin, asked, first sets
+    // 200 itself (UpdateContainers, back into criusd while criusd waits for
+    // its answer: no deadlock, no timeout), then answers 300, which wins.
+    {
+        let mut script = plugin.plugin.script();
+        script.call_back_on_update = vec![cpu_shares_update(&id, 200)];
+        script.updates = vec![cpu_shares_update(&id, 300)];
+    }
+    let t = Instant::now();
+    rt.update_container_resources(UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(LinuxContainerResources {
+            cpu_shares: 512,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("UpdateContainerResources: {e:?}\n{}", env.daemon.log_text()));
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    {
+        let seen = plugin.plugin.seen();
+        assert_eq!(seen.call_backs, [Ok(vec![])]);
+        let asked = seen.of("UpdateContainer")[0].resources.clone().unwrap();
+        assert_eq!(asked.cpu.shares.value, 512);
+    }
+    assert_eq!(cpu_shares(uid, &id), "300");
+    assert_eq!(status_shares(&mut rt, &id).await, 300);
+    {
+        let mut script = plugin.plugin.script();
+        script.call_back_on_update.clear();
+        script.updates.clear();
+    }
+
+    // Unsolicited: the plugin lowers the running container's shares.
+    let resp = plugin
+        .stub
+        .runtime
+        .update_containers(
+            ttrpc::context::with_timeout(10_000_000_000),
+            &crius_nri::api::UpdateContainersRequest {
+                update: vec![cpu_shares_update(&id, 128), cpu_shares_update("nosuch", 2)],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let failed: Vec<&str> = resp
+        .failed
+        .iter()
+        .map(|u| u.container_id.as_str())
+        .collect();
+    assert_eq!(failed, ["nosuch"]);
+    assert_eq!(cpu_shares(uid, &id), "128");
+    assert_eq!(status_shares(&mut rt, &id).await, 128);
+
+    // An eviction stops the container.
+    let victim = run(
+        &env,
+        &mut rt,
+        &pod_id,
+        &pod,
+        container("victim", &image, &["/bin/busybox", "sleep", "3600"]),
+    )
+    .await;
+    let resp = plugin
+        .stub
+        .runtime
+        .update_containers(
+            ttrpc::context::with_timeout(10_000_000_000),
+            &crius_nri::api::UpdateContainersRequest {
+                evict: vec![crius_nri::api::ContainerEviction {
+                    container_id: victim.clone(),
+                    reason: "test".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(resp.failed.is_empty());
+    assert_eq!(
+        status_of(&mut rt, &victim).await.state,
+        k8s_cri::v1::ContainerState::ContainerExited as i32
+    );
+
+    rt.stop_container(k8s_cri::v1::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    rt.remove_container(k8s_cri::v1::RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    teardown(&env, &mut rt, &pod_id, uid).await;
+    let (victim_trail, trail): (Vec<String>, Vec<String>) = plugin
+        .plugin
+        .seen()
+        .trail()
+        .into_iter()
+        .partition(|e| e.ends_with(" victim"));
+    // The evicted container: told stopped once (by its exit), then removed
+    // with its pod.
+    assert_eq!(
+        victim_trail,
+        [
+            "CreateContainer victim",
+            "PostCreateContainer victim",
+            "StartContainer victim",
+            "PostStartContainer victim",
+            "StopContainer victim",
+            "RemoveContainer victim",
+        ]
+    );
+    assert_eq!(
+        trail,
+        [
+            "RunPodSandbox nri-events",
+            "CreateContainer app",
+            "PostCreateContainer app",
+            "StartContainer app",
+            "PostStartContainer app",
+            "UpdateContainer app",
+            "PostUpdateContainer app",
+            "StopContainer app",
+            "RemoveContainer app",
+            "StopPodSandbox nri-events",
+            "RemovePodSandbox nri-events",
+        ]
+    );
+    // Every call is in the metrics, by plugin and event.
+    let metrics = common::scrape_metrics(&metrics_addr, Duration::from_secs(5)).unwrap();
+    for event in ["RunPodSandbox", "UpdateContainer", "RemovePodSandbox"] {
+        let want = format!(
+            "crius_nri_requests_total{{event=\"{event}\",plugin=\"20-recorder\",result=\"ok\"}} 1"
+        );
+        assert!(metrics.contains(&want), "{want} not in\n{metrics}");
+    }
+
+    // A plugin's error on RunPodSandbox fails the pod, which is removed.
+    plugin.plugin.script().fail = vec!["RunPodSandbox"];
+    let refused_uid = "nri-refused-uid";
+    let err = rt
+        .run_pod_sandbox(k8s_cri::v1::RunPodSandboxRequest {
+            config: Some(common::pod::pod("nri-refused", refused_uid)),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("20-recorder"), "{err:?}");
+    let pods = rt
+        .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "{pods:?}");
+    assert!(cgroup_dirs(refused_uid).is_empty());
+    remove_cgroup_parents(refused_uid);
+    plugin.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

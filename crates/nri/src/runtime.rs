@@ -2,15 +2,18 @@
 //! plugins that connect, configures and synchronizes them, and calls the
 //! subscribed ones, in index order, when a container is created.
 //!
-//! A plugin that fails a call, answers late or disconnects is dropped (and
-//! logged); no call waits longer than the request timeout. With no plugin
-//! connected, [`Nri::has_plugins`] is one atomic load, so callers skip NRI
-//! entirely on their hot path.
+//! A plugin that answers late or disconnects is dropped (and logged); no
+//! call waits longer than the request timeout. With no plugin connected,
+//! [`Nri::has_plugins`] is one atomic load, so callers skip NRI entirely on
+//! their hot path. The other events are in [`events`]; plugins' container
+//! updates and evictions go to the runtime through [`StateSource`].
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use ttrpc::asynchronous::transport::{Listener, Socket};
 use ttrpc::asynchronous::{Client, Server, TtrpcContext};
@@ -25,6 +28,8 @@ pub use prestart::{
     read_plugin_config, Discovered, MAX_PLUGIN_CONFIG, PLUGIN_IDX_ENV, PLUGIN_NAME_ENV,
     PLUGIN_SOCKET_ENV, PLUGIN_SOCKET_FD,
 };
+mod events;
+pub use events::{PluginUpdates, Refusal};
 
 /// The NRI protocol version criusd speaks (that of the vendored api.proto).
 pub const NRI_VERSION: &str = "v0.10.0";
@@ -32,6 +37,20 @@ pub const NRI_VERSION: &str = "v0.10.0";
 /// The bit of `event` in a plugin's subscription mask.
 pub fn event_bit(event: api::Event) -> i32 {
     1 << (event as i32 - 1)
+}
+
+/// Every event of the vendored API version (the bits below `LAST`'s).
+pub const ALL_EVENTS: i32 = (1 << (api::Event::LAST as i32 - 1)) - 1;
+
+/// A plugin's subscription from its Configure answer: none asked for
+/// means every event (as NRI has it); bits of events this API version does
+/// not have are refused.
+pub fn subscription(mask: i32) -> Result<i32, String> {
+    match mask {
+        0 => Ok(ALL_EVENTS),
+        m if m & !ALL_EVENTS != 0 => Err(format!("invalid plugin events: {:#x}", m & !ALL_EVENTS)),
+        m => Ok(m),
+    }
 }
 
 /// Settings of the NRI runtime side.
@@ -62,10 +81,54 @@ pub enum NriError {
     },
 }
 
-/// What the runtime currently runs, for a plugin's Synchronize.
+/// A boxed future of [`StateSource::update_containers`].
+pub type UpdateFuture = Pin<Box<dyn Future<Output = Vec<api::ContainerUpdate>> + Send>>;
+
+/// What the runtime currently runs, for a plugin's Synchronize, and where
+/// plugins' container updates and evictions go.
 pub trait StateSource: Send + Sync {
-    /// The pods and containers the runtime knows.
+    /// The pods and containers the runtime knows (called on the blocking
+    /// pool: it may read files).
     fn snapshot(&self) -> (Vec<api::PodSandbox>, Vec<api::Container>);
+
+    /// Applies updates to containers' resources and stops the evicted
+    /// containers, on behalf of `plugin`; returns the updates that failed
+    /// and were not marked `ignore_failure`. Must not send NRI events for
+    /// what it does (a plugin's update is not an UpdateContainer). The
+    /// default refuses every update.
+    fn update_containers(
+        &self,
+        plugin: String,
+        update: Vec<api::ContainerUpdate>,
+        evict: Vec<api::ContainerEviction>,
+    ) -> UpdateFuture {
+        let _ = (plugin, evict);
+        Box::pin(async move { update.into_iter().filter(|u| !u.ignore_failure).collect() })
+    }
+}
+
+/// Receives the duration and outcome of every call to a plugin, for metrics.
+pub trait Observer: Send + Sync {
+    /// `plugin` (`<index>-<name>`) answered `event` (`RunPodSandbox`, ...)
+    /// after `took`; `ok` is false for an error, a late answer or none.
+    fn observe(&self, plugin: &str, event: &str, took: Duration, ok: bool);
+}
+
+/// How a call to a plugin failed.
+#[derive(Debug)]
+enum CallError {
+    /// No answer in time, a closed or broken connection: the plugin goes.
+    Fatal(String),
+    /// The plugin answered with an error.
+    Refused(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Fatal(m) | CallError::Refused(m) => f.write_str(m),
+        }
+    }
 }
 
 struct Plugin {
@@ -90,6 +153,11 @@ pub struct Nri {
     opts: Options,
     plugins: Mutex<Vec<Arc<Plugin>>>,
     active: AtomicUsize,
+    state: Arc<dyn StateSource>,
+    observer: OnceLock<Arc<dyn Observer>>,
+    /// Per container, whether its StopContainer was sent (or is being
+    /// sent): it is sent once, until RemoveContainer.
+    stops: Mutex<std::collections::HashMap<String, Arc<tokio::sync::OnceCell<()>>>>,
 }
 
 /// A plugin's answer to CreateContainer: its adjustment.
@@ -111,7 +179,7 @@ impl Nri {
             source,
         };
         let listener = bind(&path).map_err(sock_err)?;
-        let nri = Nri::new(opts);
+        let nri = Nri::new(opts, state.clone());
         let weak = Arc::downgrade(&nri);
         tokio::spawn(async move {
             loop {
@@ -124,9 +192,8 @@ impl Nri {
                     }
                 };
                 let Some(nri) = weak.upgrade() else { return };
-                let state = state.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = nri.connect_plugin(stream, state, None).await {
+                    if let Err(e) = nri.connect_plugin(stream, None).await {
                         tracing::warn!(error = %e, "NRI plugin not admitted");
                     }
                 });
@@ -137,12 +204,20 @@ impl Nri {
 
     /// The runtime side without a socket: only pre-started plugins
     /// ([`Nri::start_preinstalled`]) can register (`disable_connections`).
-    pub fn new(opts: Options) -> Arc<Nri> {
+    pub fn new(opts: Options, state: Arc<dyn StateSource>) -> Arc<Nri> {
         Arc::new(Nri {
             opts,
             plugins: Mutex::new(Vec::new()),
             active: AtomicUsize::new(0),
+            state,
+            observer: OnceLock::new(),
+            stops: Mutex::new(std::collections::HashMap::new()),
         })
+    }
+
+    /// Sets where the duration of each plugin call is reported (once).
+    pub fn set_observer(&self, observer: Arc<dyn Observer>) {
+        let _ = self.observer.set(observer);
     }
 
     /// Whether any plugin is connected (one atomic load).
@@ -196,9 +271,9 @@ impl Nri {
     async fn connect_plugin(
         self: &Arc<Self>,
         stream: tokio::net::UnixStream,
-        state: Arc<dyn StateSource>,
         launched: Option<prestart::Identity>,
     ) -> Result<(), String> {
+        let state = self.state.clone();
         let (mut conns, closed) =
             mux::multiplex_watched(stream, &[PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN])
                 .map_err(|e| e.to_string())?;
@@ -207,10 +282,13 @@ impl Nri {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let service = Registrar {
             tx: Mutex::new(Some(tx)),
+            label: OnceLock::new(),
+            state: state.clone(),
         };
+        let service = Arc::new(service);
         let one = tokio_stream::once(Ok::<_, std::io::Error>(runtime_conn));
         let mut server = Server::new()
-            .register_service(api_ttrpc::create_runtime(Arc::new(service)))
+            .register_service(api_ttrpc::create_runtime(service.clone()))
             .add_listener(Listener::new(one));
         server.start().await.map_err(|e| e.to_string())?;
         let registered = async {
@@ -231,6 +309,8 @@ impl Nri {
                 (index, reg.plugin_name, String::new(), None)
             }
         };
+        let label = format!("{index}-{name}");
+        let _ = service.label.set(label.clone());
         let client = api_ttrpc::PluginClient::new(Client::new(Socket::new(plugin_conn)));
         let configure = api::ConfigureRequest {
             runtime_name: self.opts.runtime_name.clone(),
@@ -241,24 +321,35 @@ impl Nri {
             config,
             ..Default::default()
         };
-        let label = format!("{index}-{name}");
         let configured = self
-            .call(client.configure(self.ctx(), &configure))
+            .invoke(
+                &label,
+                "Configure",
+                client.configure(self.ctx(), &configure),
+            )
             .await
             .map_err(|e| format!("{label}: Configure: {e}"))?;
-        let (pods, containers) = state.snapshot();
-        let sync = api::SynchronizeRequest {
-            pods,
-            containers,
-            ..Default::default()
-        };
-        self.call(client.synchronize(self.ctx(), &sync))
+        let events = subscription(configured.events).map_err(|e| format!("{label}: {e}"))?;
+        let source = state.clone();
+        let (pods, containers) = tokio::task::spawn_blocking(move || source.snapshot())
+            .await
+            .map_err(|e| format!("{label}: state: {e}"))?;
+        let updates = self
+            .synchronize(&label, &client, pods, containers)
             .await
             .map_err(|e| format!("{label}: Synchronize: {e}"))?;
+        if !updates.is_empty() {
+            let failed = state
+                .update_containers(label.clone(), updates, Vec::new())
+                .await;
+            if !failed.is_empty() {
+                tracing::warn!(plugin = %label, failed = failed.len(), "NRI: updates asked for in Synchronize failed");
+            }
+        }
         let plugin = Arc::new(Plugin {
             name,
             index,
-            events: configured.events,
+            events,
             client,
             server: Mutex::new(Some(server)),
             process,
@@ -278,21 +369,42 @@ impl Nri {
             list.insert(at, plugin.clone());
             self.active.fetch_add(1, Ordering::AcqRel);
         }
-        tracing::info!(plugin = %label, events = configured.events, "NRI plugin registered");
+        tracing::info!(plugin = %label, events, "NRI plugin registered");
         Ok(())
     }
 
-    /// One call bounded by the request timeout (the ttrpc deadline is the
-    /// same; this also covers a peer that never reads).
-    async fn call<T>(
+    /// One call to `plugin` bounded by the request timeout (the ttrpc
+    /// deadline is the same; this also covers a peer that never reads),
+    /// reported to the observer.
+    async fn invoke<T>(
         &self,
-        fut: impl std::future::Future<Output = ttrpc::Result<T>>,
-    ) -> Result<T, String> {
-        match tokio::time::timeout(self.opts.request_timeout, fut).await {
+        plugin: &str,
+        event: &str,
+        fut: impl Future<Output = ttrpc::Result<T>>,
+    ) -> Result<T, CallError> {
+        let started = Instant::now();
+        let out = match tokio::time::timeout(self.opts.request_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {:?}", self.opts.request_timeout)),
+            Ok(Err(ttrpc::Error::RpcStatus(s)))
+                if !matches!(
+                    s.code(),
+                    ttrpc::Code::DEADLINE_EXCEEDED
+                        | ttrpc::Code::UNAVAILABLE
+                        | ttrpc::Code::CANCELLED
+                ) =>
+            {
+                Err(CallError::Refused(s.message().to_string()))
+            }
+            Ok(Err(e)) => Err(CallError::Fatal(e.to_string())),
+            Err(_) => Err(CallError::Fatal(format!(
+                "no answer within {:?}",
+                self.opts.request_timeout
+            ))),
+        };
+        if let Some(o) = self.observer.get() {
+            o.observe(plugin, event, started.elapsed(), out.is_ok());
         }
+        out
     }
 
     /// CreateContainer to each subscribed plugin, in index order; their
@@ -314,7 +426,11 @@ impl Nri {
                 continue;
             }
             match self
-                .call(plugin.client.create_container(self.ctx(), &req))
+                .invoke(
+                    &plugin.label(),
+                    "CreateContainer",
+                    plugin.client.create_container(self.ctx(), &req),
+                )
                 .await
             {
                 Ok(resp) => {
@@ -360,9 +476,13 @@ fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
-/// The runtime's service on a plugin's connection: takes its registration.
+/// The runtime's service on a plugin's connection: takes its
+/// registration, then its unsolicited container updates.
 struct Registrar {
     tx: Mutex<Option<tokio::sync::oneshot::Sender<api::RegisterPluginRequest>>>,
+    /// `<index>-<name>`, once registered.
+    label: OnceLock<String>,
+    state: Arc<dyn StateSource>,
 }
 
 #[async_trait::async_trait]
@@ -384,7 +504,40 @@ impl api_ttrpc::Runtime for Registrar {
             ))),
         }
     }
+
+    /// A plugin's unsolicited updates and evictions: applied through the
+    /// runtime's own update path (not sent back to plugins as events).
+    async fn update_containers(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::UpdateContainersRequest,
+    ) -> ttrpc::Result<api::UpdateContainersResponse> {
+        let Some(label) = self.label.get().cloned() else {
+            return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                "plugin not registered",
+            )));
+        };
+        if req.update.len() + req.evict.len() > MAX_UPDATES {
+            return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                ttrpc::Code::INVALID_ARGUMENT,
+                format!("more than {MAX_UPDATES} updates and evictions"),
+            )));
+        }
+        tracing::info!(plugin = %label, updates = req.update.len(), evictions = req.evict.len(), "NRI: UpdateContainers");
+        let failed = self
+            .state
+            .update_containers(label, req.update, req.evict)
+            .await;
+        Ok(api::UpdateContainersResponse {
+            failed,
+            ..Default::default()
+        })
+    }
 }
+
+/// The most updates and evictions one UpdateContainers may carry.
+const MAX_UPDATES: usize = 4096;
 
 #[cfg(test)]
 mod tests {
@@ -398,6 +551,24 @@ mod tests {
             (api::Event::REMOVE_CONTAINER, 1 << 10),
         ] {
             assert_eq!(event_bit(e), bit, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn subscriptions() {
+        let create = event_bit(api::Event::CREATE_CONTAINER);
+        for (mask, want) in [
+            (0, Ok(0x3fff)),
+            (create, Ok(create)),
+            (0x3fff, Ok(0x3fff)),
+            (0x4000 | create, Err("0x4000")),
+            (-1, Err("invalid plugin events")),
+        ] {
+            match (subscription(mask), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{mask:#x}"),
+                (Err(e), Err(w)) => assert!(e.contains(w), "{mask:#x}: {e}"),
+                (got, want) => panic!("{mask:#x}: {got:?}, want {want:?}"),
+            }
         }
     }
 

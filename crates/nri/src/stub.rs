@@ -1,6 +1,7 @@
 //! The plugin side of an NRI connection, for plugins written in Rust (and
 //! the project's tests): connects to a runtime's NRI socket, serves the
-//! given `Plugin` service and registers.
+//! given `Plugin` service and registers; [`Recorder`], a plugin that
+//! records what it is told and answers by a script (the test plugin).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -178,6 +179,387 @@ fn socket_type(fd: i32) -> std::io::Result<i32> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(kind)
+}
+
+/// Makes a plugin's CreateContainer adjustment from the request.
+pub type AdjustFn =
+    Box<dyn Fn(&api::CreateContainerRequest) -> api::ContainerAdjustment + Send + Sync>;
+
+/// How a [`Recorder`] answers.
+pub struct Script {
+    /// The subscription mask sent in Configure (default: every event).
+    pub events: i32,
+    /// The CreateContainer adjustment (default: none).
+    pub adjust: Option<AdjustFn>,
+    /// Events (`"CreateContainer"`, ...) never answered.
+    pub hang: Vec<&'static str>,
+    /// Events answered with an error.
+    pub fail: Vec<&'static str>,
+    /// The updates answered to UpdateContainer and StopContainer.
+    pub updates: Vec<api::ContainerUpdate>,
+    /// The evictions answered to UpdateContainer.
+    pub evictions: Vec<api::ContainerEviction>,
+    /// The updates answered to the (last page of) Synchronize.
+    pub sync_updates: Vec<api::ContainerUpdate>,
+    /// Whether the plugin takes a Synchronize in pages (default: yes).
+    pub paged_sync: bool,
+    /// Sent as an unsolicited UpdateContainers from within the
+    /// UpdateContainer handler, before answering (its answer recorded).
+    pub call_back_on_update: Vec<api::ContainerUpdate>,
+}
+
+impl Default for Script {
+    fn default() -> Self {
+        Script {
+            events: (1..api::Event::LAST as i32).fold(0, |m, e| m | 1 << (e - 1)),
+            adjust: None,
+            hang: Vec::new(),
+            fail: Vec::new(),
+            updates: Vec::new(),
+            evictions: Vec::new(),
+            sync_updates: Vec::new(),
+            paged_sync: true,
+            call_back_on_update: Vec::new(),
+        }
+    }
+}
+
+/// One event a [`Recorder`] was told about.
+#[derive(Debug, Clone)]
+pub struct SeenEvent {
+    /// `RunPodSandbox`, `CreateContainer`, ...
+    pub event: &'static str,
+    /// The pod.
+    pub pod: api::PodSandbox,
+    /// The container, for container events.
+    pub container: Option<api::Container>,
+    /// The new resources of UpdateContainer.
+    pub resources: Option<api::LinuxResources>,
+}
+
+/// What a [`Recorder`] was told.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// The Configure request.
+    pub configured: Option<api::ConfigureRequest>,
+    /// Each Synchronize request (one per page).
+    pub syncs: Vec<api::SynchronizeRequest>,
+    /// The events, in arrival order.
+    pub events: Vec<SeenEvent>,
+    /// The answers to its own UpdateContainers calls (the failed updates,
+    /// or the error).
+    pub call_backs: Vec<Result<Vec<api::ContainerUpdate>, String>>,
+}
+
+impl Seen {
+    /// The events named `event`.
+    pub fn of(&self, event: &str) -> Vec<&SeenEvent> {
+        self.events.iter().filter(|e| e.event == event).collect()
+    }
+
+    /// `event container-name` (or `event pod-name`) of every event.
+    pub fn trail(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .map(|e| match &e.container {
+                Some(c) => format!("{} {}", e.event, c.name),
+                None => format!("{} {}", e.event, e.pod.name),
+            })
+            .collect()
+    }
+}
+
+/// A plugin that records what it is told and answers as its [`Script`]
+/// says: the test plugin of crius' tests, and an example of a plugin.
+pub struct Recorder {
+    script: Mutex<Script>,
+    seen: Mutex<Seen>,
+    // Taken out by close(): while held, the connection stays open.
+    runtime: Mutex<Option<api_ttrpc::RuntimeClient>>,
+}
+
+impl Recorder {
+    /// A recorder answering as `script` says.
+    pub fn new(script: Script) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            script: Mutex::new(script),
+            seen: Mutex::new(Seen::default()),
+            runtime: Mutex::new(None),
+        })
+    }
+
+    /// What it was told so far.
+    pub fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Its script, to change how it answers from now on.
+    pub fn script(&self) -> std::sync::MutexGuard<'_, Script> {
+        self.script.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Connects to the runtime at `socket` as `index-name`.
+    pub async fn connect(
+        self: &Arc<Self>,
+        socket: &Path,
+        name: &str,
+        index: &str,
+    ) -> Result<Stub, String> {
+        let stub = Stub::connect(socket, name, index, self.clone()).await?;
+        *self.runtime.lock().unwrap_or_else(|e| e.into_inner()) = Some(stub.runtime.clone());
+        Ok(stub)
+    }
+
+    /// Disconnects `stub`, the connection [`Recorder::connect`] made.
+    pub async fn close(&self, stub: Stub) {
+        self.runtime
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        stub.close().await;
+    }
+
+    fn record(
+        &self,
+        event: &'static str,
+        pod: &protobuf::MessageField<api::PodSandbox>,
+        container: Option<&protobuf::MessageField<api::Container>>,
+        resources: Option<api::LinuxResources>,
+    ) {
+        self.seen().events.push(SeenEvent {
+            event,
+            pod: pod.clone().unwrap_or_default(),
+            container: container.map(|c| c.clone().unwrap_or_default()),
+            resources,
+        });
+    }
+
+    /// Hangs or fails as the script says for `event`.
+    async fn behave(&self, event: &'static str) -> ttrpc::Result<()> {
+        let (hang, fail) = {
+            let s = self.script();
+            (s.hang.contains(&event), s.fail.contains(&event))
+        };
+        if hang {
+            std::future::pending::<()>().await;
+        }
+        if fail {
+            return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                ttrpc::Code::UNKNOWN,
+                format!("{event} refused by the test plugin"),
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl api_ttrpc::Plugin for Recorder {
+    async fn configure(
+        &self,
+        _ctx: &ttrpc::asynchronous::TtrpcContext,
+        req: api::ConfigureRequest,
+    ) -> ttrpc::Result<api::ConfigureResponse> {
+        self.seen().configured = Some(req);
+        Ok(api::ConfigureResponse {
+            events: self.script().events,
+            ..Default::default()
+        })
+    }
+
+    async fn synchronize(
+        &self,
+        _ctx: &ttrpc::asynchronous::TtrpcContext,
+        req: api::SynchronizeRequest,
+    ) -> ttrpc::Result<api::SynchronizeResponse> {
+        let more = req.more;
+        self.seen().syncs.push(req);
+        let s = self.script();
+        Ok(api::SynchronizeResponse {
+            more: more && s.paged_sync,
+            update: if more {
+                Vec::new()
+            } else {
+                s.sync_updates.clone()
+            },
+            ..Default::default()
+        })
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        _ctx: &ttrpc::asynchronous::TtrpcContext,
+        req: api::RunPodSandboxRequest,
+    ) -> ttrpc::Result<api::RunPodSandboxResponse> {
+        self.record("RunPodSandbox", &req.pod, None, None);
+        self.behave("RunPodSandbox").await?;
+        Ok(Default::default())
+    }
+
+    async fn update_pod_sandbox(
+        &self,
+        _ctx: &ttrpc::asynchronous::TtrpcContext,
+        req: api::UpdatePodSandboxRequest,
+    ) -> ttrpc::Result<api::UpdatePodSandboxResponse> {
+        self.record(
+            "UpdatePodSandbox",
+            &req.pod,
+            None,
+            req.linux_resources.clone().into_option(),
+        );
+        self.behave("UpdatePodSandbox").await?;
+        Ok(Default::default())
+    }
+
+    async fn post_update_pod_sandbox(
+        &self,
+        _ctx: &ttrpc::asynchronous::TtrpcContext,
+        req: api::PostUpdatePodSandboxRequest,
+    ) -> ttrpc::Result<api::PostUpdatePodSandboxResponse> {
+        self.record("PostUpdatePodSandbox", &req.pod, None, None);
+        self.behave("PostUpdatePodSandbox").await?;
+        Ok(Default::default())
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        _ctx: &ttrpc::asynchronous::TtrpcContext,
+        req: api::StopPodSandboxRequest,
+    ) -> ttrpc::Result<api::StopPodSandboxResponse> {
+        self.record("StopPodSandbox", &req.pod, None, None);
+        self.behave("StopPodSandbox").await?;
+        Ok(Default::default())
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        _ctx: &ttrpc::asynchronous::TtrpcContext,
+        req: api::RemovePodSandboxRequest,
+    ) -> ttrpc::Result<api::RemovePodSandboxResponse> {
+        self.record("RemovePodSandbox", &req.pod, None, None);
+        self.behave("RemovePodSandbox").await?;
+        Ok(Default::default())
+    }
+
+    async fn create_container(
+        &self,
+        _ctx: &ttrpc::asynchronous::TtrpcContext,
+        req: api::CreateContainerRequest,
+    ) -> ttrpc::Result<api::CreateContainerResponse> {
+        self.record("CreateContainer", &req.pod, Some(&req.container), None);
+        self.behave("CreateContainer").await?;
+        let adjust = self.script().adjust.as_ref().map(|f| f(&req));
+        Ok(api::CreateContainerResponse {
+            adjust: adjust.into(),
+            ..Default::default()
+        })
+    }
+
+    async fn post_create_container(
+        &self,
+        _ctx: &ttrpc::asynchronous::TtrpcContext,
+        req: api::PostCreateContainerRequest,
+    ) -> ttrpc::Result<api::PostCreateContainerResponse> {
+        self.record("PostCreateContainer", &req.pod, Some(&req.container), None);
+        self.behave("PostCreateContainer").await?;
+        Ok(Default::default())
+    }
+
+    async fn start_container(
+        &self,
+        _ctx: &ttrpc::asynchronous::TtrpcContext,
+        req: api::StartContainerRequest,
+    ) -> ttrpc::Result<api::StartContainerResponse> {
+        self.record("StartContainer", &req.pod, Some(&req.container), None);
+        self.behave("StartContainer").await?;
+        Ok(Default::default())
+    }
+
+    async fn post_start_container(
+        &self,
+        _ctx: &ttrpc::asynchronous::TtrpcContext,
+        req: api::PostStartContainerRequest,
+    ) -> ttrpc::Result<api::PostStartContainerResponse> {
+        self.record("PostStartContainer", &req.pod, Some(&req.container), None);
+        self.behave("PostStartContainer").await?;
+        Ok(Default::default())
+    }
+
+    async fn update_container(
+        &self,
+        _ctx: &ttrpc::asynchronous::TtrpcContext,
+        req: api::UpdateContainerRequest,
+    ) -> ttrpc::Result<api::UpdateContainerResponse> {
+        self.record(
+            "UpdateContainer",
+            &req.pod,
+            Some(&req.container),
+            req.linux_resources.clone().into_option(),
+        );
+        self.behave("UpdateContainer").await?;
+        let call_back = self.script().call_back_on_update.clone();
+        if !call_back.is_empty() {
+            let runtime = self
+                .runtime
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let result = match runtime {
+                Some(rt) => rt
+                    .update_containers(
+                        ttrpc::context::with_timeout(10_000_000_000),
+                        &api::UpdateContainersRequest {
+                            update: call_back,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map(|r| r.failed)
+                    .map_err(|e| e.to_string()),
+                None => Err("not connected through Recorder::connect".into()),
+            };
+            self.seen().call_backs.push(result);
+        }
+        let s = self.script();
+        Ok(api::UpdateContainerResponse {
+            update: s.updates.clone(),
+            evict: s.evictions.clone(),
+            ..Default::default()
+        })
+    }
+
+    async fn post_update_container(
+        &self,
+        _ctx: &ttrpc::asynchronous::TtrpcContext,
+        req: api::PostUpdateContainerRequest,
+    ) -> ttrpc::Result<api::PostUpdateContainerResponse> {
+        self.record("PostUpdateContainer", &req.pod, Some(&req.container), None);
+        self.behave("PostUpdateContainer").await?;
+        Ok(Default::default())
+    }
+
+    async fn stop_container(
+        &self,
+        _ctx: &ttrpc::asynchronous::TtrpcContext,
+        req: api::StopContainerRequest,
+    ) -> ttrpc::Result<api::StopContainerResponse> {
+        self.record("StopContainer", &req.pod, Some(&req.container), None);
+        self.behave("StopContainer").await?;
+        Ok(api::StopContainerResponse {
+            update: self.script().updates.clone(),
+            ..Default::default()
+        })
+    }
+
+    async fn remove_container(
+        &self,
+        _ctx: &ttrpc::asynchronous::TtrpcContext,
+        req: api::RemoveContainerRequest,
+    ) -> ttrpc::Result<api::RemoveContainerResponse> {
+        self.record("RemoveContainer", &req.pod, Some(&req.container), None);
+        self.behave("RemoveContainer").await?;
+        Ok(Default::default())
+    }
 }
 
 #[cfg(test)]

@@ -20,13 +20,16 @@ impl StateSource for NoState {
 }
 
 fn nri(dir: &Path, registration_timeout: Duration) -> Arc<Nri> {
-    Nri::new(Options {
-        socket_path: dir.join("unused.sock"),
-        registration_timeout,
-        request_timeout: Duration::from_secs(1),
-        runtime_name: "crius".into(),
-        runtime_version: "test".into(),
-    })
+    Nri::new(
+        Options {
+            socket_path: dir.join("unused.sock"),
+            registration_timeout,
+            request_timeout: Duration::from_secs(1),
+            runtime_name: "crius".into(),
+            runtime_version: "test".into(),
+        },
+        Arc::new(NoState),
+    )
 }
 
 fn script(path: &Path, body: &str) {
@@ -54,7 +57,7 @@ async fn a_plugin_that_never_registers_is_started_as_nri_says_then_killed() {
     let nri = nri(dir.path(), Duration::from_secs(2));
     let t = Instant::now();
     let started = nri
-        .start_preinstalled(&plugins, &dir.path().join("conf.d"), Arc::new(NoState))
+        .start_preinstalled(&plugins, &dir.path().join("conf.d"))
         .await;
     assert!(started.is_empty(), "{started:?}");
     assert!(t.elapsed() >= Duration::from_secs(2), "{:?}", t.elapsed());
@@ -97,7 +100,7 @@ async fn a_plugin_that_exits_is_not_waited_for() {
     let nri = nri(dir.path(), Duration::from_secs(30));
     let t = Instant::now();
     let started = nri
-        .start_preinstalled(&plugins, &dir.path().join("conf.d"), Arc::new(NoState))
+        .start_preinstalled(&plugins, &dir.path().join("conf.d"))
         .await;
     assert!(started.is_empty(), "{started:?}");
     // Its connection closed with it: not the 30 s registration timeout.
@@ -109,11 +112,7 @@ async fn no_plugin_directory_no_plugins() {
     let dir = tempfile::tempdir().unwrap();
     let nri = nri(dir.path(), Duration::from_secs(1));
     let started = nri
-        .start_preinstalled(
-            &dir.path().join("missing"),
-            &dir.path().join("conf.d"),
-            Arc::new(NoState),
-        )
+        .start_preinstalled(&dir.path().join("missing"), &dir.path().join("conf.d"))
         .await;
     assert!(started.is_empty());
     assert!(nri.plugin_names().is_empty());

@@ -1,14 +1,12 @@
 //! The runtime side against plugins speaking the real protocol over a real
 //! unix socket.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crius_nri::api;
-use crius_nri::api_ttrpc;
-use crius_nri::runtime::{event_bit, Nri, Options, StateSource};
-use crius_nri::stub::Stub;
-use ttrpc::asynchronous::TtrpcContext;
+use crius_nri::runtime::{event_bit, Nri, Options, StateSource, UpdateFuture};
+use crius_nri::stub::{AdjustFn, Recorder, Script};
 
 struct State;
 
@@ -29,87 +27,42 @@ impl StateSource for State {
     }
 }
 
-/// What a test plugin saw, and how it behaves.
-#[derive(Default)]
-struct Seen {
-    configured: Option<api::ConfigureRequest>,
-    synced: Option<api::SynchronizeRequest>,
-    created: Vec<String>,
-}
-
-struct TestPlugin {
-    tag: &'static str,
-    hang: bool,
-    seen: Arc<Mutex<Seen>>,
-}
-
-#[async_trait::async_trait]
-impl api_ttrpc::Plugin for TestPlugin {
-    async fn configure(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::ConfigureRequest,
-    ) -> ttrpc::Result<api::ConfigureResponse> {
-        self.seen.lock().unwrap().configured = Some(req);
-        Ok(api::ConfigureResponse {
-            events: event_bit(api::Event::CREATE_CONTAINER),
-            ..Default::default()
-        })
-    }
-
-    async fn synchronize(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::SynchronizeRequest,
-    ) -> ttrpc::Result<api::SynchronizeResponse> {
-        self.seen.lock().unwrap().synced = Some(req);
-        Ok(api::SynchronizeResponse::default())
-    }
-
-    async fn create_container(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::CreateContainerRequest,
-    ) -> ttrpc::Result<api::CreateContainerResponse> {
-        self.seen
-            .lock()
-            .unwrap()
-            .created
-            .push(req.container.id.clone());
-        if self.hang {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-        }
+/// A CreateContainer adjustment tagged `tag`: env `FROM_<tag>=<pod name>`,
+/// annotation `nri.test/<tag>=yes`, a tmpfs at `/<tag>`.
+fn tagged(tag: &'static str) -> AdjustFn {
+    Box::new(move |req: &api::CreateContainerRequest| {
         let mut adjust = api::ContainerAdjustment::new();
         adjust.env.push(api::KeyValue {
-            key: format!("FROM_{}", self.tag),
+            key: format!("FROM_{tag}"),
             value: req.pod.name.clone(),
             ..Default::default()
         });
         adjust
             .annotations
-            .insert(format!("nri.test/{}", self.tag), "yes".into());
+            .insert(format!("nri.test/{tag}"), "yes".into());
         adjust.mounts.push(api::Mount {
-            destination: format!("/{}", self.tag),
+            destination: format!("/{tag}"),
             type_: "tmpfs".into(),
             source: "tmpfs".into(),
             options: vec!["nosuid".into()],
             ..Default::default()
         });
-        Ok(api::CreateContainerResponse {
-            adjust: Some(adjust).into(),
-            ..Default::default()
-        })
-    }
+        adjust
+    })
 }
 
-fn plugin(tag: &'static str, hang: bool) -> (Arc<TestPlugin>, Arc<Mutex<Seen>>) {
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let p = Arc::new(TestPlugin {
-        tag,
-        hang,
-        seen: seen.clone(),
-    });
-    (p, seen)
+/// A plugin subscribed to CreateContainer that adjusts as [`tagged`] (or hangs).
+fn plugin(tag: &'static str, hang: bool) -> Arc<Recorder> {
+    Recorder::new(Script {
+        events: event_bit(api::Event::CREATE_CONTAINER),
+        adjust: Some(tagged(tag)),
+        hang: if hang {
+            vec!["CreateContainer"]
+        } else {
+            vec![]
+        },
+        ..Default::default()
+    })
 }
 
 async fn start(
@@ -144,6 +97,15 @@ async fn wait_for(nri: &Nri, n: usize) {
     }
 }
 
+/// The ids of the containers a plugin saw created.
+fn created(p: &Recorder) -> Vec<String> {
+    p.seen()
+        .of("CreateContainer")
+        .iter()
+        .map(|e| e.container.as_ref().unwrap().id.clone())
+        .collect()
+}
+
 fn pod_and_container() -> (api::PodSandbox, api::Container) {
     let pod = api::PodSandbox {
         id: "pod2".into(),
@@ -153,6 +115,7 @@ fn pod_and_container() -> (api::PodSandbox, api::Container) {
     let ctr = api::Container {
         id: "ctr2".into(),
         pod_sandbox_id: "pod2".into(),
+        name: "nginx".into(),
         ..Default::default()
     };
     (pod, ctr)
@@ -169,21 +132,23 @@ async fn plugins_register_sync_and_adjust_in_index_order() {
     assert_eq!(mode(&socket), 0o600);
 
     // Registered out of order: called in index order.
-    let (pb, seen_b) = plugin("B", false);
-    let _b = Stub::connect(&socket, "second", "20", pb).await.unwrap();
-    let (pa, seen_a) = plugin("A", false);
-    let _a = Stub::connect(&socket, "first", "10", pa).await.unwrap();
+    let pb = plugin("B", false);
+    let _b = pb.connect(&socket, "second", "20").await.unwrap();
+    let pa = plugin("A", false);
+    let _a = pa.connect(&socket, "first", "10").await.unwrap();
     wait_for(&nri, 2).await;
     assert!(nri.has_plugins());
     assert_eq!(nri.plugin_names(), ["10-first", "20-second"]);
 
     {
-        let seen = seen_a.lock().unwrap();
+        let seen = pa.seen();
         let conf = seen.configured.as_ref().expect("configured");
         assert_eq!(conf.runtime_name, "crius");
         assert_eq!(conf.request_timeout, 2000);
         assert_eq!(conf.registration_timeout, 5000);
-        let sync = seen.synced.as_ref().expect("synchronized");
+        assert_eq!(seen.syncs.len(), 1);
+        let sync = &seen.syncs[0];
+        assert!(!sync.more);
         assert_eq!(sync.pods[0].id, "pod1");
         assert_eq!(sync.containers[0].id, "ctr1");
     }
@@ -202,7 +167,7 @@ async fn plugins_register_sync_and_adjust_in_index_order() {
     assert_eq!(a.mounts[0].destination, "/A");
     assert_eq!(a.mounts[0].options, ["nosuid"]);
     assert_eq!(adjustments[1].adjust.env[0].key, "FROM_B");
-    assert_eq!(seen_b.lock().unwrap().created, ["ctr2"]);
+    assert_eq!(created(&pb), ["ctr2"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,10 +175,10 @@ async fn a_silent_plugin_costs_at_most_the_request_timeout_and_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let timeout = Duration::from_millis(500);
     let (nri, socket) = start(&dir, timeout).await;
-    let (hung, seen_hung) = plugin("H", true);
-    let _h = Stub::connect(&socket, "hung", "05", hung).await.unwrap();
-    let (good, _) = plugin("G", false);
-    let _g = Stub::connect(&socket, "good", "50", good).await.unwrap();
+    let hung = plugin("H", true);
+    let _h = hung.connect(&socket, "hung", "05").await.unwrap();
+    let good = plugin("G", false);
+    let _g = good.connect(&socket, "good", "50").await.unwrap();
     wait_for(&nri, 2).await;
 
     let (pod, ctr) = pod_and_container();
@@ -225,7 +190,7 @@ async fn a_silent_plugin_costs_at_most_the_request_timeout_and_is_dropped() {
     // The good plugin, after the silent one, still ran.
     assert_eq!(adjustments.len(), 1);
     assert_eq!(adjustments[0].plugin, "50-good");
-    assert_eq!(seen_hung.lock().unwrap().created, ["ctr2"]);
+    assert_eq!(created(&hung), ["ctr2"]);
     assert_eq!(nri.plugin_names(), ["50-good"]);
     // Next time the silent one is not asked.
     let t = Instant::now();
@@ -237,10 +202,10 @@ async fn a_silent_plugin_costs_at_most_the_request_timeout_and_is_dropped() {
 async fn a_disconnected_plugin_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let (nri, socket) = start(&dir, Duration::from_secs(2)).await;
-    let (p, _) = plugin("D", false);
-    let stub = Stub::connect(&socket, "gone", "10", p).await.unwrap();
+    let p = plugin("D", false);
+    let stub = p.connect(&socket, "gone", "10").await.unwrap();
     wait_for(&nri, 1).await;
-    stub.close().await;
+    p.close(stub).await;
     let (pod, ctr) = pod_and_container();
     let t = Instant::now();
     assert!(nri.create_container(&pod, &ctr).await.is_empty());
@@ -291,8 +256,8 @@ async fn a_live_socket_is_not_taken_over_and_a_stale_one_is() {
     };
     // Someone listens there: refused, and the first keeps its socket.
     assert!(Nri::listen(opts.clone(), Arc::new(State)).await.is_err());
-    let (p, _) = plugin("K", false);
-    let _k = Stub::connect(&socket, "kept", "10", p).await.unwrap();
+    let p = plugin("K", false);
+    let _k = p.connect(&socket, "kept", "10").await.unwrap();
     wait_for(&first, 1).await;
     // A socket file nobody answers on is replaced.
     let stale = dir.path().join("stale.sock");
@@ -307,7 +272,435 @@ async fn a_live_socket_is_not_taken_over_and_a_stale_one_is() {
     )
     .await
     .unwrap();
-    let (p, _) = plugin("S", false);
-    let _s = Stub::connect(&stale, "second", "10", p).await.unwrap();
+    let p = plugin("S", false);
+    let _s = p.connect(&stale, "second", "10").await.unwrap();
     wait_for(&second, 1).await;
+}
+
+/// A runtime whose state is given and that records the updates and
+/// evictions plugins ask for; updates of a container `ghost*` fail.
+#[derive(Default)]
+struct Host {
+    pods: Vec<api::PodSandbox>,
+    containers: Vec<api::Container>,
+    /// (plugin, container id, cpu shares) of each update, evictions as
+    /// (plugin, container id, "evict").
+    applied: std::sync::Mutex<Vec<(String, String, String)>>,
+}
+
+impl StateSource for Host {
+    fn snapshot(&self) -> (Vec<api::PodSandbox>, Vec<api::Container>) {
+        (self.pods.clone(), self.containers.clone())
+    }
+
+    fn update_containers(
+        &self,
+        plugin: String,
+        update: Vec<api::ContainerUpdate>,
+        evict: Vec<api::ContainerEviction>,
+    ) -> UpdateFuture {
+        let mut failed = Vec::new();
+        let mut applied = self.applied.lock().unwrap();
+        for u in update {
+            if u.container_id.starts_with("ghost") {
+                if !u.ignore_failure {
+                    failed.push(u);
+                }
+                continue;
+            }
+            let shares = u
+                .linux
+                .resources
+                .cpu
+                .shares
+                .as_ref()
+                .map(|s| s.value.to_string())
+                .unwrap_or_default();
+            applied.push((plugin.clone(), u.container_id.clone(), shares));
+        }
+        for e in evict {
+            applied.push((plugin.clone(), e.container_id, "evict".into()));
+        }
+        Box::pin(async move { failed })
+    }
+}
+
+async fn start_with(
+    host: Arc<Host>,
+    request_timeout: Duration,
+) -> (Arc<Nri>, std::path::PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nri.sock");
+    let nri = Nri::listen(
+        Options {
+            socket_path: socket.clone(),
+            registration_timeout: Duration::from_secs(5),
+            request_timeout,
+            runtime_name: "crius".into(),
+            runtime_version: "test".into(),
+        },
+        host,
+    )
+    .await
+    .unwrap();
+    (nri, socket, dir)
+}
+
+fn bits(events: &[api::Event]) -> i32 {
+    events.iter().fold(0, |m, e| m | event_bit(*e))
+}
+
+fn update(id: &str, shares: u64, ignore_failure: bool) -> api::ContainerUpdate {
+    let mut u = api::ContainerUpdate {
+        container_id: id.into(),
+        ignore_failure,
+        ..Default::default()
+    };
+    u.linux
+        .mut_or_insert_default()
+        .resources
+        .mut_or_insert_default()
+        .cpu
+        .mut_or_insert_default()
+        .shares = Some(api::OptionalUInt64 {
+        value: shares,
+        ..Default::default()
+    })
+    .into();
+    u
+}
+
+/// Every event of one pod and container lifecycle, in turn.
+async fn lifecycle(nri: &Nri) {
+    let (pod, ctr) = pod_and_container();
+    nri.run_pod_sandbox(&pod).await.unwrap();
+    nri.create_container(&pod, &ctr).await;
+    nri.post_create_container(&pod, &ctr).await;
+    nri.start_container(&pod, &ctr).await.unwrap();
+    nri.post_start_container(&pod, &ctr).await;
+    nri.update_container(&pod, &ctr, &api::LinuxResources::default())
+        .await
+        .unwrap();
+    nri.post_update_container(&pod, &ctr).await;
+    nri.stop_container(&pod, &ctr).await;
+    nri.remove_container(&pod, &ctr).await;
+    nri.stop_pod_sandbox(&pod).await;
+    nri.remove_pod_sandbox(&pod).await;
+}
+
+#[derive(Default)]
+struct Calls(std::sync::Mutex<Vec<(String, String, bool)>>);
+
+impl crius_nri::runtime::Observer for Calls {
+    fn observe(&self, plugin: &str, event: &str, _took: Duration, ok: bool) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((plugin.into(), event.into(), ok));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_go_to_the_subscribed_plugins_in_index_order() {
+    let (nri, socket, _dir) = start_with(Arc::default(), Duration::from_secs(2)).await;
+    let calls = Arc::new(Calls::default());
+    nri.set_observer(calls.clone());
+    let all = Recorder::new(Script::default());
+    let _all = all.connect(&socket, "all", "20").await.unwrap();
+    let some = Recorder::new(Script {
+        events: bits(&[api::Event::RUN_POD_SANDBOX, api::Event::STOP_CONTAINER]),
+        ..Default::default()
+    });
+    let _some = some.connect(&socket, "some", "10").await.unwrap();
+    wait_for(&nri, 2).await;
+    lifecycle(&nri).await;
+    assert_eq!(
+        all.seen().trail(),
+        [
+            "RunPodSandbox db",
+            "CreateContainer nginx",
+            "PostCreateContainer nginx",
+            "StartContainer nginx",
+            "PostStartContainer nginx",
+            "UpdateContainer nginx",
+            "PostUpdateContainer nginx",
+            "StopContainer nginx",
+            "RemoveContainer nginx",
+            "StopPodSandbox db",
+            "RemovePodSandbox db",
+        ]
+    );
+    assert_eq!(
+        some.seen().trail(),
+        ["RunPodSandbox db", "StopContainer nginx"]
+    );
+    // The observer saw every call, by plugin and event, the lower index
+    // first: Configure and Synchronize of each, then the events.
+    let calls = calls.0.lock().unwrap().clone();
+    let events: Vec<(&str, &str)> = calls
+        .iter()
+        .filter(|(_, e, _)| e != "Configure" && e != "Synchronize")
+        .map(|(p, e, ok)| {
+            assert!(ok);
+            (p.as_str(), e.as_str())
+        })
+        .collect();
+    assert_eq!(
+        &events[..3],
+        [
+            ("10-some", "RunPodSandbox"),
+            ("20-all", "RunPodSandbox"),
+            ("20-all", "CreateContainer")
+        ]
+    );
+    assert_eq!(events.len(), 13);
+    for p in ["10-some", "20-all"] {
+        for e in ["Configure", "Synchronize"] {
+            assert!(calls.iter().any(|c| c.0 == p && c.1 == e), "{p} {e}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_fail_the_refusable_events_and_late_plugins_are_dropped() {
+    let timeout = Duration::from_millis(500);
+    let (nri, socket, _dir) = start_with(Arc::default(), timeout).await;
+    let calls = Arc::new(Calls::default());
+    nri.set_observer(calls.clone());
+    let refuser = Recorder::new(Script {
+        fail: vec![
+            "RunPodSandbox",
+            "StartContainer",
+            "UpdateContainer",
+            "StopPodSandbox",
+        ],
+        ..Default::default()
+    });
+    let _r = refuser.connect(&socket, "refuser", "10").await.unwrap();
+    let after = Recorder::new(Script::default());
+    let _a = after.connect(&socket, "after", "20").await.unwrap();
+    wait_for(&nri, 2).await;
+    let (pod, ctr) = pod_and_container();
+
+    // The first refusal fails the pod; the plugins after it are not asked.
+    let err = nri.run_pod_sandbox(&pod).await.unwrap_err();
+    assert_eq!(err.plugin, "10-refuser");
+    assert_eq!(err.event, "RunPodSandbox");
+    assert!(
+        err.to_string().contains("refused by the test plugin"),
+        "{err}"
+    );
+    assert!(after.seen().events.is_empty());
+    assert!(nri.start_container(&pod, &ctr).await.is_err());
+    assert!(nri
+        .update_container(&pod, &ctr, &api::LinuxResources::default())
+        .await
+        .is_err());
+    // A notification's error is logged: the next plugin still gets it.
+    nri.stop_pod_sandbox(&pod).await;
+    assert_eq!(after.seen().trail(), ["StopPodSandbox db"]);
+    // A refusing plugin is kept.
+    assert_eq!(nri.plugin_names(), ["10-refuser", "20-after"]);
+    assert!(calls
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(p, e, ok)| p == "10-refuser" && e == "RunPodSandbox" && !ok));
+
+    // One that does not answer in time is dropped, the event goes on.
+    refuser.script().fail.clear();
+    refuser.script().hang = vec!["StartContainer"];
+    let t = Instant::now();
+    nri.start_container(&pod, &ctr).await.unwrap();
+    assert!(
+        t.elapsed() < timeout + Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(nri.plugin_names(), ["20-after"]);
+    assert_eq!(
+        after.seen().trail(),
+        ["StopPodSandbox db", "StartContainer nginx"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_node_is_synchronized_in_pages() {
+    // 40 pods of ~200 KiB each: ~8 MiB, over ttrpc's 4 MiB message limit.
+    let pods: Vec<api::PodSandbox> = (0..40)
+        .map(|i| api::PodSandbox {
+            id: format!("pod{i}"),
+            annotations: [("big".to_string(), "x".repeat(200 << 10))].into(),
+            ..Default::default()
+        })
+        .collect();
+    let containers = vec![api::Container {
+        id: "ctr0".into(),
+        pod_sandbox_id: "pod0".into(),
+        ..Default::default()
+    }];
+    let host = Arc::new(Host {
+        pods,
+        containers,
+        ..Default::default()
+    });
+    let (nri, socket, _dir) = start_with(host.clone(), Duration::from_secs(5)).await;
+    let paged = Recorder::new(Script {
+        sync_updates: vec![update("ctr0", 100, false), update("ghost", 1, true)],
+        ..Default::default()
+    });
+    let _p = paged.connect(&socket, "paged", "10").await.unwrap();
+    wait_for(&nri, 1).await;
+    {
+        let seen = paged.seen();
+        assert!(seen.syncs.len() >= 3, "{} pages", seen.syncs.len());
+        let (last, first) = seen.syncs.split_last().unwrap();
+        assert!(first.iter().all(|s| s.more) && !last.more);
+        let pods: usize = seen.syncs.iter().map(|s| s.pods.len()).sum();
+        let ctrs: usize = seen.syncs.iter().map(|s| s.containers.len()).sum();
+        assert_eq!((pods, ctrs), (40, 1));
+    }
+    // The updates of the last answer were applied (the failed one ignored).
+    assert_eq!(
+        *host.applied.lock().unwrap(),
+        [(
+            "10-paged".to_string(),
+            "ctr0".to_string(),
+            "100".to_string()
+        )]
+    );
+
+    // A plugin that does not answer `more` cannot take pages: not admitted.
+    let unpaged = Recorder::new(Script {
+        paged_sync: false,
+        ..Default::default()
+    });
+    let _u = unpaged.connect(&socket, "unpaged", "20").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(nri.plugin_names(), ["10-paged"]);
+    assert_eq!(unpaged.seen().syncs.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_and_evictions_reach_the_runtime_without_deadlock() {
+    let host = Arc::new(Host::default());
+    let (nri, socket, _dir) = start_with(host.clone(), Duration::from_secs(2)).await;
+    // A plugin that, asked about an update, first updates another container
+    // itself (UpdateContainers, back into the runtime while the runtime
+    // waits for its answer), then answers with updates and an eviction.
+    let p = Recorder::new(Script {
+        call_back_on_update: vec![
+            update("other", 64, false),
+            update("ghost1", 1, false),
+            update("ghost2", 1, true),
+        ],
+        updates: vec![update("ctr2", 512, false), update("other", 128, false)],
+        evictions: vec![api::ContainerEviction {
+            container_id: "victim".into(),
+            reason: "test".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let _p = p.connect(&socket, "updater", "10").await.unwrap();
+    wait_for(&nri, 1).await;
+    let (pod, ctr) = pod_and_container();
+    let t = Instant::now();
+    let answers = nri
+        .update_container(&pod, &ctr, &api::LinuxResources::default())
+        .await
+        .unwrap();
+    // No wait on the request timeout: the call back was served at once.
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_eq!(nri.plugin_names(), ["10-updater"]);
+    {
+        let seen = p.seen();
+        // The plugin learnt which of its updates failed (not the ignored one).
+        let failed = seen.call_backs[0].as_ref().unwrap();
+        let ids: Vec<&str> = failed.iter().map(|u| u.container_id.as_str()).collect();
+        assert_eq!(ids, ["ghost1"]);
+    }
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].plugin, "10-updater");
+    assert_eq!(answers[0].update.len(), 2);
+    assert_eq!(answers[0].evict[0].container_id, "victim");
+    // Applying them goes to the runtime.
+    assert!(nri.apply_updates(answers).await.is_empty());
+    // StopContainer's answer carries updates too.
+    let stop = nri.stop_container(&pod, &ctr).await;
+    assert_eq!(stop[0].update.len(), 2);
+    let s = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+    assert_eq!(
+        *host.applied.lock().unwrap(),
+        [
+            s("10-updater", "other", "64"),
+            s("10-updater", "ctr2", "512"),
+            s("10-updater", "other", "128"),
+            s("10-updater", "victim", "evict"),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsolicited_updates_need_a_registered_plugin_and_the_runtime_says_what_failed() {
+    let host = Arc::new(Host::default());
+    let (nri, socket, _dir) = start_with(host.clone(), Duration::from_secs(2)).await;
+    let p = Recorder::new(Script::default());
+    let stub = p.connect(&socket, "pusher", "10").await.unwrap();
+    wait_for(&nri, 1).await;
+    let resp = stub
+        .runtime
+        .update_containers(
+            ttrpc::context::with_timeout(5_000_000_000),
+            &api::UpdateContainersRequest {
+                update: vec![update("a", 2, false), update("ghost", 2, false)],
+                evict: vec![api::ContainerEviction {
+                    container_id: "b".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.failed.len(), 1);
+    assert_eq!(resp.failed[0].container_id, "ghost");
+    let s = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+    assert_eq!(
+        *host.applied.lock().unwrap(),
+        [s("10-pusher", "a", "2"), s("10-pusher", "b", "evict")]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_container_is_sent_once_per_container_until_removed() {
+    let (nri, socket, _dir) = start_with(Arc::default(), Duration::from_secs(2)).await;
+    // Its StopContainer answer carries one update.
+    let p = Recorder::new(Script {
+        updates: vec![update("other", 2, false)],
+        ..Default::default()
+    });
+    let _p = p.connect(&socket, "once", "10").await.unwrap();
+    wait_for(&nri, 1).await;
+    let (pod, ctr) = pod_and_container();
+    let (a, b) = tokio::join!(
+        nri.stop_container_once(&pod, &ctr),
+        nri.stop_container_once(&pod, &ctr)
+    );
+    // One of them sent it and got the updates; the other waited.
+    assert_eq!(a.len() + b.len(), 1);
+    assert!(nri.stop_container_once(&pod, &ctr).await.is_empty());
+    assert_eq!(p.seen().trail(), ["StopContainer nginx"]);
+    // After RemoveContainer the id may be a new container's: sent again.
+    nri.remove_container(&pod, &ctr).await;
+    assert_eq!(nri.stop_container_once(&pod, &ctr).await.len(), 1);
+    assert_eq!(
+        p.seen().trail(),
+        [
+            "StopContainer nginx",
+            "RemoveContainer nginx",
+            "StopContainer nginx"
+        ]
+    );
 }

@@ -30,7 +30,11 @@ pub async fn create_container(
                 fingerprint,
                 move || {
                     let (daemon, req) = (d.clone(), req.clone());
-                    async move { container::lifecycle::create(&daemon, req).await }
+                    async move {
+                        let id = container::lifecycle::create(&daemon, req).await?;
+                        crate::nri::events::post_create_container(&daemon, &id).await;
+                        Ok(id)
+                    }
                 },
             )
             .await?

@@ -12,5 +12,6 @@ pub async fn start_container(
 ) -> CriResult<v1::StartContainerResponse> {
     super::container_id(&req.container_id)?;
     crate::runtime::container::lifecycle::start(daemon, &req.container_id).await?;
+    crate::nri::events::post_start_container(daemon, &req.container_id).await;
     Ok(v1::StartContainerResponse {})
 }

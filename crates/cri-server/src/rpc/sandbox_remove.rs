@@ -11,6 +11,8 @@ pub async fn remove_pod_sandbox(
     req: v1::RemovePodSandboxRequest,
 ) -> CriResult<v1::RemovePodSandboxResponse> {
     super::pod_id(&req.pod_sandbox_id)?;
-    crate::runtime::sandbox::lifecycle::remove(daemon, &req.pod_sandbox_id).await?;
+    let id = &req.pod_sandbox_id;
+    let remove = crate::runtime::sandbox::lifecycle::remove(daemon, id);
+    crate::nri::events::removing_pod(daemon, id, remove).await?;
     Ok(v1::RemovePodSandboxResponse {})
 }

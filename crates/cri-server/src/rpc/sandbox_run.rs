@@ -30,6 +30,7 @@ pub async fn run_pod_sandbox(
                     let (daemon, req) = (d.clone(), req.clone());
                     async move {
                         let id = sandbox::lifecycle::run(&daemon, req).await?;
+                        crate::nri::events::run_pod_sandbox(&daemon, &id).await?;
                         if let Ok(Some(address)) =
                             daemon.store.get_sandbox(&id).map(|r| r.status.shim_address)
                         {

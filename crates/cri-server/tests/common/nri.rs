@@ -1,27 +1,14 @@
-//! A test NRI plugin speaking the real protocol (crius_nri's plugin stub
-//! over the daemon's NRI socket): records what it is told and, on
-//! CreateContainer, adds an env var, an annotation and a tmpfs mount, or
-//! never answers.
+//! A test NRI plugin speaking the real protocol over the daemon's NRI
+//! socket: crius_nri's [`Recorder`], which records what it is told and
+//! answers by a script; [`Behaviour`] makes the CreateContainer scripts
+//! (adds an env var, an annotation and a tmpfs mount, or never answers).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crius_nri::api;
-use crius_nri::api_ttrpc;
 use crius_nri::runtime::event_bit;
-use crius_nri::stub::Stub;
-use ttrpc::asynchronous::TtrpcContext;
-
-/// What the plugin saw.
-#[derive(Debug, Default)]
-pub struct Seen {
-    /// The Configure request.
-    pub configured: Option<api::ConfigureRequest>,
-    /// Pod ids and container ids of the Synchronize request.
-    pub synced: Option<(Vec<String>, Vec<String>)>,
-    /// (pod name, container name) of each CreateContainer.
-    pub created: Vec<(String, String)>,
-}
+use crius_nri::stub::{Recorder, Script, Stub};
 
 /// How the plugin answers CreateContainer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,78 +20,46 @@ pub enum Behaviour {
     Hang,
 }
 
-struct Plugin {
-    name: String,
-    behaviour: Behaviour,
-    seen: Arc<Mutex<Seen>>,
-}
-
-#[async_trait::async_trait]
-impl api_ttrpc::Plugin for Plugin {
-    async fn configure(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::ConfigureRequest,
-    ) -> ttrpc::Result<api::ConfigureResponse> {
-        self.seen.lock().unwrap().configured = Some(req);
-        Ok(api::ConfigureResponse {
+impl Behaviour {
+    /// The script of a plugin named `name` subscribed to CreateContainer.
+    pub fn script(self, name: &str) -> Script {
+        let name = name.to_string();
+        Script {
             events: event_bit(api::Event::CREATE_CONTAINER),
+            adjust: Some(Box::new(move |req: &api::CreateContainerRequest| {
+                let mut adjust = api::ContainerAdjustment::new();
+                adjust.env.push(api::KeyValue {
+                    key: "NRI_TEST_ENV".into(),
+                    value: req.pod.name.clone(),
+                    ..Default::default()
+                });
+                adjust
+                    .annotations
+                    .insert("nri.test/plugin".into(), name.clone());
+                adjust.mounts.push(api::Mount {
+                    destination: "/nri-test".into(),
+                    type_: "tmpfs".into(),
+                    source: "tmpfs".into(),
+                    options: vec!["nosuid".into(), "nodev".into(), "size=1m".into()],
+                    ..Default::default()
+                });
+                adjust
+            })),
+            hang: if self == Behaviour::Hang {
+                vec!["CreateContainer"]
+            } else {
+                vec![]
+            },
             ..Default::default()
-        })
-    }
-
-    async fn synchronize(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::SynchronizeRequest,
-    ) -> ttrpc::Result<api::SynchronizeResponse> {
-        self.seen.lock().unwrap().synced = Some((
-            req.pods.iter().map(|p| p.id.clone()).collect(),
-            req.containers.iter().map(|c| c.id.clone()).collect(),
-        ));
-        Ok(api::SynchronizeResponse::default())
-    }
-
-    async fn create_container(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::CreateContainerRequest,
-    ) -> ttrpc::Result<api::CreateContainerResponse> {
-        self.seen
-            .lock()
-            .unwrap()
-            .created
-            .push((req.pod.name.clone(), req.container.name.clone()));
-        if self.behaviour == Behaviour::Hang {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
         }
-        let mut adjust = api::ContainerAdjustment::new();
-        adjust.env.push(api::KeyValue {
-            key: "NRI_TEST_ENV".into(),
-            value: req.pod.name.clone(),
-            ..Default::default()
-        });
-        adjust
-            .annotations
-            .insert("nri.test/plugin".into(), self.name.clone());
-        adjust.mounts.push(api::Mount {
-            destination: "/nri-test".into(),
-            type_: "tmpfs".into(),
-            source: "tmpfs".into(),
-            options: vec!["nosuid".into(), "nodev".into(), "size=1m".into()],
-            ..Default::default()
-        });
-        Ok(api::CreateContainerResponse {
-            adjust: Some(adjust).into(),
-            ..Default::default()
-        })
     }
 }
 
 /// A connected test plugin.
 pub struct TestPlugin {
     pub stub: Stub,
-    pub seen: Arc<Mutex<Seen>>,
+    /// The plugin: what it saw (`plugin.seen()`), its script.
+    pub plugin: Arc<Recorder>,
 }
 
 impl TestPlugin {
@@ -117,6 +72,16 @@ impl TestPlugin {
         index: &str,
         behaviour: Behaviour,
     ) -> TestPlugin {
+        Self::scripted(daemon, name, index, behaviour.script(name)).await
+    }
+
+    /// [`TestPlugin::connect`] with a plugin answering as `script` says.
+    pub async fn scripted(
+        daemon: &super::Daemon,
+        name: &str,
+        index: &str,
+        script: Script,
+    ) -> TestPlugin {
         let socket = daemon.nri_socket();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() {
@@ -127,13 +92,9 @@ impl TestPlugin {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        let plugin = Arc::new(Plugin {
-            name: name.into(),
-            behaviour,
-            seen: seen.clone(),
-        });
-        let stub = Stub::connect(&socket, name, index, plugin)
+        let plugin = Recorder::new(script);
+        let stub = plugin
+            .connect(&socket, name, index)
             .await
             .unwrap_or_else(|e| panic!("NRI plugin {index}-{name}: {e}"));
         // (the label alone: the log may colour "plugin=")
@@ -152,7 +113,12 @@ impl TestPlugin {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        TestPlugin { stub, seen }
+        TestPlugin { stub, plugin }
+    }
+
+    /// Disconnects.
+    pub async fn close(self) {
+        self.plugin.close(self.stub).await;
     }
 }
 
@@ -212,4 +178,24 @@ pub fn assert_no_process_of(path: &std::path::Path, timeout: Duration, why: &str
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// An NRI update setting container `id`'s CPU shares.
+pub fn cpu_shares_update(id: &str, shares: u64) -> api::ContainerUpdate {
+    let mut u = api::ContainerUpdate {
+        container_id: id.into(),
+        ..Default::default()
+    };
+    u.linux
+        .mut_or_insert_default()
+        .resources
+        .mut_or_insert_default()
+        .cpu
+        .mut_or_insert_default()
+        .shares = Some(api::OptionalUInt64 {
+        value: shares,
+        ..Default::default()
+    })
+    .into();
+    u
 }

@@ -20,7 +20,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 
-use super::{Nri, StateSource};
+use super::Nri;
 
 /// The variable naming the descriptor of a launched plugin's connection.
 pub const PLUGIN_SOCKET_ENV: &str = "NRI_PLUGIN_SOCKET";
@@ -310,7 +310,6 @@ impl Nri {
         self: &Arc<Self>,
         plugin_dir: &Path,
         config_dir: &Path,
-        state: Arc<dyn StateSource>,
     ) -> Vec<String> {
         let (dir, conf) = (plugin_dir.to_path_buf(), config_dir.to_path_buf());
         // Directory and file reads: off the async workers.
@@ -351,7 +350,7 @@ impl Nri {
                     continue;
                 }
             };
-            let (nri, state) = (self.clone(), state.clone());
+            let nri = self.clone();
             tasks.spawn(async move {
                 let (stream, process) = match spawn(&plugin, Arc::downgrade(&nri)) {
                     Ok(s) => s,
@@ -369,7 +368,7 @@ impl Nri {
                 };
                 // On failure the identity, and so the process, is dropped:
                 // killed and reaped.
-                match nri.connect_plugin(stream, state, Some(identity)).await {
+                match nri.connect_plugin(stream, Some(identity)).await {
                     Ok(()) => Some(label),
                     Err(e) => {
                         tracing::warn!(plugin = %label, error = %e, "NRI plugin not admitted");

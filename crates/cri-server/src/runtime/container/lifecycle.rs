@@ -731,7 +731,8 @@ pub async fn record_exit(
     daemon.exited.notify_waiters();
     match r {
         Ok(Ok((record, true))) => {
-            super::events::emit(daemon, &record, ContainerEventType::ContainerStoppedEvent)
+            super::events::emit(daemon, &record, ContainerEventType::ContainerStoppedEvent);
+            crate::nri::events::container_exited(daemon, &record);
         }
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::warn!(container = id, error = %e, "cannot record exit"),
@@ -782,6 +783,8 @@ pub async fn start(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
 async fn start_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
     let mut timeline = Timeline::start();
     let record = daemon.store.get_container(id).map_err(store_status)?;
+    // Before the lock: a plugin may update this container meanwhile.
+    crate::nri::events::start_container(daemon, &record).await?;
     let id = record.metadata.id.clone();
     let _lock = daemon.locks.lock(&id).await;
     let record = daemon.store.get_container(&id).map_err(store_status)?;

@@ -85,11 +85,10 @@ fn record_resources(
     failed.map_or(Ok(()), Err)
 }
 
-/// UpdateContainerResources: applies the new Linux resources to the
-/// container's cgroups through the shim (`runtime update`), then records
-/// them in the bundle's spec and in the container's record (so that
-/// ContainerStatus shows them, also after a restart). A container that has
-/// exited only gets the spec and the record updated.
+/// UpdateContainerResources: the subscribed NRI plugins are asked first
+/// (UpdateContainer; their answer may change the resources and update or
+/// evict other containers), then the resources are applied ([`apply`]),
+/// then the plugins are told (PostUpdateContainer).
 pub async fn update_resources(
     daemon: &Arc<Daemon>,
     req: UpdateContainerResourcesRequest,
@@ -105,12 +104,31 @@ pub async fn update_resources(
         .get_container(&req.container_id)
         .map_err(store_status)?;
     let id = record.metadata.id.clone();
+    // No container lock is held here: a plugin may update this very
+    // container from within its UpdateContainer handler.
+    let (linux, nri) = crate::nri::events::update_container(daemon, &record, linux).await?;
+    apply(daemon, &id, linux).await?;
+    crate::nri::events::post_update_container(daemon, &id, nri).await;
+    Ok(())
+}
+
+/// Applies new Linux resources to the container's cgroups through the shim
+/// (`runtime update`), then records them in the bundle's spec and in the
+/// container's record (so that ContainerStatus shows them, also after a
+/// restart). A container that has exited only gets the spec and the record
+/// updated. The path of UpdateContainerResources and of NRI plugins'
+/// updates; it sends no NRI event.
+pub async fn apply(
+    daemon: &Arc<Daemon>,
+    id: &str,
+    linux: LinuxContainerResources,
+) -> Result<(), CriError> {
     let resources = crius_spec::cgroups::resources(&linux, daemon.host.cgroup_features, "linux")
         .map_err(CriError::from)?;
     let json = serde_json::to_vec(&resources).map_err(|e| internal("resources", e))?;
 
-    let _lock = daemon.locks.lock(&id).await;
-    let record = daemon.store.get_container(&id).map_err(store_status)?;
+    let _lock = daemon.locks.lock(id).await;
+    let record = daemon.store.get_container(id).map_err(store_status)?;
     if matches!(
         record.status.state,
         ContainerState::Created | ContainerState::Running
@@ -124,9 +142,9 @@ pub async fn update_resources(
                     record.metadata.sandbox_id
                 ))
             })?;
-        shim.update(&id, json).await.map_err(CriError::from)?;
+        shim.update(id, json).await.map_err(CriError::from)?;
     }
-    let config = super::lifecycle::bundle_dir(daemon, &id).join("config.json");
+    let config = super::lifecycle::bundle_dir(daemon, id).join("config.json");
     match std::fs::read(&config) {
         Ok(bytes) => {
             let out = crius_spec::edit::update_resources(&bytes, &resources)?;
@@ -138,7 +156,7 @@ pub async fn update_resources(
         Err(e) => return Err(internal("config.json", e)),
     }
     let d = daemon.clone();
-    let cid = id.clone();
+    let cid = id.to_string();
     tokio::task::spawn_blocking(move || record_resources(&d, &cid, &linux))
         .await
         .map_err(|e| internal("store", e))?

@@ -905,6 +905,7 @@ async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
                 tracing::warn!(sandbox = %id, container = %cid, error = %e.message(), "stopping container failed");
             }
         }
+        crate::nri::events::stop_pod_sandbox(daemon, &record).await;
         if let Some(shim) = &shim {
             if let Err(e) = shim.stop_sandbox(&id, Duration::ZERO).await {
                 // The shutdown below kills what is left (or cleans up after
