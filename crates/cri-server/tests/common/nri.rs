@@ -1,7 +1,7 @@
 //! A test NRI plugin speaking the real protocol (crius_nri's plugin stub
 //! over the daemon's NRI socket): records what it is told and, on
-//! CreateContainer, adds an env var, an annotation and a tmpfs mount, or
-//! never answers.
+//! CreateContainer, adds an env var, an annotation and a tmpfs mount,
+//! answers with a given adjustment, or never answers.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,13 +24,15 @@ pub struct Seen {
 }
 
 /// How the plugin answers CreateContainer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Behaviour {
     /// Adds `NRI_TEST_ENV=<pod name>`, the annotation `nri.test/plugin=<name>`
     /// and a tmpfs at `/nri-test`.
     Adjust,
     /// Never answers.
     Hang,
+    /// Answers with this adjustment.
+    Answer(Box<api::ContainerAdjustment>),
 }
 
 struct Plugin {
@@ -75,8 +77,15 @@ impl api_ttrpc::Plugin for Plugin {
             .unwrap()
             .created
             .push((req.pod.name.clone(), req.container.name.clone()));
-        if self.behaviour == Behaviour::Hang {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
+        match &self.behaviour {
+            Behaviour::Hang => tokio::time::sleep(Duration::from_secs(3600)).await,
+            Behaviour::Answer(adjust) => {
+                return Ok(api::CreateContainerResponse {
+                    adjust: Some((**adjust).clone()).into(),
+                    ..Default::default()
+                })
+            }
+            Behaviour::Adjust => {}
         }
         let mut adjust = api::ContainerAdjustment::new();
         adjust.env.push(api::KeyValue {
