@@ -193,7 +193,8 @@ async fn a_silent_plugin_delays_creation_by_at_most_the_request_timeout() {
 }
 
 /// What the resource plugin of the next test asks for: a device node
-/// (`/dev/nri-null`, the host's null device), RLIMIT_NOFILE 4141/4242, an
+/// (`/dev/nri-null`, the host's null device), RLIMIT_NOFILE 4141/4242
+/// (replacing crius' own), an
 /// OOM score of 123, 512 CPU shares and a 64 MiB memory limit.
 fn resource_adjustment() -> api::ContainerAdjustment {
     let mut linux = api::LinuxContainerAdjustment::new();
@@ -291,8 +292,21 @@ async fn a_plugin_injects_a_device_an_rlimit_an_oom_score_and_resources() {
     assert!(out.starts_with("crw-rw-rw-"), "{out}");
     assert!(out.contains("1,   3"), "{out}");
     assert!(out.contains("written"), "{out}");
-    // The rlimit and the OOM score of the container's process.
-    let (code, out, err) = exec(&mut rt, &id, &["/bin/busybox", "cat", "/proc/1/limits"]).await;
+    // The rlimit and the OOM score of the container's process (the pod's
+    // processes may share a PID namespace: found by its command line).
+    let of_sleep = |file: &str| {
+        format!(
+            "for p in /proc/[0-9]*; do \
+             [ \"$(tr '\\0' ' ' < $p/cmdline)\" = '/bin/busybox sleep 3600 ' ] \
+             && cat $p/{file}; done"
+        )
+    };
+    let (code, out, err) = exec(
+        &mut rt,
+        &id,
+        &["/bin/busybox", "sh", "-c", &of_sleep("limits")],
+    )
+    .await;
     assert_eq!(code, 0, "{err}");
     let files: Vec<&str> = out
         .lines()
@@ -300,11 +314,16 @@ async fn a_plugin_injects_a_device_an_rlimit_an_oom_score_and_resources() {
         .unwrap_or_else(|| panic!("{out}"))
         .split_whitespace()
         .collect();
-    assert_eq!(files[3..5], ["4141", "4242"], "{out}");
+    assert_eq!(
+        files[3..5],
+        ["4141", "4242"],
+        "{out}\n{}",
+        spec_of(&env, &id)["process"]
+    );
     let (code, out, err) = exec(
         &mut rt,
         &id,
-        &["/bin/busybox", "cat", "/proc/1/oom_score_adj"],
+        &["/bin/busybox", "sh", "-c", &of_sleep("oom_score_adj")],
     )
     .await;
     assert_eq!((code, out.trim()), (0, "123"), "{err}");
@@ -373,6 +392,8 @@ async fn two_plugins_setting_one_env_var_fail_the_creation() {
             .unwrap_or_default()
     };
     assert_eq!(entries(&containers_dir), Vec::<String>::new());
+    // (the pod's own cgroups)
+    let cgroups = cgroup_dirs(uid);
 
     let cfg = container("clash", &image, &["/bin/busybox", "sleep", "3600"]);
     let err = create(&mut rt, &pod_id, &pod, cfg.clone())
@@ -396,7 +417,7 @@ async fn two_plugins_setting_one_env_var_fail_the_creation() {
         .into_inner();
     assert!(list.containers.is_empty(), "{:?}", list.containers);
     assert_eq!(entries(&containers_dir), Vec::<String>::new());
-    assert_eq!(cgroup_dirs(uid), Vec::<std::path::PathBuf>::new());
+    assert_eq!(cgroup_dirs(uid), cgroups);
 
     // One plugin alone: the name was released and the creation works.
     second.stub.close().await;
