@@ -509,7 +509,7 @@ mod tests {
     fn container_as_plugins_see_it() {
         let spec: Spec = serde_json::from_value(serde_json::json!({
             "ociVersion": "1.0.2",
-            "process": {"cwd": "/", "oomScoreAdj": 5,
+            "process": {"cwd": "/", "user": {"uid": 0, "gid": 0}, "oomScoreAdj": 5,
                         "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 9, "soft": 8}]},
             "linux": {
                 "cgroupsPath": "/p/c",
