@@ -194,7 +194,7 @@ async fn a_silent_plugin_delays_creation_by_at_most_the_request_timeout() {
 
 /// What the resource plugin of the next test asks for: a device node
 /// (`/dev/nri-null`, the host's null device), RLIMIT_NOFILE 4141/4242
-/// (replacing crius' own), an
+/// (replacing crius' own), the CDI device `nri.test/cdi=env0`, an
 /// OOM score of 123, 512 CPU shares and a 64 MiB memory limit.
 fn resource_adjustment() -> api::ContainerAdjustment {
     let mut linux = api::LinuxContainerAdjustment::new();
@@ -237,6 +237,10 @@ fn resource_adjustment() -> api::ContainerAdjustment {
     linux.resources = Some(resources).into();
     let mut adjust = api::ContainerAdjustment::new();
     adjust.linux = Some(linux).into();
+    adjust.CDI_devices.push(api::CDIDevice {
+        name: "nri.test/cdi=env0".into(),
+        ..Default::default()
+    });
     adjust.rlimits.push(api::POSIXRlimit {
         type_: "RLIMIT_NOFILE".into(),
         hard: 4242,
@@ -246,6 +250,8 @@ fn resource_adjustment() -> api::ContainerAdjustment {
     adjust
 }
 
+/// A plugin's device node, CDI device, rlimit, OOM score, CPU shares and
+/// memory limit, seen from inside the container and in its cgroups.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_injects_a_device_an_rlimit_an_oom_score_and_resources() {
     if !is_root() {
@@ -253,7 +259,21 @@ async fn a_plugin_injects_a_device_an_rlimit_an_oom_score_and_resources() {
         return;
     }
     let _serial = SERIAL.lock().await;
-    let env = Env::start("nri-res");
+    // The CDI device the plugin asks for: `NRI_CDI=env0` in the container.
+    let cdi = tempfile::Builder::new()
+        .prefix("crius-nri-cdi")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let spec = serde_json::json!({
+        "cdiVersion": "0.6.0",
+        "kind": "nri.test/cdi",
+        "devices": [{"name": "env0", "containerEdits": {"env": ["NRI_CDI=env0"]}}],
+    });
+    std::fs::write(cdi.path().join("nri.json"), spec.to_string()).unwrap();
+    let env = Env::start_with(
+        "nri-res",
+        &format!("[cdi]\nspec_dirs = [\"{}\"]\n", cdi.path().display()),
+    );
     let image = env.pull_busybox().await;
     let mut rt = env.daemon.runtime().await;
     let uid = "nri-res-uid";
@@ -327,6 +347,9 @@ async fn a_plugin_injects_a_device_an_rlimit_an_oom_score_and_resources() {
     )
     .await;
     assert_eq!((code, out.trim()), (0, "123"), "{err}");
+    // The CDI device, resolved after the plugins answered.
+    let (code, out, err) = exec(&mut rt, &id, &["/bin/busybox", "sh", "-c", "echo $NRI_CDI"]).await;
+    assert_eq!((code, out.trim()), (0, "env0"), "{err}");
     // The memory limit as the container sees it ...
     let (code, out, err) = exec(
         &mut rt,
