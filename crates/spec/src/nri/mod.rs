@@ -683,17 +683,20 @@ fn devices(cx: &mut Cx, s: &mut Value, devices: &[NriDevice]) -> Result<(), Adju
 fn resources(cx: &mut Cx, s: &mut Value, r: &NriResources) -> Result<(), AdjustError> {
     const MEM: &str = "linux.resources.memory";
     let m = &r.memory;
+    // A new memory limit without a swap limit moves the swap limit along
+    // (as NRI does), when the spec has one (crius sets none on a host
+    // without swap accounting, where runc could not write it).
+    let has_swap = !s["linux"]["resources"]["memory"]["swap"].is_null();
     let ints = [
         ("limit", m.limit),
         ("reservation", m.reservation),
-        ("swap", m.swap.or(m.limit.filter(|_| m.swap.is_none()))),
+        ("swap", m.swap.or(m.limit.filter(|_| has_swap))),
         ("kernel", m.kernel),
         ("kernelTCP", m.kernel_tcp),
     ];
     for (name, v) in ints {
         let Some(v) = v else { continue };
-        // The swap limit follows the memory limit unless set (as NRI does):
-        // claimed only when the plugin set it.
+        // (the swap limit is claimed only when the plugin set it)
         if name != "swap" || m.swap.is_some() {
             cx.claim(&format!("{MEM}.{name}"))?;
         }

@@ -522,6 +522,28 @@ fn resources() {
 }
 
 #[test]
+fn swap_follows_the_memory_limit_only_where_there_is_one() {
+    let adj = NriAdjustment {
+        resources: NriResources {
+            memory: NriMemory {
+                limit: Some(2000),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut no_swap = serde_json::to_value(spec()).unwrap();
+    no_swap["linux"]["resources"]["memory"] = json!({"limit": 1000});
+    let no_swap: Spec = serde_json::from_value(no_swap).unwrap();
+    let got = apply_adjustment(&no_swap, "p", &adj, &mut Owners::default()).unwrap();
+    assert_eq!(
+        serde_json::to_value(got).unwrap()["linux"]["resources"]["memory"],
+        json!({"limit": 2000})
+    );
+}
+
+#[test]
 fn linux_fields() {
     let l = |f: &dyn Fn(&mut NriAdjustment)| {
         let mut a = NriAdjustment::default();
