@@ -32,6 +32,10 @@ use serde_json::{json, Map, Value};
 /// plugin is untrusted input.
 pub const MAX_ENTRIES: usize = 1024;
 
+/// The most rules, syscall names and argument filters of a seccomp policy
+/// together (a runtime's default profile names about 400 syscalls).
+pub const MAX_SECCOMP_ENTRIES: usize = 4096;
+
 /// Why an adjustment was not applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AdjustError {
@@ -426,11 +430,13 @@ fn check_sizes(cx: &Cx, adj: &NriAdjustment) -> Result<(), AdjustError> {
         ),
     ];
     for (field, n) in sizes {
-        if n > MAX_ENTRIES {
-            return Err(cx.refuse(
-                field,
-                format!("{n} entries, more than the {MAX_ENTRIES} allowed"),
-            ));
+        let max = if field == "linux.seccomp_policy.syscalls" {
+            MAX_SECCOMP_ENTRIES
+        } else {
+            MAX_ENTRIES
+        };
+        if n > max {
+            return Err(cx.refuse(field, format!("{n} entries, more than the {max} allowed")));
         }
     }
     Ok(())

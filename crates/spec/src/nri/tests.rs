@@ -835,6 +835,25 @@ fn sizes_are_bounded() {
         ..Default::default()
     };
     assert_eq!(refused(&adj), "CDI_devices");
+    let rule = |n: usize| NriSyscall {
+        names: (0..n).map(|i| format!("s{i}")).collect(),
+        action: "SCMP_ACT_ALLOW".into(),
+        ..Default::default()
+    };
+    let policy = |n: usize| NriAdjustment {
+        seccomp_policy: Some(NriSeccomp {
+            default_action: "SCMP_ACT_ERRNO".into(),
+            syscalls: vec![rule(n)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // one rule with 2000 names: within the bound
+    assert!(apply(&policy(2000)).is_ok());
+    assert_eq!(
+        refused(&policy(MAX_SECCOMP_ENTRIES)),
+        "linux.seccomp_policy.syscalls"
+    );
 }
 
 /// Two plugins adjusting, in order: the field the second conflicts on
