@@ -55,6 +55,12 @@ pub enum CriError {
     /// A fault of criusd or the host.
     #[error("{0}")]
     Internal(String),
+    /// A failure the runtimes crius answers like give no code to: two NRI
+    /// plugins adjusting the same thing of a container being created
+    /// (containerd and CRI-O pass NRI's plain error up, which gRPC reports
+    /// as Unknown; the kubelet retries the creation as after any failure).
+    #[error("{0}")]
+    Unknown(String),
 }
 
 /// The result of domain code.
@@ -117,6 +123,7 @@ impl CriError {
             CriError::DataLoss(_) => Code::DataLoss,
             CriError::Unimplemented(_) => Code::Unimplemented,
             CriError::Internal(_) => Code::Internal,
+            CriError::Unknown(_) => Code::Unknown,
         }
     }
 
@@ -164,6 +171,19 @@ impl From<SpecError> for CriError {
             SpecError::InvalidArgument { .. } => CriError::invalid_argument(msg),
             SpecError::FailedPrecondition { .. } => CriError::FailedPrecondition(msg),
             SpecError::Internal(_) => CriError::Internal(msg),
+        }
+    }
+}
+
+/// Two NRI plugins adjusting the same thing: Unknown, as containerd and
+/// CRI-O answer; a plugin's malformed or unsupported adjustment is no fault
+/// of the CRI client: Internal. Both messages name the plugins and field.
+impl From<crius_spec::nri::AdjustError> for CriError {
+    fn from(e: crius_spec::nri::AdjustError) -> Self {
+        let msg = e.to_string();
+        match e {
+            crius_spec::nri::AdjustError::Conflict { .. } => CriError::Unknown(msg),
+            crius_spec::nri::AdjustError::Refused { .. } => CriError::Internal(msg),
         }
     }
 }
@@ -346,6 +366,26 @@ mod tests {
                 Code::ResourceExhausted,
             ),
             ("not yet", not_yet("Checkpoint"), Code::Unimplemented),
+            (
+                "NRI conflict",
+                crius_spec::nri::AdjustError::Conflict {
+                    field: "env \"X\"".into(),
+                    plugin: "20-b".into(),
+                    other: "10-a".into(),
+                }
+                .into(),
+                Code::Unknown,
+            ),
+            (
+                "NRI refused",
+                crius_spec::nri::AdjustError::Refused {
+                    plugin: "10-a".into(),
+                    field: "linux.oom_score_adj".into(),
+                    message: "2000 is not in -1000..=1000".into(),
+                }
+                .into(),
+                Code::Internal,
+            ),
         ];
         for (name, err, want) in cases {
             assert_eq!(err.code(), want, "{name}: {err}");

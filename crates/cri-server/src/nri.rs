@@ -14,7 +14,9 @@ use crius_nri::runtime::{Nri, Options, StateSource, UpdateFuture};
 use crius_store::SandboxRecord;
 
 use crate::daemon::Daemon;
-use crate::errors::{internal, spec_status, CriError};
+use crate::errors::CriError;
+
+mod adjust;
 
 /// Listens on `[nri] socket_path` when NRI is enabled (unless
 /// `disable_connections`), then starts the pre-started plugins of
@@ -163,8 +165,11 @@ fn pod_linux(s: &SandboxRecord) -> api::LinuxPodSandbox {
 }
 
 /// Asks the subscribed plugins about the container being created and
-/// applies their adjustments (env, annotations, mounts), in index order.
-/// Returns the spec unchanged at once when no plugin is connected.
+/// applies their adjustments to its spec, in index order, as the spec
+/// crate's [`crius_spec::nri`] does (every `ContainerAdjustment` field;
+/// two plugins setting the same thing fail the creation, naming both);
+/// then resolves the CDI devices they asked for. Returns the spec
+/// unchanged at once when no plugin is connected.
 pub async fn adjust_created(
     daemon: &Daemon,
     sandbox: &SandboxRecord,
@@ -200,45 +205,36 @@ pub async fn adjust_created(
                 ..Default::default()
             })
             .collect(),
+        linux: Some(adjust::linux_container(&spec)).into(),
+        rlimits: adjust::rlimits(&spec),
         ..Default::default()
     };
     let mut spec = spec;
+    let mut owners = crius_spec::nri::Owners::default();
+    let mut cdi = Vec::new();
     for a in nri.create_container(&pod(sandbox), &container).await {
-        let adj = crius_spec::nri::NriAdjustment {
-            env: a
-                .adjust
-                .env
-                .iter()
-                .map(|kv| (kv.key.clone(), kv.value.clone()))
-                .collect(),
-            annotations: a
-                .adjust
-                .annotations
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            mounts: a
-                .adjust
-                .mounts
-                .iter()
-                .map(|m| crius_spec::nri::NriMount {
-                    destination: m.destination.clone(),
-                    kind: m.type_.clone(),
-                    source: m.source.clone(),
-                    options: m.options.clone(),
-                })
-                .collect(),
-        };
-        spec = crius_spec::nri::apply_adjustment(&spec, &adj).map_err(|e| {
-            tracing::warn!(plugin = %a.plugin, container = id, error = %e, "NRI adjustment refused");
-            match e {
-                crius_spec::SpecError::Internal(m) => {
-                    internal(&format!("NRI plugin {}", a.plugin), m)
-                }
-                other => spec_status(other),
-            }
-        })?;
+        let adj = adjust::from_proto(&a.adjust);
+        spec = crius_spec::nri::apply_adjustment(&spec, &a.plugin, &adj, &mut owners).map_err(
+            |e| {
+                tracing::warn!(plugin = %a.plugin, container = id, error = %e, "NRI adjustment refused");
+                CriError::from(e)
+            },
+        )?;
+        cdi.extend(
+            adj.cdi_devices
+                .into_iter()
+                .map(|name| crius_spec::devices::CdiRequest {
+                    name,
+                    field: format!("NRI plugin {:?} CDI_devices", a.plugin),
+                }),
+        );
         tracing::debug!(plugin = %a.plugin, container = id, "NRI adjustment applied");
     }
-    Ok(spec)
+    crate::runtime::container::devices::inject_cdi_requests(
+        &daemon.config().cdi,
+        "NRI CDI_devices",
+        cdi,
+        spec,
+    )
+    .await
 }

@@ -1,6 +1,8 @@
 //! NRI against the real daemon: a plugin speaking the real protocol over
 //! criusd's NRI socket registers, is synchronized with the pods that exist,
-//! and adjusts a container as it is created (env, annotation, mount); a
+//! and adjusts a container as it is created (env, annotation, mount; a
+//! device, a CDI device, an rlimit, the OOM score, CPU shares and the memory
+//! limit); two plugins setting the same variable fail the creation; a
 //! plugin that never answers delays CreateContainer by at most the request
 //! timeout and is dropped; a plugin sees a pod's and a container's
 //! lifecycle events in order, changes an update and lowers a running
@@ -17,6 +19,7 @@ use common::nri::{
 };
 use common::pod::*;
 use common::registry::is_root;
+use crius_nri::api;
 use crius_nri::stub::Script;
 use k8s_cri::v1::{LinuxContainerResources, UpdateContainerResourcesRequest};
 use std::time::{Duration, Instant};
@@ -567,4 +570,269 @@ async fn a_pre_started_plugin_is_configured_adjusts_containers_and_stops_with_cr
     assert_eq!(processes_of(&plugin).len(), 1);
     env.daemon.signal_and_wait(libc::SIGKILL);
     assert_no_process_of(&plugin, Duration::from_secs(10), "criusd was killed");
+}
+
+/// What the resource plugin of the next test asks for: a device node
+/// (`/dev/nri-null`, the host's null device), RLIMIT_NOFILE 4141/4242
+/// (replacing crius' own), the CDI device `nri.test/cdi=env0`, an
+/// OOM score of 123, 512 CPU shares and a 64 MiB memory limit.
+fn resource_adjustment() -> api::ContainerAdjustment {
+    let mut linux = api::LinuxContainerAdjustment::new();
+    linux.devices.push(api::LinuxDevice {
+        path: "/dev/nri-null".into(),
+        type_: "c".into(),
+        major: 1,
+        minor: 3,
+        file_mode: Some(api::OptionalFileMode {
+            value: 0o666,
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    });
+    linux.oom_score_adj = Some(api::OptionalInt {
+        value: 123,
+        ..Default::default()
+    })
+    .into();
+    let mut resources = api::LinuxResources::new();
+    resources.cpu = Some(api::LinuxCPU {
+        shares: Some(api::OptionalUInt64 {
+            value: 512,
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    })
+    .into();
+    resources.memory = Some(api::LinuxMemory {
+        limit: Some(api::OptionalInt64 {
+            value: 64 << 20,
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    })
+    .into();
+    linux.resources = Some(resources).into();
+    let mut adjust = api::ContainerAdjustment::new();
+    adjust.linux = Some(linux).into();
+    adjust.CDI_devices.push(api::CDIDevice {
+        name: "nri.test/cdi=env0".into(),
+        ..Default::default()
+    });
+    adjust.rlimits.push(api::POSIXRlimit {
+        type_: "RLIMIT_NOFILE".into(),
+        hard: 4242,
+        soft: 4141,
+        ..Default::default()
+    });
+    adjust
+}
+
+/// A plugin's device node, CDI device, rlimit, OOM score, CPU shares and
+/// memory limit, seen from inside the container and in its cgroups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_injects_a_device_an_rlimit_an_oom_score_and_resources() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    // The CDI device the plugin asks for: `NRI_CDI=env0` in the container.
+    let cdi = tempfile::Builder::new()
+        .prefix("crius-nri-cdi")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let spec = serde_json::json!({
+        "cdiVersion": "0.6.0",
+        "kind": "nri.test/cdi",
+        "devices": [{"name": "env0", "containerEdits": {"env": ["NRI_CDI=env0"]}}],
+    });
+    std::fs::write(cdi.path().join("nri.json"), spec.to_string()).unwrap();
+    let env = Env::start_with(
+        "nri-res",
+        &format!("[cdi]\nspec_dirs = [\"{}\"]\n", cdi.path().display()),
+    );
+    let image = env.pull_busybox().await;
+    let mut rt = env.daemon.runtime().await;
+    let uid = "nri-res-uid";
+    let pod = pod("nri-res", uid);
+    let pod_id = run_pod(&env, &mut rt, &pod).await;
+    let plugin = TestPlugin::connect(
+        &env.daemon,
+        "resources",
+        "30",
+        Behaviour::Answer(Box::new(resource_adjustment())),
+    )
+    .await;
+    let id = run(
+        &env,
+        &mut rt,
+        &pod_id,
+        &pod,
+        container("limited", &image, &["/bin/busybox", "sleep", "3600"]),
+    )
+    .await;
+    assert_eq!(plugin.plugin.seen().events.len(), 1);
+
+    // The device node, usable (allowed in the device cgroup).
+    let (code, out, err) = exec(
+        &mut rt,
+        &id,
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "ls -l /dev/nri-null && echo x > /dev/nri-null && echo written",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("crw-rw-rw-"), "{out}");
+    assert!(out.contains("1,   3"), "{out}");
+    assert!(out.contains("written"), "{out}");
+    // The rlimit and the OOM score of the container's process (the pod's
+    // processes may share a PID namespace: found by its command line).
+    let of_sleep = |file: &str| {
+        format!(
+            "for p in /proc/[0-9]*; do \
+             [ \"$(tr '\\0' ' ' < $p/cmdline)\" = '/bin/busybox sleep 3600 ' ] \
+             && cat $p/{file}; done"
+        )
+    };
+    let (code, out, err) = exec(
+        &mut rt,
+        &id,
+        &["/bin/busybox", "sh", "-c", &of_sleep("limits")],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let files: Vec<&str> = out
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("{out}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        files[3..5],
+        ["4141", "4242"],
+        "{out}\n{}",
+        spec_of(&env, &id)["process"]
+    );
+    let (code, out, err) = exec(
+        &mut rt,
+        &id,
+        &["/bin/busybox", "sh", "-c", &of_sleep("oom_score_adj")],
+    )
+    .await;
+    assert_eq!((code, out.trim()), (0, "123"), "{err}");
+    // The CDI device, resolved after the plugins answered.
+    let (code, out, err) = exec(&mut rt, &id, &["/bin/busybox", "sh", "-c", "echo $NRI_CDI"]).await;
+    assert_eq!((code, out.trim()), (0, "env0"), "{err}");
+    // The memory limit as the container sees it ...
+    let (code, out, err) = exec(
+        &mut rt,
+        &id,
+        &[
+            "/bin/busybox",
+            "cat",
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+        ],
+    )
+    .await;
+    assert_eq!((code, out.trim()), (0, "67108864"), "{err}");
+    // ... and the cgroup on the host.
+    let read = |controller: &str, file: &str| {
+        let p = container_cgroup(controller, uid, &id).join(file);
+        std::fs::read_to_string(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(read("memory", "memory.limit_in_bytes"), "67108864");
+    assert_eq!(read("cpu", "cpu.shares"), "512");
+
+    plugin.stub.close().await;
+    teardown(&env, &mut rt, &pod_id, uid).await;
+}
+
+/// Issue 20, test 4: two plugins setting the same environment variable
+/// make CreateContainer fail, naming both plugins and the variable, and
+/// leave nothing behind; without the conflict the name is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_plugins_setting_one_env_var_fail_the_creation() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let env = Env::start("nri-conflict");
+    let image = env.pull_busybox().await;
+    let mut rt = env.daemon.runtime().await;
+    let uid = "nri-conflict-uid";
+    let pod = pod("nri-conflict", uid);
+    let pod_id = run_pod(&env, &mut rt, &pod).await;
+    let setting = |value: &str| {
+        let mut adjust = api::ContainerAdjustment::new();
+        adjust.env.push(api::KeyValue {
+            key: "NRI_CONFLICT".into(),
+            value: value.into(),
+            ..Default::default()
+        });
+        Behaviour::Answer(Box::new(adjust))
+    };
+    let first = TestPlugin::connect(&env.daemon, "first", "10", setting("one")).await;
+    let second = TestPlugin::connect(&env.daemon, "second", "20", setting("two")).await;
+    let containers_dir = env.dir.join("state/containers");
+    let entries = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(entries(&containers_dir), Vec::<String>::new());
+    // (the pod's own cgroups)
+    let cgroups = cgroup_dirs(uid);
+
+    let cfg = container("clash", &image, &["/bin/busybox", "sleep", "3600"]);
+    let err = create(&mut rt, &pod_id, &pod, cfg.clone())
+        .await
+        .expect_err("conflicting adjustments must fail the creation");
+    assert_eq!(err.code(), tonic::Code::Unknown, "{err:?}");
+    let msg = err.message();
+    assert!(
+        msg.contains("\"20-second\"")
+            && msg.contains("\"10-first\"")
+            && msg.contains("env \"NRI_CONFLICT\""),
+        "{msg}"
+    );
+    assert_eq!(first.plugin.seen().events.len(), 1);
+    assert_eq!(second.plugin.seen().events.len(), 1);
+    // Nothing left: no record, no bundle or state, no cgroup.
+    let list = rt
+        .list_containers(k8s_cri::v1::ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.containers.is_empty(), "{:?}", list.containers);
+    assert_eq!(entries(&containers_dir), Vec::<String>::new());
+    assert_eq!(cgroup_dirs(uid), cgroups);
+
+    // One plugin alone: the name was released and the creation works.
+    second.stub.close().await;
+    let id = run(&env, &mut rt, &pod_id, &pod, cfg).await;
+    let (code, out, err) = exec(
+        &mut rt,
+        &id,
+        &["/bin/busybox", "sh", "-c", "echo $NRI_CONFLICT"],
+    )
+    .await;
+    assert_eq!((code, out.trim()), (0, "one"), "{err}");
+
+    first.stub.close().await;
+    teardown(&env, &mut rt, &pod_id, uid).await;
 }

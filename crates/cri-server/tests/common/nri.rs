@@ -1,7 +1,8 @@
 //! A test NRI plugin speaking the real protocol over the daemon's NRI
 //! socket: crius_nri's [`Recorder`], which records what it is told and
 //! answers by a script; [`Behaviour`] makes the CreateContainer scripts
-//! (adds an env var, an annotation and a tmpfs mount, or never answers).
+//! (adds an env var, an annotation and a tmpfs mount, answers with a given
+//! adjustment, or never answers).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,13 +12,15 @@ use crius_nri::runtime::event_bit;
 use crius_nri::stub::{Recorder, Script, Stub};
 
 /// How the plugin answers CreateContainer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Behaviour {
     /// Adds `NRI_TEST_ENV=<pod name>`, the annotation `nri.test/plugin=<name>`
     /// and a tmpfs at `/nri-test`.
     Adjust,
     /// Never answers.
     Hang,
+    /// Answers with this adjustment.
+    Answer(Box<api::ContainerAdjustment>),
 }
 
 impl Behaviour {
@@ -26,7 +29,15 @@ impl Behaviour {
         let name = name.to_string();
         Script {
             events: event_bit(api::Event::CREATE_CONTAINER),
+            hang: if self == Behaviour::Hang {
+                vec!["CreateContainer"]
+            } else {
+                vec![]
+            },
             adjust: Some(Box::new(move |req: &api::CreateContainerRequest| {
+                if let Behaviour::Answer(adjust) = &self {
+                    return (**adjust).clone();
+                }
                 let mut adjust = api::ContainerAdjustment::new();
                 adjust.env.push(api::KeyValue {
                     key: "NRI_TEST_ENV".into(),
@@ -45,11 +56,6 @@ impl Behaviour {
                 });
                 adjust
             })),
-            hang: if self == Behaviour::Hang {
-                vec!["CreateContainer"]
-            } else {
-                vec![]
-            },
             ..Default::default()
         }
     }

@@ -292,6 +292,16 @@ impl Drop for Leftovers {
     }
 }
 
+/// The cgroup (v1) of a test pod's container under one controller
+/// (`memory`, `cpu`, ...), with the cgroupfs driver.
+pub fn container_cgroup(controller: &str, uid: &str, id: &str) -> PathBuf {
+    Path::new("/sys/fs/cgroup")
+        .join(controller)
+        .join(cg_root())
+        .join(format!("pod{uid}"))
+        .join(id)
+}
+
 pub fn cgroup_dirs(uid: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {

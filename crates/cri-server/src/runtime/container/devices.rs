@@ -197,14 +197,34 @@ pub async fn inject_cdi(
         return Ok(spec);
     }
     let requests = crius_spec::devices::cdi_requests(config).map_err(spec_status)?;
+    inject_cdi_requests(cdi, "config.cdi_devices", requests, spec).await
+}
+
+/// Adds the CDI devices of `requests` to the spec (see [`inject_cdi`]);
+/// NRI plugins' CDI devices come this way. With `[cdi] enable = false`,
+/// any request is refused (FailedPrecondition, naming its field). `what`
+/// names the requests in the error of a failed injection.
+pub async fn inject_cdi_requests(
+    cdi: &CdiConfig,
+    what: &str,
+    requests: Vec<crius_spec::devices::CdiRequest>,
+    spec: oci_spec::runtime::Spec,
+) -> Result<oci_spec::runtime::Spec, CriError> {
     if requests.is_empty() {
         return Ok(spec);
+    }
+    if !cdi.enable {
+        return Err(CriError::failed_precondition(format!(
+            "{}: CDI device {:?} requested, but CDI is turned off ([cdi] enable = false)",
+            requests[0].field, requests[0].name
+        )));
     }
     let dirs: Vec<String> = cdi
         .spec_dirs
         .iter()
         .map(|d| d.display().to_string())
         .collect();
+    let what = what.to_string();
     tokio::task::spawn_blocking(move || {
         let mut spec = spec;
         let mut cache = cdi_cache(&dirs);
@@ -224,7 +244,7 @@ pub async fn inject_cdi(
         let names = requests.into_iter().map(|r| r.name).collect();
         cache
             .inject_devices(Some(&mut spec), names)
-            .map_err(|e| CriError::failed_precondition(format!("config.cdi_devices: {e}")))?;
+            .map_err(|e| CriError::failed_precondition(format!("{what}: {e}")))?;
         Ok(spec)
     })
     .await
