@@ -14,10 +14,9 @@
 //! The netns is bind-mounted at `<state>/netns` and the tmpfs at
 //! `<state>/shm` (`<state>` = `$CRIUS_SHIM_STATE_DIR/<ns>/<sandbox id>`,
 //! default `/run/crius/shim/<ns>/<sandbox id>`: `crius_shim_api::paths`);
-//! SandboxStatus reports both
-//! in `info` (`netns`, `shm`). StartSandbox points the pause bundle's
-//! config.json at them (network namespace path, /dev/shm bind mount) and runs
-//! it as the task `<sandbox id>`.
+//! SandboxStatus reports both in `info` (`netns`, `shm`). StartSandbox
+//! points the pause bundle's config.json at them (network namespace path,
+//! /dev/shm bind mount) and runs it as the task `<sandbox id>`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
