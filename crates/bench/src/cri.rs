@@ -40,14 +40,18 @@ impl Daemon {
         registry: &str,
         conf_dir: &Path,
         metrics: &str,
+        nri: bool,
     ) -> Result<Daemon> {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("config.toml");
+        // NRI as deployed (on, no plugin connected) on a socket of the
+        // bench's own, or off, to measure what listening costs.
         std::fs::write(
             &config,
             format!(
-                "pause_image = \"{registry}/pause:bench\"\n[cni]\nconf_dir = \"{}\"\nbin_dirs = [\"/usr/lib/cni\"]\n[metrics]\naddress = \"{metrics}\"\n",
-                conf_dir.display()
+                "pause_image = \"{registry}/pause:bench\"\n[cni]\nconf_dir = \"{}\"\nbin_dirs = [\"/usr/lib/cni\"]\n[metrics]\naddress = \"{metrics}\"\n[nri]\nenable = {nri}\nsocket_path = \"{}\"\n",
+                conf_dir.display(),
+                dir.join("nri/nri.sock").display()
             ),
         )?;
         let socket = dir.join("state/crius.sock");

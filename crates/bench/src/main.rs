@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: crius-bench --criusd PATH [--out FILE] [--pods N] [--concurrency N] [--execs N] [--only crius,containerd,runc] [--seccomp unconfined|runtime-default] [--share-pid] [--dir BASE]
+const USAGE: &str = "usage: crius-bench --criusd PATH [--out FILE] [--pods N] [--concurrency N] [--execs N] [--only crius,crius-nri-off,containerd,runc] [--seccomp unconfined|runtime-default] [--share-pid] [--dir BASE]
        crius-bench --scale --criusd PATH [--out FILE] [--pods N] [--calls N] [--idle-secs N] [--poll-secs N] [--only crius,containerd] ...
 
 --scale: node scale (cargo xtask bench scale): the node brought to 50, 100
@@ -119,7 +119,7 @@ fn options() -> Result<Options> {
     }
     if o.scale {
         o.levels = scale::levels(if pods_given { o.pods } else { 200 });
-        o.only.retain(|r| r != "runc");
+        o.only.retain(|r| r != "runc" && r != "crius-nri-off");
         if o.calls == 0 || o.idle_secs == 0 || o.poll_secs == 0 {
             bail!("--calls, --idle-secs and --poll-secs must be at least 1");
         }
@@ -637,8 +637,21 @@ fn cell(v: &serde_json::Value) -> String {
     }
 }
 
+/// The runtimes of a run, in table order, with their column headings.
+const COLUMNS: [(&str, &str); 4] = [
+    ("crius", "crius"),
+    ("crius-nri-off", "crius, NRI off"),
+    ("containerd", "containerd 1.6"),
+    ("runc", "runc floor"),
+];
+
 fn table(results: &serde_json::Value, o: &Options) -> String {
-    let cols = ["crius", "containerd", "runc"];
+    // crius with NRI off only when it ran (`--only ...,crius-nri-off`).
+    let (cols, heads): (Vec<&str>, Vec<&str>) = COLUMNS
+        .iter()
+        .filter(|(c, _)| *c != "crius-nri-off" || results.get(c).is_some())
+        .copied()
+        .unzip();
     let mut rows: Vec<(String, Vec<String>)> = Vec::new();
     let lat = [
         (
@@ -751,22 +764,23 @@ fn table(results: &serde_json::Value, o: &Options) -> String {
         ));
     }
     let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(10);
-    let mut s = format!(
-        "| {:w$} | {:>10} | {:>10} | {:>10} |\n",
-        "", cols[0], "containerd 1.6", "runc floor"
-    );
-    s.push_str(&format!(
-        "|{}|{}|{}|{}|\n",
-        "-".repeat(w + 2),
-        "-".repeat(12),
-        "-".repeat(16),
-        "-".repeat(12)
-    ));
+    let line = |label: &str, cells: &[&str]| {
+        let mut l = format!("| {label:w$} |");
+        for (c, h) in cells.iter().zip(&heads) {
+            l.push_str(&format!(" {c:>0$} |", h.len().max(10)));
+        }
+        l.push('\n');
+        l
+    };
+    let mut s = line("", &heads);
+    s.push_str(&format!("|{}|", "-".repeat(w + 2)));
+    for h in &heads {
+        s.push_str(&format!("{}|", "-".repeat(h.len().max(10) + 2)));
+    }
+    s.push('\n');
     for (label, v) in rows {
-        s.push_str(&format!(
-            "| {label:w$} | {:>10} | {:>14} | {:>10} |\n",
-            v[0], v[1], v[2]
-        ));
+        let cells: Vec<&str> = v.iter().map(String::as_str).collect();
+        s.push_str(&line(&label, &cells));
     }
     s
 }
@@ -818,7 +832,7 @@ async fn run() -> Result<()> {
     eprintln!("bench: load average before: {}", load_before.trim());
     let t0 = Instant::now();
     let mut results = serde_json::Map::new();
-    for name in ["crius", "containerd"] {
+    for name in ["crius", "crius-nri-off", "containerd"] {
         if !o.only.iter().any(|x| x == name) {
             continue;
         }
@@ -828,8 +842,15 @@ async fn run() -> Result<()> {
             .port();
         let metrics = format!("127.0.0.1:{port}");
         let (daemon, metrics) = match name {
-            "crius" => (
-                Daemon::crius(&sub, &criusd, &registry.addr, &network.conf_dir, &metrics)?,
+            "crius" | "crius-nri-off" => (
+                Daemon::crius(
+                    &sub,
+                    &criusd,
+                    &registry.addr,
+                    &network.conf_dir,
+                    &metrics,
+                    name == "crius",
+                )?,
                 Some(metrics.as_str()),
             ),
             _ => (
@@ -907,6 +928,61 @@ async fn run() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::Samples;
+
+    fn options() -> super::Options {
+        super::Options {
+            criusd: "criusd".into(),
+            out: "out.json".into(),
+            pods: 5,
+            concurrency: 2,
+            execs: 3,
+            only: Vec::new(),
+            seccomp: 0,
+            share_pid: false,
+            base: "/tmp".into(),
+            scale: false,
+            levels: Vec::new(),
+            calls: 1,
+            idle_secs: 1,
+            poll_secs: 1,
+        }
+    }
+
+    #[test]
+    fn table_has_a_column_per_runtime_that_ran() {
+        let (crius, containerd) = (serde_json::json!({}), serde_json::json!({}));
+        // (results, headings expected, heading not expected)
+        let cases = [
+            (
+                serde_json::json!({"crius": crius, "containerd": containerd}),
+                vec!["crius", "containerd 1.6", "runc floor"],
+                Some("NRI off"),
+            ),
+            (
+                serde_json::json!({"crius": crius, "crius-nri-off": {}, "containerd": containerd}),
+                vec!["crius", "crius, NRI off", "containerd 1.6", "runc floor"],
+                None,
+            ),
+        ];
+        for (results, heads, absent) in cases {
+            let t = super::table(&results, &options());
+            let lines: Vec<&str> = t.lines().collect();
+            let mut at = 0;
+            for h in &heads {
+                let i = lines[0][at..]
+                    .find(h)
+                    .unwrap_or_else(|| panic!("{h} in {}", lines[0]));
+                at += i + h.len();
+            }
+            if let Some(a) = absent {
+                assert!(!lines[0].contains(a), "{}", lines[0]);
+            }
+            // Every row has one cell per runtime.
+            for l in &lines {
+                assert_eq!(l.matches('|').count(), heads.len() + 2, "{l}");
+            }
+        }
+    }
 
     #[test]
     fn percentiles_use_nearest_rank() {

@@ -150,6 +150,19 @@ pub struct NriConfig {
     /// How long a plugin has to answer a call; a plugin that does not is
     /// dropped, and the container operation goes on without it.
     pub plugin_request_timeout: String,
+    /// Directory of pre-started plugins: at start-up criusd runs each
+    /// executable named `NN-name` in it (NN: two digits, the plugin's
+    /// index) with a connection of its own, as containerd does; the plugin
+    /// is killed when it is dropped and when criusd stops. A missing
+    /// directory has none.
+    pub plugin_path: PathBuf,
+    /// Directory of the pre-started plugins' configurations: plugin
+    /// `NN-name` is given the text of `NN-name.conf`, else `name.conf`, in
+    /// its Configure (at most 1 MiB). Plugins that connect to the socket
+    /// get none.
+    pub plugin_config_path: PathBuf,
+    /// Do not listen on `socket_path`: only pre-started plugins run.
+    pub disable_connections: bool,
 }
 
 impl Default for NriConfig {
@@ -159,6 +172,9 @@ impl Default for NriConfig {
             socket_path: "/var/run/nri/nri.sock".into(),
             plugin_registration_timeout: "5s".into(),
             plugin_request_timeout: "2s".into(),
+            plugin_path: "/opt/nri/plugins".into(),
+            plugin_config_path: "/etc/nri/conf.d".into(),
+            disable_connections: false,
         }
     }
 }
@@ -696,14 +712,17 @@ impl Config {
             .parse::<SocketAddr>()
             .map_err(|e| value_err("stream.address", format!("{:?}: {e}", self.stream.address)))?;
         self.tracing.validate()?;
-        if !self.nri.socket_path.is_absolute() {
-            return Err(value_err(
-                "nri.socket_path",
-                format!(
-                    "{:?} is not an absolute path",
-                    self.nri.socket_path.display().to_string()
-                ),
-            ));
+        for (key, path) in [
+            ("nri.socket_path", &self.nri.socket_path),
+            ("nri.plugin_path", &self.nri.plugin_path),
+            ("nri.plugin_config_path", &self.nri.plugin_config_path),
+        ] {
+            if !path.is_absolute() {
+                return Err(value_err(
+                    key,
+                    format!("{:?} is not an absolute path", path.display().to_string()),
+                ));
+            }
         }
         self.nri_timeouts()?;
         for (i, d) in self.cdi.spec_dirs.iter().enumerate() {
@@ -1110,6 +1129,9 @@ mod tests {
             "[nri]",
             "socket_path = \"/var/run/nri/nri.sock\"",
             "plugin_request_timeout = \"2s\"",
+            "plugin_path = \"/opt/nri/plugins\"",
+            "plugin_config_path = \"/etc/nri/conf.d\"",
+            "disable_connections = false",
             "shim_slice = \"system.slice\"",
             "systemd_address",
         ] {
@@ -1229,6 +1251,40 @@ privileged_without_host_devices = true
             .cdi
             .spec_dirs
             .is_empty());
+    }
+
+    #[test]
+    fn nri_keys() {
+        // containerd's defaults.
+        let d = Config::default().nri;
+        assert!(d.enable);
+        assert_eq!(d.socket_path, PathBuf::from("/var/run/nri/nri.sock"));
+        assert_eq!(d.plugin_path, PathBuf::from("/opt/nri/plugins"));
+        assert_eq!(d.plugin_config_path, PathBuf::from("/etc/nri/conf.d"));
+        assert!(!d.disable_connections);
+        assert_eq!(
+            Config::default().nri_timeouts().unwrap(),
+            (Duration::from_secs(5), Duration::from_secs(2))
+        );
+        let c = parse(
+            r#"
+[nri]
+socket_path = "/tmp/nri.sock"
+plugin_path = "/tmp/plugins"
+plugin_config_path = "/tmp/conf.d"
+disable_connections = true
+plugin_registration_timeout = "1s"
+plugin_request_timeout = "500ms"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.nri.plugin_path, PathBuf::from("/tmp/plugins"));
+        assert_eq!(c.nri.plugin_config_path, PathBuf::from("/tmp/conf.d"));
+        assert!(c.nri.disable_connections);
+        assert_eq!(
+            c.nri_timeouts().unwrap(),
+            (Duration::from_secs(1), Duration::from_millis(500))
+        );
     }
 
     #[test]
@@ -1356,7 +1412,10 @@ privileged_without_host_devices = true
             ("[nri]\nsocket_path = \"nri.sock\"", "`nri.socket_path`"),
             ("[nri]\nplugin_request_timeout = \"0s\"", "`nri.plugin_request_timeout`"),
             ("[nri]\nplugin_registration_timeout = \"soon\"", "`nri.plugin_registration_timeout`"),
-            ("[nri]\nplugin_path = \"/x\"", "plugin_path"),
+            ("[nri]\nplugin_path = \"plugins\"", "`nri.plugin_path`"),
+            ("[nri]\nplugin_config_path = \"\"", "`nri.plugin_config_path`"),
+            ("[nri]\ndisable_connections = \"yes\"", "disable_connections"),
+            ("[nri]\nplugin_dir = \"/x\"", "plugin_dir"),
             ("[cdi]\nspec_dir = [\"/x\"]", "spec_dir"),
             ("device_ownership_from_security_context = 1", "device_ownership_from_security_context"),
             ("shim_slice = \"crius\"", "`shim_slice`"),

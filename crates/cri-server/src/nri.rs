@@ -13,10 +13,12 @@ use crius_store::{ContainerState, SandboxRecord};
 use crate::daemon::Daemon;
 use crate::errors::{internal, spec_status, CriError};
 
-/// Listens on `[nri] socket_path` when NRI is enabled. A socket that
-/// cannot be set up (another runtime's NRI listening there, say) is logged
-/// and criusd runs without NRI: it is on by default and must not stop the
-/// daemon.
+/// Listens on `[nri] socket_path` when NRI is enabled (unless
+/// `disable_connections`), then starts the pre-started plugins of
+/// `plugin_path` and waits until each has registered or failed. A socket
+/// that cannot be set up (another runtime's NRI listening there, say) is
+/// logged and criusd runs without NRI: it is on by default and must not
+/// stop the daemon.
 pub async fn start(daemon: &Arc<Daemon>) {
     let config = daemon.config();
     if !config.nri.enable {
@@ -36,13 +38,39 @@ pub async fn start(daemon: &Arc<Daemon>) {
         runtime_name: "crius".into(),
         runtime_version: env!("CARGO_PKG_VERSION").into(),
     };
-    let state = Arc::new(DaemonState(Arc::downgrade(daemon)));
-    match Nri::listen(opts, state).await {
-        Ok(nri) => {
-            tracing::info!(socket = %config.nri.socket_path.display(), "NRI listening");
-            let _ = daemon.nri.set(nri);
+    let state: Arc<dyn StateSource> = Arc::new(DaemonState(Arc::downgrade(daemon)));
+    let nri = if config.nri.disable_connections {
+        tracing::info!("NRI: connections from plugins disabled");
+        Nri::new(opts)
+    } else {
+        match Nri::listen(opts, state.clone()).await {
+            Ok(nri) => {
+                tracing::info!(socket = %config.nri.socket_path.display(), "NRI listening");
+                nri
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "NRI disabled");
+                return;
+            }
         }
-        Err(e) => tracing::error!(error = %e, "NRI disabled"),
+    };
+    let _ = daemon.nri.set(nri.clone());
+    let started = nri
+        .start_preinstalled(
+            &config.nri.plugin_path,
+            &config.nri.plugin_config_path,
+            state,
+        )
+        .await;
+    if !started.is_empty() {
+        tracing::info!(plugins = ?started, "NRI pre-started plugins registered");
+    }
+}
+
+/// Stops NRI at shutdown: the pre-started plugins are killed and reaped.
+pub async fn stop(daemon: &Daemon) {
+    if let Some(nri) = daemon.nri.get() {
+        nri.shutdown().await;
     }
 }
 

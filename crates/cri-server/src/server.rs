@@ -265,9 +265,10 @@ pub async fn run(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!(socket = %socket.display(), error = %e, "cannot remove socket"),
     }
+    crate::nri::stop(&daemon).await;
     // The NRI socket is ours while we listen on it; plugins that look for
     // it must not find a dead one.
-    if daemon.nri.get().is_some() {
+    if daemon.nri.get().is_some() && !daemon.config().nri.disable_connections {
         let nri_socket = daemon.config().nri.socket_path.clone();
         if let Err(e) = std::fs::remove_file(&nri_socket) {
             if e.kind() != std::io::ErrorKind::NotFound {

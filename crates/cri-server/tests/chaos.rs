@@ -15,9 +15,9 @@ use common::pod::*;
 use common::registry::is_root;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxContainerConfig,
-    ListContainersRequest, ListPodSandboxRequest, PodSandboxConfig, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    ContainerConfig, CreateContainerRequest, ListContainersRequest, ListPodSandboxRequest,
+    PodSandboxConfig, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopPodSandboxRequest,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -71,24 +71,15 @@ fn shims(dir: &Path) -> Vec<(i32, String)> {
 }
 
 fn container(name: &str, image: &str) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: vec![
-            "/bin/sh".into(),
-            "-c".into(),
-            "while true; do echo x; /bin/busybox sleep 0.2; done".into(),
+    common::pod::container(
+        name,
+        image,
+        &[
+            "/bin/sh",
+            "-c",
+            "while true; do echo x; /bin/busybox sleep 0.2; done",
         ],
-        log_path: format!("{name}/0.log"),
-        linux: Some(LinuxContainerConfig::default()),
-        ..Default::default()
-    }
+    )
 }
 
 /// One random operation against criusd.

@@ -8,9 +8,9 @@ use common::pod::*;
 use common::registry::is_root;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxContainerConfig,
-    ListContainersRequest, ListPodSandboxRequest, PodSandboxConfig, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StopContainerRequest, StopPodSandboxRequest,
+    ContainerConfig, CreateContainerRequest, ListContainersRequest, ListPodSandboxRequest,
+    PodSandboxConfig, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StopContainerRequest, StopPodSandboxRequest,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -141,20 +141,7 @@ fn run_req(config: &PodSandboxConfig) -> RunPodSandboxRequest {
 }
 
 fn container(name: &str, image: &str) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: vec!["/bin/busybox".into(), "sleep".into(), "1000".into()],
-        log_path: format!("{name}/0.log"),
-        linux: Some(LinuxContainerConfig::default()),
-        ..Default::default()
-    }
+    common::pod::container(name, image, &["/bin/busybox", "sleep", "1000"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

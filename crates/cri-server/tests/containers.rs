@@ -8,41 +8,22 @@ use common::registry::is_root;
 use common::stream_client::{ch as channel, ws_collect, ws_connect};
 use futures_util::{SinkExt, StreamExt};
 use k8s_cri::v1::{
-    Capability, ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest,
-    ExecSyncRequest, ImageSpec, Int64Value, KeyValue, LinuxContainerConfig,
-    LinuxContainerResources, LinuxContainerSecurityContext, PullImageRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopContainerRequest, StopPodSandboxRequest,
+    Capability, ContainerConfig, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest,
+    ImageSpec, Int64Value, KeyValue, LinuxContainerResources, LinuxContainerSecurityContext,
+    PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
+/// The kit's container, with GREETING=hello in its environment.
 fn container(name: &str, image: &str, cmd: &[&str]) -> ContainerConfig {
     ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: cmd.iter().map(|s| s.to_string()).collect(),
         envs: vec![KeyValue {
             key: "GREETING".into(),
             value: "hello".into(),
         }],
-        log_path: format!("{name}/0.log"),
-        linux: Some(LinuxContainerConfig::default()),
-        ..Default::default()
-    }
-}
-
-async fn wait_for<F: Fn() -> bool>(what: &str, f: F) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        ..common::pod::container(name, image, cmd)
     }
 }
 

@@ -44,11 +44,11 @@ use common::registry::{
 };
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
-    CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxContainerConfig,
-    LinuxContainerSecurityContext, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopPodSandboxRequest,
+    ContainerConfig, ContainerState, ContainerStatusRequest, CreateContainerRequest,
+    ExecSyncRequest, LinuxContainerConfig, LinuxContainerSecurityContext,
+    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopPodSandboxRequest,
 };
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -87,23 +87,13 @@ const PF_SPDY: &[(&str, &str)] = &[("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")]
 /// `log` false leaves it empty.
 fn container(name: &str, image: &str, script: &str, stdin: bool, log: bool) -> ContainerConfig {
     ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
         stdin,
         log_path: if log {
             format!("{name}.log")
         } else {
             String::new()
         },
-        linux: Some(LinuxContainerConfig::default()),
-        ..Default::default()
+        ..common::pod::container(name, image, &["/bin/sh", "-c", script])
     }
 }
 

@@ -2,11 +2,13 @@
 //! criusd's NRI socket registers, is synchronized with the pods that exist,
 //! and adjusts a container as it is created (env, annotation, mount); a
 //! plugin that never answers delays CreateContainer by at most the request
-//! timeout and is dropped.
+//! timeout and is dropped; a plugin criusd starts from its plugin
+//! directory gets its configuration, adjusts containers, and is stopped
+//! with the daemon.
 
 mod common;
 
-use common::nri::{Behaviour, TestPlugin};
+use common::nri::{assert_no_process_of, install_test_plugin, processes_of, Behaviour, TestPlugin};
 use common::pod::*;
 use common::registry::is_root;
 use std::time::{Duration, Instant};
@@ -187,4 +189,135 @@ async fn a_silent_plugin_delays_creation_by_at_most_the_request_timeout() {
     assert_eq!(plugin.seen.lock().unwrap().created.len(), 1);
 
     teardown(&env, &mut rt, &pod_id, uid).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_started_plugin_is_configured_adjusts_containers_and_stops_with_criusd() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::start("nri-prestart");
+    let image = env.pull_busybox().await;
+
+    // The plugin, its configuration (by name; the indexed file of another
+    // index is not its), and what is not a plugin or not startable.
+    let plugin = install_test_plugin(
+        &env.daemon,
+        "10-prestarted",
+        &[
+            ("prestarted.conf", "NRI_PRESTART_ENV = from-config\n"),
+            ("20-prestarted.conf", "NRI_PRESTART_ENV = wrong-file\n"),
+        ],
+    );
+    let dir = env.daemon.nri_plugin_dir();
+    std::fs::write(dir.join("README"), "not a plugin").unwrap();
+    std::fs::copy(&plugin, dir.join("helper")).unwrap();
+    std::fs::copy(&plugin, dir.join("30-oversized")).unwrap();
+    std::fs::write(
+        env.daemon.nri_config_dir().join("30-oversized.conf"),
+        vec![b'x'; (1 << 20) + 1],
+    )
+    .unwrap();
+    // Started at the next start-up, which waits for it to register.
+    env.daemon.signal_and_wait(libc::SIGTERM);
+    env.daemon.restart();
+    let mut rt = env.daemon.runtime().await;
+    let info = nri_info(&mut rt).await;
+    assert_eq!(
+        info["plugins"],
+        serde_json::json!(["10-prestarted"]),
+        "{info}"
+    );
+    assert_eq!(info["listening"], true);
+    assert_eq!(
+        info["pluginPath"],
+        env.daemon.nri_plugin_dir().display().to_string()
+    );
+    let pids = processes_of(&plugin);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    assert!(processes_of(&dir.join("30-oversized")).is_empty());
+    assert!(processes_of(&dir.join("helper")).is_empty());
+    // Its environment is NRI's: name, index, descriptor; nothing else.
+    let mut environ: Vec<String> = std::fs::read(format!("/proc/{}/environ", pids[0]))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    environ.sort();
+    assert_eq!(
+        environ,
+        [
+            "NRI_PLUGIN_IDX=10",
+            "NRI_PLUGIN_NAME=prestarted",
+            "NRI_PLUGIN_SOCKET=3"
+        ]
+    );
+    let log = env.daemon.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("configured by crius with 31 bytes of configuration")),
+        "the plugin's output is logged; log:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("30-oversized") && l.contains("larger than")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("NRI plugin skipped") && l.contains("helper")),
+        "{log}"
+    );
+
+    let uid = "nri-prestart-uid";
+    let pod = pod("nri-prestart", uid);
+    let pod_id = run_pod(&env, &mut rt, &pod).await;
+    let id = run(
+        &env,
+        &mut rt,
+        &pod_id,
+        &pod,
+        container("adjusted", &image, &["/bin/busybox", "sleep", "3600"]),
+    )
+    .await;
+    let (code, out, err) = exec(
+        &mut rt,
+        &id,
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "echo $NRI_PRESTART_PLUGIN $NRI_PRESTART_ENV",
+        ],
+    )
+    .await;
+    assert_eq!(
+        (code, out.trim()),
+        (0, "10-prestarted from-config"),
+        "{err}"
+    );
+    teardown(&env, &mut rt, &pod_id, uid).await;
+
+    // A clean stop kills and reaps it ...
+    env.daemon.signal_and_wait(libc::SIGTERM);
+    assert!(
+        processes_of(&plugin).is_empty(),
+        "{:?}",
+        processes_of(&plugin)
+    );
+    let log = env.daemon.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("NRI plugin process stopped") && l.contains("10-prestarted")),
+        "{log}"
+    );
+    // ... and when criusd dies, the plugin sees its connection close and
+    // exits by itself.
+    env.daemon.restart();
+    assert_eq!(processes_of(&plugin).len(), 1);
+    env.daemon.signal_and_wait(libc::SIGKILL);
+    assert_no_process_of(&plugin, Duration::from_secs(10), "criusd was killed");
 }

@@ -429,17 +429,7 @@ fn names<'a>(spans: &[&'a otlp::trace::v1::Span]) -> std::collections::BTreeSet<
 }
 
 async fn run_pod(env: &Env, config: &PodSandboxConfig) -> String {
-    env.daemon
-        .runtime()
-        .await
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e:?}\n{}", env.daemon.log_text()))
-        .into_inner()
-        .pod_sandbox_id
+    common::pod::run_pod(env, &mut env.daemon.runtime().await, config).await
 }
 
 async fn stop_and_remove_pod(env: &Env, id: &str) {

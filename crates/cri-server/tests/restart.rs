@@ -9,10 +9,8 @@ use common::pod::*;
 use common::registry::is_root;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerStatsRequest, ContainerStatusRequest,
-    CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxContainerConfig,
-    ListPodSandboxRequest, PodSandboxConfig, PodSandboxStatusRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    ContainerStatsRequest, ContainerStatusRequest, ExecSyncRequest, ListPodSandboxRequest,
+    PodSandboxConfig, PodSandboxStatusRequest, RemovePodSandboxRequest, StopPodSandboxRequest,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -34,25 +32,6 @@ impl Drop for LogDir {
     }
 }
 
-async fn wait_for<F: FnMut() -> bool>(what: &str, mut f: F) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn run_pod(env: &Env, rt: &mut Rt, config: &PodSandboxConfig) -> String {
-    rt.run_pod_sandbox(RunPodSandboxRequest {
-        config: Some(config.clone()),
-        runtime_handler: String::new(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("RunPodSandbox: {e:?}\n{}", env.daemon.log_text()))
-    .into_inner()
-    .pod_sandbox_id
-}
-
 /// Creates and starts a container running `script` under /bin/sh.
 async fn run_container(
     env: &Env,
@@ -63,36 +42,8 @@ async fn run_container(
     name: &str,
     script: &str,
 ) -> String {
-    let config = ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        log_path: format!("{name}/0.log"),
-        linux: Some(LinuxContainerConfig::default()),
-        ..Default::default()
-    };
-    let id = rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod_id.into(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("CreateContainer: {e:?}\n{}", env.daemon.log_text()))
-        .into_inner()
-        .container_id;
-    rt.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("StartContainer: {e:?}\n{}", env.daemon.log_text()));
-    id
+    let config = container(name, image, &["/bin/sh", "-c", script]);
+    run(env, rt, pod_id, pod_config, config).await
 }
 
 async fn container_status(rt: &mut Rt, id: &str) -> (k8s_cri::v1::ContainerStatus, Option<u32>) {

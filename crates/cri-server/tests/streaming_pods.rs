@@ -10,29 +10,19 @@ use common::stream_client::*;
 use crius_cri_server::streaming::spdy::Frame;
 use futures_util::SinkExt;
 use k8s_cri::v1::{
-    AttachRequest, ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecRequest,
-    ImageSpec, LinuxContainerConfig, PortForwardRequest, PullImageRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    AttachRequest, ContainerConfig, CreateContainerRequest, ExecRequest, ImageSpec,
+    PortForwardRequest, PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopPodSandboxRequest,
 };
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
 fn container(name: &str, image: &str, cmd: &[&str], stdin: bool) -> ContainerConfig {
     ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: cmd.iter().map(|s| s.to_string()).collect(),
         stdin,
         // kubelet always sets a log path; attach fans out the logged output.
         log_path: format!("{name}.log"),
-        linux: Some(LinuxContainerConfig::default()),
-        ..Default::default()
+        ..common::pod::container(name, image, cmd)
     }
 }
 

@@ -11,7 +11,7 @@ mod common;
 use common::pod::*;
 use common::registry::is_root;
 use common::systemd::{FakeSystemd, Prop};
-use k8s_cri::v1::{PodSandboxConfig, PodSandboxStatusRequest, RunPodSandboxRequest};
+use k8s_cri::v1::{PodSandboxConfig, PodSandboxStatusRequest};
 use std::time::{Duration, Instant};
 
 type Rt = k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
@@ -31,17 +31,6 @@ fn systemd_pod(name: &str, uid: &str) -> PodSandboxConfig {
         ..Default::default()
     });
     config
-}
-
-async fn run_pod(env: &Env, rt: &mut Rt, config: PodSandboxConfig) -> String {
-    rt.run_pod_sandbox(RunPodSandboxRequest {
-        config: Some(config),
-        runtime_handler: String::new(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("RunPodSandbox: {e:?}\n{}", env.daemon.log_text()))
-    .into_inner()
-    .pod_sandbox_id
 }
 
 async fn ready(rt: &mut Rt, id: &str) -> bool {
@@ -99,7 +88,7 @@ async fn shims_go_into_scopes_of_their_own() {
     );
     let mut rt = env.daemon.runtime().await;
     let t = Instant::now();
-    let id = run_pod(&env, &mut rt, systemd_pod("scoped", "uid-sds-a")).await;
+    let id = run_pod(&env, &mut rt, &systemd_pod("scoped", "uid-sds-a")).await;
     let run_time = t.elapsed();
     let unit = format!("crius-shim-{id}.scope");
     let call = fake
@@ -136,7 +125,7 @@ async fn shims_go_into_scopes_of_their_own() {
     }
 
     // A second pod: its own unit, over the same connection.
-    let second = run_pod(&env, &mut rt, systemd_pod("scoped2", "uid-sds-b")).await;
+    let second = run_pod(&env, &mut rt, &systemd_pod("scoped2", "uid-sds-b")).await;
     let call = fake
         .wait_for(
             &format!("crius-shim-{second}.scope"),
@@ -153,7 +142,7 @@ async fn shims_go_into_scopes_of_their_own() {
     // is dead, the next shim's move connects again.
     drop(fake);
     let fake = FakeSystemd::start(fake_dir.path(), false);
-    let third = run_pod(&env, &mut rt, systemd_pod("scoped3", "uid-sds-f")).await;
+    let third = run_pod(&env, &mut rt, &systemd_pod("scoped3", "uid-sds-f")).await;
     let call = fake
         .wait_for(
             &format!("crius-shim-{third}.scope"),
@@ -196,7 +185,7 @@ async fn a_refusing_systemd_leaves_the_pod_running() {
         ),
     );
     let mut rt = env.daemon.runtime().await;
-    let id = run_pod(&env, &mut rt, systemd_pod("refused", "uid-sds-c")).await;
+    let id = run_pod(&env, &mut rt, &systemd_pod("refused", "uid-sds-c")).await;
     let call = fake
         .wait_for(&format!("crius-shim-{id}.scope"), Duration::from_secs(10))
         .expect("a call");
@@ -218,7 +207,7 @@ async fn a_refusing_systemd_leaves_the_pod_running() {
 
     // An unreachable systemd (the fake gone, its socket too): the same.
     drop(fake);
-    let id = run_pod(&env, &mut rt, systemd_pod("unreachable", "uid-sds-d")).await;
+    let id = run_pod(&env, &mut rt, &systemd_pod("unreachable", "uid-sds-d")).await;
     assert!(ready(&mut rt, &id).await);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -247,7 +236,7 @@ async fn the_cgroupfs_driver_asks_systemd_nothing() {
         &format!("systemd_address = \"{}\"\n", fake.address()),
     );
     let mut rt = env.daemon.runtime().await;
-    let id = run_pod(&env, &mut rt, pod("plain", "uid-sds-e")).await;
+    let id = run_pod(&env, &mut rt, &pod("plain", "uid-sds-e")).await;
     assert!(ready(&mut rt, &id).await);
     shim_pid(&id);
     std::thread::sleep(Duration::from_millis(500));

@@ -1186,8 +1186,10 @@ impl ImageManager {
         Ok(out)
     }
 
-    /// Deletes a container's writable layer (it must be unmounted) and the
-    /// snapshots only it still used. Removing an absent one succeeds.
+    /// Removes a container's writable layer (it must be unmounted) and the
+    /// snapshots only it still used: gone from its place when this returns,
+    /// deleted in the background (the trash). Removing an absent one
+    /// succeeds.
     pub async fn remove_rootfs(&self, container_id: &str) -> Result<(), ImageError> {
         if !valid_container_id(container_id) {
             return Err(ImageError::InvalidContainerId(container_id.to_string()));
@@ -1195,9 +1197,12 @@ impl ImageManager {
         self.inner.usage.forget(container_id);
         let _exclusive = self.inner.gc.write().await;
         let dir = self.inner.dir.join("containers").join(container_id);
-        let d = dir.clone();
-        // Whatever the container wrote, at any depth.
-        blocking(move || crate::tree::remove_tree_if_exists(&d).map_err(io_err(&d))).await??;
+        // Whatever the container wrote, at any depth, can take seconds to
+        // delete: it is renamed into the trash (one rename; deleted in
+        // place only when that fails) and the sweeper started by the
+        // collection deletes it.
+        let me = self.clone();
+        blocking(move || me.discard(&dir, "container")).await?;
         self.collect_locked().await
     }
 
@@ -1702,6 +1707,12 @@ mod tests {
             );
         }
         assert!(m.inner.dir.join("containers/c1/upper").is_dir());
+        // What the container wrote, nested.
+        let deep = m.inner.dir.join("containers/c1/upper/a/b/c");
+        std::fs::create_dir_all(&deep).unwrap();
+        for n in 0..50 {
+            std::fs::write(deep.join(n.to_string()), b"x").unwrap();
+        }
         assert_eq!(
             m.prepare_rootfs(&id, "c1").await.unwrap(),
             mounts,
@@ -1722,9 +1733,12 @@ mod tests {
         assert!(!m.remove(&id).await.unwrap(), "absent image: nothing to do");
         assert_eq!(m.inner.snapshots.list().unwrap().len(), 2);
         m.remove_rootfs("c1").await.unwrap();
+        // Gone from its place at once; deleted from the trash after.
+        assert!(!m.inner.dir.join("containers/c1").exists());
         m.remove_rootfs("c1").await.unwrap();
         assert!(m.inner.snapshots.list().unwrap().is_empty());
-        assert!(!m.inner.dir.join("containers/c1").exists());
+        assert!(m.wait_trash_swept(Duration::from_secs(20)).await.unwrap());
+        assert_eq!(m.inner.trash.entries().unwrap(), Vec::<String>::new());
 
         let u = m.fs_info().await.unwrap();
         assert!(u.inodes_used >= 4, "{u:?}");

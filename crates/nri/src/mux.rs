@@ -73,6 +73,30 @@ pub fn multiplex<T>(trunk: T, ids: &[u32]) -> Result<Vec<UnixStream>, MuxError>
 where
     T: AsyncRead + AsyncWrite + Send + 'static,
 {
+    multiplex_watched(trunk, ids).map(|(users, _)| users)
+}
+
+/// Resolves once the trunk of a [`multiplex_watched`] has closed (the peer
+/// went away or every logical connection was closed).
+pub struct TrunkClosed(tokio::sync::oneshot::Receiver<()>);
+
+impl TrunkClosed {
+    /// Waits for the trunk to close.
+    pub async fn wait(self) {
+        let _ = self.0.await;
+    }
+}
+
+/// [`multiplex`], also returning what tells when the trunk has closed.
+pub fn multiplex_watched<T>(
+    trunk: T,
+    ids: &[u32],
+) -> Result<(Vec<UnixStream>, TrunkClosed), MuxError>
+where
+    T: AsyncRead + AsyncWrite + Send + 'static,
+{
+    // Dropped (never sent) when the demultiplexer ends.
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
     let mut seen = Vec::new();
     for &id in ids {
         if id == 0 || seen.contains(&id) {
@@ -111,8 +135,9 @@ where
             w.abort();
         }
         let _ = trunk_w.lock().await.shutdown().await;
+        drop(closed_tx);
     });
-    Ok(users)
+    Ok((users, TrunkClosed(closed_rx)))
 }
 
 /// Copies one logical connection's outgoing ttrpc messages onto the trunk,
@@ -194,6 +219,24 @@ mod tests {
             assert_eq!(decode_header(&h), (id, len), "{id} {len}");
         }
         assert_eq!(encode_header(1, 258), [0, 0, 0, 1, 0, 0, 1, 2]);
+    }
+
+    #[tokio::test]
+    async fn the_watcher_sees_the_peer_close_the_trunk() {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let (_users, closed) = multiplex_watched(a, &[1, 2]).unwrap();
+        let mut closed = Box::pin(closed.wait());
+        // Open while the peer is there ...
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(100), closed.as_mut())
+                .await
+                .is_err()
+        );
+        // ... resolved once it has gone.
+        drop(b);
+        tokio::time::timeout(std::time::Duration::from_secs(5), closed)
+            .await
+            .expect("trunk close seen");
     }
 
     #[tokio::test]

@@ -19,6 +19,13 @@ use crate::api;
 use crate::api_ttrpc;
 use crate::mux::{self, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN};
 
+mod prestart;
+pub use prestart::{
+    check_plugin_name, config_candidates, discover, launch_env, parse_plugin_file_name,
+    read_plugin_config, Discovered, MAX_PLUGIN_CONFIG, PLUGIN_IDX_ENV, PLUGIN_NAME_ENV,
+    PLUGIN_SOCKET_ENV, PLUGIN_SOCKET_FD,
+};
+
 /// The NRI protocol version criusd speaks (that of the vendored api.proto).
 pub const NRI_VERSION: &str = "v0.10.0";
 
@@ -68,6 +75,8 @@ struct Plugin {
     client: api_ttrpc::PluginClient,
     // Serves the plugin's calls to the runtime; kept for the plugin's life.
     server: Mutex<Option<Server>>,
+    // A pre-started plugin's process: killed when the plugin is dropped.
+    process: Option<prestart::Process>,
 }
 
 impl Plugin {
@@ -102,11 +111,7 @@ impl Nri {
             source,
         };
         let listener = bind(&path).map_err(sock_err)?;
-        let nri = Arc::new(Nri {
-            opts,
-            plugins: Mutex::new(Vec::new()),
-            active: AtomicUsize::new(0),
-        });
+        let nri = Nri::new(opts);
         let weak = Arc::downgrade(&nri);
         tokio::spawn(async move {
             loop {
@@ -121,13 +126,23 @@ impl Nri {
                 let Some(nri) = weak.upgrade() else { return };
                 let state = state.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = nri.connect_plugin(stream, state).await {
+                    if let Err(e) = nri.connect_plugin(stream, state, None).await {
                         tracing::warn!(error = %e, "NRI plugin not admitted");
                     }
                 });
             }
         });
         Ok(nri)
+    }
+
+    /// The runtime side without a socket: only pre-started plugins
+    /// ([`Nri::start_preinstalled`]) can register (`disable_connections`).
+    pub fn new(opts: Options) -> Arc<Nri> {
+        Arc::new(Nri {
+            opts,
+            plugins: Mutex::new(Vec::new()),
+            active: AtomicUsize::new(0),
+        })
     }
 
     /// Whether any plugin is connected (one atomic load).
@@ -167,16 +182,26 @@ impl Nri {
             if let Some(mut server) = server {
                 tokio::spawn(async move { server.disconnect().await });
             }
+            if let Some(process) = &plugin.process {
+                // Reaped on its watcher's task.
+                drop(process.stop());
+            }
         }
     }
 
+    /// Admits a plugin on `stream`: one that connected to the socket, or,
+    /// with its `launched` identity, one started from the plugin directory
+    /// (named by its file, whatever it registers as, and configured with
+    /// its configuration file, as NRI does).
     async fn connect_plugin(
         self: &Arc<Self>,
         stream: tokio::net::UnixStream,
         state: Arc<dyn StateSource>,
+        launched: Option<prestart::Identity>,
     ) -> Result<(), String> {
-        let mut conns = mux::multiplex(stream, &[PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN])
-            .map_err(|e| e.to_string())?;
+        let (mut conns, closed) =
+            mux::multiplex_watched(stream, &[PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN])
+                .map_err(|e| e.to_string())?;
         let runtime_conn = conns.pop().expect("two connections");
         let plugin_conn = conns.pop().expect("two connections");
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -188,15 +213,24 @@ impl Nri {
             .register_service(api_ttrpc::create_runtime(Arc::new(service)))
             .add_listener(Listener::new(one));
         server.start().await.map_err(|e| e.to_string())?;
-        let reg = tokio::time::timeout(self.opts.registration_timeout, rx)
+        let registered = async {
+            tokio::select! {
+                reg = rx => reg.map_err(|_| "disconnected before registering".to_string()),
+                () = closed.wait() => Err("disconnected before registering".to_string()),
+            }
+        };
+        let reg = tokio::time::timeout(self.opts.registration_timeout, registered)
             .await
-            .map_err(|_| "no registration in time".to_string())?
-            .map_err(|_| "disconnected before registering".to_string())?;
-        let index = valid_index(&reg.plugin_idx)
-            .ok_or_else(|| format!("invalid plugin index {:?}", reg.plugin_idx))?;
-        if reg.plugin_name.is_empty() || reg.plugin_name.len() > 256 {
-            return Err("invalid plugin name".into());
-        }
+            .map_err(|_| "no registration in time".to_string())??;
+        let (index, name, config, process) = match launched {
+            Some(l) => (l.index, l.name, l.config, Some(l.process)),
+            None => {
+                let index = valid_index(&reg.plugin_idx)
+                    .ok_or_else(|| format!("invalid plugin index {:?}", reg.plugin_idx))?;
+                check_plugin_name(&reg.plugin_name)?;
+                (index, reg.plugin_name, String::new(), None)
+            }
+        };
         let client = api_ttrpc::PluginClient::new(Client::new(Socket::new(plugin_conn)));
         let configure = api::ConfigureRequest {
             runtime_name: self.opts.runtime_name.clone(),
@@ -204,9 +238,10 @@ impl Nri {
             registration_timeout: self.opts.registration_timeout.as_millis() as i64,
             request_timeout: self.opts.request_timeout.as_millis() as i64,
             NRI_version: NRI_VERSION.into(),
+            config,
             ..Default::default()
         };
-        let label = format!("{index}-{}", reg.plugin_name);
+        let label = format!("{index}-{name}");
         let configured = self
             .call(client.configure(self.ctx(), &configure))
             .await
@@ -221,11 +256,12 @@ impl Nri {
             .await
             .map_err(|e| format!("{label}: Synchronize: {e}"))?;
         let plugin = Arc::new(Plugin {
-            name: reg.plugin_name,
+            name,
             index,
             events: configured.events,
             client,
             server: Mutex::new(Some(server)),
+            process,
         });
         {
             let mut list = self.plugins.lock().unwrap_or_else(|e| e.into_inner());

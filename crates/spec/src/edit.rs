@@ -52,11 +52,11 @@ pub fn update_resources(config: &[u8], update: &Value) -> Result<Vec<u8>, SpecEr
     serialize(&spec)
 }
 
-/// The OCI process of an ExecSync in the container whose spec is `config`:
-/// the container's process (user, env, cwd, capabilities, rlimits, no new
-/// privileges, AppArmor and SELinux labels) with `cmd` as its arguments and
-/// no terminal.
-pub fn exec_process(config: &[u8], cmd: &[String]) -> Result<Vec<u8>, SpecError> {
+/// The OCI process of an exec (ExecSync, or Exec's stream) in the
+/// container whose spec is `config`: the container's process (user, env,
+/// cwd, capabilities, rlimits, no new privileges, AppArmor and SELinux
+/// labels) with `cmd` as its arguments, with a terminal when `terminal`.
+pub fn exec_process(config: &[u8], cmd: &[String], terminal: bool) -> Result<Vec<u8>, SpecError> {
     if cmd.is_empty() {
         return Err(crate::error::invalid("cmd", "must not be empty"));
     }
@@ -68,7 +68,7 @@ pub fn exec_process(config: &[u8], cmd: &[String]) -> Result<Vec<u8>, SpecError>
         ));
     }
     process["args"] = serde_json::json!(cmd);
-    process["terminal"] = serde_json::json!(false);
+    process["terminal"] = serde_json::json!(terminal);
     serde_json::to_vec(&process).map_err(|e| SpecError::Internal(format!("process: {e}")))
 }
 
@@ -132,11 +132,14 @@ mod tests {
         });
         let bytes = serde_json::to_vec(&config).unwrap();
         let cmd = vec!["sh".to_string(), "-c".to_string(), "echo hi".to_string()];
-        let got: Value = serde_json::from_slice(&exec_process(&bytes, &cmd).unwrap()).unwrap();
-        let mut want = config["process"].clone();
-        want["args"] = json!(["sh", "-c", "echo hi"]);
-        want["terminal"] = json!(false);
-        assert_eq!(got, want);
+        for terminal in [false, true] {
+            let got: Value =
+                serde_json::from_slice(&exec_process(&bytes, &cmd, terminal).unwrap()).unwrap();
+            let mut want = config["process"].clone();
+            want["args"] = json!(["sh", "-c", "echo hi"]);
+            want["terminal"] = json!(terminal);
+            assert_eq!(got, want, "terminal {terminal}");
+        }
 
         let cases: [(&[u8], &[String], &str); 3] = [
             (&bytes, &[], "cmd"),
@@ -144,7 +147,7 @@ mod tests {
             (b"[", &cmd, "config.json"),
         ];
         for (config, cmd, want) in cases {
-            let e = exec_process(config, cmd).unwrap_err().to_string();
+            let e = exec_process(config, cmd, false).unwrap_err().to_string();
             assert!(e.contains(want), "{e} vs {want}");
         }
     }

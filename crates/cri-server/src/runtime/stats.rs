@@ -378,11 +378,7 @@ impl<'a> Ctx<'a> {
 
     fn container(&self, c: &CtrView, cgroup_parent: &str) -> ContainerStats {
         let (usage, rate) = if c.running {
-            let path = crius_spec::cgroups::cgroups_path(
-                cgroup_parent,
-                &c.id,
-                self.daemon.host.cgroup_driver,
-            );
+            let path = container_cgroups_path(self.daemon, cgroup_parent, &c.id);
             self.usage(&path, false)
         } else {
             (CgroupUsage::default(), None)
@@ -511,16 +507,34 @@ fn pod_net_dev(s: &PodView, containers: &[CtrView]) -> Option<String> {
 }
 // ---------------------------------------------------------------- calls
 
-/// The stats of one container.
-pub fn container_stats(daemon: &Daemon, c: &ContainerRecord) -> ContainerStats {
-    let parent = daemon
+/// The cgroup parent of a stored pod (empty when the pod is gone or has
+/// none), read in place.
+fn pod_cgroup_parent(daemon: &Daemon, sandbox_id: &str) -> String {
+    daemon
         .store
         .visit_sandboxes(|s| {
-            (s.metadata.id == c.metadata.sandbox_id)
+            (s.metadata.id == sandbox_id)
                 .then(|| config_cgroup_parent(&s.metadata.config).to_string())
         })
         .pop()
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// The cgroup path of a container (its pod's parent, the daemon's driver).
+fn container_cgroups_path(daemon: &Daemon, cgroup_parent: &str, id: &str) -> String {
+    crius_spec::cgroups::cgroups_path(cgroup_parent, id, daemon.host.cgroup_driver)
+}
+
+/// The directory of a container's cgroup below a hierarchy's root (a
+/// systemd driver's scope expanded), or None when it has none.
+pub fn container_cgroup_dir(daemon: &Daemon, c: &ContainerRecord) -> Option<String> {
+    let parent = pod_cgroup_parent(daemon, &c.metadata.sandbox_id);
+    crius_spec::cgroups::cgroup_dir(&container_cgroups_path(daemon, &parent, &c.metadata.id))
+}
+
+/// The stats of one container.
+pub fn container_stats(daemon: &Daemon, c: &ContainerRecord) -> ContainerStats {
+    let parent = pod_cgroup_parent(daemon, &c.metadata.sandbox_id);
     Ctx::new(daemon).container(&CtrView::of(c), &parent)
 }
 

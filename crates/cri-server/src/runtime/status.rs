@@ -80,7 +80,9 @@ pub async fn status(daemon: &Daemon, req: StatusRequest) -> Result<StatusRespons
             serde_json::json!({
                 "enable": config.nri.enable,
                 "socketPath": config.nri.socket_path,
-                "listening": nri.is_some(),
+                "listening": nri.is_some() && !config.nri.disable_connections,
+                "pluginPath": config.nri.plugin_path,
+                "pluginConfigPath": config.nri.plugin_config_path,
                 "plugins": nri.map(|n| n.plugin_names()).unwrap_or_default(),
             })
             .to_string(),

@@ -106,13 +106,11 @@ impl Backend for ShimBackend {
         let (record, shim) = self.running(container_id).await?;
         let id = record.metadata.id.clone();
         let state = self.daemon.config().state.join("containers").join(&id);
-        let spec: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(state.join("bundle/config.json")).map_err(internal)?,
-        )
-        .map_err(internal)?;
-        let mut process = spec["process"].clone();
-        process["args"] = serde_json::json!(cmd);
-        process["terminal"] = serde_json::json!(io.tty);
+        let config = tokio::fs::read(state.join("bundle/config.json"))
+            .await
+            .map_err(internal)?;
+        // (The Exec RPC refused an empty command before handing out the URL.)
+        let process = crius_spec::edit::exec_process(&config, &cmd, io.tty).map_err(internal)?;
         let exec_id = format!("stream-{}", &crius_store::generate_id()[..16]);
         let dir = state.join(&exec_id);
         crius_store::private::dir(&dir).map_err(internal)?;
@@ -193,7 +191,7 @@ async fn run_exec(
     id: &str,
     exec_id: &str,
     dir: &Path,
-    process: serde_json::Value,
+    process: Vec<u8>,
     io: StreamIo,
 ) -> Result<i32, BackendError> {
     let StreamIo {
@@ -248,7 +246,7 @@ async fn run_exec(
     shim.exec(
         id,
         exec_id,
-        serde_json::to_vec(&process).map_err(internal)?,
+        process,
         Stdio {
             terminal: tty,
             stdin: as_str(&in_path),

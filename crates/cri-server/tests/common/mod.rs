@@ -132,6 +132,18 @@ impl Daemon {
         self.dir.join("nri/nri.sock")
     }
 
+    /// The NRI `plugin_path` of a daemon started without an `[nri]` table
+    /// (not created: no pre-started plugins until a test puts some there).
+    pub fn nri_plugin_dir(&self) -> PathBuf {
+        self.dir.join("nri/plugins")
+    }
+
+    /// The NRI `plugin_config_path` of a daemon started without an
+    /// `[nri]` table.
+    pub fn nri_config_dir(&self) -> PathBuf {
+        self.dir.join("nri/conf.d")
+    }
+
     /// The daemon's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -173,15 +185,18 @@ impl Daemon {
 /// Spawns criusd on `dir`'s root and state directories, logging to `log`
 /// (appended).
 /// `text` with an `[nri]` table, unless it has one, that puts the NRI
-/// socket (NRI is on by default) below the test's directory, never on the
-/// host's /var/run/nri/nri.sock.
+/// socket (NRI is on by default) and the pre-started plugins and their
+/// configurations below the test's directory, never on the host's
+/// /var/run/nri/nri.sock, /opt/nri/plugins or /etc/nri/conf.d.
 fn with_test_nri(dir: &Path, text: &str) -> String {
     if text.contains("[nri]") {
         text.to_string()
     } else {
         format!(
-            "{text}\n[nri]\nsocket_path = \"{}\"\n",
-            dir.join("nri/nri.sock").display()
+            "{text}\n[nri]\nsocket_path = \"{}\"\nplugin_path = \"{}\"\nplugin_config_path = \"{}\"\n",
+            dir.join("nri/nri.sock").display(),
+            dir.join("nri/plugins").display(),
+            dir.join("nri/conf.d").display()
         )
     }
 }

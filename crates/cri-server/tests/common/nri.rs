@@ -155,3 +155,61 @@ impl TestPlugin {
         TestPlugin { stub, seen }
     }
 }
+
+/// The test plugin criusd pre-starts (tests/nri_plugin/plugin.rs): sets
+/// `NRI_PRESTART_PLUGIN=<index>-<name>` and its configuration's `KEY=VALUE`
+/// lines in each created container's environment.
+pub const TEST_PLUGIN: &str = env!("CARGO_BIN_EXE_crius-nri-test-plugin");
+
+/// Copies the test plugin into `daemon`'s NRI plugin directory as `file`
+/// (a copy: a later build cannot replace it under a running test) and
+/// writes `configs` (file name, text) into its configuration directory.
+/// Returns the installed plugin's path.
+pub fn install_test_plugin(
+    daemon: &super::Daemon,
+    file: &str,
+    configs: &[(&str, &str)],
+) -> std::path::PathBuf {
+    let dir = daemon.nri_plugin_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(file);
+    std::fs::copy(TEST_PLUGIN, &path).unwrap();
+    let conf = daemon.nri_config_dir();
+    std::fs::create_dir_all(&conf).unwrap();
+    for (name, text) in configs {
+        std::fs::write(conf.join(name), text).unwrap();
+    }
+    path
+}
+
+/// The live processes running the executable `path`.
+pub fn processes_of(path: &std::path::Path) -> Vec<i32> {
+    let mut pids: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == path))
+        .collect();
+    pids.sort();
+    pids
+}
+
+/// Waits (at most `timeout`) until no process runs `path`; kills what is
+/// left and fails if any did.
+pub fn assert_no_process_of(path: &std::path::Path, timeout: Duration, why: &str) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = processes_of(path);
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            for pid in &left {
+                // SAFETY: kill(2) of a test plugin's process.
+                unsafe { libc::kill(*pid, libc::SIGKILL) };
+            }
+            panic!("{} still runs as {left:?}: {why}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -393,7 +393,7 @@ pub fn security(c: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
         .get_or_insert_with(Default::default)
 }
 
-pub async fn wait_for<F: Fn() -> bool>(what: &str, f: F) {
+pub async fn wait_for<F: FnMut() -> bool>(what: &str, mut f: F) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -441,7 +441,7 @@ pub async fn run_pod(env: &Env, rt: &mut Rt, config: &PodSandboxConfig) -> Strin
         runtime_handler: String::new(),
     })
     .await
-    .unwrap_or_else(|e| panic!("{e:?}\n{}", env.daemon.log_text()))
+    .unwrap_or_else(|e| panic!("RunPodSandbox: {e:?}\n{}", env.daemon.log_text()))
     .into_inner()
     .pod_sandbox_id
 }

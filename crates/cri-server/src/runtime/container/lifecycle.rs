@@ -673,17 +673,7 @@ async fn create_steps(
 
 /// Whether the container's memory cgroup recorded an OOM kill.
 fn oom_killed(daemon: &Daemon, record: &ContainerRecord) -> bool {
-    let Ok(sandbox) = daemon.store.get_sandbox(&record.metadata.sandbox_id) else {
-        return false;
-    };
-    let parent = crate::runtime::sandbox::status::stored_config(&sandbox)
-        .linux
-        .map(|l| l.cgroup_parent)
-        .unwrap_or_default();
-    let path =
-        crius_spec::cgroups::cgroups_path(&parent, &record.metadata.id, daemon.host.cgroup_driver);
-    // The systemd driver names a scope; its directory is the expanded slice.
-    let Some(dir) = crius_spec::cgroups::cgroup_dir(&path) else {
+    let Some(dir) = crate::runtime::stats::container_cgroup_dir(daemon, record) else {
         return false;
     };
     let file = Path::new("/sys/fs/cgroup/memory")
@@ -1168,7 +1158,7 @@ pub async fn exec_sync(
     let config = tokio::fs::read(bundle.join("config.json"))
         .await
         .map_err(|e| internal("config.json", e))?;
-    let process = crius_spec::edit::exec_process(&config, &req.cmd)?;
+    let process = crius_spec::edit::exec_process(&config, &req.cmd, false)?;
     let exec_id = format!("exec-{}", &crius_store::generate_id()[..16]);
     let out_dir = container_state(daemon, &id).join(&exec_id);
     // Private, as are the output files the shim makes in it (0600).
