@@ -595,16 +595,15 @@ impl Config {
             }
         }
         // A unix socket's path holds at most 107 bytes: the daemon's own, and
-        // the pod shims' `<state>/s/<64 hex digits>`.
-        let shim_socket = self.state.as_os_str().len() + "/s/".len() + 64;
-        if shim_socket > MAX_SOCKET_PATH {
+        // the pod shims' `<state>/s/<64 hex digits>` (the shims' layout).
+        let max_state = crate::shimclient::Layout::max_state_len(MAX_SOCKET_PATH);
+        if self.state.as_os_str().len() > max_state {
             return Err(value_err(
                 "state",
                 format!(
                     "{:?} is too long: the pod shims' sockets (<state>/s/<64 hex digits>) \
-                     need it to be at most {} bytes",
+                     need it to be at most {max_state} bytes",
                     self.state.display().to_string(),
-                    MAX_SOCKET_PATH - "/s/".len() - 64
                 ),
             ));
         }

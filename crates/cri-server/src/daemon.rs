@@ -232,13 +232,15 @@ impl Daemon {
         self.config().state.join("sandboxes").join(id)
     }
 
-    /// The shim's own state directory of a pod (netns, shm).
-    pub fn shim_pod_dir(&self, id: &str) -> PathBuf {
-        self.config()
-            .state
-            .join("shim")
-            .join(crate::shimclient::NAMESPACE)
-            .join(id)
+    /// Where the shims' sockets and private directories are (below
+    /// `state`).
+    pub fn shim_layout(&self) -> crate::shimclient::Layout {
+        crate::shimclient::Layout::under(&self.config().state)
+    }
+
+    /// The shim's own private directory of a pod (netns, IPC/UTS pins, shm).
+    pub fn shim_pod_dir(&self, id: &str) -> crate::shimclient::PodDir {
+        self.shim_layout().pod_dir(crate::shimclient::NAMESPACE, id)
     }
 
     /// How shims are launched.
@@ -246,8 +248,7 @@ impl Daemon {
         Ok(crate::shimclient::Launcher {
             binary: crate::shimclient::find_binary(&self.config().shim_path)?,
             address: self.config().socket.display().to_string(),
-            socket_dir: self.config().state.join("s"),
-            state_dir: self.config().state.join("shim"),
+            layout: self.shim_layout(),
             events_address: String::new(),
         })
     }

@@ -42,8 +42,7 @@ pub struct Summary {
 
 /// The address the shim of `sandbox_id` listens on, as `start` derives it.
 pub(crate) fn derived_address(daemon: &Daemon, sandbox_id: &str) -> String {
-    let path = crius_shim::start::socket_path(
-        &daemon.config().state.join("s"),
+    let path = daemon.shim_layout().socket(
         &daemon.config().socket.display().to_string(),
         NAMESPACE,
         sandbox_id,
@@ -297,7 +296,7 @@ async fn recover_sandbox(daemon: &Arc<Daemon>, record: SandboxRecord, summary: &
                 // criusd died while RunPodSandbox ran: the pod never became
                 // ready. Record what Stop/Remove need to tear it down.
                 let address = shim.address().to_string();
-                let netns = daemon.shim_pod_dir(&id).join("netns");
+                let netns = daemon.shim_pod_dir(&id).netns();
                 let netns = netns.exists().then(|| netns.display().to_string());
                 tracing::info!(sandbox = %id, "found the shim of a half-created sandbox");
                 update_sandbox(daemon, &id, move |s| {

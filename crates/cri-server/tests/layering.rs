@@ -3,7 +3,9 @@
 //! (`runtime/`, `image/`, `recover.rs`, `streaming/`, the shim client);
 //! nothing points back up, and only the service layer, the error mapping
 //! (`errors.rs`) and the server plumbing know of tonic. Test modules (from
-//! the first top-level `#[cfg(test)]` on) are not checked.
+//! the first top-level `#[cfg(test)]` on) are not checked. criusd reaches
+//! its shims through crius-shim-api only, never through the shim binary's
+//! crate.
 
 use std::path::{Path, PathBuf};
 
@@ -136,4 +138,29 @@ fn every_cri_method_has_its_rpc_file() {
     }
     let rpc_files = std::fs::read_dir(src().join("rpc")).unwrap().count() - 1;
     assert_eq!(rpc_files, methods.len(), "one file per RPC");
+}
+
+#[test]
+fn criusd_uses_the_shim_api_not_the_shim_crate() {
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
+    // The dependency names, `name = ...` or `name.workspace = ...`.
+    let deps: Vec<&str> = manifest
+        .lines()
+        .filter_map(|l| l.split(['=', '.', ' ']).next())
+        .collect();
+    assert!(deps.contains(&"crius-shim-api"), "{deps:?}");
+    assert!(
+        !deps.contains(&"crius-shim"),
+        "criusd depends on crius-shim"
+    );
+    let root = src();
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    let offences: Vec<String> = files
+        .iter()
+        .filter(|f| mentions_word(&code(f), "crius_shim"))
+        .map(|f| f.strip_prefix(&root).unwrap().display().to_string())
+        .collect();
+    assert!(offences.is_empty(), "crius_shim used in {offences:?}");
 }

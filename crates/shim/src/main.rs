@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use crius_shim::args::{Action, Args};
+use crius_shim_api::args::{Action, Args};
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse(std::env::args().skip(1))?;

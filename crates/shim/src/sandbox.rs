@@ -1,28 +1,22 @@
 //! The sandbox service (`containerd.runtime.sandbox.v1.Sandbox`): the pod's
 //! network namespace, its /dev/shm and the pause container.
 //!
-//! How criusd passes pod options (annotations of CreateSandboxRequest):
-//! - `io.crius.shim.network`: `host` for a host-network pod (no netns is
-//!   created). When `netns_path` is set in the request, that namespace is
-//!   used as is and not owned (not removed) by the shim, unless
-//!   `io.crius.shim.netns-owned` is `true`: then it is the shim's from
-//!   then on, removed at shutdown like one it made.
-//! - `io.crius.shim.ipc`: `host` for host IPC (no /dev/shm tmpfs).
-//! - `io.crius.shim.shm-size`: the tmpfs size in bytes (default 64 MiB).
-//! - `io.crius.shim.infra`: `none` for a pod without an infra (pause)
-//!   process. The shim then also creates the pod's IPC namespace (unless
-//!   host IPC) and UTS namespace (unless host network), pinned at
-//!   `<state>/ipc` and `<state>/uts`, sets the hostname given by
-//!   `io.crius.shim.hostname` and writes the sysctls given by
-//!   `io.crius.shim.sysctls` (a JSON object) in the pod's namespaces.
-//!   StartSandbox runs nothing: the pod is READY until StopSandbox.
+//! criusd passes the pod's options as annotations of CreateSandboxRequest
+//! (their keys and encoding: `crius_shim_api::options`). When `netns_path`
+//! is set in the request, that namespace is used as is and not owned (not
+//! removed) by the shim, unless the options say it is handed over. For a
+//! pod without an infra (pause) process the shim also creates the pod's
+//! IPC namespace (unless host IPC) and UTS namespace (unless host
+//! network), pinned at `<state>/ipc` and `<state>/uts`, sets the hostname
+//! and writes the (namespaced) sysctls in the pod's namespaces; StartSandbox
+//! runs nothing: the pod is READY until StopSandbox.
 //!
 //! The netns is bind-mounted at `<state>/netns` and the tmpfs at
 //! `<state>/shm` (`<state>` = `$CRIUS_SHIM_STATE_DIR/<ns>/<sandbox id>`,
-//! default `/run/crius/shim/<ns>/<sandbox id>`); SandboxStatus reports both
-//! in `info` (`netns`, `shm`). StartSandbox points the pause bundle's
-//! config.json at them (network namespace path, /dev/shm bind mount) and runs
-//! it as the task `<sandbox id>`.
+//! default `/run/crius/shim/<ns>/<sandbox id>`: `crius_shim_api::paths`);
+//! SandboxStatus reports both in `info` (`netns`, `shm`). StartSandbox
+//! points the pause bundle's config.json at them (network namespace path,
+//! /dev/shm bind mount) and runs it as the task `<sandbox id>`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -35,31 +29,17 @@ use containerd_shim_protos::ttrpc::{self, TtrpcContext};
 use containerd_shim_protos::types::platform::Platform;
 use nix::mount::MsFlags;
 
+use crius_shim_api::options::{
+    PodOptions as ApiOptions, NETNS_OWNED_ANNOTATION, SYSCTLS_ANNOTATION,
+};
+use crius_shim_api::paths::{Layout, PodDir};
+
 use crate::events::timestamp;
 use crate::task::{check_sandbox_id, write_atomic, Inner, TaskError, TaskService};
 
-/// Annotation: `host` for a host-network pod.
-pub const NETWORK_ANNOTATION: &str = "io.crius.shim.network";
-/// Annotation: `host` for host IPC.
-pub const IPC_ANNOTATION: &str = "io.crius.shim.ipc";
-/// Annotation: /dev/shm size in bytes.
-pub const SHM_SIZE_ANNOTATION: &str = "io.crius.shim.shm-size";
-/// Annotation: `true` when the netns given in `netns_path` is the shim's to
-/// remove at shutdown (criusd made it so that CNI could start early).
-pub const NETNS_OWNED_ANNOTATION: &str = "io.crius.shim.netns-owned";
-/// Annotation: `none` for a pod without an infra process.
-pub const INFRA_ANNOTATION: &str = "io.crius.shim.infra";
-/// Annotation: the pod's hostname (pods without an infra process).
-pub const HOSTNAME_ANNOTATION: &str = "io.crius.shim.hostname";
-/// Annotation: the pod's sysctls as a JSON object (pods without an infra
-/// process).
-pub const SYSCTLS_ANNOTATION: &str = "io.crius.shim.sysctls";
-/// Default /dev/shm size.
-pub const DEFAULT_SHM_SIZE: u64 = 64 * 1024 * 1024;
-
 type Result<T> = std::result::Result<T, TaskError>;
 
-/// What the pod's options ask for.
+/// What the pod's options ask of the shim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodOptions {
     /// Create a netns (false: host network or caller-provided).
@@ -76,73 +56,38 @@ pub struct PodOptions {
     pub sysctls: Vec<(String, String)>,
 }
 
-/// Reads the pod options from the request.
+/// Reads the pod options from the request: the annotations' options (see
+/// `crius_shim_api::options`), then what the shim makes of them with the
+/// request's `netns_path`.
 pub fn pod_options(
     annotations: &std::collections::HashMap<String, String>,
     netns_path: &str,
 ) -> Result<PodOptions> {
-    let host_net = annotations.get(NETWORK_ANNOTATION).map(String::as_str) == Some("host");
-    let host_ipc = annotations.get(IPC_ANNOTATION).map(String::as_str) == Some("host");
-    let size = match annotations.get(SHM_SIZE_ANNOTATION) {
-        None => DEFAULT_SHM_SIZE,
-        Some(s) => s
-            .parse::<u64>()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| TaskError::Invalid(format!("{SHM_SIZE_ANNOTATION}={s:?}")))?,
+    let o = ApiOptions::decode(annotations).map_err(|e| TaskError::Invalid(e.to_string()))?;
+    let (infra, hostname, sysctls) = match o.no_infra {
+        None => (true, String::new(), Vec::new()),
+        Some(n) => (false, n.hostname, n.sysctls.into_iter().collect::<Vec<_>>()),
     };
-    let infra = match annotations.get(INFRA_ANNOTATION).map(String::as_str) {
-        None => true,
-        Some("none") => false,
-        Some(other) => {
-            return Err(TaskError::Invalid(format!("{INFRA_ANNOTATION}={other:?}")));
-        }
-    };
-    let sysctls = match annotations.get(SYSCTLS_ANNOTATION) {
-        None => Vec::new(),
-        Some(s) => {
-            let map: std::collections::BTreeMap<String, String> = serde_json::from_str(s)
-                .map_err(|e| TaskError::Invalid(format!("{SYSCTLS_ANNOTATION}: {e}")))?;
-            for k in map.keys() {
-                if crius_netns::podns::sysctl_ns(k).is_none()
-                    || crius_netns::podns::sysctl_path(k).is_none()
-                {
-                    return Err(TaskError::Invalid(format!(
-                        "{SYSCTLS_ANNOTATION}: {k:?} is not a namespaced sysctl"
-                    )));
-                }
-            }
-            map.into_iter().collect()
-        }
-    };
-    if infra && !sysctls.is_empty() {
-        return Err(TaskError::Invalid(format!(
-            "{SYSCTLS_ANNOTATION} is for pods without an infra process (the pause's spec has them)"
-        )));
-    }
-    let handed_over = match annotations.get(NETNS_OWNED_ANNOTATION).map(String::as_str) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => {
+    for (k, _) in &sysctls {
+        if crius_netns::podns::sysctl_ns(k).is_none()
+            || crius_netns::podns::sysctl_path(k).is_none()
+        {
             return Err(TaskError::Invalid(format!(
-                "{NETNS_OWNED_ANNOTATION}={other:?}"
+                "{SYSCTLS_ANNOTATION}: {k:?} is not a namespaced sysctl"
             )));
         }
-    };
-    if handed_over && netns_path.is_empty() {
+    }
+    if o.netns_owned && netns_path.is_empty() {
         return Err(TaskError::Invalid(format!(
             "{NETNS_OWNED_ANNOTATION} without a netns_path"
         )));
     }
     Ok(PodOptions {
-        own_netns: !host_net && (netns_path.is_empty() || handed_over),
-        shm_size: (!host_ipc).then_some(size),
+        own_netns: !o.host_network && (netns_path.is_empty() || o.netns_owned),
+        shm_size: (!o.host_ipc).then_some(o.shm_size),
         infra,
-        host_network: host_net,
-        hostname: annotations
-            .get(HOSTNAME_ANNOTATION)
-            .cloned()
-            .unwrap_or_default(),
+        host_network: o.host_network,
+        hostname,
         sysctls,
     })
 }
@@ -158,7 +103,7 @@ struct Pod {
     id: String,
     bundle: PathBuf,
     rootfs: Vec<containerd_shim_protos::types::mount::Mount>,
-    state_dir: PathBuf,
+    state_dir: PodDir,
     netns: Option<PathBuf>,
     own_netns: bool,
     shm: Option<PathBuf>,
@@ -176,7 +121,7 @@ struct Pod {
 /// The sandbox service.
 pub struct SandboxService {
     tasks: TaskService,
-    state_root: PathBuf,
+    layout: Layout,
     pod: Mutex<Option<Pod>>,
     /// Signalled when a pod without an infra process stops or goes away.
     changed: std::sync::Condvar,
@@ -252,12 +197,12 @@ pub fn patch_spec(
 }
 
 impl SandboxService {
-    /// The service over the task service's state. Pod state lives under
-    /// `state_root/<namespace>/<sandbox id>`.
-    pub fn new(tasks: TaskService, state_root: PathBuf) -> SandboxService {
+    /// The service over the task service's state. Pod state lives in the
+    /// layout's pod directories, `<state root>/<namespace>/<sandbox id>`.
+    pub fn new(tasks: TaskService, layout: Layout) -> SandboxService {
         SandboxService {
             tasks,
-            state_root,
+            layout,
             pod: Mutex::new(None),
             changed: std::sync::Condvar::new(),
         }
@@ -296,16 +241,16 @@ impl SandboxService {
             return Err(TaskError::AlreadyExists(format!("sandbox {}", p.id)));
         }
         let opts = pod_options(&req.annotations, &req.netns_path)?;
-        let state_dir = self
-            .state_root
-            .join(self.inner().namespace())
-            .join(&req.sandbox_id);
+        let pod_dir = self
+            .layout
+            .pod_dir(self.inner().namespace(), &req.sandbox_id);
+        let state_dir = pod_dir.path();
         // Private, with its parents (the shim state root and the
         // namespace's directory): netns and IPC/UTS pins, /dev/shm.
         for d in [
-            self.state_root.clone(),
-            self.state_root.join(self.inner().namespace()),
-            state_dir.clone(),
+            self.layout.state_root.clone(),
+            self.layout.state_root.join(self.inner().namespace()),
+            state_dir.to_path_buf(),
         ] {
             crius_store::private::dir(&d)
                 .map_err(|e| TaskError::Internal(format!("create {}: {e}", d.display())))?;
@@ -313,7 +258,7 @@ impl SandboxService {
         let netns = if !req.netns_path.is_empty() {
             let p = PathBuf::from(&req.netns_path);
             if !crius_netns::netns::is_netns(&p) {
-                let _ = std::fs::remove_dir(&state_dir);
+                let _ = std::fs::remove_dir(state_dir);
                 return Err(TaskError::Invalid(format!(
                     "netns_path {} is not a network namespace",
                     p.display()
@@ -321,9 +266,9 @@ impl SandboxService {
             }
             Some(p)
         } else if opts.own_netns {
-            let p = state_dir.join("netns");
+            let p = pod_dir.netns();
             if let Err(e) = crius_netns::netns::create(&p) {
-                let _ = std::fs::remove_dir(&state_dir);
+                let _ = std::fs::remove_dir(state_dir);
                 return Err(TaskError::Internal(format!("create netns: {e}")));
             }
             Some(p)
@@ -340,11 +285,11 @@ impl SandboxService {
         let (ipc, uts) = if opts.infra {
             (None, None)
         } else {
-            match pin_namespaces(&state_dir, &opts, netns.as_deref()) {
+            match pin_namespaces(&pod_dir, &opts, netns.as_deref()) {
                 Ok(p) => p,
                 Err(e) => {
                     undo_netns(&netns);
-                    let _ = std::fs::remove_dir(&state_dir);
+                    let _ = std::fs::remove_dir(state_dir);
                     return Err(e);
                 }
             }
@@ -352,14 +297,14 @@ impl SandboxService {
         let shm = match opts.shm_size {
             None => None,
             Some(size) => {
-                let dir = state_dir.join("shm");
+                let dir = pod_dir.shm();
                 if let Err(e) = mount_shm(&dir, size) {
                     let _ = std::fs::remove_dir(&dir);
                     for p in ipc.iter().chain(uts.iter()) {
                         let _ = crius_netns::podns::unpin(p);
                     }
                     undo_netns(&netns);
-                    let _ = std::fs::remove_dir(&state_dir);
+                    let _ = std::fs::remove_dir(state_dir);
                     return Err(e);
                 }
                 Some(dir)
@@ -370,7 +315,7 @@ impl SandboxService {
             id: req.sandbox_id.clone(),
             bundle: PathBuf::from(&req.bundle_path),
             rootfs: req.rootfs.clone(),
-            state_dir,
+            state_dir: pod_dir,
             netns,
             own_netns: opts.own_netns,
             shm,
@@ -512,7 +457,7 @@ impl SandboxService {
                 }
             }
             if errors.is_empty() {
-                let _ = std::fs::remove_dir(&p.state_dir);
+                let _ = std::fs::remove_dir(p.state_dir.path());
                 *g = None;
             }
         }
@@ -530,13 +475,13 @@ impl SandboxService {
 /// Pins the IPC and UTS namespaces of a pod without an infra process and
 /// writes its sysctls; returns the pinned paths. Undoes itself on failure.
 fn pin_namespaces(
-    state_dir: &Path,
+    pod_dir: &PodDir,
     opts: &PodOptions,
     netns: Option<&Path>,
 ) -> Result<(Option<PathBuf>, Option<PathBuf>)> {
     use crius_netns::podns::{self, SysctlNs};
-    let ipc = opts.shm_size.is_some().then(|| state_dir.join("ipc"));
-    let uts = (!opts.host_network).then(|| state_dir.join("uts"));
+    let ipc = opts.shm_size.is_some().then(|| pod_dir.ipc());
+    let uts = (!opts.host_network).then(|| pod_dir.uts());
     let (net, other): (Vec<_>, Vec<_>) = opts
         .sysctls
         .iter()
@@ -732,6 +677,7 @@ impl containerd_shim_protos::sandbox_sync::Sandbox for SandboxService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crius_shim_api::options::*;
     use std::collections::HashMap;
 
     #[test]

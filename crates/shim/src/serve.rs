@@ -12,13 +12,15 @@ use std::time::Duration;
 
 use containerd_shim_protos::ttrpc::{self, MethodHandler, TtrpcContext};
 
-use crate::proto::shim as pb;
+use crius_shim_api::args::Args;
+use crius_shim_api::launch::{LISTEN_FD, LISTEN_FD_ENV, TTRPC_ADDRESS_ENV};
+use crius_shim_api::paths::{Layout, PodDir};
+use crius_shim_api::proto::shim as pb;
+use crius_shim_api::proto::shim_ttrpc;
 
-use crate::args::Args;
 use crate::events::Publisher;
 use crate::reaper::Reaper;
 use crate::sandbox::SandboxService;
-use crate::start::{socket_dir, socket_path, state_root, LISTEN_FD, LISTEN_FD_ENV};
 use crate::task::{Config, TaskService};
 
 /// How often an otherwise idle shim gives back the file pages it faulted in.
@@ -52,7 +54,7 @@ struct CriusShim {
     tasks: TaskService,
 }
 
-impl crate::proto::shim_ttrpc::Shim for CriusShim {
+impl shim_ttrpc::Shim for CriusShim {
     fn reopen_log(&self, _: &TtrpcContext, req: pb::ReopenLogRequest) -> ttrpc::Result<pb::Empty> {
         self.tasks.inner.reopen_log(&req.id, &req.exec_id)?;
         Ok(pb::Empty::new())
@@ -78,14 +80,14 @@ fn task_methods(tasks: &TaskService) -> Methods {
     all
 }
 
-fn init_logging(dir: &std::path::Path, debug: bool) {
+fn init_logging(dir: &PodDir, debug: bool) {
     // The pod's shim directory (its parents too): private.
-    let _ = crius_store::private::dir(dir);
+    let _ = crius_store::private::dir(dir.path());
     let file = OpenOptions::new()
         .mode(crius_store::private::FILE)
         .create(true)
         .append(true)
-        .open(dir.join("shim.log"));
+        .open(dir.log());
     let level = if debug {
         tracing::Level::DEBUG
     } else {
@@ -99,18 +101,19 @@ fn init_logging(dir: &std::path::Path, debug: bool) {
 /// Serves until shutdown; returns when the shim should exit.
 pub fn serve(args: &Args) -> Result<(), ServeError> {
     crate::mem::single_arena();
-    let state_dir = state_root().join(&args.namespace).join(&args.id);
-    init_logging(&state_dir, args.debug);
+    let layout = Layout::from_env();
+    let pod_dir = layout.pod_dir(&args.namespace, &args.id);
+    init_logging(&pod_dir, args.debug);
     // SAFETY: prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
         return Err(setup("set child subreaper")(
             std::io::Error::last_os_error().to_string(),
         ));
     }
-    let sock_dir = socket_dir();
-    let own_socket = socket_path(&sock_dir, &args.address, &args.namespace, &args.id);
+    let sock_dir = layout.socket_dir.clone();
+    let own_socket = layout.socket(&args.address, &args.namespace, &args.id);
     let reaper = Reaper::start().map_err(|e| setup("reaper")(e.to_string()))?;
-    let events_addr = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
+    let events_addr = std::env::var(TTRPC_ADDRESS_ENV).unwrap_or_default();
     let publisher = Publisher::start(&events_addr, &args.namespace);
     let (tx, rx) = channel();
     let cfg = Config {
@@ -121,7 +124,7 @@ pub fn serve(args: &Args) -> Result<(), ServeError> {
     };
     let tasks = TaskService::new(cfg, reaper, publisher, tx)
         .map_err(|e| setup("task service")(e.to_string()))?;
-    let sandbox = Arc::new(SandboxService::new(tasks.clone(), state_root()));
+    let sandbox = Arc::new(SandboxService::new(tasks.clone(), layout.clone()));
     let crius = Arc::new(CriusShim {
         tasks: tasks.clone(),
     });
@@ -152,7 +155,7 @@ pub fn serve(args: &Args) -> Result<(), ServeError> {
         .register_service(containerd_shim_protos::sandbox_sync::create_sandbox(
             sandbox,
         ))
-        .register_service(crate::proto::shim_ttrpc::create_shim(crius));
+        .register_service(shim_ttrpc::create_shim(crius));
     server
         .start()
         .map_err(|e| setup("start server")(e.to_string()))?;
@@ -174,11 +177,11 @@ pub fn serve(args: &Args) -> Result<(), ServeError> {
         let _ = done_tx.send(());
     });
     let _ = done_rx.recv_timeout(Duration::from_secs(2));
-    if std::fs::read_dir(&state_dir)
-        .map(|mut d| d.all(|e| e.map(|e| e.file_name() == "shim.log").unwrap_or(false)))
+    if std::fs::read_dir(pod_dir.path())
+        .map(|mut d| d.all(|e| e.map(|e| e.file_name() == PodDir::LOG).unwrap_or(false)))
         .unwrap_or(false)
     {
-        let _ = std::fs::remove_dir_all(&state_dir);
+        let _ = std::fs::remove_dir_all(pod_dir.path());
     }
     Ok(())
 }

@@ -3,7 +3,6 @@
 use std::io::{self, IsTerminal, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -12,23 +11,11 @@ use containerd_shim_protos::bootstrap_api::{BootstrapParams, BootstrapResult};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::{Message, MessageField};
 use containerd_shim_protos::shim::oci::Options as RuncOptions;
-use sha2::{Digest, Sha256};
+use crius_shim_api::args::Args;
+use crius_shim_api::launch::{server_command, StartInput, RUNTIME_ENV, RUNTIME_ROOT_ENV};
+use crius_shim_api::paths::{socket_dir, socket_path};
 
-use crate::args::Args;
 use crate::task::{RuntimeRecord, GROUP_ANNOTATION, RUNTIME_FILE, SANDBOX_ID_ANNOTATION};
-
-/// Environment variable overriding the socket directory.
-pub const SOCKET_DIR_ENV: &str = "CRIUS_SHIM_SOCKET_DIR";
-/// Default socket directory.
-pub const DEFAULT_SOCKET_DIR: &str = "/run/crius/s";
-/// Environment variable overriding the state directory root.
-pub const STATE_DIR_ENV: &str = "CRIUS_SHIM_STATE_DIR";
-/// Default state directory root.
-pub const DEFAULT_STATE_DIR: &str = "/run/crius/shim";
-/// Environment variable telling the serving process its listener fd.
-pub const LISTEN_FD_ENV: &str = "CRIUS_SHIM_LISTEN_FD";
-/// The fd number of the inherited listener.
-pub const LISTEN_FD: i32 = 3;
 
 /// Errors of the start and delete actions.
 #[derive(Debug, thiserror::Error)]
@@ -50,32 +37,6 @@ pub enum StartError {
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
     let what = what.into();
     move |source| StartError::Io { what, source }
-}
-
-/// The socket directory ($CRIUS_SHIM_SOCKET_DIR or /run/crius/s).
-pub fn socket_dir() -> PathBuf {
-    std::env::var_os(SOCKET_DIR_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_DIR))
-}
-
-/// The state directory root ($CRIUS_SHIM_STATE_DIR or /run/crius/shim).
-pub fn state_root() -> PathBuf {
-    std::env::var_os(STATE_DIR_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
-}
-
-/// The socket path of the shim serving group `grouping`: a hash of the
-/// caller's address, the namespace and the group keeps it short and unique.
-pub fn socket_path(dir: &Path, address: &str, namespace: &str, grouping: &str) -> PathBuf {
-    let mut h = Sha256::new();
-    h.update(address.as_bytes());
-    h.update(b"/");
-    h.update(namespace.as_bytes());
-    h.update(b"/");
-    h.update(grouping.as_bytes());
-    dir.join(hex::encode(h.finalize()))
 }
 
 /// The group a task belongs to: the sandbox id or containerd's group
@@ -102,22 +63,6 @@ fn bundle_dir(args: &Args) -> Result<PathBuf, StartError> {
         Some(b) => Ok(PathBuf::from(b)),
         None => std::env::current_dir().map_err(io_err("current directory")),
     }
-}
-
-/// What `start` learned from its stdin.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct StartInput {
-    /// containerd 2.3+'s bootstrap protocol is in use: answer with a
-    /// BootstrapResult instead of a plain address.
-    pub bootstrap: bool,
-    /// Events service address (bootstrap's containerd_ttrpc_address).
-    pub ttrpc_address: Option<String>,
-    /// Socket directory chosen by containerd.
-    pub socket_dir: Option<PathBuf>,
-    /// Runtime binary from `containerd.runc.v1.Options.binary_name`.
-    pub runtime: Option<String>,
-    /// Runtime root from `containerd.runc.v1.Options.root`.
-    pub runtime_root: Option<String>,
 }
 
 fn runc_options(any: &Any, out: &mut StartInput) {
@@ -230,66 +175,6 @@ fn spawn_server(
     Ok(())
 }
 
-/// The command that runs the shim binary `exe` serving group `group` on
-/// the listening socket `listener_fd` (moved to fd 3 in the child) in a
-/// session of its own: what `start` spawns, and what criusd spawns itself
-/// to save the `start` round trip. The fd must stay open until the command
-/// is spawned.
-pub fn server_command(
-    exe: &Path,
-    args: &Args,
-    group: &str,
-    listener_fd: i32,
-    dir: &Path,
-    input: &StartInput,
-) -> Command {
-    let mut cmd = Command::new(exe);
-    cmd.arg("-namespace")
-        .arg(&args.namespace)
-        .arg("-id")
-        .arg(group)
-        .arg("-address")
-        .arg(&args.address);
-    if !args.publish_binary.is_empty() {
-        cmd.arg("-publish-binary").arg(&args.publish_binary);
-    }
-    if args.debug {
-        cmd.arg("-debug");
-    }
-    cmd.env(SOCKET_DIR_ENV, dir);
-    if let Some(a) = &input.ttrpc_address {
-        cmd.env("TTRPC_ADDRESS", a);
-    }
-    if let Some(r) = &input.runtime {
-        cmd.env(crate::task::RUNTIME_ENV, r);
-    }
-    if let Some(r) = &input.runtime_root {
-        cmd.env(crate::task::RUNTIME_ROOT_ENV, r);
-    }
-    cmd.env(LISTEN_FD_ENV, LISTEN_FD.to_string())
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let fd = listener_fd;
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if fd == LISTEN_FD {
-                let fl = libc::fcntl(fd, libc::F_GETFD);
-                libc::fcntl(fd, libc::F_SETFD, fl & !libc::FD_CLOEXEC);
-            } else if libc::dup2(fd, LISTEN_FD) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd
-}
-
 /// `delete`: force-deletes the task of the bundle with the runtime recorded
 /// at create, unmounts its rootfs and returns the serialized DeleteResponse.
 pub fn delete(args: &Args) -> Result<Vec<u8>, StartError> {
@@ -298,8 +183,8 @@ pub fn delete(args: &Args) -> Result<Vec<u8>, StartError> {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     let rec = rec.unwrap_or_else(|| RuntimeRecord {
-        binary: std::env::var(crate::task::RUNTIME_ENV).unwrap_or_else(|_| "runc".into()),
-        root: std::env::var(crate::task::RUNTIME_ROOT_ENV)
+        binary: std::env::var(RUNTIME_ENV).unwrap_or_else(|_| "runc".into()),
+        root: std::env::var(RUNTIME_ROOT_ENV)
             .map(PathBuf::from)
             .unwrap_or_else(|_| PathBuf::from(crate::serve::DEFAULT_RUNTIME_ROOT))
             .join(&args.namespace),
@@ -416,18 +301,5 @@ mod tests {
             ("unix:///s/x", "ttrpc")
         );
         assert_eq!(r.version, containerd_shim_protos::TASK_API_VERSION);
-    }
-
-    #[test]
-    fn socket_paths_are_short_and_distinct() {
-        let d = Path::new("/run/crius/s");
-        let a = socket_path(d, "/run/containerd/containerd.sock", "k8s.io", "pod1");
-        let b = socket_path(d, "/run/containerd/containerd.sock", "default", "pod1");
-        assert_ne!(a, b);
-        assert!(a.as_os_str().len() < 100);
-        assert_eq!(
-            a,
-            socket_path(d, "/run/containerd/containerd.sock", "k8s.io", "pod1")
-        );
     }
 }

@@ -28,6 +28,8 @@ use containerd_shim_protos::ttrpc::{self, TtrpcContext};
 use containerd_shim_protos::types::task::{ProcessInfo, Status};
 use serde::{Deserialize, Serialize};
 
+use crius_shim_api::launch::{RUNTIME_ENV, RUNTIME_ROOT_ENV};
+
 use crate::events::{timestamp, Event, Publisher};
 use crate::io::{self as pio, ProcIo};
 use crate::mount::{self, MountSpec};
@@ -41,10 +43,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 /// containerd's shim grouping annotation.
 pub const GROUP_ANNOTATION: &str = "io.containerd.runc.v2.group";
-/// Environment variable naming the runtime binary.
-pub const RUNTIME_ENV: &str = "CRIUS_SHIM_RUNTIME";
-/// Environment variable naming the runtime's `--root`.
-pub const RUNTIME_ROOT_ENV: &str = "CRIUS_SHIM_RUNTIME_ROOT";
 /// File in the bundle recording the runtime used (for `delete`).
 pub const RUNTIME_FILE: &str = "crius-shim.json";
 

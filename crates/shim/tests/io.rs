@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::*;
 use containerd_shim_protos::api;
 use containerd_shim_protos::ttrpc;
-use crius_shim::proto::shim as pb;
-use crius_shim::proto::shim_ttrpc::ShimClient;
+use crius_shim_api::proto::shim as pb;
+use crius_shim_api::proto::shim_ttrpc::ShimClient;
 
 fn mkfifo(p: &Path) {
     nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();

@@ -2,7 +2,7 @@
 //! port-forward by connecting inside the pod's network namespace.
 
 use crate::daemon::Daemon;
-use crate::shimclient::{ShimClient, Stdio};
+use crate::shimclient::{ShimClient, Stdio, ATTACH_TIMEOUT};
 use crate::streaming::backend::{Backend, BackendError, BoxRead, BoxWrite, StreamIo};
 use crius_store::ContainerState;
 use std::path::{Path, PathBuf};
@@ -121,23 +121,14 @@ impl Backend for ShimBackend {
     }
 
     async fn attach(&self, container_id: &str, io: StreamIo) -> Result<(), BackendError> {
-        let (record, _shim) = self.running(container_id).await?;
+        let (record, shim) = self.running(container_id).await?;
         let config = crate::runtime::container::status::stored_config(&record);
         if io.stdin.is_some() && !config.stdin {
             return Err(BackendError::FailedPrecondition(
                 "the container was not created with stdin".into(),
             ));
         }
-        let address = self
-            .daemon
-            .store
-            .get_sandbox(&record.metadata.sandbox_id)
-            .ok()
-            .and_then(|s| s.status.shim_address)
-            .ok_or_else(|| {
-                BackendError::FailedPrecondition("the pod's shim is not running".into())
-            })?;
-        attach_via_shim(&self.daemon, &address, &record.metadata.id, io).await
+        attach_via_shim(&self.daemon, &shim, &record.metadata.id, io).await
     }
 
     async fn port_forward(
@@ -328,15 +319,13 @@ async fn copy_in(from: &mut BoxRead, to: &mut pipe::Sender) -> std::io::Result<(
 /// stdin bytes go the other way.
 async fn attach_via_shim(
     daemon: &Daemon,
-    address: &str,
+    shim: &Arc<ShimClient>,
     id: &str,
     io: StreamIo,
 ) -> Result<(), BackendError> {
-    use crius_shim::proto::shim::AttachRequest;
-    use crius_shim::proto::shim_ttrpc::ShimClient as CriusShim;
-    let dir = daemon.config().state.join("s");
-    crius_store::private::dir(&dir).map_err(internal)?;
-    let socket = dir.join(format!("attach-{}", &crius_store::generate_id()[..12]));
+    let layout = daemon.shim_layout();
+    crius_store::private::dir(&layout.socket_dir).map_err(internal)?;
+    let socket = layout.attach_socket(&crius_store::generate_id()[..12]);
     let listener = tokio::net::UnixListener::bind(&socket).map_err(internal)?;
     // Only the shim (root) connects: 0600, whatever the umask made it.
     {
@@ -345,25 +334,15 @@ async fn attach_via_shim(
             .map_err(internal)?;
     }
     let want_stdin = io.stdin.is_some();
-    let (addr, sock, cid) = (
-        address.to_string(),
-        socket.display().to_string(),
-        id.to_string(),
-    );
-    let call = tokio::task::spawn_blocking(move || -> Result<(), BackendError> {
-        let client = ttrpc::Client::connect(&addr).map_err(internal)?;
-        let shim = CriusShim::new(client);
-        let mut req = AttachRequest::new();
-        req.id = cid;
-        req.socket = sock;
-        req.stdin = want_stdin;
-        shim.attach(ttrpc::context::with_timeout(30_000_000_000), &req)
-            .map(|_| ())
-            .map_err(internal)
-    });
-    let accepted = tokio::time::timeout(Duration::from_secs(30), listener.accept()).await;
+    // The shim connects while the call is under way: the call runs beside
+    // the accept.
+    let call = {
+        let (shim, cid, sock) = (shim.clone(), id.to_string(), socket.display().to_string());
+        tokio::spawn(async move { shim.attach(&cid, &sock, want_stdin).await })
+    };
+    let accepted = tokio::time::timeout(ATTACH_TIMEOUT, listener.accept()).await;
     let _ = std::fs::remove_file(&socket);
-    call.await.map_err(internal)??;
+    call.await.map_err(internal)?.map_err(internal)?;
     let (conn, _) = accepted
         .map_err(|_| BackendError::Internal("the shim did not connect for attach".into()))?
         .map_err(internal)?;

@@ -535,7 +535,7 @@ async fn create_steps(
         shm_path: (!hn.ipc).then(|| {
             daemon
                 .shim_pod_dir(&sandbox.metadata.id)
-                .join("shm")
+                .shm()
                 .display()
                 .to_string()
         }),

@@ -294,8 +294,8 @@ async fn run_steps(
     let shim_dir = daemon.shim_pod_dir(id);
     let facts = crius_spec::SandboxFacts {
         id: id.to_string(),
-        netns_path: (!hn.network).then(|| shim_dir.join("netns").display().to_string()),
-        shm_path: (!hn.ipc).then(|| shim_dir.join("shm").display().to_string()),
+        netns_path: (!hn.network).then(|| shim_dir.netns().display().to_string()),
+        shm_path: (!hn.ipc).then(|| shim_dir.shm().display().to_string()),
         ..Default::default()
     };
     let load = |p: &str| std::fs::read_to_string(p).map_err(|e| e.to_string());
@@ -352,7 +352,7 @@ async fn run_steps(
     // The pod's netns is made here and handed to the shim, which owns it
     // from CreateSandbox on (it removes it at shutdown, as one it made): CNI
     // ADD starts at once, beside the shim's start-up, instead of after it.
-    let own_netns = (!hn.network && userns_netns.is_none()).then(|| shim_dir.join("netns"));
+    let own_netns = (!hn.network && userns_netns.is_none()).then(|| shim_dir.netns());
     if let Some(p) = own_netns.clone() {
         done.netns = Some(p.clone());
         tokio::task::spawn_blocking(move || crius_netns::netns::create(&p))
@@ -535,13 +535,14 @@ impl PodShim<'_> {
             .config()
             .shm_size_bytes()
             .map_err(|e| internal("shm_size", e))?;
-        create.annotations = shimclient::pod_annotations(
-            self.hn.network,
-            self.hn.ipc,
+        create.annotations = shimclient::PodOptions {
+            host_network: self.hn.network,
+            host_ipc: self.hn.ipc,
             shm_size,
-            self.no_infra,
-            self.owned_netns,
-        );
+            no_infra: self.no_infra.cloned(),
+            netns_owned: self.owned_netns,
+        }
+        .encode();
         shim.create_sandbox(create).await.map_err(CriError::from)?;
         let status = shim.sandbox_status(id).await.map_err(CriError::from)?;
         let info = |k: &str| status.info.get(k).cloned().filter(|s| !s.is_empty());
@@ -830,19 +831,19 @@ async fn clean_after_dead_shim(daemon: &Daemon, id: &str, handler: &str) -> Resu
     let rootfs = daemon.sandbox_state(id).join("bundle").join("rootfs");
     let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
     let shim_dir = daemon.shim_pod_dir(id);
-    crius_netns::netns::remove(&shim_dir.join("netns")).map_err(|e| internal("netns", e))?;
-    for kind in ["ipc", "uts"] {
-        crius_netns::podns::unpin(&shim_dir.join(kind)).map_err(|e| internal(kind, e))?;
+    crius_netns::netns::remove(&shim_dir.netns()).map_err(|e| internal("netns", e))?;
+    for (kind, pin) in [("ipc", shim_dir.ipc()), ("uts", shim_dir.uts())] {
+        crius_netns::podns::unpin(&pin).map_err(|e| internal(kind, e))?;
     }
-    let shm = shim_dir.join("shm");
+    let shm = shim_dir.shm();
     if nix::mount::umount2(&shm, nix::mount::MntFlags::MNT_DETACH).is_err() && shm.exists() {
         tracing::debug!(sandbox = %id, "shm was not mounted");
     }
-    match crius_image::tree::remove_tree(&shim_dir) {
+    match crius_image::tree::remove_tree(shim_dir.path()) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(internal(
-            &format!("cannot remove {}", shim_dir.display()),
+            &format!("cannot remove {}", shim_dir.path().display()),
             e,
         )),
     }
@@ -967,11 +968,11 @@ async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
 /// clean StopPodSandbox only `shim.log` is left (until the shim, on its way
 /// out, removes the directory); a netns, shm or anything else means the pod
 /// was not torn down (its shim died).
-fn shim_left_things(dir: &Path) -> bool {
-    match std::fs::read_dir(dir) {
+fn shim_left_things(dir: &shimclient::PodDir) -> bool {
+    match std::fs::read_dir(dir.path()) {
         Ok(entries) => entries
             .flatten()
-            .any(|e| e.file_name() != std::ffi::OsStr::new("shim.log")),
+            .any(|e| e.file_name() != std::ffi::OsStr::new(shimclient::PodDir::LOG)),
         Err(_) => false,
     }
 }
@@ -1019,7 +1020,7 @@ async fn remove_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
     for d in [
         daemon.sandbox_state(&id),
         daemon.sandbox_root(&id),
-        daemon.shim_pod_dir(&id),
+        daemon.shim_pod_dir(&id).path().to_path_buf(),
     ] {
         // Any depth, few descriptors, and never into a mount left inside.
         match crius_image::tree::remove_tree(&d) {

@@ -7,7 +7,13 @@ pub mod shim {
     include!(concat!(env!("OUT_DIR"), "/crius/shim.rs"));
 }
 
-/// The ttrpc service trait, server map and client.
+/// The ttrpc service trait, server map and synchronous client.
 pub mod shim_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/crius/shim_ttrpc.rs"));
+}
+
+/// The asynchronous client (criusd's).
+#[cfg(feature = "client")]
+pub mod shim_ttrpc_async {
+    include!(concat!(env!("OUT_DIR"), "/crius-async/shim_ttrpc.rs"));
 }

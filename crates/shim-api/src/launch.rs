@@ -1,0 +1,425 @@
+//! How a serving shim is launched: the command line and environment of
+//! the shim binary serving a pod on an inherited listening socket (what
+//! the shim's own `start` spawns, and what criusd spawns itself), and, with
+//! the `client` feature, criusd's launcher.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::args::Args;
+use crate::paths::SOCKET_DIR_ENV;
+
+/// The shim binary's file name.
+pub const SHIM_BINARY: &str = "containerd-shim-crius-v2";
+/// Environment variable naming the runtime binary.
+pub const RUNTIME_ENV: &str = "CRIUS_SHIM_RUNTIME";
+/// Environment variable naming the runtime's `--root`.
+pub const RUNTIME_ROOT_ENV: &str = "CRIUS_SHIM_RUNTIME_ROOT";
+/// Environment variable telling the serving process its listener fd.
+pub const LISTEN_FD_ENV: &str = "CRIUS_SHIM_LISTEN_FD";
+/// The fd number of the inherited listener.
+pub const LISTEN_FD: i32 = 3;
+/// Environment variable naming the events service to publish to.
+pub const TTRPC_ADDRESS_ENV: &str = "TTRPC_ADDRESS";
+
+/// What the serving shim is told besides its flags (from `start`'s stdin,
+/// or from criusd).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StartInput {
+    /// containerd 2.3+'s bootstrap protocol is in use: answer with a
+    /// BootstrapResult instead of a plain address.
+    pub bootstrap: bool,
+    /// Events service address (bootstrap's containerd_ttrpc_address).
+    pub ttrpc_address: Option<String>,
+    /// Socket directory chosen by containerd.
+    pub socket_dir: Option<PathBuf>,
+    /// Runtime binary from `containerd.runc.v1.Options.binary_name`.
+    pub runtime: Option<String>,
+    /// Runtime root from `containerd.runc.v1.Options.root`.
+    pub runtime_root: Option<String>,
+}
+
+/// The command that runs the shim binary `exe` serving group `group` on
+/// the listening socket `listener_fd` (moved to fd 3 in the child) in a
+/// session of its own: what `start` spawns, and what criusd spawns itself
+/// to save the `start` round trip. The fd must stay open until the command
+/// is spawned.
+pub fn server_command(
+    exe: &Path,
+    args: &Args,
+    group: &str,
+    listener_fd: i32,
+    dir: &Path,
+    input: &StartInput,
+) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.args(server_args(args, group));
+    cmd.env(SOCKET_DIR_ENV, dir);
+    if let Some(a) = &input.ttrpc_address {
+        cmd.env(TTRPC_ADDRESS_ENV, a);
+    }
+    if let Some(r) = &input.runtime {
+        cmd.env(RUNTIME_ENV, r);
+    }
+    if let Some(r) = &input.runtime_root {
+        cmd.env(RUNTIME_ROOT_ENV, r);
+    }
+    cmd.env(LISTEN_FD_ENV, LISTEN_FD.to_string())
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let fd = listener_fd;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if fd == LISTEN_FD {
+                let fl = libc::fcntl(fd, libc::F_GETFD);
+                libc::fcntl(fd, libc::F_SETFD, fl & !libc::FD_CLOEXEC);
+            } else if libc::dup2(fd, LISTEN_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// The flags of a serving shim of `group` (no action: it serves).
+pub fn server_args(args: &Args, group: &str) -> Vec<String> {
+    let mut v = vec![
+        "-namespace".to_string(),
+        args.namespace.clone(),
+        "-id".to_string(),
+        group.to_string(),
+        "-address".to_string(),
+        args.address.clone(),
+    ];
+    if !args.publish_binary.is_empty() {
+        v.push("-publish-binary".to_string());
+        v.push(args.publish_binary.clone());
+    }
+    if args.debug {
+        v.push("-debug".to_string());
+    }
+    v
+}
+
+#[cfg(feature = "client")]
+pub use launcher::{find_binary, Launched, Launcher};
+
+#[cfg(feature = "client")]
+mod launcher {
+    use std::path::{Path, PathBuf};
+
+    use super::{server_command, StartInput, SHIM_BINARY};
+    use crate::args::{Action, Args};
+    use crate::client::ShimError;
+    use crate::paths::{Layout, STATE_DIR_ENV};
+    use crate::NAMESPACE;
+
+    /// How criusd launches shims.
+    #[derive(Debug, Clone)]
+    pub struct Launcher {
+        /// The shim binary.
+        pub binary: PathBuf,
+        /// The address passed as `-address` (criusd's socket).
+        pub address: String,
+        /// Where the shims' sockets and private directories are
+        /// (`CRIUS_SHIM_SOCKET_DIR`, `CRIUS_SHIM_STATE_DIR`).
+        pub layout: Layout,
+        /// `TTRPC_ADDRESS`: where shims publish events (empty: nowhere).
+        pub events_address: String,
+    }
+
+    /// Finds the shim binary: an explicit path, else next to the running
+    /// criusd, else in PATH.
+    pub fn find_binary(configured: &str) -> Result<PathBuf, ShimError> {
+        if !configured.is_empty() {
+            return Ok(PathBuf::from(configured));
+        }
+        if let Some(dir) = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+        {
+            let candidate = dir.join(SHIM_BINARY);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+        let path = std::env::var("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .map(|d| d.join(SHIM_BINARY))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                ShimError::Launch(format!(
+                    "{SHIM_BINARY} not found next to criusd or in PATH (set `shim_path`)"
+                ))
+            })
+    }
+
+    /// A shim criusd launched.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Launched {
+        /// Its ttrpc address (`unix:///...`).
+        pub address: String,
+        /// The pid of the serving shim (the long-running process itself: it
+        /// is criusd's child, not forked again).
+        pub pid: Option<u32>,
+    }
+
+    impl Launcher {
+        /// Launches the shim serving sandbox `id` with the runtime handler's
+        /// binary and root; returns its ttrpc address and pid.
+        ///
+        /// criusd does itself what the shim's `start` would (containerd's
+        /// way, which the shim still offers): it binds the socket at the
+        /// address `start` would derive and runs the shim binary in serving
+        /// mode on it, in a session of its own. That saves a process and a
+        /// round trip per pod, and the address answers at once: connections
+        /// queue on the socket until the shim serves them. A shim that dies
+        /// at start-up shows as a failed first call. `bundle` is where the
+        /// pod's files are; the serving shim runs in `/`.
+        #[tracing::instrument(level = "debug", name = "shim_spawn", skip_all, fields(sandbox = id))]
+        pub async fn start(
+            &self,
+            id: &str,
+            bundle: &Path,
+            runtime: &str,
+            runtime_root: &Path,
+        ) -> Result<Launched, ShimError> {
+            let launch = |what: &str, e: std::io::Error| ShimError::Launch(format!("{what}: {e}"));
+            if !bundle.is_dir() {
+                return Err(ShimError::Launch(format!(
+                    "bundle {} is not a directory",
+                    bundle.display()
+                )));
+            }
+            let socket_dir = &self.layout.socket_dir;
+            // Private: only criusd and the shims (root) use the sockets.
+            crius_store::private::dir(socket_dir)
+                .map_err(|e| launch(&format!("create {}", socket_dir.display()), e))?;
+            let path = self.layout.socket(&self.address, NAMESPACE, id);
+            // Left by a shim of this id that died (ids are never reused
+            // otherwise).
+            let _ = std::fs::remove_file(&path);
+            let listener = std::os::unix::net::UnixListener::bind(&path)
+                .map_err(|e| launch(&format!("bind {}", path.display()), e))?;
+            // Only criusd and containerd (root) connect.
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .map_err(|e| launch(&format!("chmod {}", path.display()), e))?;
+            let args = Args {
+                namespace: NAMESPACE.to_string(),
+                id: id.to_string(),
+                address: self.address.clone(),
+                publish_binary: String::new(),
+                bundle: None,
+                debug: false,
+                action: Action::Serve,
+            };
+            let input = StartInput {
+                bootstrap: false,
+                ttrpc_address: Some(self.events_address.clone()).filter(|a| !a.is_empty()),
+                socket_dir: Some(socket_dir.clone()),
+                runtime: Some(runtime.to_string()).filter(|r| !r.is_empty()),
+                runtime_root: Some(runtime_root.display().to_string()),
+            };
+            let mut cmd = server_command(
+                &self.binary,
+                &args,
+                id,
+                std::os::fd::AsRawFd::as_raw_fd(&listener),
+                socket_dir,
+                &input,
+            );
+            cmd.env(STATE_DIR_ENV, &self.layout.state_root);
+            // Not waited for: tokio reaps it when it exits (criusd is its
+            // parent until criusd itself goes).
+            let spawned = tokio::process::Command::from(cmd).spawn();
+            drop(listener);
+            let pid = match spawned {
+                Ok(child) => child.id(),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(launch(&self.binary.display().to_string(), e));
+                }
+            };
+            Ok(Launched {
+                address: format!("unix://{}", path.display()),
+                pid,
+            })
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use std::time::Duration;
+
+        #[tokio::test]
+        async fn launches_the_serving_shim_on_a_bound_socket() {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = tempfile::tempdir().unwrap();
+            let seen = dir.path().join("seen");
+            let fake = dir.path().join("fake-shim");
+            std::fs::write(
+                &fake,
+                format!(
+                    "#!/bin/sh\necho \"$CRIUS_SHIM_LISTEN_FD $CRIUS_SHIM_RUNTIME $CRIUS_SHIM_RUNTIME_ROOT $CRIUS_SHIM_STATE_DIR $*\" > {p}.tmp\nreadlink /proc/self/fd/3 >> {p}.tmp\npwd >> {p}.tmp\necho $$ >> {p}.tmp\nmv {p}.tmp {p}\n",
+                    p = seen.display()
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let l = Launcher {
+                binary: fake,
+                address: "/run/x.sock".into(),
+                layout: Layout::under(dir.path()),
+                events_address: String::new(),
+            };
+            let launched = l
+                .start("abc", dir.path(), "runc", Path::new("/run/r"))
+                .await
+                .unwrap();
+            let socket = l.layout.socket("/run/x.sock", NAMESPACE, "abc");
+            assert_eq!(launched.address, format!("unix://{}", socket.display()));
+            let pid = launched.pid.expect("a pid");
+            // Bound before the shim runs: a connection is accepted at once.
+            assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok());
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !seen.exists() {
+                assert!(std::time::Instant::now() < deadline, "the shim never ran");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let text = std::fs::read_to_string(&seen).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            assert_eq!(
+                lines[0],
+                format!(
+                    "3 runc /run/r {} -namespace k8s.io -id abc -address /run/x.sock",
+                    l.layout.state_root.display()
+                )
+            );
+            assert!(lines[1].starts_with("socket:"), "{text}");
+            assert_eq!(lines[2], "/");
+            // The pid is the serving process's own ($$ of the fake's shell).
+            assert_eq!(lines[3], pid.to_string());
+
+            // A binary that cannot run: an error, and no socket left behind.
+            let l = Launcher {
+                binary: dir.path().join("missing"),
+                ..l
+            };
+            let e = l
+                .start("def", dir.path(), "runc", Path::new("/run/r"))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("missing"), "{e}");
+            let gone = l.layout.socket("/run/x.sock", NAMESPACE, "def");
+            assert!(!gone.exists());
+            assert!(find_binary("/explicit/path").unwrap().ends_with("path"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::Action;
+
+    #[test]
+    fn server_args_table() {
+        let base = Args {
+            namespace: "k8s.io".into(),
+            id: "ignored".into(),
+            address: "/run/crius/crius.sock".into(),
+            publish_binary: String::new(),
+            bundle: Some("/b".into()),
+            debug: false,
+            action: Action::Start,
+        };
+        // (args, group, flags of the serving shim)
+        let cases = [
+            (
+                base.clone(),
+                "pod1",
+                "-namespace k8s.io -id pod1 -address /run/crius/crius.sock",
+            ),
+            (
+                Args {
+                    publish_binary: "/usr/bin/containerd".into(),
+                    debug: true,
+                    ..base.clone()
+                },
+                "g",
+                "-namespace k8s.io -id g -address /run/crius/crius.sock -publish-binary /usr/bin/containerd -debug",
+            ),
+        ];
+        for (args, group, want) in cases {
+            let got = server_args(&args, group);
+            assert_eq!(got.join(" "), want);
+            // What the shim serves with parses back to the same flags.
+            let back = Args::parse(got).unwrap();
+            assert_eq!(
+                (back.namespace, back.id, back.address, back.action),
+                (
+                    args.namespace,
+                    group.to_string(),
+                    args.address,
+                    Action::Serve
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn server_command_environment() {
+        let args = Args::parse(["-namespace", "ns", "-id", "x", "-address", "/a"]).unwrap();
+        let input = StartInput {
+            ttrpc_address: Some("/run/containerd/containerd.sock.ttrpc".into()),
+            runtime: Some("crun".into()),
+            runtime_root: Some("/run/r".into()),
+            ..StartInput::default()
+        };
+        let cmd = server_command(
+            Path::new("/bin/shim"),
+            &args,
+            "x",
+            7,
+            Path::new("/s"),
+            &input,
+        );
+        let env: std::collections::HashMap<_, _> = cmd
+            .get_envs()
+            .map(|(k, v)| (k.to_str().unwrap(), v.and_then(|v| v.to_str())))
+            .collect();
+        for (k, v) in [
+            (SOCKET_DIR_ENV, "/s"),
+            (TTRPC_ADDRESS_ENV, "/run/containerd/containerd.sock.ttrpc"),
+            (RUNTIME_ENV, "crun"),
+            (RUNTIME_ROOT_ENV, "/run/r"),
+            (LISTEN_FD_ENV, "3"),
+        ] {
+            assert_eq!(env.get(k).copied().flatten(), Some(v), "{k}");
+        }
+        assert_eq!(cmd.get_current_dir(), Some(Path::new("/")));
+        let none = server_command(
+            Path::new("/bin/shim"),
+            &args,
+            "x",
+            3,
+            Path::new("/s"),
+            &StartInput::default(),
+        );
+        let keys: Vec<_> = none.get_envs().map(|(k, _)| k.to_owned()).collect();
+        assert!(!keys
+            .iter()
+            .any(|k| k == RUNTIME_ENV || k == TTRPC_ADDRESS_ENV));
+    }
+}
