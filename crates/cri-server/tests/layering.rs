@@ -182,7 +182,11 @@ fn runtime_commands(code: &str) -> Vec<String> {
                 .iter()
                 .any(|c| st.contains(&format!("\"{c}\"")))
         })
-        .map(|st| st.split_whitespace().collect::<Vec<_>>().join(" "))
+        .map(|st| {
+            // Its end, where the command is (a statement may start far up).
+            let words: Vec<&str> = st.split_whitespace().collect();
+            words[words.len().saturating_sub(12)..].join(" ")
+        })
         .collect()
 }
 
