@@ -3,21 +3,21 @@
 //!
 //! For every sandbox the shim is reached at its recorded address (or at the
 //! address a shim launched for it would have, when criusd died before it
-//! recorded one). A sandbox whose shim is gone becomes NOTREADY; its netns
-//! and /dev/shm are cleaned by Stop/Remove, which handle a dead shim. For
-//! every container the shim is asked for the task's state: an exit that
+//! recorded one). A sandbox whose shim is gone becomes NOTREADY; what the
+//! shim left (its containers' processes and rootfs mounts, the netns, IPC
+//! and UTS pins and /dev/shm) is cleaned by Stop/Remove through the shim
+//! binary's `delete` action. For every container the shim is asked for
+//! the task's state: an exit that
 //! happened while criusd was down is recorded with the shim's exit code and
 //! time, a running container gets its exit watcher again, and a container
 //! whose shim or task is gone becomes EXITED with a reason and a message.
 
 use crate::daemon::Daemon;
-use crate::errors::CriError;
 use crate::runtime::container::lifecycle::{record_exit, watch_exit};
 use crate::runtime::now_nanos;
 use crate::shimclient::{ShimClient, NAMESPACE};
 use containerd_shim_protos::types::task::Status as TaskStatus;
 use crius_store::{ContainerState, SandboxRecord, SandboxState};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -180,87 +180,6 @@ async fn recover_container(
     }
 }
 
-/// Detaches the container root filesystems a dead shim had mounted (on
-/// `<state>/containers/<id>/bundle/rootfs`, as CreateContainer lays the
-/// bundle out), so that RemoveContainer can delete the directories. The
-/// container processes keep their own mount namespaces.
-pub fn release_shim_mounts(daemon: &Daemon, sandbox_id: &str) {
-    for c in daemon.store.list_sandbox_containers(sandbox_id) {
-        let rootfs = daemon
-            .config()
-            .state
-            .join("containers")
-            .join(&c.metadata.id)
-            .join("bundle")
-            .join("rootfs");
-        match nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH) {
-            Ok(()) => {
-                tracing::info!(container = %c.metadata.id, "detached the rootfs of a dead shim")
-            }
-            Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
-            Err(e) => {
-                tracing::warn!(container = %c.metadata.id, error = %e, "cannot detach the rootfs")
-            }
-        }
-    }
-}
-
-/// The ids of the runtime's containers under `root` (the handler's state
-/// dir with the namespace) that belong to pod `sandbox_id`. runc keeps the
-/// spec's annotations as `key=value` labels in each container's
-/// `state.json`, so the sandbox-id annotation finds containers that no
-/// record names any more: one whose `runc create` finished after its
-/// CreateContainer had already rolled back because the shim died under it.
-pub fn runtime_containers_of(root: &Path, sandbox_id: &str) -> Vec<String> {
-    let wanted = format!("{}={sandbox_id}", crius_spec::annotations::SANDBOX_ID);
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return Vec::new();
-    };
-    let mut ids: Vec<String> = entries
-        .flatten()
-        .filter_map(|e| {
-            let id = e.file_name().to_str()?.to_string();
-            let text = std::fs::read(e.path().join("state.json")).ok()?;
-            let state: serde_json::Value = serde_json::from_slice(&text).ok()?;
-            let labels = state.get("config")?.get("labels")?.as_array()?;
-            labels
-                .iter()
-                .any(|l| l.as_str() == Some(wanted.as_str()))
-                .then_some(id)
-        })
-        .collect();
-    ids.sort();
-    ids
-}
-
-/// `<runtime> --root <root> delete --force <id>`: kills what is left of a
-/// container whose shim is gone (its processes were re-parented and keep
-/// running) and removes its runtime state and cgroup. An unknown id is not
-/// an error.
-pub async fn force_delete(runtime: &str, root: &Path, id: &str) -> Result<(), CriError> {
-    // runc and crun keep a directory per container under their root: with
-    // none there is nothing for the runtime to delete (and no process to
-    // spend on finding that out).
-    if !id.is_empty() && !id.contains('/') && !root.join(id).exists() {
-        return Ok(());
-    }
-    let out = tokio::process::Command::new(runtime)
-        .arg("--root")
-        .arg(root)
-        .args(["delete", "--force", id])
-        .output()
-        .await
-        .map_err(|e| crate::errors::internal(&format!("cannot run {runtime}"), e))?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() && !stderr.contains("not exist") {
-        return Err(CriError::internal(format!(
-            "{runtime} delete --force {id}: {}",
-            stderr.trim()
-        )));
-    }
-    Ok(())
-}
-
 /// Marks the containers of a pod whose shim is gone as exited.
 async fn containers_lost(daemon: &Daemon, sandbox_id: &str, message: &str) -> usize {
     let mut n = 0;
@@ -337,7 +256,6 @@ async fn recover_sandbox(daemon: &Arc<Daemon>, record: SandboxRecord, summary: &
             }
             summary.containers_exited +=
                 containers_lost(daemon, &id, "the pod's shim was gone when criusd restarted").await;
-            release_shim_mounts(daemon, &id);
         }
     }
 }
@@ -392,7 +310,6 @@ pub fn watch_sandbox(daemon: Arc<Daemon>, id: String, address: String) {
         if !shim_alive {
             daemon.shims.lock().await.remove(&id);
             containers_lost(&daemon, &id, "the pod's shim died").await;
-            release_shim_mounts(&daemon, &id);
         }
     });
 }
@@ -465,39 +382,5 @@ pub async fn gc_network(daemon: &Arc<Daemon>) {
         Ok(Ok(None)) => tracing::debug!("CNI GC skipped: the network's spec version has none"),
         Ok(Err(e)) => tracing::warn!(error = %e, "CNI GC failed"),
         Err(e) => tracing::warn!(error = %e, "CNI GC task failed"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_runtime_containers_of_a_pod() {
-        let d = tempfile::tempdir().unwrap();
-        let state = |id: &str, labels: serde_json::Value| {
-            std::fs::create_dir_all(d.path().join(id)).unwrap();
-            let text = serde_json::json!({ "id": id, "config": { "labels": labels } });
-            std::fs::write(d.path().join(id).join("state.json"), text.to_string()).unwrap();
-        };
-        let label = |pod: &str| format!("io.kubernetes.cri.sandbox-id={pod}");
-        state("c1", serde_json::json!([label("pod-a"), "bundle=/x"]));
-        state("c2", serde_json::json!(["bundle=/y", label("pod-a")]));
-        state("c3", serde_json::json!([label("pod-b")]));
-        state("c4", serde_json::json!([label("pod-a-longer")]));
-        state("c5", serde_json::json!("not a list"));
-        std::fs::create_dir_all(d.path().join("c6")).unwrap();
-        std::fs::write(d.path().join("c6/state.json"), "{torn").unwrap();
-        std::fs::create_dir_all(d.path().join("c7")).unwrap();
-        std::fs::write(d.path().join("stray-file"), "x").unwrap();
-        let cases = [
-            ("pod-a", vec!["c1", "c2"]),
-            ("pod-b", vec!["c3"]),
-            ("pod-c", vec![]),
-        ];
-        for (pod, want) in cases {
-            assert_eq!(runtime_containers_of(d.path(), pod), want, "{pod}");
-        }
-        assert!(runtime_containers_of(&d.path().join("missing"), "pod-a").is_empty());
     }
 }

@@ -5,7 +5,9 @@
 //! (`errors.rs`) and the server plumbing know of tonic. Test modules (from
 //! the first top-level `#[cfg(test)]` on) are not checked. criusd reaches
 //! its shims through crius-shim-api only, never through the shim binary's
-//! crate.
+//! crate. criusd runs no lifecycle command of the OCI runtime (the shim
+//! does, and cleans up after a dead shim in its `delete` action), and
+//! mounts only where [`MOUNT_EXCEPTIONS`] says.
 
 use std::path::{Path, PathBuf};
 
@@ -163,4 +165,157 @@ fn criusd_uses_the_shim_api_not_the_shim_crate() {
         .map(|f| f.strip_prefix(&root).unwrap().display().to_string())
         .collect();
     assert!(offences.is_empty(), "crius_shim used in {offences:?}");
+}
+
+/// The lifecycle commands of an OCI runtime, which only the shim runs.
+const RUNTIME_LIFECYCLE: [&str; 4] = ["create", "start", "kill", "delete"];
+
+/// The statements of `code` that run a runtime lifecycle command: a
+/// process built (`Command`, `.arg(`, `.args(`) with one of
+/// [`RUNTIME_LIFECYCLE`] as a literal argument. The `--version` and
+/// `features` probes pass.
+fn runtime_commands(code: &str) -> Vec<String> {
+    code.split(';')
+        .filter(|st| st.contains("Command") || st.contains(".arg(") || st.contains(".args("))
+        .filter(|st| {
+            RUNTIME_LIFECYCLE
+                .iter()
+                .any(|c| st.contains(&format!("\"{c}\"")))
+        })
+        .map(|st| {
+            // Its end, where the command is (a statement may start far up).
+            let words: Vec<&str> = st.split_whitespace().collect();
+            words[words.len().saturating_sub(12)..].join(" ")
+        })
+        .collect()
+}
+
+#[test]
+fn runtime_commands_table() {
+    // (code, offending statements)
+    let cases: [(&str, usize); 9] = [
+        (
+            "let out = Command::new(runtime).args([\"delete\", \"--force\", id]).output();",
+            1,
+        ),
+        (
+            "tokio::process::Command::new(rt)\n    .arg(\"--root\")\n    .arg(root)\n    .arg(\"kill\")\n    .arg(id);",
+            1,
+        ),
+        ("cmd.args([\"--root\", r, \"create\", \"--bundle\", b]);", 1),
+        ("c.arg(\"start\"); c.arg(id);", 1),
+        ("let mut cmd = tokio::process::Command::new(&binary); cmd.arg(\"--version\");", 0),
+        ("Command::new(&binary).arg(\"features\").output();", 0),
+        ("let event = \"delete\"; metrics.inc(event);", 0),
+        ("shim.delete_task(&id, \"\").await;", 0),
+        ("launcher.delete(id, &bundle, &runtime, &root, false).await;", 0),
+    ];
+    for (code, want) in cases {
+        assert_eq!(runtime_commands(code).len(), want, "{code}");
+    }
+}
+
+/// Functions that mount or unmount (the system calls and the wrapper of
+/// crius-store criusd uses): counted where called, `name(`.
+const MOUNT_FUNCTIONS: [&str; 5] = ["mount", "umount", "umount2", "mount_overlay", "fsmount"];
+/// Mount system calls made through `libc::syscall`: counted where named.
+const MOUNT_SYSCALLS: [&str; 4] = [
+    "SYS_open_tree",
+    "SYS_mount_setattr",
+    "SYS_move_mount",
+    "SYS_fsmount",
+];
+
+/// How many mount calls `code` makes: [`MOUNT_FUNCTIONS`] called (as whole
+/// identifiers) or [`MOUNT_SYSCALLS`] named.
+fn mount_calls(code: &str) -> usize {
+    let ident = |c: char| c.is_alphanumeric() || c == '_';
+    let count = |word: &str, then: &dyn Fn(&str) -> bool| {
+        code.match_indices(word)
+            .filter(|(i, _)| {
+                !code[..*i].chars().next_back().is_some_and(ident) && then(&code[i + word.len()..])
+            })
+            .count()
+    };
+    let called = |rest: &str| rest.starts_with('(');
+    let named = |rest: &str| !rest.chars().next().is_some_and(ident);
+    MOUNT_FUNCTIONS
+        .iter()
+        .map(|w| count(w, &called))
+        .sum::<usize>()
+        + MOUNT_SYSCALLS
+            .iter()
+            .map(|w| count(w, &named))
+            .sum::<usize>()
+}
+
+#[test]
+fn mount_calls_table() {
+    // (code, calls)
+    let cases: [(&str, usize); 9] = [
+        (
+            "nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH)",
+            1,
+        ),
+        (
+            "nix::mount::mount(Some(src), at, None::<&str>, flags, None::<&str>)",
+            1,
+        ),
+        ("libc::syscall(libc::SYS_move_mount, fd, empty)", 1),
+        ("crius_store::overlay::mount_overlay(&src, t, f, &data)", 1),
+        ("unmount_below(&dir); remount_ro(x);", 0),
+        ("let flags = nix::mount::MsFlags::MS_BIND;", 0),
+        ("daemon.images.remove_rootfs(&id)", 0),
+        ("libc::umount(p); nix::mount::umount2(q, f);", 2),
+        ("const PROFILE: &str = \"  umount,\\n  deny mount,\";", 0),
+    ];
+    for (code, want) in cases {
+        assert_eq!(mount_calls(code), want, "{code}");
+    }
+}
+
+/// The places criusd still mounts, as (file, number of mount calls): what
+/// the shim (or the image crate) is to own (issue #16, move 3). The
+/// numbers must match: this list only shrinks.
+const MOUNT_EXCEPTIONS: &[(&str, usize)] = &[
+    // Idmapped binds of user-namespace pods (open_tree, mount_setattr,
+    // move_mount, and a plain bind), the overlay of their rootfs staged on
+    // them, and `unmount_below` (two umount2), which RemoveContainer,
+    // RemovePodSandbox and the rollbacks also use for the image mounts
+    // below: the shim should make and undo them.
+    ("runtime/userns.rs", 7),
+    // Image volumes (CRI Mount.image) and the read-only image overlay
+    // copied into a container's fresh VOLUME directories.
+    ("runtime/container/image_mounts.rs", 1),
+];
+
+#[test]
+fn criusd_runs_no_runtime_lifecycle_command_and_mounts_only_where_listed() {
+    let root = src();
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    let mut offences = Vec::new();
+    let mut mounts = std::collections::BTreeMap::new();
+    for f in &files {
+        let rel = f.strip_prefix(&root).unwrap().to_string_lossy().to_string();
+        let code = code(f);
+        for st in runtime_commands(&code) {
+            offences.push(format!("{rel} runs an OCI runtime lifecycle command: {st}"));
+        }
+        let n = mount_calls(&code);
+        if n > 0 {
+            mounts.insert(rel, n);
+        }
+    }
+    let listed: std::collections::BTreeMap<String, usize> = MOUNT_EXCEPTIONS
+        .iter()
+        .map(|(f, n)| (f.to_string(), *n))
+        .collect();
+    if mounts != listed {
+        offences.push(format!(
+            "mount calls in criusd {mounts:?}, listed as exceptions {listed:?}: \
+             move new ones to the shim; lower the list when one goes"
+        ));
+    }
+    assert!(offences.is_empty(), "{}", offences.join("\n"));
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::args::Args;
-use crate::paths::SOCKET_DIR_ENV;
+use crate::paths::{Layout, PodDir, SOCKET_DIR_ENV, STATE_DIR_ENV};
 
 /// The shim binary's file name.
 pub const SHIM_BINARY: &str = "containerd-shim-crius-v2";
@@ -110,6 +110,105 @@ pub fn server_args(args: &Args, group: &str) -> Vec<String> {
     v
 }
 
+/// What the shim's `delete` action is told: the task (or pod) and the
+/// runtime it was created with, for a bundle without the shim's runtime
+/// record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteTarget<'a> {
+    /// containerd namespace.
+    pub namespace: &'a str,
+    /// The caller's address (`-address`).
+    pub address: &'a str,
+    /// The task id; a pod's id cleans the pod up.
+    pub id: &'a str,
+    /// The task's bundle directory.
+    pub bundle: &'a Path,
+    /// The runtime binary ("" for the shim's default).
+    pub runtime: &'a str,
+    /// The runtime's `--root` without the namespace (the shim appends it).
+    pub runtime_root: &'a Path,
+}
+
+/// The command running the shim binary `exe`'s `delete` action, as
+/// containerd runs it after a dead shim (`-namespace NS -address ADDR -id
+/// ID -bundle BUNDLE delete`), with the runtime in the environment and the
+/// shims' directories of `layout` (the pod's private directory is found
+/// there). It prints a DeleteResponse; stdin is empty, stderr holds errors.
+pub fn delete_command(exe: &Path, target: &DeleteTarget<'_>, layout: &Layout) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.args(delete_args(target));
+    cmd.env(SOCKET_DIR_ENV, &layout.socket_dir)
+        .env(STATE_DIR_ENV, &layout.state_root)
+        .env(RUNTIME_ROOT_ENV, target.runtime_root);
+    if !target.runtime.is_empty() {
+        cmd.env(RUNTIME_ENV, target.runtime);
+    }
+    cmd.current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// The flags of the shim's `delete` action.
+pub fn delete_args(target: &DeleteTarget<'_>) -> Vec<String> {
+    vec![
+        "-namespace".to_string(),
+        target.namespace.to_string(),
+        "-address".to_string(),
+        target.address.to_string(),
+        "-id".to_string(),
+        target.id.to_string(),
+        "-bundle".to_string(),
+        target.bundle.display().to_string(),
+        "delete".to_string(),
+    ]
+}
+
+/// Whether `path` is the root of a mount (statx's mount-root attribute;
+/// false when it is not there or the kernel cannot tell).
+pub fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a zeroed statx is a valid out-buffer; `c` is NUL-terminated.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT,
+            0,
+            &mut st,
+        )
+    };
+    let bit = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    r == 0 && st.stx_attributes_mask & bit != 0 && st.stx_attributes & bit != 0
+}
+
+/// Whether a dead shim left anything for its `delete` action: runtime
+/// state of the task under `<runtime_root>/<namespace>/<id>` (runc and crun
+/// keep a directory per container), a mounted `rootfs` in the bundle, or,
+/// for a pod, more than the shim's log in its private directory. When
+/// nothing is left, no process needs to run. A few stats.
+pub fn delete_needed(target: &DeleteTarget<'_>, pod: Option<&PodDir>) -> bool {
+    let id_ok = !target.id.is_empty() && !target.id.contains('/') && target.id != "..";
+    (id_ok
+        && target
+            .runtime_root
+            .join(target.namespace)
+            .join(target.id)
+            .exists())
+        || is_mount_point(&target.bundle.join("rootfs"))
+        || pod.is_some_and(|p| match std::fs::read_dir(p.path()) {
+            Ok(entries) => entries
+                .flatten()
+                .any(|e| e.file_name() != std::ffi::OsStr::new(PodDir::LOG)),
+            Err(_) => false,
+        })
+}
+
 #[cfg(feature = "client")]
 pub use launcher::{find_binary, Launched, Launcher};
 
@@ -117,7 +216,9 @@ pub use launcher::{find_binary, Launched, Launcher};
 mod launcher {
     use std::path::{Path, PathBuf};
 
-    use super::{server_command, StartInput, SHIM_BINARY};
+    use super::{
+        delete_command, delete_needed, server_command, DeleteTarget, StartInput, SHIM_BINARY,
+    };
     use crate::args::{Action, Args};
     use crate::client::ShimError;
     use crate::paths::{Layout, STATE_DIR_ENV};
@@ -254,6 +355,53 @@ mod launcher {
                 pid,
             })
         }
+
+        /// Cleans up after the dead shim of task (or pod) `id` through the
+        /// shim binary's `delete` action, as containerd does: the shim
+        /// force-deletes the task with the runtime, unmounts the bundle's
+        /// rootfs and, for a pod, deletes the pod's other runtime
+        /// containers and removes its private directory (netns, IPC/UTS
+        /// pins, shm). An unknown id is not an error. Spawns nothing when
+        /// nothing is left ([`super::delete_needed`]); runs the shim as a
+        /// child process off the async workers.
+        #[tracing::instrument(level = "debug", name = "shim_delete", skip_all, fields(id = id))]
+        pub async fn delete(
+            &self,
+            id: &str,
+            bundle: &Path,
+            runtime: &str,
+            runtime_root: &Path,
+            pod: bool,
+        ) -> Result<(), ShimError> {
+            let target = DeleteTarget {
+                namespace: NAMESPACE,
+                address: &self.address,
+                id,
+                bundle,
+                runtime,
+                runtime_root,
+            };
+            let pod_dir = pod.then(|| self.layout.pod_dir(NAMESPACE, id));
+            if !delete_needed(&target, pod_dir.as_ref()) {
+                return Ok(());
+            }
+            let cmd = delete_command(&self.binary, &target, &self.layout);
+            let out = tokio::process::Command::from(cmd)
+                .kill_on_drop(true)
+                .output()
+                .await
+                .map_err(|e| ShimError::Launch(format!("{}: {e}", self.binary.display())))?;
+            if !out.status.success() {
+                // Bounded: the shim's own error, not a flood.
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let stderr: String = stderr.trim().chars().take(4096).collect();
+                return Err(ShimError::Launch(format!(
+                    "{} delete {id}: {stderr}",
+                    self.binary.display()
+                )));
+            }
+            Ok(())
+        }
     }
 
     #[cfg(test)]
@@ -325,6 +473,56 @@ mod launcher {
             assert!(!gone.exists());
             assert!(find_binary("/explicit/path").unwrap().ends_with("path"));
         }
+
+        #[tokio::test]
+        async fn delete_runs_the_shim_only_when_something_is_left() {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = tempfile::tempdir().unwrap();
+            let seen = dir.path().join("seen");
+            let fake = dir.path().join("fake-shim");
+            // Records its flags; fails for the id "bad".
+            std::fs::write(
+                &fake,
+                format!(
+                    "#!/bin/sh\necho \"$CRIUS_SHIM_RUNTIME $CRIUS_SHIM_RUNTIME_ROOT $*\" >> {}\ncase \"$*\" in *'-id bad '*) echo boom >&2; exit 1;; esac\n",
+                    seen.display()
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let l = Launcher {
+                binary: fake,
+                address: "/run/x.sock".into(),
+                layout: Layout::under(dir.path()),
+                events_address: String::new(),
+            };
+            let root = dir.path().join("runc");
+            for id in ["c1", "bad"] {
+                std::fs::create_dir_all(root.join(NAMESPACE).join(id)).unwrap();
+            }
+            let bundle = dir.path().join("bundle");
+            // Nothing left of "gone": no process.
+            l.delete("gone", &bundle, "crun", &root, false)
+                .await
+                .unwrap();
+            assert!(!seen.exists());
+            l.delete("c1", &bundle, "crun", &root, false).await.unwrap();
+            let text = std::fs::read_to_string(&seen).unwrap();
+            assert_eq!(
+                text.trim(),
+                format!(
+                    "crun {} -namespace k8s.io -address /run/x.sock -id c1 -bundle {} delete",
+                    root.display(),
+                    bundle.display()
+                )
+            );
+            let e = l
+                .delete("bad", &bundle, "crun", &root, false)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("boom"), "{e}");
+        }
     }
 }
 
@@ -376,6 +574,107 @@ mod tests {
                 )
             );
         }
+    }
+
+    #[test]
+    fn delete_command_table() {
+        let layout = Layout::under(Path::new("/run/crius"));
+        let base = DeleteTarget {
+            namespace: "k8s.io",
+            address: "/run/crius/crius.sock",
+            id: "c1",
+            bundle: Path::new("/run/crius/containers/c1/bundle"),
+            runtime: "",
+            runtime_root: Path::new("/run/crius/runc"),
+        };
+        // (target, flags, runtime env)
+        let cases = [
+            (
+                base.clone(),
+                "-namespace k8s.io -address /run/crius/crius.sock -id c1 -bundle /run/crius/containers/c1/bundle delete",
+                None,
+            ),
+            (
+                DeleteTarget {
+                    id: "pod1",
+                    bundle: Path::new("/run/crius/sandboxes/pod1/bundle"),
+                    runtime: "/usr/bin/crun",
+                    ..base.clone()
+                },
+                "-namespace k8s.io -address /run/crius/crius.sock -id pod1 -bundle /run/crius/sandboxes/pod1/bundle delete",
+                Some("/usr/bin/crun"),
+            ),
+        ];
+        for (target, flags, runtime) in cases {
+            let cmd = delete_command(Path::new("/bin/shim"), &target, &layout);
+            let args: Vec<&str> = cmd.get_args().map(|a| a.to_str().unwrap()).collect();
+            assert_eq!(args.join(" "), flags);
+            // The shim parses it as its delete action on the same task.
+            let back = Args::parse(args.iter().copied()).unwrap();
+            assert_eq!(
+                (back.action, back.id.as_str(), back.bundle.as_deref()),
+                (
+                    Action::Delete,
+                    target.id,
+                    Some(target.bundle.to_str().unwrap())
+                )
+            );
+            let env: std::collections::HashMap<_, _> = cmd
+                .get_envs()
+                .map(|(k, v)| (k.to_str().unwrap(), v.and_then(|v| v.to_str())))
+                .collect();
+            assert_eq!(env.get(RUNTIME_ENV).copied().flatten(), runtime);
+            for (k, v) in [
+                (SOCKET_DIR_ENV, "/run/crius/s"),
+                (STATE_DIR_ENV, "/run/crius/shim"),
+                (RUNTIME_ROOT_ENV, "/run/crius/runc"),
+            ] {
+                assert_eq!(env.get(k).copied().flatten(), Some(v), "{k}");
+            }
+            assert_eq!(cmd.get_current_dir(), Some(Path::new("/")));
+        }
+    }
+
+    #[test]
+    fn delete_needed_table() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("runc");
+        std::fs::create_dir_all(root.join("k8s.io").join("has-state")).unwrap();
+        let bundle = d.path().join("bundle");
+        std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+        let layout = Layout::under(d.path());
+        let empty_pod = layout.pod_dir("k8s.io", "empty-pod");
+        std::fs::create_dir_all(empty_pod.path()).unwrap();
+        std::fs::write(empty_pod.log(), "log").unwrap();
+        let left_pod = layout.pod_dir("k8s.io", "left-pod");
+        std::fs::create_dir_all(left_pod.path()).unwrap();
+        std::fs::write(left_pod.netns(), "").unwrap();
+        let missing_pod = layout.pod_dir("k8s.io", "missing-pod");
+        let target = |id| DeleteTarget {
+            namespace: "k8s.io",
+            address: "/a",
+            id,
+            bundle: &bundle,
+            runtime: "",
+            runtime_root: &root,
+        };
+        // (id, pod dir, needed)
+        let cases = [
+            ("has-state", None, true),
+            ("unknown", None, false),
+            ("", None, false),
+            ("../k8s.io/has-state", None, false),
+            ("unknown", Some(&empty_pod), false),
+            ("unknown", Some(&missing_pod), false),
+            ("unknown", Some(&left_pod), true),
+        ];
+        for (id, pod, want) in cases {
+            assert_eq!(delete_needed(&target(id), pod), want, "{id} {pod:?}");
+        }
+        // A mounted rootfs: "/" is a mount's root, a plain directory not.
+        assert!(is_mount_point(Path::new("/")));
+        assert!(!is_mount_point(&bundle.join("rootfs")));
+        assert!(!is_mount_point(&d.path().join("missing")));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The `start` and `delete` actions of the shim binary.
 
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, IsTerminal, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use containerd_shim_protos::protobuf::{Message, MessageField};
 use containerd_shim_protos::shim::oci::Options as RuncOptions;
 use crius_shim_api::args::Args;
 use crius_shim_api::launch::{server_command, StartInput, RUNTIME_ENV, RUNTIME_ROOT_ENV};
-use crius_shim_api::paths::{socket_dir, socket_path};
+use crius_shim_api::paths::{socket_dir, socket_path, Layout, PodDir};
 
 use crate::task::{RuntimeRecord, GROUP_ANNOTATION, RUNTIME_FILE, SANDBOX_ID_ANNOTATION};
 
@@ -32,6 +32,9 @@ pub enum StartError {
     /// The bundle's config.json is malformed.
     #[error("bundle config: {0}")]
     Config(String),
+    /// `delete` could not remove everything a dead shim left.
+    #[error("cleanup: {0}")]
+    Cleanup(String),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
@@ -175,8 +178,113 @@ fn spawn_server(
     Ok(())
 }
 
-/// `delete`: force-deletes the task of the bundle with the runtime recorded
-/// at create, unmounts its rootfs and returns the serialized DeleteResponse.
+/// Annotation naming the kind of a CRI container (`sandbox` for a pause).
+const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
+
+/// Whether a bundle's config.json says it is a pod's pause container.
+fn is_pause(config_json: Option<&[u8]>) -> bool {
+    config_json
+        .and_then(|t| serde_json::from_slice::<serde_json::Value>(t).ok())
+        .and_then(|v| {
+            v.get("annotations")?
+                .get(CONTAINER_TYPE_ANNOTATION)?
+                .as_str()
+                .map(|t| t == "sandbox")
+        })
+        .unwrap_or(false)
+}
+
+/// The ids of the runtime's containers under `root` (the runtime's root
+/// with the namespace) that belong to pod `sandbox_id`. runc and crun keep
+/// the spec's annotations as `key=value` labels in each container's
+/// `state.json`, so the sandbox-id annotation also finds containers that
+/// no caller knows of any more (one whose `create` finished after its
+/// CreateContainer had rolled back because the shim died under it).
+pub fn runtime_containers_of(root: &Path, sandbox_id: &str) -> Vec<String> {
+    let wanted = format!("{SANDBOX_ID_ANNOTATION}={sandbox_id}");
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let id = e.file_name().to_str()?.to_string();
+            let text = std::fs::read(e.path().join("state.json")).ok()?;
+            let state: serde_json::Value = serde_json::from_slice(&text).ok()?;
+            let labels = state.get("config")?.get("labels")?.as_array()?;
+            labels
+                .iter()
+                .any(|l| l.as_str() == Some(wanted.as_str()))
+                .then_some(id)
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// `<runtime> --root <root> delete --force <id>`: kills what is left of a
+/// container whose shim is gone (its processes were re-parented and keep
+/// running) and removes its runtime state and cgroup. An unknown id is not
+/// an error; with no state directory of the id under the root there is
+/// nothing to delete and no process is spawned.
+pub fn force_delete(rec: &RuntimeRecord, id: &str) -> Result<(), String> {
+    if !crate::task::valid_id(id) || !rec.root.join(id).exists() {
+        return Ok(());
+    }
+    let out = Command::new(&rec.binary)
+        .arg("--root")
+        .arg(&rec.root)
+        .args(["delete", "--force", id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("run {}: {e}", rec.binary))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && !stderr.contains("not exist") {
+        return Err(format!(
+            "{} delete --force {id}: {}",
+            rec.binary,
+            stderr.trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Removes what a pod's shim keeps in the pod's private directory (netns,
+/// IPC/UTS pins, /dev/shm, its log) and the directory itself. Appends what
+/// failed to `errors`; the directory stays then.
+fn clean_pod_dir(dir: &PodDir, errors: &mut Vec<String>) {
+    let before = errors.len();
+    if let Err(e) = crius_netns::netns::remove(&dir.netns()) {
+        errors.push(format!("remove netns: {e}"));
+    }
+    for pin in [dir.ipc(), dir.uts()] {
+        if let Err(e) = crius_netns::podns::unpin(&pin) {
+            errors.push(format!("unpin {}: {e}", pin.display()));
+        }
+    }
+    if let Err(e) = crate::mount::unmount_all(&dir.shm()) {
+        errors.push(e.to_string());
+    }
+    if errors.len() == before {
+        // Nothing is mounted below any more.
+        match std::fs::remove_dir_all(dir.path()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => errors.push(format!("remove {}: {e}", dir.path().display())),
+        }
+    }
+}
+
+/// `delete`: cleans up after the dead shim of a task, as containerd asks
+/// with `-id ID -bundle BUNDLE delete`. Force-deletes the task with the
+/// runtime recorded at create (else the one of the environment) and
+/// unmounts the bundle's rootfs. For a pod (the id has a private directory
+/// in the state root, or the bundle is a pause's), first the pod's other
+/// containers the runtime still has, and after it the pod's private
+/// directory. Returns the serialized DeleteResponse; fails (after doing
+/// everything it can) when something could not be removed.
 pub fn delete(args: &Args) -> Result<Vec<u8>, StartError> {
     let bundle = bundle_dir(args)?;
     let rec: Option<RuntimeRecord> = std::fs::read(bundle.join(RUNTIME_FILE))
@@ -189,25 +297,31 @@ pub fn delete(args: &Args) -> Result<Vec<u8>, StartError> {
             .unwrap_or_else(|_| PathBuf::from(crate::serve::DEFAULT_RUNTIME_ROOT))
             .join(&args.namespace),
     });
-    if crate::task::valid_id(&args.id) {
-        let out = Command::new(&rec.binary)
-            .arg("--root")
-            .arg(&rec.root)
-            .arg("delete")
-            .arg("--force")
-            .arg(&args.id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output();
-        if let Ok(o) = out {
-            if !o.status.success() {
-                let msg = String::from_utf8_lossy(&o.stderr);
-                let _ = writeln!(io::stderr(), "runtime delete: {}", msg.trim());
+    let mut errors = Vec::new();
+    let mut pod = None;
+    if crate::task::valid_id(&args.id) && crate::task::valid_id(&args.namespace) {
+        let dir = Layout::from_env().pod_dir(&args.namespace, &args.id);
+        let cfg = std::fs::read(bundle.join("config.json")).ok();
+        if dir.path().is_dir() || is_pause(cfg.as_deref()) {
+            // The containers before the pause, whose namespaces they join.
+            for c in runtime_containers_of(&rec.root, &args.id) {
+                if c != args.id {
+                    errors.extend(force_delete(&rec, &c).err());
+                }
             }
+            pod = Some(dir);
         }
+        errors.extend(force_delete(&rec, &args.id).err());
     }
-    let _ = crate::mount::unmount_all(&bundle.join("rootfs"));
+    if let Err(e) = crate::mount::unmount_all(&bundle.join("rootfs")) {
+        errors.push(e.to_string());
+    }
+    if let Some(dir) = &pod {
+        clean_pod_dir(dir, &mut errors);
+    }
+    if !errors.is_empty() {
+        return Err(StartError::Cleanup(errors.join("; ")));
+    }
     let mut r = DeleteResponse::new();
     r.exit_status = 128 + 9;
     r.exited_at = MessageField::some(crate::events::timestamp(std::time::SystemTime::now()));
@@ -245,6 +359,55 @@ mod tests {
             );
         }
         assert!(grouping("c1", Some(b"not json")).is_err());
+    }
+
+    #[test]
+    fn finds_the_runtime_containers_of_a_pod() {
+        let d = tempfile::tempdir().unwrap();
+        let state = |id: &str, labels: serde_json::Value| {
+            std::fs::create_dir_all(d.path().join(id)).unwrap();
+            let text = serde_json::json!({ "id": id, "config": { "labels": labels } });
+            std::fs::write(d.path().join(id).join("state.json"), text.to_string()).unwrap();
+        };
+        let label = |pod: &str| format!("io.kubernetes.cri.sandbox-id={pod}");
+        state("c1", serde_json::json!([label("pod-a"), "bundle=/x"]));
+        state("c2", serde_json::json!(["bundle=/y", label("pod-a")]));
+        state("c3", serde_json::json!([label("pod-b")]));
+        state("c4", serde_json::json!([label("pod-a-longer")]));
+        state("c5", serde_json::json!("not a list"));
+        std::fs::create_dir_all(d.path().join("c6")).unwrap();
+        std::fs::write(d.path().join("c6/state.json"), "{torn").unwrap();
+        std::fs::create_dir_all(d.path().join("c7")).unwrap();
+        std::fs::write(d.path().join("stray-file"), "x").unwrap();
+        let cases = [
+            ("pod-a", vec!["c1", "c2"]),
+            ("pod-b", vec!["c3"]),
+            ("pod-c", vec![]),
+        ];
+        for (pod, want) in cases {
+            assert_eq!(runtime_containers_of(d.path(), pod), want, "{pod}");
+        }
+        assert!(runtime_containers_of(&d.path().join("missing"), "pod-a").is_empty());
+    }
+
+    #[test]
+    fn is_pause_table() {
+        let cases: [(Option<&str>, bool); 5] = [
+            (None, false),
+            (Some("not json"), false),
+            (Some("{}"), false),
+            (
+                Some(r#"{"annotations":{"io.kubernetes.cri.container-type":"container"}}"#),
+                false,
+            ),
+            (
+                Some(r#"{"annotations":{"io.kubernetes.cri.container-type":"sandbox"}}"#),
+                true,
+            ),
+        ];
+        for (cfg, want) in cases {
+            assert_eq!(is_pause(cfg.map(str::as_bytes)), want, "{cfg:?}");
+        }
     }
 
     #[test]

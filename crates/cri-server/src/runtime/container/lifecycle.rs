@@ -1032,14 +1032,16 @@ pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
     };
     if !deleted {
         // The shim is gone, but the container's processes outlive it
-        // (re-parented) in their cgroup: the runtime removes them.
+        // (re-parented) in their cgroup, and its rootfs may still be
+        // mounted: the shim binary's `delete` action removes both.
         let handler = daemon
             .store
             .get_sandbox(&record.metadata.sandbox_id)
             .map(|s| s.metadata.runtime_handler)
             .unwrap_or_default();
-        let (runtime, root) = crate::runtime::sandbox::lifecycle::runtime_of(daemon, &handler);
-        crate::recover::force_delete(&runtime, &root, &id).await?;
+        let bundle = bundle_dir(daemon, &id);
+        crate::runtime::sandbox::lifecycle::shim_delete(daemon, &handler, &id, &bundle, false)
+            .await?;
     }
     crate::runtime::userns::unmount_below(&container_state(daemon, &id));
     daemon

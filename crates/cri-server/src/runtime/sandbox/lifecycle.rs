@@ -787,13 +787,6 @@ async fn cni_del_retried(
     Err(last.unwrap_or_else(|| CriError::internal("CNI DEL failed")))
 }
 
-/// The runtime binary and its `--root` (with the namespace) for a
-/// sandbox's handler, as the shim uses them.
-pub(crate) fn runtime_of(daemon: &Daemon, handler: &str) -> (String, PathBuf) {
-    let (path, root) = runtime_binary_and_root(daemon, handler);
-    (path, root.join(shimclient::NAMESPACE))
-}
-
 /// The runtime binary of a handler (the default one for "") and the
 /// `--root` the shim is launched with (the shim adds the namespace).
 fn runtime_binary_and_root(daemon: &Daemon, handler: &str) -> (String, PathBuf) {
@@ -806,47 +799,38 @@ fn runtime_binary_and_root(daemon: &Daemon, handler: &str) -> (String, PathBuf) 
     (h.path, root)
 }
 
+/// Has the shim binary's `delete` action clean up after the dead shim of
+/// task `id` (bundle `bundle`) of a pod with runtime handler `handler`: the
+/// runtime's delete, the rootfs unmount and, for `pod`, the pod's private
+/// directory. No process runs when nothing is left.
+pub(crate) async fn shim_delete(
+    daemon: &Daemon,
+    handler: &str,
+    id: &str,
+    bundle: &Path,
+    pod: bool,
+) -> Result<(), CriError> {
+    let (runtime, root) = runtime_binary_and_root(daemon, handler);
+    daemon
+        .launcher()?
+        .delete(id, bundle, &runtime, &root, pod)
+        .await
+        .map_err(|e| internal("cleanup after the shim", e))
+}
+
 /// Removes what a pod's shim owns (its containers, netns, pinned IPC and
-/// UTS namespaces, /dev/shm, the pause rootfs mount) when the shim could not do it itself because it is
-/// gone.
+/// UTS namespaces, /dev/shm, the rootfs mounts) when the shim could not do
+/// it itself because it is gone: the shim binary's `delete` action does it,
+/// for each container of the pod, then for the pod (which also deletes
+/// the pod's containers no record names, and the pause).
 async fn clean_after_dead_shim(daemon: &Daemon, id: &str, handler: &str) -> Result<(), CriError> {
-    let (runtime, root) = runtime_of(daemon, handler);
-    let mut ids: Vec<String> = daemon
-        .store
-        .list_sandbox_containers(id)
-        .into_iter()
-        .map(|c| c.metadata.id)
-        .collect();
-    // Also the pod's containers that no record names (see
-    // runtime_containers_of); the pause container last.
-    for c in crate::recover::runtime_containers_of(&root, id) {
-        if !ids.contains(&c) && c != id {
-            ids.push(c);
-        }
+    for c in daemon.store.list_sandbox_containers(id) {
+        let cid = c.metadata.id;
+        let bundle = crate::runtime::container::lifecycle::bundle_dir(daemon, &cid);
+        shim_delete(daemon, handler, &cid, &bundle, false).await?;
     }
-    ids.push(id.to_string());
-    for task in ids {
-        crate::recover::force_delete(&runtime, &root, &task).await?;
-    }
-    let rootfs = daemon.sandbox_state(id).join("bundle").join("rootfs");
-    let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
-    let shim_dir = daemon.shim_pod_dir(id);
-    crius_netns::netns::remove(&shim_dir.netns()).map_err(|e| internal("netns", e))?;
-    for (kind, pin) in [("ipc", shim_dir.ipc()), ("uts", shim_dir.uts())] {
-        crius_netns::podns::unpin(&pin).map_err(|e| internal(kind, e))?;
-    }
-    let shm = shim_dir.shm();
-    if nix::mount::umount2(&shm, nix::mount::MntFlags::MNT_DETACH).is_err() && shm.exists() {
-        tracing::debug!(sandbox = %id, "shm was not mounted");
-    }
-    match crius_image::tree::remove_tree(shim_dir.path()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(internal(
-            &format!("cannot remove {}", shim_dir.path().display()),
-            e,
-        )),
-    }
+    let bundle = daemon.sandbox_state(id).join("bundle");
+    shim_delete(daemon, handler, id, &bundle, true).await
 }
 
 /// StopPodSandbox: tears the network down (CNI DEL), then has the shim kill
