@@ -168,6 +168,8 @@ fn pod_linux(s: &SandboxRecord) -> api::LinuxPodSandbox {
 /// applies their adjustments to its spec, in index order, as the spec
 /// crate's [`crius_spec::nri`] does (every `ContainerAdjustment` field;
 /// two plugins setting the same thing fail the creation, naming both);
+/// then lets the validating plugins refuse the result
+/// (ValidateContainerAdjustment: FailedPrecondition naming the validator);
 /// then resolves the CDI devices they asked for. Returns the adjusted spec
 /// and the updates and evictions of other containers the answers carried,
 /// to apply once the container is created

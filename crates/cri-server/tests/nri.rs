@@ -9,7 +9,10 @@
 //! container's CPU shares by itself (UpdateContainers); a plugin's error
 //! on RunPodSandbox fails and removes the pod; a plugin criusd starts
 //! from its plugin directory gets its configuration, adjusts containers,
-//! and is stopped with the daemon.
+//! and is stopped with the daemon; CreateContainer's answer updates and
+//! evicts other containers; a validating plugin sees the merged
+//! adjustment, its owners and the plugins, and its rejection fails the
+//! creation.
 
 mod common;
 
