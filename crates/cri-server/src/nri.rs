@@ -10,7 +10,7 @@ pub mod events;
 use std::sync::{Arc, Weak};
 
 use crius_nri::api;
-use crius_nri::runtime::{Nri, Options, StateSource, UpdateFuture};
+use crius_nri::runtime::{Nri, Options, PluginUpdates, StateSource, UpdateFuture};
 use crius_store::SandboxRecord;
 
 use crate::daemon::Daemon;
@@ -168,17 +168,22 @@ fn pod_linux(s: &SandboxRecord) -> api::LinuxPodSandbox {
 /// applies their adjustments to its spec, in index order, as the spec
 /// crate's [`crius_spec::nri`] does (every `ContainerAdjustment` field;
 /// two plugins setting the same thing fail the creation, naming both);
-/// then resolves the CDI devices they asked for. Returns the spec
-/// unchanged at once when no plugin is connected.
+/// then lets the validating plugins refuse the result
+/// (ValidateContainerAdjustment: FailedPrecondition naming the validator);
+/// then resolves the CDI devices they asked for. Returns the adjusted spec
+/// and the updates and evictions of other containers the answers carried,
+/// to apply once the container is created
+/// ([`events::post_create_container`]). Returns the spec unchanged at once
+/// when no plugin is connected.
 pub async fn adjust_created(
     daemon: &Daemon,
     sandbox: &SandboxRecord,
     id: &str,
     name: &str,
     spec: oci_spec::runtime::Spec,
-) -> Result<oci_spec::runtime::Spec, CriError> {
+) -> Result<(oci_spec::runtime::Spec, Vec<PluginUpdates>), CriError> {
     let Some(nri) = daemon.nri.get().filter(|n| n.has_plugins()) else {
-        return Ok(spec);
+        return Ok((spec, Vec::new()));
     };
     let process = spec.process().clone().unwrap_or_default();
     let container = api::Container {
@@ -212,7 +217,15 @@ pub async fn adjust_created(
     let mut spec = spec;
     let mut owners = crius_spec::nri::Owners::default();
     let mut cdi = Vec::new();
-    for a in nri.create_container(&pod(sandbox), &container).await {
+    let mut updates = Vec::new();
+    let pod = pod(sandbox);
+    // The plugins asked (as a validator is told).
+    let consulted = nri.plugin_instances();
+    let answers = nri.create_container(&pod, &container).await;
+    for a in &answers {
+        if !a.update.is_empty() || !a.evict.is_empty() {
+            updates.push(a.updates());
+        }
         let adj = adjust::from_proto(&a.adjust);
         spec = crius_spec::nri::apply_adjustment(&spec, &a.plugin, &adj, &mut owners).map_err(
             |e| {
@@ -230,11 +243,30 @@ pub async fn adjust_created(
         );
         tracing::debug!(plugin = %a.plugin, container = id, "NRI adjustment applied");
     }
-    crate::runtime::container::devices::inject_cdi_requests(
+    if nri.has_validators() {
+        let req = api::ValidateContainerAdjustmentRequest {
+            pod: Some(pod).into(),
+            container: Some(container).into(),
+            adjust: Some(crius_nri::runtime::merge_adjustments(
+                answers.iter().map(|a| &a.adjust),
+            ))
+            .into(),
+            update: answers.iter().flat_map(|a| a.update.clone()).collect(),
+            owners: Some(adjust::owning_plugins(id, &owners)).into(),
+            plugins: consulted,
+            ..Default::default()
+        };
+        nri.validate_container_adjustment(&req).await.map_err(|r| {
+            tracing::warn!(plugin = %r.plugin, container = id, error = %r.message, "NRI validation failed");
+            CriError::failed_precondition(r.to_string())
+        })?;
+    }
+    let spec = crate::runtime::container::devices::inject_cdi_requests(
         &daemon.config().cdi,
         "NRI CDI_devices",
         cdi,
         spec,
     )
-    .await
+    .await?;
+    Ok((spec, updates))
 }

@@ -9,7 +9,10 @@
 //! container's CPU shares by itself (UpdateContainers); a plugin's error
 //! on RunPodSandbox fails and removes the pod; a plugin criusd starts
 //! from its plugin directory gets its configuration, adjusts containers,
-//! and is stopped with the daemon.
+//! and is stopped with the daemon; CreateContainer's answer updates and
+//! evicts other containers; a validating plugin sees the merged
+//! adjustment, its owners and the plugins, and its rejection fails the
+//! creation.
 
 mod common;
 
@@ -439,6 +442,174 @@ async fn a_plugin_sees_the_lifecycle_in_order_and_updates_cpu_shares() {
     assert!(cgroup_dirs(refused_uid).is_empty());
     remove_cgroup_parents(refused_uid);
     plugin.close().await;
+}
+
+/// CreateContainer's answer may update and evict other containers: once
+/// the new container is created, the update goes through
+/// UpdateContainerResources' path (cgroup and ContainerStatus) and the
+/// evicted container is stopped; the new one is unharmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_answer_updates_and_evicts_other_containers() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let env = Env::start("nri-create-upd");
+    let image = env.pull_busybox().await;
+    let mut rt = env.daemon.runtime().await;
+    let uid = "nri-create-upd-uid";
+    let pod = pod("nri-create-upd", uid);
+    let pod_id = run_pod(&env, &mut rt, &pod).await;
+    let sleeper = |name: &str| {
+        let mut c = container(name, &image, &["/bin/busybox", "sleep", "3600"]);
+        c.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
+            cpu_shares: 1024,
+            ..Default::default()
+        });
+        c
+    };
+    let app = run(&env, &mut rt, &pod_id, &pod, sleeper("app")).await;
+    let victim = run(&env, &mut rt, &pod_id, &pod, sleeper("victim")).await;
+    assert_eq!(cpu_shares(uid, &app), "1024");
+
+    let plugin = TestPlugin::scripted(
+        &env.daemon,
+        "placer",
+        "30",
+        Script {
+            events: crius_nri::runtime::event_bit(api::Event::CREATE_CONTAINER),
+            create_updates: vec![cpu_shares_update(&app, 256)],
+            create_evictions: vec![api::ContainerEviction {
+                container_id: victim.clone(),
+                reason: "room for the newcomer".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    let newcomer = run(&env, &mut rt, &pod_id, &pod, sleeper("newcomer")).await;
+    assert_eq!(plugin.plugin.seen().of("CreateContainer").len(), 1);
+    assert_eq!(cpu_shares(uid, &app), "256");
+    assert_eq!(status_shares(&mut rt, &app).await, 256);
+    let state = |s: k8s_cri::v1::ContainerState| s as i32;
+    assert_eq!(
+        status_of(&mut rt, &victim).await.state,
+        state(k8s_cri::v1::ContainerState::ContainerExited)
+    );
+    assert_eq!(
+        status_of(&mut rt, &app).await.state,
+        state(k8s_cri::v1::ContainerState::ContainerRunning)
+    );
+    assert_eq!(
+        status_of(&mut rt, &newcomer).await.state,
+        state(k8s_cri::v1::ContainerState::ContainerRunning)
+    );
+    assert_eq!(cpu_shares(uid, &newcomer), "1024");
+
+    plugin.close().await;
+    teardown(&env, &mut rt, &pod_id, uid).await;
+}
+
+/// A validating plugin (subscribed to ValidateContainerAdjustment) is
+/// told, after every CreateContainer answer, the merged adjustment, who
+/// set what (NRI's owners) and the plugins asked; its rejection fails
+/// CreateContainer (FailedPrecondition naming it) and leaves nothing
+/// behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validator_sees_the_adjustment_and_its_owners_and_may_refuse_it() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let env = Env::start("nri-validate");
+    let image = env.pull_busybox().await;
+    let mut rt = env.daemon.runtime().await;
+    let uid = "nri-validate-uid";
+    let pod = pod("nri-validate", uid);
+    let pod_id = run_pod(&env, &mut rt, &pod).await;
+    let adjuster = TestPlugin::connect(&env.daemon, "adjuster", "10", Behaviour::Adjust).await;
+    let validator = TestPlugin::scripted(
+        &env.daemon,
+        "validator",
+        "90",
+        Script {
+            events: crius_nri::runtime::event_bit(api::Event::VALIDATE_CONTAINER_ADJUSTMENT),
+            ..Default::default()
+        },
+    )
+    .await;
+
+    let cfg = container("checked", &image, &["/bin/busybox", "sleep", "3600"]);
+    let id = run(&env, &mut rt, &pod_id, &pod, cfg.clone()).await;
+    {
+        let seen = validator.plugin.seen();
+        assert!(seen.events.is_empty(), "{:?}", seen.trail());
+        assert_eq!(seen.validations.len(), 1);
+        let v = &seen.validations[0];
+        assert_eq!(v.pod.id, pod_id);
+        assert_eq!(v.container.name, "checked");
+        // The container as it was before the adjustments.
+        assert!(!v
+            .container
+            .env
+            .iter()
+            .any(|e| e.starts_with("NRI_TEST_ENV=")));
+        assert_eq!(v.adjust.env[0].key, "NRI_TEST_ENV");
+        assert_eq!(v.adjust.mounts[0].destination, "/nri-test");
+        let owners = &v.owners.owners[&v.container.id];
+        let owner =
+            |field: api::Field, key: &str| owners.compound[&(field as i32)].owners[key].clone();
+        assert_eq!(owner(api::Field::Env, "NRI_TEST_ENV"), "10-adjuster");
+        assert_eq!(
+            owner(api::Field::Annotations, "nri.test/plugin"),
+            "10-adjuster"
+        );
+        assert_eq!(owner(api::Field::Mounts, "/nri-test"), "10-adjuster");
+        let plugins: Vec<(&str, &str)> = v
+            .plugins
+            .iter()
+            .map(|p| (p.index.as_str(), p.name.as_str()))
+            .collect();
+        assert_eq!(plugins, [("10", "adjuster"), ("90", "validator")]);
+    }
+    let (code, out, _) = exec(
+        &mut rt,
+        &id,
+        &["/bin/busybox", "sh", "-c", "echo $NRI_TEST_ENV"],
+    )
+    .await;
+    assert_eq!((code, out.trim()), (0, "nri-validate"));
+
+    // Rejected: the creation fails, naming the validator and its reason.
+    validator.plugin.script().reject = Some("no tmpfs here".into());
+    let mut cfg = cfg;
+    cfg.metadata.as_mut().unwrap().name = "refused".into();
+    let err = create(&mut rt, &pod_id, &pod, cfg)
+        .await
+        .expect_err("a rejected adjustment must fail the creation");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("90-validator") && err.message().contains("no tmpfs here"),
+        "{err:?}"
+    );
+    let names: Vec<String> = rt
+        .list_containers(k8s_cri::v1::ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+        .into_iter()
+        .map(|c| c.metadata.unwrap().name)
+        .collect();
+    assert_eq!(names, ["checked"]);
+    assert_eq!(adjuster.plugin.seen().of("CreateContainer").len(), 2);
+
+    validator.close().await;
+    adjuster.close().await;
+    teardown(&env, &mut rt, &pod_id, uid).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -121,12 +121,17 @@ enum CallError {
     Fatal(String),
     /// The plugin answered with an error.
     Refused(String),
+    /// The plugin does not have this call (UNIMPLEMENTED): an older
+    /// plugin, which may take the event as a StateChange.
+    Unimplemented(String),
 }
 
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CallError::Fatal(m) | CallError::Refused(m) => f.write_str(m),
+            CallError::Fatal(m) | CallError::Refused(m) | CallError::Unimplemented(m) => {
+                f.write_str(m)
+            }
         }
     }
 }
@@ -152,7 +157,12 @@ impl Plugin {
 pub struct Nri {
     opts: Options,
     plugins: Mutex<Vec<Arc<Plugin>>>,
+    /// Registered plugins plus registrations past Configure: while it is
+    /// not zero, operations take the sync block ([`Nri::block_sync`]).
     active: AtomicUsize,
+    /// Shared by operations in flight ([`SyncBlock`]), exclusive while a
+    /// plugin is synchronized and added to the list.
+    sync_lock: Arc<tokio::sync::RwLock<()>>,
     state: Arc<dyn StateSource>,
     observer: OnceLock<Arc<dyn Observer>>,
     /// Per container, whether its StopContainer was sent (or is being
@@ -160,13 +170,30 @@ pub struct Nri {
     stops: Mutex<std::collections::HashMap<String, Arc<tokio::sync::OnceCell<()>>>>,
 }
 
-/// A plugin's answer to CreateContainer: its adjustment.
-#[derive(Debug, Clone)]
+/// A plugin's answer to CreateContainer: its adjustment of the new
+/// container, and its updates and evictions of others.
+#[derive(Debug, Clone, Default)]
 pub struct PluginAdjustment {
     /// `<index>-<name>` of the plugin.
     pub plugin: String,
-    /// What it asked for.
+    /// What it asked for (empty when it asked for nothing).
     pub adjust: api::ContainerAdjustment,
+    /// Updates of other containers' resources, to apply once the
+    /// container is created.
+    pub update: Vec<api::ContainerUpdate>,
+    /// Containers to stop, once the container is created.
+    pub evict: Vec<api::ContainerEviction>,
+}
+
+impl PluginAdjustment {
+    /// Its updates and evictions, for [`Nri::apply_updates`].
+    pub fn updates(&self) -> PluginUpdates {
+        PluginUpdates {
+            plugin: self.plugin.clone(),
+            update: self.update.clone(),
+            evict: self.evict.clone(),
+        }
+    }
 }
 
 impl Nri {
@@ -209,6 +236,7 @@ impl Nri {
             opts,
             plugins: Mutex::new(Vec::new()),
             active: AtomicUsize::new(0),
+            sync_lock: Arc::new(tokio::sync::RwLock::new(())),
             state,
             observer: OnceLock::new(),
             stops: Mutex::new(std::collections::HashMap::new()),
@@ -220,9 +248,31 @@ impl Nri {
         let _ = self.observer.set(observer);
     }
 
-    /// Whether any plugin is connected (one atomic load).
+    /// Whether any plugin is connected or being synchronized (one atomic
+    /// load).
     pub fn has_plugins(&self) -> bool {
         self.active.load(Ordering::Acquire) > 0
+    }
+
+    /// Blocks plugin synchronization while an operation is in flight (NRI's
+    /// "block plugin sync"): a plugin that registers meanwhile is
+    /// synchronized once the block is dropped, so it sees the operation's
+    /// object either in its Synchronize (the operation done) or through the
+    /// operation's events (it registered before the operation began),
+    /// never both nor neither. Take it before any lock of the operation's
+    /// object and before its first event; never take a second one while
+    /// holding one (a waiting synchronization would stall it).
+    ///
+    /// `None`, at the cost of one atomic load, when no plugin is connected
+    /// or registering: an operation that began then and is still in flight
+    /// when the first plugin registers is not waited for.
+    pub async fn block_sync(&self) -> Option<SyncBlock> {
+        if !self.has_plugins() {
+            return None;
+        }
+        Some(SyncBlock {
+            _guard: self.sync_lock.clone().read_owned().await,
+        })
     }
 
     /// The connected plugins, `<index>-<name>`, in call order.
@@ -239,6 +289,44 @@ impl Nri {
 
     fn ctx(&self) -> ttrpc::context::Context {
         ttrpc::context::with_timeout(self.opts.request_timeout.as_nanos() as i64)
+    }
+
+    /// Synchronizes a configured plugin and adds it to the list, with
+    /// operations in flight done and new ones held back ([`Nri::block_sync`]).
+    /// Returns the updates its Synchronize answer asked for.
+    async fn synchronize_and_add(
+        &self,
+        label: &str,
+        plugin: Arc<Plugin>,
+    ) -> Result<Vec<api::ContainerUpdate>, String> {
+        // Counted before the lock is asked for: operations starting from now
+        // take the block (and wait behind this synchronization).
+        self.active.fetch_add(1, Ordering::AcqRel);
+        let registering = Registering(&self.active);
+        let _sync = self.sync_lock.write().await;
+        let source = self.state.clone();
+        let (pods, containers) = tokio::task::spawn_blocking(move || source.snapshot())
+            .await
+            .map_err(|e| format!("{label}: state: {e}"))?;
+        let updates = self
+            .synchronize(label, &plugin.client, pods, containers)
+            .await
+            .map_err(|e| format!("{label}: Synchronize: {e}"))?;
+        let mut list = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
+        if list
+            .iter()
+            .any(|p| p.name == plugin.name && p.index == plugin.index)
+        {
+            return Err(format!("{label}: already registered"));
+        }
+        let at = list
+            .iter()
+            .position(|p| (&p.index, &p.name) > (&plugin.index, &plugin.name))
+            .unwrap_or(list.len());
+        list.insert(at, plugin);
+        // Counted as registered now.
+        std::mem::forget(registering);
+        Ok(updates)
     }
 
     fn drop_plugin(&self, plugin: &Arc<Plugin>, why: &str) {
@@ -330,22 +418,6 @@ impl Nri {
             .await
             .map_err(|e| format!("{label}: Configure: {e}"))?;
         let events = subscription(configured.events).map_err(|e| format!("{label}: {e}"))?;
-        let source = state.clone();
-        let (pods, containers) = tokio::task::spawn_blocking(move || source.snapshot())
-            .await
-            .map_err(|e| format!("{label}: state: {e}"))?;
-        let updates = self
-            .synchronize(&label, &client, pods, containers)
-            .await
-            .map_err(|e| format!("{label}: Synchronize: {e}"))?;
-        if !updates.is_empty() {
-            let failed = state
-                .update_containers(label.clone(), updates, Vec::new())
-                .await;
-            if !failed.is_empty() {
-                tracing::warn!(plugin = %label, failed = failed.len(), "NRI: updates asked for in Synchronize failed");
-            }
-        }
         let plugin = Arc::new(Plugin {
             name,
             index,
@@ -354,20 +426,14 @@ impl Nri {
             server: Mutex::new(Some(server)),
             process,
         });
-        {
-            let mut list = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
-            if list
-                .iter()
-                .any(|p| p.name == plugin.name && p.index == plugin.index)
-            {
-                return Err(format!("{label}: already registered"));
+        let updates = self.synchronize_and_add(&label, plugin).await?;
+        if !updates.is_empty() {
+            let failed = state
+                .update_containers(label.clone(), updates, Vec::new())
+                .await;
+            if !failed.is_empty() {
+                tracing::warn!(plugin = %label, failed = failed.len(), "NRI: updates asked for in Synchronize failed");
             }
-            let at = list
-                .iter()
-                .position(|p| (&p.index, &p.name) > (&plugin.index, &plugin.name))
-                .unwrap_or(list.len());
-            list.insert(at, plugin.clone());
-            self.active.fetch_add(1, Ordering::AcqRel);
         }
         tracing::info!(plugin = %label, events, "NRI plugin registered");
         Ok(())
@@ -385,6 +451,9 @@ impl Nri {
         let started = Instant::now();
         let out = match tokio::time::timeout(self.opts.request_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
+            Ok(Err(ttrpc::Error::RpcStatus(s))) if s.code() == ttrpc::Code::UNIMPLEMENTED => {
+                Err(CallError::Unimplemented(s.message().to_string()))
+            }
             Ok(Err(ttrpc::Error::RpcStatus(s)))
                 if !matches!(
                     s.code(),
@@ -408,7 +477,8 @@ impl Nri {
     }
 
     /// CreateContainer to each subscribed plugin, in index order; their
-    /// adjustments in that order. A failing plugin is dropped.
+    /// answers (adjustments, updates and evictions) in that order, those
+    /// that asked for nothing left out. A failing plugin is dropped.
     pub async fn create_container(
         &self,
         pod: &api::PodSandbox,
@@ -434,17 +504,132 @@ impl Nri {
                 .await
             {
                 Ok(resp) => {
-                    if let Some(adjust) = resp.adjust.into_option() {
-                        out.push(PluginAdjustment {
-                            plugin: plugin.label(),
-                            adjust,
-                        });
+                    let answer = PluginAdjustment {
+                        plugin: plugin.label(),
+                        adjust: resp.adjust.unwrap_or_default(),
+                        update: resp.update,
+                        evict: resp.evict,
+                    };
+                    if answer.adjust != api::ContainerAdjustment::default()
+                        || !answer.update.is_empty()
+                        || !answer.evict.is_empty()
+                    {
+                        out.push(answer);
                     }
                 }
                 Err(e) => self.drop_plugin(&plugin, &format!("CreateContainer: {e}")),
             }
         }
         out
+    }
+}
+
+impl Nri {
+    /// Whether a connected plugin validates container adjustments (is
+    /// subscribed to ValidateContainerAdjustment).
+    pub fn has_validators(&self) -> bool {
+        let bit = event_bit(api::Event::VALIDATE_CONTAINER_ADJUSTMENT);
+        self.has_plugins() && self.list().iter().any(|p| p.events & bit != 0)
+    }
+
+    /// The connected plugins, in call order, as ValidateContainerAdjustment
+    /// names them.
+    pub fn plugin_instances(&self) -> Vec<api::PluginInstance> {
+        self.list()
+            .iter()
+            .map(|p| api::PluginInstance {
+                name: p.name.clone(),
+                index: p.index.clone(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    /// ValidateContainerAdjustment to each validating plugin, in index
+    /// order: the first rejection or error fails the creation, and so does
+    /// a validator that does not answer in time or whose connection
+    /// breaks (it is dropped): an adjustment nobody could validate is not
+    /// let through, as in NRI.
+    pub async fn validate_container_adjustment(
+        &self,
+        req: &api::ValidateContainerAdjustmentRequest,
+    ) -> Result<(), Refusal> {
+        const EVENT: &str = "ValidateContainerAdjustment";
+        let bit = event_bit(api::Event::VALIDATE_CONTAINER_ADJUSTMENT);
+        for plugin in self.list() {
+            if plugin.events & bit == 0 {
+                continue;
+            }
+            let label = plugin.label();
+            let refusal = |message: String| Refusal {
+                plugin: label.clone(),
+                event: EVENT,
+                message,
+            };
+            match self
+                .invoke(
+                    &label,
+                    EVENT,
+                    plugin.client.validate_container_adjustment(self.ctx(), req),
+                )
+                .await
+            {
+                Ok(r) if r.reject => {
+                    tracing::warn!(plugin = %label, reason = %r.reason, "NRI validator rejected an adjustment");
+                    return Err(refusal(format!("rejected: {}", r.reason)));
+                }
+                Ok(_) => {}
+                Err(CallError::Refused(m) | CallError::Unimplemented(m)) => {
+                    return Err(refusal(format!("failed: {m}")))
+                }
+                Err(CallError::Fatal(m)) => {
+                    self.drop_plugin(&plugin, &format!("{EVENT}: {m}"));
+                    return Err(refusal(format!("failed: {m}")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The plugins' CreateContainer adjustments merged into one, as a
+/// validator sees them: maps merged (a later plugin's key replacing an
+/// earlier's), lists appended, set fields of a later plugin replacing an
+/// earlier's, and the args of the last plugin that set any. (Two plugins
+/// setting the same thing never get this far: that is a conflict.)
+pub fn merge_adjustments<'a>(
+    adjustments: impl IntoIterator<Item = &'a api::ContainerAdjustment>,
+) -> api::ContainerAdjustment {
+    use protobuf::Message;
+    let mut merged = api::ContainerAdjustment::new();
+    for a in adjustments {
+        let args = std::mem::take(&mut merged.args);
+        // Protobuf's own merge: a message merged from its encoding.
+        if let Ok(bytes) = a.write_to_bytes() {
+            let _ = merged.merge_from_bytes(&bytes);
+        }
+        merged.args = if a.args.is_empty() {
+            args
+        } else {
+            a.args.clone()
+        };
+    }
+    merged
+}
+
+/// Held by an operation in flight: plugins are not synchronized meanwhile
+/// ([`Nri::block_sync`]).
+pub struct SyncBlock {
+    _guard: tokio::sync::OwnedRwLockReadGuard<()>,
+}
+
+/// A registration being synchronized, counted in `active` until it is
+/// added (forgotten) or fails (dropped).
+struct Registering<'a>(&'a AtomicUsize);
+
+impl Drop for Registering<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -569,6 +754,70 @@ mod tests {
                 (Err(e), Err(w)) => assert!(e.contains(w), "{mask:#x}: {e}"),
                 (got, want) => panic!("{mask:#x}: {got:?}, want {want:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn adjustments_merge_as_a_validator_sees_them() {
+        let adj = |env: &[(&str, &str)], ann: &[(&str, &str)], args: &[&str], mem: Option<i64>| {
+            let mut a = api::ContainerAdjustment::new();
+            a.env = env
+                .iter()
+                .map(|(k, v)| api::KeyValue {
+                    key: k.to_string(),
+                    value: v.to_string(),
+                    ..Default::default()
+                })
+                .collect();
+            a.annotations = ann
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            a.args = args.iter().map(|s| s.to_string()).collect();
+            if let Some(m) = mem {
+                a.linux
+                    .mut_or_insert_default()
+                    .resources
+                    .mut_or_insert_default()
+                    .memory
+                    .mut_or_insert_default()
+                    .limit = Some(api::OptionalInt64 {
+                    value: m,
+                    ..Default::default()
+                })
+                .into();
+            }
+            a
+        };
+        // (adjustments in order, the merged one)
+        let cases = vec![
+            (vec![], adj(&[], &[], &[], None)),
+            (
+                vec![adj(&[("A", "1")], &[("x", "1")], &["sh"], Some(64))],
+                adj(&[("A", "1")], &[("x", "1")], &["sh"], Some(64)),
+            ),
+            (
+                vec![
+                    adj(&[("A", "1")], &[("x", "1")], &["sh", "-c"], Some(64)),
+                    adj(&[("B", "2")], &[("x", "2"), ("y", "3")], &[], None),
+                ],
+                adj(
+                    &[("A", "1"), ("B", "2")],
+                    &[("x", "2"), ("y", "3")],
+                    &["sh", "-c"],
+                    Some(64),
+                ),
+            ),
+            (
+                vec![
+                    adj(&[], &[], &["a", "b"], None),
+                    adj(&[], &[], &["c"], Some(32)),
+                ],
+                adj(&[], &[], &["c"], Some(32)),
+            ),
+        ];
+        for (i, (input, want)) in cases.into_iter().enumerate() {
+            assert_eq!(merge_adjustments(&input), want, "case {i}");
         }
     }
 

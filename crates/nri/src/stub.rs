@@ -195,10 +195,20 @@ pub struct Script {
     pub hang: Vec<&'static str>,
     /// Events answered with an error.
     pub fail: Vec<&'static str>,
+    /// Events answered UNIMPLEMENTED, as a plugin of an older NRI that
+    /// takes them as StateChange.
+    pub unimplemented: Vec<&'static str>,
     /// The updates answered to UpdateContainer and StopContainer.
     pub updates: Vec<api::ContainerUpdate>,
     /// The evictions answered to UpdateContainer.
     pub evictions: Vec<api::ContainerEviction>,
+    /// The updates answered to CreateContainer.
+    pub create_updates: Vec<api::ContainerUpdate>,
+    /// The evictions answered to CreateContainer.
+    pub create_evictions: Vec<api::ContainerEviction>,
+    /// ValidateContainerAdjustment is answered with a rejection for this
+    /// reason (default: accepted).
+    pub reject: Option<String>,
     /// The updates answered to the (last page of) Synchronize.
     pub sync_updates: Vec<api::ContainerUpdate>,
     /// Whether the plugin takes a Synchronize in pages (default: yes).
@@ -215,8 +225,12 @@ impl Default for Script {
             adjust: None,
             hang: Vec::new(),
             fail: Vec::new(),
+            unimplemented: Vec::new(),
             updates: Vec::new(),
             evictions: Vec::new(),
+            create_updates: Vec::new(),
+            create_evictions: Vec::new(),
+            reject: None,
             sync_updates: Vec::new(),
             paged_sync: true,
             call_back_on_update: Vec::new(),
@@ -249,6 +263,10 @@ pub struct Seen {
     /// The answers to its own UpdateContainers calls (the failed updates,
     /// or the error).
     pub call_backs: Vec<Result<Vec<api::ContainerUpdate>, String>>,
+    /// Each ValidateContainerAdjustment request (not in `events`).
+    pub validations: Vec<api::ValidateContainerAdjustmentRequest>,
+    /// Each StateChange (not in `events`).
+    pub state_changes: Vec<api::StateChangeEvent>,
 }
 
 impl Seen {
@@ -336,10 +354,20 @@ impl Recorder {
 
     /// Hangs or fails as the script says for `event`.
     async fn behave(&self, event: &'static str) -> ttrpc::Result<()> {
-        let (hang, fail) = {
+        let (hang, fail, unimplemented) = {
             let s = self.script();
-            (s.hang.contains(&event), s.fail.contains(&event))
+            (
+                s.hang.contains(&event),
+                s.fail.contains(&event),
+                s.unimplemented.contains(&event),
+            )
         };
+        if unimplemented {
+            return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                ttrpc::Code::UNIMPLEMENTED,
+                format!("{event} is not implemented by the test plugin"),
+            )));
+        }
         if hang {
             std::future::pending::<()>().await;
         }
@@ -448,9 +476,37 @@ impl api_ttrpc::Plugin for Recorder {
     ) -> ttrpc::Result<api::CreateContainerResponse> {
         self.record("CreateContainer", &req.pod, Some(&req.container), None);
         self.behave("CreateContainer").await?;
-        let adjust = self.script().adjust.as_ref().map(|f| f(&req));
+        let s = self.script();
+        let adjust = s.adjust.as_ref().map(|f| f(&req));
         Ok(api::CreateContainerResponse {
             adjust: adjust.into(),
+            update: s.create_updates.clone(),
+            evict: s.create_evictions.clone(),
+            ..Default::default()
+        })
+    }
+
+    async fn state_change(
+        &self,
+        _ctx: &ttrpc::asynchronous::TtrpcContext,
+        req: api::StateChangeEvent,
+    ) -> ttrpc::Result<api::Empty> {
+        self.seen().state_changes.push(req);
+        self.behave("StateChange").await?;
+        Ok(api::Empty::default())
+    }
+
+    async fn validate_container_adjustment(
+        &self,
+        _ctx: &ttrpc::asynchronous::TtrpcContext,
+        req: api::ValidateContainerAdjustmentRequest,
+    ) -> ttrpc::Result<api::ValidateContainerAdjustmentResponse> {
+        self.seen().validations.push(req);
+        self.behave("ValidateContainerAdjustment").await?;
+        let reject = self.script().reject.clone();
+        Ok(api::ValidateContainerAdjustmentResponse {
+            reject: reject.is_some(),
+            reason: reject.unwrap_or_default(),
             ..Default::default()
         })
     }

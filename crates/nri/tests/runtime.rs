@@ -704,3 +704,245 @@ async fn stop_container_is_sent_once_per_container_until_removed() {
         ]
     );
 }
+
+/// CreateContainer's answer carries updates and evictions of other
+/// containers besides the adjustment; a plugin answering only those is in
+/// the answers, one answering nothing is not. A validator's rejection, its
+/// error and its silence each refuse the adjustment, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_answers_carry_updates_and_validators_decide() {
+    let (nri, socket, _dir) =
+        start_with(Arc::new(Host::default()), Duration::from_millis(500)).await;
+    let create = bits(&[api::Event::CREATE_CONTAINER]);
+    let updater = Recorder::new(Script {
+        events: create,
+        create_updates: vec![update("other", 100, false)],
+        create_evictions: vec![api::ContainerEviction {
+            container_id: "victim".into(),
+            reason: "room".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let _u = updater.connect(&socket, "updater", "10").await.unwrap();
+    let silent = Recorder::new(Script {
+        events: create,
+        ..Default::default()
+    });
+    let _s = silent.connect(&socket, "quiet", "20").await.unwrap();
+    wait_for(&nri, 2).await;
+    assert!(!nri.has_validators());
+    let (pod, ctr) = pod_and_container();
+    let answers = nri.create_container(&pod, &ctr).await;
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].plugin, "10-updater");
+    assert_eq!(answers[0].adjust, api::ContainerAdjustment::default());
+    let u = answers[0].updates();
+    assert_eq!(u.update[0].container_id, "other");
+    assert_eq!(u.evict[0].container_id, "victim");
+    assert_eq!(created(&silent), ["ctr2"]);
+
+    let validator = Recorder::new(Script {
+        events: bits(&[api::Event::VALIDATE_CONTAINER_ADJUSTMENT]),
+        ..Default::default()
+    });
+    let _v = validator.connect(&socket, "validator", "90").await.unwrap();
+    wait_for(&nri, 3).await;
+    assert!(nri.has_validators());
+    let instances: Vec<(String, String)> = nri
+        .plugin_instances()
+        .into_iter()
+        .map(|p| (p.index, p.name))
+        .collect();
+    assert_eq!(
+        instances,
+        [
+            ("10".to_string(), "updater".to_string()),
+            ("20".into(), "quiet".into()),
+            ("90".into(), "validator".into())
+        ]
+    );
+    let req = api::ValidateContainerAdjustmentRequest {
+        pod: Some(pod.clone()).into(),
+        container: Some(ctr.clone()).into(),
+        update: answers[0].update.clone(),
+        ..Default::default()
+    };
+    assert_eq!(nri.validate_container_adjustment(&req).await, Ok(()));
+    assert_eq!(validator.seen().validations.len(), 1);
+    assert_eq!(
+        validator.seen().validations[0].update[0].container_id,
+        "other"
+    );
+    // (validators get no CreateContainer unless subscribed)
+    assert!(validator.seen().events.is_empty());
+
+    validator.script().reject = Some("too greedy".into());
+    let err = nri.validate_container_adjustment(&req).await.unwrap_err();
+    assert_eq!(err.plugin, "90-validator");
+    assert!(err.to_string().contains("rejected: too greedy"), "{err}");
+    validator.script().reject = None;
+    validator.script().fail = vec!["ValidateContainerAdjustment"];
+    let err = nri.validate_container_adjustment(&req).await.unwrap_err();
+    assert!(err.to_string().contains("failed"), "{err}");
+    // A silent validator fails the creation too, once, and is dropped.
+    validator.script().fail.clear();
+    validator.script().hang = vec!["ValidateContainerAdjustment"];
+    let t = Instant::now();
+    let err = nri.validate_container_adjustment(&req).await.unwrap_err();
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(err.plugin, "90-validator");
+    assert!(!nri.has_validators());
+    assert_eq!(nri.validate_container_adjustment(&req).await, Ok(()));
+}
+
+/// A runtime whose containers appear as the test commits them.
+#[derive(Default)]
+struct Growing(std::sync::Mutex<Vec<api::Container>>);
+
+impl StateSource for Growing {
+    fn snapshot(&self) -> (Vec<api::PodSandbox>, Vec<api::Container>) {
+        (Vec::new(), self.0.lock().unwrap().clone())
+    }
+}
+
+fn synced_ids(p: &Recorder) -> Vec<String> {
+    p.seen()
+        .syncs
+        .iter()
+        .flat_map(|s| s.containers.iter().map(|c| c.id.clone()))
+        .collect()
+}
+
+/// NRI's "block plugin sync": a plugin registering while an operation is
+/// in flight is synchronized only once the operation is done: it sees the
+/// operation's container in its Synchronize and not through its event;
+/// an operation starting while it is being synchronized waits and sends
+/// it the event. With no plugin connected there is no block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_registering_during_an_operation_sees_its_object_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nri.sock");
+    let host = Arc::new(Growing::default());
+    let nri = Nri::listen(
+        Options {
+            socket_path: socket.clone(),
+            registration_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(2),
+            runtime_name: "crius".into(),
+            runtime_version: "test".into(),
+        },
+        host.clone(),
+    )
+    .await
+    .unwrap();
+    assert!(nri.block_sync().await.is_none());
+
+    let first = plugin("A", false);
+    let _a = first.connect(&socket, "first", "10").await.unwrap();
+    wait_for(&nri, 1).await;
+    let (pod, ctr) = pod_and_container();
+
+    // An operation in flight: its event sent, its container not committed.
+    let block = nri.block_sync().await.expect("a plugin is connected");
+    assert_eq!(nri.create_container(&pod, &ctr).await.len(), 1);
+    let late = plugin("B", false);
+    let connecting = {
+        let (late, socket) = (late.clone(), socket.clone());
+        tokio::spawn(async move { late.connect(&socket, "late", "20").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        late.seen().syncs.is_empty(),
+        "synchronized during the operation"
+    );
+    assert_eq!(nri.plugin_names(), ["10-first"]);
+    // Another operation waits behind the pending synchronization.
+    let waiting = {
+        let nri = nri.clone();
+        tokio::spawn(async move {
+            let block = nri.block_sync().await;
+            (block, nri.plugin_names())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished());
+    host.0.lock().unwrap().push(ctr.clone());
+    drop(block);
+
+    let _b = connecting.await.unwrap().unwrap();
+    let (second_block, names_then) = waiting.await.unwrap();
+    assert!(second_block.is_some());
+    // The waiting operation started once the late plugin was in.
+    assert_eq!(names_then, ["10-first", "20-late"]);
+    assert_eq!(synced_ids(&late), ["ctr2"]);
+    assert!(created(&late).is_empty());
+    // Its own event reaches both.
+    let mut next = ctr.clone();
+    next.id = "ctr3".into();
+    assert_eq!(nri.create_container(&pod, &next).await.len(), 2);
+    drop(second_block);
+    assert_eq!(created(&late), ["ctr3"]);
+    assert_eq!(created(&first), ["ctr2", "ctr3"]);
+}
+
+/// A plugin of an older NRI without an event's own call (UNIMPLEMENTED)
+/// gets the notification as a StateChange, as NRI sends it; its error
+/// there refuses a refusable event. Events with answers have no fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_plugin_gets_events_as_state_changes() {
+    let (nri, socket, _dir) = start_with(Arc::new(Host::default()), Duration::from_secs(2)).await;
+    let old = Recorder::new(Script {
+        unimplemented: vec!["RunPodSandbox", "PostCreateContainer", "UpdateContainer"],
+        ..Default::default()
+    });
+    let _o = old.connect(&socket, "old", "10").await.unwrap();
+    wait_for(&nri, 1).await;
+    let (pod, ctr) = pod_and_container();
+    assert_eq!(nri.run_pod_sandbox(&pod).await, Ok(()));
+    nri.post_create_container(&pod, &ctr).await;
+    nri.post_start_container(&pod, &ctr).await;
+    {
+        let seen = old.seen();
+        let changes: Vec<(api::Event, String, Option<String>)> = seen
+            .state_changes
+            .iter()
+            .map(|c| {
+                (
+                    c.event.enum_value_or_default(),
+                    c.pod.id.clone(),
+                    c.container.as_ref().map(|c| c.id.clone()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                (api::Event::RUN_POD_SANDBOX, "pod2".to_string(), None),
+                (
+                    api::Event::POST_CREATE_CONTAINER,
+                    "pod2".to_string(),
+                    Some("ctr2".to_string())
+                ),
+            ]
+        );
+        // PostStartContainer it has: no StateChange.
+        assert_eq!(seen.of("PostStartContainer").len(), 1);
+    }
+    // UpdateContainer has no StateChange form: it fails.
+    let err = nri
+        .update_container(&pod, &ctr, &api::LinuxResources::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.event, "UpdateContainer");
+    assert_eq!(old.seen().state_changes.len(), 2);
+    // An error on the StateChange of a refusable event refuses it.
+    old.script().fail = vec!["StateChange"];
+    let err = nri.run_pod_sandbox(&pod).await.unwrap_err();
+    assert_eq!(err.plugin, "10-old");
+    assert_eq!(nri.plugin_names(), ["10-old"]);
+}

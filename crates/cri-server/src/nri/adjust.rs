@@ -368,9 +368,175 @@ pub fn rlimits(spec: &Spec) -> Vec<api::POSIXRlimit> {
         .collect()
 }
 
+/// The NRI field a spec-crate owner name (`env "FOO"`,
+/// `linux.resources.memory.limit`, ...) stands for, and the entry's key for
+/// a compound field. `None` for what NRI does not track.
+pub fn owner_field(owned: &str) -> Option<(api::Field, Option<String>)> {
+    use api::Field as F;
+    // A compound field's entry: `<kind> "<key>"`, the key Debug-quoted
+    // (JSON reads it back but for exotic escapes).
+    let unquote = |q: &str| {
+        serde_json::from_str::<String>(q).unwrap_or_else(|_| q.trim_matches('"').to_string())
+    };
+    if let Some(at) = owned.find(" \"") {
+        let (kind, quoted) = (&owned[..at], &owned[at + 1..]);
+        let field = match kind {
+            "annotation" => F::Annotations,
+            "env" => F::Env,
+            "mount" => F::Mounts,
+            "device" => F::Devices,
+            "CDI device" => F::CdiDevices,
+            "hugepage limit" => F::HugepageLimits,
+            "net device" => F::LinuxNetDevices,
+            "unified" => F::CgroupsUnified,
+            "namespace" => F::Namespace,
+            "sysctl" => F::Sysctl,
+            "rlimit" => F::Rlimits,
+            _ => return None,
+        };
+        return Some((field, Some(unquote(quoted))));
+    }
+    let field = match owned {
+        "args" => F::Args,
+        "linux.resources.memory.limit" => F::MemLimit,
+        "linux.resources.memory.reservation" => F::MemReservation,
+        "linux.resources.memory.swap" => F::MemSwapLimit,
+        "linux.resources.memory.kernel" => F::MemKernelLimit,
+        "linux.resources.memory.kernelTCP" => F::MemTCPLimit,
+        "linux.resources.memory.swappiness" => F::MemSwappiness,
+        "linux.resources.memory.disableOOMKiller" => F::MemDisableOomKiller,
+        "linux.resources.memory.useHierarchy" => F::MemUseHierarchy,
+        "linux.resources.cpu.shares" => F::CPUShares,
+        "linux.resources.cpu.quota" => F::CPUQuota,
+        "linux.resources.cpu.period" => F::CPUPeriod,
+        "linux.resources.cpu.realtimeRuntime" => F::CPURealtimeRuntime,
+        "linux.resources.cpu.realtimePeriod" => F::CPURealtimePeriod,
+        "linux.resources.cpu.cpus" => F::CPUSetCPUs,
+        "linux.resources.cpu.mems" => F::CPUSetMems,
+        "linux.resources.pids.limit" => F::PidsLimit,
+        "linux.resources.blockio_class" => F::BlockioClass,
+        "linux.resources.rdt_class" => F::RdtClass,
+        "linux.cgroups_path" => F::CgroupsPath,
+        "linux.oom_score_adj" => F::OomScoreAdj,
+        "linux.io_priority" => F::IoPriority,
+        "linux.seccomp_policy" => F::SeccompPolicy,
+        "linux.scheduler" => F::LinuxSched,
+        "linux.rdt.closID" => F::RdtClosID,
+        "linux.rdt.schemata" => F::RdtSchemata,
+        "linux.rdt.enableMonitoring" => F::RdtEnableMonitoring,
+        "linux.memory_policy" => F::MemoryPolicy,
+        _ => return None,
+    };
+    Some((field, None))
+}
+
+/// Who set what of container `id`, in the protocol's shape (for
+/// ValidateContainerAdjustment).
+pub fn owning_plugins(id: &str, owners: &crius_spec::nri::Owners) -> api::OwningPlugins {
+    let mut fields = api::FieldOwners::new();
+    for (owned, plugin) in owners.owned() {
+        match owner_field(owned) {
+            Some((field, None)) => {
+                fields.simple.insert(field as i32, plugin.to_string());
+            }
+            Some((field, Some(key))) => {
+                fields
+                    .compound
+                    .entry(field as i32)
+                    .or_default()
+                    .owners
+                    .insert(key, plugin.to_string());
+            }
+            None => tracing::debug!(field = owned, "NRI: an owned field NRI does not name"),
+        }
+    }
+    let mut out = api::OwningPlugins::new();
+    out.owners.insert(id.to_string(), fields);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owner_names_as_nri_fields() {
+        use api::Field as F;
+        let key = |s: &str| Some(s.to_string());
+        type Want = Option<(api::Field, Option<String>)>;
+        let cases: &[(&str, Want)] = &[
+            ("env \"FOO\"", Some((F::Env, key("FOO")))),
+            ("annotation \"a.b/c\"", Some((F::Annotations, key("a.b/c")))),
+            ("mount \"/data\"", Some((F::Mounts, key("/data")))),
+            ("device \"/dev/null\"", Some((F::Devices, key("/dev/null")))),
+            (
+                "CDI device \"vendor.com/gpu=0\"",
+                Some((F::CdiDevices, key("vendor.com/gpu=0"))),
+            ),
+            (
+                "hugepage limit \"2MB\"",
+                Some((F::HugepageLimits, key("2MB"))),
+            ),
+            (
+                "net device \"eth1\"",
+                Some((F::LinuxNetDevices, key("eth1"))),
+            ),
+            (
+                "unified \"memory.high\"",
+                Some((F::CgroupsUnified, key("memory.high"))),
+            ),
+            (
+                "namespace \"network\"",
+                Some((F::Namespace, key("network"))),
+            ),
+            (
+                "sysctl \"net.core.somaxconn\"",
+                Some((F::Sysctl, key("net.core.somaxconn"))),
+            ),
+            (
+                "rlimit \"RLIMIT_NOFILE\"",
+                Some((F::Rlimits, key("RLIMIT_NOFILE"))),
+            ),
+            ("env \"WITH\\\"QUOTE\"", Some((F::Env, key("WITH\"QUOTE")))),
+            ("args", Some((F::Args, None))),
+            ("linux.resources.memory.limit", Some((F::MemLimit, None))),
+            (
+                "linux.resources.memory.kernelTCP",
+                Some((F::MemTCPLimit, None)),
+            ),
+            ("linux.resources.cpu.shares", Some((F::CPUShares, None))),
+            ("linux.resources.cpu.cpus", Some((F::CPUSetCPUs, None))),
+            ("linux.resources.pids.limit", Some((F::PidsLimit, None))),
+            ("linux.oom_score_adj", Some((F::OomScoreAdj, None))),
+            ("linux.rdt.schemata", Some((F::RdtSchemata, None))),
+            ("linux.memory_policy", Some((F::MemoryPolicy, None))),
+            ("hooks.prestart", None),
+            ("something else", None),
+        ];
+        for (owned, want) in cases {
+            assert_eq!(&owner_field(owned), want, "{owned}");
+        }
+    }
+
+    #[test]
+    fn owners_in_the_protocols_shape() {
+        let mut o = crius_spec::nri::Owners::default();
+        o.claim("env \"A\"", "10-a").unwrap();
+        o.claim("env \"B\"", "20-b").unwrap();
+        o.claim("linux.resources.memory.limit", "20-b").unwrap();
+        o.claim("annotation \"x\"", "10-a").unwrap();
+        o.clear("annotation \"x\"", "20-b");
+        let got = owning_plugins("c1", &o);
+        let f = &got.owners["c1"];
+        assert_eq!(got.owners.len(), 1);
+        assert_eq!(f.simple.len(), 1);
+        assert_eq!(f.simple[&(api::Field::MemLimit as i32)], "20-b");
+        let env = &f.compound[&(api::Field::Env as i32)].owners;
+        assert_eq!(env.len(), 2);
+        assert_eq!((env["A"].as_str(), env["B"].as_str()), ("10-a", "20-b"));
+        // A removed entry is nobody's.
+        assert!(!f.compound.contains_key(&(api::Field::Annotations as i32)));
+    }
 
     /// Every kind of field comes across, maps in key order, enums by name.
     #[test]

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crius_nri::api;
-use crius_nri::runtime::{Nri, PluginUpdates, Refusal};
+use crius_nri::runtime::{Nri, PluginUpdates, Refusal, SyncBlock};
 use crius_store::{ContainerRecord, ContainerState, SandboxRecord, SandboxState};
 use k8s_cri::v1::{ContainerConfig, HugepageLimit, LinuxContainerResources};
 
@@ -33,6 +33,18 @@ use crate::errors::CriError;
 /// NRI, when a plugin is connected (one atomic load when none is).
 fn active(daemon: &Daemon) -> Option<&Arc<Nri>> {
     daemon.nri.get().filter(|n| n.has_plugins())
+}
+
+/// NRI's "block plugin sync" for an operation that creates or removes a
+/// pod or a container: held from before its first event (and any lock of
+/// its object) until its last, so that a plugin registering meanwhile sees
+/// the object once, in its Synchronize or through the events. One atomic
+/// load when no plugin is connected.
+pub async fn block_sync(daemon: &Daemon) -> Option<SyncBlock> {
+    match active(daemon) {
+        Some(nri) => nri.block_sync().await,
+        None => None,
+    }
 }
 
 fn refused(r: Refusal) -> CriError {
@@ -272,6 +284,7 @@ pub async fn removing_pod(
     let Some(nri) = active(daemon) else {
         return remove.await;
     };
+    let _block = nri.block_sync().await;
     let described = pod_and_containers(daemon, id).await;
     remove.await?;
     if let Some((pod, containers)) = described {
@@ -285,9 +298,16 @@ pub async fn removing_pod(
     Ok(())
 }
 
-/// PostCreateContainer, once container `id` is created.
-pub async fn post_create_container(daemon: &Arc<Daemon>, id: &str) {
-    if let Some(nri) = active(daemon) {
+/// Once container `id` is created (its lock released): the updates and
+/// evictions of other containers the CreateContainer answers carried
+/// (`updates`), through the path of every plugin update, then
+/// PostCreateContainer.
+pub async fn post_create_container(daemon: &Arc<Daemon>, id: &str, updates: Vec<PluginUpdates>) {
+    let Some(nri) = daemon.nri.get() else { return };
+    if !updates.is_empty() {
+        nri.apply_updates(updates).await;
+    }
+    if nri.has_plugins() {
         if let Some((pod, ctr)) = container_of(daemon, id).await {
             nri.post_create_container(&pod, &ctr).await;
         }
@@ -466,6 +486,7 @@ pub async fn removing_container(
     let Some(nri) = active(daemon) else {
         return remove.await;
     };
+    let _block = nri.block_sync().await;
     let described = container_of(daemon, id).await;
     remove.await?;
     if let Some((pod, ctr)) = described {

@@ -31,8 +31,10 @@ pub async fn create_container(
                 move || {
                     let (daemon, req) = (d.clone(), req.clone());
                     async move {
-                        let id = container::lifecycle::create(&daemon, req).await?;
-                        crate::nri::events::post_create_container(&daemon, &id).await;
+                        // Before the container's lock and its first event.
+                        let _block = crate::nri::events::block_sync(&daemon).await;
+                        let (id, updates) = container::lifecycle::create(&daemon, req).await?;
+                        crate::nri::events::post_create_container(&daemon, &id, updates).await;
                         Ok(id)
                     }
                 },
@@ -40,7 +42,11 @@ pub async fn create_container(
             .await?
         }
         // Invalid requests are refused by validation at once.
-        _ => container::lifecycle::create(daemon, req).await?,
+        _ => {
+            let (id, updates) = container::lifecycle::create(daemon, req).await?;
+            crate::nri::events::post_create_container(daemon, &id, updates).await;
+            id
+        }
     };
     Ok(v1::CreateContainerResponse { container_id: id })
 }

@@ -29,6 +29,8 @@ pub async fn run_pod_sandbox(
                 move || {
                     let (daemon, req) = (d.clone(), req.clone());
                     async move {
+                        // Until the pod's RunPodSandbox is sent.
+                        let _block = crate::nri::events::block_sync(&daemon).await;
                         let id = sandbox::lifecycle::run(&daemon, req).await?;
                         crate::nri::events::run_pod_sandbox(&daemon, &id).await?;
                         if let Ok(Some(address)) =

@@ -41,6 +41,26 @@ pub struct PluginUpdates {
     pub evict: Vec<api::ContainerEviction>,
 }
 
+/// What an event sent as a StateChange carries.
+struct Legacy<'a> {
+    pod: &'a api::PodSandbox,
+    container: Option<&'a api::Container>,
+}
+
+fn pod_only(pod: &api::PodSandbox) -> Legacy<'_> {
+    Legacy {
+        pod,
+        container: None,
+    }
+}
+
+fn with_container<'a>(pod: &'a api::PodSandbox, ctr: &'a api::Container) -> Legacy<'a> {
+    Legacy {
+        pod,
+        container: Some(ctr),
+    }
+}
+
 /// The most a Synchronize message may hold, well under ttrpc's 4 MiB
 /// message limit (room for the framing and the ttrpc request around it).
 pub const SYNC_MESSAGE_BUDGET: usize = 3 << 20;
@@ -116,12 +136,16 @@ impl Nri {
 
     /// Calls `call` on each plugin subscribed to `event`, in order. Late
     /// or disconnected plugins are dropped; an error answer is returned
-    /// at once when `refusable`, else logged.
+    /// at once when `refusable`, else logged. A plugin without the call
+    /// (UNIMPLEMENTED, an older plugin) gets the event as a StateChange
+    /// when `legacy` says what to send (as in NRI); its answer is not among
+    /// the answers returned.
     async fn dispatch<R, F, Fut>(
         &self,
         event: api::Event,
         name: &'static str,
         refusable: bool,
+        legacy: Option<Legacy<'_>>,
         call: F,
     ) -> Result<Vec<(String, R)>, Refusal>
     where
@@ -135,13 +159,41 @@ impl Nri {
                 continue;
             }
             let label = plugin.label();
-            match self
+            let result = match self
                 .invoke(&label, name, call(plugin.clone(), self.ctx()))
                 .await
             {
-                Ok(r) => out.push((label, r)),
+                Ok(r) => {
+                    out.push((label, r));
+                    continue;
+                }
+                Err(CallError::Unimplemented(m)) => match &legacy {
+                    Some(l) => {
+                        let req = api::StateChangeEvent {
+                            event: event.into(),
+                            pod: Some(l.pod.clone()).into(),
+                            container: l.container.cloned().into(),
+                            ..Default::default()
+                        };
+                        tracing::debug!(plugin = %label, event = name, "NRI: an older plugin, the event sent as StateChange");
+                        self.invoke(
+                            &label,
+                            "StateChange",
+                            plugin.client.state_change(self.ctx(), &req),
+                        )
+                        .await
+                        .map(drop)
+                    }
+                    None => Err(CallError::Unimplemented(m)),
+                },
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => {}
                 Err(CallError::Fatal(e)) => self.drop_plugin(&plugin, &format!("{name}: {e}")),
-                Err(CallError::Refused(message)) if refusable => {
+                Err(CallError::Refused(message) | CallError::Unimplemented(message))
+                    if refusable =>
+                {
                     tracing::warn!(plugin = %label, event = name, error = %message, "NRI plugin refused");
                     return Err(Refusal {
                         plugin: label,
@@ -149,7 +201,7 @@ impl Nri {
                         message,
                     });
                 }
-                Err(CallError::Refused(message)) => {
+                Err(CallError::Refused(message) | CallError::Unimplemented(message)) => {
                     tracing::warn!(plugin = %label, event = name, error = %message, "NRI plugin failed an event");
                 }
             }
@@ -157,13 +209,19 @@ impl Nri {
         Ok(out)
     }
 
-    /// A notification: errors are logged, never returned.
-    async fn notify<R, F, Fut>(&self, event: api::Event, name: &'static str, call: F)
-    where
+    /// A notification: errors are logged, never returned; an older plugin
+    /// gets it as a StateChange.
+    async fn notify<R, F, Fut>(
+        &self,
+        event: api::Event,
+        name: &'static str,
+        legacy: Legacy<'_>,
+        call: F,
+    ) where
         F: Fn(Arc<Plugin>, ttrpc::context::Context) -> Fut,
         Fut: Future<Output = ttrpc::Result<R>>,
     {
-        let _ = self.dispatch(event, name, false, call).await;
+        let _ = self.dispatch(event, name, false, Some(legacy), call).await;
     }
 
     /// RunPodSandbox, once the pod is up; a plugin's error fails the pod.
@@ -176,6 +234,7 @@ impl Nri {
             api::Event::RUN_POD_SANDBOX,
             "RunPodSandbox",
             true,
+            Some(pod_only(pod)),
             |p, ctx| async move { p.client.run_pod_sandbox(ctx, req).await },
         )
         .await
@@ -199,6 +258,7 @@ impl Nri {
             api::Event::UPDATE_POD_SANDBOX,
             "UpdatePodSandbox",
             true,
+            None,
             |p, ctx| async move { p.client.update_pod_sandbox(ctx, req).await },
         )
         .await
@@ -214,6 +274,7 @@ impl Nri {
         self.notify(
             api::Event::POST_UPDATE_POD_SANDBOX,
             "PostUpdatePodSandbox",
+            pod_only(pod),
             |p, ctx| async move { p.client.post_update_pod_sandbox(ctx, req).await },
         )
         .await
@@ -228,6 +289,7 @@ impl Nri {
         self.notify(
             api::Event::STOP_POD_SANDBOX,
             "StopPodSandbox",
+            pod_only(pod),
             |p, ctx| async move { p.client.stop_pod_sandbox(ctx, req).await },
         )
         .await
@@ -242,6 +304,7 @@ impl Nri {
         self.notify(
             api::Event::REMOVE_POD_SANDBOX,
             "RemovePodSandbox",
+            pod_only(pod),
             |p, ctx| async move { p.client.remove_pod_sandbox(ctx, req).await },
         )
         .await
@@ -257,6 +320,7 @@ impl Nri {
         self.notify(
             api::Event::POST_CREATE_CONTAINER,
             "PostCreateContainer",
+            with_container(pod, ctr),
             |p, ctx| async move { p.client.post_create_container(ctx, req).await },
         )
         .await
@@ -278,6 +342,7 @@ impl Nri {
             api::Event::START_CONTAINER,
             "StartContainer",
             true,
+            Some(with_container(pod, ctr)),
             |p, ctx| async move { p.client.start_container(ctx, req).await },
         )
         .await
@@ -294,6 +359,7 @@ impl Nri {
         self.notify(
             api::Event::POST_START_CONTAINER,
             "PostStartContainer",
+            with_container(pod, ctr),
             |p, ctx| async move { p.client.post_start_container(ctx, req).await },
         )
         .await
@@ -319,6 +385,7 @@ impl Nri {
                 api::Event::UPDATE_CONTAINER,
                 "UpdateContainer",
                 true,
+                None,
                 |p, ctx| async move { p.client.update_container(ctx, req).await },
             )
             .await?;
@@ -343,6 +410,7 @@ impl Nri {
         self.notify(
             api::Event::POST_UPDATE_CONTAINER,
             "PostUpdateContainer",
+            with_container(pod, ctr),
             |p, ctx| async move { p.client.post_update_container(ctx, req).await },
         )
         .await
@@ -365,6 +433,7 @@ impl Nri {
                 api::Event::STOP_CONTAINER,
                 "StopContainer",
                 false,
+                None,
                 |p, ctx| async move { p.client.stop_container(ctx, req).await },
             )
             .await
@@ -420,6 +489,7 @@ impl Nri {
         self.notify(
             api::Event::REMOVE_CONTAINER,
             "RemoveContainer",
+            with_container(pod, ctr),
             |p, ctx| async move { p.client.remove_container(ctx, req).await },
         )
         .await

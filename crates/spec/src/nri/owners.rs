@@ -53,6 +53,16 @@ impl Owners {
         }
     }
 
+    /// Each field a plugin set (and did not remove since), with that
+    /// plugin, in no particular order. A field is named as in conflict
+    /// errors: `env "FOO"`, `linux.resources.memory.limit`, ...
+    pub fn owned(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.fields.iter().filter_map(|(field, owner)| match owner {
+            Owner::Set(p) => Some((field.as_str(), p.as_str())),
+            Owner::Removed(_) => None,
+        })
+    }
+
     /// The plugin that set `field`, if one did (and did not remove it).
     pub fn owner(&self, field: &str) -> Option<&str> {
         match self.fields.get(field) {
@@ -145,7 +155,12 @@ mod tests {
         assert_eq!(o.owner("x"), None);
         o.claim("x", "p").unwrap();
         assert_eq!(o.owner("x"), Some("p"));
+        o.claim("y", "q").unwrap();
+        let mut owned: Vec<_> = o.owned().collect();
+        owned.sort();
+        assert_eq!(owned, [("x", "p"), ("y", "q")]);
         o.clear("x", "q");
         assert_eq!(o.owner("x"), None);
+        assert_eq!(o.owned().collect::<Vec<_>>(), [("y", "q")]);
     }
 }

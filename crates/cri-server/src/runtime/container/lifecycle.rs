@@ -8,6 +8,7 @@ use crate::errors::{invalid_field, store_status};
 use crate::runtime::now_nanos;
 use crate::runtime::sandbox::lifecycle::Timeline;
 use crate::shimclient::ShimClient;
+use crius_nri::runtime::PluginUpdates;
 use crius_spec::container::{container_spec, image_volumes, user_request, ContainerInput};
 use crius_spec::mounts::HostPropagation;
 use crius_store::{
@@ -312,8 +313,14 @@ impl Done {
     }
 }
 
-/// CreateContainer; returns the new container id.
-pub async fn create(daemon: &Arc<Daemon>, req: CreateContainerRequest) -> Result<String, CriError> {
+/// CreateContainer; returns the new container id and the updates and
+/// evictions of other containers NRI plugins asked for in their
+/// CreateContainer answers (for the caller to apply once this container's
+/// lock is released: [`crate::nri::events::post_create_container`]).
+pub async fn create(
+    daemon: &Arc<Daemon>,
+    req: CreateContainerRequest,
+) -> Result<(String, Vec<PluginUpdates>), CriError> {
     if req.pod_sandbox_id.is_empty() {
         return Err(invalid_field("pod_sandbox_id", "must not be empty"));
     }
@@ -376,9 +383,9 @@ pub async fn create(daemon: &Arc<Daemon>, req: CreateContainerRequest) -> Result
     .instrument(span)
     .await
     {
-        Ok(()) => {
+        Ok(nri_updates) => {
             super::events::emit_id(daemon, &id, ContainerEventType::ContainerCreatedEvent);
-            Ok(id)
+            Ok((id, nri_updates))
         }
         Err(e) => {
             tracing::warn!(container = %id, error = %e.message(), "CreateContainer failed; rolling back");
@@ -398,7 +405,7 @@ async fn create_steps(
     image_ref: &str,
     log: Option<PathBuf>,
     done: &mut Done,
-) -> Result<(), CriError> {
+) -> Result<Vec<PluginUpdates>, CriError> {
     let mut timeline = Timeline::start();
     let meta = config.metadata.clone().unwrap_or_default();
     let name = crate::runtime::sandbox::container_name(&meta.name, meta.attempt, sandbox_config);
@@ -604,7 +611,8 @@ async fn create_steps(
     let spec = super::devices::inject_cdi(&daemon.config().cdi, config, spec).await?;
     // NRI plugins adjust the spec last, as they see it (one atomic load
     // when none is connected).
-    let spec = crate::nri::adjust_created(daemon, sandbox, id, &meta.name, spec).await?;
+    let (spec, nri_updates) =
+        crate::nri::adjust_created(daemon, sandbox, id, &meta.name, spec).await?;
     // The image's content at its VOLUMEs goes into them, as in containerd.
     super::image_mounts::fill_image_volumes(&mounts, fill, state.join("volume-copy")).await?;
     // A pod with its own user namespace: idmapped rootfs and mounts made here.
@@ -668,7 +676,7 @@ async fn create_steps(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(id.to_string(), timeline.phases);
-    Ok(())
+    Ok(nri_updates)
 }
 
 /// Whether the container's memory cgroup recorded an OOM kill.
