@@ -316,12 +316,7 @@ async fn run_chaos(seed: u64, rounds: u64, budget: Duration) {
     let mut rt = env.daemon.runtime().await;
     let deadline = Instant::now() + Duration::from_secs(15);
     let (pods, live) = loop {
-        let pods = rt
-            .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-            .await
-            .unwrap()
-            .into_inner()
-            .items;
+        let pods = list_pods(&mut rt).await;
         let live = shims(&env.dir);
         let orphaned: Vec<&str> = pods
             .iter()

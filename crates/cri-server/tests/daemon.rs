@@ -410,12 +410,7 @@ fn config_default_prints_a_loadable_full_config() {
 async fn metrics_count_calls_and_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = common::free_metrics_addr();
     let text = format!("{}\n[metrics]\naddress = \"{addr}\"\n", config_text(dir));
     let mut daemon = Daemon::start(dir, &text);
     let mut rt = daemon.runtime().await;
@@ -460,11 +455,7 @@ async fn metrics_count_calls_and_errors() {
 fn metrics_off_opens_no_port() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let stream_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let stream_port = common::free_port();
     let text = format!(
         "{}\n[stream]\naddress = \"127.0.0.1:{stream_port}\"\n",
         config_text(dir)
@@ -641,11 +632,7 @@ async fn sighup_applies_handlers_cni_and_metrics() {
     }
     let base = config_text(dir);
     let mut daemon = Daemon::start(dir, &base);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     assert!(get_metrics(port).is_err(), "metrics are off");
     let reload = |text: String| reload_with(&daemon, &text, "configuration reloaded");
 

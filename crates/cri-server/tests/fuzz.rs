@@ -442,12 +442,7 @@ async fn random_requests_get_sensible_answers() {
         .expect("criusd still answers");
     let log = daemon.log_text();
     assert!(!log.contains("panicked"), "a handler panicked:\n{log}");
-    let pods = rt
-        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = common::pod::list_pods(&mut rt).await;
     assert!(pods.is_empty(), "{pods:?}");
     assert!(common::pod::mounts_below(tmp.path()).is_empty());
     let shims: Vec<String> = common::pod::processes_mentioning(&tmp.path().display().to_string())
