@@ -5,7 +5,7 @@ mod common;
 
 use common::pod::*;
 use common::registry::is_root;
-use common::stream_client::{ch as channel, ws_collect, ws_connect};
+use common::stream_client::{ch as channel, ws_connect, ws_stdin_then_collect};
 use futures_util::{SinkExt, StreamExt};
 use k8s_cri::v1::{
     Capability, ContainerConfig, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest,
@@ -162,13 +162,7 @@ async fn container_lifecycle_logs_exec_and_security() {
         .into_inner()
         .url;
     let (mut ws, _) = ws_connect(&url, "v5.channel.k8s.io").await;
-    ws.send(Message::Binary([&[0u8][..], b"abc\n"].concat().into()))
-        .await
-        .unwrap();
-    ws.send(Message::Binary(vec![255u8, 0].into()))
-        .await
-        .unwrap();
-    let (got, _) = ws_collect(&mut ws).await;
+    let got = ws_stdin_then_collect(&mut ws, b"abc\n").await;
     assert_eq!(channel(&got, 1), "got abc\n");
     assert_eq!(channel(&got, 2), "warn\n");
     let exit: serde_json::Value = serde_json::from_str(&channel(&got, 3)).unwrap();

@@ -151,13 +151,7 @@ async fn exec_attach_and_port_forward_in_a_pod() {
         .url;
     let (mut ws, proto) = ws_connect(&url, "v5.channel.k8s.io").await;
     assert_eq!(proto.as_deref(), Some("v5.channel.k8s.io"));
-    ws.send(Message::Binary([&[0u8][..], b"piped\n"].concat().into()))
-        .await
-        .unwrap();
-    ws.send(Message::Binary(vec![255u8, 0].into()))
-        .await
-        .unwrap();
-    let (got, _) = ws_collect(&mut ws).await;
+    let got = ws_stdin_then_collect(&mut ws, b"piped\n").await;
     assert_eq!(ch(&got, 1), "piped\n");
     assert!(ch(&got, 3).contains("Success"), "{:?}", ch(&got, 3));
 

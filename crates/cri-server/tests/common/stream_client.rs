@@ -312,15 +312,22 @@ pub async fn spdy_exec_stdin(url: &str, input: &[u8], tty: bool) -> (String, Str
 /// channel 0, then the v5 close message `[255, 0]` when the input ends.
 /// Returns stdout and the error channel.
 pub async fn ws_exec_stdin(url: &str, input: &[u8]) -> (String, String) {
-    use futures_util::SinkExt;
     let (mut ws, proto) = ws_connect(url, "v5.channel.k8s.io").await;
     assert_eq!(proto.as_deref(), Some("v5.channel.k8s.io"));
+    let got = ws_stdin_then_collect(&mut ws, input).await;
+    (ch(&got, 1), ch(&got, 3))
+}
+
+/// Writes `input` on a v5 session's stdin (channel 0), closes stdin with
+/// the v5 close message `[255, 0]` and reads until the server closes;
+/// returns the data per channel.
+pub async fn ws_stdin_then_collect(ws: &mut Ws, input: &[u8]) -> HashMap<u8, Vec<u8>> {
+    use futures_util::SinkExt;
     ws.send(Message::Binary([&[0u8][..], input].concat().into()))
         .await
         .unwrap();
     ws.send(Message::Binary(vec![255u8, 0].into()))
         .await
         .unwrap();
-    let (got, _) = ws_collect(&mut ws).await;
-    (ch(&got, 1), ch(&got, 3))
+    ws_collect(ws).await.0
 }
