@@ -9,6 +9,7 @@ pub mod net;
 pub mod nri;
 pub mod pod;
 pub mod registry;
+pub mod rng;
 pub mod stream_client;
 pub mod systemd;
 
