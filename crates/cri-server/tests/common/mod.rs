@@ -259,6 +259,24 @@ pub async fn connect(socket: &Path) -> Channel {
         .expect("connect to criusd")
 }
 
+/// A config for daemons that never start a container: the runtime
+/// `{dir}/bin/fake-runtime` (for tests to write) as the default, cgroupfs,
+/// and CNI configs and plugins under `dir`.
+pub fn fake_runtime_config(dir: &Path) -> String {
+    format!(
+        r#"
+default_runtime = "fake"
+cgroup_driver = "cgroupfs"
+[runtimes.fake]
+path = "{dir}/bin/fake-runtime"
+[cni]
+conf_dir = "{dir}/net.d"
+bin_dirs = ["{dir}/cni-bin"]
+"#,
+        dir = dir.display()
+    )
+}
+
 /// Writes an executable shell script.
 pub fn script(path: &Path, body: &str) {
     use std::os::unix::fs::PermissionsExt;
