@@ -28,6 +28,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crius_testkit::run as output;
+use crius_testkit::{free_subnet, nat_chains, remove_new_cni_chains, ForwardRule, IP_FORWARD};
+
 const CRITEST_HELP: &str = "critest (and ginkgo, for --parallel > 1) must be on PATH. They are not part of
 this repository; build them from the cri-tools v1.32.0 source tree, offline, with
 its vendored modules and Go 1.23 (Debian bookworm: enable bookworm-backports and
@@ -275,20 +278,6 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn output(cmd: &str, args: &[&str]) -> (bool, String) {
-    match Command::new(cmd).args(args).output() {
-        Ok(o) => (
-            o.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-        ),
-        Err(e) => (false, e.to_string()),
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Everything the run sets up, undone by `teardown` (also on failure).
 
@@ -414,66 +403,18 @@ fn unmount_under(dir: &Path) {
 // ---------------------------------------------------------------------------
 // The pod network.
 
-const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
-
 struct Network {
     conf_dir: PathBuf,
     name: String,
     bridge: String,
-    forward_rule: Vec<String>,
+    forward_rule: ForwardRule,
     ip_forward: Option<String>,
     nat_chains_before: Vec<String>,
 }
 
-fn nat_rules() -> String {
-    output("iptables", &["-t", "nat", "-S"]).1
-}
-
-fn nat_chains() -> Vec<String> {
-    nat_rules()
-        .lines()
-        .filter_map(|l| l.strip_prefix("-N "))
-        .map(String::from)
-        .collect()
-}
-
-/// Splits an `iptables -S` line into arguments, honouring double quotes.
-fn split_rule(s: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let (mut quoted, mut in_word) = (false, false);
-    for c in s.chars() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                in_word = true;
-            }
-            ' ' if !quoted => {
-                if in_word {
-                    words.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            c => {
-                cur.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if in_word {
-        words.push(cur);
-    }
-    words
-}
-
 impl Network {
     fn new(work: &Path) -> Result<Network> {
-        let (_, routes) = output("ip", &["-4", "route", "show"]);
-        let x = (1..250u32)
-            .map(|i| (std::process::id() + i) % 250 + 1)
-            .find(|x| !routes.contains(&format!("10.215.{x}.")))
-            .context("no free 10.215.x.0/24")?;
-        let subnet = format!("10.215.{x}.0/24");
+        let subnet = free_subnet("10.215").context("no free 10.215.x.0/24")?;
         let bridge = format!("crcf{}", std::process::id() % 100_000);
         let name = format!("crius-conformance-{}", std::process::id());
         let conf_dir = work.join("net.d");
@@ -498,17 +439,7 @@ impl Network {
         )?;
         let ip_forward = std::fs::read_to_string(IP_FORWARD).ok();
         let nat_chains_before = nat_chains();
-        let forward_rule: Vec<String> =
-            ["FORWARD", "-s", &subnet, "!", "-o", &bridge, "-j", "DROP"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-        let mut args = vec!["-I"];
-        args.extend(forward_rule.iter().map(String::as_str));
-        let (ok, out) = output("iptables", &args);
-        if !ok {
-            bail!("iptables {args:?}: {out}");
-        }
+        let forward_rule = ForwardRule::insert(&subnet, &bridge).map_err(anyhow::Error::msg)?;
         eprintln!("xtask: pod network {name}: bridge {bridge}, {subnet}");
         Ok(Network {
             conf_dir,
@@ -523,31 +454,9 @@ impl Network {
     fn remove(self) {
         let _ = output("ip", &["link", "del", &self.bridge]);
         // portmap's shared chains, when they are new and unused.
-        let in_use = nat_rules()
-            .lines()
-            .any(|l| l.starts_with("-A CNI-HOSTPORT-DNAT") && l.contains("-j CNI-DN-"));
-        if !in_use {
-            for chain in nat_chains()
-                .into_iter()
-                .filter(|c| !self.nat_chains_before.contains(c) && c.starts_with("CNI-"))
-            {
-                for line in nat_rules().lines() {
-                    if line.starts_with("-A ") && line.ends_with(&format!("-j {chain}")) {
-                        let words = split_rule(&line[3..]);
-                        let mut cmd: Vec<&str> = vec!["-t", "nat", "-D"];
-                        cmd.extend(words.iter().map(String::as_str));
-                        let _ = output("iptables", &cmd);
-                    }
-                }
-                let _ = output("iptables", &["-t", "nat", "-F", &chain]);
-                let _ = output("iptables", &["-t", "nat", "-X", &chain]);
-            }
-        }
-        let mut args = vec!["-D"];
-        args.extend(self.forward_rule.iter().map(String::as_str));
-        let (ok, out) = output("iptables", &args);
-        if !ok {
-            eprintln!("cleanup: removing the FORWARD rule failed: {out}");
+        remove_new_cni_chains(&self.nat_chains_before);
+        if let Err(e) = self.forward_rule.remove() {
+            eprintln!("cleanup: removing the FORWARD rule failed: {e}");
         }
         if let Some(v) = self.ip_forward {
             let _ = std::fs::write(IP_FORWARD, v.as_bytes());

@@ -11,6 +11,8 @@
 
 mod common;
 
+use common::rng::Rng;
+
 use common::pod::*;
 use common::registry::is_root;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -24,22 +26,6 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 type Rt = RuntimeServiceClient<Channel>;
-
-/// A small deterministic generator (xorshift64*), seeded for replay.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -276,19 +262,19 @@ async fn run_chaos(seed: u64, rounds: u64, budget: Duration) {
         let rt = env.daemon.runtime().await;
         let op = tokio::spawn(operation(
             rt,
-            rng.below(10),
+            rng.below_u64(10),
             rng.next(),
             configs.clone(),
             image.clone(),
         ));
-        let kill_daemon = rng.below(4) == 0;
-        let kill_shim = rng.below(8) == 0;
-        let delay = Duration::from_millis(rng.below(400));
+        let kill_daemon = rng.below_u64(4) == 0;
+        let kill_shim = rng.below_u64(8) == 0;
+        let delay = Duration::from_millis(rng.below_u64(400));
         tokio::time::sleep(delay).await;
         if kill_shim {
             let list = shims(&env.dir);
             if !list.is_empty() {
-                let (pid, cmd) = &list[rng.below(list.len() as u64) as usize];
+                let (pid, cmd) = &list[rng.below_u64(list.len() as u64) as usize];
                 // SAFETY: kill(2) on a shim of this test, read from /proc.
                 unsafe { libc::kill(*pid, libc::SIGKILL) };
                 shim_kills += 1;
@@ -316,12 +302,7 @@ async fn run_chaos(seed: u64, rounds: u64, budget: Duration) {
     let mut rt = env.daemon.runtime().await;
     let deadline = Instant::now() + Duration::from_secs(15);
     let (pods, live) = loop {
-        let pods = rt
-            .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-            .await
-            .unwrap()
-            .into_inner()
-            .items;
+        let pods = list_pods(&mut rt).await;
         let live = shims(&env.dir);
         let orphaned: Vec<&str> = pods
             .iter()

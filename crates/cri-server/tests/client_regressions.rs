@@ -93,15 +93,6 @@ async fn forward_until(rt: &mut Rt, pod_id: &str, port: u16, want: &str) -> Stri
     }
 }
 
-/// A port nothing on the host listens on right now.
-fn free_host_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn localhost_and_port_forward_without_a_loopback_plugin() {
     if !is_root() {
@@ -179,7 +170,7 @@ async fn localhost_and_port_forward_without_a_loopback_plugin() {
     teardown(&env, &mut rt, &pod_id, "uid-nolo").await;
 
     // A pod on the host's network: its localhost is the host's.
-    let port = free_host_port();
+    let port = common::free_port();
     let mut config = pod("hostnet", "uid-hostnet");
     config
         .linux

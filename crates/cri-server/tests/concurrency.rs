@@ -8,9 +8,9 @@ use common::pod::*;
 use common::registry::is_root;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerConfig, CreateContainerRequest, ListContainersRequest, ListPodSandboxRequest,
-    PodSandboxConfig, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StopContainerRequest, StopPodSandboxRequest,
+    ContainerConfig, CreateContainerRequest, ListPodSandboxRequest, PodSandboxConfig,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StopContainerRequest,
+    StopPodSandboxRequest,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -87,19 +87,9 @@ fn shims(dir: &Path) -> Vec<String> {
 }
 
 async fn assert_nothing_left(env: &Env, rt: &mut Rt, uids: &[&str]) {
-    let pods = rt
-        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = list_pods(rt).await;
     assert!(pods.is_empty(), "pods left: {pods:?}");
-    let containers = rt
-        .list_containers(ListContainersRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
+    let containers = list_containers(rt).await;
     assert!(containers.is_empty(), "containers left: {containers:?}");
     assert!(
         mounts_below(&env.dir).is_empty(),
@@ -284,12 +274,7 @@ async fn timed_out_creations_are_handed_back_or_removed() {
                 .container_id
         }
     };
-    let containers = rt
-        .list_containers(ListContainersRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
+    let containers = list_containers(&mut rt).await;
     assert_eq!(containers.len(), 1, "{containers:?}");
     assert_eq!(containers[0].id, cid);
 
@@ -421,12 +406,7 @@ async fn stop_and_remove_racing_create_leave_nothing() {
             let kill = tokio::spawn(async move {
                 let deadline = Instant::now() + Duration::from_secs(30);
                 while Instant::now() < deadline {
-                    let list = killer
-                        .list_containers(ListContainersRequest { filter: None })
-                        .await
-                        .unwrap()
-                        .into_inner()
-                        .containers;
+                    let list = list_containers(&mut killer).await;
                     if let Some(c) = list.into_iter().find(|c| c.pod_sandbox_id == pod_id) {
                         let stop = killer
                             .stop_container(StopContainerRequest {

@@ -5,13 +5,13 @@ mod common;
 
 use common::pod::*;
 use common::registry::is_root;
-use common::stream_client::{ch as channel, ws_collect, ws_connect};
+use common::stream_client::{ch as channel, ws_connect, ws_stdin_then_collect};
 use futures_util::{SinkExt, StreamExt};
 use k8s_cri::v1::{
     Capability, ContainerConfig, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest,
-    ImageSpec, Int64Value, KeyValue, LinuxContainerResources, LinuxContainerSecurityContext,
-    PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    Int64Value, KeyValue, LinuxContainerResources, LinuxContainerSecurityContext,
+    RemoveContainerRequest, RemovePodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest,
 };
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
@@ -34,29 +34,10 @@ async fn container_lifecycle_logs_exec_and_security() {
         return;
     }
     let env = Env::start("crius-ctr");
-    let image = format!("{}/busybox:test", env.registry.addr);
+    let image = env.pull_busybox().await;
     let mut rt = env.daemon.runtime().await;
-    let mut images = env.daemon.images().await;
-    images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
     let pod_config = pod("app", "uid-ctr");
-    let pod_id = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod_config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}\n{}", env.daemon.log_text()))
-        .into_inner()
-        .pod_sandbox_id;
+    let pod_id = run_pod(&env, &mut rt, &pod_config).await;
     let create = |c: ContainerConfig| CreateContainerRequest {
         pod_sandbox_id: pod_id.clone(),
         config: Some(c),
@@ -93,13 +74,7 @@ async fn container_lifecycle_logs_exec_and_security() {
         .unwrap_or_else(|e| panic!("CreateContainer: {e:?}\n{}", env.daemon.log_text()))
         .into_inner()
         .container_id;
-    let s = rt
-        .container_status(status(&main))
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let s = status_of(&mut rt, &main).await;
     assert_eq!(
         s.state,
         k8s_cri::v1::ContainerState::ContainerCreated as i32
@@ -109,13 +84,7 @@ async fn container_lifecycle_logs_exec_and_security() {
     })
     .await
     .unwrap_or_else(|e| panic!("StartContainer: {e:?}\n{}", env.daemon.log_text()));
-    let s = rt
-        .container_status(status(&main))
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let s = status_of(&mut rt, &main).await;
     assert_eq!(
         s.state,
         k8s_cri::v1::ContainerState::ContainerRunning as i32
@@ -193,13 +162,7 @@ async fn container_lifecycle_logs_exec_and_security() {
         .into_inner()
         .url;
     let (mut ws, _) = ws_connect(&url, "v5.channel.k8s.io").await;
-    ws.send(Message::Binary([&[0u8][..], b"abc\n"].concat().into()))
-        .await
-        .unwrap();
-    ws.send(Message::Binary(vec![255u8, 0].into()))
-        .await
-        .unwrap();
-    let (got, _) = ws_collect(&mut ws).await;
+    let got = ws_stdin_then_collect(&mut ws, b"abc\n").await;
     assert_eq!(channel(&got, 1), "got abc\n");
     assert_eq!(channel(&got, 2), "warn\n");
     let exit: serde_json::Value = serde_json::from_str(&channel(&got, 3)).unwrap();
@@ -217,15 +180,7 @@ async fn container_lifecycle_logs_exec_and_security() {
     assert_eq!(err.code(), tonic::Code::NotFound);
 
     // Port-forward into the pod's network namespace over WebSocket.
-    let pod_status = rt
-        .pod_sandbox_status(k8s_cri::v1::PodSandboxStatusRequest {
-            pod_sandbox_id: pod_id.clone(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&pod_status.info["info"]).unwrap();
+    let (_, info) = pod_status_info(&mut rt, &pod_id).await;
     let netns = info["netnsPath"].as_str().unwrap().to_string();
     let listener = crius_netns::netns::run_in(std::path::Path::new(&netns), || {
         std::net::TcpListener::bind("127.0.0.1:7070")
@@ -495,13 +450,7 @@ async fn container_lifecycle_logs_exec_and_security() {
     .await
     .unwrap();
     assert!(before.elapsed() >= Duration::from_secs(1));
-    let s = rt
-        .container_status(status(&main))
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let s = status_of(&mut rt, &main).await;
     assert_eq!(s.state, k8s_cri::v1::ContainerState::ContainerExited as i32);
     assert_eq!(s.exit_code, 137);
     rt.stop_container(StopContainerRequest {
@@ -562,13 +511,7 @@ async fn container_lifecycle_logs_exec_and_security() {
     .await
     .unwrap();
     // The still-running restricted container went with the pod.
-    let s = rt
-        .container_status(status(&r_id))
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let s = status_of(&mut rt, &r_id).await;
     assert_eq!(s.state, k8s_cri::v1::ContainerState::ContainerExited as i32);
     rt.remove_pod_sandbox(RemovePodSandboxRequest {
         pod_sandbox_id: pod_id.clone(),

@@ -7,7 +7,7 @@ mod common;
 
 use common::pod::*;
 use common::registry::is_root;
-use k8s_cri::v1::{CdiDevice, Device, Int64Value, ListContainersRequest, RunPodSandboxRequest};
+use k8s_cri::v1::{CdiDevice, Device, Int64Value, RunPodSandboxRequest};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use std::path::{Path, PathBuf};
 
@@ -92,12 +92,7 @@ async fn privileged_pod_on(
 }
 
 async fn container_count(rt: &mut Rt) -> usize {
-    rt.list_containers(ListContainersRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .containers
-        .len()
+    list_containers(rt).await.len()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -50,21 +50,12 @@ async fn pods_without_a_pause() {
     });
     let pod_id = run_pod(&env, &mut rt, &cfg).await;
 
-    let st = rt
-        .pod_sandbox_status(k8s_cri::v1::PodSandboxStatusRequest {
-            pod_sandbox_id: pod_id.clone(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let status = st.status.clone().unwrap();
+    let (status, info) = pod_status_info(&mut rt, &pod_id).await;
     assert_eq!(
         status.state,
         k8s_cri::v1::PodSandboxState::SandboxReady as i32
     );
     assert!(status.network.unwrap().ip.starts_with(&env.net.prefix));
-    let info: serde_json::Value = serde_json::from_str(&st.info["info"]).unwrap();
     assert!(info["pid"].is_null(), "{info}");
     // No runc container for the pod itself, no pause rootfs.
     let runc_root = env.dir.join("state/runc/k8s.io");
@@ -167,16 +158,7 @@ async fn pods_without_a_pause() {
     env.daemon.signal_and_wait(libc::SIGKILL);
     env.daemon.restart();
     let mut rt = env.daemon.runtime().await;
-    let st = rt
-        .pod_sandbox_status(k8s_cri::v1::PodSandboxStatusRequest {
-            pod_sandbox_id: pod_id.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let st = pod_status(&mut rt, &pod_id).await;
     assert_eq!(st.state, k8s_cri::v1::PodSandboxState::SandboxReady as i32);
     let late = run(&env, &mut rt, &pod_id, &cfg, with_own_pids("late")).await;
     assert_eq!(
@@ -196,16 +178,7 @@ async fn pods_without_a_pause() {
     })
     .await
     .unwrap();
-    let st = rt
-        .pod_sandbox_status(k8s_cri::v1::PodSandboxStatusRequest {
-            pod_sandbox_id: pod_id.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let st = pod_status(&mut rt, &pod_id).await;
     assert_eq!(
         st.state,
         k8s_cri::v1::PodSandboxState::SandboxNotready as i32

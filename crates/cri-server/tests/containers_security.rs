@@ -7,8 +7,8 @@ mod common;
 use common::pod::*;
 use common::registry::{busybox_entries, image_with_config, is_root, layer, Compression, Entry};
 use k8s_cri::v1::{
-    Capability, ListContainersRequest, Mount, MountPropagation, NamespaceMode, NamespaceOption,
-    RemoveContainerRequest, SecurityProfile, StatusRequest,
+    Capability, Mount, MountPropagation, NamespaceMode, NamespaceOption, RemoveContainerRequest,
+    SecurityProfile, StatusRequest,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -306,13 +306,7 @@ async fn security_namespaces_user_mounts_and_bad_requests() {
 
     // Bad requests: InvalidArgument naming the problem, and nothing left
     // behind (no record, no name, no host directory, no mounts).
-    let containers_before = rt
-        .list_containers(ListContainersRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .containers
-        .len();
+    let containers_before = list_containers(&mut rt).await.len();
     let mounts_before = mounts_below(&env.dir.join("root")).len();
     let unmade = env.dir.join("unmade");
     let mut bidirectional_private = sleeper("bad", &image);
@@ -357,15 +351,7 @@ async fn security_namespaces_user_mounts_and_bad_requests() {
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err:?}");
     }
     assert!(!unmade.exists(), "a refused create left its host directory");
-    assert_eq!(
-        rt.list_containers(ListContainersRequest { filter: None })
-            .await
-            .unwrap()
-            .into_inner()
-            .containers
-            .len(),
-        containers_before
-    );
+    assert_eq!(list_containers(&mut rt).await.len(), containers_before);
     assert_eq!(mounts_below(&env.dir.join("root")).len(), mounts_before);
     // The name "bad" was released by every failure.
     let good = run(&env, &mut rt, &pod_id, &pod_config, sleeper("bad", &image)).await;

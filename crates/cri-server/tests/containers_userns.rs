@@ -116,12 +116,7 @@ async fn user_namespace_pods() {
             "{maps:?}: {err:?}"
         );
     }
-    let pods = rt
-        .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = list_pods(&mut rt).await;
     assert!(pods.is_empty(), "{pods:?}");
 
     let pod_id = run_pod(&env, &mut rt, &pod_config).await;

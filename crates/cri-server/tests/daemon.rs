@@ -12,21 +12,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 
-fn config_text(dir: &std::path::Path) -> String {
-    format!(
-        r#"
-default_runtime = "fake"
-cgroup_driver = "cgroupfs"
-[runtimes.fake]
-path = "{dir}/bin/fake-runtime"
-[cni]
-conf_dir = "{dir}/net.d"
-bin_dirs = ["{dir}/cni-bin"]
-"#,
-        dir = dir.display()
-    )
-}
-
 fn condition(resp: &k8s_cri::v1::StatusResponse, kind: &str) -> k8s_cri::v1::RuntimeCondition {
     resp.status
         .as_ref()
@@ -42,7 +27,7 @@ async fn version_status_config_and_graceful_shutdown() {
     for d in ["bin", "net.d", "cni-bin"] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
-    let mut daemon = Daemon::start(dir, &config_text(dir));
+    let mut daemon = Daemon::start(dir, &common::fake_runtime_config(dir));
 
     let mode = std::fs::metadata(&daemon.socket)
         .unwrap()
@@ -261,7 +246,7 @@ async fn version_status_config_and_graceful_shutdown() {
     assert!(!daemon.socket.exists(), "socket left behind");
 
     // The pod CIDR survives a restart.
-    let mut daemon = Daemon::start(dir, &config_text(dir));
+    let mut daemon = Daemon::start(dir, &common::fake_runtime_config(dir));
     let mut rt = daemon.runtime().await;
     let s = rt
         .status(StatusRequest { verbose: true })
@@ -288,7 +273,7 @@ fn stale_socket_is_replaced() {
     let stale = std::os::unix::net::UnixListener::bind(dir.join("state/crius.sock")).unwrap();
     drop(stale);
     assert!(dir.join("state/crius.sock").exists());
-    let mut daemon = Daemon::start(dir, &config_text(dir));
+    let mut daemon = Daemon::start(dir, &common::fake_runtime_config(dir));
     let status = daemon.signal_and_wait(libc::SIGTERM);
     assert_eq!(status.code(), Some(0));
 }
@@ -410,13 +395,11 @@ fn config_default_prints_a_loadable_full_config() {
 async fn metrics_count_calls_and_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let text = format!("{}\n[metrics]\naddress = \"{addr}\"\n", config_text(dir));
+    let addr = common::free_metrics_addr();
+    let text = format!(
+        "{}\n[metrics]\naddress = \"{addr}\"\n",
+        common::fake_runtime_config(dir)
+    );
     let mut daemon = Daemon::start(dir, &text);
     let mut rt = daemon.runtime().await;
     for _ in 0..3 {
@@ -460,14 +443,10 @@ async fn metrics_count_calls_and_errors() {
 fn metrics_off_opens_no_port() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let stream_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let stream_port = common::free_port();
     let text = format!(
         "{}\n[stream]\naddress = \"127.0.0.1:{stream_port}\"\n",
-        config_text(dir)
+        common::fake_runtime_config(dir)
     );
     let mut daemon = Daemon::start(dir, &text);
     let pid = daemon.child.as_ref().unwrap().id();
@@ -549,7 +528,7 @@ async fn sighup_reloads_the_config() {
     for d in ["bin", "net.d", "cni-bin"] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
-    let base = config_text(dir);
+    let base = common::fake_runtime_config(dir);
     let mut daemon =
         Daemon::start_with(dir, &format!("log_level = \"info\"\n{base}"), vec![], false);
     assert_eq!(version_of(&daemon).await.runtime_name, "crius");
@@ -639,13 +618,9 @@ async fn sighup_applies_handlers_cni_and_metrics() {
     for d in ["bin", "net.d", "net2.d", "cni-bin"] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
-    let base = config_text(dir);
+    let base = common::fake_runtime_config(dir);
     let mut daemon = Daemon::start(dir, &base);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     assert!(get_metrics(port).is_err(), "metrics are off");
     let reload = |text: String| reload_with(&daemon, &text, "configuration reloaded");
 
@@ -724,7 +699,7 @@ async fn sd_notify_ready_reloading_stopping() {
         "NOTIFY_SOCKET".to_string(),
         notify_path.display().to_string(),
     )];
-    let mut daemon = Daemon::start_with(dir, &config_text(dir), env, true);
+    let mut daemon = Daemon::start_with(dir, &common::fake_runtime_config(dir), env, true);
     let ready = next_notification(&notify);
     assert_eq!(ready.trim(), "READY=1");
     // Ready means serving.
@@ -759,7 +734,7 @@ fn no_notify_socket_sends_nothing() {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
     let env = vec![("NOTIFY_SOCKET".to_string(), String::new())];
-    let mut daemon = Daemon::start_with(dir, &config_text(dir), env, true);
+    let mut daemon = Daemon::start_with(dir, &common::fake_runtime_config(dir), env, true);
     assert_eq!(daemon.signal_and_wait(libc::SIGTERM).code(), Some(0));
     assert!(
         !daemon.log_text().contains("notify"),

@@ -6,26 +6,14 @@
 mod common;
 
 use common::registry::is_root;
+use common::rng::Rng;
 use crius_store::{Record, SandboxMetadata, SandboxStatus, Store};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tonic::transport::Channel;
 
-/// xorshift64*: small, deterministic, good enough to shake inputs.
-struct Rng(u64);
-
+/// Inputs from the kit's generator.
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
     fn bytes(&mut self, max: usize) -> Vec<u8> {
         let n = self.below(max + 1);
         (0..n).map(|_| self.next() as u8).collect()
@@ -442,12 +430,7 @@ async fn random_requests_get_sensible_answers() {
         .expect("criusd still answers");
     let log = daemon.log_text();
     assert!(!log.contains("panicked"), "a handler panicked:\n{log}");
-    let pods = rt
-        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = common::pod::list_pods(&mut rt).await;
     assert!(pods.is_empty(), "{pods:?}");
     assert!(common::pod::mounts_below(tmp.path()).is_empty());
     let shims: Vec<String> = common::pod::processes_mentioning(&tmp.path().display().to_string())

@@ -21,26 +21,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn config_text(dir: &Path) -> String {
-    format!(
-        r#"
-default_runtime = "fake"
-cgroup_driver = "cgroupfs"
-[runtimes.fake]
-path = "{dir}/bin/fake-runtime"
-[cni]
-conf_dir = "{dir}/net.d"
-bin_dirs = ["{dir}/cni-bin"]
-"#,
-        dir = dir.display()
-    )
-}
-
 fn start_daemon(dir: &Path) -> Daemon {
     for d in ["bin", "net.d", "cni-bin"] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
-    Daemon::start(dir, &config_text(dir))
+    Daemon::start(dir, &common::fake_runtime_config(dir))
 }
 
 fn check_version(v: &VersionResponse, client: &str) {

@@ -42,12 +42,7 @@ async fn idle_metrics_connections_do_not_starve_the_daemon() {
         .prefix("crius-hard-metrics")
         .tempdir_in("/tmp")
         .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = common::free_metrics_addr();
     let daemon = common::Daemon::start(tmp.path(), &format!("[metrics]\naddress = \"{addr}\"\n"));
     let pid = daemon.child.as_ref().unwrap().id();
     // criusd as a plain service gets it: 1024 fds (systemd's default soft

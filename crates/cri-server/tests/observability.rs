@@ -7,8 +7,8 @@ use common::pod::*;
 use common::registry::is_root;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
-    PodSandboxConfig, PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopPodSandboxRequest,
+    PodSandboxConfig, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopPodSandboxRequest,
 };
 use std::time::{Duration, Instant};
 
@@ -131,12 +131,7 @@ async fn metrics_and_timeline_of_a_pod() {
         return;
     }
     let _serial = SERIAL.lock().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = common::free_metrics_addr();
     // The plain CNI path here (the loopback binary, DEL inside the netns);
     // the other pod tests run the defaults.
     let env = Env::start_with_cni(
@@ -160,15 +155,7 @@ async fn metrics_and_timeline_of_a_pod() {
 
     // The timeline has every phase, each with a duration, summing to no
     // more than the call took.
-    let st = rt
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: id.clone(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&st.info["info"]).unwrap();
+    let (_, info) = pod_status_info(&mut rt, &id).await;
     let phases = info["timeline"].as_array().unwrap();
     let names: Vec<&str> = phases.iter().map(|p| p["name"].as_str().unwrap()).collect();
     // CNI ADD and the shim's part (spawn, CreateSandbox, the pause) run

@@ -25,11 +25,7 @@ async fn pod_lifecycle_with_cni() {
     let mut rt = daemon.runtime().await;
 
     // Two pods on the bridge.
-    let host_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let host_port = common::free_port();
     let mut web = pod("web", "uid-a");
     web.port_mappings = vec![k8s_cri::v1::PortMapping {
         protocol: k8s_cri::v1::Protocol::Tcp as i32,
@@ -173,13 +169,7 @@ async fn pod_lifecycle_with_cni() {
     assert!(err.message().contains(&a), "{err:?}");
 
     // Bad requests fail with InvalidArgument and leave nothing behind.
-    let pods_before = rt
-        .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items
-        .len();
+    let pods_before = list_pods(&mut rt).await.len();
     let mut bad_sysctl = pod("bad", "uid-c");
     bad_sysctl
         .linux
@@ -208,13 +198,7 @@ async fn pod_lifecycle_with_cni() {
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
         assert!(err.message().contains(field), "{field}: {err:?}");
     }
-    let pods_after = rt
-        .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items
-        .len();
+    let pods_after = list_pods(&mut rt).await.len();
     assert_eq!(pods_before, pods_after);
 
     // A host-network pod sees the host's interfaces and gets no pod IP.
@@ -279,12 +263,7 @@ async fn pod_lifecycle_with_cni() {
         shims_before,
         "shim left after a failed ADD"
     );
-    let items = rt
-        .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let items = list_pods(&mut rt).await;
     assert_eq!(items.len(), 3, "a record was left: {items:?}");
     let retry = rt
         .run_pod_sandbox(RunPodSandboxRequest {

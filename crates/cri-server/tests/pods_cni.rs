@@ -11,10 +11,7 @@ mod common;
 use common::pod::*;
 use common::registry::is_root;
 use common::script;
-use k8s_cri::v1::{
-    NetworkConfig, PodSandboxStatusRequest, RuntimeConfig, StatusRequest,
-    UpdateRuntimeConfigRequest,
-};
+use k8s_cri::v1::{NetworkConfig, RuntimeConfig, StatusRequest, UpdateRuntimeConfigRequest};
 use std::path::PathBuf;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -88,16 +85,7 @@ async fn pod_cidr_dns_and_bandwidth_reach_the_plugins() {
     let pod_id = run_pod(&env, &mut rt, &config).await;
 
     // host-local allocated from the pod CIDR, not from its own range.
-    let status = rt
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: pod_id.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let status = pod_status(&mut rt, &pod_id).await;
     let ip = status.network.unwrap().ip;
     let last: u32 = ip
         .strip_prefix(&env.net.prefix)

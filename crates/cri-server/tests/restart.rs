@@ -9,8 +9,8 @@ use common::pod::*;
 use common::registry::is_root;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerStatsRequest, ContainerStatusRequest, ExecSyncRequest, ListPodSandboxRequest,
-    PodSandboxConfig, PodSandboxStatusRequest, RemovePodSandboxRequest, StopPodSandboxRequest,
+    ContainerStatsRequest, ContainerStatusRequest, ExecSyncRequest, PodSandboxConfig,
+    RemovePodSandboxRequest, StopPodSandboxRequest,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -65,16 +65,7 @@ async fn container_status(rt: &mut Rt, id: &str) -> (k8s_cri::v1::ContainerStatu
 }
 
 async fn pod_state(rt: &mut Rt, id: &str) -> i32 {
-    rt.pod_sandbox_status(PodSandboxStatusRequest {
-        pod_sandbox_id: id.into(),
-        verbose: false,
-    })
-    .await
-    .expect("PodSandboxStatus")
-    .into_inner()
-    .status
-    .expect("status")
-    .state
+    pod_status(rt, id).await.state
 }
 
 /// The pids of the shim processes serving this test's daemon.
@@ -354,12 +345,7 @@ async fn cleared_state_dir_loads_not_ready_and_removes_cleanly() {
     );
     assert!(s.message.contains("shim"), "{s:?}");
     remove_pod(&env, &mut rt, &pod_id).await;
-    let pods = rt
-        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = list_pods(&mut rt).await;
     assert!(pods.is_empty(), "{pods:?}");
     assert_nothing_left(&env, "uid-rbt");
     remove_cgroup_parents("uid-rbt");

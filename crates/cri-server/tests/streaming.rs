@@ -236,6 +236,23 @@ async fn start_with(config: StreamingConfig) -> Harness {
     }
 }
 
+impl Harness {
+    /// The exec URL of `req`.
+    fn exec_url(&self, req: &ExecRequest) -> String {
+        self.server.get_exec(req).unwrap()
+    }
+
+    /// The port-forward URL of pod "p1" for `ports`.
+    fn forward_url(&self, ports: &[u16]) -> String {
+        self.server
+            .get_port_forward(&PortForwardRequest {
+                pod_sandbox_id: "p1".into(),
+                port: ports.iter().map(|p| i32::from(*p)).collect(),
+            })
+            .unwrap()
+    }
+}
+
 fn exec_req(cmd: &[&str], stdin: bool, stdout: bool, stderr: bool, tty: bool) -> ExecRequest {
     ExecRequest {
         container_id: "c1".into(),
@@ -266,10 +283,7 @@ async fn spdy_exec_streams_and_exit_codes() {
         ("echo fine", "fine\n", "", None),
     ];
     for (script, want_out, want_err, want_code) in cases {
-        let url = h
-            .server
-            .get_exec(&exec_req(&["sh", "-c", script], false, true, true, false))
-            .unwrap();
+        let url = h.exec_url(&exec_req(&["sh", "-c", script], false, true, true, false));
         let (status, head, client) = SpdyClient::connect(&url, &["v4.channel.k8s.io"]).await;
         assert_eq!(status, 101, "{head}");
         assert!(
@@ -278,13 +292,11 @@ async fn spdy_exec_streams_and_exit_codes() {
             "{head}"
         );
         let mut c = client.unwrap();
-        let error = c.open(&[("streamType", "error")]).await;
-        let stdout = c.open(&[("streamType", "stdout")]).await;
-        let stderr = c.open(&[("streamType", "stderr")]).await;
+        let [error, stdout, stderr] = c.open_types(["error", "stdout", "stderr"]).await;
         let got = c.collect(&[error, stdout, stderr]).await;
         assert_eq!(text(&got, stdout), want_out, "{script}");
         assert_eq!(text(&got, stderr), want_err, "{script}");
-        let status: serde_json::Value = serde_json::from_slice(&got[&error]).unwrap();
+        let status = status_json(&got, error);
         match want_code {
             Some(code) => {
                 assert_eq!(status["status"], "Failure", "{status}");
@@ -307,39 +319,24 @@ async fn spdy_exec_streams_and_exit_codes() {
 #[tokio::test]
 async fn spdy_stdin_half_close_ends_the_command() {
     let h = start(Duration::from_secs(60)).await;
-    let url = h
-        .server
-        .get_exec(&exec_req(&["wc", "-c"], true, true, false, false))
-        .unwrap();
-    let (status, _, client) = SpdyClient::connect(&url, &["v4.channel.k8s.io"]).await;
-    assert_eq!(status, 101);
-    let mut c = client.unwrap();
-    let error = c.open(&[("streamType", "error")]).await;
-    let stdin = c.open(&[("streamType", "stdin")]).await;
-    let stdout = c.open(&[("streamType", "stdout")]).await;
+    let url = h.exec_url(&exec_req(&["wc", "-c"], true, true, false, false));
+    let (mut c, _) = SpdyClient::upgrade(&url, &["v4.channel.k8s.io"]).await;
+    let [error, stdin, stdout] = c.open_types(["error", "stdin", "stdout"]).await;
     c.data(stdin, b"hello ", false).await;
     c.data(stdin, &[b'x'; 100_000], false).await;
     c.data(stdin, b"", true).await;
     let got = c.collect(&[error, stdout]).await;
     assert_eq!(text(&got, stdout).trim(), "100006");
-    let status: serde_json::Value = serde_json::from_slice(&got[&error]).unwrap();
+    let status = status_json(&got, error);
     assert_eq!(status["status"], "Success");
 }
 
 #[tokio::test]
 async fn spdy_tty_resize_reaches_the_backend() {
     let h = start(Duration::from_secs(60)).await;
-    let url = h
-        .server
-        .get_exec(&exec_req(&["cat"], true, true, false, true))
-        .unwrap();
-    let (status, _, client) = SpdyClient::connect(&url, &["v4.channel.k8s.io"]).await;
-    assert_eq!(status, 101);
-    let mut c = client.unwrap();
-    let error = c.open(&[("streamType", "error")]).await;
-    let stdin = c.open(&[("streamType", "stdin")]).await;
-    let stdout = c.open(&[("streamType", "stdout")]).await;
-    let resize = c.open(&[("streamType", "resize")]).await;
+    let url = h.exec_url(&exec_req(&["cat"], true, true, false, true));
+    let (mut c, _) = SpdyClient::upgrade(&url, &["v4.channel.k8s.io"]).await;
+    let [error, stdin, stdout, resize] = c.open_types(["error", "stdin", "stdout", "resize"]).await;
     c.data(resize, br#"{"Width":100,"Height":40}"#, false).await;
     c.data(stdin, b"typed\n", true).await;
     let got = c.collect(&[error, stdout]).await;
@@ -366,16 +363,12 @@ async fn spdy_attach_echoes_stdin() {
             stderr: false,
         })
         .unwrap();
-    let (status, _, client) = SpdyClient::connect(&url, &["v4.channel.k8s.io"]).await;
-    assert_eq!(status, 101);
-    let mut c = client.unwrap();
-    let error = c.open(&[("streamType", "error")]).await;
-    let stdin = c.open(&[("streamType", "stdin")]).await;
-    let stdout = c.open(&[("streamType", "stdout")]).await;
+    let (mut c, _) = SpdyClient::upgrade(&url, &["v4.channel.k8s.io"]).await;
+    let [error, stdin, stdout] = c.open_types(["error", "stdin", "stdout"]).await;
     c.data(stdin, b"ping\n", true).await;
     let got = c.collect(&[error, stdout]).await;
     assert_eq!(text(&got, stdout), "ping\n");
-    let status: serde_json::Value = serde_json::from_slice(&got[&error]).unwrap();
+    let status = status_json(&got, error);
     assert_eq!(status["status"], "Success");
 }
 
@@ -383,43 +376,34 @@ async fn spdy_attach_echoes_stdin() {
 async fn spdy_older_protocols_and_backend_errors() {
     let h = start(Duration::from_secs(60)).await;
     // v2: the error stream carries plain text, and nothing on success.
-    let url = h
-        .server
-        .get_exec(&exec_req(
-            &["sh", "-c", "exit 5"],
-            false,
-            true,
-            false,
-            false,
-        ))
-        .unwrap();
+    let url = h.exec_url(&exec_req(
+        &["sh", "-c", "exit 5"],
+        false,
+        true,
+        false,
+        false,
+    ));
     let (status, head, client) =
         SpdyClient::connect(&url, &["v2.channel.k8s.io", "channel.k8s.io"]).await;
     assert_eq!(status, 101);
     assert!(head.contains("v2.channel.k8s.io"), "{head}");
     let mut c = client.unwrap();
-    let error = c.open(&[("streamType", "error")]).await;
-    let stdout = c.open(&[("streamType", "stdout")]).await;
+    let [error, stdout] = c.open_types(["error", "stdout"]).await;
     let got = c.collect(&[error, stdout]).await;
     assert!(text(&got, error).contains("non-zero exit code"), "{got:?}");
 
     // An unknown container: a NotFound status.
     let mut req = exec_req(&["true"], false, true, false, false);
     req.container_id = "missing".into();
-    let url = h.server.get_exec(&req).unwrap();
-    let (_, _, client) = SpdyClient::connect(&url, &["v4.channel.k8s.io"]).await;
-    let mut c = client.unwrap();
-    let error = c.open(&[("streamType", "error")]).await;
-    let stdout = c.open(&[("streamType", "stdout")]).await;
+    let url = h.exec_url(&req);
+    let (mut c, _) = SpdyClient::upgrade(&url, &["v4.channel.k8s.io"]).await;
+    let [error, stdout] = c.open_types(["error", "stdout"]).await;
     let got = c.collect(&[error, stdout]).await;
-    let status: serde_json::Value = serde_json::from_slice(&got[&error]).unwrap();
+    let status = status_json(&got, error);
     assert_eq!(status["reason"], "NotFound", "{status}");
 
     // No common protocol: 403.
-    let url = h
-        .server
-        .get_exec(&exec_req(&["true"], false, true, false, false))
-        .unwrap();
+    let url = h.exec_url(&exec_req(&["true"], false, true, false, false));
     let (status, _, _) = SpdyClient::connect(&url, &["v9.channel.k8s.io"]).await;
     assert_eq!(status, 403);
 }
@@ -428,10 +412,7 @@ async fn spdy_older_protocols_and_backend_errors() {
 async fn unknown_reused_and_expired_tokens_get_404() {
     // A zero lifetime: every URL has expired by the time it is used.
     let h = start(Duration::ZERO).await;
-    let url = h
-        .server
-        .get_exec(&exec_req(&["true"], false, true, false, false))
-        .unwrap();
+    let url = h.exec_url(&exec_req(&["true"], false, true, false, false));
     let (status, _, _) = SpdyClient::connect(&url, &["v4.channel.k8s.io"]).await;
     assert_eq!(status, 404);
     let base = h.server.base_url().to_string();
@@ -442,18 +423,12 @@ async fn unknown_reused_and_expired_tokens_get_404() {
 
     // A live token used with the wrong kind of URL is consumed and 404s.
     let h = start(Duration::from_secs(60)).await;
-    let url = h
-        .server
-        .get_exec(&exec_req(&["true"], false, true, false, false))
-        .unwrap();
+    let url = h.exec_url(&exec_req(&["true"], false, true, false, false));
     let wrong = url.replace("/exec/", "/attach/");
     let (status, _, _) = SpdyClient::connect(&wrong, &["v4.channel.k8s.io"]).await;
     assert_eq!(status, 404);
     // A request without upgrade headers is refused.
-    let url = h
-        .server
-        .get_exec(&exec_req(&["true"], false, true, false, false))
-        .unwrap();
+    let url = h.exec_url(&exec_req(&["true"], false, true, false, false));
     let (status, _, _, _) = http_request(&url, &[]).await;
     assert_eq!(status, 400);
 }
@@ -488,16 +463,8 @@ async fn invalid_requests_are_invalid_argument() {
 async fn spdy_port_forward_echo() {
     let h = start(Duration::from_secs(60)).await;
     let port = echo_server().await;
-    let url = h
-        .server
-        .get_port_forward(&PortForwardRequest {
-            pod_sandbox_id: "p1".into(),
-            port: vec![port as i32],
-        })
-        .unwrap();
-    let (status, head, client) = SpdyClient::connect(&url, &["portforward.k8s.io"]).await;
-    assert_eq!(status, 101, "{head}");
-    let mut c = client.unwrap();
+    let url = h.forward_url(&[port]);
+    let (mut c, _) = SpdyClient::upgrade(&url, &["portforward.k8s.io"]).await;
     let p = port.to_string();
     // Two concurrent forwarded connections on one SPDY connection.
     let mut pairs = Vec::new();
@@ -554,16 +521,13 @@ async fn spdy_port_forward_echo() {
 async fn websocket_exec_with_a_general_purpose_client() {
     let h = start(Duration::from_secs(60)).await;
     for protocol in ["v5.channel.k8s.io", "v4.channel.k8s.io"] {
-        let url = h
-            .server
-            .get_exec(&exec_req(
-                &["sh", "-c", "echo out; echo err >&2; exit 3"],
-                false,
-                true,
-                true,
-                false,
-            ))
-            .unwrap();
+        let url = h.exec_url(&exec_req(
+            &["sh", "-c", "echo out; echo err >&2; exit 3"],
+            false,
+            true,
+            true,
+            false,
+        ));
         let (mut ws, chosen) = ws_connect(&url, protocol).await;
         assert_eq!(chosen.as_deref(), Some(protocol));
         let (got, first) = ws_collect(&mut ws).await;
@@ -580,10 +544,7 @@ async fn websocket_exec_with_a_general_purpose_client() {
 #[tokio::test]
 async fn websocket_v5_stdin_close() {
     let h = start(Duration::from_secs(60)).await;
-    let url = h
-        .server
-        .get_exec(&exec_req(&["cat"], true, true, false, false))
-        .unwrap();
+    let url = h.exec_url(&exec_req(&["cat"], true, true, false, false));
     let (mut ws, _) = ws_connect(&url, "v5.channel.k8s.io").await;
     let mut msg = vec![0u8];
     msg.extend_from_slice(b"through stdin\n");
@@ -601,10 +562,7 @@ async fn websocket_v5_stdin_close() {
 #[tokio::test]
 async fn websocket_tty_resize() {
     let h = start(Duration::from_secs(60)).await;
-    let url = h
-        .server
-        .get_exec(&exec_req(&["cat"], true, true, false, true))
-        .unwrap();
+    let url = h.exec_url(&exec_req(&["cat"], true, true, false, true));
     let (mut ws, _) = ws_connect(&url, "v5.channel.k8s.io").await;
     let mut resize = vec![4u8];
     resize.extend_from_slice(br#"{"Width":132,"Height":50}"#);
@@ -620,13 +578,7 @@ async fn websocket_tty_resize() {
 async fn websocket_port_forward_echo() {
     let h = start(Duration::from_secs(60)).await;
     let port = echo_server().await;
-    let url = h
-        .server
-        .get_port_forward(&PortForwardRequest {
-            pod_sandbox_id: "p1".into(),
-            port: vec![],
-        })
-        .unwrap();
+    let url = h.forward_url(&[]);
     let (mut ws, chosen) = ws_connect(&format!("{url}?port={port}"), "v4.channel.k8s.io").await;
     assert_eq!(chosen.as_deref(), Some("v4.channel.k8s.io"));
     // The first message of the data (0) and error (1) channels is the port.
@@ -677,13 +629,8 @@ async fn spdy_client_that_opens_no_streams_is_dropped() {
         ..StreamingConfig::default()
     })
     .await;
-    let url = h
-        .server
-        .get_exec(&exec_req(&["true"], false, true, false, false))
-        .unwrap();
-    let (status, _, client) = SpdyClient::connect(&url, &["v4.channel.k8s.io"]).await;
-    assert_eq!(status, 101);
-    let mut c = client.unwrap();
+    let url = h.exec_url(&exec_req(&["true"], false, true, false, false));
+    let (mut c, _) = SpdyClient::upgrade(&url, &["v4.channel.k8s.io"]).await;
     // Ends with GOAWAY or EOF rather than hanging.
     let got = c.collect(&[1]).await;
     assert!(got.is_empty());
@@ -692,17 +639,10 @@ async fn spdy_client_that_opens_no_streams_is_dropped() {
 #[tokio::test]
 async fn spdy_unexpected_streams_are_reset() {
     let h = start(Duration::from_secs(60)).await;
-    let url = h
-        .server
-        .get_exec(&exec_req(&["echo", "hi"], false, true, false, false))
-        .unwrap();
-    let (_, _, client) = SpdyClient::connect(&url, &["v4.channel.k8s.io"]).await;
-    let mut c = client.unwrap();
+    let url = h.exec_url(&exec_req(&["echo", "hi"], false, true, false, false));
+    let (mut c, _) = SpdyClient::upgrade(&url, &["v4.channel.k8s.io"]).await;
     // stderr was not requested; "bogus" is no stream type.
-    let stderr = c.open(&[("streamType", "stderr")]).await;
-    let bogus = c.open(&[("streamType", "bogus")]).await;
-    let error = c.open(&[("streamType", "error")]).await;
-    let stdout = c.open(&[("streamType", "stdout")]).await;
+    let [stderr, bogus, error, stdout] = c.open_types(["stderr", "bogus", "error", "stdout"]).await;
     let got = c.collect(&[stderr, bogus, error, stdout]).await;
     assert_eq!(text(&got, stdout), "hi\n");
     assert!(!got.contains_key(&stderr));
@@ -765,10 +705,7 @@ async fn tls_websocket_exec() {
         ..StreamingConfig::default()
     })
     .await;
-    let url = h
-        .server
-        .get_exec(&exec_req(&["echo", "secure"], false, true, false, false))
-        .unwrap();
+    let url = h.exec_url(&exec_req(&["echo", "secure"], false, true, false, false));
     let rest = url.strip_prefix("https://").expect("an https url");
     let (addr, path) = split_url(&format!("http://{rest}"));
 
@@ -820,21 +757,16 @@ async fn spdy_tty_exec_on_a_real_terminal() {
         true,
     );
     req.container_id = "pty".into();
-    let url = h.server.get_exec(&req).unwrap();
-    let (status, _, client) = SpdyClient::connect(&url, &["v4.channel.k8s.io"]).await;
-    assert_eq!(status, 101);
-    let mut c = client.unwrap();
-    let error = c.open(&[("streamType", "error")]).await;
-    let stdin = c.open(&[("streamType", "stdin")]).await;
-    let stdout = c.open(&[("streamType", "stdout")]).await;
-    let resize = c.open(&[("streamType", "resize")]).await;
+    let url = h.exec_url(&req);
+    let (mut c, _) = SpdyClient::upgrade(&url, &["v4.channel.k8s.io"]).await;
+    let [error, stdin, stdout, resize] = c.open_types(["error", "stdin", "stdout", "resize"]).await;
     c.data(resize, br#"{"Width":123,"Height":45}"#, false).await;
     let got = c.collect(&[error, stdout]).await;
     let out = text(&got, stdout);
     // The terminal turns newlines into CR LF.
     assert!(out.contains("45 123\r\n"), "{out:?}");
     assert!(out.contains("on-a-tty"), "{out:?}");
-    let status: serde_json::Value = serde_json::from_slice(&got[&error]).unwrap();
+    let status = status_json(&got, error);
     assert_eq!(status["status"], "Success");
     let _ = stdin;
 }
@@ -858,16 +790,8 @@ async fn spdy_port_forward_ends_when_the_target_closes() {
     // keeps its data stream open until the error stream ends.
     let h = start(Duration::from_secs(60)).await;
     let port = greeting_server(b"HTTP/1.0 200 OK\r\n\r\nhello").await;
-    let url = h
-        .server
-        .get_port_forward(&PortForwardRequest {
-            pod_sandbox_id: "p1".into(),
-            port: vec![port as i32],
-        })
-        .unwrap();
-    let (status, _, client) = SpdyClient::connect(&url, &["portforward.k8s.io"]).await;
-    assert_eq!(status, 101);
-    let mut c = client.unwrap();
+    let url = h.forward_url(&[port]);
+    let (mut c, _) = SpdyClient::upgrade(&url, &["portforward.k8s.io"]).await;
     let p = port.to_string();
     let error = c
         .open(&[("streamType", "error"), ("port", &p), ("requestID", "0")])
@@ -891,23 +815,13 @@ async fn idle_sessions_are_closed() {
         ..StreamingConfig::default()
     })
     .await;
-    let url = h
-        .server
-        .get_exec(&exec_req(&["cat"], true, true, false, false))
-        .unwrap();
-    let (status, _, client) = SpdyClient::connect(&url, &["v4.channel.k8s.io"]).await;
-    assert_eq!(status, 101);
-    let mut c = client.unwrap();
-    let error = c.open(&[("streamType", "error")]).await;
-    let _stdin = c.open(&[("streamType", "stdin")]).await;
-    let stdout = c.open(&[("streamType", "stdout")]).await;
+    let url = h.exec_url(&exec_req(&["cat"], true, true, false, false));
+    let (mut c, _) = SpdyClient::upgrade(&url, &["v4.channel.k8s.io"]).await;
+    let [error, _stdin, stdout] = c.open_types(["error", "stdin", "stdout"]).await;
     let got = c.collect(&[error, stdout]).await;
     assert_eq!(text(&got, error), "");
 
-    let url = h
-        .server
-        .get_exec(&exec_req(&["cat"], true, true, false, false))
-        .unwrap();
+    let url = h.exec_url(&exec_req(&["cat"], true, true, false, false));
     let (mut ws, _) = ws_connect(&url, "v5.channel.k8s.io").await;
     let (got, _) = ws_collect(&mut ws).await;
     assert!(!got.contains_key(&3), "{got:?}");
@@ -1063,23 +977,14 @@ async fn go_spdystream_client_interop() {
 
     let h = start(Duration::from_secs(60)).await;
     let port = echo_server().await;
-    let exec = h
-        .server
-        .get_exec(&exec_req(
-            &["sh", "-c", "cat; echo err >&2; exit 4"],
-            true,
-            true,
-            true,
-            false,
-        ))
-        .unwrap();
-    let pf = h
-        .server
-        .get_port_forward(&PortForwardRequest {
-            pod_sandbox_id: "p1".into(),
-            port: vec![port as i32],
-        })
-        .unwrap();
+    let exec = h.exec_url(&exec_req(
+        &["sh", "-c", "cat; echo err >&2; exit 4"],
+        true,
+        true,
+        true,
+        false,
+    ));
+    let pf = h.forward_url(&[port]);
     let out = tokio::process::Command::new(&bin)
         .arg(&exec)
         .arg(&pf)
@@ -1115,12 +1020,12 @@ async fn in_flight_requests_are_bounded() {
     })
     .await;
     let req = exec_req(&["true"], false, true, false, false);
-    let first = h.server.get_exec(&req).unwrap();
-    h.server.get_exec(&req).unwrap();
+    let first = h.exec_url(&req);
+    h.exec_url(&req);
     let err = h.server.get_exec(&req).unwrap_err();
     assert_eq!(CriError::from(err).code(), tonic::Code::ResourceExhausted);
     // Using a URL frees its slot.
     let (status, _, _, _) = http_request(&first, &[]).await;
     assert_eq!(status, 400);
-    h.server.get_exec(&req).unwrap();
+    h.exec_url(&req);
 }

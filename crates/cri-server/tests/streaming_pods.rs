@@ -10,9 +10,8 @@ use common::stream_client::*;
 use crius_cri_server::streaming::spdy::Frame;
 use futures_util::SinkExt;
 use k8s_cri::v1::{
-    AttachRequest, ContainerConfig, CreateContainerRequest, ExecRequest, ImageSpec,
-    PortForwardRequest, PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopPodSandboxRequest,
+    AttachRequest, ContainerConfig, CreateContainerRequest, ExecRequest, PortForwardRequest,
+    RemovePodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
@@ -33,30 +32,10 @@ async fn exec_attach_and_port_forward_in_a_pod() {
         return;
     }
     let env = Env::start("crius-stream");
-    let image = format!("{}/busybox:test", env.registry.addr);
+    let image = env.pull_busybox().await;
     let mut rt = env.daemon.runtime().await;
-    env.daemon
-        .images()
-        .await
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
     let pod_config = pod("stream", "uid-stream");
-    let pod_id = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod_config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let pod_id = run_pod(&env, &mut rt, &pod_config).await;
     let start = |c: ContainerConfig| {
         let pod_id = pod_id.clone();
         let pod_config = pod_config.clone();
@@ -172,13 +151,7 @@ async fn exec_attach_and_port_forward_in_a_pod() {
         .url;
     let (mut ws, proto) = ws_connect(&url, "v5.channel.k8s.io").await;
     assert_eq!(proto.as_deref(), Some("v5.channel.k8s.io"));
-    ws.send(Message::Binary([&[0u8][..], b"piped\n"].concat().into()))
-        .await
-        .unwrap();
-    ws.send(Message::Binary(vec![255u8, 0].into()))
-        .await
-        .unwrap();
-    let (got, _) = ws_collect(&mut ws).await;
+    let got = ws_stdin_then_collect(&mut ws, b"piped\n").await;
     assert_eq!(ch(&got, 1), "piped\n");
     assert!(ch(&got, 3).contains("Success"), "{:?}", ch(&got, 3));
 

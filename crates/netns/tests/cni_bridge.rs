@@ -5,10 +5,10 @@
 
 use crius_netns::cni::{CniNetwork, PodNetwork, PortMapping};
 use crius_netns::netns;
+use crius_testkit::run;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const PLUGIN_DIR: &str = "/usr/lib/cni";
@@ -17,18 +17,6 @@ const HOST_LOCAL_DIR: &str = "/var/lib/cni/networks";
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
-}
-
-/// Runs a command, returning whether it succeeded and its stdout+stderr.
-fn run(cmd: &str, args: &[&str]) -> (bool, String) {
-    match Command::new(cmd).args(args).output() {
-        Ok(out) => {
-            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-            text.push_str(&String::from_utf8_lossy(&out.stderr));
-            (out.status.success(), text)
-        }
-        Err(e) => (false, e.to_string()),
-    }
 }
 
 fn must(cmd: &str, args: &[&str]) -> String {
@@ -65,11 +53,7 @@ fn nat_rules() -> String {
 }
 
 fn nat_chains() -> Vec<String> {
-    nat_rules()
-        .lines()
-        .filter_map(|l| l.strip_prefix("-N "))
-        .map(str::to_string)
-        .collect()
+    crius_testkit::chains_of(&nat_rules())
 }
 
 /// Undoes everything the test set up, in reverse order of creation.
@@ -132,74 +116,22 @@ impl Drop for Cleanup {
 fn remove_leftover_nat(before: &[String], marker: &str) {
     for line in nat_rules().lines() {
         if line.starts_with("-A ") && line.contains(marker) {
-            let args: Vec<String> = shell_words(&line[3..]);
-            let mut cmd: Vec<&str> = vec!["-t", "nat", "-D"];
-            cmd.extend(args.iter().map(String::as_str));
-            let _ = run("iptables", &cmd);
+            let _ = crius_testkit::delete_nat_rule(line);
         }
     }
     let new_chains: Vec<String> = nat_chains()
         .into_iter()
         .filter(|c| !before.contains(c) && c.starts_with("CNI-"))
         .collect();
-    let rules = nat_rules();
     // Per-container chains first, shared ones only when no other
     // container's chain is still referenced from them.
-    let in_use = rules
-        .lines()
-        .any(|l| l.starts_with("-A CNI-HOSTPORT-DNAT") && l.contains("-j CNI-DN-"));
+    let in_use = crius_testkit::portmap_in_use(&nat_rules());
     for chain in &new_chains {
-        let shared = chain.starts_with("CNI-HOSTPORT-");
-        if shared && in_use {
+        if chain.starts_with("CNI-HOSTPORT-") && in_use {
             continue;
         }
-        for line in nat_rules().lines() {
-            if line.starts_with("-A ") && line.ends_with(&format!("-j {chain}")) {
-                let args = shell_words(&line[3..]);
-                let mut cmd: Vec<&str> = vec!["-t", "nat", "-D"];
-                cmd.extend(args.iter().map(String::as_str));
-                let _ = run("iptables", &cmd);
-            }
-        }
-        let _ = run("iptables", &["-t", "nat", "-F", chain]);
-        let _ = run("iptables", &["-t", "nat", "-X", chain]);
+        crius_testkit::remove_nat_chain(chain);
     }
-}
-
-/// Splits an `iptables -S` rule into arguments (handles double quotes).
-fn shell_words(s: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = s.chars().peekable();
-    let mut in_word = false;
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                in_word = true;
-            }
-            '\\' if quoted => {
-                if let Some(n) = chars.next() {
-                    cur.push(n);
-                }
-            }
-            ' ' if !quoted => {
-                if in_word {
-                    words.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            c => {
-                cur.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if in_word {
-        words.push(cur);
-    }
-    words
 }
 
 /// Records the directories of `dir` that do not exist yet.

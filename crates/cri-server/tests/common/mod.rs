@@ -9,6 +9,7 @@ pub mod net;
 pub mod nri;
 pub mod pod;
 pub mod registry;
+pub mod rng;
 pub mod stream_client;
 pub mod systemd;
 
@@ -258,6 +259,24 @@ pub async fn connect(socket: &Path) -> Channel {
         .expect("connect to criusd")
 }
 
+/// A config for daemons that never start a container: the runtime
+/// `{dir}/bin/fake-runtime` (for tests to write) as the default, cgroupfs,
+/// and CNI configs and plugins under `dir`.
+pub fn fake_runtime_config(dir: &Path) -> String {
+    format!(
+        r#"
+default_runtime = "fake"
+cgroup_driver = "cgroupfs"
+[runtimes.fake]
+path = "{dir}/bin/fake-runtime"
+[cni]
+conf_dir = "{dir}/net.d"
+bin_dirs = ["{dir}/cni-bin"]
+"#,
+        dir = dir.display()
+    )
+}
+
 /// Writes an executable shell script.
 pub fn script(path: &Path, body: &str) {
     use std::os::unix::fs::PermissionsExt;
@@ -265,14 +284,17 @@ pub fn script(path: &Path, body: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod script");
 }
 
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a loopback port")
+        .port()
+}
+
 /// A free loopback address for a daemon's `[metrics] address`.
 pub fn free_metrics_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}")
+    format!("127.0.0.1:{}", free_port())
 }
 
 /// One GET /metrics on `addr` (reads time out after `timeout`): the whole

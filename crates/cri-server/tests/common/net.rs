@@ -2,24 +2,8 @@
 //! free 10.214.x.0/24, no masquerading, and a FORWARD rule that keeps pod
 //! traffic on the bridge. Everything is undone on drop.
 
+use crius_testkit::{nat_chains, nat_rules, remove_new_cni_chains, run, ForwardRule, IP_FORWARD};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
-
-fn run(cmd: &str, args: &[&str]) -> (bool, String) {
-    match Command::new(cmd).args(args).output() {
-        Ok(o) => (
-            o.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-        ),
-        Err(e) => (false, e.to_string()),
-    }
-}
 
 /// Networks of this process that are up, and `ip_forward` as it was before
 /// the first of them: tests run in parallel, so only the last one to go may
@@ -52,85 +36,9 @@ pub struct TestNetwork {
     pub bridge: String,
     pub subnet: String,
     pub prefix: String,
-    forward_rule: Vec<String>,
+    forward_rule: ForwardRule,
     ip_forward: Option<String>,
     nat_chains_before: Vec<String>,
-}
-
-fn nat_rules() -> String {
-    run("iptables", &["-t", "nat", "-S"]).1
-}
-
-fn nat_chains() -> Vec<String> {
-    nat_rules()
-        .lines()
-        .filter_map(|l| l.strip_prefix("-N "))
-        .map(String::from)
-        .collect()
-}
-
-/// Splits an `iptables -S` line into arguments, honouring double quotes
-/// (portmap's comments contain spaces).
-fn split_rule(s: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let (mut quoted, mut in_word) = (false, false);
-    for c in s.chars() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                in_word = true;
-            }
-            ' ' if !quoted => {
-                if in_word {
-                    words.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            c => {
-                cur.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if in_word {
-        words.push(cur);
-    }
-    words
-}
-
-fn delete_nat_rule(line: &str) {
-    let args = split_rule(&line[3..]);
-    let mut cmd: Vec<&str> = vec!["-t", "nat", "-D"];
-    cmd.extend(args.iter().map(String::as_str));
-    let (ok, out) = run("iptables", &cmd);
-    if !ok {
-        eprintln!("cleanup: iptables -t nat -D {line}: {out}");
-    }
-}
-
-/// Removes the NAT chains portmap created during the test (per-pod chains
-/// are removed by CNI DEL; the shared CNI-HOSTPORT-* ones stay behind) when
-/// they did not exist before and no other pod's rule uses them.
-fn remove_new_nat_chains(before: &[String]) {
-    let in_use = nat_rules()
-        .lines()
-        .any(|l| l.starts_with("-A CNI-HOSTPORT-DNAT") && l.contains("-j CNI-DN-"));
-    if in_use {
-        return;
-    }
-    for chain in nat_chains()
-        .into_iter()
-        .filter(|c| !before.contains(c) && c.starts_with("CNI-"))
-    {
-        for line in nat_rules().lines() {
-            if line.starts_with("-A ") && line.ends_with(&format!("-j {chain}")) {
-                delete_nat_rule(line);
-            }
-        }
-        let _ = run("iptables", &["-t", "nat", "-F", &chain]);
-        let _ = run("iptables", &["-t", "nat", "-X", &chain]);
-    }
 }
 
 impl TestNetwork {
@@ -175,15 +83,7 @@ impl TestNetwork {
         std::fs::write(conf_dir.join("10-test.conflist"), conflist.to_string()).unwrap();
         let ip_forward = forward_acquire();
         let nat_chains_before = nat_chains();
-        let forward_rule: Vec<String> =
-            ["FORWARD", "-s", &subnet, "!", "-o", &bridge, "-j", "DROP"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-        let mut args = vec!["-I"];
-        args.extend(forward_rule.iter().map(String::as_str));
-        let (ok, out) = run("iptables", &args);
-        assert!(ok, "iptables: {out}");
+        let forward_rule = ForwardRule::insert(&subnet, &bridge).unwrap_or_else(|e| panic!("{e}"));
         TestNetwork {
             conf_dir,
             name,
@@ -228,12 +128,9 @@ impl TestNetwork {
 impl Drop for TestNetwork {
     fn drop(&mut self) {
         let _ = run("ip", &["link", "del", &self.bridge]);
-        remove_new_nat_chains(&self.nat_chains_before);
-        let mut args = vec!["-D"];
-        args.extend(self.forward_rule.iter().map(String::as_str));
-        let (ok, out) = run("iptables", &args);
-        if !ok {
-            eprintln!("cleanup: removing the FORWARD rule failed: {out}");
+        remove_new_cni_chains(&self.nat_chains_before);
+        if let Err(e) = self.forward_rule.remove() {
+            eprintln!("cleanup: removing the FORWARD rule failed: {e}");
         }
         if self.ip_forward.take().is_some() {
             forward_release();

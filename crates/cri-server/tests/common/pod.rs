@@ -622,3 +622,52 @@ pub async fn assert_status_user_is_id(rt: &mut Rt, id: &str) -> (i64, i64, Vec<i
     );
     (user.uid, user.gid, user.supplemental_groups)
 }
+
+/// Every pod sandbox the daemon lists.
+pub async fn list_pods(rt: &mut Rt) -> Vec<k8s_cri::v1::PodSandbox> {
+    rt.list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap_or_else(|e| panic!("ListPodSandbox: {e:?}"))
+        .into_inner()
+        .items
+}
+
+/// Every container the daemon lists.
+pub async fn list_containers(rt: &mut Rt) -> Vec<k8s_cri::v1::Container> {
+    rt.list_containers(k8s_cri::v1::ListContainersRequest { filter: None })
+        .await
+        .unwrap_or_else(|e| panic!("ListContainers: {e:?}"))
+        .into_inner()
+        .containers
+}
+
+/// The pod's status.
+pub async fn pod_status(rt: &mut Rt, id: &str) -> k8s_cri::v1::PodSandboxStatus {
+    rt.pod_sandbox_status(k8s_cri::v1::PodSandboxStatusRequest {
+        pod_sandbox_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("PodSandboxStatus {id}: {e:?}"))
+    .into_inner()
+    .status
+    .expect("a status")
+}
+
+/// The pod's verbose status: the status and its `info` entry as JSON.
+pub async fn pod_status_info(
+    rt: &mut Rt,
+    id: &str,
+) -> (k8s_cri::v1::PodSandboxStatus, serde_json::Value) {
+    let r = rt
+        .pod_sandbox_status(k8s_cri::v1::PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("PodSandboxStatus {id}: {e:?}"))
+        .into_inner();
+    let info =
+        serde_json::from_str(r.info.get("info").expect("an info entry")).expect("info is JSON");
+    (r.status.expect("a status"), info)
+}

@@ -74,6 +74,24 @@ impl SpdyClient {
         (status, head, client)
     }
 
+    /// Like `connect`, asserting the upgrade (101); returns the client and
+    /// the response head.
+    pub async fn upgrade(url: &str, protocols: &[&str]) -> (SpdyClient, String) {
+        let (status, head, client) = SpdyClient::connect(url, protocols).await;
+        assert_eq!(status, 101, "{head}");
+        (client.expect("an upgraded connection"), head)
+    }
+
+    /// Opens one stream per `streamType`, in order, without waiting for
+    /// replies; returns their ids.
+    pub async fn open_types<const N: usize>(&mut self, types: [&str; N]) -> [u32; N] {
+        let mut ids = [0; N];
+        for (id, t) in ids.iter_mut().zip(types) {
+            *id = self.open(&[("streamType", t)]).await;
+        }
+        ids
+    }
+
     pub async fn send(&mut self, frame: Frame) {
         let mut out = BytesMut::new();
         self.enc.encode(&frame, &mut out).unwrap();
@@ -151,6 +169,12 @@ impl SpdyClient {
 
 pub fn text(map: &HashMap<u32, Vec<u8>>, id: u32) -> String {
     String::from_utf8_lossy(map.get(&id).map(|v| &v[..]).unwrap_or(b"")).into_owned()
+}
+
+/// The JSON status a stream (the error stream) carried.
+pub fn status_json(map: &HashMap<u32, Vec<u8>>, id: u32) -> serde_json::Value {
+    serde_json::from_slice(map.get(&id).map(|v| &v[..]).unwrap_or(b""))
+        .unwrap_or_else(|e| panic!("stream {id} is no JSON status ({e}): {map:?}"))
 }
 
 pub type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
@@ -239,9 +263,7 @@ impl SpdyClient {
 /// stays open until the server ends it. Returns what came on the data and
 /// the error stream.
 pub async fn spdy_port_forward(url: &str, port: u16, request: &[u8]) -> (String, String) {
-    let (status, head, client) = SpdyClient::connect(url, &["portforward.k8s.io"]).await;
-    assert_eq!(status, 101, "{head}");
-    let mut c = client.unwrap();
+    let (mut c, _) = SpdyClient::upgrade(url, &["portforward.k8s.io"]).await;
     let port = port.to_string();
     let mut headers = vec![
         ("streamtype", "error"),
@@ -270,9 +292,7 @@ pub async fn spdy_port_forward(url: &str, port: u16, request: &[u8]) -> (String,
 /// (`remoteStdin.Close()`) as soon as the input ends. Returns stdout and the
 /// error stream's status.
 pub async fn spdy_exec_stdin(url: &str, input: &[u8], tty: bool) -> (String, String) {
-    let (status, head, client) = SpdyClient::connect(url, &["v4.channel.k8s.io"]).await;
-    assert_eq!(status, 101, "{head}");
-    let mut c = client.unwrap();
+    let (mut c, _) = SpdyClient::upgrade(url, &["v4.channel.k8s.io"]).await;
     let error = c.create_stream(&[("streamtype", "error")]).await;
     let stdin = c.create_stream(&[("streamtype", "stdin")]).await;
     let stdout = c.create_stream(&[("streamtype", "stdout")]).await;
@@ -292,15 +312,22 @@ pub async fn spdy_exec_stdin(url: &str, input: &[u8], tty: bool) -> (String, Str
 /// channel 0, then the v5 close message `[255, 0]` when the input ends.
 /// Returns stdout and the error channel.
 pub async fn ws_exec_stdin(url: &str, input: &[u8]) -> (String, String) {
-    use futures_util::SinkExt;
     let (mut ws, proto) = ws_connect(url, "v5.channel.k8s.io").await;
     assert_eq!(proto.as_deref(), Some("v5.channel.k8s.io"));
+    let got = ws_stdin_then_collect(&mut ws, input).await;
+    (ch(&got, 1), ch(&got, 3))
+}
+
+/// Writes `input` on a v5 session's stdin (channel 0), closes stdin with
+/// the v5 close message `[255, 0]` and reads until the server closes;
+/// returns the data per channel.
+pub async fn ws_stdin_then_collect(ws: &mut Ws, input: &[u8]) -> HashMap<u8, Vec<u8>> {
+    use futures_util::SinkExt;
     ws.send(Message::Binary([&[0u8][..], input].concat().into()))
         .await
         .unwrap();
     ws.send(Message::Binary(vec![255u8, 0].into()))
         .await
         .unwrap();
-    let (got, _) = ws_collect(&mut ws).await;
-    (ch(&got, 1), ch(&got, 3))
+    ws_collect(ws).await.0
 }

@@ -1,0 +1,243 @@
+//! Host helpers shared by the integration tests' kit
+//! (crates/cri-server/tests/common), crates/netns/tests, crius-bench and
+//! `cargo xtask conformance`: running a host tool, and reading and cleaning
+//! the iptables NAT table that the CNI bridge and portmap plugins change.
+
+use std::process::Command;
+
+/// Runs a command; whether it succeeded, and its stdout followed by its
+/// stderr (or why it could not start).
+pub fn run(cmd: &str, args: &[&str]) -> (bool, String) {
+    match Command::new(cmd).args(args).output() {
+        Ok(o) => (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        ),
+        Err(e) => (false, e.to_string()),
+    }
+}
+
+/// The kernel's IPv4 forwarding switch (the bridge plugin turns it on).
+pub const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// A `{prefix}.x.0/24` (prefix like "10.215") that no host route uses; x
+/// starts from the pid, so parallel runs pick different ones.
+pub fn free_subnet(prefix: &str) -> Option<String> {
+    let (_, routes) = run("ip", &["-4", "route", "show"]);
+    (1..250u32)
+        .map(|i| (std::process::id() + i) % 250 + 1)
+        .find(|x| !routes.contains(&format!("{prefix}.{x}.")))
+        .map(|x| format!("{prefix}.{x}.0/24"))
+}
+
+/// An inserted FORWARD rule that drops traffic from a pod subnet leaving
+/// by any interface but its bridge; `remove` takes it out again.
+pub struct ForwardRule(Vec<String>);
+
+impl ForwardRule {
+    /// The rule's `iptables` arguments after `-I`/`-D`.
+    fn args(subnet: &str, bridge: &str) -> Vec<String> {
+        ["FORWARD", "-s", subnet, "!", "-o", bridge, "-j", "DROP"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+
+    /// Inserts the rule; says why on failure.
+    pub fn insert(subnet: &str, bridge: &str) -> Result<ForwardRule, String> {
+        let rule = ForwardRule::args(subnet, bridge);
+        ForwardRule::iptables("-I", &rule)?;
+        Ok(ForwardRule(rule))
+    }
+
+    /// Deletes the rule; says why on failure.
+    pub fn remove(&self) -> Result<(), String> {
+        ForwardRule::iptables("-D", &self.0)
+    }
+
+    fn iptables(op: &str, rule: &[String]) -> Result<(), String> {
+        let mut args = vec![op];
+        args.extend(rule.iter().map(String::as_str));
+        match run("iptables", &args) {
+            (true, _) => Ok(()),
+            (false, out) => Err(format!("iptables {args:?}: {out}")),
+        }
+    }
+}
+
+/// `iptables -t nat -S` (empty when iptables fails).
+pub fn nat_rules() -> String {
+    run("iptables", &["-t", "nat", "-S"]).1
+}
+
+/// The chains an `iptables -S` listing declares (`-N NAME`).
+pub fn chains_of(rules: &str) -> Vec<String> {
+    rules
+        .lines()
+        .filter_map(|l| l.strip_prefix("-N "))
+        .map(String::from)
+        .collect()
+}
+
+/// The chains of the NAT table.
+pub fn nat_chains() -> Vec<String> {
+    chains_of(&nat_rules())
+}
+
+/// Splits an `iptables -S` line into arguments, honouring double quotes
+/// (portmap's comments contain spaces) and backslash escapes inside them.
+pub fn split_rule(s: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let (mut quoted, mut in_word) = (false, false);
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            '\\' if quoted => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            ' ' if !quoted => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    words
+}
+
+/// Deletes the NAT rule an `iptables -S` line (`-A CHAIN ...`) shows;
+/// says why on failure.
+pub fn delete_nat_rule(line: &str) -> Result<(), String> {
+    let args = split_rule(line.strip_prefix("-A ").unwrap_or(line));
+    let mut cmd: Vec<&str> = vec!["-t", "nat", "-D"];
+    cmd.extend(args.iter().map(String::as_str));
+    match run("iptables", &cmd) {
+        (true, _) => Ok(()),
+        (false, out) => Err(format!("iptables -t nat -D {line}: {out}")),
+    }
+}
+
+/// Removes a NAT chain: the rules that jump to it, then its own rules and
+/// the chain itself (best effort).
+pub fn remove_nat_chain(chain: &str) {
+    let jump = format!("-j {chain}");
+    for line in nat_rules().lines() {
+        if line.starts_with("-A ") && line.ends_with(&jump) {
+            if let Err(e) = delete_nat_rule(line) {
+                eprintln!("cleanup: {e}");
+            }
+        }
+    }
+    let _ = run("iptables", &["-t", "nat", "-F", chain]);
+    let _ = run("iptables", &["-t", "nat", "-X", chain]);
+}
+
+/// Whether a pod's portmap chain (`CNI-DN-*`) still hangs off portmap's
+/// shared `CNI-HOSTPORT-DNAT` chain in an `iptables -S` listing.
+pub fn portmap_in_use(rules: &str) -> bool {
+    rules
+        .lines()
+        .any(|l| l.starts_with("-A CNI-HOSTPORT-DNAT") && l.contains("-j CNI-DN-"))
+}
+
+/// Removes the `CNI-*` NAT chains that are not in `before` (per-pod chains
+/// go with CNI DEL; portmap's shared CNI-HOSTPORT-* ones stay behind),
+/// unless another pod's portmap rule still uses them.
+pub fn remove_new_cni_chains(before: &[String]) {
+    if portmap_in_use(&nat_rules()) {
+        return;
+    }
+    for chain in nat_chains()
+        .into_iter()
+        .filter(|c| !before.contains(c) && c.starts_with("CNI-"))
+    {
+        remove_nat_chain(&chain);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_rule_cases() {
+        let cases: &[(&str, &[&str])] = &[
+            ("", &[]),
+            (
+                "CNI-HOSTPORT-DNAT -j CNI-DN-1",
+                &["CNI-HOSTPORT-DNAT", "-j", "CNI-DN-1"],
+            ),
+            ("  a   b ", &["a", "b"]),
+            (
+                r#"CNI-DN-1 -m comment --comment "dnat name: \"net\" id: \"x\"" -j DNAT"#,
+                &[
+                    "CNI-DN-1",
+                    "-m",
+                    "comment",
+                    "--comment",
+                    r#"dnat name: "net" id: "x""#,
+                    "-j",
+                    "DNAT",
+                ],
+            ),
+            (r#"X --comment """#, &["X", "--comment", ""]),
+            (r#"X a\b"#, &["X", r#"a\b"#]),
+        ];
+        for (line, want) in cases {
+            assert_eq!(split_rule(line), *want, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn forward_rule_arguments() {
+        assert_eq!(
+            ForwardRule::args("10.215.3.0/24", "crb1"),
+            [
+                "FORWARD",
+                "-s",
+                "10.215.3.0/24",
+                "!",
+                "-o",
+                "crb1",
+                "-j",
+                "DROP"
+            ]
+        );
+    }
+
+    #[test]
+    fn chains_and_portmap_use() {
+        let rules = "-P PREROUTING ACCEPT\n-N CNI-HOSTPORT-DNAT\n-N CNI-DN-1\n\
+                     -A CNI-HOSTPORT-DNAT -p tcp -j CNI-DN-1\n";
+        assert_eq!(chains_of(rules), ["CNI-HOSTPORT-DNAT", "CNI-DN-1"]);
+        assert!(portmap_in_use(rules));
+        let cases = [
+            ("", false),
+            ("-N CNI-HOSTPORT-DNAT\n", false),
+            ("-A CNI-HOSTPORT-DNAT -j CNI-DN-2\n", true),
+            ("-A OUTPUT -j CNI-DN-2\n", false),
+        ];
+        for (rules, want) in cases {
+            assert_eq!(portmap_in_use(rules), want, "{rules:?}");
+        }
+    }
+}
