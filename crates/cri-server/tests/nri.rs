@@ -16,14 +16,11 @@
 
 mod common;
 
-use common::nri::{
-    assert_no_process_of, cpu_shares_update, install_test_plugin, processes_of, Behaviour,
-    TestPlugin,
-};
+use common::nri::{assert_no_process_of, install_test_plugin, processes_of, Behaviour, TestPlugin};
 use common::pod::*;
 use common::registry::is_root;
 use crius_nri::api;
-use crius_nri::stub::Script;
+use crius_nri::stub::{cpu_shares_update, Script};
 use k8s_cri::v1::{LinuxContainerResources, UpdateContainerResourcesRequest};
 use std::time::{Duration, Instant};
 

@@ -181,6 +181,26 @@ fn socket_type(fd: i32) -> std::io::Result<i32> {
     Ok(kind)
 }
 
+/// An update setting container `id`'s CPU shares (for test plugins).
+pub fn cpu_shares_update(id: &str, shares: u64) -> api::ContainerUpdate {
+    let mut u = api::ContainerUpdate {
+        container_id: id.into(),
+        ..Default::default()
+    };
+    u.linux
+        .mut_or_insert_default()
+        .resources
+        .mut_or_insert_default()
+        .cpu
+        .mut_or_insert_default()
+        .shares = Some(api::OptionalUInt64 {
+        value: shares,
+        ..Default::default()
+    })
+    .into();
+    u
+}
+
 /// Makes a plugin's CreateContainer adjustment from the request.
 pub type AdjustFn =
     Box<dyn Fn(&api::CreateContainerRequest) -> api::ContainerAdjustment + Send + Sync>;

@@ -351,23 +351,10 @@ fn bits(events: &[api::Event]) -> i32 {
 }
 
 fn update(id: &str, shares: u64, ignore_failure: bool) -> api::ContainerUpdate {
-    let mut u = api::ContainerUpdate {
-        container_id: id.into(),
+    api::ContainerUpdate {
         ignore_failure,
-        ..Default::default()
-    };
-    u.linux
-        .mut_or_insert_default()
-        .resources
-        .mut_or_insert_default()
-        .cpu
-        .mut_or_insert_default()
-        .shares = Some(api::OptionalUInt64 {
-        value: shares,
-        ..Default::default()
-    })
-    .into();
-    u
+        ..crius_nri::stub::cpu_shares_update(id, shares)
+    }
 }
 
 /// Every event of one pod and container lifecycle, in turn.

@@ -289,8 +289,7 @@ pub async fn removing_pod(
     remove.await?;
     if let Some((pod, containers)) = described {
         for ctr in &containers {
-            let updates = nri.stop_container_once(&pod, ctr).await;
-            nri.apply_updates(updates).await;
+            tell_stopped(nri, &pod, ctr).await;
             nri.remove_container(&pod, ctr).await;
         }
         nri.remove_pod_sandbox(&pod).await;
@@ -418,14 +417,20 @@ pub async fn post_update_container(daemon: &Arc<Daemon>, id: &str, after: Option
     after.nri.apply_updates(after.others).await;
 }
 
+/// StopContainer to the plugins for `ctr`, unless they were told already
+/// (once per container), then the updates their answers carry.
+async fn tell_stopped(nri: &Nri, pod: &api::PodSandbox, ctr: &api::Container) {
+    let updates = nri.stop_container_once(pod, ctr).await;
+    nri.apply_updates(updates).await;
+}
+
 /// StopContainer to the plugins for container `id`, unless they were told
 /// already (waits while another caller tells them); applies the updates
 /// their answers carry.
 async fn notify_stopped(daemon: &Arc<Daemon>, id: &str) {
     let Some(nri) = active(daemon) else { return };
     if let Some((pod, ctr)) = container_of(daemon, id).await {
-        let updates = nri.stop_container_once(&pod, &ctr).await;
-        nri.apply_updates(updates).await;
+        tell_stopped(nri, &pod, &ctr).await;
     }
 }
 
@@ -470,8 +475,7 @@ pub fn container_exited(daemon: &Daemon, record: &ContainerRecord) {
         })
         .await;
         if let Ok(ctr) = ctr {
-            let updates = nri.stop_container_once(&pod, &ctr).await;
-            nri.apply_updates(updates).await;
+            tell_stopped(&nri, &pod, &ctr).await;
         }
     });
 }
@@ -490,8 +494,7 @@ pub async fn removing_container(
     let described = container_of(daemon, id).await;
     remove.await?;
     if let Some((pod, ctr)) = described {
-        let updates = nri.stop_container_once(&pod, &ctr).await;
-        nri.apply_updates(updates).await;
+        tell_stopped(nri, &pod, &ctr).await;
         nri.remove_container(&pod, &ctr).await;
     }
     Ok(())

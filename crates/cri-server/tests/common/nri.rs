@@ -185,23 +185,3 @@ pub fn assert_no_process_of(path: &std::path::Path, timeout: Duration, why: &str
         std::thread::sleep(Duration::from_millis(20));
     }
 }
-
-/// An NRI update setting container `id`'s CPU shares.
-pub fn cpu_shares_update(id: &str, shares: u64) -> api::ContainerUpdate {
-    let mut u = api::ContainerUpdate {
-        container_id: id.into(),
-        ..Default::default()
-    };
-    u.linux
-        .mut_or_insert_default()
-        .resources
-        .mut_or_insert_default()
-        .cpu
-        .mut_or_insert_default()
-        .shares = Some(api::OptionalUInt64 {
-        value: shares,
-        ..Default::default()
-    })
-    .into();
-    u
-}
