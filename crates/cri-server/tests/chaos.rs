@@ -34,17 +34,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Removes the pod log directories, even when the test fails.
-struct LogDirs(Vec<PathBuf>);
-
-impl Drop for LogDirs {
-    fn drop(&mut self) {
-        for d in &self.0 {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
-}
-
 fn shims(dir: &Path) -> Vec<(i32, String)> {
     processes_mentioning(&dir.display().to_string())
         .into_iter()

@@ -25,17 +25,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// How long criusd keeps an unclaimed object in these tests.
 const EXPIRY: &str = "3s";
 
-/// Removes the pod log directories a test used, even when it fails.
-struct LogDirs(Vec<PathBuf>);
-
-impl Drop for LogDirs {
-    fn drop(&mut self) {
-        for d in &self.0 {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
-}
-
 /// Every call of a test is bounded: a deadlock fails the test.
 async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(120), f)

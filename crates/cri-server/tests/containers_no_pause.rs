@@ -4,9 +4,8 @@
 mod common;
 
 use common::pod::*;
-use common::registry::is_root;
 use k8s_cri::v1::{NamespaceMode, NamespaceOption, StopPodSandboxRequest};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The tests of this file run one at a time: an environment's leftovers
@@ -20,17 +19,11 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// the pod's PID namespace is refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn pods_without_a_pause() {
-    if !is_root() {
-        eprintln!("containers_no_pause: skipped (needs root)");
+    let Some(case) = Case::start(&SERIAL, "crius-noinfra", "noinfra").await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let mut env = Env::start("crius-noinfra");
-    let image = env.pull_busybox().await;
-    let mut rt = env.daemon.runtime().await;
-    let uid = "uid-noinfra";
-    let mut cfg = pod("noinfra", uid);
-    let _logs = LogDir(PathBuf::from(&cfg.log_directory));
+    };
+    let (_guards, mut env, image, mut rt, mut cfg, uid) = case.split();
+    let uid = uid.as_str();
     let linux = cfg.linux.as_mut().unwrap();
     linux.sysctls = [
         ("net.ipv4.ip_unprivileged_port_start", "81"),
@@ -201,17 +194,11 @@ async fn pods_without_a_pause() {
 /// keeps answering, and the stats show the layer.
 #[tokio::test(flavor = "multi_thread")]
 async fn writable_layers_deeper_than_path_max_are_measured() {
-    if !is_root() {
-        eprintln!("containers_no_pause: skipped (needs root)");
+    let Some(case) = Case::start(&SERIAL, "crius-deep", "deep").await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let env = Env::start("crius-deep");
-    let image = env.pull_busybox().await;
-    let mut rt = env.daemon.runtime().await;
-    let uid = "uid-deep";
-    let cfg = pod("deep", uid);
-    let _logs = LogDir(PathBuf::from(&cfg.log_directory));
+    };
+    let (_guards, env, image, mut rt, cfg, uid) = case.split();
+    let uid = uid.as_str();
     let pod_id = run_pod(&env, &mut rt, &cfg).await;
     let id = run(
         &env,
@@ -273,17 +260,11 @@ async fn writable_layers_deeper_than_path_max_are_measured() {
 /// layer shows in its bytes within the background refresh (10 s).
 #[tokio::test(flavor = "multi_thread")]
 async fn stats_follow_cpu_network_and_writable_layer() {
-    if !is_root() {
-        eprintln!("containers_no_pause: skipped (needs root)");
+    let Some(case) = Case::start(&SERIAL, "crius-statsrate", "statsrate").await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let env = Env::start("crius-statsrate");
-    let image = env.pull_busybox().await;
-    let mut rt = env.daemon.runtime().await;
-    let uid = "uid-statsrate";
-    let mut cfg = pod("statsrate", uid);
-    let _logs = LogDir(PathBuf::from(&cfg.log_directory));
+    };
+    let (_guards, env, image, mut rt, mut cfg, uid) = case.split();
+    let uid = uid.as_str();
     let own_pids = || NamespaceOption {
         pid: NamespaceMode::Container as i32,
         ..Default::default()

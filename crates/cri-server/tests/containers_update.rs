@@ -32,17 +32,11 @@ fn memory_cgroup(uid: &str, id: &str) -> PathBuf {
 /// criusd restart.
 #[tokio::test(flavor = "multi_thread")]
 async fn status_user_and_updated_resources_survive_a_restart() {
-    if !is_root() {
-        eprintln!("containers_update: skipped (needs root)");
+    let Some(case) = Case::start(&SERIAL, "crius-ctr-stu", "stu").await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let mut env = Env::start("crius-ctr-stu");
-    let image = env.pull_busybox().await;
-    let mut rt = env.daemon.runtime().await;
-    let uid = "uid-ctr-stu";
-    let pod_config = pod("stu", uid);
-    let _logs = LogDir(PathBuf::from(&pod_config.log_directory));
+    };
+    let (_guards, mut env, image, mut rt, pod_config, uid) = case.split();
+    let uid = uid.as_str();
     let pod_id = run_pod(&env, &mut rt, &pod_config).await;
 
     let mut c = container("user", &image, &["/bin/busybox", "sleep", "4242"]);

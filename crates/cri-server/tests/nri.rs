@@ -18,7 +18,6 @@ mod common;
 
 use common::nri::{assert_no_process_of, install_test_plugin, processes_of, Behaviour, TestPlugin};
 use common::pod::*;
-use common::registry::is_root;
 use crius_nri::api;
 use crius_nri::stub::{cpu_shares_update, Script};
 use k8s_cri::v1::{LinuxContainerResources, UpdateContainerResourcesRequest};
@@ -44,16 +43,11 @@ fn spec_of(env: &Env, id: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_adjusts_the_containers_it_sees_created() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    let Some(case) = Case::start(&SERIAL, "nri-adjust", "nri-adjust").await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let env = Env::start("nri-adjust");
-    let image = env.pull_busybox().await;
-    let mut rt = env.daemon.runtime().await;
-    let uid = "nri-adjust-uid";
-    let pod = pod("nri-adjust", uid);
+    };
+    let (_guards, env, image, mut rt, pod, uid) = case.split();
+    let uid = uid.as_str();
     let pod_id = run_pod(&env, &mut rt, &pod).await;
 
     // NRI is on by default; the socket is private to root.
@@ -149,16 +143,11 @@ async fn a_plugin_adjusts_the_containers_it_sees_created() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_plugin_delays_creation_by_at_most_the_request_timeout() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    let Some(case) = Case::start(&SERIAL, "nri-silent", "nri-silent").await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let env = Env::start("nri-silent");
-    let image = env.pull_busybox().await;
-    let mut rt = env.daemon.runtime().await;
-    let uid = "nri-silent-uid";
-    let pod = pod("nri-silent", uid);
+    };
+    let (_guards, env, image, mut rt, pod, uid) = case.split();
+    let uid = uid.as_str();
     let pod_id = run_pod(&env, &mut rt, &pod).await;
     let plugin = TestPlugin::connect(&env.daemon, "silent", "05", Behaviour::Hang).await;
 
@@ -226,22 +215,15 @@ async fn status_shares(rt: &mut Rt, id: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_sees_the_lifecycle_in_order_and_updates_cpu_shares() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let _serial = SERIAL.lock().await;
     let metrics_addr = common::free_metrics_addr();
-    let env = Env::start_with(
-        "nri-events",
-        &format!("[metrics]\naddress = \"{metrics_addr}\"\n"),
-    );
-    let image = env.pull_busybox().await;
-    let mut rt = env.daemon.runtime().await;
+    let metrics = format!("[metrics]\naddress = \"{metrics_addr}\"\n");
+    let Some(case) = Case::start_with(&SERIAL, "nri-events", "nri-events", &metrics).await else {
+        return;
+    };
+    let (_guards, env, image, mut rt, pod, uid) = case.split();
+    let uid = uid.as_str();
     // Subscribed to every event.
     let plugin = TestPlugin::scripted(&env.daemon, "recorder", "20", Script::default()).await;
-    let uid = "nri-events-uid";
-    let pod = pod("nri-events", uid);
     let pod_id = run_pod(&env, &mut rt, &pod).await;
     let mut c = container("app", &image, &["/bin/busybox", "sleep", "3600"]);
     c.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
@@ -447,16 +429,11 @@ async fn a_plugin_sees_the_lifecycle_in_order_and_updates_cpu_shares() {
 /// evicted container is stopped; the new one is unharmed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_answer_updates_and_evicts_other_containers() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    let Some(case) = Case::start(&SERIAL, "nri-create-upd", "nri-create-upd").await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let env = Env::start("nri-create-upd");
-    let image = env.pull_busybox().await;
-    let mut rt = env.daemon.runtime().await;
-    let uid = "nri-create-upd-uid";
-    let pod = pod("nri-create-upd", uid);
+    };
+    let (_guards, env, image, mut rt, pod, uid) = case.split();
+    let uid = uid.as_str();
     let pod_id = run_pod(&env, &mut rt, &pod).await;
     let sleeper = |name: &str| {
         let mut c = container(name, &image, &["/bin/busybox", "sleep", "3600"]);
@@ -516,16 +493,11 @@ async fn a_create_answer_updates_and_evicts_other_containers() {
 /// behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_validator_sees_the_adjustment_and_its_owners_and_may_refuse_it() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    let Some(case) = Case::start(&SERIAL, "nri-validate", "nri-validate").await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let env = Env::start("nri-validate");
-    let image = env.pull_busybox().await;
-    let mut rt = env.daemon.runtime().await;
-    let uid = "nri-validate-uid";
-    let pod = pod("nri-validate", uid);
+    };
+    let (_guards, env, image, mut rt, pod, uid) = case.split();
+    let uid = uid.as_str();
     let pod_id = run_pod(&env, &mut rt, &pod).await;
     let adjuster = TestPlugin::connect(&env.daemon, "adjuster", "10", Behaviour::Adjust).await;
     let validator = TestPlugin::scripted(
@@ -611,13 +583,11 @@ async fn a_validator_sees_the_adjustment_and_its_owners_and_may_refuse_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pre_started_plugin_is_configured_adjusts_containers_and_stops_with_criusd() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    let Some(case) = Case::start(&SERIAL, "nri-prestart", "nri-prestart").await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let mut env = Env::start("nri-prestart");
-    let image = env.pull_busybox().await;
+    };
+    let (_guards, mut env, image, _, pod, uid) = case.split();
+    let uid = uid.as_str();
 
     // The plugin, its configuration (by name; the indexed file of another
     // index is not its), and what is not a plugin or not startable.
@@ -690,8 +660,6 @@ async fn a_pre_started_plugin_is_configured_adjusts_containers_and_stops_with_cr
         "{log}"
     );
 
-    let uid = "nri-prestart-uid";
-    let pod = pod("nri-prestart", uid);
     let pod_id = run_pod(&env, &mut rt, &pod).await;
     let id = run(
         &env,
@@ -802,11 +770,6 @@ fn resource_adjustment() -> api::ContainerAdjustment {
 /// memory limit, seen from inside the container and in its cgroups.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_injects_a_device_an_rlimit_an_oom_score_and_resources() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let _serial = SERIAL.lock().await;
     // The CDI device the plugin asks for: `NRI_CDI=env0` in the container.
     let cdi = tempfile::Builder::new()
         .prefix("crius-nri-cdi")
@@ -818,14 +781,12 @@ async fn a_plugin_injects_a_device_an_rlimit_an_oom_score_and_resources() {
         "devices": [{"name": "env0", "containerEdits": {"env": ["NRI_CDI=env0"]}}],
     });
     std::fs::write(cdi.path().join("nri.json"), spec.to_string()).unwrap();
-    let env = Env::start_with(
-        "nri-res",
-        &format!("[cdi]\nspec_dirs = [\"{}\"]\n", cdi.path().display()),
-    );
-    let image = env.pull_busybox().await;
-    let mut rt = env.daemon.runtime().await;
-    let uid = "nri-res-uid";
-    let pod = pod("nri-res", uid);
+    let cdi_dirs = format!("[cdi]\nspec_dirs = [\"{}\"]\n", cdi.path().display());
+    let Some(case) = Case::start_with(&SERIAL, "nri-res", "nri-res", &cdi_dirs).await else {
+        return;
+    };
+    let (_guards, env, image, mut rt, pod, uid) = case.split();
+    let uid = uid.as_str();
     let pod_id = run_pod(&env, &mut rt, &pod).await;
     let plugin = TestPlugin::connect(
         &env.daemon,
@@ -930,16 +891,11 @@ async fn a_plugin_injects_a_device_an_rlimit_an_oom_score_and_resources() {
 /// leave nothing behind; without the conflict the name is free again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_plugins_setting_one_env_var_fail_the_creation() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    let Some(case) = Case::start(&SERIAL, "nri-conflict", "nri-conflict").await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let env = Env::start("nri-conflict");
-    let image = env.pull_busybox().await;
-    let mut rt = env.daemon.runtime().await;
-    let uid = "nri-conflict-uid";
-    let pod = pod("nri-conflict", uid);
+    };
+    let (_guards, env, image, mut rt, pod, uid) = case.split();
+    let uid = uid.as_str();
     let pod_id = run_pod(&env, &mut rt, &pod).await;
     let setting = |value: &str| {
         let mut adjust = api::ContainerAdjustment::new();

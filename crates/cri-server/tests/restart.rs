@@ -6,13 +6,12 @@
 mod common;
 
 use common::pod::*;
-use common::registry::is_root;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerStatsRequest, ContainerStatusRequest, ExecSyncRequest, PodSandboxConfig,
     RemovePodSandboxRequest, StopPodSandboxRequest,
 };
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
@@ -22,15 +21,6 @@ type Rt = RuntimeServiceClient<Channel>;
 /// finished test kills every process in the shared `crius-test` cgroups,
 /// which would take another test's containers with it.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Removes the pod log directory a test used, even when it fails.
-struct LogDir(PathBuf);
-
-impl Drop for LogDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Creates and starts a container running `script` under /bin/sh.
 async fn run_container(
@@ -122,16 +112,10 @@ fn assert_nothing_left(env: &Env, uid: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_survive_a_criusd_restart() {
-    if !is_root() {
-        eprintln!("skipping: restart recovery needs root");
+    let Some(case) = Case::start(&SERIAL, "crius-rst", "rst").await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let mut env = Env::start("crius-rst");
-    let image = env.pull_busybox().await;
-    let mut rt = env.daemon.runtime().await;
-    let pod_config = pod("rst", "uid-rst");
-    let _logs = LogDir(PathBuf::from(&pod_config.log_directory));
+    };
+    let (_guards, mut env, image, mut rt, pod_config, _) = case.split();
     let pod_id = run_pod(&env, &mut rt, &pod_config).await;
     let ticker = run_container(
         &env,
@@ -303,16 +287,10 @@ fn simulate_reboot(env: &Env, uid: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleared_state_dir_loads_not_ready_and_removes_cleanly() {
-    if !is_root() {
-        eprintln!("skipping: restart recovery needs root");
+    let Some(case) = Case::start(&SERIAL, "crius-rbt", "rbt").await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let mut env = Env::start("crius-rbt");
-    let image = env.pull_busybox().await;
-    let mut rt = env.daemon.runtime().await;
-    let pod_config = pod("rbt", "uid-rbt");
-    let _logs = LogDir(PathBuf::from(&pod_config.log_directory));
+    };
+    let (_guards, mut env, image, mut rt, pod_config, _) = case.split();
     let pod_id = run_pod(&env, &mut rt, &pod_config).await;
     let sleeper = run_container(
         &env,
@@ -353,16 +331,10 @@ async fn cleared_state_dir_loads_not_ready_and_removes_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_shim_makes_the_pod_not_ready() {
-    if !is_root() {
-        eprintln!("skipping: pods need root");
+    let Some(case) = Case::start(&SERIAL, "crius-dsh", "dsh").await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let env = Env::start("crius-dsh");
-    let image = env.pull_busybox().await;
-    let mut rt = env.daemon.runtime().await;
-    let pod_config = pod("dsh", "uid-dsh");
-    let _logs = LogDir(PathBuf::from(&pod_config.log_directory));
+    };
+    let (_guards, env, image, mut rt, pod_config, _) = case.split();
     let pod_id = run_pod(&env, &mut rt, &pod_config).await;
     let sleeper = run_container(
         &env,

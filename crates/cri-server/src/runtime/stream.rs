@@ -12,7 +12,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 
 /// How long output may trail the exit of a process before it is cut off.
-const OUTPUT_GRACE: Duration = Duration::from_millis(300);
+/// The shim closes its end of an output FIFO once the process's output is
+/// copied (it reports the exit only after that, or after its own drain
+/// timeout), so the pump normally sees EOF at once and this bound only
+/// matters when something else keeps the output open (a background
+/// process holding the terminal) or the shim's copy lags on a loaded node:
+/// 300 ms once cut the last line of a terminal's output under load.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 /// How long a streamed exec may run (the client's connection bounds it too).
 const EXEC_FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 

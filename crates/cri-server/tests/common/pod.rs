@@ -559,6 +559,97 @@ impl Drop for LogDir {
     }
 }
 
+/// Removes several pods' log directories when the test ends.
+pub struct LogDirs(pub Vec<PathBuf>);
+
+impl Drop for LogDirs {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// What a [`Case`] holds until the test ends: the pod's log directory and
+/// the test file's lock (dropped in that order).
+pub struct CaseGuards {
+    _logs: LogDir,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+/// What most pod tests begin with: root checked, the file's tests
+/// serialised, an [`Env`] with busybox pulled, a runtime client and a pod
+/// configuration (`name`, uid `uid-<name>`) whose log directory goes when
+/// the test ends. Fields drop in order: the log directory, the
+/// environment, then the file's lock.
+pub struct Case {
+    pub logs: LogDir,
+    pub env: Env,
+    pub image: String,
+    pub rt: Rt,
+    pub pod: PodSandboxConfig,
+    /// The pod's uid.
+    pub uid: String,
+    pub serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl Case {
+    /// `None` (with a note) when not root. `serial` is the test file's
+    /// lock: an environment's leftovers guard kills every process in the
+    /// shared test cgroups, so a file's tests run one at a time.
+    pub async fn start(
+        serial: &'static tokio::sync::Mutex<()>,
+        prefix: &str,
+        name: &str,
+    ) -> Option<Case> {
+        Self::start_with(serial, prefix, name, "").await
+    }
+
+    /// Like [`Case::start`] with more daemon configuration text.
+    pub async fn start_with(
+        serial: &'static tokio::sync::Mutex<()>,
+        prefix: &str,
+        name: &str,
+        extra_config: &str,
+    ) -> Option<Case> {
+        if !super::registry::is_root() {
+            eprintln!("{prefix}: skipped (needs root)");
+            return None;
+        }
+        let serial = serial.lock().await;
+        let env = Env::start_with(prefix, extra_config);
+        let image = env.pull_busybox().await;
+        let rt = env.daemon.runtime().await;
+        let uid = format!("uid-{name}");
+        let pod = pod(name, &uid);
+        Some(Case {
+            logs: LogDir(PathBuf::from(&pod.log_directory)),
+            env,
+            image,
+            rt,
+            pod,
+            uid,
+            serial,
+        })
+    }
+
+    /// The parts, the guards first (so that they drop last: a tuple's
+    /// bindings drop in reverse order): `let (_guards, env, image, mut rt,
+    /// pod, uid) = case.split();`.
+    pub fn split(self) -> (CaseGuards, Env, String, Rt, PodSandboxConfig, String) {
+        let guards = CaseGuards {
+            _logs: self.logs,
+            _serial: self.serial,
+        };
+        (guards, self.env, self.image, self.rt, self.pod, self.uid)
+    }
+
+    /// Runs the case's pod; returns its id.
+    pub async fn run_pod(&mut self) -> String {
+        run_pod(&self.env, &mut self.rt, &self.pod).await
+    }
+}
+
 /// The container's status.
 pub async fn status_of(rt: &mut Rt, id: &str) -> k8s_cri::v1::ContainerStatus {
     rt.container_status(k8s_cri::v1::ContainerStatusRequest {
