@@ -15,7 +15,7 @@
 use crate::daemon::Daemon;
 use crate::runtime::container::lifecycle::{record_exit, watch_exit};
 use crate::runtime::now_nanos;
-use crate::shimclient::{ShimClient, NAMESPACE};
+use crate::shimclient::NAMESPACE;
 use containerd_shim_protos::types::task::Status as TaskStatus;
 use crius_store::{ContainerState, SandboxRecord, SandboxState};
 use std::sync::Arc;
@@ -53,7 +53,7 @@ pub(crate) fn derived_address(daemon: &Daemon, sandbox_id: &str) -> String {
 /// What became of a sandbox's shim.
 enum Shim {
     /// It answers and knows the sandbox.
-    Live(Arc<ShimClient>),
+    Live(crate::shimclient::Shim),
     /// It answers but does not know the sandbox (criusd died before
     /// CreateSandbox); only Shutdown is left to do with it.
     Empty(String),
@@ -69,7 +69,7 @@ async fn find_shim(daemon: &Daemon, record: &SandboxRecord) -> Shim {
         .shim_address
         .clone()
         .unwrap_or_else(|| derived_address(daemon, id));
-    let Ok(client) = ShimClient::connect(&address).await else {
+    let Ok(client) = daemon.shim_host.connect(&address).await else {
         return Shim::Gone;
     };
     match client.sandbox_status(id).await {
@@ -123,7 +123,7 @@ async fn exited(
 /// Reconciles one container of a pod whose shim answered.
 async fn recover_container(
     daemon: &Arc<Daemon>,
-    shim: &Arc<ShimClient>,
+    shim: &crate::shimclient::Shim,
     record: &crius_store::ContainerRecord,
     summary: &mut Summary,
 ) {
@@ -269,7 +269,9 @@ const WAIT_FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 async fn wait_sandbox(daemon: &Daemon, address: &str, id: &str) -> Result<(), String> {
     let shim = match daemon.shim(id).await.filter(|s| s.address() == address) {
         Some(s) => s,
-        None => ShimClient::connect(address)
+        None => daemon
+            .shim_host
+            .connect(address)
             .await
             .map_err(|e| e.to_string())?,
     };
@@ -294,7 +296,7 @@ pub fn watch_sandbox(daemon: Arc<Daemon>, id: String, address: String) {
         {
             return;
         }
-        let shim_alive = match ShimClient::connect(&address).await {
+        let shim_alive = match daemon.shim_host.connect(&address).await {
             Ok(c) => c.sandbox_status(&id).await.is_ok(),
             Err(_) => false,
         };

@@ -7,7 +7,7 @@ use crate::errors::{internal, spec_status};
 use crate::errors::{invalid_field, store_status};
 use crate::runtime::now_nanos;
 use crate::runtime::sandbox::lifecycle::Timeline;
-use crate::shimclient::ShimClient;
+use crate::shimclient::Shim;
 use crius_nri::runtime::PluginUpdates;
 use crius_spec::container::{container_spec, image_volumes, user_request, ContainerInput};
 use crius_spec::mounts::HostPropagation;
@@ -263,7 +263,7 @@ pub(crate) fn bundle_dir(daemon: &Daemon, id: &str) -> PathBuf {
     container_state(daemon, id).join("bundle")
 }
 
-async fn shim_for(daemon: &Daemon, sandbox_id: &str) -> Result<Arc<ShimClient>, CriError> {
+async fn shim_for(daemon: &Daemon, sandbox_id: &str) -> Result<Shim, CriError> {
     daemon.shim(sandbox_id).await.ok_or_else(|| {
         CriError::failed_precondition(format!(
             "the shim of pod sandbox {sandbox_id} is not running"
@@ -279,7 +279,7 @@ struct Done {
     dirs: Vec<PathBuf>,
     /// Host directories made for CRI mounts, deepest first.
     host_dirs: Vec<PathBuf>,
-    task: Option<Arc<ShimClient>>,
+    task: Option<Shim>,
 }
 
 impl Done {
@@ -749,7 +749,7 @@ pub async fn record_exit(
 }
 
 /// Watches a started container and records its exit.
-pub fn watch_exit(daemon: Arc<Daemon>, shim: Arc<ShimClient>, id: String) {
+pub fn watch_exit(daemon: Arc<Daemon>, shim: Shim, id: String) {
     tokio::spawn(async move {
         match shim.wait(&id, "", WAIT_FOREVER).await {
             Ok(status) => record_exit(&daemon, &id, status, None, None).await,
@@ -1123,7 +1123,7 @@ fn file_len(path: &Path) -> u64 {
 /// Registers and starts an exec process whose output goes to `stdout` and
 /// `stderr` (shim stdio URIs).
 async fn start_exec(
-    shim: &Arc<ShimClient>,
+    shim: &Shim,
     id: &str,
     exec_id: &str,
     process: &[u8],

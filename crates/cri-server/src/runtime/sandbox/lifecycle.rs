@@ -13,7 +13,7 @@ use crate::errors::CriError;
 use crate::errors::{internal, spec_status};
 use crate::errors::{invalid_field, store_status};
 use crate::runtime::now_nanos;
-use crate::shimclient::{self, ShimClient};
+use crate::shimclient::{self, Shim};
 use crius_netns::cni::{CniNetwork, PodNetwork};
 use crius_spec::sandbox::{host_namespaces, HostNamespaces};
 use crius_store::{Record, SandboxMetadata, SandboxRecord, SandboxState, SandboxStatus};
@@ -40,10 +40,17 @@ fn observe_cni(daemon: &Daemon, op: &str, took: Duration, failed: bool) {
     }
 }
 
-async fn cni_add(network: CniNetwork, pod: PodNetwork) -> Result<(String, Vec<String>), CriError> {
+async fn cni_add(
+    daemon: &Daemon,
+    network: CniNetwork,
+    pod: PodNetwork,
+) -> Result<(String, Vec<String>), CriError> {
     let span = tracing::debug_span!("cni", op = "add", sandbox = %pod.container_id);
+    let net = daemon.net.clone();
     crate::telemetry::blocking(span, move || {
-        let result = network.add(&pod).map_err(|e| internal("CNI ADD", e))?;
+        let result = net
+            .cni_add(&network, &pod)
+            .map_err(|e| internal("CNI ADD", e))?;
         let ips = result
             .pod_ips(crius_netns::cni::DEFAULT_IFNAME)
             .ok_or_else(|| CriError::internal("CNI ADD returned no IP address for the pod"))?;
@@ -56,10 +63,12 @@ async fn cni_add(network: CniNetwork, pod: PodNetwork) -> Result<(String, Vec<St
     .map_err(|e| internal("CNI ADD", e))?
 }
 
-async fn cni_del(network: CniNetwork, pod: PodNetwork) -> Result<(), CriError> {
+async fn cni_del(daemon: &Daemon, network: CniNetwork, pod: PodNetwork) -> Result<(), CriError> {
     let span = tracing::debug_span!("cni", op = "del", sandbox = %pod.container_id);
+    let net = daemon.net.clone();
     crate::telemetry::blocking(span, move || {
-        network.del(&pod).map_err(|e| internal("CNI DEL", e))
+        net.cni_del(&network, &pod)
+            .map_err(|e| internal("CNI DEL", e))
     })
     .await
     .map_err(|e| internal("CNI DEL", e))?
@@ -130,7 +139,7 @@ struct Done {
     record: bool,
     rootfs: bool,
     dirs: Vec<PathBuf>,
-    shim: Option<Arc<ShimClient>>,
+    shim: Option<Shim>,
     /// The shim launch was attempted (it may have forked the shim and then
     /// failed).
     launched: bool,
@@ -142,7 +151,7 @@ struct Done {
 impl Done {
     async fn undo(self, daemon: &Daemon, id: &str) {
         if let Some((network, pod)) = self.network {
-            if let Err(e) = cni_del(network, pod).await {
+            if let Err(e) = cni_del(daemon, network, pod).await {
                 tracing::warn!(sandbox = id, error = %e.message(), "rollback: CNI DEL failed");
             }
         }
@@ -163,7 +172,7 @@ impl Done {
             // directory: shut it down and clean up after it.
             for _ in 0..10 {
                 let address = crate::recover::derived_address(daemon, id);
-                if let Ok(shim) = ShimClient::connect(&address).await {
+                if let Ok(shim) = daemon.shim_host.connect(&address).await {
                     if let Err(e) = shim.shutdown_now().await {
                         tracing::debug!(sandbox = id, error = %e, "rollback: shim shutdown");
                     }
@@ -177,7 +186,7 @@ impl Done {
         }
         // Whether or not a shim took the netns over (and removed it).
         if let Some(n) = self.netns {
-            if let Err(e) = crius_netns::netns::remove(&n) {
+            if let Err(e) = daemon.net.remove_netns(&n) {
                 tracing::warn!(sandbox = id, error = %e, "rollback: cannot remove the netns");
             }
         }
@@ -355,7 +364,8 @@ async fn run_steps(
     let own_netns = (!hn.network && userns_netns.is_none()).then(|| shim_dir.netns());
     if let Some(p) = own_netns.clone() {
         done.netns = Some(p.clone());
-        tokio::task::spawn_blocking(move || crius_netns::netns::create(&p))
+        let net = daemon.net.clone();
+        tokio::task::spawn_blocking(move || net.create_netns(&p))
             .await
             .map_err(|e| internal("netns", e))?
             .map_err(|e| internal("cannot create the pod's network namespace", e))?;
@@ -375,7 +385,7 @@ async fn run_steps(
         let Some((network, pod)) = network.clone() else {
             return Ok(None);
         };
-        let r = cni_add(network, pod).await;
+        let r = cni_add(daemon, network, pod).await;
         let took = cni_started.elapsed();
         observe_cni(daemon, "add", took, r.is_err());
         r.map(|ips| Some((ips, took)))
@@ -461,7 +471,7 @@ async fn run_steps(
 #[derive(Default)]
 struct ShimSide {
     launched: bool,
-    shim: Option<Arc<ShimClient>>,
+    shim: Option<Shim>,
     phases: Vec<(&'static str, Duration)>,
 }
 
@@ -510,7 +520,9 @@ impl PodShim<'_> {
                 .place(id, pid, &daemon.config().shim_slice);
         }
         let address = launched.address;
-        let shim = ShimClient::connect(&address)
+        let shim = daemon
+            .shim_host
+            .connect(&address)
             .await
             .map_err(CriError::from)?;
         side.shim = Some(shim.clone());
@@ -765,7 +777,8 @@ async fn cni_del_retried(
             // be unregistered: the kernel does it when the last process of
             // the pod has left the namespace.
             let path = netns.to_path_buf();
-            match tokio::task::spawn_blocking(move || crius_netns::netns::remove(&path)).await {
+            let net = daemon.net.clone();
+            match tokio::task::spawn_blocking(move || net.remove_netns(&path)).await {
                 Ok(Ok(())) => tracing::debug!(sandbox = %id, "netns removed before CNI DEL"),
                 Ok(Err(e)) => {
                     tracing::warn!(sandbox = %id, error = %e, "cannot remove the netns before CNI DEL")
@@ -774,7 +787,12 @@ async fn cni_del_retried(
             }
         }
         let started = std::time::Instant::now();
-        let r = cni_del(network, pod_network(id, netns, config, &daemon.pod_cidr())).await;
+        let r = cni_del(
+            daemon,
+            network,
+            pod_network(id, netns, config, &daemon.pod_cidr()),
+        )
+        .await;
         observe_cni(daemon, "del", started.elapsed(), r.is_err());
         match r {
             Ok(()) => return Ok(()),
@@ -871,7 +889,9 @@ async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
         Some(s) => Some(s),
         // No address recorded: criusd died while the shim was starting,
         // which may have come up since at the address it derives.
-        None => ShimClient::connect(&crate::recover::derived_address(daemon, &id))
+        None => daemon
+            .shim_host
+            .connect(&crate::recover::derived_address(daemon, &id))
             .await
             .ok(),
     };
