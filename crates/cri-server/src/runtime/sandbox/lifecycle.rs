@@ -1040,3 +1040,232 @@ async fn remove_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
         .map_err(store_status)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shimclient::ShimApi;
+    use crate::testing::{id_of, run_request, Scripted, TestDaemon};
+    use ttrpc::Code;
+
+    /// The journal after the failing call, without the CNI ADD that ran
+    /// beside the shim's steps: what the rollback did, in order.
+    fn after(journal: &[String], failed: &str) -> Vec<String> {
+        let at = journal
+            .iter()
+            .position(|e| e == failed)
+            .unwrap_or_else(|| panic!("no {failed:?} in {journal:?}"));
+        journal[at + 1..]
+            .iter()
+            .filter(|e| !e.starts_with("CniAdd "))
+            .cloned()
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn run_pod_sandbox_failing_at_each_step_rolls_back_in_reverse() {
+        // (step scripted to fail, how, the last step done before the
+        // rollback, what the rollback does; `ID` stands for the sandbox id).
+        let tries = |id: &'static str| std::iter::repeat_n(id, 10).collect::<Vec<_>>();
+        let cases: Vec<(&'static str, Scripted, &str, Vec<&str>)> = vec![
+            // The netns is removed whether or not its creation got far.
+            (
+                "NetnsCreate",
+                Scripted::Fail(Code::INTERNAL),
+                "NetnsCreate ID",
+                vec!["NetnsRemove ID"],
+            ),
+            // A launch that failed may have forked the shim: it is looked
+            // for at its address, then cleaned up after by `delete`.
+            (
+                "Launch",
+                Scripted::Fail(Code::INTERNAL),
+                "Launch ID",
+                [
+                    vec!["CniDel ID"],
+                    tries("Connect "),
+                    vec!["ShimDeletePod ID", "NetnsRemove ID"],
+                ]
+                .concat(),
+            ),
+            (
+                "Connect",
+                Scripted::Unreachable,
+                "Connect ID",
+                [
+                    vec!["CniDel ID"],
+                    tries("Connect ID"),
+                    vec!["ShimDeletePod ID", "NetnsRemove ID"],
+                ]
+                .concat(),
+            ),
+            // A shim that never got the pod cannot shut it down: `delete`
+            // cleans up after it.
+            (
+                "CreateSandbox",
+                Scripted::Fail(Code::INTERNAL),
+                "CreateSandbox ID",
+                vec![
+                    "CniDel ID",
+                    "ShutdownSandbox ID",
+                    "ShimDeletePod ID",
+                    "NetnsRemove ID",
+                ],
+            ),
+            (
+                "SandboxStatus",
+                Scripted::Fail(Code::INTERNAL),
+                "SandboxStatus ID",
+                vec!["CniDel ID", "ShutdownSandbox ID", "NetnsRemove ID"],
+            ),
+            (
+                "StartSandbox",
+                Scripted::Fail(Code::INTERNAL),
+                "StartSandbox ID",
+                vec!["CniDel ID", "ShutdownSandbox ID", "NetnsRemove ID"],
+            ),
+            // CNI ADD runs beside the shim's steps, which all finish.
+            (
+                "CniAdd",
+                Scripted::Fail(Code::INTERNAL),
+                "StartSandbox ID",
+                vec!["CniDel ID", "ShutdownSandbox ID", "NetnsRemove ID"],
+            ),
+        ];
+        for (step, how, last, undo) in cases {
+            let t = TestDaemon::start();
+            let d = &t.daemon;
+            t.fakes.script(step, how);
+            let req = run_request("web");
+            let name = super::super::sandbox_name(req.config.as_ref().unwrap());
+            let err = run(d, req.clone()).await.expect_err(step);
+            let journal = t.fakes.journal();
+            let id = id_of(&t.fakes, "NetnsCreate");
+            let want: Vec<String> = undo.iter().map(|e| e.replace("ID", &id)).collect();
+            let got = after(&journal, &last.replace("ID", &id));
+            assert_eq!(got, want, "{step}: {}; journal {journal:?}", err.message());
+            // Nothing is left: record, name, netns, attachment, connection,
+            // directories, rootfs.
+            assert!(d.store.list_sandboxes().is_empty(), "{step}");
+            assert_eq!(d.store.name_holder(&name), None, "{step}");
+            assert!(t.fakes.netns_held().is_empty(), "{step}");
+            assert!(t.fakes.attached().is_empty(), "{step}");
+            assert!(d.shims.lock().await.is_empty(), "{step}");
+            if let Some(shim) = t.fakes.shim_of(&id) {
+                assert!(!shim.has_sandbox(), "{step}: the shim still holds the pod");
+            }
+            for dir in [
+                d.sandbox_root(&id),
+                d.sandbox_state(&id),
+                d.config().root.join("images/containers").join(&id),
+            ] {
+                assert!(!dir.exists(), "{step}: {} is left", dir.display());
+            }
+            // The name can be used again.
+            t.fakes.unscript(step);
+            let id2 = run(d, req)
+                .await
+                .unwrap_or_else(|e| panic!("{step}: {}", e.message()));
+            let record = d.store.get_sandbox(&id2).unwrap();
+            assert_eq!(record.status.state, SandboxState::Ready, "{step}");
+            assert_eq!(d.store.name_holder(&name), Some(id2.clone()), "{step}");
+            assert!(t.fakes.shim_of(&id2).unwrap().has_sandbox(), "{step}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ready_pod_has_its_shim_network_and_files() {
+        let t = TestDaemon::start();
+        let d = &t.daemon;
+        let id = run(d, run_request("web")).await.unwrap();
+        let record = d.store.get_sandbox(&id).unwrap();
+        assert_eq!(record.status.state, SandboxState::Ready);
+        assert!(record
+            .status
+            .ip
+            .as_deref()
+            .is_some_and(|ip| ip.starts_with("10.88.0.")));
+        let shim = t.fakes.shim_of(&id).unwrap();
+        assert_eq!(record.status.shim_address.as_deref(), Some(shim.address()));
+        assert_eq!(
+            t.fakes.calls(&[
+                "Launch",
+                "Connect",
+                "CreateSandbox",
+                "SandboxStatus",
+                "StartSandbox"
+            ]),
+            [
+                "Launch",
+                "Connect",
+                "CreateSandbox",
+                "SandboxStatus",
+                "StartSandbox"
+            ]
+            .map(|m| format!("{m} {id}"))
+        );
+        assert_eq!(t.fakes.attached(), std::slice::from_ref(&id));
+        assert_eq!(t.fakes.netns_held(), [d.shim_pod_dir(&id).netns()]);
+        for f in ["hosts", "hostname", "resolv.conf"] {
+            assert!(d.sandbox_root(&id).join(f).is_file(), "{f}");
+        }
+    }
+
+    #[tokio::test]
+    async fn stop_and_remove_are_idempotent() {
+        let t = TestDaemon::start();
+        let d = &t.daemon;
+        // Unknown ids.
+        for id in ["", "nope", "0123456789abcdef"] {
+            stop(d, id).await.unwrap();
+            remove(d, id).await.unwrap();
+        }
+        let id = run(d, run_request("web")).await.unwrap();
+        // Stopped twice, removed twice (and stopped after removal).
+        stop(d, &id).await.unwrap();
+        stop(d, &id).await.unwrap();
+        assert_eq!(
+            d.store.get_sandbox(&id).unwrap().status.state,
+            SandboxState::NotReady
+        );
+        // The shim was shut down once (CNI DEL, idempotent, is repeated).
+        assert_eq!(
+            t.fakes.calls(&["ShutdownSandbox"]),
+            [format!("ShutdownSandbox {id}")]
+        );
+        assert!(!t.fakes.shim_of(&id).unwrap().alive());
+        remove(d, &id).await.unwrap();
+        remove(d, &id).await.unwrap();
+        stop(d, &id).await.unwrap();
+        assert!(d.store.get_sandbox(&id).is_err());
+        assert!(t.fakes.netns_held().is_empty());
+        assert!(t.fakes.attached().is_empty());
+        for dir in [d.sandbox_root(&id), d.sandbox_state(&id)] {
+            assert!(!dir.exists(), "{}", dir.display());
+        }
+        // The name is free again.
+        run(d, run_request("web")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn stop_of_a_pod_whose_shim_died_has_delete_clean_up() {
+        let t = TestDaemon::start();
+        let d = &t.daemon;
+        let id = run(d, run_request("web")).await.unwrap();
+        t.fakes.shim_of(&id).unwrap().die();
+        d.shims.lock().await.clear();
+        t.fakes.clear_journal();
+        stop(d, &id).await.unwrap();
+        assert_eq!(
+            t.fakes
+                .calls(&["CniDel", "ShimDeletePod", "ShutdownSandbox"]),
+            [format!("CniDel {id}"), format!("ShimDeletePod {id}")]
+        );
+        assert_eq!(
+            d.store.get_sandbox(&id).unwrap().status.state,
+            SandboxState::NotReady
+        );
+        remove(d, &id).await.unwrap();
+        assert!(d.store.get_sandbox(&id).is_err());
+    }
+}
