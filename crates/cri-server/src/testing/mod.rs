@@ -467,18 +467,24 @@ impl ShimApi for FakeShim {
         Ok(pid)
     }
 
-    async fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<(), ShimError> {
+    async fn kill(
+        &self,
+        id: &str,
+        exec_id: &str,
+        signal: u32,
+        _all: bool,
+    ) -> Result<(), ShimError> {
         self.enter("Kill", id).await?;
         {
             let mut s = self.inner();
             let Some(t) = s.tasks.get_mut(&(id.to_string(), exec_id.to_string())) else {
                 return Err(not_found("Kill", id));
             };
-            match t.state {
-                TaskState::Stopped(_) if !all => return Err(not_found("Kill", id)),
-                TaskState::Stopped(_) => {}
-                _ => t.state = TaskState::Stopped(128 + signal),
+            // As the real shim: a finished process is NotFound.
+            if matches!(t.state, TaskState::Stopped(_)) {
+                return Err(not_found("Kill", id));
             }
+            t.state = TaskState::Stopped(128 + signal);
         }
         self.changed.notify_waiters();
         Ok(())
@@ -897,4 +903,90 @@ pub fn id_of(fakes: &Fakes, method: &str) -> String {
         .and_then(|e| e.split(' ').nth(1))
         .unwrap_or_else(|| panic!("no {method} call in {:?}", fakes.journal()))
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fake shim answers as the real one does where the lifecycle
+    /// depends on it: states, exits waking waiters, NotFound for unknown
+    /// tasks, unreachable once shut down.
+    #[tokio::test]
+    async fn the_fake_shim_follows_the_task_lifecycle() {
+        let fakes = Arc::new(Fakes::default());
+        let shim = fakes.add_shim("p", "unix:///fake");
+        let code = |r: Result<(), ShimError>| match r {
+            Ok(()) => None,
+            Err(ShimError::Rpc { code, .. }) => Some(format!("{code:?}")),
+            Err(e) => Some(if e.is_unreachable() {
+                "UNREACHABLE".to_string()
+            } else {
+                e.to_string()
+            }),
+        };
+        let mut create = api::CreateTaskRequest::new();
+        create.id = "c".into();
+        assert_eq!(
+            code(shim.start_task("c", "").await.map(drop)),
+            Some("NOT_FOUND".into())
+        );
+        shim.create_task(create.clone()).await.unwrap();
+        assert_eq!(
+            code(shim.create_task(create).await.map(drop)),
+            Some("ALREADY_EXISTS".into())
+        );
+        shim.start_task("c", "").await.unwrap();
+        assert_eq!(shim.task("c"), Some(TaskState::Running));
+        assert_eq!(
+            code(shim.delete_task("c", "").await),
+            Some("FAILED_PRECONDITION".into())
+        );
+        // A waiter is woken by the kill, with the signal's status.
+        let waiter = {
+            let shim = shim.clone();
+            tokio::spawn(async move { shim.wait("c", "", Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        shim.kill("c", "", 15, false).await.unwrap();
+        assert_eq!(waiter.await.unwrap().unwrap(), 143);
+        assert_eq!(
+            code(shim.kill("c", "", 15, false).await),
+            Some("NOT_FOUND".into())
+        );
+        shim.delete_task("c", "").await.unwrap();
+        assert_eq!(
+            code(shim.delete_task("c", "").await),
+            Some("NOT_FOUND".into())
+        );
+        // Shutting down a pod it does not hold fails; once it held one,
+        // the shim exits and nothing reaches it any more.
+        assert_eq!(
+            code(shim.shutdown_sandbox("p").await),
+            Some("NOT_FOUND".into())
+        );
+        let mut sandbox = sb::CreateSandboxRequest::new();
+        sandbox.sandbox_id = "p".into();
+        shim.create_sandbox(sandbox).await.unwrap();
+        shim.shutdown_sandbox("p").await.unwrap();
+        assert!(!shim.alive());
+        assert_eq!(
+            code(shim.start_sandbox("p").await.map(drop)),
+            Some("UNREACHABLE".into())
+        );
+        let host = FakeShims(fakes.clone());
+        assert!(host.connect("unix:///fake").await.is_err());
+        // Every call is in the journal, in order.
+        assert_eq!(
+            fakes.calls(&["Create", "Kill", "ShutdownSandbox"]),
+            [
+                "Create c",
+                "Create c",
+                "Kill c",
+                "Kill c",
+                "ShutdownSandbox p",
+                "ShutdownSandbox p"
+            ]
+        );
+    }
 }
