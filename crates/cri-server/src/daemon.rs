@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::shimclient::ShimClient;
+use crate::runtime::sandbox::network::{HostNet, PodNet};
+use crate::shimclient::{RealShims, Shim, ShimHost, ShimLaunch};
 
 /// Store key of the runtime configuration that kubelet pushes.
 pub const RUNTIME_CONFIG_KEY: &str = "runtime-config";
@@ -37,7 +38,11 @@ pub struct Daemon {
     /// Facts about the host that shape specs.
     pub host: crius_spec::HostFacts,
     /// Connections to the pods' shims, by sandbox id.
-    pub shims: tokio::sync::Mutex<HashMap<String, Arc<ShimClient>>>,
+    pub shims: tokio::sync::Mutex<HashMap<String, Shim>>,
+    /// How shims are connected to and launched.
+    pub shim_host: Arc<dyn ShimHost>,
+    /// The pods' network namespaces and CNI.
+    pub net: Arc<dyn PodNet>,
     /// One lock per sandbox or container id, serialising lifecycle calls.
     pub locks: KeyedLocks,
     /// Prometheus metrics.
@@ -182,6 +187,22 @@ impl Daemon {
 
     /// Builds the daemon state over an opened store.
     pub fn new(config: Config, store: Store) -> Result<Self, DaemonError> {
+        let host = crate::host::gather(&config);
+        // Once, at start-up: can pods have user namespaces here?
+        let _ = crate::runtime::userns::kernel_probe(&config.state);
+        crate::host::log_start_costs();
+        Self::with_seams(config, store, host, Arc::new(RealShims), Arc::new(HostNet))
+    }
+
+    /// [`Daemon::new`] with the given host facts, shims and pod network
+    /// (fakes in unit tests).
+    pub fn with_seams(
+        config: Config,
+        store: Store,
+        host: crius_spec::HostFacts,
+        shim_host: Arc<dyn ShimHost>,
+        net: Arc<dyn PodNet>,
+    ) -> Result<Self, DaemonError> {
         let runtime_config = store
             .get_state::<RuntimeConfigState>(RUNTIME_CONFIG_KEY)?
             .unwrap_or_default();
@@ -193,9 +214,6 @@ impl Daemon {
             &config.pause_image,
             config.image_options(),
         )?;
-        // Once, at start-up: can pods have user namespaces here?
-        let _ = crate::runtime::userns::kernel_probe(&config.state);
-        crate::host::log_start_costs();
         let handback = crate::runtime::handback::Handback::new(
             config
                 .handback_expiry()
@@ -203,13 +221,15 @@ impl Daemon {
         );
         let shim_scopes = Arc::new(crate::shimscope::ShimScopes::from_config(&config));
         Ok(Daemon {
-            host: crate::host::gather(&config),
+            host,
             config: std::sync::RwLock::new(Arc::new(config)),
             retired_handlers: Mutex::default(),
             store,
             runtime_config: Mutex::new(runtime_config),
             images,
             shims: tokio::sync::Mutex::new(HashMap::new()),
+            shim_host,
+            net,
             locks: KeyedLocks::default(),
             metrics: Arc::new(crate::metrics::Metrics::new()?),
             handback,
@@ -244,18 +264,13 @@ impl Daemon {
     }
 
     /// How shims are launched.
-    pub fn launcher(&self) -> Result<crate::shimclient::Launcher, crate::shimclient::ShimError> {
-        Ok(crate::shimclient::Launcher {
-            binary: crate::shimclient::find_binary(&self.config().shim_path)?,
-            address: self.config().socket.display().to_string(),
-            layout: self.shim_layout(),
-            events_address: String::new(),
-        })
+    pub fn launcher(&self) -> Result<Arc<dyn ShimLaunch>, crate::shimclient::ShimError> {
+        self.shim_host.launcher(&self.config())
     }
 
     /// The connection to a pod's shim: cached, else made from the address
     /// recorded in the store.
-    pub async fn shim(&self, sandbox_id: &str) -> Option<Arc<ShimClient>> {
+    pub async fn shim(&self, sandbox_id: &str) -> Option<Shim> {
         let mut shims = self.shims.lock().await;
         if let Some(c) = shims.get(sandbox_id) {
             return Some(c.clone());
@@ -266,7 +281,7 @@ impl Daemon {
             .ok()?
             .status
             .shim_address?;
-        let client = ShimClient::connect(&address).await.ok()?;
+        let client = self.shim_host.connect(&address).await.ok()?;
         shims.insert(sandbox_id.to_string(), client.clone());
         Some(client)
     }

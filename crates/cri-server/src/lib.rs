@@ -27,3 +27,5 @@ pub mod shimclient;
 pub mod shimscope;
 pub mod streaming;
 pub mod telemetry;
+#[cfg(test)]
+pub(crate) mod testing;

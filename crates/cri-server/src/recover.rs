@@ -15,7 +15,7 @@
 use crate::daemon::Daemon;
 use crate::runtime::container::lifecycle::{record_exit, watch_exit};
 use crate::runtime::now_nanos;
-use crate::shimclient::{ShimClient, NAMESPACE};
+use crate::shimclient::NAMESPACE;
 use containerd_shim_protos::types::task::Status as TaskStatus;
 use crius_store::{ContainerState, SandboxRecord, SandboxState};
 use std::sync::Arc;
@@ -53,7 +53,7 @@ pub(crate) fn derived_address(daemon: &Daemon, sandbox_id: &str) -> String {
 /// What became of a sandbox's shim.
 enum Shim {
     /// It answers and knows the sandbox.
-    Live(Arc<ShimClient>),
+    Live(crate::shimclient::Shim),
     /// It answers but does not know the sandbox (criusd died before
     /// CreateSandbox); only Shutdown is left to do with it.
     Empty(String),
@@ -69,7 +69,7 @@ async fn find_shim(daemon: &Daemon, record: &SandboxRecord) -> Shim {
         .shim_address
         .clone()
         .unwrap_or_else(|| derived_address(daemon, id));
-    let Ok(client) = ShimClient::connect(&address).await else {
+    let Ok(client) = daemon.shim_host.connect(&address).await else {
         return Shim::Gone;
     };
     match client.sandbox_status(id).await {
@@ -123,7 +123,7 @@ async fn exited(
 /// Reconciles one container of a pod whose shim answered.
 async fn recover_container(
     daemon: &Arc<Daemon>,
-    shim: &Arc<ShimClient>,
+    shim: &crate::shimclient::Shim,
     record: &crius_store::ContainerRecord,
     summary: &mut Summary,
 ) {
@@ -269,7 +269,9 @@ const WAIT_FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 async fn wait_sandbox(daemon: &Daemon, address: &str, id: &str) -> Result<(), String> {
     let shim = match daemon.shim(id).await.filter(|s| s.address() == address) {
         Some(s) => s,
-        None => ShimClient::connect(address)
+        None => daemon
+            .shim_host
+            .connect(address)
             .await
             .map_err(|e| e.to_string())?,
     };
@@ -294,7 +296,7 @@ pub fn watch_sandbox(daemon: Arc<Daemon>, id: String, address: String) {
         {
             return;
         }
-        let shim_alive = match ShimClient::connect(&address).await {
+        let shim_alive = match daemon.shim_host.connect(&address).await {
             Ok(c) => c.sandbox_status(&id).await.is_ok(),
             Err(_) => false,
         };
@@ -382,5 +384,159 @@ pub async fn gc_network(daemon: &Arc<Daemon>) {
         Ok(Ok(None)) => tracing::debug!("CNI GC skipped: the network's spec version has none"),
         Ok(Err(e)) => tracing::warn!(error = %e, "CNI GC failed"),
         Err(e) => tracing::warn!(error = %e, "CNI GC task failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::container::lifecycle as container;
+    use crate::runtime::sandbox::lifecycle as sandbox;
+    use crate::shimclient::ShimApi;
+    use crate::testing::{create_request, run_request, TestDaemon};
+
+    /// A pod with a running container `run` and a created one `new`, as an
+    /// earlier criusd left them; criusd's connections are gone (a restart).
+    async fn left_behind(t: &TestDaemon) -> (String, String, String) {
+        let d = &t.daemon;
+        let sid = sandbox::run(d, run_request("web")).await.unwrap();
+        let (run, _) = container::create(d, create_request(&sid, "web", "run"))
+            .await
+            .unwrap();
+        // Started without a watcher in this criusd.
+        let shim = t.fakes.shim_of(&sid).unwrap();
+        let pid = shim.start_task(&run, "").await.unwrap();
+        d.store
+            .update_container_status(&run, |s| {
+                s.state = ContainerState::Running;
+                s.pid = Some(pid);
+                s.started_at = Some(now_nanos());
+            })
+            .unwrap();
+        let (new, _) = container::create(d, create_request(&sid, "web", "new"))
+            .await
+            .unwrap();
+        d.shims.lock().await.clear();
+        t.fakes.clear_journal();
+        (sid, run, new)
+    }
+
+    #[tokio::test]
+    async fn recovery_reconciles_records_with_the_shims() {
+        // (the shim still runs, the summary, the pod's state, the running
+        // container's and the created one's states afterwards).
+        let cases = [
+            (
+                true,
+                Summary {
+                    sandboxes_live: 1,
+                    sandboxes_not_ready: 0,
+                    containers_watched: 1,
+                    containers_exited: 0,
+                },
+                SandboxState::Ready,
+                ContainerState::Running,
+                ContainerState::Created,
+            ),
+            (
+                false,
+                Summary {
+                    sandboxes_live: 0,
+                    sandboxes_not_ready: 1,
+                    containers_watched: 0,
+                    containers_exited: 2,
+                },
+                SandboxState::NotReady,
+                ContainerState::Exited,
+                ContainerState::Exited,
+            ),
+        ];
+        for (alive, want, pod_state, run_state, new_state) in cases {
+            let t = TestDaemon::start();
+            let d = &t.daemon;
+            let (sid, run, new) = left_behind(&t).await;
+            let shim = t.fakes.shim_of(&sid).unwrap();
+            if !alive {
+                // The shim died with criusd; its processes' exits were
+                // never seen (no watcher records them).
+                shim.die();
+            }
+            let summary = recover(d).await;
+            assert_eq!(summary, want, "alive {alive}");
+            assert_eq!(d.store.get_sandbox(&sid).unwrap().status.state, pod_state);
+            let state = |id: &str| d.store.get_container(id).unwrap().status;
+            assert_eq!(state(&run).state, run_state, "alive {alive}");
+            assert_eq!(state(&new).state, new_state, "alive {alive}");
+            if alive {
+                // Connected again, and the container's exit is watched.
+                assert!(d.shims.lock().await.contains_key(&sid));
+                shim.exit(&run, 0);
+                crate::testing::until("the exit to be recorded", || {
+                    d.store
+                        .get_container(&run)
+                        .is_ok_and(|r| r.status.state == ContainerState::Exited)
+                })
+                .await;
+                assert_eq!(state(&run).reason.as_deref(), Some("Completed"));
+                assert!(t.fakes.calls(&["ShimDelete", "ShimDeletePod"]).is_empty());
+            } else {
+                assert!(d.shims.lock().await.is_empty());
+                for id in [&run, &new] {
+                    assert_eq!(state(id).reason.as_deref(), Some(UNKNOWN_REASON));
+                    assert_eq!(state(id).exit_code, Some(UNKNOWN_EXIT_CODE as i32));
+                }
+                // Stop and Remove have the shim binary's `delete` clean up
+                // after the dead shim: each container, then the pod.
+                sandbox::stop(d, &sid).await.unwrap();
+                let deletes = t.fakes.calls(&["ShimDelete", "ShimDeletePod"]);
+                assert_eq!(deletes.len(), 3, "{deletes:?}");
+                assert!(deletes.contains(&format!("ShimDelete {run}")));
+                assert!(deletes.contains(&format!("ShimDelete {new}")));
+                assert_eq!(deletes[2], format!("ShimDeletePod {sid}"));
+                sandbox::remove(d, &sid).await.unwrap();
+                assert!(d.store.get_sandbox(&sid).is_err());
+                assert!(d.store.list_containers().is_empty());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn recovery_records_exits_that_happened_while_criusd_was_down() {
+        let t = TestDaemon::start();
+        let d = &t.daemon;
+        let (sid, run, _) = left_behind(&t).await;
+        let shim = t.fakes.shim_of(&sid).unwrap();
+        // Nobody watched it: the record still says Running.
+        shim.exit(&run, 7);
+        let summary = recover(d).await;
+        assert_eq!(summary.containers_exited, 1);
+        assert_eq!(summary.sandboxes_live, 1);
+        let status = d.store.get_container(&run).unwrap().status;
+        assert_eq!(status.state, ContainerState::Exited);
+        assert_eq!(status.exit_code, Some(7));
+    }
+
+    #[tokio::test]
+    async fn a_half_created_pod_gets_its_shim_address_recorded() {
+        let t = TestDaemon::start();
+        let d = &t.daemon;
+        let (sid, _, _) = left_behind(&t).await;
+        // criusd died before it recorded the pod ready with its address.
+        d.store
+            .update_sandbox_status(&sid, |s| {
+                s.state = SandboxState::NotReady;
+                s.shim_address = None;
+            })
+            .unwrap();
+        let summary = recover(d).await;
+        assert_eq!(summary.sandboxes_live, 1);
+        let record = d.store.get_sandbox(&sid).unwrap();
+        assert_eq!(
+            record.status.shim_address.as_deref(),
+            Some(t.fakes.shim_of(&sid).unwrap().address())
+        );
+        // Stop tears it down through its shim.
+        sandbox::stop(d, &sid).await.unwrap();
+        assert!(!t.fakes.shim_of(&sid).unwrap().alive());
     }
 }

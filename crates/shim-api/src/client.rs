@@ -158,7 +158,7 @@ impl ShimClient {
     /// One ttrpc call, in a `shim` span naming the method and the task or
     /// sandbox id.
     async fn call<T, Fut>(
-        self: &Arc<Self>,
+        &self,
         method: &'static str,
         id: &str,
         timeout: Duration,
@@ -184,10 +184,7 @@ impl ShimClient {
     }
 
     /// CreateSandbox.
-    pub async fn create_sandbox(
-        self: &Arc<Self>,
-        req: sb::CreateSandboxRequest,
-    ) -> Result<(), ShimError> {
+    pub async fn create_sandbox(&self, req: sb::CreateSandboxRequest) -> Result<(), ShimError> {
         let sandbox_id = req.sandbox_id.clone();
         self.call(
             "CreateSandbox",
@@ -199,7 +196,7 @@ impl ShimClient {
     }
 
     /// StartSandbox; returns the pause pid.
-    pub async fn start_sandbox(self: &Arc<Self>, id: &str) -> Result<u32, ShimError> {
+    pub async fn start_sandbox(&self, id: &str) -> Result<u32, ShimError> {
         let mut req = sb::StartSandboxRequest::new();
         req.sandbox_id = id.to_string();
         self.call("StartSandbox", id, CALL_TIMEOUT, move |c, ctx| async move {
@@ -209,10 +206,7 @@ impl ShimClient {
     }
 
     /// SandboxStatus.
-    pub async fn sandbox_status(
-        self: &Arc<Self>,
-        id: &str,
-    ) -> Result<sb::SandboxStatusResponse, ShimError> {
+    pub async fn sandbox_status(&self, id: &str) -> Result<sb::SandboxStatusResponse, ShimError> {
         let mut req = sb::SandboxStatusRequest::new();
         req.sandbox_id = id.to_string();
         self.call(
@@ -225,11 +219,7 @@ impl ShimClient {
     }
 
     /// StopSandbox: SIGTERM, then SIGKILL after `timeout`.
-    pub async fn stop_sandbox(
-        self: &Arc<Self>,
-        id: &str,
-        timeout: Duration,
-    ) -> Result<(), ShimError> {
+    pub async fn stop_sandbox(&self, id: &str, timeout: Duration) -> Result<(), ShimError> {
         let mut req = sb::StopSandboxRequest::new();
         req.sandbox_id = id.to_string();
         req.timeout_secs = timeout.as_secs().min(u32::MAX as u64) as u32;
@@ -244,11 +234,7 @@ impl ShimClient {
 
     /// WaitSandbox: resolves when the pause container exits (or `timeout`
     /// passes, or the shim goes away: an error).
-    pub async fn wait_sandbox(
-        self: &Arc<Self>,
-        id: &str,
-        timeout: Duration,
-    ) -> Result<(), ShimError> {
+    pub async fn wait_sandbox(&self, id: &str, timeout: Duration) -> Result<(), ShimError> {
         let mut req = sb::WaitSandboxRequest::new();
         req.sandbox_id = id.to_string();
         self.call("WaitSandbox", id, timeout, move |c, ctx| async move {
@@ -258,7 +244,7 @@ impl ShimClient {
     }
 
     /// ShutdownSandbox: everything of the pod goes and the shim exits.
-    pub async fn shutdown_sandbox(self: &Arc<Self>, id: &str) -> Result<(), ShimError> {
+    pub async fn shutdown_sandbox(&self, id: &str) -> Result<(), ShimError> {
         let mut req = sb::ShutdownSandboxRequest::new();
         req.sandbox_id = id.to_string();
         self.call(
@@ -273,7 +259,7 @@ impl ShimClient {
     /// Task Shutdown with `now`: the shim exits. For a shim that holds no
     /// pod (criusd died before its CreateSandbox), which ShutdownSandbox
     /// cannot reach.
-    pub async fn shutdown_now(self: &Arc<Self>) -> Result<(), ShimError> {
+    pub async fn shutdown_now(&self) -> Result<(), ShimError> {
         let mut req = api::ShutdownRequest::new();
         req.now = true;
         self.call("Shutdown", "", CALL_TIMEOUT, move |c, ctx| async move {
@@ -283,10 +269,7 @@ impl ShimClient {
     }
 
     /// Task Create; returns the init pid.
-    pub async fn create_task(
-        self: &Arc<Self>,
-        req: api::CreateTaskRequest,
-    ) -> Result<u32, ShimError> {
+    pub async fn create_task(&self, req: api::CreateTaskRequest) -> Result<u32, ShimError> {
         let task_id = req.id.clone();
         self.call("Create", &task_id, CALL_TIMEOUT, move |c, ctx| async move {
             c.task.create(ctx, &req).await.map(|r| r.pid)
@@ -295,7 +278,7 @@ impl ShimClient {
     }
 
     /// Task Start (of the init, or of an exec with `exec_id`); returns the pid.
-    pub async fn start_task(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<u32, ShimError> {
+    pub async fn start_task(&self, id: &str, exec_id: &str) -> Result<u32, ShimError> {
         let mut req = api::StartRequest::new();
         req.id = id.to_string();
         req.exec_id = exec_id.to_string();
@@ -307,7 +290,7 @@ impl ShimClient {
 
     /// Task Kill.
     pub async fn kill(
-        self: &Arc<Self>,
+        &self,
         id: &str,
         exec_id: &str,
         signal: u32,
@@ -326,12 +309,7 @@ impl ShimClient {
 
     /// Task Wait: blocks until the process exits (or `timeout` passes);
     /// returns the exit status.
-    pub async fn wait(
-        self: &Arc<Self>,
-        id: &str,
-        exec_id: &str,
-        timeout: Duration,
-    ) -> Result<u32, ShimError> {
+    pub async fn wait(&self, id: &str, exec_id: &str, timeout: Duration) -> Result<u32, ShimError> {
         let mut req = api::WaitRequest::new();
         req.id = id.to_string();
         req.exec_id = exec_id.to_string();
@@ -342,7 +320,7 @@ impl ShimClient {
     }
 
     /// Task Delete.
-    pub async fn delete_task(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<(), ShimError> {
+    pub async fn delete_task(&self, id: &str, exec_id: &str) -> Result<(), ShimError> {
         let mut req = api::DeleteRequest::new();
         req.id = id.to_string();
         req.exec_id = exec_id.to_string();
@@ -355,7 +333,7 @@ impl ShimClient {
     /// Task Exec: registers a process described by an OCI process JSON,
     /// with its stdio (see the shim's stdio forms).
     pub async fn exec(
-        self: &Arc<Self>,
+        &self,
         id: &str,
         exec_id: &str,
         process_json: Vec<u8>,
@@ -379,7 +357,7 @@ impl ShimClient {
     }
 
     /// Task CloseIO: closes the process's stdin.
-    pub async fn close_stdin(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<(), ShimError> {
+    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), ShimError> {
         let mut req = api::CloseIORequest::new();
         req.id = id.to_string();
         req.exec_id = exec_id.to_string();
@@ -392,7 +370,7 @@ impl ShimClient {
 
     /// Task ResizePty.
     pub async fn resize_pty(
-        self: &Arc<Self>,
+        &self,
         id: &str,
         exec_id: &str,
         width: u32,
@@ -411,11 +389,7 @@ impl ShimClient {
 
     /// Task Update: applies an OCI `LinuxResources` JSON object to the
     /// container's cgroups (`runtime update --resources -`).
-    pub async fn update(
-        self: &Arc<Self>,
-        id: &str,
-        resources_json: Vec<u8>,
-    ) -> Result<(), ShimError> {
+    pub async fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<(), ShimError> {
         let mut req = api::UpdateTaskRequest::new();
         req.id = id.to_string();
         let mut any = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
@@ -430,7 +404,7 @@ impl ShimClient {
 
     /// `crius.shim.v1.Shim/ReopenLog`: reopens the CRI log file(s) of a
     /// process after they were rotated.
-    pub async fn reopen_log(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<(), ShimError> {
+    pub async fn reopen_log(&self, id: &str, exec_id: &str) -> Result<(), ShimError> {
         let mut req = pb::ReopenLogRequest::new();
         req.id = id.to_string();
         req.exec_id = exec_id.to_string();
@@ -444,12 +418,7 @@ impl ShimClient {
     /// `socket` (which the caller listens on) and copies the init process's
     /// output to it, and with `stdin` what comes back to its stdin; see the
     /// shim's README for the framing. Returns once the shim has connected.
-    pub async fn attach(
-        self: &Arc<Self>,
-        id: &str,
-        socket: &str,
-        stdin: bool,
-    ) -> Result<(), ShimError> {
+    pub async fn attach(&self, id: &str, socket: &str, stdin: bool) -> Result<(), ShimError> {
         let mut req = pb::AttachRequest::new();
         req.id = id.to_string();
         req.socket = socket.to_string();
@@ -461,11 +430,7 @@ impl ShimClient {
     }
 
     /// Task State.
-    pub async fn state(
-        self: &Arc<Self>,
-        id: &str,
-        exec_id: &str,
-    ) -> Result<api::StateResponse, ShimError> {
+    pub async fn state(&self, id: &str, exec_id: &str) -> Result<api::StateResponse, ShimError> {
         let mut req = api::StateRequest::new();
         req.id = id.to_string();
         req.exec_id = exec_id.to_string();

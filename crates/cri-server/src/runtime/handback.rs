@@ -270,4 +270,108 @@ mod tests {
         assert_eq!(hb.pending(), 0);
         assert_ne!(Kind::Sandbox.key("x"), Kind::Container.key("x"));
     }
+
+    use crate::rpc::{container_create::create_container, sandbox_run::run_pod_sandbox};
+    use crate::testing::{create_request, run_request, until, TestDaemon};
+    use crius_store::SandboxState;
+
+    /// A call whose caller gives up before the shim's `method` is let
+    /// through.
+    async fn abandoned<F: Future>(call: F) {
+        let r = tokio::time::timeout(Duration::from_millis(200), call).await;
+        assert!(r.is_err(), "the call should have outlived its caller");
+    }
+
+    #[tokio::test]
+    async fn a_pod_that_outlived_its_caller_is_handed_to_the_retry() {
+        // Whether the retry comes while the creation still runs (it joins)
+        // or after it finished (it claims the parked pod).
+        for retry_while_running in [true, false] {
+            let t = TestDaemon::start();
+            let d = &t.daemon;
+            let gate = t.fakes.hold("StartSandbox");
+            let req = run_request("slow");
+            abandoned(run_pod_sandbox(d, req.clone())).await;
+            let retry = {
+                let (d, req) = (d.clone(), req.clone());
+                tokio::spawn(async move { run_pod_sandbox(&d, req).await })
+            };
+            if retry_while_running {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                assert!(!retry.is_finished());
+            }
+            gate.add_permits(1);
+            let id = retry.await.unwrap().unwrap().pod_sandbox_id;
+            // One pod, made once, ready, claimed.
+            assert_eq!(t.fakes.calls(&["Launch"]), [format!("Launch {id}")]);
+            assert_eq!(d.store.list_sandboxes().len(), 1);
+            assert_eq!(
+                d.store.get_sandbox(&id).unwrap().status.state,
+                SandboxState::Ready
+            );
+            assert_eq!(d.handback.pending(), 0);
+            // Claimed once: a later identical call is refused (name taken).
+            let err = run_pod_sandbox(d, req).await.expect_err("name is taken");
+            assert!(err.message().contains(&id), "{}", err.message());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unclaimed_pod_is_removed_after_the_expiry() {
+        let t = TestDaemon::start();
+        let d = &t.daemon;
+        d.handback.set_expiry(Duration::from_millis(300));
+        let gate = t.fakes.hold("StartSandbox");
+        let req = run_request("slow");
+        abandoned(run_pod_sandbox(d, req.clone())).await;
+        gate.add_permits(1);
+        until("the unclaimed pod to be torn down", || {
+            !t.fakes.calls(&["ShutdownSandbox"]).is_empty() && d.store.list_sandboxes().is_empty()
+        })
+        .await;
+        until("the hand-back entry to go", || d.handback.pending() == 0).await;
+        let name = crate::runtime::sandbox::sandbox_name(req.config.as_ref().unwrap());
+        assert_eq!(d.store.name_holder(&name), None);
+        assert!(t.fakes.netns_held().is_empty());
+        assert!(t.fakes.attached().is_empty());
+        // The name is free for a new pod.
+        gate.add_permits(1);
+        let id = run_pod_sandbox(d, req).await.unwrap().pod_sandbox_id;
+        assert_eq!(d.store.name_holder(&name), Some(id));
+    }
+
+    #[tokio::test]
+    async fn a_container_that_outlived_its_caller_is_handed_back_or_removed() {
+        // (claimed by a retry, or left to expire).
+        for claimed in [true, false] {
+            let t = TestDaemon::start();
+            let d = &t.daemon;
+            d.handback.set_expiry(Duration::from_millis(300));
+            let sid = run_pod_sandbox(d, run_request("web"))
+                .await
+                .unwrap()
+                .pod_sandbox_id;
+            let gate = t.fakes.hold("Create");
+            let req = create_request(&sid, "web", "app");
+            abandoned(create_container(d, req.clone())).await;
+            gate.add_permits(1);
+            if claimed {
+                let id = create_container(d, req).await.unwrap().container_id;
+                assert_eq!(t.fakes.calls(&["Create"]), [format!("Create {id}")]);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                assert!(
+                    d.store.get_container(&id).is_ok(),
+                    "a claimed container stays"
+                );
+            } else {
+                until("the unclaimed container to be removed", || {
+                    !t.fakes.calls(&["Delete"]).is_empty() && d.store.list_containers().is_empty()
+                })
+                .await;
+                let id = crate::testing::id_of(&t.fakes, "Create");
+                assert_eq!(t.fakes.shim_of(&sid).unwrap().task(&id), None);
+            }
+            until("the hand-back entry to go", || d.handback.pending() == 0).await;
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! port-forward by connecting inside the pod's network namespace.
 
 use crate::daemon::Daemon;
-use crate::shimclient::{ShimClient, Stdio, ATTACH_TIMEOUT};
+use crate::shimclient::{Shim, Stdio, ATTACH_TIMEOUT};
 use crate::streaming::backend::{Backend, BackendError, BoxRead, BoxWrite, StreamIo};
 use crius_store::ContainerState;
 use std::path::{Path, PathBuf};
@@ -36,7 +36,7 @@ impl ShimBackend {
     async fn running(
         &self,
         container_id: &str,
-    ) -> Result<(crius_store::ContainerRecord, Arc<ShimClient>), BackendError> {
+    ) -> Result<(crius_store::ContainerRecord, Shim), BackendError> {
         let record = self
             .daemon
             .store
@@ -193,7 +193,7 @@ fn connect_localhost(port: u16) -> std::io::Result<std::net::TcpStream> {
 }
 
 async fn run_exec(
-    shim: &Arc<ShimClient>,
+    shim: &Shim,
     id: &str,
     exec_id: &str,
     dir: &Path,
@@ -325,7 +325,7 @@ async fn copy_in(from: &mut BoxRead, to: &mut pipe::Sender) -> std::io::Result<(
 /// stdin bytes go the other way.
 async fn attach_via_shim(
     daemon: &Daemon,
-    shim: &Arc<ShimClient>,
+    shim: &Shim,
     id: &str,
     io: StreamIo,
 ) -> Result<(), BackendError> {

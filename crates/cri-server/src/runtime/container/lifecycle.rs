@@ -7,7 +7,7 @@ use crate::errors::{internal, spec_status};
 use crate::errors::{invalid_field, store_status};
 use crate::runtime::now_nanos;
 use crate::runtime::sandbox::lifecycle::Timeline;
-use crate::shimclient::ShimClient;
+use crate::shimclient::Shim;
 use crius_nri::runtime::PluginUpdates;
 use crius_spec::container::{container_spec, image_volumes, user_request, ContainerInput};
 use crius_spec::mounts::HostPropagation;
@@ -263,7 +263,7 @@ pub(crate) fn bundle_dir(daemon: &Daemon, id: &str) -> PathBuf {
     container_state(daemon, id).join("bundle")
 }
 
-async fn shim_for(daemon: &Daemon, sandbox_id: &str) -> Result<Arc<ShimClient>, CriError> {
+async fn shim_for(daemon: &Daemon, sandbox_id: &str) -> Result<Shim, CriError> {
     daemon.shim(sandbox_id).await.ok_or_else(|| {
         CriError::failed_precondition(format!(
             "the shim of pod sandbox {sandbox_id} is not running"
@@ -279,7 +279,7 @@ struct Done {
     dirs: Vec<PathBuf>,
     /// Host directories made for CRI mounts, deepest first.
     host_dirs: Vec<PathBuf>,
-    task: Option<Arc<ShimClient>>,
+    task: Option<Shim>,
 }
 
 impl Done {
@@ -749,7 +749,7 @@ pub async fn record_exit(
 }
 
 /// Watches a started container and records its exit.
-pub fn watch_exit(daemon: Arc<Daemon>, shim: Arc<ShimClient>, id: String) {
+pub fn watch_exit(daemon: Arc<Daemon>, shim: Shim, id: String) {
     tokio::spawn(async move {
         match shim.wait(&id, "", WAIT_FOREVER).await {
             Ok(status) => record_exit(&daemon, &id, status, None, None).await,
@@ -1123,7 +1123,7 @@ fn file_len(path: &Path) -> u64 {
 /// Registers and starts an exec process whose output goes to `stdout` and
 /// `stderr` (shim stdio URIs).
 async fn start_exec(
-    shim: &Arc<ShimClient>,
+    shim: &Shim,
     id: &str,
     exec_id: &str,
     process: &[u8],
@@ -1567,5 +1567,193 @@ mod tests {
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().contains("config.image.image"), "{err:?}");
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+}
+
+/// CreateContainer, StartContainer, StopContainer and RemoveContainer
+/// against the fake shim (`crate::testing`).
+#[cfg(test)]
+mod orchestration_tests {
+    use super::*;
+    use crate::testing::{create_request, id_of, run_request, Scripted, TaskState, TestDaemon};
+    use ttrpc::Code;
+
+    async fn pod(t: &TestDaemon) -> String {
+        crate::runtime::sandbox::lifecycle::run(&t.daemon, run_request("web"))
+            .await
+            .unwrap()
+    }
+
+    fn rootfs_dir(d: &Daemon, id: &str) -> PathBuf {
+        d.config().root.join("images/containers").join(id)
+    }
+
+    #[tokio::test]
+    async fn create_container_failing_at_the_shim_rolls_back() {
+        // (how the shim's Create fails, what the rollback asks of the shim).
+        let cases = [
+            (Scripted::Fail(Code::INTERNAL), Vec::<&str>::new()),
+            (Scripted::Fail(Code::INVALID_ARGUMENT), Vec::new()),
+            (Scripted::Unreachable, Vec::new()),
+        ];
+        for (i, (how, undo)) in cases.into_iter().enumerate() {
+            let t = TestDaemon::start();
+            let d = &t.daemon;
+            let sid = pod(&t).await;
+            t.fakes.clear_journal();
+            t.fakes.script("Create", how);
+            let req = create_request(&sid, "web", "app");
+            let name = crate::runtime::sandbox::container_name(
+                "app",
+                0,
+                &crate::testing::pod_config("web"),
+            );
+            let err = create(d, req.clone()).await.expect_err("create");
+            let cid = id_of(&t.fakes, "Create");
+            // Nothing after the failed Create reaches the shim: no task.
+            let journal = t.fakes.journal();
+            assert_eq!(journal[1..].to_vec(), undo, "case {i}: {}", err.message());
+            assert!(d.store.get_container(&cid).is_err(), "case {i}: record");
+            assert!(d.store.list_containers().is_empty(), "case {i}");
+            assert_eq!(d.store.name_holder(&name), None, "case {i}: name");
+            for dir in [
+                rootfs_dir(d, &cid),
+                container_root(d, &cid),
+                container_state(d, &cid),
+            ] {
+                assert!(!dir.exists(), "case {i}: {} is left", dir.display());
+            }
+            // The name can be used again.
+            t.fakes.unscript("Create");
+            let (cid2, _) = create(d, req).await.unwrap();
+            assert_eq!(d.store.name_holder(&name), Some(cid2.clone()));
+            assert_eq!(
+                t.fakes.shim_of(&sid).unwrap().task(&cid2),
+                Some(TaskState::Created)
+            );
+            assert!(rootfs_dir(d, &cid2).join("upper").is_dir());
+        }
+    }
+
+    #[tokio::test]
+    async fn create_container_refuses_a_pod_that_is_not_ready() {
+        let t = TestDaemon::start();
+        let d = &t.daemon;
+        let unknown = create(d, create_request("nope", "web", "app")).await;
+        assert_eq!(
+            unknown.expect_err("unknown pod").code(),
+            tonic::Code::NotFound
+        );
+        let sid = pod(&t).await;
+        crate::runtime::sandbox::lifecycle::stop(d, &sid)
+            .await
+            .unwrap();
+        let err = create(d, create_request(&sid, "web", "app"))
+            .await
+            .expect_err("stopped pod");
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(d.store.list_containers().is_empty());
+    }
+
+    #[tokio::test]
+    async fn start_container_failure_leaves_it_exited() {
+        // (how the shim's Start fails, the CRI code).
+        let cases = [
+            (Scripted::Fail(Code::INTERNAL), tonic::Code::Internal),
+            (Scripted::Fail(Code::NOT_FOUND), tonic::Code::NotFound),
+            (Scripted::Unreachable, tonic::Code::Unavailable),
+        ];
+        for (how, code) in cases {
+            let t = TestDaemon::start();
+            let d = &t.daemon;
+            let sid = pod(&t).await;
+            let (cid, _) = create(d, create_request(&sid, "web", "app")).await.unwrap();
+            t.fakes.script("Start", how);
+            let err = start(d, &cid).await.expect_err("start");
+            assert_eq!(err.code(), code, "{}", err.message());
+            let record = d.store.get_container(&cid).unwrap();
+            assert_eq!(record.status.state, ContainerState::Exited);
+            assert_eq!(record.status.exit_code, Some(128));
+            assert_eq!(record.status.reason.as_deref(), Some("StartError"));
+            // Not startable again, and removable.
+            t.fakes.unscript("Start");
+            let again = start(d, &cid).await.expect_err("start again");
+            assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+            remove(d, &cid).await.unwrap();
+            assert!(d.store.get_container(&cid).is_err());
+            assert!(!rootfs_dir(d, &cid).exists());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_started_container_runs_until_its_exit_is_recorded() {
+        let t = TestDaemon::start();
+        let d = &t.daemon;
+        let sid = pod(&t).await;
+        let (cid, _) = create(d, create_request(&sid, "web", "app")).await.unwrap();
+        start(d, &cid).await.unwrap();
+        assert_eq!(
+            d.store.get_container(&cid).unwrap().status.state,
+            ContainerState::Running
+        );
+        t.fakes.shim_of(&sid).unwrap().exit(&cid, 3);
+        crate::testing::until("the exit to be recorded", || {
+            d.store
+                .get_container(&cid)
+                .is_ok_and(|r| r.status.state == ContainerState::Exited)
+        })
+        .await;
+        let record = d.store.get_container(&cid).unwrap();
+        assert_eq!(record.status.exit_code, Some(3));
+        assert_eq!(record.status.reason.as_deref(), Some("Error"));
+    }
+
+    #[tokio::test]
+    async fn stop_and_remove_container_are_idempotent() {
+        let t = TestDaemon::start();
+        let d = &t.daemon;
+        for id in ["", "nope", "0123456789abcdef"] {
+            stop(d, id, Duration::from_secs(1)).await.unwrap();
+            remove(d, id).await.unwrap();
+        }
+        let sid = pod(&t).await;
+        let (cid, _) = create(d, create_request(&sid, "web", "app")).await.unwrap();
+        start(d, &cid).await.unwrap();
+        // The stop signal first, then nothing more once it exited.
+        stop(d, &cid, Duration::from_secs(5)).await.unwrap();
+        stop(d, &cid, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(t.fakes.calls(&["Kill"]), [format!("Kill {cid}")]);
+        let record = d.store.get_container(&cid).unwrap();
+        assert_eq!(record.status.state, ContainerState::Exited);
+        assert_eq!(record.status.exit_code, Some(128 + libc::SIGTERM));
+        remove(d, &cid).await.unwrap();
+        remove(d, &cid).await.unwrap();
+        stop(d, &cid, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(t.fakes.calls(&["Delete"]), [format!("Delete {cid}")]);
+        assert!(d.store.get_container(&cid).is_err());
+        assert_eq!(t.fakes.shim_of(&sid).unwrap().task(&cid), None);
+        for dir in [
+            rootfs_dir(d, &cid),
+            container_root(d, &cid),
+            container_state(d, &cid),
+        ] {
+            assert!(!dir.exists(), "{} is left", dir.display());
+        }
+    }
+
+    #[tokio::test]
+    async fn remove_container_of_a_dead_shim_has_delete_clean_up() {
+        let t = TestDaemon::start();
+        let d = &t.daemon;
+        let sid = pod(&t).await;
+        let (cid, _) = create(d, create_request(&sid, "web", "app")).await.unwrap();
+        t.fakes.shim_of(&sid).unwrap().die();
+        d.shims.lock().await.clear();
+        remove(d, &cid).await.unwrap();
+        assert_eq!(
+            t.fakes.calls(&["ShimDelete"]),
+            [format!("ShimDelete {cid}")]
+        );
+        assert!(d.store.get_container(&cid).is_err());
     }
 }

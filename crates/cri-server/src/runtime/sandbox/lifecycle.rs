@@ -13,7 +13,7 @@ use crate::errors::CriError;
 use crate::errors::{internal, spec_status};
 use crate::errors::{invalid_field, store_status};
 use crate::runtime::now_nanos;
-use crate::shimclient::{self, ShimClient};
+use crate::shimclient::{self, Shim};
 use crius_netns::cni::{CniNetwork, PodNetwork};
 use crius_spec::sandbox::{host_namespaces, HostNamespaces};
 use crius_store::{Record, SandboxMetadata, SandboxRecord, SandboxState, SandboxStatus};
@@ -40,10 +40,17 @@ fn observe_cni(daemon: &Daemon, op: &str, took: Duration, failed: bool) {
     }
 }
 
-async fn cni_add(network: CniNetwork, pod: PodNetwork) -> Result<(String, Vec<String>), CriError> {
+async fn cni_add(
+    daemon: &Daemon,
+    network: CniNetwork,
+    pod: PodNetwork,
+) -> Result<(String, Vec<String>), CriError> {
     let span = tracing::debug_span!("cni", op = "add", sandbox = %pod.container_id);
+    let net = daemon.net.clone();
     crate::telemetry::blocking(span, move || {
-        let result = network.add(&pod).map_err(|e| internal("CNI ADD", e))?;
+        let result = net
+            .cni_add(&network, &pod)
+            .map_err(|e| internal("CNI ADD", e))?;
         let ips = result
             .pod_ips(crius_netns::cni::DEFAULT_IFNAME)
             .ok_or_else(|| CriError::internal("CNI ADD returned no IP address for the pod"))?;
@@ -56,10 +63,12 @@ async fn cni_add(network: CniNetwork, pod: PodNetwork) -> Result<(String, Vec<St
     .map_err(|e| internal("CNI ADD", e))?
 }
 
-async fn cni_del(network: CniNetwork, pod: PodNetwork) -> Result<(), CriError> {
+async fn cni_del(daemon: &Daemon, network: CniNetwork, pod: PodNetwork) -> Result<(), CriError> {
     let span = tracing::debug_span!("cni", op = "del", sandbox = %pod.container_id);
+    let net = daemon.net.clone();
     crate::telemetry::blocking(span, move || {
-        network.del(&pod).map_err(|e| internal("CNI DEL", e))
+        net.cni_del(&network, &pod)
+            .map_err(|e| internal("CNI DEL", e))
     })
     .await
     .map_err(|e| internal("CNI DEL", e))?
@@ -130,7 +139,7 @@ struct Done {
     record: bool,
     rootfs: bool,
     dirs: Vec<PathBuf>,
-    shim: Option<Arc<ShimClient>>,
+    shim: Option<Shim>,
     /// The shim launch was attempted (it may have forked the shim and then
     /// failed).
     launched: bool,
@@ -142,7 +151,7 @@ struct Done {
 impl Done {
     async fn undo(self, daemon: &Daemon, id: &str) {
         if let Some((network, pod)) = self.network {
-            if let Err(e) = cni_del(network, pod).await {
+            if let Err(e) = cni_del(daemon, network, pod).await {
                 tracing::warn!(sandbox = id, error = %e.message(), "rollback: CNI DEL failed");
             }
         }
@@ -163,7 +172,7 @@ impl Done {
             // directory: shut it down and clean up after it.
             for _ in 0..10 {
                 let address = crate::recover::derived_address(daemon, id);
-                if let Ok(shim) = ShimClient::connect(&address).await {
+                if let Ok(shim) = daemon.shim_host.connect(&address).await {
                     if let Err(e) = shim.shutdown_now().await {
                         tracing::debug!(sandbox = id, error = %e, "rollback: shim shutdown");
                     }
@@ -177,7 +186,7 @@ impl Done {
         }
         // Whether or not a shim took the netns over (and removed it).
         if let Some(n) = self.netns {
-            if let Err(e) = crius_netns::netns::remove(&n) {
+            if let Err(e) = daemon.net.remove_netns(&n) {
                 tracing::warn!(sandbox = id, error = %e, "rollback: cannot remove the netns");
             }
         }
@@ -355,7 +364,8 @@ async fn run_steps(
     let own_netns = (!hn.network && userns_netns.is_none()).then(|| shim_dir.netns());
     if let Some(p) = own_netns.clone() {
         done.netns = Some(p.clone());
-        tokio::task::spawn_blocking(move || crius_netns::netns::create(&p))
+        let net = daemon.net.clone();
+        tokio::task::spawn_blocking(move || net.create_netns(&p))
             .await
             .map_err(|e| internal("netns", e))?
             .map_err(|e| internal("cannot create the pod's network namespace", e))?;
@@ -375,7 +385,7 @@ async fn run_steps(
         let Some((network, pod)) = network.clone() else {
             return Ok(None);
         };
-        let r = cni_add(network, pod).await;
+        let r = cni_add(daemon, network, pod).await;
         let took = cni_started.elapsed();
         observe_cni(daemon, "add", took, r.is_err());
         r.map(|ips| Some((ips, took)))
@@ -461,7 +471,7 @@ async fn run_steps(
 #[derive(Default)]
 struct ShimSide {
     launched: bool,
-    shim: Option<Arc<ShimClient>>,
+    shim: Option<Shim>,
     phases: Vec<(&'static str, Duration)>,
 }
 
@@ -510,7 +520,9 @@ impl PodShim<'_> {
                 .place(id, pid, &daemon.config().shim_slice);
         }
         let address = launched.address;
-        let shim = ShimClient::connect(&address)
+        let shim = daemon
+            .shim_host
+            .connect(&address)
             .await
             .map_err(CriError::from)?;
         side.shim = Some(shim.clone());
@@ -765,7 +777,8 @@ async fn cni_del_retried(
             // be unregistered: the kernel does it when the last process of
             // the pod has left the namespace.
             let path = netns.to_path_buf();
-            match tokio::task::spawn_blocking(move || crius_netns::netns::remove(&path)).await {
+            let net = daemon.net.clone();
+            match tokio::task::spawn_blocking(move || net.remove_netns(&path)).await {
                 Ok(Ok(())) => tracing::debug!(sandbox = %id, "netns removed before CNI DEL"),
                 Ok(Err(e)) => {
                     tracing::warn!(sandbox = %id, error = %e, "cannot remove the netns before CNI DEL")
@@ -774,7 +787,12 @@ async fn cni_del_retried(
             }
         }
         let started = std::time::Instant::now();
-        let r = cni_del(network, pod_network(id, netns, config, &daemon.pod_cidr())).await;
+        let r = cni_del(
+            daemon,
+            network,
+            pod_network(id, netns, config, &daemon.pod_cidr()),
+        )
+        .await;
         observe_cni(daemon, "del", started.elapsed(), r.is_err());
         match r {
             Ok(()) => return Ok(()),
@@ -871,7 +889,9 @@ async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
         Some(s) => Some(s),
         // No address recorded: criusd died while the shim was starting,
         // which may have come up since at the address it derives.
-        None => ShimClient::connect(&crate::recover::derived_address(daemon, &id))
+        None => daemon
+            .shim_host
+            .connect(&crate::recover::derived_address(daemon, &id))
             .await
             .ok(),
     };
@@ -1019,4 +1039,233 @@ async fn remove_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
         .map_err(|e| internal("store", e))?
         .map_err(store_status)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shimclient::ShimApi;
+    use crate::testing::{id_of, run_request, Scripted, TestDaemon};
+    use ttrpc::Code;
+
+    /// The journal after the failing call, without the CNI ADD that ran
+    /// beside the shim's steps: what the rollback did, in order.
+    fn after(journal: &[String], failed: &str) -> Vec<String> {
+        let at = journal
+            .iter()
+            .position(|e| e == failed)
+            .unwrap_or_else(|| panic!("no {failed:?} in {journal:?}"));
+        journal[at + 1..]
+            .iter()
+            .filter(|e| !e.starts_with("CniAdd "))
+            .cloned()
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn run_pod_sandbox_failing_at_each_step_rolls_back_in_reverse() {
+        // (step scripted to fail, how, the last step done before the
+        // rollback, what the rollback does; `ID` stands for the sandbox id).
+        let tries = |id: &'static str| std::iter::repeat_n(id, 10).collect::<Vec<_>>();
+        let cases: Vec<(&'static str, Scripted, &str, Vec<&str>)> = vec![
+            // The netns is removed whether or not its creation got far.
+            (
+                "NetnsCreate",
+                Scripted::Fail(Code::INTERNAL),
+                "NetnsCreate ID",
+                vec!["NetnsRemove ID"],
+            ),
+            // A launch that failed may have forked the shim: it is looked
+            // for at its address, then cleaned up after by `delete`.
+            (
+                "Launch",
+                Scripted::Fail(Code::INTERNAL),
+                "Launch ID",
+                [
+                    vec!["CniDel ID"],
+                    tries("Connect "),
+                    vec!["ShimDeletePod ID", "NetnsRemove ID"],
+                ]
+                .concat(),
+            ),
+            (
+                "Connect",
+                Scripted::Unreachable,
+                "Connect ID",
+                [
+                    vec!["CniDel ID"],
+                    tries("Connect ID"),
+                    vec!["ShimDeletePod ID", "NetnsRemove ID"],
+                ]
+                .concat(),
+            ),
+            // A shim that never got the pod cannot shut it down: `delete`
+            // cleans up after it.
+            (
+                "CreateSandbox",
+                Scripted::Fail(Code::INTERNAL),
+                "CreateSandbox ID",
+                vec![
+                    "CniDel ID",
+                    "ShutdownSandbox ID",
+                    "ShimDeletePod ID",
+                    "NetnsRemove ID",
+                ],
+            ),
+            (
+                "SandboxStatus",
+                Scripted::Fail(Code::INTERNAL),
+                "SandboxStatus ID",
+                vec!["CniDel ID", "ShutdownSandbox ID", "NetnsRemove ID"],
+            ),
+            (
+                "StartSandbox",
+                Scripted::Fail(Code::INTERNAL),
+                "StartSandbox ID",
+                vec!["CniDel ID", "ShutdownSandbox ID", "NetnsRemove ID"],
+            ),
+            // CNI ADD runs beside the shim's steps, which all finish.
+            (
+                "CniAdd",
+                Scripted::Fail(Code::INTERNAL),
+                "StartSandbox ID",
+                vec!["CniDel ID", "ShutdownSandbox ID", "NetnsRemove ID"],
+            ),
+        ];
+        for (step, how, last, undo) in cases {
+            let t = TestDaemon::start();
+            let d = &t.daemon;
+            t.fakes.script(step, how);
+            let req = run_request("web");
+            let name = super::super::sandbox_name(req.config.as_ref().unwrap());
+            let err = run(d, req.clone()).await.expect_err(step);
+            let journal = t.fakes.journal();
+            let id = id_of(&t.fakes, "NetnsCreate");
+            let want: Vec<String> = undo.iter().map(|e| e.replace("ID", &id)).collect();
+            let got = after(&journal, &last.replace("ID", &id));
+            assert_eq!(got, want, "{step}: {}; journal {journal:?}", err.message());
+            // Nothing is left: record, name, netns, attachment, connection,
+            // directories, rootfs.
+            assert!(d.store.list_sandboxes().is_empty(), "{step}");
+            assert_eq!(d.store.name_holder(&name), None, "{step}");
+            assert!(t.fakes.netns_held().is_empty(), "{step}");
+            assert!(t.fakes.attached().is_empty(), "{step}");
+            assert!(d.shims.lock().await.is_empty(), "{step}");
+            if let Some(shim) = t.fakes.shim_of(&id) {
+                assert!(!shim.has_sandbox(), "{step}: the shim still holds the pod");
+            }
+            for dir in [
+                d.sandbox_root(&id),
+                d.sandbox_state(&id),
+                d.config().root.join("images/containers").join(&id),
+            ] {
+                assert!(!dir.exists(), "{step}: {} is left", dir.display());
+            }
+            // The name can be used again.
+            t.fakes.unscript(step);
+            let id2 = run(d, req)
+                .await
+                .unwrap_or_else(|e| panic!("{step}: {}", e.message()));
+            let record = d.store.get_sandbox(&id2).unwrap();
+            assert_eq!(record.status.state, SandboxState::Ready, "{step}");
+            assert_eq!(d.store.name_holder(&name), Some(id2.clone()), "{step}");
+            assert!(t.fakes.shim_of(&id2).unwrap().has_sandbox(), "{step}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ready_pod_has_its_shim_network_and_files() {
+        let t = TestDaemon::start();
+        let d = &t.daemon;
+        let id = run(d, run_request("web")).await.unwrap();
+        let record = d.store.get_sandbox(&id).unwrap();
+        assert_eq!(record.status.state, SandboxState::Ready);
+        assert!(record
+            .status
+            .ip
+            .as_deref()
+            .is_some_and(|ip| ip.starts_with("10.88.0.")));
+        let shim = t.fakes.shim_of(&id).unwrap();
+        assert_eq!(record.status.shim_address.as_deref(), Some(shim.address()));
+        assert_eq!(
+            t.fakes.calls(&[
+                "Launch",
+                "Connect",
+                "CreateSandbox",
+                "SandboxStatus",
+                "StartSandbox"
+            ]),
+            [
+                "Launch",
+                "Connect",
+                "CreateSandbox",
+                "SandboxStatus",
+                "StartSandbox"
+            ]
+            .map(|m| format!("{m} {id}"))
+        );
+        assert_eq!(t.fakes.attached(), std::slice::from_ref(&id));
+        assert_eq!(t.fakes.netns_held(), [d.shim_pod_dir(&id).netns()]);
+        for f in ["hosts", "hostname", "resolv.conf"] {
+            assert!(d.sandbox_root(&id).join(f).is_file(), "{f}");
+        }
+    }
+
+    #[tokio::test]
+    async fn stop_and_remove_are_idempotent() {
+        let t = TestDaemon::start();
+        let d = &t.daemon;
+        // Unknown ids.
+        for id in ["", "nope", "0123456789abcdef"] {
+            stop(d, id).await.unwrap();
+            remove(d, id).await.unwrap();
+        }
+        let id = run(d, run_request("web")).await.unwrap();
+        // Stopped twice, removed twice (and stopped after removal).
+        stop(d, &id).await.unwrap();
+        stop(d, &id).await.unwrap();
+        assert_eq!(
+            d.store.get_sandbox(&id).unwrap().status.state,
+            SandboxState::NotReady
+        );
+        // The shim was shut down once (CNI DEL, idempotent, is repeated).
+        assert_eq!(
+            t.fakes.calls(&["ShutdownSandbox"]),
+            [format!("ShutdownSandbox {id}")]
+        );
+        assert!(!t.fakes.shim_of(&id).unwrap().alive());
+        remove(d, &id).await.unwrap();
+        remove(d, &id).await.unwrap();
+        stop(d, &id).await.unwrap();
+        assert!(d.store.get_sandbox(&id).is_err());
+        assert!(t.fakes.netns_held().is_empty());
+        assert!(t.fakes.attached().is_empty());
+        for dir in [d.sandbox_root(&id), d.sandbox_state(&id)] {
+            assert!(!dir.exists(), "{}", dir.display());
+        }
+        // The name is free again.
+        run(d, run_request("web")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn stop_of_a_pod_whose_shim_died_has_delete_clean_up() {
+        let t = TestDaemon::start();
+        let d = &t.daemon;
+        let id = run(d, run_request("web")).await.unwrap();
+        t.fakes.shim_of(&id).unwrap().die();
+        d.shims.lock().await.clear();
+        t.fakes.clear_journal();
+        stop(d, &id).await.unwrap();
+        assert_eq!(
+            t.fakes
+                .calls(&["CniDel", "ShimDeletePod", "ShutdownSandbox"]),
+            [format!("CniDel {id}"), format!("ShimDeletePod {id}")]
+        );
+        assert_eq!(
+            d.store.get_sandbox(&id).unwrap().status.state,
+            SandboxState::NotReady
+        );
+        remove(d, &id).await.unwrap();
+        assert!(d.store.get_sandbox(&id).is_err());
+    }
 }

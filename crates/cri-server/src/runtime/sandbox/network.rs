@@ -148,6 +148,58 @@ pub fn pod_network(
     pod
 }
 
+/// The host side of a pod's network that RunPodSandbox and
+/// StopPodSandbox drive: the pod's network namespace and the CNI plugins.
+/// Blocking calls (callers run them off the async workers). Chosen when
+/// the daemon is built ([`HostNet`] in criusd, a fake in unit tests).
+pub trait PodNet: Send + Sync {
+    /// Creates a network namespace pinned at `path`.
+    fn create_netns(&self, path: &Path) -> Result<(), crius_netns::netns::NetnsError>;
+    /// Unpins and removes the network namespace at `path`.
+    fn remove_netns(&self, path: &Path) -> Result<(), crius_netns::netns::NetnsError>;
+    /// CNI ADD of the pod to `network`.
+    fn cni_add(
+        &self,
+        network: &crius_netns::cni::CniNetwork,
+        pod: &PodNetwork,
+    ) -> Result<crius_netns::cni::CniResult, crius_netns::cni::CniError>;
+    /// CNI DEL of the pod from `network`.
+    fn cni_del(
+        &self,
+        network: &crius_netns::cni::CniNetwork,
+        pod: &PodNetwork,
+    ) -> Result<(), crius_netns::cni::CniError>;
+}
+
+/// The host's namespaces and CNI plugins (crius-netns).
+pub struct HostNet;
+
+impl PodNet for HostNet {
+    fn create_netns(&self, path: &Path) -> Result<(), crius_netns::netns::NetnsError> {
+        crius_netns::netns::create(path).map(drop)
+    }
+
+    fn remove_netns(&self, path: &Path) -> Result<(), crius_netns::netns::NetnsError> {
+        crius_netns::netns::remove(path)
+    }
+
+    fn cni_add(
+        &self,
+        network: &crius_netns::cni::CniNetwork,
+        pod: &PodNetwork,
+    ) -> Result<crius_netns::cni::CniResult, crius_netns::cni::CniError> {
+        network.add(pod)
+    }
+
+    fn cni_del(
+        &self,
+        network: &crius_netns::cni::CniNetwork,
+        pod: &PodNetwork,
+    ) -> Result<(), crius_netns::cni::CniError> {
+        network.del(pod)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
