@@ -286,8 +286,12 @@ impl Done {
     async fn undo(self, daemon: &Daemon, id: &str) {
         if let Some(shim) = self.task {
             let _ = shim.kill(id, "", 9, true).await;
-            if let Err(e) = shim.delete_task(id, "").await {
-                tracing::warn!(container = id, error = %e, "rollback: task delete failed");
+            match shim.delete_task(id, "").await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => {
+                    tracing::warn!(container = id, error = %e, "rollback: task delete failed")
+                }
             }
         }
         // Idmapped mounts (user namespace pods) go before anything below
@@ -662,8 +666,12 @@ async fn create_steps(
         create.stderr = out;
     }
     create.rootfs = crate::shimclient::proto_mounts(&mounts);
+    // Before the call: a Create that timed out or failed half-way may have
+    // left a task (with its rootfs mounted) in the shim, and the rollback
+    // must delete it before the writable layer goes (a shim that has no
+    // such task answers NotFound, which the rollback ignores).
+    done.task = Some(shim.clone());
     let pid = shim.create_task(create).await.map_err(CriError::from)?;
-    done.task = Some(shim);
     // The pid is recorded by StartContainer (with the state, in one store
     // write); until then the shim has it.
     tracing::debug!(container = %id, pid, "task created");
@@ -1590,11 +1598,15 @@ mod orchestration_tests {
 
     #[tokio::test]
     async fn create_container_failing_at_the_shim_rolls_back() {
-        // (how the shim's Create fails, what the rollback asks of the shim).
+        // (how the shim's Create fails, what the rollback asks of the
+        // shim: a failed or timed-out Create may have left a task behind,
+        // so it is killed and deleted whatever the answer was).
+        let undo = vec!["Kill ID", "Delete ID"];
         let cases = [
-            (Scripted::Fail(Code::INTERNAL), Vec::<&str>::new()),
-            (Scripted::Fail(Code::INVALID_ARGUMENT), Vec::new()),
-            (Scripted::Unreachable, Vec::new()),
+            (Scripted::Fail(Code::INTERNAL), undo.clone()),
+            (Scripted::Fail(Code::INVALID_ARGUMENT), undo.clone()),
+            (Scripted::Fail(Code::DEADLINE_EXCEEDED), undo.clone()),
+            (Scripted::Unreachable, undo),
         ];
         for (i, (how, undo)) in cases.into_iter().enumerate() {
             let t = TestDaemon::start();
@@ -1610,8 +1622,8 @@ mod orchestration_tests {
             );
             let err = create(d, req.clone()).await.expect_err("create");
             let cid = id_of(&t.fakes, "Create");
-            // Nothing after the failed Create reaches the shim: no task.
             let journal = t.fakes.journal();
+            let undo: Vec<String> = undo.iter().map(|e| e.replace("ID", &cid)).collect();
             assert_eq!(journal[1..].to_vec(), undo, "case {i}: {}", err.message());
             assert!(d.store.get_container(&cid).is_err(), "case {i}: record");
             assert!(d.store.list_containers().is_empty(), "case {i}");

@@ -157,7 +157,15 @@ impl Done {
         }
         if let Some(shim) = self.shim {
             if let Err(e) = shim.shutdown_sandbox(id).await {
-                tracing::warn!(sandbox = id, error = %e, "rollback: shim shutdown failed");
+                if e.is_not_found() {
+                    // The shim never got the pod (CreateSandbox failed): it
+                    // would idle forever. Stop it, as StopPodSandbox does.
+                    if let Err(e) = shim.shutdown_now().await {
+                        tracing::debug!(sandbox = id, error = %e, "rollback: shim shutdown");
+                    }
+                } else {
+                    tracing::warn!(sandbox = id, error = %e, "rollback: shim shutdown failed");
+                }
                 // The shim could not clean up after itself (it may be
                 // gone): do what it would have done, before the record that
                 // would let Stop/Remove find these goes away.
@@ -1108,6 +1116,7 @@ mod tests {
                 vec![
                     "CniDel ID",
                     "ShutdownSandbox ID",
+                    "Shutdown ID",
                     "ShimDeletePod ID",
                     "NetnsRemove ID",
                 ],
