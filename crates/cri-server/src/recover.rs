@@ -13,18 +13,10 @@
 //! whose shim or task is gone becomes EXITED with a reason and a message.
 
 use crate::daemon::Daemon;
-use crate::runtime::container::lifecycle::{record_exit, watch_exit};
-use crate::runtime::now_nanos;
-use crate::shimclient::NAMESPACE;
+use crate::runtime::exits::{self, update_sandbox, watch_sandbox, Exit};
 use containerd_shim_protos::types::task::Status as TaskStatus;
 use crius_store::{ContainerState, SandboxRecord, SandboxState};
 use std::sync::Arc;
-use std::time::Duration;
-
-/// Exit code recorded for a container whose fate is unknown.
-pub const UNKNOWN_EXIT_CODE: u32 = 255;
-/// Reason recorded for a container whose shim or task vanished.
-pub const UNKNOWN_REASON: &str = "Unknown";
 
 /// What recovery found, for the log and for tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -38,16 +30,6 @@ pub struct Summary {
     /// Containers whose exit (while criusd was down, or of a lost shim or
     /// task) was recorded now.
     pub containers_exited: usize,
-}
-
-/// The address the shim of `sandbox_id` listens on, as `start` derives it.
-pub(crate) fn derived_address(daemon: &Daemon, sandbox_id: &str) -> String {
-    let path = daemon.shim_layout().socket(
-        &daemon.config().socket.display().to_string(),
-        NAMESPACE,
-        sandbox_id,
-    );
-    format!("unix://{}", path.display())
 }
 
 /// What became of a sandbox's shim.
@@ -68,7 +50,7 @@ async fn find_shim(daemon: &Daemon, record: &SandboxRecord) -> Shim {
         .status
         .shim_address
         .clone()
-        .unwrap_or_else(|| derived_address(daemon, id));
+        .unwrap_or_else(|| crate::runtime::sandbox::shim_address(daemon, id));
     let Ok(client) = daemon.shim_host.connect(&address).await else {
         return Shim::Gone;
     };
@@ -78,44 +60,6 @@ async fn find_shim(daemon: &Daemon, record: &SandboxRecord) -> Shim {
         Err(e) => {
             tracing::info!(sandbox = %id, error = %e, "shim does not answer for the sandbox");
             Shim::Gone
-        }
-    }
-}
-
-async fn update_sandbox(
-    daemon: &Daemon,
-    id: &str,
-    f: impl FnOnce(&mut crius_store::SandboxStatus) + Send + 'static,
-) {
-    let store = daemon.store.clone();
-    let sid = id.to_string();
-    match tokio::task::spawn_blocking(move || store.update_sandbox_status(&sid, f)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!(sandbox = %id, error = %e, "cannot update the sandbox record"),
-        Err(e) => tracing::warn!(sandbox = %id, error = %e, "cannot update the sandbox record"),
-    }
-}
-
-/// Records a container's exit; `finished_at` (nanoseconds) replaces the
-/// time of recording when the shim knows when the process exited.
-async fn exited(
-    daemon: &Daemon,
-    id: &str,
-    code: u32,
-    finished_at: Option<i64>,
-    reason: Option<&str>,
-    message: Option<String>,
-) {
-    record_exit(daemon, id, code, reason.map(String::from), message).await;
-    if let Some(at) = finished_at.filter(|t| *t > 0) {
-        let store = daemon.store.clone();
-        let cid = id.to_string();
-        let r = tokio::task::spawn_blocking(move || {
-            store.update_container_status(&cid, |s| s.finished_at = Some(at))
-        })
-        .await;
-        if let Ok(Err(e)) = r {
-            tracing::warn!(container = %id, error = %e, "cannot record the exit time");
         }
     }
 }
@@ -142,11 +86,11 @@ async fn recover_container(
                         .as_ref()
                         .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos));
                     tracing::info!(container = %id, exit_code = s.exit_status, "container exited while criusd was down");
-                    exited(daemon, id, s.exit_status, at, None, None).await;
+                    exits::record(daemon, id, Exit::code(s.exit_status).at(at)).await;
                     summary.containers_exited += 1;
                 }
                 (ContainerState::Running, _) => {
-                    watch_exit(daemon.clone(), shim.clone(), id.to_string());
+                    exits::watch(daemon.clone(), shim.clone(), id.to_string());
                     summary.containers_watched += 1;
                 }
                 // A created container stays created, whatever the task
@@ -157,15 +101,8 @@ async fn recover_container(
         Err(e) if e.is_not_found() => {
             // The record was written but the task never made it into the
             // shim (criusd died during CreateContainer), or it was deleted.
-            exited(
-                daemon,
-                id,
-                UNKNOWN_EXIT_CODE,
-                None,
-                Some(UNKNOWN_REASON),
-                Some("the pod's shim does not know the container after a criusd restart".into()),
-            )
-            .await;
+            let lost = "the pod's shim does not know the container after a criusd restart";
+            exits::record(daemon, id, Exit::unknown(lost)).await;
             summary.containers_exited += 1;
         }
         Err(e) => {
@@ -173,34 +110,11 @@ async fn recover_container(
             if state == ContainerState::Running {
                 // Keep watching: the watcher records the loss if the shim
                 // turns out to be gone.
-                watch_exit(daemon.clone(), shim.clone(), id.to_string());
+                exits::watch(daemon.clone(), shim.clone(), id.to_string());
                 summary.containers_watched += 1;
             }
         }
     }
-}
-
-/// Marks the containers of a pod whose shim is gone as exited.
-async fn containers_lost(daemon: &Daemon, sandbox_id: &str, message: &str) -> usize {
-    let mut n = 0;
-    for c in daemon.store.list_sandbox_containers(sandbox_id) {
-        if matches!(
-            c.status.state,
-            ContainerState::Running | ContainerState::Created
-        ) {
-            exited(
-                daemon,
-                &c.metadata.id,
-                UNKNOWN_EXIT_CODE,
-                None,
-                Some(UNKNOWN_REASON),
-                Some(message.to_string()),
-            )
-            .await;
-            n += 1;
-        }
-    }
-    n
 }
 
 /// Recovers one sandbox and its containers.
@@ -218,7 +132,7 @@ async fn recover_sandbox(daemon: &Arc<Daemon>, record: SandboxRecord, summary: &
                 let netns = daemon.shim_pod_dir(&id).netns();
                 let netns = netns.exists().then(|| netns.display().to_string());
                 tracing::info!(sandbox = %id, "found the shim of a half-created sandbox");
-                update_sandbox(daemon, &id, move |s| {
+                let _ = update_sandbox(daemon, &id, move |s| {
                     s.shim_address = Some(address);
                     if s.netns_path.is_none() {
                         s.netns_path = netns;
@@ -241,79 +155,16 @@ async fn recover_sandbox(daemon: &Arc<Daemon>, record: SandboxRecord, summary: &
             daemon.shims.lock().await.remove(&id);
             if let (Shim::Empty(address), None) = (other, &record.status.shim_address) {
                 // Recorded so that Stop/Remove shut the idle shim down.
-                update_sandbox(daemon, &id, move |s| s.shim_address = Some(address)).await;
+                let _ = update_sandbox(daemon, &id, move |s| s.shim_address = Some(address)).await;
             }
             if record.status.state == SandboxState::Ready {
                 tracing::warn!(sandbox = %id, "the pod's shim is gone; the sandbox is NOTREADY");
-                update_sandbox(daemon, &id, |s| {
-                    s.state = SandboxState::NotReady;
-                    s.pid = None;
-                    if s.exited_at.is_none() {
-                        s.exited_at = Some(now_nanos());
-                    }
-                })
-                .await;
+                let _ = exits::pod_not_ready(daemon, &id).await;
             }
-            summary.containers_exited +=
-                containers_lost(daemon, &id, "the pod's shim was gone when criusd restarted").await;
+            let lost = Exit::unknown("the pod's shim was gone when criusd restarted");
+            summary.containers_exited += exits::pod_containers(daemon, &id, &lost).await;
         }
     }
-}
-
-/// How long a WaitSandbox call may block.
-const WAIT_FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-
-/// Resolves when the pause container of `id` exits or the shim at
-/// `address` goes away (or cannot be reached). A parked future on the
-/// daemon's connection to the shim: no thread per pod.
-async fn wait_sandbox(daemon: &Daemon, address: &str, id: &str) -> Result<(), String> {
-    let shim = match daemon.shim(id).await.filter(|s| s.address() == address) {
-        Some(s) => s,
-        None => daemon
-            .shim_host
-            .connect(address)
-            .await
-            .map_err(|e| e.to_string())?,
-    };
-    shim.wait_sandbox(id, WAIT_FOREVER)
-        .await
-        .map_err(|e| e.to_string())
-}
-
-/// Watches a READY sandbox: when its pause container exits or its shim
-/// dies while the record still says READY (no StopPodSandbox did it), the
-/// sandbox becomes NOTREADY, and when the shim is gone its containers
-/// become EXITED with a reason and a message.
-pub fn watch_sandbox(daemon: Arc<Daemon>, id: String, address: String) {
-    tokio::spawn(async move {
-        let waited = wait_sandbox(&daemon, &address, &id).await;
-        let _lock = daemon.locks.lock(&id).await;
-        let Ok(record) = daemon.store.get_sandbox(&id) else {
-            return;
-        };
-        if record.status.state != SandboxState::Ready
-            || record.status.shim_address.as_deref() != Some(address.as_str())
-        {
-            return;
-        }
-        let shim_alive = match daemon.shim_host.connect(&address).await {
-            Ok(c) => c.sandbox_status(&id).await.is_ok(),
-            Err(_) => false,
-        };
-        tracing::warn!(sandbox = %id, shim_alive, wait = ?waited, "the pod's pause container or shim is gone; the sandbox is NOTREADY");
-        update_sandbox(&daemon, &id, |s| {
-            s.state = SandboxState::NotReady;
-            s.pid = None;
-            if s.exited_at.is_none() {
-                s.exited_at = Some(now_nanos());
-            }
-        })
-        .await;
-        if !shim_alive {
-            daemon.shims.lock().await.remove(&id);
-            containers_lost(&daemon, &id, "the pod's shim died").await;
-        }
-    });
 }
 
 /// Reconciles every record with the shims; runs before the socket is
@@ -332,15 +183,8 @@ pub async fn recover(daemon: &Arc<Daemon>) -> Summary {
                 ContainerState::Running | ContainerState::Created
             )
         {
-            exited(
-                daemon,
-                &c.metadata.id,
-                UNKNOWN_EXIT_CODE,
-                None,
-                Some(UNKNOWN_REASON),
-                Some("the container's pod sandbox record is gone".into()),
-            )
-            .await;
+            let lost = Exit::unknown("the container's pod sandbox record is gone");
+            exits::record(daemon, &c.metadata.id, lost).await;
             summary.containers_exited += 1;
         }
     }
@@ -391,6 +235,7 @@ pub async fn gc_network(daemon: &Arc<Daemon>) {
 mod tests {
     use super::*;
     use crate::runtime::container::lifecycle as container;
+    use crate::runtime::exits::{UNKNOWN_EXIT_CODE, UNKNOWN_REASON};
     use crate::runtime::sandbox::lifecycle as sandbox;
     use crate::shimclient::ShimApi;
     use crate::testing::{create_request, run_request, TestDaemon};
@@ -410,7 +255,7 @@ mod tests {
             .update_container_status(&run, |s| {
                 s.state = ContainerState::Running;
                 s.pid = Some(pid);
-                s.started_at = Some(now_nanos());
+                s.started_at = Some(crate::runtime::now_nanos());
             })
             .unwrap();
         let (new, _) = container::create(d, create_request(&sid, "web", "new"))

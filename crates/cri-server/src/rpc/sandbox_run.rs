@@ -36,7 +36,11 @@ pub async fn run_pod_sandbox(
                         if let Ok(Some(address)) =
                             daemon.store.get_sandbox(&id).map(|r| r.status.shim_address)
                         {
-                            crate::recover::watch_sandbox(daemon.clone(), id.clone(), address);
+                            crate::runtime::exits::watch_sandbox(
+                                daemon.clone(),
+                                id.clone(),
+                                address,
+                            );
                         }
                         Ok(id)
                     }

@@ -3,6 +3,7 @@
 //! and user namespaces. Nothing here knows of tonic.
 
 pub mod container;
+pub mod exits;
 pub mod filter;
 pub mod handback;
 pub mod info;

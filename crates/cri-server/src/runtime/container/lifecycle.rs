@@ -5,6 +5,7 @@ use crate::daemon::Daemon;
 use crate::errors::CriError;
 use crate::errors::{internal, spec_status};
 use crate::errors::{invalid_field, store_status};
+use crate::runtime::exits::{self, Exit, WAIT_FOREVER};
 use crate::runtime::now_nanos;
 use crate::runtime::sandbox::lifecycle::Timeline;
 use crate::shimclient::Shim;
@@ -29,8 +30,6 @@ use tracing::Instrument;
 pub const EXEC_OUTPUT_LIMIT: u64 = 16 * 1024 * 1024;
 /// Room in an ExecSync response for what is not output.
 const EXEC_RESPONSE_OVERHEAD: u64 = 1024;
-/// How long a Wait on a running container may block.
-const WAIT_FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Joins the pod log directory and the container's relative log path,
 /// refusing anything that would leave the directory.
@@ -687,96 +686,6 @@ async fn create_steps(
     Ok(nri_updates)
 }
 
-/// Whether the container's memory cgroup recorded an OOM kill.
-fn oom_killed(daemon: &Daemon, record: &ContainerRecord) -> bool {
-    let Some(dir) = crate::runtime::stats::container_cgroup_dir(daemon, record) else {
-        return false;
-    };
-    let file = Path::new("/sys/fs/cgroup/memory")
-        .join(dir.trim_start_matches('/'))
-        .join("memory.oom_control");
-    std::fs::read_to_string(file)
-        .ok()
-        .and_then(|t| {
-            t.lines().find_map(|l| {
-                l.strip_prefix("oom_kill ")
-                    .and_then(|n| n.trim().parse::<u64>().ok())
-            })
-        })
-        .is_some_and(|n| n > 0)
-}
-
-/// Records an exit in the store.
-pub async fn record_exit(
-    daemon: &Daemon,
-    id: &str,
-    status: u32,
-    reason: Option<String>,
-    message: Option<String>,
-) {
-    let record = daemon.store.get_container(id).ok();
-    let oom = record.as_ref().is_some_and(|r| oom_killed(daemon, r));
-    let reason = reason.unwrap_or_else(|| {
-        if oom {
-            "OOMKilled".to_string()
-        } else if status == 0 {
-            "Completed".to_string()
-        } else {
-            "Error".to_string()
-        }
-    });
-    let store = daemon.store.clone();
-    let cid = id.to_string();
-    let r = tokio::task::spawn_blocking(move || {
-        let mut changed = false;
-        store
-            .update_container_status(&cid, |s| {
-                if s.state == ContainerState::Exited {
-                    return;
-                }
-                s.state = ContainerState::Exited;
-                s.exit_code = Some(status as i32);
-                s.finished_at = Some(now_nanos());
-                s.reason = Some(reason);
-                s.message = message;
-                changed = true;
-            })
-            .map(|r| (r, changed))
-    })
-    .await;
-    daemon.exited.notify_waiters();
-    match r {
-        Ok(Ok((record, true))) => {
-            super::events::emit(daemon, &record, ContainerEventType::ContainerStoppedEvent);
-            crate::nri::events::container_exited(daemon, &record);
-        }
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!(container = id, error = %e, "cannot record exit"),
-        Err(e) => tracing::warn!(container = id, error = %e, "cannot record exit"),
-    }
-}
-
-/// Watches a started container and records its exit.
-pub fn watch_exit(daemon: Arc<Daemon>, shim: Shim, id: String) {
-    tokio::spawn(async move {
-        match shim.wait(&id, "", WAIT_FOREVER).await {
-            Ok(status) => record_exit(&daemon, &id, status, None, None).await,
-            Err(e) if e.is_not_found() => {}
-            Err(e) => {
-                tracing::warn!(container = %id, error = %e, "lost the container's shim");
-                record_exit(
-                    &daemon,
-                    &id,
-                    255,
-                    Some("Unknown".into()),
-                    Some(e.to_string()),
-                )
-                .await;
-            }
-        }
-    });
-}
-
 /// CreateContainer's start-up phases of a container, handed over to
 /// StartContainer (empty after a restart in between).
 pub fn take_create_phases(daemon: &Daemon, id: &str) -> Vec<crius_store::Phase> {
@@ -838,18 +747,11 @@ async fn start_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
             .map_err(|e| internal("store", e))?
             .map_err(store_status)?;
             super::events::emit_id(daemon, &id, ContainerEventType::ContainerStartedEvent);
-            watch_exit(daemon.clone(), shim, id);
+            exits::watch(daemon.clone(), shim, id);
             Ok(())
         }
         Err(e) => {
-            record_exit(
-                daemon,
-                &id,
-                128,
-                Some("StartError".into()),
-                Some(e.to_string()),
-            )
-            .await;
+            exits::record(daemon, &id, Exit::because(128, "StartError", e.to_string())).await;
             Err(CriError::from(&e))
         }
     }
@@ -941,14 +843,7 @@ pub async fn stop(daemon: &Arc<Daemon>, id: &str, timeout: Duration) -> Result<(
     let shim = match daemon.shim(&record.metadata.sandbox_id).await {
         Some(s) => s,
         None => {
-            record_exit(
-                daemon,
-                &id,
-                255,
-                Some("Unknown".into()),
-                Some("the pod's shim is gone".into()),
-            )
-            .await;
+            exits::record(daemon, &id, Exit::unknown("the pod's shim is gone")).await;
             return Ok(());
         }
     };
@@ -1084,26 +979,6 @@ pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
         super::events::emit(daemon, &last, ContainerEventType::ContainerDeletedEvent);
     }
     Ok(())
-}
-
-/// Marks the containers of a pod whose processes the shim has gone away
-/// with as exited.
-pub async fn mark_pod_exited(daemon: &Daemon, sandbox_id: &str) {
-    for c in daemon.store.list_sandbox_containers(sandbox_id) {
-        if matches!(
-            c.status.state,
-            ContainerState::Running | ContainerState::Created
-        ) {
-            record_exit(
-                daemon,
-                &c.metadata.id,
-                137,
-                Some("PodStopped".into()),
-                Some("the pod sandbox was stopped".into()),
-            )
-            .await;
-        }
-    }
 }
 
 fn read_capped(path: &Path, limit: u64) -> Vec<u8> {

@@ -12,7 +12,7 @@ use crate::daemon::Daemon;
 use crate::errors::CriError;
 use crate::errors::{internal, spec_status};
 use crate::errors::{invalid_field, store_status};
-use crate::runtime::now_nanos;
+use crate::runtime::{exits, now_nanos};
 use crate::shimclient::{self, Shim};
 use crius_netns::cni::{CniNetwork, PodNetwork};
 use crius_spec::sandbox::{host_namespaces, HostNamespaces};
@@ -179,7 +179,7 @@ impl Done {
             // after forking the shim, which may be up by now with its pod
             // directory: shut it down and clean up after it.
             for _ in 0..10 {
-                let address = crate::recover::derived_address(daemon, id);
+                let address = super::shim_address(daemon, id);
                 if let Ok(shim) = daemon.shim_host.connect(&address).await {
                     if let Err(e) = shim.shutdown_now().await {
                         tracing::debug!(sandbox = id, error = %e, "rollback: shim shutdown");
@@ -899,7 +899,7 @@ async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
         // which may have come up since at the address it derives.
         None => daemon
             .shim_host
-            .connect(&crate::recover::derived_address(daemon, &id))
+            .connect(&super::shim_address(daemon, &id))
             .await
             .ok(),
     };
@@ -958,22 +958,8 @@ async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
     if !shut_down {
         clean_after_dead_shim(daemon, &id, &record.metadata.runtime_handler).await?;
     }
-    crate::runtime::container::lifecycle::mark_pod_exited(daemon, &id).await;
-    let store = daemon.store.clone();
-    let sid = id.clone();
-    tokio::task::spawn_blocking(move || {
-        store.update_sandbox_status(&sid, |s| {
-            s.state = SandboxState::NotReady;
-            s.pid = None;
-            if s.exited_at.is_none() {
-                s.exited_at = Some(now_nanos());
-            }
-        })
-    })
-    .await
-    .map_err(|e| internal("store", e))?
-    .map_err(store_status)?;
-    Ok(())
+    exits::pod_containers(daemon, &id, &exits::pod_stopped()).await;
+    exits::pod_not_ready(daemon, &id).await
 }
 
 /// Whether a pod's shim directory holds more than the shim's log: after a

@@ -5,6 +5,7 @@ pub mod lifecycle;
 pub mod network;
 pub mod status;
 
+use crate::daemon::Daemon;
 use crate::errors::CriError;
 use k8s_cri::v1::PodSandboxConfig;
 
@@ -174,4 +175,14 @@ mod tests {
             }
         }
     }
+}
+
+/// The address the shim of `sandbox_id` listens on, as `start` derives it.
+pub fn shim_address(daemon: &Daemon, sandbox_id: &str) -> String {
+    let path = daemon.shim_layout().socket(
+        &daemon.config().socket.display().to_string(),
+        crate::shimclient::NAMESPACE,
+        sandbox_id,
+    );
+    format!("unix://{}", path.display())
 }
