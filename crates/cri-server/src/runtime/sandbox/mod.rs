@@ -93,6 +93,16 @@ pub fn validate_run(
     Ok(handler)
 }
 
+/// The address the shim of `sandbox_id` listens on, as `start` derives it.
+pub fn shim_address(daemon: &Daemon, sandbox_id: &str) -> String {
+    let path = daemon.shim_layout().socket(
+        &daemon.config().socket.display().to_string(),
+        crate::shimclient::NAMESPACE,
+        sandbox_id,
+    );
+    format!("unix://{}", path.display())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,14 +185,4 @@ mod tests {
             }
         }
     }
-}
-
-/// The address the shim of `sandbox_id` listens on, as `start` derives it.
-pub fn shim_address(daemon: &Daemon, sandbox_id: &str) -> String {
-    let path = daemon.shim_layout().socket(
-        &daemon.config().socket.display().to_string(),
-        crate::shimclient::NAMESPACE,
-        sandbox_id,
-    );
-    format!("unix://{}", path.display())
 }
