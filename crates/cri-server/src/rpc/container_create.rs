@@ -25,7 +25,7 @@ pub async fn create_container(
             let d = daemon.clone();
             handback::create(
                 daemon,
-                handback::Kind::Container,
+                &container::HANDBACK,
                 &name,
                 fingerprint,
                 move || {

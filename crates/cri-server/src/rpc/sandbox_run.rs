@@ -21,31 +21,21 @@ pub async fn run_pod_sandbox(
     let id = match (name, fingerprint) {
         (Some(name), Ok(fingerprint)) => {
             let d = daemon.clone();
-            handback::create(
-                daemon,
-                handback::Kind::Sandbox,
-                &name,
-                fingerprint,
-                move || {
-                    let (daemon, req) = (d.clone(), req.clone());
-                    async move {
-                        // Until the pod's RunPodSandbox is sent.
-                        let _block = crate::nri::events::block_sync(&daemon).await;
-                        let id = sandbox::lifecycle::run(&daemon, req).await?;
-                        crate::nri::events::run_pod_sandbox(&daemon, &id).await?;
-                        if let Ok(Some(address)) =
-                            daemon.store.get_sandbox(&id).map(|r| r.status.shim_address)
-                        {
-                            crate::runtime::exits::watch_sandbox(
-                                daemon.clone(),
-                                id.clone(),
-                                address,
-                            );
-                        }
-                        Ok(id)
+            handback::create(daemon, &sandbox::HANDBACK, &name, fingerprint, move || {
+                let (daemon, req) = (d.clone(), req.clone());
+                async move {
+                    // Until the pod's RunPodSandbox is sent.
+                    let _block = crate::nri::events::block_sync(&daemon).await;
+                    let id = sandbox::lifecycle::run(&daemon, req).await?;
+                    crate::nri::events::run_pod_sandbox(&daemon, &id).await?;
+                    if let Ok(Some(address)) =
+                        daemon.store.get_sandbox(&id).map(|r| r.status.shim_address)
+                    {
+                        crate::runtime::exits::watch_sandbox(daemon.clone(), id.clone(), address);
                     }
-                },
-            )
+                    Ok(id)
+                }
+            })
             .await?
         }
         // Invalid requests are refused by validation at once.

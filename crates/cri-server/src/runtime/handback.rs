@@ -9,6 +9,10 @@
 //! asks before the expiry, it is torn down. A retry that arrives while the
 //! creation still runs waits for it and gets its result.
 //!
+//! What is created is described by a [`Kind`] its domain module supplies
+//! (how to tell that an object still exists, how to tear it down): this
+//! module knows nothing of pods and containers.
+//!
 //! The idea is CRI-O's resource store; this is written for crius.
 
 use crate::daemon::Daemon;
@@ -25,21 +29,30 @@ use tracing::Instrument;
 /// default of the `handback_expiry` config key).
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(300);
 
-/// What is being created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    /// A pod sandbox (cleaned up with StopPodSandbox + RemovePodSandbox).
-    Sandbox,
-    /// A container (cleaned up with RemoveContainer).
-    Container,
+/// The teardown of an unclaimed object (by id).
+pub type CleanUp =
+    fn(Arc<Daemon>, String) -> std::pin::Pin<Box<dyn Future<Output = Result<(), CriError>> + Send>>;
+
+/// A kind of object created through hand-back, as its domain module
+/// describes it.
+pub struct Kind {
+    /// Its name, which also separates the kinds' names (`sandbox`).
+    pub name: &'static str,
+    /// Whether the object with this id still exists.
+    pub exists: fn(&Daemon, &str) -> bool,
+    /// Tears an unclaimed object down after the expiry.
+    pub clean_up: CleanUp,
+}
+
+impl std::fmt::Debug for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
 }
 
 impl Kind {
-    fn key(self, name: &str) -> String {
-        match self {
-            Kind::Sandbox => format!("sandbox/{name}"),
-            Kind::Container => format!("container/{name}"),
-        }
+    fn key(&self, name: &str) -> String {
+        format!("{}/{name}", self.name)
     }
 }
 
@@ -111,30 +124,10 @@ impl Handback {
     }
 }
 
-/// Whether the object a hand-back would return still exists.
-fn exists(daemon: &Daemon, kind: Kind, id: &str) -> bool {
-    match kind {
-        Kind::Sandbox => daemon.store.get_sandbox(id).is_ok(),
-        Kind::Container => daemon.store.get_container(id).is_ok(),
-    }
-}
-
-async fn clean_up(daemon: Arc<Daemon>, kind: Kind, id: String) {
-    let r = match kind {
-        Kind::Sandbox => {
-            match crate::runtime::sandbox::lifecycle::stop(&daemon, &id).await {
-                Ok(()) => {}
-                Err(e) if e.is_not_found() => return,
-                Err(e) => {
-                    tracing::warn!(sandbox = %id, error = %e.message(), "hand-back expiry: stop failed")
-                }
-            }
-            crate::runtime::sandbox::lifecycle::remove(&daemon, &id).await
-        }
-        Kind::Container => crate::runtime::container::lifecycle::remove(&daemon, &id).await,
-    };
-    match r {
+async fn clean_up(daemon: Arc<Daemon>, kind: &'static Kind, id: String) {
+    match (kind.clean_up)(daemon, id.clone()).await {
         Ok(()) => tracing::info!(id = %id, kind = ?kind, "removed an unclaimed object"),
+        Err(e) if e.is_not_found() => {}
         Err(e) => {
             tracing::warn!(id = %id, kind = ?kind, error = %e.message(), "cannot remove an unclaimed object")
         }
@@ -146,7 +139,7 @@ async fn clean_up(daemon: Arc<Daemon>, kind: Kind, id: String) {
 /// one already under way or finished for the same name and request.
 pub async fn create<F>(
     daemon: &Arc<Daemon>,
-    kind: Kind,
+    kind: &'static Kind,
     name: &str,
     fingerprint: String,
     create: impl Fn() -> F,
@@ -196,7 +189,7 @@ where
         match result {
             Ok(id) => {
                 let claimed = hb.claim(&key, generation);
-                if exists(daemon, kind, &id) {
+                if (kind.exists)(daemon, &id) {
                     if claimed {
                         tracing::debug!(id = %id, name = %key, "handed the created object to its caller");
                     }
@@ -218,7 +211,7 @@ where
 /// Runs a creation detached; parks its result until claimed or expired.
 fn spawn_tracked<F>(
     d: Arc<Daemon>,
-    kind: Kind,
+    kind: &'static Kind,
     key: String,
     generation: u64,
     tx: watch::Sender<Outcome>,
@@ -268,7 +261,10 @@ mod tests {
         assert!(hb.claim("sandbox/a", 7));
         assert!(!hb.claim("sandbox/a", 7));
         assert_eq!(hb.pending(), 0);
-        assert_ne!(Kind::Sandbox.key("x"), Kind::Container.key("x"));
+        assert_ne!(
+            crate::runtime::sandbox::HANDBACK.key("x"),
+            crate::runtime::container::HANDBACK.key("x")
+        );
     }
 
     use crate::rpc::{container_create::create_container, sandbox_run::run_pod_sandbox};

@@ -6,3 +6,11 @@ pub mod image_mounts;
 pub mod lifecycle;
 pub mod status;
 pub mod update;
+
+/// Containers as hand-back creates them: an unclaimed container is
+/// removed.
+pub static HANDBACK: crate::runtime::handback::Kind = crate::runtime::handback::Kind {
+    name: "container",
+    exists: |daemon, id| daemon.store.get_container(id).is_ok(),
+    clean_up: |daemon, id| Box::pin(async move { lifecycle::remove(&daemon, &id).await }),
+};

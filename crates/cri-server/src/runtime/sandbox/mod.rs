@@ -103,6 +103,25 @@ pub fn shim_address(daemon: &Daemon, sandbox_id: &str) -> String {
     format!("unix://{}", path.display())
 }
 
+/// Pods as hand-back creates them: an unclaimed pod is stopped and
+/// removed.
+pub static HANDBACK: crate::runtime::handback::Kind = crate::runtime::handback::Kind {
+    name: "sandbox",
+    exists: |daemon, id| daemon.store.get_sandbox(id).is_ok(),
+    clean_up: |daemon, id| {
+        Box::pin(async move {
+            match lifecycle::stop(&daemon, &id).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, error = %e.message(), "hand-back expiry: stop failed")
+                }
+            }
+            lifecycle::remove(&daemon, &id).await
+        })
+    },
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
