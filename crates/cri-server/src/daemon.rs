@@ -5,7 +5,7 @@ use crius_image::ImageManager;
 use crius_store::Store;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::PathBuf;
+
 use std::sync::{Arc, Mutex};
 
 use crate::runtime::sandbox::network::{HostNet, PodNet};
@@ -29,6 +29,8 @@ pub struct Daemon {
     config: std::sync::RwLock<Arc<Config>>,
     /// Runtime handlers a reload dropped, kept for the pods still on them.
     retired_handlers: Mutex<std::collections::BTreeMap<String, crate::config::RuntimeHandler>>,
+    /// Where criusd keeps what, below `root` and `state`.
+    pub paths: crate::paths::Paths,
     /// Records of sandboxes, containers and images.
     pub store: Arc<Store>,
     /// The runtime configuration kubelet pushed, persisted in the store.
@@ -221,6 +223,7 @@ impl Daemon {
         );
         let shim_scopes = Arc::new(crate::shimscope::ShimScopes::from_config(&config));
         Ok(Daemon {
+            paths: crate::paths::Paths::new(&config.root, &config.state),
             host,
             config: std::sync::RwLock::new(Arc::new(config)),
             retired_handlers: Mutex::default(),
@@ -240,16 +243,6 @@ impl Daemon {
             stats_sampler: Default::default(),
             nri: std::sync::OnceLock::new(),
         })
-    }
-
-    /// Directory of a sandbox's persistent files (resolv.conf, hosts, hostname).
-    pub fn sandbox_root(&self, id: &str) -> PathBuf {
-        self.config().root.join("sandboxes").join(id)
-    }
-
-    /// Directory of a sandbox's runtime files (the pause bundle).
-    pub fn sandbox_state(&self, id: &str) -> PathBuf {
-        self.config().state.join("sandboxes").join(id)
     }
 
     /// Where the shims' sockets and private directories are (below

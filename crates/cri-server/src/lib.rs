@@ -17,6 +17,7 @@ pub mod listener;
 pub mod metrics;
 pub mod notify;
 pub mod nri;
+pub mod paths;
 pub mod recover;
 pub mod reload;
 pub mod rpc;

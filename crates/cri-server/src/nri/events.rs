@@ -64,8 +64,7 @@ pub fn describe_pod(daemon: &Daemon, s: &SandboxRecord) -> api::PodSandbox {
 /// what its bundle's spec says (args, env, mounts, namespaces, cgroups
 /// path, OOM score), read from disk (call on the blocking pool).
 pub fn describe_container(daemon: &Daemon, c: &ContainerRecord) -> api::Container {
-    let path = crate::runtime::container::lifecycle::bundle_dir(daemon, &c.metadata.id)
-        .join("config.json");
+    let path = daemon.paths.container_spec(&c.metadata.id);
     let spec = std::fs::read(path)
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
@@ -463,8 +462,7 @@ pub fn container_exited(daemon: &Daemon, record: &ContainerRecord) {
         return;
     };
     let pod = describe_pod(daemon, &sandbox);
-    let spec_path = crate::runtime::container::lifecycle::bundle_dir(daemon, &record.metadata.id)
-        .join("config.json");
+    let spec_path = daemon.paths.container_spec(&record.metadata.id);
     let (nri, record) = (nri.clone(), record.clone());
     tokio::spawn(async move {
         let ctr = tokio::task::spawn_blocking(move || {

@@ -111,8 +111,8 @@ impl Backend for ShimBackend {
     ) -> Result<i32, BackendError> {
         let (record, shim) = self.running(container_id).await?;
         let id = record.metadata.id.clone();
-        let state = self.daemon.config().state.join("containers").join(&id);
-        let config = tokio::fs::read(state.join("bundle/config.json"))
+        let state = self.daemon.paths.container_state(&id);
+        let config = tokio::fs::read(self.daemon.paths.container_spec(&id))
             .await
             .map_err(internal)?;
         // (The Exec RPC refused an empty command before handing out the URL.)

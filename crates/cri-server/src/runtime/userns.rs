@@ -597,7 +597,7 @@ pub async fn pause(
     let (userns, netns) = pod_ns_paths(state_dir);
     let join = userns.display().to_string();
     let spec = crius_spec::userns::apply(spec, &maps, Some(&join)).map_err(spec_error)?;
-    let staging = state_dir.join("idmap");
+    let staging = state_dir.join(crate::paths::IDMAP);
     let target = bundle.join("rootfs");
     let root = pod_root(&maps)?;
     let ns_path = netns.clone();
@@ -655,7 +655,7 @@ pub async fn container(
         .into_iter()
         .filter(|(_, source, _)| !source.starts_with(&image_mounts))
         .collect();
-    let idmap = state_dir.join("idmap");
+    let idmap = state_dir.join(crate::paths::IDMAP);
     let target = bundle.join("rootfs");
     let root = pod_root(&maps)?;
     // runc, as the pod's root, reaches the rootfs and the staged bind

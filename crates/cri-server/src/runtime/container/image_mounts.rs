@@ -69,7 +69,8 @@ pub async fn mount_image_volumes(
     let userns = crius_spec::userns::pod_mappings(&pod_config)
         .map_err(spec_status)?
         .map(|_| {
-            crate::runtime::userns::pod_ns_paths(&daemon.sandbox_state(&sandbox.metadata.id)).0
+            crate::runtime::userns::pod_ns_paths(&daemon.paths.sandbox_state(&sandbox.metadata.id))
+                .0
         });
     for r in &requests {
         let present = daemon.images.resolve(&r.image).map_err(|e| {

@@ -248,20 +248,6 @@ fn target_pid(
     }
 }
 
-/// The container's directories: persistent (volumes) and runtime (bundle).
-fn container_root(daemon: &Daemon, id: &str) -> PathBuf {
-    daemon.config().root.join("containers").join(id)
-}
-
-fn container_state(daemon: &Daemon, id: &str) -> PathBuf {
-    daemon.config().state.join("containers").join(id)
-}
-
-/// The container's OCI bundle directory.
-pub(crate) fn bundle_dir(daemon: &Daemon, id: &str) -> PathBuf {
-    container_state(daemon, id).join("bundle")
-}
-
 async fn shim_for(daemon: &Daemon, sandbox_id: &str) -> Result<Shim, CriError> {
     daemon.shim(sandbox_id).await.ok_or_else(|| {
         CriError::failed_precondition(format!(
@@ -295,7 +281,7 @@ impl Done {
         }
         // Idmapped mounts (user namespace pods) go before anything below
         // them is removed.
-        crate::runtime::userns::unmount_below(&container_state(daemon, id));
+        crate::runtime::userns::unmount_below(&daemon.paths.container_state(id));
         if self.rootfs {
             if let Err(e) = daemon.images.remove_rootfs(id).await {
                 tracing::warn!(container = id, error = %e, "rollback: rootfs removal failed");
@@ -477,9 +463,9 @@ async fn create_steps(
     done.record = true;
     timeline.mark("record");
 
-    let root = container_root(daemon, id);
-    let state = container_state(daemon, id);
-    let bundle = state.join("bundle");
+    let root = daemon.paths.container_root(id);
+    let state = daemon.paths.container_state(id);
+    let bundle = daemon.paths.container_bundle(id);
     done.dirs.push(root.clone());
     done.dirs.push(state.clone());
     // Private: <root>/containers/<id>, <state>/containers/<id>, its
@@ -487,12 +473,12 @@ async fn create_steps(
     // <state>/containers: see SHARED_PARENT_MODE; a user namespace pod's
     // container's own directories become 0711.
     crius_store::private::dir_with_mode(
-        &daemon.config().state.join("containers"),
+        &daemon.paths.containers_state(),
         crate::runtime::userns::SHARED_PARENT_MODE,
     )
     .map_err(|e| internal("bundle", e))?;
     for d in [
-        daemon.config().root.join("containers"),
+        daemon.paths.containers_root(),
         root.clone(),
         state.clone(),
         bundle.clone(),
@@ -538,7 +524,7 @@ async fn create_steps(
         .map_err(spec_status)?;
 
     let hn = crius_spec::sandbox::host_namespaces(sandbox_config);
-    let pod_root = daemon.sandbox_root(&sandbox.metadata.id);
+    let pod_root = daemon.paths.sandbox_root(&sandbox.metadata.id);
     let facts = crius_spec::SandboxFacts {
         id: sandbox.metadata.id.clone(),
         netns_path: sandbox.status.netns_path.clone(),
@@ -620,7 +606,7 @@ async fn create_steps(
     super::image_mounts::fill_image_volumes(&mounts, fill, state.join("volume-copy")).await?;
     // A pod with its own user namespace: idmapped rootfs and mounts made here.
     let (spec, mounts) = crate::runtime::userns::container(
-        &daemon.sandbox_state(&sandbox.metadata.id),
+        &daemon.paths.sandbox_state(&sandbox.metadata.id),
         sandbox,
         config,
         spec,
@@ -729,7 +715,7 @@ async fn start_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
             phases.extend(timeline.phases);
             let store = daemon.store.clone();
             let cid = id.clone();
-            let spec = bundle_dir(daemon, &id).join("config.json");
+            let spec = daemon.paths.container_spec(&id);
             let span =
                 tracing::debug_span!("store", op = "update_container_status", container = %id);
             crate::telemetry::blocking(span, move || {
@@ -950,17 +936,20 @@ pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
             .get_sandbox(&record.metadata.sandbox_id)
             .map(|s| s.metadata.runtime_handler)
             .unwrap_or_default();
-        let bundle = bundle_dir(daemon, &id);
+        let bundle = daemon.paths.container_bundle(&id);
         crate::runtime::sandbox::lifecycle::shim_delete(daemon, &handler, &id, &bundle, false)
             .await?;
     }
-    crate::runtime::userns::unmount_below(&container_state(daemon, &id));
+    crate::runtime::userns::unmount_below(&daemon.paths.container_state(&id));
     daemon
         .images
         .remove_rootfs(&id)
         .await
         .map_err(|e| internal("rootfs", e))?;
-    for d in [container_state(daemon, &id), container_root(daemon, &id)] {
+    for d in [
+        daemon.paths.container_state(&id),
+        daemon.paths.container_root(&id),
+    ] {
         // Any depth, few descriptors, and never into a mount left inside.
         match crius_image::tree::remove_tree(&d) {
             Ok(()) => {}
@@ -1050,13 +1039,12 @@ pub async fn exec_sync(
         )));
     }
     let shim = shim_for(daemon, &record.metadata.sandbox_id).await?;
-    let bundle = container_state(daemon, &id).join("bundle");
-    let config = tokio::fs::read(bundle.join("config.json"))
+    let config = tokio::fs::read(daemon.paths.container_spec(&id))
         .await
         .map_err(|e| internal("config.json", e))?;
     let process = crius_spec::edit::exec_process(&config, &req.cmd, false)?;
     let exec_id = format!("exec-{}", &crius_store::generate_id()[..16]);
-    let out_dir = container_state(daemon, &id).join(&exec_id);
+    let out_dir = daemon.paths.container_state(&id).join(&exec_id);
     // Private, as are the output files the shim makes in it (0600).
     crius_store::private::dir(&out_dir).map_err(|e| internal("exec output", e))?;
     let (out, err) = (out_dir.join("stdout"), out_dir.join("stderr"));
@@ -1505,8 +1493,8 @@ mod orchestration_tests {
             assert_eq!(d.store.name_holder(&name), None, "case {i}: name");
             for dir in [
                 rootfs_dir(d, &cid),
-                container_root(d, &cid),
-                container_state(d, &cid),
+                d.paths.container_root(&cid),
+                d.paths.container_state(&cid),
             ] {
                 assert!(!dir.exists(), "case {i}: {} is left", dir.display());
             }
@@ -1621,8 +1609,8 @@ mod orchestration_tests {
         assert_eq!(t.fakes.shim_of(&sid).unwrap().task(&cid), None);
         for dir in [
             rootfs_dir(d, &cid),
-            container_root(d, &cid),
-            container_state(d, &cid),
+            d.paths.container_root(&cid),
+            d.paths.container_state(&cid),
         ] {
             assert!(!dir.exists(), "{} is left", dir.display());
         }

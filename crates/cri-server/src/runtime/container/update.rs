@@ -144,7 +144,7 @@ pub async fn apply(
             })?;
         shim.update(id, json).await.map_err(CriError::from)?;
     }
-    let config = super::lifecycle::bundle_dir(daemon, id).join("config.json");
+    let config = daemon.paths.container_spec(id);
     match std::fs::read(&config) {
         Ok(bytes) => {
             let out = crius_spec::edit::update_resources(&bytes, &resources)?;

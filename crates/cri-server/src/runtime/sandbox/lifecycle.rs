@@ -200,7 +200,7 @@ impl Done {
         }
         // Idmapped mounts (user namespace pods) go before anything below
         // them is removed.
-        crate::runtime::userns::unmount_below(&daemon.sandbox_state(id));
+        crate::runtime::userns::unmount_below(&daemon.paths.sandbox_state(id));
         if self.rootfs {
             if let Err(e) = daemon.images.remove_rootfs(id).await {
                 tracing::warn!(sandbox = id, error = %e, "rollback: rootfs removal failed");
@@ -305,9 +305,9 @@ async fn run_steps(
 
     // The pause image, when the pod needs a pause.
     let infra = !daemon.config().drop_infra_container || crius_spec::sandbox::needs_infra(config);
-    let root_dir = daemon.sandbox_root(id);
-    let state_dir = daemon.sandbox_state(id);
-    let bundle = state_dir.join("bundle");
+    let root_dir = daemon.paths.sandbox_root(id);
+    let state_dir = daemon.paths.sandbox_state(id);
+    let bundle = daemon.paths.sandbox_bundle(id);
     let shim_dir = daemon.shim_pod_dir(id);
     let facts = crius_spec::SandboxFacts {
         id: id.to_string(),
@@ -324,14 +324,14 @@ async fn run_steps(
     // through bind mounts only). <state>/sandboxes: see SHARED_PARENT_MODE;
     // a user namespace pod's own directories become 0711.
     crius_store::private::dir_with_mode(
-        &daemon.config().state.join("sandboxes"),
+        &daemon.paths.sandboxes_state(),
         crate::runtime::userns::SHARED_PARENT_MODE,
     )
     .map_err(|e| internal("bundle", e))?;
     for d in [&state_dir, &bundle] {
         crius_store::private::dir(d).map_err(|e| internal("bundle", e))?;
     }
-    for d in [&daemon.config().root.join("sandboxes"), &root_dir] {
+    for d in [&daemon.paths.sandboxes_root(), &root_dir] {
         crius_store::private::dir(d).map_err(|e| internal("sandbox dir", e))?;
     }
     let host = daemon.host_for(handler_name);
@@ -852,10 +852,10 @@ pub(crate) async fn shim_delete(
 async fn clean_after_dead_shim(daemon: &Daemon, id: &str, handler: &str) -> Result<(), CriError> {
     for c in daemon.store.list_sandbox_containers(id) {
         let cid = c.metadata.id;
-        let bundle = crate::runtime::container::lifecycle::bundle_dir(daemon, &cid);
+        let bundle = daemon.paths.container_bundle(&cid);
         shim_delete(daemon, handler, &cid, &bundle, false).await?;
     }
-    let bundle = daemon.sandbox_state(id).join("bundle");
+    let bundle = daemon.paths.sandbox_bundle(id);
     shim_delete(daemon, handler, id, &bundle, true).await
 }
 
@@ -1009,15 +1009,15 @@ async fn remove_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
     if daemon.store.get_sandbox(&id).is_err() {
         return Ok(());
     }
-    crate::runtime::userns::unmount_below(&daemon.sandbox_state(&id));
+    crate::runtime::userns::unmount_below(&daemon.paths.sandbox_state(&id));
     daemon
         .images
         .remove_rootfs(&id)
         .await
         .map_err(|e| internal("rootfs", e))?;
     for d in [
-        daemon.sandbox_state(&id),
-        daemon.sandbox_root(&id),
+        daemon.paths.sandbox_state(&id),
+        daemon.paths.sandbox_root(&id),
         daemon.shim_pod_dir(&id).path().to_path_buf(),
     ] {
         // Any depth, few descriptors, and never into a mount left inside.
@@ -1150,8 +1150,8 @@ mod tests {
                 assert!(!shim.has_sandbox(), "{step}: the shim still holds the pod");
             }
             for dir in [
-                d.sandbox_root(&id),
-                d.sandbox_state(&id),
+                d.paths.sandbox_root(&id),
+                d.paths.sandbox_state(&id),
                 d.config().root.join("images/containers").join(&id),
             ] {
                 assert!(!dir.exists(), "{step}: {} is left", dir.display());
@@ -1202,7 +1202,7 @@ mod tests {
         assert_eq!(t.fakes.attached(), std::slice::from_ref(&id));
         assert_eq!(t.fakes.netns_held(), [d.shim_pod_dir(&id).netns()]);
         for f in ["hosts", "hostname", "resolv.conf"] {
-            assert!(d.sandbox_root(&id).join(f).is_file(), "{f}");
+            assert!(d.paths.sandbox_root(&id).join(f).is_file(), "{f}");
         }
     }
 
@@ -1235,7 +1235,7 @@ mod tests {
         assert!(d.store.get_sandbox(&id).is_err());
         assert!(t.fakes.netns_held().is_empty());
         assert!(t.fakes.attached().is_empty());
-        for dir in [d.sandbox_root(&id), d.sandbox_state(&id)] {
+        for dir in [d.paths.sandbox_root(&id), d.paths.sandbox_state(&id)] {
             assert!(!dir.exists(), "{}", dir.display());
         }
         // The name is free again.
