@@ -236,6 +236,10 @@ pub struct ContainerStatus {
     /// The identity the container's process was created with (inside the
     /// container), once known.
     pub user: Option<ContainerUser>,
+    /// The container's Linux resources (CRI `LinuxContainerResources` as
+    /// JSON) once UpdateContainerResources changed them; until then they
+    /// are the ones of the creation config in the metadata.
+    pub resources: Option<serde_json::Value>,
 }
 
 /// The identity of a container's process, as put into its OCI spec.

@@ -121,10 +121,8 @@ pub fn container(c: &ContainerRecord, spec: Option<&serde_json::Value>) -> api::
                 .collect()
         })
         .unwrap_or_default();
-    let resources = config
-        .linux
+    let resources = crate::runtime::container::status::current_resources(c, &config)
         .as_ref()
-        .and_then(|l| l.resources.as_ref())
         .map(cri_to_nri);
     let oom_score_adj = spec["process"]["oomScoreAdj"]
         .as_i64()

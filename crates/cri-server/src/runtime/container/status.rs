@@ -8,6 +8,19 @@ use k8s_cri::v1::{
 };
 use std::collections::HashMap;
 
+/// The container's Linux resources now: the last update's (in the
+/// status), else the creation config's.
+pub fn current_resources(
+    r: &ContainerRecord,
+    config: &ContainerConfig,
+) -> Option<k8s_cri::v1::LinuxContainerResources> {
+    r.status
+        .resources
+        .as_ref()
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .or_else(|| config.linux.as_ref().and_then(|l| l.resources.clone()))
+}
+
 /// The CRI config stored with the record (empty when unreadable).
 pub fn stored_config(r: &ContainerRecord) -> ContainerConfig {
     serde_json::from_value(r.metadata.config.clone()).unwrap_or_default()
@@ -171,14 +184,10 @@ pub fn status(r: &ContainerRecord, verbose: bool) -> (ContainerStatus, HashMap<S
         annotations: to_hash_map(&r.metadata.annotations),
         mounts: config.mounts.clone(),
         log_path: r.metadata.log_path.clone().unwrap_or_default(),
-        resources: config
-            .linux
-            .as_ref()
-            .and_then(|l| l.resources.clone())
-            .map(|linux| ContainerResources {
-                linux: Some(linux),
-                ..Default::default()
-            }),
+        resources: current_resources(r, &config).map(|linux| ContainerResources {
+            linux: Some(linux),
+            ..Default::default()
+        }),
         user: s.user.as_ref().map(cri_user),
     };
     let mut info = HashMap::new();
@@ -338,6 +347,15 @@ mod tests {
             (1000, 1000, vec![1000, 2000, 3000])
         );
         assert_eq!(s.resources.and_then(|r| r.linux), Some(resources));
+        // An update's resources (in the status) win over the config's.
+        let updated = k8s_cri::v1::LinuxContainerResources {
+            cpu_shares: 256,
+            memory_limit_in_bytes: 1 << 26,
+            ..Default::default()
+        };
+        r.status.resources = Some(serde_json::to_value(&updated).unwrap());
+        let (s, _) = status(&r, false);
+        assert_eq!(s.resources.and_then(|r| r.linux), Some(updated));
 
         // What a spec says, or nothing when it says too little.
         let cases = [

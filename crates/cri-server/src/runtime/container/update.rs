@@ -6,8 +6,7 @@ use crate::errors::CriError;
 use crate::errors::{invalid_field, store_status};
 use crius_store::ContainerState;
 use k8s_cri::v1::{
-    ContainerConfig, LinuxContainerResources, ReopenContainerLogRequest,
-    UpdateContainerResourcesRequest,
+    LinuxContainerResources, ReopenContainerLogRequest, UpdateContainerResourcesRequest,
 };
 use std::sync::Arc;
 
@@ -56,33 +55,24 @@ pub fn merge_cri_resources(
     out
 }
 
-/// Records the updated resources in the container's stored CRI config (the
-/// source of ContainerStatus.resources), durably.
+/// Records the updated resources in the container's status (the source
+/// of ContainerStatus.resources; the creation config in the metadata stays
+/// as it was), durably.
 fn record_resources(
     daemon: &Daemon,
     id: &str,
     update: &LinuxContainerResources,
 ) -> Result<(), CriError> {
-    let mut failed = None;
+    let record = daemon.store.get_container(id).map_err(store_status)?;
+    let config = super::status::stored_config(&record);
+    let old = super::status::current_resources(&record, &config);
+    let merged = serde_json::to_value(merge_cri_resources(old.as_ref(), update))
+        .map_err(|e| internal("container resources", e))?;
     daemon
         .store
-        .update_container_metadata(id, |m| {
-            let mut config: ContainerConfig = match serde_json::from_value(m.config.clone()) {
-                Ok(c) => c,
-                Err(e) => {
-                    failed = Some(internal("stored container config", e));
-                    return;
-                }
-            };
-            let linux = config.linux.get_or_insert_with(Default::default);
-            linux.resources = Some(merge_cri_resources(linux.resources.as_ref(), update));
-            match serde_json::to_value(&config) {
-                Ok(v) => m.config = v,
-                Err(e) => failed = Some(internal("container config", e)),
-            }
-        })
+        .update_container_status(id, |s| s.resources = Some(merged))
         .map_err(store_status)?;
-    failed.map_or(Ok(()), Err)
+    Ok(())
 }
 
 /// UpdateContainerResources: the subscribed NRI plugins are asked first
