@@ -431,6 +431,16 @@ mod tests {
             ),
             (
                 LinuxContainerResources {
+                    hugepage_limits: vec![HugepageLimit {
+                        page_size: "2MB".into(),
+                        limit: u64::MAX,
+                    }],
+                    ..Default::default()
+                },
+                "hugepage_limits[0].limit",
+            ),
+            (
+                LinuxContainerResources {
                     unified: [("../x".to_string(), "1".to_string())]
                         .into_iter()
                         .collect(),

@@ -164,6 +164,7 @@ pub fn exec(spec: &Spec, cmd: &[String], terminal: bool) -> Result<Process, Spec
 
 /// [`exec`] over a `config.json`, as the process's JSON.
 pub fn exec_process(config: &[u8], cmd: &[String], terminal: bool) -> Result<Vec<u8>, SpecError> {
+    // An empty command is refused before the file is looked at.
     if cmd.is_empty() {
         return Err(crate::error::invalid("cmd", "must not be empty"));
     }
