@@ -154,48 +154,6 @@ fn unmount_dir(dir: &Path) -> Result<()> {
     }
 }
 
-/// Points a pause bundle's config.json at the pod's netns and shm.
-pub fn patch_spec(
-    spec: &mut serde_json::Value,
-    netns: Option<&Path>,
-    shm: Option<&Path>,
-) -> Result<()> {
-    let bad = |w: &str| TaskError::Invalid(format!("pause config.json: {w}"));
-    if let Some(ns) = netns {
-        let linux = spec
-            .as_object_mut()
-            .ok_or_else(|| bad("not an object"))?
-            .entry("linux")
-            .or_insert_with(|| serde_json::json!({}));
-        let nss = linux
-            .as_object_mut()
-            .ok_or_else(|| bad("linux is not an object"))?
-            .entry("namespaces")
-            .or_insert_with(|| serde_json::json!([]))
-            .as_array_mut()
-            .ok_or_else(|| bad("namespaces is not an array"))?;
-        nss.retain(|n| n.get("type").and_then(|t| t.as_str()) != Some("network"));
-        nss.push(serde_json::json!({"type": "network", "path": ns}));
-    }
-    if let Some(shm) = shm {
-        let mounts = spec
-            .as_object_mut()
-            .ok_or_else(|| bad("not an object"))?
-            .entry("mounts")
-            .or_insert_with(|| serde_json::json!([]))
-            .as_array_mut()
-            .ok_or_else(|| bad("mounts is not an array"))?;
-        mounts.retain(|m| m.get("destination").and_then(|d| d.as_str()) != Some("/dev/shm"));
-        mounts.push(serde_json::json!({
-            "destination": "/dev/shm",
-            "type": "bind",
-            "source": shm,
-            "options": ["rbind", "rw", "nosuid", "nodev", "noexec"],
-        }));
-    }
-    Ok(())
-}
-
 impl SandboxService {
     /// The service over the task service's state. Pod state lives in the
     /// layout's pod directories, `<state root>/<namespace>/<sandbox id>`.
@@ -371,10 +329,9 @@ impl SandboxService {
         let cfg = bundle.join("config.json");
         let text = std::fs::read(&cfg)
             .map_err(|e| TaskError::Invalid(format!("read {}: {e}", cfg.display())))?;
-        let mut spec: serde_json::Value = serde_json::from_slice(&text)
-            .map_err(|e| TaskError::Invalid(format!("parse {}: {e}", cfg.display())))?;
-        patch_spec(&mut spec, netns.as_deref(), shm.as_deref())?;
-        let out = serde_json::to_vec(&spec).map_err(|e| TaskError::Internal(e.to_string()))?;
+        // The pod's netns and /dev/shm into the pause's spec.
+        let out = crius_spec::edit::pause_config(&text, netns.as_deref(), shm.as_deref())
+            .map_err(|e| TaskError::Invalid(format!("{}: {e}", cfg.display())))?;
         write_atomic(&cfg, &out)
             .map_err(|e| TaskError::Internal(format!("write {}: {e}", cfg.display())))?;
         let mut req = api::CreateTaskRequest::new();
@@ -773,32 +730,5 @@ mod tests {
                 .map(|o| (o.infra, o.hostname, o.sysctls.len()));
             assert_eq!(got, want, "{ann:?}");
         }
-    }
-
-    #[test]
-    fn patch_table() {
-        let mut s = serde_json::json!({
-            "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}]},
-            "mounts": [{"destination": "/dev/shm", "type": "tmpfs", "source": "shm"}]
-        });
-        patch_spec(
-            &mut s,
-            Some(Path::new("/run/x/netns")),
-            Some(Path::new("/run/x/shm")),
-        )
-        .unwrap();
-        let nss = s["linux"]["namespaces"].as_array().unwrap();
-        assert_eq!(nss.len(), 2);
-        assert_eq!(nss[1]["path"], "/run/x/netns");
-        let m = s["mounts"].as_array().unwrap();
-        assert_eq!(m.len(), 1);
-        assert_eq!(m[0]["source"], "/run/x/shm");
-
-        let mut s = serde_json::json!({});
-        patch_spec(&mut s, None, None).unwrap();
-        assert_eq!(s, serde_json::json!({}));
-
-        let mut s = serde_json::json!([]);
-        assert!(patch_spec(&mut s, Some(Path::new("/n")), None).is_err());
     }
 }

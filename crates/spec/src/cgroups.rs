@@ -2,7 +2,7 @@
 
 use crate::error::{invalid, SpecError};
 use k8s_cri::v1::LinuxContainerResources;
-use serde_json::{json, Map, Value};
+use oci_spec::runtime::{LinuxCpu, LinuxHugepageLimit, LinuxMemory, LinuxResources};
 
 /// How cgroups are named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -159,36 +159,37 @@ impl Default for CgroupFeatures {
     }
 }
 
-/// Translates CRI resources into the OCI `linux.resources` object (without
-/// devices, which the caller adds). Zero values mean "not set", as in the CRI.
+/// Translates CRI resources into the OCI `linux.resources` (without
+/// devices, which the caller adds). Zero values mean "not set", as in the
+/// CRI; a controller with nothing set is left out.
 pub fn resources(
     r: &LinuxContainerResources,
     features: CgroupFeatures,
     field: &str,
-) -> Result<Value, SpecError> {
-    let mut cpu = Map::new();
+) -> Result<LinuxResources, SpecError> {
+    let mut cpu = LinuxCpu::default();
     if r.cpu_shares != 0 {
         let shares = u64::try_from(r.cpu_shares)
             .map_err(|_| invalid(format!("{field}.cpu_shares"), "must not be negative"))?;
-        cpu.insert("shares".into(), json!(shares));
+        cpu.set_shares(Some(shares));
     }
     if r.cpu_quota != 0 {
-        cpu.insert("quota".into(), json!(r.cpu_quota));
+        cpu.set_quota(Some(r.cpu_quota));
     }
     if r.cpu_period != 0 {
         let period = u64::try_from(r.cpu_period)
             .map_err(|_| invalid(format!("{field}.cpu_period"), "must not be negative"))?;
-        cpu.insert("period".into(), json!(period));
+        cpu.set_period(Some(period));
     }
     if !r.cpuset_cpus.is_empty() {
         validate_cpuset(&r.cpuset_cpus).map_err(|m| invalid(format!("{field}.cpuset_cpus"), m))?;
-        cpu.insert("cpus".into(), json!(r.cpuset_cpus));
+        cpu.set_cpus(Some(r.cpuset_cpus.clone()));
     }
     if !r.cpuset_mems.is_empty() {
         validate_cpuset(&r.cpuset_mems).map_err(|m| invalid(format!("{field}.cpuset_mems"), m))?;
-        cpu.insert("mems".into(), json!(r.cpuset_mems));
+        cpu.set_mems(Some(r.cpuset_mems.clone()));
     }
-    let mut memory = Map::new();
+    let mut memory = LinuxMemory::default();
     if r.memory_limit_in_bytes != 0 {
         if r.memory_limit_in_bytes < 0 {
             return Err(invalid(
@@ -196,7 +197,7 @@ pub fn resources(
                 "must not be negative",
             ));
         }
-        memory.insert("limit".into(), json!(r.memory_limit_in_bytes));
+        memory.set_limit(Some(r.memory_limit_in_bytes));
         if features.swap {
             let swap = if r.memory_swap_limit_in_bytes != 0 {
                 r.memory_swap_limit_in_bytes
@@ -209,23 +210,35 @@ pub fn resources(
                     "must not be lower than memory_limit_in_bytes",
                 ));
             }
-            memory.insert("swap".into(), json!(swap));
+            memory.set_swap(Some(swap));
         }
     }
-    let mut out = Map::new();
-    if !cpu.is_empty() {
-        out.insert("cpu".into(), Value::Object(cpu));
+    let mut out = LinuxResources::default();
+    if cpu != LinuxCpu::default() {
+        out.set_cpu(Some(cpu));
     }
-    if !memory.is_empty() {
-        out.insert("memory".into(), Value::Object(memory));
+    if memory != LinuxMemory::default() {
+        out.set_memory(Some(memory));
     }
     if features.hugetlb && !r.hugepage_limits.is_empty() {
-        let limits: Vec<Value> = r
+        let limits = r
             .hugepage_limits
             .iter()
-            .map(|h| json!({ "pageSize": h.page_size, "limit": h.limit }))
-            .collect();
-        out.insert("hugepageLimits".into(), Value::Array(limits));
+            .enumerate()
+            .map(|(i, h)| {
+                let limit = i64::try_from(h.limit).map_err(|_| {
+                    invalid(
+                        format!("{field}.hugepage_limits[{i}].limit"),
+                        format!("{} is out of range", h.limit),
+                    )
+                })?;
+                let mut l = LinuxHugepageLimit::default();
+                l.set_page_size(h.page_size.clone());
+                l.set_limit(limit);
+                Ok(l)
+            })
+            .collect::<Result<Vec<_>, SpecError>>()?;
+        out.set_hugepage_limits(Some(limits));
     }
     if !r.unified.is_empty() {
         for key in r.unified.keys() {
@@ -236,14 +249,9 @@ pub fn resources(
                 ));
             }
         }
-        let unified: Map<String, Value> = r
-            .unified
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
-        out.insert("unified".into(), Value::Object(unified));
+        out.set_unified(Some(r.unified.clone().into_iter().collect()));
     }
-    Ok(Value::Object(out))
+    Ok(out)
 }
 
 /// Checks a cpuset list such as `0-3,7`.
@@ -299,6 +307,7 @@ mod tests {
 
     use super::*;
     use k8s_cri::v1::HugepageLimit;
+    use serde_json::json;
 
     #[test]
     fn parents() {
@@ -356,7 +365,8 @@ mod tests {
                 .collect(),
             ..Default::default()
         };
-        let got = resources(&full, CgroupFeatures::default(), f).unwrap();
+        let json = |r: LinuxResources| serde_json::to_value(r).unwrap();
+        let got = json(resources(&full, CgroupFeatures::default(), f).unwrap());
         assert_eq!(
             got["cpu"],
             json!({"shares": 512, "quota": 50000, "period": 100000, "cpus": "0-1", "mems": "0"})
@@ -373,17 +383,19 @@ mod tests {
             hugetlb: false,
             unified: false,
         };
-        let got = resources(&full, no_features, f).unwrap();
+        let got = json(resources(&full, no_features, f).unwrap());
         assert_eq!(got["memory"], json!({"limit": 64 << 20}));
         assert!(got.get("hugepageLimits").is_none());
 
         assert_eq!(
-            resources(
-                &LinuxContainerResources::default(),
-                CgroupFeatures::default(),
-                f
-            )
-            .unwrap(),
+            json(
+                resources(
+                    &LinuxContainerResources::default(),
+                    CgroupFeatures::default(),
+                    f
+                )
+                .unwrap()
+            ),
             json!({})
         );
 
@@ -416,6 +428,16 @@ mod tests {
                     ..Default::default()
                 },
                 "cpuset_cpus",
+            ),
+            (
+                LinuxContainerResources {
+                    hugepage_limits: vec![HugepageLimit {
+                        page_size: "2MB".into(),
+                        limit: u64::MAX,
+                    }],
+                    ..Default::default()
+                },
+                "hugepage_limits[0].limit",
             ),
             (
                 LinuxContainerResources {

@@ -2,11 +2,16 @@
 
 use crate::error::{invalid, SpecError};
 use crate::mounts::MountEntry;
+use crate::oci;
 use crate::seccomp;
 use k8s_cri::v1::security_profile::ProfileType;
 use k8s_cri::v1::SecurityProfile;
-use serde_json::{json, Map, Value};
+use oci_spec::runtime::{
+    LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, LinuxNamespace, LinuxNamespaceType,
+    LinuxResources, LinuxSeccomp, PosixRlimitBuilder, PosixRlimitType, Spec, User,
+};
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 /// Paths masked in every unprivileged container.
 pub const DEFAULT_MASKED_PATHS: &[&str] = &[
@@ -90,13 +95,13 @@ pub fn profile(
 
 /// The OCI seccomp object for a profile, or None for unconfined.
 /// `load` reads a Localhost profile file (I/O stays with the caller).
-pub fn seccomp_json(
+pub fn seccomp(
     profile: &Profile,
     privileged: bool,
     caps: &[String],
     load: &dyn Fn(&str) -> Result<String, String>,
     field: &str,
-) -> Result<Option<Value>, SpecError> {
+) -> Result<Option<LinuxSeccomp>, SpecError> {
     if privileged {
         return Ok(None);
     }
@@ -113,19 +118,19 @@ pub fn seccomp_json(
             let text = load(path).map_err(|e| {
                 invalid(field, format!("cannot read seccomp profile {path:?}: {e}"))
             })?;
-            let v: Value = serde_json::from_str(&text).map_err(|e| {
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
                 invalid(
                     field,
                     format!("seccomp profile {path:?} is not valid JSON: {e}"),
                 )
             })?;
-            serde_json::from_value::<oci_spec::runtime::LinuxSeccomp>(v.clone()).map_err(|e| {
+            let profile = serde_json::from_value::<LinuxSeccomp>(v).map_err(|e| {
                 invalid(
                     field,
                     format!("seccomp profile {path:?} is not an OCI seccomp profile: {e}"),
                 )
             })?;
-            Ok(Some(v))
+            Ok(Some(profile))
         }
     }
 }
@@ -237,11 +242,8 @@ pub fn validate_sysctls(
 }
 
 /// The OCI namespace entry joining `path`, or a new one when `path` is None.
-pub fn namespace(kind: &str, path: Option<String>) -> Value {
-    match path {
-        Some(p) => json!({ "type": kind, "path": p }),
-        None => json!({ "type": kind }),
-    }
+pub fn namespace(kind: LinuxNamespaceType, path: Option<String>) -> LinuxNamespace {
+    oci::namespace(kind, path)
 }
 
 /// Everything both builders put into a spec, gathered before assembly.
@@ -262,80 +264,86 @@ pub struct Parts {
     pub hostname: Option<String>,
     pub readonly_rootfs: bool,
     pub mounts: Vec<MountEntry>,
-    pub namespaces: Vec<Value>,
+    pub namespaces: Vec<LinuxNamespace>,
     pub cgroups_path: String,
-    pub resources: Value,
-    pub devices: Vec<Value>,
-    pub device_rules: Vec<Value>,
+    pub resources: LinuxResources,
+    pub devices: Vec<LinuxDevice>,
+    pub device_rules: Vec<LinuxDeviceCgroup>,
     pub sysctls: HashMap<String, String>,
-    pub seccomp: Option<Value>,
+    pub seccomp: Option<LinuxSeccomp>,
     pub masked_paths: Vec<String>,
     pub readonly_paths: Vec<String>,
     pub annotations: Vec<(String, String)>,
 }
 
+/// A device cgroup rule: `allow` (or deny) `access` to the devices of
+/// `kind` (`c` or `b`; all when None) with the given numbers (any when None).
+pub fn device_rule(
+    allow: bool,
+    kind: Option<char>,
+    major: Option<i64>,
+    minor: Option<i64>,
+    access: &str,
+) -> Result<LinuxDeviceCgroup, SpecError> {
+    let mut r = LinuxDeviceCgroup::default();
+    r.set_allow(allow);
+    r.set_typ(
+        kind.map(|k| oci::from_name::<LinuxDeviceType>(&k.to_string(), "device type"))
+            .transpose()?,
+    );
+    r.set_major(major);
+    r.set_minor(minor);
+    r.set_access(Some(access.to_string()));
+    Ok(r)
+}
+
 /// Assembles the OCI spec.
-pub fn assemble(p: Parts) -> Result<oci_spec::runtime::Spec, SpecError> {
-    let capset = json!(p.caps);
-    let mut process = json!({
-        "terminal": p.terminal,
-        "user": { "uid": p.uid, "gid": p.gid, "additionalGids": p.additional_gids },
-        "args": p.args,
-        "env": p.env,
-        "cwd": p.cwd,
-        "capabilities": {
-            "bounding": capset, "effective": capset, "permitted": capset,
-        },
-        "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": p.nofile, "soft": p.nofile }],
-        "noNewPrivileges": p.no_new_privileges,
-        "oomScoreAdj": p.oom_score_adj,
-    });
-    if let Some(a) = p.apparmor {
-        process["apparmorProfile"] = json!(a);
-    }
-    if let Some(s) = &p.selinux {
-        process["selinuxLabel"] = json!(s);
-    }
+pub fn assemble(p: Parts) -> Result<Spec, SpecError> {
+    let mut user = User::default();
+    user.set_uid(p.uid);
+    user.set_gid(p.gid);
+    user.set_additional_gids(Some(p.additional_gids));
+    let nofile = PosixRlimitBuilder::default()
+        .typ(PosixRlimitType::RlimitNofile)
+        .hard(p.nofile)
+        .soft(p.nofile)
+        .build()
+        .map_err(|e| SpecError::Internal(format!("rlimit: {e}")))?;
+
+    let mut process = oci::process();
+    process.set_terminal(Some(p.terminal));
+    process.set_user(user);
+    process.set_args(Some(p.args));
+    process.set_env(Some(p.env));
+    process.set_cwd(PathBuf::from(p.cwd));
+    process.set_capabilities(Some(oci::capabilities(&oci::capability_set(&p.caps)?)));
+    process.set_rlimits(Some(vec![nofile]));
+    process.set_no_new_privileges(Some(p.no_new_privileges));
+    process.set_oom_score_adj(Some(p.oom_score_adj));
+    process.set_apparmor_profile(p.apparmor);
+    process.set_selinux_label(p.selinux.clone());
+
     let mut resources = p.resources;
-    if let Value::Object(map) = &mut resources {
-        map.insert("devices".into(), Value::Array(p.device_rules));
-    }
-    let mut linux = json!({
-        "namespaces": p.namespaces,
-        "cgroupsPath": p.cgroups_path,
-        "resources": resources,
-        "maskedPaths": p.masked_paths,
-        "readonlyPaths": p.readonly_paths,
-    });
-    if !p.devices.is_empty() {
-        linux["devices"] = Value::Array(p.devices);
-    }
-    if !p.sysctls.is_empty() {
-        linux["sysctl"] = json!(p.sysctls);
-    }
-    if let Some(s) = p.seccomp {
-        linux["seccomp"] = s;
-    }
-    if let Some(s) = &p.selinux {
-        linux["mountLabel"] = json!(s);
-    }
-    let annotations: Map<String, Value> = p
-        .annotations
-        .into_iter()
-        .map(|(k, v)| (k, Value::String(v)))
-        .collect();
-    let mut spec = json!({
-        "ociVersion": crate::OCI_VERSION,
-        "process": process,
-        "root": { "path": "rootfs", "readonly": p.readonly_rootfs },
-        "mounts": p.mounts.iter().map(MountEntry::to_json).collect::<Vec<_>>(),
-        "annotations": annotations,
-        "linux": linux,
-    });
-    if let Some(h) = p.hostname {
-        spec["hostname"] = json!(h);
-    }
-    serde_json::from_value(spec).map_err(|e| SpecError::Internal(e.to_string()))
+    resources.set_devices(Some(p.device_rules));
+    let mut linux = oci::linux();
+    linux.set_namespaces(Some(p.namespaces));
+    linux.set_cgroups_path(Some(PathBuf::from(p.cgroups_path)));
+    linux.set_resources(Some(resources));
+    linux.set_masked_paths(Some(p.masked_paths));
+    linux.set_readonly_paths(Some(p.readonly_paths));
+    linux.set_devices((!p.devices.is_empty()).then_some(p.devices));
+    linux.set_sysctl((!p.sysctls.is_empty()).then_some(p.sysctls));
+    linux.set_seccomp(p.seccomp);
+    linux.set_mount_label(p.selinux);
+
+    let mut spec = oci::spec();
+    spec.set_process(Some(process));
+    spec.set_root(Some(oci::root(p.readonly_rootfs)));
+    spec.set_mounts(Some(p.mounts.iter().map(MountEntry::to_oci).collect()));
+    spec.set_annotations(Some(p.annotations.into_iter().collect()));
+    spec.set_linux(Some(linux));
+    spec.set_hostname(p.hostname);
+    Ok(spec)
 }
 
 #[cfg(test)]
@@ -400,33 +408,37 @@ mod tests {
             match p {
                 "/ok.json" => Ok(r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#.into()),
                 "/bad.json" => Ok("{".into()),
+                "/array.json" => Ok("[1]".into()),
                 _ => Err("no such file".into()),
             }
         };
-        assert!(seccomp_json(&Profile::Unconfined, false, &[], &load, f)
-            .unwrap()
-            .is_none());
-        assert!(seccomp_json(&Profile::RuntimeDefault, true, &[], &load, f)
-            .unwrap()
-            .is_none());
-        assert_eq!(
-            seccomp_json(&Profile::RuntimeDefault, false, &[], &load, f)
-                .unwrap()
-                .unwrap()["defaultAction"],
-            "SCMP_ACT_ERRNO"
-        );
-        assert_eq!(
-            seccomp_json(&Profile::Localhost("/ok.json".into()), false, &[], &load, f)
-                .unwrap()
-                .unwrap()["defaultAction"],
-            "SCMP_ACT_ALLOW"
-        );
+        use oci_spec::runtime::LinuxSeccompAction;
+        let action = |p: Option<LinuxSeccomp>| p.map(|p| p.default_action());
+        let cases = [
+            (Profile::Unconfined, false, None),
+            (Profile::RuntimeDefault, true, None),
+            (
+                Profile::RuntimeDefault,
+                false,
+                Some(LinuxSeccompAction::ScmpActErrno),
+            ),
+            (
+                Profile::Localhost("/ok.json".into()),
+                false,
+                Some(LinuxSeccompAction::ScmpActAllow),
+            ),
+        ];
+        for (profile, privileged, want) in cases {
+            let got = seccomp(&profile, privileged, &[], &load, f).unwrap();
+            assert_eq!(action(got), want, "{profile:?} {privileged}");
+        }
         for (path, msg) in [
             ("/bad.json", "not valid JSON"),
+            ("/array.json", "not an OCI seccomp profile"),
             ("/none.json", "no such file"),
             ("rel.json", "absolute"),
         ] {
-            let e = seccomp_json(&Profile::Localhost(path.into()), false, &[], &load, f)
+            let e = seccomp(&Profile::Localhost(path.into()), false, &[], &load, f)
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(msg), "{e}");

@@ -3,14 +3,17 @@
 use crate::common::{self, Parts, Profile};
 use crate::error::{invalid, SpecError};
 use crate::mounts::{self, HostPropagation};
+use crate::oci;
 use crate::sandbox::host_namespaces;
 use crate::user::{ResolvedUser, SupplementalGroupsPolicy, UserRequest};
 use crate::{
     annotations as ann, caps, cgroups, oom, process, HostFacts, ImageConfig, SandboxFacts,
 };
 use k8s_cri::v1::{ContainerConfig, NamespaceMode, PodSandboxConfig};
-use serde_json::{json, Value};
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, LinuxNamespaceType as Ns, LinuxResources};
+use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 
 const SC: &str = "config.linux.security_context";
 
@@ -197,7 +200,7 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<oci_spec::runtime::S
         Profile::Unconfined,
         &format!("{SC}.seccomp"),
     )?;
-    let seccomp = common::seccomp_json(
+    let seccomp = common::seccomp(
         &seccomp_profile,
         privileged,
         &caps,
@@ -222,16 +225,16 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<oci_spec::runtime::S
     // Namespaces: the pod's network, IPC and UTS; pid per mode.
     let pause = input.sandbox.pid;
     let proc_ns = |kind: &str| pause.map(|p| format!("/proc/{p}/ns/{kind}"));
-    let mut namespaces = vec![common::namespace("mount", None)];
+    let mut namespaces = vec![common::namespace(Ns::Mount, None)];
     if !hn.network {
         let net = input.sandbox.netns_path.clone().or_else(|| proc_ns("net"));
-        namespaces.push(common::namespace("network", net));
+        namespaces.push(common::namespace(Ns::Network, net));
         let uts = input.sandbox.uts_path.clone().or_else(|| proc_ns("uts"));
-        namespaces.push(common::namespace("uts", uts));
+        namespaces.push(common::namespace(Ns::Uts, uts));
     }
     if !hn.ipc {
         let ipc = input.sandbox.ipc_path.clone().or_else(|| proc_ns("ipc"));
-        namespaces.push(common::namespace("ipc", ipc));
+        namespaces.push(common::namespace(Ns::Ipc, ipc));
     }
     // Without namespace options the container shares the pod's PID
     // namespace, as containerd and CRI-O read a missing message (mode POD
@@ -265,9 +268,9 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<oci_spec::runtime::S
                     "POD pid mode needs a pod whose namespace_options.pid is POD (this pod shares no PID namespace)",
                 ));
             }
-            namespaces.push(common::namespace("pid", proc_ns("pid")))
+            namespaces.push(common::namespace(Ns::Pid, proc_ns("pid")))
         }
-        Ok(NamespaceMode::Container) => namespaces.push(common::namespace("pid", None)),
+        Ok(NamespaceMode::Container) => namespaces.push(common::namespace(Ns::Pid, None)),
         Ok(NamespaceMode::Target) => {
             let target = input.target_pid.ok_or_else(|| {
                 invalid(
@@ -276,7 +279,7 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<oci_spec::runtime::S
                 )
             })?;
             namespaces.push(common::namespace(
-                "pid",
+                Ns::Pid,
                 Some(format!("/proc/{target}/ns/pid")),
             ));
         }
@@ -324,14 +327,14 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<oci_spec::runtime::S
             cgroups::resources(r, host.cgroup_features, resources_field)?,
             r.oom_score_adj,
         ),
-        None => (json!({}), 0),
+        None => (LinuxResources::default(), 0),
     };
     let oom_req = i32::try_from(oom_req)
         .map_err(|_| invalid(format!("{resources_field}.oom_score_adj"), "out of range"))?;
     // A privileged container may use every device, unless its handler
     // hands it no host devices (then only those it asked for).
     let all_devices = privileged && !host.privileged_without_host_devices;
-    let mut device_rules = vec![json!({ "allow": all_devices, "access": "rwm" })];
+    let mut device_rules = vec![common::device_rule(all_devices, None, None, None, "rwm")?];
     let mut devices = Vec::new();
     for (i, d) in input.devices.iter().enumerate() {
         if d.kind != 'c' && d.kind != 'b' {
@@ -346,14 +349,26 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<oci_spec::runtime::S
                 format!("{:?} is not a subset of rwm", d.permissions),
             ));
         }
-        devices.push(json!({
-            "path": d.path, "type": d.kind.to_string(), "major": d.major, "minor": d.minor,
-            "fileMode": d.file_mode, "uid": d.uid, "gid": d.gid,
-        }));
+        let mut device = LinuxDevice::default();
+        device.set_path(PathBuf::from(&d.path));
+        device.set_typ(oci::from_name::<LinuxDeviceType>(
+            &d.kind.to_string(),
+            "device type",
+        )?);
+        device.set_major(d.major);
+        device.set_minor(d.minor);
+        device.set_file_mode(Some(d.file_mode));
+        device.set_uid(Some(d.uid));
+        device.set_gid(Some(d.gid));
+        devices.push(device);
         if !all_devices {
-            device_rules.push(json!({
-                "allow": true, "type": d.kind.to_string(), "major": d.major, "minor": d.minor, "access": d.permissions,
-            }));
+            device_rules.push(common::device_rule(
+                true,
+                Some(d.kind),
+                Some(d.major),
+                Some(d.minor),
+                &d.permissions,
+            )?);
         }
     }
 
@@ -362,7 +377,7 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<oci_spec::runtime::S
     // unified hierarchy only (v1 tools expect the full paths) and not for
     // privileged containers.
     if host.cgroup_features.unified && !privileged {
-        namespaces.push(common::namespace("cgroup", None));
+        namespaces.push(common::namespace(Ns::Cgroup, None));
     }
 
     let mut annotations = vec![
@@ -453,6 +468,7 @@ mod tests {
         LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount as CriMount, NamespaceOption,
         PodSandboxMetadata, SecurityProfile,
     };
+    use serde_json::json;
 
     fn pod(privileged: bool) -> PodSandboxConfig {
         PodSandboxConfig {

@@ -1,84 +1,238 @@
-//! Edits of a container's existing spec (its bundle's `config.json`), as
-//! pure functions over its bytes: the resources UpdateContainerResources
-//! applies, and the process ExecSync runs. The caller reads and writes the
-//! file; nothing here does I/O.
+//! Edits of existing specs, as pure functions: the resources
+//! UpdateContainerResources applies to a container's `config.json`, the
+//! process ExecSync and Exec run in it, the pod's network namespace and
+//! `/dev/shm` put into the pause container's, and the idmapped staging of
+//! bind mounts. The typed functions work on `oci_spec` values; the byte
+//! forms read and write a `config.json` for callers that hold the file
+//! (they do the I/O; nothing here does).
 
 use crate::error::SpecError;
-use serde_json::Value;
+use oci_spec::runtime::{
+    LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxNamespaceType, LinuxNetwork, LinuxResources, Mount,
+    Process, Spec,
+};
+use std::path::{Path, PathBuf};
 
-fn parse(config: &[u8]) -> Result<Value, SpecError> {
+fn parse(config: &[u8]) -> Result<Spec, SpecError> {
     serde_json::from_slice(config).map_err(|e| SpecError::Internal(format!("config.json: {e}")))
 }
 
-fn serialize(v: &Value) -> Result<Vec<u8>, SpecError> {
-    serde_json::to_vec_pretty(v).map_err(|e| SpecError::Internal(format!("config.json: {e}")))
+fn serialize(spec: &Spec) -> Result<Vec<u8>, SpecError> {
+    serde_json::to_vec_pretty(spec).map_err(|e| SpecError::Internal(format!("config.json: {e}")))
 }
 
-/// Replaces the keys of `update` (an OCI `linux.resources` object, as
-/// [`crate::cgroups::resources`] builds it) in the `linux.resources` of
-/// `spec`, field by field inside each controller, keeping what the update
-/// does not mention (devices, pids, ...).
-pub fn merge_resources(spec: &mut Value, update: &Value) {
-    let Some(update) = update.as_object() else {
-        return;
-    };
-    if !spec["linux"].is_object() {
-        spec["linux"] = serde_json::json!({});
+/// `new`'s value where it has one, else `old`'s.
+fn or<T>(new: Option<T>, old: Option<T>) -> Option<T> {
+    new.or(old)
+}
+
+fn merge_cpu(old: &LinuxCpu, new: &LinuxCpu) -> LinuxCpu {
+    let mut c = old.clone();
+    c.set_shares(or(new.shares(), old.shares()));
+    c.set_quota(or(new.quota(), old.quota()));
+    c.set_idle(or(new.idle(), old.idle()));
+    c.set_burst(or(new.burst(), old.burst()));
+    c.set_period(or(new.period(), old.period()));
+    c.set_realtime_runtime(or(new.realtime_runtime(), old.realtime_runtime()));
+    c.set_realtime_period(or(new.realtime_period(), old.realtime_period()));
+    c.set_cpus(or(new.cpus().clone(), old.cpus().clone()));
+    c.set_mems(or(new.mems().clone(), old.mems().clone()));
+    c
+}
+
+fn merge_memory(old: &LinuxMemory, new: &LinuxMemory) -> LinuxMemory {
+    let mut m = *old;
+    m.set_limit(or(new.limit(), old.limit()));
+    m.set_reservation(or(new.reservation(), old.reservation()));
+    m.set_swap(or(new.swap(), old.swap()));
+    #[allow(deprecated)]
+    m.set_kernel(or(new.kernel(), old.kernel()));
+    m.set_kernel_tcp(or(new.kernel_tcp(), old.kernel_tcp()));
+    m.set_swappiness(or(new.swappiness(), old.swappiness()));
+    m.set_disable_oom_killer(or(new.disable_oom_killer(), old.disable_oom_killer()));
+    m.set_use_hierarchy(or(new.use_hierarchy(), old.use_hierarchy()));
+    m.set_check_before_update(or(new.check_before_update(), old.check_before_update()));
+    m
+}
+
+fn merge_block_io(old: &LinuxBlockIo, new: &LinuxBlockIo) -> LinuxBlockIo {
+    let mut b = old.clone();
+    b.set_weight(or(new.weight(), old.weight()));
+    b.set_leaf_weight(or(new.leaf_weight(), old.leaf_weight()));
+    b.set_weight_device(or(new.weight_device().clone(), old.weight_device().clone()));
+    b.set_throttle_read_bps_device(or(
+        new.throttle_read_bps_device().clone(),
+        old.throttle_read_bps_device().clone(),
+    ));
+    b.set_throttle_write_bps_device(or(
+        new.throttle_write_bps_device().clone(),
+        old.throttle_write_bps_device().clone(),
+    ));
+    b.set_throttle_read_iops_device(or(
+        new.throttle_read_iops_device().clone(),
+        old.throttle_read_iops_device().clone(),
+    ));
+    b.set_throttle_write_iops_device(or(
+        new.throttle_write_iops_device().clone(),
+        old.throttle_write_iops_device().clone(),
+    ));
+    b
+}
+
+fn merge_network(old: &LinuxNetwork, new: &LinuxNetwork) -> LinuxNetwork {
+    let mut n = old.clone();
+    n.set_class_id(or(new.class_id(), old.class_id()));
+    n.set_priorities(or(new.priorities().clone(), old.priorities().clone()));
+    n
+}
+
+/// `old` with `new`'s entries added (a key in both takes `new`'s value).
+fn merge_map<V: Clone>(
+    old: &std::collections::HashMap<String, V>,
+    new: &std::collections::HashMap<String, V>,
+) -> std::collections::HashMap<String, V> {
+    let mut m = old.clone();
+    m.extend(new.iter().map(|(k, v)| (k.clone(), v.clone())));
+    m
+}
+
+/// Merges two optional controllers: `merge` when both are set, else
+/// whichever is.
+fn merge_opt<T: Clone>(old: &Option<T>, new: &Option<T>, merge: fn(&T, &T) -> T) -> Option<T> {
+    match (old, new) {
+        (Some(o), Some(n)) => Some(merge(o, n)),
+        (o, None) => o.clone(),
+        (None, n) => n.clone(),
     }
-    if !spec["linux"]["resources"].is_object() {
-        spec["linux"]["resources"] = serde_json::json!({});
-    }
-    if let Some(res) = spec["linux"]["resources"].as_object_mut() {
-        for (k, v) in update {
-            match (res.get_mut(k), v) {
-                (Some(Value::Object(old)), Value::Object(new)) => {
-                    for (kk, vv) in new {
-                        old.insert(kk.clone(), vv.clone());
-                    }
-                }
-                _ => {
-                    res.insert(k.clone(), v.clone());
-                }
-            }
-        }
-    }
+}
+
+/// `res` with what `update` sets replaced, field by field inside each
+/// controller (and key by key in `unified` and `rdma`), keeping what the
+/// update does not mention (devices, pids, ...); lists (device rules,
+/// hugepage limits) are replaced whole.
+pub fn merged_resources(res: &LinuxResources, update: &LinuxResources) -> LinuxResources {
+    let mut out = res.clone();
+    out.set_devices(or(update.devices().clone(), res.devices().clone()));
+    out.set_memory(merge_opt(res.memory(), update.memory(), merge_memory));
+    out.set_cpu(merge_opt(res.cpu(), update.cpu(), merge_cpu));
+    out.set_pids(or(*update.pids(), *res.pids()));
+    out.set_block_io(merge_opt(res.block_io(), update.block_io(), merge_block_io));
+    out.set_hugepage_limits(or(
+        update.hugepage_limits().clone(),
+        res.hugepage_limits().clone(),
+    ));
+    out.set_network(merge_opt(res.network(), update.network(), merge_network));
+    out.set_rdma(merge_opt(res.rdma(), update.rdma(), merge_map));
+    out.set_unified(merge_opt(res.unified(), update.unified(), merge_map));
+    out
+}
+
+/// Merges `update` (as [`crate::cgroups::resources`] builds it) into the
+/// `linux.resources` of `spec` (see [`merged_resources`]), creating
+/// `linux` and its resources when the spec has none.
+pub fn merge_resources(spec: &mut Spec, update: &LinuxResources) {
+    let mut linux = spec.linux().clone().unwrap_or_else(crate::oci::linux);
+    let res = linux.resources().clone().unwrap_or_default();
+    linux.set_resources(Some(merged_resources(&res, update)));
+    spec.set_linux(Some(linux));
 }
 
 /// `config` (a `config.json`) with `update` merged into its resources (see
 /// [`merge_resources`]).
-pub fn update_resources(config: &[u8], update: &Value) -> Result<Vec<u8>, SpecError> {
+pub fn update_resources(config: &[u8], update: &LinuxResources) -> Result<Vec<u8>, SpecError> {
     let mut spec = parse(config)?;
     merge_resources(&mut spec, update);
     serialize(&spec)
 }
 
 /// The OCI process of an exec (ExecSync, or Exec's stream) in the
-/// container whose spec is `config`: the container's process (user, env,
-/// cwd, capabilities, rlimits, no new privileges, AppArmor and SELinux
-/// labels) with `cmd` as its arguments, with a terminal when `terminal`.
-pub fn exec_process(config: &[u8], cmd: &[String], terminal: bool) -> Result<Vec<u8>, SpecError> {
+/// container of `spec`: the container's process (user, env, cwd,
+/// capabilities, rlimits, no new privileges, AppArmor and SELinux labels)
+/// with `cmd` as its arguments, with a terminal when `terminal`.
+pub fn exec(spec: &Spec, cmd: &[String], terminal: bool) -> Result<Process, SpecError> {
     if cmd.is_empty() {
         return Err(crate::error::invalid("cmd", "must not be empty"));
     }
-    let spec = parse(config)?;
-    let mut process = spec["process"].clone();
-    if !process.is_object() {
-        return Err(SpecError::Internal(
-            "config.json: the container has no process".into(),
-        ));
+    let mut process = spec
+        .process()
+        .clone()
+        .ok_or_else(|| SpecError::Internal("config.json: the container has no process".into()))?;
+    process.set_args(Some(cmd.to_vec()));
+    process.set_terminal(Some(terminal));
+    Ok(process)
+}
+
+/// [`exec`] over a `config.json`, as the process's JSON.
+pub fn exec_process(config: &[u8], cmd: &[String], terminal: bool) -> Result<Vec<u8>, SpecError> {
+    // An empty command is refused before the file is looked at.
+    if cmd.is_empty() {
+        return Err(crate::error::invalid("cmd", "must not be empty"));
     }
-    process["args"] = serde_json::json!(cmd);
-    process["terminal"] = serde_json::json!(terminal);
+    let process = exec(&parse(config)?, cmd, terminal)?;
     serde_json::to_vec(&process).map_err(|e| SpecError::Internal(format!("process: {e}")))
+}
+
+/// The options of the pod's `/dev/shm` bind in the pause container.
+pub const PAUSE_SHM_OPTIONS: &[&str] = &["rbind", "rw", "nosuid", "nodev", "noexec"];
+
+/// Points the pause container's spec at the pod's network namespace
+/// `netns` (replacing any network namespace entry) and binds the pod's
+/// `/dev/shm` tmpfs `shm` (replacing any `/dev/shm` mount); the new
+/// entries come last. None leaves that part alone.
+pub fn pause_namespaces(spec: &mut Spec, netns: Option<&Path>, shm: Option<&Path>) {
+    if let Some(ns) = netns {
+        let mut linux = spec.linux().clone().unwrap_or_else(crate::oci::linux);
+        let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+        namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
+        namespaces.push(crate::oci::namespace(
+            LinuxNamespaceType::Network,
+            Some(ns.to_string_lossy().into_owned()),
+        ));
+        linux.set_namespaces(Some(namespaces));
+        spec.set_linux(Some(linux));
+    }
+    if let Some(shm) = shm {
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        mounts.retain(|m| m.destination() != Path::new("/dev/shm"));
+        let mut bind = Mount::default();
+        bind.set_destination(PathBuf::from("/dev/shm"));
+        bind.set_typ(Some("bind".into()));
+        bind.set_source(Some(shm.to_path_buf()));
+        bind.set_options(Some(
+            PAUSE_SHM_OPTIONS.iter().map(|o| o.to_string()).collect(),
+        ));
+        mounts.push(bind);
+        spec.set_mounts(Some(mounts));
+    }
+}
+
+/// [`pause_namespaces`] over a `config.json`.
+pub fn pause_config(
+    config: &[u8],
+    netns: Option<&Path>,
+    shm: Option<&Path>,
+) -> Result<Vec<u8>, SpecError> {
+    let mut spec = parse(config)?;
+    pause_namespaces(&mut spec, netns, shm);
+    serde_json::to_vec(&spec).map_err(|e| SpecError::Internal(format!("config.json: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
+
+    fn spec_of(v: Value) -> Spec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn res_of(v: Value) -> LinuxResources {
+        serde_json::from_value(v).unwrap()
+    }
 
     #[test]
     fn resources_merge_into_the_spec() {
+        // (spec, update, the spec after the update)
         let cases = [
             (
                 json!({"linux": {"resources": {"devices": [{"allow": false}], "memory": {"limit": 1, "swap": 1}}}}),
@@ -100,17 +254,44 @@ mod tests {
                 json!({"cpu": {"quota": 5000, "period": 100000}}),
                 json!({"linux": {"resources": {"cpu": {"shares": 2, "quota": 5000, "period": 100000}}}}),
             ),
+            (
+                json!({"linux": {"resources": {"unified": {"memory.high": "10", "pids.max": "5"}, "pids": {"limit": 3}}}}),
+                json!({"unified": {"memory.high": "20"}, "hugepageLimits": [{"pageSize": "2MB", "limit": 4}]}),
+                json!({"linux": {"resources": {
+                    "unified": {"memory.high": "20", "pids.max": "5"},
+                    "pids": {"limit": 3},
+                    "hugepageLimits": [{"pageSize": "2MB", "limit": 4}]
+                }}}),
+            ),
+            (
+                json!({"linux": {"resources": {"hugepageLimits": [{"pageSize": "1GB", "limit": 1}], "blockIO": {"weight": 10}}}}),
+                json!({"hugepageLimits": [{"pageSize": "2MB", "limit": 4}], "blockIO": {"leafWeight": 20}, "pids": {"limit": 9}}),
+                json!({"linux": {"resources": {
+                    "hugepageLimits": [{"pageSize": "2MB", "limit": 4}],
+                    "blockIO": {"weight": 10, "leafWeight": 20},
+                    "pids": {"limit": 9}
+                }}}),
+            ),
+            (
+                json!({"linux": {"resources": {"memory": {"limit": 1}}}}),
+                json!({}),
+                json!({"linux": {"resources": {"memory": {"limit": 1}}}}),
+            ),
         ];
         for (i, (spec, update, want)) in cases.into_iter().enumerate() {
-            let mut merged = spec.clone();
+            let (update, want) = (res_of(update), spec_of(want));
+            let mut merged = spec_of(spec.clone());
             merge_resources(&mut merged, &update);
             assert_eq!(merged, want, "case {i}");
             let bytes = update_resources(&serde_json::to_vec(&spec).unwrap(), &update).unwrap();
-            let parsed: Value = serde_json::from_slice(&bytes).unwrap();
-            assert_eq!(parsed, want, "case {i} (bytes)");
+            assert_eq!(
+                spec_of(serde_json::from_slice(&bytes).unwrap()),
+                want,
+                "case {i} (bytes)"
+            );
         }
         assert!(matches!(
-            update_resources(b"{not json", &json!({})),
+            update_resources(b"{not json", &LinuxResources::default()),
             Err(SpecError::Internal(_))
         ));
     }
@@ -118,6 +299,7 @@ mod tests {
     #[test]
     fn exec_process_keeps_the_container_process() {
         let config = json!({
+            "ociVersion": "1.0.2",
             "process": {
                 "args": ["/pause"],
                 "terminal": true,
@@ -141,14 +323,71 @@ mod tests {
             assert_eq!(got, want, "terminal {terminal}");
         }
 
-        let cases: [(&[u8], &[String], &str); 3] = [
+        let cases: [(&[u8], &[String], &str); 4] = [
             (&bytes, &[], "cmd"),
             (b"{}", &cmd, "no process"),
             (b"[", &cmd, "config.json"),
+            (b"{\"process\": 1}", &cmd, "config.json"),
         ];
         for (config, cmd, want) in cases {
             let e = exec_process(config, cmd, false).unwrap_err().to_string();
             assert!(e.contains(want), "{e} vs {want}");
+        }
+    }
+
+    #[test]
+    fn pause_gets_the_pods_netns_and_shm() {
+        let (netns, shm) = (Path::new("/run/x/netns"), Path::new("/run/x/shm"));
+        let shm_bind = json!({"destination": "/dev/shm", "type": "bind", "source": "/run/x/shm",
+            "options": ["rbind", "rw", "nosuid", "nodev", "noexec"]});
+        // (spec, netns, shm, the spec after)
+        let cases = [
+            (
+                json!({"linux": {"namespaces": [{"type": "pid"}, {"type": "network"}]},
+                       "mounts": [{"destination": "/dev/shm", "type": "tmpfs", "source": "shm"},
+                                  {"destination": "/proc", "type": "proc", "source": "proc"}]}),
+                Some(netns),
+                Some(shm),
+                json!({"linux": {"namespaces": [{"type": "pid"}, {"type": "network", "path": "/run/x/netns"}]},
+                       "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}, shm_bind]}),
+            ),
+            (
+                json!({"linux": {"namespaces": [{"type": "network", "path": "/old"}, {"type": "ipc"}]}}),
+                Some(netns),
+                None,
+                json!({"linux": {"namespaces": [{"type": "ipc"}, {"type": "network", "path": "/run/x/netns"}]}}),
+            ),
+            (
+                json!({}),
+                Some(netns),
+                Some(shm),
+                json!({"linux": {"namespaces": [{"type": "network", "path": "/run/x/netns"}]},
+                       "mounts": [shm_bind]}),
+            ),
+            (
+                json!({"mounts": [{"destination": "/dev/shm", "type": "tmpfs"}]}),
+                None,
+                None,
+                json!({"mounts": [{"destination": "/dev/shm", "type": "tmpfs"}]}),
+            ),
+        ];
+        for (i, (spec, netns, shm, want)) in cases.into_iter().enumerate() {
+            let want = spec_of(want);
+            let mut got = spec_of(spec.clone());
+            pause_namespaces(&mut got, netns, shm);
+            assert_eq!(got, want, "case {i}");
+            let bytes = pause_config(&serde_json::to_vec(&spec).unwrap(), netns, shm).unwrap();
+            assert_eq!(
+                spec_of(serde_json::from_slice(&bytes).unwrap()),
+                want,
+                "case {i} (bytes)"
+            );
+        }
+        for bad in [&b"1"[..], b"{", b"{\"mounts\": {}}"] {
+            assert!(matches!(
+                pause_config(bad, Some(netns), None),
+                Err(SpecError::Internal(_))
+            ));
         }
     }
 }

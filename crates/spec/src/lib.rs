@@ -10,9 +10,12 @@
 //! `seccomp` (the RuntimeDefault profile), `mounts`, `cgroups` (paths and
 //! resources), `annotations`, `images` (image volumes, the image's name),
 //! `oom`, `userns` (pod user namespaces), `devices` (device ownership and
-//! CDI requests), `edit` (edits of an
-//! existing container's spec), and the two builders `sandbox` (the
-//! pause container) and `container`.
+//! CDI requests), `edit` (edits of an existing spec: resource updates, the
+//! exec process, the pause's netns and /dev/shm), and the two builders
+//! `sandbox` (the pause container) and `container`. The builders and edits
+//! work on typed `oci_spec` values (`oci` makes empty ones: oci-spec's own
+//! defaults describe a sample container); `tests/golden` holds the
+//! `config.json` they produce for a table of pods and containers.
 
 // Test tables are tuples of slices; naming each shape would not make them clearer.
 #![cfg_attr(test, allow(clippy::type_complexity))]
@@ -28,6 +31,7 @@ pub mod error;
 pub mod images;
 pub mod mounts;
 pub mod nri;
+mod oci;
 pub mod oom;
 pub mod process;
 pub mod sandbox;

@@ -3,7 +3,6 @@
 
 use crate::error::{invalid, SpecError};
 use k8s_cri::v1::{Mount as CriMount, MountPropagation};
-use serde_json::{json, Value};
 use std::collections::HashMap;
 
 /// One OCI mount, kept simple until it is serialised.
@@ -29,14 +28,14 @@ impl MountEntry {
         }
     }
 
-    /// The OCI JSON form.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "destination": self.destination,
-            "type": self.kind,
-            "source": self.source,
-            "options": self.options,
-        })
+    /// The OCI mount.
+    pub fn to_oci(&self) -> oci_spec::runtime::Mount {
+        let mut m = oci_spec::runtime::Mount::default();
+        m.set_destination(self.destination.clone().into());
+        m.set_typ(Some(self.kind.clone()));
+        m.set_source(Some(self.source.clone().into()));
+        m.set_options(Some(self.options.clone()));
+        m
     }
 }
 

@@ -7,6 +7,7 @@ use crate::{
     annotations as ann, cgroups, mounts, oom, process, HostFacts, ImageConfig, SandboxFacts,
 };
 use k8s_cri::v1::{NamespaceMode, PodSandboxConfig};
+use oci_spec::runtime::{LinuxNamespaceType as Ns, LinuxResources};
 
 /// The `oom_score_adj` kubelet's pause containers conventionally get.
 pub const PAUSE_OOM_SCORE_ADJ: i32 = -998;
@@ -129,7 +130,7 @@ pub fn sandbox_spec(
         Profile::RuntimeDefault,
         "config.linux.security_context.seccomp",
     )?;
-    let seccomp = common::seccomp_json(
+    let seccomp = common::seccomp(
         &seccomp_profile,
         privileged,
         &caps,
@@ -149,21 +150,21 @@ pub fn sandbox_spec(
         "config.linux.security_context.apparmor",
     )?;
 
-    let mut namespaces = vec![common::namespace("mount", None)];
+    let mut namespaces = vec![common::namespace(Ns::Mount, None)];
     if !hn.network {
-        namespaces.push(common::namespace("network", sandbox.netns_path.clone()));
-        namespaces.push(common::namespace("uts", None));
+        namespaces.push(common::namespace(Ns::Network, sandbox.netns_path.clone()));
+        namespaces.push(common::namespace(Ns::Uts, None));
     }
     if !hn.pid {
-        namespaces.push(common::namespace("pid", None));
+        namespaces.push(common::namespace(Ns::Pid, None));
     }
     if !hn.ipc {
-        namespaces.push(common::namespace("ipc", None));
+        namespaces.push(common::namespace(Ns::Ipc, None));
     }
 
     let resources = match &linux.resources {
         Some(r) => cgroups::resources(r, host.cgroup_features, "config.linux.resources")?,
-        None => serde_json::json!({}),
+        None => LinuxResources::default(),
     };
     let mut annotations = vec![
         (
@@ -236,7 +237,7 @@ pub fn sandbox_spec(
         cgroups_path: cgroups::cgroups_path(&linux.cgroup_parent, &sandbox.id, host.cgroup_driver),
         resources,
         devices: vec![],
-        device_rules: vec![serde_json::json!({ "allow": privileged, "access": "rwm" })],
+        device_rules: vec![common::device_rule(privileged, None, None, None, "rwm")?],
         sysctls: linux.sysctls.clone(),
         seccomp,
         masked_paths: masked,

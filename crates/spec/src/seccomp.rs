@@ -13,7 +13,10 @@
 //! filtering of the operations it performs and has been a steady source of
 //! kernel exploits).
 
-use serde_json::{json, Value};
+use oci_spec::runtime::{
+    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompOperator,
+    LinuxSyscall,
+};
 
 /// Syscalls every container may make.
 pub const ALLOWED: &[&str] = &[
@@ -451,8 +454,40 @@ const AF_VSOCK: u64 = 40;
 const EPERM: u32 = 1;
 const ENOSYS: u32 = 38;
 
+fn rule(names: &[&str], action: LinuxSeccompAction) -> LinuxSyscall {
+    let mut r = LinuxSyscall::default();
+    r.set_names(names.iter().map(|n| n.to_string()).collect());
+    r.set_action(action);
+    r.set_errno_ret(None);
+    r.set_args(None);
+    r
+}
+
+/// An allow rule for `name` when argument 0 compares with `value`
+/// (`value_two` for the masked operators).
+fn allow_arg0(
+    name: &str,
+    op: LinuxSeccompOperator,
+    value: u64,
+    value_two: Option<u64>,
+) -> LinuxSyscall {
+    let mut arg = LinuxSeccompArgBuilder::default()
+        .index(0usize)
+        .value(value)
+        .op(op);
+    if let Some(v) = value_two {
+        arg = arg.value_two(v);
+    }
+    let arg = arg
+        .build()
+        .expect("a seccomp argument's builder has no required field");
+    let mut r = rule(&[name], LinuxSeccompAction::ScmpActAllow);
+    r.set_args(Some(vec![arg]));
+    r
+}
+
 /// The profile for a container holding `caps`, as the OCI `linux.seccomp` object.
-pub fn default_profile(caps: &[String]) -> Value {
+pub fn default_profile(caps: &[String]) -> LinuxSeccomp {
     let has = |c: &str| caps.iter().any(|x| x == c);
     let mut names: Vec<&str> = ALLOWED.to_vec();
     for (cap, calls) in BY_CAPABILITY {
@@ -465,52 +500,56 @@ pub fn default_profile(caps: &[String]) -> Value {
         }
     }
     names.sort_unstable();
-    let mut syscalls = vec![json!({ "names": names, "action": "SCMP_ACT_ALLOW" })];
-    syscalls.push(json!({
-        "names": ["personality"],
-        "action": "SCMP_ACT_ALLOW",
-        "args": [{ "index": 0, "value": 0, "op": "SCMP_CMP_EQ" }]
-    }));
-    for persona in [0x0008u64, 0x2_0000, 0x2_0008, 0xffff_ffff] {
-        syscalls.push(json!({
-            "names": ["personality"],
-            "action": "SCMP_ACT_ALLOW",
-            "args": [{ "index": 0, "value": persona, "op": "SCMP_CMP_EQ" }]
-        }));
+    let mut syscalls = vec![rule(&names, LinuxSeccompAction::ScmpActAllow)];
+    for persona in [0u64, 0x0008, 0x2_0000, 0x2_0008, 0xffff_ffff] {
+        syscalls.push(allow_arg0(
+            "personality",
+            LinuxSeccompOperator::ScmpCmpEq,
+            persona,
+            None,
+        ));
     }
-    syscalls.push(json!({
-        "names": ["socket"],
-        "action": "SCMP_ACT_ALLOW",
-        "args": [{ "index": 0, "value": AF_VSOCK, "op": "SCMP_CMP_NE" }]
-    }));
+    syscalls.push(allow_arg0(
+        "socket",
+        LinuxSeccompOperator::ScmpCmpNe,
+        AF_VSOCK,
+        None,
+    ));
     if !has("CAP_SYS_ADMIN") {
-        syscalls.push(json!({
-            "names": ["clone"],
-            "action": "SCMP_ACT_ALLOW",
-            "args": [{ "index": 0, "value": CLONE_NAMESPACE_FLAGS, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ" }]
-        }));
-        syscalls
-            .push(json!({ "names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS }));
+        syscalls.push(allow_arg0(
+            "clone",
+            LinuxSeccompOperator::ScmpCmpMaskedEq,
+            CLONE_NAMESPACE_FLAGS,
+            Some(0),
+        ));
+        let mut clone3 = rule(&["clone3"], LinuxSeccompAction::ScmpActErrno);
+        clone3.set_errno_ret(Some(ENOSYS));
+        syscalls.push(clone3);
     }
-    json!({
-        "defaultAction": "SCMP_ACT_ERRNO",
-        "defaultErrnoRet": EPERM,
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-        "syscalls": syscalls
-    })
+    let mut p = LinuxSeccomp::default();
+    p.set_default_action(LinuxSeccompAction::ScmpActErrno);
+    p.set_default_errno_ret(Some(EPERM));
+    p.set_architectures(Some(vec![
+        Arch::ScmpArchX86_64,
+        Arch::ScmpArchX86,
+        Arch::ScmpArchX32,
+    ]));
+    p.set_flags(None);
+    p.set_listener_path(None);
+    p.set_listener_metadata(None);
+    p.set_syscalls(Some(syscalls));
+    p
 }
 
 /// Whether `profile` (as made by [`default_profile`]) allows `syscall`
 /// whatever its arguments: a rule with action `SCMP_ACT_ALLOW` and no
 /// argument conditions names it.
-pub fn allows_unconditionally(profile: &Value, syscall: &str) -> bool {
-    profile["syscalls"].as_array().is_some_and(|rules| {
+pub fn allows_unconditionally(profile: &LinuxSeccomp, syscall: &str) -> bool {
+    profile.syscalls().as_ref().is_some_and(|rules| {
         rules.iter().any(|r| {
-            r["action"] == "SCMP_ACT_ALLOW"
-                && r.get("args").is_none()
-                && r["names"]
-                    .as_array()
-                    .is_some_and(|n| n.iter().any(|x| x == syscall))
+            r.action() == LinuxSeccompAction::ScmpActAllow
+                && r.args().is_none()
+                && r.names().iter().any(|x| x == syscall)
         })
     })
 }
@@ -518,12 +557,14 @@ pub fn allows_unconditionally(profile: &Value, syscall: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn known_syscalls() {
         let every_cap: Vec<String> = BY_CAPABILITY.iter().map(|(c, _)| c.to_string()).collect();
         let none = default_profile(&[]);
         let all = default_profile(&every_cap);
+        let all_json = serde_json::to_value(&all).unwrap();
         // (syscall, allowed without capabilities, allowed with all of them)
         let table = [
             ("io_uring_setup", false, false),
@@ -553,7 +594,7 @@ mod tests {
                 !BY_CAPABILITY.iter().any(|(_, c)| c.contains(call)),
                 "{call}"
             );
-            let rules = all["syscalls"].as_array().unwrap();
+            let rules = all_json["syscalls"].as_array().unwrap();
             assert!(
                 !rules
                     .iter()
@@ -578,7 +619,7 @@ mod tests {
 
     #[test]
     fn capability_gated_syscalls() {
-        let none = default_profile(&[]);
+        let none = serde_json::to_value(default_profile(&[])).unwrap();
         let names = allowed_names(&none);
         // (syscall, allowed without caps)
         let table = [
@@ -607,7 +648,11 @@ mod tests {
             .iter()
             .any(|r| r["names"][0] == "socket" && r["args"][0]["value"] == 40));
 
-        let admin = default_profile(&["CAP_SYS_ADMIN".to_string(), "CAP_SYS_CHROOT".to_string()]);
+        let admin = serde_json::to_value(default_profile(&[
+            "CAP_SYS_ADMIN".to_string(),
+            "CAP_SYS_CHROOT".to_string(),
+        ]))
+        .unwrap();
         let names = allowed_names(&admin);
         for call in ["mount", "unshare", "setns", "clone", "clone3", "chroot"] {
             assert!(names.iter().any(|n| n == call), "{call}");
@@ -617,8 +662,9 @@ mod tests {
             .unwrap()
             .iter()
             .any(|r| r["names"][0] == "clone3" && r["action"] == "SCMP_ACT_ERRNO"));
-        // The profile deserialises as an OCI seccomp object.
-        let _: oci_spec::runtime::LinuxSeccomp = serde_json::from_value(admin).unwrap();
-        let _: oci_spec::runtime::LinuxSeccomp = serde_json::from_value(none).unwrap();
+        // The profile reads back as the same OCI seccomp object.
+        let back: LinuxSeccomp = serde_json::from_value(none).unwrap();
+        assert_eq!(back, default_profile(&[]));
+        let _: LinuxSeccomp = serde_json::from_value(admin).unwrap();
     }
 }

@@ -14,7 +14,10 @@
 use crate::error::{invalid, SpecError};
 use crate::sandbox::host_namespaces;
 use k8s_cri::v1::{ContainerConfig, IdMapping, NamespaceMode, PodSandboxConfig, UserNamespace};
-use serde_json::{json, Value};
+use oci_spec::runtime::{
+    LinuxIdMapping, LinuxIdMappingBuilder, LinuxNamespace, LinuxNamespaceType, Mount,
+};
+use std::path::{Path, PathBuf};
 
 /// The pod config field holding the user namespace options.
 pub const POD_FIELD: &str = "config.linux.security_context.namespace_options.userns_options";
@@ -240,9 +243,16 @@ pub fn check_container(config: &ContainerConfig, pod: Option<&Mappings>) -> Resu
     Ok(())
 }
 
-fn maps_json(maps: &[IdMap]) -> Value {
+fn oci_maps(maps: &[IdMap]) -> Vec<LinuxIdMapping> {
     maps.iter()
-        .map(|m| json!({"containerID": m.container_id, "hostID": m.host_id, "size": m.size}))
+        .map(|m| {
+            LinuxIdMappingBuilder::default()
+                .container_id(m.container_id)
+                .host_id(m.host_id)
+                .size(m.size)
+                .build()
+                .expect("every field of an id mapping is set")
+        })
         .collect()
 }
 
@@ -250,49 +260,54 @@ fn maps_json(maps: &[IdMap]) -> Value {
 /// container, `join` None) or the pause's (`join` = `/proc/<pid>/ns/user`),
 /// with the mappings; `/sys` becomes a recursive bind of the host's.
 pub fn apply(
-    spec: oci_spec::runtime::Spec,
+    mut spec: oci_spec::runtime::Spec,
     maps: &Mappings,
     join: Option<&str>,
 ) -> Result<oci_spec::runtime::Spec, SpecError> {
-    let mut v = serde_json::to_value(&spec).map_err(|e| SpecError::Internal(e.to_string()))?;
-    apply_json(&mut v, maps, join);
-    serde_json::from_value(v).map_err(|e| SpecError::Internal(e.to_string()))
-}
-
-fn apply_json(v: &mut Value, maps: &Mappings, join: Option<&str>) {
-    if !v["linux"].is_object() {
-        v["linux"] = json!({});
-    }
-    let linux = &mut v["linux"];
-    let mut namespaces: Vec<Value> = linux["namespaces"]
-        .as_array()
-        .cloned()
+    let mut linux = spec.linux().clone().unwrap_or_else(crate::oci::linux);
+    let mut namespaces: Vec<LinuxNamespace> = linux
+        .namespaces()
+        .clone()
         .unwrap_or_default()
         .into_iter()
-        .filter(|n| n["type"] != "user")
+        .filter(|n| n.typ() != LinuxNamespaceType::User)
         .collect();
-    namespaces.push(match join {
-        Some(p) => json!({"type": "user", "path": p}),
-        None => json!({"type": "user"}),
-    });
-    linux["namespaces"] = Value::Array(namespaces);
-    linux["uidMappings"] = maps_json(&maps.uids);
-    linux["gidMappings"] = maps_json(&maps.gids);
-    if let Some(mounts) = v["mounts"].as_array_mut() {
+    namespaces.push(crate::oci::namespace(
+        LinuxNamespaceType::User,
+        join.map(String::from),
+    ));
+    linux.set_namespaces(Some(namespaces));
+    linux.set_uid_mappings(Some(oci_maps(&maps.uids)));
+    linux.set_gid_mappings(Some(oci_maps(&maps.gids)));
+    spec.set_linux(Some(linux));
+    if let Some(mounts) = spec.mounts_mut() {
         for m in mounts.iter_mut() {
-            if m["destination"] == "/sys" && m["type"] == "sysfs" {
-                let ro = m["options"]
-                    .as_array()
+            let sysfs = m.destination() == Path::new("/sys") && m.typ().as_deref() == Some("sysfs");
+            if sysfs {
+                let ro = m
+                    .options()
+                    .as_ref()
                     .is_some_and(|o| o.iter().any(|x| x == "ro"));
-                *m = json!({
-                    "destination": "/sys",
-                    "type": "bind",
-                    "source": "/sys",
-                    "options": ["rbind", "nosuid", "noexec", "nodev", if ro { "ro" } else { "rw" }],
-                });
+                let mut bind = Mount::default();
+                bind.set_destination(PathBuf::from("/sys"));
+                bind.set_typ(Some("bind".into()));
+                bind.set_source(Some(PathBuf::from("/sys")));
+                bind.set_options(Some(
+                    [
+                        "rbind",
+                        "nosuid",
+                        "noexec",
+                        "nodev",
+                        if ro { "ro" } else { "rw" },
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                ));
+                *m = bind;
             }
         }
     }
+    Ok(spec)
 }
 
 #[cfg(test)]
@@ -302,6 +317,7 @@ mod tests {
         LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
         LinuxSandboxSecurityContext, NamespaceOption,
     };
+    use serde_json::json;
 
     fn idm(container_id: u32, host_id: u32, length: u32) -> IdMapping {
         IdMapping {

@@ -25,8 +25,16 @@ mod tests;
 
 pub use owners::Owners;
 
-use oci_spec::runtime::Spec;
-use serde_json::{json, Map, Value};
+use oci_spec::runtime::{
+    Arch, Hook, Hooks, IOPriorityClass, Linux, LinuxCpu, LinuxDevice, LinuxDeviceCgroup,
+    LinuxDeviceType, LinuxHugepageLimit, LinuxIOPriorityBuilder, LinuxIntelRdt, LinuxMemory,
+    LinuxMemoryPolicy, LinuxNamespaceType, LinuxNetDevice, LinuxPids, LinuxResources,
+    LinuxSchedulerFlag, LinuxSchedulerPolicy, LinuxSeccomp, LinuxSeccompAction,
+    LinuxSeccompArgBuilder, LinuxSeccompFilterFlag, LinuxSeccompOperator, LinuxSyscall,
+    MemoryPolicyFlagType, MemoryPolicyModeType, Mount, PosixRlimitBuilder, PosixRlimitType,
+    Process, Scheduler, Spec,
+};
+use std::path::{Path, PathBuf};
 
 /// The most entries of one list (or map) of an adjustment: the answer of a
 /// plugin is untrusted input.
@@ -309,64 +317,68 @@ impl Cx<'_> {
     }
 }
 
-/// The object at `path` below `v`, made (replacing a null or non-object).
-fn at<'a>(v: &'a mut Value, path: &[&str]) -> &'a mut Map<String, Value> {
-    let mut cur = v;
-    for k in path {
-        if !cur.is_object() {
-            *cur = json!({});
-        }
-        cur = cur
-            .as_object_mut()
-            .expect("an object")
-            .entry(k.to_string())
-            .or_insert(Value::Null);
-    }
-    if !cur.is_object() {
-        *cur = json!({});
-    }
-    cur.as_object_mut().expect("an object")
+/// The spec's process, made when it has none.
+fn process(s: &mut Spec) -> &mut Process {
+    s.process_mut().get_or_insert_with(crate::oci::process)
 }
 
-/// The array `key` of the object at `path`, made.
-fn list<'a>(v: &'a mut Value, path: &[&str], key: &str) -> &'a mut Vec<Value> {
-    let e = at(v, path).entry(key.to_string()).or_insert(json!([]));
-    if !e.is_array() {
-        *e = json!([]);
-    }
-    e.as_array_mut().expect("an array")
+/// The spec's `linux`, made when it has none.
+fn linux_of(s: &mut Spec) -> &mut Linux {
+    s.linux_mut().get_or_insert_with(crate::oci::linux)
 }
 
-/// Removes `key` from the object at `path`, if there is one.
-fn remove(v: &mut Value, path: &[&str], key: &str) {
-    let mut cur = v;
-    for k in path {
-        match cur.get_mut(*k) {
-            Some(next) => cur = next,
-            None => return,
-        }
-    }
-    if let Some(m) = cur.as_object_mut() {
-        m.remove(key);
-    }
+/// The spec's `linux.resources`, made when it has none.
+fn res(s: &mut Spec) -> &mut LinuxResources {
+    linux_of(s)
+        .resources_mut()
+        .get_or_insert_with(Default::default)
 }
 
-/// `name` if the OCI type `T` has a value of that name and writes it back
-/// the same (the oci-spec crate spells a few of the spec's names its own
-/// way; those cannot be represented and are refused).
-fn oci_name<T>(cx: &Cx, field: &str, name: &str) -> Result<Value, AdjustError>
+/// Changes the spec's memory limits (made when it has none).
+fn with_memory(s: &mut Spec, f: impl FnOnce(&mut LinuxMemory)) {
+    let r = res(s);
+    let mut m = r.memory().unwrap_or_default();
+    f(&mut m);
+    r.set_memory(Some(m));
+}
+
+/// Changes the spec's CPU limits (made when it has none).
+fn with_cpu(s: &mut Spec, f: impl FnOnce(&mut LinuxCpu)) {
+    let r = res(s);
+    let mut c = r.cpu().clone().unwrap_or_default();
+    f(&mut c);
+    r.set_cpu(Some(c));
+}
+
+/// Changes the spec's Intel RDT settings (made when it has none).
+fn with_rdt(s: &mut Spec, f: impl FnOnce(&mut LinuxIntelRdt)) {
+    let l = linux_of(s);
+    let mut r = l.intel_rdt().clone().unwrap_or_default();
+    f(&mut r);
+    l.set_intel_rdt(Some(r));
+}
+
+/// The OCI value named `name` if the type `T` has one of that name and
+/// writes it back the same (the oci-spec crate spells a few of the spec's
+/// names its own way; those cannot be represented and are refused).
+fn oci_name<T>(cx: &Cx, field: &str, name: &str) -> Result<T, AdjustError>
 where
     T: serde::de::DeserializeOwned + serde::Serialize,
 {
-    let parsed: T = serde_json::from_value(json!(name))
+    let parsed: T = crate::oci::from_name(name, field)
         .map_err(|_| cx.refuse(field, format!("{name:?} is not a value the OCI spec knows")))?;
-    if serde_json::to_value(&parsed).ok() != Some(json!(name)) {
+    if serde_json::to_value(&parsed)
+        .ok()
+        .as_ref()
+        .and_then(|v| v.as_str())
+        != Some(name)
+    {
         return Err(cx.refuse(
             field,
             format!("{name:?} cannot be represented in crius' OCI spec"),
         ));
     }
-    Ok(json!(name))
+    Ok(parsed)
 }
 
 /// `name` without its removal marker, and whether it had one.
@@ -454,7 +466,7 @@ pub fn apply_adjustment(
 ) -> Result<Spec, AdjustError> {
     let mut cx = Cx { plugin, owners };
     check_sizes(&cx, adj)?;
-    let mut s = serde_json::to_value(spec).map_err(|e| cx.refuse("spec", e.to_string()))?;
+    let mut s = spec.clone();
     annotations(&mut cx, &mut s, &adj.annotations)?;
     mounts(&mut cx, &mut s, &adj.mounts)?;
     env(&mut cx, &mut s, &adj.env)?;
@@ -468,23 +480,14 @@ pub fn apply_adjustment(
         crate::devices::check_qualified_name(name).map_err(|e| cx.refuse("CDI_devices", e))?;
         cx.claim(&format!("CDI device {name:?}"))?;
     }
-    serde_json::from_value(s).map_err(|e| {
-        cx.refuse(
-            "spec",
-            format!("the adjusted spec is not a valid OCI spec: {e}"),
-        )
-    })
+    Ok(s)
 }
 
-fn annotations(
-    cx: &mut Cx,
-    s: &mut Value,
-    entries: &[(String, String)],
-) -> Result<(), AdjustError> {
+fn annotations(cx: &mut Cx, s: &mut Spec, entries: &[(String, String)]) -> Result<(), AdjustError> {
     if entries.is_empty() {
         return Ok(());
     }
-    let mut out = at(s, &["annotations"]).clone();
+    let mut out = s.annotations().clone().unwrap_or_default();
     for (key, value) in entries {
         let (removal, name) = marked(key);
         if name.is_empty() {
@@ -496,14 +499,14 @@ fn annotations(
             out.remove(name);
         } else {
             cx.claim(&field)?;
-            out.insert(name.to_string(), json!(value));
+            out.insert(name.to_string(), value.clone());
         }
     }
-    *at(s, &["annotations"]) = out;
+    s.set_annotations(Some(out));
     Ok(())
 }
 
-fn env(cx: &mut Cx, s: &mut Value, vars: &[(String, String)]) -> Result<(), AdjustError> {
+fn env(cx: &mut Cx, s: &mut Spec, vars: &[(String, String)]) -> Result<(), AdjustError> {
     for (key, value) in vars {
         let (removal, name) = marked(key);
         if name.is_empty() || name.contains('=') || !plain(name) || !plain(value) {
@@ -515,25 +518,23 @@ fn env(cx: &mut Cx, s: &mut Value, vars: &[(String, String)]) -> Result<(), Adju
         } else {
             cx.claim(&field)?;
         }
-        let env = list(s, &["process"], "env");
-        let at = env.iter().position(|e| {
-            e.as_str()
-                .map(|e| e.split_once('=').map_or(e, |(k, _)| k) == name)
-                .unwrap_or(false)
-        });
+        let env = process(s).env_mut().get_or_insert_with(Vec::new);
+        let at = env
+            .iter()
+            .position(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == name);
         match (removal, at) {
             (true, Some(i)) => {
                 env.remove(i);
             }
             (true, None) => {}
-            (false, Some(i)) => env[i] = json!(format!("{name}={value}")),
-            (false, None) => env.push(json!(format!("{name}={value}"))),
+            (false, Some(i)) => env[i] = format!("{name}={value}"),
+            (false, None) => env.push(format!("{name}={value}")),
         }
     }
     Ok(())
 }
 
-fn mounts(cx: &mut Cx, s: &mut Value, adj: &[NriMount]) -> Result<(), AdjustError> {
+fn mounts(cx: &mut Cx, s: &mut Spec, adj: &[NriMount]) -> Result<(), AdjustError> {
     if adj.is_empty() {
         return Ok(());
     }
@@ -550,39 +551,36 @@ fn mounts(cx: &mut Cx, s: &mut Value, adj: &[NriMount]) -> Result<(), AdjustErro
             return Err(cx.refuse("mounts", format!("mount at {dest:?}: a NUL byte")));
         }
         let field = format!("mount {dest:?}");
-        let mounts = list(s, &[], "mounts");
-        mounts.retain(|x| x["destination"].as_str() != Some(dest));
+        let mounts = s.mounts_mut().get_or_insert_with(Vec::new);
+        mounts.retain(|x| x.destination() != Path::new(dest));
         if removal {
             cx.clear(&field);
             continue;
         }
         cx.claim(&field)?;
-        let mut mount = json!({ "destination": dest });
-        if !m.kind.is_empty() {
-            mount["type"] = json!(m.kind);
-        }
-        if !m.source.is_empty() {
-            mount["source"] = json!(m.source);
-        }
-        if !m.options.is_empty() {
-            mount["options"] = json!(m.options);
-        }
-        list(s, &[], "mounts").push(mount);
+        let mut mount = Mount::default();
+        mount.set_destination(PathBuf::from(dest));
+        mount.set_typ((!m.kind.is_empty()).then(|| m.kind.clone()));
+        mount.set_source((!m.source.is_empty()).then(|| PathBuf::from(&m.source)));
+        mount.set_options((!m.options.is_empty()).then(|| m.options.clone()));
+        s.mounts_mut().get_or_insert_with(Vec::new).push(mount);
         added = true;
     }
     if added {
         // Parents before what is mounted below them (a stable sort keeps
         // the order of mounts as deep as each other).
-        list(s, &[], "mounts").sort_by_key(|m| {
-            m["destination"]
-                .as_str()
-                .map_or(0, |d| d.split('/').filter(|p| !p.is_empty()).count())
-        });
+        if let Some(mounts) = s.mounts_mut() {
+            mounts.sort_by_key(|m| {
+                m.destination()
+                    .to_str()
+                    .map_or(0, |d| d.split('/').filter(|p| !p.is_empty()).count())
+            });
+        }
     }
     Ok(())
 }
 
-fn args(cx: &mut Cx, s: &mut Value, args: &[String]) -> Result<(), AdjustError> {
+fn args(cx: &mut Cx, s: &mut Spec, args: &[String]) -> Result<(), AdjustError> {
     if args.is_empty() {
         return Ok(());
     }
@@ -598,21 +596,41 @@ fn args(cx: &mut Cx, s: &mut Value, args: &[String]) -> Result<(), AdjustError> 
         return Err(cx.refuse("args", "a NUL byte"));
     }
     if !args.is_empty() {
-        at(s, &["process"]).insert("args".into(), json!(args));
+        process(s).set_args(Some(args.to_vec()));
     }
     Ok(())
 }
 
-fn hooks(cx: &mut Cx, s: &mut Value, hooks: &NriHooks) -> Result<(), AdjustError> {
-    let kinds: [(&str, &[NriHook]); 6] = [
-        ("prestart", &hooks.prestart),
-        ("createRuntime", &hooks.create_runtime),
-        ("createContainer", &hooks.create_container),
-        ("startContainer", &hooks.start_container),
-        ("poststart", &hooks.poststart),
-        ("poststop", &hooks.poststop),
+/// The prestart hooks (deprecated by the OCI spec, still run by runc,
+/// and part of NRI's adjustment).
+#[allow(deprecated)]
+fn prestart(h: &mut Hooks) -> &mut Option<Vec<Hook>> {
+    h.prestart_mut()
+}
+
+fn hooks(cx: &mut Cx, s: &mut Spec, hooks: &NriHooks) -> Result<(), AdjustError> {
+    type Slot = fn(&mut Hooks) -> &mut Option<Vec<Hook>>;
+    let kinds: [(&str, &[NriHook], Slot); 6] = [
+        ("prestart", &hooks.prestart, prestart),
+        (
+            "createRuntime",
+            &hooks.create_runtime,
+            Hooks::create_runtime_mut,
+        ),
+        (
+            "createContainer",
+            &hooks.create_container,
+            Hooks::create_container_mut,
+        ),
+        (
+            "startContainer",
+            &hooks.start_container,
+            Hooks::start_container_mut,
+        ),
+        ("poststart", &hooks.poststart, Hooks::poststart_mut),
+        ("poststop", &hooks.poststop, Hooks::poststop_mut),
     ];
-    for (kind, list_) in kinds {
+    for (kind, list_, slot) in kinds {
         for h in list_ {
             let field = format!("hooks.{kind}");
             if !h.path.starts_with('/') || !plain(&h.path) {
@@ -621,26 +639,24 @@ fn hooks(cx: &mut Cx, s: &mut Value, hooks: &NriHooks) -> Result<(), AdjustError
             if !h.args.iter().chain(&h.env).all(|a| plain(a)) {
                 return Err(cx.refuse(&field, "a NUL byte"));
             }
-            let mut hook = json!({ "path": h.path });
-            if !h.args.is_empty() {
-                hook["args"] = json!(h.args);
-            }
-            if !h.env.is_empty() {
-                hook["env"] = json!(h.env);
-            }
+            let mut hook = Hook::default();
+            hook.set_path(PathBuf::from(&h.path));
+            hook.set_args((!h.args.is_empty()).then(|| h.args.clone()));
+            hook.set_env((!h.env.is_empty()).then(|| h.env.clone()));
             if let Some(t) = h.timeout {
                 if t <= 0 {
                     return Err(cx.refuse(&field, format!("timeout {t} is not positive")));
                 }
-                hook["timeout"] = json!(t);
+                hook.set_timeout(Some(t));
             }
-            list(s, &["hooks"], kind).push(hook);
+            let all = s.hooks_mut().get_or_insert_with(Hooks::default);
+            slot(all).get_or_insert_with(Vec::new).push(hook);
         }
     }
     Ok(())
 }
 
-fn devices(cx: &mut Cx, s: &mut Value, devices: &[NriDevice]) -> Result<(), AdjustError> {
+fn devices(cx: &mut Cx, s: &mut Spec, devices: &[NriDevice]) -> Result<(), AdjustError> {
     for d in devices {
         let (removal, path) = marked(&d.path);
         if !path.starts_with('/') || !plain(path) {
@@ -650,7 +666,10 @@ fn devices(cx: &mut Cx, s: &mut Value, devices: &[NriDevice]) -> Result<(), Adju
             ));
         }
         let field = format!("device {path:?}");
-        list(s, &["linux"], "devices").retain(|x| x["path"].as_str() != Some(path));
+        linux_of(s)
+            .devices_mut()
+            .get_or_insert_with(Vec::new)
+            .retain(|x| x.path() != Path::new(path));
         if removal {
             cx.clear(&field);
             continue;
@@ -662,45 +681,65 @@ fn devices(cx: &mut Cx, s: &mut Value, devices: &[NriDevice]) -> Result<(), Adju
                 format!("device {path:?}: type {:?} is not c, b, u or p", d.kind),
             ));
         }
-        let mut dev = json!({ "path": path, "type": d.kind, "major": d.major, "minor": d.minor });
-        if let Some(m) = d.file_mode {
-            dev["fileMode"] = json!(m & 0o7777);
-        }
-        if let Some(u) = d.uid {
-            dev["uid"] = json!(u);
-        }
-        if let Some(g) = d.gid {
-            dev["gid"] = json!(g);
-        }
-        list(s, &["linux"], "devices").push(dev);
+        let mut dev = LinuxDevice::default();
+        dev.set_path(PathBuf::from(path));
+        dev.set_typ(oci_name::<LinuxDeviceType>(cx, "linux.devices", &d.kind)?);
+        dev.set_major(d.major);
+        dev.set_minor(d.minor);
+        dev.set_file_mode(d.file_mode.map(|m| m & 0o7777));
+        dev.set_uid(d.uid);
+        dev.set_gid(d.gid);
+        linux_of(s)
+            .devices_mut()
+            .get_or_insert_with(Vec::new)
+            .push(dev);
         // Allowed in the device cgroup, as NRI does: read and write, and
         // mknod for block devices.
         if d.kind != "p" {
             let access = if d.kind == "b" { "rwm" } else { "rw" };
             let kind = if d.kind == "u" { "c" } else { d.kind.as_str() };
-            list(s, &["linux", "resources"], "devices").push(json!({
-                "allow": true, "type": kind, "major": d.major, "minor": d.minor, "access": access,
-            }));
+            let mut rule = LinuxDeviceCgroup::default();
+            rule.set_allow(true);
+            rule.set_typ(Some(oci_name::<LinuxDeviceType>(
+                cx,
+                "linux.devices",
+                kind,
+            )?));
+            rule.set_major(Some(d.major));
+            rule.set_minor(Some(d.minor));
+            rule.set_access(Some(access.to_string()));
+            res(s).devices_mut().get_or_insert_with(Vec::new).push(rule);
         }
     }
     Ok(())
 }
 
-fn resources(cx: &mut Cx, s: &mut Value, r: &NriResources) -> Result<(), AdjustError> {
+fn resources(cx: &mut Cx, s: &mut Spec, r: &NriResources) -> Result<(), AdjustError> {
     const MEM: &str = "linux.resources.memory";
     let m = &r.memory;
     // A new memory limit without a swap limit moves the swap limit along
     // (as NRI does), when the spec has one (crius sets none on a host
     // without swap accounting, where runc could not write it).
-    let has_swap = !s["linux"]["resources"]["memory"]["swap"].is_null();
-    let ints = [
-        ("limit", m.limit),
-        ("reservation", m.reservation),
-        ("swap", m.swap.or(m.limit.filter(|_| has_swap))),
-        ("kernel", m.kernel),
-        ("kernelTCP", m.kernel_tcp),
+    let has_swap = s
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.memory().as_ref())
+        .is_some_and(|m| m.swap().is_some());
+    type SetI64 = for<'a> fn(&'a mut LinuxMemory, Option<i64>) -> &'a mut LinuxMemory;
+    #[allow(deprecated)]
+    let ints: [(&str, Option<i64>, SetI64); 5] = [
+        ("limit", m.limit, LinuxMemory::set_limit),
+        ("reservation", m.reservation, LinuxMemory::set_reservation),
+        (
+            "swap",
+            m.swap.or(m.limit.filter(|_| has_swap)),
+            LinuxMemory::set_swap,
+        ),
+        ("kernel", m.kernel, |m, v| m.set_kernel(v)),
+        ("kernelTCP", m.kernel_tcp, LinuxMemory::set_kernel_tcp),
     ];
-    for (name, v) in ints {
+    for (name, v, set) in ints {
         let Some(v) = v else { continue };
         // (the swap limit is claimed only when the plugin set it)
         if name != "swap" || m.swap.is_some() {
@@ -709,49 +748,112 @@ fn resources(cx: &mut Cx, s: &mut Value, r: &NriResources) -> Result<(), AdjustE
         if v < -1 {
             return Err(cx.refuse(&format!("{MEM}.{name}"), format!("{v} is below -1")));
         }
-        at(s, &["linux", "resources", "memory"]).insert(name.into(), json!(v));
+        with_memory(s, |m| {
+            set(m, Some(v));
+        });
     }
     if let Some(v) = m.swappiness {
         cx.claim(&format!("{MEM}.swappiness"))?;
         if v > 100 {
             return Err(cx.refuse(&format!("{MEM}.swappiness"), format!("{v} is above 100")));
         }
-        at(s, &["linux", "resources", "memory"]).insert("swappiness".into(), json!(v));
+        with_memory(s, |m| {
+            m.set_swappiness(Some(v));
+        });
     }
-    for (name, v) in [
-        ("disableOOMKiller", m.disable_oom_killer),
-        ("useHierarchy", m.use_hierarchy),
-    ] {
+    type SetBool = for<'a> fn(&'a mut LinuxMemory, Option<bool>) -> &'a mut LinuxMemory;
+    let bools: [(&str, Option<bool>, SetBool); 2] = [
+        (
+            "disableOOMKiller",
+            m.disable_oom_killer,
+            LinuxMemory::set_disable_oom_killer,
+        ),
+        (
+            "useHierarchy",
+            m.use_hierarchy,
+            LinuxMemory::set_use_hierarchy,
+        ),
+    ];
+    for (name, v, set) in bools {
         if let Some(v) = v {
             cx.claim(&format!("{MEM}.{name}"))?;
-            at(s, &["linux", "resources", "memory"]).insert(name.into(), json!(v));
+            with_memory(s, |m| {
+                set(m, Some(v));
+            });
         }
     }
 
     const CPU: &str = "linux.resources.cpu";
     let c = &r.cpu;
-    let cpu: [(&str, Option<Value>); 7] = [
-        ("shares", c.shares.map(|v| json!(v))),
-        ("quota", c.quota.map(|v| json!(v))),
-        ("period", c.period.map(|v| json!(v))),
-        ("realtimeRuntime", c.realtime_runtime.map(|v| json!(v))),
-        ("realtimePeriod", c.realtime_period.map(|v| json!(v))),
-        ("cpus", (!c.cpus.is_empty()).then(|| json!(c.cpus))),
-        ("mems", (!c.mems.is_empty()).then(|| json!(c.mems))),
+    enum CpuValue {
+        U(
+            u64,
+            for<'a> fn(&'a mut LinuxCpu, Option<u64>) -> &'a mut LinuxCpu,
+        ),
+        I(
+            i64,
+            for<'a> fn(&'a mut LinuxCpu, Option<i64>) -> &'a mut LinuxCpu,
+        ),
+        Set(
+            String,
+            for<'a> fn(&'a mut LinuxCpu, Option<String>) -> &'a mut LinuxCpu,
+        ),
+    }
+    let cpu: [(&str, Option<CpuValue>); 7] = [
+        (
+            "shares",
+            c.shares.map(|v| CpuValue::U(v, LinuxCpu::set_shares)),
+        ),
+        (
+            "quota",
+            c.quota.map(|v| CpuValue::I(v, LinuxCpu::set_quota)),
+        ),
+        (
+            "period",
+            c.period.map(|v| CpuValue::U(v, LinuxCpu::set_period)),
+        ),
+        (
+            "realtimeRuntime",
+            c.realtime_runtime
+                .map(|v| CpuValue::I(v, LinuxCpu::set_realtime_runtime)),
+        ),
+        (
+            "realtimePeriod",
+            c.realtime_period
+                .map(|v| CpuValue::U(v, LinuxCpu::set_realtime_period)),
+        ),
+        (
+            "cpus",
+            (!c.cpus.is_empty()).then(|| CpuValue::Set(c.cpus.clone(), LinuxCpu::set_cpus)),
+        ),
+        (
+            "mems",
+            (!c.mems.is_empty()).then(|| CpuValue::Set(c.mems.clone(), LinuxCpu::set_mems)),
+        ),
     ];
     for (name, v) in cpu {
         let Some(v) = v else { continue };
         let field = format!("{CPU}.{name}");
         cx.claim(&field)?;
-        if let Some(set) = v.as_str() {
-            if !set
-                .chars()
-                .all(|ch| ch.is_ascii_digit() || ch == ',' || ch == '-')
-            {
-                return Err(cx.refuse(&field, format!("{set:?} is not a list of numbers")));
+        match v {
+            CpuValue::U(v, set) => with_cpu(s, |c| {
+                set(c, Some(v));
+            }),
+            CpuValue::I(v, set) => with_cpu(s, |c| {
+                set(c, Some(v));
+            }),
+            CpuValue::Set(set_, set) => {
+                if !set_
+                    .chars()
+                    .all(|ch| ch.is_ascii_digit() || ch == ',' || ch == '-')
+                {
+                    return Err(cx.refuse(&field, format!("{set_:?} is not a list of numbers")));
+                }
+                with_cpu(s, |c| {
+                    set(c, Some(set_));
+                });
             }
         }
-        at(s, &["linux", "resources", "cpu"]).insert(name.into(), v);
     }
 
     for (size, limit) in &r.hugepage_limits {
@@ -762,9 +864,18 @@ fn resources(cx: &mut Cx, s: &mut Value, r: &NriResources) -> Result<(), AdjustE
             ));
         }
         cx.claim(&format!("hugepage limit {size:?}"))?;
-        let l = list(s, &["linux", "resources"], "hugepageLimits");
-        l.retain(|x| x["pageSize"].as_str() != Some(size));
-        l.push(json!({ "pageSize": size, "limit": limit }));
+        let limit = i64::try_from(*limit).map_err(|_| {
+            cx.refuse(
+                "linux.resources.hugepage_limits",
+                format!("page size {size:?}: limit {limit} is out of range"),
+            )
+        })?;
+        let l = res(s).hugepage_limits_mut().get_or_insert_with(Vec::new);
+        l.retain(|x| x.page_size() != size);
+        let mut h = LinuxHugepageLimit::default();
+        h.set_page_size(size.clone());
+        h.set_limit(limit);
+        l.push(h);
     }
 
     for (key, value) in &r.unified {
@@ -775,7 +886,10 @@ fn resources(cx: &mut Cx, s: &mut Value, r: &NriResources) -> Result<(), AdjustE
             ));
         }
         cx.claim(&format!("unified {key:?}"))?;
-        at(s, &["linux", "resources", "unified"]).insert(key.clone(), json!(value));
+        res(s)
+            .unified_mut()
+            .get_or_insert_with(Default::default)
+            .insert(key.clone(), value.clone());
     }
 
     for d in &r.devices {
@@ -793,19 +907,24 @@ fn resources(cx: &mut Cx, s: &mut Value, r: &NriResources) -> Result<(), AdjustE
                 format!("rule type {:?} access {:?}", d.kind, d.access),
             ));
         }
-        let mut rule = json!({ "allow": d.allow, "type": kind, "access": d.access });
-        if let Some(v) = d.major {
-            rule["major"] = json!(v);
-        }
-        if let Some(v) = d.minor {
-            rule["minor"] = json!(v);
-        }
-        list(s, &["linux", "resources"], "devices").push(rule);
+        let mut rule = LinuxDeviceCgroup::default();
+        rule.set_allow(d.allow);
+        rule.set_typ(Some(oci_name::<LinuxDeviceType>(
+            cx,
+            "linux.resources.devices",
+            kind,
+        )?));
+        rule.set_major(d.major);
+        rule.set_minor(d.minor);
+        rule.set_access(Some(d.access.clone()));
+        res(s).devices_mut().get_or_insert_with(Vec::new).push(rule);
     }
 
     if let Some(limit) = r.pids {
         cx.claim("linux.resources.pids.limit")?;
-        at(s, &["linux", "resources", "pids"]).insert("limit".into(), json!(limit));
+        let mut pids = LinuxPids::default();
+        pids.set_limit(limit);
+        res(s).set_pids(Some(pids));
     }
 
     if let Some(class) = &r.blockio_class {
@@ -816,15 +935,25 @@ fn resources(cx: &mut Cx, s: &mut Value, r: &NriResources) -> Result<(), AdjustE
                 format!("class {class:?}: crius has no block I/O class configuration"),
             ));
         }
-        remove(s, &["linux", "resources"], "blockIO");
+        if let Some(r) = s
+            .linux_mut()
+            .as_mut()
+            .and_then(|l| l.resources_mut().as_mut())
+        {
+            r.set_block_io(None);
+        }
     }
     if let Some(class) = &r.rdt_class {
         cx.claim("linux.resources.rdt_class")?;
         if class.is_empty() {
-            remove(s, &["linux"], "intelRdt");
+            if let Some(l) = s.linux_mut() {
+                l.set_intel_rdt(None);
+            }
         } else {
             check_clos(cx, "linux.resources.rdt_class", class)?;
-            at(s, &["linux", "intelRdt"]).insert("closID".into(), json!(class));
+            with_rdt(s, |r| {
+                r.set_clos_id(Some(class.clone()));
+            });
         }
     }
     Ok(())
@@ -846,10 +975,15 @@ fn check_clos(cx: &Cx, field: &str, clos: &str) -> Result<(), AdjustError> {
 
 /// The `linux` part: cgroups path, OOM score, I/O priority, seccomp,
 /// namespaces, sysctls, net devices, scheduler, RDT, memory policy.
-fn linux(cx: &mut Cx, s: &mut Value, adj: &NriAdjustment) -> Result<(), AdjustError> {
+fn linux(cx: &mut Cx, s: &mut Spec, adj: &NriAdjustment) -> Result<(), AdjustError> {
     if !adj.cgroups_path.is_empty() {
         cx.claim("linux.cgroups_path")?;
-        if s["linux"]["cgroupsPath"].as_str() != Some(adj.cgroups_path.as_str()) {
+        let current = s
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .and_then(|p| p.to_str());
+        if current != Some(adj.cgroups_path.as_str()) {
             return Err(cx.refuse(
                 "linux.cgroups_path",
                 format!(
@@ -862,49 +996,53 @@ fn linux(cx: &mut Cx, s: &mut Value, adj: &NriAdjustment) -> Result<(), AdjustEr
     }
     if let Some(score) = adj.oom_score_adj {
         cx.claim("linux.oom_score_adj")?;
-        if !(-1000..=1000).contains(&score) {
-            return Err(cx.refuse(
-                "linux.oom_score_adj",
-                format!("{score} is not in -1000..=1000"),
-            ));
-        }
-        at(s, &["process"]).insert("oomScoreAdj".into(), json!(score));
+        let score = i32::try_from(score)
+            .ok()
+            .filter(|s| (-1000..=1000).contains(s))
+            .ok_or_else(|| {
+                cx.refuse(
+                    "linux.oom_score_adj",
+                    format!("{score} is not in -1000..=1000"),
+                )
+            })?;
+        process(s).set_oom_score_adj(Some(score));
     }
     if let Some(p) = &adj.io_priority {
         const F: &str = "linux.io_priority";
         cx.claim(F)?;
         if p.class == "IOPRIO_CLASS_NONE" {
-            remove(s, &["process"], "ioPriority");
+            if let Some(proc_) = s.process_mut() {
+                proc_.set_io_priority(None);
+            }
         } else {
-            let class = oci_name::<oci_spec::runtime::IOPriorityClass>(cx, F, &p.class)?;
+            let class = oci_name::<IOPriorityClass>(cx, F, &p.class)?;
             if !(0..=7).contains(&p.priority) {
                 return Err(cx.refuse(F, format!("priority {} is not in 0..=7", p.priority)));
             }
-            at(s, &["process"]).insert(
-                "ioPriority".into(),
-                json!({ "class": class, "priority": p.priority }),
-            );
+            let prio = LinuxIOPriorityBuilder::default()
+                .class(class)
+                .priority(i64::from(p.priority))
+                .build()
+                .map_err(|e| cx.refuse(F, e.to_string()))?;
+            process(s).set_io_priority(Some(prio));
         }
     }
     if let Some(p) = &adj.seccomp_policy {
         cx.claim("linux.seccomp_policy")?;
         let policy = seccomp(cx, p)?;
-        at(s, &["linux"]).insert("seccomp".into(), policy);
+        linux_of(s).set_seccomp(Some(policy));
     }
     for (kind, path) in &adj.namespaces {
         const F: &str = "linux.namespaces";
         let (removal, kind) = marked(kind);
-        oci_name::<oci_spec::runtime::LinuxNamespaceType>(cx, F, kind)?;
+        let typ = oci_name::<LinuxNamespaceType>(cx, F, kind)?;
         if !path.is_empty() && (!path.starts_with('/') || !plain(path)) {
             return Err(cx.refuse(F, format!("{kind} path {path:?} is not absolute")));
         }
         cx.claim(&format!("namespace {kind:?}"))?;
-        let l = list(s, &["linux"], "namespaces");
-        let at_ = l.iter().position(|n| n["type"].as_str() == Some(kind));
-        let mut ns = json!({ "type": kind });
-        if !path.is_empty() {
-            ns["path"] = json!(path);
-        }
+        let l = linux_of(s).namespaces_mut().get_or_insert_with(Vec::new);
+        let at_ = l.iter().position(|n| n.typ() == typ);
+        let ns = crate::oci::namespace(typ, (!path.is_empty()).then(|| path.clone()));
         match (removal, at_) {
             (true, Some(i)) => {
                 l.remove(i);
@@ -922,10 +1060,16 @@ fn linux(cx: &mut Cx, s: &mut Value, adj: &NriAdjustment) -> Result<(), AdjustEr
         let field = format!("sysctl {name:?}");
         if removal {
             cx.clear(&field);
-            at(s, &["linux", "sysctl"]).remove(name);
+            linux_of(s)
+                .sysctl_mut()
+                .get_or_insert_with(Default::default)
+                .remove(name);
         } else {
             cx.claim(&field)?;
-            at(s, &["linux", "sysctl"]).insert(name.into(), json!(value));
+            linux_of(s)
+                .sysctl_mut()
+                .get_or_insert_with(Default::default)
+                .insert(name.into(), value.clone());
         }
     }
     for (host, name) in &adj.net_devices {
@@ -934,45 +1078,43 @@ fn linux(cx: &mut Cx, s: &mut Value, adj: &NriAdjustment) -> Result<(), AdjustEr
             return Err(cx.refuse("linux.net_devices", format!("bad device name {host:?}")));
         }
         let field = format!("net device {host:?}");
+        let devices = linux_of(s)
+            .net_devices_mut()
+            .get_or_insert_with(Default::default);
         if removal {
             cx.clear(&field);
-            at(s, &["linux", "netDevices"]).remove(host);
+            devices.remove(host);
         } else {
             cx.claim(&field)?;
-            let dev = if name.is_empty() {
-                json!({})
-            } else {
-                json!({ "name": name })
-            };
-            at(s, &["linux", "netDevices"]).insert(host.into(), dev);
+            let mut dev = LinuxNetDevice::default();
+            dev.set_name((!name.is_empty()).then(|| name.clone()));
+            devices.insert(host.into(), dev);
         }
     }
     if let Some(sch) = &adj.scheduler {
         const F: &str = "linux.scheduler";
         cx.claim(F)?;
         if sch.policy == "SCHED_NONE" {
-            remove(s, &["process"], "scheduler");
+            if let Some(proc_) = s.process_mut() {
+                proc_.set_scheduler(None);
+            }
         } else {
-            let policy = oci_name::<oci_spec::runtime::LinuxSchedulerPolicy>(cx, F, &sch.policy)?;
+            let policy = oci_name::<LinuxSchedulerPolicy>(cx, F, &sch.policy)?;
             let flags = sch
                 .flags
                 .iter()
-                .map(|f| oci_name::<oci_spec::runtime::LinuxSchedulerFlag>(cx, F, f))
+                .map(|f| oci_name::<LinuxSchedulerFlag>(cx, F, f))
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut v = json!({ "policy": policy, "nice": sch.nice, "priority": sch.priority });
-            if !flags.is_empty() {
-                v["flags"] = json!(flags);
-            }
-            for (name, x) in [
-                ("runtime", sch.runtime),
-                ("deadline", sch.deadline),
-                ("period", sch.period),
-            ] {
-                if x != 0 {
-                    v[name] = json!(x);
-                }
-            }
-            at(s, &["process"]).insert("scheduler".into(), v);
+            let mut v = Scheduler::default();
+            v.set_policy(policy);
+            v.set_nice(Some(sch.nice));
+            v.set_priority(Some(sch.priority));
+            v.set_flags((!flags.is_empty()).then_some(flags));
+            let nonzero = |x: u64| (x != 0).then_some(x);
+            v.set_runtime(nonzero(sch.runtime));
+            v.set_deadline(nonzero(sch.deadline));
+            v.set_period(nonzero(sch.period));
+            process(s).set_scheduler(Some(v));
         }
     }
     if let Some(rdt) = &adj.rdt {
@@ -981,33 +1123,41 @@ fn linux(cx: &mut Cx, s: &mut Value, adj: &NriAdjustment) -> Result<(), AdjustEr
             for f in ["closID", "schemata", "enableMonitoring"] {
                 cx.clear(&format!("{F}.{f}"));
             }
-            remove(s, &["linux"], "intelRdt");
+            if let Some(l) = s.linux_mut() {
+                l.set_intel_rdt(None);
+            }
         }
         if let Some(clos) = &rdt.clos_id {
             cx.claim(&format!("{F}.closID"))?;
             check_clos(cx, F, clos)?;
-            at(s, &["linux", "intelRdt"]).insert("closID".into(), json!(clos));
+            with_rdt(s, |r| {
+                r.set_clos_id(Some(clos.clone()));
+            });
         }
         if let Some(schemata) = &rdt.schemata {
             cx.claim(&format!("{F}.schemata"))?;
             if !schemata.iter().all(|l| plain(l) && !l.contains('\n')) {
                 return Err(cx.refuse(F, "a schemata line holds a newline or NUL byte"));
             }
-            at(s, &["linux", "intelRdt"]).insert("schemata".into(), json!(schemata));
+            with_rdt(s, |r| {
+                r.set_schemata(Some(schemata.clone()));
+            });
         }
         if let Some(on) = rdt.enable_monitoring {
             cx.claim(&format!("{F}.enableMonitoring"))?;
-            at(s, &["linux", "intelRdt"]).insert("enableMonitoring".into(), json!(on));
+            with_rdt(s, |r| {
+                r.set_enable_monitoring(Some(on));
+            });
         }
     }
     if let Some(mp) = &adj.memory_policy {
         const F: &str = "linux.memory_policy";
         cx.claim(F)?;
-        let mode = oci_name::<oci_spec::runtime::MemoryPolicyModeType>(cx, F, &mp.mode)?;
+        let mode = oci_name::<MemoryPolicyModeType>(cx, F, &mp.mode)?;
         let flags = mp
             .flags
             .iter()
-            .map(|f| oci_name::<oci_spec::runtime::MemoryPolicyFlagType>(cx, F, f))
+            .map(|f| oci_name::<MemoryPolicyFlagType>(cx, F, f))
             .collect::<Result<Vec<_>, _>>()?;
         if !mp
             .nodes
@@ -1016,37 +1166,28 @@ fn linux(cx: &mut Cx, s: &mut Value, adj: &NriAdjustment) -> Result<(), AdjustEr
         {
             return Err(cx.refuse(F, format!("nodes {:?} is not a list of numbers", mp.nodes)));
         }
-        let mut v = json!({ "mode": mode });
-        if !mp.nodes.is_empty() {
-            v["nodes"] = json!(mp.nodes);
-        }
-        if !flags.is_empty() {
-            v["flags"] = json!(flags);
-        }
-        at(s, &["linux"]).insert("memoryPolicy".into(), v);
+        let mut v = LinuxMemoryPolicy::default();
+        v.set_mode(mode);
+        v.set_nodes((!mp.nodes.is_empty()).then(|| mp.nodes.clone()));
+        v.set_flags((!flags.is_empty()).then_some(flags));
+        linux_of(s).set_memory_policy(Some(v));
     }
     Ok(())
 }
 
 /// The OCI seccomp object of a policy.
-fn seccomp(cx: &Cx, p: &NriSeccomp) -> Result<Value, AdjustError> {
-    use oci_spec::runtime::{
-        Arch, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator,
-    };
+fn seccomp(cx: &Cx, p: &NriSeccomp) -> Result<LinuxSeccomp, AdjustError> {
     const F: &str = "linux.seccomp_policy";
-    let mut v = json!({
-        "defaultAction": oci_name::<LinuxSeccompAction>(cx, F, &p.default_action)?,
-    });
-    if let Some(e) = p.default_errno {
-        v["defaultErrnoRet"] = json!(e);
-    }
+    let mut v = LinuxSeccomp::default();
+    v.set_default_action(oci_name::<LinuxSeccompAction>(cx, F, &p.default_action)?);
+    v.set_default_errno_ret(p.default_errno);
     if !p.architectures.is_empty() {
         let archs = p
             .architectures
             .iter()
             .map(|a| oci_name::<Arch>(cx, F, a))
             .collect::<Result<Vec<_>, _>>()?;
-        v["architectures"] = json!(archs);
+        v.set_architectures(Some(archs));
     }
     if !p.flags.is_empty() {
         let flags = p
@@ -1054,59 +1195,54 @@ fn seccomp(cx: &Cx, p: &NriSeccomp) -> Result<Value, AdjustError> {
             .iter()
             .map(|f| oci_name::<LinuxSeccompFilterFlag>(cx, F, f))
             .collect::<Result<Vec<_>, _>>()?;
-        v["flags"] = json!(flags);
+        v.set_flags(Some(flags));
     }
     if !p.listener_path.is_empty() {
         if !p.listener_path.starts_with('/') || !plain(&p.listener_path) {
             return Err(cx.refuse(F, "listener_path is not absolute"));
         }
-        v["listenerPath"] = json!(p.listener_path);
+        v.set_listener_path(Some(PathBuf::from(&p.listener_path)));
     }
     if !p.listener_metadata.is_empty() {
-        v["listenerMetadata"] = json!(p.listener_metadata);
+        v.set_listener_metadata(Some(p.listener_metadata.clone()));
     }
     let mut syscalls = Vec::new();
     for c in &p.syscalls {
         if c.names.is_empty() || !c.names.iter().all(|n| plain(n) && !n.is_empty()) {
             return Err(cx.refuse(F, "a syscall rule without names"));
         }
-        let mut rule = json!({
-            "names": c.names,
-            "action": oci_name::<LinuxSeccompAction>(cx, F, &c.action)?,
-        });
-        if let Some(e) = c.errno_ret {
-            rule["errnoRet"] = json!(e);
-        }
+        let mut rule = LinuxSyscall::default();
+        rule.set_names(c.names.clone());
+        rule.set_action(oci_name::<LinuxSeccompAction>(cx, F, &c.action)?);
+        rule.set_errno_ret(c.errno_ret);
         if !c.args.is_empty() {
             let args = c
                 .args
                 .iter()
                 .map(|a| {
-                    Ok(json!({
-                        "index": a.index,
-                        "value": a.value,
-                        "valueTwo": a.value_two,
-                        "op": oci_name::<LinuxSeccompOperator>(cx, F, &a.op)?,
-                    }))
+                    LinuxSeccompArgBuilder::default()
+                        .index(a.index as usize)
+                        .value(a.value)
+                        .value_two(a.value_two)
+                        .op(oci_name::<LinuxSeccompOperator>(cx, F, &a.op)?)
+                        .build()
+                        .map_err(|e| cx.refuse(F, e.to_string()))
                 })
                 .collect::<Result<Vec<_>, AdjustError>>()?;
-            rule["args"] = json!(args);
+            rule.set_args(Some(args));
         }
         syscalls.push(rule);
     }
     if !syscalls.is_empty() {
-        v["syscalls"] = json!(syscalls);
+        v.set_syscalls(Some(syscalls));
     }
-    // Checked against the OCI type here, to name the field on a mistake.
-    serde_json::from_value::<oci_spec::runtime::LinuxSeccomp>(v.clone())
-        .map_err(|e| cx.refuse(F, e.to_string()))?;
     Ok(v)
 }
 
-fn rlimits(cx: &mut Cx, s: &mut Value, rlimits: &[NriRlimit]) -> Result<(), AdjustError> {
+fn rlimits(cx: &mut Cx, s: &mut Spec, rlimits: &[NriRlimit]) -> Result<(), AdjustError> {
     for r in rlimits {
         const F: &str = "rlimits";
-        oci_name::<oci_spec::runtime::PosixRlimitType>(cx, F, &r.kind)?;
+        let typ = oci_name::<PosixRlimitType>(cx, F, &r.kind)?;
         if r.soft > r.hard {
             return Err(cx.refuse(
                 F,
@@ -1114,12 +1250,19 @@ fn rlimits(cx: &mut Cx, s: &mut Value, rlimits: &[NriRlimit]) -> Result<(), Adju
             ));
         }
         cx.claim(&format!("rlimit {:?}", r.kind))?;
-        let l = list(s, &["process"], "rlimits");
-        let limit = json!({ "type": r.kind, "hard": r.hard, "soft": r.soft });
-        match l.iter().position(|x| x["type"].as_str() == Some(&r.kind)) {
+        let limit = PosixRlimitBuilder::default()
+            .typ(typ)
+            .hard(r.hard)
+            .soft(r.soft)
+            .build()
+            .map_err(|e| cx.refuse(F, e.to_string()))?;
+        let p = process(s);
+        let mut l = p.rlimits().clone().unwrap_or_default();
+        match l.iter().position(|x| x.typ() == typ) {
             Some(i) => l[i] = limit,
             None => l.push(limit),
         }
+        p.set_rlimits(Some(l));
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 use super::*;
 use oci_spec::runtime::{MountBuilder, ProcessBuilder, SpecBuilder};
-use serde_json::json;
+use serde_json::{json, Value};
 
 fn spec() -> Spec {
     let mut annotations = std::collections::HashMap::new();
