@@ -1490,7 +1490,7 @@ plugin_request_timeout = "500ms"
         }
         assert_eq!(
             Config::default().handback_expiry().unwrap(),
-            crate::runtime::handback::DEFAULT_EXPIRY
+            crate::domain::handback::DEFAULT_EXPIRY
         );
     }
 

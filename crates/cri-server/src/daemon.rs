@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use std::sync::{Arc, Mutex};
 
-use crate::runtime::sandbox::network::{HostNet, PodNet};
+use crate::domain::sandbox::network::{HostNet, PodNet};
 use crate::shimclient::{RealShims, Shim, ShimHost, ShimLaunch};
 
 /// Store key of the runtime configuration that kubelet pushes.
@@ -51,7 +51,7 @@ pub struct Daemon {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Creations run detached from their callers, and finished objects
     /// waiting to be handed back to a retry.
-    pub handback: crate::runtime::handback::Handback,
+    pub handback: crate::domain::handback::Handback,
     /// Container lifecycle events for `GetContainerEvents` subscribers.
     pub events: tokio::sync::broadcast::Sender<k8s_cri::v1::ContainerEventResponse>,
     /// Woken whenever a container's exit has been recorded (StopContainer
@@ -64,7 +64,7 @@ pub struct Daemon {
     /// systemd cgroup driver under systemd; off otherwise).
     pub shim_scopes: Arc<crate::shimscope::ShimScopes>,
     /// CPU readings of cgroups between stats calls (`usage_nano_cores`).
-    pub stats_sampler: crate::runtime::stats::CpuSampler,
+    pub stats_sampler: crate::domain::stats::CpuSampler,
     /// NRI, once listening (`[nri] enable`).
     pub nri: std::sync::OnceLock<Arc<crius_nri::runtime::Nri>>,
 }
@@ -191,7 +191,7 @@ impl Daemon {
     pub fn new(config: Config, store: Store) -> Result<Self, DaemonError> {
         let host = crate::host::gather(&config);
         // Once, at start-up: can pods have user namespaces here?
-        let _ = crate::runtime::userns::kernel_probe(&config.state);
+        let _ = crate::domain::userns::kernel_probe(&config.state);
         crate::host::log_start_costs();
         Self::with_seams(config, store, host, Arc::new(RealShims), Arc::new(HostNet))
     }
@@ -216,10 +216,10 @@ impl Daemon {
             &config.pause_image,
             config.image_options(),
         )?;
-        let handback = crate::runtime::handback::Handback::new(
+        let handback = crate::domain::handback::Handback::new(
             config
                 .handback_expiry()
-                .unwrap_or(crate::runtime::handback::DEFAULT_EXPIRY),
+                .unwrap_or(crate::domain::handback::DEFAULT_EXPIRY),
         );
         let shim_scopes = Arc::new(crate::shimscope::ShimScopes::from_config(&config));
         Ok(Daemon {

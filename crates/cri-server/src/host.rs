@@ -189,7 +189,7 @@ pub fn log_start_costs() {
 /// as runc's and containerd's host-device lists have them: everything
 /// below /dev except the pty, shm, mqueue and fd trees and the console.
 pub fn host_devices() -> Vec<crius_spec::container::DeviceNode> {
-    crate::runtime::container::devices::nodes_below(Path::new("/dev"), None, "rwm")
+    crate::domain::container::devices::nodes_below(Path::new("/dev"), None, "rwm")
         .unwrap_or_default()
 }
 

@@ -138,7 +138,7 @@ pub fn pod(s: &SandboxRecord) -> api::PodSandbox {
 /// The Linux part of a pod's description: its cgroup parent, resources
 /// and overhead (as kubelet gave them) and the namespaces it holds.
 fn pod_linux(s: &SandboxRecord) -> api::LinuxPodSandbox {
-    let linux = crate::runtime::sandbox::status::stored_config(s)
+    let linux = crate::domain::sandbox::view::stored_config(s)
         .linux
         .unwrap_or_default();
     let namespaces = [
@@ -261,7 +261,7 @@ pub async fn adjust_created(
             CriError::failed_precondition(r.to_string())
         })?;
     }
-    let spec = crate::runtime::container::devices::inject_cdi_requests(
+    let spec = crate::domain::container::devices::inject_cdi_requests(
         &daemon.config().cdi,
         "NRI CDI_devices",
         cdi,

@@ -13,7 +13,7 @@
 //! whose shim or task is gone becomes EXITED with a reason and a message.
 
 use crate::daemon::Daemon;
-use crate::runtime::exits::{self, update_sandbox, watch_sandbox, Exit};
+use crate::domain::exits::{self, update_sandbox, watch_sandbox, Exit};
 use containerd_shim_protos::types::task::Status as TaskStatus;
 use crius_store::{ContainerState, SandboxRecord, SandboxState};
 use std::sync::Arc;
@@ -50,7 +50,7 @@ async fn find_shim(daemon: &Daemon, record: &SandboxRecord) -> Shim {
         .status
         .shim_address
         .clone()
-        .unwrap_or_else(|| crate::runtime::sandbox::shim_address(daemon, id));
+        .unwrap_or_else(|| crate::domain::sandbox::shim_address(daemon, id));
     let Ok(client) = daemon.shim_host.connect(&address).await else {
         return Shim::Gone;
     };
@@ -234,9 +234,9 @@ pub async fn gc_network(daemon: &Arc<Daemon>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::container::lifecycle as container;
-    use crate::runtime::exits::{UNKNOWN_EXIT_CODE, UNKNOWN_REASON};
-    use crate::runtime::sandbox::lifecycle as sandbox;
+    use crate::domain::container::lifecycle as container;
+    use crate::domain::exits::{UNKNOWN_EXIT_CODE, UNKNOWN_REASON};
+    use crate::domain::sandbox::lifecycle as sandbox;
     use crate::shimclient::ShimApi;
     use crate::testing::{create_request, run_request, TestDaemon};
 
@@ -255,7 +255,7 @@ mod tests {
             .update_container_status(&run, |s| {
                 s.state = ContainerState::Running;
                 s.pid = Some(pid);
-                s.started_at = Some(crate::runtime::now_nanos());
+                s.started_at = Some(crate::domain::now_nanos());
             })
             .unwrap();
         let (new, _) = container::create(d, create_request(&sid, "web", "new"))

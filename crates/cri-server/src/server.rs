@@ -185,7 +185,7 @@ pub async fn run(
         }),
         ..Default::default()
     };
-    let backend = Arc::new(crate::runtime::stream::ShimBackend::new(daemon.clone()));
+    let backend = Arc::new(crate::domain::stream::ShimBackend::new(daemon.clone()));
     let (streaming, streaming_task) =
         crate::streaming::StreamingServer::start(stream_config, backend, fired_rx.clone())
             .await

@@ -1,6 +1,7 @@
 //! The module layering of criusd, checked on its source: the tonic services
 //! (`service.rs`) call the RPC layer (`rpc/`), which calls the domain
-//! (`runtime/`, `image/`, `recover.rs`, `streaming/`, the shim client);
+//! (`domain/`, `image/`, `nri/`, `recover.rs`, `streaming/`, the shim
+//! client, the path layout);
 //! nothing points back up, and only the service layer, the error mapping
 //! (`errors.rs`) and the server plumbing know of tonic. Test modules (from
 //! the first top-level `#[cfg(test)]` on) are not checked. criusd reaches
@@ -45,8 +46,11 @@ fn layer(rel: &str) -> Option<(u8, &'static str)> {
         Some((3, "service"))
     } else if rel.starts_with("rpc/") {
         Some((2, "rpc"))
-    } else if rel.starts_with("runtime/")
+    } else if rel.starts_with("domain/")
         || rel.starts_with("image/")
+        || rel.starts_with("nri/")
+        || rel == "nri.rs"
+        || rel == "paths.rs"
         || rel.starts_with("streaming/")
         || rel == "recover.rs"
         || rel == "shimclient.rs"
@@ -283,10 +287,10 @@ const MOUNT_EXCEPTIONS: &[(&str, usize)] = &[
     // them, and `unmount_below` (two umount2), which RemoveContainer,
     // RemovePodSandbox and the rollbacks also use for the image mounts
     // below: the shim should make and undo them.
-    ("runtime/userns.rs", 7),
+    ("domain/userns.rs", 7),
     // Image volumes (CRI Mount.image) and the read-only image overlay
     // copied into a container's fresh VOLUME directories.
-    ("runtime/container/image_mounts.rs", 1),
+    ("domain/container/image_mounts.rs", 1),
 ];
 
 #[test]

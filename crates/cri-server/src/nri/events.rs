@@ -11,7 +11,7 @@
 //!
 //! Plugins' updates (in answers, in Synchronize, unsolicited
 //! UpdateContainers) go through UpdateContainerResources' own path
-//! ([`apply`](crate::runtime::container::update::apply)), which sends no
+//! ([`apply`](crate::domain::container::update::apply)), which sends no
 //! event and takes only the container's lock: a plugin may update any
 //! container from within any event handler without waiting on the
 //! operation that sent the event. Evictions stop the container.
@@ -121,7 +121,7 @@ pub fn container(c: &ContainerRecord, spec: Option<&serde_json::Value>) -> api::
                 .collect()
         })
         .unwrap_or_default();
-    let resources = crate::runtime::container::status::current_resources(c, &config)
+    let resources = crate::domain::container::view::current_resources(c, &config)
         .as_ref()
         .map(cri_to_nri);
     let oom_score_adj = spec["process"]["oomScoreAdj"]
@@ -224,7 +224,7 @@ pub async fn run_pod_sandbox(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriEr
         return Ok(());
     };
     tracing::warn!(sandbox = id, error = %refusal, "NRI refused the pod; removing it");
-    if let Err(e) = crate::runtime::sandbox::lifecycle::remove(daemon, id).await {
+    if let Err(e) = crate::domain::sandbox::lifecycle::remove(daemon, id).await {
         tracing::warn!(sandbox = id, error = %e.message(), "rollback: removing the pod failed");
     }
     nri.remove_pod_sandbox(&pod).await;
@@ -380,7 +380,7 @@ pub async fn update_container(
             }
             match nri_to_cri(&u.linux.resources) {
                 Ok(r) => {
-                    linux = crate::runtime::container::update::merge_cri_resources(Some(&linux), &r)
+                    linux = crate::domain::container::update::merge_cri_resources(Some(&linux), &r)
                 }
                 Err(e) if u.ignore_failure => {
                     tracing::info!(plugin = %a.plugin, container = %id, error = %e, "NRI: ignored update");
@@ -515,7 +515,7 @@ pub async fn apply_updates(
                 if daemon.store.get_container(&u.container_id).is_err() {
                     Err(format!("no container {:?}", u.container_id))
                 } else {
-                    crate::runtime::container::update::apply(&daemon, &u.container_id, r)
+                    crate::domain::container::update::apply(&daemon, &u.container_id, r)
                         .await
                         .map_err(|e| e.message().to_string())
                 }
@@ -538,7 +538,7 @@ pub async fn apply_updates(
     for e in evictions {
         tracing::info!(plugin = %plugin, container = %e.container_id, reason = %e.reason, "NRI: evicting container");
         if let Err(err) =
-            crate::runtime::container::lifecycle::stop(&daemon, &e.container_id, EVICTION_GRACE)
+            crate::domain::container::lifecycle::stop(&daemon, &e.container_id, EVICTION_GRACE)
                 .await
         {
             tracing::warn!(plugin = %plugin, container = %e.container_id, error = %err.message(), "NRI: eviction failed");

@@ -14,7 +14,7 @@ pub fn attach(
     req: v1::AttachRequest,
 ) -> CriResult<v1::AttachResponse> {
     let record = super::known_container(daemon, &req.container_id)?;
-    if req.stdin && !crate::runtime::container::status::stored_config(&record).stdin {
+    if req.stdin && !crate::domain::container::view::stored_config(&record).stdin {
         return Err(invalid_field(
             "stdin",
             "the container was not created with stdin",

@@ -5,7 +5,7 @@ use crate::daemon::Daemon;
 use crate::errors::CriResult;
 use k8s_cri::v1;
 
-use crate::runtime::{container, handback};
+use crate::domain::{container, handback};
 use std::sync::Arc;
 
 /// Answers `CreateContainer`.

@@ -4,9 +4,9 @@ use crate::daemon::Daemon;
 use crate::errors::CriResult;
 use k8s_cri::v1;
 
-use crate::runtime::container::events::EventStream;
+use crate::domain::container::events::EventStream;
 
 /// Answers `GetContainerEvents`.
 pub fn get_container_events(daemon: &Daemon, _req: v1::GetEventsRequest) -> CriResult<EventStream> {
-    Ok(crate::runtime::container::events::subscribe(daemon))
+    Ok(crate::domain::container::events::subscribe(daemon))
 }

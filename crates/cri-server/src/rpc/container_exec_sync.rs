@@ -12,5 +12,5 @@ pub async fn exec_sync(
 ) -> CriResult<v1::ExecSyncResponse> {
     daemon.metrics.execs.with_label_values(&["sync"]).inc();
     crate::telemetry::record_ids("", &req.container_id);
-    crate::runtime::container::lifecycle::exec_sync(daemon, req).await
+    crate::domain::container::lifecycle::exec_sync(daemon, req).await
 }

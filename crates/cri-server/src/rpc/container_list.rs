@@ -11,9 +11,6 @@ pub fn list_containers(
 ) -> CriResult<v1::ListContainersResponse> {
     // Converted in place (see ListPodSandbox).
     Ok(v1::ListContainersResponse {
-        containers: crate::runtime::container::status::list_store(
-            &daemon.store,
-            req.filter.as_ref(),
-        ),
+        containers: crate::domain::container::view::list_store(&daemon.store, req.filter.as_ref()),
     })
 }

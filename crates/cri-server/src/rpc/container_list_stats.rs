@@ -12,7 +12,7 @@ pub async fn list_container_stats(
 ) -> CriResult<v1::ListContainerStatsResponse> {
     super::on_blocking_pool(daemon, move |daemon: &Daemon| {
         Ok(v1::ListContainerStatsResponse {
-            stats: crate::runtime::stats::list_container_stats(daemon, req.filter.as_ref()),
+            stats: crate::domain::stats::list_container_stats(daemon, req.filter.as_ref()),
         })
     })
     .await

@@ -11,7 +11,7 @@ pub async fn remove_container(
     req: v1::RemoveContainerRequest,
 ) -> CriResult<v1::RemoveContainerResponse> {
     super::container_id(&req.container_id)?;
-    let remove = crate::runtime::container::lifecycle::remove(daemon, &req.container_id);
+    let remove = crate::domain::container::lifecycle::remove(daemon, &req.container_id);
     crate::nri::events::removing_container(daemon, &req.container_id, remove).await?;
     Ok(v1::RemoveContainerResponse {})
 }

@@ -11,6 +11,6 @@ pub async fn reopen_container_log(
     req: v1::ReopenContainerLogRequest,
 ) -> CriResult<v1::ReopenContainerLogResponse> {
     crate::telemetry::record_ids("", &req.container_id);
-    crate::runtime::container::update::reopen_log(daemon, req).await?;
+    crate::domain::container::update::reopen_log(daemon, req).await?;
     Ok(v1::ReopenContainerLogResponse {})
 }

@@ -11,7 +11,7 @@ pub async fn start_container(
     req: v1::StartContainerRequest,
 ) -> CriResult<v1::StartContainerResponse> {
     super::container_id(&req.container_id)?;
-    crate::runtime::container::lifecycle::start(daemon, &req.container_id).await?;
+    crate::domain::container::lifecycle::start(daemon, &req.container_id).await?;
     crate::nri::events::post_start_container(daemon, &req.container_id).await;
     Ok(v1::StartContainerResponse {})
 }

@@ -13,7 +13,7 @@ pub async fn container_stats(
     super::on_blocking_pool(daemon, move |daemon: &Daemon| {
         let record = super::known_container(daemon, &req.container_id)?;
         Ok(v1::ContainerStatsResponse {
-            stats: Some(crate::runtime::stats::container_stats(daemon, &record)),
+            stats: Some(crate::domain::stats::container_stats(daemon, &record)),
         })
     })
     .await

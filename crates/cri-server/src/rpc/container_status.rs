@@ -21,7 +21,7 @@ pub fn container_status(
             record.status.timeline = phases.clone();
         }
     }
-    let (status, info) = crate::runtime::container::status::status(&record, req.verbose);
+    let (status, info) = crate::domain::container::view::status(&record, req.verbose);
     Ok(v1::ContainerStatusResponse {
         status: Some(status),
         info,

@@ -12,7 +12,7 @@ pub async fn stop_container(
 ) -> CriResult<v1::StopContainerResponse> {
     super::container_id(&req.container_id)?;
     let timeout = std::time::Duration::from_secs(req.timeout.max(0) as u64);
-    let stop = crate::runtime::container::lifecycle::stop(daemon, &req.container_id, timeout);
+    let stop = crate::domain::container::lifecycle::stop(daemon, &req.container_id, timeout);
     crate::nri::events::stopping_container(daemon, &req.container_id, stop).await?;
     Ok(v1::StopContainerResponse {})
 }

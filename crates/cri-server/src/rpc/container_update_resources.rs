@@ -11,6 +11,6 @@ pub async fn update_container_resources(
     req: v1::UpdateContainerResourcesRequest,
 ) -> CriResult<v1::UpdateContainerResourcesResponse> {
     crate::telemetry::record_ids("", &req.container_id);
-    crate::runtime::container::update::update_resources(daemon, req).await?;
+    crate::domain::container::update::update_resources(daemon, req).await?;
     Ok(v1::UpdateContainerResourcesResponse {})
 }

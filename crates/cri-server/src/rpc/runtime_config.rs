@@ -9,5 +9,5 @@ pub fn runtime_config(
     daemon: &Daemon,
     _req: v1::RuntimeConfigRequest,
 ) -> CriResult<v1::RuntimeConfigResponse> {
-    Ok(crate::runtime::status::runtime_config(daemon))
+    Ok(crate::domain::node::runtime_config(daemon))
 }

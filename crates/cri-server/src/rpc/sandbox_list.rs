@@ -12,6 +12,6 @@ pub fn list_pod_sandbox(
     // Converted in place: kubelet relists every second, and copying every
     // record (with its stored config) first would cost more than the answer.
     Ok(v1::ListPodSandboxResponse {
-        items: crate::runtime::sandbox::status::list_store(&daemon.store, req.filter.as_ref()),
+        items: crate::domain::sandbox::view::list_store(&daemon.store, req.filter.as_ref()),
     })
 }

@@ -12,7 +12,7 @@ pub async fn list_pod_sandbox_stats(
 ) -> CriResult<v1::ListPodSandboxStatsResponse> {
     super::on_blocking_pool(daemon, move |daemon: &Daemon| {
         Ok(v1::ListPodSandboxStatsResponse {
-            stats: crate::runtime::stats::list_pod_stats(daemon, req.filter.as_ref()),
+            stats: crate::domain::stats::list_pod_stats(daemon, req.filter.as_ref()),
         })
     })
     .await

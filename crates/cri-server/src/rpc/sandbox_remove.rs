@@ -12,7 +12,7 @@ pub async fn remove_pod_sandbox(
 ) -> CriResult<v1::RemovePodSandboxResponse> {
     super::pod_id(&req.pod_sandbox_id)?;
     let id = &req.pod_sandbox_id;
-    let remove = crate::runtime::sandbox::lifecycle::remove(daemon, id);
+    let remove = crate::domain::sandbox::lifecycle::remove(daemon, id);
     crate::nri::events::removing_pod(daemon, id, remove).await?;
     Ok(v1::RemovePodSandboxResponse {})
 }

@@ -5,7 +5,7 @@ use crate::daemon::Daemon;
 use crate::errors::CriResult;
 use k8s_cri::v1;
 
-use crate::runtime::{handback, sandbox};
+use crate::domain::{handback, sandbox};
 use std::sync::Arc;
 
 /// Answers `RunPodSandbox`.
@@ -31,7 +31,7 @@ pub async fn run_pod_sandbox(
                     if let Ok(Some(address)) =
                         daemon.store.get_sandbox(&id).map(|r| r.status.shim_address)
                     {
-                        crate::runtime::exits::watch_sandbox(daemon.clone(), id.clone(), address);
+                        crate::domain::exits::watch_sandbox(daemon.clone(), id.clone(), address);
                     }
                     Ok(id)
                 }

@@ -14,7 +14,7 @@ pub async fn pod_sandbox_stats(
         super::pod_id(&req.pod_sandbox_id)?;
         let record = daemon.store.get_sandbox(&req.pod_sandbox_id)?;
         Ok(v1::PodSandboxStatsResponse {
-            stats: Some(crate::runtime::stats::pod_stats(daemon, &record)),
+            stats: Some(crate::domain::stats::pod_stats(daemon, &record)),
         })
     })
     .await

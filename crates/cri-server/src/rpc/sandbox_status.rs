@@ -11,7 +11,7 @@ pub fn pod_sandbox_status(
 ) -> CriResult<v1::PodSandboxStatusResponse> {
     super::pod_id(&req.pod_sandbox_id)?;
     let record = daemon.store.get_sandbox(&req.pod_sandbox_id)?;
-    let (status, info) = crate::runtime::sandbox::status::status(&record, req.verbose);
+    let (status, info) = crate::domain::sandbox::view::status(&record, req.verbose);
     Ok(v1::PodSandboxStatusResponse {
         status: Some(status),
         info,

@@ -11,6 +11,6 @@ pub async fn stop_pod_sandbox(
     req: v1::StopPodSandboxRequest,
 ) -> CriResult<v1::StopPodSandboxResponse> {
     super::pod_id(&req.pod_sandbox_id)?;
-    crate::runtime::sandbox::lifecycle::stop(daemon, &req.pod_sandbox_id).await?;
+    crate::domain::sandbox::lifecycle::stop(daemon, &req.pod_sandbox_id).await?;
     Ok(v1::StopPodSandboxResponse {})
 }

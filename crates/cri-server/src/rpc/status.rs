@@ -6,5 +6,5 @@ use k8s_cri::v1;
 
 /// Answers `Status`.
 pub async fn status(daemon: &Daemon, req: v1::StatusRequest) -> CriResult<v1::StatusResponse> {
-    crate::runtime::status::status(daemon, req).await
+    crate::domain::node::status(daemon, req).await
 }

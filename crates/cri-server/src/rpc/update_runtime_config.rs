@@ -9,5 +9,5 @@ pub fn update_runtime_config(
     daemon: &Daemon,
     req: v1::UpdateRuntimeConfigRequest,
 ) -> CriResult<v1::UpdateRuntimeConfigResponse> {
-    crate::runtime::status::update_runtime_config(daemon, req)
+    crate::domain::node::update_runtime_config(daemon, req)
 }

@@ -5,5 +5,5 @@ use k8s_cri::v1;
 
 /// Answers `Version`.
 pub fn version(req: v1::VersionRequest) -> CriResult<v1::VersionResponse> {
-    Ok(crate::runtime::version::version(req))
+    Ok(crate::domain::version::version(req))
 }

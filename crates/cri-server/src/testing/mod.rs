@@ -14,7 +14,7 @@
 
 use crate::config::Config;
 use crate::daemon::Daemon;
-use crate::runtime::sandbox::network::PodNet;
+use crate::domain::sandbox::network::PodNet;
 use crate::shimclient::{
     Launched, Layout, Shim, ShimApi, ShimError, ShimHost, ShimLaunch, Stdio, NAMESPACE,
 };

@@ -3,8 +3,8 @@
 //! writable layer on disk and the pod's network namespace.
 
 use crate::daemon::Daemon;
-use crate::runtime::filter::{id_matches, labels_match, to_hash_map};
-use crate::runtime::now_nanos;
+use crate::domain::filter::{id_matches, labels_match, to_hash_map};
+use crate::domain::now_nanos;
 use crius_store::{ContainerRecord, ContainerState, SandboxRecord, SandboxState};
 use k8s_cri::v1::{
     ContainerAttributes, ContainerStats, CpuUsage, FilesystemIdentifier, FilesystemUsage,

@@ -1,6 +1,6 @@
 //! ListPodSandbox and PodSandboxStatus: translations of store records.
 
-use crate::runtime::filter::{id_matches, labels_match, to_hash_map};
+use crate::domain::filter::{id_matches, labels_match, to_hash_map};
 use crius_store::{SandboxRecord, SandboxState};
 use k8s_cri::v1::{
     LinuxPodSandboxStatus, Namespace, NamespaceOption, PodIp, PodSandbox, PodSandboxConfig,

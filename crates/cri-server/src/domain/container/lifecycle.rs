@@ -2,12 +2,12 @@
 //! ExecSync, through the pod's shim.
 
 use crate::daemon::Daemon;
+use crate::domain::exits::{self, Exit, WAIT_FOREVER};
+use crate::domain::now_nanos;
+use crate::domain::sandbox::lifecycle::Timeline;
 use crate::errors::CriError;
 use crate::errors::{internal, spec_status};
 use crate::errors::{invalid_field, store_status};
-use crate::runtime::exits::{self, Exit, WAIT_FOREVER};
-use crate::runtime::now_nanos;
-use crate::runtime::sandbox::lifecycle::Timeline;
 use crate::shimclient::Shim;
 use crius_nri::runtime::PluginUpdates;
 use crius_spec::container::{container_spec, image_volumes, user_request, ContainerInput};
@@ -281,7 +281,7 @@ impl Done {
         }
         // Idmapped mounts (user namespace pods) go before anything below
         // them is removed.
-        crate::runtime::userns::unmount_below(&daemon.paths.container_state(id));
+        crate::domain::userns::unmount_below(&daemon.paths.container_state(id));
         if self.rootfs {
             if let Err(e) = daemon.images.remove_rootfs(id).await {
                 tracing::warn!(container = id, error = %e, "rollback: rootfs removal failed");
@@ -344,7 +344,7 @@ pub async fn create(
     }
     let sandbox_config: PodSandboxConfig = match req.sandbox_config {
         Some(c) if c.metadata.is_some() => c,
-        _ => crate::runtime::sandbox::status::stored_config(&sandbox),
+        _ => crate::domain::sandbox::view::stored_config(&sandbox),
     };
     let log = log_path(&sandbox_config.log_directory, &config.log_path)?;
     let id = crius_store::generate_id();
@@ -397,7 +397,7 @@ async fn create_steps(
 ) -> Result<Vec<PluginUpdates>, CriError> {
     let mut timeline = Timeline::start();
     let meta = config.metadata.clone().unwrap_or_default();
-    let name = crate::runtime::sandbox::container_name(&meta.name, meta.attempt, sandbox_config);
+    let name = crate::domain::sandbox::container_name(&meta.name, meta.attempt, sandbox_config);
     daemon.store.reserve_name(&name, id).map_err(store_status)?;
     done.name = Some(name.clone());
     timeline.mark("name_reservation");
@@ -474,7 +474,7 @@ async fn create_steps(
     // container's own directories become 0711.
     crius_store::private::dir_with_mode(
         &daemon.paths.containers_state(),
-        crate::runtime::userns::SHARED_PARENT_MODE,
+        crate::domain::userns::SHARED_PARENT_MODE,
     )
     .map_err(|e| internal("bundle", e))?;
     for d in [
@@ -508,7 +508,7 @@ async fn create_steps(
         .and_then(|l| l.security_context.clone())
         .unwrap_or_default();
     let mounts =
-        crate::runtime::harden_rootfs(mounts, !rootfs_sc.privileged, rootfs_sc.no_new_privs);
+        crate::domain::harden_rootfs(mounts, !rootfs_sc.privileged, rootfs_sc.no_new_privs);
     // Image volumes, mounted below the state directory: from here on the
     // config has them as read-only binds of those mounts.
     let image_mounted =
@@ -605,7 +605,7 @@ async fn create_steps(
     // The image's content at its VOLUMEs goes into them, as in containerd.
     super::image_mounts::fill_image_volumes(&mounts, fill, state.join("volume-copy")).await?;
     // A pod with its own user namespace: idmapped rootfs and mounts made here.
-    let (spec, mounts) = crate::runtime::userns::container(
+    let (spec, mounts) = crate::domain::userns::container(
         &daemon.paths.sandbox_state(&sandbox.metadata.id),
         sandbox,
         config,
@@ -720,7 +720,7 @@ async fn start_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
                 tracing::debug_span!("store", op = "update_container_status", container = %id);
             crate::telemetry::blocking(span, move || {
                 // The process's user, as CreateContainer put it into the spec.
-                let user = super::status::user_of_spec_file(&spec);
+                let user = super::view::user_of_spec_file(&spec);
                 store.update_container_status(&cid, |s| {
                     s.state = ContainerState::Running;
                     s.pid = Some(pid);
@@ -937,10 +937,10 @@ pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
             .map(|s| s.metadata.runtime_handler)
             .unwrap_or_default();
         let bundle = daemon.paths.container_bundle(&id);
-        crate::runtime::sandbox::lifecycle::shim_delete(daemon, &handler, &id, &bundle, false)
+        crate::domain::sandbox::lifecycle::shim_delete(daemon, &handler, &id, &bundle, false)
             .await?;
     }
-    crate::runtime::userns::unmount_below(&daemon.paths.container_state(&id));
+    crate::domain::userns::unmount_below(&daemon.paths.container_state(&id));
     daemon
         .images
         .remove_rootfs(&id)
@@ -1450,7 +1450,7 @@ mod orchestration_tests {
     use ttrpc::Code;
 
     async fn pod(t: &TestDaemon) -> String {
-        crate::runtime::sandbox::lifecycle::run(&t.daemon, run_request("web"))
+        crate::domain::sandbox::lifecycle::run(&t.daemon, run_request("web"))
             .await
             .unwrap()
     }
@@ -1478,7 +1478,7 @@ mod orchestration_tests {
             t.fakes.clear_journal();
             t.fakes.script("Create", how);
             let req = create_request(&sid, "web", "app");
-            let name = crate::runtime::sandbox::container_name(
+            let name = crate::domain::sandbox::container_name(
                 "app",
                 0,
                 &crate::testing::pod_config("web"),
@@ -1520,7 +1520,7 @@ mod orchestration_tests {
             tonic::Code::NotFound
         );
         let sid = pod(&t).await;
-        crate::runtime::sandbox::lifecycle::stop(d, &sid)
+        crate::domain::sandbox::lifecycle::stop(d, &sid)
             .await
             .unwrap();
         let err = create(d, create_request(&sid, "web", "app"))

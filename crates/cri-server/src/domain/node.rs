@@ -117,7 +117,7 @@ pub async fn status(daemon: &Daemon, req: StatusRequest) -> Result<StatusRespons
         async move {
             tokio::task::spawn_blocking(move || {
                 let f = crate::host::runtime_features(&path);
-                handler_features(f, crate::runtime::userns::handler_supports(&state, &path))
+                handler_features(f, crate::domain::userns::handler_supports(&state, &path))
             })
             .await
             .unwrap_or_default()

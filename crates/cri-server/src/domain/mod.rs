@@ -1,15 +1,17 @@
 //! The pod and container domain below the RPC layer (`crate::rpc`): the
-//! sandbox and container lifecycles, hand-back, stats, streaming backends
-//! and user namespaces. Nothing here knows of tonic.
+//! sandbox and container lifecycles, the one exit path and the watchers
+//! (`exits`), hand-back, what the node's runtime reports (`node`), stats,
+//! streaming backends and user namespaces. Nothing here knows of tonic,
+//! and "runtime" below means the OCI runtime (runc, crun) only.
 
 pub mod container;
 pub mod exits;
 pub mod filter;
 pub mod handback;
 pub mod info;
+pub mod node;
 pub mod sandbox;
 pub mod stats;
-pub mod status;
 pub mod stream;
 pub mod userns;
 pub mod version;

@@ -262,8 +262,8 @@ mod tests {
         assert!(!hb.claim("sandbox/a", 7));
         assert_eq!(hb.pending(), 0);
         assert_ne!(
-            crate::runtime::sandbox::HANDBACK.key("x"),
-            crate::runtime::container::HANDBACK.key("x")
+            crate::domain::sandbox::HANDBACK.key("x"),
+            crate::domain::container::HANDBACK.key("x")
         );
     }
 
@@ -326,7 +326,7 @@ mod tests {
         })
         .await;
         until("the hand-back entry to go", || d.handback.pending() == 0).await;
-        let name = crate::runtime::sandbox::sandbox_name(req.config.as_ref().unwrap());
+        let name = crate::domain::sandbox::sandbox_name(req.config.as_ref().unwrap());
         assert_eq!(d.store.name_holder(&name), None);
         assert!(t.fakes.netns_held().is_empty());
         assert!(t.fakes.attached().is_empty());

@@ -17,17 +17,17 @@ pub fn event(
         .store
         .get_sandbox(&record.metadata.sandbox_id)
         .ok()
-        .map(|s| crate::runtime::sandbox::status::status(&s, false).0);
+        .map(|s| crate::domain::sandbox::view::status(&s, false).0);
     let containers_statuses = daemon
         .store
         .list_sandbox_containers(&record.metadata.sandbox_id)
         .iter()
-        .map(|c| super::status::status(c, false).0)
+        .map(|c| super::view::status(c, false).0)
         .collect();
     ContainerEventResponse {
         container_id: record.metadata.id.clone(),
         container_event_type: kind as i32,
-        created_at: crate::runtime::now_nanos(),
+        created_at: crate::domain::now_nanos(),
         pod_sandbox_status,
         containers_statuses,
     }
@@ -66,13 +66,13 @@ pub fn emit_sandbox(
         .store
         .list_sandbox_containers(&sandbox.metadata.id)
         .iter()
-        .map(|c| super::status::status(c, false).0)
+        .map(|c| super::view::status(c, false).0)
         .collect();
     let _ = daemon.events.send(ContainerEventResponse {
         container_id: sandbox.metadata.id.clone(),
         container_event_type: kind as i32,
-        created_at: crate::runtime::now_nanos(),
-        pod_sandbox_status: Some(crate::runtime::sandbox::status::status(sandbox, false).0),
+        created_at: crate::domain::now_nanos(),
+        pod_sandbox_status: Some(crate::domain::sandbox::view::status(sandbox, false).0),
         containers_statuses,
     });
 }

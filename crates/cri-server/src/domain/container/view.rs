@@ -1,6 +1,6 @@
 //! ListContainers and ContainerStatus: translations of store records.
 
-use crate::runtime::filter::{id_matches, labels_match, to_hash_map};
+use crate::domain::filter::{id_matches, labels_match, to_hash_map};
 use crius_store::{ContainerRecord, ContainerState as StoreState, ContainerUser as StoreUser};
 use k8s_cri::v1::{
     Container, ContainerConfig, ContainerFilter, ContainerMetadata, ContainerResources,

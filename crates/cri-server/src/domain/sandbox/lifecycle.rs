@@ -9,10 +9,10 @@
 use super::files;
 use super::network::pod_network;
 use crate::daemon::Daemon;
+use crate::domain::{exits, now_nanos};
 use crate::errors::CriError;
 use crate::errors::{internal, spec_status};
 use crate::errors::{invalid_field, store_status};
-use crate::runtime::{exits, now_nanos};
 use crate::shimclient::{self, Shim};
 use crius_netns::cni::{CniNetwork, PodNetwork};
 use crius_spec::sandbox::{host_namespaces, HostNamespaces};
@@ -200,7 +200,7 @@ impl Done {
         }
         // Idmapped mounts (user namespace pods) go before anything below
         // them is removed.
-        crate::runtime::userns::unmount_below(&daemon.paths.sandbox_state(id));
+        crate::domain::userns::unmount_below(&daemon.paths.sandbox_state(id));
         if self.rootfs {
             if let Err(e) = daemon.images.remove_rootfs(id).await {
                 tracing::warn!(sandbox = id, error = %e, "rollback: rootfs removal failed");
@@ -229,7 +229,7 @@ pub async fn run(daemon: &Arc<Daemon>, req: RunPodSandboxRequest) -> Result<Stri
         super::validate_run(req.config.as_ref(), &req.runtime_handler, &daemon.config())?;
     let config = req.config.unwrap_or_default();
     crius_spec::sandbox::validate(&config, &daemon.host).map_err(spec_status)?;
-    crate::runtime::userns::check_pod(daemon, &config, &handler_name).await?;
+    crate::domain::userns::check_pod(daemon, &config, &handler_name).await?;
     let id = crius_store::generate_id();
     let meta = config.metadata.clone().unwrap_or_default();
     let span = tracing::info_span!(
@@ -325,7 +325,7 @@ async fn run_steps(
     // a user namespace pod's own directories become 0711.
     crius_store::private::dir_with_mode(
         &daemon.paths.sandboxes_state(),
-        crate::runtime::userns::SHARED_PARENT_MODE,
+        crate::domain::userns::SHARED_PARENT_MODE,
     )
     .map_err(|e| internal("bundle", e))?;
     for d in [&state_dir, &bundle] {
@@ -645,14 +645,14 @@ impl PauseBundle<'_> {
             .map_err(|e| internal("pause rootfs", e))?;
         done.rootfs = true;
         // The pause needs neither setuid files nor device nodes.
-        let mounts = crate::runtime::harden_rootfs(mounts, true, true);
+        let mounts = crate::domain::harden_rootfs(mounts, true, true);
 
         let spec_image = image_config.spec_config();
         let spec = tracing::debug_span!("spec", sandbox = id)
             .in_scope(|| crius_spec::sandbox::sandbox_spec(config, &spec_image, facts, host, load))
             .map_err(spec_status)?;
         // A pod with its own user namespace: idmapped pause rootfs made here.
-        let userns = crate::runtime::userns::pause(config, spec, mounts, state_dir, bundle).await?;
+        let userns = crate::domain::userns::pause(config, spec, mounts, state_dir, bundle).await?;
         let spec_json = serde_json::to_vec_pretty(&userns.spec).map_err(|e| internal("spec", e))?;
         crius_store::persist::write_volatile(&bundle.join("config.json"), &spec_json, 0o600)
             .map_err(|e| internal("config.json", e))?;
@@ -882,7 +882,7 @@ async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
         Err(e) if e.is_absent() => return Ok(()),
         Err(e) => return Err(store_status(e)),
     };
-    let config = super::status::stored_config(&record);
+    let config = super::view::stored_config(&record);
     let hn = host_namespaces(&config);
     // The pod's containers first, all at once, so that their exits are
     // recorded; what is left is killed with the pod below.
@@ -908,7 +908,7 @@ async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
     // shutdown below (unless DEL does without it, see cni_del_retried).
     let kill = async {
         let stops = running.iter().map(|cid| {
-            crate::runtime::container::lifecycle::stop(daemon, cid, CONTAINER_STOP_GRACE)
+            crate::domain::container::lifecycle::stop(daemon, cid, CONTAINER_STOP_GRACE)
         });
         for (cid, r) in running
             .iter()
@@ -1003,13 +1003,13 @@ async fn remove_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
         stop(daemon, &id).await?;
     }
     for c in daemon.store.list_sandbox_containers(&id) {
-        crate::runtime::container::lifecycle::remove(daemon, &c.metadata.id).await?;
+        crate::domain::container::lifecycle::remove(daemon, &c.metadata.id).await?;
     }
     let _lock = daemon.locks.lock(&id).await;
     if daemon.store.get_sandbox(&id).is_err() {
         return Ok(());
     }
-    crate::runtime::userns::unmount_below(&daemon.paths.sandbox_state(&id));
+    crate::domain::userns::unmount_below(&daemon.paths.sandbox_state(&id));
     daemon
         .images
         .remove_rootfs(&id)

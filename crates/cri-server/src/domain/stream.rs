@@ -128,7 +128,7 @@ impl Backend for ShimBackend {
 
     async fn attach(&self, container_id: &str, io: StreamIo) -> Result<(), BackendError> {
         let (record, shim) = self.running(container_id).await?;
-        let config = crate::runtime::container::status::stored_config(&record);
+        let config = crate::domain::container::view::stored_config(&record);
         if io.stdin.is_some() && !config.stdin {
             return Err(BackendError::FailedPrecondition(
                 "the container was not created with stdin".into(),

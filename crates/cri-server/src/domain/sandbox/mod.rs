@@ -3,7 +3,7 @@
 pub mod files;
 pub mod lifecycle;
 pub mod network;
-pub mod status;
+pub mod view;
 
 use crate::daemon::Daemon;
 use crate::errors::CriError;
@@ -105,7 +105,7 @@ pub fn shim_address(daemon: &Daemon, sandbox_id: &str) -> String {
 
 /// Pods as hand-back creates them: an unclaimed pod is stopped and
 /// removed.
-pub static HANDBACK: crate::runtime::handback::Kind = crate::runtime::handback::Kind {
+pub static HANDBACK: crate::domain::handback::Kind = crate::domain::handback::Kind {
     name: "sandbox",
     exists: |daemon, id| daemon.store.get_sandbox(id).is_ok(),
     clean_up: |daemon, id| {

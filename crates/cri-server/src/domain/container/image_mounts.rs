@@ -65,12 +65,11 @@ pub async fn mount_image_volumes(
     // a whole, so the layers are bound idmapped (below
     // `image-mounts/<n>-layers`) and the overlay is made of those, as for
     // the rootfs; `userns::container` then leaves these sources alone.
-    let pod_config = crate::runtime::sandbox::status::stored_config(sandbox);
+    let pod_config = crate::domain::sandbox::view::stored_config(sandbox);
     let userns = crius_spec::userns::pod_mappings(&pod_config)
         .map_err(spec_status)?
         .map(|_| {
-            crate::runtime::userns::pod_ns_paths(&daemon.paths.sandbox_state(&sandbox.metadata.id))
-                .0
+            crate::domain::userns::pod_ns_paths(&daemon.paths.sandbox_state(&sandbox.metadata.id)).0
         });
     for r in &requests {
         let present = daemon.images.resolve(&r.image).map_err(|e| {
@@ -98,7 +97,7 @@ pub async fn mount_image_volumes(
     let sources = tokio::task::spawn_blocking(move || -> io::Result<Vec<(usize, String)>> {
         use std::os::fd::AsFd;
         let ns = userns
-            .map(|p| crate::runtime::userns::open_userns(&p))
+            .map(|p| crate::domain::userns::open_userns(&p))
             .transpose()?;
         let mut out = Vec::with_capacity(jobs.len());
         for (index, mut lower) in jobs {
@@ -106,11 +105,7 @@ pub async fn mount_image_volumes(
                 let staging = base.join(format!("{index}-layers"));
                 for (i, dir) in lower.iter_mut().enumerate() {
                     let at = staging.join(format!("l{i}"));
-                    crate::runtime::userns::idmapped_bind(
-                        Path::new(dir.as_str()),
-                        &at,
-                        ns.as_fd(),
-                    )?;
+                    crate::domain::userns::idmapped_bind(Path::new(dir.as_str()), &at, ns.as_fd())?;
                     *dir = at.display().to_string();
                 }
             }
@@ -120,7 +115,7 @@ pub async fn mount_image_volumes(
         }
         if ns.is_some() {
             // runc, as the pod's root, reaches the mounts by path.
-            crate::runtime::userns::let_pod_root_traverse(&[base.as_path()])?;
+            crate::domain::userns::let_pod_root_traverse(&[base.as_path()])?;
         }
         Ok(out)
     })
@@ -237,7 +232,7 @@ pub async fn fill_image_volumes(
             }
             Ok(())
         })();
-        crate::runtime::userns::unmount_below(&staging);
+        crate::domain::userns::unmount_below(&staging);
         let _ = crius_image::tree::remove_tree(&staging);
         r
     })

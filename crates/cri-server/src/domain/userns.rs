@@ -639,7 +639,7 @@ pub async fn container(
     state_dir: &Path,
     bundle: &Path,
 ) -> Result<(oci_spec::runtime::Spec, Vec<crius_image::Mount>), CriError> {
-    let pod_config = crate::runtime::sandbox::status::stored_config(sandbox);
+    let pod_config = crate::domain::sandbox::view::stored_config(sandbox);
     let maps = crius_spec::userns::pod_mappings(&pod_config).map_err(spec_error)?;
     crius_spec::userns::check_container(config, maps.as_ref()).map_err(spec_error)?;
     let Some(maps) = maps else {
@@ -650,7 +650,7 @@ pub async fn container(
     let spec = crius_spec::userns::apply(spec, &maps, Some(&join)).map_err(spec_error)?;
     // Image volumes are overlays of idmapped layers already (see
     // container::image_mounts): an overlay cannot be idmapped again.
-    let image_mounts = state_dir.join(crate::runtime::container::image_mounts::IMAGE_MOUNTS_DIR);
+    let image_mounts = state_dir.join(crate::domain::container::image_mounts::IMAGE_MOUNTS_DIR);
     let binds: Vec<_> = crius_spec::edit::idmapped_binds(&spec)
         .into_iter()
         .filter(|(_, source, _)| !source.starts_with(&image_mounts))

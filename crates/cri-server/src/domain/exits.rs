@@ -8,8 +8,8 @@
 //! too; `crate::recover` only reconciles records at start-up.
 
 use crate::daemon::Daemon;
+use crate::domain::now_nanos;
 use crate::errors::{internal, store_status, CriError};
-use crate::runtime::now_nanos;
 use crate::shimclient::Shim;
 use crius_store::{ContainerRecord, ContainerState, SandboxState};
 use k8s_cri::v1::ContainerEventType;
@@ -74,7 +74,7 @@ impl Exit {
 
 /// Whether the container's memory cgroup recorded an OOM kill.
 fn oom_killed(daemon: &Daemon, record: &ContainerRecord) -> bool {
-    let Some(dir) = crate::runtime::stats::container_cgroup_dir(daemon, record) else {
+    let Some(dir) = crate::domain::stats::container_cgroup_dir(daemon, record) else {
         return false;
     };
     let file = Path::new("/sys/fs/cgroup/memory")

@@ -64,8 +64,8 @@ fn record_resources(
     update: &LinuxContainerResources,
 ) -> Result<(), CriError> {
     let record = daemon.store.get_container(id).map_err(store_status)?;
-    let config = super::status::stored_config(&record);
-    let old = super::status::current_resources(&record, &config);
+    let config = super::view::stored_config(&record);
+    let old = super::view::current_resources(&record, &config);
     let merged = serde_json::to_value(merge_cri_resources(old.as_ref(), update))
         .map_err(|e| internal("container resources", e))?;
     daemon
