@@ -15,6 +15,7 @@ pub mod log;
 pub mod mem;
 pub mod mount;
 pub mod oom;
+pub mod pause_spec;
 pub mod reaper;
 pub mod runc;
 pub mod sandbox;

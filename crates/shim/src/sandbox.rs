@@ -330,7 +330,7 @@ impl SandboxService {
         let text = std::fs::read(&cfg)
             .map_err(|e| TaskError::Invalid(format!("read {}: {e}", cfg.display())))?;
         // The pod's netns and /dev/shm into the pause's spec.
-        let out = crius_spec::edit::pause_config(&text, netns.as_deref(), shm.as_deref())
+        let out = crate::pause_spec::edit(&text, netns.as_deref(), shm.as_deref())
             .map_err(|e| TaskError::Invalid(format!("{}: {e}", cfg.display())))?;
         write_atomic(&cfg, &out)
             .map_err(|e| TaskError::Internal(format!("write {}: {e}", cfg.display())))?;

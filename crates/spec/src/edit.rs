@@ -8,10 +8,8 @@
 
 use crate::error::SpecError;
 use oci_spec::runtime::{
-    LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxNamespaceType, LinuxNetwork, LinuxResources, Mount,
-    Process, Spec,
+    LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxNetwork, LinuxResources, Process, Spec,
 };
-use std::path::{Path, PathBuf};
 
 fn parse(config: &[u8]) -> Result<Spec, SpecError> {
     serde_json::from_slice(config).map_err(|e| SpecError::Internal(format!("config.json: {e}")))
@@ -172,51 +170,6 @@ pub fn exec_process(config: &[u8], cmd: &[String], terminal: bool) -> Result<Vec
     serde_json::to_vec(&process).map_err(|e| SpecError::Internal(format!("process: {e}")))
 }
 
-/// The options of the pod's `/dev/shm` bind in the pause container.
-pub const PAUSE_SHM_OPTIONS: &[&str] = &["rbind", "rw", "nosuid", "nodev", "noexec"];
-
-/// Points the pause container's spec at the pod's network namespace
-/// `netns` (replacing any network namespace entry) and binds the pod's
-/// `/dev/shm` tmpfs `shm` (replacing any `/dev/shm` mount); the new
-/// entries come last. None leaves that part alone.
-pub fn pause_namespaces(spec: &mut Spec, netns: Option<&Path>, shm: Option<&Path>) {
-    if let Some(ns) = netns {
-        let mut linux = spec.linux().clone().unwrap_or_else(crate::oci::linux);
-        let mut namespaces = linux.namespaces().clone().unwrap_or_default();
-        namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
-        namespaces.push(crate::oci::namespace(
-            LinuxNamespaceType::Network,
-            Some(ns.to_string_lossy().into_owned()),
-        ));
-        linux.set_namespaces(Some(namespaces));
-        spec.set_linux(Some(linux));
-    }
-    if let Some(shm) = shm {
-        let mut mounts = spec.mounts().clone().unwrap_or_default();
-        mounts.retain(|m| m.destination() != Path::new("/dev/shm"));
-        let mut bind = Mount::default();
-        bind.set_destination(PathBuf::from("/dev/shm"));
-        bind.set_typ(Some("bind".into()));
-        bind.set_source(Some(shm.to_path_buf()));
-        bind.set_options(Some(
-            PAUSE_SHM_OPTIONS.iter().map(|o| o.to_string()).collect(),
-        ));
-        mounts.push(bind);
-        spec.set_mounts(Some(mounts));
-    }
-}
-
-/// [`pause_namespaces`] over a `config.json`.
-pub fn pause_config(
-    config: &[u8],
-    netns: Option<&Path>,
-    shm: Option<&Path>,
-) -> Result<Vec<u8>, SpecError> {
-    let mut spec = parse(config)?;
-    pause_namespaces(&mut spec, netns, shm);
-    serde_json::to_vec(&spec).map_err(|e| SpecError::Internal(format!("config.json: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,62 +285,6 @@ mod tests {
         for (config, cmd, want) in cases {
             let e = exec_process(config, cmd, false).unwrap_err().to_string();
             assert!(e.contains(want), "{e} vs {want}");
-        }
-    }
-
-    #[test]
-    fn pause_gets_the_pods_netns_and_shm() {
-        let (netns, shm) = (Path::new("/run/x/netns"), Path::new("/run/x/shm"));
-        let shm_bind = json!({"destination": "/dev/shm", "type": "bind", "source": "/run/x/shm",
-            "options": ["rbind", "rw", "nosuid", "nodev", "noexec"]});
-        // (spec, netns, shm, the spec after)
-        let cases = [
-            (
-                json!({"linux": {"namespaces": [{"type": "pid"}, {"type": "network"}]},
-                       "mounts": [{"destination": "/dev/shm", "type": "tmpfs", "source": "shm"},
-                                  {"destination": "/proc", "type": "proc", "source": "proc"}]}),
-                Some(netns),
-                Some(shm),
-                json!({"linux": {"namespaces": [{"type": "pid"}, {"type": "network", "path": "/run/x/netns"}]},
-                       "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}, shm_bind]}),
-            ),
-            (
-                json!({"linux": {"namespaces": [{"type": "network", "path": "/old"}, {"type": "ipc"}]}}),
-                Some(netns),
-                None,
-                json!({"linux": {"namespaces": [{"type": "ipc"}, {"type": "network", "path": "/run/x/netns"}]}}),
-            ),
-            (
-                json!({}),
-                Some(netns),
-                Some(shm),
-                json!({"linux": {"namespaces": [{"type": "network", "path": "/run/x/netns"}]},
-                       "mounts": [shm_bind]}),
-            ),
-            (
-                json!({"mounts": [{"destination": "/dev/shm", "type": "tmpfs"}]}),
-                None,
-                None,
-                json!({"mounts": [{"destination": "/dev/shm", "type": "tmpfs"}]}),
-            ),
-        ];
-        for (i, (spec, netns, shm, want)) in cases.into_iter().enumerate() {
-            let want = spec_of(want);
-            let mut got = spec_of(spec.clone());
-            pause_namespaces(&mut got, netns, shm);
-            assert_eq!(got, want, "case {i}");
-            let bytes = pause_config(&serde_json::to_vec(&spec).unwrap(), netns, shm).unwrap();
-            assert_eq!(
-                spec_of(serde_json::from_slice(&bytes).unwrap()),
-                want,
-                "case {i} (bytes)"
-            );
-        }
-        for bad in [&b"1"[..], b"{", b"{\"mounts\": {}}"] {
-            assert!(matches!(
-                pause_config(bad, Some(netns), None),
-                Err(SpecError::Internal(_))
-            ));
         }
     }
 }

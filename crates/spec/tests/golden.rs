@@ -636,19 +636,6 @@ fn cases() -> Vec<(&'static str, Value)> {
         bytes_value(&edit::update_resources(&config, &update).unwrap()),
     ));
 
-    let pause = serde_json::to_vec(&sandbox_json(&pod(), &host())).unwrap();
-    out.push((
-        "edit_pause_namespaces",
-        bytes_value(
-            &edit::pause_config(
-                &pause,
-                Some(std::path::Path::new("/var/run/netns/cni-2")),
-                Some(std::path::Path::new("/run/crius/shim/s/shm")),
-            )
-            .unwrap(),
-        ),
-    ));
-
     // An NRI adjustment applied to the default container.
     let adj = nri_adjustment();
     let mut owners = nri::Owners::default();
