@@ -13,7 +13,7 @@ use crate::errors::{internal, store_status, CriError};
 use crate::shimclient::Shim;
 use crius_store::{ContainerRecord, ContainerState, SandboxState};
 use k8s_cri::v1::ContainerEventType;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,15 +72,20 @@ impl Exit {
     }
 }
 
-/// Whether the container's memory cgroup recorded an OOM kill.
-fn oom_killed(daemon: &Daemon, record: &ContainerRecord) -> bool {
-    let Some(dir) = crate::domain::stats::container_cgroup_dir(daemon, record) else {
-        return false;
-    };
-    let file = Path::new("/sys/fs/cgroup/memory")
-        .join(dir.trim_start_matches('/'))
-        .join("memory.oom_control");
-    std::fs::read_to_string(file)
+/// The memory cgroup file that counts the container's OOM kills.
+fn oom_control(daemon: &Daemon, record: &ContainerRecord) -> Option<PathBuf> {
+    let dir = crate::domain::stats::container_cgroup_dir(daemon, record)?;
+    Some(
+        Path::new("/sys/fs/cgroup/memory")
+            .join(dir.trim_start_matches('/'))
+            .join("memory.oom_control"),
+    )
+}
+
+/// Whether `oom_control` recorded an OOM kill (a file read: call on the
+/// blocking pool).
+fn oom_killed(oom_control: &Path) -> bool {
+    std::fs::read_to_string(oom_control)
         .ok()
         .and_then(|t| {
             t.lines().find_map(|l| {
@@ -94,27 +99,30 @@ fn oom_killed(daemon: &Daemon, record: &ContainerRecord) -> bool {
 /// Records a container's exit, once: a container already EXITED keeps its
 /// first exit. Emits the stopped event, tells NRI and wakes StopContainer.
 pub async fn record(daemon: &Daemon, id: &str, exit: Exit) {
-    let record = daemon.store.get_container(id).ok();
-    let oom = record.as_ref().is_some_and(|r| oom_killed(daemon, r));
+    let oom_control = daemon
+        .store
+        .get_container(id)
+        .ok()
+        .and_then(|r| oom_control(daemon, &r));
     let Exit {
         code,
         reason,
         message,
         finished_at,
     } = exit;
-    let reason = reason.unwrap_or_else(|| {
-        if oom {
-            "OOMKilled"
-        } else if code == 0 {
-            "Completed"
-        } else {
-            "Error"
-        }
-        .to_string()
-    });
     let store = daemon.store.clone();
     let cid = id.to_string();
     let r = tokio::task::spawn_blocking(move || {
+        let reason = reason.unwrap_or_else(|| {
+            if oom_control.as_deref().is_some_and(oom_killed) {
+                "OOMKilled"
+            } else if code == 0 {
+                "Completed"
+            } else {
+                "Error"
+            }
+            .to_string()
+        });
         let mut changed = false;
         store
             .update_container_status(&cid, |s| {

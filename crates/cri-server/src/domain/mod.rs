@@ -46,3 +46,15 @@ pub fn now_nanos() -> i64 {
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
 }
+
+/// A record looked up by Stop or Remove, which succeed for what does not
+/// exist: `None` when nothing has the id.
+pub fn present<T>(
+    lookup: Result<T, crius_store::StoreError>,
+) -> Result<Option<T>, crate::errors::CriError> {
+    match lookup {
+        Ok(r) => Ok(Some(r)),
+        Err(e) if e.is_absent() => Ok(None),
+        Err(e) => Err(crate::errors::store_status(e)),
+    }
+}

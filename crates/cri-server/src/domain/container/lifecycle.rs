@@ -248,14 +248,6 @@ fn target_pid(
     }
 }
 
-async fn shim_for(daemon: &Daemon, sandbox_id: &str) -> Result<Shim, CriError> {
-    daemon.shim(sandbox_id).await.ok_or_else(|| {
-        CriError::failed_precondition(format!(
-            "the shim of pod sandbox {sandbox_id} is not running"
-        ))
-    })
-}
-
 #[derive(Default)]
 struct Done {
     name: Option<String>,
@@ -625,7 +617,7 @@ async fn create_steps(
             std::fs::create_dir_all(parent).map_err(|e| internal("log directory", e))?;
         }
     }
-    let shim = shim_for(daemon, &sandbox.metadata.id).await?;
+    let shim = super::shim_for(daemon, &sandbox.metadata.id).await?;
     timeline.mark("bundle_write");
     let mut create = containerd_shim_protos::api::CreateTaskRequest::new();
     create.id = id.to_string();
@@ -705,7 +697,7 @@ async fn start_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
             record.status.state
         )));
     }
-    let shim = shim_for(daemon, &record.metadata.sandbox_id).await?;
+    let shim = super::shim_for(daemon, &record.metadata.sandbox_id).await?;
     timeline.mark("start_lookup");
     match shim.start_task(&id, "").await {
         Ok(pid) => {
@@ -817,10 +809,8 @@ async fn wait_exited(daemon: &Daemon, id: &str, timeout: Duration) -> bool {
 /// timeout. Idempotent.
 pub async fn stop(daemon: &Arc<Daemon>, id: &str, timeout: Duration) -> Result<(), CriError> {
     // Stopping what does not exist succeeds (CRI: Stop is idempotent).
-    let record = match daemon.store.get_container(id) {
-        Ok(r) => r,
-        Err(e) if e.is_absent() => return Ok(()),
-        Err(e) => return Err(store_status(e)),
+    let Some(record) = crate::domain::present(daemon.store.get_container(id))? else {
+        return Ok(());
     };
     let id = record.metadata.id.clone();
     if record.status.state != ContainerState::Running {
@@ -903,18 +893,14 @@ where
 /// RemoveContainer: kills a running container and removes everything of it.
 /// Removing an unknown container succeeds.
 pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
-    let record = match daemon.store.get_container(id) {
-        Ok(r) => r,
-        Err(e) if e.is_absent() => return Ok(()),
-        Err(e) => return Err(store_status(e)),
+    let Some(record) = crate::domain::present(daemon.store.get_container(id))? else {
+        return Ok(());
     };
     let id = record.metadata.id.clone();
     // A CreateContainer still running holds the lock: wait for it.
     drop(daemon.locks.lock(&id).await);
-    let record = match daemon.store.get_container(&id) {
-        Ok(r) => r,
-        Err(e) if e.is_absent() => return Ok(()),
-        Err(e) => return Err(store_status(e)),
+    let Some(record) = crate::domain::present(daemon.store.get_container(&id))? else {
+        return Ok(());
     };
     stop(daemon, &id, Duration::ZERO).await?;
     let _lock = daemon.locks.lock(&id).await;
@@ -1028,17 +1014,9 @@ pub async fn exec_sync(
     if req.cmd.is_empty() {
         return Err(invalid_field("cmd", "must not be empty"));
     }
-    let record = daemon
-        .store
-        .get_container(&req.container_id)
-        .map_err(store_status)?;
+    let record = super::running(daemon, &req.container_id)?;
     let id = record.metadata.id.clone();
-    if record.status.state != ContainerState::Running {
-        return Err(CriError::failed_precondition(format!(
-            "container {id} is not running"
-        )));
-    }
-    let shim = shim_for(daemon, &record.metadata.sandbox_id).await?;
+    let shim = super::shim_for(daemon, &record.metadata.sandbox_id).await?;
     let config = tokio::fs::read(daemon.paths.container_spec(&id))
         .await
         .map_err(|e| internal("config.json", e))?;

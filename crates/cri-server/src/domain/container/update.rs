@@ -123,15 +123,7 @@ pub async fn apply(
         record.status.state,
         ContainerState::Created | ContainerState::Running
     ) {
-        let shim = daemon
-            .shim(&record.metadata.sandbox_id)
-            .await
-            .ok_or_else(|| {
-                CriError::failed_precondition(format!(
-                    "the shim of pod sandbox {} is not running",
-                    record.metadata.sandbox_id
-                ))
-            })?;
+        let shim = super::shim_for(daemon, &record.metadata.sandbox_id).await?;
         shim.update(id, json).await.map_err(CriError::from)?;
     }
     let config = daemon.paths.container_spec(id);
@@ -161,30 +153,14 @@ pub async fn reopen_log(
     if req.container_id.is_empty() {
         return Err(invalid_field("container_id", "must not be empty"));
     }
-    let record = daemon
-        .store
-        .get_container(&req.container_id)
-        .map_err(store_status)?;
+    let record = super::running(daemon, &req.container_id)?;
     let id = record.metadata.id.clone();
-    if record.status.state != ContainerState::Running {
-        return Err(CriError::failed_precondition(format!(
-            "container {id} is not running"
-        )));
-    }
     if record.metadata.log_path.is_none() {
         return Err(CriError::failed_precondition(format!(
             "container {id} has no log file"
         )));
     }
-    let shim = daemon
-        .shim(&record.metadata.sandbox_id)
-        .await
-        .ok_or_else(|| {
-            CriError::failed_precondition(format!(
-                "the shim of pod sandbox {} is not running",
-                record.metadata.sandbox_id
-            ))
-        })?;
+    let shim = super::shim_for(daemon, &record.metadata.sandbox_id).await?;
     shim.reopen_log(&id, "").await.map_err(CriError::from)
 }
 

@@ -870,17 +870,13 @@ pub async fn stop(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
 
 async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
     // Stopping a pod that does not exist succeeds (CRI: Stop is idempotent).
-    let record = match daemon.store.get_sandbox(id) {
-        Ok(r) => r,
-        Err(e) if e.is_absent() => return Ok(()),
-        Err(e) => return Err(store_status(e)),
+    let Some(record) = crate::domain::present(daemon.store.get_sandbox(id))? else {
+        return Ok(());
     };
     let id = record.metadata.id.clone();
     let _lock = daemon.locks.lock(&id).await;
-    let record = match daemon.store.get_sandbox(&id) {
-        Ok(r) => r,
-        Err(e) if e.is_absent() => return Ok(()),
-        Err(e) => return Err(store_status(e)),
+    let Some(record) = crate::domain::present(daemon.store.get_sandbox(&id))? else {
+        return Ok(());
     };
     let config = super::view::stored_config(&record);
     let hn = host_namespaces(&config);
@@ -985,19 +981,15 @@ pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
 }
 
 async fn remove_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
-    let record = match daemon.store.get_sandbox(id) {
-        Ok(r) => r,
-        Err(e) if e.is_absent() => return Ok(()),
-        Err(e) => return Err(store_status(e)),
+    let Some(record) = crate::domain::present(daemon.store.get_sandbox(id))? else {
+        return Ok(());
     };
     let id = record.metadata.id.clone();
     // A RunPodSandbox still creating the pod holds its lock: wait for it,
     // then go by what it left.
     drop(daemon.locks.lock(&id).await);
-    let record = match daemon.store.get_sandbox(&id) {
-        Ok(r) => r,
-        Err(e) if e.is_absent() => return Ok(()),
-        Err(e) => return Err(store_status(e)),
+    let Some(record) = crate::domain::present(daemon.store.get_sandbox(&id))? else {
+        return Ok(());
     };
     if record.status.state == SandboxState::Ready || shim_left_things(&daemon.shim_pod_dir(&id)) {
         stop(daemon, &id).await?;
