@@ -450,6 +450,14 @@ fn metrics_off_opens_no_port() {
     );
     let mut daemon = Daemon::start(dir, &text);
     let pid = daemon.child.as_ref().unwrap().id();
+    // Serving: the CRI socket accepts connections from its bind on, but
+    // answers only once the streaming server (and metrics, were they on)
+    // listen.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(version_of(&daemon));
     // With metrics off, the daemon's only TCP listener is the streaming
     // server on its configured port.
     let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
