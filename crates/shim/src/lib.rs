@@ -15,7 +15,6 @@ pub mod log;
 pub mod mem;
 pub mod mount;
 pub mod oom;
-pub mod pause_spec;
 pub mod reaper;
 pub mod runc;
 pub mod sandbox;

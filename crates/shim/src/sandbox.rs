@@ -15,8 +15,10 @@
 //! `<state>/shm` (`<state>` = `$CRIUS_SHIM_STATE_DIR/<ns>/<sandbox id>`,
 //! default `/run/crius/shim/<ns>/<sandbox id>`: `crius_shim_api::paths`);
 //! SandboxStatus reports both in `info` (`netns`, `shm`). StartSandbox
-//! points the pause bundle's config.json at them (network namespace path,
-//! /dev/shm bind mount) and runs it as the task `<sandbox id>`.
+//! runs the pause bundle as the task `<sandbox id>` as it is: like the
+//! CRI side of any shim, the caller writes its config.json complete,
+//! pointing at those paths (network namespace path, `/dev/shm` bind); the
+//! shim edits no spec (criusd builds the pause's with crius-spec).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -35,7 +37,7 @@ use crius_shim_api::options::{
 use crius_shim_api::paths::{Layout, PodDir};
 
 use crate::events::timestamp;
-use crate::task::{check_sandbox_id, write_atomic, Inner, TaskError, TaskService};
+use crate::task::{check_sandbox_id, Inner, TaskError, TaskService};
 
 type Result<T> = std::result::Result<T, TaskError>;
 
@@ -309,15 +311,9 @@ impl SandboxService {
                 p.phase = Phase::Ready;
                 return Ok((p.created_at, None));
             }
-            let parts = (
-                p.bundle.clone(),
-                p.rootfs.clone(),
-                p.netns.clone(),
-                p.shm.clone(),
-            );
-            Ok((p.created_at, Some(parts)))
+            Ok((p.created_at, Some((p.bundle.clone(), p.rootfs.clone()))))
         })?;
-        let Some((bundle, rootfs, netns, shm)) = pause else {
+        let Some((bundle, rootfs)) = pause else {
             return Ok((0, created_at));
         };
         if bundle.as_os_str().is_empty() || !bundle.is_absolute() {
@@ -326,14 +322,6 @@ impl SandboxService {
                 bundle
             )));
         }
-        let cfg = bundle.join("config.json");
-        let text = std::fs::read(&cfg)
-            .map_err(|e| TaskError::Invalid(format!("read {}: {e}", cfg.display())))?;
-        // The pod's netns and /dev/shm into the pause's spec.
-        let out = crate::pause_spec::edit(&text, netns.as_deref(), shm.as_deref())
-            .map_err(|e| TaskError::Invalid(format!("{}: {e}", cfg.display())))?;
-        write_atomic(&cfg, &out)
-            .map_err(|e| TaskError::Internal(format!("write {}: {e}", cfg.display())))?;
         let mut req = api::CreateTaskRequest::new();
         req.id = id.to_string();
         req.bundle = bundle.to_string_lossy().into_owned();

@@ -17,6 +17,19 @@ fn pid_alive(pid: u32) -> bool {
     !stat.is_empty() && !stat.contains(") Z")
 }
 
+/// `s` joined to the pod's network namespace `netns` and binding its
+/// `/dev/shm` tmpfs `shm`, as a CRI client writes it (the shim edits no
+/// spec).
+fn in_pod(mut s: serde_json::Value, netns: &str, shm: &str) -> serde_json::Value {
+    let nss = s["linux"]["namespaces"].as_array_mut().unwrap();
+    nss.retain(|n| n["type"] != "network");
+    nss.push(serde_json::json!({"type": "network", "path": netns}));
+    s["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+        "destination": "/dev/shm", "type": "bind", "source": shm, "options": ["rbind", "rw"]
+    }));
+    s
+}
+
 #[test]
 fn pod_lifecycle_and_cleanup() {
     if !root_or_skip("sandbox") {
@@ -32,7 +45,12 @@ fn pod_lifecycle_and_cleanup() {
     // may stay behind.
     std::fs::create_dir_all(&state).unwrap();
     std::fs::write(state.join("shm"), b"in the way").unwrap();
-    let pause = bundle(shim.path(), &sid, &spec(&sid, &["sleep", "100000"], false));
+    let pause_spec = in_pod(
+        spec(&sid, &["sleep", "100000"], false),
+        &state.join("netns").display().to_string(),
+        &state.join("shm").display().to_string(),
+    );
+    let pause = bundle(shim.path(), &sid, &pause_spec);
     let mut creq = sb::CreateSandboxRequest::new();
     creq.sandbox_id = sid.clone();
     creq.bundle_path = pause.to_string_lossy().into_owned();
@@ -59,6 +77,9 @@ fn pod_lifecycle_and_cleanup() {
     assert_eq!(st.state, "SANDBOX_CREATED");
     let netns = st.info.get("netns").cloned().expect("netns in info");
     let shm = st.info.get("shm").cloned().expect("shm in info");
+    // Where the pause's spec above points.
+    assert_eq!(netns, state.join("netns").display().to_string());
+    assert_eq!(shm, state.join("shm").display().to_string());
     let mounts = read(Path::new("/proc/self/mountinfo"));
     let shm_line = mounts
         .lines()
@@ -95,17 +116,15 @@ fn pod_lifecycle_and_cleanup() {
 
     // A container of the pod joins the netns and shares /dev/shm.
     let cid = format!("app{}", std::process::id());
-    let mut s = spec(
-        &cid,
-        &["sh", "-c", "echo shared > /dev/shm/x; exec sleep 100000"],
-        false,
+    let mut s = in_pod(
+        spec(
+            &cid,
+            &["sh", "-c", "echo shared > /dev/shm/x; exec sleep 100000"],
+            false,
+        ),
+        &netns,
+        &shm,
     );
-    let nss = s["linux"]["namespaces"].as_array_mut().unwrap();
-    nss.retain(|n| n["type"] != "network");
-    nss.push(serde_json::json!({"type": "network", "path": netns}));
-    s["mounts"].as_array_mut().unwrap().push(serde_json::json!({
-        "destination": "/dev/shm", "type": "bind", "source": shm, "options": ["rbind", "rw"]
-    }));
     s["annotations"] = serde_json::json!({"io.kubernetes.cri.sandbox-id": sid});
     let b = bundle(shim.path(), &cid, &s);
     let app_pid = shim.create(&cid, &b, "", "", false);

@@ -309,9 +309,19 @@ async fn run_steps(
     let state_dir = daemon.paths.sandbox_state(id);
     let bundle = daemon.paths.sandbox_bundle(id);
     let shim_dir = daemon.shim_pod_dir(id);
+    // The network namespace the pause joins: the shim's (made below and
+    // handed over), or for a pod with its own user namespace the one owned
+    // by that user namespace (made with it, see userns::pause). The spec
+    // is complete here: the shim runs it as it is.
+    let own_userns = matches!(crius_spec::userns::pod_mappings(config), Ok(Some(_)));
+    let pod_netns = if own_userns {
+        crate::domain::userns::pod_ns_paths(&state_dir).1
+    } else {
+        shim_dir.netns()
+    };
     let facts = crius_spec::SandboxFacts {
         id: id.to_string(),
-        netns_path: (!hn.network).then(|| shim_dir.netns().display().to_string()),
+        netns_path: (!hn.network).then(|| pod_netns.display().to_string()),
         shm_path: (!hn.ipc).then(|| shim_dir.shm().display().to_string()),
         ..Default::default()
     };
