@@ -1,7 +1,9 @@
 //! `cargo xtask bench pull`: a cold pull of a ~100 MB multi-layer image
 //! (random content) from a local docker-registry, by criusd and, in the same
 //! run and from the same registry, by Debian's containerd 1.6 (`ctr images
-//! pull --plain-http`), each on a fresh root. Reports wall time and peak RSS.
+//! pull --plain-http`), each on a fresh root. Reports wall time, peak RSS
+//! and CPU time (user and system: the daemon's own and its reaped
+//! children's, e.g. containerd's `unpigz`, plus the `ctr` client's).
 //!
 //! Then, on each runtime through its CRI ImageService (containerd's CRI
 //! plugin), with the ~100 MB image still present: a pull of a ~370 MB image
@@ -50,9 +52,54 @@ fn vm_hwm(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs a command to completion; returns (success, wall time, peak RSS of
-/// the command, its stderr). Its output goes to files so it never blocks.
-fn run_measured(cmd: &mut Command, log: &Path) -> (bool, Duration, u64, String) {
+/// CPU time a live process used so far, its reaped children's included:
+/// (user, system), from /proc/<pid>/stat.
+fn cpu_of(pid: u32) -> (Duration, Duration) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces): state is
+    // field 3, utime 14, stime 15, cutime 16, cstime 17.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    if f.len() < 4 {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let t = |ticks: u64| Duration::from_secs_f64(ticks as f64 / hz);
+    (t(f[0] + f[2]), t(f[1] + f[3]))
+}
+
+/// CPU used between two readings of [`cpu_of`].
+fn cpu_since(pid: u32, before: (Duration, Duration)) -> (Duration, Duration) {
+    let now = cpu_of(pid);
+    (
+        now.0.saturating_sub(before.0),
+        now.1.saturating_sub(before.1),
+    )
+}
+
+fn tv(t: libc::timeval) -> Duration {
+    Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+}
+
+/// What [`run_measured`] measured of a command.
+struct Measured {
+    ok: bool,
+    wall: Duration,
+    peak_rss: u64,
+    /// (user, system) CPU of the command.
+    cpu: (Duration, Duration),
+    stderr: String,
+}
+
+/// Runs a command to completion and measures it. Its output goes to files
+/// so it never blocks.
+fn run_measured(cmd: &mut Command, log: &Path) -> Measured {
     let start = Instant::now();
     let child = cmd
         .stdout(Stdio::null())
@@ -69,9 +116,13 @@ fn run_measured(cmd: &mut Command, log: &Path) -> (bool, Duration, u64, String) 
     let elapsed = start.elapsed();
     assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
     drop(child);
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    let output = std::fs::read_to_string(log).unwrap_or_default();
-    (ok, elapsed, usage.ru_maxrss as u64 * 1024, output)
+    Measured {
+        ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        wall: elapsed,
+        peak_rss: usage.ru_maxrss as u64 * 1024,
+        cpu: (tv(usage.ru_utime), tv(usage.ru_stime)),
+        stderr: std::fs::read_to_string(log).unwrap_or_default(),
+    }
 }
 
 /// A containerd daemon on temporary directories; stopped on drop.
@@ -216,6 +267,8 @@ async fn bench_pull() {
         ),
     );
     let mut c = daemon.images().await;
+    let crius_pid = daemon.child.as_ref().map(|c| c.id()).unwrap_or(0);
+    let cpu_before = cpu_of(crius_pid);
     let start = Instant::now();
     let id = c
         .pull_image(PullImageRequest {
@@ -231,8 +284,9 @@ async fn bench_pull() {
         .into_inner()
         .image_ref;
     let crius_time = start.elapsed();
+    let crius_cpu = cpu_since(crius_pid, cpu_before);
     assert_eq!(id, config);
-    let crius_rss = vm_hwm(daemon.child.as_ref().map(|c| c.id()).unwrap_or(0));
+    let crius_rss = vm_hwm(crius_pid);
     let crius_part = image_part(&mut c, &many_reference).await;
     drop(c);
     drop(daemon);
@@ -240,7 +294,8 @@ async fn bench_pull() {
     // containerd 1.6, fresh root, same registry.
     ensure_binary("ctr", "containerd");
     let ctrd = Containerd::start(&dir.join("containerd"), &reg.addr);
-    let (ok, ctr_time, ctr_rss, log) = run_measured(
+    let ctrd_cpu_before = cpu_of(ctrd.pid());
+    let ctr = run_measured(
         Command::new("ctr")
             .arg("--address")
             .arg(&ctrd.socket)
@@ -248,7 +303,9 @@ async fn bench_pull() {
             .arg(&reference),
         &dir.join("ctr.log"),
     );
-    assert!(ok, "ctr pull failed: {log}");
+    assert!(ctr.ok, "ctr pull failed: {}", ctr.stderr);
+    let ctrd_cpu = cpu_since(ctrd.pid(), ctrd_cpu_before);
+    let containerd_cpu = (ctrd_cpu.0 + ctr.cpu.0, ctrd_cpu.1 + ctr.cpu.1);
     let containerd_rss = vm_hwm(ctrd.pid());
     let listed = Command::new("ctr")
         .arg("--address")
@@ -268,23 +325,31 @@ async fn bench_pull() {
         mib(total as u64)
     );
     println!(
-        "{:<16} {:>10} {:>18} {:>18}",
-        "runtime", "wall time", "peak RSS daemon", "peak RSS client"
+        "{:<16} {:>10} {:>10} {:>18} {:>18} {:>10} {:>10}",
+        "runtime", "wall time", "MB/s", "peak RSS daemon", "peak RSS client", "user CPU", "sys CPU"
     );
+    let mbs = |t: Duration| total as f64 / 1e6 / t.as_secs_f64().max(1e-9);
     println!(
-        "{:<16} {:>9.2}s {:>18} {:>18}",
+        "{:<16} {:>9.2}s {:>10.1} {:>18} {:>18} {:>9.2}s {:>9.2}s",
         "crius",
         crius_time.as_secs_f64(),
+        mbs(crius_time),
         mib(crius_rss),
-        "-"
+        "-",
+        crius_cpu.0.as_secs_f64(),
+        crius_cpu.1.as_secs_f64(),
     );
     println!(
-        "{:<16} {:>9.2}s {:>18} {:>18}",
+        "{:<16} {:>9.2}s {:>10.1} {:>18} {:>18} {:>9.2}s {:>9.2}s",
         "containerd 1.6",
-        ctr_time.as_secs_f64(),
+        ctr.wall.as_secs_f64(),
+        mbs(ctr.wall),
         mib(containerd_rss),
-        mib(ctr_rss)
+        mib(ctr.peak_rss),
+        containerd_cpu.0.as_secs_f64(),
+        containerd_cpu.1.as_secs_f64(),
     );
+    println!("(CPU: the daemon's and its reaped children's; containerd's with the ctr client's)");
     println!();
     println!(
         "{reference} present, then {many_reference}: one layer of {MANY_FILES} files, {} (CRI ImageService)",
