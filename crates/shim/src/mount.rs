@@ -1,7 +1,15 @@
-//! Mounting a task's rootfs from the mounts in CreateTaskRequest.
+//! Mounting a task's rootfs and its other mounts from the mounts in
+//! CreateTaskRequest: an empty `target` is the bundle's `rootfs`, any other
+//! one a path below the bundle (`crius_shim_api::idmap::check_target`);
+//! `uidmap=`/`gidmap=` options make a mount idmapped (see
+//! [`crate::idmap`]). Everything is made in order, undone in reverse on a
+//! failure, and unmounted on task delete ([`unmount_task`]).
 
 use std::io;
-use std::path::Path;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use crius_shim_api::idmap::{check_target, staged_layer, IdMaps, MOUNT_DIRS};
 
 use nix::mount::{MntFlags, MsFlags};
 
@@ -88,6 +96,245 @@ pub struct MountSpec {
     pub source: String,
     /// Options.
     pub options: Vec<String>,
+    /// Where, relative to the bundle (empty: the bundle's `rootfs`).
+    pub target: String,
+}
+
+/// Mounts a task's `mounts` in order below `bundle` (see the module
+/// documentation). Returns whether anything was mounted. On failure what
+/// was made is undone, in reverse.
+pub fn mount_task(mounts: &[MountSpec], bundle: &Path) -> Result<bool, MountError> {
+    let mut made: Vec<PathBuf> = Vec::new();
+    let mut traverse: Vec<PathBuf> = Vec::new();
+    let r = (|| {
+        let rootfs: Vec<MountSpec> = mounts
+            .iter()
+            .filter(|m| {
+                m.target.is_empty()
+                    && IdMaps::from_options(&m.options)
+                        .map(|(m, _)| m.is_none())
+                        .unwrap_or(false)
+            })
+            .cloned()
+            .collect();
+        for (k, m) in mounts.iter().enumerate() {
+            let (maps, options) =
+                IdMaps::from_options(&m.options).map_err(|e| MountError::Invalid(e.to_string()))?;
+            let target = if m.target.is_empty() {
+                bundle.join("rootfs")
+            } else {
+                bundle
+                    .join(check_target(&m.target).map_err(|e| MountError::Invalid(e.to_string()))?)
+            };
+            let Some(maps) = maps else {
+                if m.target.is_empty() {
+                    // Plain rootfs mounts, stacked in one go below.
+                    continue;
+                }
+                let plain = MountSpec {
+                    options,
+                    ..m.clone()
+                };
+                let io = |err| MountError::Io {
+                    target: target.display().to_string(),
+                    err,
+                };
+                let dir = m.kind != "bind" || Path::new(&m.source).is_dir();
+                crate::idmap::make_mount_point(&target, dir).map_err(io)?;
+                mount_one(&plain, &target)?;
+                made.push(target);
+                continue;
+            };
+            idmapped(k, m, &maps, &options, bundle, &target, &mut made)?;
+            if let Some(parent) = target.parent() {
+                if parent != bundle && parent.starts_with(bundle) {
+                    traverse.push(parent.to_path_buf());
+                }
+            }
+        }
+        if !rootfs.is_empty() {
+            mount_rootfs(&rootfs, &bundle.join("rootfs"))?;
+            made.push(bundle.join("rootfs"));
+        }
+        // runc, as the pod's root, reaches the idmapped mounts by path:
+        // their parents below the bundle become 0711 (not listable), last,
+        // since making the mount points narrowed them to 0700.
+        for d in &traverse {
+            crius_store::private::dir_with_mode(d, 0o711).map_err(|err| MountError::Io {
+                target: d.display().to_string(),
+                err,
+            })?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = r {
+        for p in made.iter().rev() {
+            let _ = unmount_all(p);
+        }
+        remove_mount_dirs(bundle);
+        return Err(e);
+    }
+    Ok(!made.is_empty())
+}
+
+/// An idmapped mount (mount number `k` of the task): a `bind` bound
+/// idmapped, or an `overlay` stacked on idmapped binds of its lower
+/// directories (staged below the bundle), `nosuid,nodev`, its upper
+/// directory's root given to the namespace's root. The mount points made
+/// go to `made`.
+fn idmapped(
+    k: usize,
+    m: &MountSpec,
+    maps: &IdMaps,
+    options: &[String],
+    bundle: &Path,
+    target: &Path,
+    made: &mut Vec<PathBuf>,
+) -> Result<(), MountError> {
+    let io = |t: &Path| {
+        let t = t.display().to_string();
+        move |err| MountError::Io { target: t, err }
+    };
+    let userns = crate::idmap::userns_for(maps).map_err(io(target))?;
+    match m.kind.as_str() {
+        "bind" | "rbind" => {
+            crate::idmap::idmapped_bind(Path::new(&m.source), target, userns.as_fd())
+                .map_err(io(target))?;
+            made.push(target.to_path_buf());
+            Ok(())
+        }
+        "overlay" => {
+            let mut data = Vec::with_capacity(options.len());
+            let mut upper = None;
+            // Reachable by host users (its directories are 0711): never
+            // setuid files or device nodes on the host.
+            let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+            let (f, rest) = parse_options(options);
+            flags |= f & MsFlags::MS_RDONLY;
+            for o in rest.split(',').filter(|o| !o.is_empty()) {
+                if let Some(lower) = o.strip_prefix("lowerdir=") {
+                    let mut staged = Vec::new();
+                    for (i, dir) in lower.split(':').enumerate() {
+                        let at = staged_layer(bundle, k, i);
+                        crate::idmap::idmapped_bind(Path::new(dir), &at, userns.as_fd())
+                            .map_err(io(&at))?;
+                        made.push(at.clone());
+                        staged.push(at.display().to_string());
+                    }
+                    data.push(format!("lowerdir={}", staged.join(":")));
+                } else {
+                    if let Some(u) = o.strip_prefix("upperdir=") {
+                        upper = Some(PathBuf::from(u));
+                    }
+                    data.push(o.to_string());
+                }
+            }
+            if let Some(u) = &upper {
+                let (uid, gid) = maps.root().ok_or_else(|| {
+                    MountError::Invalid("the user namespace's root is not mapped".into())
+                })?;
+                std::os::unix::fs::chown(u, Some(uid), Some(gid)).map_err(io(u))?;
+            }
+            crate::idmap::make_mount_point(target, true).map_err(io(target))?;
+            // The staged layers share their parent: many layers mount with
+            // relative lower dirs (see crius_store::overlay).
+            crius_store::overlay::mount_overlay("overlay", target, flags.bits(), &data.join(","))
+                .map_err(io(target))?;
+            made.push(target.to_path_buf());
+            Ok(())
+        }
+        other => Err(MountError::Invalid(format!(
+            "an idmapped {other:?} mount (bind or overlay only)"
+        ))),
+    }
+}
+
+/// Whether idmapped overlay mounts work here: an overlay of one idmapped
+/// layer is made in the scratch directory `dir` (removed before and after)
+/// and a file of the host's root in it must show as the mapped root's.
+pub fn probe_idmap(dir: &Path) -> Result<(), MountError> {
+    const BASE: u32 = 3_000_000_000;
+    let clean = || {
+        let _ = unmount_task(dir);
+        let _ = std::fs::remove_dir_all(dir);
+    };
+    clean();
+    let io = |err| MountError::Io {
+        target: dir.display().to_string(),
+        err,
+    };
+    let r = (|| {
+        for d in ["lower", "upper", "work", "rootfs"] {
+            crius_store::private::dir(&dir.join(d)).map_err(io)?;
+        }
+        std::fs::write(dir.join("lower/file"), b"").map_err(io)?;
+        let range = crius_shim_api::idmap::IdRange {
+            container: 0,
+            host: BASE,
+            size: 65536,
+        };
+        let maps = IdMaps {
+            uids: vec![range],
+            gids: vec![range],
+        };
+        let mut options = vec![
+            format!("lowerdir={}", dir.join("lower").display()),
+            format!("upperdir={}", dir.join("upper").display()),
+            format!("workdir={}", dir.join("work").display()),
+        ];
+        options.extend(maps.options());
+        let overlay = MountSpec {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options,
+            target: String::new(),
+        };
+        mount_task(&[overlay], dir)?;
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(dir.join("rootfs/file"))
+            .map_err(io)?
+            .uid();
+        if owner != BASE {
+            return Err(MountError::Invalid(format!(
+                "a file of an idmapped layer shows as owned by {owner}, not by the mapped root"
+            )));
+        }
+        Ok(())
+    })();
+    clean();
+    r
+}
+
+/// Unmounts everything below `bundle` that a task's mounts made (deepest
+/// first) and removes the directories that held only mount points
+/// ([`MOUNT_DIRS`]) once nothing is mounted there any more.
+pub fn unmount_task(bundle: &Path) -> Result<(), MountError> {
+    if !crate::idmap::unmount_below(bundle) {
+        return Err(MountError::Invalid(format!(
+            "mounts left below {}",
+            bundle.display()
+        )));
+    }
+    remove_mount_dirs(bundle);
+    Ok(())
+}
+
+/// Removes the directories of mount points below `bundle`, if nothing is
+/// mounted below it any more (never reaching into a mounted source).
+fn remove_mount_dirs(bundle: &Path) {
+    let clear = std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| crate::idmap::mount_points_below(&info, bundle).is_empty())
+        .unwrap_or(false);
+    if !clear {
+        return;
+    }
+    for d in MOUNT_DIRS {
+        match std::fs::remove_dir_all(bundle.join(d)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(dir = %bundle.join(d).display(), error = %e, "cannot remove"),
+        }
+    }
 }
 
 /// Mounts `mounts` in order on `target` (a directory). Only one mount of a
