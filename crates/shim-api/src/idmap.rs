@@ -9,9 +9,9 @@
 //!   upper one, if any, stays as it is, its root given to the pod's root).
 //!   Neither option reaches mount(2).
 //! - A mount's `target`, when not empty, is where it goes relative to the
-//!   bundle (see [`check_target`]); an empty target is the bundle's
-//!   `rootfs`. The shim makes them in order, undoes them in reverse on a
-//!   failure and unmounts everything below the bundle on task delete.
+//!   bundle, in one of [`TARGET_DIRS`] (see [`check_target`]); an empty
+//!   target is the bundle's `rootfs`. The shim makes them in order, undoes
+//!   them in reverse on a failure and unmounts them on task delete.
 
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
@@ -25,8 +25,12 @@ pub const MAX_RANGES: usize = 340;
 /// The directory below a bundle where the shim stages the idmapped layers
 /// of overlays (`layers/<n>/l<i>`): no target may lie in it.
 pub const STAGING_DIR: &str = "layers";
-/// The directories below a bundle that only hold mounts the shim made: a
-/// dead shim's `delete` action has something to do when one is there.
+/// Where below a bundle a mount's `target` may lie: the first part of
+/// every target is one of these.
+pub const TARGET_DIRS: &[&str] = &["idmap", "image-mounts", "volume-src"];
+/// The directories below a bundle that only hold mounts the shim made
+/// (besides `rootfs`): the only places it unmounts, and a dead shim's
+/// `delete` action has something to do when one is there.
 pub const MOUNT_DIRS: &[&str] = &[STAGING_DIR, "idmap", "image-mounts", "volume-src"];
 
 /// An id mapping or a target criusd cannot hand over.
@@ -168,9 +172,9 @@ impl fmt::Display for IdMaps {
 }
 
 /// Checks a mount's `target` (relative to the bundle): relative, only
-/// plain names (no `.`, `..` or empty parts), at most 16 parts, not the
-/// bundle itself, `rootfs` or anything in it, `config.json`, or in the
-/// shim's staging directory ([`STAGING_DIR`]). Returns it as a path.
+/// plain names (no `.`, `..` or empty parts), at most 16 parts, in one of
+/// [`TARGET_DIRS`] (so never the bundle itself, `rootfs`, `config.json` or
+/// the shim's staging directory [`STAGING_DIR`]). Returns it as a path.
 pub fn check_target(target: &str) -> Result<PathBuf, IdmapError> {
     let bad = |why: &str| IdmapError(format!("mount target {target:?}: {why}"));
     if target.is_empty() || target.len() > 256 {
@@ -189,8 +193,8 @@ pub fn check_target(target: &str) -> Result<PathBuf, IdmapError> {
     if parts.len() > 16 {
         return Err(bad("too deep"));
     }
-    if matches!(parts[0], "rootfs" | "config.json" | STAGING_DIR) {
-        return Err(bad("reserved"));
+    if !TARGET_DIRS.contains(&parts[0]) {
+        return Err(bad(&format!("not in one of {TARGET_DIRS:?}")));
     }
     let p = PathBuf::from(target);
     debug_assert!(p.components().all(|c| matches!(c, Component::Normal(_))));
@@ -314,7 +318,9 @@ mod tests {
             ("idmap/m0", true),
             ("image-mounts/3", true),
             ("volume-src", true),
-            ("a/b/c", true),
+            ("idmap/a/b", true),
+            ("a/b/c", false),
+            ("idmapx/m0", false),
             ("", false),
             ("/abs", false),
             ("../up", false),
@@ -326,7 +332,8 @@ mod tests {
             ("rootfs/x", false),
             ("config.json", false),
             ("layers/0/l0", false),
-            ("a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q", false),
+            ("idmap/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p", true),
+            ("idmap/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q", false),
         ];
         for (t, ok) in cases {
             let got = check_target(t);

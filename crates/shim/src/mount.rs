@@ -88,7 +88,7 @@ pub fn parse_options(opts: &[String]) -> (MsFlags, String) {
 }
 
 /// One mount of the request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountSpec {
     /// Type (`overlay`, `bind`, ...).
     pub kind: String,
@@ -100,55 +100,87 @@ pub struct MountSpec {
     pub target: String,
 }
 
+/// One of a task's mounts, checked: where it goes and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    /// The mount as asked for, without the id mapping options.
+    pub mount: MountSpec,
+    /// Its mappings, for an idmapped mount.
+    pub maps: Option<IdMaps>,
+    /// Where, relative to the bundle; `None` for the rootfs.
+    pub target: Option<PathBuf>,
+}
+
+/// Checks a task's mounts before any is made: targets
+/// ([`check_target`]), id mapping options (both or neither, well
+/// formed), idmapped mounts only of kind `bind` or `overlay`, no target
+/// twice.
+pub fn plan(mounts: &[MountSpec]) -> Result<Vec<Planned>, MountError> {
+    let invalid = |e: crius_shim_api::idmap::IdmapError| MountError::Invalid(e.to_string());
+    let mut out: Vec<Planned> = Vec::with_capacity(mounts.len());
+    for m in mounts {
+        let (maps, options) = IdMaps::from_options(&m.options).map_err(invalid)?;
+        let target = if m.target.is_empty() {
+            None
+        } else {
+            Some(check_target(&m.target).map_err(invalid)?)
+        };
+        if maps.is_some() && !matches!(m.kind.as_str(), "bind" | "rbind" | "overlay") {
+            return Err(MountError::Invalid(format!(
+                "an idmapped {:?} mount (bind or overlay only)",
+                m.kind
+            )));
+        }
+        if target.is_some() && out.iter().any(|p| p.target == target) {
+            return Err(MountError::Invalid(format!(
+                "mount target {:?} given twice",
+                m.target
+            )));
+        }
+        out.push(Planned {
+            mount: MountSpec {
+                options,
+                ..m.clone()
+            },
+            maps,
+            target,
+        });
+    }
+    Ok(out)
+}
+
 /// Mounts a task's `mounts` in order below `bundle` (see the module
-/// documentation). Returns whether anything was mounted. On failure what
-/// was made is undone, in reverse.
+/// documentation), after checking them all ([`plan`]). Plain rootfs
+/// mounts are stacked on `rootfs` last. Returns whether anything was
+/// mounted. On failure what was made is undone, in reverse.
 pub fn mount_task(mounts: &[MountSpec], bundle: &Path) -> Result<bool, MountError> {
+    let planned = plan(mounts)?;
     let mut made: Vec<PathBuf> = Vec::new();
     let mut traverse: Vec<PathBuf> = Vec::new();
     let r = (|| {
-        let rootfs: Vec<MountSpec> = mounts
-            .iter()
-            .filter(|m| {
-                m.target.is_empty()
-                    && IdMaps::from_options(&m.options)
-                        .map(|(m, _)| m.is_none())
-                        .unwrap_or(false)
-            })
-            .cloned()
-            .collect();
-        for (k, m) in mounts.iter().enumerate() {
-            let (maps, options) =
-                IdMaps::from_options(&m.options).map_err(|e| MountError::Invalid(e.to_string()))?;
-            let target = if m.target.is_empty() {
-                bundle.join("rootfs")
-            } else {
-                bundle
-                    .join(check_target(&m.target).map_err(|e| MountError::Invalid(e.to_string()))?)
+        let mut rootfs = Vec::new();
+        for (k, p) in planned.iter().enumerate() {
+            let at = match &p.target {
+                Some(t) => bundle.join(t),
+                None => bundle.join("rootfs"),
             };
-            let Some(maps) = maps else {
-                if m.target.is_empty() {
-                    // Plain rootfs mounts, stacked in one go below.
-                    continue;
+            match (&p.maps, &p.target) {
+                (Some(maps), _) => {
+                    idmapped(k, &p.mount, maps, bundle, &at, &mut made)?;
+                    if let Some(parent) = at.parent().filter(|d| *d != bundle) {
+                        traverse.push(parent.to_path_buf());
+                    }
                 }
-                let plain = MountSpec {
-                    options,
-                    ..m.clone()
-                };
-                let io = |err| MountError::Io {
-                    target: target.display().to_string(),
-                    err,
-                };
-                let dir = m.kind != "bind" || Path::new(&m.source).is_dir();
-                crate::idmap::make_mount_point(&target, dir).map_err(io)?;
-                mount_one(&plain, &target)?;
-                made.push(target);
-                continue;
-            };
-            idmapped(k, m, &maps, &options, bundle, &target, &mut made)?;
-            if let Some(parent) = target.parent() {
-                if parent != bundle && parent.starts_with(bundle) {
-                    traverse.push(parent.to_path_buf());
+                // Plain rootfs mounts, stacked in one go below.
+                (None, None) => rootfs.push(p.mount.clone()),
+                (None, Some(_)) => {
+                    let dir = p.mount.kind != "bind" || Path::new(&p.mount.source).is_dir();
+                    crate::idmap::make_mount_point(&at, dir).map_err(|err| MountError::Io {
+                        target: at.display().to_string(),
+                        err,
+                    })?;
+                    mount_one(&p.mount, &at)?;
+                    made.push(at);
                 }
             }
         }
@@ -186,7 +218,6 @@ fn idmapped(
     k: usize,
     m: &MountSpec,
     maps: &IdMaps,
-    options: &[String],
     bundle: &Path,
     target: &Path,
     made: &mut Vec<PathBuf>,
@@ -204,12 +235,12 @@ fn idmapped(
             Ok(())
         }
         "overlay" => {
-            let mut data = Vec::with_capacity(options.len());
+            let mut data = Vec::with_capacity(m.options.len());
             let mut upper = None;
             // Reachable by host users (its directories are 0711): never
             // setuid files or device nodes on the host.
             let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-            let (f, rest) = parse_options(options);
+            let (f, rest) = parse_options(&m.options);
             flags |= f & MsFlags::MS_RDONLY;
             for o in rest.split(',').filter(|o| !o.is_empty()) {
                 if let Some(lower) = o.strip_prefix("lowerdir=") {
@@ -305,30 +336,36 @@ pub fn probe_idmap(dir: &Path) -> Result<(), MountError> {
     r
 }
 
-/// Unmounts everything below `bundle` that a task's mounts made (deepest
-/// first) and removes the directories that held only mount points
-/// ([`MOUNT_DIRS`]) once nothing is mounted there any more.
+/// Unmounts what a task's mounts made below `bundle`: everything on its
+/// `rootfs` and below its [`MOUNT_DIRS`] (deepest first; nothing else, so
+/// a wrong bundle can never reach the host's other mounts), and removes
+/// those directories once nothing is mounted there any more.
 pub fn unmount_task(bundle: &Path) -> Result<(), MountError> {
-    if !crate::idmap::unmount_below(bundle) {
-        return Err(MountError::Invalid(format!(
-            "mounts left below {}",
-            bundle.display()
-        )));
+    unmount_all(&bundle.join("rootfs"))?;
+    for d in MOUNT_DIRS {
+        let dir = bundle.join(d);
+        if !crate::idmap::unmount_below(&dir) {
+            return Err(MountError::Invalid(format!(
+                "mounts left below {}",
+                dir.display()
+            )));
+        }
     }
     remove_mount_dirs(bundle);
     Ok(())
 }
 
-/// Removes the directories of mount points below `bundle`, if nothing is
-/// mounted below it any more (never reaching into a mounted source).
+/// Removes the directories of mount points below `bundle`
+/// ([`MOUNT_DIRS`]) in which nothing is mounted any more (never reaching
+/// into a mounted source).
 fn remove_mount_dirs(bundle: &Path) {
-    let clear = std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|info| crate::idmap::mount_points_below(&info, bundle).is_empty())
-        .unwrap_or(false);
-    if !clear {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return;
-    }
+    };
     for d in MOUNT_DIRS {
+        if !crate::idmap::mount_points_below(&info, &bundle.join(d)).is_empty() {
+            continue;
+        }
         match std::fs::remove_dir_all(bundle.join(d)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -427,6 +464,81 @@ pub fn unmount_all(target: &Path) -> Result<(), MountError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plan_table() {
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let m = |kind: &str, options: Vec<String>, target: &str| MountSpec {
+            kind: kind.into(),
+            source: "/src".into(),
+            options,
+            target: target.into(),
+        };
+        let mapped = |o: &[&str]| {
+            let mut v = s(o);
+            v.extend(s(&["uidmap=0:100000:65536", "gidmap=0:100000:65536"]));
+            v
+        };
+        // (mounts, Ok(targets, idmapped)) or Err(part of the message)
+        type Want = Result<Vec<(Option<&'static str>, bool)>, &'static str>;
+        let cases: Vec<(Vec<MountSpec>, Want)> = vec![
+            (vec![], Ok(vec![])),
+            (
+                vec![
+                    m("overlay", s(&["lowerdir=/a"]), ""),
+                    m("bind", mapped(&["rbind"]), "idmap/m1"),
+                    m("overlay", s(&["ro", "lowerdir=/a:/b"]), "image-mounts/0"),
+                ],
+                Ok(vec![
+                    (None, false),
+                    (Some("idmap/m1"), true),
+                    (Some("image-mounts/0"), false),
+                ]),
+            ),
+            (
+                vec![m("overlay", mapped(&["lowerdir=/a"]), "")],
+                Ok(vec![(None, true)]),
+            ),
+            (vec![m("bind", s(&[]), "../x")], Err("only plain names")),
+            (vec![m("bind", s(&[]), "rootfs")], Err("not in one of")),
+            (
+                vec![m("tmpfs", mapped(&[]), "idmap/t")],
+                Err("bind or overlay only"),
+            ),
+            (
+                vec![m("bind", s(&["gidmap=0:1:1"]), "t")],
+                Err("go together"),
+            ),
+            (
+                vec![m("bind", s(&[]), "idmap/b"), m("bind", s(&[]), "idmap/b")],
+                Err("given twice"),
+            ),
+        ];
+        for (mounts, want) in cases {
+            let got = plan(&mounts);
+            match (got, want) {
+                (Ok(p), Ok(w)) => {
+                    let got: Vec<(Option<PathBuf>, bool)> = p
+                        .iter()
+                        .map(|p| (p.target.clone(), p.maps.is_some()))
+                        .collect();
+                    let w: Vec<(Option<PathBuf>, bool)> = w
+                        .into_iter()
+                        .map(|(t, i)| (t.map(PathBuf::from), i))
+                        .collect();
+                    assert_eq!(got, w, "{mounts:?}");
+                    // The mappings never reach mount(2).
+                    for p in &p {
+                        let idmap =
+                            |o: &String| o.starts_with("uidmap=") || o.starts_with("gidmap=");
+                        assert!(!p.mount.options.iter().any(idmap), "{mounts:?}");
+                    }
+                }
+                (Err(e), Err(w)) => assert!(e.to_string().contains(w), "{e} vs {w}"),
+                (got, want) => panic!("{mounts:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
 
     #[test]
     fn options_table() {

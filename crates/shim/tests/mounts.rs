@@ -183,7 +183,7 @@ fn a_failure_undoes_what_was_made() {
                 opts.clone(),
                 "layers/0/l0",
             ),
-            "reserved",
+            "not in one of",
         ),
         (
             spec(
@@ -214,6 +214,28 @@ fn a_failure_undoes_what_was_made() {
         assert!(mounts_below(&bundle).is_empty(), "{want}");
     }
     assert!(!p("escape").exists());
+}
+
+#[test]
+fn unmounting_a_task_touches_nothing_else() {
+    if !root() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let other = d.path().join("bundle/other");
+    std::fs::create_dir_all(&other).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &other,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=64k"),
+    )
+    .unwrap();
+    unmount_task(&d.path().join("bundle")).unwrap();
+    let left = mounts_below(d.path());
+    nix::mount::umount2(&other, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    assert_eq!(left, vec![other.display().to_string()]);
 }
 
 #[test]

@@ -518,8 +518,8 @@ async fn create_steps(
         .unwrap_or_default();
     let mounts =
         crate::domain::harden_rootfs(mounts, !rootfs_sc.privileged, rootfs_sc.no_new_privs);
-    // Image volumes, mounted below the state directory: from here on the
-    // config has them as read-only binds of those mounts.
+    // Image volumes, which the shim mounts below the bundle with the task:
+    // from here on the config has them as read-only binds of those mounts.
     let image_mounted =
         super::image_mounts::image_volume_mounts(daemon, id, config, sandbox, &bundle).await?;
     let (config, mut task_mounts) = match &image_mounted {
