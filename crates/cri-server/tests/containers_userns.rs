@@ -328,7 +328,7 @@ async fn a_dead_shims_user_namespace_pod_leaves_no_mount() {
         return;
     }
     let _serial = SERIAL.lock().await;
-    let mut env = Env::start("crius-userns-dead");
+    let env = Env::start("crius-userns-dead");
     let image = env.pull_busybox().await;
     let mut rt = env.daemon.runtime().await;
     let userns = rt
