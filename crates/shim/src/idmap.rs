@@ -17,9 +17,11 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crius_shim_api::idmap::IdMaps;
+
+use crate::reaper::Reaper;
 
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
@@ -107,9 +109,40 @@ fn attach(tree: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
     check(r, "move_mount", target).map(|_| ())
 }
 
+/// The serving shim's reaper, which reaps every child (`waitpid(-1)`):
+/// namespace holders are spawned through it then, so that their exits
+/// never reach the task service as unclaimed ones.
+static REAPER: OnceLock<Arc<Reaper>> = OnceLock::new();
+
+/// Spawns namespace holders through `reaper` from now on (the serving
+/// shim; the `probe-idmap` action has none).
+pub fn use_reaper(reaper: Arc<Reaper>) {
+    let _ = REAPER.set(reaper);
+}
+
+/// A namespace holder: its pid, and how to end it (kill and reap).
+struct Holder {
+    child: Option<std::process::Child>,
+    spawned: Option<crate::reaper::Spawned>,
+    pid: u32,
+}
+
+impl Holder {
+    fn end(self) {
+        if let Some(mut c) = self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(mut s) = self.spawned {
+            let _ = s.child.kill();
+            let _ = s.wait();
+        }
+    }
+}
+
 /// A child in new namespaces (`flags`: CLONE_NEWUSER, maybe more), its
-/// uid/gid maps written. The caller kills it once it has what it needs.
-fn ns_holder(maps: &IdMaps, flags: libc::c_int) -> io::Result<std::process::Child> {
+/// uid/gid maps written. The caller ends it once it has what it needs.
+fn ns_holder(maps: &IdMaps, flags: libc::c_int) -> io::Result<Holder> {
     let sleep = ["/bin/sleep", "/usr/bin/sleep"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -130,27 +163,42 @@ fn ns_holder(maps: &IdMaps, flags: libc::c_int) -> io::Result<std::process::Chil
             Ok(())
         });
     }
-    let mut child = cmd.spawn()?;
-    let proc = PathBuf::from(format!("/proc/{}", child.id()));
+    let holder = match REAPER.get() {
+        Some(r) => {
+            let spawned = r.spawn(&mut cmd).map_err(io::Error::other)?;
+            Holder {
+                pid: spawned.child.id(),
+                child: None,
+                spawned: Some(spawned),
+            }
+        }
+        None => {
+            let child = cmd.spawn()?;
+            Holder {
+                pid: child.id(),
+                child: Some(child),
+                spawned: None,
+            }
+        }
+    };
+    let proc = PathBuf::from(format!("/proc/{}", holder.pid));
     let written = std::fs::write(proc.join("uid_map"), IdMaps::map_file(&maps.uids))
         .and_then(|()| std::fs::write(proc.join("gid_map"), IdMaps::map_file(&maps.gids)));
     if let Err(e) = written {
-        let _ = child.kill();
-        let _ = child.wait();
+        holder.end();
         return Err(io::Error::new(
             e.kind(),
             format!("writing the id maps: {e}"),
         ));
     }
-    Ok(child)
+    Ok(holder)
 }
 
 /// A user namespace with `maps`, held by the returned descriptor.
 pub fn new_userns(maps: &IdMaps) -> io::Result<OwnedFd> {
-    let mut child = ns_holder(maps, libc::CLONE_NEWUSER)?;
-    let f = std::fs::File::open(format!("/proc/{}/ns/user", child.id()));
-    let _ = child.kill();
-    let _ = child.wait();
+    let holder = ns_holder(maps, libc::CLONE_NEWUSER)?;
+    let f = std::fs::File::open(format!("/proc/{}/ns/user", holder.pid));
+    holder.end();
     Ok(OwnedFd::from(f?))
 }
 
@@ -176,8 +224,8 @@ pub fn userns_for(maps: &IdMaps) -> io::Result<OwnedFd> {
 /// do: runc 1.1 joins the user namespace first and may then no longer
 /// enter it. On failure nothing stays.
 pub fn pin_pod_namespaces(maps: &IdMaps, userns: &Path, netns: &Path) -> io::Result<()> {
-    let mut child = ns_holder(maps, libc::CLONE_NEWUSER | libc::CLONE_NEWNET)?;
-    let proc = PathBuf::from(format!("/proc/{}", child.id()));
+    let holder = ns_holder(maps, libc::CLONE_NEWUSER | libc::CLONE_NEWNET)?;
+    let proc = PathBuf::from(format!("/proc/{}", holder.pid));
     let result = (|| {
         for (kind, at) in [("user", userns), ("net", netns)] {
             crius_store::private::file_options()
@@ -201,8 +249,7 @@ pub fn pin_pod_namespaces(maps: &IdMaps, userns: &Path, netns: &Path) -> io::Res
         }
         crius_netns::netns::loopback_up(netns).map_err(io::Error::other)
     })();
-    let _ = child.kill();
-    let _ = child.wait();
+    holder.end();
     if result.is_err() {
         let _ = crius_netns::netns::remove(netns);
         let _ = crius_netns::podns::unpin(userns);
