@@ -191,7 +191,7 @@ impl Daemon {
     pub fn new(config: Config, store: Store) -> Result<Self, DaemonError> {
         let host = crate::host::gather(&config);
         // Once, at start-up: can pods have user namespaces here?
-        let _ = crate::domain::userns::kernel_probe(&config.state);
+        let _ = crate::domain::userns::kernel_probe_with(&config.state, &config.shim_path);
         crate::host::log_start_costs();
         Self::with_seams(config, store, host, Arc::new(RealShims), Arc::new(HostNet))
     }

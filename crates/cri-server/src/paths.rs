@@ -12,9 +12,6 @@ use std::path::{Path, PathBuf};
 const BUNDLE: &str = "bundle";
 /// The OCI spec's name in a bundle.
 pub const SPEC: &str = "config.json";
-/// Below a state directory: the idmapped mounts of a user-namespace pod's
-/// sandbox or container.
-pub const IDMAP: &str = "idmap";
 
 /// criusd's directory layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,8 +69,8 @@ impl Paths {
         self.containers_root().join(id)
     }
 
-    /// A container's runtime files (bundle, exec and stream FIFOs,
-    /// idmapped mounts).
+    /// A container's runtime files (bundle, with the mounts the shim makes
+    /// in it, exec and stream FIFOs).
     pub fn container_state(&self, id: &str) -> PathBuf {
         self.containers_state().join(id)
     }

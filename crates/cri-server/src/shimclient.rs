@@ -235,6 +235,41 @@ impl ShimHost for RealShims {
     }
 }
 
+/// A mount a task's shim makes at Create: the rootfs (an empty target,
+/// the bundle's `rootfs`) or another one at a target relative to the
+/// bundle (`crius_shim_api::idmap`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskMount {
+    /// What to mount.
+    pub mount: crius_image::Mount,
+    /// Where, relative to the bundle (empty: the rootfs).
+    pub target: String,
+}
+
+impl TaskMount {
+    /// A rootfs mount.
+    pub fn rootfs(mount: crius_image::Mount) -> TaskMount {
+        TaskMount {
+            mount,
+            target: String::new(),
+        }
+    }
+}
+
+/// Task mounts in the shim API's form.
+pub fn proto_task_mounts(mounts: &[TaskMount]) -> Vec<containerd_shim_protos::types::mount::Mount> {
+    mounts
+        .iter()
+        .zip(proto_mounts(
+            &mounts.iter().map(|m| m.mount.clone()).collect::<Vec<_>>(),
+        ))
+        .map(|(m, mut pm)| {
+            pm.target = m.target.clone();
+            pm
+        })
+        .collect()
+}
+
 /// Root filesystem mounts in the shim API's form.
 pub fn proto_mounts(
     mounts: &[crius_image::Mount],

@@ -124,7 +124,7 @@ async fn image_volumes_mount_read_only_and_outlive_remove_image_and_restart() {
         .dir
         .join("state/containers")
         .join(&id)
-        .join("image-mounts");
+        .join("bundle/image-mounts");
     for d in [base.clone(), base.join("empty")] {
         let mode =
             std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&d).unwrap().permissions());

@@ -316,6 +316,71 @@ async fn user_namespace_pods() {
     );
 }
 
+/// A user-namespace pod whose shim died: StopPodSandbox and
+/// RemovePodSandbox still leave no mount (the idmapped rootfs, staged
+/// layers and binds of its containers, the pause's, the pinned user
+/// namespace and netns), through the shim binary's `delete` action, and
+/// the volume's content is intact.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_shims_user_namespace_pod_leaves_no_mount() {
+    if !is_root() {
+        eprintln!("containers_userns: skipped (needs root)");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let env = Env::start("crius-userns-dead");
+    let image = env.pull_busybox().await;
+    let mut rt = env.daemon.runtime().await;
+    let userns = rt
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime_handlers
+        .iter()
+        .find(|h| h.name.is_empty())
+        .and_then(|h| h.features)
+        .is_some_and(|f| f.user_namespaces);
+    if !userns {
+        eprintln!("user namespaces unavailable: skipped");
+        return;
+    }
+    let uid = "uid-userns-dead";
+    let pod_config = userns_pod("dead", uid, (0, USERNS_BASE, 65536));
+    let _logs = LogDir(PathBuf::from(&pod_config.log_directory));
+    let pod_id = run_pod(&env, &mut rt, &pod_config).await;
+    let vol = env.dir.join("userns-dead-volume");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("from-host"), "hello").unwrap();
+    let mut a = container("a", &image, &["/bin/busybox", "sleep", "4646"]);
+    a.mounts = a_mounts(&vol);
+    let a = run(&env, &mut rt, &pod_id, &pod_config, a).await;
+    let (_, out, _) = exec(&mut rt, &a, &["/bin/busybox", "cat", "/data/from-host"]).await;
+    assert_eq!(out, "hello");
+    let shim_dir = env.dir.join("state/shim/k8s.io").join(&pod_id);
+    assert!(shim_dir.join("userns").exists());
+    // The pod's mounts: the pinned user namespace and netns, shm, the
+    // pause's and the container's rootfs with their staged layers, and
+    // the container's staged binds.
+    assert!(mounts_below(&env.dir.join("state")).len() >= 6);
+
+    let shim = shim_pid_of(&env.dir, &pod_id).expect("the pod's shim");
+    // SAFETY: kill(2) on the test's own shim process.
+    unsafe { libc::kill(shim, libc::SIGKILL) };
+    for _ in 0..100 {
+        if shim_pid_of(&env.dir, &pod_id).is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    teardown(&env, &mut rt, &pod_id, uid).await;
+    assert!(!shim_dir.exists(), "{}", shim_dir.display());
+    assert_eq!(
+        std::fs::read_to_string(vol.join("from-host")).unwrap(),
+        "hello"
+    );
+}
+
 fn a_mounts(vol: &Path) -> Vec<Mount> {
     vec![Mount {
         container_path: "/data".into(),

@@ -1,6 +1,6 @@
 //! The shim command line, as containerd's runtime v2 defines it:
 //! `containerd-shim-crius-v2 -namespace NS -id ID -address ADDR
-//! [-publish-binary B] [-bundle DIR] [-debug] [start|delete]`.
+//! [-publish-binary B] [-bundle DIR] [-debug] [start|delete|probe-idmap]`.
 //! Without an action the process serves.
 
 /// What the shim process was asked to do.
@@ -12,6 +12,10 @@ pub enum Action {
     Delete,
     /// Serve the ttrpc API (the long-lived process).
     Serve,
+    /// Check that idmapped overlay mounts work here, in the scratch
+    /// directory `-bundle` (criusd asks once at start-up; see
+    /// [`crate::launch::probe_idmap_args`]).
+    ProbeIdmap,
 }
 
 /// Parsed shim flags.
@@ -43,7 +47,7 @@ pub enum ArgsError {
     #[error("unknown flag {0}")]
     UnknownFlag(String),
     /// An action other than start or delete.
-    #[error("unknown action {0:?} (expected start or delete)")]
+    #[error("unknown action {0:?} (expected start, delete or probe-idmap)")]
     UnknownAction(String),
     /// A required flag was not given.
     #[error("flag -{0} is required")]
@@ -74,6 +78,7 @@ impl Args {
                 out.action = match arg.as_str() {
                     "start" => Action::Start,
                     "delete" => Action::Delete,
+                    "probe-idmap" => Action::ProbeIdmap,
                     _ => return Err(ArgsError::UnknownAction(arg)),
                 };
                 continue;
@@ -148,6 +153,15 @@ mod tests {
         assert!(a.debug);
         assert_eq!(a.publish_binary, "/usr/bin/containerd");
         assert_eq!(a.action, Action::Delete);
+
+        let a = Args::parse(crate::launch::probe_idmap_args(std::path::Path::new(
+            "/s/p",
+        )))
+        .unwrap();
+        assert_eq!(
+            (a.action, a.bundle.as_deref()),
+            (Action::ProbeIdmap, Some("/s/p"))
+        );
 
         let a = ok(&["-namespace", "ns", "-id", "x", "-bundle", "/b"]).unwrap();
         assert_eq!((a.action, a.bundle.as_deref()), (Action::Serve, Some("/b")));

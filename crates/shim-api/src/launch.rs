@@ -165,6 +165,21 @@ pub fn delete_args(target: &DeleteTarget<'_>) -> Vec<String> {
     ]
 }
 
+/// The flags of the shim's `probe-idmap` action in the scratch directory
+/// `dir` (made and removed by the shim): it exits 0 when idmapped
+/// overlay mounts work, else non-zero with the reason on stderr.
+pub fn probe_idmap_args(dir: &Path) -> Vec<String> {
+    vec![
+        "-namespace".to_string(),
+        crate::NAMESPACE.to_string(),
+        "-id".to_string(),
+        "probe-idmap".to_string(),
+        "-bundle".to_string(),
+        dir.display().to_string(),
+        "probe-idmap".to_string(),
+    ]
+}
+
 /// Whether `path` is the root of a mount (statx's mount-root attribute;
 /// false when it is not there or the kernel cannot tell).
 pub fn is_mount_point(path: &Path) -> bool {
@@ -189,7 +204,9 @@ pub fn is_mount_point(path: &Path) -> bool {
 
 /// Whether a dead shim left anything for its `delete` action: runtime
 /// state of the task under `<runtime_root>/<namespace>/<id>` (runc and crun
-/// keep a directory per container), a mounted `rootfs` in the bundle, or,
+/// keep a directory per container), a mounted `rootfs` in the bundle, one
+/// of the bundle's directories of other mounts ([`crate::idmap::MOUNT_DIRS`],
+/// removed once unmounted), or,
 /// for a pod, more than the shim's log in its private directory. When
 /// nothing is left, no process needs to run. A few stats.
 pub fn delete_needed(target: &DeleteTarget<'_>, pod: Option<&PodDir>) -> bool {
@@ -201,6 +218,9 @@ pub fn delete_needed(target: &DeleteTarget<'_>, pod: Option<&PodDir>) -> bool {
             .join(target.id)
             .exists())
         || is_mount_point(&target.bundle.join("rootfs"))
+        || crate::idmap::MOUNT_DIRS
+            .iter()
+            .any(|d| target.bundle.join(d).exists())
         || pod.is_some_and(|p| match std::fs::read_dir(p.path()) {
             Ok(entries) => entries
                 .flatten()
@@ -675,6 +695,13 @@ mod tests {
         assert!(is_mount_point(Path::new("/")));
         assert!(!is_mount_point(&bundle.join("rootfs")));
         assert!(!is_mount_point(&d.path().join("missing")));
+        // A directory of idmapped or image mounts left in the bundle.
+        for dir in crate::idmap::MOUNT_DIRS {
+            std::fs::create_dir(bundle.join(dir)).unwrap();
+            assert!(delete_needed(&target("unknown"), None), "{dir}");
+            std::fs::remove_dir(bundle.join(dir)).unwrap();
+        }
+        assert!(!delete_needed(&target("unknown"), None));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 pub mod args;
 #[cfg(feature = "client")]
 pub mod client;
+pub mod idmap;
 pub mod launch;
 pub mod options;
 pub mod paths;

@@ -14,8 +14,15 @@
 //!   host IPC) and UTS namespace (unless host network), sets the hostname
 //!   given by `io.crius.shim.hostname` and writes the sysctls given by
 //!   `io.crius.shim.sysctls` (a JSON object) in the pod's namespaces.
+//! - `io.crius.shim.uidmap` and `io.crius.shim.gidmap`: a pod with a user
+//!   namespace of its own, with these mappings (ranges as in
+//!   [`crate::idmap::ranges_text`]). The shim makes the user namespace and
+//!   a network namespace it owns, pinned at the pod directory's `userns`
+//!   and `netns` (no `netns_path` then).
 
 use std::collections::{BTreeMap, HashMap};
+
+use crate::idmap::{parse_ranges, ranges_text, IdMaps};
 
 /// Annotation: `host` for a host-network pod.
 pub const NETWORK_ANNOTATION: &str = "io.crius.shim.network";
@@ -33,6 +40,10 @@ pub const HOSTNAME_ANNOTATION: &str = "io.crius.shim.hostname";
 /// Annotation: the pod's sysctls as a JSON object (pods without an infra
 /// process).
 pub const SYSCTLS_ANNOTATION: &str = "io.crius.shim.sysctls";
+/// Annotation: the uid mapping of the pod's own user namespace.
+pub const UIDMAP_ANNOTATION: &str = "io.crius.shim.uidmap";
+/// Annotation: the gid mapping of the pod's own user namespace.
+pub const GIDMAP_ANNOTATION: &str = "io.crius.shim.gidmap";
 /// Default /dev/shm size.
 pub const DEFAULT_SHM_SIZE: u64 = 64 * 1024 * 1024;
 
@@ -64,6 +75,8 @@ pub struct PodOptions {
     pub no_infra: Option<NoInfra>,
     /// The netns in the request's `netns_path` becomes the shim's.
     pub netns_owned: bool,
+    /// The pod has a user namespace of its own with these mappings.
+    pub userns: Option<IdMaps>,
 }
 
 impl Default for PodOptions {
@@ -75,6 +88,7 @@ impl Default for PodOptions {
             shm_size: DEFAULT_SHM_SIZE,
             no_infra: None,
             netns_owned: false,
+            userns: None,
         }
     }
 }
@@ -103,6 +117,10 @@ impl PodOptions {
             a.insert(IPC_ANNOTATION.to_string(), "host".to_string());
         }
         a.insert(SHM_SIZE_ANNOTATION.to_string(), self.shm_size.to_string());
+        if let Some(m) = &self.userns {
+            a.insert(UIDMAP_ANNOTATION.to_string(), ranges_text(&m.uids));
+            a.insert(GIDMAP_ANNOTATION.to_string(), ranges_text(&m.gids));
+        }
         a
     }
 
@@ -143,6 +161,25 @@ impl PodOptions {
                 return Err(OptionsError(format!("{NETNS_OWNED_ANNOTATION}={other:?}")));
             }
         };
+        let userns = match (get(UIDMAP_ANNOTATION), get(GIDMAP_ANNOTATION)) {
+            (None, None) => None,
+            (Some(u), Some(g)) => Some(IdMaps {
+                uids: parse_ranges(u)
+                    .map_err(|e| OptionsError(format!("{UIDMAP_ANNOTATION}: {e}")))?,
+                gids: parse_ranges(g)
+                    .map_err(|e| OptionsError(format!("{GIDMAP_ANNOTATION}: {e}")))?,
+            }),
+            _ => {
+                return Err(OptionsError(format!(
+                    "{UIDMAP_ANNOTATION} and {GIDMAP_ANNOTATION} go together"
+                )))
+            }
+        };
+        if userns.is_some() && get(NETWORK_ANNOTATION) == Some("host") {
+            return Err(OptionsError(format!(
+                "{UIDMAP_ANNOTATION} with a host network: the pod's network namespace belongs to its user namespace"
+            )));
+        }
         Ok(PodOptions {
             host_network: get(NETWORK_ANNOTATION) == Some("host"),
             host_ipc: get(IPC_ANNOTATION) == Some("host"),
@@ -152,6 +189,7 @@ impl PodOptions {
                 sysctls,
             }),
             netns_owned,
+            userns,
         })
     }
 }
@@ -218,6 +256,28 @@ mod tests {
                     ],
                 ),
                 host_ipc: true,
+                ..d()
+            },
+            PodOptions {
+                userns: Some(crate::idmap::IdMaps {
+                    uids: vec![crate::idmap::IdRange {
+                        container: 0,
+                        host: 100000,
+                        size: 65536,
+                    }],
+                    gids: vec![
+                        crate::idmap::IdRange {
+                            container: 0,
+                            host: 200000,
+                            size: 1,
+                        },
+                        crate::idmap::IdRange {
+                            container: 1,
+                            host: 300000,
+                            size: 65535,
+                        },
+                    ],
+                }),
                 ..d()
             },
         ];
@@ -363,6 +423,26 @@ mod tests {
                     (SYSCTLS_ANNOTATION, r#"{"a":1}"#),
                 ]),
                 Err(SYSCTLS_ANNOTATION),
+            ),
+            (
+                annotations(&[(UIDMAP_ANNOTATION, "0:100000:65536")]),
+                Err(UIDMAP_ANNOTATION),
+            ),
+            (
+                annotations(&[(UIDMAP_ANNOTATION, "0:1"), (GIDMAP_ANNOTATION, "0:1:1")]),
+                Err(UIDMAP_ANNOTATION),
+            ),
+            (
+                annotations(&[(UIDMAP_ANNOTATION, "0:1:1"), (GIDMAP_ANNOTATION, "x")]),
+                Err(GIDMAP_ANNOTATION),
+            ),
+            (
+                annotations(&[
+                    (UIDMAP_ANNOTATION, "0:1:1"),
+                    (GIDMAP_ANNOTATION, "0:1:1"),
+                    (NETWORK_ANNOTATION, "host"),
+                ]),
+                Err(UIDMAP_ANNOTATION),
             ),
         ];
         for (a, want) in cases {

@@ -9,6 +9,7 @@
 //! | path | what |
 //! | --- | --- |
 //! | `netns` | the pod's network namespace (bind mount) |
+//! | `userns` | the pinned user namespace of a pod with one of its own (bind mount) |
 //! | `ipc`, `uts` | the pinned IPC and UTS namespaces of a pod without an infra process |
 //! | `shm` | the pod's `/dev/shm` tmpfs |
 //! | `shim.log` | the shim's log |
@@ -136,6 +137,12 @@ impl PodDir {
     /// The pod's network namespace (bind mount).
     pub fn netns(&self) -> PathBuf {
         self.0.join("netns")
+    }
+
+    /// The pinned user namespace of a pod with one of its own (bind
+    /// mount); its network namespace, at [`PodDir::netns`], belongs to it.
+    pub fn userns(&self) -> PathBuf {
+        self.0.join("userns")
     }
 
     /// The pod's `/dev/shm` tmpfs.

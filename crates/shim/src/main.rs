@@ -19,6 +19,13 @@ fn main() -> anyhow::Result<()> {
             out.write_all(&bytes)?;
             out.flush()?;
         }
+        Action::ProbeIdmap => {
+            let dir = args
+                .bundle
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("probe-idmap needs -bundle"))?;
+            crius_shim::mount::probe_idmap(std::path::Path::new(dir))?;
+        }
         Action::Serve => {
             crius_shim::serve::serve(&args)?;
             // Exit at once: worker threads may still be blocked in calls.

@@ -56,6 +56,9 @@ pub struct PodOptions {
     pub hostname: String,
     /// The sysctls (pods without an infra process), sorted by name.
     pub sysctls: Vec<(String, String)>,
+    /// The pod's own user namespace, with these mappings: the shim makes
+    /// it and the netns (owned by it).
+    pub userns: Option<crius_shim_api::idmap::IdMaps>,
 }
 
 /// Reads the pod options from the request: the annotations' options (see
@@ -79,18 +82,25 @@ pub fn pod_options(
             )));
         }
     }
+    if o.userns.is_some() && !netns_path.is_empty() {
+        return Err(TaskError::Invalid(format!(
+            "a pod with its own user namespace gets its netns from the shim, not netns_path {netns_path:?}"
+        )));
+    }
     if o.netns_owned && netns_path.is_empty() {
         return Err(TaskError::Invalid(format!(
             "{NETNS_OWNED_ANNOTATION} without a netns_path"
         )));
     }
     Ok(PodOptions {
-        own_netns: !o.host_network && (netns_path.is_empty() || o.netns_owned),
+        own_netns: !o.host_network
+            && (netns_path.is_empty() || o.netns_owned || o.userns.is_some()),
         shm_size: (!o.host_ipc).then_some(o.shm_size),
         infra,
         host_network: o.host_network,
         hostname,
         sysctls,
+        userns: o.userns,
     })
 }
 
@@ -108,6 +118,8 @@ struct Pod {
     state_dir: PodDir,
     netns: Option<PathBuf>,
     own_netns: bool,
+    /// The pinned user namespace of a pod with one of its own.
+    userns: Option<PathBuf>,
     shm: Option<PathBuf>,
     /// Pinned IPC and UTS namespaces (pods without an infra process).
     ipc: Option<PathBuf>,
@@ -215,7 +227,17 @@ impl SandboxService {
             crius_store::private::dir(&d)
                 .map_err(|e| TaskError::Internal(format!("create {}: {e}", d.display())))?;
         }
-        let netns = if !req.netns_path.is_empty() {
+        let userns = opts.userns.as_ref().map(|_| pod_dir.userns());
+        let netns = if let (Some(maps), Some(at)) = (&opts.userns, &userns) {
+            let p = pod_dir.netns();
+            if let Err(e) = crate::idmap::pin_pod_namespaces(maps, at, &p) {
+                let _ = std::fs::remove_dir(state_dir);
+                return Err(TaskError::Internal(format!(
+                    "cannot make the pod's user namespace: {e}"
+                )));
+            }
+            Some(p)
+        } else if !req.netns_path.is_empty() {
             let p = PathBuf::from(&req.netns_path);
             if !crius_netns::netns::is_netns(&p) {
                 let _ = std::fs::remove_dir(state_dir);
@@ -240,6 +262,9 @@ impl SandboxService {
                 if let Some(n) = netns {
                     let _ = crius_netns::netns::remove(n);
                 }
+            }
+            if let Some(u) = &userns {
+                let _ = crius_netns::podns::unpin(u);
             }
         };
         let (ipc, uts) = if opts.infra {
@@ -278,6 +303,7 @@ impl SandboxService {
             state_dir: pod_dir,
             netns,
             own_netns: opts.own_netns,
+            userns,
             shm,
             ipc,
             uts,
@@ -399,6 +425,13 @@ impl SandboxService {
                         errors.push(format!("remove netns: {e}"));
                         p.netns = Some(n);
                     }
+                }
+            }
+            // After the netns, which belongs to it.
+            if let Some(u) = p.userns.take() {
+                if let Err(e) = crius_netns::podns::unpin(&u) {
+                    errors.push(format!("unpin {}: {e}", u.display()));
+                    p.userns = Some(u);
                 }
             }
             if errors.is_empty() {

@@ -113,6 +113,8 @@ pub fn serve(args: &Args) -> Result<(), ServeError> {
     let sock_dir = layout.socket_dir.clone();
     let own_socket = layout.socket(&args.address, &args.namespace, &args.id);
     let reaper = Reaper::start().map_err(|e| setup("reaper")(e.to_string()))?;
+    // The namespace holders of idmapped mounts are the reaper's children too.
+    crate::idmap::use_reaper(reaper.clone());
     let events_addr = std::env::var(TTRPC_ADDRESS_ENV).unwrap_or_default();
     let publisher = Publisher::start(&events_addr, &args.namespace);
     let (tx, rx) = channel();

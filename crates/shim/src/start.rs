@@ -259,7 +259,8 @@ fn clean_pod_dir(dir: &PodDir, errors: &mut Vec<String>) {
     if let Err(e) = crius_netns::netns::remove(&dir.netns()) {
         errors.push(format!("remove netns: {e}"));
     }
-    for pin in [dir.ipc(), dir.uts()] {
+    // After the netns, which belongs to it.
+    for pin in [dir.userns(), dir.ipc(), dir.uts()] {
         if let Err(e) = crius_netns::podns::unpin(&pin) {
             errors.push(format!("unpin {}: {e}", pin.display()));
         }
@@ -280,7 +281,8 @@ fn clean_pod_dir(dir: &PodDir, errors: &mut Vec<String>) {
 /// `delete`: cleans up after the dead shim of a task, as containerd asks
 /// with `-id ID -bundle BUNDLE delete`. Force-deletes the task with the
 /// runtime recorded at create (else the one of the environment) and
-/// unmounts the bundle's rootfs. For a pod (the id has a private directory
+/// unmounts the bundle's rootfs and the task's other mounts below the
+/// bundle. For a pod (the id has a private directory
 /// in the state root, or the bundle is a pause's), first the pod's other
 /// containers the runtime still has, and after it the pod's private
 /// directory. Returns the serialized DeleteResponse; fails (after doing
@@ -313,7 +315,7 @@ pub fn delete(args: &Args) -> Result<Vec<u8>, StartError> {
         }
         errors.extend(force_delete(&rec, &args.id).err());
     }
-    if let Err(e) = crate::mount::unmount_all(&bundle.join("rootfs")) {
+    if let Err(e) = crate::mount::unmount_task(&bundle) {
         errors.push(e.to_string());
     }
     if let Some(dir) = &pod {

@@ -233,7 +233,8 @@ impl Proc {
 struct Container {
     bundle: PathBuf,
     runc: Runc,
-    rootfs_mounted: bool,
+    /// The task's mounts (rootfs and others below the bundle) are made.
+    mounted: bool,
     /// The init is PID 1 of a pid namespace of its own: a SIGKILL to it
     /// takes every process of the container with it.
     own_pidns: bool,
@@ -501,14 +502,15 @@ impl Inner {
                 kind: m.type_.clone(),
                 source: m.source.clone(),
                 options: m.options.clone(),
+                target: m.target.clone(),
             })
             .collect();
-        let rootfs = bundle.join("rootfs");
-        mount::mount_rootfs(&mounts, &rootfs)?;
-        let mounted = !mounts.is_empty();
+        let mounted = mount::mount_task(&mounts, &bundle)?;
         let undo_mount = || {
             if mounted {
-                let _ = mount::unmount_all(&rootfs);
+                if let Err(e) = mount::unmount_task(&bundle) {
+                    tracing::warn!(container = %req.id, error = %e, "cannot undo the mounts");
+                }
             }
         };
         let mut prep = match pio::prepare(
@@ -561,7 +563,7 @@ impl Inner {
             Container {
                 bundle: bundle.clone(),
                 runc,
-                rootfs_mounted: mounted,
+                mounted,
                 own_pidns: spec_facts.own_pidns,
                 no_hooks: spec_facts.no_hooks,
                 init,
@@ -742,9 +744,9 @@ impl Inner {
         let c = g
             .get_mut(id)
             .ok_or_else(|| TaskError::NotFound(format!("container {id}")))?;
-        if c.rootfs_mounted {
-            mount::unmount_all(&c.bundle.join("rootfs"))?;
-            c.rootfs_mounted = false;
+        if c.mounted {
+            mount::unmount_task(&c.bundle)?;
+            c.mounted = false;
         }
         let pid = c.init.pid as u32;
         let (code, at) = c.init.exit.get().unwrap_or((128 + 9, now()));

@@ -325,6 +325,40 @@ pub fn with_mount_sources(
     spec
 }
 
+/// The directory below a container's bundle where the idmapped binds of a
+/// user-namespace pod's container are staged (`m<index>`).
+pub const IDMAP_STAGING: &str = "idmap";
+
+/// The bundle-relative place of the idmapped staging mount of the spec's
+/// mount number `index`.
+pub fn staged_bind_target(index: usize) -> String {
+    format!("{IDMAP_STAGING}/m{index}")
+}
+
+/// Points the binds a user-namespace pod's container gets idmapped
+/// ([`idmapped_binds`]; those with a source below `skip`, already idmapped
+/// mounts, stay) at their staging mounts below `bundle`
+/// ([`staged_bind_target`]). Returns the spec and, for each staged bind,
+/// its original source and bundle-relative staging target: what the
+/// shim is to bind idmapped, in the spec's order.
+pub fn stage_idmapped_binds(
+    spec: oci_spec::runtime::Spec,
+    bundle: &std::path::Path,
+    skip: &std::path::Path,
+) -> (oci_spec::runtime::Spec, Vec<(std::path::PathBuf, String)>) {
+    let mut staged = Vec::new();
+    let mut sources = Vec::new();
+    for (i, source, _) in idmapped_binds(&spec) {
+        if source.starts_with(skip) {
+            continue;
+        }
+        let target = staged_bind_target(i);
+        sources.push((i, bundle.join(&target)));
+        staged.push((source, target));
+    }
+    (with_mount_sources(spec, &sources), staged)
+}
+
 #[cfg(test)]
 mod mount_tests {
     use super::*;
@@ -381,5 +415,71 @@ mod mount_tests {
         let mut none = Spec::default();
         none.set_mounts(None);
         assert!(idmapped_binds(&none).is_empty());
+    }
+
+    #[test]
+    fn staging_paths_table() {
+        let bundle = std::path::Path::new("/run/c/1/bundle");
+        let skip = bundle.join("image-mounts");
+        let spec = || {
+            let mut spec = Spec::default();
+            spec.set_mounts(Some(vec![
+                mount("proc", "proc", "/proc"),
+                mount("bind", "/var/lib/data", "/data"),
+                mount("bind", "/sys", "/sys"),
+                mount("bind", "/run/c/1/bundle/image-mounts/0", "/img"),
+                mount("bind", "/etc/hosts-of-pod", "/etc/hosts"),
+            ]));
+            spec
+        };
+        // (skip, the spec's sources after, the staged (source, target))
+        let cases: Vec<(&std::path::Path, Vec<&str>, Vec<(&str, &str)>)> = vec![
+            (
+                &skip,
+                vec![
+                    "proc",
+                    "/run/c/1/bundle/idmap/m1",
+                    "/sys",
+                    "/run/c/1/bundle/image-mounts/0",
+                    "/run/c/1/bundle/idmap/m4",
+                ],
+                vec![
+                    ("/var/lib/data", "idmap/m1"),
+                    ("/etc/hosts-of-pod", "idmap/m4"),
+                ],
+            ),
+            (
+                std::path::Path::new("/nowhere"),
+                vec![
+                    "proc",
+                    "/run/c/1/bundle/idmap/m1",
+                    "/sys",
+                    "/run/c/1/bundle/idmap/m3",
+                    "/run/c/1/bundle/idmap/m4",
+                ],
+                vec![
+                    ("/var/lib/data", "idmap/m1"),
+                    ("/run/c/1/bundle/image-mounts/0", "idmap/m3"),
+                    ("/etc/hosts-of-pod", "idmap/m4"),
+                ],
+            ),
+        ];
+        for (skip, sources, staged) in cases {
+            let (out, got) = stage_idmapped_binds(spec(), bundle, skip);
+            let got_sources: Vec<PathBuf> = out
+                .mounts()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|m| m.source().clone().unwrap())
+                .collect();
+            let want: Vec<PathBuf> = sources.into_iter().map(PathBuf::from).collect();
+            assert_eq!(got_sources, want, "{skip:?}");
+            let want: Vec<(PathBuf, String)> = staged
+                .into_iter()
+                .map(|(s, t)| (PathBuf::from(s), t.to_string()))
+                .collect();
+            assert_eq!(got, want, "{skip:?}");
+        }
     }
 }

@@ -23,7 +23,7 @@ pub mod version;
 /// could not raise privileges anyway (no_new_privs, the pause), `nodev`
 /// where the container has no business with device nodes in its rootfs
 /// (`/dev` is a tmpfs of its own). A user namespace pod's overlay is always
-/// mounted with both (see `userns::idmapped_rootfs`).
+/// mounted with both (by the shim, `crius_shim::mount`).
 pub fn harden_rootfs(
     mut mounts: Vec<crius_image::Mount>,
     nodev: bool,

@@ -1,214 +1,55 @@
-//! Pod user namespaces on the host: the start-up probe, user namespace
-//! file descriptors, idmapped mounts and their clean-up.
+//! Pod user namespaces: the start-up probe, the handlers that can have
+//! them, and what criusd hands the shim for a pod or container with one.
 //!
 //! The OCI runtime here (runc 1.1) can put a container into a user
-//! namespace but cannot make idmapped mounts, so criusd makes them itself
-//! (`open_tree(OPEN_TREE_CLONE)` + `mount_setattr(MOUNT_ATTR_IDMAP)` +
-//! `move_mount`). overlayfs cannot be idmapped itself but can be made of
-//! idmapped layers: each image layer of the container's rootfs is bound
-//! idmapped under the container's state directory (`idmap/...`) and the
-//! overlay, made here on the bundle's `rootfs` (the shim then gets no
-//! rootfs mounts to make), stacks those; its upper layer belongs to the
-//! pod's root. The sources of the container's bind mounts (volumes, the
-//! pod's hosts/resolv.conf/hostname, /dev/shm) are staged idmapped under
-//! `idmap/m<n>`, where the spec then points. Every one of these mounts lies
-//! below the container's (or pod's) state directory, and [`unmount_below`]
-//! removes them all on remove and on every rollback, before any directory
-//! is deleted.
+//! namespace but cannot make idmapped mounts; the shim makes them
+//! (`crius_shim_api::idmap`), criusd makes none. For a pod with mode POD
+//! the shim makes and pins the pod's user namespace and a network
+//! namespace it owns (pod options), and every task mount that must be
+//! idmapped carries the pod's mappings as `uidmap=`/`gidmap=` options: the
+//! rootfs overlay (stacked on idmapped binds of its layers, its upper layer
+//! the pod root's), the sources of the container's bind mounts (volumes,
+//! the pod's hosts/resolv.conf/hostname, /dev/shm), bound idmapped at
+//! `<bundle>/idmap/m<n>`, where the spec then points
+//! ([`crius_spec::edit::stage_idmapped_binds`]), and image volumes. All of
+//! them lie below the bundle; the shim unmounts them on task delete (its
+//! `delete` action after a dead shim).
 
 use crate::errors::CriError;
+use crate::shimclient::TaskMount;
+use crius_shim_api::idmap::{IdMaps, IdRange};
 use crius_spec::userns::Mappings;
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const AT_RECURSIVE: libc::c_uint = 0x8000;
-const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-
-/// `struct mount_attr` of mount_setattr(2).
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-fn cpath(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path with a NUL byte"))
-}
-
-fn check(r: libc::c_long, what: &str, path: &Path) -> io::Result<libc::c_long> {
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        Err(io::Error::new(
-            e.kind(),
-            format!("{what} {}: {e}", path.display()),
-        ))
-    } else {
-        Ok(r)
+/// The pod's mappings in the shim's terms.
+pub fn id_maps(maps: &Mappings) -> IdMaps {
+    let ranges = |v: &[crius_spec::userns::IdMap]| {
+        v.iter()
+            .map(|m| IdRange {
+                container: m.container_id,
+                host: m.host_id,
+                size: m.size,
+            })
+            .collect()
+    };
+    IdMaps {
+        uids: ranges(&maps.uids),
+        gids: ranges(&maps.gids),
     }
 }
 
-/// A detached copy of the mount at `path` (recursive: with its submounts).
-fn clone_tree(path: &Path, recursive: bool) -> io::Result<OwnedFd> {
-    let c = cpath(path)?;
-    let flags = OPEN_TREE_CLONE
-        | libc::O_CLOEXEC as libc::c_uint
-        | if recursive { AT_RECURSIVE } else { 0 };
-    // SAFETY: open_tree(2) with a valid NUL-terminated path; the result is
-    // a new file descriptor that we own.
-    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
-    let fd = check(fd, "open_tree", path)?;
-    // SAFETY: fd is a fresh descriptor returned by the kernel.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Makes the detached mount `tree` idmapped with the mappings of `userns`.
-fn set_idmap(
-    tree: BorrowedFd<'_>,
-    userns: BorrowedFd<'_>,
-    recursive: bool,
-    what: &Path,
-) -> io::Result<()> {
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
-    };
-    let empty = c"";
-    let flags = libc::AT_EMPTY_PATH as libc::c_uint | if recursive { AT_RECURSIVE } else { 0 };
-    // SAFETY: mount_setattr(2) on a descriptor we hold, with a properly
-    // sized, initialised struct mount_attr.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            flags,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    check(r, "mount_setattr(MOUNT_ATTR_IDMAP)", what).map(|_| ())
-}
-
-/// Attaches the detached mount `tree` on `target`.
-fn attach(tree: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
-    let c = cpath(target)?;
-    let empty = c"";
-    // SAFETY: move_mount(2) from a descriptor we hold to a valid path.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    check(r, "move_mount", target).map(|_| ())
-}
-
-/// A child in new namespaces (`flags`: CLONE_NEWUSER, maybe more), its
-/// uid/gid maps written. The caller kills it once it has what it needs.
-fn ns_holder(maps: &Mappings, flags: libc::c_int) -> io::Result<std::process::Child> {
-    let sleep = ["/bin/sleep", "/usr/bin/sleep"]
+/// `mounts` (the image rootfs) as idmapped task mounts: the pod's mappings
+/// added to each one's options.
+fn idmapped_rootfs(mounts: Vec<crius_image::Mount>, maps: &IdMaps) -> Vec<TaskMount> {
+    mounts
         .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or("sleep");
-    let mut cmd = std::process::Command::new(sleep);
-    cmd.arg("60")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    // SAFETY: the closure only calls unshare(2), which is async-signal-safe.
-    // With CLONE_NEWUSER the user namespace is made first and owns the
-    // other new namespaces.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::unshare(flags) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn()?;
-    let proc = PathBuf::from(format!("/proc/{}", child.id()));
-    let written = std::fs::write(proc.join("uid_map"), Mappings::map_text(&maps.uids))
-        .and_then(|()| std::fs::write(proc.join("gid_map"), Mappings::map_text(&maps.gids)));
-    if let Err(e) = written {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("writing the id maps: {e}"),
-        ));
-    }
-    Ok(child)
-}
-
-/// A user namespace with `maps`, held by the returned descriptor.
-pub fn new_userns(maps: &Mappings) -> io::Result<OwnedFd> {
-    let mut child = ns_holder(maps, libc::CLONE_NEWUSER)?;
-    let f = std::fs::File::open(format!("/proc/{}/ns/user", child.id()));
-    let _ = child.kill();
-    let _ = child.wait();
-    Ok(OwnedFd::from(f?))
-}
-
-/// The pod's user namespace (`userns`) and a network namespace owned by it
-/// (`netns`), both kept by bind mounts at these paths. A network namespace
-/// of the host's user namespace would not do: runc 1.1 joins the user
-/// namespace first and may then no longer enter it. Returns a descriptor
-/// of the user namespace.
-pub fn pin_pod_namespaces(maps: &Mappings, userns: &Path, netns: &Path) -> io::Result<OwnedFd> {
-    let mut child = ns_holder(maps, libc::CLONE_NEWUSER | libc::CLONE_NEWNET)?;
-    let proc = PathBuf::from(format!("/proc/{}", child.id()));
-    let result = (|| {
-        for (kind, at) in [("user", userns), ("net", netns)] {
-            if let Some(parent) = at.parent() {
-                crius_store::private::dir(parent)?;
-            }
-            crius_store::private::file_options()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(at)?;
-            nix::mount::mount(
-                Some(&proc.join("ns").join(kind)),
-                at,
-                None::<&str>,
-                nix::mount::MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(|e| {
-                io::Error::other(format!(
-                    "bind the {kind} namespace on {}: {e}",
-                    at.display()
-                ))
-            })?;
-        }
-        crius_netns::netns::loopback_up(netns).map_err(io::Error::other)?;
-        Ok(OwnedFd::from(std::fs::File::open(userns)?))
-    })();
-    let _ = child.kill();
-    let _ = child.wait();
-    if result.is_err() {
-        for at in [netns, userns] {
-            let _ = nix::mount::umount2(at, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-    result
+        .map(|mut m| {
+            m.options.extend(maps.options());
+            TaskMount::rootfs(m)
+        })
+        .collect()
 }
 
 /// Mode of `<state>/sandboxes` and `<state>/containers`: runc, as the root
@@ -232,189 +73,13 @@ pub fn let_pod_root_traverse(dirs: &[&Path]) -> io::Result<()> {
     Ok(())
 }
 
-/// Where a pod's pinned user and network namespaces are.
-pub fn pod_ns_paths(sandbox_state: &Path) -> (PathBuf, PathBuf) {
-    (sandbox_state.join("userns"), sandbox_state.join("netns"))
-}
-
-/// Opens a pod's pinned user namespace, checked to be another one than
-/// criusd's own.
-pub fn open_userns(path: &Path) -> io::Result<OwnedFd> {
-    use std::os::unix::fs::MetadataExt;
-    let f = std::fs::File::open(path)?;
-    let own = std::fs::metadata("/proc/self/ns/user")?;
-    let theirs = f.metadata()?;
-    if (own.dev(), own.ino()) == (theirs.dev(), theirs.ino()) || theirs.dev() != own.dev() {
-        return Err(io::Error::other(format!(
-            "{} is not a pod user namespace",
-            path.display()
-        )));
-    }
-    Ok(OwnedFd::from(f))
-}
-
-/// Mounts `source` (a directory or a file) idmapped on `target` (made as
-/// an empty directory or file of the same kind).
-pub fn idmapped_bind(source: &Path, target: &Path, userns: BorrowedFd<'_>) -> io::Result<()> {
-    let meta = std::fs::metadata(source)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", source.display())))?;
-    // Private mount points (the mount covers their modes).
-    if let Some(parent) = target.parent() {
-        crius_store::private::dir(parent)?;
-    }
-    if meta.is_dir() {
-        crius_store::private::dir(target)?;
-    } else {
-        crius_store::private::file_options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(target)?;
-    }
-    let tree = clone_tree(source, true)?;
-    set_idmap(tree.as_fd(), userns, true, source)?;
-    attach(tree.as_fd(), target)
-}
-
-/// Mounts the image rootfs (`mounts`: one overlay) on `target` for a user
-/// namespace: overlayfs itself cannot be idmapped, but it can sit on
-/// idmapped layers, so each lower layer is bound idmapped below `staging`
-/// (`l<n>`) and the overlay is made of those; the upper layer (the
-/// container's own) stays as it is, with its root directory given to the
-/// pod's root (`root`: host uid and gid), so what the container writes is
-/// stored with the pod's host ids. On failure nothing stays mounted.
-pub fn idmapped_rootfs(
-    mounts: &[crius_image::Mount],
-    staging: &Path,
-    target: &Path,
-    userns: BorrowedFd<'_>,
-    root: (u32, u32),
-) -> io::Result<()> {
-    let [m] = mounts else {
-        return Err(io::Error::other(format!(
-            "{} rootfs mounts; user namespaces need exactly one overlay",
-            mounts.len()
-        )));
-    };
-    if m.kind != "overlay" {
-        return Err(io::Error::other(format!(
-            "a {:?} rootfs; user namespaces need an overlay",
-            m.kind
-        )));
-    }
-    let result = (|| {
-        let mut options = Vec::with_capacity(m.options.len());
-        let mut upper = None;
-        // Reachable by host users (its state directories are 0711, see
-        // let_pod_root_traverse): never setuid files or device nodes on the
-        // host. Inside the pod's user namespace these flags are locked on
-        // runc's bind of the rootfs anyway.
-        let flags = nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV;
-        for o in &m.options {
-            if o == "nosuid" || o == "nodev" {
-                continue;
-            }
-            if let Some(lower) = o.strip_prefix("lowerdir=") {
-                let mut staged = Vec::new();
-                for (i, dir) in lower.split(':').enumerate() {
-                    let at = staging.join(format!("l{i}"));
-                    idmapped_bind(Path::new(dir), &at, userns)?;
-                    staged.push(at.display().to_string());
-                }
-                options.push(format!("lowerdir={}", staged.join(":")));
-            } else {
-                if let Some(u) = o.strip_prefix("upperdir=") {
-                    upper = Some(PathBuf::from(u));
-                }
-                options.push(o.clone());
-            }
-        }
-        if let Some(u) = &upper {
-            std::os::unix::fs::chown(u, Some(root.0), Some(root.1))
-                .map_err(|e| io::Error::new(e.kind(), format!("chown {}: {e}", u.display())))?;
-        }
-        crius_store::private::dir(target)?;
-        let data = options.join(",");
-        // The staged layers `l<n>` share their parent: many layers mount
-        // with relative lower dirs (see crius_store::overlay).
-        crius_store::overlay::mount_overlay(&m.source, target, flags.bits(), &data).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("mount overlay on {}: {e}", target.display()),
-            )
-        })
-    })();
-    if result.is_err() {
-        unmount_below(target);
-        unmount_below(staging);
-    }
-    result
-}
-
-/// Unmounts every mount on or below `dir` (deepest first, lazily), so that
-/// removing the directory can never reach into a mounted source.
-pub fn unmount_below(dir: &Path) {
-    for _ in 0..8 {
-        let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-            return;
-        };
-        let mut points = mount_points_below(&info, dir);
-        if points.is_empty() {
-            return;
-        }
-        points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-        for p in points {
-            if let Err(e) = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
-                tracing::warn!(path = %p.display(), error = %e, "cannot unmount");
-            }
-        }
-    }
-}
-
-/// The mount points in mountinfo text that are `dir` or lie below it.
-pub fn mount_points_below(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
-    mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape)
-        .map(PathBuf::from)
-        .filter(|p| p.starts_with(dir))
-        .collect()
-}
-
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Whether the kernel can make idmapped overlay mounts here: tried once,
-/// at start-up, on a scratch overlay under `state`. The error says what
-/// failed.
-pub fn kernel_probe(state: &Path) -> &'static Result<(), String> {
-    static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
+/// The result of the start-up probe: whether the kernel can make
+/// idmapped overlay mounts here (the error says what failed). The shim
+/// binary (`shim_path`, as configured) tries, once, in a scratch directory
+/// below `state`; later calls give the first answer.
+pub fn kernel_probe_with(state: &Path, shim_path: &str) -> &'static Result<(), String> {
     PROBE.get_or_init(|| {
-        let dir = state.join("userns-probe");
-        // Leftovers of a probe that was cut short go first.
-        unmount_below(&dir);
-        let _ = std::fs::remove_dir_all(&dir);
-        let r = probe_in(&dir);
-        unmount_below(&dir);
-        let _ = std::fs::remove_dir_all(&dir);
+        let r = run_probe(state, shim_path);
         match &r {
             Ok(()) => tracing::info!("idmapped overlay mounts work: user namespaces available"),
             Err(e) => tracing::warn!(error = %e, "idmapped mounts do not work: no user namespaces"),
@@ -423,51 +88,28 @@ pub fn kernel_probe(state: &Path) -> &'static Result<(), String> {
     })
 }
 
-fn probe_in(dir: &Path) -> Result<(), String> {
-    const BASE: u32 = 3_000_000_000;
-    let map = crius_spec::userns::IdMap {
-        container_id: 0,
-        host_id: BASE,
-        size: 65536,
-    };
-    let maps = Mappings {
-        uids: vec![map],
-        gids: vec![map],
-    };
-    let err = |e: io::Error| e.to_string();
-    for d in ["lower", "upper", "work", "staging", "merged"] {
-        crius_store::private::dir(&dir.join(d)).map_err(err)?;
+static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// [`kernel_probe_with`] with the shim binary found as by default, unless
+/// the probe ran already (criusd runs it at start-up).
+pub fn kernel_probe(state: &Path) -> &'static Result<(), String> {
+    kernel_probe_with(state, "")
+}
+
+fn run_probe(state: &Path, shim_path: &str) -> Result<(), String> {
+    let binary = crius_shim_api::launch::find_binary(shim_path).map_err(|e| e.to_string())?;
+    let dir = state.join("userns-probe");
+    let out = std::process::Command::new(&binary)
+        .args(crius_shim_api::launch::probe_idmap_args(&dir))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("{}: {e}", binary.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        Err(err.trim().chars().take(1024).collect())
     }
-    std::fs::write(dir.join("lower/file"), b"").map_err(err)?;
-    let ns = new_userns(&maps).map_err(|e| format!("user namespace: {e}"))?;
-    let overlay = crius_image::Mount {
-        kind: "overlay".into(),
-        source: "overlay".into(),
-        options: vec![
-            format!("lowerdir={}", dir.join("lower").display()),
-            format!("upperdir={}", dir.join("upper").display()),
-            format!("workdir={}", dir.join("work").display()),
-        ],
-    };
-    idmapped_rootfs(
-        &[overlay],
-        &dir.join("staging"),
-        &dir.join("merged"),
-        ns.as_fd(),
-        (BASE, BASE),
-    )
-    .map_err(err)?;
-    // The host root's file of the lower layer shows as the pod's root's.
-    use std::os::unix::fs::MetadataExt;
-    let owner = std::fs::metadata(dir.join("merged/file"))
-        .map(|m| m.uid())
-        .map_err(err)?;
-    if owner != BASE {
-        return Err(format!(
-            "a file of an idmapped layer shows as owned by {owner}, not by the mapped root"
-        ));
-    }
-    Ok(())
 }
 
 /// Whether the OCI runtime at `path` can run containers in user
@@ -522,10 +164,6 @@ fn spec_error(e: crius_spec::SpecError) -> CriError {
     crate::errors::spec_status(e)
 }
 
-fn mount_failed(what: &str, e: io::Error) -> CriError {
-    CriError::failed_precondition(format!("cannot make the idmapped mount of {what}: {e}"))
-}
-
 /// The host uid and gid of the pod's root.
 fn pod_root(maps: &Mappings) -> Result<(u32, u32), CriError> {
     match (maps.host_uid(0), maps.host_gid(0)) {
@@ -565,163 +203,110 @@ pub async fn check_pod(
     Ok(maps)
 }
 
-/// What a pod with mode POD hands the shim: its own network namespace.
+/// What a pod with mode POD hands the shim.
 pub struct PauseSetup {
     /// The pause spec.
     pub spec: oci_spec::runtime::Spec,
-    /// The rootfs mounts the shim makes (none when made here).
-    pub mounts: Vec<crius_image::Mount>,
-    /// The network namespace the shim uses instead of making one.
-    pub netns: Option<PathBuf>,
+    /// The rootfs mounts the shim makes (idmapped for mode POD).
+    pub mounts: Vec<TaskMount>,
+    /// The mappings of the pod's user namespace, which the shim makes with
+    /// a network namespace it owns (pod options).
+    pub userns: Option<IdMaps>,
 }
 
-/// The pause container of a pod with mode POD: the pod's user namespace
-/// and a network namespace it owns are made and pinned in `state_dir`, the
-/// spec joins that user namespace with the pod's mappings, and the pause
-/// rootfs is mounted idmapped on `bundle/rootfs` here (so the shim gets no
-/// rootfs mounts). Anything else is handed back unchanged.
+/// The pause container of a pod with mode POD: the spec joins the pod's
+/// user namespace, which the shim makes and pins at `userns` (with a
+/// network namespace it owns) at CreateSandbox, with the pod's mappings,
+/// and the pause rootfs is mounted idmapped by the shim. Anything else is
+/// handed back unchanged.
 pub async fn pause(
     config: &k8s_cri::v1::PodSandboxConfig,
     spec: oci_spec::runtime::Spec,
     mounts: Vec<crius_image::Mount>,
     state_dir: &Path,
     bundle: &Path,
+    userns: &Path,
 ) -> Result<PauseSetup, CriError> {
     let Some(maps) = crius_spec::userns::pod_mappings(config).map_err(spec_error)? else {
         return Ok(PauseSetup {
             spec,
-            mounts,
-            netns: None,
+            mounts: mounts.into_iter().map(TaskMount::rootfs).collect(),
+            userns: None,
         });
     };
-    let (userns, netns) = pod_ns_paths(state_dir);
+    pod_root(&maps)?;
     let join = userns.display().to_string();
     let spec = crius_spec::userns::apply(spec, &maps, Some(&join)).map_err(spec_error)?;
-    let staging = state_dir.join(crate::paths::IDMAP);
-    let target = bundle.join("rootfs");
-    let root = pod_root(&maps)?;
-    let ns_path = netns.clone();
+    let ids = id_maps(&maps);
+    // runc, as the pod's root, reaches the rootfs by path.
     let traverse = [state_dir.to_path_buf(), bundle.to_path_buf()];
-    tokio::task::spawn_blocking(move || {
-        let ns = pin_pod_namespaces(&maps, &userns, &ns_path).map_err(|e| {
-            CriError::internal(format!("cannot make the pod's user namespace: {e}"))
-        })?;
-        idmapped_rootfs(&mounts, &staging, &target, ns.as_fd(), root)
-            .map_err(|e| mount_failed("the pause rootfs", e))?;
-        // Last: making the pins and mount points above narrows their
-        // parents to 0700 again.
-        let dirs: Vec<&Path> = traverse.iter().map(PathBuf::as_path).collect();
-        let_pod_root_traverse(&dirs)
-            .map_err(|e| CriError::internal(format!("state directories: {e}")))
-    })
-    .await
-    .map_err(|e| CriError::internal(format!("idmapped mounts: {e}")))??;
+    traverse_dirs(traverse.to_vec()).await?;
     Ok(PauseSetup {
         spec,
-        mounts: Vec::new(),
-        netns: Some(netns),
+        mounts: idmapped_rootfs(mounts, &ids),
+        userns: Some(ids),
     })
 }
 
+async fn traverse_dirs(dirs: Vec<PathBuf>) -> Result<(), CriError> {
+    tokio::task::spawn_blocking(move || {
+        let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+        let_pod_root_traverse(&dirs)
+    })
+    .await
+    .map_err(|e| CriError::internal(format!("state directories: {e}")))?
+    .map_err(|e| CriError::internal(format!("state directories: {e}")))
+}
+
 /// A container of a pod with mode POD: its spec joins the pod's user
-/// namespace (the pause's, pinned in the pod's state directory) with the
-/// pod's mappings, the sources of its bind mounts are
-/// staged idmapped under `state_dir/idmap`, and its rootfs is mounted
-/// idmapped on `bundle/rootfs` (so the shim gets no rootfs mounts).
-/// Containers of other pods are handed back unchanged, after checking that
-/// they ask for no user namespace of their own.
+/// namespace (pinned by the shim at `userns`) with the pod's mappings, the
+/// sources of its bind mounts point at their idmapped staging mounts
+/// below `bundle` (image volumes, idmapped overlays already, excepted),
+/// and the returned task mounts have the shim make those and the idmapped
+/// rootfs. Containers of other pods are handed back unchanged (their
+/// rootfs as the task's mounts), after checking that they ask for no user
+/// namespace of their own.
 pub async fn container(
-    sandbox_state: &Path,
+    userns: &Path,
     sandbox: &crius_store::SandboxRecord,
     config: &k8s_cri::v1::ContainerConfig,
     spec: oci_spec::runtime::Spec,
     mounts: Vec<crius_image::Mount>,
     state_dir: &Path,
     bundle: &Path,
-) -> Result<(oci_spec::runtime::Spec, Vec<crius_image::Mount>), CriError> {
+) -> Result<(oci_spec::runtime::Spec, Vec<TaskMount>), CriError> {
     let pod_config = crate::domain::sandbox::view::stored_config(sandbox);
     let maps = crius_spec::userns::pod_mappings(&pod_config).map_err(spec_error)?;
     crius_spec::userns::check_container(config, maps.as_ref()).map_err(spec_error)?;
     let Some(maps) = maps else {
-        return Ok((spec, mounts));
+        return Ok((spec, mounts.into_iter().map(TaskMount::rootfs).collect()));
     };
-    let (userns, _) = pod_ns_paths(sandbox_state);
+    pod_root(&maps)?;
     let join = userns.display().to_string();
     let spec = crius_spec::userns::apply(spec, &maps, Some(&join)).map_err(spec_error)?;
+    let ids = id_maps(&maps);
     // Image volumes are overlays of idmapped layers already (see
     // container::image_mounts): an overlay cannot be idmapped again.
-    let image_mounts = state_dir.join(crate::domain::container::image_mounts::IMAGE_MOUNTS_DIR);
-    let binds: Vec<_> = crius_spec::edit::idmapped_binds(&spec)
+    let image_mounts = bundle.join(crate::domain::container::image_mounts::IMAGE_MOUNTS_DIR);
+    let (spec, staged) = crius_spec::edit::stage_idmapped_binds(spec, bundle, &image_mounts);
+    let mut out: Vec<TaskMount> = staged
         .into_iter()
-        .filter(|(_, source, _)| !source.starts_with(&image_mounts))
+        .map(|(source, target)| {
+            let mut options = vec!["rbind".to_string()];
+            options.extend(ids.options());
+            TaskMount {
+                mount: crius_image::Mount {
+                    kind: "bind".into(),
+                    source: source.display().to_string(),
+                    options,
+                },
+                target,
+            }
+        })
         .collect();
-    let idmap = state_dir.join(crate::paths::IDMAP);
-    let target = bundle.join("rootfs");
-    let root = pod_root(&maps)?;
+    out.extend(idmapped_rootfs(mounts, &ids));
     // runc, as the pod's root, reaches the rootfs and the staged bind
     // mount sources by path.
-    let traverse = [state_dir.to_path_buf(), bundle.to_path_buf(), idmap.clone()];
-    let staged = tokio::task::spawn_blocking(move || {
-        let ns = open_userns(&userns).map_err(|e| {
-            CriError::failed_precondition(format!("the pod's user namespace is not there: {e}"))
-        })?;
-        let mut staged = Vec::with_capacity(binds.len());
-        for (i, source, dest) in binds {
-            let at = idmap.join(format!("m{i}"));
-            idmapped_bind(&source, &at, ns.as_fd()).map_err(|e| {
-                mount_failed(&format!("{} (for {})", source.display(), dest.display()), e)
-            })?;
-            staged.push((i, at));
-        }
-        idmapped_rootfs(&mounts, &idmap.join("rootfs"), &target, ns.as_fd(), root)
-            .map_err(|e| mount_failed("the container rootfs", e))?;
-        // Last: making the mount points above narrows their parents to
-        // 0700 again.
-        crius_store::private::dir(&idmap)
-            .map_err(|e| CriError::internal(format!("state directories: {e}")))?;
-        let dirs: Vec<&Path> = traverse.iter().map(PathBuf::as_path).collect();
-        let_pod_root_traverse(&dirs)
-            .map_err(|e| CriError::internal(format!("state directories: {e}")))?;
-        Ok::<_, CriError>(staged)
-    })
-    .await
-    .map_err(|e| CriError::internal(format!("idmapped mounts: {e}")))??;
-    Ok((
-        crius_spec::edit::with_mount_sources(spec, &staged),
-        Vec::new(),
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mount_points_below_a_directory() {
-        let info = "22 1 254:0 / / rw - ext4 /dev/vda rw\n\
-                    40 22 0:40 / /run/crius/containers/abc/bundle/rootfs rw,idmapped - overlay overlay rw\n\
-                    41 22 0:41 /vol /run/crius/containers/abc/idmap/0 rw,idmapped - ext4 /dev/vda rw\n\
-                    42 22 0:42 / /run/crius/containers/abcd/bundle/rootfs rw - overlay overlay rw\n\
-                    43 22 0:43 / /run/crius/containers/abc/idmap/with\\040space rw - tmpfs t rw\n";
-        let cases = [
-            (
-                "/run/crius/containers/abc",
-                vec![
-                    "/run/crius/containers/abc/bundle/rootfs",
-                    "/run/crius/containers/abc/idmap/0",
-                    "/run/crius/containers/abc/idmap/with space",
-                ],
-            ),
-            (
-                "/run/crius/containers/abcd",
-                vec!["/run/crius/containers/abcd/bundle/rootfs"],
-            ),
-            ("/run/crius/containers/ab", vec![]),
-        ];
-        for (dir, want) in cases {
-            let got = mount_points_below(info, Path::new(dir));
-            let want: Vec<PathBuf> = want.into_iter().map(PathBuf::from).collect();
-            assert_eq!(got, want, "{dir}");
-        }
-    }
+    traverse_dirs(vec![state_dir.to_path_buf(), bundle.to_path_buf()]).await?;
+    Ok((spec, out))
 }

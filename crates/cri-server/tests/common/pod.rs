@@ -227,6 +227,15 @@ pub fn shim_pids(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The pid of the shim of pod `pod_id` of the test environment in `dir`
+/// (its command line names the pod).
+pub fn shim_pid_of(dir: &Path, pod_id: &str) -> Option<i32> {
+    processes_mentioning(&dir.display().to_string())
+        .into_iter()
+        .filter(|p| p.contains("containerd-shim-crius-v2") && p.contains(pod_id))
+        .find_map(|p| p.split(':').next().and_then(|pid| pid.parse().ok()))
+}
+
 /// The cgroup (below every hierarchy's root) that test pods go into:
 /// `crius-test`, or `$CRIUS_TEST_CGROUP` so that two test runs on one
 /// machine do not kill each other's containers.

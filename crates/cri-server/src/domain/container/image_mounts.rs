@@ -1,18 +1,20 @@
 //! Images mounted into a container besides its root filesystem, and the
-//! content of the image's own `VOLUME`s.
+//! content of the image's own `VOLUME`s. criusd mounts none of them: it
+//! hands the shim the mounts to make at task Create (`TaskMount`s with a
+//! target below the bundle), which it unmounts on task delete.
 //!
 //! - Image volumes (KEP-4639, CRI `Mount.image`): each image is mounted
 //!   read-only on the host (an overlay of its layers, no upper layer:
 //!   read-only by construction; `nosuid,nodev`) at
-//!   `<state>/containers/<id>/image-mounts/<n>`, which becomes the host path
-//!   of an ordinary read-only bind mount. crius-image records the layers
-//!   with the container's writable layer, so that RemoveImage (which, as in
-//!   containerd, removes the image's record and succeeds) leaves them until
-//!   the container is removed. Every mount lies below the container's state
-//!   directory, which RemoveContainer and every CreateContainer rollback
-//!   unmount (`userns::unmount_below`) before deleting anything; the
-//!   container record is written before the first mount, so after a crash
-//!   the container is there to be removed, mounts included. Unlike
+//!   `<state>/containers/<id>/bundle/image-mounts/<n>`, which becomes the
+//!   host path of an ordinary read-only bind mount. crius-image records the
+//!   layers with the container's writable layer, so that RemoveImage
+//!   (which, as in containerd, removes the image's record and succeeds)
+//!   leaves them until the container is removed. The shim makes the mounts
+//!   with the task and unmounts them with it (after a dead shim, its
+//!   `delete` action, which RemoveContainer and every CreateContainer
+//!   rollback run); the container record is written before, so after a
+//!   crash the container is there to be removed, mounts included. Unlike
 //!   containerd, which mounts an image once per pod, each container gets
 //!   its own mount: the mount lives and dies with the container. In a pod
 //!   with its own user namespace the overlay is made of idmapped binds of
@@ -20,12 +22,16 @@
 //! - Image `VOLUME`s: as containerd does, the content the image has at a
 //!   volume's path is copied into the container's fresh volume directory
 //!   (ownership, modes and times kept, hard links kept as links; symbolic
-//!   links copied as links, never followed; no extended attributes; the volume's path resolved inside the image as if the
-//!   image were `/`), from a read-only overlay of the image's layers made
-//!   for the copy and removed after it.
+//!   links copied as links, never followed; no extended attributes; the
+//!   volume's path resolved inside the image as if the image were `/`),
+//!   from a read-only overlay of the image's layers the shim makes at task
+//!   Create (`bundle/volume-src`, kept until the task is deleted); the copy
+//!   runs after the runtime's create, before the container's process can
+//!   start.
 
 use crate::daemon::Daemon;
 use crate::errors::{internal, invalid_field, spec_status, CriError};
+use crate::shimclient::TaskMount;
 use k8s_cri::v1::ContainerConfig;
 use std::ffi::OsString;
 use std::io;
@@ -44,33 +50,33 @@ pub const VOLUME_COPY_MAX_DEPTH: usize = 256;
 /// the kernel's limit).
 const MAX_SYMLINKS: usize = 40;
 
-/// Mounts the image volumes of container `id` (the CRI mounts with an
-/// `image`) below `state` and returns the config the spec is to be built
-/// from, in which they are read-only binds of those mounts; `None` when
-/// the container has none. The image must be present (kubelet pulls it):
-/// an absent one is NotFound, as in containerd. On failure the mounts made
-/// so far stay for the caller's rollback (they lie below `state`).
-pub async fn mount_image_volumes(
+/// The image volumes of container `id` (the CRI mounts with an `image`):
+/// returns the config the spec is to be built from, in which they are
+/// read-only binds of mounts below `bundle` (`image-mounts/<n>`), and
+/// those mounts, read-only overlays of the images' layers that the shim
+/// makes at task Create (idmapped layers in a pod with its own user
+/// namespace); `None` when the container has none. The image must be
+/// present (kubelet pulls it): an absent one is NotFound, as in
+/// containerd.
+pub async fn image_volume_mounts(
     daemon: &Daemon,
     id: &str,
     config: &ContainerConfig,
     sandbox: &crius_store::SandboxRecord,
-    state: &Path,
-) -> Result<Option<ContainerConfig>, CriError> {
+    bundle: &Path,
+) -> Result<Option<(ContainerConfig, Vec<TaskMount>)>, CriError> {
     let requests = crius_spec::images::image_mount_requests(&config.mounts).map_err(spec_status)?;
     if requests.is_empty() {
         return Ok(None);
     }
     // A pod with its own user namespace: overlayfs cannot be idmapped as
-    // a whole, so the layers are bound idmapped (below
-    // `image-mounts/<n>-layers`) and the overlay is made of those, as for
-    // the rootfs; `userns::container` then leaves these sources alone.
+    // a whole, so the shim binds the layers idmapped and makes the overlay
+    // of those, as for the rootfs; `userns::container` then leaves these
+    // sources alone.
     let pod_config = crate::domain::sandbox::view::stored_config(sandbox);
-    let userns = crius_spec::userns::pod_mappings(&pod_config)
+    let maps = crius_spec::userns::pod_mappings(&pod_config)
         .map_err(spec_status)?
-        .map(|_| {
-            crate::domain::userns::pod_ns_paths(&daemon.paths.sandbox_state(&sandbox.metadata.id)).0
-        });
+        .map(|m| crate::domain::userns::id_maps(&m));
     for r in &requests {
         let present = daemon.images.resolve(&r.image).map_err(|e| {
             crate::errors::image_error(e, &format!("config.mounts[{}].image.image", r.index))
@@ -88,44 +94,26 @@ pub async fn mount_image_volumes(
         .prepare_image_mounts(id, &images)
         .await
         .map_err(|e| crate::errors::image_error(e, "config.mounts"))?;
-    let base = state.join(IMAGE_MOUNTS_DIR);
-    let jobs: Vec<(usize, Vec<String>)> = requests
-        .iter()
-        .zip(layers)
-        .map(|(r, (_, lower))| (r.index, lower))
-        .collect();
-    let sources = tokio::task::spawn_blocking(move || -> io::Result<Vec<(usize, String)>> {
-        use std::os::fd::AsFd;
-        let ns = userns
-            .map(|p| crate::domain::userns::open_userns(&p))
-            .transpose()?;
-        let mut out = Vec::with_capacity(jobs.len());
-        for (index, mut lower) in jobs {
-            if let Some(ns) = &ns {
-                let staging = base.join(format!("{index}-layers"));
-                for (i, dir) in lower.iter_mut().enumerate() {
-                    let at = staging.join(format!("l{i}"));
-                    crate::domain::userns::idmapped_bind(Path::new(dir.as_str()), &at, ns.as_fd())?;
-                    *dir = at.display().to_string();
-                }
-            }
-            let target = base.join(index.to_string());
-            mount_layers_read_only(&lower, &target, &base.join("empty"))?;
-            out.push((index, target.display().to_string()));
+    let mut mounts = Vec::with_capacity(requests.len());
+    let mut sources = Vec::with_capacity(requests.len());
+    for (r, (_, lower)) in requests.iter().zip(layers) {
+        let target = format!("{IMAGE_MOUNTS_DIR}/{}", r.index);
+        let mut m = read_only_layers(&lower, bundle)
+            .await
+            .map_err(|e| internal("image volume mount", e))?;
+        if let Some(maps) = &maps {
+            m.options.extend(maps.options());
         }
-        if ns.is_some() {
-            // runc, as the pod's root, reaches the mounts by path.
-            crate::domain::userns::let_pod_root_traverse(&[base.as_path()])?;
-        }
-        Ok(out)
-    })
-    .await
-    .map_err(|e| internal("image volume", e))?
-    .map_err(|e| internal("image volume mount", e))?;
-    Ok(Some(ContainerConfig {
-        mounts: crius_spec::images::with_image_sources(&config.mounts, &sources),
-        ..config.clone()
-    }))
+        sources.push((r.index, bundle.join(&target).display().to_string()));
+        mounts.push(TaskMount { mount: m, target });
+    }
+    Ok(Some((
+        ContainerConfig {
+            mounts: crius_spec::images::with_image_sources(&config.mounts, &sources),
+            ..config.clone()
+        },
+        mounts,
+    )))
 }
 
 /// The name of the image container `config` was created from, as the user
@@ -156,10 +144,10 @@ pub fn display_name(
 }
 
 /// The host mount points of the image volumes in a config that
-/// [`mount_image_volumes`] returned, for
+/// [`image_volume_mounts`] returned, for
 /// [`crius_spec::images::keep_image_mount_flags`].
-pub fn sources(config: &ContainerConfig, state: &Path) -> Vec<String> {
-    let base = state.join(IMAGE_MOUNTS_DIR);
+pub fn sources(config: &ContainerConfig, bundle: &Path) -> Vec<String> {
+    let base = bundle.join(IMAGE_MOUNTS_DIR);
     config
         .mounts
         .iter()
@@ -168,47 +156,51 @@ pub fn sources(config: &ContainerConfig, state: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Mounts the image layers `lower` (topmost first) read-only on `target`
-/// (made 0700; the mount covers it): an overlay without an upper layer,
-/// `nosuid,nodev`. Overlayfs wants two lower layers at least without an
-/// upper one: a single layer gets the empty directory `empty` below it.
-pub fn mount_layers_read_only(lower: &[String], target: &Path, empty: &Path) -> io::Result<()> {
+/// A read-only mount of the image layers `lower` (topmost first): an
+/// overlay without an upper layer, `nosuid,nodev`. Overlayfs wants two
+/// lower layers at least without an upper one: a single layer gets the
+/// empty directory `image-mounts/empty` of `bundle` below it (made here,
+/// private).
+pub async fn read_only_layers(lower: &[String], bundle: &Path) -> io::Result<crius_image::Mount> {
     if lower.is_empty() {
         return Err(io::Error::other("the image has no layers"));
     }
     let mut dirs = lower.to_vec();
     if dirs.len() == 1 {
-        crius_store::private::dir(empty)?;
+        let empty = bundle.join(IMAGE_MOUNTS_DIR).join("empty");
         dirs.push(empty.display().to_string());
+        tokio::task::spawn_blocking(move || crius_store::private::dir(&empty))
+            .await
+            .map_err(io::Error::other)??;
     }
-    crius_store::private::dir(target)?;
-    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
-    crius_store::overlay::mount_overlay(
-        "overlay",
-        target,
-        flags,
-        &format!("lowerdir={}", dirs.join(":")),
-    )
-    .map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("mount the image read-only on {}: {e}", target.display()),
-        )
+    Ok(crius_image::Mount {
+        kind: "overlay".into(),
+        source: "overlay".into(),
+        options: vec![
+            "ro".into(),
+            "nosuid".into(),
+            "nodev".into(),
+            format!("lowerdir={}", dirs.join(":")),
+        ],
     })
 }
 
-/// Copies what the image has at each of its `VOLUME`s (`volumes`: path in
-/// the container and the volume's fresh host directory) into the volume,
-/// from a read-only mount of the image's layers (those of `rootfs`, the
-/// container's rootfs overlay) made below `staging` for the copy and
-/// unmounted after it. On the blocking pool.
-pub async fn fill_image_volumes(
+/// Where, relative to a container's bundle, the shim mounts the image
+/// read-only for the copy of its `VOLUME` content.
+pub const VOLUME_SOURCE: &str = "volume-src";
+
+/// The mount the image's `VOLUME` content is copied from: a read-only
+/// overlay of the layers of `rootfs` (the container's rootfs overlay) at
+/// [`VOLUME_SOURCE`], which the shim makes at task Create (never idmapped:
+/// the copy keeps the image's own ids) and unmounts with the task's other
+/// mounts. `None` when there is nothing to copy.
+pub async fn volume_source_mount(
     rootfs: &[crius_image::Mount],
-    volumes: Vec<(String, PathBuf)>,
-    staging: PathBuf,
-) -> Result<(), CriError> {
+    volumes: &[(String, PathBuf)],
+    bundle: &Path,
+) -> Result<Option<TaskMount>, CriError> {
     if volumes.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let lower: Vec<String> = rootfs
         .iter()
@@ -216,25 +208,38 @@ pub async fn fill_image_volumes(
         .find_map(|o| o.strip_prefix("lowerdir="))
         .map(|l| l.split(':').map(str::to_string).collect())
         .unwrap_or_default();
+    let mount = read_only_layers(&lower, bundle)
+        .await
+        .map_err(|e| internal("image volume content", e))?;
+    Ok(Some(TaskMount {
+        mount,
+        target: VOLUME_SOURCE.to_string(),
+    }))
+}
+
+/// Copies what the image has at each of its `VOLUME`s (`volumes`: path in
+/// the container and the volume's fresh host directory) into the volume,
+/// from the image mounted read-only at `image` (the shim's mount of
+/// [`volume_source_mount`], made at task Create, before the container's
+/// process runs). On the blocking pool.
+pub async fn fill_image_volumes(
+    image: PathBuf,
+    volumes: Vec<(String, PathBuf)>,
+) -> Result<(), CriError> {
+    if volumes.is_empty() {
+        return Ok(());
+    }
     tokio::task::spawn_blocking(move || {
-        let image = staging.join("image");
-        let r = (|| {
-            mount_layers_read_only(&lower, &image, &staging.join("empty"))
-                .map_err(|e| internal("image volume content", e))?;
-            for (path, dest) in &volumes {
-                copy_volume(&image, path, dest).map_err(|e| match e.kind() {
-                    io::ErrorKind::FileTooLarge => invalid_field(
-                        "config.image.image",
-                        format!("the image's VOLUME {path:?}: {e}"),
-                    ),
-                    _ => internal(&format!("copy of the image's VOLUME {path:?}"), e),
-                })?;
-            }
-            Ok(())
-        })();
-        crate::domain::userns::unmount_below(&staging);
-        let _ = crius_image::tree::remove_tree(&staging);
-        r
+        for (path, dest) in &volumes {
+            copy_volume(&image, path, dest).map_err(|e| match e.kind() {
+                io::ErrorKind::FileTooLarge => invalid_field(
+                    "config.image.image",
+                    format!("the image's VOLUME {path:?}: {e}"),
+                ),
+                _ => internal(&format!("copy of the image's VOLUME {path:?}"), e),
+            })?;
+        }
+        Ok(())
     })
     .await
     .map_err(|e| internal("image volume content", e))?
@@ -360,7 +365,15 @@ impl TreeCopy {
                 self.links.insert((meta.dev(), meta.ino()), to.clone());
             }
             if ft.is_dir() {
-                std::fs::create_dir(&to)?;
+                match std::fs::create_dir(&to) {
+                    Ok(()) => {}
+                    // A mount point the runtime made in the volume for a
+                    // mount inside it (the copy runs after its create).
+                    Err(e)
+                        if e.kind() == io::ErrorKind::AlreadyExists
+                            && std::fs::symlink_metadata(&to).is_ok_and(|m| m.is_dir()) => {}
+                    Err(e) => return Err(e),
+                }
                 self.dir_contents(&from, &to, depth + 1)?;
             } else if ft.is_symlink() {
                 std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;

@@ -257,6 +257,8 @@ struct Done {
     /// Host directories made for CRI mounts, deepest first.
     host_dirs: Vec<PathBuf>,
     task: Option<Shim>,
+    /// The pod's runtime handler (for the shim binary's `delete` action).
+    handler: String,
 }
 
 impl Done {
@@ -267,13 +269,25 @@ impl Done {
                 Ok(()) => {}
                 Err(e) if e.is_not_found() => {}
                 Err(e) => {
-                    tracing::warn!(container = id, error = %e, "rollback: task delete failed")
+                    tracing::warn!(container = id, error = %e, "rollback: task delete failed");
+                    // The shim's mounts (rootfs, idmapped, image) go
+                    // before anything below them is removed: its
+                    // binary's `delete` action does it when it could not.
+                    let bundle = daemon.paths.container_bundle(id);
+                    if let Err(e) = crate::domain::sandbox::lifecycle::shim_delete(
+                        daemon,
+                        &self.handler,
+                        id,
+                        &bundle,
+                        false,
+                    )
+                    .await
+                    {
+                        tracing::warn!(container = id, error = %e.message(), "rollback: cleanup after the shim failed");
+                    }
                 }
             }
         }
-        // Idmapped mounts (user namespace pods) go before anything below
-        // them is removed.
-        crate::domain::userns::unmount_below(&daemon.paths.container_state(id));
         if self.rootfs {
             if let Err(e) = daemon.images.remove_rootfs(id).await {
                 tracing::warn!(container = id, error = %e, "rollback: rootfs removal failed");
@@ -350,7 +364,10 @@ pub async fn create(
     // Held until the container is created or rolled back: a
     // RemoveContainer that finds the record meanwhile waits for it.
     let _lock = daemon.locks.lock(&id).await;
-    let mut done = Done::default();
+    let mut done = Done {
+        handler: sandbox.metadata.runtime_handler.clone(),
+        ..Done::default()
+    };
     match create_steps(
         daemon,
         &id,
@@ -501,11 +518,14 @@ async fn create_steps(
         .unwrap_or_default();
     let mounts =
         crate::domain::harden_rootfs(mounts, !rootfs_sc.privileged, rootfs_sc.no_new_privs);
-    // Image volumes, mounted below the state directory: from here on the
-    // config has them as read-only binds of those mounts.
+    // Image volumes, which the shim mounts below the bundle with the task:
+    // from here on the config has them as read-only binds of those mounts.
     let image_mounted =
-        super::image_mounts::mount_image_volumes(daemon, id, config, sandbox, &state).await?;
-    let config = image_mounted.as_ref().unwrap_or(config);
+        super::image_mounts::image_volume_mounts(daemon, id, config, sandbox, &bundle).await?;
+    let (config, mut task_mounts) = match &image_mounted {
+        Some((c, m)) => (c, m.clone()),
+        None => (config, Vec::new()),
+    };
 
     let spec_image = image_config.spec_config();
     let passwd =
@@ -586,7 +606,7 @@ async fn create_steps(
             fill.push((v.destination, v.source.into()));
         }
         let spec = container_spec(&input).map_err(spec_status)?;
-        let image_sources = super::image_mounts::sources(config, &state);
+        let image_sources = super::image_mounts::sources(config, &bundle);
         crius_spec::images::keep_image_mount_flags(spec, &image_sources)
     };
     let spec = super::devices::inject_cdi(&daemon.config().cdi, config, spec).await?;
@@ -594,11 +614,13 @@ async fn create_steps(
     // when none is connected).
     let (spec, nri_updates) =
         crate::nri::adjust_created(daemon, sandbox, id, &meta.name, spec).await?;
-    // The image's content at its VOLUMEs goes into them, as in containerd.
-    super::image_mounts::fill_image_volumes(&mounts, fill, state.join("volume-copy")).await?;
-    // A pod with its own user namespace: idmapped rootfs and mounts made here.
+    // The image's content at its VOLUMEs goes into them, as in containerd,
+    // from a read-only mount of the image the shim makes with the task.
+    let volume_source = super::image_mounts::volume_source_mount(&mounts, &fill, &bundle).await?;
+    // A pod with its own user namespace: the shim makes the idmapped rootfs
+    // and binds.
     let (spec, mounts) = crate::domain::userns::container(
-        &daemon.paths.sandbox_state(&sandbox.metadata.id),
+        &daemon.shim_pod_dir(&sandbox.metadata.id).userns(),
         sandbox,
         config,
         spec,
@@ -642,7 +664,9 @@ async fn create_steps(
     if !config.tty {
         create.stderr = out;
     }
-    create.rootfs = crate::shimclient::proto_mounts(&mounts);
+    task_mounts.extend(mounts);
+    task_mounts.extend(volume_source);
+    create.rootfs = crate::shimclient::proto_task_mounts(&task_mounts);
     // Before the call: a Create that timed out or failed half-way may have
     // left a task (with its rootfs mounted) in the shim, and the rollback
     // must delete it before the writable layer goes (a shim that has no
@@ -653,6 +677,9 @@ async fn create_steps(
     // write); until then the shim has it.
     tracing::debug!(container = %id, pid, "task created");
     timeline.mark("runc_create");
+    // Before the process can start (StartContainer).
+    super::image_mounts::fill_image_volumes(bundle.join(super::image_mounts::VOLUME_SOURCE), fill)
+        .await?;
     daemon.metrics.observe_phases(false, &timeline.phases);
     // Stored by StartContainer, in the same write (shown until then by
     // ContainerStatus from here).
@@ -926,7 +953,6 @@ pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
         crate::domain::sandbox::lifecycle::shim_delete(daemon, &handler, &id, &bundle, false)
             .await?;
     }
-    crate::domain::userns::unmount_below(&daemon.paths.container_state(&id));
     daemon
         .images
         .remove_rootfs(&id)

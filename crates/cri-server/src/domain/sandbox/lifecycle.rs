@@ -198,9 +198,6 @@ impl Done {
                 tracing::warn!(sandbox = id, error = %e, "rollback: cannot remove the netns");
             }
         }
-        // Idmapped mounts (user namespace pods) go before anything below
-        // them is removed.
-        crate::domain::userns::unmount_below(&daemon.paths.sandbox_state(id));
         if self.rootfs {
             if let Err(e) = daemon.images.remove_rootfs(id).await {
                 tracing::warn!(sandbox = id, error = %e, "rollback: rootfs removal failed");
@@ -309,19 +306,12 @@ async fn run_steps(
     let state_dir = daemon.paths.sandbox_state(id);
     let bundle = daemon.paths.sandbox_bundle(id);
     let shim_dir = daemon.shim_pod_dir(id);
-    // The network namespace the pause joins: the shim's (made below and
-    // handed over), or for a pod with its own user namespace the one owned
-    // by that user namespace (made with it, see userns::pause). The spec
-    // is complete here: the shim runs it as it is.
-    let own_userns = matches!(crius_spec::userns::pod_mappings(config), Ok(Some(_)));
-    let pod_netns = if own_userns {
-        crate::domain::userns::pod_ns_paths(&state_dir).1
-    } else {
-        shim_dir.netns()
-    };
+    // The pause joins the shim's netns (made below and handed over, or for
+    // a pod with its own user namespace made by the shim with it): the
+    // spec is complete here, the shim runs it as it is.
     let facts = crius_spec::SandboxFacts {
         id: id.to_string(),
-        netns_path: (!hn.network).then(|| pod_netns.display().to_string()),
+        netns_path: (!hn.network).then(|| shim_dir.netns().display().to_string()),
         shm_path: (!hn.ipc).then(|| shim_dir.shm().display().to_string()),
         ..Default::default()
     };
@@ -345,7 +335,7 @@ async fn run_steps(
         crius_store::private::dir(d).map_err(|e| internal("sandbox dir", e))?;
     }
     let host = daemon.host_for(handler_name);
-    let (mounts, userns_netns) = if infra {
+    let (mounts, userns) = if infra {
         let pause = PauseBundle {
             id,
             config,
@@ -379,7 +369,9 @@ async fn run_steps(
     // The pod's netns is made here and handed to the shim, which owns it
     // from CreateSandbox on (it removes it at shutdown, as one it made): CNI
     // ADD starts at once, beside the shim's start-up, instead of after it.
-    let own_netns = (!hn.network && userns_netns.is_none()).then(|| shim_dir.netns());
+    // A pod with its own user namespace gets its netns (owned by that
+    // namespace) from the shim's CreateSandbox: CNI ADD waits for that.
+    let own_netns = (!hn.network && userns.is_none()).then(|| shim_dir.netns());
     if let Some(p) = own_netns.clone() {
         done.netns = Some(p.clone());
         let net = daemon.net.clone();
@@ -389,7 +381,15 @@ async fn run_steps(
             .map_err(|e| internal("cannot create the pod's network namespace", e))?;
     }
     timeline.mark("netns");
+    let userns_netns = userns.as_ref().map(|_| shim_dir.netns());
     let netns = own_netns.clone().or(userns_netns);
+    let (netns_made, netns_ready) = match &userns {
+        Some(_) => {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
     let network = match (&netns, hn.network) {
         (Some(ns), false) => Some((
             cni(daemon)?,
@@ -403,6 +403,11 @@ async fn run_steps(
         let Some((network, pod)) = network.clone() else {
             return Ok(None);
         };
+        if let Some(rx) = netns_ready {
+            rx.await.map_err(|_| {
+                CriError::internal("the shim made no network namespace for the pod")
+            })?;
+        }
         let r = cni_add(daemon, network, pod).await;
         let took = cni_started.elapsed();
         observe_cni(daemon, "add", took, r.is_err());
@@ -427,6 +432,7 @@ async fn run_steps(
         hn,
         no_infra: no_infra.as_ref(),
         infra,
+        userns: userns.as_ref(),
     };
     let mut shim_side = ShimSide::default();
     // The pod network and the shim's part (spawn, CreateSandbox, the pause
@@ -434,7 +440,7 @@ async fn run_steps(
     // the other. Whatever fails, both are undone by the rollback: the shim
     // shutdown kills a started pause, and a CNI ADD that was tried gets its
     // DEL.
-    let (added, shimmed) = tokio::join!(add, pod_shim.run(daemon, &mut shim_side));
+    let (added, shimmed) = tokio::join!(add, pod_shim.run(daemon, &mut shim_side, netns_made));
     // Even a failed ADD gets a DEL: plugins may have half-attached.
     done.network = network;
     done.launched = shim_side.launched;
@@ -499,12 +505,15 @@ struct PodShim<'a> {
     runtime: &'a str,
     runtime_root: &'a Path,
     bundle: &'a Path,
-    mounts: &'a [crius_image::Mount],
+    mounts: &'a [shimclient::TaskMount],
     netns: Option<&'a Path>,
     owned_netns: bool,
     hn: HostNamespaces,
     no_infra: Option<&'a shimclient::NoInfra>,
     infra: bool,
+    /// The mappings of the pod's own user namespace, which the shim makes
+    /// with the netns.
+    userns: Option<&'a crius_shim_api::idmap::IdMaps>,
 }
 
 impl PodShim<'_> {
@@ -516,6 +525,7 @@ impl PodShim<'_> {
         &self,
         daemon: &Arc<Daemon>,
         side: &mut ShimSide,
+        netns_made: Option<tokio::sync::oneshot::Sender<()>>,
     ) -> Result<(String, u32, Option<String>, Option<String>), CriError> {
         let id = self.id;
         let mut clock = std::time::Instant::now();
@@ -557,8 +567,8 @@ impl PodShim<'_> {
         let mut create = containerd_shim_protos::sandbox_api::CreateSandboxRequest::new();
         create.sandbox_id = id.to_string();
         create.bundle_path = self.bundle.display().to_string();
-        create.rootfs = crate::shimclient::proto_mounts(self.mounts);
-        if let Some(ns) = self.netns {
+        create.rootfs = crate::shimclient::proto_task_mounts(self.mounts);
+        if let (Some(ns), None) = (self.netns, self.userns) {
             create.netns_path = ns.display().to_string();
         }
         let shm_size = daemon
@@ -571,9 +581,14 @@ impl PodShim<'_> {
             shm_size,
             no_infra: self.no_infra.cloned(),
             netns_owned: self.owned_netns,
+            userns: self.userns.cloned(),
         }
         .encode();
         shim.create_sandbox(create).await.map_err(CriError::from)?;
+        if let Some(tx) = netns_made {
+            // The pod's netns is there: CNI ADD may go.
+            let _ = tx.send(());
+        }
         let status = shim.sandbox_status(id).await.map_err(CriError::from)?;
         let info = |k: &str| status.info.get(k).cloned().filter(|s| !s.is_empty());
         let (ipc_ns, uts_ns) = (info("ipc"), info("uts"));
@@ -605,14 +620,20 @@ struct PauseBundle<'a> {
 impl PauseBundle<'_> {
     /// The pause container's root filesystem and bundle (in the existing
     /// bundle directory); returns the rootfs mounts the shim makes and the
-    /// netns of a pod with its own user namespace (made here, owned by that
-    /// namespace).
+    /// mappings of a pod with its own user namespace (which the shim makes,
+    /// with a netns owned by it).
     async fn prepare(
         &self,
         daemon: &Arc<Daemon>,
         done: &mut Done,
         timeline: &mut Timeline,
-    ) -> Result<(Vec<crius_image::Mount>, Option<PathBuf>), CriError> {
+    ) -> Result<
+        (
+            Vec<shimclient::TaskMount>,
+            Option<crius_shim_api::idmap::IdMaps>,
+        ),
+        CriError,
+    > {
         let PauseBundle {
             id,
             config,
@@ -662,11 +683,14 @@ impl PauseBundle<'_> {
             .in_scope(|| crius_spec::sandbox::sandbox_spec(config, &spec_image, facts, host, load))
             .map_err(spec_status)?;
         // A pod with its own user namespace: idmapped pause rootfs made here.
-        let userns = crate::domain::userns::pause(config, spec, mounts, state_dir, bundle).await?;
+        let userns_pin = daemon.shim_pod_dir(id).userns();
+        let userns =
+            crate::domain::userns::pause(config, spec, mounts, state_dir, bundle, &userns_pin)
+                .await?;
         let spec_json = serde_json::to_vec_pretty(&userns.spec).map_err(|e| internal("spec", e))?;
         crius_store::persist::write_volatile(&bundle.join("config.json"), &spec_json, 0o600)
             .map_err(|e| internal("config.json", e))?;
-        Ok((userns.mounts, userns.netns))
+        Ok((userns.mounts, userns.userns))
     }
 }
 
@@ -1011,7 +1035,6 @@ async fn remove_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
     if daemon.store.get_sandbox(&id).is_err() {
         return Ok(());
     }
-    crate::domain::userns::unmount_below(&daemon.paths.sandbox_state(&id));
     daemon
         .images
         .remove_rootfs(&id)
