@@ -1,9 +1,12 @@
 //! Host helpers shared by the integration tests' kit
 //! (crates/cri-server/tests/common), crates/netns/tests, crius-bench and
-//! `cargo xtask conformance`: running a host tool, and reading and cleaning
-//! the iptables NAT table that the CNI bridge and portmap plugins change.
+//! `cargo xtask conformance`: running a host tool, reading and cleaning
+//! the iptables NAT table that the CNI bridge and portmap plugins change,
+//! and a local image registry ([`registry`]).
 
 use std::process::Command;
+
+pub mod registry;
 
 /// Runs a command; whether it succeeded, and its stdout followed by its
 /// stderr (or why it could not start).
@@ -66,6 +69,46 @@ impl ForwardRule {
             (true, _) => Ok(()),
             (false, out) => Err(format!("iptables {args:?}: {out}")),
         }
+    }
+}
+
+/// What a CNI bridge network of a test or tool changes on the host:
+/// the bridge `bridge` the plugin creates, host-local's reservations of
+/// network `name`, the FORWARD rule that keeps the subnet's traffic on the
+/// bridge, and `ip_forward` (which the plugin turns on). [`BridgeHost::undo`]
+/// puts it all back.
+pub struct BridgeHost {
+    pub name: String,
+    pub bridge: String,
+    forward_rule: ForwardRule,
+    ip_forward: Option<String>,
+}
+
+impl BridgeHost {
+    /// Notes `ip_forward` and inserts the FORWARD rule for `subnet`.
+    pub fn setup(name: String, bridge: String, subnet: &str) -> Result<BridgeHost, String> {
+        let ip_forward = std::fs::read_to_string(IP_FORWARD).ok();
+        let forward_rule = ForwardRule::insert(subnet, &bridge)?;
+        Ok(BridgeHost {
+            name,
+            bridge,
+            forward_rule,
+            ip_forward,
+        })
+    }
+
+    /// Deletes the bridge and the FORWARD rule, restores `ip_forward` and
+    /// removes the network's address reservations; everything is tried, the
+    /// error says why the FORWARD rule could not be removed.
+    pub fn undo(&self) -> Result<(), String> {
+        let _ = run("ip", &["link", "del", &self.bridge]);
+        let removed = self.forward_rule.remove();
+        if let Some(v) = &self.ip_forward {
+            let _ = std::fs::write(IP_FORWARD, v.as_bytes());
+        }
+        let _ =
+            std::fs::remove_dir_all(std::path::Path::new("/var/lib/cni/networks").join(&self.name));
+        removed
     }
 }
 
