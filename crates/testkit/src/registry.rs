@@ -156,4 +156,22 @@ mod tests {
             assert!(parse_response(raw).is_err(), "{raw:?}");
         }
     }
+
+    #[test]
+    fn a_registry_starts_answers_and_goes() {
+        if !Path::new("/usr/bin/docker-registry").exists() {
+            eprintln!("skipped: no docker-registry");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("crius-testkit-reg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (mut child, addr) = start_registry(&dir).unwrap();
+        let r = http(&addr, "GET", "/v2/_catalog", &[("Accept", "*/*")], b"").unwrap();
+        assert_eq!(r.status, 200);
+        assert!(String::from_utf8_lossy(&r.body).contains("repositories"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(http(&addr, "GET", "/v2/", &[], b"").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
