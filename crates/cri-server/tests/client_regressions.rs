@@ -19,44 +19,6 @@ use tokio_tungstenite::tungstenite::Message;
 /// tree, whose leftovers guard kills every process in it).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A test environment with busybox pulled and one pod (`uid-<name>`)
-/// running; `None` (with a note) when not root.
-struct Setup {
-    // Dropped in this order: the log dir, the daemon's environment, then
-    // the lock.
-    _logs: LogDir,
-    env: Env,
-    image: String,
-    rt: Rt,
-    config: k8s_cri::v1::PodSandboxConfig,
-    pod_id: String,
-    _serial: tokio::sync::MutexGuard<'static, ()>,
-}
-
-impl Setup {
-    async fn start(prefix: &str, name: &str) -> Option<Setup> {
-        if !is_root() {
-            eprintln!("client_regressions: skipped (needs root)");
-            return None;
-        }
-        let serial = SERIAL.lock().await;
-        let env = Env::start(prefix);
-        let image = env.pull_busybox().await;
-        let mut rt = env.daemon.runtime().await;
-        let config = pod(name, &format!("uid-{name}"));
-        let pod_id = run_pod(&env, &mut rt, &config).await;
-        Some(Setup {
-            _logs: LogDir(config.log_directory.clone().into()),
-            env,
-            image,
-            rt,
-            config,
-            pod_id,
-            _serial: serial,
-        })
-    }
-}
-
 /// busybox httpd serving `text` on `addr` (e.g. `127.0.0.1:8080`).
 fn httpd(name: &str, image: &str, addr: &str, text: &str) -> k8s_cri::v1::ContainerConfig {
     let script = format!(
@@ -222,18 +184,10 @@ async fn ws_attach_until(url: &str, input: Option<&[u8]>, want: &str) -> String 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn attach_with_and_without_a_log_path() {
-    let Some(Setup {
-        env,
-        image,
-        mut rt,
-        config,
-        pod_id,
-        _logs,
-        _serial,
-    }) = Setup::start("crius-attach", "attach").await
-    else {
+    let Some(case) = Case::start(&SERIAL, "crius-attach", "attach").await else {
         return;
     };
+    let (_guards, env, image, mut rt, config, _, pod_id) = case.split_running().await;
     let echo_loop = ["/bin/sh", "-c", "while read l; do echo got:$l; done"];
     let start = |name: &str, cmd: &[&str], log: bool, stdin: bool, once: bool, tty: bool| {
         let mut c = container(name, &image, cmd);
@@ -321,18 +275,10 @@ async fn attach_with_and_without_a_log_path() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_stdin_sent_at_once_is_never_lost() {
-    let Some(Setup {
-        env,
-        image,
-        mut rt,
-        config,
-        pod_id,
-        _logs,
-        _serial,
-    }) = Setup::start("crius-stdin", "stdin").await
-    else {
+    let Some(case) = Case::start(&SERIAL, "crius-stdin", "stdin").await else {
         return;
     };
+    let (_guards, env, image, mut rt, config, _, pod_id) = case.split_running().await;
     let shell = run(
         &env,
         &mut rt,
