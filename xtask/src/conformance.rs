@@ -480,38 +480,8 @@ impl Registry {
         if head.is_ok_and(|r| r.status == 200) {
             return Ok(());
         }
-        let resp = http(
-            &self.addr,
-            "POST",
-            &format!("/v2/{repo}/blobs/uploads/"),
-            &[],
-            b"",
-        )?;
-        if resp.status != 202 {
-            bail!("start upload to {repo}: HTTP {}", resp.status);
-        }
-        let loc = resp
-            .headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("location"))
-            .map(|(_, v)| v.clone())
-            .context("upload without Location")?;
-        let path = match loc.find("/v2/") {
-            Some(i) => loc[i..].to_string(),
-            None => loc,
-        };
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let resp = http(
-            &self.addr,
-            "PUT",
-            &format!("{path}{sep}digest={digest}"),
-            &[("Content-Type", "application/octet-stream")],
-            bytes,
-        )?;
-        if resp.status != 201 {
-            bail!("finish upload to {repo}: HTTP {}", resp.status);
-        }
-        Ok(())
+        crius_testkit::registry::upload_blob(&self.addr, repo, &digest, bytes)
+            .map_err(anyhow::Error::msg)
     }
 
     fn push(&self, img: &Image) -> Result<()> {

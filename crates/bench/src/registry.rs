@@ -18,20 +18,6 @@ pub fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-struct Response {
-    status: u16,
-    location: Option<String>,
-}
-
-/// One HTTP/1.1 request with `Connection: close`.
-fn http(addr: &str, method: &str, path: &str, ctype: &str, body: &[u8]) -> Result<Response> {
-    let r = crius_testkit::registry::http(addr, method, path, &[("Content-Type", ctype)], body)?;
-    Ok(Response {
-        status: r.status,
-        location: r.header("location").map(str::to_string),
-    })
-}
-
 /// A docker-registry process; killed on drop.
 pub struct Registry {
     child: Option<Child>,
@@ -50,32 +36,8 @@ impl Registry {
 
     fn push_blob(&self, repo: &str, bytes: &[u8]) -> Result<String> {
         let digest = sha256(bytes);
-        let resp = http(
-            &self.addr,
-            "POST",
-            &format!("/v2/{repo}/blobs/uploads/"),
-            "application/octet-stream",
-            b"",
-        )?;
-        if resp.status != 202 {
-            bail!("start upload: HTTP {}", resp.status);
-        }
-        let loc = resp.location.context("upload without Location")?;
-        let path = match loc.find("/v2/") {
-            Some(i) => loc[i..].to_string(),
-            None => loc,
-        };
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let resp = http(
-            &self.addr,
-            "PUT",
-            &format!("{path}{sep}digest={digest}"),
-            "application/octet-stream",
-            bytes,
-        )?;
-        if resp.status != 201 {
-            bail!("finish upload: HTTP {}", resp.status);
-        }
+        crius_testkit::registry::upload_blob(&self.addr, repo, &digest, bytes)
+            .map_err(anyhow::Error::msg)?;
         Ok(digest)
     }
 
@@ -104,11 +66,11 @@ impl Registry {
             "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len()},
             "layers": [{"mediaType": LAYER_GZIP, "digest": layer_digest, "size": blob.len()}],
         }))?;
-        let resp = http(
+        let resp = crius_testkit::registry::http(
             &self.addr,
             "PUT",
             &format!("/v2/{repo}/manifests/{tag}"),
-            OCI_MANIFEST,
+            &[("Content-Type", OCI_MANIFEST)],
             &manifest,
         )?;
         if resp.status != 201 {

@@ -139,6 +139,40 @@ pub fn start_registry(dir: &Path) -> Result<(Child, String), String> {
     Err(format!("{failed}: {log}"))
 }
 
+/// Uploads a blob of `repo` whose digest is `digest` (monolithic: POST an
+/// upload, then PUT the bytes at the Location it gives).
+pub fn upload_blob(addr: &str, repo: &str, digest: &str, bytes: &[u8]) -> Result<(), String> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what} to {repo}: {e}");
+    let resp = http(
+        addr,
+        "POST",
+        &format!("/v2/{repo}/blobs/uploads/"),
+        &[],
+        b"",
+    )
+    .map_err(|e| fail("start upload", &e))?;
+    if resp.status != 202 {
+        return Err(fail("start upload", &format!("HTTP {}", resp.status)));
+    }
+    let loc = resp
+        .header("location")
+        .ok_or_else(|| fail("upload", &"no Location"))?;
+    let path = loc.find("/v2/").map_or(loc, |i| &loc[i..]);
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let resp = http(
+        addr,
+        "PUT",
+        &format!("{path}{sep}digest={digest}"),
+        &[("Content-Type", "application/octet-stream")],
+        bytes,
+    )
+    .map_err(|e| fail("finish upload", &e))?;
+    if resp.status != 201 {
+        return Err(fail("finish upload", &format!("HTTP {}", resp.status)));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +203,20 @@ mod tests {
         let r = http(&addr, "GET", "/v2/_catalog", &[("Accept", "*/*")], b"").unwrap();
         assert_eq!(r.status, 200);
         assert!(String::from_utf8_lossy(&r.body).contains("repositories"));
+        // The digest of "hello\n".
+        let digest = "sha256:5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
+        upload_blob(&addr, "test/blob", digest, b"hello\n").unwrap();
+        let r = http(
+            &addr,
+            "GET",
+            &format!("/v2/test/blob/blobs/{digest}"),
+            &[],
+            b"",
+        )
+        .unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"hello\n"[..]));
+        let wrong = upload_blob(&addr, "test/blob", digest, b"other\n").unwrap_err();
+        assert!(wrong.contains("finish upload to test/blob"), "{wrong}");
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(http(&addr, "GET", "/v2/", &[], b"").is_err());
