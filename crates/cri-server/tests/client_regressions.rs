@@ -27,6 +27,21 @@ fn httpd(name: &str, image: &str, addr: &str, text: &str) -> k8s_cri::v1::Contai
     container(name, image, &["/bin/sh", "-c", &script])
 }
 
+/// Runs the pod and in it busybox httpd `web` serving `text` on `addr`;
+/// returns the pod's id.
+async fn pod_serving(
+    env: &Env,
+    rt: &mut Rt,
+    config: &k8s_cri::v1::PodSandboxConfig,
+    image: &str,
+    addr: &str,
+    text: &str,
+) -> String {
+    let pod_id = run_pod(env, rt, config).await;
+    run(env, rt, &pod_id, config, httpd("web", image, addr, text)).await;
+    pod_id
+}
+
 /// Port-forwards `port` of the pod until `want` comes back (the server
 /// may not listen yet); returns the response.
 async fn forward_until(rt: &mut Rt, pod_id: &str, port: u16, want: &str) -> String {
@@ -69,15 +84,7 @@ async fn localhost_and_port_forward_without_a_loopback_plugin() {
     // Two containers of one pod talk over 127.0.0.1, and port-forward
     // reaches a server that listens on 127.0.0.1 only.
     let config = pod("nolo", "uid-nolo");
-    let pod_id = run_pod(&env, &mut rt, &config).await;
-    run(
-        &env,
-        &mut rt,
-        &pod_id,
-        &config,
-        httpd("web", &image, "127.0.0.1:8080", "hello-lo"),
-    )
-    .await;
+    let pod_id = pod_serving(&env, &mut rt, &config, &image, "127.0.0.1:8080", "hello-lo").await;
     let side = run(
         &env,
         &mut rt,
@@ -134,24 +141,12 @@ async fn localhost_and_port_forward_without_a_loopback_plugin() {
     // A pod on the host's network: its localhost is the host's.
     let port = common::free_port();
     let mut config = pod("hostnet", "uid-hostnet");
-    config
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-        .namespace_options = Some(NamespaceOption {
+    pod_security(&mut config).namespace_options = Some(NamespaceOption {
         network: NamespaceMode::Node as i32,
         ..Default::default()
     });
-    let pod_id = run_pod(&env, &mut rt, &config).await;
-    run(
-        &env,
-        &mut rt,
-        &pod_id,
-        &config,
-        httpd("web", &image, &format!("127.0.0.1:{port}"), "hello-host"),
-    )
-    .await;
+    let addr = format!("127.0.0.1:{port}");
+    let pod_id = pod_serving(&env, &mut rt, &config, &image, &addr, "hello-host").await;
     let page = forward_until(&mut rt, &pod_id, port, "hello-host").await;
     assert!(page.contains("200 OK"), "{page}");
     teardown(&env, &mut rt, &pod_id, "uid-hostnet").await;
