@@ -389,13 +389,19 @@ pub fn container(name: &str, image: &str, cmd: &[&str]) -> ContainerConfig {
     }
 }
 
+/// The runtime's Status (with its `info` map when `verbose`).
+pub async fn runtime_status(rt: &mut Rt, verbose: bool) -> k8s_cri::v1::StatusResponse {
+    rt.status(k8s_cri::v1::StatusRequest { verbose })
+        .await
+        .unwrap_or_else(|e| panic!("Status: {e:?}"))
+        .into_inner()
+}
+
 /// The `info` map of a verbose Status (what `crictl info` shows), each
 /// entry parsed as JSON.
 pub async fn verbose_info(rt: &mut Rt) -> std::collections::HashMap<String, serde_json::Value> {
-    rt.status(k8s_cri::v1::StatusRequest { verbose: true })
+    runtime_status(rt, true)
         .await
-        .unwrap()
-        .into_inner()
         .info
         .into_iter()
         .map(|(k, v)| {
@@ -805,10 +811,8 @@ pub async fn pod_stats(rt: &mut Rt, id: &str) -> k8s_cri::v1::PodSandboxStats {
 /// The features Status reports for the default runtime handler (`None`
 /// when it is not listed).
 pub async fn default_handler_features(rt: &mut Rt) -> Option<k8s_cri::v1::RuntimeHandlerFeatures> {
-    rt.status(k8s_cri::v1::StatusRequest { verbose: false })
+    runtime_status(rt, false)
         .await
-        .unwrap_or_else(|e| panic!("Status: {e:?}"))
-        .into_inner()
         .runtime_handlers
         .iter()
         .find(|h| h.name.is_empty())
