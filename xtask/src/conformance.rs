@@ -324,19 +324,7 @@ impl Env {
         }
         if let Some(mut c) = self.criusd.take() {
             // SIGTERM first, SIGKILL after 20 s.
-            let _ = Command::new("kill").arg(c.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if c.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            crius_testkit::terminate(&mut c, Duration::from_secs(20));
         }
         // Shims of this run (started by our criusd from our copy of the binary).
         kill_processes_under(&self.work.join("bin"));
