@@ -748,9 +748,7 @@ impl Inner {
             Err(e) => return Err(e.into()),
         }
         let mut g = self.lock();
-        let c = g
-            .get_mut(id)
-            .ok_or_else(|| TaskError::NotFound(format!("container {id}")))?;
+        let c = container_mut(&mut g, id)?;
         if c.mounted {
             mount::unmount_task(&c.bundle)?;
             c.mounted = false;
