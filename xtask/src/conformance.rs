@@ -23,13 +23,12 @@
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crius_testkit::run as output;
-use crius_testkit::{free_subnet, nat_chains, remove_new_cni_chains, ForwardRule, IP_FORWARD};
+use crius_testkit::registry::HttpResponse;
+use crius_testkit::{free_subnet, nat_chains, remove_new_cni_chains, BridgeHost};
 
 const CRITEST_HELP: &str = "critest (and ginkgo, for --parallel > 1) must be on PATH. They are not part of
 this repository; build them from the cri-tools v1.32.0 source tree, offline, with
@@ -71,7 +70,7 @@ pub fn conformance(args: &[String]) -> Result<()> {
     if parallel > 1 && which("ginkgo").is_none() {
         bail!("ginkgo not found (critest --parallel runs it).\n{CRITEST_HELP}");
     }
-    if !is_root() {
+    if !crate::setup::is_root() {
         bail!("cargo xtask conformance must run as root");
     }
     for (bin, pkg) in [
@@ -267,17 +266,6 @@ fn which(bin: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2))
-                == Some("0")
-        })
-        .unwrap_or(false)
-}
-
 // ---------------------------------------------------------------------------
 // Everything the run sets up, undone by `teardown` (also on failure).
 
@@ -336,19 +324,7 @@ impl Env {
         }
         if let Some(mut c) = self.criusd.take() {
             // SIGTERM first, SIGKILL after 20 s.
-            let _ = Command::new("kill").arg(c.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if c.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            crius_testkit::terminate(&mut c, Duration::from_secs(20));
         }
         // Shims of this run (started by our criusd from our copy of the binary).
         kill_processes_under(&self.work.join("bin"));
@@ -405,10 +381,7 @@ fn unmount_under(dir: &Path) {
 
 struct Network {
     conf_dir: PathBuf,
-    name: String,
-    bridge: String,
-    forward_rule: ForwardRule,
-    ip_forward: Option<String>,
+    host: BridgeHost,
     nat_chains_before: Vec<String>,
 }
 
@@ -437,31 +410,22 @@ impl Network {
 "#
             ),
         )?;
-        let ip_forward = std::fs::read_to_string(IP_FORWARD).ok();
         let nat_chains_before = nat_chains();
-        let forward_rule = ForwardRule::insert(&subnet, &bridge).map_err(anyhow::Error::msg)?;
         eprintln!("xtask: pod network {name}: bridge {bridge}, {subnet}");
+        let host = BridgeHost::setup(name, bridge, &subnet).map_err(anyhow::Error::msg)?;
         Ok(Network {
             conf_dir,
-            name,
-            bridge,
-            forward_rule,
-            ip_forward,
+            host,
             nat_chains_before,
         })
     }
 
     fn remove(self) {
-        let _ = output("ip", &["link", "del", &self.bridge]);
-        // portmap's shared chains, when they are new and unused.
-        remove_new_cni_chains(&self.nat_chains_before);
-        if let Err(e) = self.forward_rule.remove() {
+        if let Err(e) = self.host.undo() {
             eprintln!("cleanup: removing the FORWARD rule failed: {e}");
         }
-        if let Some(v) = self.ip_forward {
-            let _ = std::fs::write(IP_FORWARD, v.as_bytes());
-        }
-        let _ = std::fs::remove_dir_all(Path::new("/var/lib/cni/networks").join(&self.name));
+        // portmap's shared chains, when they are new and unused.
+        remove_new_cni_chains(&self.nat_chains_before);
     }
 }
 
@@ -473,12 +437,6 @@ struct Registry {
     addr: String,
 }
 
-struct HttpResponse {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
 fn http(
     addr: &str,
     method: &str,
@@ -486,85 +444,16 @@ fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<HttpResponse> {
-    let mut s = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
-    s.write_all(body)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("http response without header end")?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .context("http status line")?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Ok(HttpResponse {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
-    })
+    Ok(crius_testkit::registry::http(
+        addr, method, path, headers, body,
+    )?)
 }
 
 impl Registry {
     fn start(dir: &Path) -> Result<Registry> {
-        std::fs::create_dir_all(dir.join("storage"))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-                dir.join("storage").display()
-            ),
-        )?;
-        let log = dir.join("registry.log");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.join("registry.out"))?)
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .context("cannot start docker-registry")?;
-        let mut r = Registry { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(resp) = http(&r.addr, "GET", "/v2/", &[], b"") {
-                if resp.status == 200 {
-                    return Ok(r);
-                }
-            }
-            if let Some(status) = r.child.try_wait()? {
-                bail!(
-                    "docker-registry exited with {status}: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!("docker-registry did not start");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (child, addr) =
+            crius_testkit::registry::start_registry(dir).map_err(anyhow::Error::msg)?;
+        Ok(Registry { child, addr })
     }
 
     fn push_blob(&self, repo: &str, bytes: &[u8]) -> Result<()> {
@@ -579,38 +468,8 @@ impl Registry {
         if head.is_ok_and(|r| r.status == 200) {
             return Ok(());
         }
-        let resp = http(
-            &self.addr,
-            "POST",
-            &format!("/v2/{repo}/blobs/uploads/"),
-            &[],
-            b"",
-        )?;
-        if resp.status != 202 {
-            bail!("start upload to {repo}: HTTP {}", resp.status);
-        }
-        let loc = resp
-            .headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("location"))
-            .map(|(_, v)| v.clone())
-            .context("upload without Location")?;
-        let path = match loc.find("/v2/") {
-            Some(i) => loc[i..].to_string(),
-            None => loc,
-        };
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let resp = http(
-            &self.addr,
-            "PUT",
-            &format!("{path}{sep}digest={digest}"),
-            &[("Content-Type", "application/octet-stream")],
-            bytes,
-        )?;
-        if resp.status != 201 {
-            bail!("finish upload to {repo}: HTTP {}", resp.status);
-        }
-        Ok(())
+        crius_testkit::registry::upload_blob(&self.addr, repo, &digest, bytes)
+            .map_err(anyhow::Error::msg)
     }
 
     fn push(&self, img: &Image) -> Result<()> {
@@ -1266,6 +1125,17 @@ fn build_images(cdir: &Path, debs: &Path) -> Result<Vec<Image>> {
     let base = layer(&base_entries(&bb, &tools)?)?;
     let with = |extra: Vec<Entry>| -> Result<Vec<Layer>> { Ok(vec![base.clone(), layer(&extra)?]) };
     let marker = |name: &str| -> Result<Vec<Layer>> { with(vec![file(name, b"", 0o644)]) };
+    // The web server answering on `port` as nginx (its pid file and its
+    // process title are what the tests look for).
+    let nginx = |port: u16| RunConfig {
+        env: vec![
+            format!("WEB_PORT={port}"),
+            "WEB_PIDFILE=/var/run/nginx.pid".into(),
+            "WEB_TITLE=nginx: master process nginx -g daemon off;".into(),
+        ],
+        cmd: vec!["/usr/sbin/nginx", "-g", "daemon off;"],
+        ..Default::default()
+    };
     let sh = || RunConfig {
         cmd: vec!["sh"],
         ..Default::default()
@@ -1284,29 +1154,13 @@ fn build_images(cdir: &Path, debs: &Path) -> Result<Vec<Image>> {
                 dir("usr/share/nginx/html"),
                 file("usr/share/nginx/html/index.html", html, 0o644),
             ])?,
-            RunConfig {
-                env: vec![
-                    "WEB_PORT=80".into(),
-                    "WEB_PIDFILE=/var/run/nginx.pid".into(),
-                    "WEB_TITLE=nginx: master process nginx -g daemon off;".into(),
-                ],
-                cmd: vec!["/usr/sbin/nginx", "-g", "daemon off;"],
-                ..Default::default()
-            },
+            nginx(80),
         )?,
         image(
             &format!("{CRI}/hostnet-nginx-amd64:latest"),
             &[],
             with(vec![file("usr/sbin/nginx", &tools["websrv"], 0o755)])?,
-            RunConfig {
-                env: vec![
-                    "WEB_PORT=12003".into(),
-                    "WEB_PIDFILE=/var/run/nginx.pid".into(),
-                    "WEB_TITLE=nginx: master process nginx -g daemon off;".into(),
-                ],
-                cmd: vec!["/usr/sbin/nginx", "-g", "daemon off;"],
-                ..Default::default()
-            },
+            nginx(12003),
         )?,
         image(
             &format!("{E2E}/httpd:2.4.39-4"),

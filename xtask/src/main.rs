@@ -104,6 +104,23 @@ fn cargo() -> Command {
     cmd
 }
 
+/// Builds criusd and the shim in release mode, and the `extra` packages.
+fn build_release(extra: &[&str]) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "--release",
+        "-p",
+        "crius-cri-server",
+        "-p",
+        "crius-shim",
+    ]);
+    for p in extra {
+        cmd.args(["-p", p]);
+    }
+    run_cmd(&mut cmd)
+}
+
 /// Runs a command, failing with its description when it fails.
 pub fn run_cmd(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
@@ -119,14 +136,7 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
 
 fn run(args: &[String]) -> Result<()> {
     setup::ensure()?;
-    run_cmd(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "crius-cri-server",
-        "-p",
-        "crius-shim",
-    ]))?;
+    build_release(&[])?;
     let criusd = workspace_root().join("target/release/criusd");
     let args: Vec<&String> = args.iter().skip_while(|a| a.as_str() == "--").collect();
     eprintln!("xtask: starting {} {:?}", criusd.display(), args);
@@ -182,16 +192,7 @@ fn bench(args: &[String]) -> Result<()> {
 /// Extra arguments go to crius-bench (e.g. `--pods 20`).
 fn bench_all(extra: &[String]) -> Result<()> {
     setup::ensure()?;
-    run_cmd(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "crius-cri-server",
-        "-p",
-        "crius-shim",
-        "-p",
-        "crius-bench",
-    ]))?;
+    build_release(&["crius-bench"])?;
     let root = workspace_root();
     run_cmd(
         Command::new(root.join("target/release/crius-bench"))

@@ -121,14 +121,7 @@ fn size_kib(dir: &Path) -> u64 {
 
 /// Builds target/package/crius_<version>_<arch>.deb; returns its path.
 fn build() -> Result<PathBuf> {
-    crate::run_cmd(crate::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "crius-cri-server",
-        "-p",
-        "crius-shim",
-    ]))?;
+    crate::build_release(&[])?;
     let ws = crate::workspace_root();
     let release = ws.join("target/release");
     let criusd = release.join("criusd");

@@ -78,19 +78,7 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp"]
-[grpc]
-  address = "{d}/containerd.sock"
-[ttrpc]
-  address = "{d}/containerd-ttrpc.sock"
-[debug]
-  address = ""
-[metrics]
-  address = ""
-[{cri}]
+                r#"{head}[{cri}]
   sandbox_image = "{registry}/pause:bench"
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
@@ -108,7 +96,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
   [{cri}.registry.mirrors."{registry}"]
     endpoint = ["http://{registry}"]
 "#,
-                d = dir.display(),
+                head = crius_testkit::containerd_config_head(dir),
                 conf = conf_dir.display(),
             ),
         )?;
@@ -163,17 +151,8 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own, not yet reaped child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            // SIGTERM first, SIGKILL after 20 s.
+            crius_testkit::terminate(&mut c, Duration::from_secs(20));
         }
     }
 }

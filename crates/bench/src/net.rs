@@ -4,15 +4,12 @@
 //! Everything is undone on drop (modelled on the tests' `common/net.rs`).
 
 use anyhow::{bail, Context, Result};
-use crius_testkit::{free_subnet, run, ForwardRule, IP_FORWARD};
+use crius_testkit::{free_subnet, BridgeHost};
 use std::path::{Path, PathBuf};
 
 pub struct Network {
     pub conf_dir: PathBuf,
-    name: String,
-    bridge: String,
-    forward_rule: ForwardRule,
-    ip_forward: Option<String>,
+    host: BridgeHost,
 }
 
 impl Network {
@@ -37,27 +34,15 @@ impl Network {
             ]
         });
         std::fs::write(conf_dir.join("10-bench.conflist"), conflist.to_string())?;
-        let ip_forward = std::fs::read_to_string(IP_FORWARD).ok();
-        let forward_rule = ForwardRule::insert(&subnet, &bridge).map_err(anyhow::Error::msg)?;
-        Ok(Network {
-            conf_dir,
-            name,
-            bridge,
-            forward_rule,
-            ip_forward,
-        })
+        let host = BridgeHost::setup(name, bridge, &subnet).map_err(anyhow::Error::msg)?;
+        Ok(Network { conf_dir, host })
     }
 }
 
 impl Drop for Network {
     fn drop(&mut self) {
-        let _ = run("ip", &["link", "del", &self.bridge]);
-        if let Err(e) = self.forward_rule.remove() {
+        if let Err(e) = self.host.undo() {
             eprintln!("bench: cleanup: removing the FORWARD rule failed: {e}");
         }
-        if let Some(v) = &self.ip_forward {
-            let _ = std::fs::write(IP_FORWARD, v.as_bytes());
-        }
-        let _ = std::fs::remove_dir_all(Path::new("/var/lib/cni/networks").join(&self.name));
     }
 }

@@ -2,16 +2,13 @@
 //! a pause and a busybox image built from busybox-static, pushed with the
 //! distribution API over a tiny HTTP/1.1 client.
 //!
-//! A minimal copy of the integration tests' `tests/common/registry.rs`
-//! (only what the bench needs, with errors instead of panics).
+//! The registry process and the HTTP client are crius-testkit's.
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
@@ -19,41 +16,6 @@ const LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
 pub fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-struct Response {
-    status: u16,
-    location: Option<String>,
-}
-
-/// One HTTP/1.1 request with `Connection: close`.
-fn http(addr: &str, method: &str, path: &str, ctype: &str, body: &[u8]) -> Result<Response> {
-    let mut s = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\nContent-Type: {ctype}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(req.as_bytes())?;
-    s.write_all(body)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("http response without header end")?;
-    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .context("bad status line")?;
-    let location = lines
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("location"))
-        .map(|(_, v)| v.trim().to_string());
-    Ok(Response { status, location })
 }
 
 /// A docker-registry process; killed on drop.
@@ -64,78 +26,18 @@ pub struct Registry {
 
 impl Registry {
     pub fn start(dir: &Path) -> Result<Registry> {
-        std::fs::create_dir_all(dir.join("storage"))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-                dir.join("storage").display()
-            ),
-        )?;
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("registry.log"))?)
-            .spawn()
-            .context("spawn docker-registry (apt-get install docker-registry)")?;
-        let mut r = Registry {
+        let (child, addr) =
+            crius_testkit::registry::start_registry(dir).map_err(anyhow::Error::msg)?;
+        Ok(Registry {
             child: Some(child),
             addr,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(resp) = http(&r.addr, "GET", "/v2/", "text/plain", b"") {
-                if resp.status == 200 {
-                    return Ok(r);
-                }
-            }
-            if let Some(c) = r.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    bail!("docker-registry exited with {status}");
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("docker-registry did not start on {}", r.addr);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        })
     }
 
     fn push_blob(&self, repo: &str, bytes: &[u8]) -> Result<String> {
         let digest = sha256(bytes);
-        let resp = http(
-            &self.addr,
-            "POST",
-            &format!("/v2/{repo}/blobs/uploads/"),
-            "application/octet-stream",
-            b"",
-        )?;
-        if resp.status != 202 {
-            bail!("start upload: HTTP {}", resp.status);
-        }
-        let loc = resp.location.context("upload without Location")?;
-        let path = match loc.find("/v2/") {
-            Some(i) => loc[i..].to_string(),
-            None => loc,
-        };
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let resp = http(
-            &self.addr,
-            "PUT",
-            &format!("{path}{sep}digest={digest}"),
-            "application/octet-stream",
-            bytes,
-        )?;
-        if resp.status != 201 {
-            bail!("finish upload: HTTP {}", resp.status);
-        }
+        crius_testkit::registry::upload_blob(&self.addr, repo, &digest, bytes)
+            .map_err(anyhow::Error::msg)?;
         Ok(digest)
     }
 
@@ -164,11 +66,11 @@ impl Registry {
             "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len()},
             "layers": [{"mediaType": LAYER_GZIP, "digest": layer_digest, "size": blob.len()}],
         }))?;
-        let resp = http(
+        let resp = crius_testkit::registry::http(
             &self.addr,
             "PUT",
             &format!("/v2/{repo}/manifests/{tag}"),
-            OCI_MANIFEST,
+            &[("Content-Type", OCI_MANIFEST)],
             &manifest,
         )?;
         if resp.status != 201 {

@@ -423,9 +423,9 @@ impl Rewriter {
     }
 }
 
-/// Appends an HPACK integer with an `prefix`-bit prefix whose other bits in
-/// the first byte are `first`.
-fn encode_int(out: &mut Vec<u8>, first: u8, prefix: u8, mut value: usize) {
+/// Appends an HPACK integer (RFC 7541 5.1) with an `prefix`-bit prefix
+/// whose other bits in the first byte are `first`.
+pub fn encode_int(out: &mut Vec<u8>, first: u8, prefix: u8, mut value: usize) {
     let max = (1usize << prefix) - 1;
     if value < max {
         out.push(first | value as u8);

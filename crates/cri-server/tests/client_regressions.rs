@@ -19,50 +19,27 @@ use tokio_tungstenite::tungstenite::Message;
 /// tree, whose leftovers guard kills every process in it).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A test environment with busybox pulled and one pod (`uid-<name>`)
-/// running; `None` (with a note) when not root.
-struct Setup {
-    // Dropped in this order: the log dir, the daemon's environment, then
-    // the lock.
-    _logs: LogDir,
-    env: Env,
-    image: String,
-    rt: Rt,
-    config: k8s_cri::v1::PodSandboxConfig,
-    pod_id: String,
-    _serial: tokio::sync::MutexGuard<'static, ()>,
-}
-
-impl Setup {
-    async fn start(prefix: &str, name: &str) -> Option<Setup> {
-        if !is_root() {
-            eprintln!("client_regressions: skipped (needs root)");
-            return None;
-        }
-        let serial = SERIAL.lock().await;
-        let env = Env::start(prefix);
-        let image = env.pull_busybox().await;
-        let mut rt = env.daemon.runtime().await;
-        let config = pod(name, &format!("uid-{name}"));
-        let pod_id = run_pod(&env, &mut rt, &config).await;
-        Some(Setup {
-            _logs: LogDir(config.log_directory.clone().into()),
-            env,
-            image,
-            rt,
-            config,
-            pod_id,
-            _serial: serial,
-        })
-    }
-}
-
 /// busybox httpd serving `text` on `addr` (e.g. `127.0.0.1:8080`).
 fn httpd(name: &str, image: &str, addr: &str, text: &str) -> k8s_cri::v1::ContainerConfig {
     let script = format!(
         "mkdir -p /tmp/www && echo {text} > /tmp/www/index.html && exec /bin/busybox httpd -f -p {addr} -h /tmp/www"
     );
     container(name, image, &["/bin/sh", "-c", &script])
+}
+
+/// Runs the pod and in it busybox httpd `web` serving `text` on `addr`;
+/// returns the pod's id.
+async fn pod_serving(
+    env: &Env,
+    rt: &mut Rt,
+    config: &k8s_cri::v1::PodSandboxConfig,
+    image: &str,
+    addr: &str,
+    text: &str,
+) -> String {
+    let pod_id = run_pod(env, rt, config).await;
+    run(env, rt, &pod_id, config, httpd("web", image, addr, text)).await;
+    pod_id
 }
 
 /// Port-forwards `port` of the pod until `want` comes back (the server
@@ -107,15 +84,7 @@ async fn localhost_and_port_forward_without_a_loopback_plugin() {
     // Two containers of one pod talk over 127.0.0.1, and port-forward
     // reaches a server that listens on 127.0.0.1 only.
     let config = pod("nolo", "uid-nolo");
-    let pod_id = run_pod(&env, &mut rt, &config).await;
-    run(
-        &env,
-        &mut rt,
-        &pod_id,
-        &config,
-        httpd("web", &image, "127.0.0.1:8080", "hello-lo"),
-    )
-    .await;
+    let pod_id = pod_serving(&env, &mut rt, &config, &image, "127.0.0.1:8080", "hello-lo").await;
     let side = run(
         &env,
         &mut rt,
@@ -172,24 +141,12 @@ async fn localhost_and_port_forward_without_a_loopback_plugin() {
     // A pod on the host's network: its localhost is the host's.
     let port = common::free_port();
     let mut config = pod("hostnet", "uid-hostnet");
-    config
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-        .namespace_options = Some(NamespaceOption {
+    pod_security(&mut config).namespace_options = Some(NamespaceOption {
         network: NamespaceMode::Node as i32,
         ..Default::default()
     });
-    let pod_id = run_pod(&env, &mut rt, &config).await;
-    run(
-        &env,
-        &mut rt,
-        &pod_id,
-        &config,
-        httpd("web", &image, &format!("127.0.0.1:{port}"), "hello-host"),
-    )
-    .await;
+    let addr = format!("127.0.0.1:{port}");
+    let pod_id = pod_serving(&env, &mut rt, &config, &image, &addr, "hello-host").await;
     let page = forward_until(&mut rt, &pod_id, port, "hello-host").await;
     assert!(page.contains("200 OK"), "{page}");
     teardown(&env, &mut rt, &pod_id, "uid-hostnet").await;
@@ -222,18 +179,10 @@ async fn ws_attach_until(url: &str, input: Option<&[u8]>, want: &str) -> String 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn attach_with_and_without_a_log_path() {
-    let Some(Setup {
-        env,
-        image,
-        mut rt,
-        config,
-        pod_id,
-        _logs,
-        _serial,
-    }) = Setup::start("crius-attach", "attach").await
-    else {
+    let Some(case) = Case::start(&SERIAL, "crius-attach", "attach").await else {
         return;
     };
+    let (_guards, env, image, mut rt, config, _, pod_id) = case.split_running().await;
     let echo_loop = ["/bin/sh", "-c", "while read l; do echo got:$l; done"];
     let start = |name: &str, cmd: &[&str], log: bool, stdin: bool, once: bool, tty: bool| {
         let mut c = container(name, &image, cmd);
@@ -321,18 +270,10 @@ async fn attach_with_and_without_a_log_path() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_stdin_sent_at_once_is_never_lost() {
-    let Some(Setup {
-        env,
-        image,
-        mut rt,
-        config,
-        pod_id,
-        _logs,
-        _serial,
-    }) = Setup::start("crius-stdin", "stdin").await
-    else {
+    let Some(case) = Case::start(&SERIAL, "crius-stdin", "stdin").await else {
         return;
     };
+    let (_guards, env, image, mut rt, config, _, pod_id) = case.split_running().await;
     let shell = run(
         &env,
         &mut rt,

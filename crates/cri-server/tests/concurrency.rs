@@ -307,15 +307,7 @@ async fn stop_and_remove_racing_create_leave_nothing() {
     let env = start_env("crius-race");
     let image = env.pull_busybox().await;
     let rounds = 4;
-    let configs: Vec<PodSandboxConfig> = (0..rounds)
-        .map(|i| pod(&format!("race{i}"), &format!("uid-race{i}")))
-        .collect();
-    let _logs = LogDirs(
-        configs
-            .iter()
-            .map(|c| PathBuf::from(&c.log_directory))
-            .collect(),
-    );
+    let (configs, _logs) = pods("race", rounds);
     let rt = env.daemon.runtime().await;
 
     for (i, config) in configs.iter().enumerate() {

@@ -4,7 +4,6 @@
 mod common;
 
 use common::pod::*;
-use common::registry::is_root;
 use common::stream_client::{ch as channel, ws_connect, ws_stdin_then_collect};
 use futures_util::{SinkExt, StreamExt};
 use k8s_cri::v1::{
@@ -27,21 +26,18 @@ fn container(name: &str, image: &str, cmd: &[&str]) -> ContainerConfig {
     }
 }
 
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread")]
 async fn container_lifecycle_logs_exec_and_security() {
-    if !is_root() {
-        eprintln!("containers: skipped (needs root)");
+    let Some(case) = Case::start(&SERIAL, "crius-ctr", "ctr").await else {
         return;
-    }
-    let env = Env::start("crius-ctr");
-    let image = env.pull_busybox().await;
-    let mut rt = env.daemon.runtime().await;
-    let pod_config = pod("app", "uid-ctr");
-    let pod_id = run_pod(&env, &mut rt, &pod_config).await;
+    };
+    let (_guards, env, image, mut rt, pod, uid, pod_id) = case.split_running().await;
     let create = |c: ContainerConfig| CreateContainerRequest {
         pod_sandbox_id: pod_id.clone(),
         config: Some(c),
-        sandbox_config: Some(pod_config.clone()),
+        sandbox_config: Some(pod.clone()),
     };
     let status = |id: &str| ContainerStatusRequest {
         container_id: id.into(),
@@ -90,11 +86,7 @@ async fn container_lifecycle_logs_exec_and_security() {
         k8s_cri::v1::ContainerState::ContainerRunning as i32
     );
     let log = std::path::PathBuf::from(&s.log_path);
-    assert!(
-        log.starts_with(&pod_config.log_directory),
-        "{}",
-        log.display()
-    );
+    assert!(log.starts_with(&pod.log_directory), "{}", log.display());
     wait_for("log lines", || {
         let t = std::fs::read_to_string(&log).unwrap_or_default();
         t.contains(" stdout F hello 1\n") && t.contains(" stderr F oops\n")
@@ -262,49 +254,32 @@ async fn container_lifecycle_logs_exec_and_security() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(cs.attributes.as_ref().unwrap().id, main);
-    assert!(
-        cs.cpu
-            .as_ref()
-            .unwrap()
-            .usage_core_nano_seconds
-            .as_ref()
-            .unwrap()
-            .value
-            > 0,
-        "{cs:?}"
-    );
-    assert!(
-        cs.memory
-            .as_ref()
-            .unwrap()
-            .working_set_bytes
-            .as_ref()
-            .unwrap()
-            .value
-            > 0,
-        "{cs:?}"
-    );
-    assert!(
-        cs.writable_layer
-            .as_ref()
-            .unwrap()
-            .inodes_used
-            .as_ref()
-            .unwrap()
-            .value
-            >= 1,
-        "{cs:?}"
-    );
-    let ps = rt
-        .pod_sandbox_stats(k8s_cri::v1::PodSandboxStatsRequest {
-            pod_sandbox_id: pod_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .stats
-        .unwrap();
-    let linux = ps.linux.unwrap();
+    // Each figure as (name, value): CPU and memory used, writable layer
+    // inodes.
+    let figures = [
+        (
+            "cpu",
+            cs.cpu
+                .as_ref()
+                .and_then(|c| c.usage_core_nano_seconds.as_ref()),
+        ),
+        (
+            "memory",
+            cs.memory
+                .as_ref()
+                .and_then(|m| m.working_set_bytes.as_ref()),
+        ),
+        (
+            "inodes",
+            cs.writable_layer
+                .as_ref()
+                .and_then(|l| l.inodes_used.as_ref()),
+        ),
+    ];
+    for (name, value) in figures {
+        assert!(value.is_some_and(|v| v.value > 0), "{name}: {cs:?}");
+    }
+    let linux = pod_stats(&mut rt, &pod_id).await.linux.unwrap();
     assert!(linux.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
     assert!(linux.memory.unwrap().working_set_bytes.unwrap().value > 0);
     assert_eq!(
@@ -347,17 +322,7 @@ async fn container_lifecycle_logs_exec_and_security() {
         }),
         ..Default::default()
     });
-    let r_id = rt
-        .create_container(create(restricted))
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    rt.start_container(StartContainerRequest {
-        container_id: r_id.clone(),
-    })
-    .await
-    .unwrap();
+    let r_id = run(&env, &mut rt, &pod_id, &pod, restricted).await;
     let ex = |cmd: &[&str]| ExecSyncRequest {
         container_id: r_id.clone(),
         cmd: cmd.iter().map(|s| s.to_string()).collect(),
@@ -388,17 +353,14 @@ async fn container_lifecycle_logs_exec_and_security() {
 
     // A container that finishes on its own is Completed; one killed by an
     // OOM is OOMKilled.
-    let done = rt
-        .create_container(create(container("done", &image, &["/bin/busybox", "true"])))
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    rt.start_container(StartContainerRequest {
-        container_id: done.clone(),
-    })
-    .await
-    .unwrap();
+    let done = run(
+        &env,
+        &mut rt,
+        &pod_id,
+        &pod,
+        container("done", &image, &["/bin/busybox", "true"]),
+    )
+    .await;
     let mut oom = container(
         "oom",
         &image,
@@ -408,17 +370,7 @@ async fn container_lifecycle_logs_exec_and_security() {
         memory_limit_in_bytes: 32 << 20,
         ..Default::default()
     });
-    let oom_id = rt
-        .create_container(create(oom))
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    rt.start_container(StartContainerRequest {
-        container_id: oom_id.clone(),
-    })
-    .await
-    .unwrap();
+    let oom_id = run(&env, &mut rt, &pod_id, &pod, oom).await;
     for (id, reason, code) in [(&done, "Completed", 0), (&oom_id, "OOMKilled", 137)] {
         let mut last = None;
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -534,9 +486,9 @@ async fn container_lifecycle_logs_exec_and_security() {
         mounts_below(&env.dir)
     );
     assert!(
-        cgroup_dirs("uid-ctr").is_empty(),
+        cgroup_dirs(&uid).is_empty(),
         "cgroups left: {:?}",
-        cgroup_dirs("uid-ctr")
+        cgroup_dirs(&uid)
     );
-    remove_cgroup_parents("uid-ctr");
+    remove_cgroup_parents(&uid);
 }

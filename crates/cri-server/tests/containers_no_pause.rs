@@ -129,16 +129,8 @@ async fn pods_without_a_pause() {
     assert!(err.message().contains("namespace_options.pid"), "{err:?}");
 
     // The pod's network counters come from its netns.
-    let stats = rt
-        .pod_sandbox_stats(k8s_cri::v1::PodSandboxStatsRequest {
-            pod_sandbox_id: pod_id.clone(),
-        })
+    let iface = pod_stats(&mut rt, &pod_id)
         .await
-        .unwrap()
-        .into_inner()
-        .stats
-        .unwrap();
-    let iface = stats
         .linux
         .and_then(|l| l.network)
         .and_then(|n| n.default_interface)

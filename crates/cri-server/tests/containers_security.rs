@@ -8,7 +8,7 @@ use common::pod::*;
 use common::registry::{busybox_entries, image_with_config, is_root, layer, Compression, Entry};
 use k8s_cri::v1::{
     Capability, Mount, MountPropagation, NamespaceMode, NamespaceOption, RemoveContainerRequest,
-    SecurityProfile, StatusRequest,
+    SecurityProfile,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -251,15 +251,8 @@ async fn security_namespaces_user_mounts_and_bad_requests() {
     );
     // Recursive read-only (where the handler reports it): a submount of
     // the bound tree is read-only too, unlike with a plain `ro` bind.
-    let rro = rt
-        .status(StatusRequest { verbose: false })
+    let rro = default_handler_features(&mut rt)
         .await
-        .unwrap()
-        .into_inner()
-        .runtime_handlers
-        .iter()
-        .find(|h| h.name.is_empty())
-        .and_then(|h| h.features)
         .is_some_and(|f| f.recursive_read_only_mounts);
     let ro_mount = |path: &str, recursive: bool| Mount {
         container_path: path.into(),

@@ -7,7 +7,7 @@ use common::pod::*;
 use common::registry::is_root;
 use k8s_cri::v1::{
     Mount, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StatusRequest, StopPodSandboxRequest,
+    StartContainerRequest, StopPodSandboxRequest,
 };
 use std::path::{Path, PathBuf};
 
@@ -64,15 +64,8 @@ async fn user_namespace_pods() {
     let mut env = Env::start("crius-userns");
     let image = env.pull_busybox().await;
     let mut rt = env.daemon.runtime().await;
-    let features = rt
-        .status(StatusRequest { verbose: false })
+    let features = default_handler_features(&mut rt)
         .await
-        .unwrap()
-        .into_inner()
-        .runtime_handlers
-        .iter()
-        .find(|h| h.name.is_empty())
-        .and_then(|h| h.features)
         .expect("the default handler is listed");
     let uid = "uid-userns";
     let pod_config = userns_pod("userns", uid, (0, USERNS_BASE, 65536));
@@ -331,15 +324,8 @@ async fn a_dead_shims_user_namespace_pod_leaves_no_mount() {
     let env = Env::start("crius-userns-dead");
     let image = env.pull_busybox().await;
     let mut rt = env.daemon.runtime().await;
-    let userns = rt
-        .status(StatusRequest { verbose: false })
+    let userns = default_handler_features(&mut rt)
         .await
-        .unwrap()
-        .into_inner()
-        .runtime_handlers
-        .iter()
-        .find(|h| h.name.is_empty())
-        .and_then(|h| h.features)
         .is_some_and(|f| f.user_namespaces);
     if !userns {
         eprintln!("user namespaces unavailable: skipped");

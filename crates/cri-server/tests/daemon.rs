@@ -3,10 +3,10 @@
 
 mod common;
 
+use common::pod::runtime_status;
 use common::{script, Daemon, CRIUSD};
 use k8s_cri::v1::{
-    NetworkConfig, RuntimeConfig, RuntimeConfigRequest, StatusRequest, UpdateRuntimeConfigRequest,
-    VersionRequest,
+    NetworkConfig, RuntimeConfig, RuntimeConfigRequest, UpdateRuntimeConfigRequest, VersionRequest,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
@@ -24,10 +24,7 @@ fn condition(resp: &k8s_cri::v1::StatusResponse, kind: &str) -> k8s_cri::v1::Run
 async fn version_status_config_and_graceful_shutdown() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    for d in ["bin", "net.d", "cni-bin"] {
-        std::fs::create_dir_all(dir.join(d)).unwrap();
-    }
-    let mut daemon = Daemon::start(dir, &common::fake_runtime_config(dir));
+    let mut daemon = Daemon::start(dir, &common::fake_runtime_dirs(dir));
 
     let mode = std::fs::metadata(&daemon.socket)
         .unwrap()
@@ -50,11 +47,7 @@ async fn version_status_config_and_graceful_shutdown() {
     assert_eq!(v.runtime_version, env!("CARGO_PKG_VERSION"));
 
     // Nothing installed yet: neither condition holds, and each says why.
-    let s = rt
-        .status(StatusRequest { verbose: false })
-        .await
-        .unwrap()
-        .into_inner();
+    let s = runtime_status(&mut rt, false).await;
     let runtime = condition(&s, "RuntimeReady");
     assert!(!runtime.status);
     assert_eq!(runtime.reason, "RuntimeBinaryNotFound");
@@ -79,11 +72,7 @@ async fn version_status_config_and_graceful_shutdown() {
     )
     .unwrap();
     script(&dir.join("cni-bin/bridge"), "#!/bin/sh\n");
-    let s = rt
-        .status(StatusRequest { verbose: false })
-        .await
-        .unwrap()
-        .into_inner();
+    let s = runtime_status(&mut rt, false).await;
     let runtime = condition(&s, "RuntimeReady");
     assert!(!runtime.status);
     assert!(runtime.message.contains("kaputt"), "{runtime:?}");
@@ -100,11 +89,7 @@ async fn version_status_config_and_graceful_shutdown() {
         "#!/bin/sh\necho 'fake-runtime version 9.9'\n",
     );
     script(&dir.join("cni-bin/portmap"), "#!/bin/sh\n");
-    let s = rt
-        .status(StatusRequest { verbose: true })
-        .await
-        .unwrap()
-        .into_inner();
+    let s = runtime_status(&mut rt, true).await;
     assert!(condition(&s, "RuntimeReady").status, "{s:?}");
     assert!(condition(&s, "NetworkReady").status, "{s:?}");
     let config: serde_json::Value = serde_json::from_str(&s.info["config"]).unwrap();
@@ -248,11 +233,7 @@ async fn version_status_config_and_graceful_shutdown() {
     // The pod CIDR survives a restart.
     let mut daemon = Daemon::start(dir, &common::fake_runtime_config(dir));
     let mut rt = daemon.runtime().await;
-    let s = rt
-        .status(StatusRequest { verbose: true })
-        .await
-        .unwrap()
-        .into_inner();
+    let s = runtime_status(&mut rt, true).await;
     assert!(
         s.info["runtimeConfig"].contains("10.244.3.0/24"),
         "{:?}",
@@ -391,16 +372,20 @@ fn config_default_prints_a_loadable_full_config() {
     assert!(shown.contains("socket = \"/tmp/other.sock\""), "{shown}");
 }
 
+/// criusd on [`common::fake_runtime_config`] with `extra` appended.
+fn start_fake(dir: &std::path::Path, extra: &str) -> Daemon {
+    Daemon::start(
+        dir,
+        &format!("{}\n{extra}", common::fake_runtime_config(dir)),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_calls_and_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let addr = common::free_metrics_addr();
-    let text = format!(
-        "{}\n[metrics]\naddress = \"{addr}\"\n",
-        common::fake_runtime_config(dir)
-    );
-    let mut daemon = Daemon::start(dir, &text);
+    let mut daemon = start_fake(dir, &format!("[metrics]\naddress = \"{addr}\"\n"));
     let mut rt = daemon.runtime().await;
     for _ in 0..3 {
         rt.version(VersionRequest::default()).await.unwrap();
@@ -444,11 +429,10 @@ fn metrics_off_opens_no_port() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let stream_port = common::free_port();
-    let text = format!(
-        "{}\n[stream]\naddress = \"127.0.0.1:{stream_port}\"\n",
-        common::fake_runtime_config(dir)
+    let mut daemon = start_fake(
+        dir,
+        &format!("[stream]\naddress = \"127.0.0.1:{stream_port}\"\n"),
     );
-    let mut daemon = Daemon::start(dir, &text);
     let pid = daemon.child.as_ref().unwrap().id();
     // Serving: the CRI socket accepts connections from its bind on, but
     // answers only once the streaming server (and metrics, were they on)
@@ -533,10 +517,7 @@ fn reload_with(daemon: &Daemon, text: &str, needle: &str) -> String {
 async fn sighup_reloads_the_config() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    for d in ["bin", "net.d", "cni-bin"] {
-        std::fs::create_dir_all(dir.join(d)).unwrap();
-    }
-    let base = common::fake_runtime_config(dir);
+    let base = common::fake_runtime_dirs(dir);
     let mut daemon =
         Daemon::start_with(dir, &format!("log_level = \"info\"\n{base}"), vec![], false);
     assert_eq!(version_of(&daemon).await.runtime_name, "crius");
@@ -623,10 +604,8 @@ fn get_metrics(port: u16) -> Result<String, std::io::Error> {
 async fn sighup_applies_handlers_cni_and_metrics() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    for d in ["bin", "net.d", "net2.d", "cni-bin"] {
-        std::fs::create_dir_all(dir.join(d)).unwrap();
-    }
-    let base = common::fake_runtime_config(dir);
+    let base = common::fake_runtime_dirs(dir);
+    std::fs::create_dir_all(dir.join("net2.d")).unwrap();
     let mut daemon = Daemon::start(dir, &base);
     let port = common::free_port();
     assert!(get_metrics(port).is_err(), "metrics are off");
@@ -643,11 +622,7 @@ async fn sighup_applies_handlers_cni_and_metrics() {
     ));
     assert!(!tail.contains("needs a restart"), "{tail}");
     let mut rt = daemon.runtime().await;
-    let s = rt
-        .status(StatusRequest { verbose: true })
-        .await
-        .unwrap()
-        .into_inner();
+    let s = runtime_status(&mut rt, true).await;
     let handlers: Vec<&str> = s.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
     assert_eq!(handlers, ["", "extra", "fake", "runc"]);
     let config: serde_json::Value = serde_json::from_str(&s.info["config"]).unwrap();
@@ -695,9 +670,7 @@ fn next_notification(sock: &std::os::unix::net::UnixDatagram) -> String {
 async fn sd_notify_ready_reloading_stopping() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    for d in ["bin", "net.d", "cni-bin"] {
-        std::fs::create_dir_all(dir.join(d)).unwrap();
-    }
+    let config = common::fake_runtime_dirs(dir);
     let notify_path = dir.join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
     notify
@@ -707,7 +680,7 @@ async fn sd_notify_ready_reloading_stopping() {
         "NOTIFY_SOCKET".to_string(),
         notify_path.display().to_string(),
     )];
-    let mut daemon = Daemon::start_with(dir, &common::fake_runtime_config(dir), env, true);
+    let mut daemon = Daemon::start_with(dir, &config, env, true);
     let ready = next_notification(&notify);
     assert_eq!(ready.trim(), "READY=1");
     // Ready means serving.
@@ -738,11 +711,8 @@ fn no_notify_socket_sends_nothing() {
     // other tests); a socket given empty is ignored as well.
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    for d in ["bin", "net.d", "cni-bin"] {
-        std::fs::create_dir_all(dir.join(d)).unwrap();
-    }
     let env = vec![("NOTIFY_SOCKET".to_string(), String::new())];
-    let mut daemon = Daemon::start_with(dir, &common::fake_runtime_config(dir), env, true);
+    let mut daemon = Daemon::start_with(dir, &common::fake_runtime_dirs(dir), env, true);
     assert_eq!(daemon.signal_and_wait(libc::SIGTERM).code(), Some(0));
     assert!(
         !daemon.log_text().contains("notify"),

@@ -12,6 +12,7 @@
 mod common;
 
 use common::Daemon;
+use crius_cri_server::grpc_authority::encode_int;
 use k8s_cri::v1::{VersionRequest, VersionResponse};
 use prost::Message;
 use std::collections::VecDeque;
@@ -60,21 +61,6 @@ const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
 const ACK: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
-
-fn encode_int(out: &mut Vec<u8>, first: u8, prefix: u8, mut value: usize) {
-    let max = (1usize << prefix) - 1;
-    if value < max {
-        out.push(first | value as u8);
-        return;
-    }
-    out.push(first | max as u8);
-    value -= max;
-    while value >= 128 {
-        out.push((value % 128) as u8 | 0x80);
-        value /= 128;
-    }
-    out.push(value as u8);
-}
 
 /// An HPACK encoder that, like grpcio's, adds the fields it sends to the
 /// dynamic table (literal with incremental indexing) and sends fields

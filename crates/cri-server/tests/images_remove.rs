@@ -58,6 +58,21 @@ fn registry_with_many(dir: &Path) -> (Registry, String, String) {
     (reg, reference, config)
 }
 
+/// A test's start (`None` when not root): a temporary directory holding
+/// the registry of [`registry_with_many`] and criusd; (directory, registry,
+/// reference, config digest, criusd).
+fn start() -> Option<(tempfile::TempDir, Registry, String, String, Daemon)> {
+    if !is_root() {
+        eprintln!("skipping: needs root");
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (reg, reference, config) = registry_with_many(dir);
+    let daemon = Daemon::start(dir, &config_text(dir));
+    Some((tmp, reg, reference, config, daemon))
+}
+
 /// RemoveImage takes the image out of ListImages and ImageStatus at once
 /// and leaves its layer in the trash only; ImageFsInfo drops back once the
 /// background deletion is done. A pull of the same image right after the
@@ -65,14 +80,10 @@ fn registry_with_many(dir: &Path) -> (Registry, String, String) {
 /// whole layer of its own.
 #[tokio::test(flavor = "multi_thread")]
 async fn remove_returns_at_once_and_usage_follows_the_background_delete() {
-    if !is_root() {
-        eprintln!("skipping: needs root");
+    let Some((tmp, _reg, reference, config, daemon)) = start() else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
+    };
     let dir = tmp.path();
-    let (_reg, reference, config) = registry_with_many(dir);
-    let daemon = Daemon::start(dir, &config_text(dir));
     let images = dir.join("root/images");
     let trash = images.join("trash");
     let mode = std::fs::metadata(&trash).unwrap().permissions().mode() & 0o777;
@@ -147,14 +158,10 @@ async fn remove_returns_at_once_and_usage_follows_the_background_delete() {
 /// without holding up start-up; the removed image stays removed.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_trash_is_swept_at_start_up() {
-    if !is_root() {
-        eprintln!("skipping: needs root");
+    let Some((tmp, _reg, reference, config, mut daemon)) = start() else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
+    };
     let dir = tmp.path();
-    let (_reg, reference, config) = registry_with_many(dir);
-    let mut daemon = Daemon::start(dir, &config_text(dir));
     let images = dir.join("root/images");
     let trash = images.join("trash");
     let mut c = daemon.images().await;

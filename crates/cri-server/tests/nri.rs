@@ -46,9 +46,7 @@ async fn a_plugin_adjusts_the_containers_it_sees_created() {
     let Some(case) = Case::start(&SERIAL, "nri-adjust", "nri-adjust").await else {
         return;
     };
-    let (_guards, env, image, mut rt, pod, uid) = case.split();
-    let uid = uid.as_str();
-    let pod_id = run_pod(&env, &mut rt, &pod).await;
+    let (_guards, env, image, mut rt, pod, uid, pod_id) = case.split_running().await;
 
     // NRI is on by default; the socket is private to root.
     {
@@ -138,7 +136,7 @@ async fn a_plugin_adjusts_the_containers_it_sees_created() {
     assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
 
     plugin.close().await;
-    teardown(&env, &mut rt, &pod_id, uid).await;
+    teardown(&env, &mut rt, &pod_id, &uid).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,9 +144,7 @@ async fn a_silent_plugin_delays_creation_by_at_most_the_request_timeout() {
     let Some(case) = Case::start(&SERIAL, "nri-silent", "nri-silent").await else {
         return;
     };
-    let (_guards, env, image, mut rt, pod, uid) = case.split();
-    let uid = uid.as_str();
-    let pod_id = run_pod(&env, &mut rt, &pod).await;
+    let (_guards, env, image, mut rt, pod, uid, pod_id) = case.split_running().await;
     let plugin = TestPlugin::connect(&env.daemon, "silent", "05", Behaviour::Hang).await;
 
     let t = Instant::now();
@@ -188,7 +184,7 @@ async fn a_silent_plugin_delays_creation_by_at_most_the_request_timeout() {
     .await;
     assert_eq!(plugin.plugin.seen().events.len(), 1);
 
-    teardown(&env, &mut rt, &pod_id, uid).await;
+    teardown(&env, &mut rt, &pod_id, &uid).await;
 }
 
 /// The CPU shares of container `id` of pod `uid`, from its cgroup (v1).
@@ -432,9 +428,7 @@ async fn a_create_answer_updates_and_evicts_other_containers() {
     let Some(case) = Case::start(&SERIAL, "nri-create-upd", "nri-create-upd").await else {
         return;
     };
-    let (_guards, env, image, mut rt, pod, uid) = case.split();
-    let uid = uid.as_str();
-    let pod_id = run_pod(&env, &mut rt, &pod).await;
+    let (_guards, env, image, mut rt, pod, uid, pod_id) = case.split_running().await;
     let sleeper = |name: &str| {
         let mut c = container(name, &image, &["/bin/busybox", "sleep", "3600"]);
         c.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
@@ -445,7 +439,7 @@ async fn a_create_answer_updates_and_evicts_other_containers() {
     };
     let app = run(&env, &mut rt, &pod_id, &pod, sleeper("app")).await;
     let victim = run(&env, &mut rt, &pod_id, &pod, sleeper("victim")).await;
-    assert_eq!(cpu_shares(uid, &app), "1024");
+    assert_eq!(cpu_shares(&uid, &app), "1024");
 
     let plugin = TestPlugin::scripted(
         &env.daemon,
@@ -465,7 +459,7 @@ async fn a_create_answer_updates_and_evicts_other_containers() {
     .await;
     let newcomer = run(&env, &mut rt, &pod_id, &pod, sleeper("newcomer")).await;
     assert_eq!(plugin.plugin.seen().of("CreateContainer").len(), 1);
-    assert_eq!(cpu_shares(uid, &app), "256");
+    assert_eq!(cpu_shares(&uid, &app), "256");
     assert_eq!(status_shares(&mut rt, &app).await, 256);
     let state = |s: k8s_cri::v1::ContainerState| s as i32;
     assert_eq!(
@@ -480,10 +474,10 @@ async fn a_create_answer_updates_and_evicts_other_containers() {
         status_of(&mut rt, &newcomer).await.state,
         state(k8s_cri::v1::ContainerState::ContainerRunning)
     );
-    assert_eq!(cpu_shares(uid, &newcomer), "1024");
+    assert_eq!(cpu_shares(&uid, &newcomer), "1024");
 
     plugin.close().await;
-    teardown(&env, &mut rt, &pod_id, uid).await;
+    teardown(&env, &mut rt, &pod_id, &uid).await;
 }
 
 /// A validating plugin (subscribed to ValidateContainerAdjustment) is
@@ -496,9 +490,7 @@ async fn a_validator_sees_the_adjustment_and_its_owners_and_may_refuse_it() {
     let Some(case) = Case::start(&SERIAL, "nri-validate", "nri-validate").await else {
         return;
     };
-    let (_guards, env, image, mut rt, pod, uid) = case.split();
-    let uid = uid.as_str();
-    let pod_id = run_pod(&env, &mut rt, &pod).await;
+    let (_guards, env, image, mut rt, pod, uid, pod_id) = case.split_running().await;
     let adjuster = TestPlugin::connect(&env.daemon, "adjuster", "10", Behaviour::Adjust).await;
     let validator = TestPlugin::scripted(
         &env.daemon,
@@ -578,7 +570,7 @@ async fn a_validator_sees_the_adjustment_and_its_owners_and_may_refuse_it() {
 
     validator.close().await;
     adjuster.close().await;
-    teardown(&env, &mut rt, &pod_id, uid).await;
+    teardown(&env, &mut rt, &pod_id, &uid).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -785,9 +777,7 @@ async fn a_plugin_injects_a_device_an_rlimit_an_oom_score_and_resources() {
     let Some(case) = Case::start_with(&SERIAL, "nri-res", "nri-res", &cdi_dirs).await else {
         return;
     };
-    let (_guards, env, image, mut rt, pod, uid) = case.split();
-    let uid = uid.as_str();
-    let pod_id = run_pod(&env, &mut rt, &pod).await;
+    let (_guards, env, image, mut rt, pod, uid, pod_id) = case.split_running().await;
     let plugin = TestPlugin::connect(
         &env.daemon,
         "resources",
@@ -873,7 +863,7 @@ async fn a_plugin_injects_a_device_an_rlimit_an_oom_score_and_resources() {
     assert_eq!((code, out.trim()), (0, "67108864"), "{err}");
     // ... and the cgroup on the host.
     let read = |controller: &str, file: &str| {
-        let p = container_cgroup(controller, uid, &id).join(file);
+        let p = container_cgroup(controller, &uid, &id).join(file);
         std::fs::read_to_string(&p)
             .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
             .trim()
@@ -883,7 +873,7 @@ async fn a_plugin_injects_a_device_an_rlimit_an_oom_score_and_resources() {
     assert_eq!(read("cpu", "cpu.shares"), "512");
 
     plugin.stub.close().await;
-    teardown(&env, &mut rt, &pod_id, uid).await;
+    teardown(&env, &mut rt, &pod_id, &uid).await;
 }
 
 /// Issue 20, test 4: two plugins setting the same environment variable
@@ -894,9 +884,7 @@ async fn two_plugins_setting_one_env_var_fail_the_creation() {
     let Some(case) = Case::start(&SERIAL, "nri-conflict", "nri-conflict").await else {
         return;
     };
-    let (_guards, env, image, mut rt, pod, uid) = case.split();
-    let uid = uid.as_str();
-    let pod_id = run_pod(&env, &mut rt, &pod).await;
+    let (_guards, env, image, mut rt, pod, uid, pod_id) = case.split_running().await;
     let setting = |value: &str| {
         let mut adjust = api::ContainerAdjustment::new();
         adjust.env.push(api::KeyValue {
@@ -920,7 +908,7 @@ async fn two_plugins_setting_one_env_var_fail_the_creation() {
     };
     assert_eq!(entries(&containers_dir), Vec::<String>::new());
     // (the pod's own cgroups)
-    let cgroups = cgroup_dirs(uid);
+    let cgroups = cgroup_dirs(&uid);
 
     let cfg = container("clash", &image, &["/bin/busybox", "sleep", "3600"]);
     let err = create(&mut rt, &pod_id, &pod, cfg.clone())
@@ -944,7 +932,7 @@ async fn two_plugins_setting_one_env_var_fail_the_creation() {
         .into_inner();
     assert!(list.containers.is_empty(), "{:?}", list.containers);
     assert_eq!(entries(&containers_dir), Vec::<String>::new());
-    assert_eq!(cgroup_dirs(uid), cgroups);
+    assert_eq!(cgroup_dirs(&uid), cgroups);
 
     // One plugin alone: the name was released and the creation works.
     second.stub.close().await;
@@ -958,5 +946,5 @@ async fn two_plugins_setting_one_env_var_fail_the_creation() {
     assert_eq!((code, out.trim()), (0, "one"), "{err}");
 
     first.stub.close().await;
-    teardown(&env, &mut rt, &pod_id, uid).await;
+    teardown(&env, &mut rt, &pod_id, &uid).await;
 }

@@ -6,9 +6,8 @@ mod common;
 use common::pod::*;
 use common::registry::is_root;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
-    PodSandboxConfig, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopPodSandboxRequest,
+    ContainerConfig, ContainerStatusRequest, CreateContainerRequest, PodSandboxConfig,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
 use std::time::{Duration, Instant};
 
@@ -25,18 +24,12 @@ const CONTAINER_PHASES: [&str; 9] = [
     "runc_start",
 ];
 
+/// The kit's container sleeping, without a log path or Linux settings.
 fn sleeper(name: &str, image: &str) -> ContainerConfig {
     ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: vec!["/bin/busybox".into(), "sleep".into(), "1000".into()],
-        ..Default::default()
+        log_path: String::new(),
+        linux: None,
+        ..container(name, image, &["/bin/busybox", "sleep", "1000"])
     }
 }
 
@@ -420,17 +413,7 @@ async fn run_pod(env: &Env, config: &PodSandboxConfig) -> String {
 }
 
 async fn stop_and_remove_pod(env: &Env, id: &str) {
-    let mut rt = env.daemon.runtime().await;
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await
-    .unwrap();
+    common::pod::stop_and_remove_pod(&mut env.daemon.runtime().await, id).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

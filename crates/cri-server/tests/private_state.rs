@@ -155,13 +155,7 @@ async fn state_and_root_are_private() {
     let uid = "uid-private";
     let mut pod_config = pod("private", uid);
     // A pod with a pause (its overlay is checked too).
-    pod_config
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .get_or_insert_with(Default::default)
-        .namespace_options = Some(k8s_cri::v1::NamespaceOption {
+    pod_security(&mut pod_config).namespace_options = Some(k8s_cri::v1::NamespaceOption {
         pid: k8s_cri::v1::NamespaceMode::Pod as i32,
         ..Default::default()
     });

@@ -131,25 +131,11 @@ async fn pty_exec(
     mut io: StreamIo,
     resizes: &Mutex<Vec<TermSize>>,
 ) -> Result<i32, BackendError> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::AsRawFd;
     let mut resize = io.resize.take().expect("resize stream in tty mode");
     let first = resize.recv().await.expect("a resize event");
     resizes.lock().unwrap().push(first);
-    let (mut master, mut slave) = (-1, -1);
-    let ws = winsize(first);
-    // SAFETY: plain FFI with valid out-pointers; the fds are owned below.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            &ws,
-        )
-    };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: openpty returned two new descriptors that nothing else owns.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let (master, slave) = common::kube::openpty(&winsize(first));
     let mut child = tokio::process::Command::new(&cmd[0])
         .args(&cmd[1..])
         .stdin(std::process::Stdio::from(slave.try_clone()?))

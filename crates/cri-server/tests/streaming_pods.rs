@@ -5,14 +5,10 @@
 mod common;
 
 use common::pod::*;
-use common::registry::is_root;
 use common::stream_client::*;
 use crius_cri_server::streaming::spdy::Frame;
 use futures_util::SinkExt;
-use k8s_cri::v1::{
-    AttachRequest, ContainerConfig, CreateContainerRequest, ExecRequest, PortForwardRequest,
-    RemovePodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
-};
+use k8s_cri::v1::{AttachRequest, ContainerConfig, ExecRequest, PortForwardRequest};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -25,60 +21,43 @@ fn container(name: &str, image: &str, cmd: &[&str], stdin: bool) -> ContainerCon
     }
 }
 
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_attach_and_port_forward_in_a_pod() {
-    if !is_root() {
-        eprintln!("streaming_pods: skipped (needs root)");
+    let Some(case) = Case::start(&SERIAL, "crius-stream", "stream").await else {
         return;
-    }
-    let env = Env::start("crius-stream");
-    let image = env.pull_busybox().await;
-    let mut rt = env.daemon.runtime().await;
-    let pod_config = pod("stream", "uid-stream");
-    let pod_id = run_pod(&env, &mut rt, &pod_config).await;
-    let start = |c: ContainerConfig| {
-        let pod_id = pod_id.clone();
-        let pod_config = pod_config.clone();
-        let mut rt = rt.clone();
-        async move {
-            let id = rt
-                .create_container(CreateContainerRequest {
-                    pod_sandbox_id: pod_id,
-                    config: Some(c),
-                    sandbox_config: Some(pod_config),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .container_id;
-            rt.start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .unwrap();
-            id
-        }
     };
-    let shell = start(container(
-        "shell",
-        &image,
-        &["/bin/busybox", "sleep", "100000"],
-        false,
-    ))
+    let (_guards, env, image, mut rt, pod, uid, pod_id) = case.split_running().await;
+    let shell = run(
+        &env,
+        &mut rt,
+        &pod_id,
+        &pod,
+        container("shell", &image, &["/bin/busybox", "sleep", "100000"], false),
+    )
     .await;
-    let echo = start(container(
-        "echo",
-        &image,
-        &["/bin/sh", "-c", "while read l; do echo echo:$l; done"],
-        true,
-    ))
+    let echo = run(
+        &env,
+        &mut rt,
+        &pod_id,
+        &pod,
+        container(
+            "echo",
+            &image,
+            &["/bin/sh", "-c", "while read l; do echo echo:$l; done"],
+            true,
+        ),
+    )
     .await;
-    let web = start(container(
-        "web",
-        &image,
-        &["/bin/sh", "-c", "mkdir -p /tmp/www && echo hello-httpd > /tmp/www/index.html && exec /bin/busybox httpd -f -p 8080 -h /tmp/www"],
-        false,
-    ))
+    let httpd = "mkdir -p /tmp/www && echo hello-httpd > /tmp/www/index.html && exec /bin/busybox httpd -f -p 8080 -h /tmp/www";
+    let web = run(
+        &env,
+        &mut rt,
+        &pod_id,
+        &pod,
+        container("web", &image, &["/bin/sh", "-c", httpd], false),
+    )
     .await;
 
     // SPDY exec: stdout, stderr and exit code 3 in a v4 status.
@@ -263,21 +242,12 @@ async fn exec_attach_and_port_forward_in_a_pod() {
     assert!(page.contains("200 OK"), "{page}");
 
     let _ = web;
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: pod_id.clone(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod_id.clone(),
-    })
-    .await
-    .unwrap();
+    stop_and_remove_pod(&mut rt, &pod_id).await;
     assert!(
         mounts_below(&env.dir).is_empty(),
         "mounts left: {:?}",
         mounts_below(&env.dir)
     );
-    assert!(cgroup_dirs("uid-stream").is_empty());
-    remove_cgroup_parents("uid-stream");
+    assert!(cgroup_dirs(&uid).is_empty());
+    remove_cgroup_parents(&uid);
 }

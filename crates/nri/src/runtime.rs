@@ -151,6 +151,11 @@ impl Plugin {
     fn label(&self) -> String {
         format!("{}-{}", self.index, self.name)
     }
+
+    /// Takes the plugin's server out (once), to disconnect it.
+    fn take_server(&self) -> Option<Server> {
+        self.server.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 /// The NRI runtime side of one daemon.
@@ -337,12 +342,7 @@ impl Nri {
             self.active.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!(plugin = %plugin.label(), reason = why, "NRI plugin dropped");
             // Its connection is closed once its calls are done.
-            let server = plugin
-                .server
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            if let Some(mut server) = server {
+            if let Some(mut server) = plugin.take_server() {
                 tokio::spawn(async move { server.disconnect().await });
             }
             if let Some(process) = &plugin.process {

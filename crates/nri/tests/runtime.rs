@@ -12,17 +12,7 @@ struct State;
 
 impl StateSource for State {
     fn snapshot(&self) -> (Vec<api::PodSandbox>, Vec<api::Container>) {
-        let pod = api::PodSandbox {
-            id: "pod1".into(),
-            name: "web".into(),
-            ..Default::default()
-        };
-        let ctr = api::Container {
-            id: "ctr1".into(),
-            pod_sandbox_id: "pod1".into(),
-            name: "nginx".into(),
-            ..Default::default()
-        };
+        let (pod, ctr) = pod_with_container("pod1", "web", "ctr1");
         (vec![pod], vec![ctr])
     }
 }
@@ -65,19 +55,28 @@ fn plugin(tag: &'static str, hang: bool) -> Arc<Recorder> {
     })
 }
 
+/// The runtime's options for a test socket: runtime "crius", version "test".
+fn options(
+    socket: &std::path::Path,
+    registration_timeout: Duration,
+    request_timeout: Duration,
+) -> Options {
+    Options {
+        socket_path: socket.to_path_buf(),
+        registration_timeout,
+        request_timeout,
+        runtime_name: "crius".into(),
+        runtime_version: "test".into(),
+    }
+}
+
 async fn start(
     dir: &tempfile::TempDir,
     request_timeout: Duration,
 ) -> (Arc<Nri>, std::path::PathBuf) {
     let socket = dir.path().join("nri").join("nri.sock");
     let nri = Nri::listen(
-        Options {
-            socket_path: socket.clone(),
-            registration_timeout: Duration::from_secs(5),
-            request_timeout,
-            runtime_name: "crius".into(),
-            runtime_version: "test".into(),
-        },
+        options(&socket, Duration::from_secs(5), request_timeout),
         Arc::new(State),
     )
     .await
@@ -106,19 +105,24 @@ fn created(p: &Recorder) -> Vec<String> {
         .collect()
 }
 
-fn pod_and_container() -> (api::PodSandbox, api::Container) {
+/// Pod `pod_id` named `name` with one container `ctr_id` ("nginx").
+fn pod_with_container(pod_id: &str, name: &str, ctr_id: &str) -> (api::PodSandbox, api::Container) {
     let pod = api::PodSandbox {
-        id: "pod2".into(),
-        name: "db".into(),
+        id: pod_id.into(),
+        name: name.into(),
         ..Default::default()
     };
     let ctr = api::Container {
-        id: "ctr2".into(),
-        pod_sandbox_id: "pod2".into(),
+        id: ctr_id.into(),
+        pod_sandbox_id: pod_id.into(),
         name: "nginx".into(),
         ..Default::default()
     };
     (pod, ctr)
+}
+
+fn pod_and_container() -> (api::PodSandbox, api::Container) {
+    pod_with_container("pod2", "db", "ctr2")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,13 +222,7 @@ async fn a_connection_that_never_registers_is_not_admitted() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("nri.sock");
     let nri = Nri::listen(
-        Options {
-            socket_path: socket.clone(),
-            registration_timeout: Duration::from_millis(200),
-            request_timeout: Duration::from_secs(1),
-            runtime_name: "crius".into(),
-            runtime_version: "test".into(),
-        },
+        options(&socket, Duration::from_millis(200), Duration::from_secs(1)),
         Arc::new(State),
     )
     .await
@@ -247,13 +245,7 @@ async fn a_connection_that_never_registers_is_not_admitted() {
 async fn a_live_socket_is_not_taken_over_and_a_stale_one_is() {
     let dir = tempfile::tempdir().unwrap();
     let (first, socket) = start(&dir, Duration::from_secs(1)).await;
-    let opts = Options {
-        socket_path: socket.clone(),
-        registration_timeout: Duration::from_secs(1),
-        request_timeout: Duration::from_secs(1),
-        runtime_name: "crius".into(),
-        runtime_version: "test".into(),
-    };
+    let opts = options(&socket, Duration::from_secs(1), Duration::from_secs(1));
     // Someone listens there: refused, and the first keeps its socket.
     assert!(Nri::listen(opts.clone(), Arc::new(State)).await.is_err());
     let p = plugin("K", false);
@@ -332,13 +324,7 @@ async fn start_with(
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("nri.sock");
     let nri = Nri::listen(
-        Options {
-            socket_path: socket.clone(),
-            registration_timeout: Duration::from_secs(5),
-            request_timeout,
-            runtime_name: "crius".into(),
-            runtime_version: "test".into(),
-        },
+        options(&socket, Duration::from_secs(5), request_timeout),
         host,
     )
     .await
@@ -354,6 +340,14 @@ fn update(id: &str, shares: u64, ignore_failure: bool) -> api::ContainerUpdate {
     api::ContainerUpdate {
         ignore_failure,
         ..crius_nri::stub::cpu_shares_update(id, shares)
+    }
+}
+
+fn eviction(id: &str, reason: &str) -> api::ContainerEviction {
+    api::ContainerEviction {
+        container_id: id.into(),
+        reason: reason.into(),
+        ..Default::default()
     }
 }
 
@@ -583,11 +577,7 @@ async fn updates_and_evictions_reach_the_runtime_without_deadlock() {
             update("ghost2", 1, true),
         ],
         updates: vec![update("ctr2", 512, false), update("other", 128, false)],
-        evictions: vec![api::ContainerEviction {
-            container_id: "victim".into(),
-            reason: "test".into(),
-            ..Default::default()
-        }],
+        evictions: vec![eviction("victim", "test")],
         ..Default::default()
     });
     let _p = p.connect(&socket, "updater", "10").await.unwrap();
@@ -642,10 +632,7 @@ async fn unsolicited_updates_need_a_registered_plugin_and_the_runtime_says_what_
             ttrpc::context::with_timeout(5_000_000_000),
             &api::UpdateContainersRequest {
                 update: vec![update("a", 2, false), update("ghost", 2, false)],
-                evict: vec![api::ContainerEviction {
-                    container_id: "b".into(),
-                    ..Default::default()
-                }],
+                evict: vec![eviction("b", "")],
                 ..Default::default()
             },
         )
@@ -704,11 +691,7 @@ async fn create_answers_carry_updates_and_validators_decide() {
     let updater = Recorder::new(Script {
         events: create,
         create_updates: vec![update("other", 100, false)],
-        create_evictions: vec![api::ContainerEviction {
-            container_id: "victim".into(),
-            reason: "room".into(),
-            ..Default::default()
-        }],
+        create_evictions: vec![eviction("victim", "room")],
         ..Default::default()
     });
     let _u = updater.connect(&socket, "updater", "10").await.unwrap();
@@ -816,13 +799,7 @@ async fn a_plugin_registering_during_an_operation_sees_its_object_once() {
     let socket = dir.path().join("nri.sock");
     let host = Arc::new(Growing::default());
     let nri = Nri::listen(
-        Options {
-            socket_path: socket.clone(),
-            registration_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(2),
-            runtime_name: "crius".into(),
-            runtime_version: "test".into(),
-        },
+        options(&socket, Duration::from_secs(5), Duration::from_secs(2)),
         host.clone(),
     )
     .await

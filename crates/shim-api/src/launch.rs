@@ -429,27 +429,32 @@ mod launcher {
         use super::*;
         use std::time::Duration;
 
-        #[tokio::test]
-        async fn launches_the_serving_shim_on_a_bound_socket() {
+        /// A launcher (address /run/x.sock, layout under `dir`) of a fake
+        /// shim `dir/fake-shim`: a shell script with this body.
+        fn fake_launcher(dir: &Path, script: &str) -> Launcher {
             use std::os::unix::fs::PermissionsExt;
-            let dir = tempfile::tempdir().unwrap();
-            let seen = dir.path().join("seen");
-            let fake = dir.path().join("fake-shim");
-            std::fs::write(
-                &fake,
-                format!(
-                    "#!/bin/sh\necho \"$CRIUS_SHIM_LISTEN_FD $CRIUS_SHIM_RUNTIME $CRIUS_SHIM_RUNTIME_ROOT $CRIUS_SHIM_STATE_DIR $*\" > {p}.tmp\nreadlink /proc/self/fd/3 >> {p}.tmp\npwd >> {p}.tmp\necho $$ >> {p}.tmp\nmv {p}.tmp {p}\n",
-                    p = seen.display()
-                ),
-            )
-            .unwrap();
+            let fake = dir.join("fake-shim");
+            std::fs::write(&fake, format!("#!/bin/sh\n{script}")).unwrap();
             std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-            let l = Launcher {
+            Launcher {
                 binary: fake,
                 address: "/run/x.sock".into(),
-                layout: Layout::under(dir.path()),
+                layout: Layout::under(dir),
                 events_address: String::new(),
-            };
+            }
+        }
+
+        #[tokio::test]
+        async fn launches_the_serving_shim_on_a_bound_socket() {
+            let dir = tempfile::tempdir().unwrap();
+            let seen = dir.path().join("seen");
+            let l = fake_launcher(
+                dir.path(),
+                &format!(
+                    "echo \"$CRIUS_SHIM_LISTEN_FD $CRIUS_SHIM_RUNTIME $CRIUS_SHIM_RUNTIME_ROOT $CRIUS_SHIM_STATE_DIR $*\" > {p}.tmp\nreadlink /proc/self/fd/3 >> {p}.tmp\npwd >> {p}.tmp\necho $$ >> {p}.tmp\nmv {p}.tmp {p}\n",
+                    p = seen.display()
+                ),
+            );
             let launched = l
                 .start("abc", dir.path(), "runc", Path::new("/run/r"))
                 .await
@@ -496,26 +501,16 @@ mod launcher {
 
         #[tokio::test]
         async fn delete_runs_the_shim_only_when_something_is_left() {
-            use std::os::unix::fs::PermissionsExt;
             let dir = tempfile::tempdir().unwrap();
             let seen = dir.path().join("seen");
-            let fake = dir.path().join("fake-shim");
             // Records its flags; fails for the id "bad".
-            std::fs::write(
-                &fake,
-                format!(
-                    "#!/bin/sh\necho \"$CRIUS_SHIM_RUNTIME $CRIUS_SHIM_RUNTIME_ROOT $*\" >> {}\ncase \"$*\" in *'-id bad '*) echo boom >&2; exit 1;; esac\n",
+            let l = fake_launcher(
+                dir.path(),
+                &format!(
+                    "echo \"$CRIUS_SHIM_RUNTIME $CRIUS_SHIM_RUNTIME_ROOT $*\" >> {}\ncase \"$*\" in *'-id bad '*) echo boom >&2; exit 1;; esac\n",
                     seen.display()
                 ),
-            )
-            .unwrap();
-            std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-            let l = Launcher {
-                binary: fake,
-                address: "/run/x.sock".into(),
-                layout: Layout::under(dir.path()),
-                events_address: String::new(),
-            };
+            );
             let root = dir.path().join("runc");
             for id in ["c1", "bad"] {
                 std::fs::create_dir_all(root.join(NAMESPACE).join(id)).unwrap();

@@ -322,6 +322,19 @@ impl TaskService {
     }
 }
 
+/// Container `id` of the locked table; `NotFound` when there is none.
+fn container<'a>(g: &'a HashMap<String, Container>, id: &str) -> Result<&'a Container> {
+    g.get(id)
+        .ok_or_else(|| TaskError::NotFound(format!("container {id}")))
+}
+
+/// Container `id` of the locked table, to change; `NotFound` when there is
+/// none.
+fn container_mut<'a>(g: &'a mut HashMap<String, Container>, id: &str) -> Result<&'a mut Container> {
+    g.get_mut(id)
+        .ok_or_else(|| TaskError::NotFound(format!("container {id}")))
+}
+
 fn exits_loop(rx: Receiver<Exit>, inner: std::sync::Weak<Inner>) {
     while let Ok(e) = rx.recv() {
         let Some(inner) = inner.upgrade() else { return };
@@ -600,9 +613,7 @@ impl Inner {
     /// Start: `runtime start` for the init, `runtime exec` for an exec.
     pub fn start(&self, id: &str, exec_id: &str) -> Result<u32> {
         let mut g = self.lock();
-        let c = g
-            .get_mut(id)
-            .ok_or_else(|| TaskError::NotFound(format!("container {id}")))?;
+        let c = container_mut(&mut g, id)?;
         if exec_id.is_empty() {
             if c.init.status != Status::CREATED {
                 return Err(TaskError::Precondition(format!(
@@ -688,9 +699,7 @@ impl Inner {
     pub fn delete(&self, id: &str, exec_id: &str) -> Result<(u32, u32, SystemTime)> {
         let cell = {
             let g = self.lock();
-            let c = g
-                .get(id)
-                .ok_or_else(|| TaskError::NotFound(format!("container {id}")))?;
+            let c = container(&g, id)?;
             let p = c.proc(exec_id)?;
             if p.exiting && p.exit.get().is_none() {
                 Some(p.exit.clone())
@@ -702,9 +711,7 @@ impl Inner {
             cell.wait_for(DRAIN_TIMEOUT * 2);
         }
         let mut g = self.lock();
-        let c = g
-            .get_mut(id)
-            .ok_or_else(|| TaskError::NotFound(format!("container {id}")))?;
+        let c = container_mut(&mut g, id)?;
         if !exec_id.is_empty() {
             let p = c.proc(exec_id)?;
             if p.spec.is_none() && p.exit.get().is_none() {
@@ -741,9 +748,7 @@ impl Inner {
             Err(e) => return Err(e.into()),
         }
         let mut g = self.lock();
-        let c = g
-            .get_mut(id)
-            .ok_or_else(|| TaskError::NotFound(format!("container {id}")))?;
+        let c = container_mut(&mut g, id)?;
         if c.mounted {
             mount::unmount_task(&c.bundle)?;
             c.mounted = false;
@@ -771,9 +776,7 @@ impl Inner {
     /// or an exec process.
     pub fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
         let g = self.lock();
-        let c = g
-            .get(id)
-            .ok_or_else(|| TaskError::NotFound(format!("container {id}")))?;
+        let c = container(&g, id)?;
         let p = c.proc(exec_id)?;
         if p.exit.get().is_some() || p.exiting {
             return Err(TaskError::NotFound(format!(
@@ -838,9 +841,7 @@ impl Inner {
     /// State of a process.
     pub fn state(&self, id: &str, exec_id: &str) -> Result<api::StateResponse> {
         let g = self.lock();
-        let c = g
-            .get(id)
-            .ok_or_else(|| TaskError::NotFound(format!("container {id}")))?;
+        let c = container(&g, id)?;
         let p = c.proc(exec_id)?;
         let mut r = api::StateResponse::new();
         r.id = if exec_id.is_empty() {
@@ -868,18 +869,14 @@ impl Inner {
     /// The exit cell of a process (for Wait).
     pub fn exit_cell(&self, id: &str, exec_id: &str) -> Result<Arc<ExitCell>> {
         let g = self.lock();
-        let c = g
-            .get(id)
-            .ok_or_else(|| TaskError::NotFound(format!("container {id}")))?;
+        let c = container(&g, id)?;
         Ok(c.proc(exec_id)?.exit.clone())
     }
 
     /// Pause or resume the container.
     pub fn pause(&self, id: &str, pause: bool) -> Result<()> {
         let mut g = self.lock();
-        let c = g
-            .get_mut(id)
-            .ok_or_else(|| TaskError::NotFound(format!("container {id}")))?;
+        let c = container_mut(&mut g, id)?;
         let log = c.log();
         c.runc.pause(id, &log, pause)?;
         if c.init.exit.get().is_none() {
@@ -903,9 +900,7 @@ impl Inner {
 
     fn runc_of(&self, id: &str) -> Result<(Runc, PathBuf, i32)> {
         let g = self.lock();
-        let c = g
-            .get(id)
-            .ok_or_else(|| TaskError::NotFound(format!("container {id}")))?;
+        let c = container(&g, id)?;
         Ok((c.runc.clone(), c.log(), c.init.pid))
     }
 
@@ -951,9 +946,7 @@ impl Inner {
     /// Close stdin of a process.
     pub fn close_io(&self, id: &str, exec_id: &str) -> Result<()> {
         let g = self.lock();
-        let c = g
-            .get(id)
-            .ok_or_else(|| TaskError::NotFound(format!("container {id}")))?;
+        let c = container(&g, id)?;
         c.proc(exec_id)?.io.close_stdin();
         Ok(())
     }
@@ -961,9 +954,7 @@ impl Inner {
     /// Resize the terminal of a process.
     pub fn resize(&self, id: &str, exec_id: &str, w: u32, h: u32) -> Result<()> {
         let g = self.lock();
-        let c = g
-            .get(id)
-            .ok_or_else(|| TaskError::NotFound(format!("container {id}")))?;
+        let c = container(&g, id)?;
         c.proc(exec_id)?
             .io
             .resize(w.min(u16::MAX as u32) as u16, h.min(u16::MAX as u32) as u16)
@@ -973,9 +964,7 @@ impl Inner {
     /// Reopen the CRI log files of a process (after rotation).
     pub fn reopen_log(&self, id: &str, exec_id: &str) -> Result<()> {
         let g = self.lock();
-        let c = g
-            .get(id)
-            .ok_or_else(|| TaskError::NotFound(format!("container {id}")))?;
+        let c = container(&g, id)?;
         c.proc(exec_id)?
             .io
             .reopen_logs()
@@ -990,9 +979,7 @@ impl Inner {
             return Err(TaskError::Invalid(format!("attach socket {socket:?}")));
         }
         let g = self.lock();
-        let c = g
-            .get(id)
-            .ok_or_else(|| TaskError::NotFound(format!("container {id}")))?;
+        let c = container(&g, id)?;
         let p = c.proc(exec_id)?;
         if p.exit.get().is_some() || p.exiting {
             return Err(TaskError::Precondition(format!(

@@ -30,15 +30,35 @@ fn in_pod(mut s: serde_json::Value, netns: &str, shm: &str) -> serde_json::Value
     s
 }
 
-#[test]
-fn pod_lifecycle_and_cleanup() {
-    if !root_or_skip("sandbox") {
-        return;
+/// A test's shim (`None` when not root): the pod id `<prefix><pid>`, the
+/// shim serving it and a sandbox client of it.
+fn start(what: &str, prefix: &str) -> Option<(String, Shim, SandboxClient)> {
+    if !root_or_skip(what) {
+        return None;
     }
     prerequisites();
-    let sid = format!("pod{}", std::process::id());
+    let sid = format!("{prefix}{}", std::process::id());
     let shim = Shim::start(&sid, None);
     let sbc = SandboxClient::new(shim.raw.clone());
+    Some((sid, shim, sbc))
+}
+
+/// ShutdownSandbox; the shim exits within 20 s.
+fn shut_down(sbc: &SandboxClient, sid: &str, shim: &Shim) {
+    let mut sh = sb::ShutdownSandboxRequest::new();
+    sh.sandbox_id = sid.into();
+    let _ = sbc.shutdown_sandbox(ctx(), &sh);
+    assert!(
+        eventually(Duration::from_secs(20), || !shim.alive()),
+        "shim still running"
+    );
+}
+
+#[test]
+fn pod_lifecycle_and_cleanup() {
+    let Some((sid, shim, sbc)) = start("sandbox", "pod") else {
+        return;
+    };
     let state = shim.path().join("state").join(&shim.namespace).join(&sid);
 
     // Half-way failure: the netns is made, the shm mount cannot be; nothing
@@ -171,13 +191,7 @@ fn pod_lifecycle_and_cleanup() {
     assert_eq!(p.platform.os, "linux");
 
     // ShutdownSandbox: everything goes, then the shim exits.
-    let mut sh = sb::ShutdownSandboxRequest::new();
-    sh.sandbox_id = sid.clone();
-    let _ = sbc.shutdown_sandbox(ctx(), &sh);
-    assert!(
-        eventually(Duration::from_secs(20), || !shim.alive()),
-        "shim still running"
-    );
+    shut_down(&sbc, &sid, &shim);
     assert!(
         !pid_alive(pause_pid) && !pid_alive(app_pid),
         "processes left"
@@ -193,13 +207,9 @@ fn pod_lifecycle_and_cleanup() {
 
 #[test]
 fn host_network_and_ipc_pod() {
-    if !root_or_skip("host pod") {
+    let Some((sid, shim, sbc)) = start("host pod", "hpod") else {
         return;
-    }
-    prerequisites();
-    let sid = format!("hpod{}", std::process::id());
-    let shim = Shim::start(&sid, None);
-    let sbc = SandboxClient::new(shim.raw.clone());
+    };
     let mut s = spec(&sid, &["sleep", "100000"], false);
     s["linux"]["namespaces"]
         .as_array_mut()
@@ -241,12 +251,6 @@ fn host_network_and_ipc_pod() {
         sbc.sandbox_status(ctx(), &sreq).unwrap().state,
         "SANDBOX_NOTREADY"
     );
-    let mut sh = sb::ShutdownSandboxRequest::new();
-    sh.sandbox_id = sid.clone();
-    let _ = sbc.shutdown_sandbox(ctx(), &sh);
-    assert!(
-        eventually(Duration::from_secs(20), || !shim.alive()),
-        "shim still running"
-    );
+    shut_down(&sbc, &sid, &shim);
     assert!(!pid_alive(pid));
 }

@@ -325,12 +325,8 @@ fn bootstrap_protocol_on_stdin() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&bp.write_to_bytes().unwrap())
-        .unwrap();
+    let bootstrap = bp.write_to_bytes().unwrap();
+    child.stdin.take().unwrap().write_all(&bootstrap).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let r = BootstrapResult::parse_from_bytes(&out.stdout).unwrap();

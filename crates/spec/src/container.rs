@@ -466,18 +466,13 @@ mod tests {
         security_profile::ProfileType, Capability, ContainerMetadata, Int64Value, KeyValue,
         LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
         LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount as CriMount, NamespaceOption,
-        PodSandboxMetadata, SecurityProfile,
+        SecurityProfile,
     };
     use serde_json::json;
 
     fn pod(privileged: bool) -> PodSandboxConfig {
         PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: "web".into(),
-                namespace: "prod".into(),
-                uid: "u1".into(),
-                attempt: 0,
-            }),
+            metadata: crate::testutil::pod_metadata(),
             hostname: "web-0".into(),
             linux: Some(LinuxPodSandboxConfig {
                 cgroup_parent: "/kubepods/podu1".into(),
@@ -659,18 +654,22 @@ mod tests {
         let f = Fixture::new();
         let ns = crate::testutil::namespaces;
         let pid_of = |s: &Value| ns(s).into_iter().find(|(t, _)| t == "pid");
-        let s = f.build(&base(), None).unwrap();
-        assert_eq!(
-            ns(&s)[..4],
+        // mount (new), the pod's network, then these UTS and IPC paths.
+        let first_four = |uts: &str, ipc: &str| {
             [
                 ("mount".to_string(), None),
                 (
                     "network".to_string(),
-                    Some("/run/crius/netns/p".to_string())
+                    Some("/run/crius/netns/p".to_string()),
                 ),
-                ("uts".to_string(), Some("/proc/4242/ns/uts".to_string())),
-                ("ipc".to_string(), Some("/proc/4242/ns/ipc".to_string())),
+                ("uts".to_string(), Some(uts.to_string())),
+                ("ipc".to_string(), Some(ipc.to_string())),
             ]
+        };
+        let s = f.build(&base(), None).unwrap();
+        assert_eq!(
+            ns(&s)[..4],
+            first_four("/proc/4242/ns/uts", "/proc/4242/ns/ipc")
         );
         assert_eq!(
             pid_of(&s),
@@ -714,15 +713,7 @@ mod tests {
         let s = f.build(&base(), None).unwrap();
         assert_eq!(
             ns(&s)[..4],
-            [
-                ("mount".to_string(), None),
-                (
-                    "network".to_string(),
-                    Some("/run/crius/netns/p".to_string())
-                ),
-                ("uts".to_string(), Some("/run/crius/sb/uts".to_string())),
-                ("ipc".to_string(), Some("/run/crius/sb/ipc".to_string())),
-            ]
+            first_four("/run/crius/sb/uts", "/run/crius/sb/ipc")
         );
         assert_eq!(pid_of(&s), Some(("pid".into(), None)));
         assert!(f
@@ -869,13 +860,7 @@ mod tests {
             .contains("privileged pod"));
         f.pod = pod(true);
         let s = f.build(&privileged, None).unwrap();
-        assert_eq!(
-            s["process"]["capabilities"]["bounding"]
-                .as_array()
-                .unwrap()
-                .len(),
-            40
-        );
+        assert_eq!(crate::testutil::bounding(&s).len(), 40);
         assert!(s["linux"]["maskedPaths"].as_array().unwrap().is_empty());
         assert!(!mount(&s, "/sys").unwrap()["options"]
             .as_array()

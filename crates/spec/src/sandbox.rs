@@ -251,34 +251,19 @@ mod tests {
     use super::*;
     use k8s_cri::v1::{
         security_profile::ProfileType, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-        NamespaceOption, PodSandboxMetadata, SecurityProfile,
+        NamespaceOption, SecurityProfile,
     };
     use serde_json::Value;
 
     fn pod() -> PodSandboxConfig {
         PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: "web".into(),
-                namespace: "prod".into(),
-                uid: "u1".into(),
-                attempt: 0,
-            }),
+            metadata: pod_metadata(),
             hostname: "web-0".into(),
             log_directory: "/var/log/pods/prod_web_u1".into(),
-            annotations: [
-                ("io.katacontainers.x".to_string(), "1".to_string()),
-                ("other".to_string(), "2".to_string()),
-            ]
-            .into_iter()
-            .collect(),
+            annotations: strings(&[("io.katacontainers.x", "1"), ("other", "2")]),
             linux: Some(LinuxPodSandboxConfig {
                 cgroup_parent: "/kubepods/besteffort/podu1".into(),
-                sysctls: [(
-                    "net.ipv4.ip_unprivileged_port_start".to_string(),
-                    "0".to_string(),
-                )]
-                .into_iter()
-                .collect(),
+                sysctls: strings(&[("net.ipv4.ip_unprivileged_port_start", "0")]),
                 ..Default::default()
             }),
             ..Default::default()
@@ -311,7 +296,7 @@ mod tests {
             .map(|s| serde_json::to_value(s).unwrap())
     }
 
-    use crate::testutil::{mount, namespaces as ns_types};
+    use crate::testutil::{mount, namespaces as ns_types, pod_metadata, strings};
 
     #[test]
     fn default_pod() {
@@ -359,7 +344,7 @@ mod tests {
                 ("ipc".into(), None)
             ]
         );
-        let caps = s["process"]["capabilities"]["bounding"].as_array().unwrap();
+        let caps = crate::testutil::bounding(&s);
         assert_eq!(caps.len(), crate::caps::DEFAULT_CAPABILITIES.len());
         assert!(!s["linux"]["maskedPaths"].as_array().unwrap().is_empty());
     }
@@ -424,13 +409,7 @@ mod tests {
         assert_eq!(ns_types(&s), vec![("mount".into(), None)]);
         assert!(s.get("hostname").is_none());
         assert!(s["linux"].get("seccomp").is_none());
-        assert_eq!(
-            s["process"]["capabilities"]["bounding"]
-                .as_array()
-                .unwrap()
-                .len(),
-            40
-        );
+        assert_eq!(crate::testutil::bounding(&s).len(), 40);
         assert!(s["linux"]["maskedPaths"].as_array().unwrap().is_empty());
         let shm = mount(&s, "/dev/shm").unwrap();
         assert_eq!(

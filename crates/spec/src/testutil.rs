@@ -1,6 +1,26 @@
-//! Helpers for reading generated specs in tests.
+//! Helpers for reading generated specs in tests, and their inputs.
 
+use k8s_cri::v1::PodSandboxMetadata;
 use serde_json::Value;
+use std::collections::HashMap;
+
+/// The metadata of the tests' pod: `web` in `prod`, uid `u1`.
+pub fn pod_metadata() -> Option<PodSandboxMetadata> {
+    Some(PodSandboxMetadata {
+        name: "web".into(),
+        namespace: "prod".into(),
+        uid: "u1".into(),
+        attempt: 0,
+    })
+}
+
+/// A map (annotations, sysctls, ...) of these pairs.
+pub fn strings(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
 
 /// The spec's namespaces as (type, path) pairs.
 pub fn namespaces(spec: &Value) -> Vec<(String, Option<String>)> {
@@ -23,4 +43,11 @@ pub fn mount<'a>(spec: &'a Value, dest: &str) -> Option<&'a Value> {
         .as_array()?
         .iter()
         .find(|m| m["destination"] == dest)
+}
+
+/// The spec's bounding capabilities.
+pub fn bounding(spec: &Value) -> &Vec<Value> {
+    spec["process"]["capabilities"]["bounding"]
+        .as_array()
+        .expect("bounding capabilities")
 }

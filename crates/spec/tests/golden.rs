@@ -45,6 +45,14 @@ fn load_profile(path: &str) -> Result<String, String> {
     }
 }
 
+/// A map (annotations, sysctls, unified cgroup settings) of these pairs.
+fn strings(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 fn pod() -> PodSandboxConfig {
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
@@ -55,23 +63,13 @@ fn pod() -> PodSandboxConfig {
         }),
         hostname: "web-0".into(),
         log_directory: "/var/log/pods/prod_web_u1".into(),
-        annotations: [
-            ("io.kubernetes.pod.x".to_string(), "1".to_string()),
-            ("other".to_string(), "2".to_string()),
-        ]
-        .into_iter()
-        .collect(),
+        annotations: strings(&[("io.kubernetes.pod.x", "1"), ("other", "2")]),
         linux: Some(LinuxPodSandboxConfig {
             cgroup_parent: "/kubepods/besteffort/podu1".into(),
-            sysctls: [
-                (
-                    "net.ipv4.ip_unprivileged_port_start".to_string(),
-                    "0".to_string(),
-                ),
-                ("kernel.shm_rmid_forced".to_string(), "1".to_string()),
-            ]
-            .into_iter()
-            .collect(),
+            sysctls: strings(&[
+                ("net.ipv4.ip_unprivileged_port_start", "0"),
+                ("kernel.shm_rmid_forced", "1"),
+            ]),
             security_context: Some(LinuxSandboxSecurityContext::default()),
             ..Default::default()
         }),
@@ -86,15 +84,20 @@ fn with_pod_sc(f: impl FnOnce(&mut LinuxSandboxSecurityContext)) -> PodSandboxCo
     p
 }
 
+/// The host's network, PID and IPC namespaces (NODE).
+fn host_namespaces() -> NamespaceOption {
+    NamespaceOption {
+        network: 2,
+        pid: 2,
+        ipc: 2,
+        ..Default::default()
+    }
+}
+
 fn host_namespaces_pod() -> PodSandboxConfig {
     let mut p = with_pod_sc(|s| {
         s.privileged = true;
-        s.namespace_options = Some(NamespaceOption {
-            network: 2,
-            pid: 2,
-            ipc: 2,
-            ..Default::default()
-        });
+        s.namespace_options = Some(host_namespaces());
     });
     p.linux.as_mut().unwrap().sysctls.clear();
     p
@@ -188,12 +191,7 @@ fn container() -> ContainerConfig {
                 value: "prod".into(),
             },
         ],
-        annotations: [
-            ("example.com/owner".to_string(), "team".to_string()),
-            ("dropped".to_string(), "x".to_string()),
-        ]
-        .into_iter()
-        .collect(),
+        annotations: strings(&[("example.com/owner", "team"), ("dropped", "x")]),
         linux: Some(LinuxContainerConfig::default()),
         ..Default::default()
     }
@@ -238,12 +236,7 @@ fn full_resources() -> LinuxContainerResources {
                 limit: 0,
             },
         ],
-        unified: [
-            ("memory.high".to_string(), "50000000".to_string()),
-            ("pids.max".to_string(), "100".to_string()),
-        ]
-        .into_iter()
-        .collect(),
+        unified: strings(&[("memory.high", "50000000"), ("pids.max", "100")]),
     }
 }
 
@@ -415,12 +408,7 @@ fn cases() -> Vec<(&'static str, Value)> {
 
     let mut c = Case::new(with_sc(|s| {
         s.privileged = true;
-        s.namespace_options = Some(NamespaceOption {
-            network: 2,
-            pid: 2,
-            ipc: 2,
-            ..Default::default()
-        });
+        s.namespace_options = Some(host_namespaces());
     }));
     c.pod = host_namespaces_pod();
     c.sandbox.netns_path = None;
@@ -614,9 +602,7 @@ fn cases() -> Vec<(&'static str, Value)> {
                 page_size: "2MB".into(),
                 limit: 2 << 20,
             }],
-            unified: [("memory.low".to_string(), "1000".to_string())]
-                .into_iter()
-                .collect(),
+            unified: strings(&[("memory.low", "1000")]),
             ..Default::default()
         },
         CgroupFeatures::default(),

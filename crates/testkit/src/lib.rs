@@ -1,9 +1,12 @@
 //! Host helpers shared by the integration tests' kit
 //! (crates/cri-server/tests/common), crates/netns/tests, crius-bench and
-//! `cargo xtask conformance`: running a host tool, and reading and cleaning
-//! the iptables NAT table that the CNI bridge and portmap plugins change.
+//! `cargo xtask conformance`: running a host tool, reading and cleaning
+//! the iptables NAT table that the CNI bridge and portmap plugins change,
+//! and a local image registry ([`registry`]).
 
 use std::process::Command;
+
+pub mod registry;
 
 /// Runs a command; whether it succeeded, and its stdout followed by its
 /// stderr (or why it could not start).
@@ -19,6 +22,23 @@ pub fn run(cmd: &str, args: &[&str]) -> (bool, String) {
         ),
         Err(e) => (false, e.to_string()),
     }
+}
+
+/// Stops a child process that has not been reaped: SIGTERM, then SIGKILL
+/// when it has not exited within `grace`; reaps it either way.
+pub fn terminate(child: &mut std::process::Child, grace: std::time::Duration) {
+    // SAFETY: kill(2) on our own child, which is not reaped before the
+    // wait below, so its pid is still ours.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// The kernel's IPv4 forwarding switch (the bridge plugin turns it on).
@@ -67,6 +87,69 @@ impl ForwardRule {
             (false, out) => Err(format!("iptables {args:?}: {out}")),
         }
     }
+}
+
+/// What a CNI bridge network of a test or tool changes on the host:
+/// the bridge `bridge` the plugin creates, host-local's reservations of
+/// network `name`, the FORWARD rule that keeps the subnet's traffic on the
+/// bridge, and `ip_forward` (which the plugin turns on). [`BridgeHost::undo`]
+/// puts it all back.
+pub struct BridgeHost {
+    pub name: String,
+    pub bridge: String,
+    forward_rule: ForwardRule,
+    ip_forward: Option<String>,
+}
+
+impl BridgeHost {
+    /// Notes `ip_forward` and inserts the FORWARD rule for `subnet`.
+    pub fn setup(name: String, bridge: String, subnet: &str) -> Result<BridgeHost, String> {
+        let ip_forward = std::fs::read_to_string(IP_FORWARD).ok();
+        let forward_rule = ForwardRule::insert(subnet, &bridge)?;
+        Ok(BridgeHost {
+            name,
+            bridge,
+            forward_rule,
+            ip_forward,
+        })
+    }
+
+    /// Deletes the bridge and the FORWARD rule, restores `ip_forward` and
+    /// removes the network's address reservations; everything is tried, the
+    /// error says why the FORWARD rule could not be removed.
+    pub fn undo(&self) -> Result<(), String> {
+        let _ = run("ip", &["link", "del", &self.bridge]);
+        let removed = self.forward_rule.remove();
+        if let Some(v) = &self.ip_forward {
+            let _ = std::fs::write(IP_FORWARD, v.as_bytes());
+        }
+        let _ =
+            std::fs::remove_dir_all(std::path::Path::new("/var/lib/cni/networks").join(&self.name));
+        removed
+    }
+}
+
+/// The start of a containerd 1.6 `config.toml` for a containerd of its own
+/// under `dir` (root, state, gRPC and ttrpc sockets there; no debug or
+/// metrics listener; the plugins a test host lacks disabled), for a
+/// caller to append its CRI plugin table to.
+pub fn containerd_config_head(dir: &std::path::Path) -> String {
+    format!(
+        r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp"]
+[grpc]
+  address = "{d}/containerd.sock"
+[ttrpc]
+  address = "{d}/containerd-ttrpc.sock"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+"#,
+        d = dir.display()
+    )
 }
 
 /// `iptables -t nat -S` (empty when iptables fails).
@@ -222,6 +305,59 @@ mod tests {
                 "DROP"
             ]
         );
+    }
+
+    #[test]
+    fn terminate_asks_then_kills() {
+        use std::time::{Duration, Instant};
+        // Exits on SIGTERM: gone at once.
+        let mut polite = Command::new("sleep").arg("100").spawn().unwrap();
+        let t = Instant::now();
+        terminate(&mut polite, Duration::from_secs(20));
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert!(polite.try_wait().unwrap().is_some());
+        // Ignores SIGTERM: killed once the grace is over.
+        let mut stubborn = Command::new("sh")
+            .args(["-c", "trap '' TERM; while :; do sleep 1; done"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let t = Instant::now();
+        terminate(&mut stubborn, Duration::from_millis(300));
+        assert!(t.elapsed() >= Duration::from_millis(300));
+        let status = stubborn.try_wait().unwrap().expect("reaped");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+    }
+
+    #[test]
+    fn containerd_starts_on_the_config_head() {
+        if !std::path::Path::new("/usr/bin/containerd").exists() {
+            eprintln!("skipped: no containerd");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("crius-testkit-ctrd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("config.toml");
+        std::fs::write(&config, containerd_config_head(&dir)).unwrap();
+        let mut child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stderr(std::fs::File::create(dir.join("containerd.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let socket = dir.join("containerd.sock");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !socket.exists() && child.try_wait().unwrap().is_none() {
+            assert!(std::time::Instant::now() < deadline, "no socket");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let served = std::os::unix::net::UnixStream::connect(&socket).is_ok();
+        let _ = child.kill();
+        let _ = child.wait();
+        let log = std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(served, "containerd did not serve: {log}");
     }
 
     #[test]

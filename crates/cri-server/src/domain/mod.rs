@@ -47,6 +47,19 @@ pub fn now_nanos() -> i64 {
         .unwrap_or(0)
 }
 
+/// Runs `f` on the store on the blocking pool (record writes are durable:
+/// they fsync); a failure is a CRI status.
+pub async fn store_blocking<T: Send + 'static>(
+    daemon: &crate::daemon::Daemon,
+    f: impl FnOnce(&crius_store::Store) -> Result<T, crius_store::StoreError> + Send + 'static,
+) -> Result<T, crate::errors::CriError> {
+    let store = daemon.store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| crate::errors::internal("store", e))?
+        .map_err(crate::errors::store_status)
+}
+
 /// A record looked up by Stop or Remove, which succeed for what does not
 /// exist: `None` when nothing has the id.
 pub fn present<T>(

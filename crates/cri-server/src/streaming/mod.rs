@@ -376,14 +376,28 @@ fn header_value(v: &str) -> Option<hyper::header::HeaderValue> {
 
 /// The SPDY subprotocols a client offers in `X-Stream-Protocol-Version`.
 fn spdy_offered(req: &Request<Incoming>) -> Vec<String> {
-    req.headers()
-        .get_all("x-stream-protocol-version")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect()
+    ws::header_list(req.headers(), "x-stream-protocol-version")
+}
+
+/// A 101 Switching Protocols answer upgrading to `upgrade`, naming the
+/// chosen subprotocol (if any) in the `protocol_header`.
+fn switching_protocols(
+    upgrade: &'static str,
+    protocol_header: &'static str,
+    chosen: Option<&'static str>,
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(
+        "connection",
+        hyper::header::HeaderValue::from_static("Upgrade"),
+    );
+    h.insert("upgrade", hyper::header::HeaderValue::from_static(upgrade));
+    if let Some(p) = chosen {
+        h.insert(protocol_header, hyper::header::HeaderValue::from_static(p));
+    }
+    resp
 }
 
 fn is_spdy(req: &Request<Incoming>) -> bool {
@@ -515,25 +529,9 @@ fn handle(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Byte
             }
             s => s,
         };
-        let mut resp = Response::new(Full::new(Bytes::new()));
-        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let h = resp.headers_mut();
-        h.insert(
-            "connection",
-            hyper::header::HeaderValue::from_static("Upgrade"),
-        );
-        h.insert(
-            "upgrade",
-            hyper::header::HeaderValue::from_static("websocket"),
-        );
+        let mut resp = switching_protocols("websocket", "sec-websocket-protocol", chosen);
         if let Some(v) = header_value(&accept) {
-            h.insert("sec-websocket-accept", v);
-        }
-        if let Some(p) = chosen {
-            h.insert(
-                "sec-websocket-protocol",
-                hyper::header::HeaderValue::from_static(p),
-            );
+            resp.headers_mut().insert("sec-websocket-accept", v);
         }
         let protocol = chosen.unwrap_or(ws::V1);
         tokio::spawn(async move {
@@ -579,23 +577,7 @@ fn handle(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Byte
             return resp;
         }
     };
-    let mut resp = Response::new(Full::new(Bytes::new()));
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(
-        "connection",
-        hyper::header::HeaderValue::from_static("Upgrade"),
-    );
-    h.insert(
-        "upgrade",
-        hyper::header::HeaderValue::from_static("SPDY/3.1"),
-    );
-    if let Some(p) = chosen {
-        h.insert(
-            "x-stream-protocol-version",
-            hyper::header::HeaderValue::from_static(p),
-        );
-    }
+    let resp = switching_protocols("SPDY/3.1", "x-stream-protocol-version", chosen);
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => hyper_util::rt::TokioIo::new(u),

@@ -64,8 +64,14 @@ pub fn accept_key(headers: &HeaderMap) -> Option<String> {
 
 /// The subprotocols the client offers, in its order of preference.
 pub fn offered_protocols(headers: &HeaderMap) -> Vec<String> {
+    header_list(headers, "sec-websocket-protocol")
+}
+
+/// The comma-separated items of every `name` header, trimmed, empty ones
+/// left out.
+pub fn header_list(headers: &HeaderMap, name: &str) -> Vec<String> {
     headers
-        .get_all("sec-websocket-protocol")
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|s| s.split(','))

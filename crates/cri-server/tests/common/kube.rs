@@ -1209,17 +1209,10 @@ pub struct PortForward {
     pub local_port: u16,
 }
 
-/// A new pseudo-terminal pair `(master, slave)` of `rows` x `cols`, both
-/// close-on-exec (the slave is dup'ed onto the child's stdio) and the
-/// master non-blocking.
-fn open_pty(rows: u16, cols: u16) -> (OwnedFd, OwnedFd) {
+/// A new pseudo-terminal pair `(master, slave)` of size `ws`, with the
+/// descriptors' default flags.
+pub fn openpty(ws: &libc::winsize) -> (OwnedFd, OwnedFd) {
     let (mut master, mut slave) = (-1, -1);
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
     // SAFETY: openpty fills in two descriptors; the name buffer and the
     // termios may be null.
     let r = unsafe {
@@ -1228,12 +1221,24 @@ fn open_pty(rows: u16, cols: u16) -> (OwnedFd, OwnedFd) {
             &mut slave,
             std::ptr::null_mut(),
             std::ptr::null(),
-            &ws,
+            ws,
         )
     };
     assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
     // SAFETY: openpty returned two open descriptors that nothing else owns.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
+}
+
+/// A new pseudo-terminal pair `(master, slave)` of `rows` x `cols`, both
+/// close-on-exec (the slave is dup'ed onto the child's stdio) and the
+/// master non-blocking.
+fn open_pty(rows: u16, cols: u16) -> (OwnedFd, OwnedFd) {
+    let (master, slave) = openpty(&libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    });
     for (fd, nonblock) in [(&master, true), (&slave, false)] {
         // SAFETY: fcntl on a descriptor owned here.
         unsafe {

@@ -277,6 +277,15 @@ bin_dirs = ["{dir}/cni-bin"]
     )
 }
 
+/// [`fake_runtime_config`] with the directories it names made (the
+/// runtime's and the CNI ones, empty).
+pub fn fake_runtime_dirs(dir: &Path) -> String {
+    for d in ["bin", "net.d", "cni-bin"] {
+        std::fs::create_dir_all(dir.join(d)).expect("create a fake runtime directory");
+    }
+    fake_runtime_config(dir)
+}
+
 /// Writes an executable shell script.
 pub fn script(path: &Path, body: &str) {
     use std::os::unix::fs::PermissionsExt;

@@ -389,13 +389,19 @@ pub fn container(name: &str, image: &str, cmd: &[&str]) -> ContainerConfig {
     }
 }
 
+/// The runtime's Status (with its `info` map when `verbose`).
+pub async fn runtime_status(rt: &mut Rt, verbose: bool) -> k8s_cri::v1::StatusResponse {
+    rt.status(k8s_cri::v1::StatusRequest { verbose })
+        .await
+        .unwrap_or_else(|e| panic!("Status: {e:?}"))
+        .into_inner()
+}
+
 /// The `info` map of a verbose Status (what `crictl info` shows), each
 /// entry parsed as JSON.
 pub async fn verbose_info(rt: &mut Rt) -> std::collections::HashMap<String, serde_json::Value> {
-    rt.status(k8s_cri::v1::StatusRequest { verbose: true })
+    runtime_status(rt, true)
         .await
-        .unwrap()
-        .into_inner()
         .info
         .into_iter()
         .map(|(k, v)| {
@@ -407,6 +413,14 @@ pub async fn verbose_info(rt: &mut Rt) -> std::collections::HashMap<String, serd
 
 pub fn security(c: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
     c.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+}
+
+/// The pod's Linux security context, created when missing.
+pub fn pod_security(p: &mut PodSandboxConfig) -> &mut k8s_cri::v1::LinuxSandboxSecurityContext {
+    p.linux
         .get_or_insert_with(Default::default)
         .security_context
         .get_or_insert_with(Default::default)
@@ -529,16 +543,7 @@ pub async fn exec(rt: &mut Rt, id: &str, cmd: &[&str]) -> (i32, String, String) 
 
 /// Stops and removes the pod and checks that nothing of it is left.
 pub async fn teardown(env: &Env, rt: &mut Rt, pod_id: &str, uid: &str) {
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: pod_id.into(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod_id.into(),
-    })
-    .await
-    .unwrap();
+    stop_and_remove_pod(rt, pod_id).await;
     let list = rt
         .list_containers(ListContainersRequest { filter: None })
         .await
@@ -558,6 +563,20 @@ pub async fn teardown(env: &Env, rt: &mut Rt, pod_id: &str, uid: &str) {
     remove_cgroup_parents(uid);
 }
 
+/// Stops and removes the pod (no checks; see [`teardown`]).
+pub async fn stop_and_remove_pod(rt: &mut Rt, pod_id: &str) {
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StopPodSandbox {pod_id}: {e:?}"));
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod_id.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RemovePodSandbox {pod_id}: {e:?}"));
+}
+
 /// Removes a pod's log directory (kubelet's job, so criusd leaves it) when
 /// the test ends, however it ends.
 pub struct LogDir(pub PathBuf);
@@ -570,6 +589,27 @@ impl Drop for LogDir {
 
 /// Removes several pods' log directories when the test ends.
 pub struct LogDirs(pub Vec<PathBuf>);
+
+impl LogDirs {
+    /// The log directories of these pods.
+    pub fn of(pods: &[PodSandboxConfig]) -> LogDirs {
+        LogDirs(
+            pods.iter()
+                .map(|p| PathBuf::from(&p.log_directory))
+                .collect(),
+        )
+    }
+}
+
+/// `n` pod configurations `<name><i>` (uid `uid-<name><i>`), and the guard
+/// of their log directories.
+pub fn pods(name: &str, n: usize) -> (Vec<PodSandboxConfig>, LogDirs) {
+    let configs: Vec<PodSandboxConfig> = (0..n)
+        .map(|i| pod(&format!("{name}{i}"), &format!("uid-{name}{i}")))
+        .collect();
+    let logs = LogDirs::of(&configs);
+    (configs, logs)
+}
 
 impl Drop for LogDirs {
     fn drop(&mut self) {
@@ -657,6 +697,26 @@ impl Case {
     pub async fn run_pod(&mut self) -> String {
         run_pod(&self.env, &mut self.rt, &self.pod).await
     }
+
+    /// Runs the case's pod, then [`Case::split`] with the pod's id last:
+    /// `let (_guards, env, image, mut rt, pod, uid, pod_id) =
+    /// case.split_running().await;`.
+    #[allow(clippy::type_complexity)]
+    pub async fn split_running(
+        mut self,
+    ) -> (
+        CaseGuards,
+        Env,
+        String,
+        Rt,
+        PodSandboxConfig,
+        String,
+        String,
+    ) {
+        let pod_id = self.run_pod().await;
+        let (guards, env, image, rt, pod, uid) = self.split();
+        (guards, env, image, rt, pod, uid, pod_id)
+    }
 }
 
 /// The container's status.
@@ -682,12 +742,7 @@ pub fn userns_pod(name: &str, uid: &str, maps: (u32, u32, u32)) -> PodSandboxCon
         container_id,
         length,
     };
-    p.linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .get_or_insert_with(Default::default)
-        .namespace_options = Some(k8s_cri::v1::NamespaceOption {
+    pod_security(&mut p).namespace_options = Some(k8s_cri::v1::NamespaceOption {
         userns_options: Some(k8s_cri::v1::UserNamespace {
             mode: k8s_cri::v1::NamespaceMode::Pod as i32,
             uids: vec![idm],
@@ -739,6 +794,29 @@ pub async fn list_containers(rt: &mut Rt) -> Vec<k8s_cri::v1::Container> {
         .unwrap_or_else(|e| panic!("ListContainers: {e:?}"))
         .into_inner()
         .containers
+}
+
+/// The pod's stats (PodSandboxStats).
+pub async fn pod_stats(rt: &mut Rt, id: &str) -> k8s_cri::v1::PodSandboxStats {
+    rt.pod_sandbox_stats(k8s_cri::v1::PodSandboxStatsRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("PodSandboxStats {id}: {e:?}"))
+    .into_inner()
+    .stats
+    .expect("stats")
+}
+
+/// The features Status reports for the default runtime handler (`None`
+/// when it is not listed).
+pub async fn default_handler_features(rt: &mut Rt) -> Option<k8s_cri::v1::RuntimeHandlerFeatures> {
+    runtime_status(rt, false)
+        .await
+        .runtime_handlers
+        .iter()
+        .find(|h| h.name.is_empty())
+        .and_then(|h| h.features)
 }
 
 /// The pod's status.

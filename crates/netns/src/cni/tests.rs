@@ -65,6 +65,18 @@ impl Fixture {
             .collect()
     }
 
+    /// The plugins of [`three_plugin_list`], all succeeding: first,
+    /// second and third give 10.0.0.2, .3 and .4.
+    fn three_plugins(&self) {
+        for (name, ip) in [
+            ("first", "10.0.0.2/24"),
+            ("second", "10.0.0.3/24"),
+            ("third", "10.0.0.4/24"),
+        ] {
+            self.plugin(name, &result_with(ip), None);
+        }
+    }
+
     fn clear_calls(&self) {
         let _ = std::fs::remove_file(self.rec.join("calls"));
     }
@@ -128,9 +140,7 @@ fn three_plugin_list(version: &str) -> Value {
 #[test]
 fn add_chains_results_and_injects_config() {
     let fx = Fixture::new();
-    fx.plugin("first", &result_with("10.0.0.2/24"), None);
-    fx.plugin("second", &result_with("10.0.0.3/24"), None);
-    fx.plugin("third", &result_with("10.0.0.4/24"), None);
+    fx.three_plugins();
     let net = fx.network(three_plugin_list("1.0.0"));
 
     let result = net.add(&pod()).unwrap();
@@ -181,13 +191,7 @@ fn add_chains_results_and_injects_config() {
 #[test]
 fn del_runs_in_reverse_with_the_cached_result_after_restart() {
     let fx = Fixture::new();
-    for (name, ip) in [
-        ("first", "10.0.0.2/24"),
-        ("second", "10.0.0.3/24"),
-        ("third", "10.0.0.4/24"),
-    ] {
-        fx.plugin(name, &result_with(ip), None);
-    }
+    fx.three_plugins();
     fx.network(three_plugin_list("1.0.0")).add(&pod()).unwrap();
     fx.clear_calls();
 
@@ -298,13 +302,7 @@ fn del_failure_keeps_the_cache_for_a_retry() {
 #[test]
 fn check_uses_the_cached_result_in_order() {
     let fx = Fixture::new();
-    for (name, ip) in [
-        ("first", "10.0.0.2/24"),
-        ("second", "10.0.0.3/24"),
-        ("third", "10.0.0.4/24"),
-    ] {
-        fx.plugin(name, &result_with(ip), None);
-    }
+    fx.three_plugins();
     let net = fx.network(three_plugin_list("1.0.0"));
     let err = net.check(&pod()).unwrap_err();
     assert!(matches!(err, CniError::CheckUnavailable { .. }), "{err}");

@@ -401,12 +401,7 @@ impl Nri {
             if let Some(r) = plugin.process.as_ref().and_then(|p| p.stop()) {
                 reaped.push(r);
             }
-            let server = plugin
-                .server
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            if let Some(mut server) = server {
+            if let Some(mut server) = plugin.take_server() {
                 server.disconnect().await;
             }
         }

@@ -90,22 +90,8 @@ const APPLETS: &[&str] = &[
     "sh", "sleep", "echo", "true", "false", "cat", "stty", "tty", "ls", "read", "kill",
 ];
 
-const CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
+/// The default capability set, as criusd grants it.
+const CAPS: &[&str] = &crius_spec::caps::DEFAULT_CAPABILITIES;
 
 /// Writes a rootfs with busybox under `dir/rootfs`.
 pub fn write_rootfs(dir: &Path) {
@@ -125,20 +111,25 @@ pub fn cgroup_path(id: &str) -> String {
     format!("/crius-test-{id}")
 }
 
+/// The OCI process of the test containers and execs: root, the default
+/// capabilities, no new privileges.
+pub fn process(args: &[&str], terminal: bool) -> serde_json::Value {
+    serde_json::json!({
+        "terminal": terminal,
+        "user": {"uid": 0, "gid": 0},
+        "args": args,
+        "env": ["PATH=/bin", "TERM=xterm"],
+        "cwd": "/",
+        "capabilities": {"bounding": CAPS, "effective": CAPS, "permitted": CAPS},
+        "noNewPrivileges": true
+    })
+}
+
 /// An OCI spec for a busybox container.
 pub fn spec(id: &str, args: &[&str], terminal: bool) -> serde_json::Value {
-    let caps: Vec<&str> = CAPS.to_vec();
     serde_json::json!({
         "ociVersion": "1.0.2",
-        "process": {
-            "terminal": terminal,
-            "user": {"uid": 0, "gid": 0},
-            "args": args,
-            "env": ["PATH=/bin", "TERM=xterm"],
-            "cwd": "/",
-            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "noNewPrivileges": true
-        },
+        "process": process(args, terminal),
         "root": {"path": "rootfs", "readonly": false},
         "hostname": "crius-test",
         "mounts": [
@@ -315,15 +306,7 @@ impl Shim {
         stdin: &str,
         stdout: &str,
     ) {
-        let process = serde_json::json!({
-            "terminal": terminal,
-            "user": {"uid": 0, "gid": 0},
-            "args": args,
-            "env": ["PATH=/bin", "TERM=xterm"],
-            "cwd": "/",
-            "capabilities": {"bounding": CAPS, "effective": CAPS, "permitted": CAPS},
-            "noNewPrivileges": true
-        });
+        let process = process(args, terminal);
         let mut any = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
         any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".into();
         any.value = serde_json::to_vec(&process).unwrap();

@@ -290,6 +290,14 @@ fn hooks_are_appended_by_kind() {
     }
 }
 
+fn rlimit(kind: &str, hard: u64, soft: u64) -> NriRlimit {
+    NriRlimit {
+        kind: kind.into(),
+        hard,
+        soft,
+    }
+}
+
 fn dev(path: &str, kind: &str, major: i64, minor: i64) -> NriDevice {
     NriDevice {
         path: path.into(),
@@ -644,21 +652,9 @@ fn linux_fields() {
         (
             l(&|a| {
                 a.rlimits = vec![
-                    NriRlimit {
-                        kind: "RLIMIT_NOFILE".into(),
-                        hard: 100,
-                        soft: 50,
-                    },
-                    NriRlimit {
-                        kind: "RLIMIT_NPROC".into(),
-                        hard: 10,
-                        soft: 10,
-                    },
-                    NriRlimit {
-                        kind: "RLIMIT_NOFILE".into(),
-                        hard: 200,
-                        soft: 200,
-                    },
+                    rlimit("RLIMIT_NOFILE", 100, 50),
+                    rlimit("RLIMIT_NPROC", 10, 10),
+                    rlimit("RLIMIT_NOFILE", 200, 200),
                 ]
             }),
             "/process/rlimits",
@@ -727,23 +723,11 @@ fn linux_fields() {
             "linux.memory_policy",
         ),
         (
-            l(&|a| {
-                a.rlimits = vec![NriRlimit {
-                    kind: "RLIMIT_BOGUS".into(),
-                    hard: 1,
-                    soft: 1,
-                }]
-            }),
+            l(&|a| a.rlimits = vec![rlimit("RLIMIT_BOGUS", 1, 1)]),
             "rlimits",
         ),
         (
-            l(&|a| {
-                a.rlimits = vec![NriRlimit {
-                    kind: "RLIMIT_NOFILE".into(),
-                    hard: 1,
-                    soft: 2,
-                }]
-            }),
+            l(&|a| a.rlimits = vec![rlimit("RLIMIT_NOFILE", 1, 2)]),
             "rlimits",
         ),
         // crius owns the cgroups path
@@ -900,37 +884,13 @@ fn conflicts_between_plugins() {
             Some("device \"/dev/x\""),
         ),
         (
-            with(&|a| {
-                a.rlimits = vec![NriRlimit {
-                    kind: "RLIMIT_NOFILE".into(),
-                    hard: 1,
-                    soft: 1,
-                }]
-            }),
-            with(&|a| {
-                a.rlimits = vec![NriRlimit {
-                    kind: "RLIMIT_NOFILE".into(),
-                    hard: 2,
-                    soft: 2,
-                }]
-            }),
+            with(&|a| a.rlimits = vec![rlimit("RLIMIT_NOFILE", 1, 1)]),
+            with(&|a| a.rlimits = vec![rlimit("RLIMIT_NOFILE", 2, 2)]),
             Some("rlimit \"RLIMIT_NOFILE\""),
         ),
         (
-            with(&|a| {
-                a.rlimits = vec![NriRlimit {
-                    kind: "RLIMIT_NOFILE".into(),
-                    hard: 1,
-                    soft: 1,
-                }]
-            }),
-            with(&|a| {
-                a.rlimits = vec![NriRlimit {
-                    kind: "RLIMIT_NPROC".into(),
-                    hard: 2,
-                    soft: 2,
-                }]
-            }),
+            with(&|a| a.rlimits = vec![rlimit("RLIMIT_NOFILE", 1, 1)]),
+            with(&|a| a.rlimits = vec![rlimit("RLIMIT_NPROC", 2, 2)]),
             None,
         ),
         (

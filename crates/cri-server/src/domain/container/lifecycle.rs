@@ -459,16 +459,13 @@ async fn create_steps(
             ..Default::default()
         },
     );
-    let store = daemon.store.clone();
-    tokio::task::spawn_blocking(move || store.add_container(record))
+    crate::domain::store_blocking(daemon, move |s| s.add_container(record))
         .instrument(tracing::debug_span!(
             "store",
             op = "add_container",
             container = id
         ))
-        .await
-        .map_err(|e| internal("store", e))?
-        .map_err(store_status)?;
+        .await?;
     done.record = true;
     timeline.mark("record");
 
@@ -971,11 +968,7 @@ pub async fn remove(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
     }
     take_create_phases(daemon, &id);
     let last = daemon.store.get_container(&id).unwrap_or(record);
-    let store = daemon.store.clone();
-    let removed = tokio::task::spawn_blocking(move || store.remove_container(&id))
-        .await
-        .map_err(|e| internal("store", e))?
-        .map_err(store_status)?;
+    let removed = crate::domain::store_blocking(daemon, move |s| s.remove_container(&id)).await?;
     if removed {
         super::events::emit(daemon, &last, ContainerEventType::ContainerDeletedEvent);
     }

@@ -287,16 +287,13 @@ async fn run_steps(
         },
         SandboxStatus::default(),
     );
-    let store = daemon.store.clone();
-    tokio::task::spawn_blocking(move || store.add_sandbox(record))
+    crate::domain::store_blocking(daemon, move |s| s.add_sandbox(record))
         .instrument(tracing::debug_span!(
             "store",
             op = "add_sandbox",
             sandbox = id
         ))
-        .await
-        .map_err(|e| internal("store", e))?
-        .map_err(store_status)?;
+        .await?;
     done.record = true;
     timeline.mark("name_reservation");
 
@@ -1052,11 +1049,7 @@ async fn remove_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
             Err(e) => return Err(internal(&format!("cannot remove {}", d.display()), e)),
         }
     }
-    let store = daemon.store.clone();
-    tokio::task::spawn_blocking(move || store.remove_sandbox(&id))
-        .await
-        .map_err(|e| internal("store", e))?
-        .map_err(store_status)?;
+    crate::domain::store_blocking(daemon, move |s| s.remove_sandbox(&id)).await?;
     Ok(())
 }
 
