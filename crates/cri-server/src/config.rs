@@ -407,6 +407,10 @@ pub struct Config {
     /// namespace): the pod's shim holds its namespaces instead, as CRI-O's
     /// `drop_infra_ctr` does.
     pub drop_infra_container: bool,
+    /// With `drop_infra_container`: a pod whose containers share a PID
+    /// namespace (and that has no user namespace) gets a PID-namespace
+    /// holder process from its shim instead of a pause container.
+    pub pid_holder: bool,
     /// The handler used when a pod names none.
     pub default_runtime: String,
     /// Size of each pod's /dev/shm tmpfs (a Kubernetes quantity such as 64Mi).
@@ -458,6 +462,7 @@ impl Default for Config {
             systemd_address: String::new(),
             pause_image: "registry.k8s.io/pause:3.10".into(),
             drop_infra_container: true,
+            pid_holder: true,
             default_runtime: "runc".into(),
             shm_size: "64Mi".into(),
             shim_path: String::new(),

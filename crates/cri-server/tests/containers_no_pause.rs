@@ -1,5 +1,6 @@
-//! Pods without a pause process, and the disk usage of writable layers
-//! deeper than PATH_MAX.
+//! Pods without a pause process (also those whose containers share a PID
+//! namespace: the shim's holder keeps it), and the disk usage of writable
+//! layers deeper than PATH_MAX.
 
 mod common;
 
@@ -12,6 +13,146 @@ use std::time::{Duration, Instant};
 /// guard kills every process in the test cgroup tree, which the other
 /// test's containers share.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A pod whose containers share a PID namespace (no user namespace) runs
+/// no pause container either: its shim's PID-namespace holder is PID 1
+/// there, in the pod's pinned network, IPC and UTS namespaces, confined;
+/// the containers join it; stopping the pod ends the holder and every
+/// process of the namespace.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_sharing_a_pid_namespace_get_the_shims_holder() {
+    let Some(case) = Case::start(&SERIAL, "crius-holder", "holder").await else {
+        return;
+    };
+    let (_guards, env, image, mut rt, mut cfg, uid) = case.split();
+    let uid = uid.as_str();
+    cfg.linux.as_mut().unwrap().security_context = Some(k8s_cri::v1::LinuxSandboxSecurityContext {
+        namespace_options: Some(NamespaceOption {
+            pid: NamespaceMode::Pod as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod_id = run_pod(&env, &mut rt, &cfg).await;
+    let (status, info) = pod_status_info(&mut rt, &pod_id).await;
+    assert_eq!(
+        status.state,
+        k8s_cri::v1::PodSandboxState::SandboxReady as i32
+    );
+    let holder = info["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("pid: {info}")) as u32;
+    // No runc container for the pod itself, no pause rootfs.
+    assert!(!env.dir.join("state/runc/k8s.io").join(&pod_id).exists());
+    assert!(mounts_below(&env.dir.join("state/sandboxes")).is_empty());
+    let status_line = |key: &str| {
+        std::fs::read_to_string(format!("/proc/{holder}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+            .unwrap_or_default()
+    };
+    assert_eq!(status_line("Uid:"), "65535\t65535\t65535\t65535");
+    assert_eq!(status_line("CapEff:"), "0000000000000000");
+    assert_eq!(status_line("Seccomp:"), "2");
+
+    let shares = |name: &str| {
+        let mut c = container(name, &image, &["/bin/busybox", "sleep", "3600"]);
+        security(&mut c).namespace_options = Some(NamespaceOption {
+            pid: NamespaceMode::Pod as i32,
+            ..Default::default()
+        });
+        c
+    };
+    let a = run(&env, &mut rt, &pod_id, &cfg, shares("a")).await;
+    let b = run(&env, &mut rt, &pod_id, &cfg, shares("b")).await;
+    let out = |r: (i32, String, String)| {
+        assert_eq!(r.0, 0, "{r:?}");
+        r.1.trim().to_string()
+    };
+    let ns = |kind: &str| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/proc/{holder}/ns/{kind}"))
+            .unwrap()
+            .ino()
+    };
+    for kind in ["pid", "net", "ipc", "uts"] {
+        let link = format!("/proc/self/ns/{kind}");
+        for c in [&a, &b] {
+            assert_eq!(
+                out(exec(&mut rt, c, &["/bin/busybox", "readlink", &link]).await),
+                format!("{kind}:[{}]", ns(kind)),
+                "{kind} of {c}"
+            );
+        }
+    }
+    // PID 1 of the pod is the holder; each container sees the other's
+    // processes.
+    assert_eq!(
+        out(exec(&mut rt, &a, &["/bin/busybox", "cat", "/proc/1/comm"]).await),
+        "containerd-shim"
+    );
+    let ps = out(exec(&mut rt, &b, &["/bin/busybox", "ps", "-o", "pid,args"]).await);
+    assert!(
+        ps.lines().filter(|l| l.contains("sleep 3600")).count() >= 2,
+        "{ps}"
+    );
+
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        pod_status(&mut rt, &pod_id).await.state,
+        k8s_cri::v1::PodSandboxState::SandboxNotready as i32
+    );
+    assert!(
+        !Path::new(&format!("/proc/{holder}")).exists(),
+        "the holder outlived StopPodSandbox"
+    );
+    for c in [&a, &b] {
+        assert_eq!(
+            status_of(&mut rt, c).await.state,
+            k8s_cri::v1::ContainerState::ContainerExited as i32
+        );
+    }
+    teardown(&env, &mut rt, &pod_id, uid).await;
+
+    // A pod whose shim died: the shim's `delete` action (run by
+    // StopPodSandbox) kills the holder it recorded, and with it the pod's
+    // containers.
+    let pod_id = run_pod(&env, &mut rt, &cfg).await;
+    let holder = pod_status_info(&mut rt, &pod_id).await.1["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    let c = run(&env, &mut rt, &pod_id, &cfg, shares("c")).await;
+    let shim = shim_pid_of(&env.dir, &pod_id).expect("the pod's shim");
+    // SAFETY: kill(2) on the test's own shim process.
+    unsafe { libc::kill(shim, libc::SIGKILL) };
+    for _ in 0..100 {
+        if shim_pid_of(&env.dir, &pod_id).is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        Path::new(&format!("/proc/{holder}")).exists(),
+        "the holder went with its shim"
+    );
+    teardown(&env, &mut rt, &pod_id, uid).await;
+    // Killed by then; gone once its new parent reaped it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{holder}")).exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !Path::new(&format!("/proc/{holder}")).exists(),
+        "the holder outlived its dead shim's clean-up: {:?}",
+        std::fs::read_to_string(format!("/proc/{holder}/status"))
+    );
+    let _ = c;
+}
 
 /// A pod whose containers share no PID namespace runs no pause: its shim
 /// pins the pod's network, IPC and UTS namespaces, sets the hostname and

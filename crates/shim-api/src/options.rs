@@ -59,6 +59,10 @@ pub struct NoInfra {
     pub hostname: String,
     /// The pod's sysctls.
     pub sysctls: BTreeMap<String, String>,
+    /// The pod's containers share a PID namespace: the shim holds it with
+    /// a process of its own (PID 1 of that namespace) instead of a pause
+    /// container (`io.crius.shim.infra = pid-holder`).
+    pub pid_holder: bool,
 }
 
 /// What criusd tells the shim about a pod besides the request's own
@@ -101,7 +105,8 @@ impl PodOptions {
             a.insert(NETNS_OWNED_ANNOTATION.to_string(), "true".to_string());
         }
         if let Some(n) = &self.no_infra {
-            a.insert(INFRA_ANNOTATION.to_string(), "none".to_string());
+            let kind = if n.pid_holder { "pid-holder" } else { "none" };
+            a.insert(INFRA_ANNOTATION.to_string(), kind.to_string());
             a.insert(HOSTNAME_ANNOTATION.to_string(), n.hostname.clone());
             if !n.sysctls.is_empty() {
                 a.insert(
@@ -137,9 +142,10 @@ impl PodOptions {
                 .filter(|n| *n > 0)
                 .ok_or_else(|| OptionsError(format!("{SHM_SIZE_ANNOTATION}={s:?}")))?,
         };
-        let infra = match get(INFRA_ANNOTATION) {
-            None => true,
-            Some("none") => false,
+        let (infra, pid_holder) = match get(INFRA_ANNOTATION) {
+            None => (true, false),
+            Some("none") => (false, false),
+            Some("pid-holder") => (false, true),
             Some(other) => {
                 return Err(OptionsError(format!("{INFRA_ANNOTATION}={other:?}")));
             }
@@ -187,6 +193,7 @@ impl PodOptions {
             no_infra: (!infra).then(|| NoInfra {
                 hostname: get(HOSTNAME_ANNOTATION).unwrap_or_default().to_string(),
                 sysctls,
+                pid_holder,
             }),
             netns_owned,
             userns,
@@ -211,6 +218,14 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            pid_holder: false,
+        })
+    }
+
+    fn pid_holder(hostname: &str) -> Option<NoInfra> {
+        Some(NoInfra {
+            pid_holder: true,
+            ..no_infra(hostname, &[])?
         })
     }
 
@@ -237,6 +252,10 @@ mod tests {
             PodOptions {
                 netns_owned: true,
                 ..d()
+            },
+            PodOptions {
+                no_infra: pid_holder("web-0"),
+                ..PodOptions::default()
             },
             PodOptions {
                 no_infra: no_infra("", &[]),
@@ -313,6 +332,17 @@ mod tests {
                     (HOSTNAME_ANNOTATION, "web-0"),
                     (SYSCTLS_ANNOTATION, r#"{"kernel.shmmni":"100"}"#),
                     (SHM_SIZE_ANNOTATION, "1024"),
+                ]),
+            ),
+            (
+                PodOptions {
+                    no_infra: pid_holder("web-0"),
+                    ..PodOptions::default()
+                },
+                annotations(&[
+                    (INFRA_ANNOTATION, "pid-holder"),
+                    (HOSTNAME_ANNOTATION, "web-0"),
+                    (SHM_SIZE_ANNOTATION, "67108864"),
                 ]),
             ),
             // No sysctls: no sysctls annotation; the hostname always.
@@ -399,6 +429,13 @@ mod tests {
                             ("kernel.shmmni", "100"),
                         ],
                     ),
+                    ..d()
+                }),
+            ),
+            (
+                annotations(&[(INFRA_ANNOTATION, "pid-holder"), (HOSTNAME_ANNOTATION, "h")]),
+                Ok(PodOptions {
+                    no_infra: pid_holder("h"),
                     ..d()
                 }),
             ),

@@ -10,6 +10,7 @@
 
 pub mod crilog;
 pub mod events;
+pub mod holder;
 pub mod idmap;
 pub mod io;
 pub mod log;

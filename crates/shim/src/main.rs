@@ -5,6 +5,13 @@ use std::io::Write;
 use crius_shim_api::args::{Action, Args};
 
 fn main() -> anyhow::Result<()> {
+    // The pod's PID-namespace holder: before anything else (it forks, so
+    // no thread may have started).
+    let mut argv = std::env::args_os().skip(1);
+    if argv.next().as_deref() == Some(std::ffi::OsStr::new(crius_shim::holder::ACTION)) {
+        let root = argv.next().unwrap_or_default();
+        crius_shim::holder::launch(std::path::Path::new(&root));
+    }
     let args = Args::parse(std::env::args().skip(1))?;
     match args.action {
         Action::Start => {

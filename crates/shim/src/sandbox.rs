@@ -21,7 +21,7 @@
 //! shim edits no spec (criusd builds the pause's with crius-spec).
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use containerd_shim_protos::api;
@@ -56,6 +56,9 @@ pub struct PodOptions {
     pub hostname: String,
     /// The sysctls (pods without an infra process), sorted by name.
     pub sysctls: Vec<(String, String)>,
+    /// A pod without an infra container whose containers share a PID
+    /// namespace: the shim's holder process keeps it (see `holder`).
+    pub pid_holder: bool,
     /// The pod's own user namespace, with these mappings: the shim makes
     /// it and the netns (owned by it).
     pub userns: Option<crius_shim_api::idmap::IdMaps>,
@@ -69,10 +72,20 @@ pub fn pod_options(
     netns_path: &str,
 ) -> Result<PodOptions> {
     let o = ApiOptions::decode(annotations).map_err(|e| TaskError::Invalid(e.to_string()))?;
-    let (infra, hostname, sysctls) = match o.no_infra {
-        None => (true, String::new(), Vec::new()),
-        Some(n) => (false, n.hostname, n.sysctls.into_iter().collect::<Vec<_>>()),
+    let (infra, hostname, sysctls, pid_holder) = match o.no_infra {
+        None => (true, String::new(), Vec::new(), false),
+        Some(n) => (
+            false,
+            n.hostname,
+            n.sysctls.into_iter().collect::<Vec<_>>(),
+            n.pid_holder,
+        ),
     };
+    if pid_holder && o.userns.is_some() {
+        return Err(TaskError::Invalid(
+            "a pod with its own user namespace runs a pause container, not a pid holder".into(),
+        ));
+    }
     for (k, _) in &sysctls {
         if crius_netns::podns::sysctl_ns(k).is_none()
             || crius_netns::podns::sysctl_path(k).is_none()
@@ -100,6 +113,7 @@ pub fn pod_options(
         host_network: o.host_network,
         hostname,
         sysctls,
+        pid_holder,
         userns: o.userns,
     })
 }
@@ -125,6 +139,10 @@ struct Pod {
     ipc: Option<PathBuf>,
     uts: Option<PathBuf>,
     infra: bool,
+    /// Start a PID-namespace holder at StartSandbox (see `holder`).
+    pid_holder: bool,
+    /// The running holder: its pid and exit.
+    holder: Option<(i32, Arc<crate::task::ExitCell>)>,
     phase: Phase,
     pid: u32,
     created_at: SystemTime,
@@ -308,6 +326,8 @@ impl SandboxService {
             ipc,
             uts,
             infra: opts.infra,
+            pid_holder: opts.pid_holder,
+            holder: None,
             phase: Phase::Created,
             pid: 0,
             created_at: SystemTime::now(),
@@ -333,12 +353,15 @@ impl SandboxService {
                     "sandbox {id} already started"
                 )));
             }
-            if !p.infra {
+            if !p.infra && !p.pid_holder {
                 p.phase = Phase::Ready;
                 return Ok((p.created_at, None));
             }
             Ok((p.created_at, Some((p.bundle.clone(), p.rootfs.clone()))))
         })?;
+        if self.with_pod(id, |p| Ok(p.pid_holder))? {
+            return self.start_holder(id);
+        }
         let Some((bundle, rootfs)) = pause else {
             return Ok((0, created_at));
         };
@@ -360,16 +383,103 @@ impl SandboxService {
         })
     }
 
+    /// StartSandbox of a pod with a PID-namespace holder: the holder
+    /// starts in the pod's network, IPC and UTS namespaces (those pinned at
+    /// CreateSandbox) and a PID namespace of its own, which the pod's
+    /// containers then join.
+    fn start_holder(&self, id: &str) -> Result<(u32, SystemTime)> {
+        use std::os::unix::process::CommandExt;
+        let (dir, nss) = self.with_pod(id, |p| {
+            let nss: Vec<(PathBuf, libc::c_int)> = [
+                (p.netns.clone(), libc::CLONE_NEWNET),
+                (p.ipc.clone(), libc::CLONE_NEWIPC),
+                (p.uts.clone(), libc::CLONE_NEWUTS),
+            ]
+            .into_iter()
+            .filter_map(|(path, kind)| path.map(|p| (p, kind)))
+            .collect();
+            Ok((p.state_dir.path().to_path_buf(), nss))
+        })?;
+        // Open here: the child may only make system calls.
+        let mut files = Vec::with_capacity(nss.len());
+        for (path, kind) in &nss {
+            let f = std::fs::File::open(path)
+                .map_err(|e| TaskError::Internal(format!("open {}: {e}", path.display())))?;
+            files.push((f, *kind));
+        }
+        let joins: Vec<(libc::c_int, libc::c_int)> = files
+            .iter()
+            .map(|(f, kind)| (std::os::fd::AsRawFd::as_raw_fd(f), *kind))
+            .collect();
+        let root = self.layout.state_root.join("holder-root");
+        crius_store::private::dir(&root)
+            .map_err(|e| TaskError::Internal(format!("create {}: {e}", root.display())))?;
+        let exe = std::env::current_exe()
+            .map_err(|e| TaskError::Internal(format!("the shim's own binary: {e}")))?;
+        let mut cmd = std::process::Command::new(exe);
+        cmd.arg(crate::holder::ACTION)
+            .arg(&root)
+            .stderr(std::process::Stdio::null());
+        // SAFETY: the closure makes system calls only (no allocation).
+        unsafe {
+            cmd.pre_exec(move || {
+                for (fd, kind) in &joins {
+                    if libc::setns(*fd, *kind) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if libc::unshare(libc::CLONE_NEWPID) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let (pid, cell) = self.inner().spawn_holder(&mut cmd)?;
+        drop(files);
+        if let Err(e) = crate::holder::write_record(&dir, pid) {
+            self.inner()
+                .kill_holder(pid, &cell, Duration::from_secs(10));
+            return Err(TaskError::Internal(format!("pid holder record: {e}")));
+        }
+        tracing::info!(sandbox = id, pid, "pid holder started");
+        self.with_pod(id, |p| {
+            p.phase = Phase::Ready;
+            p.pid = pid as u32;
+            p.holder = Some((pid, cell));
+            Ok((pid as u32, p.created_at))
+        })
+    }
+
+    /// Kills the pod's holder, if it has one running; an error if it did
+    /// not exit.
+    fn stop_holder(&self, id: &str) -> Result<()> {
+        let holder = self.with_pod(id, |p| Ok(p.holder.clone()))?;
+        if let Some((pid, cell)) = holder {
+            if !self
+                .inner()
+                .kill_holder(pid, &cell, Duration::from_secs(10))
+            {
+                return Err(TaskError::Internal(format!(
+                    "sandbox {id}: the pid holder {pid} did not exit"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// StopSandbox: SIGTERM, then SIGKILL after `timeout` (0: at once) to
-    /// the pause; a pod without one has its containers killed and deleted.
+    /// the pause; a pod without one has its containers killed and deleted
+    /// (and its PID-namespace holder killed).
     pub fn stop(&self, id: &str, timeout: u32) -> Result<()> {
         let infra = self.with_pod(id, |p| Ok(p.infra))?;
         if !infra {
+            let held = self.stop_holder(id);
             // No pause to stop: stopping the pod is stopping (and deleting
             // from the runtime) every container in it, now rather than at
             // shutdown, so that it overlaps with the caller's network
             // teardown.
-            let errors = self.inner().kill_and_delete_all();
+            let mut errors = self.inner().kill_and_delete_all();
+            errors.extend(held.err().map(|e| e.to_string()));
             self.with_pod(id, |p| {
                 p.phase = Phase::NotReady;
                 p.stopped_at.get_or_insert_with(SystemTime::now);
@@ -402,7 +512,9 @@ impl SandboxService {
     /// the netns and the state directory, then asks the shim to exit.
     pub fn shutdown(&self, id: &str) -> Result<()> {
         self.with_pod(id, |_| Ok(()))?;
+        let held = self.stop_holder(id);
         let mut errors = self.inner().kill_and_delete_all();
+        errors.extend(held.err().map(|e| e.to_string()));
         let mut g = self.pod();
         if let Some(p) = g.as_mut() {
             if let Some(shm) = p.shm.take() {
@@ -435,6 +547,7 @@ impl SandboxService {
                 }
             }
             if errors.is_empty() {
+                let _ = std::fs::remove_file(p.state_dir.path().join(crate::holder::RECORD));
                 let _ = std::fs::remove_dir(p.state_dir.path());
                 *g = None;
             }
@@ -553,9 +666,13 @@ impl containerd_shim_protos::sandbox_sync::Sandbox for SandboxService {
         _: &TtrpcContext,
         req: sb::WaitSandboxRequest,
     ) -> ttrpc::Result<sb::WaitSandboxResponse> {
-        let infra = self.with_pod(&req.sandbox_id, |p| Ok(p.infra))?;
+        let (infra, holder) =
+            self.with_pod(&req.sandbox_id, |p| Ok((p.infra, p.holder.clone())))?;
         let (code, at) = if infra {
             self.inner().exit_cell(&req.sandbox_id, "")?.wait()
+        } else if let Some((_, cell)) = holder {
+            // The holder's exit (StopSandbox kills it) ends the pod.
+            cell.wait()
         } else {
             self.wait_stopped(&req.sandbox_id)
         };

@@ -256,6 +256,11 @@ pub fn force_delete(rec: &RuntimeRecord, id: &str) -> Result<(), String> {
 /// failed to `errors`; the directory stays then.
 fn clean_pod_dir(dir: &PodDir, errors: &mut Vec<String>) {
     let before = errors.len();
+    // The PID-namespace holder (and so every process of the pod's PID
+    // namespace) first.
+    if let Err(e) = crate::holder::kill_recorded(dir.path()) {
+        errors.push(format!("pid holder: {e}"));
+    }
     if let Err(e) = crius_netns::netns::remove(&dir.netns()) {
         errors.push(format!("remove netns: {e}"));
     }

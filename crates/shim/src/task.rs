@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -279,6 +280,8 @@ pub struct Inner {
     containers: Mutex<HashMap<String, Container>>,
     shutdown: Mutex<Option<Sender<()>>>,
     counter: AtomicU64,
+    /// The pod's PID-namespace holder, by pid (see `holder`).
+    holders: Mutex<HashMap<i32, Arc<ExitCell>>>,
 }
 
 /// The task service.
@@ -308,6 +311,7 @@ impl TaskService {
             containers: Mutex::new(HashMap::new()),
             shutdown: Mutex::new(Some(shutdown)),
             counter: AtomicU64::new(0),
+            holders: Mutex::new(HashMap::new()),
         });
         let (tx, rx) = channel::<Exit>();
         reaper.set_hook(Box::new(move |e| {
@@ -352,6 +356,55 @@ impl Inner {
         &self.cfg.namespace
     }
 
+    fn holders(&self) -> MutexGuard<'_, HashMap<i32, Arc<ExitCell>>> {
+        self.holders.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs the holder launcher `cmd` (see `holder`) to its end and
+    /// registers the holder it started; returns the holder's pid and the
+    /// cell its exit will be set in.
+    pub fn spawn_holder(&self, cmd: &mut Command) -> Result<(i32, Arc<ExitCell>)> {
+        let since = self.reaper.seq();
+        let spawned = self
+            .reaper
+            .spawn(cmd.stdout(Stdio::piped()).stdin(Stdio::null()))
+            .map_err(|e| TaskError::Internal(e.to_string()))?;
+        let (status, out) = spawned
+            .wait_with_output()
+            .map_err(|e| TaskError::Internal(e.to_string()))?;
+        let text = String::from_utf8_lossy(&out);
+        let pid = text.trim().parse::<i32>().ok().filter(|p| *p > 1);
+        let Some(pid) = pid.filter(|_| status == 0) else {
+            return Err(TaskError::Internal(format!(
+                "the pid holder did not start (status {}, said {:?})",
+                crate::reaper::exit_code(status),
+                text.trim()
+            )));
+        };
+        let cell = Arc::new(ExitCell::default());
+        let _containers = self.lock();
+        self.holders().insert(pid, cell.clone());
+        if let Some(e) = self.reaper.take_unclaimed(pid, since) {
+            cell.set(e.code(), now());
+        }
+        Ok((pid, cell))
+    }
+
+    /// Kills a holder (and with it its PID namespace) and forgets it once
+    /// it exited, waiting at most `t`; true if it is gone.
+    pub fn kill_holder(&self, pid: i32, cell: &ExitCell, t: Duration) -> bool {
+        if cell.get().is_none() {
+            // SAFETY: the pid is the registered holder's, not yet reaped
+            // (its exit cell is unset), so it cannot have been reused.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let gone = cell.wait_for(t).is_some();
+        if gone {
+            self.holders().remove(&pid);
+        }
+        gone
+    }
+
     fn handle_exit(&self, e: Exit) {
         let mut g = self.lock();
         let found = g.iter_mut().find_map(|(cid, c)| {
@@ -364,8 +417,15 @@ impl Inner {
             })
         });
         let Some((cid, xid)) = found else {
+            let holders = self.holders();
+            if let Some(cell) = holders.get(&e.pid) {
+                cell.set(e.code(), now());
+                tracing::info!(pid = e.pid, status = e.code(), "pid holder exited");
+                return;
+            }
             // Maybe a process whose pid is not registered yet: keep it while
-            // holding the containers lock, so registration cannot miss it.
+            // holding the containers (and holders) lock, so registration
+            // cannot miss it.
             self.reaper.record_unclaimed(e);
             return;
         };

@@ -254,3 +254,154 @@ fn host_network_and_ipc_pod() {
     shut_down(&sbc, &sid, &shim);
     assert!(!pid_alive(pid));
 }
+
+/// The `status` line `key` of a process, e.g. `Uid:`.
+fn proc_status(pid: u32, key: &str) -> String {
+    read(Path::new(&format!("/proc/{pid}/status")))
+        .lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+        .unwrap_or_default()
+}
+
+fn ns_ino(pid: u32, kind: &str) -> u64 {
+    std::fs::metadata(format!("/proc/{pid}/ns/{kind}"))
+        .unwrap()
+        .ino()
+}
+
+#[test]
+fn pid_holder_pod() {
+    if !root_or_skip("pid holder pod") {
+        return;
+    }
+    prerequisites();
+    let sid = format!("ppod{}", std::process::id());
+    let shim = Shim::start(&sid, None);
+    let sbc = SandboxClient::new(shim.raw.clone());
+    let mut creq = sb::CreateSandboxRequest::new();
+    creq.sandbox_id = sid.clone();
+    creq.bundle_path = shim.path().join(&sid).to_string_lossy().into_owned();
+    for (k, v) in [
+        ("io.crius.shim.infra", "pid-holder"),
+        ("io.crius.shim.hostname", "held"),
+        ("io.crius.shim.shm-size", "1048576"),
+    ] {
+        creq.annotations.insert(k.into(), v.into());
+    }
+    sbc.create_sandbox(ctx(), &creq).unwrap();
+    let mut sreq = sb::SandboxStatusRequest::new();
+    sreq.sandbox_id = sid.clone();
+    let info = sbc.sandbox_status(ctx(), &sreq).unwrap().info;
+    let (netns, ipc, uts, shm) = (&info["netns"], &info["ipc"], &info["uts"], &info["shm"]);
+    let mut start = sb::StartSandboxRequest::new();
+    start.sandbox_id = sid.clone();
+    let holder = sbc.start_sandbox(ctx(), &start).unwrap().pid;
+    assert!(holder > 1);
+    assert_eq!(
+        sbc.sandbox_status(ctx(), &sreq).unwrap().pid,
+        holder,
+        "status reports the holder"
+    );
+
+    // In the pod's pinned namespaces, a PID namespace of its own, confined.
+    let me = std::process::id();
+    for (kind, pin) in [("net", netns), ("ipc", ipc), ("uts", uts)] {
+        assert_eq!(
+            ns_ino(holder, kind),
+            std::fs::metadata(pin).unwrap().ino(),
+            "{kind}"
+        );
+    }
+    assert_ne!(ns_ino(holder, "pid"), ns_ino(me, "pid"));
+    assert_eq!(ns_ino(holder, "mnt"), ns_ino(me, "mnt"));
+    assert_eq!(
+        proc_status(holder, "NSpid:").split_whitespace().last(),
+        Some("1")
+    );
+    assert_eq!(proc_status(holder, "Uid:"), "65535\t65535\t65535\t65535");
+    assert_eq!(proc_status(holder, "Gid:"), "65535\t65535\t65535\t65535");
+    assert_eq!(proc_status(holder, "Groups:"), "");
+    for caps in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(proc_status(holder, caps), "0000000000000000", "{caps}");
+    }
+    assert_eq!(proc_status(holder, "NoNewPrivs:"), "1");
+    assert_eq!(proc_status(holder, "Seccomp:"), "2");
+    let root = std::fs::read_link(format!("/proc/{holder}/root")).unwrap();
+    assert!(
+        std::fs::read_dir(&root).unwrap().next().is_none(),
+        "the holder's root {} is not empty",
+        root.display()
+    );
+    let fds: Vec<_> = std::fs::read_dir(format!("/proc/{holder}/fd"))
+        .unwrap()
+        .map(|e| std::fs::read_link(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(fds, vec![Path::new("/dev/null"); 3], "{fds:?}");
+
+    // A container of the pod joins the holder's PID namespace, where the
+    // holder is 1 and the container's process is not.
+    let cid = format!("papp{}", std::process::id());
+    let mut s = spec(
+        &cid,
+        &["sh", "-c", "echo $$ > /dev/shm/pid; exec sleep 100000"],
+        false,
+    );
+    let nss = s["linux"]["namespaces"].as_array_mut().unwrap();
+    nss.retain(|n| !["network", "pid", "ipc", "uts"].contains(&n["type"].as_str().unwrap()));
+    for (kind, path) in [
+        ("network", netns.clone()),
+        ("ipc", ipc.clone()),
+        ("uts", uts.clone()),
+        ("pid", format!("/proc/{holder}/ns/pid")),
+    ] {
+        nss.push(serde_json::json!({"type": kind, "path": path}));
+    }
+    s.as_object_mut().unwrap().remove("hostname");
+    s["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+        "destination": "/dev/shm", "type": "bind", "source": shm, "options": ["rbind", "rw"]
+    }));
+    s["annotations"] = serde_json::json!({"io.kubernetes.cri.sandbox-id": sid});
+    let b = bundle(shim.path(), &cid, &s);
+    let app = shim.create(&cid, &b, "", "", false);
+    shim.start_task(&cid, "").unwrap();
+    assert_eq!(ns_ino(app, "pid"), ns_ino(holder, "pid"));
+    let inside = Path::new(shm).join("pid");
+    assert!(eventually(Duration::from_secs(10), || inside.exists()));
+    let inner_pid: u32 = read(&inside).trim().parse().unwrap();
+    assert!(
+        inner_pid > 1,
+        "the container's process is {inner_pid} inside"
+    );
+
+    // A WaitSandbox in flight returns when StopSandbox kills the holder,
+    // and with it the whole PID namespace.
+    let waiter = {
+        let sbc = SandboxClient::new(shim.raw.clone());
+        let sid = sid.clone();
+        std::thread::spawn(move || {
+            let mut w = sb::WaitSandboxRequest::new();
+            w.sandbox_id = sid;
+            sbc.wait_sandbox(ctx(), &w).map(|r| r.exit_status)
+        })
+    };
+    let mut stop = sb::StopSandboxRequest::new();
+    stop.sandbox_id = sid.clone();
+    sbc.stop_sandbox(ctx(), &stop).unwrap();
+    assert_eq!(waiter.join().unwrap().unwrap(), 137);
+    assert!(!pid_alive(holder), "holder alive after stop");
+    assert!(!pid_alive(app), "container alive after stop");
+    assert_eq!(
+        sbc.sandbox_status(ctx(), &sreq).unwrap().state,
+        "SANDBOX_NOTREADY"
+    );
+    let state = shim.path().join("state").join(&shim.namespace).join(&sid);
+    let mut sh = sb::ShutdownSandboxRequest::new();
+    sh.sandbox_id = sid.clone();
+    let _ = sbc.shutdown_sandbox(ctx(), &sh);
+    assert!(
+        eventually(Duration::from_secs(20), || !shim.alive()),
+        "shim still running"
+    );
+    assert!(!state.exists(), "pod directory left");
+    assert!(mounts_below(shim.path()).is_empty());
+}

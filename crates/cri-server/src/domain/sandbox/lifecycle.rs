@@ -298,7 +298,9 @@ async fn run_steps(
     timeline.mark("name_reservation");
 
     // The pause image, when the pod needs a pause.
-    let infra = !daemon.config().drop_infra_container || crius_spec::sandbox::needs_infra(config);
+    let holder = pid_holder(&daemon.config(), config);
+    let infra = (!daemon.config().drop_infra_container || crius_spec::sandbox::needs_infra(config))
+        && !holder;
     let root_dir = daemon.paths.sandbox_root(id);
     let state_dir = daemon.paths.sandbox_state(id);
     let bundle = daemon.paths.sandbox_bundle(id);
@@ -411,6 +413,7 @@ async fn run_steps(
         r.map(|ips| Some((ips, took)))
     };
     let no_infra = (!infra).then(|| shimclient::NoInfra {
+        pid_holder: holder,
         hostname: config.hostname.clone(),
         sysctls: config
             .linux
@@ -689,6 +692,16 @@ impl PauseBundle<'_> {
             .map_err(|e| internal("config.json", e))?;
         Ok((userns.mounts, userns.userns))
     }
+}
+
+/// Whether a pod gets its shim's PID-namespace holder instead of a pause
+/// container: it needs an infra process only for its shared PID namespace
+/// (not for a user namespace of its own), and the configuration allows it.
+fn pid_holder(daemon: &crate::config::Config, config: &PodSandboxConfig) -> bool {
+    daemon.drop_infra_container
+        && daemon.pid_holder
+        && crius_spec::sandbox::needs_infra(config)
+        && matches!(crius_spec::userns::pod_mappings(config), Ok(None))
 }
 
 /// What RunPodSandbox knows once the network and the shim are done.
