@@ -41,6 +41,7 @@ impl Daemon {
         conf_dir: &Path,
         metrics: &str,
         nri: bool,
+        pid_holder: bool,
     ) -> Result<Daemon> {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("config.toml");
@@ -49,7 +50,7 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "pause_image = \"{registry}/pause:bench\"\n[cni]\nconf_dir = \"{}\"\nbin_dirs = [\"/usr/lib/cni\"]\n[metrics]\naddress = \"{metrics}\"\n[nri]\nenable = {nri}\nsocket_path = \"{}\"\n",
+                "pid_holder = {pid_holder}\npause_image = \"{registry}/pause:bench\"\n[cni]\nconf_dir = \"{}\"\nbin_dirs = [\"/usr/lib/cni\"]\n[metrics]\naddress = \"{metrics}\"\n[nri]\nenable = {nri}\nsocket_path = \"{}\"\n",
                 conf_dir.display(),
                 dir.join("nri/nri.sock").display()
             ),

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: crius-bench --criusd PATH [--out FILE] [--pods N] [--concurrency N] [--execs N] [--only crius,crius-nri-off,containerd,runc] [--seccomp unconfined|runtime-default] [--share-pid] [--dir BASE]
+const USAGE: &str = "usage: crius-bench --criusd PATH [--out FILE] [--pods N] [--concurrency N] [--execs N] [--only crius,crius-nri-off,containerd,runc] [--seccomp unconfined|runtime-default] [--share-pid] [--pid-holder] [--dir BASE]
        crius-bench --scale --criusd PATH [--out FILE] [--pods N] [--calls N] [--idle-secs N] [--poll-secs N] [--only crius,containerd] ...
 
 --scale: node scale (cargo xtask bench scale): the node brought to 50, 100
@@ -37,6 +37,8 @@ unconfined, is what kubelet sends when the SeccompDefault setting is off
 --share-pid: pods as kubelet sends them with shareProcessNamespace (one PID
 namespace per pod, held by the pause container in every runtime) instead of
 a PID namespace per container (which crius runs without a pause).
+--pid-holder: criusd with `pid_holder = true` (PID-sharing pods get the shim's
+PID-namespace holder instead of a pause container).
 --dir: where the run's directory (roots, states, bundles, logs of every
 runtime) is made; default /tmp.";
 
@@ -51,6 +53,8 @@ struct Options {
     seccomp: i32,
     /// Pods share one PID namespace (`shareProcessNamespace`).
     share_pid: bool,
+    /// criusd with `pid_holder = true`.
+    pid_holder: bool,
     /// Parent of the run's directory.
     base: PathBuf,
     /// Node-scale mode (`scale.rs`).
@@ -75,6 +79,7 @@ fn options() -> Result<Options> {
         only: vec!["crius".into(), "containerd".into(), "runc".into()],
         seccomp: k8s_cri::v1::security_profile::ProfileType::Unconfined as i32,
         share_pid: false,
+        pid_holder: false,
         base: PathBuf::from("/tmp"),
         scale: false,
         levels: Vec::new(),
@@ -109,6 +114,7 @@ fn options() -> Result<Options> {
                 }
             }
             "--share-pid" => o.share_pid = true,
+            "--pid-holder" => o.pid_holder = true,
             "--dir" => o.base = value()?.into(),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -858,6 +864,7 @@ async fn run() -> Result<()> {
                     &network.conf_dir,
                     &metrics,
                     name == "crius",
+                    o.pid_holder,
                 )?,
                 Some(metrics.as_str()),
             ),
@@ -907,6 +914,7 @@ async fn run() -> Result<()> {
                 "runtime-default"
             },
             "share_pid": o.share_pid,
+            "pid_holder": o.pid_holder,
             "scale": o.scale.then(|| json!({
                 "levels": o.levels,
                 "calls": o.calls,
@@ -947,6 +955,7 @@ mod tests {
             only: Vec::new(),
             seccomp: 0,
             share_pid: false,
+            pid_holder: false,
             base: "/tmp".into(),
             scale: false,
             levels: Vec::new(),

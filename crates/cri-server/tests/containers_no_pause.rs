@@ -21,7 +21,9 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// process of the namespace.
 #[tokio::test(flavor = "multi_thread")]
 async fn pods_sharing_a_pid_namespace_get_the_shims_holder() {
-    let Some(case) = Case::start(&SERIAL, "crius-holder", "holder").await else {
+    let Some(case) =
+        Case::start_with(&SERIAL, "crius-holder", "holder", "pid_holder = true\n").await
+    else {
         return;
     };
     let (_guards, env, image, mut rt, mut cfg, uid) = case.split();
