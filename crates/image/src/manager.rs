@@ -2118,7 +2118,7 @@ mod tests {
     }
 
     async fn wait_for(what: &str, cond: impl Fn() -> bool) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while !cond() {
             assert!(std::time::Instant::now() < deadline, "waiting for {what}");
             tokio::time::sleep(Duration::from_millis(20)).await;

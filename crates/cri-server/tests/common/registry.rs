@@ -178,7 +178,7 @@ impl Registry {
             log,
             push_authorization,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if TcpStream::connect(&r.addr).is_ok() {
                 // A TLS listener cannot be probed with plain HTTP.
