@@ -14,6 +14,14 @@ use std::time::{Duration, Instant};
 /// test's containers share.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Namespace options with this PID mode (the others default).
+fn pids(mode: NamespaceMode) -> NamespaceOption {
+    NamespaceOption {
+        pid: mode as i32,
+        ..Default::default()
+    }
+}
+
 /// A pod whose containers share a PID namespace (no user namespace) runs
 /// no pause container either: its shim's PID-namespace holder is PID 1
 /// there, in the pod's pinned network, IPC and UTS namespaces, confined;
@@ -28,13 +36,7 @@ async fn pods_sharing_a_pid_namespace_get_the_shims_holder() {
     };
     let (_guards, env, image, mut rt, mut cfg, uid) = case.split();
     let uid = uid.as_str();
-    cfg.linux.as_mut().unwrap().security_context = Some(k8s_cri::v1::LinuxSandboxSecurityContext {
-        namespace_options: Some(NamespaceOption {
-            pid: NamespaceMode::Pod as i32,
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    pod_security(&mut cfg).namespace_options = Some(pids(NamespaceMode::Pod));
     let pod_id = run_pod(&env, &mut rt, &cfg).await;
     let (status, info) = pod_status_info(&mut rt, &pod_id).await;
     assert_eq!(
@@ -60,10 +62,7 @@ async fn pods_sharing_a_pid_namespace_get_the_shims_holder() {
 
     let shares = |name: &str| {
         let mut c = container(name, &image, &["/bin/busybox", "sleep", "3600"]);
-        security(&mut c).namespace_options = Some(NamespaceOption {
-            pid: NamespaceMode::Pod as i32,
-            ..Default::default()
-        });
+        security(&mut c).namespace_options = Some(pids(NamespaceMode::Pod));
         c
     };
     let a = run(&env, &mut rt, &pod_id, &cfg, shares("a")).await;
@@ -176,10 +175,7 @@ async fn pods_without_a_pause() {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     // What kubelet sends for a pod without shareProcessNamespace.
-    let own_pids = || NamespaceOption {
-        pid: NamespaceMode::Container as i32,
-        ..Default::default()
-    };
+    let own_pids = || pids(NamespaceMode::Container);
     linux.security_context = Some(k8s_cri::v1::LinuxSandboxSecurityContext {
         namespace_options: Some(own_pids()),
         ..Default::default()
@@ -263,10 +259,7 @@ async fn pods_without_a_pause() {
 
     // The pod's PID namespace does not exist.
     let mut shared = container("c", &image, &["/bin/busybox", "sleep", "3600"]);
-    security(&mut shared).namespace_options = Some(NamespaceOption {
-        pid: NamespaceMode::Pod as i32,
-        ..Default::default()
-    });
+    security(&mut shared).namespace_options = Some(pids(NamespaceMode::Pod));
     let err = create(&mut rt, &pod_id, &cfg, shared).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("namespace_options.pid"), "{err:?}");
@@ -400,10 +393,7 @@ async fn stats_follow_cpu_network_and_writable_layer() {
     };
     let (_guards, env, image, mut rt, mut cfg, uid) = case.split();
     let uid = uid.as_str();
-    let own_pids = || NamespaceOption {
-        pid: NamespaceMode::Container as i32,
-        ..Default::default()
-    };
+    let own_pids = || pids(NamespaceMode::Container);
     cfg.linux.as_mut().unwrap().security_context = Some(k8s_cri::v1::LinuxSandboxSecurityContext {
         namespace_options: Some(own_pids()),
         ..Default::default()

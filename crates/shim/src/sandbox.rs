@@ -118,6 +118,16 @@ pub fn pod_options(
     })
 }
 
+/// What StartSandbox starts.
+enum Start {
+    /// The pause container of this bundle and rootfs mounts.
+    Pause(PathBuf, Vec<containerd_shim_protos::types::mount::Mount>),
+    /// The PID-namespace holder (see `holder`).
+    Holder,
+    /// Nothing: the pod's namespaces are pinned.
+    Nothing,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Created,
@@ -344,8 +354,9 @@ impl SandboxService {
         }
     }
 
-    /// StartSandbox: runs the pause container in the pod's namespaces; a
-    /// pod without an infra process just becomes READY.
+    /// StartSandbox: runs the pause container in the pod's namespaces (or
+    /// the pod's PID-namespace holder); a pod without an infra process just
+    /// becomes READY.
     pub fn start(&self, id: &str) -> Result<(u32, SystemTime)> {
         let (created_at, pause) = self.with_pod(id, |p| {
             if p.phase != Phase::Created {
@@ -353,17 +364,22 @@ impl SandboxService {
                     "sandbox {id} already started"
                 )));
             }
-            if !p.infra && !p.pid_holder {
-                p.phase = Phase::Ready;
-                return Ok((p.created_at, None));
+            if p.pid_holder {
+                return Ok((p.created_at, Start::Holder));
             }
-            Ok((p.created_at, Some((p.bundle.clone(), p.rootfs.clone()))))
+            if !p.infra {
+                p.phase = Phase::Ready;
+                return Ok((p.created_at, Start::Nothing));
+            }
+            Ok((
+                p.created_at,
+                Start::Pause(p.bundle.clone(), p.rootfs.clone()),
+            ))
         })?;
-        if self.with_pod(id, |p| Ok(p.pid_holder))? {
-            return self.start_holder(id);
-        }
-        let Some((bundle, rootfs)) = pause else {
-            return Ok((0, created_at));
+        let (bundle, rootfs) = match pause {
+            Start::Holder => return self.start_holder(id),
+            Start::Nothing => return Ok((0, created_at)),
+            Start::Pause(bundle, rootfs) => (bundle, rootfs),
         };
         if bundle.as_os_str().is_empty() || !bundle.is_absolute() {
             return Err(TaskError::Invalid(format!(

@@ -298,9 +298,7 @@ async fn run_steps(
     timeline.mark("name_reservation");
 
     // The pause image, when the pod needs a pause.
-    let holder = pid_holder(&daemon.config(), config);
-    let infra = (!daemon.config().drop_infra_container || crius_spec::sandbox::needs_infra(config))
-        && !holder;
+    let (infra, holder) = infra_and_holder(&daemon.config(), config);
     let root_dir = daemon.paths.sandbox_root(id);
     let state_dir = daemon.paths.sandbox_state(id);
     let bundle = daemon.paths.sandbox_bundle(id);
@@ -694,14 +692,17 @@ impl PauseBundle<'_> {
     }
 }
 
-/// Whether a pod gets its shim's PID-namespace holder instead of a pause
-/// container: it needs an infra process only for its shared PID namespace
-/// (not for a user namespace of its own), and the configuration allows it.
-fn pid_holder(daemon: &crate::config::Config, config: &PodSandboxConfig) -> bool {
-    daemon.drop_infra_container
-        && daemon.pid_holder
-        && crius_spec::sandbox::needs_infra(config)
-        && matches!(crius_spec::userns::pod_mappings(config), Ok(None))
+/// What holds a pod's namespaces: (a pause container, the shim's
+/// PID-namespace holder); neither: the shim's pins alone. A pod needs an
+/// infra process for a shared PID namespace or a user namespace of its
+/// own; the holder serves the first only, when the configuration allows.
+fn infra_and_holder(cfg: &crate::config::Config, config: &PodSandboxConfig) -> (bool, bool) {
+    let needs = crius_spec::sandbox::needs_infra(config);
+    let holder = cfg.drop_infra_container
+        && cfg.pid_holder
+        && needs
+        && matches!(crius_spec::userns::pod_mappings(config), Ok(None));
+    ((!cfg.drop_infra_container || needs) && !holder, holder)
 }
 
 /// What RunPodSandbox knows once the network and the shim are done.
