@@ -310,10 +310,20 @@ fn spawn_reader(
     usize::from(spawned.is_ok())
 }
 
-/// Polls the child until it exits or `timeout` passes.
+/// Waits until the child exits or `timeout` passes. The exit is seen when it
+/// happens: a pidfd of the child turns readable then (the plugin's own run
+/// is typically 5-10 ms, so polling with sleeps would add a good part of
+/// that to every pod's RunPodSandbox and StopPodSandbox). Without pidfds
+/// (kernels before 5.3) it checks every few milliseconds instead.
 fn wait_timeout(child: &mut Child, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(1);
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or
+    // -1. The child is not reaped before try_wait below, so the pid is
+    // still the child's.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+    // SAFETY: a non-negative return is a new fd that nothing else owns.
+    let pidfd = (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw as i32) });
     loop {
         if let Some(status) = child.try_wait()? {
             return Ok(Some(status));
@@ -322,8 +332,21 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> io::Result<Option<ExitS
         if now >= deadline {
             return Ok(None);
         }
-        std::thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(50));
+        let left = deadline - now;
+        match &pidfd {
+            Some(fd) => {
+                let mut pfd = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+                // SAFETY: one valid pollfd for the length of the call. EINTR
+                // and a timeout both lead back to try_wait and the deadline.
+                unsafe { libc::poll(&mut pfd, 1, ms) };
+            }
+            None => std::thread::sleep(left.min(Duration::from_millis(2))),
+        }
     }
 }
 
@@ -545,6 +568,30 @@ mod tests {
             tries += 1;
         }
         assert!(gone_or_dead(), "helper {pid} survived the timeout");
+    }
+
+    #[test]
+    fn wait_timeout_sees_the_exit_and_the_deadline() {
+        // (command, timeout, expected exit code or None for "still running")
+        let cases: &[(&str, u64, Option<i32>)] = &[
+            ("exit 0", 30_000, Some(0)),
+            ("exit 3", 30_000, Some(3)),
+            ("sleep 0.05; exit 4", 30_000, Some(4)),
+            ("sleep 5", 100, None),
+        ];
+        for (body, ms, want) in cases {
+            let mut child = Command::new("/bin/sh")
+                .arg("-c")
+                .arg(body)
+                .process_group(0)
+                .spawn()
+                .unwrap();
+            let got = wait_timeout(&mut child, Duration::from_millis(*ms)).unwrap();
+            assert_eq!(got.and_then(|s| s.code()), *want, "{body}");
+            if got.is_none() {
+                kill_group(&mut child);
+            }
+        }
     }
 
     #[test]
