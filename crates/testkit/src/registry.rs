@@ -25,6 +25,27 @@ impl HttpResponse {
     }
 }
 
+/// Connects to `addr`, treating a TCP self-connection as "refused". While
+/// nothing listens on a loopback port in the ephemeral range, a connect to
+/// it can be given that very port as its source and connect to itself
+/// (simultaneous open); a probe that did so would then hold the port the
+/// server is about to bind and read its own request back as the answer.
+pub fn connect(addr: &str) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect(addr)
+        .map_err(|e| Error::new(e.kind(), format!("connect {addr}: {e}")))?;
+    refuse_self(s, addr)
+}
+
+fn refuse_self(s: TcpStream, addr: &str) -> std::io::Result<TcpStream> {
+    if s.local_addr()? == s.peer_addr()? {
+        return Err(Error::new(
+            ErrorKind::ConnectionRefused,
+            format!("connect {addr}: connected to itself (nothing listens there yet)"),
+        ));
+    }
+    Ok(s)
+}
+
 /// One HTTP/1.1 request with `Connection: close` (60 s read timeout).
 pub fn http(
     addr: &str,
@@ -33,8 +54,7 @@ pub fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<HttpResponse> {
-    let mut s = TcpStream::connect(addr)
-        .map_err(|e| Error::new(e.kind(), format!("connect {addr}: {e}")))?;
+    let mut s = connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -189,6 +209,44 @@ mod tests {
         for raw in cases {
             assert!(parse_response(raw).is_err(), "{raw:?}");
         }
+    }
+
+    #[test]
+    fn a_self_connection_counts_as_refused() {
+        use std::os::fd::FromRawFd;
+        // A socket bound to a loopback port and connected to that same port
+        // (with nothing listening): the simultaneous open of a self-connect.
+        // SAFETY: plain socket calls on a fd this test owns; sockaddr_in is
+        // fully initialised before bind, getsockname and connect use it.
+        let s = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0);
+            let mut sa: libc::sockaddr_in = std::mem::zeroed();
+            sa.sin_family = libc::AF_INET as libc::sa_family_t;
+            sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            assert_eq!(
+                libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), len),
+                0
+            );
+            let mut got_len = len;
+            assert_eq!(
+                libc::getsockname(fd, (&mut sa as *mut libc::sockaddr_in).cast(), &mut got_len),
+                0
+            );
+            assert_eq!(
+                libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(), len),
+                0
+            );
+            TcpStream::from_raw_fd(fd)
+        };
+        let addr = s.local_addr().unwrap().to_string();
+        let err = refuse_self(s, &addr).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+        // A real server is not refused.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        assert!(connect(&addr).is_ok());
     }
 
     #[test]

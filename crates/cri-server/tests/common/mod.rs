@@ -310,7 +310,7 @@ pub fn free_metrics_addr() -> String {
 /// response, or what went wrong.
 pub fn scrape_metrics(addr: &str, timeout: std::time::Duration) -> std::io::Result<String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr)?;
+    let mut s = crius_testkit::registry::connect(addr)?;
     s.set_read_timeout(Some(timeout))?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: crius\r\nConnection: close\r\n\r\n")?;
     let mut out = String::new();

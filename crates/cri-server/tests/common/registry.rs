@@ -5,7 +5,6 @@
 pub use crius_testkit::registry::HttpResponse;
 use sha2::{Digest, Sha256};
 use std::io::Write;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -180,7 +179,7 @@ impl Registry {
         };
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            if TcpStream::connect(&r.addr).is_ok() {
+            if crius_testkit::registry::connect(&r.addr).is_ok() {
                 // A TLS listener cannot be probed with plain HTTP.
                 if tls {
                     break;
