@@ -236,22 +236,7 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<oci_spec::runtime::S
         let ipc = input.sandbox.ipc_path.clone().or_else(|| proc_ns("ipc"));
         namespaces.push(common::namespace(Ns::Ipc, ipc));
     }
-    // Without namespace options the container shares the pod's PID
-    // namespace, as containerd and CRI-O read a missing message (mode POD
-    // is 0): the pause's, or the host's for a pod on the host's. A pod
-    // without a pause has none to share, so there it gets its own.
-    // (kubelet always sends the options.)
-    let pid_mode = sc
-        .namespace_options
-        .as_ref()
-        .map(|n| n.pid)
-        .unwrap_or(if hn.pid {
-            NamespaceMode::Node
-        } else if pause.is_some() {
-            NamespaceMode::Pod
-        } else {
-            NamespaceMode::Container
-        } as i32);
+    let pid_mode = pid_mode(config, hn.pid, pause.is_some());
     match NamespaceMode::try_from(pid_mode) {
         Ok(NamespaceMode::Node) => {
             if !hn.pid {
@@ -456,6 +441,43 @@ pub fn to_json(spec: &oci_spec::runtime::Spec) -> Value {
     serde_json::to_value(spec).unwrap_or(Value::Null)
 }
 
+/// A container's PID namespace mode (a raw `NamespaceMode`, unchecked).
+/// Without namespace options the container shares the pod's PID
+/// namespace, as containerd and CRI-O read a missing message (mode POD is
+/// 0): the pod's PID 1's (pause or holder), or the host's for a pod on the
+/// host's. A pod without such a process has none to share, so there it
+/// gets its own. (kubelet always sends the options.)
+fn pid_mode(config: &ContainerConfig, host_pid: bool, pod_pid1: bool) -> i32 {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|sc| sc.namespace_options.as_ref())
+        .map(|n| n.pid)
+        .unwrap_or(if host_pid {
+            NamespaceMode::Node
+        } else if pod_pid1 {
+            NamespaceMode::Pod
+        } else {
+            NamespaceMode::Container
+        } as i32)
+}
+
+/// Whether a container's processes live in its pod's own shared PID
+/// namespace, whose PID 1 is the pod's pause or PID-namespace holder
+/// (`pod_pid1`): killing that PID 1 then kills every one of them (the
+/// kernel ends a PID namespace with its init). Not for pods on the host's
+/// PID namespace, nor containers with a namespace of their own or a
+/// target's.
+pub fn in_pod_pid_namespace(
+    config: &ContainerConfig,
+    sandbox_config: &PodSandboxConfig,
+    pod_pid1: bool,
+) -> bool {
+    let host_pid = host_namespaces(sandbox_config).pid;
+    pod_pid1 && !host_pid && pid_mode(config, host_pid, pod_pid1) == NamespaceMode::Pod as i32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,6 +506,82 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn which_containers_live_in_the_pods_pid_namespace() {
+        let ns = |pid: NamespaceMode| {
+            Some(NamespaceOption {
+                pid: pid as i32,
+                ..Default::default()
+            })
+        };
+        let container = |o: Option<NamespaceOption>| ContainerConfig {
+            linux: Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    namespace_options: o,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let pod_with = |pid: NamespaceMode| {
+            let mut p = pod(false);
+            let sc = p.linux.as_mut().unwrap().security_context.as_mut().unwrap();
+            sc.namespace_options = ns(pid);
+            p
+        };
+        // (container's pid option, pod's pid option, pod has a PID 1) -> in it
+        let cases = [
+            (
+                ns(NamespaceMode::Pod),
+                pod_with(NamespaceMode::Pod),
+                true,
+                true,
+            ),
+            (None, pod_with(NamespaceMode::Pod), true, true),
+            (None, pod(false), true, true),
+            (
+                ns(NamespaceMode::Pod),
+                pod_with(NamespaceMode::Pod),
+                false,
+                false,
+            ),
+            (None, pod_with(NamespaceMode::Container), false, false),
+            (
+                ns(NamespaceMode::Container),
+                pod_with(NamespaceMode::Pod),
+                true,
+                false,
+            ),
+            (
+                ns(NamespaceMode::Target),
+                pod_with(NamespaceMode::Pod),
+                true,
+                false,
+            ),
+            (None, pod_with(NamespaceMode::Node), true, false),
+            (
+                ns(NamespaceMode::Node),
+                pod_with(NamespaceMode::Node),
+                true,
+                false,
+            ),
+        ];
+        for (i, (c, p, pid1, want)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                in_pod_pid_namespace(&container(c), &p, pid1),
+                want,
+                "case {i}"
+            );
+        }
+        // A container without any linux section shares the pod's.
+        assert!(in_pod_pid_namespace(
+            &ContainerConfig::default(),
+            &pod(false),
+            true
+        ));
     }
 
     fn image() -> ImageConfig {

@@ -832,6 +832,21 @@ async fn wait_exited(daemon: &Daemon, id: &str, timeout: Duration) -> bool {
 /// StopContainer: the image's stop signal (else SIGTERM), SIGKILL after the
 /// timeout. Idempotent.
 pub async fn stop(daemon: &Arc<Daemon>, id: &str, timeout: Duration) -> Result<(), CriError> {
+    stop_reaching(daemon, id, timeout, true).await
+}
+
+/// StopContainer with the reach of its SIGKILL: `every_process` sends it
+/// to every process of the container (the runtime's `kill --all`, which
+/// walks its cgroup: a runtime invocation, ~8 ms of a Go binary's start),
+/// otherwise to its init only. StopPodSandbox does the latter for a
+/// container in the pod's shared PID namespace, whose PID 1 it kills right
+/// after: the kernel then kills every process left in that namespace.
+pub async fn stop_reaching(
+    daemon: &Arc<Daemon>,
+    id: &str,
+    timeout: Duration,
+    every_process: bool,
+) -> Result<(), CriError> {
     // Stopping what does not exist succeeds (CRI: Stop is idempotent).
     let Some(record) = crate::domain::present(daemon.store.get_container(id))? else {
         return Ok(());
@@ -859,6 +874,7 @@ pub async fn stop(daemon: &Arc<Daemon>, id: &str, timeout: Duration) -> Result<(
         &id,
         signal,
         timeout,
+        every_process,
         |sig, all| {
             let shim = shim.clone();
             let id = id.clone();
@@ -878,15 +894,16 @@ pub async fn stop(daemon: &Arc<Daemon>, id: &str, timeout: Duration) -> Result<(
 /// How long StopContainer waits for a container to go after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(30);
 
-/// The signals of StopContainer: `signal`, and SIGKILL (to every process)
-/// once `timeout` has passed without an exit, whether or not `signal`
-/// could be sent (a failed call may still have delivered it: the grace
-/// period is kept). `kill(signal, all)` sends, `exited(t)` waits at most
-/// `t` for the exit.
+/// The signals of StopContainer: `signal`, and SIGKILL (to every process
+/// with `every_process`, else to the init) once `timeout` has passed
+/// without an exit, whether or not `signal` could be sent (a failed call
+/// may still have delivered it: the grace period is kept).
+/// `kill(signal, all)` sends, `exited(t)` waits at most `t` for the exit.
 async fn stop_sequence<K, KF, W, WF>(
     id: &str,
     signal: u32,
     timeout: Duration,
+    every_process: bool,
     kill: K,
     exited: W,
 ) -> Result<(), CriError>
@@ -905,7 +922,7 @@ where
             return Ok(());
         }
     }
-    kill(libc::SIGKILL as u32, true).await?;
+    kill(libc::SIGKILL as u32, every_process).await?;
     if !exited(KILL_WAIT).await {
         return Err(CriError::deadline_exceeded(format!(
             "container {id} did not exit after SIGKILL"
@@ -1321,22 +1338,46 @@ mod tests {
     #[tokio::test]
     async fn stop_escalates_to_sigkill_even_if_the_signal_failed() {
         use std::sync::Mutex;
-        // (first kill fails, exits after the first signal, timeout) ->
-        // the signals sent, and the waits.
+        // (first kill fails, exits after the first signal, timeout, SIGKILL
+        // to every process) -> the signals sent, and the waits.
         let cases = [
-            (false, true, 5, vec![(3, false)], vec![5]),
-            (false, false, 5, vec![(3, false), (9, true)], vec![5, 30]),
-            (true, false, 5, vec![(3, false), (9, true)], vec![5, 30]),
-            (true, true, 5, vec![(3, false)], vec![5]),
-            (false, false, 0, vec![(9, true)], vec![30]),
+            (false, true, 5, true, vec![(3, false)], vec![5]),
+            (
+                false,
+                false,
+                5,
+                true,
+                vec![(3, false), (9, true)],
+                vec![5, 30],
+            ),
+            (
+                true,
+                false,
+                5,
+                true,
+                vec![(3, false), (9, true)],
+                vec![5, 30],
+            ),
+            (true, true, 5, true, vec![(3, false)], vec![5]),
+            (false, false, 0, true, vec![(9, true)], vec![30]),
+            (false, false, 0, false, vec![(9, false)], vec![30]),
+            (
+                false,
+                false,
+                5,
+                false,
+                vec![(3, false), (9, false)],
+                vec![5, 30],
+            ),
         ];
-        for (fail_first, exits, timeout, want_kills, want_waits) in cases {
+        for (fail_first, exits, timeout, every, want_kills, want_waits) in cases {
             let kills = Mutex::new(Vec::new());
             let waits = Mutex::new(Vec::new());
             let r = stop_sequence(
                 "c",
                 3,
                 Duration::from_secs(timeout),
+                every,
                 |sig, all| {
                     let first = kills.lock().unwrap().is_empty();
                     kills.lock().unwrap().push((sig, all));
@@ -1374,6 +1415,7 @@ mod tests {
             "c",
             15,
             Duration::ZERO,
+            true,
             |_, _| async { Err(CriError::unavailable("gone")) },
             |_| async { false },
         )

@@ -926,13 +926,24 @@ async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
     let config = super::view::stored_config(&record);
     let hn = host_namespaces(&config);
     // The pod's containers first, all at once, so that their exits are
-    // recorded; what is left is killed with the pod below.
-    let running: Vec<String> = daemon
+    // recorded; what is left is killed with the pod below. A container in
+    // the pod's shared PID namespace needs no SIGKILL of every process
+    // (a runtime invocation): killing the pod's PID 1 (pause or holder)
+    // below ends the namespace and all that is left in it.
+    let pod_pid1 = record.status.pid.is_some_and(|p| p > 0);
+    let running: Vec<(String, bool)> = daemon
         .store
         .list_sandbox_containers(&id)
         .into_iter()
         .filter(|c| c.status.state == crius_store::ContainerState::Running)
-        .map(|c| c.metadata.id)
+        .map(|c| {
+            let shared = crius_spec::container::in_pod_pid_namespace(
+                &crate::domain::container::view::stored_config(&c),
+                &config,
+                pod_pid1,
+            );
+            (c.metadata.id, !shared)
+        })
         .collect();
     let shim = match daemon.shim(&id).await {
         Some(s) => Some(s),
@@ -948,10 +959,15 @@ async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
     // plugins at most need the netns, which the shim keeps until its
     // shutdown below (unless DEL does without it, see cni_del_retried).
     let kill = async {
-        let stops = running.iter().map(|cid| {
-            crate::domain::container::lifecycle::stop(daemon, cid, CONTAINER_STOP_GRACE)
+        let stops = running.iter().map(|(cid, every_process)| {
+            crate::domain::container::lifecycle::stop_reaching(
+                daemon,
+                cid,
+                CONTAINER_STOP_GRACE,
+                *every_process,
+            )
         });
-        for (cid, r) in running
+        for ((cid, _), r) in running
             .iter()
             .zip(futures_util::future::join_all(stops).await)
         {
