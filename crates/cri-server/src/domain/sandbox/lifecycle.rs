@@ -928,8 +928,8 @@ async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
     // The pod's containers first, all at once, so that their exits are
     // recorded; what is left is killed with the pod below. A container in
     // the pod's shared PID namespace needs no SIGKILL of every process
-    // (a runtime invocation): killing the pod's PID 1 (pause or holder)
-    // below ends the namespace and all that is left in it.
+    // (a runtime invocation): the pod's PID 1 (pause or holder), killed
+    // first then, takes the whole namespace with it.
     let pod_pid1 = record.status.pid.is_some_and(|p| p > 0);
     let running: Vec<(String, bool)> = daemon
         .store
@@ -958,7 +958,25 @@ async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
     // The containers and the pause are killed while CNI DEL runs: the
     // plugins at most need the netns, which the shim keeps until its
     // shutdown below (unless DEL does without it, see cni_del_retried).
+    // In a pod whose containers share its PID namespace, the pod's PID 1
+    // (pause or holder) goes first: the kernel then kills every process of
+    // that namespace at once, the containers' inits and whatever they
+    // started (which would otherwise keep a container's output open, and
+    // its exit unreported, until the PID 1 died).
+    let pid1_first = running.iter().any(|(_, every_process)| !every_process);
+    let stop_pod = || async {
+        if let Some(shim) = &shim {
+            if let Err(e) = shim.stop_sandbox(&id, Duration::ZERO).await {
+                // The shutdown below kills what is left (or cleans up after
+                // a dead shim).
+                tracing::debug!(sandbox = %id, error = %e, "stopping the pod's process failed");
+            }
+        }
+    };
     let kill = async {
+        if pid1_first {
+            stop_pod().await;
+        }
         let stops = running.iter().map(|(cid, every_process)| {
             crate::domain::container::lifecycle::stop_reaching(
                 daemon,
@@ -976,12 +994,8 @@ async fn stop_inner(daemon: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
             }
         }
         crate::nri::events::stop_pod_sandbox(daemon, &record).await;
-        if let Some(shim) = &shim {
-            if let Err(e) = shim.stop_sandbox(&id, Duration::ZERO).await {
-                // The shutdown below kills what is left (or cleans up after
-                // a dead shim).
-                tracing::debug!(sandbox = %id, error = %e, "stopping the pause failed");
-            }
+        if !pid1_first {
+            stop_pod().await;
         }
     };
     let del = async {
