@@ -433,7 +433,8 @@ impl SandboxService {
         let exe = std::env::current_exe()
             .map_err(|e| TaskError::Internal(format!("the shim's own binary: {e}")))?;
         let mut cmd = std::process::Command::new(exe);
-        cmd.arg(crate::holder::ACTION)
+        // Its own name: `crius-pid-holder <root>` (see `holder::ARGV0`).
+        cmd.arg0(crate::holder::ARGV0)
             .arg(&root)
             .stderr(std::process::Stdio::null());
         // SAFETY: the closure makes system calls only (no allocation).
