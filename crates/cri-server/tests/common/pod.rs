@@ -68,11 +68,16 @@ impl Env {
         Self::start_full(prefix, "", "", false, None)
     }
 
-    /// Like [`Env::start`] with a registry that requires basic auth
+    /// Like [`Env::start_with`] with a registry that requires basic auth
     /// (`user`, `password`); criusd knows them only from its node
     /// credentials file (`[registry] auth_file`, `<dir>/auth.json`).
-    pub fn start_with_registry_auth(prefix: &str, user: &str, password: &str) -> Env {
-        Self::start_full(prefix, "", "", true, Some((user, password)))
+    pub fn start_with_registry_auth(
+        prefix: &str,
+        user: &str,
+        password: &str,
+        extra_config: &str,
+    ) -> Env {
+        Self::start_full(prefix, "", extra_config, true, Some((user, password)))
     }
 
     fn start_full(
