@@ -232,6 +232,22 @@ pub fn shim_pids(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The pids of the PID-namespace holders of the test environment in `dir`:
+/// the processes its shims run as `crius-pid-holder <state>/shim/holder-root`
+/// (not shims: [`shim_pids`] does not list them). They outlive a killed
+/// shim until the pod is stopped.
+pub fn holder_pids(dir: &Path) -> Vec<String> {
+    processes_mentioning(&dir.display().to_string())
+        .into_iter()
+        .filter_map(|p| {
+            let (pid, cmd) = p.split_once(':')?;
+            cmd.trim_start()
+                .starts_with("crius-pid-holder ")
+                .then(|| pid.to_string())
+        })
+        .collect()
+}
+
 /// The pid of the shim of pod `pod_id` of the test environment in `dir`
 /// (its command line names the pod).
 pub fn shim_pid_of(dir: &Path, pod_id: &str) -> Option<i32> {
