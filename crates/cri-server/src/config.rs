@@ -409,8 +409,9 @@ pub struct Config {
     pub drop_infra_container: bool,
     /// With `drop_infra_container`: a pod whose containers share a PID
     /// namespace (and that has no user namespace) gets a PID-namespace
-    /// holder process from its shim instead of a pause container (opt-in
-    /// for now: the pod then has no pause process, image or bundle).
+    /// holder process from its shim instead of a pause container (the pod
+    /// then has no pause process, image or bundle). On by default; `false`
+    /// brings the pause back for such pods.
     pub pid_holder: bool,
     /// The handler used when a pod names none.
     pub default_runtime: String,
@@ -463,7 +464,7 @@ impl Default for Config {
             systemd_address: String::new(),
             pause_image: "registry.k8s.io/pause:3.10".into(),
             drop_infra_container: true,
-            pid_holder: false,
+            pid_holder: true,
             default_runtime: "runc".into(),
             shm_size: "64Mi".into(),
             shim_path: String::new(),

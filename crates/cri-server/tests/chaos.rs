@@ -2,8 +2,8 @@
 //! while criusd is SIGKILLed at random moments and a pod's shim now and
 //! then; criusd is restarted each time. At the end every pod must be fully
 //! present (READY with a live shim) or NOTREADY, everything is removed, and
-//! no mount, shim, cgroup, NAT rule, bridge port or store record of the
-//! test may be left.
+//! no mount, shim, PID-namespace holder, cgroup, NAT rule, bridge port or
+//! store record of the test may be left.
 //!
 //! `chaos` is ignored by default (it runs for a minute or two; `CHAOS_SEED`,
 //! `CHAOS_ROUNDS` and `CHAOS_SECS` tune it); `chaos_short`, fixed seeds and
@@ -345,12 +345,19 @@ async fn run_chaos(seed: u64, rounds: u64, budget: Duration) {
             found.push(format!("RemovePodSandbox {}: {}", p.id, e.message()));
         }
     }
+    // The pods' PID-namespace holders too (not shims: their own name),
+    // also those whose shim was killed.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !shims(&env.dir).is_empty() && Instant::now() < deadline {
+    while (!shims(&env.dir).is_empty() || !holder_pids(&env.dir).is_empty())
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if !shims(&env.dir).is_empty() {
         found.push(format!("shims: {:?}", shims(&env.dir)));
+    }
+    if !holder_pids(&env.dir).is_empty() {
+        found.push(format!("pid holders: {:?}", holder_pids(&env.dir)));
     }
     if !mounts_below(&env.dir).is_empty() {
         found.push(format!("mounts: {:?}", mounts_below(&env.dir)));

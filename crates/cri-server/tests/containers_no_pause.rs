@@ -29,9 +29,8 @@ fn pids(mode: NamespaceMode) -> NamespaceOption {
 /// process of the namespace.
 #[tokio::test(flavor = "multi_thread")]
 async fn pods_sharing_a_pid_namespace_get_the_shims_holder() {
-    let Some(case) =
-        Case::start_with(&SERIAL, "crius-holder", "holder", "pid_holder = true\n").await
-    else {
+    // criusd's defaults: `pid_holder` is on.
+    let Some(case) = Case::start(&SERIAL, "crius-holder", "holder").await else {
         return;
     };
     let (_guards, env, image, mut rt, mut cfg, uid) = case.split();
@@ -87,11 +86,17 @@ async fn pods_sharing_a_pid_namespace_get_the_shims_holder() {
             );
         }
     }
-    // PID 1 of the pod is the holder; each container sees the other's
-    // processes.
+    // PID 1 of the pod is the holder, under its own name (not the shim's);
+    // each container sees the other's processes.
     assert_eq!(
         out(exec(&mut rt, &a, &["/bin/busybox", "cat", "/proc/1/comm"]).await),
-        "containerd-shim"
+        "crius-pid-holde"
+    );
+    let cmdline = out(exec(&mut rt, &a, &["/bin/busybox", "cat", "/proc/1/cmdline"]).await);
+    assert_eq!(
+        cmdline.split('\0').next(),
+        Some("crius-pid-holder"),
+        "{cmdline:?}"
     );
     let ps = out(exec(&mut rt, &b, &["/bin/busybox", "ps", "-o", "pid,args"]).await);
     assert!(

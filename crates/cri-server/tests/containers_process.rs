@@ -54,9 +54,13 @@ async fn hostname_proc_paths_and_annotation_allow_lists() {
         eprintln!("containers_process: skipped (needs root)");
         return;
     }
+    // With a pause container: the allow-lists are checked in its spec too.
     let env = Env::start_with(
         "crius-ctr-proc",
-        "[runtimes.runc]\npath = \"runc\"\npod_annotations = [\"pod.example.com/*\"]\ncontainer_annotations = [\"ctr.example.com/*\"]\n",
+        &format!(
+            "{}[runtimes.runc]\npath = \"runc\"\npod_annotations = [\"pod.example.com/*\"]\ncontainer_annotations = [\"ctr.example.com/*\"]\n",
+            common::WITH_PAUSE
+        ),
     );
     let image = env.pull_busybox().await;
     let mut rt = env.daemon.runtime().await;

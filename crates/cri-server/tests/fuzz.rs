@@ -411,7 +411,15 @@ async fn random_requests_get_sensible_answers() {
     let _leftovers = common::pod::Leftovers(tmp.path().to_path_buf());
     // A pause image that cannot be pulled (nothing listens there): valid
     // pods fail fast and must roll back completely.
-    let daemon = common::Daemon::start(tmp.path(), "pause_image = \"127.0.0.1:9/pause:none\"\n");
+    // (With pause containers: the shim's PID-namespace holder needs no
+    // image, and pods sharing a PID namespace would start.)
+    let daemon = common::Daemon::start(
+        tmp.path(),
+        &format!(
+            "{}pause_image = \"127.0.0.1:9/pause:none\"\n",
+            common::WITH_PAUSE
+        ),
+    );
     let mut rt = daemon.runtime().await;
     let mut codes: std::collections::BTreeMap<(String, String), usize> = Default::default();
     for case in 0..cases(2000) {

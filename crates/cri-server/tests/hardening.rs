@@ -318,8 +318,9 @@ async fn exec_output_pid_namespace_targets_and_stop_signals() {
     env.registry.push_image("stopsig", "usr1", &img);
     let name = format!("{}/stopsig:usr1", env.registry.addr);
     pull(&env, &name).await;
-    // (sleep shares the pause's PID namespace, so it is not a pid 1 that
-    // ignores signals it has no handler for: SIGUSR1 ends it.)
+    // (sleep shares the pod's PID namespace, whose pid 1 is the shim's
+    // holder, so it is not a pid 1 that ignores signals it has no handler
+    // for: SIGUSR1 ends it.)
     let c = run(
         &env,
         &mut rt,

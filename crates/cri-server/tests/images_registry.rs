@@ -279,7 +279,10 @@ async fn pause_and_images_use_node_credentials() {
         eprintln!("skipping pause_and_images_use_node_credentials: needs root");
         return;
     }
-    let env = Env::start_with_registry_auth("crius-reg-auth", "node", "n0de-pw");
+    // The pause image is what this pulls at RunPodSandbox: the pod gets a
+    // pause container, not the shim's PID-namespace holder.
+    let env =
+        Env::start_with_registry_auth("crius-reg-auth", "node", "n0de-pw", common::WITH_PAUSE);
     let mut images = env.daemon.images().await;
     let busybox = format!("{}/busybox:test", env.registry.addr);
     // The request's (wrong) credentials win over the node's.

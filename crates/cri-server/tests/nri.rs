@@ -812,12 +812,13 @@ async fn a_plugin_injects_a_device_an_rlimit_an_oom_score_and_resources() {
     assert!(out.contains("1,   3"), "{out}");
     assert!(out.contains("written"), "{out}");
     // The rlimit and the OOM score of the container's process (the pod's
-    // processes may share a PID namespace: found by its command line).
+    // processes may share a PID namespace: found by its command line; the
+    // status says whether it was found, whatever the glob's last entry).
     let of_sleep = |file: &str| {
         format!(
-            "for p in /proc/[0-9]*; do \
-             [ \"$(tr '\\0' ' ' < $p/cmdline)\" = '/bin/busybox sleep 3600 ' ] \
-             && cat $p/{file}; done"
+            "found=1; for p in /proc/[0-9]*; do \
+             if [ \"$(tr '\\0' ' ' < $p/cmdline)\" = '/bin/busybox sleep 3600 ' ]; \
+             then cat $p/{file} && found=0; fi; done; exit $found"
         )
     };
     let (code, out, err) = exec(

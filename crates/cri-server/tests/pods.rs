@@ -83,21 +83,33 @@ async fn pod_lifecycle_with_cni() {
             .unwrap()
             .ino(),
         std::fs::metadata(&netns).unwrap().ino(),
-        "pause runs in the pod netns"
+        "the pod's pid runs in the pod netns"
     );
-    // The pause container runs as the image user, in the pod cgroup.
-    let status_text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    // That pid is the shim's PID-namespace holder (criusd's default for a
+    // pod sharing a PID namespace, as one with no namespace options does):
+    // named as itself, PID 1 of a namespace of its own, as 65535, and in
+    // its shim's cgroup (the pod's cgroup holds the containers only).
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     assert!(
+        cmdline.starts_with(b"crius-pid-holder\0"),
+        "{}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    let status_text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |key: &str| {
         status_text
             .lines()
-            .any(|l| l.starts_with("Uid:") && l.contains("65535")),
-        "{status_text}"
-    );
-    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    assert!(
-        cgroup.contains(&format!("/{}/poduid-a/{a}", common::pod::cg_root())),
-        "{cgroup}"
-    );
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("Uid:"), ["65535"; 4], "{status_text}");
+    assert_eq!(field("NSpid:").last(), Some(&"1"), "{status_text}");
+    let shim = shim_pid_of(&dir, &a).expect("pod a's shim");
+    let cgroup_of = |pid: &dyn std::fmt::Display| {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap()
+    };
+    assert_eq!(cgroup_of(&pid), cgroup_of(&shim));
 
     // Pod a reaches pod b over the bridge.
     let ping = Command::new("nsenter")

@@ -147,7 +147,8 @@ async fn state_and_root_are_private() {
         eprintln!("private_state: skipped (needs root)");
         return;
     }
-    let env = Env::start("crius-private");
+    // With a pause container, whose overlay is checked too.
+    let env = Env::start_with("crius-private", common::WITH_PAUSE);
     // The test's own directory must not be what keeps nobody out.
     std::fs::set_permissions(&env.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let image = env.pull_busybox().await;
@@ -161,6 +162,21 @@ async fn state_and_root_are_private() {
     });
     let _logs = LogDir(PathBuf::from(&pod_config.log_directory));
     let pod_id = run_pod(&env, &mut rt, &pod_config).await;
+    // The pause runs as its image's user, in the pod's cgroup.
+    let (_, info) = pod_status_info(&mut rt, &pod_id).await;
+    let pause = info["pid"].as_u64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pause}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65535")),
+        "{status}"
+    );
+    let cgroup = std::fs::read_to_string(format!("/proc/{pause}/cgroup")).unwrap();
+    assert!(
+        cgroup.contains(&format!("/{}/pod{uid}/{pod_id}", cg_root())),
+        "{cgroup}"
+    );
     let plain = run(
         &env,
         &mut rt,

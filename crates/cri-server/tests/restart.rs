@@ -101,6 +101,11 @@ fn assert_nothing_left(env: &Env, uid: &str) {
         "shims left: {:?}",
         shim_pids(&env.dir)
     );
+    assert!(
+        holder_pids(&env.dir).is_empty(),
+        "PID-namespace holders left: {:?}",
+        holder_pids(&env.dir)
+    );
     let records = env.dir.join("root/store");
     for kind in ["sandboxes", "containers"] {
         let left: Vec<_> = std::fs::read_dir(records.join(kind))

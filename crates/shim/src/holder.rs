@@ -7,9 +7,11 @@
 //! the shim as for any pod without an infra process. Starting a pause
 //! container for that costs a full `runc run` (tens of milliseconds of CPU
 //! and of pod start-up, with another rootfs mount per pod); the shim
-//! instead runs itself again (`containerd-shim-crius-v2 pid-holder
-//! <root>`) in the pod's namespaces, with `unshare(CLONE_NEWPID)` before
-//! the exec, and that process forks the holder, PID 1 of the new namespace.
+//! instead runs its own binary again in the pod's namespaces, named
+//! `crius-pid-holder <root>` (its `argv[0]`, so that process listings and
+//! whatever looks for shims by command line do not take it for a shim),
+//! with `unshare(CLONE_NEWPID)` before the exec, and that process forks
+//! the holder, PID 1 of the new namespace.
 //! Written here because no crate runs such a process: it is the one piece
 //! of process set-up the shim does without the OCI runtime.
 //!
@@ -28,8 +30,11 @@ use std::io::{self, Read, Write};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-/// The shim binary's action that runs the holder.
-pub const ACTION: &str = "pid-holder";
+/// The `argv[0]` under which the shim binary runs the holder's launcher
+/// (and so the holder): its command line is `crius-pid-holder <root>`.
+/// Its command name (`comm`, at most 15 bytes) is set to the same,
+/// truncated: `crius-pid-holde`.
+pub const ARGV0: &str = "crius-pid-holder";
 
 /// The file in the pod's directory naming the holder (`<pid> <start
 /// time>`), for the `delete` action after a dead shim.
@@ -43,6 +48,11 @@ const HOLDER_ID: libc::uid_t = 65535;
 /// confined, prints its pid and exits 0; exits 1 if the holder could not be
 /// confined. `root` is an empty directory for the holder's root.
 pub fn launch(root: &Path) -> ! {
+    // The command name is the binary's file name (`containerd-shim`,
+    // truncated) whatever `argv[0]` says: name it after the holder too, so
+    // `ps -e` and `pgrep` do not show it as a shim. Inherited by the fork.
+    // SAFETY: a NUL-terminated string of 15 bytes, the most `comm` holds.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"crius-pid-holde".as_ptr(), 0, 0, 0) };
     let mut fds = [0; 2];
     // SAFETY: `fds` is a valid array of two ints.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -81,14 +91,14 @@ pub fn launch(root: &Path) -> ! {
             let mut status = 0;
             // SAFETY: `pid` is this process's child.
             unsafe { libc::waitpid(pid, &mut status, 0) };
-            eprintln!("pid-holder: the holder exited while confining itself ({status})");
+            eprintln!("crius-pid-holder: the holder exited while confining itself ({status})");
             std::process::exit(1);
         }
     }
 }
 
 fn fail(what: &str, e: io::Error) -> ! {
-    eprintln!("pid-holder: {what}: {e}");
+    eprintln!("crius-pid-holder: {what}: {e}");
     std::process::exit(1)
 }
 

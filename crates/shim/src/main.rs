@@ -5,10 +5,10 @@ use std::io::Write;
 use crius_shim_api::args::{Action, Args};
 
 fn main() -> anyhow::Result<()> {
-    // The pod's PID-namespace holder: before anything else (it forks, so
-    // no thread may have started).
-    let mut argv = std::env::args_os().skip(1);
-    if argv.next().as_deref() == Some(std::ffi::OsStr::new(crius_shim::holder::ACTION)) {
+    // The pod's PID-namespace holder, run as `crius-pid-holder <root>`:
+    // before anything else (it forks, so no thread may have started).
+    let mut argv = std::env::args_os();
+    if argv.next().as_deref() == Some(std::ffi::OsStr::new(crius_shim::holder::ARGV0)) {
         let root = argv.next().unwrap_or_default();
         crius_shim::holder::launch(std::path::Path::new(&root));
     }

@@ -430,10 +430,11 @@ impl SandboxService {
         let root = self.layout.state_root.join("holder-root");
         crius_store::private::dir(&root)
             .map_err(|e| TaskError::Internal(format!("create {}: {e}", root.display())))?;
-        let exe = std::env::current_exe()
-            .map_err(|e| TaskError::Internal(format!("the shim's own binary: {e}")))?;
-        let mut cmd = std::process::Command::new(exe);
-        cmd.arg(crate::holder::ACTION)
+        // The shim's own binary, the one running (also after the file was
+        // replaced by an upgrade), under its own name: `crius-pid-holder
+        // <root>` (see `holder::ARGV0`).
+        let mut cmd = std::process::Command::new("/proc/self/exe");
+        cmd.arg0(crate::holder::ARGV0)
             .arg(&root)
             .stderr(std::process::Stdio::null());
         // SAFETY: the closure makes system calls only (no allocation).

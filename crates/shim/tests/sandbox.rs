@@ -326,6 +326,21 @@ fn pid_holder_pod() {
     }
     assert_eq!(proc_status(holder, "NoNewPrivs:"), "1");
     assert_eq!(proc_status(holder, "Seccomp:"), "2");
+    // Named as itself, not as a shim: `crius-pid-holder <root>`, with the
+    // command name to match (what `ps -e` and `pgrep` show).
+    let cmdline = std::fs::read(format!("/proc/{holder}/cmdline")).unwrap();
+    let args: Vec<&[u8]> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .collect();
+    assert_eq!(args.len(), 2, "{:?}", String::from_utf8_lossy(&cmdline));
+    assert_eq!(args[0], b"crius-pid-holder");
+    assert!(
+        args[1].ends_with(b"/holder-root"),
+        "{:?}",
+        String::from_utf8_lossy(args[1])
+    );
+    assert_eq!(proc_status(holder, "Name:"), "crius-pid-holde");
     let root = std::fs::read_link(format!("/proc/{holder}/root")).unwrap();
     assert!(
         std::fs::read_dir(&root).unwrap().next().is_none(),

@@ -21,6 +21,13 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint, Uri};
 
+/// Configuration text (top-level keys: put it before any table) that
+/// brings the pause container back for pods whose containers share a PID
+/// namespace, which criusd by default gives the shim's PID-namespace
+/// holder instead: for the tests of the pause itself (its image, bundle,
+/// spec, overlay), so that `pid_holder = false` stays covered.
+pub const WITH_PAUSE: &str = "pid_holder = false\n";
+
 /// The criusd binary cargo built for these tests.
 pub const CRIUSD: &str = env!("CARGO_BIN_EXE_criusd");
 

@@ -68,11 +68,16 @@ impl Env {
         Self::start_full(prefix, "", "", false, None)
     }
 
-    /// Like [`Env::start`] with a registry that requires basic auth
+    /// Like [`Env::start_with`] with a registry that requires basic auth
     /// (`user`, `password`); criusd knows them only from its node
     /// credentials file (`[registry] auth_file`, `<dir>/auth.json`).
-    pub fn start_with_registry_auth(prefix: &str, user: &str, password: &str) -> Env {
-        Self::start_full(prefix, "", "", true, Some((user, password)))
+    pub fn start_with_registry_auth(
+        prefix: &str,
+        user: &str,
+        password: &str,
+        extra_config: &str,
+    ) -> Env {
+        Self::start_full(prefix, "", extra_config, true, Some((user, password)))
     }
 
     fn start_full(
@@ -224,6 +229,22 @@ pub fn shim_pids(dir: &Path) -> Vec<String> {
         .into_iter()
         .filter(|p| p.contains("containerd-shim-crius-v2"))
         .filter_map(|p| p.split(':').next().map(String::from))
+        .collect()
+}
+
+/// The pids of the PID-namespace holders of the test environment in `dir`:
+/// the processes its shims run as `crius-pid-holder <state>/shim/holder-root`
+/// (not shims: [`shim_pids`] does not list them). They outlive a killed
+/// shim until the pod is stopped.
+pub fn holder_pids(dir: &Path) -> Vec<String> {
+    processes_mentioning(&dir.display().to_string())
+        .into_iter()
+        .filter_map(|p| {
+            let (pid, cmd) = p.split_once(':')?;
+            cmd.trim_start()
+                .starts_with("crius-pid-holder ")
+                .then(|| pid.to_string())
+        })
         .collect()
 }
 

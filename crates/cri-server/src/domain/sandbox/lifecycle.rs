@@ -1325,4 +1325,76 @@ mod tests {
         remove(d, &id).await.unwrap();
         assert!(d.store.get_sandbox(&id).is_err());
     }
+
+    #[test]
+    fn infra_and_holder_by_configuration_and_pod() {
+        use k8s_cri::v1::{
+            IdMapping, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode,
+            NamespaceOption, UserNamespace,
+        };
+        let pod = |ns: Option<NamespaceOption>| PodSandboxConfig {
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: ns,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let pid = |m: NamespaceMode| {
+            pod(Some(NamespaceOption {
+                pid: m as i32,
+                ..Default::default()
+            }))
+        };
+        let map = vec![IdMapping {
+            host_id: 100_000,
+            container_id: 0,
+            length: 65_536,
+        }];
+        let userns = pod(Some(NamespaceOption {
+            pid: NamespaceMode::Pod as i32,
+            userns_options: Some(UserNamespace {
+                mode: NamespaceMode::Pod as i32,
+                uids: map.clone(),
+                gids: map,
+            }),
+            ..Default::default()
+        }));
+        let none = pod(None);
+        let shared = pid(NamespaceMode::Pod);
+        let own = pid(NamespaceMode::Container);
+        let node = pid(NamespaceMode::Node);
+        // (drop_infra_container, pid_holder, pod, (pause, holder)).
+        let cases: Vec<(bool, bool, &PodSandboxConfig, (bool, bool))> = vec![
+            // The defaults: a shared PID namespace gets the holder, a user
+            // namespace the pause, the rest neither.
+            (true, true, &none, (false, true)),
+            (true, true, &shared, (false, true)),
+            (true, true, &own, (false, false)),
+            (true, true, &node, (false, false)),
+            (true, true, &userns, (true, false)),
+            // pid_holder = false: the pause for a shared PID namespace.
+            (true, false, &none, (true, false)),
+            (true, false, &shared, (true, false)),
+            (true, false, &own, (false, false)),
+            (true, false, &userns, (true, false)),
+            // drop_infra_container = false: a pause for every pod.
+            (false, true, &none, (true, false)),
+            (false, true, &own, (true, false)),
+            (false, true, &userns, (true, false)),
+            (false, false, &shared, (true, false)),
+        ];
+        for (i, (drop_infra, holder, config, want)) in cases.into_iter().enumerate() {
+            let cfg = crate::config::Config {
+                drop_infra_container: drop_infra,
+                pid_holder: holder,
+                ..Default::default()
+            };
+            assert_eq!(infra_and_holder(&cfg, config), want, "case {i}");
+        }
+        let defaults = crate::config::Config::default();
+        assert!(defaults.drop_infra_container && defaults.pid_holder);
+    }
 }
