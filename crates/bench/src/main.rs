@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: crius-bench --criusd PATH [--out FILE] [--pods N] [--concurrency N] [--execs N] [--only crius,crius-nri-off,containerd,runc] [--seccomp unconfined|runtime-default] [--share-pid] [--pid-holder] [--dir BASE]
+const USAGE: &str = "usage: crius-bench --criusd PATH [--out FILE] [--pods N] [--concurrency N] [--execs N] [--only crius,crius-nri-off,containerd,runc] [--seccomp unconfined|runtime-default] [--share-pid] [--pause] [--dir BASE]
        crius-bench --scale --criusd PATH [--out FILE] [--pods N] [--calls N] [--idle-secs N] [--poll-secs N] [--only crius,containerd] ...
 
 --scale: node scale (cargo xtask bench scale): the node brought to 50, 100
@@ -35,10 +35,11 @@ then teardown and a check that nothing is left.
 unconfined, is what kubelet sends when the SeccompDefault setting is off
 (its default); runtime-default is what it sends with it on.
 --share-pid: pods as kubelet sends them with shareProcessNamespace (one PID
-namespace per pod, held by the pause container in every runtime) instead of
-a PID namespace per container (which crius runs without a pause).
---pid-holder: criusd with `pid_holder = true` (PID-sharing pods get the shim's
-PID-namespace holder instead of a pause container).
+namespace per pod, held by the pause container in containerd and the floor,
+by the shim's PID-namespace holder in crius) instead of a PID namespace per
+container (which crius runs without a pause).
+--pause: criusd with `pid_holder = false` (PID-sharing pods get a pause
+container, as before the holder became the default).
 --dir: where the run's directory (roots, states, bundles, logs of every
 runtime) is made; default /tmp.";
 
@@ -53,8 +54,8 @@ struct Options {
     seccomp: i32,
     /// Pods share one PID namespace (`shareProcessNamespace`).
     share_pid: bool,
-    /// criusd with `pid_holder = true`.
-    pid_holder: bool,
+    /// criusd with `pid_holder = false` (`--pause`).
+    pause: bool,
     /// Parent of the run's directory.
     base: PathBuf,
     /// Node-scale mode (`scale.rs`).
@@ -79,7 +80,7 @@ fn options() -> Result<Options> {
         only: vec!["crius".into(), "containerd".into(), "runc".into()],
         seccomp: k8s_cri::v1::security_profile::ProfileType::Unconfined as i32,
         share_pid: false,
-        pid_holder: false,
+        pause: false,
         base: PathBuf::from("/tmp"),
         scale: false,
         levels: Vec::new(),
@@ -114,7 +115,7 @@ fn options() -> Result<Options> {
                 }
             }
             "--share-pid" => o.share_pid = true,
-            "--pid-holder" => o.pid_holder = true,
+            "--pause" => o.pause = true,
             "--dir" => o.base = value()?.into(),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -864,7 +865,7 @@ async fn run() -> Result<()> {
                     &network.conf_dir,
                     &metrics,
                     name == "crius",
-                    o.pid_holder,
+                    !o.pause,
                 )?,
                 Some(metrics.as_str()),
             ),
@@ -914,7 +915,7 @@ async fn run() -> Result<()> {
                 "runtime-default"
             },
             "share_pid": o.share_pid,
-            "pid_holder": o.pid_holder,
+            "pid_holder": !o.pause,
             "scale": o.scale.then(|| json!({
                 "levels": o.levels,
                 "calls": o.calls,
@@ -955,7 +956,7 @@ mod tests {
             only: Vec::new(),
             seccomp: 0,
             share_pid: false,
-            pid_holder: false,
+            pause: false,
             base: "/tmp".into(),
             scale: false,
             levels: Vec::new(),

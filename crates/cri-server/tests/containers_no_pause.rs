@@ -65,7 +65,25 @@ async fn pods_sharing_a_pid_namespace_get_the_shims_holder() {
         c
     };
     let a = run(&env, &mut rt, &pod_id, &cfg, shares("a")).await;
-    let b = run(&env, &mut rt, &pod_id, &cfg, shares("b")).await;
+    // b's init leaves a child behind (in the pod's PID namespace) when it
+    // is killed alone: StopPodSandbox must end it too.
+    let mut with_child = shares("b");
+    with_child.command = [
+        "/bin/sh",
+        "-c",
+        "/bin/busybox sleep 3601 & exec /bin/busybox sleep 3600",
+    ]
+    .map(String::from)
+    .to_vec();
+    let b = run(&env, &mut rt, &pod_id, &cfg, with_child).await;
+    let child_of_b = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .any(|c| c == b"/bin/busybox\0sleep\03601\0")
+    };
+    assert!(child_of_b(), "b's child is not running");
     let out = |r: (i32, String, String)| {
         assert_eq!(r.0, 0, "{r:?}");
         r.1.trim().to_string()
@@ -117,6 +135,7 @@ async fn pods_sharing_a_pid_namespace_get_the_shims_holder() {
         !Path::new(&format!("/proc/{holder}")).exists(),
         "the holder outlived StopPodSandbox"
     );
+    assert!(!child_of_b(), "b's child outlived StopPodSandbox");
     for c in [&a, &b] {
         assert_eq!(
             status_of(&mut rt, c).await.state,
