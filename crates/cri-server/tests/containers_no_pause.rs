@@ -81,7 +81,7 @@ async fn pods_sharing_a_pid_namespace_get_the_shims_holder() {
             .unwrap()
             .flatten()
             .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-            .any(|c| c == b"/bin/busybox\0sleep\03601\0")
+            .any(|c| c == b"/bin/busybox\x00sleep\x003601\x00")
     };
     assert!(child_of_b(), "b's child is not running");
     let out = |r: (i32, String, String)| {
