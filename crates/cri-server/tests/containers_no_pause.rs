@@ -76,14 +76,40 @@ async fn pods_sharing_a_pid_namespace_get_the_shims_holder() {
     .map(String::from)
     .to_vec();
     let b = run(&env, &mut rt, &pod_id, &cfg, with_child).await;
-    let child_of_b = || {
+    let running = |cmdline: &[u8]| {
         std::fs::read_dir("/proc")
             .unwrap()
             .flatten()
             .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-            .any(|c| c == b"/bin/busybox\x00sleep\x003601\x00")
+            .any(|c| c == cmdline)
     };
+    let child_of_b = || running(b"/bin/busybox\x00sleep\x003601\x00");
     assert!(child_of_b(), "b's child is not running");
+    // StopContainer of such a container: its init goes on SIGTERM, the
+    // child it left (holding its output) is killed with the rest of the
+    // container, as when a container's own PID namespace ends.
+    let mut leaves_child = shares("c");
+    leaves_child.command = [
+        "/bin/sh",
+        "-c",
+        "/bin/busybox sleep 3602 & exec /bin/busybox sleep 3600",
+    ]
+    .map(String::from)
+    .to_vec();
+    let c = run(&env, &mut rt, &pod_id, &cfg, leaves_child).await;
+    let child_of_c = || running(b"/bin/busybox\x00sleep\x003602\x00");
+    assert!(child_of_c(), "c's child is not running");
+    rt.stop_container(k8s_cri::v1::StopContainerRequest {
+        container_id: c.clone(),
+        timeout: 10,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        status_of(&mut rt, &c).await.state,
+        k8s_cri::v1::ContainerState::ContainerExited as i32
+    );
+    assert!(!child_of_c(), "c's child outlived StopContainer");
     let out = |r: (i32, String, String)| {
         assert_eq!(r.0, 0, "{r:?}");
         r.1.trim().to_string()

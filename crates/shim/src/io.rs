@@ -208,10 +208,14 @@ impl Drain {
         DrainGuard(self.clone())
     }
 
-    /// Waits until every copy thread ended, at most `timeout`.
-    pub fn wait(&self, timeout: Duration) {
+    /// Waits until every copy thread ended, at most `timeout`; true if they
+    /// did.
+    pub fn wait(&self, timeout: Duration) -> bool {
         let g = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = self.cv.wait_timeout_while(g, timeout, |n| *n > 0);
+        match self.cv.wait_timeout_while(g, timeout, |n| *n > 0) {
+            Ok((n, _)) => *n == 0,
+            Err(e) => *e.into_inner().0 == 0,
+        }
     }
 }
 

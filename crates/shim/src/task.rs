@@ -40,6 +40,11 @@ use crate::runc::{Runc, RuncError};
 /// How long an exit waits for its output copy threads to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long the output of a container whose init shared a PID namespace
+/// may stay open after the init's exit before the container's remaining
+/// processes are killed (see `Inner::exit_found`).
+const LEFTOVER_GRACE: Duration = Duration::from_millis(50);
+
 /// Annotation naming the pod sandbox a container belongs to.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 /// containerd's shim grouping annotation.
@@ -442,16 +447,39 @@ impl Inner {
         e: Exit,
     ) {
         let at = now();
-        let drain = {
-            let Some(p) = g.get_mut(cid).and_then(|c| c.proc_mut(xid).ok()) else {
-                return;
-            };
+        let (drain, leftovers) = {
+            let Some(c) = g.get_mut(cid) else { return };
+            // The init of a container without a PID namespace of its own
+            // leaves its other processes behind when it exits (they go to
+            // that namespace's PID 1), and they may hold its output open.
+            let leftovers = (xid.is_empty() && !c.own_pidns).then(|| (c.runc.clone(), c.log()));
+            let Ok(p) = c.proc_mut(xid) else { return };
             p.exiting = true;
-            p.io.copies.then(|| p.io.drain.clone())
+            (p.io.copies.then(|| p.io.drain.clone()), leftovers)
         };
         if let Some(d) = drain {
             drop(g);
-            d.wait(DRAIN_TIMEOUT);
+            let first = match leftovers {
+                Some(_) => LEFTOVER_GRACE,
+                None => DRAIN_TIMEOUT,
+            };
+            if !d.wait(first) {
+                if let Some((runc, log)) = leftovers {
+                    // Output still open after the init's exit: the rest of
+                    // the container goes, as it would with the init of a
+                    // PID namespace of its own (containerd's shim does the
+                    // same), and the exit is reported now rather than after
+                    // the drain's timeout (this thread reports every exit).
+                    tracing::info!(
+                        container = cid,
+                        "the init exited; killing the processes it left"
+                    );
+                    if let Err(e) = runc.kill(cid, &log, libc::SIGKILL as u32, true) {
+                        tracing::warn!(container = cid, error = %e, "cannot kill the init's leftover processes");
+                    }
+                    d.wait(DRAIN_TIMEOUT);
+                }
+            }
             g = self.lock();
         }
         let Some(c) = g.get_mut(cid) else { return };
