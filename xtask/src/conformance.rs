@@ -275,6 +275,9 @@ struct Env {
     network: Option<Network>,
     criusd: Option<Child>,
     socket: Option<PathBuf>,
+    /// The runtime's default cgroup parent in the hierarchies where it did
+    /// not exist before the run (see [`default_parents_absent`]).
+    new_parents: Vec<PathBuf>,
 }
 
 impl Env {
@@ -285,6 +288,7 @@ impl Env {
             network: None,
             criusd: None,
             socket: None,
+            new_parents: default_parents_absent(),
         }
     }
 
@@ -336,7 +340,37 @@ impl Env {
         if let Err(e) = std::fs::remove_dir_all(&self.work) {
             eprintln!("cleanup: cannot remove {}: {e}", self.work.display());
         }
+        // Empty once every pod is gone (runc removed the containers' own).
+        for p in self.new_parents.drain(..) {
+            match std::fs::remove_dir(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => eprintln!("cleanup: cannot remove {}: {e}", p.display()),
+            }
+        }
     }
+}
+
+/// The cgroup parent criusd gives pods that name none, as critest's do
+/// (`/crius`, crius_spec::cgroups), in every mounted hierarchy (each cgroup
+/// v1 controller and the unified one) where it does not exist yet: the run
+/// makes it there, and its teardown removes it.
+fn default_parents_absent() -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut dirs = vec![root.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(root) {
+        // Not through symlinks (`cpu` -> `cpu,cpuacct`): each hierarchy once.
+        dirs.extend(
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path()),
+        );
+    }
+    dirs.into_iter()
+        .map(|d| d.join("crius"))
+        .filter(|p| !p.exists())
+        .collect()
 }
 
 /// SIGKILLs the processes whose executable lies under `dir`.
