@@ -65,40 +65,34 @@ async fn pods_sharing_a_pid_namespace_get_the_shims_holder() {
         c
     };
     let a = run(&env, &mut rt, &pod_id, &cfg, shares("a")).await;
-    // b's init leaves a child behind (in the pod's PID namespace) when it
-    // is killed alone: StopPodSandbox must end it too.
-    let mut with_child = shares("b");
-    with_child.command = [
-        "/bin/sh",
-        "-c",
-        "/bin/busybox sleep 3601 & exec /bin/busybox sleep 3600",
-    ]
-    .map(String::from)
-    .to_vec();
-    let b = run(&env, &mut rt, &pod_id, &cfg, with_child).await;
-    let running = |cmdline: &[u8]| {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-            .any(|c| c == cmdline)
+    // A container whose init leaves a child (`busybox sleep <n>`) behind in
+    // the pod's PID namespace when it is killed alone, and whether that
+    // child runs (by its exact command line: the shell's own names it too
+    // until it execs).
+    let leaves_child = |name: &str, n: u32| {
+        let mut c = shares(name);
+        c.command = [
+            "/bin/sh".to_string(),
+            "-c".to_string(),
+            format!("/bin/busybox sleep {n} & exec /bin/busybox sleep 3600"),
+        ]
+        .to_vec();
+        c
     };
-    let child_of_b = || running(b"/bin/busybox\x00sleep\x003601\x00");
-    assert!(child_of_b(), "b's child is not running");
+    let child_runs = |n: u32| {
+        let cmdline = format!(": /bin/busybox sleep {n} ");
+        processes_mentioning("busybox sleep")
+            .iter()
+            .any(|p| p.ends_with(&cmdline))
+    };
+    // StopPodSandbox must end b's child too.
+    let b = run(&env, &mut rt, &pod_id, &cfg, leaves_child("b", 3601)).await;
+    wait_for("b's child", || child_runs(3601)).await;
     // StopContainer of such a container: its init goes on SIGTERM, the
     // child it left (holding its output) is killed with the rest of the
     // container, as when a container's own PID namespace ends.
-    let mut leaves_child = shares("c");
-    leaves_child.command = [
-        "/bin/sh",
-        "-c",
-        "/bin/busybox sleep 3602 & exec /bin/busybox sleep 3600",
-    ]
-    .map(String::from)
-    .to_vec();
-    let c = run(&env, &mut rt, &pod_id, &cfg, leaves_child).await;
-    let child_of_c = || running(b"/bin/busybox\x00sleep\x003602\x00");
-    assert!(child_of_c(), "c's child is not running");
+    let c = run(&env, &mut rt, &pod_id, &cfg, leaves_child("c", 3602)).await;
+    wait_for("c's child", || child_runs(3602)).await;
     rt.stop_container(k8s_cri::v1::StopContainerRequest {
         container_id: c.clone(),
         timeout: 10,
@@ -109,7 +103,7 @@ async fn pods_sharing_a_pid_namespace_get_the_shims_holder() {
         status_of(&mut rt, &c).await.state,
         k8s_cri::v1::ContainerState::ContainerExited as i32
     );
-    assert!(!child_of_c(), "c's child outlived StopContainer");
+    assert!(!child_runs(3602), "c's child outlived StopContainer");
     let out = |r: (i32, String, String)| {
         assert_eq!(r.0, 0, "{r:?}");
         r.1.trim().to_string()
@@ -161,7 +155,7 @@ async fn pods_sharing_a_pid_namespace_get_the_shims_holder() {
         !Path::new(&format!("/proc/{holder}")).exists(),
         "the holder outlived StopPodSandbox"
     );
-    assert!(!child_of_b(), "b's child outlived StopPodSandbox");
+    assert!(!child_runs(3601), "b's child outlived StopPodSandbox");
     for c in [&a, &b] {
         assert_eq!(
             status_of(&mut rt, c).await.state,
