@@ -526,12 +526,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let pod_with = |pid: NamespaceMode| {
-            let mut p = pod(false);
-            let sc = p.linux.as_mut().unwrap().security_context.as_mut().unwrap();
-            sc.namespace_options = ns(pid);
-            p
-        };
+        let pod_with = |pid: NamespaceMode| crate::testutil::pod_with_namespaces(ns(pid));
         // (container's pid option, pod's pid option, pod has a PID 1) -> in it
         let cases = [
             (

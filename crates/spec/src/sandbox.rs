@@ -352,16 +352,7 @@ mod tests {
     #[test]
     fn infra_table() {
         use k8s_cri::v1::UserNamespace;
-        let with = |ns: Option<NamespaceOption>| PodSandboxConfig {
-            linux: Some(LinuxPodSandboxConfig {
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: ns,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let with = crate::testutil::pod_with_namespaces;
         let opts = |pid: i32, userns: Option<i32>| {
             Some(NamespaceOption {
                 pid,

@@ -1,6 +1,9 @@
 //! Helpers for reading generated specs in tests, and their inputs.
 
-use k8s_cri::v1::PodSandboxMetadata;
+use k8s_cri::v1::{
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceOption, PodSandboxConfig,
+    PodSandboxMetadata,
+};
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -12,6 +15,20 @@ pub fn pod_metadata() -> Option<PodSandboxMetadata> {
         uid: "u1".into(),
         attempt: 0,
     })
+}
+
+/// A pod config with these namespace options and nothing else.
+pub fn pod_with_namespaces(ns: Option<NamespaceOption>) -> PodSandboxConfig {
+    PodSandboxConfig {
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: ns,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// A map (annotations, sysctls, ...) of these pairs.
