@@ -67,6 +67,9 @@ pub struct Daemon {
     pub stats_sampler: crate::domain::stats::CpuSampler,
     /// NRI, once listening (`[nri] enable`).
     pub nri: std::sync::OnceLock<Arc<crius_nri::runtime::Nri>>,
+    /// Starts the kernel's wait of a cgroup move before the runtime moves
+    /// a process (off unless made by [`Daemon::new`] on a host that waits).
+    pub cgroup_primer: crate::cgroup_primer::Primer,
 }
 
 /// How many container events a slow `GetContainerEvents` subscriber may
@@ -193,7 +196,11 @@ impl Daemon {
         // Once, at start-up: can pods have user namespaces here?
         let _ = crate::domain::userns::kernel_probe_with(&config.state, &config.shim_path);
         crate::host::log_start_costs();
-        Self::with_seams(config, store, host, Arc::new(RealShims), Arc::new(HostNet))
+        let mut daemon =
+            Self::with_seams(config, store, host, Arc::new(RealShims), Arc::new(HostNet))?;
+        daemon.cgroup_primer =
+            crate::cgroup_primer::Primer::for_host(daemon.metrics.cgroup_primes.clone());
+        Ok(daemon)
     }
 
     /// [`Daemon::new`] with the given host facts, shims and pod network
@@ -242,6 +249,7 @@ impl Daemon {
             shim_scopes,
             stats_sampler: Default::default(),
             nri: std::sync::OnceLock::new(),
+            cgroup_primer: crate::cgroup_primer::Primer::off(),
         })
     }
 

@@ -94,7 +94,7 @@ pub fn node_hostname() -> String {
 }
 
 /// Undoes the octal escapes (`\040` for a space...) of /proc/self/mountinfo.
-fn unescape_mountinfo(field: &str) -> String {
+pub(crate) fn unescape_mountinfo(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -178,9 +178,10 @@ pub fn log_start_costs() {
     if cgroup_moves_wait_for_rcu(&mountinfo) {
         tracing::info!(
             "no cgroup hierarchy is mounted with favordynmods: each container start waits for an \
-             RCU grace period while the runtime moves it into its cgroups; remounting one \
-             hierarchy with `-o remount,favordynmods` (or booting with cgroup_favordynmods=true) \
-             removes that wait, at a small cost to fork and exit"
+             RCU grace period while the runtime moves it into its cgroups (criusd starts that \
+             wait ahead of the runtime, which hides part of it); remounting one hierarchy with \
+             `-o remount,favordynmods` (or booting with cgroup_favordynmods=true) removes that \
+             wait, at a small cost to fork and exit"
         );
     }
 }

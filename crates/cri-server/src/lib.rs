@@ -5,6 +5,7 @@
 //! the image service and the per-pod shims.
 
 pub mod apparmor;
+pub mod cgroup_primer;
 pub mod config;
 pub mod config_docs;
 pub mod daemon;

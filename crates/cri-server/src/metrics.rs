@@ -42,6 +42,9 @@ pub struct Metrics {
     pub cni_failures: IntCounterVec,
     /// Exec sessions by kind (`sync`, `stream`).
     pub execs: IntCounterVec,
+    /// Cgroup moves started ahead of the runtime's, by result (`ok`,
+    /// `error`; see [`crate::cgroup_primer`]).
+    pub cgroup_primes: IntCounterVec,
     /// Pod start-up phases.
     pub pod_phases: HistogramVec,
     /// Container start-up phases.
@@ -112,6 +115,13 @@ impl Metrics {
         )?;
         let execs =
             IntCounterVec::new(Opts::new("execs_total", "Exec sessions by kind"), &["kind"])?;
+        let cgroup_primes = IntCounterVec::new(
+            Opts::new(
+                "cgroup_primes_total",
+                "Cgroup moves started ahead of the runtime's, by result",
+            ),
+            &["result"],
+        )?;
         let pod_phases = histogram_vec(
             "pod_startup_phase_seconds",
             "Duration of each pod start-up phase",
@@ -151,6 +161,7 @@ impl Metrics {
         registry.register(Box::new(cni_duration.clone()))?;
         registry.register(Box::new(cni_failures.clone()))?;
         registry.register(Box::new(execs.clone()))?;
+        registry.register(Box::new(cgroup_primes.clone()))?;
         registry.register(Box::new(pod_phases.clone()))?;
         registry.register(Box::new(container_phases.clone()))?;
         Ok(Metrics {
@@ -167,6 +178,7 @@ impl Metrics {
             cni_duration,
             cni_failures,
             execs,
+            cgroup_primes,
             pod_phases,
             container_phases,
             nri_requests,

@@ -110,6 +110,8 @@ impl Backend for ShimBackend {
         io: StreamIo,
     ) -> Result<i32, BackendError> {
         let (record, shim) = self.running(container_id).await?;
+        // The runtime moves the exec'd process into the container's cgroups.
+        self.daemon.cgroup_primer.prime();
         let id = record.metadata.id.clone();
         let state = self.daemon.paths.container_state(&id);
         let config = tokio::fs::read(self.daemon.paths.container_spec(&id))

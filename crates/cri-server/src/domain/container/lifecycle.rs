@@ -409,6 +409,9 @@ async fn create_steps(
     let name = crate::domain::sandbox::container_name(&meta.name, meta.attempt, sandbox_config);
     daemon.store.reserve_name(&name, id).map_err(store_status)?;
     done.name = Some(name.clone());
+    // The runtime moves the container's init into its cgroups at the end
+    // of this call: the kernel's wait for that starts now.
+    daemon.cgroup_primer.prime();
     timeline.mark("name_reservation");
 
     let image = tracing::debug_span!("image", op = "resolve", image = image_ref)
@@ -1051,6 +1054,8 @@ pub async fn exec_sync(
         return Err(invalid_field("cmd", "must not be empty"));
     }
     let record = super::running(daemon, &req.container_id)?;
+    // The runtime moves the exec'd process into the container's cgroups.
+    daemon.cgroup_primer.prime();
     let id = record.metadata.id.clone();
     let shim = super::shim_for(daemon, &record.metadata.sandbox_id).await?;
     let config = tokio::fs::read(daemon.paths.container_spec(&id))

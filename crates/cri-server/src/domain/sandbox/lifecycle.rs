@@ -333,6 +333,9 @@ async fn run_steps(
     }
     let host = daemon.host_for(handler_name);
     let (mounts, userns) = if infra {
+        // The runtime moves the pause into its cgroups when the shim runs
+        // it: the kernel's wait for that starts now.
+        daemon.cgroup_primer.prime();
         let pause = PauseBundle {
             id,
             config,
