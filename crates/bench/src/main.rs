@@ -612,6 +612,14 @@ fn phase_means(
 /// CPU time the whole machine has spent busy (user, nice, system, irq,
 /// softirq, steal of every CPU) since boot, from /proc/stat, in ms.
 fn cpu_busy_ms() -> Option<f64> {
+    let (busy, _) = cpu_ticks()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| busy as f64 * 1000.0 / hz as f64)
+}
+
+/// Busy and total clock ticks of every CPU since boot, from /proc/stat.
+fn cpu_ticks() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let v: Vec<u64> = line
@@ -621,9 +629,32 @@ fn cpu_busy_ms() -> Option<f64> {
         .collect();
     // user nice system idle iowait irq softirq steal ...
     let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| v.get(i)).sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (hz > 0).then(|| busy as f64 * 1000.0 / hz as f64)
+    let total = busy + [3, 4].iter().filter_map(|&i| v.get(i)).sum::<u64>();
+    Some((busy, total))
+}
+
+/// Waits (at most 60 s) until the machine is quiet: two half-second
+/// samples in a row with at least 90% of the CPU time idle. The kernel
+/// finishes destroying network namespaces and cgroups in the background,
+/// for seconds after a teardown of many pods: left to run into the next
+/// runtime's first measurements (or the next run's), that work slowed
+/// them by up to a third. Returns how long it waited.
+async fn wait_quiet() -> Duration {
+    let started = Instant::now();
+    let mut quiet_samples = 0;
+    let mut last = cpu_ticks();
+    while quiet_samples < 2 && started.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = cpu_ticks();
+        let quiet = match (last, now) {
+            (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0) * 10 <= t1 - t0,
+            // No /proc/stat: nothing to wait for.
+            _ => true,
+        };
+        quiet_samples = if quiet { quiet_samples + 1 } else { 0 };
+        last = now;
+    }
+    started.elapsed()
 }
 
 /// Machine CPU per pod since `before` (see [`cpu_busy_ms`]).
@@ -852,6 +883,7 @@ async fn run() -> Result<()> {
         } else {
             name
         });
+        let quiet_wait = wait_quiet().await;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -879,17 +911,22 @@ async fn run() -> Result<()> {
         } else {
             bench_cri(name, &daemon, &sub, &registry.addr, &o, metrics).await
         };
-        let r = r.with_context(|| format!("{name}; daemon log:\n{}", daemon.log_tail()))?;
+        let mut r = r.with_context(|| format!("{name}; daemon log:\n{}", daemon.log_tail()))?;
+        if let Some(m) = r.as_object_mut() {
+            m.insert("quiet_wait_s".into(), json!(quiet_wait.as_secs_f64()));
+        }
         drop(daemon);
         kill_below(&sub);
         unmount_below(&sub);
         results.insert(name.into(), r);
     }
     if o.only.iter().any(|x| x == "runc") {
-        results.insert(
-            "runc".into(),
-            bench_runc(&dir.join("runc"), &layer, &o).await?,
-        );
+        let quiet_wait = wait_quiet().await;
+        let mut r = bench_runc(&dir.join("runc"), &layer, &o).await?;
+        if let Some(m) = r.as_object_mut() {
+            m.insert("quiet_wait_s".into(), json!(quiet_wait.as_secs_f64()));
+        }
+        results.insert("runc".into(), r);
     }
     let results = serde_json::Value::Object(results);
     let text = if o.scale {
