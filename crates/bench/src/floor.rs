@@ -45,6 +45,11 @@ impl Floor {
         }
         let base: serde_json::Value =
             serde_json::from_slice(&std::fs::read(spec_dir.join("config.json"))?)?;
+        // The runtime's state and the bundles on tmpfs, as containerd's
+        // and criusd's (see crate::tmpfs).
+        for d in ["runc-root", "bundles"] {
+            crate::tmpfs(&dir.join(d))?;
+        }
         let mut floor = Floor {
             dir: dir.to_path_buf(),
             runc_root: dir.join("runc-root"),
