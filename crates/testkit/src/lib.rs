@@ -44,13 +44,24 @@ pub fn terminate(child: &mut std::process::Child, grace: std::time::Duration) {
 /// The kernel's IPv4 forwarding switch (the bridge plugin turns it on).
 pub const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
-/// A `{prefix}.x.0/24` (prefix like "10.215") that no host route uses; x
-/// starts from the pid, so parallel runs pick different ones.
+/// A `{prefix}.x.0/24` (prefix like "10.215") that no host route and no
+/// NAT rule uses; x starts from the pid, so parallel runs pick different
+/// ones. (A NAT rule of another run's pod on the subnet, e.g. one a failed
+/// run left, would otherwise count as this run's leftover.)
 pub fn free_subnet(prefix: &str) -> Option<String> {
     let (_, routes) = run("ip", &["-4", "route", "show"]);
+    first_free_subnet(prefix, &[&routes, &nat_rules()], std::process::id())
+}
+
+/// The first `{prefix}.x.0/24`, x counting up from `seed`, that none of
+/// `in_use` (listings of routes, rules...) mentions.
+fn first_free_subnet(prefix: &str, in_use: &[&str], seed: u32) -> Option<String> {
     (1..250u32)
-        .map(|i| (std::process::id() + i) % 250 + 1)
-        .find(|x| !routes.contains(&format!("{prefix}.{x}.")))
+        .map(|i| (seed.wrapping_add(i)) % 250 + 1)
+        .find(|x| {
+            let net = format!("{prefix}.{x}.");
+            !in_use.iter().any(|listing| listing.contains(&net))
+        })
         .map(|x| format!("{prefix}.{x}.0/24"))
 }
 
@@ -260,6 +271,30 @@ pub fn remove_new_cni_chains(before: &[String]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_subnets_skip_routes_and_nat_rules() {
+        let routes = "10.214.5.0/24 dev br0 proto kernel scope link src 10.214.5.1\n";
+        let nat = "-A CNI-DN-1 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.214.6.2:8080\n";
+        // (listings, seed, expected)
+        let cases: &[(&[&str], u32, Option<&str>)] = &[
+            (&[], 3, Some("10.214.5.0/24")),
+            (&[routes], 3, Some("10.214.6.0/24")),
+            (&[routes, nat], 3, Some("10.214.7.0/24")),
+            // 10.214.15. is not 10.214.1.: the dot ends the octet.
+            (&["10.214.15.0/24 dev x"], 249, Some("10.214.1.0/24")),
+            (&[routes, nat], 249, Some("10.214.1.0/24")),
+        ];
+        for (listings, seed, want) in cases {
+            assert_eq!(
+                first_free_subnet("10.214", listings, *seed).as_deref(),
+                *want,
+                "{listings:?} {seed}"
+            );
+        }
+        let all: String = (1..=250).map(|x| format!("10.214.{x}.0/24\n")).collect();
+        assert_eq!(first_free_subnet("10.214", &[&all], 0), None);
+    }
 
     #[test]
     fn split_rule_cases() {
