@@ -20,7 +20,7 @@
 //! alternating): p50 33.7 ms without, 21.7 ms with.
 //!
 //! Off where there is nothing to gain (a hierarchy mounted with
-//! `favordynmods`, see [`crate::host::cgroup_moves_wait_for_rcu`]) and, for
+//! `favordynmods`, see [`moves_wait_for_rcu`]) and, for
 //! good, after the first move that fails (criusd without the right to write
 //! its cgroup files, e.g. in a container with a read-only cgroupfs). At most
 //! one move is under way at a time: concurrent requests share it.
@@ -36,8 +36,8 @@ use std::sync::Arc;
 pub struct CgroupMount {
     /// cgroup v2 (`cgroup2`) rather than a v1 hierarchy.
     pub unified: bool,
-    /// The v1 hierarchy's super options (`cpu`, `cpuacct`,
-    /// `name=systemd`...); empty for v2.
+    /// The super options (a v1 hierarchy's controllers, `cpu`, `cpuacct`,
+    /// `name=systemd`...; `favordynmods` on either).
     pub options: Vec<String>,
     /// The cgroup shown at the mount point (`/` unless a sub-tree is
     /// mounted, as in containers).
@@ -64,13 +64,10 @@ pub fn cgroup_mounts(mountinfo: &str) -> Vec<CgroupMount> {
             "cgroup" => false,
             _ => continue,
         };
-        let options = if unified {
-            Vec::new()
-        } else {
-            tail.get(2)
-                .map(|o| o.split(',').map(str::to_string).collect())
-                .unwrap_or_default()
-        };
+        let options = tail
+            .get(2)
+            .map(|o| o.split(',').map(str::to_string).collect())
+            .unwrap_or_default();
         out.push(CgroupMount {
             unified,
             options,
@@ -79,6 +76,17 @@ pub fn cgroup_mounts(mountinfo: &str) -> Vec<CgroupMount> {
         });
     }
     out
+}
+
+/// Whether moving a process into a cgroup waits for an RCU grace period
+/// on a host with these cgroup mounts: there are some, and none carries
+/// `favordynmods` (a mount option, or the kernel's
+/// `cgroup_favordynmods=true` boot option, which shows as one).
+pub fn moves_wait_for_rcu(mounts: &[CgroupMount]) -> bool {
+    !mounts.is_empty()
+        && !mounts
+            .iter()
+            .any(|m| m.options.iter().any(|o| o == "favordynmods"))
 }
 
 /// The file through which a thread is moved into the cgroup it is in, from
@@ -151,14 +159,14 @@ impl Primer {
         Self::with(Vec::new(), None)
     }
 
-    /// The primer for this host: on when its cgroup moves wait for a grace
+    /// The primer for the host of these cgroup mounts ([`cgroup_mounts`]
+    /// of /proc/self/mountinfo): on when its cgroup moves wait for a grace
     /// period. `counter` counts the moves by result.
-    pub fn for_host(counter: prometheus::IntCounterVec) -> Self {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        if !crate::host::cgroup_moves_wait_for_rcu(&mountinfo) {
+    pub fn for_host(mounts: Vec<CgroupMount>, counter: prometheus::IntCounterVec) -> Self {
+        if !moves_wait_for_rcu(&mounts) {
             return Self::off();
         }
-        Self::with(cgroup_mounts(&mountinfo), Some(counter))
+        Self::with(mounts, Some(counter))
     }
 
     fn with(mounts: Vec<CgroupMount>, counter: Option<prometheus::IntCounterVec>) -> Self {
@@ -252,6 +260,7 @@ mod tests {
         let m = cgroup_mounts(HYBRID);
         assert_eq!(m.len(), 5);
         assert!(!m[0].unified && m[0].options == ["rw", "cpu"]);
+        assert_eq!(cgroup_mounts(V2)[0].options, ["rw", "nsdelegate"]);
         assert_eq!(m[3].options, ["rw", "name=systemd"]);
         assert!(m[4].unified && m[4].point == Path::new("/sys/fs/cgroup/unified"));
         let n = cgroup_mounts(NESTED);

@@ -195,11 +195,14 @@ impl Daemon {
         let host = crate::host::gather(&config);
         // Once, at start-up: can pods have user namespaces here?
         let _ = crate::domain::userns::kernel_probe_with(&config.state, &config.shim_path);
-        crate::host::log_start_costs();
+        let cgroups = crate::cgroup_primer::cgroup_mounts(
+            &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+        );
+        crate::host::log_start_costs(&cgroups);
         let mut daemon =
             Self::with_seams(config, store, host, Arc::new(RealShims), Arc::new(HostNet))?;
         daemon.cgroup_primer =
-            crate::cgroup_primer::Primer::for_host(daemon.metrics.cgroup_primes.clone());
+            crate::cgroup_primer::Primer::for_host(cgroups, daemon.metrics.cgroup_primes.clone());
         Ok(daemon)
     }
 

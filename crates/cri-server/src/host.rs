@@ -154,28 +154,13 @@ pub fn propagation_of(mountinfo: &str, path: &Path) -> HostPropagation {
 /// `favordynmods` on any hierarchy (a mount option, or the kernel's
 /// `cgroup_favordynmods=true` boot option) the kernel skips it.
 pub fn cgroup_moves_wait_for_rcu(mountinfo: &str) -> bool {
-    let mut cgroup_mounts = 0;
-    for line in mountinfo.lines() {
-        let Some((_, after)) = line.split_once(" - ") else {
-            continue;
-        };
-        let fields: Vec<&str> = after.split(' ').collect();
-        if !matches!(fields.first(), Some(&"cgroup") | Some(&"cgroup2")) {
-            continue;
-        }
-        cgroup_mounts += 1;
-        let super_options = fields.get(2).copied().unwrap_or("");
-        if super_options.split(',').any(|o| o == "favordynmods") {
-            return false;
-        }
-    }
-    cgroup_mounts > 0
+    crate::cgroup_primer::moves_wait_for_rcu(&crate::cgroup_primer::cgroup_mounts(mountinfo))
 }
 
-/// Logs, once at start-up, host settings that slow every container start.
-pub fn log_start_costs() {
-    let mountinfo = read("/proc/self/mountinfo").unwrap_or_default();
-    if cgroup_moves_wait_for_rcu(&mountinfo) {
+/// Logs, once at start-up, host settings that slow every container start
+/// (`cgroups`: the host's cgroup mounts).
+pub fn log_start_costs(cgroups: &[crate::cgroup_primer::CgroupMount]) {
+    if crate::cgroup_primer::moves_wait_for_rcu(cgroups) {
         tracing::info!(
             "no cgroup hierarchy is mounted with favordynmods: each container start waits for an \
              RCU grace period while the runtime moves it into its cgroups (criusd starts that \
