@@ -36,8 +36,8 @@ pub mod oom;
 pub mod process;
 pub mod sandbox;
 pub mod seccomp;
-#[cfg(test)]
-mod testutil;
+#[cfg(any(test, feature = "testutil"))]
+pub mod testutil;
 pub mod user;
 pub mod userns;
 

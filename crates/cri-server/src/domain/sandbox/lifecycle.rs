@@ -1333,20 +1333,8 @@ mod tests {
 
     #[test]
     fn infra_and_holder_by_configuration_and_pod() {
-        use k8s_cri::v1::{
-            IdMapping, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode,
-            NamespaceOption, UserNamespace,
-        };
-        let pod = |ns: Option<NamespaceOption>| PodSandboxConfig {
-            linux: Some(LinuxPodSandboxConfig {
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: ns,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        use crius_spec::testutil::pod_with_namespaces as pod;
+        use k8s_cri::v1::{IdMapping, NamespaceMode, NamespaceOption, UserNamespace};
         let pid = |m: NamespaceMode| {
             pod(Some(NamespaceOption {
                 pid: m as i32,
