@@ -664,11 +664,13 @@ fn cpu_ticks() -> Option<(u64, u64)> {
 }
 
 /// Waits (at most 60 s) until the machine is quiet: two half-second
-/// samples in a row with at least 90% of the CPU time idle. The kernel
-/// finishes destroying network namespaces and cgroups in the background,
-/// for seconds after a teardown of many pods: left to run into the next
-/// runtime's first measurements (or the next run's), that work slowed
-/// them by up to a third. Returns how long it waited.
+/// samples in a row with at least 90% of the CPU time idle, so that
+/// whatever a previous runtime or run left to finish (the kernel destroys
+/// network namespaces and cgroups in the background after a teardown)
+/// does not run into the next runtime's first measurements. (In session
+/// 13's runs the machine was always quiet already; the slowdown first
+/// blamed on this came from the file system, see [`tmpfs`].) Returns how
+/// long it waited.
 async fn wait_quiet() -> Duration {
     let started = Instant::now();
     let mut quiet_samples = 0;
