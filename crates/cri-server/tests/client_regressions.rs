@@ -282,7 +282,11 @@ async fn exec_stdin_sent_at_once_is_never_lost() {
         container("shell", &image, &["/bin/busybox", "sleep", "100000"]),
     )
     .await;
-    let count = "n=0; while read l; do n=$((n+1)); done; echo count:$n";
+    // Exits 0 only when it read both lines and its echo went out: a
+    // missing count with a successful status means the output was lost
+    // after the process wrote it.
+    let count =
+        "n=0; while read l; do n=$((n+1)); done; echo count:$n || exit 4; [ $n = 2 ] || exit 3";
     // The input goes out as soon as the streams are open, then its end:
     // `kubectl exec -i` with piped input. With a terminal the end is ^D.
     for round in 0..50 {

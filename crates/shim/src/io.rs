@@ -20,7 +20,8 @@
 //! `attach` / `attach-once` (a pipe fed only by Attach clients; `-once`
 //! closes it when the first attach client goes away, CRI's StdinOnce), or
 //! empty. With a terminal the runtime sends the pty master over a console
-//! socket; the shim copies it to stdout and copies stdin into it.
+//! socket; the shim copies it to stdout and copies stdin into it, until the
+//! process was reaped and its last output arrived (see `console_step`).
 //!
 //! Output that the shim copies (CRI logs, terminals) is also fanned out to
 //! attached clients (see [`Attachers`]).
@@ -238,6 +239,10 @@ pub struct ProcIo {
     pub stdin_fifo: Option<StdinClose>,
     /// The pty master, when the process has a terminal.
     pub console: Option<Arc<File>>,
+    /// Tells the terminal's copy thread that the process exited: dropped
+    /// (by [`ProcIo::process_exited`], or with the rest) it ends the wait
+    /// in [`spawn_console_copy`].
+    console_exited: Option<File>,
     /// CRI log writers (for ReopenLog).
     pub logs: Vec<Arc<Mutex<CriLogWriter>>>,
     /// Copy threads in flight.
@@ -251,6 +256,16 @@ pub struct ProcIo {
 }
 
 impl ProcIo {
+    /// Tells the copy threads that the process was reaped (see
+    /// [`spawn_console_copy`]); idempotent. Returns how long its output
+    /// may still take to arrive after a reap (a terminal's settling).
+    pub fn process_exited(&mut self) -> Duration {
+        match self.console_exited.take() {
+            Some(_) => CONSOLE_SETTLE + CONSOLE_SETTLE_STEP,
+            None => Duration::ZERO,
+        }
+    }
+
     /// Closes stdin (CloseIO); idempotent. stdin fed from a FIFO is
     /// closed by its copy thread once it has passed on what the FIFO
     /// already holds: a caller that writes its input and closes right
@@ -487,6 +502,127 @@ fn spawn_copy(
             }
         })
         .map_err(io_err("spawn copy thread"))
+}
+
+/// How long a terminal's output may still arrive after its process was
+/// reaped: quiet for this long, the copy ends.
+const CONSOLE_SETTLE: Duration = Duration::from_millis(50);
+/// How often the master is read again meanwhile.
+const CONSOLE_SETTLE_STEP: Duration = Duration::from_millis(5);
+/// The longest wait between reads of a master whose terminal is closed
+/// while its process runs (something may open the terminal again).
+const CONSOLE_RECHECK_MAX: Duration = Duration::from_secs(1);
+
+/// What one failed read of a pty master means for its copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConsoleStep {
+    /// Read again now.
+    Retry,
+    /// Wait this long (or until the process exits), then read again.
+    Wait(Duration),
+    /// The output is complete.
+    Done,
+}
+
+/// The copy's state after the terminal was seen closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConsoleClosed {
+    /// The process has not been reaped; the next wait for its exit.
+    Running(Duration),
+    /// Reaped: output still arriving until this instant means more to copy.
+    Settling(std::time::Instant),
+}
+
+/// Decides what a failed read (`errno`) of a pty master leads to. Linux
+/// fails the read with EIO once the terminal's last holder closed it, but
+/// not only then: the last bytes a process wrote just before exiting can
+/// reach the master a few milliseconds after its read saw the terminal
+/// closed (found by a test whose `echo` just before `exit` went missing
+/// about once in a thousand terminal execs; a read 10 ms later returned
+/// it). So EIO ends the copy only after the process was reaped and the
+/// master stayed quiet for [`CONSOLE_SETTLE`], as containerd's shim keeps
+/// reading its console until the process's exit closes it.
+fn console_step(
+    errno: Option<i32>,
+    closed: &mut Option<ConsoleClosed>,
+    exited: bool,
+    now: std::time::Instant,
+) -> ConsoleStep {
+    match errno {
+        Some(libc::EINTR) => return ConsoleStep::Retry,
+        Some(libc::EIO) => {}
+        _ => return ConsoleStep::Done,
+    }
+    let state = closed.get_or_insert(ConsoleClosed::Running(Duration::from_millis(10)));
+    if let ConsoleClosed::Running(next) = *state {
+        if !exited {
+            *state = ConsoleClosed::Running((next * 2).min(CONSOLE_RECHECK_MAX));
+            return ConsoleStep::Wait(next);
+        }
+        *state = ConsoleClosed::Settling(now + CONSOLE_SETTLE);
+    }
+    match *state {
+        ConsoleClosed::Settling(until) if now < until => {
+            ConsoleStep::Wait(CONSOLE_SETTLE_STEP.min(until - now))
+        }
+        _ => ConsoleStep::Done,
+    }
+}
+
+/// Whether `fd` became readable or hung up within `timeout`.
+fn wait_readable(fd: &File, timeout: Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd we own.
+    unsafe { libc::poll(&mut p, 1, ms) > 0 }
+}
+
+/// Copies a pty master to `to` until the terminal is closed for good (see
+/// [`console_step`]); `exited` turns readable (its writer closes) once the
+/// process was reaped.
+fn spawn_console_copy(
+    drain: &Arc<Drain>,
+    master: File,
+    exited: File,
+    mut to: Sink,
+) -> Result<JoinHandle<()>, IoError> {
+    let guard = drain.enter();
+    std::thread::Builder::new()
+        .name("pty-out".into())
+        .stack_size(COPY_STACK)
+        .spawn(move || {
+            let _guard = guard;
+            let mut buf = LazyBuf::new();
+            let mut closed = None;
+            let mut reaped = false;
+            loop {
+                let errno = match buf.read_from(&master) {
+                    Ok([]) => break,
+                    Ok(data) => {
+                        if to(data).is_err() {
+                            break;
+                        }
+                        // Open again, or still arriving: the next EIO
+                        // starts over (settling from then on if reaped).
+                        closed = None;
+                        continue;
+                    }
+                    Err(e) => e.raw_os_error(),
+                };
+                reaped = reaped || wait_readable(&exited, Duration::ZERO);
+                match console_step(errno, &mut closed, reaped, std::time::Instant::now()) {
+                    ConsoleStep::Retry => {}
+                    ConsoleStep::Done => break,
+                    ConsoleStep::Wait(d) if reaped => std::thread::sleep(d),
+                    ConsoleStep::Wait(d) => reaped = wait_readable(&exited, d),
+                }
+            }
+        })
+        .map_err(io_err("spawn console copy thread"))
 }
 
 /// The requesting end of a stdin copy thread's close (a pipe: dropping it
@@ -795,7 +931,9 @@ impl Prepared {
             if let Some(out) = self.out.take() {
                 let r = master.try_clone().map_err(io_err("dup pty master"))?;
                 let sink = out.into_sink(Stream::Stdout, self.io.attach.clone());
-                spawn_copy("pty-out", &self.io.drain, r, sink)?;
+                let (exited, tell) = pipe()?;
+                spawn_console_copy(&self.io.drain, r, exited, sink)?;
+                self.io.console_exited = Some(tell);
                 self.io.copies = true;
             }
             match std::mem::replace(&mut self.stdin_mode, StdinMode::Null) {
@@ -820,6 +958,111 @@ impl Prepared {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn console_reads_after_eio() {
+        use std::time::Instant;
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let running = |d| Some(ConsoleClosed::Running(d));
+        let settling = |d| Some(ConsoleClosed::Settling(t0 + d));
+        // (errno, state before, reaped, now, step, state after)
+        type Case = (
+            Option<i32>,
+            Option<ConsoleClosed>,
+            bool,
+            Duration,
+            ConsoleStep,
+            Option<ConsoleClosed>,
+        );
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            // Interrupted: read again.
+            (Some(libc::EINTR), None, false, ms(0), ConsoleStep::Retry, None),
+            // Any other error but EIO ends the copy.
+            (Some(libc::EBADF), None, false, ms(0), ConsoleStep::Done, None),
+            (None, None, true, ms(0), ConsoleStep::Done, None),
+            // EIO while the process runs: wait for its exit, longer each
+            // time, up to the most.
+            (Some(libc::EIO), None, false, ms(0), ConsoleStep::Wait(ms(10)), running(ms(20))),
+            (Some(libc::EIO), running(ms(640)), false, ms(0), ConsoleStep::Wait(ms(640)), running(ms(1000))),
+            (Some(libc::EIO), running(ms(1000)), false, ms(0), ConsoleStep::Wait(ms(1000)), running(ms(1000))),
+            // Reaped: settle, reading every step, until quiet long enough.
+            (Some(libc::EIO), None, true, ms(0), ConsoleStep::Wait(CONSOLE_SETTLE_STEP), settling(CONSOLE_SETTLE)),
+            (Some(libc::EIO), running(ms(80)), true, ms(7), ConsoleStep::Wait(CONSOLE_SETTLE_STEP), settling(ms(7) + CONSOLE_SETTLE)),
+            (Some(libc::EIO), settling(ms(50)), true, ms(48), ConsoleStep::Wait(ms(2)), settling(ms(50))),
+            (Some(libc::EIO), settling(ms(50)), true, ms(50), ConsoleStep::Done, settling(ms(50))),
+        ];
+        for (i, (errno, before, reaped, now, step, after)) in cases.into_iter().enumerate() {
+            let mut state = before;
+            assert_eq!(
+                console_step(errno, &mut state, reaped, t0 + now),
+                step,
+                "case {i}"
+            );
+            assert_eq!(state, after, "case {i}");
+        }
+    }
+
+    /// A pty pair: the master and the slave's path.
+    fn open_pty() -> (File, PathBuf) {
+        let (mut m, mut s) = (0, 0);
+        let mut name = [0 as libc::c_char; 64];
+        // SAFETY: valid out-pointers; NULL termios and winsize are allowed.
+        let r = unsafe {
+            libc::openpty(
+                &mut m,
+                &mut s,
+                name.as_mut_ptr(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(r, 0, "openpty: {}", io::Error::last_os_error());
+        // SAFETY: openpty returned two descriptors we now own; the name is
+        // NUL-terminated.
+        unsafe {
+            libc::close(s);
+            let path = std::ffi::CStr::from_ptr(name.as_ptr());
+            (File::from_raw_fd(m), PathBuf::from(path.to_str().unwrap()))
+        }
+    }
+
+    #[test]
+    fn console_copy_outlives_a_closed_terminal_until_the_exit() {
+        let (master, slave) = open_pty();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink: Sink = {
+            let got = got.clone();
+            Box::new(move |b| {
+                got.lock().unwrap().extend_from_slice(b);
+                Ok(())
+            })
+        };
+        let drain = Arc::new(Drain::default());
+        let (exited, tell) = pipe().unwrap();
+        spawn_console_copy(&drain, master, exited, sink).unwrap();
+        let write = |text: &[u8]| {
+            let mut f = OpenOptions::new().write(true).open(&slave).unwrap();
+            f.write_all(text).unwrap();
+        };
+        // The terminal's only holder writes and closes it: the master
+        // reads EIO. Then it is opened again and written to before the
+        // process exits; that output is the process's too.
+        write(b"one");
+        std::thread::sleep(Duration::from_millis(100));
+        write(b"two");
+        assert!(
+            !drain.wait(Duration::from_millis(100)),
+            "ended before the exit"
+        );
+        drop(tell);
+        assert!(
+            drain.wait(Duration::from_secs(10)),
+            "did not end after the exit"
+        );
+        assert_eq!(&got.lock().unwrap()[..], b"onetwo");
+    }
 
     #[test]
     fn targets() {

@@ -455,12 +455,13 @@ impl Inner {
             let leftovers = (xid.is_empty() && !c.own_pidns).then(|| (c.runc.clone(), c.log()));
             let Ok(p) = c.proc_mut(xid) else { return };
             p.exiting = true;
-            (p.io.copies.then(|| p.io.drain.clone()), leftovers)
+            let settle = p.io.process_exited();
+            (p.io.copies.then(|| (p.io.drain.clone(), settle)), leftovers)
         };
-        if let Some(d) = drain {
+        if let Some((d, settle)) = drain {
             drop(g);
             let first = match leftovers {
-                Some(_) => LEFTOVER_GRACE,
+                Some(_) => LEFTOVER_GRACE + settle,
                 None => DRAIN_TIMEOUT,
             };
             if !d.wait(first) {
