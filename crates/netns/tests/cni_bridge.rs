@@ -38,13 +38,11 @@ fn ensure_installed(binary: &str, package: &str) {
     assert!(Path::new(binary).exists(), "{binary} still missing");
 }
 
-/// A /24 of 10.213.0.0/16 that no route of this machine touches.
+/// The x of a 10.213.x.0/24 that no route or NAT rule of this machine
+/// touches.
 fn free_subnet() -> u8 {
-    let routes = must("ip", &["-4", "route", "show", "table", "all"]);
-    let start = (std::process::id() % 200) as u8 + 20;
-    (0..200u16)
-        .map(|i| ((u16::from(start) + i) % 230 + 20) as u8)
-        .find(|x| !routes.contains(&format!("10.213.{x}.")))
+    crius_testkit::free_subnet("10.213")
+        .and_then(|s| s.split('.').nth(2)?.parse().ok())
         .expect("no free 10.213.x.0/24 subnet")
 }
 

@@ -49,8 +49,14 @@ pub const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 /// ones. (A NAT rule of another run's pod on the subnet, e.g. one a failed
 /// run left, would otherwise count as this run's leftover.)
 pub fn free_subnet(prefix: &str) -> Option<String> {
-    let (_, routes) = run("ip", &["-4", "route", "show"]);
-    first_free_subnet(prefix, &[&routes, &nat_rules()], std::process::id())
+    free_subnet_from(prefix, std::process::id())
+}
+
+/// Like [`free_subnet`], counting from `seed` (a process that sets up
+/// several networks at once gives each its own).
+pub fn free_subnet_from(prefix: &str, seed: u32) -> Option<String> {
+    let (_, routes) = run("ip", &["-4", "route", "show", "table", "all"]);
+    first_free_subnet(prefix, &[&routes, &nat_rules()], seed)
 }
 
 /// The first `{prefix}.x.0/24`, x counting up from `seed`, that none of
@@ -268,6 +274,39 @@ pub fn remove_new_cni_chains(before: &[String]) {
     }
 }
 
+/// The per-pod `CNI-*` chains of the CNI network `name` in an
+/// `iptables -S` listing: those with a rule whose comment names the
+/// network (portmap writes `dnat name: "NAME" id: "..."`), leaving out
+/// portmap's shared `CNI-HOSTPORT-*` chains, which other networks use too.
+pub fn network_chains(rules: &str, name: &str) -> Vec<String> {
+    let quoted = format!("\\\"{name}\\\"");
+    let mut chains: Vec<String> = Vec::new();
+    for line in rules.lines() {
+        let Some(rule) = line.strip_prefix("-A ") else {
+            continue;
+        };
+        let chain = rule.split(' ').next().unwrap_or_default();
+        if chain.starts_with("CNI-")
+            && !chain.starts_with("CNI-HOSTPORT-")
+            && line.contains(&quoted)
+            && !chains.iter().any(|c| c == chain)
+        {
+            chains.push(chain.to_string());
+        }
+    }
+    chains
+}
+
+/// Removes the per-pod NAT chains of the CNI network `name` (see
+/// [`network_chains`]) that are still there: CNI DEL removes them when a
+/// pod goes, so these are a failed test's. Other networks' chains, of
+/// parallel tests or other runs, stay.
+pub fn remove_network_chains(name: &str) {
+    for chain in network_chains(&nat_rules(), name) {
+        remove_nat_chain(&chain);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,6 +333,32 @@ mod tests {
         }
         let all: String = (1..=250).map(|x| format!("10.214.{x}.0/24\n")).collect();
         assert_eq!(first_free_subnet("10.214", &[&all], 0), None);
+    }
+
+    #[test]
+    fn chains_of_a_network() {
+        let rules = r#"-N CNI-DN-aaa
+-N CNI-DN-bbb
+-N CNI-HOSTPORT-DNAT
+-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \"net-1\" id: \"c1\"" -m multiport --dports 80 -j CNI-DN-aaa
+-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \"net-10\" id: \"c2\"" -m multiport --dports 81 -j CNI-DN-bbb
+-A CNI-DN-aaa -s 10.214.5.0/24 -p tcp -m tcp --dport 80 -j CNI-HOSTPORT-SETMARK
+-A CNI-DN-aaa -p tcp -m comment --comment "dnat name: \"net-1\" id: \"c1\"" -m tcp --dport 80 -j DNAT --to-destination 10.214.5.2:8080
+-A CNI-DN-bbb -p tcp -m comment --comment "dnat name: \"net-10\" id: \"c2\"" -m tcp --dport 81 -j DNAT --to-destination 10.214.6.2:8080
+-A POSTROUTING -m comment --comment "CNI portfwd requiring masquerade" -j CNI-HOSTPORT-MASQ
+"#;
+        // (network, chains): "net-1" is not "net-10"; the shared
+        // CNI-HOSTPORT-DNAT chain names both but is nobody's own.
+        let cases: &[(&str, &[&str])] = &[
+            ("net-1", &["CNI-DN-aaa"]),
+            ("net-10", &["CNI-DN-bbb"]),
+            ("net", &[]),
+            ("other", &[]),
+        ];
+        for (name, want) in cases {
+            assert_eq!(network_chains(rules, name), *want, "{name}");
+        }
+        assert_eq!(network_chains("", "net-1"), Vec::<String>::new());
     }
 
     #[test]

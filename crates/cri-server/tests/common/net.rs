@@ -2,7 +2,10 @@
 //! free 10.214.x.0/24, no masquerading, and a FORWARD rule that keeps pod
 //! traffic on the bridge. Everything is undone on drop.
 
-use crius_testkit::{nat_chains, nat_rules, remove_new_cni_chains, run, ForwardRule, IP_FORWARD};
+use crius_testkit::{
+    free_subnet_from, nat_chains, nat_rules, remove_network_chains, remove_new_cni_chains, run,
+    ForwardRule, IP_FORWARD,
+};
 use std::path::{Path, PathBuf};
 
 /// Networks of this process that are up, and `ip_forward` as it was before
@@ -58,13 +61,11 @@ impl TestNetwork {
         }
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let (_, routes) = run("ip", &["-4", "route", "show"]);
-        let x = (1..250u32)
-            .map(|i| (std::process::id() + n * 17 + i) % 250 + 1)
-            .find(|x| !routes.contains(&format!("10.214.{x}.")))
-            .expect("a free 10.214.x.0/24");
-        let prefix = format!("10.214.{x}.");
-        let subnet = format!("10.214.{x}.0/24");
+        // Skips subnets that a route or a NAT rule uses: a portmap rule
+        // another run left on the subnet would count as this test's.
+        let subnet =
+            free_subnet_from("10.214", std::process::id() + n * 17).expect("a free 10.214.x.0/24");
+        let prefix = subnet.strip_suffix("0/24").unwrap_or(&subnet).to_string();
         let bridge = format!("crp{}x{n}", std::process::id() % 100_000);
         let name = format!("crius-test-{}-{n}", std::process::id());
         let conf_dir = dir.join("net.d");
@@ -128,6 +129,10 @@ impl TestNetwork {
 impl Drop for TestNetwork {
     fn drop(&mut self) {
         let _ = run("ip", &["link", "del", &self.bridge]);
+        // This network's pod chains that CNI DEL did not remove (a failed
+        // test's), whatever other networks use; then portmap's shared
+        // chains if they are new and nobody uses them any more.
+        remove_network_chains(&self.name);
         remove_new_cni_chains(&self.nat_chains_before);
         if let Err(e) = self.forward_rule.remove() {
             eprintln!("cleanup: removing the FORWARD rule failed: {e}");
