@@ -434,9 +434,7 @@ impl SandboxService {
         // replaced by an upgrade), under its own name: `crius-pid-holder
         // <root>` (see `holder::ARGV0`).
         let mut cmd = std::process::Command::new("/proc/self/exe");
-        cmd.arg0(crate::holder::ARGV0)
-            .arg(&root)
-            .stderr(std::process::Stdio::null());
+        cmd.arg0(crate::holder::ARGV0).arg(&root);
         // SAFETY: the closure makes system calls only (no allocation).
         unsafe {
             cmd.pre_exec(move || {

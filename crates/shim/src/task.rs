@@ -45,6 +45,22 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// processes are killed (see `Inner::exit_found`).
 const LEFTOVER_GRACE: Duration = Duration::from_millis(50);
 
+/// The pid of a holder from its launcher's wait status, stdout (the pid)
+/// and stderr (why it failed), or what went wrong.
+fn holder_pid(status: i32, out: &[u8], err: &[u8]) -> std::result::Result<i32, String> {
+    let said = String::from_utf8_lossy(out);
+    let pid = said.trim().parse::<i32>().ok().filter(|p| *p > 1);
+    match pid.filter(|_| status == 0) {
+        Some(pid) => Ok(pid),
+        None => Err(format!(
+            "the pid holder did not start (status {}, said {:?}, error {:?})",
+            crate::reaper::exit_code(status),
+            said.trim(),
+            String::from_utf8_lossy(err).trim()
+        )),
+    }
+}
+
 /// Annotation naming the pod sandbox a container belongs to.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 /// containerd's shim grouping annotation.
@@ -370,22 +386,26 @@ impl Inner {
     /// cell its exit will be set in.
     pub fn spawn_holder(&self, cmd: &mut Command) -> Result<(i32, Arc<ExitCell>)> {
         let since = self.reaper.seq();
-        let spawned = self
+        let mut spawned = self
             .reaper
-            .spawn(cmd.stdout(Stdio::piped()).stdin(Stdio::null()))
+            .spawn(
+                cmd.stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .stdin(Stdio::null()),
+            )
             .map_err(|e| TaskError::Internal(e.to_string()))?;
+        let stderr = spawned.child.stderr.take();
         let (status, out) = spawned
             .wait_with_output()
             .map_err(|e| TaskError::Internal(e.to_string()))?;
-        let text = String::from_utf8_lossy(&out);
-        let pid = text.trim().parse::<i32>().ok().filter(|p| *p > 1);
-        let Some(pid) = pid.filter(|_| status == 0) else {
-            return Err(TaskError::Internal(format!(
-                "the pid holder did not start (status {}, said {:?})",
-                crate::reaper::exit_code(status),
-                text.trim()
-            )));
-        };
+        // Read after the launcher's exit: it writes one line at most (why
+        // it failed), which fits the pipe, and the holder has no stderr
+        // once it is ready (or has exited).
+        let mut err = Vec::new();
+        if let Some(e) = stderr {
+            let _ = std::io::Read::read_to_end(&mut std::io::Read::take(e, 4096), &mut err);
+        }
+        let pid = holder_pid(status, &out, &err).map_err(TaskError::Internal)?;
         let cell = Arc::new(ExitCell::default());
         let _containers = self.lock();
         self.holders().insert(pid, cell.clone());
@@ -1417,6 +1437,47 @@ mod tests {
             assert_eq!(valid_id(id), ok, "{id:?}");
         }
         assert!(!valid_id(&"a".repeat(129)));
+    }
+
+    #[test]
+    fn holder_pids() {
+        let failed = |e: &str| Err(e.to_string());
+        // (wait status, stdout, stderr, result)
+        let cases: [(i32, &str, &str, std::result::Result<i32, String>); 5] = [
+            (0, "4242\n", "", Ok(4242)),
+            (
+                1 << 8,
+                "",
+                "crius-pid-holder: fork: Resource temporarily unavailable\n",
+                failed("the pid holder did not start (status 1, said \"\", error \"crius-pid-holder: fork: Resource temporarily unavailable\")"),
+            ),
+            // A pid but a failed exit, or a success without a usable pid.
+            (
+                1 << 8,
+                "4242\n",
+                "",
+                failed("the pid holder did not start (status 1, said \"4242\", error \"\")"),
+            ),
+            (
+                0,
+                "1\n",
+                "",
+                failed("the pid holder did not start (status 0, said \"1\", error \"\")"),
+            ),
+            (
+                9,
+                "x",
+                "",
+                failed("the pid holder did not start (status 137, said \"x\", error \"\")"),
+            ),
+        ];
+        for (status, out, err, want) in cases {
+            assert_eq!(
+                holder_pid(status, out.as_bytes(), err.as_bytes()),
+                want,
+                "{out:?} {err:?}"
+            );
+        }
     }
 
     #[test]
