@@ -224,7 +224,6 @@ pub fn parse_runtime_features(json: &str, kernel: &str) -> RuntimeFeatures {
     }
 }
 
-/// How long `<runtime> features` may take.
 /// How long a runtime may take to answer `features` or `--version`.
 const RUNTIME_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
