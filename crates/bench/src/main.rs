@@ -689,6 +689,15 @@ async fn wait_quiet() -> Duration {
     started.elapsed()
 }
 
+/// A runtime's results with how long the quiet-machine wait before its
+/// part took (`quiet_wait_s`, see [`wait_quiet`]).
+fn with_quiet_wait(mut results: serde_json::Value, waited: Duration) -> serde_json::Value {
+    if let Some(m) = results.as_object_mut() {
+        m.insert("quiet_wait_s".into(), json!(waited.as_secs_f64()));
+    }
+    results
+}
+
 /// Machine CPU per pod since `before` (see [`cpu_busy_ms`]).
 fn cpu_per(before: Option<f64>, pods: usize) -> serde_json::Value {
     match (before, cpu_busy_ms()) {
@@ -944,22 +953,16 @@ async fn run() -> Result<()> {
         } else {
             bench_cri(name, &daemon, &sub, &registry.addr, &o, metrics).await
         };
-        let mut r = r.with_context(|| format!("{name}; daemon log:\n{}", daemon.log_tail()))?;
-        if let Some(m) = r.as_object_mut() {
-            m.insert("quiet_wait_s".into(), json!(quiet_wait.as_secs_f64()));
-        }
+        let r = r.with_context(|| format!("{name}; daemon log:\n{}", daemon.log_tail()))?;
         drop(daemon);
         kill_below(&sub);
         unmount_below(&sub);
-        results.insert(name.into(), r);
+        results.insert(name.into(), with_quiet_wait(r, quiet_wait));
     }
     if o.only.iter().any(|x| x == "runc") {
         let quiet_wait = wait_quiet().await;
-        let mut r = bench_runc(&dir.join("runc"), &layer, &o).await?;
-        if let Some(m) = r.as_object_mut() {
-            m.insert("quiet_wait_s".into(), json!(quiet_wait.as_secs_f64()));
-        }
-        results.insert("runc".into(), r);
+        let r = bench_runc(&dir.join("runc"), &layer, &o).await?;
+        results.insert("runc".into(), with_quiet_wait(r, quiet_wait));
     }
     let results = serde_json::Value::Object(results);
     let text = if o.scale {

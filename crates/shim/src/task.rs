@@ -403,7 +403,8 @@ impl Inner {
         // once it is ready (or has exited).
         let mut err = Vec::new();
         if let Some(e) = stderr {
-            let _ = std::io::Read::read_to_end(&mut std::io::Read::take(e, 4096), &mut err);
+            use std::io::Read;
+            let _ = e.take(4096).read_to_end(&mut err);
         }
         let pid = holder_pid(status, &out, &err).map_err(TaskError::Internal)?;
         let cell = Arc::new(ExitCell::default());
